@@ -1,0 +1,254 @@
+"""The ``dalib`` command: run, list, show.
+
+Bad input (an unknown method, dataset, domain or hyperparameter, a missing file, a corrupt
+checkpoint, ...) prints one line on stderr and exits with status 2: never a traceback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from dalib.errors import ConfigError, DalibError
+
+__all__ = ["cli", "main"]
+
+
+class _OneLineError(click.ClickException):
+    exit_code = 2
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"dalib: error: {self.format_message()}", err=True)
+
+
+class _Group(click.Group):
+    """Turns every error a user can cause into one line and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DalibError as exc:
+            raise _OneLineError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.ClickException as exc:
+            message = exc.format_message().splitlines()[0] if exc.format_message() else type(exc).__name__
+            click.echo(f"dalib: error: {message}", err=True)
+            sys.exit(2 if isinstance(exc, (click.UsageError, _OneLineError)) else exc.exit_code)
+        except click.Abort:
+            click.echo("dalib: interrupted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _load_plugins(modules: tuple[str, ...]) -> None:
+    from dalib.registry import load_plugin_module
+
+    for module in modules:
+        load_plugin_module(module)
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(p.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+
+
+def _parse_sets(items: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set takes key=value, got {item!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def _default_out(method: str, src: str, tgt: str, seed: int) -> Path:
+    base = Path("runs") / f"{method}-{src}-{tgt}-seed{seed}".replace("/", "_")
+    candidate, n = base, 1
+    while candidate.exists():
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="dalib", prog_name="dalib")
+def cli() -> None:
+    """dalib: domain adaptation for PyTorch.
+
+    Train on a labelled source domain, adapt to an unlabelled target domain:
+    `dalib run dann --src mnist --tgt usps`.
+    """
+
+
+_RUN_OPTIONS = {
+    "dataset", "data_root", "data", "arch", "pretrained", "bottleneck_dim", "image_size", "steps",
+    "batch_size", "lr", "seed", "device", "workers", "eval_every", "checkpoint_every",
+}
+
+
+@cli.command()
+@click.argument("method")
+@click.option("--src", help="source domain (labelled), e.g. mnist")
+@click.option("--tgt", help="target domain (unlabelled), e.g. usps")
+@click.option("--dataset", help="dataset name; inferred from the domains when omitted")
+@click.option("--data", "data", help="image folder: one sub-folder per domain, one per class inside")
+@click.option("--data-root", help="folder holding the feature datasets (default: ../shared/data)")
+@click.option("--arch", help="backbone: lenet, mlp, resnet18, resnet34, resnet50")
+@click.option("--pretrained", help="'imagenet' or the path of a checkpoint (ResNets)")
+@click.option("--bottleneck-dim", type=int)
+@click.option("--image-size", type=int)
+@click.option("--mode", type=click.Choice(["auto", "deep", "shallow"]),
+              help="deep training, or the shallow form on feature matrices [auto: shallow on feature datasets]")
+@click.option("--classifier", type=click.Choice(["1nn", "linear", "svm"]), help="classifier of the shallow form [1nn]")
+@click.option("--steps", type=int, help="optimizer steps [2000]")
+@click.option("--batch-size", type=int, help="samples per domain per step [64]")
+@click.option("--lr", type=float, help="base learning rate [0.01]")
+@click.option("--seed", type=int, help="random seed [0]")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
+@click.option("--workers", type=int, help="data-loading processes for image folders [0]")
+@click.option("--eval-every", type=int, help="steps between evaluations [0: at the end]")
+@click.option("--checkpoint-every", type=int, help="steps between checkpoints [500]")
+@click.option("--out", type=click.Path(file_okay=False), help="output folder [runs/METHOD-SRC-TGT-seedN]")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of run options and a [method] table")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module (or .py file) that registers methods")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: bool, sets: tuple[str, ...],
+        config_file: str | None, plugins: tuple[str, ...], quiet: bool, **options: Any) -> None:
+    """Train METHOD from --src to --tgt and report source and target accuracy."""
+    from dalib.registry import get_method
+    from dalib.runner import RunConfig
+    from dalib.runner import run as run_training
+
+    _load_plugins(plugins)
+    get_method(method)  # an unknown method fails before any data is read
+    values: dict[str, Any] = {}
+    method_values: dict[str, Any] = {}
+    if config_file:
+        table = _read_toml(config_file)
+        method_values = dict(table.pop("method", {}) or {})
+        known = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "method_config"}
+        for key, value in table.items():
+            key = key.replace("-", "_")
+            if key not in known:
+                raise ConfigError(f"unknown option {key!r} in {config_file}; valid: {', '.join(sorted(known))}")
+            values[key] = value
+    values.update({k: v for k, v in options.items() if v is not None})
+    if src is not None:
+        values["src"] = src
+    if tgt is not None:
+        values["tgt"] = tgt
+    for role in ("src", "tgt"):
+        if not values.get(role):
+            raise ConfigError(f"missing --{role}: name the {'source' if role == 'src' else 'target'} domain")
+    method_values.update(_parse_sets(sets))
+    try:
+        config = RunConfig(method=method, method_config=method_values, **values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid run options: {exc}") from None
+    if resume and out is None:
+        raise ConfigError("--resume needs --out: the folder of the run to continue")
+    out_dir = Path(out) if out else _default_out(method, config.src, config.tgt, config.seed)
+    def announce(info: dict[str, Any]) -> None:
+        resumed = f", resuming at step {info['start']}" if info.get("start") else ""
+        how = (f"{info['steps']} steps on {info['device']}{resumed}" if info["mode"] == "deep"
+               else f"shallow form + {info['classifier']} classifier")
+        click.echo(
+            f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}) -> {info['tgt']} "
+            f"({info['n_tgt']}), {how}, output in {out_dir}",
+            err=True,
+        )
+
+    result = run_training(config, out_dir, resume=resume, progress_bar=False if quiet else None, on_start=announce)
+    click.echo(f"source accuracy: {result.source_accuracy:.2f}%")
+    click.echo(f"target accuracy: {result.target_accuracy:.2f}%")
+    click.echo(f"results: {out_dir / 'result.json'}")
+
+
+def _first_line(obj: Any) -> str:
+    doc = inspect.getdoc(obj) or ""
+    return doc.splitlines()[0] if doc else ""
+
+
+@cli.command("list")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
+def list_cmd(plugins: tuple[str, ...]) -> None:
+    """List the registered methods and the datasets."""
+    from dalib.data import get_dataset, list_datasets
+    from dalib.registry import get_method, list_methods, plugin_errors
+
+    _load_plugins(plugins)
+    click.echo("methods:")
+    for name in list_methods():
+        cls = get_method(name)
+        click.echo(f"  {name:<14} {'+'.join(cls.forms()):<13} {_first_line(cls)}")
+    broken = plugin_errors()
+    if broken:
+        click.echo("plugins that failed to load:")
+        for name, why in sorted(broken.items()):
+            click.echo(f"  {name:<14} {why}")
+    click.echo("datasets:")
+    for name in list_datasets():
+        info = get_dataset(name)
+        domains = ", ".join(info.domains) if info.domains else "(the sub-folders of --data)"
+        click.echo(f"  {name:<20} {domains}")
+
+
+@cli.command()
+@click.argument("method")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
+def show(method: str, plugins: tuple[str, ...]) -> None:
+    """Show METHOD's description and hyperparameters (name, type, default, help)."""
+    from dalib.config import describe_config
+    from dalib.registry import get_method
+
+    _load_plugins(plugins)
+    cls = get_method(method)
+    click.echo(f"{method} ({' + '.join(cls.forms())}): {cls.__module__}.{cls.__qualname__}")
+    doc = inspect.getdoc(cls)
+    if doc:
+        click.echo("")
+        click.echo(doc)
+    tables = [("hyperparameters", cls.Config)]
+    if cls.ShallowConfig is not None:
+        tables.append(("shallow-form hyperparameters (--mode shallow)", cls.ShallowConfig))
+    for title, config_cls in tables:
+        rows = describe_config(config_cls)
+        click.echo("")
+        if not rows:
+            click.echo(f"{title}: none")
+            continue
+        click.echo(f"{title} (set with --set KEY=VALUE):")
+        width = max(len(r[0]) for r in rows)
+        for name, typ, default, help_text in rows:
+            click.echo(f"  {name:<{width}}  {typ:<8} {default:<10} {help_text}")
+
+
+def main() -> None:
+    cli(prog_name="dalib")
+
+
+if __name__ == "__main__":
+    main()

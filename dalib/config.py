@@ -1,0 +1,130 @@
+"""Hyperparameters: dataclass fields with help text, and parsing of ``key=value`` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+from dalib.errors import ConfigError
+
+__all__ = ["build_config", "describe_config", "param", "parse_value"]
+
+
+def param(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best
+    """A dataclass field with a help text, shown by ``dalib show`` and the docs.
+
+    ``trade_off: float = param(1.0, "weight of the domain loss")``
+    """
+    metadata = {"help": help, **kwargs.pop("metadata", {})}
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def _resolved_types(cls: type) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # unresolvable forward refs: fall back to the raw annotations
+        return {f.name: f.type for f in dataclasses.fields(cls)}
+
+
+def parse_value(text: Any, typ: Any, key: str) -> Any:
+    """Convert ``text`` (a string from the command line, or a TOML value) to ``typ``."""
+    origin = typing.get_origin(typ)
+    args = typing.get_args(typ)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and (text is None or (isinstance(text, str) and text.lower() in ("none", "null"))):
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return parse_value(text, arg, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"bad value {text!r} for {key}: expected {_type_name(typ)}")
+    if origin is typing.Literal:
+        for choice in args:
+            if str(choice) == str(text):
+                return choice
+        raise ConfigError(f"bad value {text!r} for {key}: choose one of {', '.join(map(str, args))}")
+    if origin in (tuple, list):
+        items = text if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
+        inner = args[0] if args else str
+        values = [parse_value(item.strip() if isinstance(item, str) else item, inner, key) for item in items]
+        return tuple(values) if origin is tuple else values
+    if typ is bool:
+        if isinstance(text, bool):
+            return text
+        low = str(text).strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"bad value {text!r} for {key}: expected true or false")
+    if typ is int:
+        if isinstance(text, bool):
+            raise ConfigError(f"bad value {text!r} for {key}: expected an integer")
+        if isinstance(text, int):
+            return text
+        try:
+            return int(str(text).strip())
+        except ValueError:
+            raise ConfigError(f"bad value {text!r} for {key}: expected an integer") from None
+    if typ is float:
+        if isinstance(text, bool):
+            raise ConfigError(f"bad value {text!r} for {key}: expected a number")
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            raise ConfigError(f"bad value {text!r} for {key}: expected a number") from None
+        if not math.isfinite(value):
+            raise ConfigError(f"bad value {text!r} for {key}: expected a finite number")
+        return value
+    if typ is str:
+        return str(text)
+    raise ConfigError(f"cannot set {key}: unsupported type {_type_name(typ)}")
+
+
+def _type_name(typ: Any) -> str:
+    return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
+
+
+def build_config(cls: type, overrides: dict[str, Any] | None = None, *, owner: str = "") -> Any:
+    """Instantiate the frozen dataclass ``cls`` with ``overrides`` (strings or values).
+
+    An unknown key raises :class:`ConfigError` listing the valid ones; a value that does
+    not parse as the field's type raises too. Dataclass ``__post_init__`` checks that
+    raise ``ValueError`` become :class:`ConfigError`.
+    """
+    overrides = dict(overrides or {})
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _resolved_types(cls)
+    where = f" of {owner}" if owner else ""
+    kwargs = {}
+    for key, raw in overrides.items():
+        if key not in fields:
+            known = ", ".join(fields) or "(none)"
+            raise ConfigError(f"unknown hyperparameter {key!r}{where}; valid: {known}")
+        kwargs[key] = parse_value(raw, hints[key], key)
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"invalid hyperparameters{where}: {exc}") from exc
+
+
+def describe_config(cls: type) -> list[tuple[str, str, str, str]]:
+    """(name, type, default, help) for each field of the dataclass ``cls``."""
+    hints = _resolved_types(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = repr(f.default)
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = repr(f.default_factory())  # type: ignore[misc]
+        else:
+            default = "(required)"
+        rows.append((f.name, _type_name(hints.get(f.name, f.type)), default, f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,57 @@
+"""Errors dalib raises for bad input.
+
+Every error a user can cause by what they type or the files they point to is a
+:class:`DalibError`. The CLI turns one into a single line on stderr and exit status 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendError",
+    "CheckpointError",
+    "ConfigError",
+    "DalibError",
+    "DataError",
+    "InputError",
+    "RegistryError",
+    "UnknownNameError",
+]
+
+
+class DalibError(Exception):
+    """Base class of every error caused by bad input; its message is one line."""
+
+
+class UnknownNameError(DalibError, KeyError):
+    """An unknown method, dataset, domain, backend or architecture name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class RegistryError(DalibError):
+    """A duplicate registration or a plugin that cannot be loaded."""
+
+
+class ConfigError(DalibError, ValueError):
+    """An unknown hyperparameter, a value of the wrong type or out of range."""
+
+
+class DataError(DalibError, ValueError):
+    """A missing or corrupt data file, NaN/infinite features, an empty domain,
+    or domains whose feature sizes differ."""
+
+
+class InputError(DalibError, ValueError):
+    """Tensors given to a loss or kernel that it cannot use: different feature
+    sizes, empty input, NaN, wrong shapes."""
+
+
+class CheckpointError(DalibError):
+    """A checkpoint that is missing, corrupt or from another run configuration."""
+
+
+class BackendError(DalibError, RuntimeError):
+    """A kernel backend that was asked for explicitly but cannot run here
+    (for instance ``keops`` without a working pykeops)."""

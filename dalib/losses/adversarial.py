@@ -1,0 +1,67 @@
+"""Losses of adversarial domain adaptation: gradient reversal, the domain loss, entropy."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = ["domain_adversarial", "entropy", "grad_reverse"]
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, coeff: float) -> Tensor:  # type: ignore[override]
+        ctx.coeff = coeff
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
+        return -ctx.coeff * grad, None
+
+
+def grad_reverse(x: Tensor, coeff: float = 1.0) -> Tensor:
+    """Gradient reversal layer (Ganin & Lempitsky, ICML 2015).
+
+    Identity in the forward pass; multiplies the gradient by ``-coeff`` in the backward
+    pass, so that a feature extractor upstream *maximises* the loss computed downstream.
+    """
+    return _GradReverse.apply(x, float(coeff))
+
+
+def domain_adversarial(
+    logits_s: Tensor, logits_t: Tensor, weights_s: Tensor | None = None
+) -> Tensor:
+    r"""Binary domain-classification loss of DANN (Ganin et al., JMLR 2016).
+
+    .. math::
+        L = \tfrac12 \Big[ \tfrac{1}{\sum_i w_i} \sum_i w_i\,\mathrm{BCE}(d_i^s, 1)
+            + \tfrac{1}{B_t} \sum_j \mathrm{BCE}(d_j^t, 0) \Big]
+
+    ``logits_s`` (B_s,) or (B_s, 1) and ``logits_t`` (B_t,) or (B_t, 1) are the
+    discriminator's logits (source = 1, target = 0); ``weights_s`` (B_s,) optional
+    source sample weights. Computed with ``binary_cross_entropy_with_logits``, stable
+    for large logits.
+    """
+    ls = logits_s.reshape(-1)  # (B_s,)
+    lt = logits_t.reshape(-1)  # (B_t,)
+    loss_s = F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls), reduction="none")
+    if weights_s is not None:
+        w = weights_s.reshape(-1).to(loss_s.dtype)
+        src = (w * loss_s).sum() / w.sum().clamp_min(torch.finfo(loss_s.dtype).tiny)
+    else:
+        src = loss_s.mean()
+    tgt = F.binary_cross_entropy_with_logits(lt, torch.zeros_like(lt))
+    return 0.5 * (src + tgt)
+
+
+def entropy(logits: Tensor) -> Tensor:
+    r"""Mean Shannon entropy of the predicted class distributions.
+
+    .. math:: H = -\tfrac1B \sum_i \sum_c p_{ic} \log p_{ic}, \quad p_i = \mathrm{softmax}(z_i)
+
+    ``logits`` (B, C). Used for entropy minimisation on target predictions
+    (Grandvalet & Bengio, NIPS 2004).
+    """
+    logp = F.log_softmax(logits, dim=1)  # (B, C)
+    return -(logp.exp() * logp).sum(dim=1).mean()

@@ -1,0 +1,125 @@
+"""Feature extractors: a small CNN for digits, an MLP for feature vectors, ResNets for images.
+
+Each builder returns ``(module, out_dim)``; the module maps a batch to (B, out_dim) features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dalib.errors import CheckpointError, ConfigError, UnknownNameError
+
+__all__ = ["BACKBONES", "build_backbone"]
+
+
+class LeNet(nn.Module):
+    """LeNet-style CNN for grey digits of 16x16 or 28x28 (the DANN/ADDA digits net)."""
+
+    def __init__(self, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stages = nn.Sequential(
+            nn.Conv2d(in_channels, 32, 5, padding=2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(2),
+            nn.AdaptiveAvgPool2d(4),
+            nn.Flatten(),  # (B, 64 * 4 * 4)
+        )
+        self.out_dim = 64 * 16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stages(x)
+
+
+def _lenet(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
+    if len(input_shape) != 3:
+        raise ConfigError(f"lenet needs image inputs (C, H, W), got shape {input_shape}")
+    net = LeNet(input_shape[0])
+    return net, net.out_dim
+
+
+def _mlp(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
+    in_dim = 1
+    for s in input_shape:
+        in_dim *= s
+    hidden = 256
+    net = nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(in_dim, hidden),
+        nn.ReLU(inplace=True),
+        nn.Dropout(0.2),
+        nn.Linear(hidden, hidden),
+        nn.ReLU(inplace=True),
+    )
+    return net, hidden
+
+
+def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Module, int]]:
+    def build(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
+        import torchvision
+
+        ctor = getattr(torchvision.models, f"resnet{depth}")
+        weights = None
+        if pretrained == "imagenet":
+            # torchvision looks in its cache (TORCH_HOME) first: a user who has the weights
+            # gets them; dalib never downloads during tests.
+            weights = "IMAGENET1K_V1"
+        net = ctor(weights=weights)
+        if pretrained not in (None, "imagenet"):
+            _load_local_weights(net, pretrained)
+        out_dim = net.fc.in_features
+        net.fc = nn.Identity()  # (B, out_dim) pooled features
+        return net, out_dim
+
+    return build
+
+
+def _load_local_weights(net: nn.Module, path: str) -> None:
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"pretrained weights not found: {path}")
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read pretrained weights {path}: {exc}".splitlines()[0]) from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise CheckpointError(f"pretrained weights {path} hold no state dict")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    missing, unexpected = net.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("fc.")]
+    if missing or unexpected:
+        raise CheckpointError(
+            f"pretrained weights {path} do not fit: {len(missing)} missing, {len(unexpected)} unexpected keys"
+        )
+
+
+BACKBONES: dict[str, Callable[[tuple[int, ...], str | None], tuple[nn.Module, int]]] = {
+    "lenet": _lenet,
+    "mlp": _mlp,
+    "resnet18": _resnet(18),
+    "resnet34": _resnet(34),
+    "resnet50": _resnet(50),
+}
+
+
+def build_backbone(arch: str, input_shape: tuple[int, ...], pretrained: str | None = None) -> tuple[nn.Module, int]:
+    """Build the backbone ``arch`` for inputs of ``input_shape`` (without the batch dim).
+
+    ``pretrained``: None (random init), ``"imagenet"`` (torchvision weights, ResNets only)
+    or the path of a local checkpoint holding a state dict.
+    """
+    if arch not in BACKBONES:
+        raise UnknownNameError(f"unknown architecture {arch!r}; known: {', '.join(BACKBONES)}")
+    if pretrained is not None and not arch.startswith("resnet"):
+        raise ConfigError(f"--pretrained applies to resnet backbones, not {arch!r}")
+    return BACKBONES[arch](tuple(input_shape), pretrained)

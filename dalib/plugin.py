@@ -1,0 +1,193 @@
+"""The method contract: what a domain-adaptation method is to the runner.
+
+A method owns its hyperparameters (a frozen ``Config`` dataclass whose defaults are the
+paper's), its extra modules (a discriminator, say) and its loss. It never owns the
+training loop: :mod:`dalib.runner` calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dalib.models import DAModel
+
+__all__ = ["Adapted", "Batch", "Context", "Method", "Outputs", "Progress"]
+
+
+class Batch(NamedTuple):
+    """One paired source/target mini-batch.
+
+    ``x_s`` (B_s, ...), ``y_s`` (B_s,) int64, ``x_t`` (B_t, ...). Target labels never
+    enter training. ``w_s`` (B_s,) holds source sample weights when the method set
+    :attr:`Method.source_weights` (KMM), else ``None``. ``idx_s`` / ``idx_t`` are the
+    positions of the samples in their domain's training set.
+    """
+
+    x_s: Tensor
+    y_s: Tensor
+    x_t: Tensor
+    w_s: Tensor | None = None
+    idx_s: Tensor | None = None
+    idx_t: Tensor | None = None
+
+
+class Outputs(NamedTuple):
+    """What the model computed on a batch: bottleneck features and class logits."""
+
+    feat_s: Tensor  # (B_s, F)
+    feat_t: Tensor  # (B_t, F)
+    logits_s: Tensor  # (B_s, C)
+    logits_t: Tensor  # (B_t, C)
+
+
+class Adapted(NamedTuple):
+    """What a method's shallow form returns: the source features a classifier trains on
+    (with optional sample weights), the target features it predicts, and diagnostics
+    worth reporting (numbers or strings, written to ``result.json``)."""
+
+    xs: Tensor  # (N_s, D')
+    xt: Tensor  # (N_t, D')
+    weights: Tensor | None = None  # (N_s,)
+    info: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands. Schedules are pure functions of this, never counters.
+
+    ``step`` is the number of optimizer steps already taken (0 at the first batch),
+    ``total`` the number the run will take.
+    """
+
+    step: int
+    total: int
+    epoch: int = 0
+
+    @property
+    def fraction(self) -> float:
+        """Training progress in [0, 1]: Ganin et al.'s ``p``."""
+        return min(1.0, self.step / max(1, self.total))
+
+
+@dataclass
+class Context:
+    """What :meth:`Method.prepare` and :meth:`Method.on_epoch_end` may look at.
+
+    ``source`` and ``target`` are the training datasets (items ``(x, y)``; target
+    labels must not be used), ``model`` the model being trained.
+    """
+
+    model: DAModel
+    source: torch.utils.data.Dataset
+    target: torch.utils.data.Dataset
+    device: torch.device
+    batch_size: int
+    progress: Progress
+
+    def embed(
+        self, domain: str, fn: Callable[[Tensor], Tensor] | None = None, batch_size: int = 512
+    ) -> Tensor:
+        """Map every training sample of ``domain`` ("source" or "target") through ``fn``.
+
+        ``fn`` defaults to the identity, flattened: the raw input features. Pass
+        ``lambda x: ctx.model(x).features`` for the model's features. Returns (N, D)
+        on :attr:`device`, computed in eval mode without gradients.
+        """
+        data = {"source": self.source, "target": self.target}[domain]
+        fn = fn or (lambda x: x.flatten(1))
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                parts = [fn(x.to(self.device)).flatten(1) for x, _ in loader]
+        finally:
+            self.model.train(was_training)
+        return torch.cat(parts)  # (N, D)
+
+
+@dataclass(frozen=True)
+class _NoConfig:
+    """This method has no hyperparameters."""
+
+
+class Method(nn.Module):
+    """Base class of every domain-adaptation method.
+
+    Subclasses define a nested frozen dataclass ``Config`` and :meth:`loss`; they are
+    registered with :func:`dalib.register_method`. Extra modules a method creates in
+    ``__init__`` (a discriminator) are trained with the model; the model itself is held
+    by reference and is not a sub-module of the method, so ``method.parameters()`` and
+    ``method.state_dict()`` hold only the method's own modules.
+    """
+
+    Config: ClassVar[type] = _NoConfig
+    #: name under which the method is registered (set by ``register_method``)
+    name: ClassVar[str] = ""
+    #: hyperparameters of the method's shallow form (a frozen dataclass), or None when the
+    #: method has none; the shallow form is :meth:`adapt`
+    ShallowConfig: ClassVar[type | None] = None
+
+    def __init__(self, config: Any, model: DAModel) -> None:
+        super().__init__()
+        self.config = config
+        object.__setattr__(self, "_model", model)  # a reference, not a sub-module
+        #: per-sample weights over the whole source training set, or None
+        self.source_weights: Tensor | None = None
+
+    @property
+    def model(self) -> DAModel:
+        return self._model
+
+    # -- the one method every plugin writes -------------------------------------------
+    def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
+        """Return the losses of one step: ``"total"`` is minimised, the rest logged."""
+        raise NotImplementedError(f"{type(self).__name__} must define loss()")
+
+    # -- the shallow form, for methods that define ShallowConfig ------------------------
+    @classmethod
+    def adapt(cls, config: Any, xs: Tensor, ys: Tensor, xt: Tensor) -> Adapted:
+        """Adapt feature matrices without a training loop: ``xs`` (N_s, D) with labels
+        ``ys`` (N_s,), ``xt`` (N_t, D). A classifier then trains on the result."""
+        from dalib.errors import ConfigError
+
+        raise ConfigError(f"method {cls.name!r} has no shallow form")
+
+    @classmethod
+    def forms(cls) -> tuple[str, ...]:
+        """``("deep",)`` or ``("deep", "shallow")``."""
+        return ("deep", "shallow") if cls.ShallowConfig is not None else ("deep",)
+
+    # -- optional hooks -----------------------------------------------------------------
+    def param_groups(self, model: DAModel) -> list[dict[str, Any]]:
+        """Parameter groups of the model for the optimizer, each a dict with
+        ``params`` and optionally ``lr_mult`` (a multiplier of the base learning rate)
+        and ``weight_decay``. Fine-tuning methods override it to freeze layers."""
+        return model.param_groups()
+
+    def prepare(self, context: Context) -> None:
+        """Called once before training (KMM computes ``source_weights`` here)."""
+
+    def on_epoch_end(self, context: Context) -> None:
+        """Called after each pass over the source training set."""
+
+    # -- helpers plugins share ------------------------------------------------------------
+    def source_loss(self, batch: Batch, out: Outputs) -> Tensor:
+        """Cross-entropy on the labelled source samples, weighted by ``batch.w_s``."""
+        ce = nn.functional.cross_entropy(out.logits_s, batch.y_s, reduction="none")  # (B_s,)
+        if batch.w_s is None:
+            return ce.mean()
+        w = batch.w_s.to(ce.dtype)
+        return (w * ce).sum() / w.sum().clamp_min(torch.finfo(ce.dtype).tiny)
+
+    @classmethod
+    def config_fields(cls) -> list[dataclasses.Field]:
+        """The fields of :attr:`Config`, in declaration order."""
+        return list(dataclasses.fields(cls.Config))

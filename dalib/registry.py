@@ -1,0 +1,142 @@
+"""The registry of method plugins.
+
+Methods register with the :func:`register_method` decorator, or are found through the
+entry-point group ``dalib.methods`` (first-party plugins use it too). Entry points load
+lazily, one at a time: a plugin that fails to import is recorded and reported by
+``dalib list``; it does not stop the others from loading.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import TypeVar
+
+from dalib.errors import RegistryError, UnknownNameError
+from dalib.plugin import Method
+
+__all__ = [
+    "get_method",
+    "list_methods",
+    "load_plugin_module",
+    "plugin_errors",
+    "register_method",
+    "unregister_method",
+]
+
+ENTRY_POINT_GROUP = "dalib.methods"
+
+M = TypeVar("M", bound=type[Method])
+
+_methods: dict[str, type[Method]] = {}
+_broken: dict[str, str] = {}
+_entry_points_loaded = False
+
+
+def _check_name(name: str) -> None:
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise RegistryError(f"invalid method name {name!r}: use letters, digits, '_' or '-'")
+
+
+def _add(name: str, cls: type) -> None:
+    if not (inspect.isclass(cls) and issubclass(cls, Method)):
+        raise RegistryError(f"method {name!r} must be a subclass of dalib.Method, got {cls!r}")
+    existing = _methods.get(name)
+    if existing is not None and existing is not cls:
+        raise RegistryError(
+            f"method {name!r} is already registered by "
+            f"{existing.__module__}.{existing.__qualname__}"
+        )
+    cls.name = name
+    _methods[name] = cls
+
+
+def register_method(name: str) -> Callable[[M], M]:
+    """Class decorator that registers a :class:`~dalib.Method` under ``name``.
+
+    A second, different class under the same name raises :class:`RegistryError`.
+    """
+    _check_name(name)
+
+    def decorate(cls: M) -> M:
+        _add(name, cls)
+        return cls
+
+    return decorate
+
+
+def unregister_method(name: str) -> None:
+    """Remove a method (mainly for tests and interactive sessions)."""
+    _methods.pop(name, None)
+
+
+def _load_entry_points() -> None:
+    """Import every ``dalib.methods`` entry point once, each in isolation."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        if ep.name in _methods:
+            continue
+        try:
+            obj = ep.load()
+            if inspect.ismodule(obj):
+                if ep.name not in _methods:
+                    raise RegistryError(f"module {ep.value!r} was imported but registered no method {ep.name!r}")
+            else:
+                _add(ep.name, obj)  # a Method class named by the entry point itself
+        except Exception as exc:  # a broken plugin must not break the others
+            _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def load_plugin_module(module: str) -> list[str]:
+    """Import ``module`` (a dotted name or a path to a .py file) so that its
+    ``@register_method`` decorators run; return the names it registered."""
+    before = set(_methods)
+    try:
+        if module.endswith(".py"):
+            import importlib.util
+            from pathlib import Path
+
+            path = Path(module)
+            if not path.is_file():
+                raise FileNotFoundError(f"no such file: {module}")
+            spec = importlib.util.spec_from_file_location(f"dalib_user_plugin_{path.stem}", path)
+            assert spec is not None and spec.loader is not None
+            mod = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(mod)
+        else:
+            importlib.import_module(module)
+    except RegistryError:
+        raise
+    except Exception as exc:
+        raise RegistryError(
+            f"cannot load plugin {module!r}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
+    return sorted(set(_methods) - before)
+
+
+def list_methods() -> list[str]:
+    """Names of every registered method, sorted (entry points included)."""
+    _load_entry_points()
+    return sorted(_methods)
+
+
+def plugin_errors() -> dict[str, str]:
+    """Entry points that failed to load: name -> one-line reason."""
+    _load_entry_points()
+    return dict(_broken)
+
+
+def get_method(name: str) -> type[Method]:
+    """The class registered under ``name``; :class:`UnknownNameError` lists the known ones."""
+    _load_entry_points()
+    try:
+        return _methods[name]
+    except KeyError:
+        known = ", ".join(sorted(_methods)) or "(none)"
+        hint = f" (plugin {name!r} failed to load: {_broken[name]})" if name in _broken else ""
+        raise UnknownNameError(f"unknown method {name!r}{hint}; known methods: {known}") from None

@@ -1,0 +1,579 @@
+"""The one training loop every deep method runs in.
+
+Paired, infinite source/target batch streams (domains of different sizes are fine),
+SGD with momentum and Ganin et al.'s inverse-decay schedule, mixed precision on CUDA,
+evaluation of source and target accuracy (target labels are only reported), a progress
+bar, ``metrics.jsonl`` and ``result.json`` in the output folder, atomic checkpoints and
+``resume``. Under ``torchrun`` each rank trains on its own share of every batch and
+the gradients are averaged across ranks before each step (data parallelism); only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from dalib.config import build_config, param
+from dalib.errors import CheckpointError, ConfigError, DalibError, DataError
+from dalib.plugin import Batch, Context, Method, Outputs, Progress
+from dalib.schedules import inverse_decay
+
+__all__ = ["RunConfig", "RunResult", "evaluate", "load_checkpoint", "resolve_mode", "run", "write_result"]
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+RESULT = "result.json"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that defines a training run (the method's own hyperparameters in
+    ``method_config``). Two runs with equal configs on the CPU give equal numbers."""
+
+    method: str = param("dann", "registered method name")
+    mode: str = param("auto", "deep, shallow, or auto (shallow on feature datasets when the method has a shallow form)")
+    classifier: str = param("1nn", "classifier of the shallow form: 1nn, linear or svm")
+    src: str = param("mnist", "source domain")
+    tgt: str = param("usps", "target domain")
+    dataset: str | None = param(None, "dataset name (inferred from the domains when omitted)")
+    data_root: str | None = param(None, "folder holding the feature datasets (default ../shared/data)")
+    data: str | None = param(None, "image folder with one sub-folder per domain")
+    arch: str | None = param(None, "backbone: lenet, mlp, resnet18/34/50 (default by input)")
+    pretrained: str | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones")
+    bottleneck_dim: int = param(256, "width of the bottleneck features")
+    image_size: int = param(224, "side of the images of an image-folder dataset")
+    steps: int = param(2000, "optimizer steps")
+    batch_size: int = param(64, "source and target samples per step (each)")
+    lr: float = param(0.01, "base learning rate")
+    momentum: float = param(0.9, "SGD momentum")
+    weight_decay: float = param(1e-3, "L2 weight decay")
+    lr_alpha: float = param(10.0, "inverse-decay schedule: lr * (1 + alpha p)^-beta")
+    lr_beta: float = param(0.75, "inverse-decay schedule exponent")
+    seed: int = param(0, "random seed")
+    device: str = param("auto", "auto, cpu, cuda or cuda:N")
+    amp: bool = param(True, "bfloat16 autocast on CUDA (ignored on CPU)")
+    workers: int = param(0, "data-loading worker processes for image folders")
+    log_every: int = param(50, "steps between metric lines")
+    eval_every: int = param(0, "steps between evaluations (0: only at the end)")
+    checkpoint_every: int = param(500, "steps between checkpoints (0: only at the end)")
+    method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "method hyperparameters"})
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("auto", "deep", "shallow"):
+            raise ValueError(f"mode must be auto, deep or shallow, got {self.mode!r}")
+        if self.classifier not in ("1nn", "linear", "svm"):
+            raise ValueError(f"classifier must be 1nn, linear or svm, got {self.classifier!r}")
+        for name in ("steps", "batch_size", "bottleneck_dim", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("workers", "log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a positive number, got {self.lr}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class RunResult:
+    source_accuracy: float
+    target_accuracy: float
+    steps: int
+    seconds: float
+    out_dir: Path | None
+    history: list[dict[str, Any]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source_accuracy": self.source_accuracy,
+            "target_accuracy": self.target_accuracy,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
+
+
+# --------------------------------------------------------------------------- utilities
+def _dist_info() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _maybe_init_distributed(device: torch.device) -> bool:
+    """Initialise the process group when launched by torchrun; True if this call did."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
+        return False
+    if torch.distributed.is_initialized():
+        return False
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return torch.device("cuda", local)
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU here")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+    """Write through a temporary file in the same folder, then rename over ``path``:
+    a reader (or a crash) never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+
+
+class _Stream:
+    """An infinite stream of index batches over one domain, a pure function of
+    ``(seed, step)``: epoch ``e`` visits the permutation drawn from ``seed`` and ``e``,
+    so a resumed run sees exactly the batches the uninterrupted one would have."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world = rank, world
+        self._cache: dict[int, Tensor] = {}
+
+    def _perm(self, epoch: int) -> Tensor:
+        if epoch not in self._cache:
+            self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))}
+        return self._cache[epoch]
+
+    def indices(self, step: int) -> Tensor:
+        start = step * self.batch_size
+        parts, pos = [], start
+        while pos < start + self.batch_size:
+            epoch, off = divmod(pos, self.n)
+            take = min(self.n - off, start + self.batch_size - pos)
+            parts.append(self._perm(epoch)[off : off + take])
+            pos += take
+        idx = torch.cat(parts)  # (batch_size,)
+        return idx[self.rank :: self.world]
+
+    def epoch_of(self, step: int) -> int:
+        return (step * self.batch_size) // self.n
+
+
+def _fetch(domain: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
+    if getattr(domain, "x", None) is not None:
+        return domain.x[idx], domain.y[idx]
+    items = [domain.dataset[int(i)] for i in idx]
+    xs = torch.stack([torch.as_tensor(x) for x, _ in items])
+    ys = torch.as_tensor([int(y) for _, y in items], dtype=torch.long)
+    return xs, ys
+
+
+class _Prefetcher:
+    """Loads batches of a lazily decoded dataset (image folders) with worker processes."""
+
+    def __init__(self, domain: Any, stream: _Stream, start: int, stop: int, workers: int) -> None:
+        sampler = [stream.indices(s).tolist() for s in range(start, stop)]
+        self._it = iter(
+            torch.utils.data.DataLoader(domain.dataset, batch_sampler=sampler, num_workers=workers)
+        )
+
+    def __next__(self) -> tuple[Tensor, Tensor]:
+        try:
+            x, y = next(self._it)
+        except DalibError as exc:  # raised in a worker: torch wraps its traceback into the message
+            last = str(exc).strip().splitlines()[-1]
+            raise type(exc)(last.split(": ", 1)[-1]) from None
+        return x, y.long()
+
+
+def _batches(domain: Any, stream: _Stream, start: int, stop: int, workers: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    if getattr(domain, "x", None) is not None or workers == 0:
+        for s in range(start, stop):
+            idx = stream.indices(s)
+            x, y = _fetch(domain, idx)
+            yield x, y, idx
+    else:
+        pf = _Prefetcher(domain, stream, start, stop, workers)
+        for s in range(start, stop):
+            x, y = next(pf)
+            yield x, y, stream.indices(s)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512) -> float:
+    """Accuracy (%) of ``model`` on every sample of ``domain``."""
+    was = model.training
+    model.eval()
+    correct = total = 0
+    try:
+        if getattr(domain, "x", None) is not None:
+            for i in range(0, len(domain.x), batch_size):
+                x = domain.x[i : i + batch_size].to(device)
+                y = domain.y[i : i + batch_size].to(device)
+                correct += int((model(x).logits.argmax(1) == y).sum())
+                total += len(y)
+        else:
+            loader = torch.utils.data.DataLoader(domain.dataset, batch_size=batch_size)
+            for x, y in loader:
+                pred = model(x.to(device)).logits.argmax(1)
+                correct += int((pred == torch.as_tensor(y).to(device)).sum())
+                total += len(pred)
+    finally:
+        model.train(was)
+    return 100.0 * correct / max(1, total)
+
+
+def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
+    for d, role in ((src, "source"), (tgt, "target")):
+        if len(d) == 0:
+            raise DataError(f"the {role} domain {d.name!r} is empty")
+    if tuple(src.input_shape) != tuple(tgt.input_shape):
+        raise DataError(
+            f"source {cfg.src!r} inputs have shape {tuple(src.input_shape)} but target {cfg.tgt!r} "
+            f"inputs have {tuple(tgt.input_shape)}: domains must share a feature space"
+        )
+    if src.num_classes != tgt.num_classes:
+        raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}")
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a dalib checkpoint safely (``weights_only=True``)."""
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"corrupt checkpoint {path}: {type(exc).__name__}") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
+        raise CheckpointError(f"corrupt checkpoint {path}: not a dalib checkpoint")
+    return ckpt
+
+
+def write_result(out: Path, payload: dict[str, Any]) -> None:
+    """Write ``result.json`` atomically, with the versions that produced it."""
+    payload = {**payload, "versions": _versions()}
+    _atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
+
+
+def _versions() -> dict[str, str]:
+    import dalib
+
+    return {"dalib": dalib.__version__, "torch": torch.__version__, "python": platform.python_version()}
+
+
+# --------------------------------------------------------------------------- the loop
+def run(
+    config: RunConfig,
+    out_dir: str | os.PathLike[str] | None = None,
+    *,
+    resume: bool = False,
+    progress_bar: bool | None = None,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Train ``config.method`` from ``config.src`` to ``config.tgt`` and evaluate it.
+
+    ``out_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``result.json``; with
+    ``resume=True`` training continues from its checkpoint and ends with the same result
+    an uninterrupted run gives. ``on_start(info)`` is called once the data is loaded and
+    checked (``info``: dataset, domains, sizes, start step), ``on_step(step, logs)`` after
+    every step.
+    """
+    from dalib.data import infer_dataset, load_domain
+    from dalib.models import build_model
+    from dalib.registry import get_method
+
+    method_cls = get_method(config.method)
+    dataset = config.dataset or ("image-folder" if config.data else infer_dataset(config.src, config.tgt))
+    if resolve_mode(config, method_cls, dataset) == "shallow":
+        from dalib.shallow_runner import run_shallow
+
+        return run_shallow(config, dataset, out_dir, resume=resume, on_start=on_start)
+    method_config = build_config(method_cls.Config, config.method_config, owner=config.method)
+    device = resolve_device(config.device)
+    started_dist = _maybe_init_distributed(device)
+    rank, world = _dist_info()
+    is_main = rank == 0
+    out = Path(out_dir) if out_dir is not None else None
+    try:
+        kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
+        src = load_domain(dataset, config.src, **kw)
+        tgt = load_domain(dataset, config.tgt, **kw)
+        _check_domains(src, tgt, config)
+
+        ckpt = None
+        if out is not None:
+            ckpt = _prepare_out_dir(out, config, resume, is_main)
+
+        _seed_everything(config.seed)
+        model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
+        method = method_cls(method_config, model)
+        model.to(device)
+        method.to(device)
+
+        groups = method.param_groups(model)
+        own = [p for p in method.parameters() if p.requires_grad]
+        if own:
+            groups = [*groups, {"params": own, "lr_mult": 1.0}]
+        for g in groups:
+            g.setdefault("lr_mult", 1.0)
+            g["params"] = [p for p in g["params"] if p.requires_grad]
+        groups = [g for g in groups if g["params"]]
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+
+        s_stream = _Stream(len(src), config.batch_size, config.seed, rank, world)
+        t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)
+        start = 0
+        if ckpt is not None:
+            model.load_state_dict(ckpt["model"])
+            method.load_state_dict(ckpt["method"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+            start = int(ckpt["step"])
+            if ckpt.get("source_weights") is not None:
+                method.source_weights = ckpt["source_weights"].to(device)
+
+        if on_start is not None and is_main:
+            on_start({"mode": "deep", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
+                      "n_tgt": len(tgt), "start": start, "steps": config.steps, "device": str(device)})
+        context = Context(model, src.dataset, tgt.dataset, device, config.batch_size, Progress(start, config.steps))
+        if start == 0:
+            method.prepare(context)
+        if ckpt is not None:
+            torch.set_rng_state(ckpt["rng"]["torch"])
+            if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
+                torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+
+        use_amp = config.amp and device.type == "cuda"
+        history: list[dict[str, Any]] = []
+        metrics_path = out / METRICS if (out is not None and is_main) else None
+        metrics_fh = open(metrics_path, "a") if metrics_path is not None else None
+        bar = _progress_bar(config.steps, start, progress_bar and is_main)
+        t0 = time.perf_counter()
+        model.train()
+        method.train()
+        try:
+            batches = zip(_batches(src, s_stream, start, config.steps, config.workers), _batches(tgt, t_stream, start, config.steps, config.workers))
+            for step, ((x_s, y_s, idx_s), (x_t, _, idx_t)) in enumerate(batches, start=start):
+                progress = Progress(step, config.steps, s_stream.epoch_of(step))
+                lr_mult = inverse_decay(progress, config.lr_alpha, config.lr_beta)
+                for g in optimizer.param_groups:
+                    g["lr"] = config.lr * g["lr_mult"] * lr_mult
+                x_s, y_s, x_t = x_s.to(device, non_blocking=True), y_s.to(device), x_t.to(device, non_blocking=True)
+                w_s = method.source_weights[idx_s.to(method.source_weights.device)].to(device) if method.source_weights is not None else None
+                batch = Batch(x_s, y_s, x_t, w_s, idx_s, idx_t)
+                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    feats, logits = model(torch.cat([x_s, x_t]))  # (B_s + B_t, F), (B_s + B_t, C)
+                    n_s = len(x_s)
+                    outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
+                    losses = method.loss(batch, outputs, progress)
+                total = losses["total"]
+                if not torch.isfinite(total):
+                    raise DataError(
+                        f"the loss became {float(total)} at step {step}: lower --lr or the method's trade-off"
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                total.backward()
+                if world > 1:
+                    _average_gradients(optimizer, world)
+                optimizer.step()
+                done = step + 1
+                logs = {k: float(v.detach()) for k, v in losses.items()}
+                if bar is not None:
+                    bar.update(1)
+                    if done % 10 == 0:
+                        bar.set_postfix(loss=f"{logs['total']:.3f}")
+                line: dict[str, Any] | None = None
+                if config.log_every and (done % config.log_every == 0 or done == config.steps):
+                    line = {"step": done, "lr": config.lr * lr_mult, **{f"loss/{k}": v for k, v in logs.items()}}
+                if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+                    line = (line or {"step": done}) | {
+                        "source_acc": evaluate(model, src, device),
+                        "target_acc": evaluate(model, tgt, device),
+                    }
+                if line is not None:
+                    history.append(line)
+                    if metrics_fh is not None:
+                        metrics_fh.write(json.dumps(line) + "\n")
+                        metrics_fh.flush()
+                new_epoch = s_stream.epoch_of(done) != s_stream.epoch_of(step)
+                if new_epoch:
+                    context.progress = Progress(done, config.steps, s_stream.epoch_of(done))
+                    method.on_epoch_end(context)
+                if out is not None and is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+                    elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
+                    _save_checkpoint(out, config, model, method, optimizer, done, device, elapsed)
+                if on_step is not None:
+                    on_step(done, logs)
+        finally:
+            if bar is not None:
+                bar.close()
+            if metrics_fh is not None:
+                metrics_fh.close()
+
+        seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
+        src_acc = evaluate(model, src, device)
+        tgt_acc = evaluate(model, tgt, device)
+        result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history)
+        if out is not None and is_main:
+            _save_checkpoint(out, config, model, method, optimizer, config.steps, device, seconds)
+            payload = {
+                "method": config.method,
+                "dataset": dataset,
+                "src": src.name,
+                "tgt": tgt.name,
+                **result.to_dict(),
+                "mode": "deep",
+                "method_config": dataclasses.asdict(method_config),
+                "run_config": config.to_dict(),
+                "device": str(device),
+                "world_size": world,
+            }
+            write_result(out, payload)
+        return result
+    finally:
+        if started_dist:
+            torch.distributed.destroy_process_group()
+
+
+def _average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:
+    """Data parallelism: every rank steps with the mean of all ranks' gradients."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= world
+
+
+def resolve_mode(config: RunConfig, method_cls: type[Method], dataset: str) -> str:
+    """"deep" or "shallow": ``auto`` runs the shallow form on feature datasets."""
+    from dalib.data import get_dataset
+
+    has_shallow = method_cls.ShallowConfig is not None
+    if config.mode == "shallow" and not has_shallow:
+        from dalib.shallow.pipeline import shallow_methods
+
+        raise ConfigError(
+            f"method {config.method!r} has no shallow form; methods with one: {', '.join(shallow_methods())}"
+        )
+    if config.mode == "auto":
+        return "shallow" if has_shallow and get_dataset(dataset).kind == "features" else "deep"
+    return config.mode
+
+
+def _progress_bar(total: int, start: int, enabled: bool | None) -> Any:
+    if enabled is False:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=None if enabled is None else not enabled, dynamic_ncols=True)
+
+
+def _comparable(config: RunConfig) -> dict[str, Any]:
+    d = config.to_dict()
+    for volatile in ("device", "workers", "log_every", "eval_every", "checkpoint_every", "data_root", "data", "amp"):
+        d.pop(volatile, None)
+    return d
+
+
+def check_fresh_out_dir(out: Path) -> None:
+    """Refuse to write into a folder that already holds a run: nothing is overwritten."""
+    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, RESULT, METRICS)):
+        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
+
+
+def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) -> dict[str, Any] | None:
+    """Make ``out`` ready; return the checkpoint to resume from, if any."""
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}")
+        ckpt = load_checkpoint(ckpt_path)
+        saved = ckpt.get("config", {})
+        mine = _comparable(config)
+        diff = sorted(k for k in mine if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True))
+        if diff:
+            raise CheckpointError(f"the checkpoint in {out} is from a run with other settings ({', '.join(diff)})")
+        if is_main:
+            _trim_metrics(out / METRICS, int(ckpt["step"]))
+        return ckpt
+    if is_main:
+        check_fresh_out_dir(out)
+    return None
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop metric lines written after the checkpoint: the resumed run writes them again."""
+    if not path.exists():
+        return
+    kept = []
+    for raw in path.read_text().splitlines():
+        try:
+            if json.loads(raw).get("step", 0) <= step:
+                kept.append(raw)
+        except json.JSONDecodeError:
+            continue  # a line cut short by the kill
+    _atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
+def _save_checkpoint(
+    out: Path, config: RunConfig, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
+    step: int, device: torch.device, seconds: float = 0.0,
+) -> None:
+    state = {
+        "step": step,
+        "config": _comparable(config),
+        "model": model.state_dict(),
+        "method": method.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "source_weights": None if method.source_weights is None else method.source_weights.detach().cpu(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        },
+        "seconds": seconds,
+    }
+    _atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

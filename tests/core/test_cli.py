@@ -1,0 +1,193 @@
+"""The CLI through click's runner: list, show, run, and one line + exit 2 on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.io
+from click.testing import CliRunner
+
+from dalib.cli import cli
+
+FAST = ["--steps", "6", "--batch-size", "8", "--quiet"]
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def _one_line_error(result, *fragments: str) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def test_list_shows_methods_and_datasets(runner):
+    res = runner.invoke(cli, ["list"])
+    assert res.exit_code == 0, res.output
+    assert "dann" in res.stdout and "source_only" in res.stdout
+    for dataset in ("digits", "office-caltech-surf", "amazon-reviews", "image-folder"):
+        assert dataset in res.stdout
+
+
+def test_show_prints_hyperparameters_with_defaults_and_help(runner):
+    res = runner.invoke(cli, ["show", "dann"])
+    assert res.exit_code == 0, res.output
+    line = next(l for l in res.stdout.splitlines() if l.strip().startswith("trade_off"))
+    assert "float" in line and "1.0" in line and "weight of the domain loss" in line
+    assert "Ganin" in res.stdout
+    res = runner.invoke(cli, ["show", "source_only"])
+    assert "hyperparameters: none" in res.stdout
+
+
+def test_run_writes_metrics_and_result(runner, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", *FAST, "--out", str(out),
+                              "--set", "trade_off=0.5", "--set", "hidden=32"])
+    assert res.exit_code == 0, res.output
+    assert "source accuracy:" in res.stdout and "target accuracy:" in res.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["method_config"] == {"trade_off": 0.5, "hidden": 32, "gamma": 10.0}
+    assert result["src"] == "mnist" and result["tgt"] == "usps" and result["steps"] == 6
+    lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert lines[-1]["step"] == 6 and "loss/domain" in lines[-1]
+
+
+def test_config_file_and_flags(runner, tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('src = "usps"\ntgt = "mnist"\nsteps = 4\nbatch_size = 8\n[method]\ntrade_off = 0.25\n')
+    out = tmp_path / "run"
+    res = runner.invoke(cli, ["run", "dann", "--config", str(cfg), "--steps", "3", "--quiet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "result.json").read_text())
+    assert result["src"] == "usps" and result["steps"] == 3  # the flag beats the file
+    assert result["method_config"]["trade_off"] == 0.25
+
+
+def test_default_out_never_overwrites(runner, chdir_tmp):
+    for _ in range(2):
+        res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST])
+        assert res.exit_code == 0, res.output
+    runs = sorted(p.name for p in (chdir_tmp / "runs").iterdir())
+    assert runs == ["source_only-M-U-seed0", "source_only-M-U-seed0-2"]
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["run", "nosuch", "--src", "mnist", "--tgt", "usps"], ["unknown method 'nosuch'", "dann", "source_only"]),
+        (["show", "nosuch"], ["unknown method 'nosuch'", "dann"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--dataset", "nosuch"], ["nosuch", "digits"]),
+        (["run", "dann", "--src", "mars", "--tgt", "usps"], ["mars"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "venus", "--dataset", "digits"], ["venus", "usps"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "trade_of=1"], ["trade_of", "trade_off", "hidden"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "trade_off=abc"], ["abc", "trade_off", "number"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "hidden=1.5"], ["hidden", "integer"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "trade_off=-1"], ["trade_off must be >= 0"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "novalue"], ["key=value"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "abc"], ["abc"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "0"], ["steps must be at least 1"]),
+        (["run", "dann", "--tgt", "usps"], ["missing --src"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "tpu"], ["tpu"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--plugin", "dalib_no_such_plugin"], ["dalib_no_such_plugin"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--arch", "vgg99"], ["vgg99", "lenet"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--config", "/nonexistent.toml"], ["config file not found"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--resume"], ["--resume needs --out"]),
+        (["nosuchcommand"], ["nosuchcommand"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(runner, chdir_tmp, args, fragments):
+    if args[0] == "run":  # FAST first: a later --steps in args wins
+        args = [*args[:2], *FAST, *args[2:]]
+    res = runner.invoke(cli, args)
+    _one_line_error(res, *fragments)
+
+
+def test_bad_config_files(runner, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = = 3\n")
+    _one_line_error(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(bad)]), "cannot parse")
+    unknown = tmp_path / "unknown.toml"
+    unknown.write_text("stepz = 3\n")
+    _one_line_error(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(unknown)]), "stepz")
+
+
+def test_missing_data_files(runner, tmp_path):
+    res = runner.invoke(cli, ["run", "source_only", "--dataset", "office-caltech-surf", "--src", "amazon",
+                              "--tgt", "webcam", "--data-root", str(tmp_path), *FAST])
+    _one_line_error(res, "not found", "amazon")
+
+
+def _office_root(root, counts_by_domain):
+    folder = root / "office_caltech10_surf"
+    folder.mkdir(parents=True)
+    files = {"amazon": "amazon_SURF_L10.mat", "webcam": "webcam_SURF_L10.mat"}
+    for domain, fts in counts_by_domain.items():
+        labels = (np.arange(len(fts)) % 10 + 1).reshape(-1, 1)
+        scipy.io.savemat(folder / files[domain], {"fts": fts, "labels": labels})
+    return root
+
+
+def test_nan_features(runner, tmp_path):
+    fts = np.random.default_rng(0).integers(1, 5, size=(30, 800)).astype(float)
+    bad = fts.copy()
+    bad[3, 7] = np.nan
+    root = _office_root(tmp_path, {"amazon": fts, "webcam": bad})
+    res = runner.invoke(cli, ["run", "source_only", "--dataset", "office-caltech-surf", "--src", "A", "--tgt", "W",
+                              "--data-root", str(root), *FAST])
+    _one_line_error(res, "webcam")
+    assert "nan" in res.stderr.lower() or "finite" in res.stderr.lower()
+
+
+def test_empty_domain(runner, tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "imgs"
+    for cls in ("cat", "dog"):
+        (data / "real" / cls).mkdir(parents=True)
+        Image.new("RGB", (8, 8), (10, 20, 30)).save(data / "real" / cls / "a.png")
+    (data / "sketch").mkdir()
+    res = runner.invoke(cli, ["run", "source_only", "--data", str(data), "--src", "real", "--tgt", "sketch",
+                              "--arch", "resnet18", "--image-size", "32", *FAST])
+    _one_line_error(res, "sketch")
+
+
+def test_corrupt_checkpoint_is_reported_and_left_alone(runner, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    garbage = b"this is not a checkpoint"
+    (out / "checkpoint.pt").write_bytes(garbage)
+    res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", *FAST, "--out", str(out), "--resume"])
+    _one_line_error(res, "corrupt checkpoint")
+    assert (out / "checkpoint.pt").read_bytes() == garbage
+
+
+def test_existing_run_is_not_overwritten(runner, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "usps", *FAST, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    res = runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "usps", *FAST, "--out", str(out)])
+    _one_line_error(res, "already holds a run", "--resume")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # resuming a run with other settings is refused, and nothing changes either
+    res = runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "usps", "--steps", "6",
+                              "--batch-size", "16", "--quiet", "--out", str(out), "--resume"])
+    _one_line_error(res, "other settings", "batch_size")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_help_and_version(runner):
+    res = runner.invoke(cli, ["--help"])
+    assert res.exit_code == 0 and "run" in res.stdout and "list" in res.stdout
+    res = runner.invoke(cli, ["run", "--help"])
+    assert res.exit_code == 0 and "--set" in res.stdout and "--resume" in res.stdout
+    res = runner.invoke(cli, ["--version"])
+    assert res.exit_code == 0 and "0.1.0" in res.stdout

@@ -1,0 +1,128 @@
+"""The method registry: decorator, duplicates, unknown names, entry points, --plugin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint
+
+import pytest
+
+import dalib
+from dalib import Method, register_method
+from dalib import registry
+from dalib.errors import RegistryError, UnknownNameError
+
+
+@pytest.fixture
+def clean_registry(monkeypatch):
+    """Registry state restored after the test, whatever it registered."""
+    monkeypatch.setattr(registry, "_methods", dict(registry._methods))
+    monkeypatch.setattr(registry, "_broken", dict(registry._broken))
+    yield registry
+
+
+def _method_class():
+    class Tiny(Method):
+        """A tiny method."""
+
+        @dataclass(frozen=True)
+        class Config:
+            weight: float = 1.0
+
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            return {"total": cls}
+
+    return Tiny
+
+
+def test_builtin_methods_are_found_through_entry_points():
+    names = dalib.list_methods()
+    assert {"dann", "source_only"} <= set(names)
+    assert names == sorted(names)
+    assert dalib.get_method("dann").name == "dann"
+
+
+def test_register_and_get(clean_registry):
+    cls = register_method("tiny_test")(_method_class())
+    assert dalib.get_method("tiny_test") is cls
+    assert "tiny_test" in dalib.list_methods()
+    assert cls.name == "tiny_test"
+
+
+def test_same_class_twice_is_harmless_but_another_class_raises(clean_registry):
+    cls = register_method("dup_test")(_method_class())
+    register_method("dup_test")(cls)  # e.g. a module imported twice
+    with pytest.raises(RegistryError, match="already registered"):
+        register_method("dup_test")(_method_class())
+    with pytest.raises(RegistryError, match="already registered"):
+        register_method("dann")(_method_class())
+
+
+def test_register_rejects_non_methods_and_bad_names(clean_registry):
+    with pytest.raises(RegistryError, match="subclass of dalib.Method"):
+        register_method("not_a_method")(object)
+    with pytest.raises(RegistryError, match="invalid method name"):
+        register_method("bad name!")
+
+
+def test_unknown_name_lists_known_methods():
+    with pytest.raises(UnknownNameError) as info:
+        dalib.get_method("nosuch")
+    message = str(info.value)
+    assert "unknown method 'nosuch'" in message
+    for name in ("dann", "source_only"):
+        assert name in message
+    assert "\n" not in message
+
+
+def test_broken_entry_point_is_reported_and_does_not_break_others(clean_registry, monkeypatch):
+    good = _method_class()
+    fake_eps = [
+        EntryPoint("broken_plugin", "dalib_no_such_module_xyz", "dalib.methods"),
+        EntryPoint("raises_plugin", "json:loads", "dalib.methods"),  # loads, but is no Method
+        EntryPoint("empty_plugin", "json", "dalib.methods"),  # a module that registers nothing
+        EntryPoint("good_plugin", f"{__name__}:GOOD", "dalib.methods"),
+    ]
+    globals()["GOOD"] = good
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fake_eps if ep.group == group])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_broken", {})
+    names = dalib.list_methods()
+    assert "good_plugin" in names and dalib.get_method("good_plugin") is good
+    errors = registry.plugin_errors()
+    assert set(errors) == {"broken_plugin", "raises_plugin", "empty_plugin"}
+    assert "ModuleNotFoundError" in errors["broken_plugin"]
+    assert "subclass of dalib.Method" in errors["raises_plugin"]
+    assert "registered no method" in errors["empty_plugin"]
+    with pytest.raises(UnknownNameError, match="failed to load"):
+        dalib.get_method("broken_plugin")
+
+
+def test_load_plugin_module_from_a_file(clean_registry, tmp_path):
+    plugin = tmp_path / "my_plugin.py"
+    plugin.write_text(
+        "from dataclasses import dataclass\n"
+        "import dalib\n"
+        "@dalib.register_method('file_plugin_test')\n"
+        "class FilePlugin(dalib.Method):\n"
+        "    '''From a file.'''\n"
+        "    @dataclass(frozen=True)\n"
+        "    class Config:\n"
+        "        pass\n"
+        "    def loss(self, batch, out, progress):\n"
+        "        return {'total': self.source_loss(batch, out)}\n"
+    )
+    assert dalib.load_plugin_module(str(plugin)) == ["file_plugin_test"]
+    assert dalib.get_method("file_plugin_test").__doc__ == "From a file."
+
+
+def test_load_plugin_module_errors(clean_registry, tmp_path):
+    with pytest.raises(RegistryError, match="cannot load plugin 'dalib_no_such_module_xyz'"):
+        dalib.load_plugin_module("dalib_no_such_module_xyz")
+    bad = tmp_path / "bad_plugin.py"
+    bad.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(RegistryError, match="RuntimeError: boom"):
+        dalib.load_plugin_module(str(bad))
+    with pytest.raises(RegistryError, match="no such file"):
+        dalib.load_plugin_module(str(tmp_path / "missing.py"))

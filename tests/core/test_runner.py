@@ -1,0 +1,113 @@
+"""The runner: determinism, resume after an interrupted run, outputs, data checks."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import dalib
+from dalib.data import Domain, DatasetInfo, list_datasets, register_dataset
+from dalib.errors import DataError
+from dalib.runner import RunConfig, load_checkpoint, run
+
+
+def _config(**kw):
+    base = dict(method="dann", src="mnist", tgt="usps", steps=30, batch_size=16, log_every=5,
+                checkpoint_every=10, method_config={"hidden": 64})
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_same_seed_same_numbers_on_cpu(tmp_path):
+    a = run(_config(), tmp_path / "a", progress_bar=False)
+    b = run(_config(), tmp_path / "b", progress_bar=False)
+    assert (a.source_accuracy, a.target_accuracy) == (b.source_accuracy, b.target_accuracy)
+    assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
+    c = run(_config(seed=1), tmp_path / "c", progress_bar=False)
+    assert (tmp_path / "c" / "metrics.jsonl").read_text() != (tmp_path / "a" / "metrics.jsonl").read_text()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
+    full = run(_config(), tmp_path / "full", progress_bar=False)
+
+    def kill_at_25(step, logs):
+        if step == 25:  # after the checkpoint at step 20: steps 21..25 are redone
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(_config(), tmp_path / "cut", progress_bar=False, on_step=kill_at_25)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 20
+    assert not (tmp_path / "cut" / "result.json").exists()
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 25  # written past the checkpoint, trimmed on resume
+
+    resumed = run(_config(), tmp_path / "cut", resume=True, progress_bar=False)
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    w_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    w_cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    for key, value in w_full["model"].items():
+        assert torch.equal(value, w_cut["model"][key]), key
+    for key, value in w_full["method"].items():
+        assert torch.equal(value, w_cut["method"][key]), key
+    r_full = json.loads((tmp_path / "full" / "result.json").read_text())
+    r_cut = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert r_full["target_accuracy"] == r_cut["target_accuracy"]
+
+
+def test_checkpoints_are_atomic_and_loadable_weights_only(tmp_path):
+    run(_config(steps=12, checkpoint_every=5), tmp_path / "r", progress_bar=False)
+    names = sorted(p.name for p in (tmp_path / "r").iterdir())
+    assert names == ["checkpoint.pt", "metrics.jsonl", "result.json"]  # no temporary files left
+    ckpt = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 12 and "discriminator.0.weight" in ckpt["method"]
+
+
+def test_eval_every_logs_accuracies(tmp_path):
+    res = run(_config(steps=10, eval_every=5, log_every=0), tmp_path / "r", progress_bar=False)
+    evals = [h for h in res.history if "target_acc" in h]
+    assert [h["step"] for h in evals] == [5]
+    assert 0 <= evals[0]["target_acc"] <= 100
+
+
+def test_domains_of_different_sizes_and_infinite_streams(toy_dataset):
+    # 300 source samples, batch 64: 20 steps cross several epochs without stopping
+    res = run(_config(dataset=toy_dataset, src="src", tgt="tgt", steps=20, batch_size=64), None, progress_bar=False)
+    assert res.steps == 20
+
+
+def _mismatch_loader(req):
+    d = 5 if req.domain == "a" else 7
+    x = np.random.default_rng(0).normal(size=(40, d)).astype(np.float32)
+    return Domain.from_arrays(req.domain, x, np.arange(40) % 2, num_classes=2)
+
+
+def test_domains_with_different_feature_sizes_are_refused():
+    if "test-mismatch" not in list_datasets():
+        register_dataset(DatasetInfo(name="test-mismatch", description="tests", domains=("a", "b"),
+                                     num_classes=2, needs="embedded"), _mismatch_loader)
+    with pytest.raises(DataError, match="share a feature space"):
+        run(_config(dataset="test-mismatch", src="a", tgt="b"), None, progress_bar=False)
+
+
+def test_stream_visits_every_sample_once_per_epoch():
+    from dalib.runner import _Stream
+
+    s = _Stream(10, 4, seed=3)
+    seen = torch.cat([s.indices(k) for k in range(5)])  # 20 draws = 2 epochs
+    assert sorted(seen[:10].tolist()) == list(range(10))
+    assert sorted(seen[10:].tolist()) == list(range(10))
+    assert torch.equal(_Stream(10, 4, seed=3).indices(3), s.indices(3))  # pure function of step
+
+
+def test_public_api_is_sorted_and_complete():
+    assert dalib.__all__ == sorted(dalib.__all__)
+    for name in dalib.__all__:
+        assert hasattr(dalib, name)
