@@ -1,0 +1,41 @@
+"""Domain datasets: a registry of named datasets whose domains load as torch Datasets.
+
+Built in: ``digits`` (MNIST/USPS 16x16, embedded), ``office-caltech-surf`` and
+``amazon-reviews`` (feature files under a data root), ``image-folder`` (any
+DATA/DOMAIN/CLASS/IMAGE folder). See docs/data.md.
+
+>>> from dalib.data import load_domain
+>>> src = load_domain("digits", "M")
+>>> src.name, src.input_shape, len(src)
+('mnist', (1, 16, 16), 2000)
+"""
+
+from __future__ import annotations
+
+# The dataset modules register themselves on import.
+from dalib.data import amazon_reviews, digits, image_folder, office_caltech  # noqa: F401
+from dalib.data.domain import Domain
+from dalib.data.registry import (
+    DatasetInfo,
+    LoadRequest,
+    default_data_root,
+    get_dataset,
+    infer_dataset,
+    list_datasets,
+    list_domains,
+    load_domain,
+    register_dataset,
+)
+
+__all__ = [
+    "DatasetInfo",
+    "Domain",
+    "LoadRequest",
+    "default_data_root",
+    "get_dataset",
+    "infer_dataset",
+    "list_datasets",
+    "list_domains",
+    "load_domain",
+    "register_dataset",
+]

@@ -1,0 +1,160 @@
+"""Any folder laid out as DATA/DOMAIN/CLASS/IMAGE (the Office-31 layout), decoded lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from dalib.data.domain import Domain
+from dalib.data.registry import DatasetInfo, LoadRequest, register_dataset
+from dalib.errors import DataError, UnknownNameError
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMG_EXTENSIONS",
+    "INFO",
+    "ImageFolderDataset",
+    "folder_classes",
+    "folder_domains",
+]
+
+IMG_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+INFO = DatasetInfo(
+    name="image-folder",
+    description="a folder DATA/DOMAIN/CLASS/IMAGE (Office-31 layout); pass it with --data",
+    domains=(),
+    kind="image",
+    num_classes=None,
+    needs="data_dir",
+)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    return sorted(
+        (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        key=lambda p: p.name,
+    )
+
+
+def folder_domains(data_dir: Path) -> list[str]:
+    """The domain names of an image folder: its sub-folders, sorted."""
+    names = [p.name for p in _subdirs(Path(data_dir))]
+    if not names:
+        raise DataError(
+            f"no domain folders in {data_dir} "
+            "(dataset image-folder; expected DATA/DOMAIN/CLASS/IMAGE)"
+        )
+    return names
+
+
+def folder_classes(data_dir: Path) -> list[str]:
+    """The sorted union of class-folder names over all domains, so that labels agree
+    between domains even when a domain lacks a class."""
+    return sorted({c.name for d in folder_domains(data_dir) for c in _subdirs(Path(data_dir) / d)})
+
+
+def _resolve_folder(data_dir: Path, domain: str) -> str:
+    names = folder_domains(data_dir)
+    if domain in names:
+        return domain
+    folded = [n for n in names if n.lower() == domain.strip().lower()]
+    if len(folded) == 1:
+        return folded[0]
+    raise UnknownNameError(
+        f"unknown domain {domain!r} of dataset image-folder in {data_dir}; "
+        f"known: {', '.join(names)}"
+    )
+
+
+class ImageFolderDataset(Dataset):
+    """Images of one domain, decoded on access: RGB, resized to ``image_size`` x ``image_size``
+    (bilinear), scaled to [0, 1] and normalised with the ImageNet mean and std.
+
+    ``samples`` is the list of ``(path, label)``; ``targets`` the labels. Item: (x (3, S, S)
+    float32, label int). An unreadable image raises :class:`DataError` naming the file.
+    """
+
+    def __init__(self, samples: list[tuple[Path, int]], image_size: int, domain: str = "") -> None:
+        self.samples = samples
+        self.targets = [label for _, label in samples]
+        self.image_size = image_size
+        self.domain = domain
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        path, label = self.samples[index]
+        return load_image(path, self.image_size, domain=self.domain), label
+
+
+def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor:
+    """One image file as a normalised (3, S, S) float32 tensor."""
+    from PIL import Image
+
+    bilinear = getattr(Image, "Resampling", Image).BILINEAR
+    try:
+        with Image.open(path) as im:
+            rgb = im.convert("RGB").resize((image_size, image_size), bilinear)
+    # PIL reports a damaged image as OSError (UnidentifiedImageError), ValueError, or even
+    # SyntaxError for some broken PNG chunks.
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(
+            f"cannot read image: {path} (dataset image-folder, domain {domain}): {reason}"
+        ) from exc
+    arr = np.asarray(rgb, dtype=np.float32) / 255.0  # (S, S, 3)
+    x = torch.from_numpy(arr).permute(2, 0, 1)  # (3, S, S)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((x - mean) / std).contiguous()
+
+
+def load(req: LoadRequest) -> Domain:
+    assert req.data_dir is not None
+    data_dir = req.data_dir
+    name = _resolve_folder(data_dir, req.domain)
+    classes = folder_classes(data_dir)
+    root = data_dir / name
+    class_dirs = _subdirs(root)
+    if not class_dirs:
+        raise DataError(
+            f"empty domain: no class folders in {root} (dataset image-folder, domain {name}; "
+            f"expected DATA/DOMAIN/CLASS/IMAGE)"
+        )
+    samples: list[tuple[Path, int]] = []
+    for cdir in class_dirs:
+        label = classes.index(cdir.name)
+        files = sorted(
+            (
+                p
+                for p in cdir.iterdir()
+                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS
+            ),
+            key=lambda p: p.name,
+        )
+        if not files:
+            raise DataError(
+                f"empty class folder: {cdir} holds no images (dataset image-folder, domain {name}; "
+                f"extensions {' '.join(IMG_EXTENSIONS)})"
+            )
+        samples.extend((p, label) for p in files)
+    return Domain(
+        name=name,
+        dataset=ImageFolderDataset(samples, req.image_size, domain=name),
+        num_classes=len(classes),
+        input_shape=(3, req.image_size, req.image_size),
+        classes=classes,
+        origin=str(root),
+        dataset_name=INFO.name,
+    )
+
+
+register_dataset(INFO, load)

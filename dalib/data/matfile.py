@@ -1,0 +1,77 @@
+"""Reading the benchmark ``.mat`` feature files, with one-line errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from dalib.errors import DataError
+
+__all__ = ["features_and_labels", "find_data_file", "read_mat"]
+
+
+def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, domain: str) -> Path:
+    """``root/folder/filename``, or ``root/filename`` when ``root`` already is that folder."""
+    for cand in (root / folder / filename, root / filename):
+        if cand.is_file():
+            return cand
+    raise DataError(
+        f"data file not found: {root / folder / filename} "
+        f"(dataset {dataset}, domain {domain}; set --data-root)"
+    )
+
+
+def read_mat(
+    path: Path, keys: tuple[str, ...], *, dataset: str, domain: str
+) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of a MATLAB (v4-v7.2) file; :class:`DataError` if it is unreadable
+    or a key is missing."""
+    import scipy.io
+
+    where = f"(dataset {dataset}, domain {domain})"
+    try:
+        content = scipy.io.loadmat(str(path))
+    # A damaged file makes scipy's parser fail in many ways (MatReadError, ValueError,
+    # OSError, IndexError, zlib.error, NotImplementedError for v7.3/HDF5, ...): all of them
+    # mean "this file cannot be read", which is what the user needs to hear.
+    except Exception as exc:  # noqa: BLE001
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise DataError(f"corrupt or unreadable .mat file: {path} {where}: {reason}") from exc
+    missing = [k for k in keys if k not in content]
+    if missing:
+        found = sorted(k for k in content if not k.startswith("__"))
+        raise DataError(
+            f"{path} {where} lacks key(s) {', '.join(missing)}; "
+            f"it holds: {', '.join(found) or 'nothing'}"
+        )
+    out = {}
+    for k in keys:
+        arr = content[k]
+        if not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.kind not in "biuf":
+            raise DataError(f"key {k!r} of {path} {where} is not a numeric array")
+        out[k] = arr
+    return out
+
+
+def features_and_labels(
+    path: Path, *, dataset: str, domain: str, n_features: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """``fts`` (N, D) as float64 and ``labels`` (N,) as int64 from a benchmark file, with
+    shapes checked (``n_features`` the expected D, or None)."""
+    arrays = read_mat(path, ("fts", "labels"), dataset=dataset, domain=domain)
+    x, y = arrays["fts"], arrays["labels"]
+    where = f"{path} (dataset {dataset}, domain {domain})"
+    if x.ndim != 2:
+        raise DataError(f"'fts' of {where} has shape {x.shape}, expected (N, D)")
+    if n_features is not None and x.shape[1] != n_features:
+        raise DataError(f"'fts' of {where} has {x.shape[1]} features, expected {n_features}")
+    if y.size != x.shape[0] or (y.ndim == 2 and 1 not in y.shape) or y.ndim > 2:
+        raise DataError(f"'labels' of {where} has shape {y.shape}, expected ({x.shape[0]}, 1)")
+    if x.shape[0] == 0:
+        raise DataError(f"empty domain: no samples in {where}")
+    y = y.reshape(-1)
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise DataError(f"'labels' of {where} are not integers")
+    return x.astype(np.float64), y.astype(np.int64)

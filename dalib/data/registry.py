@@ -1,0 +1,288 @@
+"""The dataset registry: names, domains and aliases, and the loaders behind them."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from dalib.data.domain import Domain, check_finite
+from dalib.errors import DataError, RegistryError, UnknownNameError
+
+__all__ = [
+    "DatasetInfo",
+    "LoadRequest",
+    "default_data_root",
+    "get_dataset",
+    "infer_dataset",
+    "list_datasets",
+    "list_domains",
+    "load_domain",
+    "register_dataset",
+]
+
+DATA_ROOT_ENV = "DALIB_DATA_ROOT"
+DEFAULT_ROOT_CANDIDATES = ("shared/data", "../shared/data")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the registry knows about a dataset before loading anything.
+
+    ``domains`` are the canonical domain names (empty for ``image-folder``, whose domains are
+    the sub-folders of ``--data``); ``aliases`` maps short names to canonical ones. Domain
+    names and aliases match case-insensitively. ``needs`` says where the data comes from:
+    ``"embedded"`` (inside the package), ``"data_root"`` (files under ``--data-root``) or
+    ``"data_dir"`` (a folder the user names with ``--data``).
+    """
+
+    name: str
+    description: str
+    domains: tuple[str, ...]
+    aliases: dict[str, str] = field(default_factory=dict)
+    kind: Literal["image", "features"] = "features"
+    num_classes: int | None = None
+    needs: Literal["embedded", "data_root", "data_dir"] = "data_root"
+    citation: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("image", "features"):
+            raise RegistryError(
+                f"dataset {self.name}: kind must be 'image' or 'features', not {self.kind!r}"
+            )
+        if self.needs not in ("embedded", "data_root", "data_dir"):
+            raise RegistryError(
+                f"dataset {self.name}: needs must be 'embedded', 'data_root' or 'data_dir', "
+                f"not {self.needs!r}"
+            )
+        seen: dict[str, str] = {}
+        for d in self.domains:
+            if d.lower() in seen:
+                raise RegistryError(f"dataset {self.name}: domain {d!r} is listed twice")
+            seen[d.lower()] = d
+        for alias, target in self.aliases.items():
+            if target not in self.domains:
+                raise RegistryError(
+                    f"dataset {self.name}: alias {alias!r} names unknown domain {target!r}"
+                )
+            if seen.get(alias.lower(), target) != target:
+                raise RegistryError(f"dataset {self.name}: alias {alias!r} is ambiguous")
+            seen[alias.lower()] = target
+
+    def _lookup(self) -> dict[str, str]:
+        table = {d.lower(): d for d in self.domains}
+        table.update({a.lower(): d for a, d in self.aliases.items()})
+        return table
+
+    def matches(self, domain: str) -> bool:
+        """Whether ``domain`` names one of this dataset's domains or aliases."""
+        return isinstance(domain, str) and domain.strip().lower() in self._lookup()
+
+    def resolve(self, domain: str) -> str:
+        """The canonical name of ``domain`` (a name or alias, any case).
+
+        For ``image-folder`` (no fixed domains) the name is returned unchanged; the folder is
+        checked when the domain is loaded. Raises :class:`UnknownNameError` otherwise.
+        """
+        if not isinstance(domain, str) or not domain.strip():
+            raise UnknownNameError(
+                f"no domain name given for dataset {self.name}; "
+                f"known: {self.describe_domains() or 'the sub-folders of --data'}"
+            )
+        if not self.domains:
+            return domain
+        found = self._lookup().get(domain.strip().lower())
+        if found is None:
+            raise UnknownNameError(
+                f"unknown domain {domain!r} of dataset {self.name}; "
+                f"known: {self.describe_domains()}"
+            )
+        return found
+
+    def describe_domains(self) -> str:
+        """``"amazon (A), caltech (C, caltech10), ..."``: the domains with their aliases."""
+        parts = []
+        for d in self.domains:
+            al = [a for a, t in self.aliases.items() if t == d]
+            parts.append(f"{d} ({', '.join(al)})" if al else d)
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What a dataset loader is given: the dataset, the canonical domain name, and the
+    resolved locations (``data_root`` for ``needs="data_root"``, ``data_dir`` for
+    ``needs="data_dir"``, else ``None``) and the image size for image datasets."""
+
+    info: DatasetInfo
+    domain: str
+    data_root: Path | None
+    data_dir: Path | None
+    image_size: int
+
+
+Loader = Callable[[LoadRequest], Domain]
+
+_DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
+
+
+def register_dataset(info: DatasetInfo, loader: Loader) -> None:
+    """Add a dataset to the registry.
+
+    ``loader(request: LoadRequest) -> Domain`` loads one domain; ``request.domain`` is already
+    canonical. Build in-memory domains with :meth:`Domain.from_arrays`, which checks shapes,
+    labels and finiteness. A name that is already registered raises :class:`RegistryError`.
+    """
+    if not isinstance(info, DatasetInfo):
+        raise RegistryError(f"register_dataset needs a DatasetInfo, got {type(info).__name__}")
+    if not callable(loader):
+        raise RegistryError(f"dataset {info.name}: the loader is not callable")
+    if info.name in _DATASETS:
+        raise RegistryError(f"dataset {info.name!r} is already registered")
+    _DATASETS[info.name] = (info, loader)
+
+
+def list_datasets() -> list[str]:
+    """Sorted names of the registered datasets."""
+    return sorted(_DATASETS)
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    """The :class:`DatasetInfo` of ``name`` (exact or case-insensitive)."""
+    return _entry(name)[0]
+
+
+def _entry(name: str) -> tuple[DatasetInfo, Loader]:
+    if name in _DATASETS:
+        return _DATASETS[name]
+    for key, entry in _DATASETS.items():
+        if key.lower() == name.strip().lower():
+            return entry
+    raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+
+
+def default_data_root() -> Path | None:
+    """``$DALIB_DATA_ROOT`` if set, else the first existing of ``./shared/data`` and
+    ``../shared/data`` (relative to the working directory), else ``None``."""
+    env = os.environ.get(DATA_ROOT_ENV)
+    if env:
+        return Path(env).expanduser()
+    for cand in DEFAULT_ROOT_CANDIDATES:
+        p = Path(cand)
+        if p.is_dir():
+            return p.resolve()
+    return None
+
+
+def infer_dataset(src: str, tgt: str) -> str:
+    """The one registered dataset that has both ``src`` and ``tgt`` as domains or aliases.
+
+    ``image-folder`` (and any dataset without fixed domains) is never inferred. Raises
+    :class:`UnknownNameError` when no dataset or more than one matches.
+    """
+    hits = [
+        info.name
+        for info, _ in _DATASETS.values()
+        if info.domains and info.matches(src) and info.matches(tgt)
+    ]
+    if len(hits) == 1:
+        return hits[0]
+    if len(hits) > 1:
+        raise UnknownNameError(
+            f"domains {src!r} and {tgt!r} are ambiguous: they belong to "
+            f"{', '.join(sorted(hits))}; pass --dataset"
+        )
+    known = "; ".join(
+        f"{info.name}: {info.describe_domains()}"
+        for name in list_datasets()
+        for info in [_DATASETS[name][0]]
+        if info.domains
+    )
+    raise UnknownNameError(
+        f"no dataset has both domains {src!r} and {tgt!r}; pass --dataset (known: {known})"
+    )
+
+
+def list_domains(dataset: str, *, data_dir: str | os.PathLike | None = None) -> list[str]:
+    """Canonical domain names of ``dataset``; for ``image-folder``, the sub-folders of
+    ``data_dir``."""
+    info = get_dataset(dataset)
+    if info.domains:
+        return list(info.domains)
+    if info.needs == "data_dir":
+        from dalib.data.image_folder import folder_domains
+
+        return folder_domains(_need_data_dir(info, "", data_dir))
+    return []
+
+
+def load_domain(
+    dataset: str,
+    domain: str,
+    *,
+    data_root: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+    image_size: int = 224,
+) -> Domain:
+    """Load one domain of a registered dataset.
+
+    ``data_root`` (default :func:`default_data_root`) holds the benchmark files
+    (``office_caltech10_surf/``, ``amazon_review_400/``); ``data_dir`` is the folder of an
+    ``image-folder`` dataset; ``image_size`` is the side images are resized to.
+    Raises :class:`UnknownNameError` for an unknown dataset or domain and :class:`DataError`
+    for missing or corrupt files, NaN/inf features and empty domains.
+    """
+    info, loader = _entry(dataset)
+    name = info.resolve(domain)
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise DataError(f"image size must be a positive integer, not {image_size!r}")
+    root = dir_ = None
+    if info.needs == "data_root":
+        root = _need_data_root(info, name, data_root)
+    elif info.needs == "data_dir":
+        dir_ = _need_data_dir(info, name, data_dir)
+    result = loader(
+        LoadRequest(info=info, domain=name, data_root=root, data_dir=dir_, image_size=image_size)
+    )
+    if not isinstance(result, Domain):
+        raise RegistryError(
+            f"the loader of dataset {info.name} returned {type(result).__name__}, not a Domain"
+        )
+    where = (
+        f"{result.origin} (dataset {info.name}, domain {result.name})"
+        if result.origin
+        else (f"dataset {info.name}, domain {result.name}")
+    )
+    if len(result) == 0:
+        raise DataError(f"empty domain: no samples in {where}")
+    if result.x is not None:
+        check_finite(result.x, where)
+    return result
+
+
+def _need_data_root(info: DatasetInfo, domain: str, data_root: str | os.PathLike | None) -> Path:
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    if root is None:
+        raise DataError(
+            f"no data root for dataset {info.name}, domain {domain}: set --data-root or "
+            f"{DATA_ROOT_ENV} (looked for {' and '.join(DEFAULT_ROOT_CANDIDATES)})"
+        )
+    if not root.is_dir():
+        raise DataError(
+            f"data root not found: {root} (dataset {info.name}, domain {domain}; set --data-root)"
+        )
+    return root
+
+
+def _need_data_dir(info: DatasetInfo, domain: str, data_dir: str | os.PathLike | None) -> Path:
+    dom = f", domain {domain}" if domain else ""
+    if data_dir is None:
+        raise DataError(f"dataset {info.name}{dom} needs a data folder: pass --data PATH")
+    path = Path(data_dir).expanduser()
+    if not path.is_dir():
+        raise DataError(
+            f"data folder not found: {path} (dataset {info.name}{dom}; pass --data PATH)"
+        )
+    return path

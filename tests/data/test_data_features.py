@@ -1,0 +1,242 @@
+"""Feature-file datasets: Office-Caltech10 SURF and Amazon reviews, and their error branches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dalib.data import load_domain
+from dalib.data.office_caltech import CLASSES, preprocess_surf
+from dalib.errors import DataError
+
+
+def write_mat(path, **arrays):
+    import scipy.io
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.savemat(str(path), arrays)
+
+
+# JDA paper (Long et al. ICCV 2013), Table 2, 1-NN column: all source samples, no adaptation.
+JDA_1NN = {
+    ("C", "A"): 23.70,
+    ("C", "W"): 25.76,
+    ("C", "D"): 25.48,
+    ("A", "C"): 26.00,
+    ("A", "W"): 29.83,
+    ("A", "D"): 25.48,
+    ("W", "C"): 19.86,
+    ("W", "A"): 22.96,
+    ("W", "D"): 59.24,
+    ("D", "C"): 26.27,
+    ("D", "A"): 28.50,
+    ("D", "W"): 63.39,
+}
+
+
+def _nn_accuracy(src, tgt) -> float:
+    d = torch.cdist(tgt.x.double(), src.x.double())  # (Nt, Ns)
+    return 100 * float((src.y[d.argmin(1)] == tgt.y).double().mean())
+
+
+@pytest.mark.parametrize(
+    ("domain", "n", "counts"),
+    [
+        ("amazon", 958, [92, 82, 94, 99, 100, 100, 99, 100, 94, 98]),
+        ("caltech", 1123, [151, 110, 100, 138, 85, 128, 133, 94, 87, 97]),
+        ("dslr", 157, [12, 21, 12, 13, 10, 24, 22, 12, 8, 23]),
+        ("webcam", 295, [29, 21, 31, 27, 27, 30, 43, 30, 27, 30]),
+    ],
+)
+def test_office_caltech_shapes(real_root, domain, n, counts):
+    dom = load_domain("office-caltech-surf", domain, data_root=real_root)
+    assert dom.name == domain and len(dom) == n and dom.input_shape == (800,)
+    assert dom.x.shape == (n, 800) and dom.x.dtype == torch.float32 and dom.y.dtype == torch.int64
+    assert dom.num_classes == 10 and dom.classes == CLASSES
+    assert torch.bincount(dom.y, minlength=10).tolist() == counts
+    # z-scored within the domain (population std)
+    torch.testing.assert_close(
+        dom.x.double().mean(0), torch.zeros(800, dtype=torch.float64), atol=1e-5, rtol=0
+    )
+    torch.testing.assert_close(
+        dom.x.double().std(0, unbiased=False),
+        torch.ones(800, dtype=torch.float64),
+        atol=1e-4,
+        rtol=0,
+    )
+    x, y = dom.dataset[0]
+    assert x.shape == (800,) and int(y) == int(dom.y[0])
+
+
+def test_office_caltech_1nn_reproduces_jda(real_root):
+    doms = {k: load_domain("office-caltech-surf", k, data_root=real_root) for k in "ACDW"}
+    accs = {task: _nn_accuracy(doms[task[0]], doms[task[1]]) for task in JDA_1NN}
+    for task, expected in JDA_1NN.items():
+        assert accs[task] == pytest.approx(expected, abs=0.01), task
+    assert np.mean(list(accs.values())) == pytest.approx(31.37, abs=0.01)
+
+
+def test_office_caltech_accepts_the_folder_itself(real_root):
+    dom = load_domain("office-caltech-surf", "W", data_root=real_root / "office_caltech10_surf")
+    assert len(dom) == 295
+
+
+def test_default_data_root_is_used(real_root, monkeypatch):
+    monkeypatch.setenv("DALIB_DATA_ROOT", str(real_root))
+    assert len(load_domain("office-caltech-surf", "d")) == 157
+
+
+def test_preprocess_surf_guards():
+    counts = np.array([[0, 0, 0], [1, 3, 0], [2, 2, 0]])  # a zero row, a constant column
+    x = preprocess_surf(counts)
+    assert np.all(np.isfinite(x))
+    assert np.all(x[:, 2] == 0)
+    np.testing.assert_allclose(x.std(0)[:2], 1.0)
+
+
+@pytest.mark.parametrize(
+    ("domain", "n"), [("books", 2000), ("dvd", 1999), ("electronics", 1998), ("kitchen", 1999)]
+)
+def test_amazon_reviews_shapes(real_root, domain, n):
+    dom = load_domain("amazon-reviews", domain, data_root=real_root)
+    assert dom.name == domain and len(dom) == n and dom.input_shape == (400,)
+    assert dom.x.shape == (n, 400) and dom.x.dtype == torch.float32
+    assert dom.num_classes == 2 and dom.classes == ["negative", "positive"]
+    assert set(dom.y.tolist()) == {0, 1}
+    assert abs(int(dom.y.sum()) - n / 2) <= 2  # balanced
+    assert float(dom.x.min()) >= 0 and float(dom.x.max()) <= 1  # used as given
+
+
+def test_amazon_features_used_as_given(real_root):
+    import scipy.io
+
+    raw = scipy.io.loadmat(str(real_root / "amazon_review_400" / "elec_400.mat"))
+    dom = load_domain("amazon-reviews", "E", data_root=real_root)
+    np.testing.assert_array_equal(dom.x.numpy(), raw["fts"].astype(np.float32))
+
+
+# --- error branches, on synthetic files in tmp_path -------------------------------------
+
+SURF = ("office-caltech-surf", "amazon", "office_caltech10_surf/amazon_SURF_L10.mat", 800)
+REVIEWS = ("amazon-reviews", "electronics", "amazon_review_400/elec_400.mat", 400)
+
+
+def _good(d: int, n: int = 20, one_based: bool = True):
+    rng = np.random.default_rng(0)
+    fts = rng.integers(0, 5, size=(n, d)).astype(np.float64) + 1
+    labels = (np.arange(n) % 2 + (1 if one_based else 0)).reshape(-1, 1)
+    return fts, labels
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_synthetic_file_loads(tmp_path, spec):
+    dataset, domain, rel, d = spec
+    fts, labels = _good(d, one_based=dataset == SURF[0])
+    write_mat(tmp_path / rel, fts=fts, labels=labels)
+    dom = load_domain(dataset, domain, data_root=tmp_path)
+    assert dom.x.shape == (20, d) and dom.y.tolist() == [0, 1] * 10
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_missing_file(tmp_path, spec):
+    dataset, domain, rel, _ = spec
+    with pytest.raises(DataError) as exc:
+        load_domain(dataset, domain, data_root=tmp_path)
+    msg = str(exc.value)
+    where = f"(dataset {dataset}, domain {domain}; set --data-root)"
+    assert msg == f"data file not found: {tmp_path / rel} {where}"
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"garbage" * 10, b"x" * 2000, b"MATLAB 5.0 MAT-file" + b"\0" * 200],
+    ids=["empty", "short-garbage", "long-garbage", "truncated-header"],
+)
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_corrupt_file(tmp_path, spec, content):
+    dataset, domain, rel, _ = spec
+    path = tmp_path / rel
+    path.parent.mkdir(parents=True)
+    path.write_bytes(content)
+    with pytest.raises(DataError) as exc:
+        load_domain(dataset, domain, data_root=tmp_path)
+    msg = str(exc.value)
+    assert msg.startswith(
+        f"corrupt or unreadable .mat file: {path} (dataset {dataset}, domain {domain})"
+    )
+    assert "\n" not in msg
+
+
+def test_truncated_real_file(tmp_path, real_root):
+    data = (real_root / "office_caltech10_surf" / "dslr_SURF_L10.mat").read_bytes()
+    path = tmp_path / "office_caltech10_surf" / "dslr_SURF_L10.mat"
+    path.parent.mkdir()
+    for cut in (len(data) // 2, 200):
+        path.write_bytes(data[:cut])
+        with pytest.raises(DataError, match="corrupt or unreadable .mat file: .*dslr_SURF_L10.mat"):
+            load_domain("office-caltech-surf", "D", data_root=tmp_path)
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_missing_key(tmp_path, spec):
+    dataset, domain, rel, d = spec
+    fts, labels = _good(d)
+    write_mat(tmp_path / rel, X=fts, labels=labels)
+    with pytest.raises(DataError, match=r"lacks key\(s\) fts; it holds: X, labels"):
+        load_domain(dataset, domain, data_root=tmp_path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_nan_features(tmp_path, spec, bad):
+    dataset, domain, rel, d = spec
+    fts, labels = _good(d)
+    fts[3, 7] = bad
+    write_mat(tmp_path / rel, fts=fts, labels=labels)
+    with pytest.raises(DataError) as exc:
+        load_domain(dataset, domain, data_root=tmp_path)
+    msg = str(exc.value)
+    assert "NaN or infinite features" in msg and str(tmp_path / rel) in msg and domain in msg
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_empty_domain(tmp_path, spec):
+    dataset, domain, rel, d = spec
+    write_mat(tmp_path / rel, fts=np.zeros((0, d)), labels=np.zeros((0, 1)))
+    with pytest.raises(DataError, match=f"empty domain: no samples in .*{domain}"):
+        load_domain(dataset, domain, data_root=tmp_path)
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_wrong_feature_count(tmp_path, spec):
+    dataset, domain, rel, d = spec
+    fts, labels = _good(d + 1)
+    write_mat(tmp_path / rel, fts=fts, labels=labels)
+    with pytest.raises(DataError, match=f"has {d + 1} features, expected {d}"):
+        load_domain(dataset, domain, data_root=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (np.zeros((19, 1)), r"has shape \(19, 1\), expected \(20, 1\)"),
+        (np.array(["a"] * 20), "not a numeric array"),
+        (np.full((20, 1), 0.5), "not integers"),
+        (np.zeros((20, 1)), r"labels span -1..-1"),  # office labels are 1..10: 0 is out of range
+        (np.full((20, 1), 11), r"labels span 10..10"),
+    ],
+)
+def test_bad_labels(tmp_path, labels, match):
+    dataset, domain, rel, d = SURF
+    fts, _ = _good(d)
+    write_mat(tmp_path / rel, fts=fts, labels=labels)
+    with pytest.raises(DataError, match=match):
+        load_domain(dataset, domain, data_root=tmp_path)
+
+
+def test_features_not_a_matrix(tmp_path):
+    dataset, domain, rel, _ = REVIEWS
+    write_mat(tmp_path / rel, fts=np.zeros((2, 3, 4)), labels=np.zeros((2, 1)))
+    with pytest.raises(DataError, match=r"'fts' of .* has shape \(2, 3, 4\)"):
+        load_domain(dataset, domain, data_root=tmp_path)

@@ -1,0 +1,120 @@
+"""The image-folder dataset, on a tiny generated DATA/DOMAIN/CLASS/IMAGE tree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from dalib.data import get_dataset, infer_dataset, list_domains, load_domain
+from dalib.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
+from dalib.errors import DataError, UnknownNameError
+
+
+def _image(path: Path, color, size=(20, 14), mode="RGB") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new(mode, size, color).save(path)
+
+
+@pytest.fixture
+def office(tmp_path) -> Path:
+    """amazon: bike (2), mug (1); webcam: bike (1), calculator (1), mug (1), and clutter."""
+    root = tmp_path / "office"
+    _image(root / "amazon" / "bike" / "b1.png", (255, 0, 0))
+    _image(root / "amazon" / "bike" / "b2.PNG", (0, 255, 0))
+    _image(root / "amazon" / "mug" / "m1.png", (0, 0, 255))
+    _image(root / "webcam" / "bike" / "b1.png", 128, mode="L")  # greyscale
+    _image(root / "webcam" / "calculator" / "c1.png", (10, 20, 30, 255), mode="RGBA")
+    _image(root / "webcam" / "mug" / "m1.jpg", (255, 255, 255))  # a JPEG
+    (root / "webcam" / "mug" / "notes.txt").write_text("not an image")  # ignored
+    (root / "webcam" / "mug" / ".hidden.png").write_bytes(b"ignored")
+    (root / ".cache").mkdir()  # hidden folders are not domains
+    return root
+
+
+def test_info():
+    info = get_dataset("image-folder")
+    assert info.domains == () and info.num_classes is None and info.needs == "data_dir"
+    assert info.resolve("Anything") == "Anything"
+
+
+def test_loads_with_shared_classes(office):
+    a = load_domain("image-folder", "amazon", data_dir=office, image_size=32)
+    w = load_domain("image-folder", "webcam", data_dir=office, image_size=32)
+    assert a.classes == w.classes == ["bike", "calculator", "mug"]
+    assert a.num_classes == w.num_classes == 3
+    assert (len(a), len(w)) == (3, 3)
+    assert a.input_shape == (3, 32, 32) and a.x is None and a.y is None
+    assert a.dataset.targets == [0, 0, 2] and w.dataset.targets == [0, 1, 2]
+    assert a.origin == str(office / "amazon")
+    x, y = a.dataset[0]
+    assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
+    # a red image, ImageNet-normalised
+    mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(x[:, 5, 5], (torch.tensor([1.0, 0.0, 0.0]) - mean) / std)
+    grey, _ = w.dataset[0]  # greyscale and RGBA decode to 3 channels
+    torch.testing.assert_close(grey[:, 0, 0], (torch.full((3,), 128 / 255) - mean) / std)
+    batch = next(iter(torch.utils.data.DataLoader(w.dataset, batch_size=3)))
+    assert batch[0].shape == (3, 3, 32, 32) and batch[1].tolist() == [0, 1, 2]
+
+
+def test_default_size_is_224(office):
+    dom = load_domain("image-folder", "amazon", data_dir=str(office))
+    assert dom.input_shape == (3, 224, 224) and dom.dataset[2][0].shape == (3, 224, 224)
+
+
+def test_domain_names(office):
+    assert list_domains("image-folder", data_dir=office) == ["amazon", "webcam"]
+    assert load_domain("image-folder", "WEBCAM", data_dir=office, image_size=8).name == "webcam"
+    with pytest.raises(UnknownNameError) as exc:
+        load_domain("image-folder", "dslr", data_dir=office)
+    assert "'dslr'" in str(exc.value) and "amazon, webcam" in str(exc.value)
+    with pytest.raises(UnknownNameError):
+        infer_dataset("amazon", "webcam_x")
+
+
+def test_needs_data_dir(tmp_path):
+    with pytest.raises(DataError, match="needs a data folder: pass --data PATH"):
+        load_domain("image-folder", "amazon")
+    with pytest.raises(DataError, match=f"data folder not found: {tmp_path / 'none'}"):
+        load_domain("image-folder", "amazon", data_dir=tmp_path / "none")
+    with pytest.raises(DataError, match="no domain folders in"):
+        load_domain("image-folder", "amazon", data_dir=tmp_path)
+
+
+def test_empty_domain(office):
+    (office / "dslr").mkdir()
+    with pytest.raises(DataError, match=f"empty domain: no class folders in {office / 'dslr'}"):
+        load_domain("image-folder", "dslr", data_dir=office)
+
+
+def test_empty_class(office):
+    (office / "amazon" / "calculator").mkdir()
+    (office / "amazon" / "calculator" / "readme.txt").write_text("no images here")
+    with pytest.raises(DataError, match=f"empty class folder: {office / 'amazon' / 'calculator'}"):
+        load_domain("image-folder", "amazon", data_dir=office)
+
+
+@pytest.mark.parametrize(
+    "content", [b"", b"not a png at all", None], ids=["empty", "garbage", "truncated"]
+)
+def test_unreadable_image(office, content):
+    bad = office / "amazon" / "mug" / "m2.png"
+    if content is None:
+        Image.fromarray(
+            np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+        ).save(bad)
+        data = bad.read_bytes()
+        content = data[: len(data) // 2]
+    bad.write_bytes(content)
+    dom = load_domain("image-folder", "amazon", data_dir=office, image_size=16)  # lazy: loads fine
+    assert len(dom) == 4
+    dom.dataset[0]
+    with pytest.raises(DataError) as exc:
+        dom.dataset[3]
+    msg = str(exc.value)
+    assert msg.startswith(f"cannot read image: {bad} (dataset image-folder, domain amazon)")
+    assert "\n" not in msg

@@ -1,0 +1,278 @@
+"""The dataset registry: names, aliases, inference, default data root, user datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dalib.data import (
+    DatasetInfo,
+    Domain,
+    LoadRequest,
+    default_data_root,
+    get_dataset,
+    infer_dataset,
+    list_datasets,
+    list_domains,
+    load_domain,
+    register_dataset,
+)
+from dalib.errors import DataError, RegistryError, UnknownNameError
+
+
+def test_list_datasets_sorted():
+    names = list_datasets()
+    assert names == sorted(names)
+    builtin = {"amazon-reviews", "digits", "image-folder", "office-caltech-surf"}
+    # other tests may register their own small datasets; the built-ins are always there
+    assert builtin <= set(names)
+
+
+@pytest.mark.parametrize(
+    ("name", "domains", "kind", "num_classes", "needs"),
+    [
+        ("digits", ("mnist", "usps"), "image", 10, "embedded"),
+        (
+            "office-caltech-surf",
+            ("amazon", "caltech", "dslr", "webcam"),
+            "features",
+            10,
+            "data_root",
+        ),
+        ("amazon-reviews", ("books", "dvd", "electronics", "kitchen"), "features", 2, "data_root"),
+        ("image-folder", (), "image", None, "data_dir"),
+    ],
+)
+def test_dataset_info(name, domains, kind, num_classes, needs):
+    info = get_dataset(name)
+    assert isinstance(info, DatasetInfo)
+    assert (info.name, info.domains, info.kind, info.num_classes, info.needs) == (
+        name,
+        domains,
+        kind,
+        num_classes,
+        needs,
+    )
+    assert info.description
+    assert set(info.aliases.values()) <= set(domains)
+    assert get_dataset(name.upper()) is info
+
+
+def test_unknown_dataset_lists_known():
+    with pytest.raises(UnknownNameError) as exc:
+        get_dataset("office31")
+    msg = str(exc.value)
+    assert "office31" in msg and "\n" not in msg
+    for name in list_datasets():
+        assert name in msg
+    with pytest.raises(UnknownNameError):
+        load_domain("nope", "A")
+
+
+@pytest.mark.parametrize(
+    ("dataset", "given", "canonical"),
+    [
+        ("digits", "M", "mnist"),
+        ("digits", "m", "mnist"),
+        ("digits", "U", "usps"),
+        ("digits", "MNIST", "mnist"),
+        ("digits", " usps ", "usps"),
+        ("office-caltech-surf", "A", "amazon"),
+        ("office-caltech-surf", "c", "caltech"),
+        ("office-caltech-surf", "Caltech10", "caltech"),
+        ("office-caltech-surf", "D", "dslr"),
+        ("office-caltech-surf", "w", "webcam"),
+        ("office-caltech-surf", "Webcam", "webcam"),
+        ("amazon-reviews", "B", "books"),
+        ("amazon-reviews", "d", "dvd"),
+        ("amazon-reviews", "E", "electronics"),
+        ("amazon-reviews", "elec", "electronics"),
+        ("amazon-reviews", "ELEC", "electronics"),
+        ("amazon-reviews", "k", "kitchen"),
+    ],
+)
+def test_resolve_aliases_case_insensitive(dataset, given, canonical):
+    assert get_dataset(dataset).resolve(given) == canonical
+
+
+def test_unknown_domain_lists_domains_and_aliases():
+    with pytest.raises(UnknownNameError) as exc:
+        get_dataset("office-caltech-surf").resolve("Q")
+    msg = str(exc.value)
+    assert "'Q'" in msg and "office-caltech-surf" in msg and "\n" not in msg
+    for part in ("amazon (A)", "caltech (C", "dslr (D)", "webcam (W)"):
+        assert part in msg
+    with pytest.raises(UnknownNameError):
+        load_domain("digits", "svhn")
+    assert isinstance(exc.value, KeyError)  # UnknownNameError is a KeyError too
+
+
+@pytest.mark.parametrize(
+    ("src", "tgt", "dataset"),
+    [
+        ("mnist", "usps", "digits"),
+        ("M", "U", "digits"),
+        ("u", "m", "digits"),
+        ("A", "W", "office-caltech-surf"),
+        ("amazon", "caltech", "office-caltech-surf"),
+        ("D", "W", "office-caltech-surf"),  # D is ambiguous alone, W decides
+        ("C", "D", "office-caltech-surf"),
+        ("B", "D", "amazon-reviews"),
+        ("books", "elec", "amazon-reviews"),
+        ("K", "dvd", "amazon-reviews"),
+    ],
+)
+def test_infer_dataset(src, tgt, dataset):
+    assert infer_dataset(src, tgt) == dataset
+
+
+@pytest.mark.parametrize(("src", "tgt"), [("D", "D"), ("dslr", "dvd"), ("M", "A"), ("x", "y")])
+def test_infer_dataset_ambiguous_or_unknown(src, tgt):
+    with pytest.raises(UnknownNameError) as exc:
+        infer_dataset(src, tgt)
+    msg = str(exc.value)
+    assert "--dataset" in msg and "\n" not in msg
+
+
+def test_infer_never_picks_image_folder():
+    with pytest.raises(UnknownNameError):
+        infer_dataset("amazon_images", "webcam_images")
+
+
+def test_default_data_root_env(monkeypatch, tmp_path):
+    monkeypatch.setenv("DALIB_DATA_ROOT", str(tmp_path))
+    assert default_data_root() == tmp_path
+
+
+@pytest.mark.parametrize("where", ["shared/data", "../shared/data"])
+def test_default_data_root_candidates(monkeypatch, tmp_path, where):
+    monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
+    cwd = tmp_path / "repo"
+    cwd.mkdir()
+    (cwd / where).mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    assert default_data_root() == (cwd / where).resolve()
+
+
+def test_no_data_root_anywhere(monkeypatch, tmp_path):
+    monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert default_data_root() is None
+    with pytest.raises(DataError, match="no data root .*set --data-root"):
+        load_domain("office-caltech-surf", "A")
+
+
+def test_missing_data_root(tmp_path):
+    with pytest.raises(DataError) as exc:
+        load_domain("amazon-reviews", "B", data_root=tmp_path / "nowhere")
+    msg = str(exc.value)
+    assert str(tmp_path / "nowhere") in msg and "amazon-reviews" in msg and "books" in msg
+
+
+def test_bad_image_size():
+    with pytest.raises(DataError, match="image size"):
+        load_domain("digits", "M", image_size=0)
+
+
+def _toy_loader(req: LoadRequest) -> Domain:
+    n = {"left": 5, "right": 7}[req.domain]
+    x = np.arange(n * 3, dtype=np.float64).reshape(n, 3)
+    return Domain.from_arrays(
+        req.domain, x, np.arange(n) % 2, classes=["a", "b"], dataset_name=req.info.name
+    )
+
+
+def test_register_user_dataset(isolated_registry):
+    info = DatasetInfo(
+        name="toy",
+        description="a toy",
+        domains=("left", "right"),
+        aliases={"L": "left", "R": "right"},
+        kind="features",
+        num_classes=2,
+        needs="embedded",
+    )
+    register_dataset(info, _toy_loader)
+    assert "toy" in list_datasets()
+    assert infer_dataset("l", "R") == "toy"
+    assert list_domains("toy") == ["left", "right"]
+    dom = load_domain("toy", "r")
+    assert (dom.name, len(dom), dom.input_shape, dom.num_classes, dom.classes) == (
+        "right",
+        7,
+        (3,),
+        2,
+        ["a", "b"],
+    )
+    assert dom.x.dtype == torch.float32 and dom.y.dtype == torch.int64
+    with pytest.raises(RegistryError, match="already registered"):
+        register_dataset(info, _toy_loader)
+
+
+def test_register_rejects_bad_infos(isolated_registry):
+    with pytest.raises(RegistryError, match="alias"):
+        DatasetInfo(name="t", description="", domains=("a",), aliases={"X": "b"})
+    with pytest.raises(RegistryError, match="ambiguous"):
+        DatasetInfo(name="t", description="", domains=("a", "b"), aliases={"B": "a"})
+    with pytest.raises(RegistryError, match="twice"):
+        DatasetInfo(name="t", description="", domains=("a", "A"))
+    with pytest.raises(RegistryError, match="kind"):
+        DatasetInfo(name="t", description="", domains=("a",), kind="text")
+    with pytest.raises(RegistryError, match="needs"):
+        DatasetInfo(name="t", description="", domains=("a",), needs="web")
+    with pytest.raises(RegistryError):
+        register_dataset("toy", _toy_loader)
+    with pytest.raises(RegistryError):
+        register_dataset(DatasetInfo(name="t", description="", domains=("a",)), None)
+
+
+def test_loader_results_are_checked(isolated_registry):
+    def not_a_domain(req):
+        return (torch.zeros(3, 2), torch.zeros(3))
+
+    def nan_domain(req):
+        x = torch.zeros(4, 2)
+        x[1, 0] = float("nan")
+        y = torch.zeros(4, dtype=torch.int64)
+        return Domain("a", torch.utils.data.TensorDataset(x, y), 1, (2,), ["c"], x=x, y=y)
+
+    def empty_domain(req):
+        x, y = torch.zeros(0, 2), torch.zeros(0, dtype=torch.int64)
+        return Domain("a", torch.utils.data.TensorDataset(x, y), 1, (2,), ["c"], x=x, y=y)
+
+    for name, loader in [("t1", not_a_domain), ("t2", nan_domain), ("t3", empty_domain)]:
+        register_dataset(
+            DatasetInfo(name=name, description="", domains=("a",), needs="embedded"), loader
+        )
+    with pytest.raises(RegistryError, match="not a Domain"):
+        load_domain("t1", "a")
+    with pytest.raises(DataError, match="NaN or infinite features in 1 sample"):
+        load_domain("t2", "a")
+    with pytest.raises(DataError, match="empty domain"):
+        load_domain("t3", "a")
+
+
+@pytest.mark.parametrize(
+    ("x", "y", "kwargs", "match"),
+    [
+        (np.zeros((0, 3)), np.zeros(0), {}, "empty domain"),
+        (np.zeros((3, 2)), np.zeros(4), {}, "3 samples but 4 labels"),
+        (np.array([[0.0, np.inf], [1.0, 2.0]]), np.zeros(2), {}, "NaN or infinite"),
+        (np.zeros((2, 2)), np.array([0.5, 1.0]), {}, "not integers"),
+        (np.zeros((2, 2)), np.array([0, 2]), {"classes": ["a", "b"]}, "labels span 0..2"),
+        (np.zeros((2, 2)), np.array([-1, 0]), {}, "labels span -1..0"),
+        (np.zeros((2, 2)), np.array([0, 1]), {"classes": ["a"], "num_classes": 2}, "1 class names"),
+    ],
+)
+def test_from_arrays_errors(x, y, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        Domain.from_arrays("dom", x, y, **kwargs)
+
+
+@pytest.mark.parametrize("bad", ["", "  ", None])
+def test_missing_domain_name(bad):
+    with pytest.raises(UnknownNameError, match="no domain name given for dataset digits"):
+        load_domain("digits", bad)
+    with pytest.raises(UnknownNameError):
+        infer_dataset(bad, "usps")
