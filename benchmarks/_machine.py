@@ -1,0 +1,104 @@
+"""Machine and library versions for benchmark result files.
+
+    from _machine import machine_info      # benchmarks/ is on sys.path when run as a script
+    info = machine_info()                   # a JSON-serialisable dict
+
+Nothing here imports an optional library that is missing: its version is then ``None``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from datetime import datetime, timezone
+from importlib import metadata
+
+__all__ = ["machine_info", "machine_line"]
+
+_PACKAGES = {
+    "torch": "torch",
+    "pykeops": "pykeops",
+    "pot": "pot",
+    "numpy": "numpy",
+    "scipy": "scipy",
+    "geomloss": "geomloss",
+    "dalib": "dalib",
+}
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU model, cores, memory, OS, Python and library versions, CUDA device if any."""
+    info: dict = {
+        "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "hostname": platform.node(),
+        "os": platform.platform(),
+        "cpu": _cpu_model(),
+        "cpu_cores": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_gib": _memory_gib(),
+        "python": sys.version.split()[0],
+        "versions": {name: _version(dist) for name, dist in _PACKAGES.items()},
+        "cuda_device": None,
+        "cuda_version": None,
+        "torch_threads": None,
+    }
+    try:
+        import torch
+    except ImportError:
+        return info
+    info["torch_threads"] = torch.get_num_threads()
+    if torch.cuda.is_available():
+        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_version"] = torch.version.cuda
+    return info
+
+
+def machine_line(info: dict | None = None) -> str:
+    """One line for a markdown header: CPU, cores, memory, GPU, torch version."""
+    info = info or machine_info()
+    gpu = f", GPU {info['cuda_device']}" if info.get("cuda_device") else ", no GPU"
+    v = info["versions"]
+    libs = ", ".join(f"{k} {val}" for k, val in v.items() if val and k != "dalib")
+    return (
+        f"{info['cpu']} ({info['cpu_cores']} cores, {info['memory_gib']} GiB){gpu}; "
+        f"Python {info['python']}; {libs}"
+    )
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(machine_info(), indent=2))

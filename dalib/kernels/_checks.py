@@ -1,0 +1,80 @@
+"""Input checks shared by the kernel reductions and the losses built on them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from dalib.errors import InputError
+
+__all__ = ["as_sigmas", "check_points", "check_pair", "check_weights"]
+
+
+def check_points(x: Tensor, name: str = "x") -> Tensor:
+    """Return ``x`` as a floating (N, D) tensor, or raise :class:`InputError`."""
+    if not isinstance(x, Tensor):
+        raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() != 2:
+        raise InputError(f"{name} must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise InputError(f"{name} is empty: shape {tuple(x.shape)}")
+    if not x.is_floating_point():
+        x = x.to(torch.get_default_dtype())
+    if not bool(torch.isfinite(x).all()):
+        raise InputError(f"{name} holds NaN or infinite values")
+    return x
+
+
+def check_pair(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> tuple[Tensor, Tensor]:
+    """Check two point clouds (N, D) and (M, D): same feature size, device, dtype."""
+    x = check_points(x, names[0])
+    y = check_points(y, names[1])
+    if x.shape[1] != y.shape[1]:
+        raise InputError(
+            f"{names[0]} and {names[1]} have different feature sizes: "
+            f"{x.shape[1]} != {y.shape[1]}"
+        )
+    if x.device != y.device:
+        raise InputError(f"{names[0]} is on {x.device} but {names[1]} is on {y.device}")
+    if x.dtype != y.dtype:
+        dtype = torch.promote_types(x.dtype, y.dtype)
+        x, y = x.to(dtype), y.to(dtype)
+    return x, y
+
+
+def check_weights(w: Tensor | None, n: int, like: Tensor, name: str) -> Tensor:
+    """Return sample weights (n,) summing to 1 (uniform when ``w`` is None)."""
+    if w is None:
+        return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
+    if not isinstance(w, Tensor):
+        w = torch.as_tensor(w, dtype=like.dtype, device=like.device)
+    w = w.to(dtype=like.dtype, device=like.device)
+    if w.dim() == 2 and w.shape[1] == 1:
+        w = w[:, 0]  # (n,)
+    if w.shape != (n,):
+        raise InputError(f"{name} must have shape ({n},), got {tuple(w.shape)}")
+    if not bool(torch.isfinite(w).all()):
+        raise InputError(f"{name} holds NaN or infinite values")
+    if bool((w < 0).any()):
+        raise InputError(f"{name} has negative weights")
+    total = float(w.detach().sum())
+    if abs(total - 1.0) > 1e-4:
+        raise InputError(f"{name} must sum to 1 (a probability vector), sums to {total:.6g}")
+    return w
+
+
+def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    """Bandwidths as a 1-D tensor (S,) of positive finite values, on ``like``'s device."""
+    if isinstance(sigmas, Tensor):
+        s = sigmas.detach().to(dtype=like.dtype, device=like.device).reshape(-1)
+    else:
+        if isinstance(sigmas, (int, float)):
+            sigmas = [float(sigmas)]
+        s = torch.tensor([float(v) for v in sigmas], dtype=like.dtype, device=like.device)
+    if s.numel() == 0:
+        raise InputError("sigmas is empty: give at least one bandwidth")
+    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
+        raise InputError(f"bandwidths must be positive and finite, got {s.tolist()}")
+    return s  # (S,)

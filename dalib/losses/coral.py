@@ -1,0 +1,33 @@
+"""Deep CORAL: the distance between source and target feature covariances."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from dalib.errors import InputError
+from dalib.kernels._checks import check_pair
+
+__all__ = ["coral"]
+
+
+def _covariance(x: Tensor) -> Tensor:
+    xc = x - x.mean(0, keepdim=True)  # (N, D)
+    return xc.t() @ xc / (x.shape[0] - 1)  # (D, D)
+
+
+def coral(x: Tensor, y: Tensor) -> Tensor:
+    r"""CORAL loss (Sun & Saenko, "Deep CORAL", ECCV 2016 workshops).
+
+    .. math:: \ell = \frac{1}{4 d^2}\, \| C_s - C_t \|_F^2, \qquad
+        C = \tfrac{1}{n - 1} (X - \bar X)^\top (X - \bar X)
+
+    ``x`` (N, D) source and ``y`` (M, D) target features, N, M ≥ 2; ``C_s``, ``C_t`` their
+    unbiased covariances (D, D). Returns a scalar tensor, differentiable w.r.t. both.
+    Costs O((N + M) D²) with no pairwise kernel, hence no ``backend`` argument.
+    """
+    x, y = check_pair(x, y)
+    if x.shape[0] < 2 or y.shape[0] < 2:
+        raise InputError(f"coral needs at least 2 samples per side, got {x.shape[0]} and {y.shape[0]}")
+    d = x.shape[1]
+    diff = _covariance(x) - _covariance(y)  # (D, D)
+    return diff.pow(2).sum() / (4 * d * d)

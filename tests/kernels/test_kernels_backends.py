@@ -1,0 +1,167 @@
+"""Backend selection, the environment variable, and errors of the kernel functions."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import dalib.kernels.backends as backends
+from dalib.errors import BackendError, InputError, UnknownNameError
+from dalib.kernels import gaussian_matvec, gaussian_mean, resolve_backend, softmin, sqdist
+
+
+class _FakeCuda:
+    """Stands for a CUDA tensor in resolve_backend (which looks at .shape and .is_cuda)."""
+
+    is_cuda = True
+
+    def __init__(self, n):
+        self.shape = (n, 3)
+
+    def dim(self):
+        return 2
+
+
+def test_auto_on_cpu_prefers_torch_dense_then_blocked():
+    small, big = torch.zeros(100, 3), torch.zeros(5000, 3)
+    assert resolve_backend("auto", small, small) == "dense"
+    assert resolve_backend(None, small, small) == "dense"
+    assert resolve_backend("auto", big, big) == "blocked"
+    n = int(backends.CPU_DENSE_MAX_PAIRS**0.5)
+    assert resolve_backend("auto", torch.zeros(n, 1), torch.zeros(n, 1)) == "dense"
+    assert resolve_backend("auto", torch.zeros(n + 1, 1), torch.zeros(n + 1, 1)) == "blocked"
+
+
+def test_auto_for_sinkhorn_on_cpu_depends_on_dim_and_memory():
+    def pts(n, d):
+        return torch.zeros(n, d)
+
+    assert resolve_backend("auto", pts(700, 64), pts(700, 64), op="sinkhorn") == "dense"
+    assert resolve_backend("auto", pts(2000, 64), pts(2000, 64), op="sinkhorn") == "blocked"
+    assert resolve_backend("auto", pts(2000, 64), pts(2000, 64), op="sinkhorn-tol") == "dense"
+    assert resolve_backend("auto", pts(3000, 512), pts(3000, 512), op="sinkhorn") == "dense"
+    assert resolve_backend("auto", pts(9000, 512), pts(9000, 512), op="sinkhorn") == "blocked"
+    # 20k × 20k float32: three cost matrices would take 4.5 GB
+    big = torch.empty(20000, 512)
+    assert resolve_backend("auto", big, big, op="sinkhorn") == "blocked"
+    assert resolve_backend("dense", big, big, op="sinkhorn") == "dense"  # explicit wins
+
+
+def test_auto_on_cuda_uses_keops_above_threshold(monkeypatch):
+    monkeypatch.setitem(backends._keops_state, "checked", True)
+    monkeypatch.setitem(backends._keops_state, "ok", True)
+    assert resolve_backend("auto", _FakeCuda(1000), _FakeCuda(1000)) == "dense"
+    assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "keops"
+
+
+def test_auto_falls_back_with_one_warning_when_keops_missing(monkeypatch):
+    monkeypatch.setitem(backends._keops_state, "checked", True)
+    monkeypatch.setitem(backends._keops_state, "ok", False)
+    monkeypatch.setitem(backends._keops_state, "reason", "pykeops is not installed")
+    monkeypatch.setitem(backends._keops_state, "warned", False)
+    with pytest.warns(RuntimeWarning, match="falls back to 'blocked'"):
+        assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "blocked"
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second time: no warning
+        assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "blocked"
+    with pytest.raises(BackendError, match="pykeops is not installed"):
+        resolve_backend("keops", torch.zeros(3, 2))
+
+
+def test_keops_failure_falls_back_when_auto_raises_when_explicit(monkeypatch):
+    from dalib.kernels.backends import with_keops_fallback
+
+    monkeypatch.setitem(backends._keops_state, "warned", False)
+    calls = []
+
+    def fn(name):
+        calls.append(name)
+        if name == "keops":
+            raise BackendError("the keops backend failed to run here: g++ not found")
+        return name
+
+    with pytest.warns(RuntimeWarning, match="falls back to 'blocked'"):
+        assert with_keops_fallback("auto", "keops", fn) == "blocked"
+    assert calls == ["keops", "blocked"]
+    with pytest.raises(BackendError, match="g[+][+] not found"):
+        with_keops_fallback("keops", "keops", fn)
+    monkeypatch.setenv("DALIB_KERNEL_BACKEND", "keops")
+    with pytest.raises(BackendError):
+        with_keops_fallback("auto", "keops", fn)
+    assert with_keops_fallback("auto", "dense", fn) == "dense"
+
+
+def test_env_var_replaces_auto_not_explicit(monkeypatch):
+    x = torch.zeros(10, 2)
+    monkeypatch.setenv("DALIB_KERNEL_BACKEND", "blocked")
+    assert resolve_backend("auto", x, x) == "blocked"
+    assert resolve_backend("dense", x, x) == "dense"
+    monkeypatch.setenv("DALIB_KERNEL_BACKEND", "Dense ")
+    assert resolve_backend("auto", x, x) == "dense"
+    monkeypatch.setenv("DALIB_KERNEL_BACKEND", "cuda-magic")
+    with pytest.raises(UnknownNameError, match="DALIB_KERNEL_BACKEND"):
+        resolve_backend("auto", x, x)
+
+
+def test_unknown_backend_lists_known_ones():
+    with pytest.raises(UnknownNameError, match="known: auto, blocked, dense, keops"):
+        resolve_backend("gpu", torch.zeros(2, 2))
+    with pytest.raises(UnknownNameError):
+        gaussian_mean(torch.zeros(2, 2), torch.zeros(2, 2), 1.0, backend="nope")
+
+
+def _bad_pairs():
+    ok = torch.randn(4, 3)
+    nan = ok.clone()
+    nan[1, 2] = float("nan")
+    inf = ok.clone()
+    inf[0, 0] = float("inf")
+    return [
+        (ok, torch.randn(5, 2), "different feature sizes"),
+        (torch.zeros(0, 3), ok, "empty"),
+        (ok, torch.zeros(4, 0), "empty"),
+        (nan, ok, "NaN"),
+        (ok, inf, "NaN or infinite"),
+        (torch.randn(4), ok, "2-D"),
+        (ok, [[1.0, 2.0, 3.0]], "torch.Tensor"),
+    ]
+
+
+@pytest.mark.parametrize("x, y, msg", _bad_pairs())
+def test_bad_inputs_raise_input_error(x, y, msg):
+    v = torch.ones(4)
+    h = torch.zeros(4)
+    for call in (
+        lambda: sqdist(x, y),
+        lambda: gaussian_mean(x, y, 1.0),
+        lambda: gaussian_matvec(x, y, v, 1.0),
+        lambda: softmin(x, y, h, 1.0),
+    ):
+        with pytest.raises(InputError, match=msg):
+            call()
+
+
+def test_bad_side_arguments_raise_input_error():
+    x, y = torch.randn(4, 3), torch.randn(5, 3)
+    with pytest.raises(InputError, match="v must have shape"):
+        gaussian_matvec(x, y, torch.ones(4), 1.0)
+    with pytest.raises(InputError, match="NaN"):
+        gaussian_matvec(x, y, torch.tensor([1.0, float("nan"), 0, 0, 0]), 1.0)
+    for bad in (0.0, -1.0, [], [1.0, float("nan")]):
+        with pytest.raises(InputError, match="bandwidth|sigmas"):
+            gaussian_mean(x, y, bad)
+    with pytest.raises(InputError, match="h must have shape"):
+        softmin(x, y, torch.zeros(4), 1.0)
+    with pytest.raises(InputError, match="NaN"):
+        softmin(x, y, torch.tensor([0.0, float("nan"), 0, 0, 0]), 1.0)
+    with pytest.raises(InputError, match="eps"):
+        softmin(x, y, torch.zeros(5), 0.0)
+    with pytest.raises(InputError, match="p must be"):
+        softmin(x, y, torch.zeros(5), 1.0, p=0.5)
+
+
+def test_mixed_dtypes_are_promoted():
+    x, y = torch.randn(4, 3), torch.randn(5, 3, dtype=torch.float64)
+    assert sqdist(x, y).dtype == torch.float64

@@ -1,0 +1,54 @@
+"""Gradient reversal, the DANN domain loss and entropy against closed forms."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dalib.losses import domain_adversarial, entropy, grad_reverse
+
+
+def _softplus(z):
+    return math.log1p(math.exp(z))
+
+
+def test_grad_reverse_is_identity_forward_and_flips_gradient():
+    x = torch.randn(5, 3, requires_grad=True)
+    y = grad_reverse(x, coeff=0.3)
+    torch.testing.assert_close(y, x)
+    (y * torch.arange(15.0).reshape(5, 3)).sum().backward()
+    torch.testing.assert_close(x.grad, -0.3 * torch.arange(15.0).reshape(5, 3))
+    x.grad = None
+    grad_reverse(x).sum().backward()  # default coefficient 1
+    torch.testing.assert_close(x.grad, -torch.ones(5, 3))
+
+
+def test_domain_adversarial_closed_form():
+    ls = torch.tensor([0.0, 2.0, -1.0])
+    lt = torch.tensor([[1.0], [-3.0]])
+    # BCE(z, 1) = softplus(−z), BCE(z, 0) = softplus(z)
+    src = (_softplus(0.0) + _softplus(-2.0) + _softplus(1.0)) / 3
+    tgt = (_softplus(1.0) + _softplus(-3.0)) / 2
+    assert domain_adversarial(ls, lt).item() == pytest.approx(0.5 * (src + tgt), rel=1e-6)
+    w = torch.tensor([1.0, 0.0, 3.0])
+    src_w = (_softplus(0.0) + 3 * _softplus(1.0)) / 4
+    assert domain_adversarial(ls, lt, w).item() == pytest.approx(0.5 * (src_w + tgt), rel=1e-6)
+
+
+def test_domain_adversarial_stable_and_perfect_discriminator():
+    assert domain_adversarial(torch.tensor([100.0]), torch.tensor([-100.0])).item() == pytest.approx(0.0, abs=1e-30)
+    big = domain_adversarial(torch.tensor([-100.0]), torch.tensor([100.0]))
+    assert big.item() == pytest.approx(100.0, rel=1e-6)  # no overflow
+    assert domain_adversarial(torch.zeros(4), torch.zeros(6)).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_entropy_closed_form():
+    assert entropy(torch.zeros(3, 5)).item() == pytest.approx(math.log(5), rel=1e-6)
+    assert entropy(torch.tensor([[50.0, 0.0, 0.0]])).item() == pytest.approx(0.0, abs=1e-18)
+    p = torch.tensor([0.2, 0.3, 0.5])
+    expected = -(p * p.log()).sum().item()
+    assert entropy(p.log().unsqueeze(0) + 7.0).item() == pytest.approx(expected, rel=1e-6)  # shift-invariant
+    z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(entropy, (z,))

@@ -1,0 +1,141 @@
+"""MMD² against a float64 numpy brute force, its properties, backends and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from dalib.errors import InputError
+from dalib.losses import mmd
+from dalib.losses.mmd import MEDIAN_MULTIPLIERS
+
+SIGMAS = [0.5, 1.0, 2.0]
+
+
+def _k(x, y, sigmas):
+    d = ((np.asarray(x)[:, None, :] - np.asarray(y)[None, :, :]) ** 2).sum(-1)
+    return sum(np.exp(-d / (2 * s * s)) for s in sigmas)
+
+
+def _np_mmd(x, y, sigmas, estimator):
+    x, y = x.numpy(), y.numpy()
+    n, m = len(x), len(y)
+    kxx, kyy, kxy = _k(x, x, sigmas), _k(y, y, sigmas), _k(x, y, sigmas)
+    if estimator == "biased":
+        return kxx.mean() + kyy.mean() - 2 * kxy.mean()
+    if estimator == "unbiased":
+        off = lambda k: (k.sum() - np.trace(k)) / (len(k) * (len(k) - 1))  # noqa: E731
+        return off(kxx) + off(kyy) - 2 * kxy.mean()
+    h = min(n, m) // 2
+    terms = [
+        _k(x[2 * i : 2 * i + 1], x[2 * i + 1 : 2 * i + 2], sigmas)
+        + _k(y[2 * i : 2 * i + 1], y[2 * i + 1 : 2 * i + 2], sigmas)
+        - _k(x[2 * i : 2 * i + 1], y[2 * i + 1 : 2 * i + 2], sigmas)
+        - _k(x[2 * i + 1 : 2 * i + 2], y[2 * i : 2 * i + 1], sigmas)
+        for i in range(h)
+    ]
+    return float(np.mean(terms))
+
+
+def _data(n=23, m=17, d=3, shift=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randn(m, d, generator=g, dtype=torch.float64) + shift
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_mmd_matches_brute_force(estimator, backend, small_tiles):
+    x, y = _data()
+    value = mmd(x, y, bandwidths=SIGMAS, estimator=estimator, backend=backend)
+    assert value.item() == pytest.approx(_np_mmd(x, y, SIGMAS, estimator), rel=1e-10, abs=1e-12)
+
+
+def test_median_heuristic_bandwidths():
+    x, y = _data()
+    z = np.concatenate([x.numpy(), y.numpy()])
+    dist = np.sqrt(((z[:, None] - z[None]) ** 2).sum(-1))[np.triu_indices(len(z), 1)]
+    med = np.sort(dist)[(len(dist) - 1) // 2]
+    expected = _np_mmd(x, y, [med * k for k in MEDIAN_MULTIPLIERS], "biased")
+    assert mmd(x, y).item() == pytest.approx(expected, rel=1e-10)
+    assert MEDIAN_MULTIPLIERS == (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def test_identical_samples_give_zero_and_shift_gives_positive():
+    x, y = _data()
+    assert mmd(x, x, bandwidths=SIGMAS).item() == pytest.approx(0.0, abs=1e-12)
+    assert mmd(x, x.clone(), bandwidths=SIGMAS, backend="blocked").item() == pytest.approx(0.0, abs=1e-12)
+    assert mmd(x, y, bandwidths=SIGMAS).item() > 0.05
+    # a larger shift, a larger discrepancy
+    assert mmd(x, y + 1.0, bandwidths=SIGMAS).item() > mmd(x, y, bandwidths=SIGMAS).item()
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
+def test_symmetric(estimator):
+    x, y = _data(20, 20)
+    assert mmd(x, y, bandwidths=SIGMAS, estimator=estimator).item() == pytest.approx(
+        mmd(y, x, bandwidths=SIGMAS, estimator=estimator).item(), rel=1e-12, abs=1e-14
+    )
+
+
+def test_unbiased_is_zero_in_expectation_biased_is_not():
+    """Same distribution, 200 draws of n = 12: the U-statistic's mean is within 3 standard
+    errors of 0, while the V-statistic is biased upwards by far more."""
+    g = torch.Generator().manual_seed(3)
+    u, v = [], []
+    for _ in range(200):
+        x = torch.randn(12, 2, generator=g, dtype=torch.float64)
+        y = torch.randn(12, 2, generator=g, dtype=torch.float64)
+        u.append(mmd(x, y, bandwidths=1.0, estimator="unbiased").item())
+        v.append(mmd(x, y, bandwidths=1.0, estimator="biased").item())
+    u, v = np.array(u), np.array(v)
+    se = u.std(ddof=1) / np.sqrt(len(u))
+    assert abs(u.mean()) < 3 * se
+    assert v.mean() > 10 * se
+    assert (u < 0).any()  # the unbiased estimate can be negative
+
+
+def test_float32_blocked_agrees_with_dense():
+    """float32, 300 vs 250 points in 16-d: blocked vs dense within 1e-6 absolute."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 16, generator=g), torch.randn(250, 16, generator=g) + 0.2
+    a = mmd(x, y, backend="dense")
+    b = mmd(x, y, backend="blocked")
+    assert abs(a.item() - b.item()) < 1e-6
+    assert a.item() > 0
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_gradcheck(estimator, backend, small_tiles):
+    x, y = _data(9, 8)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: mmd(a, b, bandwidths=SIGMAS, estimator=estimator, backend=backend), (x, y))
+
+
+def test_keops_backend_agrees():
+    pytest.importorskip("pykeops")
+    x, y = _data()
+    ref = mmd(x, y, bandwidths=SIGMAS, backend="dense")
+    assert mmd(x, y, bandwidths=SIGMAS, backend="keops").item() == pytest.approx(ref.item(), rel=1e-10)
+
+
+def test_errors():
+    x, y = _data()
+    with pytest.raises(InputError, match="feature sizes"):
+        mmd(x, torch.randn(5, 4, dtype=torch.float64))
+    with pytest.raises(InputError, match="empty"):
+        mmd(x, torch.zeros(0, 3))
+    bad = x.clone()
+    bad[0, 0] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        mmd(bad, y)
+    with pytest.raises(InputError, match="estimator"):
+        mmd(x, y, estimator="quadratic")
+    with pytest.raises(InputError, match="kernel"):
+        mmd(x, y, kernel="laplacian")
+    with pytest.raises(InputError, match="at least 2"):
+        mmd(x[:1], y, estimator="unbiased")
+    with pytest.raises(InputError, match="bandwidth"):
+        mmd(x, y, bandwidths=[1.0, -1.0])

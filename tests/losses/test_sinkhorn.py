@@ -1,0 +1,284 @@
+"""Sinkhorn cost and divergence against POT and closed-form properties; ot_plan."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+ot = pytest.importorskip("ot")
+
+from dalib.errors import InputError  # noqa: E402
+from dalib.losses import ot_plan, sinkhorn, sinkhorn_solve  # noqa: E402
+from dalib.losses.sinkhorn import _diameter, epsilon_schedule  # noqa: E402
+
+TORCH_BACKENDS = ["dense", "blocked"]
+
+
+def _data(n=23, m=17, d=3, shift=0.5, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    y = torch.randn(m, d, generator=g, dtype=torch.float64) + shift
+    return x, y
+
+
+def _weights(n, seed):
+    w = torch.rand(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + 0.1
+    return w / w.sum()
+
+
+def _cost(x, y, p=2):
+    d = np.sqrt(((x.numpy()[:, None] - y.numpy()[None]) ** 2).sum(-1))
+    return d**p / p
+
+
+def _pot_entropic(x, y, a, b, eps, p=2):
+    """POT's log-domain plan, then the entropic objective ⟨P, C⟩ + ε KL(P ‖ a⊗b)."""
+    c = _cost(x, y, p)
+    plan = ot.sinkhorn(a, b, c, eps, method="sinkhorn_log", stopThr=1e-13, numItermax=200000)
+    ab = np.outer(a, b)
+    return (plan * c).sum() + eps * (plan * np.log(plan / ab)).sum(), plan, c
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+@pytest.mark.parametrize("weighted", [False, True])
+def test_entropic_cost_matches_pot(backend, weighted, small_tiles):
+    x, y = _data()
+    a, b = (_weights(23, 1), _weights(17, 2)) if weighted else (None, None)
+    an = a.numpy() if weighted else np.full(23, 1 / 23)
+    bn = b.numpy() if weighted else np.full(17, 1 / 17)
+    blur = 0.6
+    res = sinkhorn_solve(x, y, a, b, blur=blur, debias=False, tol=1e-12, max_iter=10000, backend=backend)
+    ref, plan, c = _pot_entropic(x, y, an, bn, blur**2)
+    assert res.value.item() == pytest.approx(ref, rel=1e-9)
+    assert res.marginal_error < 1e-12
+    # the plan rebuilt from the potentials is POT's plan, and its transport cost sinkhorn2's
+    ours = an[:, None] * bn[None] * np.exp((res.f.numpy()[:, None] + res.g.numpy()[None] - c) / blur**2)
+    np.testing.assert_allclose(ours, plan, rtol=1e-7, atol=1e-12)
+    assert (ours * c).sum() == pytest.approx(
+        ot.sinkhorn2(an, bn, c, blur**2, method="sinkhorn_log", stopThr=1e-13, numItermax=200000), rel=1e-8
+    )
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_small_blur_approaches_exact_ot(p):
+    """emd ≤ OT_ε ≤ emd + ε log min(N, M) (the KL term is a mutual information)."""
+    x, y = _data(15, 12)
+    a, b = np.full(15, 1 / 15), np.full(12, 1 / 12)
+    emd = ot.emd2(a, b, _cost(x, y, p))
+    blur = 0.15 if p == 2 else 0.02
+    eps = blur**p
+    value = sinkhorn(x, y, blur=blur, p=p, debias=False, tol=1e-7, max_iter=50000).item()
+    assert emd - 1e-9 <= value <= emd + eps * math.log(12)
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+def test_p1_matches_pot(backend, small_tiles):
+    x, y = _data()
+    res = sinkhorn_solve(x, y, blur=0.5, p=1, debias=False, tol=1e-12, max_iter=10000, backend=backend)
+    ref, _, _ = _pot_entropic(x, y, np.full(23, 1 / 23), np.full(17, 1 / 17), 0.5, p=1)
+    assert res.value.item() == pytest.approx(ref, rel=1e-9)
+
+
+def test_default_schedule_converges_with_finer_scaling():
+    """The fixed ε-scaling schedule (one iteration per ε, geomloss' mode) is a few % off
+    at scaling 0.5 and closes in on the converged value as scaling → 1."""
+    x, y = _data(40, 30)
+    for debias in (False, True):
+        full = sinkhorn(x, y, blur=0.5, debias=debias, tol=1e-10, max_iter=10000).item()
+        errs = [abs(sinkhorn(x, y, blur=0.5, debias=debias, scaling=s).item() - full) / full for s in (0.5, 0.8, 0.95)]
+        assert errs[0] < 0.1 and errs[2] < 0.01
+        assert errs[0] > errs[1] > errs[2]
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+def test_divergence_zero_for_identical_positive_otherwise(backend, small_tiles):
+    x, y = _data()
+    assert sinkhorn(x, x.clone(), blur=0.3, backend=backend).item() == pytest.approx(0.0, abs=1e-10)
+    a = _weights(23, 5)
+    assert sinkhorn(x, x, a, a, blur=0.3, backend=backend).item() == pytest.approx(0.0, abs=1e-10)
+    s = sinkhorn(x, y, blur=0.3, backend=backend).item()
+    assert s > 0.05
+    assert sinkhorn(x, y + 1.0, blur=0.3, backend=backend).item() > s
+    # a weighted cloud differs from the uniform one on the same points
+    assert sinkhorn(x, x, a, None, blur=0.3, backend=backend).item() > 0
+
+
+def test_divergence_symmetric_and_between_mmd_like_and_ot():
+    x, y = _data()
+    s_xy = sinkhorn(x, y, blur=0.5, tol=1e-10, max_iter=10000).item()
+    s_yx = sinkhorn(y, x, blur=0.5, tol=1e-10, max_iter=10000).item()
+    assert s_xy == pytest.approx(s_yx, rel=1e-8)
+    # debiasing removes the entropic bias: S_ε is closer to the exact cost than OT_ε ...
+    emd = ot.emd2(np.full(23, 1 / 23), np.full(17, 1 / 17), _cost(x, y))
+    ot_eps = sinkhorn(x, y, blur=0.5, debias=False, tol=1e-10, max_iter=10000).item()
+    assert abs(s_xy - emd) < abs(ot_eps - emd)
+
+
+def test_backends_agree_float32():
+    """float32, 300 × 250 points in 8-d: blocked vs dense within 1e-5 relative."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(300, 8, generator=g), torch.randn(250, 8, generator=g) + 0.5
+    for debias in (True, False):
+        d = sinkhorn(x, y, blur=0.5, debias=debias, backend="dense").item()
+        b = sinkhorn(x, y, blur=0.5, debias=debias, backend="blocked").item()
+        assert b == pytest.approx(d, rel=1e-5)
+
+
+def test_keops_backend_agrees():
+    pytest.importorskip("pykeops")
+    x, y = _data()
+    for debias in (True, False):
+        ref = sinkhorn(x, y, blur=0.5, debias=debias, backend="dense").item()
+        assert sinkhorn(x, y, blur=0.5, debias=debias, backend="keops").item() == pytest.approx(ref, rel=1e-10)
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+@pytest.mark.parametrize("debias", [False, True])
+def test_gradcheck_points(backend, debias, small_tiles):
+    x, y = _data(8, 6)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    f = lambda a, b: sinkhorn(a, b, blur=0.7, debias=debias, tol=1e-11, max_iter=10000, backend=backend)  # noqa: E731
+    assert torch.autograd.gradcheck(f, (x, y))
+
+
+@pytest.mark.parametrize("debias", [False, True])
+def test_weight_gradients_are_the_potentials(debias):
+    """Along the simplex (directions summing to 0), the weight gradient matches finite
+    differences; for OT_ε it is exactly (f, g)."""
+    x, y = _data(8, 6)
+    a = _weights(8, 1).requires_grad_(True)
+    b = _weights(6, 2).requires_grad_(True)
+    kw = dict(blur=0.7, debias=debias, tol=1e-13, max_iter=10000)
+    res = sinkhorn_solve(x, y, a, b, **kw)
+    ga, gb = torch.autograd.grad(res.value, (a, b))
+    if not debias:
+        torch.testing.assert_close(ga, res.f, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(gb, res.g, rtol=1e-8, atol=1e-10)
+    g = torch.Generator().manual_seed(7)
+    da = torch.randn(8, generator=g, dtype=torch.float64)
+    db = torch.randn(6, generator=g, dtype=torch.float64)
+    da, db = da - da.mean(), db - db.mean()
+    h = 1e-6
+    plus = sinkhorn(x, y, a.detach() + h * da, b.detach() + h * db, **kw)
+    minus = sinkhorn(x, y, a.detach() - h * da, b.detach() - h * db, **kw)
+    assert ((plus - minus) / (2 * h)).item() == pytest.approx((ga @ da + gb @ db).item(), rel=1e-6)
+
+
+def test_tolerance_mode_reaches_marginal_error():
+    x, y = _data(60, 50)
+    loose = sinkhorn_solve(x, y, blur=0.2, debias=False, tol=1e-3)
+    tight = sinkhorn_solve(x, y, blur=0.2, debias=False, tol=1e-9, max_iter=100000)
+    assert loose.marginal_error < 1e-3 and tight.marginal_error < 1e-9
+    assert tight.n_iter > loose.n_iter
+    capped = sinkhorn_solve(x, y, blur=0.05, debias=False, tol=1e-12, max_iter=3)
+    assert capped.n_iter == len(epsilon_schedule(2, _diameter(x, y), 0.05, 0.5)) + 3
+    assert capped.marginal_error > 1e-12  # stopped by max_iter, and says so
+
+
+def test_kernel_domain_absorption_and_overflow_fallback(monkeypatch):
+    """The dense tolerance loop (kernel domain) gives POT's answer when it absorbs its
+    scalings at every step, and when its kernel underflows (log-domain fallback)."""
+    import dalib.kernels.sinkhorn_ops as ops
+
+    x, y = _data()
+    ref, _, _ = _pot_entropic(x, y, np.full(23, 1 / 23), np.full(17, 1 / 17), 0.36)
+    kw = dict(blur=0.6, debias=False, tol=1e-12, max_iter=10000, backend="dense")
+    monkeypatch.setitem(ops.ABSORB_BOUND, torch.float64, 1e-3)
+    assert sinkhorn(x, y, **kw).item() == pytest.approx(ref, rel=1e-9)
+    monkeypatch.setitem(ops.ABSORB_BOUND, torch.float64, 200.0)
+    real = ops.CostOps._kernel
+    calls = []
+
+    def underflowing(self, f, g, eps):
+        calls.append(1)
+        k = real(self, f, g, eps)
+        return k.zero_() if len(calls) == 1 else k
+
+    monkeypatch.setattr(ops.CostOps, "_kernel", underflowing)
+    res = sinkhorn_solve(x, y, **kw)
+    assert len(calls) >= 2 and res.marginal_error < 1e-12
+    assert res.value.item() == pytest.approx(ref, rel=1e-9)
+
+
+def test_epsilon_schedule_is_geomloss():
+    for p, diam, blur, scaling in [(2, 7.3, 0.05, 0.5), (1, 3.0, 0.1, 0.9), (2, 1.0, 1.0, 0.5), (2, 0.5, 1.0, 0.5)]:
+        d = max(diam, blur)
+        ref = [d**p] + [np.exp(e) for e in np.arange(p * np.log(d), p * np.log(blur), p * np.log(scaling))] + [blur**p]
+        np.testing.assert_allclose(epsilon_schedule(p, diam, blur, scaling), ref, rtol=1e-12)
+
+
+def test_ot_plan_emd_and_sinkhorn_match_pot():
+    x, y = _data(12, 9)
+    a, b = _weights(12, 3), _weights(9, 4)
+    c = _cost(x, y)
+    plan = ot_plan(x, y, a, b, method="emd")
+    assert isinstance(plan, torch.Tensor) and plan.shape == (12, 9) and plan.dtype == x.dtype
+    np.testing.assert_allclose(plan.sum(1).numpy(), a.numpy(), atol=1e-12)
+    np.testing.assert_allclose(plan.sum(0).numpy(), b.numpy(), atol=1e-12)
+    assert (plan.numpy() * c).sum() == pytest.approx(ot.emd2(a.numpy(), b.numpy(), c), rel=1e-12)
+    ent = ot_plan(x, y, a, b, method="sinkhorn", blur=0.5)
+    ref = ot.sinkhorn(a.numpy(), b.numpy(), c, 0.25, method="sinkhorn_log", stopThr=1e-9, numItermax=100000)
+    np.testing.assert_allclose(ent.numpy(), ref, rtol=1e-10, atol=1e-14)
+    # entropic plan from ot_plan = the plan of sinkhorn's potentials
+    res = sinkhorn_solve(x, y, a, b, blur=0.5, debias=False, tol=1e-12, max_iter=10000)
+    ours = a.numpy()[:, None] * b.numpy()[None] * np.exp((res.f.numpy()[:, None] + res.g.numpy()[None] - c) / 0.25)
+    np.testing.assert_allclose(ours, ent.numpy(), atol=1e-9)
+
+
+def test_ot_plan_on_a_given_cost():
+    """DeepJDOT's use: a joint cost matrix; reg=None → exact, reg=ε → entropic."""
+    g = torch.Generator().manual_seed(4)
+    cost = torch.rand(7, 5, generator=g)  # float32, as a training loss computes it
+    a = _weights(7, 1).float()
+    plan = ot_plan(cost=cost, a=a)
+    assert plan.dtype == torch.float32 and plan.shape == (7, 5)
+    ref = ot.emd(a.double().numpy() / a.double().sum().item(), np.full(5, 0.2), cost.double().numpy())
+    np.testing.assert_allclose(plan.double().numpy(), ref, atol=1e-7)
+    ent = ot_plan(cost=cost, reg=0.1)
+    ref = ot.sinkhorn(np.full(7, 1 / 7), np.full(5, 0.2), cost.double().numpy(), 0.1, method="sinkhorn_log", stopThr=1e-9)
+    np.testing.assert_allclose(ent.double().numpy(), ref, atol=1e-7)
+    with pytest.raises(InputError, match="not both"):
+        ot_plan(torch.zeros(7, 2), torch.zeros(5, 2), cost=cost)
+    with pytest.raises(InputError, match="needs points"):
+        ot_plan()
+    with pytest.raises(InputError, match="2-D"):
+        ot_plan(cost=torch.zeros(7))
+    with pytest.raises(InputError, match="NaN"):
+        ot_plan(cost=torch.full((2, 2), float("nan")))
+    with pytest.raises(InputError, match="reg must be positive"):
+        ot_plan(cost=cost, reg=0.0)
+    with pytest.raises(InputError, match="shape"):
+        ot_plan(cost=cost, b=torch.full((4,), 0.25))
+
+
+def test_errors():
+    x, y = _data()
+    with pytest.raises(InputError, match="feature sizes"):
+        sinkhorn(x, torch.randn(4, 2, dtype=torch.float64))
+    with pytest.raises(InputError, match="empty"):
+        sinkhorn(torch.zeros(0, 3), y)
+    bad = y.clone()
+    bad[1, 1] = float("nan")
+    with pytest.raises(InputError, match="NaN"):
+        sinkhorn(x, bad)
+    with pytest.raises(InputError, match="sum to 1"):
+        sinkhorn(x, y, a=torch.ones(23, dtype=torch.float64))
+    with pytest.raises(InputError, match="negative"):
+        w = torch.full((23,), 1 / 21, dtype=torch.float64)
+        w[0] = w[1] = -1 / 21
+        w[2] += 2 / 21 + 2 / 21
+        sinkhorn(x, y, a=w)
+    with pytest.raises(InputError, match="shape"):
+        sinkhorn(x, y, b=torch.full((16,), 1 / 16))
+    with pytest.raises(InputError, match="blur"):
+        sinkhorn(x, y, blur=0.0)
+    with pytest.raises(InputError, match="scaling"):
+        sinkhorn(x, y, scaling=1.0)
+    with pytest.raises(InputError, match="tol"):
+        sinkhorn(x, y, tol=-1.0)
+    with pytest.raises(InputError, match="method"):
+        ot_plan(x, y, method="greenkhorn")
