@@ -1,0 +1,228 @@
+"""Speed of dalib's KMM against skada's ``KMMReweightAdapter``, and KMM at 20k points.
+
+Side by side, in one run, on the same synthetic data (seed 0): source ``x ~ N(0, I_d)``,
+target ``y ~ 0.8·N(0, I_d) + 0.5``, d = 32.
+
+* ``N_s = N_t = 4000``: skada ``KMMReweightAdapter(gamma=1/(2σ²))`` (its defaults: B = 1000,
+  ε = (√n − 1)/√n, Frank-Wolfe, 1000 iterations; dense float64 kernel matrices from
+  scikit-learn) against ``dalib.shallow.KMM(bandwidth=σ)`` (defaults). Both get the same
+  bandwidth σ (median heuristic, computed once, not timed). Both weight vectors are then
+  scored with the same formulas, in float64: the QP objective ``½βᵀKβ − κᵀβ`` that skada
+  minimises (κ = (n_s/n_t) K_st 1) and the squared MMD between the β-weighted source and
+  the target. Times: best of ``--repeat`` runs for dalib, of ``--repeat-skada`` for skada.
+* ``N_s = N_t = 20000``: dalib alone (skada's dense n² float64 matrices would need 3.2 GB
+  each and about an hour of Frank-Wolfe), in a fresh subprocess that reports its wall
+  time and its peak resident memory (``ru_maxrss``: the whole process, torch included).
+
+    python benchmarks/kmm_speed.py                 # ~2 min on 2 cores
+    python benchmarks/kmm_speed.py --sizes 4000    # the skada comparison only
+
+Writes benchmarks/results/kmm_speed.json and .md (``--out`` to change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parent))
+
+
+def make_data(n: int, d: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xs = rng.normal(size=(n, d)).astype(np.float32)
+    xt = (0.8 * rng.normal(size=(n, d)) + 0.5).astype(np.float32)
+    return xs, xt
+
+
+def score(beta: np.ndarray, xs: np.ndarray, xt: np.ndarray, sigma: float) -> dict:
+    """QP objective and MMD² of weights β, float64, by row blocks (no n² matrix kept)."""
+    import torch
+
+    from dalib.kernels import gaussian_matvec, gaussian_mean
+
+    x = torch.from_numpy(xs.astype(np.float64))
+    y = torch.from_numpy(xt.astype(np.float64))
+    b = torch.from_numpy(np.asarray(beta, dtype=np.float64))
+    ns, nt = len(xs), len(xt)
+    kb = gaussian_matvec(x, x, b, sigma, backend="blocked")  # (ns,)
+    kappa = gaussian_matvec(x, y, torch.ones(nt, dtype=torch.float64), sigma, backend="blocked") * (ns / nt)
+    qp = float(0.5 * b @ kb - kappa @ b)
+    ktt = float(gaussian_mean(y, y, sigma, backend="blocked"))
+    return {"qp_objective": qp, "mmd2": 2.0 * qp / ns**2 + ktt}
+
+
+def run_dalib(xs: np.ndarray, xt: np.ndarray, sigma: float, repeat: int) -> dict:
+    from dalib.shallow import KMM
+
+    times, est = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        est = KMM(bandwidth=sigma).fit(xs, xt)
+        times.append(time.perf_counter() - t0)
+    assert est is not None
+    return {
+        "seconds": min(times),
+        "all_seconds": times,
+        "weights": est.weights_,
+        "n_iter": est.n_iter_,
+        "kernel_products": est.n_kernel_products_,
+        "backend": est.backend_,
+        "converged": est.converged_,
+    }
+
+
+def run_skada(xs: np.ndarray, xt: np.ndarray, sigma: float, repeat: int) -> dict:
+    from skada import KMMReweightAdapter
+
+    x = np.concatenate([xs, xt]).astype(np.float64)
+    domain = np.concatenate([np.ones(len(xs), dtype=int), -np.ones(len(xt), dtype=int)])
+    times, ad = [], None
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ad = KMMReweightAdapter(gamma=1.0 / (2.0 * sigma**2)).fit(x, sample_domain=domain)
+        times.append(time.perf_counter() - t0)
+    assert ad is not None
+    return {"seconds": min(times), "all_seconds": times, "weights": np.asarray(ad.source_weights_)}
+
+
+def child_large(n: int, d: int) -> None:
+    """Runs in a fresh process: fit KMM on n points, print one JSON line."""
+    import torch
+
+    from dalib.kernels import median_bandwidth
+    from dalib.shallow import KMM
+
+    xs, xt = make_data(n, d)
+    sigma = median_bandwidth(torch.from_numpy(xs), torch.from_numpy(xt))
+    t0 = time.perf_counter()
+    est = KMM().fit(xs, xt)  # bandwidth: median heuristic, inside the timed fit
+    seconds = time.perf_counter() - t0
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({
+        "n": n, "d": d, "seconds": seconds, "peak_rss_mib": peak_kib / 1024, "sigma": sigma,
+        "n_iter": est.n_iter_, "kernel_products": est.n_kernel_products_, "backend": est.backend_,
+        "converged": est.converged_, "mmd2": est.mmd2_, "qp_objective": est.objective_,
+        "torch_threads": torch.get_num_threads(),
+    }))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000])
+    ap.add_argument("--dim", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat-skada", type=int, default=2)
+    ap.add_argument("--out", default=str(HERE / "results" / "kmm_speed"))
+    ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child_large(args.child, args.dim)
+        return
+
+    import torch
+
+    from dalib.kernels import median_bandwidth
+
+    try:
+        from _machine import machine_info, machine_line
+    except ImportError:  # pragma: no cover - the helper ships beside this script
+        machine_info = machine_line = None  # type: ignore[assignment]
+    info = machine_info() if machine_info else {"python": sys.version.split()[0], "torch": torch.__version__}
+    results: dict = {"machine": info, "dim": args.dim, "comparison": [], "large": []}
+
+    for n in args.sizes:
+        if n > 8000:
+            proc = subprocess.run(
+                [sys.executable, __file__, "--child", str(n), "--dim", str(args.dim)],
+                capture_output=True, text=True, check=False,
+            )
+            if proc.returncode != 0:
+                raise SystemExit(f"child for n={n} failed:\n{proc.stderr[-2000:]}")
+            row = json.loads(proc.stdout.strip().splitlines()[-1])
+            print(f"n={n}: {row['seconds']:.1f} s, peak RSS {row['peak_rss_mib']:.0f} MiB, "
+                  f"{row['n_iter']} iterations", flush=True)
+            results["large"].append(row)
+            continue
+        xs, xt = make_data(n, args.dim)
+        sigma = median_bandwidth(torch.from_numpy(xs), torch.from_numpy(xt))
+        ours = run_dalib(xs, xt, sigma, args.repeat)
+        theirs = run_skada(xs, xt, sigma, args.repeat_skada)
+        s_ours, s_theirs = score(ours.pop("weights"), xs, xt, sigma), score(theirs.pop("weights"), xs, xt, sigma)
+        uniform = score(np.ones(n), xs, xt, sigma)
+        row = {
+            "n": n, "d": args.dim, "sigma": sigma,
+            "dalib": {**ours, **s_ours}, "skada": {**theirs, **s_theirs}, "uniform_weights": uniform,
+            "speedup": theirs["seconds"] / ours["seconds"],
+            "objective_no_worse": s_ours["qp_objective"] <= s_theirs["qp_objective"],
+        }
+        print(f"n={n}: dalib {ours['seconds']:.2f} s (QP {s_ours['qp_objective']:.6g}, MMD² {s_ours['mmd2']:.4g}) "
+              f"vs skada {theirs['seconds']:.2f} s (QP {s_theirs['qp_objective']:.6g}, MMD² {s_theirs['mmd2']:.4g}): "
+              f"{row['speedup']:.1f}x", flush=True)
+        results["comparison"].append(row)
+
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float) + "\n")
+    out.with_suffix(".md").write_text(markdown(results, machine_line(info) if machine_line else str(info)))
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+
+
+def markdown(res: dict, machine: str) -> str:
+    lines = [
+        "# KMM speed: dalib vs skada",
+        "",
+        f"Machine: {machine}. torch threads: {res['machine'].get('torch_threads')}.",
+        "",
+        "Data: source N(0, I), target 0.8·N(0, I) + 0.5, d = "
+        f"{res['dim']}, seed 0; Gaussian kernel, σ = median heuristic (same σ for both); "
+        "B = 1000, ε = (√n − 1)/√n. Objectives of both weight vectors evaluated with the "
+        "same float64 formulas: QP = ½βᵀKβ − κᵀβ (skada's), MMD² of the weighted source "
+        "to the target. Lower is better for both.",
+        "",
+    ]
+    if res["comparison"]:
+        lines += [
+            "| n_s = n_t | dalib s | skada s | speed-up | dalib QP | skada QP | dalib MMD² | skada MMD² | "
+            "uniform MMD² | dalib iters | target met |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in res["comparison"]:
+            ok = r["speedup"] >= 10 and r["objective_no_worse"]
+            lines.append(
+                f"| {r['n']} | {r['dalib']['seconds']:.2f} | {r['skada']['seconds']:.2f} | {r['speedup']:.1f}x | "
+                f"{r['dalib']['qp_objective']:.8g} | {r['skada']['qp_objective']:.8g} | "
+                f"{r['dalib']['mmd2']:.5g} | {r['skada']['mmd2']:.5g} | {r['uniform_weights']['mmd2']:.5g} | "
+                f"{r['dalib']['n_iter']} ({r['dalib']['backend']}) | "
+                f"{'yes' if ok else 'NO'} (≥10x, objective no worse) |"
+            )
+        lines.append("")
+    if res["large"]:
+        lines += [
+            "| n_s = n_t | dalib s (incl. median bandwidth) | peak RSS (MiB, whole process) | iterations | "
+            "backend | MMD² | target met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in res["large"]:
+            ok = r["seconds"] < 60 and r["peak_rss_mib"] < 1024
+            lines.append(
+                f"| {r['n']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} | {r['n_iter']} | {r['backend']} | "
+                f"{r['mmd2']:.5g} | {'yes' if ok else 'NO'} (< 60 s, < 1 GiB) |"
+            )
+        lines.append("")
+    lines.append("Reproduce: `python benchmarks/kmm_speed.py`.")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

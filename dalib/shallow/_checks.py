@@ -1,0 +1,98 @@
+"""Input checks for the shallow estimators: feature matrices as numpy arrays or tensors."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dalib.errors import ConfigError, InputError
+
+__all__ = [
+    "as_labels",
+    "as_matrix",
+    "check_choice",
+    "check_positive",
+    "check_same_features",
+    "like_input",
+    "to_numpy",
+]
+
+
+def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
+    """Return ``x`` (a numpy array, tensor or nested list) as a (N, D) tensor of ``dtype``.
+
+    Raises :class:`InputError` when it is not 2-D, empty, or holds NaN/inf.
+    """
+    if isinstance(x, Tensor):
+        t = x.detach()
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"{name} is not an array: {exc}") from None
+        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            raise InputError(f"{name} must hold numbers, got dtype {arr.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+    if t.dim() != 2:
+        raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise InputError(f"{name} is empty: shape {tuple(t.shape)}")
+    t = t.to(dtype)
+    if not bool(torch.isfinite(t).all()):
+        raise InputError(f"{name} holds NaN or infinite values")
+    return t
+
+
+def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt")) -> None:
+    if xs.shape[1] != xt.shape[1]:
+        raise InputError(
+            f"{names[0]} and {names[1]} have different feature sizes: {xs.shape[1]} and {xt.shape[1]}"
+        )
+
+
+def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
+    """Return class labels as a (n,) int64 numpy array, or raise :class:`InputError`."""
+    arr = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1:
+        raise InputError(f"{name} must be a 1-D array of labels, got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise InputError(f"{name} has {arr.shape[0]} labels for {n} samples")
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InputError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
+    return arr.astype(np.int64)
+
+
+def to_numpy(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy()
+
+
+def like_input(result: Tensor, reference: Any) -> Any:
+    """``result`` as a tensor (on the reference's device, in its float dtype) if the
+    reference input was a tensor, else as a numpy array."""
+    if isinstance(reference, Tensor):
+        dtype = reference.dtype if reference.is_floating_point() else result.dtype
+        return result.to(device=reference.device, dtype=dtype)
+    return to_numpy(result)
+
+
+def check_positive(value: Any, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a finite number > 0 (or >= 0, or None)."""
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ConfigError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v < 0 or (v == 0 and not allow_zero):
+        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'} and finite, got {value!r}")
+
+
+def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")

@@ -1,0 +1,134 @@
+"""Classifiers of the shallow pipeline: exact 1-NN, logistic regression, linear SVM.
+
+``make_classifier(name)`` returns an object with ``fit(X, y, sample_weight=None)`` and
+``predict(X)``; X may be a numpy array or a tensor.
+
+* ``"1nn"``: exact 1-nearest neighbour (Euclidean, float64, torch). A sample weight
+  cannot change a nearest neighbour, so only its support matters: samples of weight 0
+  are left out of the reference set.
+* ``"linear"``: scikit-learn ``LogisticRegression`` (L2, C = 1, lbfgs), weighted.
+* ``"svm"``: scikit-learn ``LinearSVC`` (C = 1, squared hinge, one-vs-rest), weighted;
+  solved in the dual with enough iterations to converge on 800-d SURF features (the
+  primal solver that ``dual="auto"`` picks there stops unconverged after minutes).
+* ``"svc"``: scikit-learn ``SVC(kernel="linear", C=1)``, i.e. libsvm (hinge, one-vs-one),
+  weighted: the classifier of the CORAL paper's code (libsvm with a linear kernel).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from dalib.errors import InputError, UnknownNameError
+from dalib.shallow._checks import as_labels, as_matrix, to_numpy
+
+__all__ = ["CLASSIFIERS", "NearestNeighbor", "make_classifier"]
+
+CLASSIFIERS = ("1nn", "linear", "svm", "svc")
+
+
+def _check_weights(sample_weight: Any, n: int) -> np.ndarray | None:
+    if sample_weight is None:
+        return None
+    w = to_numpy(sample_weight) if isinstance(sample_weight, torch.Tensor) else np.asarray(sample_weight)
+    w = w.astype(np.float64).reshape(-1)
+    if w.shape[0] != n:
+        raise InputError(f"sample_weight has {w.shape[0]} entries for {n} samples")
+    if not np.all(np.isfinite(w)) or np.any(w < 0):
+        raise InputError("sample_weight must be finite and non-negative")
+    if not np.any(w > 0):
+        raise InputError("sample_weight is zero everywhere")
+    return w
+
+
+class NearestNeighbor:
+    """Exact 1-nearest-neighbour classifier (squared Euclidean distance, float64).
+
+    Ties go to the reference sample that comes first. Distances are computed in blocks of
+    query rows, so memory stays bounded by ``block_rows × n_reference``.
+    """
+
+    def __init__(self, block_rows: int = 1024) -> None:
+        self.block_rows = block_rows
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> NearestNeighbor:
+        x = as_matrix(X, "X")
+        labels = as_labels(y, x.shape[0], "y")
+        w = _check_weights(sample_weight, x.shape[0])
+        if w is not None:
+            keep = torch.from_numpy(w > 0)
+            x, labels = x[keep], labels[w > 0]
+        self.reference_ = x  # (n, d)
+        self.labels_ = labels  # (n,)
+        self.classes_ = np.unique(labels)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "reference_"):
+            raise InputError("classifier is not fitted yet: call fit first")
+        x = as_matrix(X, "X")
+        ref = self.reference_
+        if x.shape[1] != ref.shape[1]:
+            raise InputError(f"X has {x.shape[1]} features, the classifier was fitted on {ref.shape[1]}")
+        ref_sq = (ref * ref).sum(1)  # (n,)
+        nearest = []
+        for i in range(0, x.shape[0], self.block_rows):
+            q = x[i : i + self.block_rows]  # (b, d)
+            # ‖q‖² is constant per row: argmin_j ‖r_j‖² − 2 q·r_j
+            d = torch.addmm(ref_sq.unsqueeze(0), q, ref.T, alpha=-2.0)  # (b, n)
+            nearest.append(torch.argmin(d, dim=1))
+        return self.labels_[torch.cat(nearest).numpy()]
+
+
+def make_classifier(name: str) -> Any:
+    """A fresh classifier: ``"1nn"``, ``"linear"`` (logistic regression), ``"svm"``
+    (linear SVM, liblinear) or ``"svc"`` (linear-kernel SVM, libsvm). Unknown names raise
+    :class:`dalib.errors.UnknownNameError`."""
+    if name == "1nn":
+        return NearestNeighbor()
+    if name in ("linear", "svm", "svc"):
+        try:
+            from sklearn.linear_model import LogisticRegression
+            from sklearn.svm import SVC, LinearSVC
+        except ImportError as exc:  # a declared dependency, but say what is missing
+            raise ImportError(f"classifier {name!r} needs scikit-learn: pip install scikit-learn ({exc})") from exc
+        if name == "linear":
+            est = LogisticRegression(C=1.0, max_iter=1000)
+        elif name == "svm":
+            est = LinearSVC(C=1.0, dual=True, max_iter=20000)
+        else:
+            est = SVC(kernel="linear", C=1.0)
+        return _SklearnClassifier(est)
+    raise UnknownNameError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)}")
+
+
+class _SklearnClassifier:
+    """Adapts a scikit-learn classifier to numpy/tensor inputs and dalib's input errors."""
+
+    def __init__(self, estimator: Any) -> None:
+        self.estimator = estimator
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _SklearnClassifier:
+        x = to_numpy(as_matrix(X, "X"))
+        labels = as_labels(y, x.shape[0], "y")
+        w = _check_weights(sample_weight, x.shape[0])
+        if np.unique(labels if w is None else labels[w > 0]).shape[0] < 2:
+            raise InputError("the classifier needs samples of at least 2 classes")
+        self.estimator.fit(x, labels, sample_weight=w)
+        self.classes_ = self.estimator.classes_
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        if not hasattr(self, "classes_"):
+            raise InputError("classifier is not fitted yet: call fit first")
+        x = to_numpy(as_matrix(X, "X"))
+        if x.shape[1] != self.estimator.n_features_in_:
+            raise InputError(
+                f"X has {x.shape[1]} features, the classifier was fitted on {self.estimator.n_features_in_}"
+            )
+        return self.estimator.predict(x)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.estimator!r})"

@@ -1,0 +1,301 @@
+"""Optimal-transport mapping of source samples onto the target (Courty, Flamary, Tuia &
+Rakotomamonjy, TPAMI 2017, "Optimal Transport for Domain Adaptation").
+
+A plan ``P`` (n_s, n_t) between the uniform empirical measures, for the cost
+``C_ij = ‖xs_i − xt_j‖² / s`` (s = 1, or the median / max of the cost when ``norm`` asks),
+and the barycentric mapping ``T(xs_i) = Σ_j P_ij xt_j / Σ_j P_ij``:
+
+* ``reg=None``: exact OT, ``min ⟨P, C⟩`` (POT ``ot.emd``);
+* ``reg=ε``: entropic OT, ``min ⟨P, C⟩ − ε H(P)`` (Sinkhorn);
+* ``reg_cl=η``: the class-regularised plan of the paper (OT-LpLq),
+  ``min ⟨P, C⟩ − ε H(P) + η Σ_j Σ_c ‖P_{I_c, j}‖_p^p`` with p = ½ over the source
+  samples I_c of class c (a target sample should receive mass from one class only). The
+  concave penalty is handled by majorisation-minimisation: each outer step solves an
+  entropic problem with the linearised penalty ``C + η W``,
+  ``W_ij = p (Σ_{i'∈I_c(i)} P_i'j + δ)^{p−1}`` (δ = 1e-3), as POT's ``sinkhorn_lpl1_mm``.
+
+For moderate sizes (n_s·n_t ≤ :data:`POT_MAX_ENTRIES`) the plans come from POT (dense,
+float64). Above, the entropic problems are solved in the log domain on the potentials
+through :func:`dalib.kernels.softmin` and the mapping is computed by blocks of rows, so
+no n_s × n_t matrix is formed (exact OT stays POT-only).
+
+Out-of-sample samples (``transform(X)`` with X other than the fitted Xs): the entropic
+plan's continuous extension ``T(x) = Σ_j softmax_j(g_j/ε − C(x, xt_j)/ε) xt_j`` (POT's
+default for ``SinkhornTransport``); for the exact and class-regularised plans, the
+displacement of the nearest fitted source sample (Ferradans et al. 2014, POT's
+"ferradans").
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from dalib.errors import ConfigError, InputError
+from dalib.shallow._checks import (
+    as_labels,
+    as_matrix,
+    check_choice,
+    check_positive,
+    check_same_features,
+    like_input,
+)
+from dalib.shallow._sinkhorn import barycentric_map, group_softmin, log_sinkhorn
+
+__all__ = ["OTMapping", "POT_MAX_ENTRIES"]
+
+#: ``backend="auto"`` uses POT's dense solvers up to this many plan entries (4096²).
+POT_MAX_ENTRIES = 4096 * 4096
+#: The norm="median" of a cost too large to form is estimated on a fixed random subset
+#: of at most this many source and this many target samples.
+MEDIAN_SUBSET = 2048
+_LPL1_P = 0.5
+_LPL1_DELTA = 1e-3
+
+_BACKENDS = ("auto", "pot", "dense", "blocked", "keops")
+
+
+class OTMapping:
+    """Map source samples onto the target through an optimal-transport plan.
+
+    Parameters
+    ----------
+    reg : entropic regularisation ε (on the normalised cost); None for exact OT.
+    reg_cl : class regularisation η (needs ``ys`` in :meth:`fit`); None for none.
+    norm : None, "median" or "max": divide the squared-Euclidean cost by its median or max
+        (POT's ``norm``), which makes ``reg`` scale-free; default "median".
+    max_iter : Sinkhorn iterations (per outer step when ``reg_cl`` is set).
+    tol : Sinkhorn stops when the L1 error of the target marginal is at most ``tol``.
+    max_outer_iter : majorisation-minimisation steps of the class-regularised variant
+        (POT's ``SinkhornLpl1Transport(max_iter=10)``).
+    backend : "auto", "pot" (dense POT plans, float64), or "dense", "blocked", "keops"
+        (log-domain solver through :func:`dalib.kernels.softmin` with that backend).
+    dtype : "float32" or "float64", the precision of the log-domain solver (POT plans are
+        always float64).
+
+    Attributes after :meth:`fit`: ``mapped_`` (n_s, d) the transported source samples
+    (numpy), ``coupling_`` (n_s, n_t) numpy plan or None (log-domain path), ``f_``/``g_``
+    potentials of the (last) entropic problem or None, ``cost_scale_`` (s), ``backend_``,
+    ``n_iter_`` (Sinkhorn iterations in total), ``fit_time_``.
+    """
+
+    def __init__(
+        self,
+        reg: float | None = 1.0,
+        reg_cl: float | None = None,
+        norm: str | None = "median",
+        max_iter: int = 1000,
+        tol: float = 1e-9,
+        max_outer_iter: int = 10,
+        backend: str = "auto",
+        dtype: str = "float32",
+    ) -> None:
+        self.reg = reg
+        self.reg_cl = reg_cl
+        self.norm = norm
+        self.max_iter = max_iter
+        self.tol = tol
+        self.max_outer_iter = max_outer_iter
+        self.backend = backend
+        self.dtype = dtype
+
+    # ------------------------------------------------------------------ checks
+    def _check_params(self) -> None:
+        check_positive(self.reg, "reg", allow_none=True)
+        check_positive(self.reg_cl, "reg_cl", allow_none=True, allow_zero=True)
+        check_choice(self.norm, "norm", (None, "median", "max"))
+        for name in ("max_iter", "max_outer_iter"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {v!r}")
+        check_positive(self.tol, "tol", allow_zero=True)
+        check_choice(self.backend, "backend", _BACKENDS)
+        check_choice(self.dtype, "dtype", ("float32", "float64"))
+        if self.reg is None and self.reg_cl is not None:
+            raise ConfigError("reg_cl needs an entropic plan: set reg to a number")
+        if self.reg is None and self.backend not in ("auto", "pot"):
+            raise ConfigError(f"exact OT (reg=None) is solved by POT only, not backend={self.backend!r}")
+
+    # ------------------------------------------------------------------- fit
+    def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> OTMapping:
+        """Compute the plan between ``Xs`` (n_s, d) and ``Xt`` (n_t, d) and the mapped
+        source samples; ``ys`` (n_s,) source labels are needed when ``reg_cl`` is set."""
+        self._check_params()
+        xs = as_matrix(Xs, "Xs")
+        xt = as_matrix(Xt, "Xt")
+        check_same_features(xs, xt)
+        labels = None
+        if ys is not None:
+            labels = as_labels(ys, xs.shape[0], "ys")
+        if self.reg_cl is not None and labels is None:
+            raise InputError("reg_cl (class regularisation) needs the source labels: fit(Xs, Xt, ys)")
+        start = time.perf_counter()
+        ns, nt = xs.shape[0], xt.shape[0]
+        backend = self.backend
+        if backend == "auto":
+            backend = "pot" if (self.reg is None or ns * nt <= POT_MAX_ENTRIES) else "auto"
+        self.f_ = self.g_ = self.coupling_ = None
+        if backend == "pot":
+            self._fit_pot(xs, xt, labels)
+        else:
+            dtype = torch.float32 if self.dtype == "float32" else torch.float64
+            self._fit_log(xs.to(dtype), xt.to(dtype), labels, backend)
+        self.backend_ = backend if backend != "auto" else "log-" + _kernels_backend_name(xs, xt)
+        self.xs_ = xs  # float64
+        self.xt_ = xt
+        self.n_features_in_ = xs.shape[1]
+        self.fit_time_ = time.perf_counter() - start
+        return self
+
+    def _uses_continuous_map(self) -> bool:
+        return self.reg is not None and self.reg_cl is None
+
+    def _fit_pot(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None) -> None:
+        import ot
+
+        from dalib.kernels import sqdist
+
+        ns, nt = xs.shape[0], xt.shape[0]
+        cost = sqdist(xs, xt)  # (Ns, Nt) float64
+        scale = 1.0
+        if self.norm == "median":
+            scale = float(np.median(cost.numpy()))  # numpy's (interpolated) median, as POT
+        elif self.norm == "max":
+            scale = float(cost.max())
+        scale = scale if scale > 0 else 1.0
+        cost = cost / scale
+        a = torch.full((ns,), 1.0 / ns, dtype=torch.float64)
+        b = torch.full((nt,), 1.0 / nt, dtype=torch.float64)
+        n_iter = 0
+        if self.reg is None:
+            plan = torch.as_tensor(ot.emd(a.numpy(), b.numpy(), cost.numpy(), numItermax=max(100_000, self.max_iter)))
+        else:
+            reg = float(self.reg)
+            penalty = torch.zeros_like(cost)  # (Ns, Nt) η W
+            rounds = 1 if self.reg_cl is None else int(self.max_outer_iter)
+            onehot = None
+            if self.reg_cl is not None:
+                assert labels is not None
+                _, inverse = np.unique(labels, return_inverse=True)
+                onehot = torch.nn.functional.one_hot(torch.from_numpy(inverse)).to(torch.float64)  # (Ns, G)
+            log = None
+            for _ in range(rounds):
+                # warm start from the previous majorisation step's scalings
+                warm = None if log is None else (log["log_u"], log["log_v"])
+                plan, log = ot.sinkhorn(
+                    a, b, cost + penalty, reg, method="sinkhorn_log",
+                    numItermax=int(self.max_iter), stopThr=float(self.tol), log=True, warmstart=warm,
+                )
+                n_iter += int(log.get("niter", self.max_iter))
+                if onehot is not None:
+                    class_mass = onehot.T @ plan  # (G, Nt) Σ_{i∈c} P_ij
+                    w = _LPL1_P * (class_mass + _LPL1_DELTA) ** (_LPL1_P - 1.0)  # (G, Nt)
+                    penalty = float(self.reg_cl) * (onehot @ w)  # (Ns, Nt)
+            # P_ij = exp(u_i + v_j − (C_ij + ηW_ij)/reg): f = reg(u − log a), g = reg(v − log b)
+            assert log is not None
+            self.f_ = (reg * (log["log_u"] - a.log())).numpy()
+            self.g_ = (reg * (log["log_v"] - b.log())).numpy()
+        plan = plan.to(torch.float64)
+        rows = plan.sum(1, keepdim=True)  # (Ns, 1)
+        mapped = (plan / rows) @ xt  # (Ns, D)
+        mapped[~torch.isfinite(mapped).all(1)] = 0.0  # rows without mass, as POT
+        self.coupling_ = plan.numpy()
+        self.mapped_ = mapped.numpy()
+        self.cost_scale_ = scale
+        self.n_iter_ = n_iter
+
+    def _fit_log(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None, backend: str) -> None:
+        ns, nt = xs.shape[0], xt.shape[0]
+        scale = _cost_scale(xs, xt, self.norm)
+        reg = float(self.reg)
+        a = torch.full((ns,), 1.0 / ns, dtype=xs.dtype, device=xs.device)
+        b = torch.full((nt,), 1.0 / nt, dtype=xs.dtype, device=xs.device)
+        if self.reg_cl is None:
+            res = log_sinkhorn(xs, xt, a, b, reg, scale, max_iter=int(self.max_iter), tol=float(self.tol),
+                               backend=backend)
+            mapped = barycentric_map(xs, xt, res.g / reg + b.log(), reg, scale)  # (Ns, D)
+            n_iter = res.n_iter
+        else:
+            assert labels is not None
+            classes = np.unique(labels)
+            groups = [torch.from_numpy(np.flatnonzero(labels == c)).to(xs.device) for c in classes]
+            penalty = torch.zeros(len(groups), nt, dtype=xs.dtype, device=xs.device)  # (G, Nt) η W
+            res = None
+            n_iter = 0
+            rounds = int(self.max_outer_iter)
+            for r in range(rounds):
+                res = log_sinkhorn(xs, xt, a, b, reg, scale, groups=groups, w=penalty,
+                                   f0=None if res is None else res.f, g0=None if res is None else res.g,
+                                   max_iter=int(self.max_iter), tol=float(self.tol), backend=backend)
+                n_iter += res.n_iter
+                if r == rounds - 1:
+                    break  # the plan is the last solve's, with the penalty it used
+                s = group_softmin(xt, xs, res.f, a.log(), groups, reg, scale, backend)  # (G, Nt)
+                class_mass = b * torch.exp((res.g - penalty - s) / reg)  # (G, Nt) Σ_{i∈c} P_ij
+                penalty = float(self.reg_cl) * _LPL1_P * (class_mass + _LPL1_DELTA) ** (_LPL1_P - 1.0)
+            assert res is not None
+            mapped = torch.empty_like(xs)
+            for c, idx in enumerate(groups):
+                mapped[idx] = barycentric_map(xs[idx], xt, (res.g - penalty[c]) / reg + b.log(), reg, scale)
+        self.f_ = res.f.to(torch.float64).cpu().numpy()
+        self.g_ = res.g.to(torch.float64).cpu().numpy()
+        self.mapped_ = mapped.to(torch.float64).cpu().numpy()
+        self.cost_scale_ = scale
+        self.n_iter_ = n_iter
+
+    # ------------------------------------------------------------- transform
+    def transform(self, X: Any) -> Any:
+        """Transported samples (n, d), same type as ``X``. For the fitted ``Xs`` the
+        barycentric mapping; for other samples see the module docstring."""
+        if not hasattr(self, "mapped_"):
+            raise InputError("OTMapping is not fitted yet: call fit(Xs, Xt) first")
+        x = as_matrix(X, "X")
+        if x.shape[1] != self.n_features_in_:
+            raise InputError(f"X has {x.shape[1]} features, OTMapping was fitted on {self.n_features_in_}")
+        if x.shape == self.xs_.shape and torch.equal(x, self.xs_.to(x.device)):
+            return like_input(torch.from_numpy(self.mapped_), X)
+        if self._uses_continuous_map():
+            xt = self.xt_.to(x.device)
+            h = torch.from_numpy(self.g_).to(x.device) / float(self.reg) - math.log(xt.shape[0])
+            return like_input(barycentric_map(x, xt, h, float(self.reg), self.cost_scale_), X)
+        # nearest fitted source sample's displacement
+        xs = self.xs_.to(x.device)
+        ref_sq = (xs * xs).sum(1)  # (Ns,)
+        nearest = torch.cat([
+            torch.argmin(torch.addmm(ref_sq.unsqueeze(0), x[i : i + 1024], xs.T, alpha=-2.0), dim=1)
+            for i in range(0, x.shape[0], 1024)
+        ])  # (n,)
+        shift = torch.from_numpy(self.mapped_).to(x.device)[nearest] - xs[nearest]  # (n, d)
+        return like_input(x + shift, X)
+
+    def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> Any:
+        return self.fit(Xs, Xt, ys).transform(Xs)
+
+
+def _kernels_backend_name(xs: Tensor, xt: Tensor) -> str:
+    from dalib.kernels import resolve_backend
+
+    return resolve_backend("auto", xs, xt)
+
+
+def _cost_scale(xs: Tensor, xt: Tensor, norm: str | None) -> float:
+    """The divisor of the squared-Euclidean cost without forming it: the exact max over
+    blocks of rows, or the median on a fixed random subset (:data:`MEDIAN_SUBSET`)."""
+    from dalib.kernels import sqdist
+
+    if norm is None:
+        return 1.0
+    if norm == "max":
+        rows = max(1, (1 << 22) // xt.shape[0])
+        value = max(float(sqdist(xs[i : i + rows], xt).max()) for i in range(0, xs.shape[0], rows))
+    else:
+        gen = torch.Generator().manual_seed(0)
+        i = torch.randperm(xs.shape[0], generator=gen)[:MEDIAN_SUBSET].to(xs.device)
+        j = torch.randperm(xt.shape[0], generator=gen)[:MEDIAN_SUBSET].to(xt.device)
+        value = float(np.median(sqdist(xs[i].to(torch.float64), xt[j].to(torch.float64)).cpu().numpy()))
+    return value if value > 0 else 1.0
