@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import torch
+from _machine import machine_info, machine_line
 
-import dalib
 from dalib.runner import RunConfig, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -54,13 +52,15 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": "embedded JDA digits (MNIST 2000, USPS 1800, 16x16), LeNet-style CNN, default run settings, "
                     "target accuracy on all target samples after the last step (no target-label model selection)",
         "runs": rows, "summary": summary,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
-        "versions": {"dalib": dalib.__version__, "torch": torch.__version__, "python": platform.python_version()},
+        "machine": machine_info(),
     }
     RESULTS.mkdir(exist_ok=True)
     stem = f"dann_digits_{src}_{tgt}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# {src} -> {tgt}: target accuracy (%), {args.steps} steps, seeds {args.seeds}", "",
+             f"Machine: {machine_line(payload['machine'])}", "",
+             f"Command: `python benchmarks/dann_digits.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
+             f" --pair {src} {tgt}`", "",
              "| method | mean | std | min | max | per seed |", "|---|---|---|---|---|---|"]
     for method, s in summary.items():
         per = ", ".join(f"{r['target_accuracy']:.2f}" for r in rows[method])
