@@ -18,12 +18,13 @@ Three protocols, each reproducing its published no-adaptation baseline first:
 
 Every method runs with ONE hyperparameter setting for all tasks of a protocol, never chosen
 on target labels; how each one was chosen is in the ``SETTINGS`` table below and in the
-output. ``--select`` re-runs the two source-only selections used (KMM bandwidth by
-importance-weighted cross-validation on the source, OT regularisation by circular
-validation) and prints their scores.
+output. ``--select`` re-runs the three source-only selections used (the classifiers' C by
+cross-validation on the source, KMM bandwidth by importance-weighted cross-validation on the
+source, OT regularisation by circular validation), prints their scores and writes them to
+``shallow_accuracy_select.json``.
 
-    python benchmarks/shallow_accuracy.py --jobs 2      # ~6 min on 2 cores
-    python benchmarks/shallow_accuracy.py --select      # the source-only selections, ~5 min
+    python benchmarks/shallow_accuracy.py --jobs 2              # ~1.5 min on 2 cores
+    python benchmarks/shallow_accuracy.py --select --jobs 2     # the selections, ~3 min
 
 Writes benchmarks/results/shallow_accuracy.json and .md (``--out`` to change).
 """
@@ -467,7 +468,7 @@ def main() -> None:
            + (f" --skip {' '.join(args.skip)}" if args.skip else "")
            + (f" --draws {args.draws}" if args.draws != 10 else "")
            + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else ""),
-           f"{Path(sys.executable).name} benchmarks/shallow_accuracy.py --select   # the source-only selections"]
+           f"{Path(sys.executable).name} benchmarks/shallow_accuracy.py --select --jobs 2   # the source-only selections"]
     result = {"machine": info, "wall_seconds": wall, "commands": cmd, "published": PUBLISHED,
               "protocols": {p: PROTOCOLS[p]["text"] for p in summary}, "results": summary,
               "seconds_per_row": seconds, "checks": checks(summary)}
