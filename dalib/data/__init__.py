@@ -1,8 +1,9 @@
 """Domain datasets: a registry of named datasets whose domains load as torch Datasets.
 
-Built in: ``digits`` (MNIST/USPS 16x16, embedded), ``office-caltech-surf`` and
-``amazon-reviews`` (feature files under a data root), ``image-folder`` (any
-DATA/DOMAIN/CLASS/IMAGE folder). See docs/data.md.
+Built in: ``digits`` (MNIST/USPS 16x16, embedded), ``digits-full`` (MNIST 15000 and USPS
+9298 at 16x16, under a data root), ``office-caltech-surf`` and ``amazon-reviews`` (feature
+files under a data root), ``image-folder`` (any DATA/DOMAIN/CLASS/IMAGE folder). See
+docs/data.md.
 
 >>> from dalib.data import load_domain
 >>> src = load_domain("digits", "M")
@@ -13,7 +14,13 @@ DATA/DOMAIN/CLASS/IMAGE folder). See docs/data.md.
 from __future__ import annotations
 
 # The dataset modules register themselves on import.
-from dalib.data import amazon_reviews, digits, image_folder, office_caltech  # noqa: F401
+from dalib.data import (  # noqa: F401
+    amazon_reviews,
+    digits,
+    digits_full,
+    image_folder,
+    office_caltech,
+)
 from dalib.data.domain import Domain
 from dalib.data.registry import (
     DatasetInfo,

@@ -8,7 +8,7 @@ import numpy as np
 
 from dalib.errors import DataError
 
-__all__ = ["features_and_labels", "find_data_file", "read_mat"]
+__all__ = ["error_reason", "features_and_labels", "find_data_file", "read_mat"]
 
 
 def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, domain: str) -> Path:
@@ -20,6 +20,11 @@ def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, doma
         f"data file not found: {root / folder / filename} "
         f"(dataset {dataset}, domain {domain}; set --data-root)"
     )
+
+
+def error_reason(exc: BaseException) -> str:
+    """A reader's exception as one line (its message, else its type's name)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def read_mat(
@@ -36,8 +41,9 @@ def read_mat(
     # OSError, IndexError, zlib.error, NotImplementedError for v7.3/HDF5, ...): all of them
     # mean "this file cannot be read", which is what the user needs to hear.
     except Exception as exc:  # noqa: BLE001
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise DataError(f"corrupt or unreadable .mat file: {path} {where}: {reason}") from exc
+        raise DataError(
+            f"corrupt or unreadable .mat file: {path} {where}: {error_reason(exc)}"
+        ) from exc
     missing = [k for k in keys if k not in content]
     if missing:
         found = sorted(k for k in content if not k.startswith("__"))

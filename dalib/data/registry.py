@@ -35,7 +35,9 @@ class DatasetInfo:
     the sub-folders of ``--data``); ``aliases`` maps short names to canonical ones. Domain
     names and aliases match case-insensitively. ``needs`` says where the data comes from:
     ``"embedded"`` (inside the package), ``"data_root"`` (files under ``--data-root``) or
-    ``"data_dir"`` (a folder the user names with ``--data``).
+    ``"data_dir"`` (a folder the user names with ``--data``). ``inferable=False`` keeps a
+    dataset out of :func:`infer_dataset`: a dataset that shares domain names with another
+    (``digits-full`` with ``digits``) is only chosen with ``--dataset``.
     """
 
     name: str
@@ -46,8 +48,13 @@ class DatasetInfo:
     num_classes: int | None = None
     needs: Literal["embedded", "data_root", "data_dir"] = "data_root"
     citation: str = ""
+    inferable: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.inferable, bool):
+            raise RegistryError(
+                f"dataset {self.name}: inferable must be True or False, not {self.inferable!r}"
+            )
         if self.kind not in ("image", "features"):
             raise RegistryError(
                 f"dataset {self.name}: kind must be 'image' or 'features', not {self.kind!r}"
@@ -179,13 +186,14 @@ def default_data_root() -> Path | None:
 def infer_dataset(src: str, tgt: str) -> str:
     """The one registered dataset that has both ``src`` and ``tgt`` as domains or aliases.
 
-    ``image-folder`` (and any dataset without fixed domains) is never inferred. Raises
-    :class:`UnknownNameError` when no dataset or more than one matches.
+    ``image-folder`` (and any dataset without fixed domains) and datasets registered with
+    ``inferable=False`` are never inferred. Raises :class:`UnknownNameError` when no dataset
+    or more than one matches.
     """
     hits = [
         info.name
         for info, _ in _DATASETS.values()
-        if info.domains and info.matches(src) and info.matches(tgt)
+        if info.domains and info.inferable and info.matches(src) and info.matches(tgt)
     ]
     if len(hits) == 1:
         return hits[0]
