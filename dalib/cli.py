@@ -187,6 +187,50 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
     click.echo(f"results: {out_dir / 'result.json'}")
 
 
+def _split_list(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+@cli.command()
+@click.argument("suite")
+@click.option("--methods", help="comma-separated methods to run [every registered method the suite applies to]")
+@click.option("--tasks", help="comma-separated tasks SRC->TGT, e.g. 'A->W,W->A' [all the suite's]")
+@click.option("--seeds", help="comma-separated seeds [the suite's: 0,1,2]")
+@click.option("--steps", type=int, help="optimizer steps of the deep runs [the suite's]; kept in a file of its own")
+@click.option("--jobs", type=int, default=1, show_default=True, help="cells run in parallel worker processes")
+@click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
+              help="folder of bench-SUITE.json/.md/.png")
+@click.option("--data-root", help="folder holding the datasets (default: ../shared/data)")
+@click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
+@click.option("--quiet", is_flag=True, help="no progress bar")
+def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None, steps: int | None, jobs: int,
+          out: str, data_root: str | None, device: str | None, plugins: tuple[str, ...], quiet: bool) -> None:
+    """Run the accuracy SUITE (digits, office-caltech-surf, amazon-reviews, or a .toml file).
+
+    Every registered method the suite applies to, on every task, over 3 seeds; writes
+    bench-SUITE.json (every run), bench-SUITE.md (the table) and bench-SUITE.png into --out.
+    A killed suite resumes where it stopped.
+    """
+    from dalib_benchmarks.suite import load_suite, run_suite
+
+    _load_plugins(plugins)
+    chosen = load_suite(suite)
+    seed_list = None
+    if seeds is not None:
+        try:
+            seed_list = [int(s) for s in _split_list(seeds) or []]
+        except ValueError:
+            raise ConfigError(f"--seeds takes integers separated by commas, got {seeds!r}") from None
+        if not seed_list:
+            raise ConfigError("--seeds is empty")
+    path = run_suite(chosen, out, methods=_split_list(methods), tasks=_split_list(tasks), seeds=seed_list,
+                     steps=steps, data_root=data_root, device=device, jobs=jobs, plugins=plugins,
+                     progress=False if quiet else None)
+    click.echo(f"results: {path}")
+    click.echo(f"table: {path.with_suffix('.md')}")
+
+
 def _first_line(obj: Any) -> str:
     doc = inspect.getdoc(obj) or ""
     return doc.splitlines()[0] if doc else ""

@@ -1,0 +1,241 @@
+"""Tables and chart of an accuracy suite, from its results JSON.
+
+``bench-SUITE.json`` -> ``bench-SUITE.md`` (target accuracy per method and task, mean ± std
+over seeds, the mean over tasks, the difference to source-only, published rows beside ours)
+and ``bench-SUITE.png`` (the mean over tasks per method, with the published means).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from ._machine import machine_line
+
+__all__ = ["Summary", "summarize", "write_report"]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+class Summary:
+    """The finished cells of a results file, arranged by variant, task and seed.
+
+    ``acc[variant][task][seed]`` is a target accuracy; ``failed[variant][task]`` the error
+    of a cell that failed. ``overall(variant)`` is the mean over tasks: per seed, the mean
+    of the tasks; then mean ± std over the seeds that finished every task.
+    """
+
+    def __init__(self, state: dict[str, Any]) -> None:
+        self.state = state
+        self.acc: dict[str, dict[str, dict[int, float]]] = {}
+        self.failed: dict[str, dict[str, str]] = {}
+        self.seconds: dict[str, float] = {}
+        self.order: list[str] = []
+        self.tasks: list[str] = []
+        self.mode: dict[str, str] = {}
+        self.classifier: dict[str, str | None] = {}
+        self.config: dict[str, dict[str, Any]] = {}
+        for cell in state["cells"].values():
+            v, task = cell["variant"], f"{cell['src']}->{cell['tgt']}"
+            if v not in self.order:
+                self.order.append(v)
+            if task not in self.tasks:
+                self.tasks.append(task)
+            self.mode[v], self.classifier[v] = cell["mode"], cell.get("classifier")
+            self.config[v] = cell.get("method_config", {})
+            self.seconds[v] = self.seconds.get(v, 0.0) + float(cell.get("seconds", 0.0))
+            if cell["status"] == "done":
+                self.acc.setdefault(v, {}).setdefault(task, {})[cell["seed"]] = float(cell["target_accuracy"])
+            else:
+                self.failed.setdefault(v, {})[task] = cell.get("error", "failed")
+        # deep before shallow, source-only first within a form, then by name
+        self.order.sort(key=lambda v: (self.mode[v] != "deep", self.classifier[v] or "",
+                                       not v.startswith("source_only"), v))
+
+    def task_stats(self, variant: str, task: str) -> tuple[float, float, int] | None:
+        seeds = self.acc.get(variant, {}).get(task)
+        if not seeds:
+            return None
+        mean, std = _mean_std(list(seeds.values()))
+        return mean, std, len(seeds)
+
+    def overall(self, variant: str) -> tuple[float, float, int] | None:
+        """(mean, std over seeds, number of seeds) of the mean over every task; None unless
+        at least one seed finished every task."""
+        per_task = self.acc.get(variant, {})
+        if set(per_task) != set(self.tasks):
+            return None
+        seeds = set.intersection(*(set(s) for s in per_task.values()))
+        if not seeds:
+            return None
+        per_seed = [sum(per_task[t][s] for t in self.tasks) / len(self.tasks) for s in sorted(seeds)]
+        mean, std = _mean_std(per_seed)
+        return mean, std, len(per_seed)
+
+    def baseline(self, variant: str) -> str:
+        return "source_only" if self.mode[variant] == "deep" else f"source_only (shallow, {self.classifier[variant]})"
+
+
+def _fmt(stats: tuple[float, float, int] | None) -> str:
+    if stats is None:
+        return "–"
+    mean, std, n = stats
+    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+
+
+def _published_rows(suite: Any, summary: Summary) -> dict[str, list[tuple[str, dict[str, float], float | None]]]:
+    """variant -> [(label, {task: value}, mean over tasks)] from the suite's [published]."""
+    rows: dict[str, list[tuple[str, dict[str, float], float | None]]] = {}
+    for key, table in suite.published.items():
+        variant = table.get("variant", key)
+        values = {}
+        for task_text, value in table.items():
+            if task_text in ("variant", "source", "mean"):
+                continue
+            from .suite import parse_task
+
+            src, tgt = parse_task(task_text, suite.dataset)
+            values[f"{src}->{tgt}"] = float(value)
+        mean = table.get("mean")
+        if mean is None and values and set(values) >= set(summary.tasks):
+            mean = sum(values[t] for t in summary.tasks) / len(summary.tasks)
+        rows.setdefault(variant, []).append((f"*published: {table.get('source', key)}*", values, mean))
+    return rows
+
+
+def _short(task: str, suite: Any) -> str:
+    """``amazon->webcam`` -> ``A→W`` with the dataset's one-letter aliases when it has them."""
+    from dalib.data import get_dataset
+
+    info = get_dataset(suite.dataset)
+    back = {}
+    for alias, target in info.aliases.items():
+        if len(alias) <= 2 and target not in back:
+            back[target] = alias
+    src, _, tgt = task.partition("->")
+    return f"{back.get(src, src)}→{back.get(tgt, tgt)}"
+
+
+def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None) -> str:
+    tasks = summary.tasks
+    head = ["method", *(_short(t, suite) for t in tasks), "mean", "Δ vs source-only"]
+    lines = [
+        f"# {suite.title}",
+        "",
+        suite.protocol,
+        "",
+        "Target accuracy (%), mean ± std over seeds "
+        f"{', '.join(str(s) for s in sorted({c['seed'] for c in state['cells'].values()}))}. "
+        "Every number is the model of the **last** step (deep) or the one fitted model (shallow): no "
+        "model selection on target labels, and one hyperparameter setting per method for all tasks "
+        f"(`benchmarks/suites/{state['suite_file']}`). Target labels are used only to score. "
+        "Rows in italics are published figures on the same data (their protocols are stated).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    published = _published_rows(suite, summary)
+    for v in summary.order:
+        cells = []
+        for t in tasks:
+            err = summary.failed.get(v, {}).get(t)
+            cells.append("failed" if err and summary.task_stats(v, t) is None else _fmt(summary.task_stats(v, t)))
+        overall, base = summary.overall(v), summary.overall(summary.baseline(v))
+        if overall is None or base is None or v == summary.baseline(v):
+            delta = ""
+        else:
+            d = overall[0] - base[0]
+            delta = f"{d:+.1f} {'✓' if d > 0 else '✗'}"
+        lines.append(f"| `{v}` | " + " | ".join(cells) + f" | **{_fmt(overall)}** | {delta} |")
+        for label, values, mean in published.get(v, []):
+            row = [f"{values[t]:.1f}" if t in values else "" for t in tasks]
+            lines.append(f"| {label} | " + " | ".join(row) + f" | {'' if mean is None else f'{mean:.1f}'} | |")
+    lines += ["", "Δ vs source-only: the mean over tasks minus source-only's in the same form "
+              "(deep against deep; shallow against the same classifier without adaptation); ✓ above, ✗ not."]
+    failures = [(v, t, e) for v, per in summary.failed.items() for t, e in per.items()]
+    if failures:
+        lines += ["", "Failed cells:", ""] + [f"- `{v}` on {_short(t, suite)}: {e}" for v, t, e in failures]
+    if chart:
+        lines += ["", f"![mean target accuracy over the tasks]({chart})"]
+    deep = ", ".join(f"{k} = {v}" for k, v in sorted((state.get("deep_options") or {}).items()))
+    lines += ["", "## Settings", ""]
+    if deep:
+        lines.append(f"Deep runs: {deep}.")
+    if state.get("steps"):
+        lines.append(f"Steps overridden on the command line: {state['steps']}.")
+    lines += ["", "| method | hyperparameters (all tasks) | time, all its cells (s) |", "|---|---|---|"]
+    for v in summary.order:
+        cfg = ", ".join(f"{k} = {val}" for k, val in sorted(summary.config[v].items())) or "defaults"
+        lines.append(f"| `{v}` | {cfg} | {summary.seconds[v]:.0f} |")
+    if suite.skip:
+        lines += ["", "Not run: " + "; ".join(f"`{k}` ({why})" for k, why in sorted(suite.skip.items())) + "."]
+    total = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
+    lines += [
+        "",
+        f"Time: {total / 60:.1f} min of cell time in total ({len(state['cells'])} cells). " + suite.timing,
+        "",
+        f"Machine: {machine_line(state['machine'])}.",
+        "",
+        f"Reproduce: `dalib bench {suite.name}" + (f" --steps {state['steps']}" if state.get("steps") else "")
+        + "` (a killed run resumes where it stopped; finished cells are kept).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _chart(suite: Any, summary: Summary, path: Path) -> bool:
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    names = [v for v in summary.order if summary.overall(v) is not None]
+    if not names:
+        return False
+    published = _published_rows(suite, summary)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(names) + 1.4))
+    ys = list(range(len(names)))[::-1]
+    stats = [summary.overall(v) for v in names]
+    colors = ["#4c72b0" if summary.mode[v] == "deep" else "#dd8452" for v in names]
+    ax.barh(ys, [s[0] for s in stats], xerr=[s[1] for s in stats], color=colors, capsize=3)  # type: ignore[index]
+    for y, v in zip(ys, names):
+        for _, _, mean in published.get(v, []):
+            if mean is not None:
+                ax.plot([mean], [y], marker="D", color="black", markersize=5)
+    for y, s in zip(ys, stats):
+        ax.text(s[0] + s[1] + 0.5, y, f"{s[0]:.1f}", va="center", fontsize=8)  # type: ignore[index]
+    ax.set_yticks(ys, names, fontsize=8)
+    ax.set_xlabel("target accuracy (%), mean over tasks; bars: std over seeds; ◆ published")
+    ax.set_title(suite.title, fontsize=10)
+    lo = min(s[0] for s in stats) - 10  # type: ignore[index]
+    ax.set_xlim(max(0.0, lo), 100)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return True
+
+
+def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
+    """Write ``.md`` (and ``.png`` when matplotlib is installed) beside ``json_path``."""
+    state = json.loads(json_path.read_text(encoding="utf-8"))
+    summary = Summary(state)
+    png = json_path.with_suffix(".png")
+    drawn = _chart(suite, summary, png)
+    md = json_path.with_suffix(".md")
+    text = markdown(suite, state, summary, png.name if drawn else None)
+    tmp = md.with_name(f".{md.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, md)
+    return md, png if drawn else None

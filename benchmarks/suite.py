@@ -1,0 +1,368 @@
+"""Accuracy suites: every applicable registered method on every task of a suite, over seeds.
+
+A suite is a TOML file (the built-in ones are in ``benchmarks/suites/``)::
+
+    title = "Digits: MNIST <-> USPS"
+    dataset = "digits-full"
+    tasks = ["M->U", "U->M"]
+    seeds = [0, 1, 2]
+    protocol = "..."                 # what is trained on what, and what is reported
+    [deep]                           # run options of every deep cell (dalib.RunConfig fields)
+    steps = 2000
+    [shallow]                        # present: methods with a shallow form run it too
+    classifiers = ["1nn", "linear"]  # once per classifier
+    [methods.dann]                   # one hyperparameter setting per method, for all tasks
+    trade_off = 1.0
+    [skip]                           # methods that do not apply, and why
+    finetune = "needs a pre-trained model"
+    [published.source_only]          # published figures, shown beside the variant's row
+    source = "JDA paper, Table 2 (1-NN)"
+    variant = "source_only (shallow, 1nn)"
+    "C->A" = 23.70
+
+The methods are never listed in the suite: every name of :func:`dalib.list_methods` that is
+not skipped runs, so a newly registered plugin joins the suite by itself (with its
+defaults unless the suite gives it a ``[methods.NAME]`` table). Each (variant, task, seed)
+is a *cell*; finished cells are written to the suite's JSON as soon as they finish, so a
+killed suite resumes where it stopped and never re-runs a finished cell.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dalib.errors import ConfigError, DalibError, UnknownNameError
+
+from ._machine import machine_info
+from .report import write_report
+
+__all__ = [
+    "Cell",
+    "Suite",
+    "Variant",
+    "builtin_suites",
+    "load_suite",
+    "parse_task",
+    "results_path",
+    "run_suite",
+]
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+FORMAT = 1
+
+
+def _toml(path: Path) -> dict[str, Any]:
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse suite {path}: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
+
+
+def builtin_suites() -> list[str]:
+    """Names of the suites shipped in ``benchmarks/suites/``."""
+    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One column of the tables: a method in one form (and, shallow, with one classifier)."""
+
+    method: str
+    mode: str  # "deep" or "shallow"
+    classifier: str | None = None
+    method_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.method if self.mode == "deep" else f"{self.method} (shallow, {self.classifier})"
+
+    @property
+    def baseline(self) -> str:
+        """The variant this one is compared with: source-only in the same form."""
+        return Variant("source_only", self.mode, self.classifier).name
+
+
+@dataclass(frozen=True)
+class Cell:
+    variant: Variant
+    task: tuple[str, str]
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.name} | {self.task[0]}->{self.task[1]} | seed {self.seed}"
+
+
+@dataclass
+class Suite:
+    name: str
+    path: Path
+    title: str
+    dataset: str
+    tasks: list[tuple[str, str]]
+    seeds: list[int]
+    protocol: str
+    deep: dict[str, Any] | None
+    shallow_classifiers: list[str]
+    methods: dict[str, dict[str, Any]]
+    skip: dict[str, str]
+    published: dict[str, dict[str, Any]]
+    timing: str = ""
+
+    def variants(self, only: Iterable[str] | None = None) -> list[Variant]:
+        """Every registered, non-skipped method in each form the suite runs.
+
+        ``only`` narrows to the named methods (an unknown name raises, listing the known)."""
+        from dalib.registry import get_method, list_methods
+
+        names = list_methods()
+        wanted = None
+        if only is not None:
+            wanted = list(only)
+            for name in wanted:
+                get_method(name)  # UnknownNameError lists the known methods
+                if name in self.skip:
+                    raise ConfigError(f"method {name!r} is skipped by suite {self.name}: {self.skip[name]}")
+        out = []
+        for name in names:
+            if name in self.skip or (wanted is not None and name not in wanted):
+                continue
+            cls = get_method(name)
+            cfg = self.methods.get(name, {})
+            # flat keys and a [methods.NAME.deep] table set the deep form; [methods.NAME.shallow] the shallow one
+            deep_cfg = {k: v for k, v in cfg.items() if k not in ("deep", "shallow")} | cfg.get("deep", {})
+            if self.deep is not None:
+                out.append(Variant(name, "deep", None, deep_cfg))
+            if cls.ShallowConfig is not None:
+                for clf in self.shallow_classifiers:
+                    out.append(Variant(name, "shallow", clf, dict(cfg.get("shallow", {}))))
+        return out
+
+    def run_config(self, cell: Cell, *, steps: int | None, data_root: str | None, device: str | None) -> Any:
+        from dalib.runner import RunConfig
+
+        values: dict[str, Any] = {"dataset": self.dataset, "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed}
+        if cell.variant.mode == "deep":
+            values.update(self.deep or {})
+            if steps is not None:
+                values["steps"] = steps
+            if device is not None:
+                values["device"] = device
+        else:
+            values["classifier"] = cell.variant.classifier
+        if data_root is not None:
+            values["data_root"] = data_root
+        try:
+            return RunConfig(method=cell.variant.method, mode=cell.variant.mode,
+                             method_config=dict(cell.variant.method_config), **values)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"suite {self.name}: invalid run options: {exc}") from None
+
+    def fingerprint(self, steps: int | None) -> str:
+        """What makes two runs of the suite comparable (cells from another setting are not
+        taken as done)."""
+        blob = json.dumps({"dataset": self.dataset, "deep": self.deep, "steps": steps, "methods": self.methods,
+                           "classifiers": self.shallow_classifiers}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def parse_task(text: str, dataset: str) -> tuple[str, str]:
+    """``"A->W"``, ``"amazon->webcam"`` or ``"A:W"`` to canonical domain names."""
+    from dalib.data import get_dataset
+
+    for sep in ("->", "→", ":"):
+        if sep in text:
+            src, _, tgt = text.partition(sep)
+            info = get_dataset(dataset)
+            return info.resolve(src.strip()), info.resolve(tgt.strip())
+    raise ConfigError(f"a task is SRC->TGT, e.g. A->W; got {text!r}")
+
+
+def load_suite(name_or_path: str) -> Suite:
+    """A built-in suite by name, or a suite TOML file by path."""
+    path = Path(name_or_path)
+    if not (path.suffix == ".toml" and path.is_file()):
+        if name_or_path not in builtin_suites():
+            raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(builtin_suites())} "
+                                   "(or the path of a suite .toml)")
+        path = SUITES_DIR / f"{name_or_path}.toml"
+    raw = _toml(path)
+    known = {"title", "dataset", "tasks", "seeds", "protocol", "timing", "deep", "shallow", "methods", "skip",
+             "published"}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"suite {path}: unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}")
+    for key in ("dataset", "tasks"):
+        if key not in raw:
+            raise ConfigError(f"suite {path}: missing {key!r}")
+    from dalib.data import get_dataset
+
+    get_dataset(raw["dataset"])  # an unknown dataset fails here, listing the known ones
+    tasks = [parse_task(t, raw["dataset"]) for t in raw["tasks"]]
+    seeds = raw.get("seeds", [0, 1, 2])
+    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
+    shallow = raw.get("shallow")
+    classifiers = list(shallow.get("classifiers", ["1nn"])) if shallow is not None else []
+    from dalib.shallow import CLASSIFIERS
+
+    for clf in classifiers:
+        if clf not in CLASSIFIERS:
+            raise ConfigError(f"suite {path}: unknown classifier {clf!r}; known: {', '.join(CLASSIFIERS)}")
+    return Suite(
+        name=path.stem, path=path, title=raw.get("title", path.stem), dataset=raw["dataset"], tasks=tasks,
+        seeds=list(seeds), protocol=raw.get("protocol", "").strip(), deep=raw.get("deep"),
+        shallow_classifiers=classifiers, methods=raw.get("methods", {}), skip=raw.get("skip", {}),
+        published=raw.get("published", {}), timing=raw.get("timing", "").strip(),
+    )
+
+
+def results_path(out_dir: Path, suite: Suite, steps: int | None) -> Path:
+    """``bench-SUITE.json``; a run with ``--steps`` keeps its own file (its cells differ)."""
+    return out_dir / (f"bench-{suite.name}.json" if steps is None else f"bench-{suite.name}-steps{steps}.json")
+
+
+# --------------------------------------------------------------------------- state on disk
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
+    if not path.exists():
+        return {"format": FORMAT, "fingerprint": fingerprint, "cells": {}}
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot resume from {path}: not a suite result file ({exc}); move it away") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("cells"), dict):
+        raise ConfigError(f"cannot resume from {path}: not a suite result file of this dalib; move it away")
+    if state.get("fingerprint") != fingerprint:
+        raise ConfigError(f"{path} holds cells of another setting of this suite (its config changed); "
+                          "move it away or pass --out to write elsewhere")
+    return state
+
+
+# --------------------------------------------------------------------------- running cells
+def _run_cell(config: Any) -> dict[str, Any]:
+    """One cell, in this process or a worker: the run's accuracies or its one-line error."""
+    from dalib.runner import run
+
+    t0 = time.perf_counter()
+    try:
+        result = run(config, None, progress_bar=False)
+    except DalibError as exc:
+        return {"status": "failed", "error": str(exc).splitlines()[0], "seconds": time.perf_counter() - t0}
+    return {"status": "done", "source_accuracy": result.source_accuracy, "target_accuracy": result.target_accuracy,
+            "steps": result.steps, "seconds": time.perf_counter() - t0}
+
+
+def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+    from dalib.registry import load_plugin_module
+
+    for module in plugins:
+        load_plugin_module(module)
+
+
+def run_suite(
+    suite: Suite,
+    out_dir: str | os.PathLike[str],
+    *,
+    methods: Iterable[str] | None = None,
+    tasks: Iterable[str] | None = None,
+    seeds: Iterable[int] | None = None,
+    steps: int | None = None,
+    data_root: str | None = None,
+    device: str | None = None,
+    jobs: int = 1,
+    plugins: tuple[str, ...] = (),
+    progress: bool | None = None,
+    on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+) -> Path:
+    """Run every cell of ``suite`` not yet in its results file; write the JSON after each
+    cell, then the markdown table and the chart. Returns the JSON path.
+
+    ``methods``/``tasks``/``seeds``/``steps`` narrow the run; ``jobs`` > 1 runs cells in
+    that many worker processes (each with ``cpu_count // jobs`` torch threads).
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be >= 1, got {steps}")
+    if jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {jobs}")
+    variants = suite.variants(methods)
+    chosen_tasks = suite.tasks if tasks is None else [parse_task(t, suite.dataset) for t in tasks]
+    chosen_seeds = suite.seeds if seeds is None else list(seeds)
+    cells = [Cell(v, t, s) for t in chosen_tasks for v in variants for s in chosen_seeds]
+    configs = {c.key: suite.run_config(c, steps=steps, data_root=data_root, device=device) for c in cells}
+
+    path = results_path(out, suite, steps)
+    fingerprint = suite.fingerprint(steps)
+    state = _load_state(path, fingerprint)
+    state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
+                  "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
+    todo = [c for c in cells if state["cells"].get(c.key, {}).get("status") != "done"]
+
+    def record(cell: Cell, outcome: dict[str, Any]) -> None:
+        state["cells"][cell.key] = {
+            "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
+            "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
+            "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, **outcome,
+        }
+        _atomic_write(path, json.dumps(state, indent=1, sort_keys=True))
+        if on_cell is not None:
+            on_cell(cell, outcome)
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"bench {suite.name}", unit="cell",
+               file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True)
+    try:
+        if jobs == 1 or len(todo) <= 1:
+            for cell in todo:
+                bar.set_postfix_str(cell.key, refresh=True)
+                outcome = _run_cell(configs[cell.key])
+                record(cell, outcome)
+                bar.update(1)
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            threads = max(1, (os.cpu_count() or 1) // jobs)
+            ctx = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                     initargs=(threads, plugins)) as pool:
+                futures = {pool.submit(_run_cell, configs[c.key]): c for c in todo}
+                for fut in as_completed(futures):
+                    cell = futures[fut]
+                    record(cell, fut.result())
+                    bar.set_postfix_str(cell.key, refresh=False)
+                    bar.update(1)
+    finally:
+        bar.close()
+    state["seconds_total"] = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
+    _atomic_write(path, json.dumps(state, indent=1, sort_keys=True))
+    write_report(suite, path)
+    return path

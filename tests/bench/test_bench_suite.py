@@ -1,0 +1,239 @@
+"""`dalib bench`: suites from the registry, cells over seeds, resume, tables, chart, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+from click.testing import CliRunner
+
+from dalib.cli import cli
+from dalib_benchmarks.report import Summary
+from dalib_benchmarks.suite import builtin_suites, load_suite, run_suite
+
+TOY_SUITE = """
+title = "toy shift"
+dataset = "toy-shift"
+tasks = ["src->tgt"]
+seeds = [0, 1]
+protocol = "the moons, rotated"
+[deep]
+steps = 15
+batch_size = 16
+[shallow]
+classifiers = ["1nn"]
+[methods.dann]
+hidden = 32
+[skip]
+finetune = "not unsupervised"
+[published.nn]
+source = "a paper"
+variant = "source_only (shallow, 1nn)"
+"src->tgt" = 50.0
+"""
+
+
+@pytest.fixture
+def toy_suite(tmp_path, toy_dataset):
+    path = tmp_path / "toy.toml"
+    path.write_text(TOY_SUITE)
+    return path
+
+
+def _one_line_error(result, *fragments):
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_every_registered_method_joins_the_suite_in_each_of_its_forms(toy_suite):
+    from dalib import list_methods, get_method
+
+    suite = load_suite(str(toy_suite))
+    names = {v.name for v in suite.variants()}
+    for method in list_methods():
+        if method == "finetune":
+            assert not any(n.startswith("finetune") for n in names)  # skipped, with its reason
+            continue
+        assert method in names
+        if get_method(method).ShallowConfig is not None:
+            assert f"{method} (shallow, 1nn)" in names
+    dann = next(v for v in suite.variants() if v.name == "dann")
+    assert dann.method_config == {"hidden": 32}
+
+
+def test_a_new_plugin_is_picked_up_without_touching_the_suite(toy_suite):
+    from dalib import Method, register_method
+    from dalib.registry import unregister_method
+
+    @register_method("bench_probe_method")
+    class Probe(Method):
+        """Source-only under another name."""
+
+        @dataclass(frozen=True)
+        class Config:
+            pass
+
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            return {"total": cls}
+
+    try:
+        assert "bench_probe_method" in {v.name for v in load_suite(str(toy_suite)).variants()}
+    finally:
+        unregister_method("bench_probe_method")
+
+
+def test_suite_runs_every_cell_and_writes_json_table_and_chart(toy_suite, tmp_path):
+    out = tmp_path / "results"
+    seen = []
+    path = run_suite(load_suite(str(toy_suite)), out, methods=["source_only", "dann", "coral"], progress=False,
+                     on_cell=lambda cell, outcome: seen.append(cell.key))
+    state = json.loads(path.read_text())
+    # deep + shallow 1-NN for source_only and coral, deep only for dann; 2 seeds each
+    assert len(state["cells"]) == len(seen) == 5 * 2
+    for cell in state["cells"].values():
+        assert cell["status"] == "done", cell
+        assert 0.0 <= cell["target_accuracy"] <= 100.0
+    assert state["machine"]["python"] and state["fingerprint"]
+    md = path.with_suffix(".md").read_text()
+    for row in ("`source_only`", "`dann`", "`coral`", "`coral (shallow, 1nn)`", "*published: a paper*"):
+        assert row in md, row
+    assert "last** step" in md and "Reproduce: `dalib bench toy" in md
+    png = path.with_suffix(".png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"]({png.name})" in md
+
+
+def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path):
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann"], progress=False)
+    state = json.loads(path.read_text())
+    summary = Summary(state)
+    accs = sorted(c["target_accuracy"] for c in state["cells"].values() if c["variant"] == "dann")
+    mean, std, n = summary.task_stats("dann", "src->tgt")
+    assert n == 2 and mean == pytest.approx(sum(accs) / 2)
+    assert std == pytest.approx(abs(accs[0] - accs[1]) / math.sqrt(2))
+    md = path.with_suffix(".md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| `dann` |"))
+    assert f"{mean:.1f} ± {std:.1f}" in row
+    base = summary.overall("source_only")[0]
+    assert f"{mean - base:+.1f}" in row  # Δ vs source-only (one task: the task mean is the mean)
+
+
+def test_summary_mean_over_tasks_is_per_seed_then_over_seeds():
+    cells = {}
+    for task, seed, acc in [("a->b", 0, 10.0), ("a->b", 1, 20.0), ("b->a", 0, 30.0), ("b->a", 1, 60.0)]:
+        cells[f"{task}{seed}"] = {"variant": "m", "mode": "deep", "src": task[0], "tgt": task[-1], "seed": seed,
+                                  "status": "done", "target_accuracy": acc}
+    summary = Summary({"cells": cells})
+    mean, std, n = summary.overall("m")
+    # per seed: (10 + 30) / 2 = 20 and (20 + 60) / 2 = 40
+    assert (mean, n) == (30.0, 2) and std == pytest.approx(math.sqrt(200.0))
+    del cells["b->a1"]
+    assert summary.overall("m") is not None  # built before the deletion
+    assert Summary({"cells": cells}).overall("m") == (20.0, 0.0, 1)  # only seed 0 finished both tasks
+
+
+def test_a_killed_suite_resumes_without_rerunning_finished_cells(toy_suite, tmp_path):
+    suite = load_suite(str(toy_suite))
+
+    def die_after_three(cell, outcome, count=[0]):
+        count[0] += 1
+        if count[0] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, tmp_path, methods=["source_only", "dann"], progress=False, on_cell=die_after_three)
+    path = tmp_path / "bench-toy.json"
+    first = json.loads(path.read_text())["cells"]
+    assert len(first) == 3
+    rerun = []
+    run_suite(suite, tmp_path, methods=["source_only", "dann"], progress=False,
+              on_cell=lambda cell, outcome: rerun.append(cell.key))
+    final = json.loads(path.read_text())["cells"]
+    assert len(rerun) == len(final) - 3 and not set(rerun) & set(first)
+    for key, cell in first.items():  # finished cells are kept as they were
+        assert final[key] == cell
+    # an uninterrupted run gives the same numbers (seeded CPU runs are deterministic)
+    fresh = run_suite(suite, tmp_path / "fresh", methods=["source_only", "dann"], progress=False)
+    again = json.loads(fresh.read_text())["cells"]
+    assert {k: c["target_accuracy"] for k, c in again.items()} == {k: c["target_accuracy"] for k, c in final.items()}
+
+
+def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path):
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "3",
+                                   "--steps", "5", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "bench-toy-steps5.json"  # another --steps keeps a file of its own
+    assert f"results: {path}" in res.stdout
+    cells = json.loads(path.read_text())["cells"]
+    assert {c["seed"] for c in cells.values()} == {3}
+    assert {c["variant"] for c in cells.values()} == {"source_only", "source_only (shallow, 1nn)"}
+    assert all(c["steps"] == 5 for c in cells.values() if c["mode"] == "deep")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["nosuch"], ("unknown suite 'nosuch'", "digits")),
+        (["{suite}", "--methods", "nosuch"], ("nosuch", "dann")),
+        (["{suite}", "--methods", "finetune"], ("skipped", "not unsupervised")),
+        (["{suite}", "--tasks", "src-tgt"], ("SRC->TGT",)),
+        (["{suite}", "--tasks", "src->nowhere"], ("unknown domain 'nowhere'",)),
+        (["{suite}", "--seeds", "x"], ("--seeds",)),
+        (["{suite}", "--steps", "0"], ("--steps",)),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
+    args = [a.replace("{suite}", str(toy_suite)) for a in args]
+    res = CliRunner().invoke(cli, ["bench", *args, "--out", str(tmp_path), "--quiet"])
+    _one_line_error(res, *fragments)
+
+
+def test_a_corrupt_or_foreign_results_file_is_refused_and_left_alone(toy_suite, tmp_path):
+    path = tmp_path / "bench-toy.json"
+    path.write_text("{not json")
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--out", str(tmp_path)])
+    _one_line_error(res, "cannot resume", str(path))
+    assert path.read_text() == "{not json"
+    bad_suite = tmp_path / "bad.toml"
+    bad_suite.write_text(TOY_SUITE.replace("[deep]", "typo = 1\n[deep]"))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(bad_suite), "--out", str(tmp_path)]), "unknown key", "typo")
+
+
+def test_a_changed_suite_does_not_mix_its_cells_with_the_old_ones(toy_suite, tmp_path):
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    before = (tmp_path / "bench-toy.json").read_text()
+    toy_suite.write_text(TOY_SUITE.replace("steps = 15", "steps = 16"))
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--out", str(tmp_path)])
+    _one_line_error(res, "another setting")
+    assert (tmp_path / "bench-toy.json").read_text() == before
+
+
+@pytest.mark.parametrize("name", ["digits", "office-caltech-surf", "amazon-reviews"])
+def test_builtin_suites_load_and_their_published_rows_name_real_variants(name):
+    assert name in builtin_suites()
+    suite = load_suite(name)
+    names = {v.name for v in suite.variants()}
+    assert "source_only" in names and "dann" in names
+    assert len(suite.tasks) == (2 if name == "digits" else 12) and suite.seeds == [0, 1, 2]
+    for key, table in suite.published.items():
+        assert table.get("variant", key) in names, (key, table)
+
+
+def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, data_root):
+    suite = load_suite("office-caltech-surf")
+    kw = {"methods": ["source_only", "coral"], "tasks": ["D->W"], "seeds": [0], "steps": 20,
+          "data_root": str(data_root), "progress": False}
+    one = json.loads(run_suite(suite, tmp_path / "one", **kw).read_text())["cells"]
+    shallow = {k: c for k, c in one.items() if c["mode"] == "shallow"}
+    two = json.loads(run_suite(suite, tmp_path / "two", jobs=2, **{**kw, "methods": ["coral"]}).read_text())["cells"]
+    assert len(shallow) == 4
+    for key, cell in two.items():
+        assert cell["status"] == "done"
+        if cell["mode"] == "shallow":
+            assert cell["target_accuracy"] == one[key]["target_accuracy"]
