@@ -1,0 +1,346 @@
+"""Build-time pieces of the documentation site (``hooks:`` in mkdocs.yml).
+
+* ``methods/index.md`` and one ``methods/<name>.md`` per method of ``dalib.list_methods()``:
+  the class docstring (formula, paper), its forms, hyperparameter tables generated from its
+  ``Config`` (and ``ShallowConfig``) and example commands. A new plugin gets its page, and its
+  entry in the nav, with no edit here.
+* ``benchmarks.md``: every ``benchmarks/results/*.md`` file, the accuracy suites
+  (``bench-<suite>.md``) first, with the images they link to.
+* :class:`RstDocstrings`, a griffe extension that mkdocstrings loads from this same file
+  (``extensions:`` in mkdocs.yml): the docstrings' reStructuredText math and roles become
+  Markdown that ``pymdownx.arithmatex`` renders. The method pages use the same conversion.
+
+Nothing generated here is written into docs/: the pages exist only in the build.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import re
+import typing
+from pathlib import Path
+from typing import Any
+
+from griffe import Extension
+
+METHODS_NAV_TITLE = "Methods"
+IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
+
+# -- reStructuredText in docstrings -> Markdown ------------------------------------------------
+
+_MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<first>.*)$")
+_MATH_ROLE = re.compile(r":math:`([^`]+)`")
+_REF_ROLE = re.compile(r":(?:func|class|meth|attr|data|mod|exc|obj):`(~?)([^`]+)`")
+
+
+def _indent_of(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _inline(line: str) -> str:
+    line = _MATH_ROLE.sub(lambda m: f"${m.group(1).strip()}$", line)
+    return _REF_ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", line)
+
+
+def rst_to_markdown(text: str) -> str:
+    """``.. math::`` blocks become ``$$`` blocks (one per equation: the directive's
+    blank-line-separated paragraphs), ``:math:`x``` becomes ``$x$`` and cross-reference roles
+    (``:func:`name```, ``:class:`~pkg.Name```) become code spans."""
+    lines = text.splitlines()
+    out: list[str] = []
+    i = 0
+    while i < len(lines):
+        match = _MATH_DIRECTIVE.match(lines[i])
+        if match is None:
+            out.append(_inline(lines[i]))
+            i += 1
+            continue
+        indent = match["indent"]
+        equations: list[list[str]] = [[match["first"].strip()] if match["first"].strip() else []]
+        i += 1
+        while i < len(lines) and (not lines[i].strip() or _indent_of(lines[i]) > len(indent)):
+            if lines[i].strip():
+                equations[-1].append(lines[i].strip())
+            elif equations[-1]:
+                equations.append([])
+            i += 1
+        if out and out[-1].strip():
+            out.append("")
+        for equation in filter(None, equations):
+            out += [f"{indent}$$", *(f"{indent}{line}" for line in equation), f"{indent}$$", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+class RstDocstrings(Extension):
+    """Griffe extension: every docstring through :func:`rst_to_markdown` before rendering."""
+
+    def on_instance(self, *, obj: Any, **kwargs: Any) -> None:
+        if obj.docstring is not None:
+            obj.docstring.value = rst_to_markdown(obj.docstring.value).rstrip()
+
+
+# -- helpers -------------------------------------------------------------------------------
+
+
+def _repo_root(config: Any) -> Path:
+    return Path(config.config_file_path).resolve().parent
+
+
+def _cell(text: str) -> str:
+    """Text for a Markdown table cell."""
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _code_cell(text: str) -> str:
+    """Code for a Markdown table cell (a pipe inside a code span does not split the cell)."""
+    return f"`{text}`"
+
+
+def _registered_methods() -> list[tuple[str, type]]:
+    import dalib
+
+    return [(name, dalib.get_method(name)) for name in dalib.list_methods()]
+
+
+def _summary(cls: type) -> str:
+    doc = inspect.getdoc(cls) or ""
+    return doc.split("\n\n")[0].replace("\n", " ").strip()
+
+
+# -- the nav -------------------------------------------------------------------------------
+
+
+def on_config(config: Any) -> Any:
+    """Expand the nav entry ``Methods: methods/index.md`` into the overview and one page per
+    registered method."""
+    entries = [{"Overview": "methods/index.md"}]
+    entries += [{name: f"methods/{name}.md"} for name, _ in _registered_methods()]
+    for item in config.nav or []:
+        if isinstance(item, dict) and METHODS_NAV_TITLE in item:
+            item[METHODS_NAV_TITLE] = entries
+    return config
+
+
+# -- method pages --------------------------------------------------------------------------
+
+
+def _choices(config_cls: type) -> dict[str, str]:
+    """``one of `'a'`, `'b'``` for the ``Literal`` fields, whose type name alone says nothing."""
+    try:
+        hints = typing.get_type_hints(config_cls)
+    except (NameError, TypeError):
+        return {}
+    return {
+        name: "one of " + ", ".join(_code_cell(repr(choice)) for choice in typing.get_args(hint))
+        for name, hint in hints.items()
+        if typing.get_origin(hint) is typing.Literal
+    }
+
+
+def _hyperparameter_table(config_cls: type) -> list[str]:
+    from dalib.config import describe_config
+
+    rows = describe_config(config_cls)
+    if not rows:
+        return ["None."]
+    choices = _choices(config_cls)
+    lines = ["| name | type | default | description |", "|---|---|---|---|"]
+    for name, typ, default, help_text in rows:
+        typ_cell = choices.get(name, _code_cell(typ))
+        lines.append(f"| `{name}` | {typ_cell} | {_code_cell(default)} | {_cell(help_text)} |")
+    return lines
+
+
+def _cli_value(value: Any) -> str | None:
+    """``value`` as ``--set`` takes it, or None when it is not a plain scalar."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float, str)):
+        return str(value)
+    return None
+
+
+def _example_set(config_cls: type) -> str:
+    """``--set NAME=DEFAULT`` for the first field with a scalar default, or ''."""
+    for field in dataclasses.fields(config_cls):
+        value = _cli_value(field.default)
+        if value is not None and " " not in value:
+            return f" --set {field.name}={value}"
+    return ""
+
+
+def method_page(name: str, cls: type) -> str:
+    forms = cls.forms()
+    doc = inspect.getdoc(cls) or ""
+    lines = [
+        f"# {name}",
+        "",
+        f"`dalib run {name}` · class `{cls.__module__}.{cls.__qualname__}` · "
+        f"forms: {', '.join(forms)}",
+        "",
+        rst_to_markdown(doc).rstrip(),
+        "",
+        "## Hyperparameters",
+        "",
+        "Set them with `--set NAME=VALUE` on the command line, in the `[method]` table of a "
+        "`--config` file, or as `method_config={...}` of `dalib.RunConfig`; "
+        f"`dalib show {name}` prints the same table.",
+        "",
+        *_hyperparameter_table(cls.Config),
+    ]
+    if cls.ShallowConfig is not None:
+        lines += [
+            "",
+            "## Shallow-form hyperparameters",
+            "",
+            "Used by the shallow form on feature matrices (`--mode shallow`, the default on "
+            "feature datasets); see [Shallow adaptation](../shallow.md).",
+            "",
+            *_hyperparameter_table(cls.ShallowConfig),
+        ]
+    lines += [
+        "",
+        "## Example",
+        "",
+        "```bash",
+        f"dalib show {name}",
+        f"dalib run {name} --src mnist --tgt usps --steps 2000{_example_set(cls.Config)} --out runs/{name}",
+    ]
+    if "shallow" in forms:
+        lines.append(f"dalib run {name} --dataset office-caltech-surf --src amazon --tgt webcam --classifier 1nn")
+    lines += ["```", ""]
+    return "\n".join(lines)
+
+
+def methods_index(methods: list[tuple[str, type]]) -> str:
+    lines = [
+        "# Methods",
+        "",
+        "Every method registered with dalib, found through the registry when the site is built "
+        "(the first-party plugins of `plugins/` and any installed plugin package). "
+        "[Concepts](../concepts.md) says which family each belongs to and when to use it.",
+        "",
+        "| method | forms | summary |",
+        "|---|---|---|",
+    ]
+    for name, cls in methods:
+        lines.append(f"| [`{name}`]({name}.md) | {', '.join(cls.forms())} | {_cell(rst_to_markdown(_summary(cls)).strip())} |")
+    return "\n".join(lines) + "\n"
+
+
+# -- benchmark tables ----------------------------------------------------------------------
+
+_FENCE = re.compile(r"^\s*(```|~~~)")
+_HEADING = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
+_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
+
+
+def _rewrite_links(text: str, results: Path, prefix: str, linked: set[str]) -> str:
+    """Relative links of a results file, made to work from ``benchmarks.md``: another results
+    file becomes its section's anchor, any other file there is copied beside the page."""
+
+    def fix(match: re.Match) -> str:
+        target = match.group(2)
+        if re.match(r"^[a-z][a-z0-9+.-]*:|^[/#]", target):
+            return match.group(0)
+        path, _, anchor = target.partition("#")
+        file = (results / path).resolve()
+        if not (file.is_file() and file.is_relative_to(results.resolve())):
+            return match.group(0)
+        if path.endswith(".md"):
+            return f"{match.group(1)}#{_anchor(Path(path).stem)}{match.group(3)}"
+        linked.add(path)
+        return f"{match.group(1)}{prefix}{path}{'#' + anchor if anchor else ''}{match.group(3)}"
+
+    return _LINK.sub(fix, text)
+
+
+def _anchor(stem: str) -> str:
+    return re.sub(r"[^a-z0-9_-]+", "-", stem.lower()).strip("-")
+
+
+def _include(path: Path, results: Path, prefix: str, linked: set[str]) -> list[str]:
+    """A results file under its own level-3 heading (anchor: the file's stem), its headings
+    moved two levels down, its relative links rewritten."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    title = path.name
+    first = next((i for i, line in enumerate(lines) if line.strip()), None)
+    heading = _HEADING.match(lines[first]) if first is not None else None
+    if heading and len(heading.group(1)) == 1:
+        title, lines = heading.group(2), lines[first + 1 :]
+    body, in_fence = [], False
+    for line in lines:
+        if _FENCE.match(line):
+            in_fence = not in_fence
+        heading = None if in_fence else _HEADING.match(line)
+        body.append(f"{'#' * min(6, len(heading.group(1)) + 2)} {heading.group(2)}" if heading else line)
+    text = _rewrite_links("\n".join(body).strip(), results, prefix, linked)
+    return [f"### {title} {{#{_anchor(path.stem)}}}", "", f"From `benchmarks/results/{path.name}`.", "", text, ""]
+
+
+def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
+    files = sorted(results.glob("*.md")) if results.is_dir() else []
+    suites = [p for p in files if p.name.startswith("bench-")]
+    others = [p for p in files if not p.name.startswith("bench-")]
+    lines = [
+        "# Benchmarks",
+        "",
+        "The tables below are the markdown files of `benchmarks/results/`, included as they are "
+        "when the site is built; the JSON file beside each holds every number and the machine "
+        "it ran on. See [Kernels and backends](kernels.md) and "
+        "[Shallow adaptation](shallow.md) for what they mean.",
+        "",
+        "## Accuracy suites",
+        "",
+    ]
+    if suites:
+        for path in suites:
+            lines += _include(path, results, prefix, linked)
+    else:
+        lines += [
+            "!!! note",
+            "",
+            "    No accuracy-suite results (`benchmarks/results/bench-<suite>.md`) are in this "
+            "checkout yet.",
+            "",
+        ]
+    lines += ["## Speed and other benchmarks", ""]
+    if others:
+        for path in others:
+            lines += _include(path, results, prefix, linked)
+    else:
+        lines += ["No other benchmark results are in this checkout.", ""]
+    without_table = sorted(
+        p.name for p in (results.glob("*.json") if results.is_dir() else []) if not p.with_suffix(".md").is_file()
+    )
+    if without_table:
+        lines += [
+            "## Results without a table",
+            "",
+            "These results files have no markdown table beside them, so they appear here only by "
+            "name: " + ", ".join(f"`benchmarks/results/{name}`" for name in without_table) + ".",
+            "",
+        ]
+    return "\n".join(lines)
+
+
+# -- the generated files -------------------------------------------------------------------
+
+
+def on_files(files: Any, config: Any) -> Any:
+    from mkdocs.structure.files import File
+
+    methods = _registered_methods()
+    files.append(File.generated(config, "methods/index.md", content=methods_index(methods)))
+    for name, cls in methods:
+        files.append(File.generated(config, f"methods/{name}.md", content=method_page(name, cls)))
+
+    results = _repo_root(config) / "benchmarks" / "results"
+    prefix = "benchmarks/results/"
+    linked: set[str] = set()
+    files.append(File.generated(config, "benchmarks.md", content=benchmarks_page(results, prefix, linked)))
+    images = {p.name for p in results.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES} if results.is_dir() else set()
+    for name in sorted(images | linked):
+        files.append(File.generated(config, prefix + name, abs_src_path=str(results / name)))
+    return files

@@ -1,0 +1,91 @@
+"""The worked example of docs/plugins.md, run as printed: the plugin file, ``dalib run`` and
+``dalib show`` on it, and its one-line error."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import dalib
+from dalib import registry
+from dalib.cli import cli
+
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "plugins.md"
+
+
+def _block_after(marker: str, lang: str) -> str:
+    """The first fenced ``lang`` block after the HTML comment that contains ``marker``."""
+    text = PAGE.read_text(encoding="utf-8")
+    at = text.find(marker)
+    assert at >= 0, f"marker {marker!r} not found in {PAGE}"
+    block = re.compile(rf"^```{lang}\n(.*?)^```", re.S | re.M).search(text, at)
+    assert block is not None, f"no ```{lang} block after {marker!r}"
+    return block.group(1)
+
+
+@pytest.fixture
+def example(tmp_path) -> tuple[str, Path]:
+    code = _block_after("ci: plugin example", "python")
+    name = re.search(r'@register_method\("([\w-]+)"\)', code).group(1)
+    path = tmp_path / "mmd_entmin.py"
+    path.write_text(code, encoding="utf-8")
+    return name, path
+
+
+@pytest.fixture
+def fresh_registry(monkeypatch):
+    """Call it before each command: the registry goes back to its state before the test (the
+    example registers its method again on every load), and is restored after it."""
+    dalib.list_methods()  # entry points loaded first, into the registry that is kept
+    snapshot = dict(registry._methods)
+
+    def reset() -> None:
+        monkeypatch.setattr(registry, "_methods", dict(snapshot))
+
+    return reset
+
+
+def test_example_name_is_not_taken(example):
+    name, _ = example
+    assert name not in dalib.list_methods()
+
+
+def test_run_the_example(example, fresh_registry, tmp_path):
+    name, path = example
+    out = tmp_path / "run"
+    fresh_registry()
+    res = CliRunner().invoke(cli, ["run", name, "--plugin", str(path), "--src", "mnist", "--tgt", "usps",
+                                   "--steps", "30", "--batch-size", "32", "--out", str(out), "--quiet"])
+    assert res.exit_code == 0, (res.output, res.stderr)
+    result = json.loads((out / "result.json").read_text())
+    assert result["method"] == name and 0.0 <= result["target_accuracy"] <= 100.0
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"loss/total", "loss/mmd", "loss/entropy"} <= set(last)
+
+
+def test_show_prints_what_the_page_says(example, fresh_registry):
+    name, path = example
+    fresh_registry()
+    res = CliRunner().invoke(cli, ["show", name, "--plugin", str(path)])
+    assert res.exit_code == 0, (res.output, res.stderr)
+    printed = [line.rstrip() for line in res.stdout.splitlines()]
+    expected = [line.rstrip() for line in _block_after("ci: dalib show output", "text").splitlines()]
+    for line in expected:
+        assert line in printed, f"docs/plugins.md shows {line!r}; dalib show printed:\n{res.stdout}"
+    assert "trade_off" in res.stdout and "Grandvalet" in res.stdout
+
+
+def test_bad_value_gives_the_documented_error(example, fresh_registry):
+    name, path = example
+    text = PAGE.read_text(encoding="utf-8")
+    command, error = re.search(rf"^\$ dalib (run {name} .*)\n(dalib: error: .*)$", text, re.M).groups()
+    args = [str(path) if arg.endswith(".py") else arg for arg in shlex.split(command)]
+    fresh_registry()
+    res = CliRunner().invoke(cli, args)
+    assert res.exit_code == 2, (res.output, res.stderr)
+    assert res.stderr.strip() == error
