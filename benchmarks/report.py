@@ -231,6 +231,8 @@ def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     """Write ``.md`` (and ``.png`` when matplotlib is installed) beside ``json_path``."""
     state = json.loads(json_path.read_text(encoding="utf-8"))
     summary = Summary(state)
+    order = [f"{src}->{tgt}" for src, tgt in suite.tasks]  # the suite's order, not the order cells finished
+    summary.tasks.sort(key=lambda t: order.index(t) if t in order else len(order))
     png = json_path.with_suffix(".png")
     drawn = _chart(suite, summary, png)
     md = json_path.with_suffix(".md")

@@ -9,6 +9,7 @@ lazily, one at a time: a plugin that fails to import is recorded and reported by
 from __future__ import annotations
 
 import importlib
+import sys
 import inspect
 from collections.abc import Callable
 from importlib.metadata import entry_points
@@ -107,7 +108,14 @@ def load_plugin_module(module: str) -> list[str]:
             spec = importlib.util.spec_from_file_location(f"dalib_user_plugin_{path.stem}", path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
-            spec.loader.exec_module(mod)
+            # in sys.modules while it runs, as an import would be: dataclasses resolve string
+            # annotations (`from __future__ import annotations`) through it
+            sys.modules[spec.name] = mod
+            try:
+                spec.loader.exec_module(mod)
+            except BaseException:
+                sys.modules.pop(spec.name, None)
+                raise
         else:
             importlib.import_module(module)
     except RegistryError:

@@ -117,6 +117,26 @@ def test_load_plugin_module_from_a_file(clean_registry, tmp_path):
     assert dalib.get_method("file_plugin_test").__doc__ == "From a file."
 
 
+def test_a_plugin_file_with_postponed_annotations_loads(clean_registry, tmp_path):
+    # dataclasses resolve string annotations through sys.modules[cls.__module__]
+    plugin = tmp_path / "future_plugin.py"
+    plugin.write_text(
+        "from __future__ import annotations\n"
+        "from dataclasses import dataclass\n"
+        "import dalib\n"
+        "@dalib.register_method('future_plugin_test')\n"
+        "class FuturePlugin(dalib.Method):\n"
+        "    '''Annotations as strings.'''\n"
+        "    @dataclass(frozen=True)\n"
+        "    class Config:\n"
+        "        weight: float = dalib.param(0.5, 'a weight')\n"
+        "    def loss(self, batch, out, progress):\n"
+        "        return {'total': self.config.weight * self.source_loss(batch, out)}\n"
+    )
+    assert dalib.load_plugin_module(str(plugin)) == ["future_plugin_test"]
+    assert dalib.get_method("future_plugin_test").Config().weight == 0.5
+
+
 def test_load_plugin_module_errors(clean_registry, tmp_path):
     with pytest.raises(RegistryError, match="cannot load plugin 'dalib_no_such_module_xyz'"):
         dalib.load_plugin_module("dalib_no_such_module_xyz")
