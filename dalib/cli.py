@@ -285,9 +285,9 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
             click.echo(f"{title}: none")
             continue
         click.echo(f"{title} (set with --set KEY=VALUE):")
-        width = max(len(r[0]) for r in rows)
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for name, typ, default, help_text in rows:
-            click.echo(f"  {name:<{width}}  {typ:<8} {default:<10} {help_text}")
+            click.echo(f"  {name:<{widths[0]}}  {typ:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
 
 
 def main() -> None:

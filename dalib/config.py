@@ -89,6 +89,12 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
 
 
 def _type_name(typ: Any) -> str:
+    """``float``, ``float|None``, ``biased|unbiased|linear`` (a Literal's choices)."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Literal:
+        return "|".join(str(a) for a in typing.get_args(typ))
+    if origin in (typing.Union, types.UnionType):
+        return "|".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(typ))
     return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
 
 
