@@ -154,7 +154,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
             delta = ""
         else:
             d = overall[0] - base[0]
-            delta = f"{d:+.1f} {'✓' if d > 0 else '✗'}"
+            delta = f"{d:+.2f} {'✓' if d > 0 else '✗'}"
         lines.append(f"| `{v}` | " + " | ".join(cells) + f" | **{_fmt(overall)}** | {delta} |")
         for label, values, mean in published.get(v, []):
             row = [f"{values[t]:.1f}" if t in values else "" for t in tasks]
@@ -179,9 +179,11 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     if suite.skip:
         lines += ["", "Not run: " + "; ".join(f"`{k}` ({why})" for k, why in sorted(suite.skip.items())) + "."]
     total = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
+    wall = (f"{state['wall_seconds'] / 60:.1f} min of wall time with `--jobs {state.get('jobs', 1)}`, "
+            if state.get("wall_seconds") else "")
     lines += [
         "",
-        f"Time: {total / 60:.1f} min of cell time in total ({len(state['cells'])} cells). " + suite.timing,
+        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cells). " + suite.timing,
         "",
         f"Machine: {machine_line(state['machine'])}.",
         "",

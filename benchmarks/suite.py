@@ -324,6 +324,7 @@ def run_suite(
     state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                   "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
     todo = [c for c in cells if state["cells"].get(c.key, {}).get("status") != "done"]
+    started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
 
     def record(cell: Cell, outcome: dict[str, Any]) -> None:
         state["cells"][cell.key] = {
@@ -331,6 +332,8 @@ def run_suite(
             "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
             "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, **outcome,
         }
+        state["wall_seconds"] = wall_before + time.perf_counter() - started  # all invocations together
+        state["jobs"] = jobs
         _atomic_write(path, json.dumps(state, indent=1, sort_keys=True))
         if on_cell is not None:
             on_cell(cell, outcome)
