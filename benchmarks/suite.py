@@ -172,14 +172,6 @@ class Suite:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"suite {self.name}: invalid run options: {exc}") from None
 
-    def fingerprint(self, steps: int | None) -> str:
-        """What makes two runs of the suite comparable (cells from another setting are not
-        taken as done)."""
-        blob = json.dumps({"dataset": self.dataset, "deep": self.deep, "steps": steps, "methods": self.methods,
-                           "classifiers": self.shallow_classifiers}, sort_keys=True, default=str)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
 def parse_task(text: str, dataset: str) -> tuple[str, str]:
     """``"A->W"``, ``"amazon->webcam"`` or ``"A:W"`` to canonical domain names."""
     from dalib.data import get_dataset
@@ -243,19 +235,25 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _load_state(path: Path, fingerprint: str) -> dict[str, Any]:
+def _load_state(path: Path) -> dict[str, Any]:
     if not path.exists():
-        return {"format": FORMAT, "fingerprint": fingerprint, "cells": {}}
+        return {"format": FORMAT, "cells": {}}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot resume from {path}: not a suite result file ({exc}); move it away") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("cells"), dict):
         raise ConfigError(f"cannot resume from {path}: not a suite result file of this dalib; move it away")
-    if state.get("fingerprint") != fingerprint:
-        raise ConfigError(f"{path} holds cells of another setting of this suite (its config changed); "
-                          "move it away or pass --out to write elsewhere")
     return state
+
+
+def cell_fingerprint(config: Any) -> str:
+    """A hash of what determines a cell's numbers: a finished cell whose method settings,
+    run options or data changed since is run again; the others are kept."""
+    from dalib.runner import comparable_config
+
+    blob = json.dumps(comparable_config(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- running cells
@@ -319,18 +317,20 @@ def run_suite(
     configs = {c.key: suite.run_config(c, steps=steps, data_root=data_root, device=device) for c in cells}
 
     path = results_path(out, suite, steps)
-    fingerprint = suite.fingerprint(steps)
-    state = _load_state(path, fingerprint)
+    state = _load_state(path)
+    prints = {key: cell_fingerprint(config) for key, config in configs.items()}
     state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                   "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
-    todo = [c for c in cells if state["cells"].get(c.key, {}).get("status") != "done"]
+    todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
+                                     and state["cells"][c.key].get("fingerprint") == prints[c.key])]
     started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
 
     def record(cell: Cell, outcome: dict[str, Any]) -> None:
         state["cells"][cell.key] = {
             "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
             "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
-            "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, **outcome,
+            "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
+            **outcome,
         }
         state["wall_seconds"] = wall_before + time.perf_counter() - started  # all invocations together
         state["jobs"] = jobs

@@ -33,7 +33,7 @@ from dalib.errors import CheckpointError, ConfigError, DalibError, DataError
 from dalib.plugin import Batch, Context, Method, Outputs, Progress
 from dalib.schedules import inverse_decay
 
-__all__ = ["RunConfig", "RunResult", "evaluate", "load_checkpoint", "resolve_mode", "run", "write_result"]
+__all__ = ["RunConfig", "RunResult", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "run", "write_result"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -508,7 +508,8 @@ def _progress_bar(total: int, start: int, enabled: bool | None) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=None if enabled is None else not enabled, dynamic_ncols=True)
 
 
-def _comparable(config: RunConfig) -> dict[str, Any]:
+def comparable_config(config: RunConfig) -> dict[str, Any]:
+    """The fields of ``config`` that change a run's numbers (not where it runs or logs)."""
     d = config.to_dict()
     for volatile in ("device", "workers", "log_every", "eval_every", "checkpoint_every", "data_root", "data", "amp"):
         d.pop(volatile, None)
@@ -533,7 +534,7 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}")
         ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.get("config", {})
-        mine = _comparable(config)
+        mine = comparable_config(config)
         diff = sorted(k for k in mine if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True))
         if diff:
             raise CheckpointError(f"the checkpoint in {out} is from a run with other settings ({', '.join(diff)})")
@@ -565,7 +566,7 @@ def _save_checkpoint(
 ) -> None:
     state = {
         "step": step,
-        "config": _comparable(config),
+        "config": comparable_config(config),
         "model": model.state_dict(),
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -99,7 +99,7 @@ def test_suite_runs_every_cell_and_writes_json_table_and_chart(toy_suite, tmp_pa
     for cell in state["cells"].values():
         assert cell["status"] == "done", cell
         assert 0.0 <= cell["target_accuracy"] <= 100.0
-    assert state["machine"]["python"] and state["fingerprint"] and state["wall_seconds"] > 0 and state["jobs"] == 1
+    assert state["machine"]["python"] and state["wall_seconds"] > 0 and state["jobs"] == 1
     md = path.with_suffix(".md").read_text()
     for row in ("`source_only`", "`dann`", "`coral`", "`coral (shallow, 1nn)`", "*published: a paper*"):
         assert row in md, row
@@ -205,13 +205,20 @@ def test_a_corrupt_or_foreign_results_file_is_refused_and_left_alone(toy_suite, 
     _one_line_error(CliRunner().invoke(cli, ["bench", str(bad_suite), "--out", str(tmp_path)]), "unknown key", "typo")
 
 
-def test_a_changed_suite_does_not_mix_its_cells_with_the_old_ones(toy_suite, tmp_path):
-    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
-    before = (tmp_path / "bench-toy.json").read_text()
-    toy_suite.write_text(TOY_SUITE.replace("steps = 15", "steps = 16"))
-    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--out", str(tmp_path)])
-    _one_line_error(res, "another setting")
-    assert (tmp_path / "bench-toy.json").read_text() == before
+def test_a_changed_setting_reruns_only_the_cells_it_changes(toy_suite, tmp_path):
+    suite = load_suite(str(toy_suite))
+    run_suite(suite, tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False)
+    before = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    toy_suite.write_text(TOY_SUITE.replace("hidden = 32", "hidden = 16"))  # dann's setting changes
+    rerun = []
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False,
+              on_cell=lambda cell, outcome: rerun.append(cell.key))
+    assert rerun == ["dann | src->tgt | seed 0"]
+    after = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    assert after["dann | src->tgt | seed 0"]["method_config"] == {"hidden": 16}
+    for key in before:
+        if not key.startswith("dann"):
+            assert after[key] == before[key]
 
 
 @pytest.mark.parametrize("name", ["digits", "office-caltech-surf", "amazon-reviews"])
