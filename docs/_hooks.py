@@ -279,6 +279,31 @@ def _include(path: Path, results: Path, prefix: str, linked: set[str]) -> list[s
     return [f"### {title} {{#{_anchor(path.stem)}}}", "", f"From `benchmarks/results/{path.name}`.", "", text, ""]
 
 
+def _suite_times(suites: list[Path]) -> list[str]:
+    """How long each suite took, from the JSON beside its table (wall time of every
+    invocation together, and the time of its cells)."""
+    import json
+
+    rows = []
+    for path in suites:
+        data = path.with_suffix(".json")
+        if not data.is_file():
+            continue
+        state = json.loads(data.read_text(encoding="utf-8"))
+        cells = state.get("cells", {})
+        cell_min = sum(float(c.get("seconds", 0.0)) for c in cells.values()) / 60
+        wall = state.get("wall_seconds")
+        wall_text = f"{wall / 60:.0f} min with `--jobs {state.get('jobs', 1)}`" if wall else "not recorded"
+        machine = state.get("machine", {})
+        where = f"{machine.get('cpu', '?')}, {machine.get('cpu_cores', '?')} cores"
+        rows.append(f"| `dalib bench {state.get('suite', path.stem)}` | {len(cells)} | {wall_text} | "
+                    f"{cell_min:.0f} min | {where} |")
+    if not rows:
+        return []
+    return ["How long each suite takes (from its results file):", "",
+            "| command | cells | wall time | cell time | machine |", "|---|---|---|---|---|", *rows, ""]
+
+
 def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
     files = sorted(results.glob("*.md")) if results.is_dir() else []
     suites = [p for p in files if p.name.startswith("bench-")]
@@ -295,6 +320,7 @@ def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
         "",
     ]
     if suites:
+        lines += _suite_times(suites)
         for path in suites:
             lines += _include(path, results, prefix, linked)
     else:
