@@ -215,7 +215,7 @@ def _chart(suite: Any, summary: Summary, path: Path) -> bool:
             if mean is not None:
                 ax.plot([mean], [y], marker="D", color="black", markersize=5)
     for y, s in zip(ys, stats):
-        ax.text(s[0] + s[1] + 0.5, y, f"{s[0]:.1f}", va="center", fontsize=8)  # type: ignore[index]
+        ax.text(s[0] - 0.6, y, f"{s[0]:.1f}", va="center", ha="right", color="white", fontsize=8)  # type: ignore[index]
     ax.set_yticks(ys, names, fontsize=8)
     ax.set_xlabel("target accuracy (%), mean over tasks; bars: std over seeds; ◆ published")
     ax.set_title(suite.title, fontsize=10)
