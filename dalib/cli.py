@@ -290,7 +290,14 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
             click.echo(f"  {name:<{widths[0]}}  {typ:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> str:
+    return f"dalib: warning: {str(message).splitlines()[0] if str(message) else category.__name__}\n"
+
+
 def main() -> None:
+    import warnings
+
+    warnings.formatwarning = _one_line_warning  # the console script: one line per warning, no source echo
     cli(prog_name="dalib")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ class KernelMeanMatching(Method):
     @classmethod
     def adapt(cls, config: KMMConfig, xs: Tensor, ys: Tensor, xt: Tensor) -> Adapted:
         kmm = config.build().fit(xs, xt)
+        warn_if_concentrated(kmm)
         return Adapted(xs, xt, torch.as_tensor(kmm.weights_), _diagnostics(kmm))
 
     def prepare(self, context: Context) -> None:
@@ -45,6 +47,7 @@ class KernelMeanMatching(Method):
         xs = context.embed("source", fn)  # (N_s, D)
         xt = context.embed("target", fn)  # (N_t, D)
         kmm = self.config.build().fit(xs, xt)
+        warn_if_concentrated(kmm)
         self.source_weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
@@ -52,8 +55,28 @@ class KernelMeanMatching(Method):
         return {"total": cls, "cls": cls}
 
 
+#: below this fraction of the source samples, the weights leave too few samples to learn from
+MIN_EFFECTIVE_FRACTION = 0.05
+
+
+def warn_if_concentrated(kmm: Any) -> None:
+    """One ``RuntimeWarning`` when the weights sit on a few source samples: a classifier
+    trained with them learns from almost nothing (KMM on raw high-dimensional inputs with
+    little overlap between the domains does this)."""
+    n = len(kmm.weights_)
+    ess = kmm.effective_sample_size_
+    if ess < MIN_EFFECTIVE_FRACTION * n:
+        warnings.warn(
+            f"KMM weights are concentrated: effective sample size {ess:.0f} of {n} source samples "
+            f"({int((kmm.weights_ > 0).sum())} non-zero); the weighted source loss learns from very few samples. "
+            "A larger bandwidth, a smaller B or eps, or features='model' on a pre-trained model spread them.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def _diagnostics(kmm: Any) -> dict[str, Any]:
     w = kmm.weights_
     return {"objective": kmm.objective_, "mmd2": kmm.mmd2_, "bandwidth": kmm.bandwidth_, "n_iter": kmm.n_iter_,
             "converged": kmm.converged_, "weights_mean": float(w.mean()), "weights_max": float(w.max()),
-            "weights_zero_fraction": float((w == 0).mean())}
+            "weights_zero_fraction": float((w == 0).mean()), "effective_sample_size": kmm.effective_sample_size_}

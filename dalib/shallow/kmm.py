@@ -237,7 +237,8 @@ class KMM:
 
     Attributes after :meth:`fit`: ``weights_`` (n_s,) numpy float64, ``objective_`` (QP
     value ``½βᵀKβ − κᵀβ``), ``mmd2_`` (squared MMD between the weighted source and the
-    target, weights normalised by n_s), ``bandwidth_``, ``gap_`` (final duality gap),
+    target, weights normalised by n_s), ``bandwidth_``, ``effective_sample_size_``
+    (``(Σβ)²/Σβ²``: weights concentrated on few samples make it small), ``gap_`` (final duality gap),
     ``n_iter_``, ``n_kernel_products_``, ``converged_``, ``backend_``, ``fit_time_``.
     """
 
@@ -313,6 +314,8 @@ class KMM:
         self.objective_ = kmm_objective(beta, kbeta, kappa)
         # MMD² = βᵀKβ/ns² − 2 βᵀK_st 1/(ns nt) + 1ᵀK_tt 1/nt² = 2 f(β)/ns² + 1ᵀK_tt 1/nt²
         self.mmd2_ = 2.0 * self.objective_ / ns**2 + ktt_mean
+        # (Σβ)² / Σβ²: how many equally weighted samples the weights are worth
+        self.effective_sample_size_ = float(beta.sum()) ** 2 / max(float(beta @ beta), 1e-300)
         self.gap_ = info["gap"]
         self.n_iter_ = info["n_iter"]
         self.converged_ = info["converged"]

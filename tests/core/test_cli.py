@@ -191,3 +191,14 @@ def test_help_and_version(runner):
     assert res.exit_code == 0 and "--set" in res.stdout and "--resume" in res.stdout
     res = runner.invoke(cli, ["--version"])
     assert res.exit_code == 0 and "0.1.0" in res.stdout
+
+
+def test_the_console_script_prints_a_warning_as_one_line():
+    import subprocess
+    import sys
+
+    code = ("import warnings, dalib.cli as c; "
+            "c.cli = lambda prog_name: warnings.warn('first line\\nsecond line', RuntimeWarning); c.main()")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "dalib: warning: first line\n"

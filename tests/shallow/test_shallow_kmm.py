@@ -117,6 +117,31 @@ def test_reweighting_reduces_the_mmd():
     assert np.corrcoef(dist_to_target, kmm.weights_)[0, 1] < -0.3
 
 
+def test_effective_sample_size_and_the_warning_when_weights_concentrate():
+    import warnings
+
+    from dalib.registry import get_method
+    from dalib.shallow import KMMConfig
+
+    kmm_cls = get_method("kmm")
+    xs, xt = _shifted_pair(200, 150, 4, seed=1)
+    w = KMM().fit(xs, xt)
+    assert w.effective_sample_size_ == pytest.approx(w.weights_.sum() ** 2 / (w.weights_ ** 2).sum())
+    # the same distribution on both sides: weights near 1, no warning
+    rng = np.random.default_rng(3)
+    same_s, same_t = rng.normal(size=(200, 4)), rng.normal(size=(150, 4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = kmm_cls.adapt(KMMConfig(), torch.as_tensor(same_s), torch.zeros(200), torch.as_tensor(same_t))
+    assert out.info["effective_sample_size"] > 0.5 * 200
+    # a target that only a handful of source points reach: the weights pile up on those
+    far_s = rng.normal(size=(200, 4))
+    far_t = rng.normal(size=(150, 4)) * 0.1 + far_s[:3].mean(0)
+    with pytest.warns(RuntimeWarning, match="effective sample size"):
+        out = kmm_cls.adapt(KMMConfig(bandwidth=0.3), torch.as_tensor(far_s), torch.zeros(200), torch.as_tensor(far_t))
+    assert out.info["effective_sample_size"] < 0.05 * 200
+
+
 def test_median_heuristic_is_the_default_bandwidth():
     from dalib.kernels import median_bandwidth
 
