@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
+
+from dalib.runner import atomic_write_bytes, atomic_write_text
 
 from ._machine import machine_line
 
@@ -94,6 +95,8 @@ def _fmt(stats: tuple[float, float, int] | None) -> str:
 
 def _published_rows(suite: Any, summary: Summary) -> dict[str, list[tuple[str, dict[str, float], float | None]]]:
     """variant -> [(label, {task: value}, mean over tasks)] from the suite's [published]."""
+    from .suite import parse_task
+
     rows: dict[str, list[tuple[str, dict[str, float], float | None]]] = {}
     for key, table in suite.published.items():
         variant = table.get("variant", key)
@@ -101,8 +104,6 @@ def _published_rows(suite: Any, summary: Summary) -> dict[str, list[tuple[str, d
         for task_text, value in table.items():
             if task_text in ("variant", "source", "mean"):
                 continue
-            from .suite import parse_task
-
             src, tgt = parse_task(task_text, suite.dataset)
             values[f"{src}->{tgt}"] = float(value)
         mean = table.get("mean")
@@ -222,10 +223,8 @@ def _chart(suite: Any, summary: Summary, path: Path) -> bool:
     lo = min(s[0] for s in stats) - 10  # type: ignore[index]
     ax.set_xlim(max(0.0, lo), 100)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)
-    os.replace(tmp, path)
     return True
 
 
@@ -238,8 +237,5 @@ def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     png = json_path.with_suffix(".png")
     drawn = _chart(suite, summary, png)
     md = json_path.with_suffix(".md")
-    text = markdown(suite, state, summary, png.name if drawn else None)
-    tmp = md.with_name(f".{md.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, md)
+    atomic_write_text(md, markdown(suite, state, summary, png.name if drawn else None))
     return md, png if drawn else None

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError
+from dalib.runner import atomic_write_text
 
 from ._machine import machine_info
 from .report import write_report
@@ -89,11 +90,6 @@ class Variant:
     @property
     def name(self) -> str:
         return self.method if self.mode == "deep" else f"{self.method} (shallow, {self.classifier})"
-
-    @property
-    def baseline(self) -> str:
-        """The variant this one is compared with: source-only in the same form."""
-        return Variant("source_only", self.mode, self.classifier).name
 
 
 @dataclass(frozen=True)
@@ -229,12 +225,6 @@ def results_path(out_dir: Path, suite: Suite, steps: int | None) -> Path:
 
 
 # --------------------------------------------------------------------------- state on disk
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _load_state(path: Path) -> dict[str, Any]:
     if not path.exists():
         return {"format": FORMAT, "cells": {}}
@@ -334,7 +324,7 @@ def run_suite(
         }
         state["wall_seconds"] = wall_before + time.perf_counter() - started  # all invocations together
         state["jobs"] = jobs
-        _atomic_write(path, json.dumps(state, indent=1, sort_keys=True))
+        atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         if on_cell is not None:
             on_cell(cell, outcome)
 
@@ -366,6 +356,6 @@ def run_suite(
     finally:
         bar.close()
     state["seconds_total"] = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
-    _atomic_write(path, json.dumps(state, indent=1, sort_keys=True))
+    atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
     write_report(suite, path)
     return path

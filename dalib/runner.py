@@ -33,7 +33,7 @@ from dalib.errors import CheckpointError, ConfigError, DalibError, DataError
 from dalib.plugin import Batch, Context, Method, Outputs, Progress
 from dalib.schedules import inverse_decay
 
-__all__ = ["RunConfig", "RunResult", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "run", "write_result"]
+__all__ = ["RunConfig", "RunResult", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "run", "write_result"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -150,7 +150,7 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -165,8 +165,9 @@ def _atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
             tmp.unlink()
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    _atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+def atomic_write_text(path: Path, text: str) -> None:
+    """:func:`atomic_write_bytes` for text (UTF-8)."""
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
 
 
 class _Stream:
@@ -292,7 +293,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 def write_result(out: Path, payload: dict[str, Any]) -> None:
     """Write ``result.json`` atomically, with the versions that produced it."""
     payload = {**payload, "versions": _versions()}
-    _atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
+    atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
 
 
 def _versions() -> dict[str, str]:
@@ -557,7 +558,7 @@ def _trim_metrics(path: Path, step: int) -> None:
                 kept.append(raw)
         except json.JSONDecodeError:
             continue  # a line cut short by the kill
-    _atomic_write_text(path, "".join(k + "\n" for k in kept))
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
 def _save_checkpoint(
@@ -577,4 +578,4 @@ def _save_checkpoint(
         },
         "seconds": seconds,
     }
-    _atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))
+    atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -125,30 +124,15 @@ def on_config(config: Any) -> Any:
 # -- method pages --------------------------------------------------------------------------
 
 
-def _choices(config_cls: type) -> dict[str, str]:
-    """``one of `'a'`, `'b'``` for the ``Literal`` fields, whose type name alone says nothing."""
-    try:
-        hints = typing.get_type_hints(config_cls)
-    except (NameError, TypeError):
-        return {}
-    return {
-        name: "one of " + ", ".join(_code_cell(repr(choice)) for choice in typing.get_args(hint))
-        for name, hint in hints.items()
-        if typing.get_origin(hint) is typing.Literal
-    }
-
-
 def _hyperparameter_table(config_cls: type) -> list[str]:
     from dalib.config import describe_config
 
     rows = describe_config(config_cls)
     if not rows:
         return ["None."]
-    choices = _choices(config_cls)
     lines = ["| name | type | default | description |", "|---|---|---|---|"]
-    for name, typ, default, help_text in rows:
-        typ_cell = choices.get(name, _code_cell(typ))
-        lines.append(f"| `{name}` | {typ_cell} | {_code_cell(default)} | {_cell(help_text)} |")
+    for name, typ, default, help_text in rows:  # a Literal's type is its choices: `input|model`
+        lines.append(f"| `{name}` | {_code_cell(typ)} | {_code_cell(default)} | {_cell(help_text)} |")
     return lines
 
 
