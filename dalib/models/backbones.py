@@ -1,4 +1,5 @@
-"""Feature extractors: a small CNN for digits, an MLP for feature vectors, ResNets for images.
+"""Feature extractors: a small CNN for digits, an MLP for feature vectors, ResNets for images,
+and ``identity`` for pre-extracted features that go straight into the bottleneck.
 
 Each builder returns ``(module, out_dim)``; the module maps a batch to (B, out_dim) features.
 """
@@ -46,10 +47,15 @@ def _lenet(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Mod
     return net, net.out_dim
 
 
-def _mlp(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
-    in_dim = 1
+def _flat_dim(input_shape: tuple[int, ...]) -> int:
+    n = 1
     for s in input_shape:
-        in_dim *= s
+        n *= s
+    return n
+
+
+def _mlp(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
+    in_dim = _flat_dim(input_shape)
     hidden = 256
     net = nn.Sequential(
         nn.Flatten(),
@@ -60,6 +66,13 @@ def _mlp(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Modul
         nn.ReLU(inplace=True),
     )
     return net, hidden
+
+
+def _identity(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
+    """No backbone: the (flattened) inputs are the features. With the bottleneck and the head
+    this is a network of one hidden layer (the DANN paper's network for the Amazon reviews), and
+    the way to train on features extracted beforehand (e.g. by a frozen ResNet)."""
+    return nn.Flatten(), _flat_dim(input_shape)
 
 
 def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Module, int]]:
@@ -106,6 +119,7 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
 BACKBONES: dict[str, Callable[[tuple[int, ...], str | None], tuple[nn.Module, int]]] = {
     "lenet": _lenet,
     "mlp": _mlp,
+    "identity": _identity,
     "resnet18": _resnet(18),
     "resnet34": _resnet(34),
     "resnet50": _resnet(50),

@@ -51,8 +51,11 @@ class DAModel(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two
-        conv blocks; MLP: its hidden layers). ``partial:K`` fine-tuning freezes the first K."""
+        conv blocks; MLP: its hidden layers; ``identity``: none). ``partial:K`` fine-tuning
+        freezes the first K."""
         b = self.backbone
+        if not any(True for _ in b.parameters()):  # identity: nothing to freeze
+            return []
         if hasattr(b, "layer4"):  # torchvision ResNet
             stem = nn.ModuleList([b.conv1, b.bn1])
             return [stem, b.layer1, b.layer2, b.layer3, b.layer4]

@@ -111,3 +111,16 @@ def test_public_api_is_sorted_and_complete():
     assert dalib.__all__ == sorted(dalib.__all__)
     for name in dalib.__all__:
         assert hasattr(dalib, name)
+
+
+def test_identity_backbone_feeds_the_inputs_to_the_bottleneck():
+    from dalib.models import build_model
+
+    model = build_model("identity", (2, 5), 3, bottleneck_dim=7)
+    first = model.bottleneck[0]
+    assert isinstance(first, torch.nn.Linear) and (first.in_features, first.out_features) == (10, 7)
+    x = torch.randn(4, 2, 5)
+    assert torch.equal(model.backbone(x), x.flatten(1))
+    out = model(x)
+    assert out.features.shape == (4, 7) and out.logits.shape == (4, 3)
+    assert model.stages() == []  # nothing for partial:K fine-tuning to freeze
