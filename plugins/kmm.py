@@ -13,6 +13,10 @@ from dalib import Adapted, Batch, Context, Method, Outputs, Progress, param, reg
 from dalib.shallow import KMMConfig
 
 
+#: the deep form's default bound on a source weight: effective sample size >= sum(weights) / DEEP_B
+DEEP_B = 4.0
+
+
 @register_method("kmm")
 class KernelMeanMatching(Method):
     r"""KMM: re-weight source samples to match the target (Huang et al., NIPS 2006).
@@ -24,7 +28,13 @@ class KernelMeanMatching(Method):
               - \frac{1}{n_t}\sum_j \phi(x^t_j) \Big\rVert^2, \quad
               0 \le \beta_i \le B,\ \Big|\frac{1}{n_s}\sum_i\beta_i - 1\Big| \le \epsilon
 
-    then the classifier trains on the source with the weighted loss. The weights come from
+    then the classifier trains on the source with the weighted loss. The bound :math:`B`
+    also bounds how few samples the network learns from: the effective sample size
+    :math:`(\sum_i\beta_i)^2/\sum_i\beta_i^2 \ge \sum_i\beta_i / B`, about :math:`n_s/B` when
+    the mean weight is near 1.
+    The shallow estimator keeps Huang et al.'s :math:`B = 1000`; the deep form defaults to
+    :math:`B = 4`, so that at least about a quarter of the source trains the network (on raw
+    pixels or words the unbounded solution puts all the weight on a few dozen samples). The weights come from
     the input features (``features="input"``) or the starting model's bottleneck
     features (``features="model"``). The kernel products run through ``dalib.kernels``,
     so tens of thousands of samples fit on a CPU.
@@ -32,6 +42,7 @@ class KernelMeanMatching(Method):
 
     @dataclass(frozen=True)
     class Config(KMMConfig):
+        B: float = param(DEEP_B, "upper bound on each source weight (deep default: see DEEP_B)")
         features: Literal["input", "model"] = param("input", "what the weights are computed on")
 
     ShallowConfig = KMMConfig
