@@ -238,11 +238,13 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 
 def cell_fingerprint(config: Any) -> str:
-    """A hash of what determines a cell's numbers: a finished cell whose method settings,
-    run options or data changed since is run again; the others are kept."""
-    from dalib.runner import comparable_config
+    """A hash of what determines a cell's numbers: a finished cell whose method settings
+    (the method's defaults included), run options or data changed since is run again; the
+    others are kept."""
+    from dalib.runner import comparable_config, resolved_method_config
 
-    blob = json.dumps(comparable_config(config), sort_keys=True, default=str)
+    what = comparable_config(config) | {"method_config": resolved_method_config(config)}
+    blob = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -314,15 +316,21 @@ def run_suite(
     todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
                                      and state["cells"][c.key].get("fingerprint") == prints[c.key])]
     started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
+    jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
 
     def record(cell: Cell, outcome: dict[str, Any]) -> None:
+        nonlocal replaced
+        old = state["cells"].get(cell.key, {})
+        if old.get("status") == "done":  # a stale cell: its time no longer stands behind the results
+            replaced += float(old.get("seconds", 0.0)) / jobs_before
         state["cells"][cell.key] = {
             "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
             "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
             "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
             **outcome,
         }
-        state["wall_seconds"] = wall_before + time.perf_counter() - started  # all invocations together
+        # every invocation's wall time together, less the estimated share of cells since re-run
+        state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
         state["jobs"] = jobs
         atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         if on_cell is not None:

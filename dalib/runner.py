@@ -33,7 +33,7 @@ from dalib.errors import CheckpointError, ConfigError, DalibError, DataError
 from dalib.plugin import Batch, Context, Method, Outputs, Progress
 from dalib.schedules import inverse_decay
 
-__all__ = ["RunConfig", "RunResult", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "run", "write_result"]
+__all__ = ["RunConfig", "RunResult", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "resolved_method_config", "run", "write_result"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -53,7 +53,7 @@ class RunConfig:
     dataset: str | None = param(None, "dataset name (inferred from the domains when omitted)")
     data_root: str | None = param(None, "folder holding the feature datasets (default ../shared/data)")
     data: str | None = param(None, "image folder with one sub-folder per domain")
-    arch: str | None = param(None, "backbone: lenet, mlp, resnet18/34/50 (default by input)")
+    arch: str | None = param(None, "backbone: lenet, mlp, identity, resnet18/34/50 (default by input)")
     pretrained: str | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones")
     bottleneck_dim: int = param(256, "width of the bottleneck features")
     image_size: int = param(224, "side of the images of an image-folder dataset")
@@ -320,12 +320,12 @@ def run(
     checked (``info``: dataset, domains, sizes, start step), ``on_step(step, logs)`` after
     every step.
     """
-    from dalib.data import infer_dataset, load_domain
+    from dalib.data import load_domain
     from dalib.models import build_model
     from dalib.registry import get_method
 
     method_cls = get_method(config.method)
-    dataset = config.dataset or ("image-folder" if config.data else infer_dataset(config.src, config.tgt))
+    dataset = dataset_of(config)
     if resolve_mode(config, method_cls, dataset) == "shallow":
         from dalib.shallow_runner import run_shallow
 
@@ -485,6 +485,14 @@ def _average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:
                 p.grad /= world
 
 
+def dataset_of(config: RunConfig) -> str:
+    """The dataset a run reads: ``config.dataset``, ``image-folder`` for ``config.data``, else
+    the one dataset that has both domains."""
+    from dalib.data import infer_dataset
+
+    return config.dataset or ("image-folder" if config.data else infer_dataset(config.src, config.tgt))
+
+
 def resolve_mode(config: RunConfig, method_cls: type[Method], dataset: str) -> str:
     """"deep" or "shallow": ``auto`` runs the shallow form on feature datasets."""
     from dalib.data import get_dataset
@@ -507,6 +515,21 @@ def _progress_bar(total: int, start: int, enabled: bool | None) -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=None if enabled is None else not enabled, dynamic_ncols=True)
+
+
+def resolved_method_config(config: RunConfig) -> dict[str, Any]:
+    """Every hyperparameter the run of ``config`` uses, defaults included: the method's
+    ``Config`` (or ``ShallowConfig`` when the run is shallow) built from ``method_config``.
+    Two configs with equal results here train the same method the same way, even when one
+    names a default that the other leaves out; a changed default changes the result."""
+    from dalib.registry import get_method
+
+    method_cls = get_method(config.method)
+    if resolve_mode(config, method_cls, dataset_of(config)) == "shallow":
+        cls, owner = method_cls.ShallowConfig, f"{config.method} (shallow)"
+    else:
+        cls, owner = method_cls.Config, config.method
+    return dataclasses.asdict(build_config(cls, config.method_config, owner=owner))
 
 
 def comparable_config(config: RunConfig) -> dict[str, Any]:

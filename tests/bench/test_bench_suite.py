@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 
 import pytest
@@ -219,6 +220,30 @@ def test_a_changed_setting_reruns_only_the_cells_it_changes(toy_suite, tmp_path)
     for key in before:
         if not key.startswith("dann"):
             assert after[key] == before[key]
+
+
+def test_a_changed_method_default_reruns_that_methods_cells(toy_suite, tmp_path, monkeypatch):
+    import dataclasses
+
+    from dalib.registry import get_method
+
+    suite = load_suite(str(toy_suite))
+    run_suite(suite, tmp_path, methods=["source_only", "coral"], seeds=[0], progress=False)
+    state = json.loads((tmp_path / "bench-toy.json").read_text())
+    coral_seconds = sum(c["seconds"] for k, c in state["cells"].items() if k.startswith("coral |"))
+    wall_before = state["wall_seconds"]
+    coral = get_method("coral")
+    changed = dataclasses.make_dataclass("Config", [("trade_off", float, dataclasses.field(default=2.5))],
+                                         bases=(coral.Config,), frozen=True)
+    monkeypatch.setattr(coral, "Config", changed)  # a new default, the suite file untouched
+    rerun, started = [], time.perf_counter()
+    run_suite(suite, tmp_path, methods=["source_only", "coral"], seeds=[0], progress=False,
+              on_cell=lambda cell, outcome: rerun.append(cell.key))
+    elapsed = time.perf_counter() - started
+    assert rerun == ["coral | src->tgt | seed 0"]  # the deep form; the shallow CORAL has its own config
+    # the wall time stands for the results kept: the replaced cell's time is taken out
+    wall_after = json.loads((tmp_path / "bench-toy.json").read_text())["wall_seconds"]
+    assert wall_after <= wall_before - coral_seconds + elapsed + 1e-6
 
 
 @pytest.mark.parametrize("name", ["digits", "office-caltech-surf", "amazon-reviews"])
