@@ -42,7 +42,7 @@ class KernelMeanMatching(Method):
 
     @dataclass(frozen=True)
     class Config(KMMConfig):
-        B: float = param(DEEP_B, "upper bound on each source weight (deep default: see DEEP_B)")
+        B: float = param(DEEP_B, "upper bound on each source weight; keeps the effective sample size >= sum(β)/B")
         features: Literal["input", "model"] = param("input", "what the weights are computed on")
 
     ShallowConfig = KMMConfig
