@@ -167,12 +167,17 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         lines += ["", "Failed cells:", ""] + [f"- `{v}` on {_short(t, suite)}: {e}" for v, t, e in failures]
     if chart:
         lines += ["", f"![mean target accuracy over the tasks]({chart})"]
-    deep = ", ".join(f"{k} = {v}" for k, v in sorted((state.get("deep_options") or {}).items()))
+    options = dict(state.get("deep_options") or {})
+    suite_steps = options.get("steps")
+    if state.get("steps"):  # --steps: the runs used these, not the suite's
+        options["steps"] = state["steps"]
+    deep = ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))
     lines += ["", "## Settings", ""]
     if deep:
         lines.append(f"Deep runs: {deep}.")
     if state.get("steps"):
-        lines.append(f"Steps overridden on the command line: {state['steps']}.")
+        suite_says = f" (the suite's own: {suite_steps})" if suite_steps is not None else ""
+        lines.append(f"The steps were set on the command line: {state['steps']}{suite_says}.")
     lines += ["", "| method | hyperparameters (all tasks) | time, all its cells (s) |", "|---|---|---|"]
     for v in summary.order:
         cfg = ", ".join(f"{k} = {val}" for k, val in sorted(summary.config[v].items())) or "defaults"

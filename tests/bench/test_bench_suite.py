@@ -175,6 +175,9 @@ def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path)
     assert {c["seed"] for c in cells.values()} == {3}
     assert {c["variant"] for c in cells.values()} == {"source_only", "source_only (shallow, 1nn)"}
     assert all(c["steps"] == 5 for c in cells.values() if c["mode"] == "deep")
+    table = (tmp_path / "bench-toy-steps5.md").read_text()
+    assert "Deep runs: batch_size = 16, steps = 5." in table  # the steps the runs used, not the suite's 15
+    assert "(the suite's own: 15)" in table
 
 
 @pytest.mark.parametrize(
