@@ -280,7 +280,8 @@ def _suite_times(suites: list[Path]) -> list[str]:
         wall_text = f"{wall / 60:.0f} min with `--jobs {state.get('jobs', 1)}`" if wall else "not recorded"
         machine = state.get("machine", {})
         where = f"{machine.get('cpu', '?')}, {machine.get('cpu_cores', '?')} cores"
-        rows.append(f"| `dalib bench {state.get('suite', path.stem)}` | {len(cells)} | {wall_text} | "
+        steps = f" --steps {state['steps']}" if state.get("steps") else ""
+        rows.append(f"| `dalib bench {state.get('suite', path.stem)}{steps}` | {len(cells)} | {wall_text} | "
                     f"{cell_min:.0f} min | {where} |")
     if not rows:
         return []
