@@ -297,16 +297,6 @@ def select(data_root: str, n_jobs: int) -> dict:
     from dalib.shallow import KMM, make_classifier
 
     out: dict[str, Any] = {"c_cv": {}, "kmm_iwcv": {}, "ot_circular": {}, "ot_circular_office": {}}
-    jobs = [(coral, clf, c, t, data_root) for coral in (False, True) for clf in ("svm", "linear")
-            for c in C_GRID for t in OFFICE_TASKS]
-    scores: dict = {}
-    with ProcessPoolExecutor(max(1, n_jobs), initializer=_init_worker) as pool:
-        for key, acc in pool.map(_c_cv_unit, jobs):
-            scores.setdefault(key, []).append(acc)
-    for (coral, clf, c_value), accs in scores.items():
-        name = f"{'coral_' if coral else ''}{clf}"
-        out["c_cv"].setdefault(name, {})[c_value] = float(np.mean(accs))
-        print(f"{name} C={c_value:g}: source 2-fold CV accuracy {np.mean(accs):.4f}", flush=True)
     for sigma in (10.0, 20.0, 40.0, 80.0):
         errs = []
         for task in OFFICE_TASKS:
@@ -320,16 +310,25 @@ def select(data_root: str, n_jobs: int) -> dict:
         out["kmm_iwcv"][sigma] = float(np.mean(errs))
         print(f"KMM σ={sigma:g}: source IWCV error {np.mean(errs):.4f}", flush=True)
 
+    jobs = [(coral, clf, c, t, data_root) for coral in (False, True) for clf in ("svm", "linear")
+            for c in C_GRID for t in OFFICE_TASKS]
     circular_jobs = [("digits", kw, t, data_root) for kw in OT_CIRCULAR_GRID["digits"] for t in DIGIT_TASKS]
     circular_jobs += [("office-all", kw, t, data_root) for kw in OT_CIRCULAR_GRID["office-all"] for t in OFFICE_TASKS]
+    scores: dict = {}
     circular: dict = {}
-    with ProcessPoolExecutor(max(1, n_jobs), initializer=_init_worker) as pool:
+    with ProcessPoolExecutor(max(1, n_jobs), initializer=_init_worker) as pool:  # one pool for both grids
+        for key, acc in pool.map(_c_cv_unit, jobs):
+            scores.setdefault(key, []).append(acc)
         for protocol, kw, score in pool.map(_circular_unit, circular_jobs):
             circular.setdefault((protocol, json.dumps(kw, sort_keys=True)), []).append(score)
-    for (protocol, kw), scores in circular.items():
+    for (coral, clf, c_value), accs in scores.items():
+        name = f"{'coral_' if coral else ''}{clf}"
+        out["c_cv"].setdefault(name, {})[c_value] = float(np.mean(accs))
+        print(f"{name} C={c_value:g}: source 2-fold CV accuracy {np.mean(accs):.4f}", flush=True)
+    for (protocol, kw), circ in circular.items():
         name = "ot_circular" if protocol == "digits" else "ot_circular_office"
-        out.setdefault(name, {})[kw] = float(np.mean(scores))
-        print(f"OT {protocol} {kw}: circular source accuracy {np.mean(scores):.4f}", flush=True)
+        out[name][kw] = float(np.mean(circ))
+        print(f"OT {protocol} {kw}: circular source accuracy {np.mean(circ):.4f}", flush=True)
     return out
 
 

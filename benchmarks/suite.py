@@ -363,7 +363,7 @@ def run_suite(
                     bar.update(1)
     finally:
         bar.close()
-    state["seconds_total"] = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
-    atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
+    if not path.exists():  # nothing ran (every cell was current and the file was never written)
+        atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
     write_report(suite, path)
     return path

@@ -9,8 +9,8 @@ lazily, one at a time: a plugin that fails to import is recorded and reported by
 from __future__ import annotations
 
 import importlib
-import sys
 import inspect
+import sys
 from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TypeVar

@@ -330,7 +330,7 @@ def run(
         from dalib.shallow_runner import run_shallow
 
         return run_shallow(config, dataset, out_dir, resume=resume, on_start=on_start)
-    method_config = build_config(method_cls.Config, config.method_config, owner=config.method)
+    method_config = build_method_config(config, method_cls, "deep")
     device = resolve_device(config.device)
     started_dist = _maybe_init_distributed(device)
     rank, world = _dist_info()
@@ -517,19 +517,23 @@ def _progress_bar(total: int, start: int, enabled: bool | None) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", file=sys.stderr, disable=None if enabled is None else not enabled, dynamic_ncols=True)
 
 
+def build_method_config(config: RunConfig, method_cls: type[Method], mode: str) -> Any:
+    """The method's ``Config`` (``ShallowConfig`` for ``mode == "shallow"``) built from
+    ``config.method_config``; an unknown or invalid key raises :class:`ConfigError`."""
+    if mode == "shallow":
+        return build_config(method_cls.ShallowConfig, config.method_config, owner=f"{config.method} (shallow)")
+    return build_config(method_cls.Config, config.method_config, owner=config.method)
+
+
 def resolved_method_config(config: RunConfig) -> dict[str, Any]:
-    """Every hyperparameter the run of ``config`` uses, defaults included: the method's
-    ``Config`` (or ``ShallowConfig`` when the run is shallow) built from ``method_config``.
-    Two configs with equal results here train the same method the same way, even when one
-    names a default that the other leaves out; a changed default changes the result."""
+    """Every hyperparameter the run of ``config`` uses, defaults included. Two configs with
+    equal results here train the same method the same way, even when one names a default
+    that the other leaves out; a changed default changes the result."""
     from dalib.registry import get_method
 
     method_cls = get_method(config.method)
-    if resolve_mode(config, method_cls, dataset_of(config)) == "shallow":
-        cls, owner = method_cls.ShallowConfig, f"{config.method} (shallow)"
-    else:
-        cls, owner = method_cls.Config, config.method
-    return dataclasses.asdict(build_config(cls, config.method_config, owner=owner))
+    mode = resolve_mode(config, method_cls, dataset_of(config))
+    return dataclasses.asdict(build_method_config(config, method_cls, mode))
 
 
 def comparable_config(config: RunConfig) -> dict[str, Any]:

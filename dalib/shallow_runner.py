@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from dalib.config import build_config
 from dalib.errors import CheckpointError
 
 __all__ = ["run_shallow"]
@@ -40,11 +39,11 @@ def run_shallow(
     """
     from dalib.data import load_domain
     from dalib.registry import get_method
-    from dalib.runner import RESULT, RunResult, _check_domains, check_fresh_out_dir, write_result
+    from dalib.runner import RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, write_result
     from dalib.shallow.pipeline import fit_shallow
 
     method_cls = get_method(config.method)
-    shallow_config = build_config(method_cls.ShallowConfig, config.method_config, owner=f"{config.method} (shallow)")
+    shallow_config = build_method_config(config, method_cls, "shallow")
     out = Path(out_dir) if out_dir is not None else None
     if out is not None and resume:
         if not (out / RESULT).is_file():

@@ -49,16 +49,14 @@ class KernelMeanMatching(Method):
 
     @classmethod
     def adapt(cls, config: KMMConfig, xs: Tensor, ys: Tensor, xt: Tensor) -> Adapted:
-        kmm = config.build().fit(xs, xt)
-        warn_if_concentrated(kmm)
+        kmm = fit_weights(config, xs, xt)
         return Adapted(xs, xt, torch.as_tensor(kmm.weights_), _diagnostics(kmm))
 
     def prepare(self, context: Context) -> None:
         fn = (lambda x: context.model(x).features) if self.config.features == "model" else None
         xs = context.embed("source", fn)  # (N_s, D)
         xt = context.embed("target", fn)  # (N_t, D)
-        kmm = self.config.build().fit(xs, xt)
-        warn_if_concentrated(kmm)
+        kmm = fit_weights(self.config, xs, xt)
         self.source_weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
@@ -68,6 +66,14 @@ class KernelMeanMatching(Method):
 
 #: below this fraction of the source samples, the weights leave too few samples to learn from
 MIN_EFFECTIVE_FRACTION = 0.05
+
+
+def fit_weights(config: KMMConfig, xs: Tensor, xt: Tensor) -> Any:
+    """The fitted :class:`dalib.shallow.KMM` of ``config`` on (N_s, D) and (N_t, D) samples,
+    with a warning when its weights sit on a few source samples."""
+    kmm = config.build().fit(xs, xt)
+    warn_if_concentrated(kmm)
+    return kmm
 
 
 def warn_if_concentrated(kmm: Any) -> None:
@@ -82,7 +88,7 @@ def warn_if_concentrated(kmm: Any) -> None:
             f"({int((kmm.weights_ > 0).sum())} non-zero); the weighted source loss learns from very few samples. "
             "A larger bandwidth, a smaller B or eps, or features='model' on a pre-trained model spread them.",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,  # the caller of adapt or prepare
         )
 
 

@@ -54,7 +54,7 @@ class DAModel(nn.Module):
         conv blocks; MLP: its hidden layers; ``identity``: none). ``partial:K`` fine-tuning
         freezes the first K."""
         b = self.backbone
-        if not any(True for _ in b.parameters()):  # identity: nothing to freeze
+        if next(b.parameters(), None) is None:  # identity: nothing to freeze
             return []
         if hasattr(b, "layer4"):  # torchvision ResNet
             stem = nn.ModuleList([b.conv1, b.bn1])
