@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 
-__all__ = ["machine_info", "machine_line"]
+__all__ = ["machine_info", "machine_line", "write_results"]
 
 _PACKAGES = {
     "torch": "torch",
@@ -96,6 +96,23 @@ def machine_line(info: dict | None = None) -> str:
         f"{info['cpu']} ({info['cpu_cores']} cores, {info['memory_gib']} GiB){gpu}; "
         f"Python {info['python']}; {libs}"
     )
+
+
+def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | None = None) -> None:
+    """Write ``STEM.json`` (and ``STEM.md`` when given), each atomically: a benchmark killed while
+    writing leaves the previous results whole."""
+    import json
+    from pathlib import Path
+
+    from dalib.runner import atomic_write_text
+
+    stem = Path(stem)
+    if stem.suffix in (".json", ".md"):
+        stem = stem.with_suffix("")
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(stem.parent / f"{stem.name}.json", json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
+    if markdown is not None:
+        atomic_write_text(stem.parent / f"{stem.name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
 
 
 if __name__ == "__main__":

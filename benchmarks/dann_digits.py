@@ -9,14 +9,13 @@ method and seed, side by side, and writes benchmarks/results/dann_digits.{json,m
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _machine import machine_info, machine_line
+from _machine import machine_info, machine_line, write_results
 
 from dalib.runner import RunConfig, run
 
@@ -54,9 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows, "summary": summary,
         "machine": machine_info(),
     }
-    RESULTS.mkdir(exist_ok=True)
     stem = f"dann_digits_{src}_{tgt}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n")
     lines = [f"# {src} -> {tgt}: target accuracy (%), {args.steps} steps, seeds {args.seeds}", "",
              f"Machine: {machine_line(payload['machine'])}", "",
              f"Command: `python benchmarks/dann_digits.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
@@ -65,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     for method, s in summary.items():
         per = ", ".join(f"{r['target_accuracy']:.2f}" for r in rows[method])
         lines.append(f"| {method} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {per} |")
-    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
+    write_results(RESULTS / stem, payload, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

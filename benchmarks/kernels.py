@@ -45,7 +45,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _machine import machine_info, machine_line  # noqa: E402
+from _machine import machine_info, machine_line, write_results  # noqa: E402
 
 MMD_SIZES = (1000, 10000, 100000)
 SINKHORN_SIZES = (1000, 2000, 20000)
@@ -500,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - start, 1),
         "results": results,
     }
-    Path(f"{stem}.json").write_text(json.dumps(payload, indent=2) + "\n", encoding="utf-8")
-    Path(f"{stem}.md").write_text(_markdown(results, info, cli) + "\n", encoding="utf-8")
+    write_results(stem, payload, _markdown(results, info, cli))
     print(f"wrote {stem}.json and {stem}.md ({time.time() - start:.0f} s)")
     return 0
 

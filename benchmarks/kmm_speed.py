@@ -168,11 +168,9 @@ def main() -> None:
 
     from dalib.kernels import median_bandwidth
 
-    try:
-        from _machine import machine_info, machine_line
-    except ImportError:  # pragma: no cover - the helper ships beside this script
-        machine_info = machine_line = None  # type: ignore[assignment]
-    info = machine_info() if machine_info else {"python": sys.version.split()[0], "torch": torch.__version__}
+    from _machine import machine_info, machine_line, write_results  # ships beside this script
+
+    info = machine_info()
     results: dict = {"machine": info, "dim": args.dim, "comparison": [], "large": []}
 
     for n in args.sizes:
@@ -213,11 +211,8 @@ def main() -> None:
                   f"{entry['speedup']:.1f}x", flush=True)
         results["comparison"].append(row)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2, default=float) + "\n")
-    out.with_suffix(".md").write_text(markdown(results, machine_line(info) if machine_line else str(info)))
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    write_results(args.out, results, markdown(results, machine_line(info)))
+    print(f"wrote {args.out}.json and .md")
 
 
 def markdown(res: dict, machine: str) -> str:

@@ -470,14 +470,13 @@ def main() -> None:
     if not Path(args.data_root).is_dir():
         ap.error(f"data root not found: {args.data_root} (give --data-root or set DALIB_DATA_ROOT)")
 
-    from _machine import machine_info, machine_line
+    from _machine import machine_info, machine_line, write_results
 
     info = machine_info()
     if args.select:
         res = select(args.data_root, args.jobs)
-        out = Path(args.out).with_name(Path(args.out).name + "_select.json")
-        out.write_text(json.dumps({"machine": info, "selection": res}, indent=2) + "\n")
-        print(f"wrote {out}")
+        write_results(f"{args.out}_select", {"machine": info, "selection": res})
+        print(f"wrote {args.out}_select.json")
         return
 
     jobs = []
@@ -513,10 +512,7 @@ def main() -> None:
     result = {"machine": info, "wall_seconds": wall, "commands": cmd, "published": PUBLISHED,
               "protocols": {p: PROTOCOLS[p]["text"] for p in summary}, "results": summary,
               "seconds_per_row": seconds, "checks": checks(summary)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
-    out.with_suffix(".md").write_text(markdown(summary, info, machine_line(info), cmd))
+    write_results(args.out, result, markdown(summary, info, machine_line(info), cmd))
     for p, rows in summary.items():
         print(f"[{p}]")
         for e in rows.values():
@@ -524,7 +520,7 @@ def main() -> None:
                   + (f"  (published {e['published']['mean']:.2f})" if "published" in e else "")
                   + (f"  Δ baseline {e['vs_baseline']:+.2f}" if "baseline" in e else ""))
     print("\n".join(checks(summary)))
-    print(f"wall {wall:.0f} s; wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    print(f"wall {wall:.0f} s; wrote {args.out}.json and .md")
     print("reproduce:\n  " + "\n  ".join(cmd))
 
 
