@@ -110,6 +110,13 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- utilities
+# The layout of a model's 4-d weights, and so of its activations, when it trains on the CPU.
+# oneDNN runs convolutions, pooling and batch norm on NHWC (channels_last) tensors without
+# re-laying out each activation; measured in benchmarks/channels_last.py. Other models are
+# unchanged by it (only 4-d tensors have a channels_last form).
+CPU_MEMORY_FORMAT = torch.channels_last
+
+
 def _dist_info() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -350,6 +357,8 @@ def run(
         model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
         method = method_cls(method_config, model)
         model.to(device)
+        if device.type == "cpu":
+            model.to(memory_format=CPU_MEMORY_FORMAT)
         method.to(device)
 
         groups = method.param_groups(model)

@@ -124,3 +124,30 @@ def test_identity_backbone_feeds_the_inputs_to_the_bottleneck():
     out = model(x)
     assert out.features.shape == (4, 7) and out.logits.shape == (4, 3)
     assert model.stages() == []  # nothing for partial:K fine-tuning to freeze
+
+
+def test_channels_last_on_the_cpu_trains_the_same_network(tmp_path, monkeypatch):
+    """The CPU runner keeps conv weights in channels_last for speed: the losses must be those of
+    the plain layout up to the order of float sums, and a checkpoint written under one layout
+    (as by dalib versions before it) must resume under the other."""
+    from dalib import runner
+
+    assert runner.CPU_MEMORY_FORMAT == torch.channels_last
+    losses: dict[str, list[float]] = {"nchw": [], "channels_last": []}
+    run(_config(steps=12), tmp_path / "cl", progress_bar=False,
+        on_step=lambda step, logs: losses["channels_last"].append(float(logs["total"])))
+    monkeypatch.setattr(runner, "CPU_MEMORY_FORMAT", torch.contiguous_format)
+
+    def kill_at_8(step, logs):
+        losses["nchw"].append(float(logs["total"]))
+        if step == 8:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(_config(steps=12, checkpoint_every=5), tmp_path / "nchw", progress_bar=False, on_step=kill_at_8)
+    np.testing.assert_allclose(losses["nchw"][:8], losses["channels_last"][:8], rtol=2e-3)  # sums drift apart
+    monkeypatch.setattr(runner, "CPU_MEMORY_FORMAT", torch.channels_last)
+    resumed = run(_config(steps=12, checkpoint_every=5), tmp_path / "nchw", resume=True, progress_bar=False)
+    full = json.loads((tmp_path / "cl" / "result.json").read_text())
+    assert resumed.steps == 12
+    assert abs(resumed.target_accuracy - full["target_accuracy"]) < 2.0
