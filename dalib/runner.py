@@ -112,7 +112,7 @@ class RunResult:
 # --------------------------------------------------------------------------- utilities
 # The layout of a model's 4-d weights, and so of its activations, when it trains on the CPU.
 # oneDNN runs convolutions, pooling and batch norm on NHWC (channels_last) tensors without
-# re-laying out each activation; measured in benchmarks/channels_last.py. Other models are
+# re-laying out each activation; measured in benchmarks/channels_last.py. Feature MLPs are
 # unchanged by it (only 4-d tensors have a channels_last form).
 CPU_MEMORY_FORMAT = torch.channels_last
 
@@ -357,8 +357,8 @@ def run(
         model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
         method = method_cls(method_config, model)
         model.to(device)
-        if device.type == "cpu":
-            model.to(memory_format=CPU_MEMORY_FORMAT)
+        if device.type == "cpu" and all(t.dim() != 5 for t in [*model.parameters(), *model.buffers()]):
+            model.to(memory_format=CPU_MEMORY_FORMAT)  # (a 3-d convolution's 5-d weights have no such layout)
         method.to(device)
 
         groups = method.param_groups(model)

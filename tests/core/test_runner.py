@@ -151,3 +151,18 @@ def test_channels_last_on_the_cpu_trains_the_same_network(tmp_path, monkeypatch)
     full = json.loads((tmp_path / "cl" / "result.json").read_text())
     assert resumed.steps == 12
     assert abs(resumed.target_accuracy - full["target_accuracy"]) < 2.0
+
+
+def test_a_backbone_with_5d_weights_trains_on_the_cpu(toy_dataset, monkeypatch):
+    """channels_last has no 5-d form: a 3-d convolution (a user's backbone) keeps its layout."""
+    from torch import nn
+
+    from dalib.models import BACKBONES
+
+    def conv3d(input_shape, pretrained):
+        net = nn.Sequential(nn.Unflatten(1, (1, 2, 2, 2)), nn.Conv3d(1, 4, 1), nn.ReLU(), nn.Flatten())
+        return net, 32
+
+    monkeypatch.setitem(BACKBONES, "conv3d-test", conv3d)
+    res = run(_config(dataset=toy_dataset, src="src", tgt="tgt", arch="conv3d-test", steps=5), None, progress_bar=False)
+    assert res.steps == 5
