@@ -166,3 +166,27 @@ def test_a_backbone_with_5d_weights_trains_on_the_cpu(toy_dataset, monkeypatch):
     monkeypatch.setitem(BACKBONES, "conv3d-test", conv3d)
     res = run(_config(dataset=toy_dataset, src="src", tgt="tgt", arch="conv3d-test", steps=5), None, progress_bar=False)
     assert res.steps == 5
+
+
+def test_two_processes_under_torchrun_train_one_run(tmp_path):
+    """Data parallelism on the CPU (gloo): two ranks, channels_last gradients averaged across
+    them; rank 0 alone writes the run folder and prints the result."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dalib_cli = Path(sys.executable).parent / "dalib"
+    out = tmp_path / "ddp"
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(dalib_cli), "run", "source_only",
+         "--src", "mnist", "--tgt", "usps", "--steps", "6", "--batch-size", "16", "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, env=env, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.count("target accuracy:") == 1, proc.stdout
+    result = json.loads((out / "result.json").read_text())
+    assert result["steps"] == 6
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "result.json"]
