@@ -98,9 +98,9 @@ def machine_line(info: dict | None = None) -> str:
     )
 
 
-def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | None = None) -> None:
+def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | None = None) -> str:
     """Write ``STEM.json`` (and ``STEM.md`` when given), each atomically: a benchmark killed while
-    writing leaves the previous results whole."""
+    writing leaves the previous results whole. Returns "wrote PATHS" for the benchmark to print."""
     import json
     from pathlib import Path
 
@@ -110,9 +110,12 @@ def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | N
     if stem.suffix in (".json", ".md"):
         stem = stem.with_suffix("")
     stem.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(stem.parent / f"{stem.name}.json", json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
+    written = [stem.parent / f"{stem.name}.json"]
+    atomic_write_text(written[0], json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
     if markdown is not None:
-        atomic_write_text(stem.parent / f"{stem.name}.md", markdown if markdown.endswith("\n") else markdown + "\n")
+        written.append(stem.parent / f"{stem.name}.md")
+        atomic_write_text(written[1], markdown if markdown.endswith("\n") else markdown + "\n")
+    return "wrote " + " and ".join(str(p) for p in written)
 
 
 if __name__ == "__main__":

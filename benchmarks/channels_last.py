@@ -65,13 +65,13 @@ def time_steps(arch: str, shape: tuple[int, ...], per_domain: int, steps: int, l
 
 
 def time_run(method: str, steps: int, data_root: str | None, layout: str) -> dict:
-    runner.CPU_MEMORY_FORMAT = LAYOUTS[layout]
+    previous, runner.CPU_MEMORY_FORMAT = runner.CPU_MEMORY_FORMAT, LAYOUTS[layout]
     try:
         cfg = dalib.RunConfig(method=method, dataset="digits-full", src="mnist", tgt="usps", steps=steps,
                               seed=0, device="cpu", data_root=data_root)
         res = dalib.run(cfg, None, progress_bar=False)
     finally:
-        runner.CPU_MEMORY_FORMAT = torch.channels_last
+        runner.CPU_MEMORY_FORMAT = previous
     return {"seconds": res.seconds, "target_accuracy": res.target_accuracy}
 
 
@@ -108,8 +108,7 @@ def main() -> None:
                   f"({row['speedup']:.2f}x)", flush=True)
             results["runs"].append(row)
 
-    write_results(args.out, results, markdown(results, machine_line(results["machine"])))
-    print(f"wrote {args.out}.json and .md")
+    print(write_results(args.out, results, markdown(results, machine_line(results["machine"]))))
 
 
 def markdown(res: dict, machine: str) -> str:

@@ -500,8 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         "wall_s": round(time.time() - start, 1),
         "results": results,
     }
-    write_results(stem, payload, _markdown(results, info, cli))
-    print(f"wrote {stem}.json and {stem}.md ({time.time() - start:.0f} s)")
+    print(f"{write_results(stem, payload, _markdown(results, info, cli))} ({time.time() - start:.0f} s)")
     return 0
 
 

@@ -211,8 +211,7 @@ def main() -> None:
                   f"{entry['speedup']:.1f}x", flush=True)
         results["comparison"].append(row)
 
-    write_results(args.out, results, markdown(results, machine_line(info)))
-    print(f"wrote {args.out}.json and .md")
+    print(write_results(args.out, results, markdown(results, machine_line(info))))
 
 
 def markdown(res: dict, machine: str) -> str:

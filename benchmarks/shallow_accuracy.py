@@ -108,6 +108,15 @@ OT_IT_CV = {"reg": 0.01}
 OT_LPLQ_CV = {"reg": 0.01, "reg_cl": 1.0}
 
 # (row id, label, method, classifier, params, how, published key, baseline row id)
+OFFICE_OT_ROWS = [  # the same OT rows under both Office-Caltech protocols
+    ("ot_it", "OT mapping, entropic (OT-IT) + 1-NN", "ot", "1nn", {}, "dalib_default", "otda_it", "1nn"),
+    ("ot_lplq", "OT mapping, class-regularised (OT-LpLq) + 1-NN", "ot", "1nn", {"reg": 1.0, "reg_cl": 0.1},
+     "pot_default", "otda_lplq", "1nn"),
+    ("ot_it_cv", "OT mapping, entropic, reg = 0.01 + 1-NN", "ot", "1nn", OT_IT_CV, "ot_circular_office",
+     "otda_it", "1nn"),
+    ("ot_lplq_cv", "OT mapping, class-regularised, reg = 0.01, reg_cl = 1 + 1-NN", "ot", "1nn", OT_LPLQ_CV,
+     "ot_circular_office", "otda_lplq", "1nn"),
+]
 OFFICE_ALL_ROWS = [
     ("1nn", "1-NN, no adaptation", "source_only", "1nn", {}, "none", "jda_1nn", None),
     ("linear", "logistic regression, no adaptation", "source_only", "linear", {}, "none", None, None),
@@ -118,13 +127,7 @@ OFFICE_ALL_ROWS = [
      "linear"),
     ("kmm_iwcv_linear", "KMM (σ = 10) + weighted logistic regression", "kmm", "linear", {"bandwidth": 10.0},
      "kmm_iwcv", "tkl_kmm", "linear"),
-    ("ot_it", "OT mapping, entropic (OT-IT) + 1-NN", "ot", "1nn", {}, "dalib_default", "otda_it", "1nn"),
-    ("ot_lplq", "OT mapping, class-regularised (OT-LpLq) + 1-NN", "ot", "1nn", {"reg": 1.0, "reg_cl": 0.1},
-     "pot_default", "otda_lplq", "1nn"),
-    ("ot_it_cv", "OT mapping, entropic, reg = 0.01 + 1-NN", "ot", "1nn", OT_IT_CV, "ot_circular_office",
-     "otda_it", "1nn"),
-    ("ot_lplq_cv", "OT mapping, class-regularised, reg = 0.01, reg_cl = 1 + 1-NN", "ot", "1nn", OT_LPLQ_CV,
-     "ot_circular_office", "otda_lplq", "1nn"),
+    *OFFICE_OT_ROWS,
     ("coral_svm", "CORAL + linear SVM (LinearSVC)", "coral", "svm", {}, "dalib_default", "coral_svm", "svm"),
     ("coral_linear", "CORAL + logistic regression", "coral", "linear", {}, "dalib_default", None, "linear"),
     ("coral_svc", "CORAL + linear-kernel SVM (libsvm SVC)", "coral", "svc", {}, "dalib_default", "coral_svm",
@@ -139,13 +142,7 @@ OFFICE_ALL_ROWS = [
 ]
 OFFICE_OTDA_ROWS = [
     ("1nn", "1-NN, no adaptation", "source_only", "1nn", {}, "none", "otda_1nn", None),
-    ("ot_it", "OT mapping, entropic (OT-IT) + 1-NN", "ot", "1nn", {}, "dalib_default", "otda_it", "1nn"),
-    ("ot_lplq", "OT mapping, class-regularised (OT-LpLq) + 1-NN", "ot", "1nn", {"reg": 1.0, "reg_cl": 0.1},
-     "pot_default", "otda_lplq", "1nn"),
-    ("ot_it_cv", "OT mapping, entropic, reg = 0.01 + 1-NN", "ot", "1nn", OT_IT_CV, "ot_circular_office",
-     "otda_it", "1nn"),
-    ("ot_lplq_cv", "OT mapping, class-regularised, reg = 0.01, reg_cl = 1 + 1-NN", "ot", "1nn", OT_LPLQ_CV,
-     "ot_circular_office", "otda_lplq", "1nn"),
+    *OFFICE_OT_ROWS,
 ]
 DIGITS_ROWS = [
     ("1nn", "1-NN, no adaptation", "source_only", "1nn", {}, "none", "jda_1nn", None),
@@ -475,8 +472,7 @@ def main() -> None:
     info = machine_info()
     if args.select:
         res = select(args.data_root, args.jobs)
-        write_results(f"{args.out}_select", {"machine": info, "selection": res})
-        print(f"wrote {args.out}_select.json")
+        print(write_results(f"{args.out}_select", {"machine": info, "selection": res}))
         return
 
     jobs = []
@@ -512,7 +508,7 @@ def main() -> None:
     result = {"machine": info, "wall_seconds": wall, "commands": cmd, "published": PUBLISHED,
               "protocols": {p: PROTOCOLS[p]["text"] for p in summary}, "results": summary,
               "seconds_per_row": seconds, "checks": checks(summary)}
-    write_results(args.out, result, markdown(summary, info, machine_line(info), cmd))
+    wrote = write_results(args.out, result, markdown(summary, info, machine_line(info), cmd))
     for p, rows in summary.items():
         print(f"[{p}]")
         for e in rows.values():
@@ -520,7 +516,7 @@ def main() -> None:
                   + (f"  (published {e['published']['mean']:.2f})" if "published" in e else "")
                   + (f"  Δ baseline {e['vs_baseline']:+.2f}" if "baseline" in e else ""))
     print("\n".join(checks(summary)))
-    print(f"wall {wall:.0f} s; wrote {args.out}.json and .md")
+    print(f"wall {wall:.0f} s; {wrote}")
     print("reproduce:\n  " + "\n  ".join(cmd))
 
 

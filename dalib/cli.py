@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -183,7 +182,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         )
 
     result = run_training(config, out_dir, resume=resume, progress_bar=False if quiet else None, on_start=announce)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and os.environ.get("RANK", "0") != "0":
+    if result.rank != 0:
         return  # under torchrun, rank 0 alone reports, as it alone writes
     click.echo(f"source accuracy: {result.source_accuracy:.2f}%")
     click.echo(f"target accuracy: {result.target_accuracy:.2f}%")

@@ -99,6 +99,7 @@ class RunResult:
     seconds: float
     out_dir: Path | None
     history: list[dict[str, Any]]
+    rank: int = 0  # under torchrun, this process's rank: rank 0 alone writes and reports
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -463,7 +464,7 @@ def run(
         seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
         src_acc = evaluate(model, src, device)
         tgt_acc = evaluate(model, tgt, device)
-        result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history)
+        result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank)
         if out is not None and is_main:
             _save_checkpoint(out, config, model, method, optimizer, config.steps, device, seconds)
             payload = {
