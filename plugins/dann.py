@@ -12,17 +12,17 @@ from dalib.losses import domain_adversarial, grad_reverse
 from dalib.schedules import grl_coefficient
 
 
-def discriminator(in_dim: int, hidden: int) -> nn.Module:
-    """The domain discriminator: a 3-layer MLP giving one logit (source = 1)."""
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden, hidden),
-        nn.BatchNorm1d(hidden),
-        nn.ReLU(inplace=True),
-        nn.Linear(hidden, 1),
-    )
+def discriminator(in_dim: int, hidden: int, hidden_layers: int = 2) -> nn.Module:
+    """The domain discriminator, giving one logit (source = 1): ``hidden_layers`` blocks of
+    Linear, BatchNorm and ReLU of width ``hidden``, then a linear layer. With no hidden layer
+    it is a logistic regressor on the features."""
+    layers: list[nn.Module] = []
+    width = in_dim
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(width, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
+        width = hidden
+    layers.append(nn.Linear(width, 1))
+    return nn.Sequential(*layers)
 
 
 @register_method("dann")
@@ -35,12 +35,17 @@ class DANN(Method):
     .. math:: \min_{F,C} \max_D \; L_{cls}(C(F(x_s)), y_s) - \lambda\, L_{dom}(D(F(x)))
 
     The reversal coefficient rises as :math:`2/(1+e^{-\gamma p}) - 1` over training.
+    The discriminator defaults to two hidden layers of 1024 units, the paper's for its Office
+    experiments; ``hidden_layers=0`` makes it the logistic domain regressor of the paper's
+    shallow networks (its sentiment experiments).
     """
 
     @dataclass(frozen=True)
     class Config:
         trade_off: float = param(1.0, "weight of the domain loss")
         hidden: int = param(1024, "discriminator width")
+        hidden_layers: int = param(2, "discriminator hidden layers; 0: a logistic regressor on the features "
+                                      "(the DANN paper's shallow form)")
         gamma: float = param(10.0, "steepness of the reversal-coefficient schedule")
 
         def __post_init__(self) -> None:
@@ -48,10 +53,12 @@ class DANN(Method):
                 raise ValueError("trade_off must be >= 0")
             if self.hidden < 1:
                 raise ValueError("hidden must be >= 1")
+            if self.hidden_layers < 0:
+                raise ValueError("hidden_layers must be >= 0")
 
     def __init__(self, config: Config, model) -> None:
         super().__init__(config, model)
-        self.discriminator = discriminator(model.features_dim, config.hidden)
+        self.discriminator = discriminator(model.features_dim, config.hidden, config.hidden_layers)
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
         cls = self.source_loss(batch, out)

@@ -1,7 +1,7 @@
 """Every first-party deep method adapts: on the toy shift (inter-twinning moons, the
 target rotated by 40 degrees) its target accuracy beats source-only's, same seeds, same
 budget. Measured (300 steps, batch 64, seeds 0 and 1; target accuracy %):
-source_only 70.7 / 71.7, dann 91.7 / 91.7, mmd 80.3 / 80.7, coral (trade_off 10)
+source_only 70.7 / 71.7, dann 91.7 / 91.7 (with a logistic domain regressor 92.7 / 86.3), mmd 80.3 / 80.7, coral (trade_off 10)
 76.7 / 81.3, ot 89.0 / 90.7, kmm 81.3 / 82.7."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import statistics
 import pytest
 
 import dalib
+from dalib.models import build_model
 from dalib.runner import RunConfig, run
 
 SEEDS = (0, 1)
@@ -50,3 +51,12 @@ def test_every_first_party_method_is_covered():
 def test_method_beats_source_only_on_a_shift(toy_dataset, source_only_accuracy, method):
     acc = _target_accuracy(toy_dataset, method, ADAPTING[method])
     assert acc > source_only_accuracy + 4.0, f"{method}: {acc:.1f} vs source-only {source_only_accuracy:.1f}"
+
+
+def test_dann_with_a_logistic_domain_regressor_adapts(toy_dataset, source_only_accuracy):
+    """``hidden_layers=0``: the DANN paper's shallow form, a logistic regressor on the features."""
+    method = dalib.get_method("dann")
+    config = method.Config(hidden_layers=0)
+    assert [type(m).__name__ for m in method(config, build_model("mlp", (16,), 4, bottleneck_dim=32)).discriminator] == ["Linear"]
+    acc = _target_accuracy(toy_dataset, "dann", {"hidden_layers": 0})
+    assert acc > source_only_accuracy + 4.0, f"dann (logistic): {acc:.1f} vs source-only {source_only_accuracy:.1f}"
