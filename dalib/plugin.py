@@ -112,6 +112,17 @@ class Context:
             self.model.train(was_training)
         return torch.cat(parts)  # (N, D)
 
+    def source_labels(self) -> Tensor:
+        """The labels of every source training sample, (N_s,) int64 on the CPU. (Target
+        labels are not offered: training must not see them.)"""
+        data = self.source
+        if isinstance(data, torch.utils.data.TensorDataset):
+            return data.tensors[1].detach().cpu().long()
+        if hasattr(data, "targets"):  # image folders: no image decoded
+            return torch.as_tensor(data.targets).long()
+        loader = torch.utils.data.DataLoader(data, batch_size=4096, shuffle=False)
+        return torch.cat([torch.as_tensor(y).reshape(-1) for _, y in loader]).long()
+
 
 @dataclass(frozen=True)
 class _NoConfig:
@@ -141,6 +152,9 @@ class Method(nn.Module):
         object.__setattr__(self, "_model", model)  # a reference, not a sub-module
         #: per-sample weights over the whole source training set, or None
         self.source_weights: Tensor | None = None
+        #: what :meth:`prepare` found worth reporting (numbers or strings; KMM: its weights'
+        #: statistics), written to ``result.json`` as ``diagnostics`` and kept by checkpoints
+        self.diagnostics: dict[str, Any] = {}
 
     @property
     def model(self) -> DAModel:

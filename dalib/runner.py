@@ -382,6 +382,7 @@ def run(
             start = int(ckpt["step"])
             if ckpt.get("source_weights") is not None:
                 method.source_weights = ckpt["source_weights"].to(device)
+            method.diagnostics = dict(ckpt.get("diagnostics") or {})
 
         if on_start is not None and is_main:
             on_start({"mode": "deep", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
@@ -478,6 +479,7 @@ def run(
                 "run_config": config.to_dict(),
                 "device": str(device),
                 "world_size": world,
+                "diagnostics": method.diagnostics,
             }
             write_result(out, payload)
         return result
@@ -609,6 +611,7 @@ def _save_checkpoint(
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "source_weights": None if method.source_weights is None else method.source_weights.detach().cpu(),
+        "diagnostics": method.diagnostics,
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

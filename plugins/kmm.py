@@ -6,6 +6,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -50,7 +51,7 @@ class KernelMeanMatching(Method):
     @classmethod
     def adapt(cls, config: KMMConfig, xs: Tensor, ys: Tensor, xt: Tensor) -> Adapted:
         kmm = fit_weights(config, xs, xt)
-        return Adapted(xs, xt, torch.as_tensor(kmm.weights_), _diagnostics(kmm))
+        return Adapted(xs, xt, torch.as_tensor(kmm.weights_), diagnostics(kmm, ys))
 
     def prepare(self, context: Context) -> None:
         fn = (lambda x: context.model(x).features) if self.config.features == "model" else None
@@ -58,6 +59,7 @@ class KernelMeanMatching(Method):
         xt = context.embed("target", fn)  # (N_t, D)
         kmm = fit_weights(self.config, xs, xt)
         self.source_weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
+        self.diagnostics = diagnostics(kmm, context.source_labels())
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
         cls = self.source_loss(batch, out)  # weighted by batch.w_s
@@ -92,8 +94,16 @@ def warn_if_concentrated(kmm: Any) -> None:
         )
 
 
-def _diagnostics(kmm: Any) -> dict[str, Any]:
-    w = kmm.weights_
+def diagnostics(kmm: Any, ys: Tensor) -> dict[str, Any]:
+    """The fitted weights' statistics, with the source's class proportions before and after
+    weighting (``ys`` (N_s,) the source labels): weights fitted on inputs that differ in
+    appearance between the domains can follow the appearance and re-weight the classes."""
+    w = np.asarray(kmm.weights_, dtype=np.float64)
+    y = np.asarray(ys, dtype=np.int64)
+    counts = np.bincount(y)
+    mass = np.bincount(y, weights=w, minlength=len(counts))
     return {"objective": kmm.objective_, "mmd2": kmm.mmd2_, "bandwidth": kmm.bandwidth_, "n_iter": kmm.n_iter_,
             "converged": kmm.converged_, "weights_mean": float(w.mean()), "weights_max": float(w.max()),
-            "weights_zero_fraction": float((w == 0).mean()), "effective_sample_size": kmm.effective_sample_size_}
+            "weights_zero_fraction": float((w == 0).mean()), "effective_sample_size": kmm.effective_sample_size_,
+            "class_proportions": [round(float(c), 4) for c in counts / counts.sum()],
+            "weighted_class_proportions": [round(float(m), 4) for m in mass / max(mass.sum(), np.finfo(float).tiny)]}

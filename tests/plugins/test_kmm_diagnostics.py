@@ -1,0 +1,111 @@
+"""Deep KMM reports its weights in ``result.json``: their statistics and the source's class
+proportions before and after weighting, kept across a resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dalib.data import DatasetInfo, Domain, list_datasets, register_dataset
+from dalib.runner import RunConfig, load_checkpoint, run
+
+
+def _class_shift_domain(request) -> Domain:
+    """Source: classes 0 and 1 in equal numbers, far apart. Target: only points near class 0,
+    so weights that match the target must move the source's mass onto class 0."""
+    rng = np.random.default_rng(7)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0]])
+    if request.domain == "src":
+        y = np.arange(200) % 2
+        x = centres[y] + rng.normal(0, 0.5, size=(200, 2))
+    else:
+        y = np.zeros(120, dtype=np.int64)
+        x = centres[y] + rng.normal(0, 0.5, size=(120, 2))
+    return Domain.from_arrays(request.domain, x.astype(np.float32), y, num_classes=2, dataset_name="class-shift")
+
+
+@pytest.fixture(scope="module")
+def class_shift() -> str:
+    if "class-shift" not in list_datasets():
+        register_dataset(DatasetInfo(name="class-shift", description="source classes, target near one (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"),
+                         _class_shift_domain)
+    return "class-shift"
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_deep_kmm_writes_its_weights_statistics_and_keeps_them_on_resume(class_shift, tmp_path):
+    cfg = RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=12, batch_size=32, seed=0,
+                    mode="deep", checkpoint_every=5, method_config={"B": 4.0})
+    run(cfg, tmp_path / "full", progress_bar=False)
+    result = json.loads((tmp_path / "full" / "result.json").read_text())
+    diag = result["diagnostics"]
+    weights = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["source_weights"].double().numpy()
+    y = np.arange(200) % 2
+    assert diag["class_proportions"] == [0.5, 0.5]
+    expected = np.bincount(y, weights=weights) / weights.sum()
+    assert diag["weighted_class_proportions"] == pytest.approx(expected, abs=1e-4)
+    assert diag["weighted_class_proportions"][0] > 0.7  # the weights follow the target onto class 0
+    assert diag["effective_sample_size"] == pytest.approx(weights.sum() ** 2 / (weights**2).sum(), rel=1e-4)
+    assert diag["weights_max"] <= 4.0 + 1e-6
+
+    def kill_at_7(step, logs):
+        if step == 7:  # after the checkpoint at step 5; prepare is not run again on resume
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(cfg, tmp_path / "cut", progress_bar=False, on_step=kill_at_7)
+    run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+    assert json.loads((tmp_path / "cut" / "result.json").read_text())["diagnostics"] == diag
+
+
+def test_methods_without_diagnostics_write_an_empty_table(class_shift, tmp_path):
+    cfg = RunConfig(method="source_only", dataset=class_shift, src="src", tgt="tgt", steps=3, batch_size=32,
+                    mode="deep")
+    run(cfg, tmp_path / "so", progress_bar=False)
+    assert json.loads((tmp_path / "so" / "result.json").read_text())["diagnostics"] == {}
+
+
+def test_shallow_kmm_reports_the_class_proportions_too():
+    from dalib.registry import get_method
+    from dalib.shallow import KMMConfig
+
+    rng = np.random.default_rng(0)
+    ys = torch.as_tensor(np.arange(100) % 2)
+    xs = torch.as_tensor(np.array([[0.0], [4.0]])[ys.numpy()] + rng.normal(0, 0.5, size=(100, 1)))
+    xt = torch.as_tensor(rng.normal(0, 0.5, size=(80, 1)))
+    info = get_method("kmm").adapt(KMMConfig(B=4.0), xs, ys, xt).info
+    assert info["class_proportions"] == [0.5, 0.5]
+    assert info["weighted_class_proportions"][0] > 0.7 and sum(info["weighted_class_proportions"]) == pytest.approx(1)
+
+
+@pytest.mark.parametrize("kind", ["tensors", "targets", "items"])
+def test_context_source_labels_from_every_kind_of_dataset(kind):
+    from dalib.models import build_model
+    from dalib.plugin import Context, Progress
+
+    x, y = torch.randn(10, 3), torch.tensor([0, 1, 2, 1, 0, 2, 2, 1, 0, 1])
+
+    class Items(torch.utils.data.Dataset):  # a user's dataset: items only
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            return x[i], int(y[i])
+
+    class WithTargets(Items):  # an image folder: labels without decoding
+        targets = y.tolist()
+
+        def __getitem__(self, i):
+            raise AssertionError("source_labels must not load the samples")
+
+    data = {"tensors": torch.utils.data.TensorDataset(x, y), "targets": WithTargets(), "items": Items()}[kind]
+    ctx = Context(build_model("mlp", (3,), 3, bottleneck_dim=8), data, data, torch.device("cpu"), 4, Progress(0, 1))
+    labels = ctx.source_labels()
+    assert labels.dtype == torch.int64 and torch.equal(labels, y)
