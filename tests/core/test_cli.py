@@ -47,6 +47,17 @@ def test_show_prints_hyperparameters_with_defaults_and_help(runner):
     assert "hyperparameters: none" in res.stdout
 
 
+def test_show_prints_the_docstring_as_plain_text(runner):
+    """Formulas and roles of the reStructuredText docstring lose their markup on the terminal."""
+    res = runner.invoke(cli, ["show", "kmm"])
+    assert res.exit_code == 0, res.output
+    assert ".. math::" not in res.stdout and ":math:" not in res.stdout and "``" not in res.stdout
+    lines = res.stdout.splitlines()
+    first = next(i for i, l in enumerate(lines) if "\\min_\\beta" in l)
+    assert lines[first].startswith("    ") and lines[first - 1] == ""  # the formula indented, set apart
+    assert "features=\"input\"" in res.stdout
+
+
 def test_run_writes_metrics_and_result(runner, tmp_path):
     out = tmp_path / "run"
     res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", *FAST, "--out", str(out),
@@ -54,7 +65,7 @@ def test_run_writes_metrics_and_result(runner, tmp_path):
     assert res.exit_code == 0, res.output
     assert "source accuracy:" in res.stdout and "target accuracy:" in res.stdout
     result = json.loads((out / "result.json").read_text())
-    assert result["method_config"] == {"trade_off": 0.5, "hidden": 32, "gamma": 10.0}
+    assert result["method_config"] == {"trade_off": 0.5, "hidden": 32, "hidden_layers": 2, "gamma": 10.0}
     assert result["src"] == "mnist" and result["tgt"] == "usps" and result["steps"] == 6
     lines = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 6 and "loss/domain" in lines[-1]
