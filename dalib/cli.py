@@ -267,6 +267,7 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
 def show(method: str, plugins: tuple[str, ...]) -> None:
     """Show METHOD's description and hyperparameters (name, type, default, help)."""
+    from dalib._rst import rst_to_text
     from dalib.config import describe_config
     from dalib.registry import get_method
 
@@ -276,7 +277,7 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
     doc = inspect.getdoc(cls)
     if doc:
         click.echo("")
-        click.echo(doc)
+        click.echo(rst_to_text(doc).rstrip())
     tables = [("hyperparameters", cls.Config)]
     if cls.ShallowConfig is not None:
         tables.append(("shallow-form hyperparameters (--mode shallow)", cls.ShallowConfig))

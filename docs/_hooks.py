@@ -23,52 +23,12 @@ from typing import Any
 
 from griffe import Extension
 
+from dalib._rst import rst_to_markdown
+
 METHODS_NAV_TITLE = "Methods"
 IMAGE_SUFFIXES = (".png", ".svg", ".jpg", ".jpeg", ".gif")
 
 # -- reStructuredText in docstrings -> Markdown ------------------------------------------------
-
-_MATH_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*(?P<first>.*)$")
-_MATH_ROLE = re.compile(r":math:`([^`]+)`")
-_REF_ROLE = re.compile(r":(?:func|class|meth|attr|data|mod|exc|obj):`(~?)([^`]+)`")
-
-
-def _indent_of(line: str) -> int:
-    return len(line) - len(line.lstrip())
-
-
-def _inline(line: str) -> str:
-    line = _MATH_ROLE.sub(lambda m: f"${m.group(1).strip()}$", line)
-    return _REF_ROLE.sub(lambda m: f"`{m.group(2).rsplit('.', 1)[-1] if m.group(1) else m.group(2)}`", line)
-
-
-def rst_to_markdown(text: str) -> str:
-    """``.. math::`` blocks become ``$$`` blocks (one per equation: the directive's
-    blank-line-separated paragraphs), ``:math:`x``` becomes ``$x$`` and cross-reference roles
-    (``:func:`name```, ``:class:`~pkg.Name```) become code spans."""
-    lines = text.splitlines()
-    out: list[str] = []
-    i = 0
-    while i < len(lines):
-        match = _MATH_DIRECTIVE.match(lines[i])
-        if match is None:
-            out.append(_inline(lines[i]))
-            i += 1
-            continue
-        indent = match["indent"]
-        equations: list[list[str]] = [[match["first"].strip()] if match["first"].strip() else []]
-        i += 1
-        while i < len(lines) and (not lines[i].strip() or _indent_of(lines[i]) > len(indent)):
-            if lines[i].strip():
-                equations[-1].append(lines[i].strip())
-            elif equations[-1]:
-                equations.append([])
-            i += 1
-        if out and out[-1].strip():
-            out.append("")
-        for equation in filter(None, equations):
-            out += [f"{indent}$$", *(f"{indent}{line}" for line in equation), f"{indent}$$", ""]
-    return "\n".join(out).rstrip() + "\n"
 
 
 class RstDocstrings(Extension):
