@@ -82,6 +82,15 @@ def _parse_sets(items: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
+def _canonical_domains(config: Any) -> tuple[str, str]:
+    """The run's source and target under their dataset's own names (``M`` is ``mnist``)."""
+    from dalib.data import get_dataset
+    from dalib.runner import dataset_of
+
+    info = get_dataset(dataset_of(config))
+    return info.resolve(config.src), info.resolve(config.tgt)
+
+
 def _default_out(method: str, src: str, tgt: str, seed: int) -> Path:
     base = Path("runs") / f"{method}-{src}-{tgt}-seed{seed}".replace("/", "_")
     candidate, n = base, 1
@@ -170,7 +179,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         raise ConfigError(f"invalid run options: {exc}") from None
     if resume and out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
-    out_dir = Path(out) if out else _default_out(method, config.src, config.tgt, config.seed)
+    out_dir = Path(out) if out else _default_out(method, *_canonical_domains(config), config.seed)
     def announce(info: dict[str, Any]) -> None:
         resumed = f", resuming at step {info['start']}" if info.get("start") else ""
         how = (f"{info['steps']} steps on {info['device']}{resumed}" if info["mode"] == "deep"

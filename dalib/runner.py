@@ -40,6 +40,10 @@ METRICS = "metrics.jsonl"
 RESULT = "result.json"
 
 
+#: what a field annotated ``int`` or ``float`` accepts (never a bool)
+_NUMBER_TYPES: dict[str, tuple[type, ...]] = {"int": (int, np.integer), "float": (int, float, np.integer, np.floating)}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run (the method's own hyperparameters in
@@ -74,18 +78,40 @@ class RunConfig:
     method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "method hyperparameters"})
 
     def __post_init__(self) -> None:
+        """Raises :class:`~dalib.errors.ConfigError` for a value of the wrong type (a float
+        step count, a string learning rate, ``True`` for a number) or out of range."""
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            kind = str(f.type)  # the annotation, as written
+            if kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES[kind])):
+                raise ConfigError(f"{f.name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
+            if isinstance(value, (np.integer, np.floating)):
+                value = value.item()  # numpy scalars as Python numbers: results are JSON
+                object.__setattr__(self, f.name, value)
+            if kind == "float" and not math.isfinite(value):
+                raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
+            if kind == "bool" and not isinstance(value, bool):
+                raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            if kind == "str | None" and isinstance(value, os.PathLike):
+                object.__setattr__(self, f.name, os.fspath(value))  # a Path is kept as its string
+            elif kind in ("str", "str | None") and not (isinstance(value, str) or (value is None and kind != "str")):
+                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+            if kind.startswith("dict") and not isinstance(value, dict):
+                raise ConfigError(f"{f.name} must be a table of hyperparameters, got {value!r}")
         if self.mode not in ("auto", "deep", "shallow"):
-            raise ValueError(f"mode must be auto, deep or shallow, got {self.mode!r}")
+            raise ConfigError(f"mode must be auto, deep or shallow, got {self.mode!r}")
         if self.classifier not in ("1nn", "linear", "svm"):
-            raise ValueError(f"classifier must be 1nn, linear or svm, got {self.classifier!r}")
+            raise ConfigError(f"classifier must be 1nn, linear or svm, got {self.classifier!r}")
         for name in ("steps", "batch_size", "bottleneck_dim", "image_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("workers", "log_every", "eval_every", "checkpoint_every"):
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("seed", "workers", "log_every", "eval_every", "checkpoint_every", "weight_decay", "lr_alpha", "lr_beta"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive number, got {self.lr}")
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,7 +172,9 @@ def resolve_device(name: str) -> torch.device:
     except RuntimeError:
         raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' asked for, but torch sees no CUDA GPU here")
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N")
     return device
@@ -421,7 +449,7 @@ def run(
                 total = losses["total"]
                 if not torch.isfinite(total):
                     raise DataError(
-                        f"the loss became {float(total)} at step {step}: lower --lr or the method's trade-off"
+                        f"the loss became {float(total.detach())} at step {step}: lower --lr or the method's trade-off"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -557,13 +585,17 @@ def comparable_config(config: RunConfig) -> dict[str, Any]:
 
 
 def check_fresh_out_dir(out: Path) -> None:
-    """Refuse to write into a folder that already holds a run: nothing is overwritten."""
-    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, RESULT, METRICS)):
+    """Refuse to write into a folder that already holds a run (a checkpoint or a result):
+    nothing is overwritten. The metric lines of a run that stopped before its first
+    checkpoint (an error, a kill) are all that run left, and cannot be continued: a new run
+    there starts them afresh."""
+    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, RESULT)):
         raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
+    (out / METRICS).unlink(missing_ok=True)
 
 
 def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) -> dict[str, Any] | None:
@@ -571,7 +603,9 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
     ckpt_path = out / CHECKPOINT
     if resume:
         if not ckpt_path.exists():
-            raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}")
+            stopped = " (the run stopped before its first checkpoint: run it again without --resume)" if (
+                out / METRICS).exists() else ""
+            raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}{stopped}")
         ckpt = load_checkpoint(ckpt_path)
         saved = ckpt.get("config", {})
         mine = comparable_config(config)

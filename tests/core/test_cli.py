@@ -87,7 +87,7 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
         res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST])
         assert res.exit_code == 0, res.output
     runs = sorted(p.name for p in (chdir_tmp / "runs").iterdir())
-    assert runs == ["source_only-M-U-seed0", "source_only-M-U-seed0-2"]
+    assert runs == ["source_only-mnist-usps-seed0", "source_only-mnist-usps-seed0-2"]  # the domains' own names
 
 
 @pytest.mark.parametrize(
@@ -107,8 +107,11 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "0"], ["steps must be at least 1"]),
         (["run", "dann", "--tgt", "usps"], ["missing --src"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "tpu"], ["tpu"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "cuda:99"], ["device 'cuda:99' asked for"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--plugin", "dalib_no_such_plugin"], ["dalib_no_such_plugin"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--arch", "vgg99"], ["vgg99", "lenet"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--arch", "resnet18"], ["resnet18 needs colour images",
+                                                                                    "(1, 16, 16)", "lenet"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--config", "/nonexistent.toml"], ["config file not found"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--resume"], ["--resume needs --out"]),
         (["nosuchcommand"], ["nosuchcommand"]),
@@ -128,6 +131,28 @@ def test_bad_config_files(runner, tmp_path):
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("stepz = 3\n")
     _one_line_error(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(unknown)]), "stepz")
+
+
+@pytest.mark.parametrize(
+    "line, fragment",
+    [
+        ("steps = 5.5", "steps must be an integer, got 5.5"),
+        ('steps = "five"', "steps must be an integer, got 'five'"),
+        ("steps = true", "steps must be an integer, got True"),
+        ('lr = "0.1"', "lr must be a number, got '0.1'"),
+        ("lr = inf", "lr must be a finite number"),
+        ("momentum = -1", "momentum must be in [0, 1)"),
+        ("weight_decay = nan", "weight_decay must be a finite number"),
+        ("amp = 1", "amp must be true or false"),
+        ("arch = 3", "arch must be a string"),
+    ],
+)
+def test_config_file_values_of_the_wrong_type_or_range(runner, tmp_path, line, fragment):
+    path = tmp_path / "run.toml"
+    path.write_text(line + "\n")
+    res = runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(path), "--out", str(tmp_path / "o")])
+    _one_line_error(res, "invalid run options", fragment)
+    assert not (tmp_path / "o").exists()
 
 
 def test_missing_data_files(runner, tmp_path):
@@ -193,6 +218,24 @@ def test_existing_run_is_not_overwritten(runner, tmp_path):
                               "--batch-size", "16", "--quiet", "--out", str(out), "--resume"])
     _one_line_error(res, "other settings", "batch_size")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_can_be_run_again(runner, tmp_path):
+    out = tmp_path / "run"
+    args = ["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "6", "--batch-size", "8", "--quiet",
+            "--set", "hidden=16", "--out", str(out)]
+    res = runner.invoke(cli, [*args, "--lr", "1e9"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    header, error = res.stderr.strip().splitlines()  # the run's header, then one line: no torch warning
+    assert header.startswith("dalib: dann on digits") and error.startswith("dalib: error: the loss became")
+    assert not (out / "checkpoint.pt").exists() and not (out / "result.json").exists()
+    res = runner.invoke(cli, [*args, "--resume"])
+    _one_line_error(res, "nothing to resume", "run it again without --resume")
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [6]  # the failed run's lines are gone
+    assert json.loads((out / "result.json").read_text())["run_config"]["lr"] == 0.01
 
 
 def test_help_and_version(runner):

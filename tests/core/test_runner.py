@@ -190,3 +190,30 @@ def test_two_processes_under_torchrun_train_one_run(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 6
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "result.json"]
+
+
+@pytest.mark.parametrize(
+    "kwargs, fragment",
+    [
+        ({"lr": float("inf")}, "lr must be a finite number"),
+        ({"bottleneck_dim": 0}, "bottleneck_dim must be at least 1"),
+        ({"eval_every": -1}, "eval_every must be >= 0"),
+        ({"image_size": 0}, "image_size must be at least 1"),
+        ({"steps": 2.5}, "steps must be an integer"),
+        ({"steps": "2"}, "steps must be an integer"),
+        ({"batch_size": True}, "batch_size must be an integer"),
+        ({"momentum": -1.0}, "momentum must be in [0, 1)"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
+        ({"seed": -3}, "seed must be >= 0"),
+        ({"method_config": [("hidden", 3)]}, "method_config must be a table"),
+    ],
+)
+def test_run_config_rejects_bad_values_with_a_dalib_error(kwargs, fragment):
+    with pytest.raises(dalib.DalibError, match=fragment.replace("[", r"\[").replace(")", r"\)")):
+        RunConfig(**kwargs)
+
+
+def test_run_config_takes_numpy_numbers_and_paths_as_plain_values(tmp_path):
+    cfg = RunConfig(steps=np.int64(3), lr=np.float32(0.5), data_root=tmp_path)
+    assert type(cfg.steps) is int and type(cfg.lr) is float and cfg.data_root == str(tmp_path)
+    json.dumps(cfg.to_dict())  # result.json can hold it
