@@ -55,3 +55,10 @@ class CheckpointError(DalibError):
 class BackendError(DalibError, RuntimeError):
     """A kernel backend that was asked for explicitly but cannot run here
     (for instance ``keops`` without a working pykeops)."""
+
+
+def first_line(exc: BaseException) -> str:
+    """What went wrong in one line: the first non-blank line of ``exc``'s message, else the
+    name of its type (``EOFError`` from an empty file has no message)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -52,6 +52,8 @@ class FineTune(Method):
 
         def __post_init__(self) -> None:
             parse_policy(self.policy)
+            if self.init is not None and not str(self.init).strip():
+                raise ValueError("init must name a checkpoint file or a run folder, got ''")
             if self.backbone_lr_mult < 0 or self.l2sp < 0 or self.l2sp_beta < 0:
                 raise ValueError("backbone_lr_mult, l2sp and l2sp_beta must be >= 0")
 

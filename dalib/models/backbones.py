@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalib.errors import CheckpointError, ConfigError, UnknownNameError
+from dalib.errors import CheckpointError, ConfigError, UnknownNameError, first_line
 
 __all__ = ["BACKBONES", "build_backbone"]
 
@@ -79,13 +79,22 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
     def build(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
         import torchvision
 
+        if len(input_shape) != 3 or input_shape[0] != 3:
+            raise ConfigError(f"resnet{depth} needs colour images (3, H, W), got inputs of shape {tuple(input_shape)}: "
+                              "use --arch lenet or mlp for these")
         ctor = getattr(torchvision.models, f"resnet{depth}")
         weights = None
         if pretrained == "imagenet":
             # torchvision looks in its cache (TORCH_HOME) first: a user who has the weights
             # gets them; dalib never downloads during tests.
             weights = "IMAGENET1K_V1"
-        net = ctor(weights=weights)
+        try:
+            net = ctor(weights=weights)
+        except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), a corrupt cached file
+            raise CheckpointError(
+                f"cannot get the ImageNet weights of resnet{depth} ({first_line(exc)}): put them in torchvision's "
+                "cache ($TORCH_HOME/hub/checkpoints) or pass a checkpoint file to --pretrained"
+            ) from None
         if pretrained not in (None, "imagenet"):
             _load_local_weights(net, pretrained)
         out_dim = net.fc.in_features
@@ -102,7 +111,7 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read pretrained weights {path}: {exc}".splitlines()[0]) from exc
+        raise CheckpointError(f"cannot read pretrained weights {path}: {first_line(exc)}") from exc
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

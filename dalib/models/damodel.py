@@ -6,6 +6,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor, nn
 
+from dalib.errors import ConfigError
 from dalib.models.backbones import build_backbone
 
 __all__ = ["DAModel", "ModelOutput", "build_model", "default_arch"]
@@ -80,7 +81,7 @@ class DAModel(nn.Module):
         if k is None:
             k = len(stages)
         if not 0 <= k <= len(stages):
-            raise ValueError(f"the backbone has {len(stages)} stages; cannot freeze {k}")
+            raise ConfigError(f"the backbone has {len(stages)} stages; cannot freeze {k} (K of partial:K runs from 0 to {len(stages)})")
         self.frozen_stages = k
         for stage in stages[:k]:
             for p in stage.parameters():

@@ -61,6 +61,12 @@ def test_bad_policy_and_checkpoint(tmp_path, toy_dataset):
     cls = dalib.get_method("finetune")
     with pytest.raises(ConfigError, match="policy"):
         build_config(cls.Config, {"policy": "partial:x"})
+    with pytest.raises(ConfigError, match="init must name"):
+        build_config(cls.Config, {"init": ""})
+    too_deep = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2,
+                         method_config={"policy": "partial:5"})  # the toy MLP has 2 stages
+    with pytest.raises(ConfigError, match="2 stages; cannot freeze 5"):
+        run(too_deep, None, progress_bar=False)
     cfg = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2,
                     method_config={"init": str(tmp_path / "nothing.pt")})
     with pytest.raises(CheckpointError, match="no checkpoint"):

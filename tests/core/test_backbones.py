@@ -1,0 +1,41 @@
+"""Backbones: what each accepts, and the errors for weights that cannot be had."""
+
+from __future__ import annotations
+
+import urllib.error
+
+import pytest
+import torch
+
+from dalib.errors import CheckpointError, ConfigError
+from dalib.models import build_model
+
+
+def test_resnets_refuse_inputs_that_are_not_colour_images():
+    with pytest.raises(ConfigError, match=r"resnet18 needs colour images \(3, H, W\), got inputs of shape \(1, 16, 16\)"):
+        build_model("resnet18", (1, 16, 16), 10)
+    with pytest.raises(ConfigError, match=r"shape \(800,\)"):
+        build_model("resnet34", (800,), 10)
+    model = build_model("resnet18", (3, 32, 32), 10, bottleneck_dim=16)
+    assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
+
+
+def test_imagenet_weights_out_of_reach_are_one_clear_error(monkeypatch):
+    import torchvision
+
+    def offline(weights=None):
+        raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(torchvision.models, "resnet18", offline)
+    with pytest.raises(CheckpointError, match=r"cannot get the ImageNet weights of resnet18 \(.*Name or service.*\): "
+                                              r"put them in torchvision's cache"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+
+
+def test_an_empty_weights_file_says_what_is_wrong(tmp_path):
+    empty = tmp_path / "weights.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(CheckpointError) as info:
+        build_model("resnet18", (3, 32, 32), 10, pretrained=str(empty))
+    message = str(info.value)
+    assert message.startswith(f"cannot read pretrained weights {empty}: ") and not message.endswith(": ")
