@@ -57,11 +57,14 @@ def _add(name: str, cls: type) -> None:
 def register_method(name: str) -> Callable[[M], M]:
     """Class decorator that registers a :class:`~dalib.Method` under ``name``.
 
-    A second, different class under the same name raises :class:`RegistryError`.
+    A second, different class under the same name raises :class:`RegistryError`, the
+    installed plugins' names included: they are registered first, so a user's class can never
+    shadow a built-in method by being imported before it.
     """
     _check_name(name)
 
     def decorate(cls: M) -> M:
+        _load_entry_points()  # a no-op while the entry points themselves are loading
         _add(name, cls)
         return cls
 

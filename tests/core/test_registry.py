@@ -146,3 +146,23 @@ def test_load_plugin_module_errors(clean_registry, tmp_path):
         dalib.load_plugin_module(str(bad))
     with pytest.raises(RegistryError, match="no such file"):
         dalib.load_plugin_module(str(tmp_path / "missing.py"))
+
+
+def test_a_user_plugin_cannot_shadow_an_installed_method_by_loading_first(clean_registry, monkeypatch, tmp_path):
+    """``--plugin`` runs before anything has listed the methods: the installed entry points are
+    registered first all the same, so a clash is an error, not a silent replacement."""
+    installed = _method_class()
+    globals()["INSTALLED"] = installed
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [EntryPoint("installed_x", f"{__name__}:INSTALLED", "dalib.methods")])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    plugin = tmp_path / "clash.py"
+    plugin.write_text(
+        "import dalib\n"
+        "@dalib.register_method('installed_x')\n"
+        "class Clash(dalib.Method):\n"
+        "    '''Not the installed one.'''\n"
+    )
+    with pytest.raises(RegistryError, match="'installed_x' is already registered by .*_method_class.<locals>.Tiny"):
+        dalib.load_plugin_module(str(plugin))
+    assert dalib.get_method("installed_x") is installed
