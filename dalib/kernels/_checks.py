@@ -70,9 +70,14 @@ def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     if isinstance(sigmas, Tensor):
         s = sigmas.detach().to(dtype=like.dtype, device=like.device).reshape(-1)
     else:
+        if isinstance(sigmas, (str, bytes)):  # iterable, but its characters are no bandwidths
+            raise InputError(f"bandwidths must be numbers, got the string {sigmas!r}")
         if isinstance(sigmas, (int, float)):
             sigmas = [float(sigmas)]
-        s = torch.tensor([float(v) for v in sigmas], dtype=like.dtype, device=like.device)
+        try:
+            s = torch.tensor([float(v) for v in sigmas], dtype=like.dtype, device=like.device)
+        except (TypeError, ValueError):
+            raise InputError(f"bandwidths must be a number or a sequence of numbers, got {sigmas!r}") from None
     if s.numel() == 0:
         raise InputError("sigmas is empty: give at least one bandwidth")
     if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):

@@ -64,9 +64,13 @@ def epsilon_schedule(p: float, diameter: float, blur: float, scaling: float) -> 
     return [diameter**p] + steps + [blur**p]
 
 
-def _check_args(blur: float, p: float, scaling: float, tol: float | None, max_iter: int) -> None:
-    if not float(blur) > 0:
-        raise InputError(f"blur must be positive, got {blur}")
+def _check_args(
+    blur: float, p: float, scaling: float, tol: float | None, max_iter: int, diameter: float | None = None
+) -> None:
+    if not (float(blur) > 0 and math.isfinite(float(blur))):
+        raise InputError(f"blur must be positive and finite, got {blur}")
+    if diameter is not None and not (float(diameter) > 0 and math.isfinite(float(diameter))):
+        raise InputError(f"diameter must be positive and finite (or None: measured on the data), got {diameter}")
     if not float(p) >= 1:
         raise InputError(f"p must be >= 1, got {p}")
     if not 0 < float(scaling) < 1:
@@ -116,7 +120,7 @@ def _solve(
     x, y = check_pair(x, y)
     a = check_weights(a, x.shape[0], x, "a")
     b = check_weights(b, y.shape[0], y, "b")
-    _check_args(blur, p, scaling, tol, max_iter)
+    _check_args(blur, p, scaling, tol, max_iter, diameter)
     p = int(p) if float(p) == int(p) else float(p)
 
     def run(name: str) -> SinkhornResult:

@@ -139,3 +139,7 @@ def test_errors():
         mmd(x[:1], y, estimator="unbiased")
     with pytest.raises(InputError, match="bandwidth"):
         mmd(x, y, bandwidths=[1.0, -1.0])
+    with pytest.raises(InputError, match="bandwidths must be numbers, got the string '12'"):
+        mmd(x, y, bandwidths="12")  # not the two bandwidths 1 and 2
+    with pytest.raises(InputError, match="sequence of numbers"):
+        mmd(x, y, bandwidths=[1.0, None])

@@ -276,6 +276,9 @@ def test_errors():
         sinkhorn(x, y, b=torch.full((16,), 1 / 16))
     with pytest.raises(InputError, match="blur"):
         sinkhorn(x, y, blur=0.0)
+    for diameter in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(InputError, match="diameter must be positive and finite"):
+            sinkhorn(x, y, diameter=diameter)
     with pytest.raises(InputError, match="scaling"):
         sinkhorn(x, y, scaling=1.0)
     with pytest.raises(InputError, match="tol"):
