@@ -19,6 +19,7 @@ import platform
 import random
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,6 +367,9 @@ def run(
         from dalib.shallow_runner import run_shallow
 
         return run_shallow(config, dataset, out_dir, resume=resume, on_start=on_start)
+    if config.classifier != RunConfig.classifier:
+        warnings.warn(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
+                      "its network's own head", UserWarning, stacklevel=2)
     method_config = build_method_config(config, method_cls, "deep")
     device = resolve_device(config.device)
     started_dist = _maybe_init_distributed(device)

@@ -217,3 +217,14 @@ def test_run_config_takes_numpy_numbers_and_paths_as_plain_values(tmp_path):
     cfg = RunConfig(steps=np.int64(3), lr=np.float32(0.5), data_root=tmp_path)
     assert type(cfg.steps) is int and type(cfg.lr) is float and cfg.data_root == str(tmp_path)
     json.dumps(cfg.to_dict())  # result.json can hold it
+
+
+def test_a_shallow_classifier_asked_of_a_deep_run_is_warned_about():
+    with pytest.warns(UserWarning, match="classifier 'svm' is for the shallow form"):
+        run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8, classifier="svm"),
+            None, progress_bar=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8), None, progress_bar=False)
