@@ -86,8 +86,8 @@ class RunConfig:
             kind = str(f.type)  # the annotation, as written
             if kind in ("int", "float") and (isinstance(value, bool) or not isinstance(value, _NUMBER_TYPES[kind])):
                 raise ConfigError(f"{f.name} must be {'an integer' if kind == 'int' else 'a number'}, got {value!r}")
-            if isinstance(value, (np.integer, np.floating)):
-                value = value.item()  # numpy scalars as Python numbers: results are JSON
+            if kind in ("int", "float"):  # Python numbers (results are JSON); 1 and 1.0 the same lr
+                value = float(value) if kind == "float" else int(value)
                 object.__setattr__(self, f.name, value)
             if kind == "float" and not math.isfinite(value):
                 raise ConfigError(f"{f.name} must be a finite number, got {value!r}")

@@ -80,8 +80,9 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
         import torchvision
 
         if len(input_shape) != 3 or input_shape[0] != 3:
+            instead = "lenet" if len(input_shape) == 3 else "mlp or identity"
             raise ConfigError(f"resnet{depth} needs colour images (3, H, W), got inputs of shape {tuple(input_shape)}: "
-                              "use --arch lenet or mlp for these")
+                              f"use --arch {instead} for these")
         ctor = getattr(torchvision.models, f"resnet{depth}")
         weights = None
         if pretrained == "imagenet":

@@ -14,7 +14,7 @@ from dalib.models import build_model
 def test_resnets_refuse_inputs_that_are_not_colour_images():
     with pytest.raises(ConfigError, match=r"resnet18 needs colour images \(3, H, W\), got inputs of shape \(1, 16, 16\)"):
         build_model("resnet18", (1, 16, 16), 10)
-    with pytest.raises(ConfigError, match=r"shape \(800,\)"):
+    with pytest.raises(ConfigError, match=r"shape \(800,\): use --arch mlp or identity"):
         build_model("resnet34", (800,), 10)
     model = build_model("resnet18", (3, 32, 32), 10, bottleneck_dim=16)
     assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)

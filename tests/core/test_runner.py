@@ -216,6 +216,7 @@ def test_run_config_rejects_bad_values_with_a_dalib_error(kwargs, fragment):
 def test_run_config_takes_numpy_numbers_and_paths_as_plain_values(tmp_path):
     cfg = RunConfig(steps=np.int64(3), lr=np.float32(0.5), data_root=tmp_path)
     assert type(cfg.steps) is int and type(cfg.lr) is float and cfg.data_root == str(tmp_path)
+    assert RunConfig(lr=1).to_dict() == RunConfig(lr=1.0).to_dict()  # one run, however the number is written
     json.dumps(cfg.to_dict())  # result.json can hold it
 
 
