@@ -8,7 +8,7 @@ from dalib.config import param
 from dalib.errors import DalibError
 from dalib.plugin import Adapted, Batch, Context, Method, Outputs, Progress
 from dalib.registry import get_method, list_methods, load_plugin_module, register_method
-from dalib.runner import RunConfig, RunResult, run
+from dalib.runner import RunConfig, RunResult, load_model, run
 
 __version__ = "0.1.0"
 
@@ -25,6 +25,7 @@ __all__ = [
     "__version__",
     "get_method",
     "list_methods",
+    "load_model",
     "load_plugin_module",
     "param",
     "register_method",

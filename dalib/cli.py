@@ -198,6 +198,35 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
     click.echo(f"results: {out_dir / 'result.json'}")
 
 
+@cli.command("eval")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--domain", help="domain to score [the run's target]")
+@click.option("--dataset", help="dataset of the domain [the run's]; its inputs must have the run's shape")
+@click.option("--data", "data", help="image folder of the domains (image-folder runs)")
+@click.option("--data-root", help="folder holding the feature datasets (default: ../shared/data)")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
+             device: str) -> None:
+    """Score the network of the deep run in folder RUN on a domain of its dataset (labels
+    used only to score), e.g. a held-out test set or a third domain."""
+    from dalib.data import load_domain
+    from dalib.errors import DataError
+    from dalib.runner import CHECKPOINT, evaluate, load_checkpoint, load_model, resolve_device
+
+    model = load_model(run_dir, device="cpu")
+    spec = model.spec
+    name = domain or load_checkpoint(Path(run_dir) / CHECKPOINT)["config"]["tgt"]
+    dataset = dataset or spec["dataset"]
+    target = load_domain(dataset, name, data_root=data_root, data_dir=data, image_size=spec["image_size"])
+    if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != spec["num_classes"]:
+        raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
+                        f"the run's network takes {spec['num_classes']} classes of shape {tuple(spec['input_shape'])}")
+    where = resolve_device(device)
+    accuracy = evaluate(model.to(where), target, where)
+    click.echo(f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}: "
+               f"accuracy {accuracy:.2f}%")
+
+
 def _split_list(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 

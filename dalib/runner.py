@@ -388,6 +388,7 @@ def run(
 
         _seed_everything(config.seed)
         model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
+        spec = model_spec(config, dataset, src)
         method = method_cls(method_config, model)
         model.to(device)
         if device.type == "cpu" and all(t.dim() != 5 for t in [*model.parameters(), *model.buffers()]):
@@ -485,7 +486,7 @@ def run(
                     method.on_epoch_end(context)
                 if out is not None and is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
                     elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-                    _save_checkpoint(out, config, model, method, optimizer, done, device, elapsed)
+                    _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed)
                 if on_step is not None:
                     on_step(done, logs)
         finally:
@@ -499,7 +500,7 @@ def run(
         tgt_acc = evaluate(model, tgt, device)
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank)
         if out is not None and is_main:
-            _save_checkpoint(out, config, model, method, optimizer, config.steps, device, seconds)
+            _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds)
             payload = {
                 "method": config.method,
                 "dataset": dataset,
@@ -638,13 +639,54 @@ def _trim_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
+def model_spec(config: RunConfig, dataset: str, src: Any) -> dict[str, Any]:
+    """What rebuilds a run's network without its data (:func:`load_model`): the backbone, the
+    input shape, the classes, and the dataset and image size its inputs come from."""
+    from dalib.models import default_arch
+
+    shape = tuple(src.input_shape)
+    return {"arch": config.arch or default_arch(shape), "input_shape": list(shape), "num_classes": src.num_classes,
+            "bottleneck_dim": config.bottleneck_dim, "classes": list(src.classes), "dataset": dataset,
+            "image_size": config.image_size}
+
+
+def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
+    """The network a deep run trained, from its folder or its ``checkpoint.pt``, in eval mode
+    on ``device``: ``model(x)`` gives ``(features, logits)`` for inputs prepared as
+    :func:`dalib.data.load_domain` prepares them; ``model.classes`` names the logits' columns.
+
+    Raises :class:`~dalib.errors.CheckpointError` for a folder without a checkpoint (a shallow
+    run keeps no network), a corrupt file, or a checkpoint written by an older dalib, which did not describe its network.
+    """
+    from dalib.models import build_model
+
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"no run at {p}: give a run's output folder or its {CHECKPOINT}")
+    if p.is_dir():
+        if not (p / CHECKPOINT).exists() and (p / RESULT).exists():
+            raise CheckpointError(f"{p} holds no network: a shallow run keeps only its result")
+        p = p / CHECKPOINT
+    ckpt = load_checkpoint(p)
+    spec = ckpt.get("model_spec")
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{p} does not describe its network (written by an older dalib): train the run again")
+    model = build_model(spec["arch"], tuple(spec["input_shape"]), int(spec["num_classes"]), int(spec["bottleneck_dim"]))
+    model.load_state_dict(ckpt["model"])
+    model.classes = list(spec["classes"])
+    model.spec = dict(spec)
+    model.step = int(ckpt["step"])
+    return model.to(resolve_device(device)).eval()
+
+
 def _save_checkpoint(
-    out: Path, config: RunConfig, model: nn.Module, method: Method, optimizer: torch.optim.Optimizer,
-    step: int, device: torch.device, seconds: float = 0.0,
+    out: Path, config: RunConfig, spec: dict[str, Any], model: nn.Module, method: Method,
+    optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float = 0.0,
 ) -> None:
     state = {
         "step": step,
         "config": comparable_config(config),
+        "model_spec": spec,
         "model": model.state_dict(),
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),

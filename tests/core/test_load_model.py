@@ -1,0 +1,79 @@
+"""A deep run's network back from its folder: ``dalib.load_model`` and ``dalib eval``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+import dalib
+from dalib.cli import cli
+from dalib.data import load_domain
+from dalib.errors import CheckpointError
+from dalib.runner import RunConfig, evaluate, load_checkpoint, run
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "dann"
+    run(RunConfig(method="dann", src="mnist", tgt="usps", steps=30, batch_size=16, method_config={"hidden": 32}),
+        out, progress_bar=False)
+    return out
+
+
+def test_the_loaded_network_scores_what_the_run_reported(trained):
+    result = json.loads((trained / "result.json").read_text())
+    model = dalib.load_model(trained)
+    assert not model.training and model.step == 30
+    assert model.classes == load_domain("digits", "usps").classes and len(model.classes) == 10
+    cpu = torch.device("cpu")
+    assert evaluate(model, load_domain("digits", "usps"), cpu) == result["target_accuracy"]
+    assert evaluate(model, load_domain("digits", "mnist"), cpu) == result["source_accuracy"]
+    # the checkpoint file itself does as well as its folder, and holds the same weights
+    again = dalib.load_model(trained / "checkpoint.pt")
+    saved = load_checkpoint(trained / "checkpoint.pt")["model"]
+    for key, value in again.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+
+
+def test_eval_scores_the_target_by_default_and_any_domain_on_request(trained):
+    result = json.loads((trained / "result.json").read_text())
+    res = CliRunner().invoke(cli, ["eval", str(trained)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip() == f"digits usps (1800 samples), the network of step 30: accuracy {result['target_accuracy']:.2f}%"
+    res = CliRunner().invoke(cli, ["eval", str(trained), "--domain", "M"])
+    assert f"digits mnist (2000 samples)" in res.stdout and f"{result['source_accuracy']:.2f}%" in res.stdout
+
+
+def _one_line(res, fragment):
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and fragment in lines[0], res.stderr
+
+
+def test_eval_errors_are_one_line(trained, tmp_path, data_root):
+    runner = CliRunner()
+    _one_line(runner.invoke(cli, ["eval", str(tmp_path / "nothing")]), "no run at")
+    _one_line(runner.invoke(cli, ["eval", str(trained), "--domain", "venus"]), "unknown domain 'venus'")
+    _one_line(runner.invoke(cli, ["eval", str(trained), "--dataset", "office-caltech-surf", "--domain", "amazon",
+                                  "--data-root", str(data_root)]),
+              "the run's network takes 10 classes of shape (1, 16, 16)")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    _one_line(runner.invoke(cli, ["eval", str(tmp_path / "corrupt")]), "corrupt checkpoint")
+
+
+def test_runs_without_a_network_description_are_refused_clearly(trained, tmp_path, toy_dataset):
+    old = load_checkpoint(trained / "checkpoint.pt")
+    del old["model_spec"]  # as written by dalib before it described the network
+    (tmp_path / "old").mkdir()
+    torch.save(old, tmp_path / "old" / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="does not describe its network"):
+        dalib.load_model(tmp_path / "old")
+    shallow = tmp_path / "shallow"
+    run(RunConfig(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", mode="shallow"), shallow,
+        progress_bar=False)
+    with pytest.raises(CheckpointError, match="a shallow run keeps only its result"):
+        dalib.load_model(shallow)
