@@ -202,8 +202,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
 @click.option("--domain", help="domain to score [the run's target]")
 @click.option("--dataset", help="dataset of the domain [the run's]; its inputs must have the run's shape")
-@click.option("--data", "data", help="image folder of the domains (image-folder runs)")
-@click.option("--data-root", help="folder holding the feature datasets (default: ../shared/data)")
+@click.option("--data", "data", help="image folder of the domains [the run's, for image-folder runs]")
+@click.option("--data-root", help="folder holding the feature datasets [the run's --data-root, else ../shared/data]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
              device: str) -> None:
@@ -216,7 +216,10 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     model = load_model(run_dir, device="cpu")
     spec = model.spec
     name = domain or load_checkpoint(Path(run_dir) / CHECKPOINT)["config"]["tgt"]
+    same = dataset is None or dataset == spec["dataset"]
     dataset = dataset or spec["dataset"]
+    data = data or (spec.get("data") if same else None)  # the run's own folders by default
+    data_root = data_root or spec.get("data_root")
     target = load_domain(dataset, name, data_root=data_root, data_dir=data, image_size=spec["image_size"])
     if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != spec["num_classes"]:
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "

@@ -641,13 +641,16 @@ def _trim_metrics(path: Path, step: int) -> None:
 
 def model_spec(config: RunConfig, dataset: str, src: Any) -> dict[str, Any]:
     """What rebuilds a run's network without its data (:func:`load_model`): the backbone, the
-    input shape, the classes, and the dataset and image size its inputs come from."""
+    input shape, the classes, and where its inputs come from (the dataset, the image size, the
+    data folders as absolute paths when the run named them)."""
     from dalib.models import default_arch
 
     shape = tuple(src.input_shape)
     return {"arch": config.arch or default_arch(shape), "input_shape": list(shape), "num_classes": src.num_classes,
             "bottleneck_dim": config.bottleneck_dim, "classes": list(src.classes), "dataset": dataset,
-            "image_size": config.image_size}
+            "image_size": config.image_size,
+            "data": os.path.abspath(config.data) if config.data else None,
+            "data_root": os.path.abspath(config.data_root) if config.data_root else None}
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:

@@ -77,3 +77,17 @@ def test_runs_without_a_network_description_are_refused_clearly(trained, tmp_pat
         progress_bar=False)
     with pytest.raises(CheckpointError, match="a shallow run keeps only its result"):
         dalib.load_model(shallow)
+
+
+def test_eval_finds_the_runs_own_data_from_anywhere(tmp_path, data_root, monkeypatch):
+    out = tmp_path / "office"
+    run(RunConfig(method="source_only", dataset="office-caltech-surf", src="amazon", tgt="webcam", mode="deep",
+                  steps=3, batch_size=16, data_root=str(data_root)), out, progress_bar=False)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # ../shared/data is not beside this folder
+    monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
+    res = CliRunner().invoke(cli, ["eval", str(out)])
+    assert res.exit_code == 0, res.output
+    accuracy = json.loads((out / "result.json").read_text())["target_accuracy"]
+    assert res.stdout.strip().endswith(f"accuracy {accuracy:.2f}%") and "webcam (295 samples)" in res.stdout
