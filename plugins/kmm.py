@@ -99,7 +99,7 @@ def diagnostics(kmm: Any, ys: Tensor) -> dict[str, Any]:
     weighting (``ys`` (N_s,) the source labels): weights fitted on inputs that differ in
     appearance between the domains can follow the appearance and re-weight the classes."""
     w = np.asarray(kmm.weights_, dtype=np.float64)
-    y = np.asarray(ys, dtype=np.int64)
+    _, y = np.unique(np.asarray(ys).reshape(-1), return_inverse=True)  # classes in sorted order, whatever their labels
     counts = np.bincount(y)
     mass = np.bincount(y, weights=w, minlength=len(counts))
     return {"objective": kmm.objective_, "mmd2": kmm.mmd2_, "bandwidth": kmm.bandwidth_, "n_iter": kmm.n_iter_,
