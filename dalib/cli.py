@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -199,23 +200,28 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 
 
 @cli.command("eval")
-@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.argument("run_dir", metavar="RUN", type=click.Path())
 @click.option("--domain", help="domain to score [the run's target]")
 @click.option("--dataset", help="dataset of the domain [the run's]; its inputs must have the run's shape")
 @click.option("--data", "data", help="image folder of the domains [the run's, for image-folder runs]")
 @click.option("--data-root", help="folder holding the feature datasets [the run's --data-root, else ../shared/data]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
+              help="import a module that registers datasets or methods (as the run did)")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
-             device: str) -> None:
-    """Score the network of the deep run in folder RUN on a domain of its dataset (labels
-    used only to score), e.g. a held-out test set or a third domain."""
+             device: str, plugins: tuple[str, ...]) -> None:
+    """Score the network of the deep run RUN (its folder or its checkpoint.pt) on a domain of
+    its dataset (labels used only to score), e.g. a held-out test set or a third domain."""
     from dalib.data import load_domain
     from dalib.errors import DataError
-    from dalib.runner import CHECKPOINT, evaluate, load_checkpoint, load_model, resolve_device
+    from dalib.runner import evaluate, load_model, resolve_device
 
+    _load_plugins(plugins)
     model = load_model(run_dir, device="cpu")
     spec = model.spec
-    name = domain or load_checkpoint(Path(run_dir) / CHECKPOINT)["config"]["tgt"]
+    name = domain or spec.get("tgt")
+    if not name:
+        raise DataError("this checkpoint does not name the run's target: name a domain with --domain")
     same = dataset is None or dataset == spec["dataset"]
     dataset = dataset or spec["dataset"]
     data = data or (spec.get("data") if same else None)  # the run's own folders by default
@@ -224,6 +230,10 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != spec["num_classes"]:
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {spec['num_classes']} classes of shape {tuple(spec['input_shape'])}")
+    if list(target.classes) != list(spec["classes"]):
+        other = [f"{a} (run: {b})" for a, b in zip(target.classes, spec["classes"]) if a != b]
+        raise DataError(f"domain {target.name} names its classes otherwise than the run's network: {', '.join(other[:3])}"
+                        f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits")
     where = resolve_device(device)
     accuracy = evaluate(model.to(where), target, where)
     click.echo(f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}: "
@@ -272,6 +282,10 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
                      progress=False if quiet else None)
     click.echo(f"results: {path}")
     click.echo(f"table: {path.with_suffix('.md')}")
+    failed = {key: cell for key, cell in json.loads(path.read_text())["cells"].items() if cell.get("status") == "failed"}
+    if failed:
+        key, cell = next(iter(sorted(failed.items())))
+        raise ConfigError(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")
 
 
 def _first_line(obj: Any) -> str:

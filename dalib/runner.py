@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dalib.config import build_config, param
-from dalib.errors import CheckpointError, ConfigError, DalibError, DataError
+from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, first_line
 from dalib.plugin import Batch, Context, Method, Outputs, Progress
 from dalib.schedules import inverse_decay
 
@@ -321,7 +321,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"corrupt checkpoint {path}: {type(exc).__name__}") from exc
+        raise CheckpointError(f"corrupt checkpoint {path}: {type(exc).__name__}: {first_line(exc)}") from exc
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"corrupt checkpoint {path}: not a dalib checkpoint")
     return ckpt
@@ -388,7 +388,7 @@ def run(
 
         _seed_everything(config.seed)
         model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
-        spec = model_spec(config, dataset, src)
+        spec = model_spec(config, dataset, src, tgt.name)
         method = method_cls(method_config, model)
         model.to(device)
         if device.type == "cpu" and all(t.dim() != 5 for t in [*model.parameters(), *model.buffers()]):
@@ -639,7 +639,7 @@ def _trim_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
-def model_spec(config: RunConfig, dataset: str, src: Any) -> dict[str, Any]:
+def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict[str, Any]:
     """What rebuilds a run's network without its data (:func:`load_model`): the backbone, the
     input shape, the classes, and where its inputs come from (the dataset, the image size, the
     data folders as absolute paths when the run named them)."""
@@ -648,7 +648,7 @@ def model_spec(config: RunConfig, dataset: str, src: Any) -> dict[str, Any]:
     shape = tuple(src.input_shape)
     return {"arch": config.arch or default_arch(shape), "input_shape": list(shape), "num_classes": src.num_classes,
             "bottleneck_dim": config.bottleneck_dim, "classes": list(src.classes), "dataset": dataset,
-            "image_size": config.image_size,
+            "image_size": config.image_size, "src": src.name, "tgt": tgt_name,
             "data": os.path.abspath(config.data) if config.data else None,
             "data_root": os.path.abspath(config.data_root) if config.data_root else None}
 

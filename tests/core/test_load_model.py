@@ -91,3 +91,32 @@ def test_eval_finds_the_runs_own_data_from_anywhere(tmp_path, data_root, monkeyp
     assert res.exit_code == 0, res.output
     accuracy = json.loads((out / "result.json").read_text())["target_accuracy"]
     assert res.stdout.strip().endswith(f"accuracy {accuracy:.2f}%") and "webcam (295 samples)" in res.stdout
+
+
+def test_eval_takes_the_checkpoint_file_and_refuses_classes_named_otherwise(trained, tmp_path, monkeypatch):
+    runner = CliRunner()
+    res = runner.invoke(cli, ["eval", str(trained / "checkpoint.pt")])
+    assert res.exit_code == 0 and "digits usps (1800 samples)" in res.stdout, res.output
+    # the same input shape and class count, other class names: scoring would compare wrong logits
+    checkpoint = load_checkpoint(trained / "checkpoint.pt")
+    checkpoint["model_spec"]["classes"] = ["zero", *checkpoint["model_spec"]["classes"][1:]]
+    torch.save(checkpoint, tmp_path / "renamed.pt")
+    _one_line(runner.invoke(cli, ["eval", str(tmp_path / "renamed.pt")]), "names its classes otherwise")
+
+
+def test_eval_loads_plugins_that_register_a_dataset(trained, tmp_path, monkeypatch):
+    from dalib.data import registry as data_registry
+
+    monkeypatch.setattr(data_registry, "_DATASETS", dict(data_registry._DATASETS))  # the plugin's dataset goes after
+    plugin = tmp_path / "usps_again.py"
+    plugin.write_text(
+        "from dalib.data import DatasetInfo, get_dataset, list_datasets, register_dataset\n"
+        "if 'digits-again' not in list_datasets():\n"
+        "    info = get_dataset('digits')\n"
+        "    register_dataset(DatasetInfo(name='digits-again', description='the digits again', domains=info.domains,\n"
+        "                                 kind=info.kind, num_classes=10, needs='embedded'),\n"
+        "                     lambda req: __import__('dalib.data', fromlist=['load_domain']).load_domain('digits', req.domain))\n"
+    )
+    res = CliRunner().invoke(cli, ["eval", str(trained), "--dataset", "digits-again", "--plugin", str(plugin)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.startswith("digits-again usps (1800 samples)")
