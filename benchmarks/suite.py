@@ -200,7 +200,11 @@ def load_suite(name_or_path: str) -> Suite:
     from dalib.data import get_dataset
 
     get_dataset(raw["dataset"])  # an unknown dataset fails here, listing the known ones
+    if not isinstance(raw["tasks"], list) or not raw["tasks"] or not all(isinstance(t, str) for t in raw["tasks"]):
+        raise ConfigError(f"suite {path}: tasks must be a non-empty list of \"SRC->TGT\" strings, got {raw['tasks']!r}")
     tasks = [parse_task(t, raw["dataset"]) for t in raw["tasks"]]
+    _check_method_tables(path, raw)
+    _check_published(path, raw)
     seeds = raw.get("seeds", [0, 1, 2])
     if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
@@ -217,6 +221,44 @@ def load_suite(name_or_path: str) -> Suite:
         shallow_classifiers=classifiers, methods=raw.get("methods", {}), skip=raw.get("skip", {}),
         published=raw.get("published", {}), timing=raw.get("timing", "").strip(),
     )
+
+
+def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
+    """``[methods.NAME]`` and ``[skip]`` name registered methods: a misspelt table would
+    otherwise be ignored, and the method run with its defaults."""
+    from dalib.registry import get_method
+
+    for section in ("methods", "skip"):
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"suite {path}: [{section}] must be a table keyed by method name")
+        for name in table:
+            try:
+                get_method(name)
+            except UnknownNameError as exc:
+                raise ConfigError(f"suite {path}: [{section}.{name}]: {exc}") from None
+
+
+def _check_published(path: Path, raw: dict[str, Any]) -> None:
+    """Each ``[published.KEY]`` table: ``source``, ``variant`` (a method's name, or a variant
+    such as ``"kmm (shallow, linear)"``) and numbers, one per task and an optional ``mean``."""
+    from dalib.registry import get_method
+
+    for key, table in raw.get("published", {}).items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"suite {path}: [published.{key}] must be a table")
+        variant = table.get("variant", key)
+        try:
+            get_method(str(variant).split(" (", 1)[0])
+        except UnknownNameError as exc:
+            raise ConfigError(f"suite {path}: [published.{key}] variant: {exc}") from None
+        for name, value in table.items():
+            if name in ("variant", "source"):
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"suite {path}: [published.{key}] {name} must be a number, got {value!r}")
+            if name != "mean":
+                parse_task(name, raw["dataset"])
 
 
 def results_path(out_dir: Path, suite: Suite, steps: int | None) -> Path:
@@ -306,6 +348,9 @@ def run_suite(
     chosen_tasks = suite.tasks if tasks is None else [parse_task(t, suite.dataset) for t in tasks]
     chosen_seeds = suite.seeds if seeds is None else list(seeds)
     cells = [Cell(v, t, s) for t in chosen_tasks for v in variants for s in chosen_seeds]
+    if not cells:
+        why = ("it has no [deep] table, so deep methods do not run, and " if suite.deep is None else "")
+        raise ConfigError(f"suite {suite.name}: no cells to run: {why}none of the methods chosen has a form it runs")
     configs = {c.key: suite.run_config(c, steps=steps, data_root=data_root, device=device) for c in cells}
 
     path = results_path(out, suite, steps)

@@ -198,6 +198,49 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
     _one_line_error(res, *fragments)
 
 
+@pytest.mark.parametrize(
+    ("old", "new", "fragments"),
+    [
+        ('tasks = ["src->tgt"]', 'tasks = "src->tgt"', ("tasks must be a non-empty list",)),
+        ('tasks = ["src->tgt"]', "tasks = []", ("tasks must be a non-empty list",)),
+        ("[methods.dann]", "[methods.dnan]", ("[methods.dnan]", "unknown method 'dnan'")),
+        ("finetune = ", "finetuen = ", ("[skip.finetuen]", "unknown method")),
+        ('"src->tgt" = 50.0', '"src->tgt" = "high"', ("[published.nn] src->tgt must be a number", "'high'")),
+        ('variant = "source_only (shallow, 1nn)"', 'variant = "sourceonly"', ("[published.nn] variant", "sourceonly")),
+    ],
+)
+def test_mistakes_in_a_suite_file_are_one_line_before_any_cell_runs(toy_suite, tmp_path, old, new, fragments):
+    bad = tmp_path / "bad.toml"
+    assert old in TOY_SUITE
+    bad.write_text(TOY_SUITE.replace(old, new, 1))
+    res = CliRunner().invoke(cli, ["bench", str(bad), "--out", str(tmp_path / "out"), "--quiet"])
+    _one_line_error(res, *fragments)
+    assert not (tmp_path / "out" / "bench-bad.json").exists()
+
+
+def test_a_suite_with_nothing_to_run_says_why(toy_suite, tmp_path):
+    no_deep = tmp_path / "nodeep.toml"
+    no_deep.write_text(TOY_SUITE.replace("[deep]\nsteps = 15\nbatch_size = 16\n", ""))
+    res = CliRunner().invoke(cli, ["bench", str(no_deep), "--methods", "dann", "--out", str(tmp_path), "--quiet"])
+    _one_line_error(res, "no cells to run", "no [deep] table")
+
+
+def test_failed_cells_are_reported_and_the_exit_status_says_so(toy_suite, tmp_path):
+    """A cell that fails (bad data, bad settings) is kept in the results and the table, and the
+    command ends with one error line and exit status 2, not a silent success."""
+    bad = tmp_path / "failing.toml"
+    bad.write_text(TOY_SUITE.replace("hidden = 32", "hidden = 32\ntrade_off = 1e30"))  # DANN's loss overflows
+    res = CliRunner().invoke(cli, ["bench", str(bad), "--methods", "dann,source_only", "--seeds", "0",
+                                   "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2, res.output
+    assert "results:" in res.stdout and "table:" in res.stdout
+    error = res.stderr.strip().splitlines()[-1]
+    assert error.startswith("dalib: error: 1 cell(s) failed") and "dann | src->tgt | seed 0" in error
+    cells = json.loads((tmp_path / "bench-failing.json").read_text())["cells"]
+    assert cells["dann | src->tgt | seed 0"]["status"] == "failed"
+    assert cells["source_only | src->tgt | seed 0"]["status"] == "done"
+
+
 def test_a_corrupt_or_foreign_results_file_is_refused_and_left_alone(toy_suite, tmp_path):
     path = tmp_path / "bench-toy.json"
     path.write_text("{not json")
