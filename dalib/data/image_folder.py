@@ -102,6 +102,11 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
     bilinear = getattr(Image, "Resampling", Image).BILINEAR
     try:
         with Image.open(path) as im:
+            if im.mode.startswith("I;16") or im.mode == "I":
+                # 16-bit greyscale (PNG opens as I;16 or I): PIL's convert("RGB") would clip
+                # every value above 255 to white, so scale 0..65535 to 0..255 first
+                grey = np.asarray(im, dtype=np.float64) / 257.0
+                im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             rgb = im.convert("RGB").resize((image_size, image_size), bilinear)
     # PIL reports a damaged image as OSError (UnidentifiedImageError), ValueError, or even
     # SyntaxError for some broken PNG chunks.

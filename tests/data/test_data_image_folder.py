@@ -118,3 +118,16 @@ def test_unreadable_image(office, content):
     msg = str(exc.value)
     assert msg.startswith(f"cannot read image: {bad} (dataset image-folder, domain amazon)")
     assert "\n" not in msg
+
+
+def test_16_bit_greyscale_images_keep_their_grey_level(tmp_path):
+    """A 16-bit PNG at half range loads as the 8-bit image at half range does, not as white."""
+    from dalib.data.image_folder import load_image
+
+    Image.fromarray(np.full((10, 10), 32896, np.uint16)).save(tmp_path / "half16.png")  # 128 * 257
+    Image.fromarray(np.full((10, 10), 128, np.uint8)).save(tmp_path / "half8.png")
+    with Image.open(tmp_path / "half16.png") as im:
+        assert im.mode.startswith("I")  # what PIL makes of it
+    assert torch.equal(load_image(tmp_path / "half16.png", 4), load_image(tmp_path / "half8.png", 4))
+    grey = load_image(tmp_path / "half8.png", 4)[:, 0, 0] * torch.tensor(IMAGENET_STD) + torch.tensor(IMAGENET_MEAN)
+    assert grey.tolist() == pytest.approx([128 / 255] * 3, abs=1e-6)
