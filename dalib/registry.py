@@ -98,8 +98,10 @@ def _load_entry_points() -> None:
 
 def load_plugin_module(module: str) -> list[str]:
     """Import ``module`` (a dotted name or a path to a .py file) so that its
-    ``@register_method`` decorators run; return the names it registered."""
-    before = set(_methods)
+    ``@register_method`` decorators run; return the names it registered. Loading the same
+    file again (a notebook cell run twice) replaces its classes."""
+    _load_entry_points()  # the installed methods first: they are not the module's
+    before = {name: cls for name, cls in _methods.items()}
     try:
         if module.endswith(".py"):
             import importlib.util
@@ -111,6 +113,10 @@ def load_plugin_module(module: str) -> list[str]:
             spec = importlib.util.spec_from_file_location(f"dalib_user_plugin_{path.stem}", path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
+            # the file loaded before: its own classes make way for the ones it defines now
+            stale = {name: cls for name, cls in _methods.items() if cls.__module__ == spec.name}
+            for name in stale:
+                del _methods[name]
             # in sys.modules while it runs, as an import would be: dataclasses resolve string
             # annotations (`from __future__ import annotations`) through it
             sys.modules[spec.name] = mod
@@ -118,6 +124,7 @@ def load_plugin_module(module: str) -> list[str]:
                 spec.loader.exec_module(mod)
             except BaseException:
                 sys.modules.pop(spec.name, None)
+                _methods.update(stale)
                 raise
         else:
             importlib.import_module(module)
@@ -127,7 +134,7 @@ def load_plugin_module(module: str) -> list[str]:
         raise RegistryError(
             f"cannot load plugin {module!r}: {type(exc).__name__}: {exc}".splitlines()[0]
         ) from exc
-    return sorted(set(_methods) - before)
+    return sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
 
 
 def list_methods() -> list[str]:

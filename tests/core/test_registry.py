@@ -166,3 +166,25 @@ def test_a_user_plugin_cannot_shadow_an_installed_method_by_loading_first(clean_
     with pytest.raises(RegistryError, match="'installed_x' is already registered by .*_method_class.<locals>.Tiny"):
         dalib.load_plugin_module(str(plugin))
     assert dalib.get_method("installed_x") is installed
+
+
+def test_load_plugin_module_returns_only_its_own_names_and_can_load_a_file_again(clean_registry, tmp_path,
+                                                                                   monkeypatch):
+    installed = _method_class()
+    globals()["INSTALLED_Y"] = installed
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [EntryPoint("installed_y", f"{__name__}:INSTALLED_Y", "dalib.methods")])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)  # as in a fresh process
+    monkeypatch.setattr(registry, "_methods", {})
+    plugin = tmp_path / "again_plugin.py"
+    plugin.write_text(
+        "import dalib\n"
+        "@dalib.register_method('again_test')\n"
+        "class Again(dalib.Method):\n"
+        "    '''First version.'''\n"
+    )
+    assert dalib.load_plugin_module(str(plugin)) == ["again_test"]  # not the installed ones loaded on the way
+    assert dalib.list_methods() == ["again_test", "installed_y"]
+    plugin.write_text(plugin.read_text().replace("First", "Second"))
+    assert dalib.load_plugin_module(str(plugin)) == ["again_test"]  # a notebook cell run twice
+    assert dalib.get_method("again_test").__doc__ == "Second version."
