@@ -113,6 +113,11 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read pretrained weights {path}: {first_line(exc)}") from exc
+    if isinstance(state, dict) and {"model", "step", "config"} <= set(state):
+        raise CheckpointError(
+            f"{path} is a dalib run's checkpoint: start from it with `dalib run finetune --set init=RUN` "
+            "(--pretrained takes the weights of a torchvision ResNet, a state dict)"
+        )
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -39,3 +39,13 @@ def test_an_empty_weights_file_says_what_is_wrong(tmp_path):
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(empty))
     message = str(info.value)
     assert message.startswith(f"cannot read pretrained weights {empty}: ") and not message.endswith(": ")
+
+
+def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_path):
+    from dalib.runner import RunConfig, run
+
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8), tmp_path / "r",
+        progress_bar=False)
+    with pytest.raises(CheckpointError, match=r"is a dalib run's checkpoint: start from it with `dalib run finetune "
+                                              r"--set init=RUN`"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "r" / "checkpoint.pt"))
