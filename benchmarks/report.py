@@ -106,7 +106,8 @@ def _published_rows(suite: Any, summary: Summary) -> dict[str, list[tuple[str, d
                 continue
             src, tgt = parse_task(task_text, suite.dataset)
             values[f"{src}->{tgt}"] = float(value)
-        mean = table.get("mean")
+        # the paper's own mean is over all the suite's tasks: beside a narrowed run, recompute it over the run's
+        mean = table.get("mean") if set(summary.tasks) == _suite_tasks(suite) else None
         if mean is None and values and set(values) >= set(summary.tasks):
             mean = sum(values[t] for t in summary.tasks) / len(summary.tasks)
         rows.setdefault(variant, []).append((f"*published: {table.get('source', key)}*", values, mean))
@@ -126,15 +127,37 @@ def _short(task: str, suite: Any) -> str:
     return f"{back.get(src, src)}→{back.get(tgt, tgt)}"
 
 
+def _suite_tasks(suite: Any) -> set[str]:
+    return {f"{src}->{tgt}" for src, tgt in suite.tasks}
+
+
+def _reproduce(suite: Any, state: dict[str, Any], summary: Summary) -> str:
+    """The command that makes the cells of this file: the narrowing flags it needs included."""
+    args = [f"dalib bench {suite.name}"]
+    methods = sorted({c["method"] for c in state["cells"].values()})
+    if methods != sorted({v.method for v in suite.variants()}):
+        args.append(f"--methods {','.join(methods)}")
+    if set(summary.tasks) != _suite_tasks(suite):
+        args.append(f"--tasks \"{','.join(summary.tasks)}\"")
+    seeds = sorted({c["seed"] for c in state["cells"].values()})
+    if seeds != sorted(suite.seeds):
+        args.append(f"--seeds {','.join(str(x) for x in seeds)}")
+    if state.get("steps"):
+        args.append(f"--steps {state['steps']}")
+    return " ".join(args)
+
+
 def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None) -> str:
     tasks = summary.tasks
+    narrowed = (f"This file holds {len(tasks)} of the suite's {len(suite.tasks)} tasks; means are over those. "
+                if set(tasks) != _suite_tasks(suite) else "")
     head = ["method", *(_short(t, suite) for t in tasks), "mean", "Δ vs source-only"]
     lines = [
         f"# {suite.title}",
         "",
         suite.protocol,
         "",
-        "Target accuracy (%), mean ± std over seeds "
+        narrowed + "Target accuracy (%), mean ± std over seeds "
         f"{', '.join(str(s) for s in sorted({c['seed'] for c in state['cells'].values()}))}. "
         "Every number is the model of the **last** step (deep) or the one fitted model (shallow): no "
         "model selection on target labels, and one hyperparameter setting per method for all tasks "
@@ -193,8 +216,8 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         "",
         f"Machine: {machine_line(state['machine'])}.",
         "",
-        f"Reproduce: `dalib bench {suite.name}" + (f" --steps {state['steps']}" if state.get("steps") else "")
-        + "` (a killed run resumes where it stopped; finished cells are kept).",
+        f"Reproduce: `{_reproduce(suite, state, summary)}` (a killed run resumes where it stopped; finished "
+        "cells are kept).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -315,3 +315,17 @@ def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, data_ro
         assert cell["status"] == "done"
         if cell["mode"] == "shallow":
             assert cell["target_accuracy"] == one[key]["target_accuracy"]
+
+
+def test_a_narrowed_run_says_so_and_its_reproduce_line_narrows_too(toy_suite, tmp_path):
+    two = tmp_path / "two.toml"
+    two.write_text(TOY_SUITE.replace('tasks = ["src->tgt"]', 'tasks = ["src->tgt", "tgt->src"]')
+                   .replace('"src->tgt" = 50.0', '"src->tgt" = 50.0\n"tgt->src" = 70.0\nmean = 60.0'))
+    res = CliRunner().invoke(cli, ["bench", str(two), "--methods", "source_only", "--tasks", "src->tgt",
+                                   "--seeds", "0", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    table = (tmp_path / "bench-two.md").read_text()
+    assert "This file holds 1 of the suite's 2 tasks; means are over those." in table
+    published = next(line for line in table.splitlines() if line.startswith("| *published: a paper*"))
+    assert published.split("|")[-3].strip() == "50.0"  # the paper's value on the task run, not its 2-task mean
+    assert 'Reproduce: `dalib bench two --methods source_only --tasks "src->tgt" --seeds 0`' in table
