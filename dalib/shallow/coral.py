@@ -23,6 +23,7 @@ from torch import Tensor
 
 from dalib.errors import InputError
 from dalib.shallow._checks import as_matrix, check_positive, check_same_features, like_input
+from dalib.shallow._params import Params
 
 __all__ = ["CORAL", "sym_matrix_power"]
 
@@ -39,7 +40,7 @@ def _covariance(x: Tensor) -> Tensor:
     return xc.T @ xc / (x.shape[0] - 1)  # (d, d)
 
 
-class CORAL:
+class CORAL(Params):
     """Closed-form correlation alignment of source features onto the target.
 
     ``CORAL(reg=1.0).fit(Xs, Xt).transform(Xs)`` → the re-coloured source features, same

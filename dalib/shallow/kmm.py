@@ -37,6 +37,7 @@ from torch import Tensor
 
 from dalib.errors import ConfigError
 from dalib.shallow._checks import as_matrix, check_choice, check_positive, check_same_features
+from dalib.shallow._params import Params
 
 __all__ = ["KMM", "kmm_feasible_set_projection", "kmm_objective"]
 
@@ -213,7 +214,7 @@ class _GramOperator:
         return out
 
 
-class KMM:
+class KMM(Params):
     """Kernel mean matching: importance weights for the source samples.
 
     Parameters

@@ -45,6 +45,7 @@ from dalib.shallow._checks import (
     check_same_features,
     like_input,
 )
+from dalib.shallow._params import Params
 from dalib.shallow._sinkhorn import barycentric_map, group_softmin, log_sinkhorn
 
 __all__ = ["OTMapping", "POT_MAX_ENTRIES"]
@@ -60,7 +61,7 @@ _LPL1_DELTA = 1e-3
 _BACKENDS = ("auto", "pot", "dense", "blocked", "keops")
 
 
-class OTMapping:
+class OTMapping(Params):
     """Map source samples onto the target through an optimal-transport plan.
 
     Parameters
