@@ -1,7 +1,7 @@
 """DANN against source-only on the embedded digits (MNIST 2000 -> USPS 1800, 16x16).
 
 Runs ``dalib run METHOD --src mnist --tgt usps`` with the default settings for each
-method and seed, side by side, and writes benchmarks/results/dann_digits.{json,md}.
+method and seed, side by side, and writes benchmarks/results/dann_digits_SRC_TGT.{json,md}.
 
     python benchmarks/dann_digits.py [--seeds 0 1 2] [--steps 2000] [--pair mnist usps]
 """

@@ -34,8 +34,10 @@ class KernelMeanMatching(Method):
     :math:`(\sum_i\beta_i)^2/\sum_i\beta_i^2 \ge \sum_i\beta_i / B`, about :math:`n_s/B` when
     the mean weight is near 1.
     The shallow estimator keeps Huang et al.'s :math:`B = 1000`; the deep form defaults to
-    :math:`B = 4`, so that at least about a quarter of the source trains the network (on raw
-    pixels or words the unbounded solution puts all the weight on a few dozen samples). The weights come from
+    :math:`B = 4`, so that the network learns from an effective sample of at least
+    :math:`\sum_i\beta_i / 4` (on raw pixels or words the unbounded solution puts all the
+    weight on a few dozen samples; the mean weight may fall to :math:`1 - \epsilon`, so
+    check ``effective_sample_size`` among the run's diagnostics). The weights come from
     the input features (``features="input"``) or the starting model's bottleneck
     features (``features="model"``). The kernel products run through ``dalib.kernels``,
     so tens of thousands of samples fit on a CPU.
