@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from dalib.errors import ConfigError, DalibError
+from dalib.errors import ConfigError, DalibError, first_line
 
 __all__ = ["cli", "main"]
 
@@ -34,7 +34,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except DalibError as exc:
-            raise _OneLineError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+            raise _OneLineError(first_line(exc)) from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -70,7 +70,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     try:
         return tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot parse {path}: {str(exc).splitlines()[0]}") from None
+        raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from None
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict[str, str]:
@@ -217,7 +217,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     from dalib.runner import evaluate, load_model, resolve_device
 
     _load_plugins(plugins)
-    model = load_model(run_dir, device="cpu")
+    where = resolve_device(device)
+    model = load_model(run_dir, device=device)
     spec = model.spec
     name = domain or spec.get("tgt")
     if not name:
@@ -227,15 +228,15 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     data = data or (spec.get("data") if same else None)  # the run's own folders by default
     data_root = data_root or spec.get("data_root")
     target = load_domain(dataset, name, data_root=data_root, data_dir=data, image_size=spec["image_size"])
-    if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != spec["num_classes"]:
+    n_classes = len(spec["classes"])
+    if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != n_classes:
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
-                        f"the run's network takes {spec['num_classes']} classes of shape {tuple(spec['input_shape'])}")
+                        f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
     if list(target.classes) != list(spec["classes"]):
         other = [f"{a} (run: {b})" for a, b in zip(target.classes, spec["classes"]) if a != b]
         raise DataError(f"domain {target.name} names its classes otherwise than the run's network: {', '.join(other[:3])}"
                         f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits")
-    where = resolve_device(device)
-    accuracy = evaluate(model.to(where), target, where)
+    accuracy = evaluate(model, target, where)
     click.echo(f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}: "
                f"accuracy {accuracy:.2f}%")
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import TypeVar
 
-from dalib.errors import RegistryError, UnknownNameError
+from dalib.errors import RegistryError, UnknownNameError, first_line
 from dalib.plugin import Method
 
 __all__ = [
@@ -93,7 +93,7 @@ def _load_entry_points() -> None:
             else:
                 _add(ep.name, obj)  # a Method class named by the entry point itself
         except Exception as exc:  # a broken plugin must not break the others
-            _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {exc}".splitlines()[0]
+            _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
 
 
 def load_plugin_module(module: str) -> list[str]:
@@ -132,7 +132,7 @@ def load_plugin_module(module: str) -> list[str]:
         raise
     except Exception as exc:
         raise RegistryError(
-            f"cannot load plugin {module!r}: {type(exc).__name__}: {exc}".splitlines()[0]
+            f"cannot load plugin {module!r}: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
     return sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
 

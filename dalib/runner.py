@@ -646,7 +646,7 @@ def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict
     from dalib.models import default_arch
 
     shape = tuple(src.input_shape)
-    return {"arch": config.arch or default_arch(shape), "input_shape": list(shape), "num_classes": src.num_classes,
+    return {"arch": config.arch or default_arch(shape), "input_shape": list(shape),
             "bottleneck_dim": config.bottleneck_dim, "classes": list(src.classes), "dataset": dataset,
             "image_size": config.image_size, "src": src.name, "tgt": tgt_name,
             "data": os.path.abspath(config.data) if config.data else None,
@@ -674,7 +674,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     spec = ckpt.get("model_spec")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{p} does not describe its network (written by an older dalib): train the run again")
-    model = build_model(spec["arch"], tuple(spec["input_shape"]), int(spec["num_classes"]), int(spec["bottleneck_dim"]))
+    model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
     model.load_state_dict(ckpt["model"])
     model.classes = list(spec["classes"])
     model.spec = dict(spec)

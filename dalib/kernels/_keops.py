@@ -13,7 +13,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from dalib.errors import BackendError
+from dalib.errors import BackendError, first_line
 from dalib.kernels.backends import mark_keops_broken
 
 __all__ = ["keops_gaussian_matvec", "keops_softmin"]
@@ -29,8 +29,8 @@ def _run(fn: Callable[[], T]) -> T:
         msg = str(exc)
         if "KeOps" not in msg and "keops" not in msg:
             raise
-        mark_keops_broken(msg.splitlines()[0] if msg else type(exc).__name__)
-        raise BackendError(f"the keops backend failed to run here: {msg.splitlines()[0]}") from exc
+        mark_keops_broken(first_line(exc))
+        raise BackendError(f"the keops backend failed to run here: {first_line(exc)}") from exc
 
 
 def _lazy():
