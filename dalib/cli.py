@@ -184,7 +184,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
     def announce(info: dict[str, Any]) -> None:
         resumed = f", resuming at step {info['start']}" if info.get("start") else ""
         how = (f"{info['steps']} steps on {info['device']}{resumed}" if info["mode"] == "deep"
-               else f"shallow form + {info['classifier']} classifier")
+               else f"shallow form + {info['classifier']} classifier on {info['device']}")
         click.echo(
             f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}) -> {info['tgt']} "
             f"({info['n_tgt']}), {how}, output in {out_dir}",

@@ -158,26 +158,36 @@ def _maybe_init_distributed(device: torch.device) -> bool:
     if torch.distributed.is_initialized():
         return False
     backend = "nccl" if device.type == "cuda" else "gloo"
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # NCCL binds each rank to its own GPU
     torch.distributed.init_process_group(backend=backend)
     return True
 
 
 def resolve_device(name: str) -> torch.device:
+    """The torch device of ``--device`` (auto, cpu, cuda, cuda:N), or a one-line
+    :class:`ConfigError`. Under ``torchrun`` (``WORLD_SIZE`` > 1) ``auto`` and ``cuda``
+    give each rank the GPU of its ``LOCAL_RANK``."""
+    ranks = int(os.environ.get("WORLD_SIZE", "1"))
     if name == "auto":
-        if torch.cuda.is_available():
-            local = int(os.environ.get("LOCAL_RANK", "0"))
-            return torch.device("cuda", local)
-        return torch.device("cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"device {name!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
     if device.type not in ("cpu", "cuda"):
         raise ConfigError(f"bad device {name!r}: use auto, cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU here")
+    if ranks > 1:
+        if device.index is not None:
+            raise ConfigError(f"device {name!r} under torchrun would put every rank on one GPU: "
+                              "use --device cuda (each rank takes the GPU of its LOCAL_RANK)")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"device {str(device)!r} asked for, but torch sees {torch.cuda.device_count()} CUDA GPU(s) here")
     return device
 
 
@@ -448,9 +458,11 @@ def run(
                 batch = Batch(x_s, y_s, x_t, w_s, idx_s, idx_t)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
                     feats, logits = model(torch.cat([x_s, x_t]))  # (B_s + B_t, F), (B_s + B_t, C)
-                    n_s = len(x_s)
-                    outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
-                    losses = method.loss(batch, outputs, progress)
+                n_s = len(x_s)
+                outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
+                # the method's losses in float32, outside autocast: a bfloat16 Gram matrix has no exact
+                # zero diagonal (unbiased MMD) and loses the small differences the alignment losses measure
+                losses = method.loss(batch, outputs, progress)
                 total = losses["total"]
                 if not torch.isfinite(total):
                     raise DataError(

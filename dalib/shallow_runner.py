@@ -39,7 +39,9 @@ def run_shallow(
     """
     from dalib.data import load_domain
     from dalib.registry import get_method
-    from dalib.runner import RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, write_result
+    from dalib.runner import (
+        RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, resolve_device, write_result,
+    )
     from dalib.shallow.pipeline import fit_shallow
 
     method_cls = get_method(config.method)
@@ -51,6 +53,7 @@ def run_shallow(
         done = json.loads((out / RESULT).read_text())
         return RunResult(done["source_accuracy"], done["target_accuracy"], 0, done["seconds"], out, [])
 
+    device = resolve_device(config.device)  # before reading data: a bad device is a one-line error
     kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
     src = load_domain(dataset, config.src, **kw)
     tgt = load_domain(dataset, config.tgt, **kw)
@@ -63,13 +66,13 @@ def run_shallow(
         check_fresh_out_dir(out)
     if on_start is not None:
         on_start({"mode": "shallow", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
-                  "n_tgt": len(tgt), "classifier": config.classifier})
+                  "n_tgt": len(tgt), "classifier": config.classifier, "device": str(device)})
 
     torch.manual_seed(config.seed)
     np.random.seed(config.seed % 2**32)
     t0 = time.perf_counter()
-    xs = src.x.flatten(1).double()  # (N_s, D)
-    xt = tgt.x.flatten(1).double()  # (N_t, D)
+    xs = src.x.flatten(1).to(device, torch.float64)  # (N_s, D): the estimator computes on this device
+    xt = tgt.x.flatten(1).to(device, torch.float64)  # (N_t, D)
     clf, adapted = fit_shallow(method_cls, shallow_config, xs, src.y.numpy(), xt, config.classifier)
     source_acc = _accuracy(clf.predict(adapted.xs.detach().cpu().numpy()), src.y)
     target_acc = _accuracy(clf.predict(adapted.xt.detach().cpu().numpy()), tgt.y)
@@ -78,7 +81,7 @@ def run_shallow(
     if out is not None:
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,
-            "src": src.name, "tgt": tgt.name, **result.to_dict(),
+            "src": src.name, "tgt": tgt.name, "device": str(device), **result.to_dict(),
             "method_config": dataclasses.asdict(shallow_config), "diagnostics": adapted.info or {},
             "run_config": config.to_dict(),
         })

@@ -48,6 +48,8 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
 
 
 def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt")) -> None:
+    if xs.device != xt.device:
+        raise InputError(f"{names[0]} and {names[1]} are on different devices: {xs.device} and {xt.device}")
     if xs.shape[1] != xt.shape[1]:
         raise InputError(
             f"{names[0]} and {names[1]} have different feature sizes: {xs.shape[1]} and {xt.shape[1]}"

@@ -68,8 +68,8 @@ class NearestNeighbor:
     def predict(self, X: Any) -> np.ndarray:
         if not hasattr(self, "reference_"):
             raise InputError("classifier is not fitted yet: call fit first")
-        x = as_matrix(X, "X")
         ref = self.reference_
+        x = as_matrix(X, "X").to(ref.device)  # queries on the device of the fitted samples
         if x.shape[1] != ref.shape[1]:
             raise InputError(f"X has {x.shape[1]} features, the classifier was fitted on {ref.shape[1]}")
         ref_sq = (ref * ref).sum(1)  # (n,)
@@ -79,7 +79,7 @@ class NearestNeighbor:
             # ‖q‖² is constant per row: argmin_j ‖r_j‖² − 2 q·r_j
             d = torch.addmm(ref_sq.unsqueeze(0), q, ref.T, alpha=-2.0)  # (b, n)
             nearest.append(torch.argmin(d, dim=1))
-        return self.labels_[torch.cat(nearest).numpy()]
+        return self.labels_[torch.cat(nearest).cpu().numpy()]
 
 
 def make_classifier(name: str) -> Any:

@@ -161,6 +161,7 @@ class OTMapping(Params):
 
         from dalib.kernels import sqdist
 
+        xs, xt = xs.cpu(), xt.cpu()  # POT solves on the CPU in float64, whatever the inputs' device
         ns, nt = xs.shape[0], xt.shape[0]
         cost = sqdist(xs, xt)  # (Ns, Nt) float64
         scale = 1.0

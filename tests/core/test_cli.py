@@ -108,6 +108,10 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
         (["run", "dann", "--tgt", "usps"], ["missing --src"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "tpu"], ["tpu"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "cuda:99"], ["device 'cuda:99' asked for"]),
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "mps"], ["bad device 'mps'"]),
+        # the shallow form checks the device too, before it reads any data
+        (["run", "coral", "--dataset", "office-caltech-surf", "--src", "A", "--tgt", "W", "--device", "cuda:99"],
+         ["device 'cuda:99' asked for"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--plugin", "dalib_no_such_plugin"], ["dalib_no_such_plugin"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--arch", "vgg99"], ["vgg99", "lenet"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--arch", "resnet18"], ["resnet18 needs colour images",

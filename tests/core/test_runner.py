@@ -229,3 +229,44 @@ def test_a_shallow_classifier_asked_of_a_deep_run_is_warned_about():
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)
         run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8), None, progress_bar=False)
+
+
+def _pretend_gpus(monkeypatch, count: int, world: int = 1, local_rank: int = 0) -> None:
+    """torch sees ``count`` CUDA GPUs (only device resolution runs: nothing touches them)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setenv("WORLD_SIZE", str(world))
+    monkeypatch.setenv("LOCAL_RANK", str(local_rank))
+
+
+def test_device_resolution_on_one_process(monkeypatch):
+    from dalib.errors import ConfigError
+    from dalib.runner import resolve_device
+
+    _pretend_gpus(monkeypatch, 0)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    _pretend_gpus(monkeypatch, 2)
+    assert resolve_device("auto") == torch.device("cuda")
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ConfigError, match="sees 2 CUDA GPU"):
+        resolve_device("cuda:2")
+    for bad in ("mps", "tpu", "gpu", ""):
+        with pytest.raises(ConfigError, match="bad device"):
+            resolve_device(bad)
+
+
+def test_each_torchrun_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
+    from dalib.errors import ConfigError
+    from dalib.runner import resolve_device
+
+    _pretend_gpus(monkeypatch, 2, world=2, local_rank=1)
+    assert resolve_device("auto") == torch.device("cuda", 1)
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cpu") == torch.device("cpu")  # gloo on CPU processes
+    with pytest.raises(ConfigError, match="every rank on one GPU"):
+        resolve_device("cuda:0")
+    _pretend_gpus(monkeypatch, 2, world=4, local_rank=3)  # more ranks on this node than GPUs
+    with pytest.raises(ConfigError, match="sees 2 CUDA GPU"):
+        resolve_device("cuda")

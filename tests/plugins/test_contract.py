@@ -4,6 +4,7 @@ registry: a new plugin is covered without new test code."""
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import pytest
 import torch
@@ -102,4 +103,5 @@ def test_shallow_form_contract(name, toy_dataset, tmp_path):
     cfg = RunConfig(method=name, dataset=toy_dataset, src="src", tgt="tgt", mode="shallow", classifier="1nn")
     res = run(cfg, tmp_path / "run")
     assert res.steps == 0 and 0.0 <= res.target_accuracy <= 100.0
-    assert (tmp_path / "run" / "result.json").is_file()
+    written = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert written["mode"] == "shallow" and written["device"] == ("cuda" if torch.cuda.is_available() else "cpu")
