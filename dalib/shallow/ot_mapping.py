@@ -20,8 +20,8 @@ through :func:`dalib.kernels.softmin` and the mapping is computed by blocks of r
 no n_s × n_t matrix is formed (exact OT stays POT-only).
 
 Out-of-sample samples (``transform(X)`` with X other than the fitted Xs): the entropic
-plan's continuous extension ``T(x) = Σ_j softmax_j(g_j/ε − C(x, xt_j)/ε) xt_j`` (POT's
-default for ``SinkhornTransport``); for the exact and class-regularised plans, the
+plan's continuous extension ``T(x) = Σ_j softmax_j(g_j/ε − C(x, xt_j)/ε) xt_j`` (the
+default of POT's ``SinkhornTransport`` since POT 0.9.4); for the exact and class-regularised plans, the
 displacement of the nearest fitted source sample (Ferradans et al. 2014, POT's
 "ferradans").
 """
