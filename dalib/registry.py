@@ -8,11 +8,13 @@ lazily, one at a time: a plugin that fails to import is recorded and reported by
 
 from __future__ import annotations
 
+import hashlib
 import importlib
+import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
 from dalib.errors import RegistryError, UnknownNameError, first_line
@@ -76,20 +78,31 @@ def unregister_method(name: str) -> None:
     _methods.pop(name, None)
 
 
+def _dist_name(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return "" if dist is None else str(dist.metadata["Name"] or "")
+
+
 def _load_entry_points() -> None:
-    """Import every ``dalib.methods`` entry point once, each in isolation."""
+    """Import every ``dalib.methods`` entry point once, each in isolation: dalib's own
+    first, then the other packages' in name order. A name that is already taken is
+    reported as a failed plugin, never silently replaced or skipped."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _methods:
-            continue
+    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (_dist_name(ep) != "dalib", _dist_name(ep), ep.name))
+    for ep in eps:
         try:
             obj = ep.load()
             if inspect.ismodule(obj):
-                if ep.name not in _methods:
+                if getattr(obj.__spec__, "_initializing", False):
+                    continue  # being imported right now (its decorator got here): it registers itself next
+                owner = _methods.get(ep.name)
+                if owner is None:
                     raise RegistryError(f"module {ep.value!r} was imported but registered no method {ep.name!r}")
+                if owner.__module__ != obj.__name__:
+                    raise RegistryError(f"method {ep.name!r} is already registered by {owner.__module__}.{owner.__qualname__}")
             else:
                 _add(ep.name, obj)  # a Method class named by the entry point itself
         except Exception as exc:  # a broken plugin must not break the others
@@ -104,13 +117,14 @@ def load_plugin_module(module: str) -> list[str]:
     before = {name: cls for name, cls in _methods.items()}
     try:
         if module.endswith(".py"):
-            import importlib.util
             from pathlib import Path
 
             path = Path(module)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {module}")
-            spec = importlib.util.spec_from_file_location(f"dalib_user_plugin_{path.stem}", path)
+            # one module name per file: two plugin.py files in other folders do not replace each other
+            tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
+            spec = importlib.util.spec_from_file_location(f"dalib_user_plugin_{path.stem}_{tag}", path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
             # the file loaded before: its own classes make way for the ones it defines now

@@ -188,3 +188,46 @@ def test_load_plugin_module_returns_only_its_own_names_and_can_load_a_file_again
     plugin.write_text(plugin.read_text().replace("First", "Second"))
     assert dalib.load_plugin_module(str(plugin)) == ["again_test"]  # a notebook cell run twice
     assert dalib.get_method("again_test").__doc__ == "Second version."
+
+
+def _plugin_source(name: str) -> str:
+    return (
+        "import dalib\n"
+        f"@dalib.register_method('{name}')\n"
+        "class P(dalib.Method):\n"
+        f"    '''Method {name}.'''\n"
+        "    def loss(self, batch, out, progress):\n"
+        "        return {'total': self.source_loss(batch, out)}\n"
+    )
+
+
+def test_load_plugin_module_by_its_dotted_name(clean_registry, tmp_path, monkeypatch):
+    (tmp_path / "dalib_dotted_plugin_test.py").write_text(_plugin_source("dotted_test"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert dalib.load_plugin_module("dalib_dotted_plugin_test") == ["dotted_test"]
+    assert dalib.get_method("dotted_test").__doc__ == "Method dotted_test."
+
+
+def test_two_plugin_files_with_the_same_name_in_other_folders_both_load(clean_registry, tmp_path):
+    for folder, name in (("a", "same_stem_a"), ("b", "same_stem_b")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "plugin.py").write_text(_plugin_source(name))
+    assert dalib.load_plugin_module(str(tmp_path / "a" / "plugin.py")) == ["same_stem_a"]
+    assert dalib.load_plugin_module(str(tmp_path / "b" / "plugin.py")) == ["same_stem_b"]
+    assert {"same_stem_a", "same_stem_b"} <= set(dalib.list_methods())
+
+
+def test_importing_a_builtin_plugin_module_first_reports_no_failure(clean_registry, monkeypatch):
+    """``import dalib_plugins.dann`` before anything listed the methods: its decorator loads the
+    entry points while the module is half imported; that is no failed plugin."""
+    import importlib
+    import sys
+
+    dalib.list_methods()  # the other built-in modules are imported and registered, as in any process
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_methods", {k: v for k, v in registry._methods.items() if k != "dann"})
+    monkeypatch.setattr(registry, "_broken", {})
+    monkeypatch.delitem(sys.modules, "dalib_plugins.dann", raising=False)
+    importlib.import_module("dalib_plugins.dann")
+    assert registry.plugin_errors() == {}
+    assert "dann" in dalib.list_methods() and "mmd" in dalib.list_methods()

@@ -43,9 +43,15 @@ def test_list_shows_installed_plugins_and_the_broken_one(plugin_site):
     lines = res.stdout.splitlines()
     methods = {line.split()[0] for line in lines[1 : lines.index("plugins that failed to load:")]}
     assert {"entmin", "minent_class", "dann", "source_only"} <= methods
-    failed = lines[lines.index("plugins that failed to load:") + 1]
-    assert failed.split()[0] == "broken_demo"
-    assert "ModuleNotFoundError" in failed
+    start = lines.index("plugins that failed to load:") + 1
+    failed = {line.split()[0]: line for line in lines[start : lines.index("datasets:")]}
+    assert set(failed) == {"broken_demo", "dann", "sneaky"}
+    assert "ModuleNotFoundError" in failed["broken_demo"]
+    # another package's entry point never replaces a built-in method, whatever the load order
+    assert "'dann' is already registered by dalib_plugins.dann" in failed["dann"]
+    assert "'mmd' is already registered by dalib_plugins.mmd" in failed["sneaky"]
+    show = _dalib(plugin_site, "show", "mmd")
+    assert show.returncode == 0 and "DAN" in show.stdout, show.stderr
 
 
 def test_show_and_run_an_installed_plugin(plugin_site, tmp_path):
