@@ -34,12 +34,13 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dalib.errors import ConfigError, DalibError, UnknownNameError
+from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
 from dalib.runner import atomic_write_text
 
 from ._machine import machine_info
@@ -279,6 +280,20 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def method_code_hash(method: str) -> str:
+    """A hash of the source file of ``method``'s class: a finished cell made by other code of
+    the method is reported (and re-run with ``rerun``), never silently passed off as current."""
+    import inspect
+
+    from dalib.registry import get_method
+
+    try:
+        source = inspect.getsource(sys.modules[get_method(method).__module__])
+    except (OSError, TypeError, KeyError):
+        return ""
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
 def cell_fingerprint(config: Any) -> str:
     """A hash of what determines a cell's numbers: a finished cell whose method settings
     (the method's defaults included), run options or data changed since is run again; the
@@ -299,7 +314,9 @@ def _run_cell(config: Any) -> dict[str, Any]:
     try:
         result = run(config, None, progress_bar=False)
     except DalibError as exc:
-        return {"status": "failed", "error": str(exc).splitlines()[0], "seconds": time.perf_counter() - t0}
+        return {"status": "failed", "error": first_line(exc), "seconds": time.perf_counter() - t0}
+    except Exception as exc:  # a plugin's bug fails its own cells, not the suite
+        return {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}", "seconds": time.perf_counter() - t0}
     return {"status": "done", "source_accuracy": result.source_accuracy, "target_accuracy": result.target_accuracy,
             "steps": result.steps, "seconds": time.perf_counter() - t0}
 
@@ -328,12 +345,14 @@ def run_suite(
     plugins: tuple[str, ...] = (),
     progress: bool | None = None,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+    rerun: bool = False,
 ) -> Path:
     """Run every cell of ``suite`` not yet in its results file; write the JSON after each
     cell, then the markdown table and the chart. Returns the JSON path.
 
     ``methods``/``tasks``/``seeds``/``steps`` narrow the run; ``jobs`` > 1 runs cells in
-    that many worker processes (each with ``cpu_count // jobs`` torch threads).
+    that many worker processes (each with ``cpu_count // jobs`` torch threads); ``rerun``
+    runs the chosen cells again even when they are finished and current.
     """
     out = Path(out_dir)
     try:
@@ -355,11 +374,22 @@ def run_suite(
 
     path = results_path(out, suite, steps)
     state = _load_state(path)
-    prints = {key: cell_fingerprint(config) for key, config in configs.items()}
+    prints: dict[str, str] = {}
+    invalid: dict[str, str] = {}  # cells whose settings cannot even be built fail without running
+    for key, config in configs.items():
+        try:
+            prints[key] = cell_fingerprint(config)
+        except DalibError as exc:
+            prints[key], invalid[key] = "", first_line(exc)
+    codes = {v.method: method_code_hash(v.method) for v in variants}
     state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                   "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
-    todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
-                                     and state["cells"][c.key].get("fingerprint") == prints[c.key])]
+    todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
+                                              and state["cells"][c.key].get("fingerprint") == prints[c.key])]
+    running = {c.key for c in todo}
+    changed = sorted({c.variant.method for c in cells if c.key not in running
+                      and codes[c.variant.method] and state["cells"][c.key].get("code", codes[c.variant.method])
+                      not in ("", codes[c.variant.method])})
     started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
     jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
 
@@ -372,7 +402,7 @@ def run_suite(
             "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
             "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
             "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
-            **outcome,
+            "code": codes[cell.variant.method], **outcome,
         }
         # every invocation's wall time together, less the estimated share of cells since re-run
         state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
@@ -386,6 +416,10 @@ def run_suite(
     bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"bench {suite.name}", unit="cell",
                file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True)
     try:
+        for cell in [c for c in todo if c.key in invalid]:
+            record(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
+            bar.update(1)
+        todo = [c for c in todo if c.key not in invalid]
         if jobs == 1 or len(todo) <= 1:
             for cell in todo:
                 bar.set_postfix_str(cell.key, refresh=True)
@@ -411,4 +445,8 @@ def run_suite(
     if not path.exists():  # nothing ran (every cell was current and the file was never written)
         atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
     write_report(suite, path)
+    if changed:
+        warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
+                      f"(its source changed since) and are kept as they are: --rerun --methods "
+                      f"{','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
     return path

@@ -257,9 +257,11 @@ def _split_list(text: str | None) -> list[str] | None:
 @click.option("--data-root", help="folder holding the datasets (default: ../shared/data)")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
+@click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None, steps: int | None, jobs: int,
-          out: str, data_root: str | None, device: str | None, plugins: tuple[str, ...], quiet: bool) -> None:
+          out: str, data_root: str | None, device: str | None, plugins: tuple[str, ...], rerun: bool,
+          quiet: bool) -> None:
     """Run the accuracy SUITE (digits, office-caltech-surf, amazon-reviews, or a .toml file).
 
     Every registered method the suite applies to, on every task, over 3 seeds; writes
@@ -280,7 +282,7 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
             raise ConfigError("--seeds is empty")
     path = run_suite(chosen, out, methods=_split_list(methods), tasks=_split_list(tasks), seeds=seed_list,
                      steps=steps, data_root=data_root, device=device, jobs=jobs, plugins=plugins,
-                     progress=False if quiet else None)
+                     progress=False if quiet else None, rerun=rerun)
     click.echo(f"results: {path}")
     click.echo(f"table: {path.with_suffix('.md')}")
     failed = {key: cell for key, cell in json.loads(path.read_text())["cells"].items() if cell.get("status") == "failed"}

@@ -13,10 +13,11 @@ from dalib.errors import ConfigError
 __all__ = ["build_config", "describe_config", "param", "parse_value"]
 
 
-def param(default: Any, help: str, **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best
+def param(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best
     """A dataclass field with a help text, shown by ``dalib show`` and the docs.
 
-    ``trade_off: float = param(1.0, "weight of the domain loss")``
+    ``trade_off: float = param(1.0, "weight of the domain loss")``; a list or dict default
+    goes through ``default_factory``: ``sizes: list = param(help="...", default_factory=lambda: [256, 256])``.
     """
     metadata = {"help": help, **kwargs.pop("metadata", {})}
     return dataclasses.field(default=default, metadata=metadata, **kwargs)

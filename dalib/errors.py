@@ -14,6 +14,7 @@ __all__ = [
     "DalibError",
     "DataError",
     "InputError",
+    "PluginError",
     "RegistryError",
     "UnknownNameError",
 ]
@@ -46,6 +47,12 @@ class DataError(DalibError, ValueError):
 class InputError(DalibError, ValueError):
     """Tensors given to a loss or kernel that it cannot use: different feature
     sizes, empty input, NaN, wrong shapes."""
+
+
+class PluginError(DalibError):
+    """A method plugin that breaks the method contract: ``loss()`` returning something other
+    than a dict of scalar tensors with ``"total"``, diagnostics that are not numbers or
+    strings, or state that does not fit the run's checkpoint."""
 
 
 class CheckpointError(DalibError):

@@ -8,10 +8,12 @@ training loop: :mod:`dalib.runner` calls it.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -80,8 +82,9 @@ class Progress:
 class Context:
     """What :meth:`Method.prepare` and :meth:`Method.on_epoch_end` may look at.
 
-    ``source`` and ``target`` are the training datasets (items ``(x, y)``; target
-    labels must not be used), ``model`` the model being trained.
+    ``source`` and ``target`` are the training datasets: source items are ``(x, y)``,
+    target items ``(x, -1)`` (training never sees a target label); ``model`` the model
+    being trained.
     """
 
     model: DAModel
@@ -122,6 +125,44 @@ class Context:
             return torch.as_tensor(data.targets).long()
         loader = torch.utils.data.DataLoader(data, batch_size=4096, shuffle=False)
         return torch.cat([torch.as_tensor(y).reshape(-1) for _, y in loader]).long()
+
+
+class Unlabelled(torch.utils.data.Dataset):
+    """A view of a dataset whose items are ``(x, -1)``: what a method sees of the target, so
+    that no loop over it can reach the target labels."""
+
+    def __init__(self, data: torch.utils.data.Dataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        return self.data[i][0], -1
+
+
+def plain_diagnostics(value: Any, method: str, key: str = "diagnostics") -> Any:
+    """``value`` as JSON-ready numbers, strings, lists and dicts (numpy values and tensors
+    converted, NaN and infinities as None), or a :class:`~dalib.errors.PluginError` naming
+    the entry that is none of these."""
+    from dalib.errors import PluginError
+
+    if value is None or isinstance(value, (bool, np.bool_, str)):
+        return bool(value) if isinstance(value, np.bool_) else value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Tensor):
+        return plain_diagnostics(value.detach().cpu().tolist(), method, key)
+    if isinstance(value, np.ndarray):
+        return plain_diagnostics(value.tolist(), method, key)
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: plain_diagnostics(v, method, f"{key}[{k!r}]") for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_diagnostics(v, method, f"{key}[{i}]") for i, v in enumerate(value)]
+    raise PluginError(f"method {method!r}: {key} is {type(value).__name__}; diagnostics hold numbers, strings, "
+                      "lists and dicts with string keys")
 
 
 @dataclass(frozen=True)

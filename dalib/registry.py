@@ -8,6 +8,7 @@ lazily, one at a time: a plugin that fails to import is recorded and reported by
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -46,6 +47,12 @@ def _check_name(name: str) -> None:
 def _add(name: str, cls: type) -> None:
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise RegistryError(f"method {name!r} must be a subclass of dalib.Method, got {cls!r}")
+    for attr in ("Config", "ShallowConfig"):
+        config = getattr(cls, attr, None)
+        if config is None and attr == "ShallowConfig":
+            continue
+        if not (isinstance(config, type) and dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
+            raise RegistryError(f"method {name!r}: its {attr} must be a class decorated with @dataclass(frozen=True)")
     existing = _methods.get(name)
     if existing is not None and existing is not cls:
         raise RegistryError(
@@ -170,5 +177,6 @@ def get_method(name: str) -> type[Method]:
         return _methods[name]
     except KeyError:
         known = ", ".join(sorted(_methods)) or "(none)"
-        hint = f" (plugin {name!r} failed to load: {_broken[name]})" if name in _broken else ""
+        hint = (f" (plugin {name!r} failed to load: {_broken[name]})" if name in _broken
+                else " (a plugin's method needs --plugin FILE, or its package installed)")
         raise UnknownNameError(f"unknown method {name!r}{hint}; known methods: {known}") from None

@@ -30,8 +30,8 @@ import torch
 from torch import Tensor, nn
 
 from dalib.config import build_config, param
-from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, first_line
-from dalib.plugin import Batch, Context, Method, Outputs, Progress
+from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line
+from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
 __all__ = ["RunConfig", "RunResult", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "resolved_method_config", "run", "write_result"]
@@ -406,7 +406,9 @@ def run(
         method.to(device)
 
         groups = method.param_groups(model)
-        own = [p for p in method.parameters() if p.requires_grad]
+        grouped = {id(p) for g in groups for p in g["params"]}
+        # the method's own modules (a discriminator) join with lr_mult 1, unless its param_groups placed them
+        own = [p for p in method.parameters() if p.requires_grad and id(p) not in grouped]
         if own:
             groups = [*groups, {"params": own, "lr_mult": 1.0}]
         for g in groups:
@@ -420,7 +422,14 @@ def run(
         start = 0
         if ckpt is not None:
             model.load_state_dict(ckpt["model"])
-            method.load_state_dict(ckpt["method"])
+            try:
+                method.load_state_dict(ckpt["method"])
+            except RuntimeError as exc:
+                raise PluginError(
+                    f"method {config.method!r}: its state in {out / CHECKPOINT} does not fit a new instance "
+                    f"({first_line(exc)}); state that prepare() creates must live in get_extra_state()/"
+                    "set_extra_state() or in buffers registered in __init__"
+                ) from None
             optimizer.load_state_dict(ckpt["optimizer"])
             start = int(ckpt["step"])
             if ckpt.get("source_weights") is not None:
@@ -430,9 +439,11 @@ def run(
         if on_start is not None and is_main:
             on_start({"mode": "deep", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
                       "n_tgt": len(tgt), "start": start, "steps": config.steps, "device": str(device)})
-        context = Context(model, src.dataset, tgt.dataset, device, config.batch_size, Progress(start, config.steps))
+        context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
+                          Progress(start, config.steps))
         if start == 0:
             method.prepare(context)
+            method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
         if ckpt is not None:
             torch.set_rng_state(ckpt["rng"]["torch"])
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
@@ -463,6 +474,7 @@ def run(
                 # the method's losses in float32, outside autocast: a bfloat16 Gram matrix has no exact
                 # zero diagonal (unbiased MMD) and loses the small differences the alignment losses measure
                 losses = method.loss(batch, outputs, progress)
+                _check_losses(losses, config.method)
                 total = losses["total"]
                 if not torch.isfinite(total):
                     raise DataError(
@@ -474,14 +486,15 @@ def run(
                     _average_gradients(optimizer, world)
                 optimizer.step()
                 done = step + 1
-                logs = {k: float(v.detach()) for k, v in losses.items()}
+                logs = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in losses.items()}
                 if bar is not None:
                     bar.update(1)
                     if done % 10 == 0:
                         bar.set_postfix(loss=f"{logs['total']:.3f}")
                 line: dict[str, Any] | None = None
                 if config.log_every and (done % config.log_every == 0 or done == config.steps):
-                    line = {"step": done, "lr": config.lr * lr_mult, **{f"loss/{k}": v for k, v in logs.items()}}
+                    line = {"step": done, "lr": config.lr * lr_mult,  # a non-finite logged entry: null, valid JSON
+                            **{f"loss/{k}": v if math.isfinite(v) else None for k, v in logs.items()}}
                 if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                     line = (line or {"step": done}) | {
                         "source_acc": evaluate(model, src, device),
@@ -524,13 +537,43 @@ def run(
                 "run_config": config.to_dict(),
                 "device": str(device),
                 "world_size": world,
-                "diagnostics": method.diagnostics,
+                "diagnostics": _diagnostics(method, config.method),
             }
             write_result(out, payload)
         return result
     finally:
         if started_dist:
             torch.distributed.destroy_process_group()
+
+
+def _diagnostics(method: Method, name: str) -> dict[str, Any]:
+    if not isinstance(method.diagnostics, dict):
+        raise PluginError(f"method {name!r}: diagnostics must be a dict, got {type(method.diagnostics).__name__}")
+    return plain_diagnostics(method.diagnostics, name)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, Tensor):
+        return f"a tensor of shape {tuple(value.shape)}"
+    if isinstance(value, dict):
+        return f"a dict with keys {sorted(map(str, value))}"
+    return f"a {type(value).__name__}"
+
+
+def _check_losses(losses: Any, name: str) -> None:
+    """What ``loss()`` returned is a dict of scalars whose ``"total"`` is a tensor that
+    reaches trained parameters; else one line that says what it was."""
+    if not isinstance(losses, dict) or not isinstance(losses.get("total"), Tensor):
+        raise PluginError(f"method {name!r}: loss() must return a dict of scalar tensors with a 'total' entry, "
+                          f"got {_describe(losses)}")
+    for key, value in losses.items():
+        scalar = (value.numel() == 1 if isinstance(value, Tensor)
+                  else key != "total" and isinstance(value, (int, float)) and not isinstance(value, bool))
+        if not scalar:
+            raise PluginError(f"method {name!r}: loss()[{key!r}] must be a scalar tensor, got {_describe(value)}")
+    if not losses["total"].requires_grad:
+        raise PluginError(f"method {name!r}: loss()['total'] does not depend on any trained parameter "
+                          "(detached, or computed under torch.no_grad)")
 
 
 def _average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:
@@ -706,7 +749,7 @@ def _save_checkpoint(
         "method": method.state_dict(),
         "optimizer": optimizer.state_dict(),
         "source_weights": None if method.source_weights is None else method.source_weights.detach().cpu(),
-        "diagnostics": method.diagnostics,
+        "diagnostics": _diagnostics(method, config.method),
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,

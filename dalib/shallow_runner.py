@@ -38,6 +38,7 @@ def run_shallow(
     trained on; target labels are used only to report the target accuracy.
     """
     from dalib.data import load_domain
+    from dalib.plugin import plain_diagnostics
     from dalib.registry import get_method
     from dalib.runner import (
         RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, resolve_device, write_result,
@@ -82,7 +83,7 @@ def run_shallow(
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,
             "src": src.name, "tgt": tgt.name, "device": str(device), **result.to_dict(),
-            "method_config": dataclasses.asdict(shallow_config), "diagnostics": adapted.info or {},
+            "method_config": dataclasses.asdict(shallow_config), "diagnostics": plain_diagnostics(adapted.info or {}, config.method),
             "run_config": config.to_dict(),
         })
     return result

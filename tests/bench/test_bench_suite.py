@@ -329,3 +329,70 @@ def test_a_narrowed_run_says_so_and_its_reproduce_line_narrows_too(toy_suite, tm
     published = next(line for line in table.splitlines() if line.startswith("| *published: a paper*"))
     assert published.split("|")[-3].strip() == "50.0"  # the paper's value on the task run, not its 2-task mean
     assert 'Reproduce: `dalib bench two --methods source_only --tasks "src->tgt" --seeds 0`' in table
+
+
+def _plugin_file(path, name: str, body: str, config: str = "pass") -> str:
+    path.write_text(
+        "from dataclasses import dataclass\n"
+        "import dalib\n"
+        f"@dalib.register_method('{name}')\n"
+        "class P(dalib.Method):\n"
+        "    '''A test plugin.'''\n"
+        "    @dataclass(frozen=True)\n"
+        "    class Config:\n"
+        f"        {config}\n"
+        "    def loss(self, batch, out, progress):\n"
+        f"        {body}\n"
+    )
+    return str(path)
+
+
+def test_a_buggy_plugin_fails_its_own_cells_and_the_others_run(toy_suite, tmp_path):
+    """Plugins join suites by themselves: one with a bug (a KeyError in its loss, a required
+    hyperparameter the suite does not set) must not stop the others' cells."""
+    from dalib.registry import unregister_method
+
+    buggy = _plugin_file(tmp_path / "buggy.py", "bench_buggy", "return {}['total']")
+    needy = _plugin_file(tmp_path / "needy.py", "bench_needy", "return {'total': self.source_loss(batch, out)}",
+                         config="weight: float = dalib.param(dalib.config.dataclasses.MISSING, 'required')")
+    try:
+        res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--plugin", buggy, "--plugin", needy, "--methods",
+                                       "bench_buggy,bench_needy,source_only", "--seeds", "0", "--out",
+                                       str(tmp_path), "--quiet"])
+    finally:
+        unregister_method("bench_buggy")
+        unregister_method("bench_needy")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip().splitlines()[-1].startswith("dalib: error: 2 cell(s) failed")
+    cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    assert cells["bench_buggy | src->tgt | seed 0"]["status"] == "failed"
+    assert cells["bench_buggy | src->tgt | seed 0"]["error"].startswith("KeyError")
+    assert cells["bench_needy | src->tgt | seed 0"]["status"] == "failed"
+    assert "weight" in cells["bench_needy | src->tgt | seed 0"]["error"]
+    assert cells["source_only | src->tgt | seed 0"]["status"] == "done"
+
+
+def test_changed_method_code_is_reported_and_rerun_runs_the_cells_again(toy_suite, tmp_path):
+    from dalib.registry import load_plugin_module, unregister_method
+
+    plugin = tmp_path / "iterate.py"
+    suite = load_suite(str(toy_suite))
+    try:
+        load_plugin_module(_plugin_file(plugin, "bench_iterate", "return {'total': self.source_loss(batch, out)}"))
+        run_suite(suite, tmp_path, methods=["bench_iterate"], seeds=[0], progress=False)
+        first = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]["bench_iterate | src->tgt | seed 0"]
+        assert first["status"] == "done" and first["code"]
+        # the author changes the loss: the finished cell is kept, with a warning that says how to re-run it
+        load_plugin_module(_plugin_file(plugin, "bench_iterate", "return {'total': 2 * self.source_loss(batch, out)}"))
+        ran = []
+        with pytest.warns(RuntimeWarning, match="bench_iterate were run by another version.*--rerun"):
+            run_suite(suite, tmp_path, methods=["bench_iterate"], seeds=[0], progress=False,
+                      on_cell=lambda cell, outcome: ran.append(cell.key))
+        assert ran == []
+        run_suite(suite, tmp_path, methods=["bench_iterate"], seeds=[0], progress=False, rerun=True,
+                  on_cell=lambda cell, outcome: ran.append(cell.key))
+        assert ran == ["bench_iterate | src->tgt | seed 0"]
+        second = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]["bench_iterate | src->tgt | seed 0"]
+        assert second["code"] != first["code"]
+    finally:
+        unregister_method("bench_iterate")

@@ -1,0 +1,252 @@
+"""What the runner asks of a plugin, and what a plugin author gets when a method breaks it:
+one line naming the method and the rule, before training when it can be known then, and
+never a finished run lost to a value it cannot write."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from dalib import Method, param, register_method
+from dalib.config import describe_config
+from dalib.errors import PluginError, RegistryError
+from dalib.registry import unregister_method
+from dalib.runner import RunConfig, load_checkpoint, run
+
+
+@pytest.fixture
+def method_named():
+    """Register test classes under names that are removed again after the test."""
+    names = []
+
+    def register(name, cls):
+        names.append(name)
+        return register_method(name)(cls)
+
+    yield register
+    for name in names:
+        unregister_method(name)
+
+
+def _config(dataset, method, **kw):
+    base = dict(method=method, dataset=dataset, src="src", tgt="tgt", steps=12, batch_size=16, log_every=4,
+                checkpoint_every=5)
+    return RunConfig(**(base | kw))
+
+
+class _Stop(Exception):
+    pass
+
+
+def _run_killed_at(config, out, step):
+    """Run ``config`` into ``out`` and kill it after ``step`` steps (a checkpoint every 5)."""
+
+    def stop(done, logs):
+        if done == step:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(config, out, progress_bar=False, on_step=stop)
+
+
+class _Base(Method):
+    """A test method."""
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        (lambda self, b, o: self.source_loss(b, o), "must return a dict of scalar tensors with a 'total' entry, got a tensor"),
+        (lambda self, b, o: {"cls": self.source_loss(b, o)}, "with a 'total' entry, got a dict with keys ['cls']"),
+        (lambda self, b, o: {"total": o.logits_s.sum(1)}, "loss()['total'] must be a scalar tensor, got a tensor of shape (16,)"),
+        (lambda self, b, o: {"total": self.source_loss(b, o).detach()}, "does not depend on any trained parameter"),
+        (lambda self, b, o: {"total": self.source_loss(b, o), "log": "text"}, "loss()['log'] must be a scalar tensor, got a str"),
+    ],
+)
+def test_a_loss_that_breaks_the_contract_is_one_line(toy_dataset, method_named, tmp_path, body, fragment):
+    cls = type("Broken", (_Base,), {"loss": lambda self, batch, out, progress: body(self, batch, out)})
+    method_named("contract_broken", cls)
+    with pytest.raises(PluginError, match="method 'contract_broken': ") as err:
+        run(_config(toy_dataset, "contract_broken"), tmp_path / "r", progress_bar=False)
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()  # the first step fails: nothing to resume or lose
+
+
+def test_plain_numbers_may_be_logged_and_a_non_finite_one_is_valid_json(toy_dataset, method_named, tmp_path):
+    class Logs(_Base):
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            return {"total": cls, "lr_scale": 0.5, "ratio": cls / 0.0 * 0.0}  # the last one is NaN
+
+    method_named("contract_logs", Logs)
+    run(_config(toy_dataset, "contract_logs"), tmp_path / "r", progress_bar=False)
+
+    def refuse(constant):
+        raise AssertionError(f"{constant} in metrics.jsonl is not JSON")
+
+    lines = [json.loads(line, parse_constant=refuse) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines and all(line["loss/lr_scale"] == 0.5 and line["loss/ratio"] is None for line in lines)
+
+
+def test_diagnostics_of_numpy_values_and_tensors_are_written_and_survive_a_resume(toy_dataset, method_named, tmp_path):
+    class Diag(_Base):
+        def prepare(self, context):
+            x = context.embed("source")
+            self.diagnostics = {"mean": np.float32(0.5), "counts": np.arange(3), "norm": x.norm(dim=1).max() * 0 + 2.0,
+                                "flag": np.bool_(True), "gap": float("inf"), "nested": {"n": np.int64(7)}}
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_diag", Diag)
+    expected = {"mean": 0.5, "counts": [0, 1, 2], "norm": 2.0, "flag": True, "gap": None, "nested": {"n": 7}}
+
+    _run_killed_at(_config(toy_dataset, "contract_diag"), tmp_path / "r", 7)
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["diagnostics"] == expected  # weights_only loads it
+    run(_config(toy_dataset, "contract_diag"), tmp_path / "r", resume=True, progress_bar=False)
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["diagnostics"] == expected
+
+
+def test_diagnostics_that_cannot_be_written_fail_before_training(toy_dataset, method_named, tmp_path):
+    class Bad(_Base):
+        def prepare(self, context):
+            self.diagnostics = {"model": context.model}
+
+        def loss(self, batch, out, progress):
+            raise AssertionError("training must not start")
+
+    method_named("contract_bad_diag", Bad)
+    with pytest.raises(PluginError, match=r"diagnostics\['model'\] is DAModel"):
+        run(_config(toy_dataset, "contract_bad_diag"), tmp_path / "r", progress_bar=False)
+
+
+def test_param_groups_may_give_the_methods_own_modules_their_settings(toy_dataset, method_named, tmp_path):
+    seen = {}
+
+    class Critic(_Base):
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.critic = nn.Linear(model.features_dim, 1)
+
+        def param_groups(self, model):
+            return [*model.param_groups(), {"params": list(self.critic.parameters()), "lr_mult": 10.0}]
+
+        def loss(self, batch, out, progress):
+            seen["groups"] = [(len(g["params"]), g["lr_mult"]) for g in progress_optimizer()]
+            return {"total": self.source_loss(batch, out) + 0.01 * self.critic(out.feat_t).pow(2).mean()}
+
+    optimizers = []
+    progress_optimizer = lambda: optimizers[-1].param_groups  # noqa: E731
+    original = torch.optim.SGD
+
+    def capture(*args, **kwargs):
+        optimizers.append(original(*args, **kwargs))
+        return optimizers[-1]
+
+    method_named("contract_groups", Critic)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(torch.optim, "SGD", capture)
+    try:
+        run(_config(toy_dataset, "contract_groups"), tmp_path / "r", progress_bar=False)
+    finally:
+        mp.undo()
+    assert seen["groups"][-1] == (2, 10.0)  # the critic's weight and bias, once, with the method's multiplier
+    assert sum(n for n, _ in seen["groups"]) == len([p for p in optimizers[-1].param_groups for p in p["params"]])
+
+
+class _PseudoLabels(_Base):
+    """Pseudo-labels of the target made in prepare, kept through get_extra_state."""
+
+    def prepare(self, context):
+        with torch.no_grad():
+            logits = torch.cat([context.model(x).logits for x, _ in
+                                torch.utils.data.DataLoader(context.target, batch_size=64)])
+        self.pseudo = logits.argmax(1)
+
+    def get_extra_state(self):
+        return {"pseudo": self.pseudo}
+
+    def set_extra_state(self, state):
+        self.pseudo = state["pseudo"]
+
+    def loss(self, batch, out, progress):
+        pl = nn.functional.cross_entropy(out.logits_t, self.pseudo[batch.idx_t].to(out.logits_t.device))
+        return {"total": self.source_loss(batch, out) + 0.1 * pl}
+
+
+def test_state_made_in_prepare_resumes_through_extra_state(toy_dataset, method_named, tmp_path):
+    method_named("contract_pseudo", _PseudoLabels)
+    full = run(_config(toy_dataset, "contract_pseudo"), tmp_path / "full", progress_bar=False)
+
+    _run_killed_at(_config(toy_dataset, "contract_pseudo"), tmp_path / "cut", 8)
+    resumed = run(_config(toy_dataset, "contract_pseudo"), tmp_path / "cut", resume=True, progress_bar=False)
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+
+
+def test_state_that_does_not_fit_a_new_instance_is_one_line_on_resume(toy_dataset, method_named, tmp_path):
+    class Buffered(_Base):
+        def prepare(self, context):
+            self.register_buffer("centre", context.embed("target").mean(0))
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_buffer", Buffered)
+
+    _run_killed_at(_config(toy_dataset, "contract_buffer"), tmp_path / "r", 8)
+    with pytest.raises(PluginError, match="does not fit a new instance.*get_extra_state"):
+        run(_config(toy_dataset, "contract_buffer"), tmp_path / "r", resume=True, progress_bar=False)
+    assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 5  # left as it was
+
+
+def test_a_method_never_sees_a_target_label(toy_dataset, method_named, tmp_path):
+    seen = {}
+
+    class Peek(_Base):
+        def prepare(self, context):
+            seen["target"] = {int(y) for _, y in context.target}
+            seen["source"] = {int(y) for _, y in context.source}
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_peek", Peek)
+    run(_config(toy_dataset, "contract_peek", steps=2), tmp_path / "r", progress_bar=False)
+    assert seen["target"] == {-1} and seen["source"] == {0, 1}
+
+
+def test_a_config_that_is_not_a_frozen_dataclass_is_refused_at_registration(method_named):
+    class NotDataclass(Method):
+        """No dataclass."""
+
+        class Config:
+            weight = 1.0
+
+    class Mutable(Method):
+        """Not frozen."""
+
+        @dataclass
+        class Config:
+            weight: float = 1.0
+
+    for cls in (NotDataclass, Mutable):
+        with pytest.raises(RegistryError, match=r"its Config must be a class decorated with @dataclass\(frozen=True\)"):
+            method_named("contract_config", cls)
+
+
+def test_param_takes_a_default_factory():
+    @dataclass(frozen=True)
+    class Config:
+        sizes: list = param(help="layer sizes", default_factory=lambda: [8, 4])
+
+    assert Config().sizes == [8, 4] and Config().sizes is not Config().sizes
+    assert describe_config(Config) == [("sizes", "list", "[8, 4]", "layer sizes")]
