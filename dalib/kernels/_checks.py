@@ -12,25 +12,46 @@ from dalib.errors import InputError
 __all__ = ["as_sigmas", "check_points", "check_pair", "check_weights"]
 
 
-def check_points(x: Tensor, name: str = "x") -> Tensor:
-    """Return ``x`` as a floating (N, D) tensor, or raise :class:`InputError`."""
+#: dtypes computed in float32: their range (float16 overflows at 65504) and precision cannot
+#: hold kernel sums over N² pairs, exp(−C/ε) or squared norms
+_UPCAST = (torch.float16, torch.bfloat16)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype | None:
+    """The floating dtype ``x`` is computed in; None for integer or boolean input."""
+    if not x.is_floating_point():
+        return None
+    return torch.float32 if x.dtype in _UPCAST else x.dtype
+
+
+def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -> Tensor:
+    """Return ``x`` as a floating (N, D) tensor (of ``dtype`` when given), or raise
+    :class:`InputError`. float16 and bfloat16 come back as float32, integers as the default
+    dtype (the gradient flows back to the original)."""
     if not isinstance(x, Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dim() != 2:
         raise InputError(f"{name} must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise InputError(f"{name} is empty: shape {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.to(torch.get_default_dtype())
+    if dtype is None:
+        dtype = _compute_dtype(x) or torch.get_default_dtype()
+    x = x.to(dtype)
     if not bool(torch.isfinite(x).all()):
         raise InputError(f"{name} holds NaN or infinite values")
     return x
 
 
 def check_pair(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> tuple[Tensor, Tensor]:
-    """Check two point clouds (N, D) and (M, D): same feature size, device, dtype."""
-    x = check_points(x, names[0])
-    y = check_points(y, names[1])
+    """Check two point clouds (N, D) and (M, D): same feature size and device; both come
+    back in one floating dtype (float16 and bfloat16 as float32)."""
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        return check_points(x, names[0]), check_points(y, names[1])  # the type error
+    # one dtype for both, chosen before any cast: an integer side takes the other's float dtype
+    dx, dy = _compute_dtype(x), _compute_dtype(y)
+    dtype = torch.promote_types(dx, dy) if dx is not None and dy is not None else dx or dy or torch.get_default_dtype()
+    x = check_points(x, names[0], dtype)
+    y = check_points(y, names[1], dtype)
     if x.shape[1] != y.shape[1]:
         raise InputError(
             f"{names[0]} and {names[1]} have different feature sizes: "
@@ -38,9 +59,6 @@ def check_pair(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> tup
         )
     if x.device != y.device:
         raise InputError(f"{names[0]} is on {x.device} but {names[1]} is on {y.device}")
-    if x.dtype != y.dtype:
-        dtype = torch.promote_types(x.dtype, y.dtype)
-        x, y = x.to(dtype), y.to(dtype)
     return x, y
 
 

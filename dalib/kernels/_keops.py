@@ -25,7 +25,7 @@ def _run(fn: Callable[[], T]) -> T:
     """Run a KeOps reduction; a compilation failure becomes a :class:`BackendError`."""
     try:
         return fn()
-    except (ValueError, RuntimeError, OSError) as exc:
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a failed build: the module is missing
         msg = str(exc)
         if "KeOps" not in msg and "keops" not in msg:
             raise
@@ -62,7 +62,9 @@ def keops_softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: int | float) -
     def go() -> Tensor:
         x_i = LazyTensor(x.contiguous()[:, None, :])  # (N, 1, D)
         y_j = LazyTensor(y.contiguous()[None, :, :])  # (1, M, D)
-        h_j = LazyTensor(h.contiguous().reshape(1, -1, 1))  # (1, M, 1)
+        # a zero weight's −inf would make KeOps' max-shifted log-sum-exp NaN: a finite floor
+        # that exp still sends to 0
+        h_j = LazyTensor(h.clamp_min(torch.finfo(h.dtype).min / 8).contiguous().reshape(1, -1, 1))  # (1, M, 1)
         inv = LazyTensor(torch.tensor([1.0 / (p * eps)], dtype=x.dtype, device=x.device))
         d_ij = x_i.sqdist(y_j)  # (N, M, 1)
         c_ij = d_ij if p == 2 else d_ij.sqrt() if p == 1 else d_ij ** (p / 2)

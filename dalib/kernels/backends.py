@@ -6,7 +6,7 @@
   ``dense`` while N·M ≤ :data:`CPU_DENSE_MAX_PAIRS`, ``blocked`` above, where tiles are
   faster (cache-resident; 2× at N = M = 1024) and the memory stays bounded. Sinkhorn
   (``op="sinkhorn"``), whose dense backend caches its cost matrices across iterations:
-  ``dense`` up to 2048² pairs, and for d ≥ :data:`SINKHORN_DENSE_MIN_DIM` while the three
+  ``dense`` up to :data:`SINKHORN_DENSE_MAX_PAIRS` (2·512²) pairs, and for d ≥ :data:`SINKHORN_DENSE_MIN_DIM` while the three
   cost matrices fit in :data:`SINKHORN_DENSE_MAX_BYTES` (recomputing the GEMM of each tile
   every iteration costs more than reading the cached cost there); ``blocked`` otherwise;
 * on CUDA, ``dense`` below :data:`CUDA_KEOPS_MIN_PAIRS` (5000² pairs, geomloss' own

@@ -16,6 +16,9 @@ __all__ = ["center_pair", "median_bandwidth", "sqdist", "sqdist_unchecked", "sqd
 
 #: At most this many pooled points enter :func:`median_bandwidth` (a fixed random subset).
 MEDIAN_MAX_POINTS = 2048
+#: :func:`median_bandwidth` counts a distance below this fraction of the largest as 0 (the
+#: float64 rounding noise of a duplicated point's distance is about 1e-8 of it)
+DUPLICATE_TOL = 1e-6
 
 
 def center_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -60,8 +63,9 @@ def median_bandwidth(x: Tensor, y: Tensor) -> float:
 
     ``x`` (N, D), ``y`` (M, D). Above :data:`MEDIAN_MAX_POINTS` pooled points, a fixed
     (seeded, reproducible) random subset of that many is used. Returns a python float
-    (no gradient). If more than half of the distances are 0 it returns the mean of the
-    non-zero ones, and 1.0 if all points coincide.
+    (no gradient). If more than half of the distances are 0 (duplicated points; below
+    :data:`DUPLICATE_TOL` of the largest distance) it returns the mean of the non-zero
+    ones, and 1.0 if all points coincide.
     """
     x, y = check_pair(x, y)
     z = torch.cat([x.detach(), y.detach()]).to(torch.float64)  # (N + M, D)
@@ -74,8 +78,11 @@ def median_bandwidth(x: Tensor, y: Tensor) -> float:
     d = sqdist_unchecked(z, z)  # (P, P)
     iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
     dist = d[iu[0], iu[1]].sqrt()  # (P (P - 1) / 2,)
+    # ‖z_i‖² + ‖z_j‖² − 2 z_i·z_j leaves rounding noise (~1e-8 relative, as a distance) where
+    # z_i = z_j: below this, a distance counts as 0
+    zero = float(dist.max()) * DUPLICATE_TOL
     med = float(dist.median())
-    if med > 0:
+    if med > zero:
         return med
-    nonzero = dist[dist > 0]
+    nonzero = dist[dist > zero]
     return float(nonzero.mean()) if nonzero.numel() else 1.0

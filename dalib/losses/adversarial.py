@@ -6,6 +6,8 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from dalib.errors import InputError
+
 __all__ = ["domain_adversarial", "entropy", "grad_reverse"]
 
 
@@ -48,6 +50,9 @@ def domain_adversarial(
     loss_s = F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls), reduction="none")
     if weights_s is not None:
         w = weights_s.reshape(-1).to(loss_s.dtype)
+        if w.shape != ls.shape:
+            raise InputError(f"weights_s must have one weight per source logit ({ls.shape[0]}), got shape "
+                             f"{tuple(weights_s.shape)}")
         src = (w * loss_s).sum() / w.sum().clamp_min(torch.finfo(loss_s.dtype).tiny)
     else:
         src = loss_s.mean()
@@ -63,5 +68,6 @@ def entropy(logits: Tensor) -> Tensor:
     ``logits`` (B, C). Used for entropy minimisation on target predictions
     (Grandvalet & Bengio, NIPS 2004).
     """
-    logp = F.log_softmax(logits, dim=1)  # (B, C)
+    # a −inf logit (a masked class) has p = 0: the floor keeps 0 · log 0 at 0, not NaN
+    logp = F.log_softmax(logits, dim=1).clamp_min(torch.finfo(logits.dtype).min)  # (B, C)
     return -(logp.exp() * logp).sum(dim=1).mean()

@@ -8,13 +8,14 @@ cost is the value of
 
 and the (debiased) Sinkhorn divergence is
 ``S_ε(a, b) = OT_ε(a, b) − ½ OT_ε(a, a) − ½ OT_ε(b, b)`` (Feydy et al., AISTATS 2019),
-which is ≥ 0, = 0 iff the two measures coincide, and tends to the unregularised OT cost
+which is ≥ 0 (up to rounding), = 0 iff the two measures coincide, and tends to the unregularised OT cost
 as ``blur → 0``.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -36,8 +37,8 @@ class SinkhornResult(NamedTuple):
     ``S_ε(a, b)`` (scalar, differentiable); ``f`` (N,) and ``g`` (M,): the dual potentials
     of ``OT_ε(a, b)`` (detached); ``n_iter``: Sinkhorn iterations run (ε-scaling included);
     ``marginal_error``: ``‖Pᵀ1 − b‖₂`` of the plan ``P`` of the returned potentials (its
-    rows are exact), POT's stopping criterion; with ``tol`` and ``debias``, the largest
-    over the three problems at the last iteration.
+    rows are exact), POT's stopping criterion (with ``tol``, a ``RuntimeWarning`` says when
+    ``max_iter`` ran out first).
     """
 
     value: Tensor
@@ -192,6 +193,10 @@ def _solve_on(
                 gbb, it_b, err_b = yy.solve_symmetric_to_tolerance(gbb, bd, logb, eps, tol, max_iter)
                 extra, err = max(extra, it_a, it_b), max(err, err_a, err_b)
             n_iter += extra
+            if not err < tol:
+                warnings.warn(f"sinkhorn: not converged after max_iter={max_iter} iterations at the final ε "
+                              f"(marginal error {err:.3g} > tol {tol:g}): raise max_iter or blur",
+                              RuntimeWarning, stacklevel=6)  # the caller of sinkhorn()
 
     # final extrapolation, with autograd: f ← softmin(log b + g/ε) (its rows become exact).
     # One reduction per term: with an automatic choice, the dense loop's large problems

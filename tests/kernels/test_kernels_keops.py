@@ -50,3 +50,14 @@ def test_keops_softmin_matches_dense_and_gradcheck():
     xs, ys = x[:6].clone().requires_grad_(True), y[:5].clone().requires_grad_(True)
     hs = h[:5].clone().requires_grad_(True)
     assert torch.autograd.gradcheck(lambda a, b, c: softmin(a, b, c, 0.4, backend="keops"), (xs, ys, hs))
+
+
+def test_keops_softmin_with_zero_weights_matches_dense():
+    """Zero weights reach the softmin as h_j = −inf (log 0): KeOps' max-shifted log-sum-exp
+    must give the dense value, not NaN (the same formula as above: no new compilation)."""
+    x, y = _data()
+    h = torch.randn(17, dtype=torch.float64)
+    h[:4] = -float("inf")
+    out = softmin(x, y, h, 0.3, backend="keops")
+    assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, softmin(x, y, h, 0.3, backend="dense"), rtol=1e-12, atol=1e-12)

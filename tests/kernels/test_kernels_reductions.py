@@ -139,3 +139,13 @@ def test_blocked_grad_through_selected_inputs_only(small_tiles):
     ref_x = x.detach().clone().requires_grad_(True)
     gaussian_matvec(ref_x, y, v, 1.0, backend="dense").sum().backward()
     torch.testing.assert_close(x.grad, ref_x.grad)
+
+
+def test_the_dense_backend_has_a_second_derivative():
+    """docs/kernels.md: under create_graph=True use the dense backend (blocked is first-order)."""
+    from dalib.losses import mmd
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    assert torch.autograd.gradgradcheck(lambda a: mmd(a, y, bandwidths=[1.0, 2.0], backend="dense"), (x,))

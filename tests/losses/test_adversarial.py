@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from dalib.errors import InputError
 from dalib.losses import domain_adversarial, entropy, grad_reverse
 
 
@@ -52,3 +53,17 @@ def test_entropy_closed_form():
     assert entropy(p.log().unsqueeze(0) + 7.0).item() == pytest.approx(expected, rel=1e-6)  # shift-invariant
     z = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(entropy, (z,))
+
+
+def test_entropy_of_a_masked_class_is_finite():
+    """A −inf logit (a class masked out) has probability 0 and adds 0 to the entropy."""
+    logits = torch.tensor([[0.0, -float("inf"), 1.0]], requires_grad=True)
+    value = entropy(logits)
+    torch.testing.assert_close(value, entropy(torch.tensor([[0.0, 1.0]])))
+    value.backward()
+    assert torch.isfinite(logits.grad).all()
+
+
+def test_source_weights_must_match_the_source_logits():
+    with pytest.raises(InputError, match=r"one weight per source logit \(5\), got shape \(1,\)"):
+        domain_adversarial(torch.randn(5), torch.randn(5), torch.ones(1))

@@ -143,3 +143,47 @@ def test_errors():
         mmd(x, y, bandwidths="12")  # not the two bandwidths 1 and 2
     with pytest.raises(InputError, match="sequence of numbers"):
         mmd(x, y, bandwidths=[1.0, None])
+
+
+def test_the_median_bandwidth_counts_duplicated_points_as_zero_distance():
+    """Most pairs of duplicated points: the median distance is 0, and the rounding noise of
+    ‖z‖² + ‖z‖² − 2 z·z (about 1e-8) must not become the bandwidth, which would saturate the
+    kernel (MMD at its maximum, zero gradient). The rule is the mean of the non-zero
+    distances, here the one distance between the two points."""
+    from dalib.kernels import median_bandwidth
+
+    g = torch.Generator().manual_seed(9)
+    a, b = torch.randn(1, 16, generator=g, dtype=torch.float64), torch.randn(1, 16, generator=g, dtype=torch.float64)
+    x, y = a.repeat(8, 1).requires_grad_(True), b.repeat(2, 1)
+    gap = float((a - b).norm())
+    assert median_bandwidth(x, y) == pytest.approx(gap, rel=1e-12)
+    value = mmd(x, y)
+    value.backward()
+    assert float(value.detach()) < 2 * 5 * 0.99  # 5 bandwidths, each kernel term at most 1: not saturated
+    assert float(x.grad.abs().sum()) > 1e-3
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    """float16 overflows at 65504: an N² kernel sum, a squared norm or exp(−C/ε) would be
+    inf or NaN. Half inputs are computed in float32 and the gradient reaches them."""
+    from dalib.losses import coral, sinkhorn
+
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(200, 8, generator=g), torch.randn(200, 8, generator=g) + 0.3
+    for dtype in (torch.float16, torch.bfloat16):
+        xh, yh = x.to(dtype).requires_grad_(True), y.to(dtype)
+        for loss, kw in ((mmd, {}), (coral, {}), (sinkhorn, {"backend": "dense"})):
+            value = loss(xh, yh, **kw)
+            assert value.dtype == torch.float32
+            expected = loss(xh.detach().float(), yh.float(), **kw)  # the same rounded inputs
+            torch.testing.assert_close(value, expected, rtol=1e-6, atol=1e-7)
+            value.backward()
+            assert xh.grad.dtype == dtype and torch.isfinite(xh.grad.float()).all()
+            xh.grad = None
+    # scale: the cost's diameter and exp(−C/ε) in float16 overflowed
+    assert torch.isfinite(sinkhorn((10 * x).half(), (10 * y).half(), blur=0.5))
+
+
+def test_an_integer_side_takes_the_float_sides_dtype():
+    big = torch.tensor([[16777217], [16777218], [16777219]])  # not representable in float32
+    assert float(mmd(big, big.double())) == 0.0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -174,7 +175,8 @@ def test_tolerance_mode_reaches_marginal_error():
     tight = sinkhorn_solve(x, y, blur=0.2, debias=False, tol=1e-9, max_iter=100000)
     assert loose.marginal_error < 1e-3 and tight.marginal_error < 1e-9
     assert tight.n_iter > loose.n_iter
-    capped = sinkhorn_solve(x, y, blur=0.05, debias=False, tol=1e-12, max_iter=3)
+    with pytest.warns(RuntimeWarning, match="not converged"):
+        capped = sinkhorn_solve(x, y, blur=0.05, debias=False, tol=1e-12, max_iter=3)
     assert capped.n_iter == len(epsilon_schedule(2, _diameter(x, y), 0.05, 0.5)) + 3
     assert capped.marginal_error > 1e-12  # stopped by max_iter, and says so
 
@@ -285,3 +287,13 @@ def test_errors():
         sinkhorn(x, y, tol=-1.0)
     with pytest.raises(InputError, match="method"):
         ot_plan(x, y, method="greenkhorn")
+
+
+def test_running_out_of_iterations_before_tol_warns():
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 1, generator=g, dtype=torch.float64), torch.randn(30, 1, generator=g, dtype=torch.float64)
+    with pytest.warns(RuntimeWarning, match=r"not converged after max_iter=20 .*raise max_iter or blur"):
+        sinkhorn(x, y, blur=0.05, tol=1e-9, max_iter=20)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # converged: no warning
+        sinkhorn(x, y, blur=0.5, tol=1e-6, max_iter=10_000)
