@@ -256,39 +256,54 @@ def _fetch(domain: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
     return xs, ys
 
 
+def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
+    """A DataLoader that leaves the global RNG alone: with worker processes, a DataLoader
+    draws their base seed from the global generator, which would shift every later dropout
+    mask, so that ``workers`` changed a run's numbers. (Loading itself is deterministic.)"""
+    return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0), **kwargs)
+
+
 class _Prefetcher:
     """Loads batches of a lazily decoded dataset (image folders) with worker processes."""
 
-    def __init__(self, domain: Any, stream: _Stream, start: int, stop: int, workers: int) -> None:
+    def __init__(self, domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False) -> None:
         sampler = [stream.indices(s).tolist() for s in range(start, stop)]
-        self._it = iter(
-            torch.utils.data.DataLoader(domain.dataset, batch_sampler=sampler, num_workers=workers)
+        self._it = iter(  # pinned batches make the copy to the GPU asynchronous (non_blocking)
+            _loader(domain.dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin)
         )
 
     def __next__(self) -> tuple[Tensor, Tensor]:
         try:
             x, y = next(self._it)
-        except DalibError as exc:  # raised in a worker: torch wraps its traceback into the message
-            last = str(exc).strip().splitlines()[-1]
-            raise type(exc)(last.split(": ", 1)[-1]) from None
+        except DalibError as exc:
+            raise _from_worker(exc) from None
         return x, y.long()
 
 
-def _batches(domain: Any, stream: _Stream, start: int, stop: int, workers: int) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+def _from_worker(exc: DalibError) -> DalibError:
+    """A DalibError raised in a DataLoader worker, whose traceback torch wrapped into the
+    message, as the one-line error it was."""
+    last = str(exc).strip().splitlines()[-1]
+    return type(exc)(last.split(": ", 1)[-1])
+
+
+def _batches(
+    domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False
+) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     if getattr(domain, "x", None) is not None or workers == 0:
         for s in range(start, stop):
             idx = stream.indices(s)
             x, y = _fetch(domain, idx)
             yield x, y, idx
     else:
-        pf = _Prefetcher(domain, stream, start, stop, workers)
+        pf = _Prefetcher(domain, stream, start, stop, workers, pin)
         for s in range(start, stop):
             x, y = next(pf)
             yield x, y, stream.indices(s)
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512) -> float:
+def evaluate(model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0) -> float:
     """Accuracy (%) of ``model`` on every sample of ``domain``."""
     was = model.training
     model.eval()
@@ -301,11 +316,14 @@ def evaluate(model: nn.Module, domain: Any, device: torch.device, batch_size: in
                 correct += int((model(x).logits.argmax(1) == y).sum())
                 total += len(y)
         else:
-            loader = torch.utils.data.DataLoader(domain.dataset, batch_size=batch_size)
-            for x, y in loader:
-                pred = model(x.to(device)).logits.argmax(1)
-                correct += int((pred == torch.as_tensor(y).to(device)).sum())
-                total += len(pred)
+            loader = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
+            try:
+                for x, y in loader:
+                    pred = model(x.to(device)).logits.argmax(1)
+                    correct += int((pred == torch.as_tensor(y).to(device)).sum())
+                    total += len(pred)
+            except DalibError as exc:
+                raise (_from_worker(exc) if workers else exc) from None
     finally:
         model.train(was)
     return 100.0 * correct / max(1, total)
@@ -458,7 +476,9 @@ def run(
         model.train()
         method.train()
         try:
-            batches = zip(_batches(src, s_stream, start, config.steps, config.workers), _batches(tgt, t_stream, start, config.steps, config.workers))
+            pin = device.type == "cuda"
+            batches = zip(_batches(src, s_stream, start, config.steps, config.workers, pin),
+                          _batches(tgt, t_stream, start, config.steps, config.workers, pin))
             for step, ((x_s, y_s, idx_s), (x_t, _, idx_t)) in enumerate(batches, start=start):
                 progress = Progress(step, config.steps, s_stream.epoch_of(step))
                 lr_mult = inverse_decay(progress, config.lr_alpha, config.lr_beta)
@@ -497,8 +517,8 @@ def run(
                             **{f"loss/{k}": v if math.isfinite(v) else None for k, v in logs.items()}}
                 if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                     line = (line or {"step": done}) | {
-                        "source_acc": evaluate(model, src, device),
-                        "target_acc": evaluate(model, tgt, device),
+                        "source_acc": evaluate(model, src, device, workers=config.workers),
+                        "target_acc": evaluate(model, tgt, device, workers=config.workers),
                     }
                 if line is not None:
                     history.append(line)
@@ -521,8 +541,8 @@ def run(
                 metrics_fh.close()
 
         seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-        src_acc = evaluate(model, src, device)
-        tgt_acc = evaluate(model, tgt, device)
+        src_acc = evaluate(model, src, device, workers=config.workers)
+        tgt_acc = evaluate(model, tgt, device, workers=config.workers)
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank)
         if out is not None and is_main:
             _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds)

@@ -131,3 +131,24 @@ def test_16_bit_greyscale_images_keep_their_grey_level(tmp_path):
     assert torch.equal(load_image(tmp_path / "half16.png", 4), load_image(tmp_path / "half8.png", 4))
     grey = load_image(tmp_path / "half8.png", 4)[:, 0, 0] * torch.tensor(IMAGENET_STD) + torch.tensor(IMAGENET_MEAN)
     assert grey.tolist() == pytest.approx([128 / 255] * 3, abs=1e-6)
+
+
+def test_worker_processes_load_the_same_batches_and_report_a_bad_image_in_one_line(office, tmp_path):
+    """``workers`` > 0 decodes images in DataLoader worker processes: the same batches (so the
+    same numbers) as in the main process, and a corrupt image is still a one-line DataError,
+    in training and in evaluation."""
+    from dalib.runner import RunConfig, run
+
+    def config(workers):
+        return RunConfig(method="source_only", data=str(office), src="amazon", tgt="webcam", arch="resnet18",
+                         image_size=32, steps=4, batch_size=2, workers=workers, log_every=1, eval_every=2,
+                         checkpoint_every=0)  # an evaluation mid-run loads through workers too
+
+    main = run(config(0), None, progress_bar=False)
+    pooled = run(config(1), None, progress_bar=False)
+    assert main.history == pooled.history
+    assert (main.source_accuracy, main.target_accuracy) == (pooled.source_accuracy, pooled.target_accuracy)
+    (office / "webcam" / "mug" / "m1.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError) as exc:
+        run(config(1), None, progress_bar=False)
+    assert str(exc.value).startswith("cannot read image: ") and "\n" not in str(exc.value)
