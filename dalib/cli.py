@@ -123,7 +123,7 @@ _RUN_OPTIONS = {
 @click.option("--tgt", help="target domain (unlabelled), e.g. usps")
 @click.option("--dataset", help="dataset name; inferred from the domains when omitted")
 @click.option("--data", "data", help="image folder: one sub-folder per domain, one per class inside")
-@click.option("--data-root", help="folder holding the feature datasets (default: ../shared/data)")
+@click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--arch", help="backbone: lenet, mlp, identity, resnet18, resnet34, resnet50")
 @click.option("--pretrained", help="'imagenet' or the path of a checkpoint (ResNets)")
 @click.option("--bottleneck-dim", type=int)
@@ -204,7 +204,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--domain", help="domain to score [the run's target]")
 @click.option("--dataset", help="dataset of the domain [the run's]; its inputs must have the run's shape")
 @click.option("--data", "data", help="image folder of the domains [the run's, for image-folder runs]")
-@click.option("--data-root", help="folder holding the feature datasets [the run's --data-root, else ../shared/data]")
+@click.option("--data-root", help="folder holding the datasets [the run's, else $DALIB_DATA_ROOT, ./shared/data, ../shared/data]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="import a module that registers datasets or methods (as the run did)")
@@ -254,7 +254,7 @@ def _split_list(text: str | None) -> list[str] | None:
 @click.option("--jobs", type=int, default=1, show_default=True, help="cells run in parallel worker processes")
 @click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,
               help="folder of bench-SUITE.json/.md/.png")
-@click.option("--data-root", help="folder holding the datasets (default: ../shared/data)")
+@click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
 @click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code)")

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
@@ -148,6 +149,9 @@ def load_plugin_module(module: str) -> list[str]:
                 _methods.update(stale)
                 raise
         else:
+            # as `python -m` would: a module in the working directory can be named
+            if "" not in sys.path and os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
             importlib.import_module(module)
     except RegistryError:
         raise

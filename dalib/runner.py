@@ -56,7 +56,7 @@ class RunConfig:
     src: str = param("mnist", "source domain")
     tgt: str = param("usps", "target domain")
     dataset: str | None = param(None, "dataset name (inferred from the domains when omitted)")
-    data_root: str | None = param(None, "folder holding the feature datasets (default ../shared/data)")
+    data_root: str | None = param(None, "folder holding the datasets (None: $DALIB_DATA_ROOT, else ./shared/data or ../shared/data)")
     data: str | None = param(None, "image folder with one sub-folder per domain")
     arch: str | None = param(None, "backbone: lenet, mlp, identity, resnet18/34/50 (default by input)")
     pretrained: str | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,30 +59,38 @@ class Domain:
         count that does not match, or labels out of range.
         """
         where = _where(name, dataset_name, origin)
-        xt = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        yt = torch.as_tensor(np.asarray(y) if not isinstance(y, torch.Tensor) else y)
+        xt = _as_number_tensor(x, "features", where).detach()
+        yt = _as_number_tensor(y, "labels", where).detach()
         xt = xt.to(torch.float32).contiguous()
         yt = yt.reshape(-1)
         if xt.ndim == 0 or xt.shape[0] == 0:
             raise DataError(f"empty domain: no samples in {where}")
+        if xt.ndim == 1 or xt[0].numel() == 0:
+            raise DataError(f"features of shape {tuple(xt.shape)} in {where}: give (N, D) or (N, C, H, W) "
+                            "(one feature per sample: reshape to (N, 1))")
         if yt.shape[0] != xt.shape[0]:
             raise DataError(f"{xt.shape[0]} samples but {yt.shape[0]} labels in {where}")
         if yt.is_floating_point():
-            if not bool(torch.all(yt == yt.round())):
+            if not bool(torch.all(torch.isfinite(yt) & (yt == yt.round()))):
                 raise DataError(f"labels are not integers in {where}")
+            if bool((yt.abs() >= 2**53).any()):
+                raise DataError(f"labels span {float(yt.min()):g}..{float(yt.max()):g}, expected 0..C-1 in {where}")
         yt = yt.to(torch.int64)
         check_finite(xt, where)
         if classes is not None:
             classes = [str(c) for c in classes]
             if num_classes is None:
                 num_classes = len(classes)
+        lo, hi = int(yt.min()), int(yt.max())
         if num_classes is None:
-            num_classes = int(yt.max()) + 1
+            if lo < 0 or hi >= max(MAX_INFERRED_CLASSES, len(yt)):  # before a class list that size is built
+                raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1 "
+                                "(map other labels to indices, or give num_classes)")
+            num_classes = hi + 1
         if classes is None:
             classes = [str(i) for i in range(num_classes)]
         if len(classes) != num_classes:
             raise DataError(f"{len(classes)} class names for {num_classes} classes in {where}")
-        lo, hi = int(yt.min()), int(yt.max())
         if lo < 0 or hi >= num_classes:
             raise DataError(f"labels span {lo}..{hi}, expected 0..{num_classes - 1} in {where}")
         return cls(
@@ -95,6 +104,21 @@ class Domain:
             origin=origin,
             dataset_name=dataset_name,
         )
+
+
+#: without ``num_classes``, labels beyond this (and beyond the sample count) are refused, not
+#: taken as that many classes
+MAX_INFERRED_CLASSES = 100_000
+
+
+def _as_number_tensor(a: Any, what: str, where: str) -> torch.Tensor:
+    if isinstance(a, torch.Tensor):
+        return a
+    arr = np.asarray(a)
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise DataError(f"{what} must be numbers, got dtype {arr.dtype} in {where}"
+                        + (" (map class names to indices 0..C-1 and pass classes=)" if what == "labels" else ""))
+    return torch.as_tensor(arr)
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:

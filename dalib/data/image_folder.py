@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -97,11 +98,12 @@ class ImageFolderDataset(Dataset):
 
 def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor:
     """One image file as a normalised (3, S, S) float32 tensor."""
-    from PIL import Image
+    from PIL import Image, ImageOps
 
     bilinear = getattr(Image, "Resampling", Image).BILINEAR
     try:
-        with Image.open(path) as im:
+        with Image.open(path) as opened:
+            im = ImageOps.exif_transpose(opened)  # a phone photo's orientation tag, as a viewer shows it
             if im.mode.startswith("I;16") or im.mode == "I":
                 # 16-bit greyscale (PNG opens as I;16 or I): PIL's convert("RGB") would clip
                 # every value above 255 to white, so scale 0..65535 to 0..255 first
@@ -133,6 +135,14 @@ def load(req: LoadRequest) -> Domain:
         raise DataError(
             f"empty domain: no class folders in {root} (dataset image-folder, domain {name}; "
             f"expected DATA/DOMAIN/CLASS/IMAGE)"
+        )
+    missing = [c for c in classes if c not in {d.name for d in class_dirs}]
+    if missing:
+        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+        warnings.warn(
+            f"image folder {root} has no folder for {len(missing)} of the {len(classes)} classes of {data_dir} "
+            f"({shown}); classes are matched by their exact folder names, case included",
+            RuntimeWarning, stacklevel=2,
         )
     samples: list[tuple[Path, int]] = []
     for cdir in class_dirs:

@@ -278,8 +278,9 @@ def _need_data_root(info: DatasetInfo, domain: str, data_root: str | os.PathLike
             f"{DATA_ROOT_ENV} (looked for {' and '.join(DEFAULT_ROOT_CANDIDATES)})"
         )
     if not root.is_dir():
+        source = f"from ${DATA_ROOT_ENV}; " if data_root is None else ""
         raise DataError(
-            f"data root not found: {root} (dataset {info.name}, domain {domain}; set --data-root)"
+            f"data root not found: {root} ({source}dataset {info.name}, domain {domain}; set --data-root)"
         )
     return root
 

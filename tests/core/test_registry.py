@@ -231,3 +231,14 @@ def test_importing_a_builtin_plugin_module_first_reports_no_failure(clean_regist
     importlib.import_module("dalib_plugins.dann")
     assert registry.plugin_errors() == {}
     assert "dann" in dalib.list_methods() and "mmd" in dalib.list_methods()
+
+
+def test_a_plugin_module_in_the_working_directory_can_be_named(clean_registry, tmp_path, monkeypatch):
+    """The console script does not put the working directory on sys.path (`python -m` does):
+    `--plugin my_module` finds my_module.py there all the same."""
+    import sys
+
+    (tmp_path / "dalib_cwd_plugin_test.py").write_text(_plugin_source("cwd_test"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert dalib.load_plugin_module("dalib_cwd_plugin_test") == ["cwd_test"]

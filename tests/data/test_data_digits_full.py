@@ -210,9 +210,12 @@ def test_cli_runs_with_dataset_flag(tmp_path):
     assert (result["dataset"], result["src"], result["tgt"]) == ("digits-full", "mnist", "usps")
 
 
-def test_missing_data_root_and_files(tmp_path):
+def test_missing_data_root_and_files(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="data root not found: .*nowhere .*digits-full"):
         load_domain("digits-full", "M", data_root=tmp_path / "nowhere")
+    monkeypatch.setenv("DALIB_DATA_ROOT", str(tmp_path / "elsewhere"))  # the error says where the path came from
+    with pytest.raises(DataError, match=r"data root not found: .*elsewhere \(from \$DALIB_DATA_ROOT; dataset digits-full"):
+        load_domain("digits-full", "M")
     for domain, rel in [("mnist", "mnist/mnist_5k.csv.gz"), ("usps", "usps/usps.h5")]:
         with pytest.raises(DataError) as exc:
             load_domain("digits-full", domain, data_root=tmp_path)

@@ -13,6 +13,9 @@ from dalib.data import get_dataset, infer_dataset, list_domains, load_domain
 from dalib.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from dalib.errors import DataError, UnknownNameError
 
+# the office fixture's amazon has no calculator folder on purpose (the test below checks the warning)
+pytestmark = pytest.mark.filterwarnings("ignore:image folder .* has no folder for:RuntimeWarning")
+
 
 def _image(path: Path, color, size=(20, 14), mode="RGB") -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,3 +155,33 @@ def test_worker_processes_load_the_same_batches_and_report_a_bad_image_in_one_li
     with pytest.raises(DataError) as exc:
         run(config(1), None, progress_bar=False)
     assert str(exc.value).startswith("cannot read image: ") and "\n" not in str(exc.value)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_class_folder_missing_from_a_domain_is_warned_about(tmp_path):
+    """``Cat`` in the source and ``cat`` in the target are two classes: the target's cats would
+    be scored against a class the source never had. Loading says so."""
+    _image(tmp_path / "src" / "Cat" / "a.png", (1, 2, 3))
+    _image(tmp_path / "src" / "dog" / "a.png", (1, 2, 3))
+    _image(tmp_path / "tgt" / "cat" / "a.png", (1, 2, 3))
+    _image(tmp_path / "tgt" / "dog" / "a.png", (1, 2, 3))
+    with pytest.warns(RuntimeWarning, match=r"src has no folder for 1 of the 3 classes .*\(cat\); .*case included"):
+        load_domain("image-folder", "src", data_dir=tmp_path, image_size=8)
+    _image(tmp_path / "src" / "cat" / "a.png", (1, 2, 3))
+    _image(tmp_path / "tgt" / "Cat" / "a.png", (1, 2, 3))
+    load_domain("image-folder", "src", data_dir=tmp_path, image_size=8)  # every class everywhere: no warning
+
+
+def test_the_exif_orientation_is_applied(tmp_path):
+    """A phone photo stored sideways with an orientation tag loads as a viewer shows it."""
+    from dalib.data.image_folder import load_image
+
+    pixels = np.zeros((20, 40, 3), dtype=np.uint8)  # 40 wide, 20 high: white on the left half
+    pixels[:, :20] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+    x = load_image(path, 16)  # (3, 16, 16), normalised
+    top, bottom = x[:, :8].mean(), x[:, 8:].mean()
+    assert top > bottom + 1.0  # displayed: the white half is on top

@@ -263,6 +263,14 @@ def test_loader_results_are_checked(isolated_registry):
         (np.zeros((2, 2)), np.array([0, 2]), {"classes": ["a", "b"]}, "labels span 0..2"),
         (np.zeros((2, 2)), np.array([-1, 0]), {}, "labels span -1..0"),
         (np.zeros((2, 2)), np.array([0, 1]), {"classes": ["a"], "num_classes": 2}, "1 class names"),
+        # a huge label is no class count: refused before a class list that long is built
+        (np.zeros((10, 4)), np.r_[2**62, np.zeros(9, int)], {}, "labels span 0..4611686018427387904 .*0..C-1"),
+        (np.zeros((2, 2)), np.array([1e20, 0.0]), {}, "labels span 0..1e\\+20, expected 0..C-1"),
+        (np.zeros((2, 2)), np.array([np.nan, 0.0]), {}, "not integers"),
+        (np.zeros((3, 2)), np.array(["a", "b", "a"]), {}, "labels must be numbers, got dtype <U1 .*classes="),
+        (np.array([["a", "b"]] * 2, dtype=object), np.zeros(2), {}, "features must be numbers, got dtype object"),
+        (np.zeros(6), np.zeros(6), {}, r"features of shape \(6,\) .*reshape to \(N, 1\)"),
+        (np.zeros((6, 0)), np.zeros(6), {}, r"features of shape \(6, 0\)"),
     ],
 )
 def test_from_arrays_errors(x, y, kwargs, match):
