@@ -93,6 +93,8 @@ class Context:
     device: torch.device
     batch_size: int
     progress: Progress
+    #: the class names, in label order (the model's outputs)
+    classes: list[str] | None = None
 
     def embed(
         self, domain: str, fn: Callable[[Tensor], Tensor] | None = None, batch_size: int = 512

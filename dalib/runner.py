@@ -342,8 +342,9 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
         raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}")
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a dalib checkpoint safely (``weights_only=True``)."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
     try:
@@ -458,7 +459,7 @@ def run(
             on_start({"mode": "deep", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
                       "n_tgt": len(tgt), "start": start, "steps": config.steps, "device": str(device)})
         context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
-                          Progress(start, config.steps))
+                          Progress(start, config.steps), classes=list(src.classes))
         if start == 0:
             method.prepare(context)
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,13 +34,15 @@ class FineTune(Method):
     ``policy`` picks what learns: ``head`` freezes the backbone (the bottleneck and the
     classifier learn), ``partial:K`` freezes the first K backbone stages, ``full`` trains
     everything, the backbone at ``backbone_lr_mult`` times the learning rate.
-    L2-SP (Li et al., ICML 2018) pulls the backbone towards its starting point
+    L2-SP (Li et al., ICML 2018) pulls the weights towards their starting point
     :math:`w^0` instead of towards zero:
 
     .. math:: \Omega(w) = \tfrac{\alpha}{2}\lVert w_S - w_S^0\rVert^2
               + \tfrac{\beta}{2}\lVert w_{\bar S}\rVert^2
 
-    (S: the pre-trained backbone, :math:`\bar S`: the new layers; weight decay is then off).
+    (S: every weight the starting point gave, the bottleneck and head included when ``init``
+    has them for the same classes; :math:`\bar S`: the layers it did not give, such as a new
+    head; weight decay is then off).
     """
 
     @dataclass(frozen=True)
@@ -47,7 +50,7 @@ class FineTune(Method):
         policy: str = param("full", "head | partial:K | full: which backbone stages learn")
         backbone_lr_mult: float = param(0.1, "learning-rate multiplier of the trainable backbone")
         l2sp: float = param(0.0, "L2-SP weight alpha towards the starting weights (0: plain weight decay)")
-        l2sp_beta: float = param(0.01, "L2-SP weight beta on the new layers (used when l2sp > 0)")
+        l2sp_beta: float = param(0.01, "L2-SP weight beta on the layers the start did not give (used when l2sp > 0)")
         init: str | None = param(None, "dalib checkpoint (checkpoint.pt of a run) to start from")
 
         def __post_init__(self) -> None:
@@ -59,12 +62,32 @@ class FineTune(Method):
 
     def __init__(self, config: Config, model) -> None:
         super().__init__(config, model)
-        if config.init is not None:
-            _load_init(model, config.init)
         model.freeze_stages(parse_policy(config.policy))
-        if config.l2sp > 0:
-            for i, p in enumerate(model.backbone.parameters()):
-                self.register_buffer(f"w0_{i}", p.detach().clone())
+        #: L2-SP's starting weights w⁰, by parameter name: set in prepare (a fresh run) or
+        #: restored from the checkpoint (a resumed one, which then needs no ``init`` file)
+        self.anchors: dict[str, Tensor] = {}
+
+    def prepare(self, context) -> None:
+        model = context.model
+        if self.config.init is not None:
+            given = _load_init(model, self.config.init, context.classes)
+        elif getattr(model, "pretrained", False):
+            given = {f"backbone.{name}" for name, _ in model.backbone.named_parameters()}
+        else:
+            given = set()
+            warnings.warn("finetune has no starting point (no init, no --pretrained): it trains from random "
+                          "weights, which is source_only with frozen layers", RuntimeWarning, stacklevel=2)
+        self.diagnostics = {"started_from": self.config.init or ("pretrained" if given else "random"),
+                            "tensors_given": len(given)}
+        if self.config.l2sp > 0:
+            self.anchors = {n: p.detach().clone() for n, p in model.named_parameters() if n in given}
+
+    def get_extra_state(self) -> dict:
+        return {"anchors": self.anchors}
+
+    def set_extra_state(self, state: dict) -> None:
+        device = next(self.model.parameters()).device
+        self.anchors = {n: t.to(device) for n, t in state["anchors"].items()}
 
     def param_groups(self, model) -> list[dict]:
         groups = model.param_groups(backbone_lr_mult=self.config.backbone_lr_mult)
@@ -77,30 +100,48 @@ class FineTune(Method):
         cls = self.source_loss(batch, out)
         if self.config.l2sp == 0:
             return {"total": cls, "cls": cls}
-        pull = sum(
-            ((p - getattr(self, f"w0_{i}")) ** 2).sum()
-            for i, p in enumerate(self.model.backbone.parameters())
-            if p.requires_grad
-        )
-        new = sum((p**2).sum() for m in (self.model.bottleneck, self.model.head) for p in m.parameters())
-        reg = 0.5 * self.config.l2sp * torch.as_tensor(pull) + 0.5 * self.config.l2sp_beta * new
+        pull = cls.new_zeros(())
+        new = cls.new_zeros(())
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            w0 = self.anchors.get(name)
+            if w0 is None:
+                new = new + (p**2).sum()
+            else:
+                pull = pull + ((p - w0) ** 2).sum()
+        reg = 0.5 * self.config.l2sp * pull + 0.5 * self.config.l2sp_beta * new
         return {"total": cls + reg, "cls": cls, "l2sp": reg}
 
 
-def _load_init(model, path: str) -> None:
+def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
+    """Copy a dalib checkpoint's weights into ``model``; return the names of the tensors
+    copied. The backbone must match exactly; the head is copied only for the same classes."""
     from dalib.runner import load_checkpoint
 
     p = Path(path)
     if p.is_dir():
         p = p / "checkpoint.pt"
-    state = load_checkpoint(p)["model"]
+    ckpt = load_checkpoint(p)
+    state, spec = ckpt["model"], ckpt.get("model_spec") or {}
     own = model.state_dict()
-    shared = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
-    backbone = [k for k in own if k.startswith(("backbone.", "bottleneck."))]
-    missing = [k for k in backbone if k not in shared]
-    if missing:
+    body = ("backbone.", "bottleneck.")
+    theirs = {k for k in state if k.startswith(body)}
+    ours = {k for k in own if k.startswith(body)}
+    unfit = sorted(k for k in ours if k not in state or state[k].shape != own[k].shape)
+    if unfit or theirs - ours:
         raise CheckpointError(
-            f"checkpoint {p} does not fit this model ({len(missing)} backbone tensors missing or "
-            "of another shape): use the same --arch and dataset"
+            f"checkpoint {p} does not fit this model ({len(unfit)} backbone tensors missing or of another "
+            f"shape, {len(theirs - ours)} it has and this model lacks; it was a {spec.get('arch', 'another')} "
+            "network): use the same --arch and dataset"
         )
-    model.load_state_dict(shared, strict=False)
+    head = [k for k in own if k.startswith("head.")]
+    same_head = all(k in state and state[k].shape == own[k].shape for k in head)
+    their_classes = spec.get("classes")
+    if same_head and classes is not None and their_classes is not None and list(their_classes) != list(classes):
+        same_head = False
+        warnings.warn(f"the starting model's classes ({', '.join(map(str, their_classes))}) are not this data's "
+                      f"({', '.join(map(str, classes))}): its classifier is not reused", RuntimeWarning, stacklevel=3)
+    copied = {k: state[k] for k in ours} | ({k: state[k] for k in head} if same_head else {})
+    model.load_state_dict(copied, strict=False)
+    return set(copied)

@@ -90,7 +90,7 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
             # gets them; dalib never downloads during tests.
             weights = "IMAGENET1K_V1"
         try:
-            net = ctor(weights=weights)
+            net = ctor(weights=weights, progress=False)  # no download bar before the one-line error
         except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), a corrupt cached file
             raise CheckpointError(
                 f"cannot get the ImageNet weights of resnet{depth} ({first_line(exc)}): put them in torchvision's "
