@@ -183,7 +183,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
     out_dir = Path(out) if out else _default_out(method, *_canonical_domains(config), config.seed)
     def announce(info: dict[str, Any]) -> None:
         resumed = f", resuming at step {info['start']}" if info.get("start") else ""
-        how = (f"{info['steps']} steps on {info['device']}{resumed}" if info["mode"] == "deep"
+        how = (f"{info['steps']} step{'s' if info['steps'] != 1 else ''} on {info['device']}{resumed}" if info["mode"] == "deep"
                else f"shallow form + {info['classifier']} classifier on {info['device']}")
         click.echo(
             f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}) -> {info['tgt']} "
@@ -195,7 +195,10 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
     if result.rank != 0:
         return  # under torchrun, rank 0 alone reports, as it alone writes
     click.echo(f"source accuracy: {result.source_accuracy:.2f}%")
-    click.echo(f"target accuracy: {result.target_accuracy:.2f}%")
+    if result.target_accuracy is None:
+        click.echo("target accuracy: n/a (the target has no labels)")
+    else:
+        click.echo(f"target accuracy: {result.target_accuracy:.2f}%")
     click.echo(f"results: {out_dir / 'result.json'}")
 
 
@@ -210,8 +213,10 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
               help="import a module that registers datasets or methods (as the run did)")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
              device: str, plugins: tuple[str, ...]) -> None:
-    """Score the network of the deep run RUN (its folder or its checkpoint.pt) on a domain of
-    its dataset (labels used only to score), e.g. a held-out test set or a third domain."""
+    """Score the network of a deep run on a domain of its dataset.
+
+    RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
+    (a held-out test set, a third domain)."""
     from dalib.data import load_domain
     from dalib.errors import DataError
     from dalib.runner import evaluate, load_model, resolve_device
@@ -237,6 +242,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         raise DataError(f"domain {target.name} names its classes otherwise than the run's network: {', '.join(other[:3])}"
                         f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits")
     accuracy = evaluate(model, target, where)
+    if accuracy is None:
+        raise DataError(f"domain {target.name} has no labels to score the network with")
     click.echo(f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}: "
                f"accuracy {accuracy:.2f}%")
 

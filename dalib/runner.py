@@ -121,7 +121,7 @@ class RunConfig:
 @dataclass
 class RunResult:
     source_accuracy: float
-    target_accuracy: float
+    target_accuracy: float | None  # None: the target has no labels to score
     steps: int
     seconds: float
     out_dir: Path | None
@@ -303,36 +303,44 @@ def _batches(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0) -> float:
-    """Accuracy (%) of ``model`` on every sample of ``domain``."""
+def evaluate(
+    model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
+) -> float | None:
+    """Accuracy (%) of ``model`` on the labelled samples of ``domain``; None when it has none
+    (an unlabelled target)."""
     was = model.training
     model.eval()
     correct = total = 0
     try:
         if getattr(domain, "x", None) is not None:
+            if not bool((domain.y >= 0).any()):
+                return None  # nothing to score: no forward pass
             for i in range(0, len(domain.x), batch_size):
                 x = domain.x[i : i + batch_size].to(device)
                 y = domain.y[i : i + batch_size].to(device)
-                correct += int((model(x).logits.argmax(1) == y).sum())
-                total += len(y)
+                correct += int((model(x).logits.argmax(1) == y).sum())  # an unlabelled −1 never matches
+                total += int((y >= 0).sum())
         else:
             loader = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
             try:
                 for x, y in loader:
                     pred = model(x.to(device)).logits.argmax(1)
-                    correct += int((pred == torch.as_tensor(y).to(device)).sum())
-                    total += len(pred)
+                    y = torch.as_tensor(y).to(device)
+                    correct += int((pred == y).sum())
+                    total += int((y >= 0).sum())
             except DalibError as exc:
                 raise (_from_worker(exc) if workers else exc) from None
     finally:
         model.train(was)
-    return 100.0 * correct / max(1, total)
+    return 100.0 * correct / total if total else None
 
 
 def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     for d, role in ((src, "source"), (tgt, "target")):
         if len(d) == 0:
             raise DataError(f"the {role} domain {d.name!r} is empty")
+    if src.y is not None and bool((src.y < 0).any()):
+        raise DataError(f"the source domain {src.name!r} has unlabelled samples: the source must be labelled")
     if tuple(src.input_shape) != tuple(tgt.input_shape):
         raise DataError(
             f"source {cfg.src!r} inputs have shape {tuple(src.input_shape)} but target {cfg.tgt!r} "

@@ -19,8 +19,12 @@ from dalib.errors import CheckpointError
 __all__ = ["run_shallow"]
 
 
-def _accuracy(pred: np.ndarray, y: torch.Tensor) -> float:
-    return 100.0 * float(np.mean(np.asarray(pred) == y.numpy()))
+def _accuracy(pred: np.ndarray, y: torch.Tensor) -> float | None:
+    """Accuracy (%) on the labelled samples; None when there are none (an unlabelled target)."""
+    labelled = y.numpy() >= 0
+    if not labelled.any():
+        return None
+    return 100.0 * float(np.mean(np.asarray(pred)[labelled] == y.numpy()[labelled]))
 
 
 def run_shallow(

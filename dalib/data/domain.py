@@ -12,7 +12,10 @@ from torch.utils.data import Dataset, TensorDataset
 
 from dalib.errors import DataError
 
-__all__ = ["Domain"]
+__all__ = ["Domain", "UNLABELLED"]
+
+#: the label of a sample whose class is unknown: an unlabelled target domain's samples
+UNLABELLED = -1
 
 
 @dataclass(frozen=True, eq=False)
@@ -20,7 +23,8 @@ class Domain:
     """One domain of a dataset, ready for a DataLoader.
 
     ``dataset`` yields ``(x, y)``: ``x`` a float32 tensor of shape ``input_shape``, ``y`` the
-    class index (an int64 scalar tensor for in-memory data, an ``int`` for image folders).
+    class index (an int64 scalar tensor for in-memory data, an ``int`` for image folders), or
+    :data:`UNLABELLED` (−1) in an unlabelled domain.
     In-memory domains (digits, feature files) also expose the whole domain as ``x`` (N, ...)
     float32 and ``y`` (N,) int64; both are ``None`` for image folders, which decode lazily.
     ``origin`` says where the data came from (a file, a folder, "embedded").
@@ -44,7 +48,7 @@ class Domain:
         cls,
         name: str,
         x: np.ndarray | torch.Tensor,
-        y: np.ndarray | torch.Tensor,
+        y: np.ndarray | torch.Tensor | None,
         *,
         classes: Sequence[str] | None = None,
         num_classes: int | None = None,
@@ -55,10 +59,20 @@ class Domain:
 
         ``x`` (N, ...) is cast to float32, ``y`` (N,) to int64. Labels must lie in
         ``0 .. num_classes-1`` (``num_classes`` defaults to ``len(classes)``, else ``max(y)+1``).
+        ``y=None`` makes an unlabelled domain (a target whose classes are unknown: every label
+        is :data:`UNLABELLED`); it needs ``num_classes`` or ``classes``, the source's.
         Raises :class:`~dalib.errors.DataError` for an empty domain, NaN/inf values, a label
         count that does not match, or labels out of range.
         """
         where = _where(name, dataset_name, origin)
+        if y is None:
+            if classes is None and num_classes is None:
+                raise DataError(f"an unlabelled domain needs num_classes or classes (the source's) in {where}")
+            n = len(x)
+            labelled = cls.from_arrays(name, x, np.zeros(n, dtype=np.int64), classes=classes,
+                                       num_classes=num_classes, origin=origin, dataset_name=dataset_name)
+            labelled.y.fill_(UNLABELLED)  # the tensor the dataset holds too
+            return labelled
         xt = _as_number_tensor(x, "features", where).detach()
         yt = _as_number_tensor(y, "labels", where).detach()
         xt = xt.to(torch.float32).contiguous()

@@ -23,7 +23,7 @@ def test_resnets_refuse_inputs_that_are_not_colour_images():
 def test_imagenet_weights_out_of_reach_are_one_clear_error(monkeypatch):
     import torchvision
 
-    def offline(weights=None):
+    def offline(weights=None, progress=True):
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torchvision.models, "resnet18", offline)

@@ -1,0 +1,71 @@
+"""A real target domain has no labels: it trains the same network, and nothing is scored on it."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+import dalib
+from dalib.cli import cli
+from dalib.data import DatasetInfo, Domain, list_datasets, register_dataset
+from dalib.data.registry import _entry
+from dalib.errors import DataError
+from dalib.runner import RunConfig, load_checkpoint, run
+
+
+@pytest.fixture(scope="module")
+def unlabelled_dataset(toy_dataset) -> str:
+    """The toy shift with the target's labels dropped (and a source without labels, to refuse)."""
+    if "toy-unlabelled" not in list_datasets():
+        toy = _entry(toy_dataset)[1]
+
+        def load(request):
+            d = toy(request)
+            if request.domain == "src":
+                return d
+            return Domain.from_arrays(request.domain, d.x, None, num_classes=2, dataset_name="toy-unlabelled")
+
+        register_dataset(DatasetInfo(name="toy-unlabelled", description="toy shift, unlabelled target (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"), load)
+    return "toy-unlabelled"
+
+
+def test_an_unlabelled_target_trains_the_same_network_and_is_not_scored(tmp_path, toy_dataset, unlabelled_dataset):
+    """Training never reads a target label, so dropping them changes no weight: the run is the
+    labelled one bit for bit, and only the reported target accuracy goes (null, not 0)."""
+    kw = dict(method="dann", src="src", tgt="tgt", steps=20, batch_size=16, eval_every=10, method_config={"hidden": 32})
+    labelled = run(RunConfig(dataset=toy_dataset, **kw), tmp_path / "labelled", progress_bar=False)
+    blind = run(RunConfig(dataset=unlabelled_dataset, **kw), tmp_path / "blind", progress_bar=False)
+    assert blind.target_accuracy is None and labelled.target_accuracy is not None
+    assert blind.source_accuracy == labelled.source_accuracy
+    a = load_checkpoint(tmp_path / "labelled" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "blind" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((tmp_path / "blind" / "result.json").read_text())["target_accuracy"] is None
+    assert [h.get("target_acc") for h in blind.history if "source_acc" in h] == [None]
+    # the network predicts the unlabelled target through load_model
+    model = dalib.load_model(tmp_path / "blind")
+    x = Domain.from_arrays("tgt", np.zeros((3, 8), dtype=np.float32), None, num_classes=2).x
+    assert model(x).logits.shape == (3, 2)
+
+
+def test_the_cli_and_the_shallow_form_say_there_is_nothing_to_score(tmp_path, unlabelled_dataset):
+    res = CliRunner().invoke(cli, ["run", "coral", "--dataset", unlabelled_dataset, "--src", "src", "--tgt", "tgt",
+                                   "--out", str(tmp_path / "shallow"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "target accuracy: n/a (the target has no labels)" in res.stdout
+    assert json.loads((tmp_path / "shallow" / "result.json").read_text())["target_accuracy"] is None
+    res = CliRunner().invoke(cli, ["run", "source_only", "--mode", "deep", "--dataset", unlabelled_dataset, "--src",
+                                   "tgt", "--tgt", "src", "--steps", "2", "--quiet"])
+    assert res.exit_code == 2 and "the source domain 'tgt' has unlabelled samples" in res.stderr
+
+
+def test_an_unlabelled_domain_needs_the_class_count():
+    with pytest.raises(DataError, match="unlabelled domain needs num_classes or classes"):
+        Domain.from_arrays("t", np.zeros((4, 2)), None)
+    d = Domain.from_arrays("t", np.zeros((4, 2)), None, classes=["a", "b", "c"])
+    assert d.num_classes == 3 and d.y.tolist() == [-1] * 4 and int(d.dataset[0][1]) == -1
