@@ -153,7 +153,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
                 if set(tasks) != _suite_tasks(suite) else "")
     head = ["method", *(_short(t, suite) for t in tasks), "mean", "Δ vs source-only"]
     lines = [
-        f"# {suite.title}",
+        f"# {suite.title}" + (f", {state['steps']} steps" if state.get("steps") else ""),
         "",
         suite.protocol,
         "",

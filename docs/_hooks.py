@@ -299,8 +299,30 @@ def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
 # -- the generated files -------------------------------------------------------------------
 
 
+def run_options_page() -> str:
+    """Every field of ``dalib.RunConfig``: what ``--config`` files and the Python API set."""
+    from dalib.runner import RunConfig
+
+    lines = [
+        "# Run options",
+        "",
+        "Every option of a run, with its default: the fields of `dalib.RunConfig`, the keys of a",
+        "`--config` TOML file (beside a `[method]` table), and, for the common ones, the flags of",
+        "`dalib run` (`steps` is `--steps`, `batch_size` is `--batch-size`; `dalib run --help`",
+        "lists them). The others (the optimiser's `momentum` and `weight_decay`, the learning-rate",
+        "schedule's `lr_alpha` and `lr_beta`, `log_every`, `amp`, ...) are set in a `--config` file",
+        "or from Python. Generated from the code.",
+        "",
+        *_hyperparameter_table(RunConfig),
+        "",
+    ]
+    return "\n".join(lines)
+
+
 def on_files(files: Any, config: Any) -> Any:
     from mkdocs.structure.files import File
+
+    files.append(File.generated(config, "run-options.md", content=run_options_page()))
 
     methods = _registered_methods()
     files.append(File.generated(config, "methods/index.md", content=methods_index(methods)))
