@@ -381,15 +381,18 @@ def run_suite(
             prints[key] = cell_fingerprint(config)
         except DalibError as exc:
             prints[key], invalid[key] = "", first_line(exc)
-    codes = {v.method: method_code_hash(v.method) for v in variants}
+    codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
     state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                   "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
     todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
                                               and state["cells"][c.key].get("fingerprint") == prints[c.key])]
     running = {c.key for c in todo}
-    changed = sorted({c.variant.method for c in cells if c.key not in running
-                      and codes[c.variant.method] and state["cells"][c.key].get("code", codes[c.variant.method])
-                      not in ("", codes[c.variant.method])})
+
+    def code_changed(cell: Cell) -> bool:  # a kept cell run by other code of its method (unknown: no)
+        old, now = state["cells"][cell.key].get("code"), codes[cell.variant.method]
+        return bool(old and now and old != now)
+
+    changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
     started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
     jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
 

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dalib.data.domain import UNLABELLED
+
 if TYPE_CHECKING:
     from dalib.models import DAModel
 
@@ -130,8 +132,8 @@ class Context:
 
 
 class Unlabelled(torch.utils.data.Dataset):
-    """A view of a dataset whose items are ``(x, -1)``: what a method sees of the target, so
-    that no loop over it can reach the target labels."""
+    """A view of a dataset whose items are ``(x, UNLABELLED)``: what a method sees of the
+    target, so that no loop over it can reach the target labels."""
 
     def __init__(self, data: torch.utils.data.Dataset) -> None:
         self.data = data
@@ -140,7 +142,7 @@ class Unlabelled(torch.utils.data.Dataset):
         return len(self.data)  # type: ignore[arg-type]
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
-        return self.data[i][0], -1
+        return self.data[i][0], UNLABELLED
 
 
 def plain_diagnostics(value: Any, method: str, key: str = "diagnostics") -> Any:

@@ -6,7 +6,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import Tensor
 
 from dalib import Batch, Method, Outputs, Progress, param, register_method
