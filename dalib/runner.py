@@ -427,6 +427,7 @@ def run(
         model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
         spec = model_spec(config, dataset, src, tgt.name)
         method = method_cls(method_config, model)
+        spec["cut"] = model.cut  # a method may cut the backbone's last stages (finetune's cut:K)
         model.to(device)
         if device.type == "cpu" and all(t.dim() != 5 for t in [*model.parameters(), *model.buffers()]):
             model.to(memory_format=CPU_MEMORY_FORMAT)  # (a 3-d convolution's 5-d weights have no such layout)
@@ -759,6 +760,8 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     if not isinstance(spec, dict):
         raise CheckpointError(f"{p} does not describe its network (written by an older dalib): train the run again")
     model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
+    if spec.get("cut"):
+        model.cut_stages(int(spec["cut"]))
     model.load_state_dict(ckpt["model"])
     model.classes = list(spec["classes"])
     model.spec = dict(spec)

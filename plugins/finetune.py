@@ -12,16 +12,19 @@ from dalib import Batch, Method, Outputs, Progress, param, register_method
 from dalib.errors import CheckpointError
 
 
-def parse_policy(policy: str) -> int | None:
-    """Stages to freeze: ``"full"`` -> 0, ``"head"`` -> None (all), ``"partial:K"`` -> K."""
+def parse_policy(policy: str) -> tuple[int, int | None]:
+    """``(stages to cut off the end, stages to freeze)``: ``"full"`` -> (0, 0), ``"head"`` ->
+    (0, None: all), ``"partial:K"`` -> (0, K), ``"cut:K"`` -> (K, None: all that remain)."""
     if policy == "full":
-        return 0
+        return 0, 0
     if policy == "head":
-        return None
+        return 0, None
     kind, _, k = policy.partition(":")
     if kind == "partial" and k.isdigit():
-        return int(k)
-    raise ValueError(f"policy must be 'head', 'partial:K' or 'full', got {policy!r}")
+        return 0, int(k)
+    if kind == "cut" and k.isdigit() and int(k) >= 1:
+        return int(k), None
+    raise ValueError(f"policy must be 'head', 'partial:K', 'cut:K' (K >= 1) or 'full', got {policy!r}")
 
 
 @register_method("finetune")
@@ -31,8 +34,10 @@ class FineTune(Method):
     The starting weights come from ``init`` (a checkpoint written by a dalib run, e.g. a
     ``source_only`` model) or from ``--pretrained`` (ImageNet or a checkpoint, ResNets).
     ``policy`` picks what learns: ``head`` freezes the backbone (the bottleneck and the
-    classifier learn), ``partial:K`` freezes the first K backbone stages, ``full`` trains
-    everything, the backbone at ``backbone_lr_mult`` times the learning rate.
+    classifier learn), ``partial:K`` freezes the first K backbone stages, ``cut:K`` cuts the
+    last K stages off and freezes the rest (a new bottleneck and the classifier learn on an
+    earlier stage's features), ``full`` trains everything, the backbone at
+    ``backbone_lr_mult`` times the learning rate.
     L2-SP (Li et al., ICML 2018) pulls the weights towards their starting point
     :math:`w^0` instead of towards zero:
 
@@ -46,7 +51,7 @@ class FineTune(Method):
 
     @dataclass(frozen=True)
     class Config:
-        policy: str = param("full", "head | partial:K | full: which backbone stages learn")
+        policy: str = param("full", "head | partial:K | cut:K | full: which backbone stages learn (cut:K drops the last K)")
         backbone_lr_mult: float = param(0.1, "learning-rate multiplier of the trainable backbone")
         l2sp: float = param(0.0, "L2-SP weight alpha towards the starting weights (0: plain weight decay)")
         l2sp_beta: float = param(0.01, "L2-SP weight beta on the layers the start did not give (used when l2sp > 0)")
@@ -61,7 +66,10 @@ class FineTune(Method):
 
     def __init__(self, config: Config, model) -> None:
         super().__init__(config, model)
-        model.freeze_stages(parse_policy(config.policy))
+        cut, freeze = parse_policy(config.policy)
+        if cut:
+            model.cut_stages(cut)
+        model.freeze_stages(freeze)
         #: L2-SP's starting weights w⁰, by parameter name: set in prepare (a fresh run) or
         #: restored from the checkpoint (a resumed one, which then needs no ``init`` file)
         self.anchors: dict[str, Tensor] = {}
@@ -115,7 +123,9 @@ class FineTune(Method):
 
 def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     """Copy a dalib checkpoint's weights into ``model``; return the names of the tensors
-    copied. The backbone must match exactly; the head is copied only for the same classes."""
+    copied. The backbone must match exactly, except for the stages ``model`` cut off; the
+    bottleneck only when the checkpoint's network was cut as this one (else it took other
+    features), the head only with the bottleneck and for the same classes."""
     from dalib.runner import load_checkpoint
 
     p = Path(path)
@@ -124,10 +134,19 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     ckpt = load_checkpoint(p)
     state, spec = ckpt["model"], ckpt.get("model_spec") or {}
     own = model.state_dict()
-    body = ("backbone.", "bottleneck.")
-    theirs = {k for k in state if k.startswith(body)}
-    ours = {k for k in own if k.startswith(body)}
-    unfit = sorted(k for k in ours if k not in state or state[k].shape != own[k].shape)
+
+    def fits(k: str) -> bool:
+        return k in state and state[k].shape == own[k].shape
+
+    ours = {k for k in own if k.startswith("backbone.")}
+    theirs = {k for k in state if k.startswith("backbone.") and not k.startswith(tuple(model.cut_prefixes))}
+    bottleneck = [k for k in own if k.startswith("bottleneck.")]
+    # after a cut the bottleneck takes an earlier stage's features: a new layer, whatever its shape
+    new_bottleneck = model.cut != int(spec.get("cut") or 0)
+    if not new_bottleneck:
+        ours |= set(bottleneck)
+        theirs |= {k for k in state if k.startswith("bottleneck.")}
+    unfit = sorted(k for k in ours if not fits(k))
     if unfit or theirs - ours:
         raise CheckpointError(
             f"checkpoint {p} does not fit this model ({len(unfit)} backbone tensors missing or of another "
@@ -135,7 +154,7 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
             "network): use the same --arch and dataset"
         )
     head = [k for k in own if k.startswith("head.")]
-    same_head = all(k in state and state[k].shape == own[k].shape for k in head)
+    same_head = not new_bottleneck and all(fits(k) for k in head)
     their_classes = spec.get("classes")
     if same_head and classes is not None and their_classes is not None and list(their_classes) != list(classes):
         same_head = False

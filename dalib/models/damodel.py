@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+import torch
 from torch import Tensor, nn
 
 from dalib.errors import ConfigError
@@ -31,6 +32,7 @@ class DAModel(nn.Module):
         num_classes: int,
         bottleneck_dim: int = 256,
         pretrained: bool = False,
+        input_shape: tuple[int, ...] | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
@@ -44,7 +46,11 @@ class DAModel(nn.Module):
         self.features_dim = bottleneck_dim
         self.num_classes = num_classes
         self.pretrained = pretrained
+        self.input_shape = None if input_shape is None else tuple(input_shape)
         self.frozen_stages = 0  # set by freeze_stages()
+        self.cut = 0  # backbone stages cut off the end, by cut_stages()
+        self.cut_prefixes: list[str] = []  # the state-dict prefixes the cut removed
+        self._stages = self._find_stages()
 
     def forward(self, x: Tensor) -> ModelOutput:
         f = self.bottleneck(self.backbone(x))  # (B, bottleneck_dim)
@@ -52,8 +58,12 @@ class DAModel(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two
-        conv blocks; MLP: its hidden layers; ``identity``: none). ``partial:K`` fine-tuning
-        freezes the first K."""
+        conv blocks; MLP: its hidden layers, each a Linear with the activation and dropout after
+        it; ``identity``: none), without those :meth:`cut_stages` removed. ``partial:K``
+        fine-tuning freezes the first K; ``cut:K`` removes the last K."""
+        return list(self._stages)
+
+    def _find_stages(self) -> list[nn.Module]:
         b = self.backbone
         if next(b.parameters(), None) is None:  # identity: nothing to freeze
             return []
@@ -64,15 +74,49 @@ class DAModel(nn.Module):
             layers = list(b.stages)
             return [nn.ModuleList(layers[0:4]), nn.ModuleList(layers[4:8])]
         layers = list(b.children()) if isinstance(b, nn.Sequential) else [b]
-        groups, current = [], []
+        groups: list[list[nn.Module]] = []
+        lead: list[nn.Module] = []  # layers before the first Linear (a Flatten) join the first stage
         for layer in layers:
-            current.append(layer)
             if isinstance(layer, nn.Linear):
-                groups.append(nn.ModuleList(current))
-                current = []
-        if current and groups:
-            groups[-1].extend(current)
-        return groups or [b]
+                groups.append(lead + [layer])
+                lead = []
+            elif groups:
+                groups[-1].append(layer)
+            else:
+                lead.append(layer)
+        return [nn.ModuleList(g) for g in groups] or [b]
+
+    def cut_stages(self, k: int) -> None:
+        """Cut the last ``k`` backbone stages off: the backbone ends at stage ``n - k`` (a
+        ResNet still pools its output), and the bottleneck's first layer is rebuilt for the
+        narrower features, so it starts from new random weights."""
+        stages = self._stages
+        if self.cut:
+            raise ConfigError("this model's stages were already cut")
+        if len(stages) < 2:
+            raise ConfigError(f"the backbone has {len(stages)} stage{'s' * (len(stages) != 1)}: nothing to cut "
+                              "(a cut keeps at least one stage)")
+        if not 1 <= k < len(stages):
+            raise ConfigError(f"the backbone has {len(stages)} stages; cannot cut {k} "
+                              f"(K of cut:K runs from 1 to {len(stages) - 1})")
+        if self.input_shape is None:
+            raise ConfigError("cutting stages needs the model's input shape (build it with build_model)")
+        where = {id(m): (parent, name) for parent in self.backbone.modules() for name, m in parent.named_children()}
+        names = {id(m): name for name, m in self.named_modules()}
+        for stage in stages[len(stages) - k:]:
+            for m in (stage if isinstance(stage, nn.ModuleList) else [stage]):
+                self.cut_prefixes.append(names[id(m)] + ".")
+                parent, name = where[id(m)]
+                setattr(parent, name, nn.Identity())
+        self._stages = stages[: len(stages) - k]
+        self.cut = k
+        was = self.training
+        self.backbone.eval()  # batch norm must not count the probe batch
+        with torch.no_grad():
+            dim = self.backbone(torch.zeros(1, *self.input_shape)).flatten(1).shape[1]
+        self.train(was)
+        old = self.bottleneck[0]
+        self.bottleneck[0] = nn.Linear(dim, old.out_features)
 
     def freeze_stages(self, k: int | None) -> None:
         """Freeze the first ``k`` backbone stages (``None``: the whole backbone): their
@@ -121,4 +165,5 @@ def build_model(
     """Build a :class:`DAModel`; ``arch=None`` picks :func:`default_arch`."""
     arch = arch or default_arch(input_shape)
     backbone, dim = build_backbone(arch, input_shape, pretrained)
-    return DAModel(backbone, dim, num_classes, bottleneck_dim, pretrained=pretrained is not None)
+    return DAModel(backbone, dim, num_classes, bottleneck_dim, pretrained=pretrained is not None,
+                   input_shape=tuple(input_shape))

@@ -47,6 +47,47 @@ def test_policies_freeze_what_they_say(tmp_path, toy_dataset, source_model):
     assert not torch.equal(full[first], start[first])
 
 
+def test_cut_drops_the_last_stages_and_learns_on_the_earlier_features(tmp_path, toy_dataset, source_model):
+    from dalib.data import load_domain
+    from dalib.runner import evaluate
+
+    start = load_checkpoint(source_model)["model"]  # the toy MLP: backbone.1 (stage 1), backbone.4 (stage 2)
+    cfg = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=20, batch_size=32,
+                    method_config={"policy": "cut:1", "init": str(source_model), "l2sp": 0.1})
+    result = run(cfg, tmp_path / "cut", progress_bar=False)
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    model = ckpt["model"]
+    assert not any(k.startswith("backbone.4.") for k in model)  # the second hidden layer is gone
+    assert torch.equal(model["backbone.1.weight"], start["backbone.1.weight"])  # the first stays frozen
+    # the bottleneck now takes the first hidden layer's 256 features: a new layer, as is the head
+    assert model["bottleneck.0.weight"].shape == start["bottleneck.0.weight"].shape
+    assert ckpt["method"]["_extra_state"]["anchors"].keys() == {"backbone.1.weight", "backbone.1.bias"}
+    assert ckpt["model_spec"]["cut"] == 1 and ckpt["diagnostics"]["tensors_given"] == 2
+    assert result.source_accuracy > 90  # the earlier features still separate the classes
+    # the cut network comes back from its folder and scores what the run reported
+    loaded = dalib.load_model(tmp_path / "cut")
+    assert evaluate(loaded, load_domain(toy_dataset, "tgt"), torch.device("cpu")) == result.target_accuracy
+
+
+@pytest.mark.parametrize("arch,shape,cut,features", [
+    ("lenet", (1, 28, 28), 1, 32 * 16),  # the first conv block's 32 channels, pooled to 4 x 4
+    ("resnet18", (3, 32, 32), 2, 128),  # stem, layer1, layer2: layer2's 128 channels, pooled
+])
+def test_cut_on_image_backbones(arch, shape, cut, features):
+    from dalib.models import build_model
+
+    model = build_model(arch, shape, 3, bottleneck_dim=16)
+    kept = len(model.stages()) - cut
+    model.cut_stages(cut)
+    model.freeze_stages(None)
+    assert len(model.stages()) == kept and model.bottleneck[0].in_features == features
+    assert model(torch.randn(2, *shape)).logits.shape == (2, 3)
+    learning = {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad}
+    assert learning == {"bottleneck", "head"}
+    with pytest.raises(ConfigError, match="already cut"):
+        model.cut_stages(1)
+
+
 def test_l2sp_keeps_the_backbone_near_its_start(tmp_path, toy_dataset, source_model):
     start = load_checkpoint(source_model)["model"]
     keys = [k for k in start if k.startswith("backbone.") and k.endswith("weight")]
@@ -69,6 +110,16 @@ def test_bad_policy_and_checkpoint(tmp_path, toy_dataset):
                          method_config={"policy": "partial:5"})  # the toy MLP has 2 stages
     with pytest.raises(ConfigError, match="2 stages; cannot freeze 5"):
         run(too_deep, None, progress_bar=False)
+    with pytest.raises(ConfigError, match="policy"):
+        build_config(cls.Config, {"policy": "cut:0"})
+    too_deep = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2,
+                         method_config={"policy": "cut:2"})  # a cut keeps one stage at least
+    with pytest.raises(ConfigError, match="2 stages; cannot cut 2 .K of cut:K runs from 1 to 1"):
+        run(too_deep, None, progress_bar=False)
+    nothing = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, arch="identity",
+                        method_config={"policy": "cut:1"})
+    with pytest.raises(ConfigError, match="0 stages: nothing to cut"):
+        run(nothing, None, progress_bar=False)
     cfg = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2,
                     method_config={"init": str(tmp_path / "nothing.pt")})
     with pytest.raises(CheckpointError, match="no checkpoint"):
@@ -101,12 +152,14 @@ def test_l2sp_anchors_every_weight_the_start_gave(tmp_path, toy_dataset, source_
     assert first["loss/l2sp"] < 0.01 * first["loss/cls"]
 
 
-def test_a_resumed_l2sp_run_needs_no_init_file_and_ends_as_the_uninterrupted_one(tmp_path, toy_dataset, source_model):
+@pytest.mark.parametrize("policy", ["full", "cut:1"])
+def test_a_resumed_l2sp_run_needs_no_init_file_and_ends_as_the_uninterrupted_one(tmp_path, toy_dataset, source_model,
+                                                                                policy):
     import shutil
 
     init = tmp_path / "init.pt"
     shutil.copy(source_model, init)
-    full = _run_finetune(tmp_path, toy_dataset, "full", l2sp=0.1, init=str(init))
+    full = _run_finetune(tmp_path, toy_dataset, "full", l2sp=0.1, init=str(init), policy=policy)
 
     class _Stop(Exception):
         pass
@@ -116,9 +169,9 @@ def test_a_resumed_l2sp_run_needs_no_init_file_and_ends_as_the_uninterrupted_one
             raise _Stop
 
     with pytest.raises(_Stop):
-        _run_finetune(tmp_path, toy_dataset, "cut", on_step=stop, l2sp=0.1, init=str(init))
+        _run_finetune(tmp_path, toy_dataset, "stopped", on_step=stop, l2sp=0.1, init=str(init), policy=policy)
     init.unlink()  # the checkpoint holds the weights and the anchors
-    resumed = _run_finetune(tmp_path, toy_dataset, "cut", resume=True, l2sp=0.1, init=str(init))
+    resumed = _run_finetune(tmp_path, toy_dataset, "stopped", resume=True, l2sp=0.1, init=str(init), policy=policy)
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
 
 
