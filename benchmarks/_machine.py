@@ -22,6 +22,8 @@ _PACKAGES = {
     "pot": "pot",
     "numpy": "numpy",
     "scipy": "scipy",
+    "scikit-learn": "scikit-learn",
+    "skada": "skada",
     "geomloss": "geomloss",
     "dalib": "dalib",
 }

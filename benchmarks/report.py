@@ -210,9 +210,12 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     total = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
     wall = (f"{state['wall_seconds'] / 60:.1f} min of wall time with `--jobs {state.get('jobs', 1)}`, "
             if state.get("wall_seconds") else "")
+    by_form = {form: sum(t for v, t in summary.seconds.items() if summary.mode[v] == form) for form in ("deep", "shallow")}
+    split = (f" (deep rows {by_form['deep'] / 60:.1f} min, shallow rows {by_form['shallow'] / 60:.1f} min)"
+             if by_form["deep"] and by_form["shallow"] else "")
     lines += [
         "",
-        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cells). " + suite.timing,
+        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cells){split}. " + suite.timing,
         "",
         f"Machine: {machine_line(state['machine'])}.",
         "",

@@ -74,7 +74,12 @@ def _root_increasing(z_sorted: Tensor, suffix: Tensor, upper: float, c: float, t
             total += sign * (suffix[j] - (shift + tau) * cnt)
         return total
 
-    s_pts = s_of(points)  # (N,) or (2N,)
+    if unbounded:
+        # at its own breakpoint z_(i), S = Σ_{k>i} (z_(k) − z_(i)): no search needed (ties add 0)
+        rest = torch.arange(n - 1, -1, -1, dtype=z_sorted.dtype, device=z_sorted.device)  # (N,) n−1−i
+        s_pts = suffix[1:] - z_sorted * rest  # (N,)
+    else:
+        s_pts = s_of(points)  # (2N,)
     psi = target - s_pts if math.isinf(c) else points - c * (s_pts - target)  # non-decreasing
     k = int(torch.searchsorted(psi, torch.zeros(1, dtype=psi.dtype, device=psi.device)))
     if k == 0 and unbounded:  # left of every breakpoint S = Σz − Nτ: solve ψ(τ) = 0 there
