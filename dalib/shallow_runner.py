@@ -21,10 +21,10 @@ __all__ = ["run_shallow"]
 
 def _accuracy(pred: np.ndarray, y: torch.Tensor) -> float | None:
     """Accuracy (%) on the labelled samples; None when there are none (an unlabelled target)."""
-    labelled = y.numpy() >= 0
-    if not labelled.any():
-        return None
-    return 100.0 * float(np.mean(np.asarray(pred)[labelled] == y.numpy()[labelled]))
+    from dalib.shallow.pipeline import labelled_accuracy
+
+    acc = labelled_accuracy(pred, y.numpy())
+    return None if acc is None else 100.0 * acc
 
 
 def run_shallow(

@@ -29,13 +29,21 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
     """
     if isinstance(x, Tensor):
         t = x.detach()
+        if t.is_complex():
+            raise InputError(f"{name} holds complex numbers: give real features")
     else:
+        if hasattr(x, "tocsr") and hasattr(x, "nnz"):  # scipy.sparse
+            raise InputError(f"{name} is a sparse matrix: give a dense array ({name}.toarray())")
         try:
             arr = np.asarray(x)
         except (TypeError, ValueError) as exc:
             raise InputError(f"{name} is not an array: {exc}") from None
+        if np.iscomplexobj(arr):
+            raise InputError(f"{name} holds complex numbers: give real features")
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise InputError(f"{name} must hold numbers, got dtype {arr.dtype}")
+        if arr.dtype == np.longdouble and np.longdouble != np.float64:
+            arr = arr.astype(np.float64)  # torch has no extended precision
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dim() != 2:
         raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}")
@@ -44,6 +52,9 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
     t = t.to(dtype)
     if not bool(torch.isfinite(t).all()):
         raise InputError(f"{name} holds NaN or infinite values")
+    if not bool(torch.isfinite((t * t).sum(1)).all()):  # distances and covariances would overflow
+        raise InputError(f"{name} holds values too large for {str(dtype).removeprefix('torch.')} distances (squared "
+                         "norms overflow): scale the features")
     return t
 
 
@@ -65,6 +76,8 @@ def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
         raise InputError(f"{name} must be a 1-D array of labels, got shape {arr.shape}")
     if arr.shape[0] != n:
         raise InputError(f"{name} has {arr.shape[0]} labels for {n} samples")
+    if arr.dtype == bool:
+        arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
         if not np.issubdtype(arr.dtype, np.floating) or not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
             raise InputError(f"{name} must hold integer class labels, got dtype {arr.dtype}")
@@ -77,11 +90,15 @@ def to_numpy(x: Tensor) -> np.ndarray:
 
 def like_input(result: Tensor, reference: Any) -> Any:
     """``result`` as a tensor (on the reference's device, in its float dtype) if the
-    reference input was a tensor, else as a numpy array."""
+    reference input was a tensor, else as a numpy array (float32 for a float32 array, as
+    scikit-learn's transformers keep it; float64 otherwise)."""
     if isinstance(reference, Tensor):
         dtype = reference.dtype if reference.is_floating_point() else result.dtype
         return result.to(device=reference.device, dtype=dtype)
-    return to_numpy(result)
+    out = to_numpy(result)
+    if getattr(reference, "dtype", None) == np.float32:
+        return out.astype(np.float32)
+    return out
 
 
 def check_positive(value: Any, name: str, *, allow_none: bool = False, allow_zero: bool = False) -> None:

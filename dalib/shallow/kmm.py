@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib.errors import ConfigError
+from dalib.errors import ConfigError, InputError
 from dalib.shallow._checks import as_matrix, check_choice, check_positive, check_same_features
 from dalib.shallow._params import Params
 
@@ -190,6 +190,7 @@ class _GramOperator:
         if backend == "dense":
             self.matrix = torch.empty(n, n, dtype=xs.dtype, device=xs.device)  # (N, N)
             _log_kernel_(self.matrix, xc, self.norms, xc, self.norms.t(), self.gamma)
+            self.matrix.fill_diagonal_(1.0)  # k(x, x) = 1 exactly (the GEMM form cancels to rounding there)
         elif backend == "blocked":
             t = min(self.TILE, n)
             self.buffer = torch.empty(t, t, dtype=xs.dtype, device=xs.device)  # (T, T)
@@ -213,6 +214,8 @@ class _GramOperator:
             for j0, j1 in self.blocks[a:]:
                 tile = self.buffer[: i1 - i0, : j1 - j0]
                 _log_kernel_(tile, xc[i0:i1], nrm[i0:i1], xc[j0:j1], nrm[j0:j1].t(), g)  # (bi, bj)
+                if j0 == i0:
+                    tile.fill_diagonal_(1.0)
                 out[i0:i1].addmv_(tile, v[j0:j1])
                 if j0 != i0:
                     out[j0:j1].addmv_(tile.t(), v[i0:i1])
@@ -292,6 +295,8 @@ class KMM(Params):
         start = time.perf_counter()
         ns, nt = xs.shape[0], xt.shape[0]
         sigma = float(self.bandwidth) if self.bandwidth is not None else median_bandwidth(xs, xt)
+        if not 0.5 / sigma**2 < torch.finfo(dtype).max:
+            raise ConfigError(f"bandwidth {sigma:g} is too small for {self.dtype} kernels (1/(2σ²) overflows)")
         eps = (math.sqrt(ns) - 1.0) / math.sqrt(ns) if self.eps is None else float(self.eps)
         upper = float(self.B)
         lo, hi = max(ns * (1.0 - eps), 0.0), ns * (1.0 + eps)
@@ -382,6 +387,9 @@ def _fista(
             dsum = float(d.sum())
             dmd = float(d @ d) + c * dsum * dsum
             dkd = float(d @ (knew - ky))
+            if not math.isfinite(dkd):
+                raise InputError("KMM: the kernel products are not finite (features too large for the bandwidth): "
+                                 "scale the features or use dtype='float64'")
             if dmd == 0.0 or dkd <= lip * dmd * (1.0 + 1e-9):
                 break
             lip = max(2.0 * lip, 1.05 * dkd / dmd)

@@ -16,8 +16,9 @@ and the barycentric mapping ``T(xs_i) = Σ_j P_ij xt_j / Σ_j P_ij``:
 
 For moderate sizes (n_s·n_t ≤ :data:`POT_MAX_ENTRIES`) the plans come from POT (dense,
 float64). Above, the entropic problems are solved in the log domain on the potentials
-through :func:`dalib.kernels.softmin` and the mapping is computed by blocks of rows, so
-no n_s × n_t matrix is formed (exact OT stays POT-only).
+through :func:`dalib.kernels.softmin` (its ``blocked`` or ``keops`` backend, never
+``dense``) and the mapping is computed by blocks of rows, so no n_s × n_t matrix is formed
+(exact OT stays POT-only).
 
 Out-of-sample samples (``transform(X)`` with X other than the fitted Xs): the entropic
 plan's continuous extension ``T(x) = Σ_j softmax_j(g_j/ε − C(x, xt_j)/ε) xt_j`` (the
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -71,7 +73,10 @@ class OTMapping(Params):
     norm : None, "median" or "max": divide the squared-Euclidean cost by its median or max
         (POT's ``norm``), which makes ``reg`` scale-free; default "median".
     max_iter : Sinkhorn iterations (per outer step when ``reg_cl`` is set).
-    tol : Sinkhorn stops when the L1 error of the target marginal is at most ``tol``.
+    tol : Sinkhorn's stopping threshold on the error of the target marginal: POT's
+        ``stopThr`` on the POT path (the L2 norm, checked every 10 iterations), the L1 norm
+        on the log-domain path, where it is raised to 16 × the machine epsilon of ``dtype``
+        (1.9e-6 in float32), the floor of what that precision can reach.
     max_outer_iter : majorisation-minimisation steps of the class-regularised variant
         (POT's ``SinkhornLpl1Transport(max_iter=10)``).
     backend : "auto", "pot" (dense POT plans, float64), or "dense", "blocked", "keops"
@@ -82,7 +87,10 @@ class OTMapping(Params):
     Attributes after :meth:`fit`: ``mapped_`` (n_s, d) the transported source samples
     (numpy), ``coupling_`` (n_s, n_t) numpy plan or None (log-domain path), ``f_``/``g_``
     potentials of the (last) entropic problem or None, ``cost_scale_`` (s), ``backend_``,
-    ``n_iter_`` (Sinkhorn iterations in total), ``fit_time_``.
+    ``n_iter_`` (Sinkhorn iterations in total), ``marginal_error_`` (of the last Sinkhorn
+    solve; None for exact OT), ``converged_`` (that error within ``tol``; a
+    ``RuntimeWarning`` says when it is not), ``reg_``/``reg_cl_`` (the settings the plan was
+    fitted with, which :meth:`transform` uses), ``fit_time_``.
     """
 
     def __init__(
@@ -108,7 +116,7 @@ class OTMapping(Params):
     # ------------------------------------------------------------------ checks
     def _check_params(self) -> None:
         check_positive(self.reg, "reg", allow_none=True)
-        check_positive(self.reg_cl, "reg_cl", allow_none=True, allow_zero=True)
+        check_positive(self.reg_cl, "reg_cl", allow_none=True)  # None, not 0, for no class regularisation
         check_choice(self.norm, "norm", (None, "median", "max"))
         for name in ("max_iter", "max_outer_iter"):
             v = getattr(self, name)
@@ -141,12 +149,19 @@ class OTMapping(Params):
         if backend == "auto":
             backend = "pot" if (self.reg is None or ns * nt <= POT_MAX_ENTRIES) else "auto"
         self.f_ = self.g_ = self.coupling_ = None
+        self.reg_, self.reg_cl_ = self.reg, self.reg_cl
+        self.marginal_error_: float | None = None
+        self.backend_ = backend if backend != "auto" else "log-" + _log_backend(xs, xt)
         if backend == "pot":
             self._fit_pot(xs, xt, labels)
         else:
             dtype = torch.float32 if self.dtype == "float32" else torch.float64
             self._fit_log(xs.to(dtype), xt.to(dtype), labels, backend)
-        self.backend_ = backend if backend != "auto" else "log-" + _kernels_backend_name(xs, xt)
+        self.converged_ = self.marginal_error_ is None or self.marginal_error_ <= self._tol_reached
+        if not self.converged_:
+            warnings.warn(f"OTMapping: Sinkhorn stopped after max_iter={self.max_iter} iterations with a target-marginal "
+                          f"error of {self.marginal_error_:.3g} > tol={self._tol_reached:.3g}: raise max_iter or reg",
+                          RuntimeWarning, stacklevel=2)
         self.xs_ = xs  # float64
         self.xt_ = xt
         self.n_features_in_ = xs.shape[1]
@@ -154,7 +169,7 @@ class OTMapping(Params):
         return self
 
     def _uses_continuous_map(self) -> bool:
-        return self.reg is not None and self.reg_cl is None
+        return self.reg_ is not None and self.reg_cl_ is None
 
     def _fit_pot(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None) -> None:
         import ot
@@ -189,11 +204,15 @@ class OTMapping(Params):
             for _ in range(rounds):
                 # warm start from the previous majorisation step's scalings
                 warm = None if log is None else (log["log_u"], log["log_v"])
-                plan, log = ot.sinkhorn(
-                    a, b, cost + penalty, reg, method="sinkhorn_log",
-                    numItermax=int(self.max_iter), stopThr=float(self.tol), log=True, warmstart=warm,
-                )
-                n_iter += int(log.get("niter", self.max_iter))
+                with warnings.catch_warnings():  # one warning of ours, after the fit, not POT's per solve
+                    warnings.filterwarnings("ignore", message=".*did not converge.*")
+                    plan, log = ot.sinkhorn(
+                        a, b, cost + penalty, reg, method="sinkhorn_log",
+                        numItermax=int(self.max_iter), stopThr=float(self.tol), log=True, warmstart=warm,
+                    )
+                n_iter += int(log.get("niter", self.max_iter - 1)) + 1  # POT logs the last loop index
+                errors = log.get("err") or [math.inf]
+                self.marginal_error_ = float(errors[-1])
                 if onehot is not None:
                     class_mass = onehot.T @ plan  # (G, Nt) Σ_{i∈c} P_ij
                     w = _LPL1_P * (class_mass + _LPL1_DELTA) ** (_LPL1_P - 1.0)  # (G, Nt)
@@ -215,11 +234,13 @@ class OTMapping(Params):
         ns, nt = xs.shape[0], xt.shape[0]
         scale = _cost_scale(xs, xt, self.norm)
         reg = float(self.reg)
+        tol = self._tol_reached
+        if backend == "auto":
+            backend = _log_backend(xs, xt)
         a = torch.full((ns,), 1.0 / ns, dtype=xs.dtype, device=xs.device)
         b = torch.full((nt,), 1.0 / nt, dtype=xs.dtype, device=xs.device)
         if self.reg_cl is None:
-            res = log_sinkhorn(xs, xt, a, b, reg, scale, max_iter=int(self.max_iter), tol=float(self.tol),
-                               backend=backend)
+            res = log_sinkhorn(xs, xt, a, b, reg, scale, max_iter=int(self.max_iter), tol=tol, backend=backend)
             mapped = barycentric_map(xs, xt, res.g / reg + b.log(), reg, scale)  # (Ns, D)
             n_iter = res.n_iter
         else:
@@ -233,7 +254,7 @@ class OTMapping(Params):
             for r in range(rounds):
                 res = log_sinkhorn(xs, xt, a, b, reg, scale, groups=groups, w=penalty,
                                    f0=None if res is None else res.f, g0=None if res is None else res.g,
-                                   max_iter=int(self.max_iter), tol=float(self.tol), backend=backend)
+                                   max_iter=int(self.max_iter), tol=tol, backend=backend)
                 n_iter += res.n_iter
                 if r == rounds - 1:
                     break  # the plan is the last solve's, with the penalty it used
@@ -249,6 +270,15 @@ class OTMapping(Params):
         self.mapped_ = mapped.to(torch.float64).cpu().numpy()
         self.cost_scale_ = scale
         self.n_iter_ = n_iter
+        self.marginal_error_ = float(res.marginal_error)
+
+    @property
+    def _tol_reached(self) -> float:
+        """``tol``, raised on the log-domain path to what its precision can reach."""
+        if self.backend_ == "pot" or getattr(self, "reg_", self.reg) is None:
+            return float(self.tol)
+        floor = 16.0 * torch.finfo(torch.float32 if self.dtype == "float32" else torch.float64).eps
+        return max(float(self.tol), floor)
 
     # ------------------------------------------------------------- transform
     def transform(self, X: Any) -> Any:
@@ -263,8 +293,8 @@ class OTMapping(Params):
             return like_input(torch.from_numpy(self.mapped_), X)
         if self._uses_continuous_map():
             xt = self.xt_.to(x.device)
-            h = torch.from_numpy(self.g_).to(x.device) / float(self.reg) - math.log(xt.shape[0])
-            return like_input(barycentric_map(x, xt, h, float(self.reg), self.cost_scale_), X)
+            h = torch.from_numpy(self.g_).to(x.device) / float(self.reg_) - math.log(xt.shape[0])
+            return like_input(barycentric_map(x, xt, h, float(self.reg_), self.cost_scale_), X)
         # nearest fitted source sample's displacement
         xs = self.xs_.to(x.device)
         ref_sq = (xs * xs).sum(1)  # (Ns,)
@@ -279,10 +309,13 @@ class OTMapping(Params):
         return self.fit(Xs, Xt, ys).transform(Xs)
 
 
-def _kernels_backend_name(xs: Tensor, xt: Tensor) -> str:
+def _log_backend(xs: Tensor, xt: Tensor) -> str:
+    """The kernels' choice for ``auto``, except ``dense``: the log-domain path is for plans
+    too large to form (on CUDA the kernels form them below KeOps' size)."""
     from dalib.kernels import resolve_backend
 
-    return resolve_backend("auto", xs, xt)
+    backend = resolve_backend("auto", xs, xt)
+    return "blocked" if backend == "dense" else backend
 
 
 def _cost_scale(xs: Tensor, xt: Tensor, norm: str | None) -> float:

@@ -174,7 +174,9 @@ def run_shallow(
     """Adapt with ``method``'s shallow form, train ``classifier`` on the (adapted /
     weighted) source ``Xs`` (n_s, d), ``ys`` (n_s,), predict the target ``Xt`` (n_t, d).
 
-    ``yt`` (n_t,), optional, only scores the predictions. Raises
+    ``yt`` (n_t,), optional, only scores the predictions: its samples labelled
+    :data:`dalib.data.domain.UNLABELLED` (−1) are left out, and with none labelled the target
+    accuracy is None. Raises
     :class:`dalib.errors.UnknownNameError` for an unknown method or classifier,
     :class:`dalib.errors.ConfigError` for bad ``params`` or a method without a shallow
     form, :class:`dalib.errors.InputError` for bad arrays.
@@ -197,9 +199,18 @@ def run_shallow(
         method=method,
         classifier=classifier,
         pred_t=pred,
-        target_accuracy=None if yt_arr is None else float(np.mean(pred == yt_arr)),
+        target_accuracy=labelled_accuracy(pred, yt_arr),
         source_accuracy=source_acc,
         config=dataclasses.asdict(cfg),
         extra=dict(adapted.info or {}),
         seconds=seconds,
     )
+
+
+def labelled_accuracy(pred: np.ndarray, labels: np.ndarray | None) -> float | None:
+    """Accuracy (a fraction) over the labelled samples (label >= 0, not
+    :data:`~dalib.data.domain.UNLABELLED`); None when there are none."""
+    if labels is None:
+        return None
+    known = np.asarray(labels) >= 0
+    return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
