@@ -318,7 +318,7 @@ def _run_cell(config: Any) -> dict[str, Any]:
     except Exception as exc:  # a plugin's bug fails its own cells, not the suite
         return {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}", "seconds": time.perf_counter() - t0}
     return {"status": "done", "source_accuracy": result.source_accuracy, "target_accuracy": result.target_accuracy,
-            "steps": result.steps, "seconds": time.perf_counter() - t0}
+            "steps": result.steps, "seconds": time.perf_counter() - t0, "diagnostics": result.diagnostics}
 
 
 def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:

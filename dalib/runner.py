@@ -127,6 +127,9 @@ class RunResult:
     out_dir: Path | None
     history: list[dict[str, Any]]
     rank: int = 0  # under torchrun, this process's rank: rank 0 alone writes and reports
+    #: what the method reported of itself (KMM: its weights' mean and effective sample size),
+    #: as result.json's "diagnostics"
+    diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -553,7 +556,8 @@ def run(
         seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
         src_acc = evaluate(model, src, device, workers=config.workers)
         tgt_acc = evaluate(model, tgt, device, workers=config.workers)
-        result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank)
+        result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
+                           diagnostics=_diagnostics(method, config.method))
         if out is not None and is_main:
             _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds)
             payload = {
@@ -567,7 +571,7 @@ def run(
                 "run_config": config.to_dict(),
                 "device": str(device),
                 "world_size": world,
-                "diagnostics": _diagnostics(method, config.method),
+                "diagnostics": result.diagnostics,
             }
             write_result(out, payload)
         return result

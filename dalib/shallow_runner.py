@@ -56,7 +56,8 @@ def run_shallow(
         if not (out / RESULT).is_file():
             raise CheckpointError(f"nothing to resume: no {RESULT} in {out} (a shallow run has no checkpoint)")
         done = json.loads((out / RESULT).read_text())
-        return RunResult(done["source_accuracy"], done["target_accuracy"], 0, done["seconds"], out, [])
+        return RunResult(done["source_accuracy"], done["target_accuracy"], 0, done["seconds"], out, [],
+                         diagnostics=dict(done.get("diagnostics") or {}))
 
     device = resolve_device(config.device)  # before reading data: a bad device is a one-line error
     kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
@@ -82,12 +83,13 @@ def run_shallow(
     source_acc = _accuracy(clf.predict(adapted.xs.detach().cpu().numpy()), src.y)
     target_acc = _accuracy(clf.predict(adapted.xt.detach().cpu().numpy()), tgt.y)
     seconds = time.perf_counter() - t0
-    result = RunResult(source_acc, target_acc, 0, seconds, out, [])
+    result = RunResult(source_acc, target_acc, 0, seconds, out, [],
+                       diagnostics=plain_diagnostics(adapted.info or {}, config.method))
     if out is not None:
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,
             "src": src.name, "tgt": tgt.name, "device": str(device), **result.to_dict(),
-            "method_config": dataclasses.asdict(shallow_config), "diagnostics": plain_diagnostics(adapted.info or {}, config.method),
+            "method_config": dataclasses.asdict(shallow_config), "diagnostics": result.diagnostics,
             "run_config": config.to_dict(),
         })
     return result

@@ -67,6 +67,20 @@ def test_every_registered_method_joins_the_suite_in_each_of_its_forms(toy_suite)
     assert dann.method_config == {"hidden": 32}
 
 
+def test_cells_keep_what_each_run_reported_of_itself(toy_suite, tmp_path):
+    """KMM's weights (mean, effective sample size) are in its cells, as in a run's result.json."""
+    import dalib
+
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["kmm"], seeds=[0], progress=False)
+    cells = json.loads(path.read_text())["cells"]
+    shallow = next(c for c in cells.values() if c["mode"] == "shallow")
+    direct = dalib.run(dalib.RunConfig(method="kmm", dataset="toy-shift", src="src", tgt="tgt", mode="shallow"),
+                       None, progress_bar=False)
+    assert shallow["diagnostics"] == direct.diagnostics and direct.diagnostics["effective_sample_size"] > 0
+    deep = next(c for c in cells.values() if c["mode"] == "deep")
+    assert 0 < deep["diagnostics"]["effective_sample_size"] <= 200 and "weights_mean" in deep["diagnostics"]
+
+
 def test_a_new_plugin_is_picked_up_without_touching_the_suite(toy_suite):
     from dalib import Method, register_method
     from dalib.registry import unregister_method

@@ -112,8 +112,9 @@ def test_diagnostics_of_numpy_values_and_tensors_are_written_and_survive_a_resum
 
     _run_killed_at(_config(toy_dataset, "contract_diag"), tmp_path / "r", 7)
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["diagnostics"] == expected  # weights_only loads it
-    run(_config(toy_dataset, "contract_diag"), tmp_path / "r", resume=True, progress_bar=False)
+    result = run(_config(toy_dataset, "contract_diag"), tmp_path / "r", resume=True, progress_bar=False)
     assert json.loads((tmp_path / "r" / "result.json").read_text())["diagnostics"] == expected
+    assert result.diagnostics == expected  # and dalib.run returns them
 
 
 def test_diagnostics_that_cannot_be_written_fail_before_training(toy_dataset, method_named, tmp_path):
