@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
-from dalib.runner import atomic_write_text
+from dalib.runner import atomic_write_text, check_writable
 
 from ._machine import machine_info
 from .report import write_report
@@ -359,6 +359,10 @@ def run_suite(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
+    check_writable(out)  # now, not after the first cell's work
+    for given, what in ((methods, "methods"), (tasks, "tasks"), (seeds, "seeds")):
+        if given is not None and not list(given):
+            raise ConfigError(f"--{what} names none: leave it out for all the suite's {what}")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
     if jobs < 1:
@@ -435,14 +439,20 @@ def run_suite(
 
             threads = max(1, (os.cpu_count() or 1) // jobs)
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
-                                     initargs=(threads, plugins)) as pool:
+            pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, plugins))
+            try:
                 futures = {pool.submit(_run_cell, configs[c.key]): c for c in todo}
                 for fut in as_completed(futures):
                     cell = futures[fut]
                     record(cell, fut.result())
                     bar.set_postfix_str(cell.key, refresh=False)
                     bar.update(1)
+            except BaseException:  # Ctrl-C: stop the workers now (the finished cells are recorded)
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()
     finally:
         bar.close()
     if not path.exists():  # nothing ran (every cell was current and the file was never written)

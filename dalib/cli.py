@@ -35,6 +35,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DalibError as exc:
             raise _OneLineError(first_line(exc)) from None
+        except KeyboardInterrupt:  # as click.Abort: no blank line before "dalib: interrupted"
+            raise click.Abort() from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -158,7 +160,11 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
     method_values: dict[str, Any] = {}
     if config_file:
         table = _read_toml(config_file)
-        method_values = dict(table.pop("method", {}) or {})
+        method_table = table.pop("method", {})
+        if not isinstance(method_table, dict):
+            raise ConfigError(f"'method' in {config_file} must be a [method] table of hyperparameters "
+                              "(the method itself is the command's argument: dalib run METHOD)")
+        method_values = dict(method_table)
         known = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "method_config"}
         for key, value in table.items():
             key = key.replace("-", "_")

@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import os
+import tempfile
 import platform
 import random
 import sys
@@ -111,11 +112,22 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
+        if self.seed >= 2**63:
+            raise ConfigError(f"seed must be below 2**63, got {self.seed}")
+        for name in ("lr", "weight_decay"):  # the optimizer keeps them as float32 numbers
+            if getattr(self, name) > torch.finfo(torch.float32).max:
+                raise ConfigError(f"{name} must be a float32 number, got {getattr(self, name)}")
+        if self.image_size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+#: image folders are resized to at most this many pixels a side (a ResNet takes 224)
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass
@@ -361,9 +373,11 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"corrupt checkpoint {path}: {type(exc).__name__}: {first_line(exc)}") from exc
+        why = first_line(exc).split(" Re-running torch.load")[0]  # not torch's advice to load unsafely
+        raise CheckpointError(f"corrupt checkpoint {path} ({type(exc).__name__}: {why}): not a file dalib wrote whole; "
+                              "delete it and run again without --resume") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
-        raise CheckpointError(f"corrupt checkpoint {path}: not a dalib checkpoint")
+        raise CheckpointError(f"corrupt checkpoint {path}: not a dalib checkpoint; delete it and run again without --resume")
     return ckpt
 
 
@@ -416,6 +430,7 @@ def run(
     rank, world = _dist_info()
     is_main = rank == 0
     out = Path(out_dir) if out_dir is not None else None
+    made = out is not None and not out.exists()
     try:
         kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
         src = load_domain(dataset, config.src, **kw)
@@ -575,6 +590,9 @@ def run(
             }
             write_result(out, payload)
         return result
+    except BaseException:
+        remove_if_left_empty(out, made)
+        raise
     finally:
         if started_dist:
             torch.distributed.destroy_process_group()
@@ -678,6 +696,39 @@ def comparable_config(config: RunConfig) -> dict[str, Any]:
     return d
 
 
+def check_same_settings(saved: Any, config: RunConfig, what: str) -> None:
+    """Refuse to resume (or report) a run made with other settings than ``config``'s: the
+    message names each setting with its saved and its given value."""
+    saved = saved if isinstance(saved, dict) else {}
+    mine = comparable_config(config)
+    diff = [k for k in sorted(mine) if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True)]
+    if diff:
+        shown = "; ".join(f"{k}: {json.dumps(saved.get(k))} there, {json.dumps(mine[k])} now" for k in diff[:4])
+        more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
+        raise CheckpointError(f"{what} is from a run with other settings ({shown}{more}): give the same "
+                              "options to resume it, or choose another --out")
+
+
+def check_writable(out: Path) -> None:
+    """One-line error now, not a traceback after the work, when ``out`` cannot take files."""
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".dalib-write-test")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output folder {out}: {exc.strerror}") from None
+
+
+def remove_if_left_empty(out: Path | None, made: bool) -> None:
+    """After a failed run: remove the output folder it created if nothing was written there,
+    so that the next default --out is not skipped ahead."""
+    if made and out is not None:
+        try:
+            out.rmdir()  # only an empty folder
+        except OSError:
+            pass
+
+
 def check_fresh_out_dir(out: Path) -> None:
     """Refuse to write into a folder that already holds a run (a checkpoint or a result):
     nothing is overwritten. The metric lines of a run that stopped before its first
@@ -689,6 +740,7 @@ def check_fresh_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
+    check_writable(out)
     (out / METRICS).unlink(missing_ok=True)
 
 
@@ -701,12 +753,9 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
                 out / METRICS).exists() else ""
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}{stopped}")
         ckpt = load_checkpoint(ckpt_path)
-        saved = ckpt.get("config", {})
-        mine = comparable_config(config)
-        diff = sorted(k for k in mine if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True))
-        if diff:
-            raise CheckpointError(f"the checkpoint in {out} is from a run with other settings ({', '.join(diff)})")
+        check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}")
         if is_main:
+            check_writable(out)
             _trim_metrics(out / METRICS, int(ckpt["step"]))
         return ckpt
     if is_main:
@@ -718,13 +767,18 @@ def _trim_metrics(path: Path, step: int) -> None:
     """Drop metric lines written after the checkpoint: the resumed run writes them again."""
     if not path.exists():
         return
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
     kept = []
-    for raw in path.read_text().splitlines():
+    for raw in text.splitlines():
         try:
-            if json.loads(raw).get("step", 0) <= step:
-                kept.append(raw)
+            line = json.loads(raw)
         except json.JSONDecodeError:
             continue  # a line cut short by the kill
+        if isinstance(line, dict) and isinstance(line.get("step", 0), (int, float)) and line.get("step", 0) <= step:
+            kept.append(raw)
     atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 

@@ -42,12 +42,11 @@ def run_shallow(
     trained on; target labels are used only to report the target accuracy.
     """
     from dalib.data import load_domain
-    from dalib.plugin import plain_diagnostics
     from dalib.registry import get_method
     from dalib.runner import (
-        RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, resolve_device, write_result,
+        RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, check_same_settings,
+        remove_if_left_empty, resolve_device,
     )
-    from dalib.shallow.pipeline import fit_shallow
 
     method_cls = get_method(config.method)
     shallow_config = build_method_config(config, method_cls, "shallow")
@@ -55,9 +54,16 @@ def run_shallow(
     if out is not None and resume:
         if not (out / RESULT).is_file():
             raise CheckpointError(f"nothing to resume: no {RESULT} in {out} (a shallow run has no checkpoint)")
-        done = json.loads((out / RESULT).read_text())
-        return RunResult(done["source_accuracy"], done["target_accuracy"], 0, done["seconds"], out, [],
-                         diagnostics=dict(done.get("diagnostics") or {}))
+        try:
+            done = json.loads((out / RESULT).read_text())
+            if done.get("mode") != "shallow":
+                raise CheckpointError(f"{out / RESULT} is a {done.get('mode', 'unknown')} run's result, not a shallow "
+                                      "one: choose another --out")
+            check_same_settings(done.get("run_config"), config, f"the result in {out}")
+            return RunResult(float(done["source_accuracy"]), done["target_accuracy"], 0, float(done["seconds"]), out,
+                             [], diagnostics=dict(done.get("diagnostics") or {}))
+        except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
+            raise CheckpointError(f"{out / RESULT} is damaged: delete it and run again without --resume") from None
 
     device = resolve_device(config.device)  # before reading data: a bad device is a one-line error
     kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
@@ -68,8 +74,22 @@ def run_shallow(
         from dalib.errors import ConfigError
 
         raise ConfigError("the shallow form needs in-memory features; image folders train with --mode deep")
+    made = out is not None and not out.exists()
     if out is not None:
         check_fresh_out_dir(out)
+    try:
+        return _fit_and_report(config, dataset, method_cls, shallow_config, src, tgt, device, out, on_start)
+    except BaseException:
+        remove_if_left_empty(out, made)
+        raise
+
+
+def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: Any, src: Any, tgt: Any,
+                    device: Any, out: Path | None, on_start: Callable[[dict[str, Any]], None] | None) -> Any:
+    from dalib.plugin import plain_diagnostics
+    from dalib.runner import RunResult, write_result
+    from dalib.shallow.pipeline import fit_shallow
+
     if on_start is not None:
         on_start({"mode": "shallow", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
                   "n_tgt": len(tgt), "classifier": config.classifier, "device": str(device)})

@@ -1,0 +1,120 @@
+"""The CLI under abuse, from a review: every mistake is one line (exit 2), nothing written
+before is lost, and a resume never passes off another run's result as this one's."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from dalib.cli import cli
+
+
+def _one_line(res, *fragments):
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1, res.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+@pytest.fixture
+def surf(data_root):
+    return ["--dataset", "office-caltech-surf", "--data-root", str(data_root)]
+
+
+def test_a_shallow_resume_checks_what_it_resumes(tmp_path, surf):
+    runner = CliRunner()
+    out = str(tmp_path / "coral")
+    first = runner.invoke(cli, ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf, "--out", out])
+    assert first.exit_code == 0, first.output
+    same = runner.invoke(cli, ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf, "--out", out, "--resume"])
+    assert same.exit_code == 0 and json.loads((tmp_path / "coral" / "result.json").read_text())["method"] == "coral"
+    # another method, other domains: refused, where it used to report coral's A->W figures as its own
+    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "caltech", "--tgt", "dslr", *surf, "--out", out,
+                                  "--resume"]), "other settings", 'method: "coral" there, "source_only" now')
+    (tmp_path / "coral" / "result.json").write_text("[]")
+    _one_line(runner.invoke(cli, ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf, "--out", out,
+                                  "--resume"]), "is damaged: delete it")
+
+
+def test_a_deep_resume_names_the_settings_that_differ(tmp_path):
+    runner = CliRunner()
+    out = str(tmp_path / "d")
+    assert runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8",
+                               "--out", out]).exit_code == 0
+    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "U", "--steps", "2",
+                                  "--batch-size", "8", "--out", out, "--resume"]), 'src: "M" there, "mnist" now')
+
+
+def test_damaged_files_in_a_run_folder(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "4", "--batch-size", "8",
+            "--checkpoint-every", "2", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    (out / "result.json").unlink()
+    with open(out / "metrics.jsonl", "a") as fh:  # lines that are JSON but no log line, and bytes that are no text
+        fh.write("5\n[1, 2]\n")
+    with open(out / "metrics.jsonl", "ab") as fh:
+        fh.write(b"\xff\xfe\n")
+    assert runner.invoke(cli, [*args, "--resume"]).exit_code == 0
+    (out / "result.json").unlink()
+    (out / "checkpoint.pt").write_text("not a checkpoint")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "corrupt checkpoint", "delete it and run again without --resume")
+
+
+def test_an_unwritable_output_folder_fails_before_the_work(tmp_path, monkeypatch, surf):
+    import dalib.runner
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(dalib.runner.tempfile, "mkstemp", refuse)  # (as root, chmod would not stop us)
+    runner = CliRunner()
+    _one_line(runner.invoke(cli, ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf,
+                                  "--out", str(tmp_path / "ro")]), "cannot write to output folder", "Permission denied")
+    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2",
+                                  "--out", str(tmp_path / "ro2")]), "cannot write to output folder")
+    _one_line(runner.invoke(cli, ["bench", "digits", "--out", str(tmp_path / "ro3"), "--quiet"]),
+              "cannot write to output folder")
+
+
+def test_a_failed_run_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "never"
+    _one_line(CliRunner().invoke(cli, ["run", "finetune", "--src", "M", "--tgt", "U", "--steps", "2",
+                                       "--set", "policy=cut:9", "--out", str(out)]), "cannot cut 9")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("option,value,fragment", [
+    ("--seed", str(2**63), "seed must be below 2**63"),
+    ("--lr", "1e39", "lr must be a float32 number"),
+    ("--image-size", "100000", "image_size must be at most 4096"),
+])
+def test_numbers_out_of_range(option, value, fragment):
+    _one_line(CliRunner().invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", option, value]), fragment)
+
+
+def test_a_method_key_in_a_config_file(tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('method = "dann"\nsteps = 2\n')
+    _one_line(CliRunner().invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(cfg)]),
+              "must be a [method] table")
+
+
+def test_empty_bench_lists(tmp_path):
+    _one_line(CliRunner().invoke(cli, ["bench", "digits", "--methods", "", "--out", str(tmp_path)]),
+              "--methods names none")
+
+
+def test_ctrl_c_is_one_line(monkeypatch):
+    import dalib.runner
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(dalib.runner, "run", interrupted)
+    res = CliRunner().invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U"])
+    assert res.exit_code == 130 and res.stderr == "dalib: interrupted\n", repr(res.stderr)
