@@ -29,6 +29,7 @@ killed suite resumes where it stopped and never re-runs a finished cell.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -198,6 +199,12 @@ def load_suite(name_or_path: str) -> Suite:
     for key in ("dataset", "tasks"):
         if key not in raw:
             raise ConfigError(f"suite {path}: missing {key!r}")
+    for key in ("title", "dataset", "protocol", "timing"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ConfigError(f"suite {path}: {key} must be a string, got {raw[key]!r}")
+    for key in ("deep", "shallow", "methods", "skip", "published"):
+        if key in raw and not isinstance(raw[key], dict):
+            raise ConfigError(f"suite {path}: [{key}] must be a table, got {raw[key]!r}")
     from dalib.data import get_dataset
 
     get_dataset(raw["dataset"])  # an unknown dataset fails here, listing the known ones
@@ -207,10 +214,23 @@ def load_suite(name_or_path: str) -> Suite:
     _check_method_tables(path, raw)
     _check_published(path, raw)
     seeds = raw.get("seeds", [0, 1, 2])
-    if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
+    deep = raw.get("deep")
+    if deep is not None:
+        from dalib.runner import RunConfig
+
+        options = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "method_config", "dataset", "src", "tgt",
+                                                                     "seed", "mode", "classifier"}
+        unknown = sorted(set(deep) - options)
+        if unknown:
+            raise ConfigError(f"suite {path}: unknown [deep] option(s) {', '.join(unknown)}; "
+                              f"valid: {', '.join(sorted(options))}")
     shallow = raw.get("shallow")
-    classifiers = list(shallow.get("classifiers", ["1nn"])) if shallow is not None else []
+    classifiers = shallow.get("classifiers", ["1nn"]) if shallow is not None else []
+    if not isinstance(classifiers, list):
+        raise ConfigError(f"suite {path}: [shallow] classifiers must be a list, e.g. [\"1nn\", \"linear\"], "
+                          f"got {classifiers!r}")
     from dalib.shallow import CLASSIFIERS
 
     for clf in classifiers:
@@ -233,11 +253,19 @@ def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
         table = raw.get(section, {})
         if not isinstance(table, dict):
             raise ConfigError(f"suite {path}: [{section}] must be a table keyed by method name")
-        for name in table:
+        for name, value in table.items():
             try:
                 get_method(name)
             except UnknownNameError as exc:
                 raise ConfigError(f"suite {path}: [{section}.{name}]: {exc}") from None
+            if section == "methods" and not isinstance(value, dict):
+                raise ConfigError(f"suite {path}: [methods.{name}] must be a table of hyperparameters, got {value!r}")
+            if section == "methods":
+                for form in ("deep", "shallow"):
+                    if form in value and not isinstance(value[form], dict):
+                        raise ConfigError(f"suite {path}: [methods.{name}.{form}] must be a table, got {value[form]!r}")
+            if section == "skip" and not isinstance(value, str):
+                raise ConfigError(f"suite {path}: [skip] {name} must be the reason, a string, got {value!r}")
 
 
 def _check_published(path: Path, raw: dict[str, Any]) -> None:
@@ -277,7 +305,26 @@ def _load_state(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot resume from {path}: not a suite result file ({exc}); move it away") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("cells"), dict):
         raise ConfigError(f"cannot resume from {path}: not a suite result file of this dalib; move it away")
+    for key, cell in state["cells"].items():
+        if not _whole_cell(cell):
+            raise ConfigError(f"cannot resume from {path}: its cell {key!r} is damaged; move the file away "
+                              "(or delete that cell to run it again)")
+    if not isinstance(state.get("wall_seconds", 0.0), (int, float)) or not isinstance(state.get("jobs", 1), int):
+        raise ConfigError(f"cannot resume from {path}: its wall_seconds or jobs are damaged; move it away")
     return state
+
+
+def _whole_cell(cell: Any) -> bool:
+    """A cell as :func:`run_suite` records it: its identity, and its accuracy when done."""
+    if not isinstance(cell, dict) or not all(isinstance(cell.get(k), str) for k in ("variant", "method", "mode",
+                                                                                     "src", "tgt", "status")):
+        return False
+    if not isinstance(cell.get("seed"), int) or not isinstance(cell.get("seconds", 0.0), (int, float)):
+        return False
+    if cell["status"] == "done":
+        acc = cell.get("target_accuracy")
+        return acc is None or (isinstance(acc, (int, float)) and not isinstance(acc, bool))
+    return True
 
 
 def method_code_hash(method: str) -> str:
@@ -370,6 +417,15 @@ def run_suite(
     variants = suite.variants(methods)
     chosen_tasks = suite.tasks if tasks is None else [parse_task(t, suite.dataset) for t in tasks]
     chosen_seeds = suite.seeds if seeds is None else list(seeds)
+    # the device and the data, before any cell: with --rerun, a typo here would fail (and
+    # replace) every finished cell
+    from dalib.data import load_domain
+    from dalib.runner import resolve_device
+
+    if device is not None:
+        resolve_device(device)
+    for name in {name for task in chosen_tasks for name in task}:
+        load_domain(suite.dataset, name, data_root=data_root)
     cells = [Cell(v, t, s) for t in chosen_tasks for v in variants for s in chosen_seeds]
     if not cells:
         why = ("it has no [deep] table, so deep methods do not run, and " if suite.deep is None else "")

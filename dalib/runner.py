@@ -216,6 +216,7 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove_stale_temporaries(path)
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -225,6 +226,20 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Remove the temporary files of ``path`` that a killed process (kill -9 mid-write) left."""
+    for stale in path.parent.glob(f".{path.name}.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # raises when no such process lives
+        except ProcessLookupError:
+            stale.unlink(missing_ok=True)
+        except OSError:
+            pass  # alive, another user's: leave it
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -378,7 +393,19 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
                               "delete it and run again without --resume") from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
         raise CheckpointError(f"corrupt checkpoint {path}: not a dalib checkpoint; delete it and run again without --resume")
+    if not isinstance(ckpt["step"], int) or not isinstance(ckpt["model"], dict):
+        raise CheckpointError(f"corrupt checkpoint {path}: its step or weights are damaged; delete it and run again "
+                              "without --resume")
     return ckpt
+
+
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict`` with a one-line error for weights of another network."""
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"the weights in {path} do not fit this network ({first_line(exc)[:200]}): "
+                              "it was written by another network or version") from None
 
 
 def write_result(out: Path, payload: dict[str, Any]) -> None:
@@ -467,7 +494,7 @@ def run(
         t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)
         start = 0
         if ckpt is not None:
-            model.load_state_dict(ckpt["model"])
+            load_weights(model, ckpt, out / CHECKPOINT)
             try:
                 method.load_state_dict(ckpt["method"])
             except RuntimeError as exc:
@@ -753,6 +780,10 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
                 out / METRICS).exists() else ""
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}{stopped}")
         ckpt = load_checkpoint(ckpt_path)
+        missing = [k for k in ("config", "method", "optimizer", "rng") if not isinstance(ckpt.get(k), dict)]
+        if missing:
+            raise CheckpointError(f"the checkpoint in {out} lacks what a resume needs ({', '.join(missing)}): "
+                                  "delete it and run again without --resume")
         check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}")
         if is_main:
             check_writable(out)
@@ -820,7 +851,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
     if spec.get("cut"):
         model.cut_stages(int(spec["cut"]))
-    model.load_state_dict(ckpt["model"])
+    load_weights(model, ckpt, p)
     model.classes = list(spec["classes"])
     model.spec = dict(spec)
     model.step = int(ckpt["step"])

@@ -410,3 +410,39 @@ def test_changed_method_code_is_reported_and_rerun_runs_the_cells_again(toy_suit
         assert second["code"] != first["code"]
     finally:
         unregister_method("bench_iterate")
+
+
+@pytest.mark.parametrize("text,fragment", [
+    ('deep = 5', "[deep] must be a table"),
+    ('shallow = 3', "[shallow] must be a table"),
+    ('dataset = 5', "dataset must be a string"),
+    ('[methods]\ndann = 3', "[methods.dann] must be a table of hyperparameters"),
+    ('[shallow]\nclassifiers = "1nn"', "classifiers must be a list"),
+    ('[deep]\nbogus = 1', "unknown [deep] option(s) bogus"),
+])
+def test_a_suite_file_of_wrong_types_is_one_line(tmp_path, toy_dataset, text, fragment):
+    base = 'dataset = "toy-shift"\ntasks = ["src->tgt"]\n'
+    if text.startswith("dataset"):
+        base = 'tasks = ["src->tgt"]\n'
+    path = tmp_path / "bad.toml"
+    path.write_text(base + text + "\n")
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(path), "--out", str(tmp_path / "o")]), fragment)
+
+
+def test_a_bad_device_or_data_root_fails_before_any_cell(toy_suite, tmp_path):
+    out = tmp_path / "o"
+    _one_line_error(CliRunner().invoke(cli, ["bench", "digits", "--device", "tpu", "--out", str(out)]), "tpu")
+    _one_line_error(CliRunner().invoke(cli, ["bench", "office-caltech-surf", "--data-root", str(tmp_path / "nowhere"),
+                                             "--out", str(out)]), "nowhere")
+    assert not (out / "bench-digits.json").exists() and not (out / "bench-office-caltech-surf.json").exists()
+
+
+def test_a_damaged_cell_in_a_results_file_is_one_line(toy_suite, tmp_path):
+    out = tmp_path / "o"
+    path = run_suite(load_suite(str(toy_suite)), out, methods=["source_only"], seeds=[0], progress=False)
+    state = json.loads(path.read_text())
+    key = next(iter(state["cells"]))
+    state["cells"][key]["target_accuracy"] = "high"
+    path.write_text(json.dumps(state))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                             "--out", str(out)]), f"its cell {key!r} is damaged")

@@ -118,3 +118,33 @@ def test_ctrl_c_is_one_line(monkeypatch):
     monkeypatch.setattr(dalib.runner, "run", interrupted)
     res = CliRunner().invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U"])
     assert res.exit_code == 130 and res.stderr == "dalib: interrupted\n", repr(res.stderr)
+
+
+def test_a_checkpoint_missing_parts_or_holding_another_network(tmp_path):
+    import torch
+
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    (out / "result.json").unlink()
+    torch.save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "checkpoint.pt")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "lacks what a resume needs (optimizer)")
+    ckpt["model"] = {k: v[:1] if v.dim() else v for k, v in ckpt["model"].items()}  # other shapes
+    torch.save(ckpt, out / "checkpoint.pt")
+    _one_line(runner.invoke(cli, ["eval", str(out)]), "do not fit this network")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "do not fit this network")
+
+
+def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    from dalib.runner import atomic_write_text
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".result.json.tmp{int(dead.stdout)}"  # the pid of a process that has exited
+    stale.write_text("half a file")
+    atomic_write_text(tmp_path / "result.json", "{}")
+    assert not stale.exists() and (tmp_path / "result.json").read_text() == "{}"
