@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
-from dalib.runner import atomic_write_text, check_writable
+from dalib.runner import atomic_write_text, ready_for_writing
 
 from ._machine import machine_info
 from .report import write_report
@@ -406,7 +406,7 @@ def run_suite(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
-    check_writable(out)  # now, not after the first cell's work
+    ready_for_writing(out)  # now, not after the first cell's work
     for given, what in ((methods, "methods"), (tasks, "tasks"), (seeds, "seeds")):
         if given is not None and not list(given):
             raise ConfigError(f"--{what} names none: leave it out for all the suite's {what}")
@@ -417,15 +417,14 @@ def run_suite(
     variants = suite.variants(methods)
     chosen_tasks = suite.tasks if tasks is None else [parse_task(t, suite.dataset) for t in tasks]
     chosen_seeds = suite.seeds if seeds is None else list(seeds)
-    # the device and the data, before any cell: with --rerun, a typo here would fail (and
-    # replace) every finished cell
+    # the device and the data root, before any cell: with --rerun, a typo in either would
+    # fail (and replace) every finished cell
     from dalib.data import load_domain
     from dalib.runner import resolve_device
 
     if device is not None:
         resolve_device(device)
-    for name in {name for task in chosen_tasks for name in task}:
-        load_domain(suite.dataset, name, data_root=data_root)
+    load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root)
     cells = [Cell(v, t, s) for t in chosen_tasks for v in variants for s in chosen_seeds]
     if not cells:
         why = ("it has no [deep] table, so deep methods do not run, and " if suite.deep is None else "")

@@ -11,14 +11,15 @@ rank 0 writes files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
-import tempfile
 import platform
 import random
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -216,7 +217,6 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    _remove_stale_temporaries(path)
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -228,18 +228,14 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
             tmp.unlink()
 
 
-def _remove_stale_temporaries(path: Path) -> None:
-    """Remove the temporary files of ``path`` that a killed process (kill -9 mid-write) left."""
-    for stale in path.parent.glob(f".{path.name}.tmp*"):
-        pid = stale.name.rsplit(".tmp", 1)[1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)  # raises when no such process lives
-        except ProcessLookupError:
-            stale.unlink(missing_ok=True)
-        except OSError:
-            pass  # alive, another user's: leave it
+def _process_lives(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # no signal sent: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, and belongs to another user
+        return True
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -736,24 +732,28 @@ def check_same_settings(saved: Any, config: RunConfig, what: str) -> None:
                               "options to resume it, or choose another --out")
 
 
-def check_writable(out: Path) -> None:
-    """One-line error now, not a traceback after the work, when ``out`` cannot take files."""
+def ready_for_writing(out: Path) -> None:
+    """Before a run or a suite writes into ``out``: a one-line error now, not a traceback
+    after the work, when it cannot take files; and away with the temporary files of
+    :func:`atomic_write_bytes` that a killed writer (kill -9 mid-write) left there."""
     try:
         fd, probe = tempfile.mkstemp(dir=out, prefix=".dalib-write-test")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out}: {exc.strerror}") from None
+    for stale in out.glob(".*.tmp*"):
+        pid = stale.name.rsplit(".tmp", 1)[1]
+        if pid.isdigit() and not _process_lives(int(pid)):
+            stale.unlink(missing_ok=True)
 
 
 def remove_if_left_empty(out: Path | None, made: bool) -> None:
     """After a failed run: remove the output folder it created if nothing was written there,
     so that the next default --out is not skipped ahead."""
     if made and out is not None:
-        try:
-            out.rmdir()  # only an empty folder
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # a folder with anything in it stays
+            out.rmdir()
 
 
 def check_fresh_out_dir(out: Path) -> None:
@@ -767,7 +767,7 @@ def check_fresh_out_dir(out: Path) -> None:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
-    check_writable(out)
+    ready_for_writing(out)
     (out / METRICS).unlink(missing_ok=True)
 
 
@@ -786,7 +786,7 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
                                   "delete it and run again without --resume")
         check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}")
         if is_main:
-            check_writable(out)
+            ready_for_writing(out)
             _trim_metrics(out / METRICS, int(ckpt["step"]))
         return ckpt
     if is_main:

@@ -138,13 +138,20 @@ def test_a_checkpoint_missing_parts_or_holding_another_network(tmp_path):
 
 
 def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
+    import os
     import subprocess
     import sys
 
-    from dalib.runner import atomic_write_text
-
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    (out / "result.json").unlink()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / f".result.json.tmp{int(dead.stdout)}"  # the pid of a process that has exited
+    stale = out / f".checkpoint.pt.tmp{int(dead.stdout)}"  # the pid of a process that has exited
     stale.write_text("half a file")
-    atomic_write_text(tmp_path / "result.json", "{}")
-    assert not stale.exists() and (tmp_path / "result.json").read_text() == "{}"
+    live = out / f".result.json.tmp{os.getppid()}"  # a writer still at work (a living process) is left alone
+    live.write_text("being written")
+    assert runner.invoke(cli, [*args, "--resume"]).exit_code == 0
+    assert not stale.exists() and live.exists()
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
