@@ -190,6 +190,13 @@ class Method(nn.Module):
     #: hyperparameters of the method's shallow form (a frozen dataclass), or None when the
     #: method has none; the shallow form is :meth:`adapt`
     ShallowConfig: ClassVar[type | None] = None
+    #: whether :meth:`loss` reads the target batch (``batch.x_t``, ``out.feat_t``,
+    #: ``out.logits_t``). A method that learns from the source alone (source_only, kmm,
+    #: finetune) sets it False: the runner then loads no target batch and forwards the
+    #: source batch alone, so no target sample reaches BatchNorm's statistics and the model
+    #: is trained on the source only; those three fields are then empty (0 rows).
+    #: ``prepare`` still receives the target domain (KMM fits its weights there).
+    uses_target: ClassVar[bool] = True
 
     def __init__(self, config: Any, model: DAModel) -> None:
         super().__init__()

@@ -1,7 +1,7 @@
 """The one training loop every deep method runs in.
 
 Paired, infinite source/target batch streams (domains of different sizes are fine),
-SGD with momentum and Ganin et al.'s inverse-decay schedule, mixed precision on CUDA,
+SGD with Nesterov momentum and Ganin et al.'s inverse-decay schedule, mixed precision on CUDA,
 evaluation of source and target accuracy (target labels are only reported), a progress
 bar, ``metrics.jsonl`` and ``result.json`` in the output folder, atomic checkpoints and
 ``resume``. Under ``torchrun`` each rank trains on its own share of every batch and
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -67,7 +68,7 @@ class RunConfig:
     steps: int = param(2000, "optimizer steps")
     batch_size: int = param(64, "source and target samples per step (each)")
     lr: float = param(0.01, "base learning rate")
-    momentum: float = param(0.9, "SGD momentum")
+    momentum: float = param(0.9, "SGD momentum (Nesterov's; 0: plain SGD)")
     weight_decay: float = param(1e-3, "L2 weight decay")
     lr_alpha: float = param(10.0, "inverse-decay schedule: lr * (1 + alpha p)^-beta")
     lr_beta: float = param(0.75, "inverse-decay schedule exponent")
@@ -255,7 +256,7 @@ class _Stream:
 
     def _perm(self, epoch: int) -> Tensor:
         if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))}
+            self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**64))}
         return self._cache[epoch]
 
     def indices(self, step: int) -> Tensor:
@@ -484,7 +485,7 @@ def run(
             g.setdefault("lr_mult", 1.0)
             g["params"] = [p for p in g["params"] if p.requires_grad]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
 
         s_stream = _Stream(len(src), config.batch_size, config.seed, rank, world)
         t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)
@@ -528,9 +529,12 @@ def run(
         method.train()
         try:
             pin = device.type == "cuda"
-            batches = zip(_batches(src, s_stream, start, config.steps, config.workers, pin),
-                          _batches(tgt, t_stream, start, config.steps, config.workers, pin))
-            for step, ((x_s, y_s, idx_s), (x_t, _, idx_t)) in enumerate(batches, start=start):
+            # a method that learns from the source alone loads no target batch (and forwards none)
+            t_batches = (_batches(tgt, t_stream, start, config.steps, config.workers, pin) if method.uses_target
+                         else itertools.repeat(None))
+            batches = zip(_batches(src, s_stream, start, config.steps, config.workers, pin), t_batches)
+            for step, ((x_s, y_s, idx_s), t_batch) in enumerate(batches, start=start):
+                x_t, idx_t = (x_s[:0], idx_s[:0]) if t_batch is None else (t_batch[0], t_batch[2])
                 progress = Progress(step, config.steps, s_stream.epoch_of(step))
                 lr_mult = inverse_decay(progress, config.lr_alpha, config.lr_beta)
                 for g in optimizer.param_groups:
@@ -539,7 +543,8 @@ def run(
                 w_s = method.source_weights[idx_s.to(method.source_weights.device)].to(device) if method.source_weights is not None else None
                 batch = Batch(x_s, y_s, x_t, w_s, idx_s, idx_t)
                 with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    feats, logits = model(torch.cat([x_s, x_t]))  # (B_s + B_t, F), (B_s + B_t, C)
+                    # one forward pass over both batches: BatchNorm normalises them with joint statistics
+                    feats, logits = model(torch.cat([x_s, x_t]) if len(x_t) else x_s)  # (B_s + B_t, F), (B_s + B_t, C)
                 n_s = len(x_s)
                 outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
                 # the method's losses in float32, outside autocast: a bfloat16 Gram matrix has no exact

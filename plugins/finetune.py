@@ -46,8 +46,11 @@ class FineTune(Method):
 
     (S: every weight the starting point gave, the bottleneck and head included when ``init``
     has them for the same classes; :math:`\bar S`: the layers it did not give, such as a new
-    head; weight decay is then off).
+    head; weight decay is then off). It trains on the source alone (``uses_target = False``):
+    the target batch is not forwarded.
     """
+
+    uses_target = False
 
     @dataclass(frozen=True)
     class Config:

@@ -40,8 +40,11 @@ class KernelMeanMatching(Method):
     check ``effective_sample_size`` among the run's diagnostics). The weights come from
     the input features (``features="input"``) or the starting model's bottleneck
     features (``features="model"``). The kernel products run through ``dalib.kernels``,
-    so tens of thousands of samples fit on a CPU.
+    so tens of thousands of samples fit on a CPU. The target enters only through the
+    weights: training forwards the source batch alone (``uses_target = False``).
     """
+
+    uses_target = False
 
     @dataclass(frozen=True)
     class Config(KMMConfig):

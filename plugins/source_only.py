@@ -13,8 +13,12 @@ from dalib import Adapted, Batch, Method, Outputs, Progress, register_method
 class SourceOnly(Method):
     """Cross-entropy on the source domain only: the baseline every method must beat.
 
-    Its shallow form trains the classifier on the source features as they are.
+    The target batch is never forwarded (``uses_target = False``), so not even BatchNorm's
+    statistics see the target: the model is trained on the source alone. Its shallow form
+    trains the classifier on the source features as they are.
     """
+
+    uses_target = False
 
     @dataclass(frozen=True)
     class Config:

@@ -19,10 +19,12 @@ class ModelOutput(NamedTuple):
 
 
 class DAModel(nn.Module):
-    """Backbone, bottleneck (Linear + BatchNorm + ReLU + Dropout) and a linear head.
+    """Backbone, bottleneck (Linear + BatchNorm + ReLU) and a linear head behind Dropout(0.5).
 
     ``forward(x)`` returns :class:`ModelOutput` ``(features, logits)``; ``features`` are
-    the bottleneck's outputs, where DANN's discriminator and MMD/CORAL losses act.
+    the bottleneck's outputs, where DANN's discriminator and the MMD, CORAL and OT losses
+    act. Dropout sits on the head's input only: the alignment losses see the features the
+    classifier reads at test time, not a randomly masked copy of them.
     """
 
     def __init__(
@@ -40,8 +42,8 @@ class DAModel(nn.Module):
             nn.Linear(backbone_dim, bottleneck_dim),
             nn.BatchNorm1d(bottleneck_dim),
             nn.ReLU(inplace=True),
-            nn.Dropout(0.5),
         )
+        self.dropout = nn.Dropout(0.5)
         self.head = nn.Linear(bottleneck_dim, num_classes)
         self.features_dim = bottleneck_dim
         self.num_classes = num_classes
@@ -54,7 +56,7 @@ class DAModel(nn.Module):
 
     def forward(self, x: Tensor) -> ModelOutput:
         f = self.bottleneck(self.backbone(x))  # (B, bottleneck_dim)
-        return ModelOutput(f, self.head(f))  # logits (B, num_classes)
+        return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two

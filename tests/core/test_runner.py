@@ -270,3 +270,63 @@ def test_each_torchrun_rank_takes_the_gpu_of_its_local_rank(monkeypatch):
     _pretend_gpus(monkeypatch, 2, world=4, local_rank=3)  # more ranks on this node than GPUs
     with pytest.raises(ConfigError, match="sees 2 CUDA GPU"):
         resolve_device("cuda")
+
+
+def _three_domains(request):
+    rng = np.random.default_rng({"a": 0, "b": 1, "c": 2}[request.domain])
+    y = np.arange(120) % 3
+    x = rng.normal(0, 1, size=(120, 6)) + y[:, None] + {"a": 0.0, "b": 2.0, "c": -3.0}[request.domain]
+    return Domain.from_arrays(request.domain, x.astype(np.float32), y, num_classes=3, dataset_name="toy-three")
+
+
+@pytest.fixture(scope="module")
+def toy_three() -> str:
+    if "toy-three" not in list_datasets():
+        register_dataset(DatasetInfo(name="toy-three", description="three shifted Gaussian domains (tests)",
+                                     domains=("a", "b", "c"), kind="features", num_classes=3, needs="embedded"),
+                         _three_domains)
+    return "toy-three"
+
+
+@pytest.mark.filterwarnings("ignore:finetune has no starting point")
+@pytest.mark.parametrize("method", ["source_only", "kmm", "finetune"])
+def test_a_source_only_method_trains_the_same_network_whatever_the_target(tmp_path, toy_three, method):
+    """source_only, kmm (its weights aside) and finetune learn from the source alone: the target
+    batch is not forwarded, so it cannot enter BatchNorm's statistics. DANN, which does read the
+    target, trains another network for another target."""
+    def trained(m: str, tgt: str, cfg: dict | None = None) -> dict:
+        c = RunConfig(method=m, dataset=toy_three, src="a", tgt=tgt, steps=12, batch_size=16, mode="deep",
+                      method_config=cfg or {})
+        run(c, tmp_path / f"{m}-{tgt}", progress_bar=False)
+        return load_checkpoint(tmp_path / f"{m}-{tgt}" / "checkpoint.pt")["model"]
+
+    cfg = {"B": 1.0, "eps": 0.0} if method == "kmm" else None  # weights all 1, whatever the target
+    b, c = trained(method, "b", cfg), trained(method, "c", cfg)
+    assert b.keys() == c.keys() and all(torch.equal(b[k], c[k]) for k in b)
+    assert any(k.endswith("running_mean") for k in b)  # the bottleneck's BatchNorm statistics among them
+    b, c = trained("dann", "b", {"hidden": 8}), trained("dann", "c", {"hidden": 8})
+    assert not torch.equal(b["bottleneck.1.running_mean"], c["bottleneck.1.running_mean"])
+
+
+def test_the_features_the_losses_see_are_not_masked_by_dropout():
+    from dalib.models import build_model
+
+    model = build_model("identity", (10,), 3, bottleneck_dim=64).train()
+    x = torch.randn(32, 10)
+    first, second = model(x), model(x)
+    assert torch.equal(first.features, second.features)  # deterministic in training mode
+    assert not torch.equal(first.logits, second.logits)  # dropout acts on the head's input
+    model.eval()
+    assert torch.equal(model(x).logits, model(x).logits)
+
+
+def test_plain_sgd_and_huge_seeds_train(tmp_path, toy_dataset):
+    from dalib.runner import _Stream
+
+    base = dict(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=5, batch_size=16, mode="deep")
+    res = run(RunConfig(**base, momentum=0.0), tmp_path / "sgd", progress_bar=False)
+    assert np.isfinite(res.target_accuracy)
+    big = 2**63 - 1
+    assert sorted(_Stream(10, 10, seed=big).indices(0).tolist()) == list(range(10))
+    res = run(RunConfig(**base, seed=big), tmp_path / "seed", progress_bar=False)
+    assert np.isfinite(res.target_accuracy)
