@@ -19,6 +19,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
+from dalib.data.registry import same_definition
 from dalib.errors import RegistryError, UnknownNameError, first_line
 from dalib.plugin import Method
 
@@ -55,7 +56,7 @@ def _add(name: str, cls: type) -> None:
         if not (isinstance(config, type) and dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
             raise RegistryError(f"method {name!r}: its {attr} must be a class decorated with @dataclass(frozen=True)")
     existing = _methods.get(name)
-    if existing is not None and existing is not cls:
+    if existing is not None and existing is not cls and not same_definition(existing, cls):
         raise RegistryError(
             f"method {name!r} is already registered by "
             f"{existing.__module__}.{existing.__qualname__}"
@@ -69,7 +70,8 @@ def register_method(name: str) -> Callable[[M], M]:
 
     A second, different class under the same name raises :class:`RegistryError`, the
     installed plugins' names included: they are registered first, so a user's class can never
-    shadow a built-in method by being imported before it.
+    shadow a built-in method by being imported before it. The same definition run again (a
+    notebook cell, a reloaded module: the same module and qualified name) replaces the first.
     """
     _check_name(name)
 

@@ -144,6 +144,11 @@ class RunResult:
     #: what the method reported of itself (KMM: its weights' mean and effective sample size),
     #: as result.json's "diagnostics"
     diagnostics: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: "deep" (a network trained by the loop) or "shallow" (an estimator and a classifier)
+    mode: str = "deep"
+    #: the trained network of a deep run, in eval mode on the run's device (None for a shallow
+    #: run): ``result.model(x).logits`` predicts, with no output folder needed
+    model: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -374,7 +379,8 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
             f"inputs have {tuple(tgt.input_shape)}: domains must share a feature space"
         )
     if src.num_classes != tgt.num_classes:
-        raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}")
+        raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}: domains built with "
+                        "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -460,6 +466,12 @@ def run(
         src = load_domain(dataset, config.src, **kw)
         tgt = load_domain(dataset, config.tgt, **kw)
         _check_domains(src, tgt, config)
+        rows = (config.batch_size // world) * (2 if method_cls.uses_target else 1)  # the smallest forward pass
+        if rows < 2:  # the bottleneck's BatchNorm cannot normalise one sample
+            need = world * (1 if method_cls.uses_target else 2)
+            on = "" if world == 1 else f" on some of the {world} processes"
+            raise ConfigError(f"batch_size {config.batch_size} forwards {rows} sample at a time{on}, and BatchNorm "
+                              f"needs 2: {config.method} needs batch_size >= {need}")
 
         ckpt = None
         if out is not None:
@@ -600,7 +612,7 @@ def run(
         src_acc = evaluate(model, src, device, workers=config.workers)
         tgt_acc = evaluate(model, tgt, device, workers=config.workers)
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
-                           diagnostics=_diagnostics(method, config.method))
+                           diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
         if out is not None and is_main:
             _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds)
             payload = {

@@ -61,7 +61,7 @@ def run_shallow(
                                       "one: choose another --out")
             check_same_settings(done.get("run_config"), config, f"the result in {out}")
             return RunResult(float(done["source_accuracy"]), done["target_accuracy"], 0, float(done["seconds"]), out,
-                             [], diagnostics=dict(done.get("diagnostics") or {}))
+                             [], diagnostics=dict(done.get("diagnostics") or {}), mode="shallow")
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise CheckpointError(f"{out / RESULT} is damaged: delete it and run again without --resume") from None
 
@@ -104,7 +104,7 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
     target_acc = _accuracy(clf.predict(adapted.xt.detach().cpu().numpy()), tgt.y)
     seconds = time.perf_counter() - t0
     result = RunResult(source_acc, target_acc, 0, seconds, out, [],
-                       diagnostics=plain_diagnostics(adapted.info or {}, config.method))
+                       diagnostics=plain_diagnostics(adapted.info or {}, config.method), mode="shallow")
     if out is not None:
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,

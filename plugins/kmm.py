@@ -64,7 +64,7 @@ class KernelMeanMatching(Method):
         xt = context.embed("target", fn)  # (N_t, D)
         kmm = fit_weights(self.config, xs, xt)
         self.source_weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
-        self.diagnostics = diagnostics(kmm, context.source_labels())
+        self.diagnostics = diagnostics(kmm, context.source_labels(), len(context.classes) if context.classes else None)
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
         cls = self.source_loss(batch, out)  # weighted by batch.w_s
@@ -99,13 +99,17 @@ def warn_if_concentrated(kmm: Any) -> None:
         )
 
 
-def diagnostics(kmm: Any, ys: Tensor) -> dict[str, Any]:
+def diagnostics(kmm: Any, ys: Tensor, num_classes: int | None = None) -> dict[str, Any]:
     """The fitted weights' statistics, with the source's class proportions before and after
     weighting (``ys`` (N_s,) the source labels): weights fitted on inputs that differ in
-    appearance between the domains can follow the appearance and re-weight the classes."""
+    appearance between the domains can follow the appearance and re-weight the classes.
+    With ``num_classes`` (labels 0..C-1) entry k of the proportions is class k, 0 for a class
+    the source lacks; without, entry k is the k-th label present, in sorted order."""
     w = np.asarray(kmm.weights_, dtype=np.float64)
-    _, y = np.unique(np.asarray(ys).reshape(-1), return_inverse=True)  # classes in sorted order, whatever their labels
-    counts = np.bincount(y)
+    y = np.asarray(ys).reshape(-1)
+    if num_classes is None:
+        _, y = np.unique(y, return_inverse=True)  # classes in sorted order, whatever their labels
+    counts = np.bincount(y, minlength=num_classes or 0)
     mass = np.bincount(y, weights=w, minlength=len(counts))
     return {"objective": kmm.objective_, "mmd2": kmm.mmd2_, "bandwidth": kmm.bandwidth_, "n_iter": kmm.n_iter_,
             "converged": kmm.converged_, "weights_mean": float(w.mean()), "weights_max": float(w.max()),

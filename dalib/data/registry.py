@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from dalib.data.domain import Domain, check_finite
 from dalib.errors import DataError, RegistryError, UnknownNameError
@@ -135,19 +135,35 @@ Loader = Callable[[LoadRequest], Domain]
 _DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
 
 
+def same_definition(old: Any, new: Any) -> bool:
+    """Whether ``new`` is ``old``, or ``old`` defined again: the same module and qualified
+    name, at a module's top level (a notebook cell or a module run a second time; classes
+    or functions made inside a function may differ under one name). The dataset and method
+    registries replace such a definition instead of refusing it."""
+    if old is new:
+        return True
+    qualname = getattr(old, "__qualname__", None)
+    return (qualname is not None and "<locals>" not in qualname
+            and (getattr(old, "__module__", None), qualname) == (getattr(new, "__module__", None),
+                                                                 getattr(new, "__qualname__", None)))
+
+
 def register_dataset(info: DatasetInfo, loader: Loader) -> None:
     """Add a dataset to the registry.
 
     ``loader(request: LoadRequest) -> Domain`` loads one domain; ``request.domain`` is already
     canonical. Build in-memory domains with :meth:`Domain.from_arrays`, which checks shapes,
-    labels and finiteness. A name that is already registered raises :class:`RegistryError`.
+    labels and finiteness. A name that is already registered raises :class:`RegistryError`,
+    unless the same loader is registered again (the same module and qualified name: a notebook
+    cell run twice), which replaces it.
     """
     if not isinstance(info, DatasetInfo):
         raise RegistryError(f"register_dataset needs a DatasetInfo, got {type(info).__name__}")
     if not callable(loader):
         raise RegistryError(f"dataset {info.name}: the loader is not callable")
-    if info.name in _DATASETS:
-        raise RegistryError(f"dataset {info.name!r} is already registered")
+    if info.name in _DATASETS and not same_definition(_DATASETS[info.name][1], loader):
+        raise RegistryError(f"dataset {info.name!r} is already registered (by {_DATASETS[info.name][1].__module__}."
+                            f"{getattr(_DATASETS[info.name][1], '__qualname__', '?')})")
     _DATASETS[info.name] = (info, loader)
 
 

@@ -2,19 +2,39 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import numbers
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from dalib.errors import InputError
 
-__all__ = ["as_sigmas", "check_points", "check_pair", "check_weights"]
+__all__ = ["as_sigmas", "check_points", "check_pair", "check_weights", "outside_autocast"]
+
+F = TypeVar("F", bound=Callable)
 
 
 #: dtypes computed in float32: their range (float16 overflows at 65504) and precision cannot
 #: hold kernel sums over N² pairs, exp(−C/ε) or squared norms
 _UPCAST = (torch.float16, torch.bfloat16)
+
+
+def outside_autocast(fn: F) -> F:
+    """Run ``fn`` with autocast off, on the CPU and on CUDA. The checks below compute half
+    precision inputs in float32, but inside a caller's ``torch.autocast`` region the matrix
+    products would go back to bfloat16/float16, which loses the small differences the
+    losses measure (and the exact zero diagonal of a Gram matrix)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype | None:
@@ -90,8 +110,8 @@ def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     else:
         if isinstance(sigmas, (str, bytes)):  # iterable, but its characters are no bandwidths
             raise InputError(f"bandwidths must be numbers, got the string {sigmas!r}")
-        if isinstance(sigmas, (int, float)):
-            sigmas = [float(sigmas)]
+        if isinstance(sigmas, (numbers.Real, np.generic)) or (isinstance(sigmas, np.ndarray) and sigmas.ndim == 0):
+            sigmas = [sigmas]
         try:
             s = torch.tensor([float(v) for v in sigmas], dtype=like.dtype, device=like.device)
         except (TypeError, ValueError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dalib.kernels._checks import check_pair
+from dalib.kernels._checks import check_pair, outside_autocast
 
 __all__ = ["center_pair", "median_bandwidth", "sqdist", "sqdist_unchecked", "sqdist_tile_"]
 
@@ -46,6 +46,7 @@ def sqdist_tile_(xi: Tensor, x2i: Tensor, yj: Tensor, y2j: Tensor) -> Tensor:
     return d.add_(x2i).clamp_min_(0.0)
 
 
+@outside_autocast
 def sqdist(x: Tensor, y: Tensor) -> Tensor:
     r"""Dense squared Euclidean distances ``D_ij = ‖x_i − y_j‖²``, clamped at 0.
 
@@ -57,6 +58,7 @@ def sqdist(x: Tensor, y: Tensor) -> Tensor:
     return sqdist_unchecked(x, y)
 
 
+@outside_autocast
 def median_bandwidth(x: Tensor, y: Tensor) -> float:
     r"""Median heuristic: the median of the pairwise distances ``‖z_i − z_j‖``, i < j,
     over the pooled samples ``z = [x; y]``.

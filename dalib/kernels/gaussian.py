@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_sigmas, check_pair
+from dalib.kernels._checks import as_sigmas, check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.blocked import blocked_gaussian_matvec, blocked_gaussian_sum
 from dalib.kernels.distance import sqdist_unchecked
@@ -35,6 +35,7 @@ def _dense_kernel(x: Tensor, y: Tensor, gammas: tuple[float, ...]) -> Tensor:
     return k
 
 
+@outside_autocast
 def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: str = "auto") -> Tensor:
     r"""Kernel-vector product with a (multi-bandwidth) Gaussian kernel.
 
@@ -84,6 +85,7 @@ def gaussian_sum_unchecked(x: Tensor, y: Tensor, gammas: tuple[float, ...], name
     return _dense_kernel(x, y, gammas).sum()
 
 
+@outside_autocast
 def gaussian_mean(x: Tensor, y: Tensor, sigmas: Sigmas, backend: str = "auto") -> Tensor:
     r"""Mean of a (multi-bandwidth) Gaussian kernel over all pairs.
 

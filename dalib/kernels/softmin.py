@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import check_pair
+from dalib.kernels._checks import check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.blocked import blocked_softmin
 from dalib.kernels.distance import sqdist_unchecked
@@ -35,6 +35,7 @@ def softmin_unchecked(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, nam
     return -eps * torch.logsumexp(h.unsqueeze(0) - c / eps, dim=1)  # (N,)
 
 
+@outside_autocast
 def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: str = "auto") -> Tensor:
     r"""Soft-minimum over ``j`` of the cost, weighted by ``h`` (log-domain Sinkhorn step).
 

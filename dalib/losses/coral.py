@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import check_pair
+from dalib.kernels._checks import check_pair, outside_autocast
 
 __all__ = ["coral"]
 
@@ -15,6 +15,7 @@ def _covariance(x: Tensor) -> Tensor:
     return xc.t() @ xc / (x.shape[0] - 1)  # (D, D)
 
 
+@outside_autocast
 def coral(x: Tensor, y: Tensor) -> Tensor:
     r"""CORAL loss (Sun & Saenko, "Deep CORAL", ECCV 2016 workshops).
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_sigmas, check_pair
+from dalib.kernels._checks import as_sigmas, check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.distance import median_bandwidth
 from dalib.kernels.gaussian import gaussian_sum_unchecked
@@ -33,6 +33,7 @@ def _linear(x: Tensor, y: Tensor, gammas: Tensor) -> Tensor:
     return (k(x1, x2) + k(y1, y2) - k(x1, y2) - k(x2, y1)).mean()
 
 
+@outside_autocast
 def mmd(
     x: Tensor,
     y: Tensor,

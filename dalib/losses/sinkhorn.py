@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import BackendError, InputError
-from dalib.kernels._checks import check_pair, check_weights
+from dalib.kernels._checks import check_pair, check_weights, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.sinkhorn_ops import CostOps
 from dalib.kernels.softmin import cost_matrix, softmin_unchecked
@@ -221,6 +221,7 @@ def _solve_on(
     return SinkhornResult(value, f, g.detach(), n_iter, float(err))
 
 
+@outside_autocast
 def sinkhorn(
     x: Tensor,
     y: Tensor,
@@ -264,6 +265,7 @@ def sinkhorn(
     return _solve(x, y, a, b, blur, p, debias, scaling, tol, max_iter, diameter, backend, False).value
 
 
+@outside_autocast
 def sinkhorn_solve(
     x: Tensor,
     y: Tensor,
@@ -283,6 +285,7 @@ def sinkhorn_solve(
     return _solve(x, y, a, b, blur, p, debias, scaling, tol, max_iter, diameter, backend, True)
 
 
+@outside_autocast
 def ot_plan(
     x: Tensor | None = None,
     y: Tensor | None = None,

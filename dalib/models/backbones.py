@@ -18,7 +18,8 @@ __all__ = ["BACKBONES", "build_backbone"]
 
 
 class LeNet(nn.Module):
-    """LeNet-style CNN for grey digits of 16x16 or 28x28 (the DANN/ADDA digits net)."""
+    """LeNet-style CNN for grey digits of 16x16 or 28x28 (the DANN/ADDA digits net); its
+    adaptive pooling takes any number of channels and any size from 4x4 up."""
 
     def __init__(self, in_channels: int = 1) -> None:
         super().__init__()
@@ -43,6 +44,8 @@ class LeNet(nn.Module):
 def _lenet(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
     if len(input_shape) != 3:
         raise ConfigError(f"lenet needs image inputs (C, H, W), got shape {input_shape}")
+    if min(input_shape[1:]) < 4:  # two 2x2 poolings
+        raise ConfigError(f"lenet needs images of at least 4x4 pixels, got {input_shape[1]}x{input_shape[2]}")
     net = LeNet(input_shape[0])
     return net, net.out_dim
 

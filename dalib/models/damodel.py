@@ -151,9 +151,11 @@ class DAModel(nn.Module):
 
 
 def default_arch(input_shape: tuple[int, ...]) -> str:
-    """lenet for small grey images, resnet50 for colour images, mlp for feature vectors."""
+    """resnet50 for colour images larger than 32 pixels, lenet for the other images (small
+    ones, and grey or multi-channel ones, which an ImageNet ResNet cannot take), mlp for
+    feature vectors."""
     if len(input_shape) == 3:
-        return "lenet" if input_shape[0] == 1 and max(input_shape[1:]) <= 32 else "resnet50"
+        return "resnet50" if input_shape[0] == 3 and max(input_shape[1:]) > 32 else "lenet"
     return "mlp"
 
 

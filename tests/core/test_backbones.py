@@ -49,3 +49,24 @@ def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_p
     with pytest.raises(CheckpointError, match=r"is a dalib run's checkpoint: start from it with `dalib run finetune "
                                               r"--set init=RUN`"):
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "r" / "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("shape, arch", [
+    ((1, 16, 16), "lenet"), ((1, 64, 64), "lenet"), ((2, 16, 16), "lenet"), ((3, 8, 8), "lenet"),
+    ((1, 12, 20), "lenet"), ((3, 64, 64), "resnet50"), ((10,), "mlp"), ((2, 5), "mlp"),
+])
+def test_the_default_backbone_takes_the_inputs(shape, arch):
+    from dalib.models import build_model
+    from dalib.models.damodel import default_arch
+
+    assert default_arch(shape) == arch
+    if arch == "lenet":  # grey, two-channel, small and non-square images all go through
+        out = build_model(None, shape, 3)(torch.randn(2, *shape))
+        assert out.logits.shape == (2, 3)
+
+
+def test_images_too_small_for_lenet_are_one_clear_error():
+    from dalib.models import build_model
+
+    with pytest.raises(ConfigError, match="at least 4x4"):
+        build_model(None, (1, 2, 2), 3)

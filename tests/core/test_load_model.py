@@ -120,3 +120,15 @@ def test_eval_loads_plugins_that_register_a_dataset(trained, tmp_path, monkeypat
     res = CliRunner().invoke(cli, ["eval", str(trained), "--dataset", "digits-again", "--plugin", str(plugin)])
     assert res.exit_code == 0, res.output
     assert res.stdout.startswith("digits-again usps (1800 samples)")
+
+
+def test_the_result_holds_the_trained_network_without_an_output_folder(toy_dataset):
+    base = dict(dataset=toy_dataset, src="src", tgt="tgt", steps=20, batch_size=16)
+    result = run(RunConfig(method="dann", mode="deep", method_config={"hidden": 16}, **base), None, progress_bar=False)
+    assert result.mode == "deep" and result.out_dir is None and not result.model.training
+    tgt = load_domain(toy_dataset, "tgt")
+    with torch.no_grad():
+        predicted = result.model(tgt.x).logits.argmax(1)
+    assert 100.0 * float((predicted == tgt.y).double().mean()) == pytest.approx(result.target_accuracy)
+    shallow = run(RunConfig(method="coral", mode="shallow", **base), None, progress_bar=False)
+    assert shallow.mode == "shallow" and shallow.model is None

@@ -242,3 +242,18 @@ def test_a_plugin_module_in_the_working_directory_can_be_named(clean_registry, t
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
     assert dalib.load_plugin_module("dalib_cwd_plugin_test") == ["cwd_test"]
+
+
+def test_a_notebook_cell_run_again_replaces_its_method(clean_registry):
+    cell = (
+        "import dalib\n"
+        "@dalib.register_method('cell_test')\n"
+        "class Cell(dalib.Method):\n"
+        "    'Defined in a notebook cell.'\n"
+    )
+    first, second = {"__name__": "__main__"}, {"__name__": "__main__"}
+    exec(compile(cell, "<cell>", "exec"), first)
+    exec(compile(cell, "<cell>", "exec"), second)  # the cell run a second time, after an edit
+    assert dalib.get_method("cell_test") is second["Cell"] is not first["Cell"]
+    with pytest.raises(RegistryError, match="already registered by __main__.Cell"):
+        exec(compile(cell.replace("class Cell", "class Other"), "<cell>", "exec"), {"__name__": "__main__"})

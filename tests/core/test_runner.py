@@ -330,3 +330,14 @@ def test_plain_sgd_and_huge_seeds_train(tmp_path, toy_dataset):
     assert sorted(_Stream(10, 10, seed=big).indices(0).tolist()) == list(range(10))
     res = run(RunConfig(**base, seed=big), tmp_path / "seed", progress_bar=False)
     assert np.isfinite(res.target_accuracy)
+
+
+def test_a_batch_batchnorm_cannot_normalise_is_one_clear_error(tmp_path, toy_dataset):
+    from dalib.errors import ConfigError
+
+    base = dict(dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=1, mode="deep")
+    with pytest.raises(ConfigError, match="source_only needs batch_size >= 2"):
+        run(RunConfig(method="source_only", **base), tmp_path / "one", progress_bar=False)
+    assert not (tmp_path / "one").exists()
+    # a method that forwards the target too has two samples in each pass
+    assert np.isfinite(run(RunConfig(method="dann", **base), None, progress_bar=False).source_accuracy)

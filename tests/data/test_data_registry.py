@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -207,7 +209,10 @@ def test_register_user_dataset(isolated_registry):
     )
     assert dom.x.dtype == torch.float32 and dom.y.dtype == torch.int64
     with pytest.raises(RegistryError, match="already registered"):
-        register_dataset(info, _toy_loader)
+        register_dataset(info, lambda req: _toy_loader(req))
+    # the same loader again (a notebook cell run twice) replaces the entry
+    register_dataset(dataclasses.replace(info, description="the toy, again"), _toy_loader)
+    assert get_dataset("toy").description == "the toy, again"
 
 
 def test_register_rejects_bad_infos(isolated_registry):

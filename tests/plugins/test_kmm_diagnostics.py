@@ -113,3 +113,20 @@ def test_context_source_labels_from_every_kind_of_dataset(kind):
     ctx = Context(build_model("mlp", (3,), 3, bottleneck_dim=8), data, data, torch.device("cpu"), 4, Progress(0, 1))
     labels = ctx.source_labels()
     assert labels.dtype == torch.int64 and torch.equal(labels, y)
+
+
+def test_a_class_the_source_lacks_keeps_its_place_in_the_proportions(tmp_path):
+    def domain(request) -> Domain:
+        rng = np.random.default_rng(3)
+        y = np.array([0, 2, 3] * 40) if request.domain == "src" else np.arange(120) % 4
+        x = y[:, None] + rng.normal(0, 0.3, size=(120, 2))
+        return Domain.from_arrays(request.domain, x.astype(np.float32), y, num_classes=4, dataset_name="no-class-1")
+
+    if "no-class-1" not in list_datasets():
+        register_dataset(DatasetInfo(name="no-class-1", description="the source lacks class 1 (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=4, needs="embedded"), domain)
+    run(RunConfig(method="kmm", dataset="no-class-1", src="src", tgt="tgt", steps=2, batch_size=16, mode="deep"),
+        tmp_path / "run", progress_bar=False)
+    diag = json.loads((tmp_path / "run" / "result.json").read_text())["diagnostics"]
+    assert diag["class_proportions"] == pytest.approx([1 / 3, 0.0, 1 / 3, 1 / 3], abs=1e-4)
+    assert len(diag["weighted_class_proportions"]) == 4 and diag["weighted_class_proportions"][1] == 0.0
