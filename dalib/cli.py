@@ -145,7 +145,7 @@ _RUN_OPTIONS = {
 @click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of run options and a [method] table")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module (or .py file) that registers methods")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module (or .py file) that registers methods or datasets")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: bool, sets: tuple[str, ...],
         config_file: str | None, plugins: tuple[str, ...], quiet: bool, **options: Any) -> None:
@@ -269,7 +269,7 @@ def _split_list(text: str | None) -> list[str] | None:
               help="folder of bench-SUITE.json/.md/.png")
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
 @click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None, steps: int | None, jobs: int,
@@ -310,7 +310,7 @@ def _first_line(obj: Any) -> str:
 
 
 @cli.command("list")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
 def list_cmd(plugins: tuple[str, ...]) -> None:
     """List the registered methods and the datasets."""
     from dalib.data import get_dataset, list_datasets

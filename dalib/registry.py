@@ -146,6 +146,13 @@ def load_plugin_module(module: str) -> list[str]:
             sys.modules[spec.name] = mod
             try:
                 spec.loader.exec_module(mod)
+            except RegistryError as exc:
+                sys.modules.pop(spec.name, None)
+                _methods.update(stale)
+                if f" by {path.stem}." in str(exc):  # the same plugin, installed as a package
+                    raise RegistryError(f"{exc}: the module {path.stem!r} is installed (an entry point), "
+                                        f"so drop --plugin {module}") from None
+                raise
             except BaseException:
                 sys.modules.pop(spec.name, None)
                 _methods.update(stale)

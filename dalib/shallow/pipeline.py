@@ -100,7 +100,7 @@ class OTConfig(_EstimatorConfig):
     reg_cl: float | None = param(None, "class regularisation η (Lp-L1, p = 1/2); None: off")
     norm: str | None = param("median", "cost normalisation: None, median or max")
     max_iter: int = param(1000, "Sinkhorn iterations (per outer step with reg_cl)")
-    tol: float = param(1e-9, "Sinkhorn tolerance on the target-marginal L1 error")
+    tol: float = param(1e-9, "Sinkhorn tolerance on the target marginal's error (POT path: its stopThr, an L2 norm; log-domain path: the L1 norm, at least 16 x the dtype's epsilon)")
     max_outer_iter: int = param(10, "majorisation-minimisation steps with reg_cl")
     backend: str = param("auto", "auto, pot, dense, blocked or keops")
     dtype: str = param("float32", "precision of the log-domain solver: float32 or float64")

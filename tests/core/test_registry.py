@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 
@@ -257,3 +258,18 @@ def test_a_notebook_cell_run_again_replaces_its_method(clean_registry):
     assert dalib.get_method("cell_test") is second["Cell"] is not first["Cell"]
     with pytest.raises(RegistryError, match="already registered by __main__.Cell"):
         exec(compile(cell.replace("class Cell", "class Other"), "<cell>", "exec"), {"__name__": "__main__"})
+
+
+def test_a_plugin_file_that_is_also_installed_says_to_drop_the_flag(clean_registry, monkeypatch, tmp_path):
+    source = "import dalib\n@dalib.register_method('twice_x')\nclass Twice(dalib.Method):\n    'Installed and given.'\n"
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "twice_mod.py").write_text(source)  # the installed copy
+    (tmp_path / "twice_mod.py").write_text(source)  # the file next to the user
+    monkeypatch.syspath_prepend(str(tmp_path / "pkg"))
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [EntryPoint("twice_x", "twice_mod", "dalib.methods")])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.delitem(sys.modules, "twice_mod", raising=False)
+    with pytest.raises(RegistryError, match=r"already registered by twice_mod\.Twice: the module 'twice_mod' is "
+                                            r"installed \(an entry point\), so drop --plugin"):
+        dalib.load_plugin_module(str(tmp_path / "twice_mod.py"))
