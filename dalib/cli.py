@@ -6,8 +6,10 @@ checkpoint, ...) prints one line on stderr and exits with status 2: never a trac
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import inspect
+import io
 import json
 import sys
 from pathlib import Path
@@ -217,16 +219,23 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="import a module that registers datasets or methods (as the run did)")
+@click.option("--predictions", type=click.Path(dir_okay=False),
+              help="write every sample's predicted class to this CSV file (index, predicted, confidence, label); "
+                   "an unlabelled domain is then predicted, not scored")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
-             device: str, plugins: tuple[str, ...]) -> None:
-    """Score the network of a deep run on a domain of its dataset.
+             device: str, plugins: tuple[str, ...], predictions: str | None) -> None:
+    """Score the network of a deep run on a domain of its dataset, or write its predictions.
 
     RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
     (a held-out test set, a third domain)."""
     from dalib.data import load_domain
     from dalib.errors import DataError
-    from dalib.runner import evaluate, load_model, resolve_device
+    from dalib.runner import accuracy_of, atomic_write_text, evaluate, load_model, predict, resolve_device
 
+    if predictions is not None and Path(predictions).exists():
+        raise ConfigError(f"{predictions} already exists: choose another --predictions file (nothing is overwritten)")
+    if predictions is not None and not Path(predictions).parent.is_dir():
+        raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
     _load_plugins(plugins)
     where = resolve_device(device)
     model = load_model(run_dir, device=device)
@@ -247,11 +256,25 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         other = [f"{a} (run: {b})" for a, b in zip(target.classes, spec["classes"]) if a != b]
         raise DataError(f"domain {target.name} names its classes otherwise than the run's network: {', '.join(other[:3])}"
                         f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits")
-    accuracy = evaluate(model, target, where)
-    if accuracy is None:
-        raise DataError(f"domain {target.name} has no labels to score the network with")
-    click.echo(f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}: "
-               f"accuracy {accuracy:.2f}%")
+    head = f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}"
+    if predictions is None:
+        accuracy = evaluate(model, target, where)
+        if accuracy is None:
+            raise DataError(f"domain {target.name} has no labels to score the network with: "
+                            "--predictions FILE writes its predictions")
+        click.echo(f"{head}: accuracy {accuracy:.2f}%")
+        return
+    pred, prob, labels = predict(model, target, where)
+    names = list(spec["classes"])
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["index", "predicted", "confidence", "label"])  # label: empty for an unlabelled sample
+    writer.writerows([i, names[p], f"{c:.6f}", names[y] if y >= 0 else ""]
+                     for i, (p, c, y) in enumerate(zip(pred.tolist(), prob.tolist(), labels.tolist())))
+    atomic_write_text(Path(predictions), text.getvalue())
+    accuracy = accuracy_of(pred, labels)
+    scored = "no labels to score" if accuracy is None else f"accuracy {accuracy:.2f}%"
+    click.echo(f"{head}: {scored}; predictions of {len(pred)} samples in {predictions}")
 
 
 def _split_list(text: str | None) -> list[str] | None:

@@ -37,7 +37,7 @@ from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, Pl
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
-__all__ = ["RunConfig", "RunResult", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "resolve_mode", "resolved_method_config", "run", "write_result"]
+__all__ = ["RunConfig", "RunResult", "accuracy_of", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "predict", "resolve_mode", "resolved_method_config", "run", "write_result"]
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
@@ -335,36 +335,53 @@ def _batches(
 
 
 @torch.no_grad()
+def predict(
+    model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every sample of ``domain``, in its order, through ``model`` in eval mode: the predicted
+    class (N,), its softmax probability (N,) and the sample's label (N,; −1 when unlabelled),
+    all on the CPU."""
+    was = model.training
+    model.eval()
+    preds, probs, labels = [], [], []
+    try:
+        with torch.no_grad():
+            if getattr(domain, "x", None) is not None:
+                batches: Any = ((domain.x[i : i + batch_size], domain.y[i : i + batch_size])
+                                for i in range(0, len(domain.x), batch_size))
+            else:
+                batches = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
+            try:
+                for x, y in batches:
+                    prob, pred = torch.softmax(model(x.to(device)).logits.float(), 1).max(1)  # (B,), (B,)
+                    preds.append(pred.cpu())
+                    probs.append(prob.cpu())
+                    labels.append(torch.as_tensor(y).cpu())
+            except DalibError as exc:
+                raise (_from_worker(exc) if workers else exc) from None
+    finally:
+        model.train(was)
+    if not preds:
+        empty = torch.zeros(0, dtype=torch.int64)
+        return empty, torch.zeros(0), empty
+    return torch.cat(preds), torch.cat(probs), torch.cat(labels)
+
+
 def evaluate(
     model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
 ) -> float | None:
     """Accuracy (%) of ``model`` on the labelled samples of ``domain``; None when it has none
     (an unlabelled target)."""
-    was = model.training
-    model.eval()
-    correct = total = 0
-    try:
-        if getattr(domain, "x", None) is not None:
-            if not bool((domain.y >= 0).any()):
-                return None  # nothing to score: no forward pass
-            for i in range(0, len(domain.x), batch_size):
-                x = domain.x[i : i + batch_size].to(device)
-                y = domain.y[i : i + batch_size].to(device)
-                correct += int((model(x).logits.argmax(1) == y).sum())  # an unlabelled −1 never matches
-                total += int((y >= 0).sum())
-        else:
-            loader = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
-            try:
-                for x, y in loader:
-                    pred = model(x.to(device)).logits.argmax(1)
-                    y = torch.as_tensor(y).to(device)
-                    correct += int((pred == y).sum())
-                    total += int((y >= 0).sum())
-            except DalibError as exc:
-                raise (_from_worker(exc) if workers else exc) from None
-    finally:
-        model.train(was)
-    return 100.0 * correct / total if total else None
+    if getattr(domain, "x", None) is not None and not bool((domain.y >= 0).any()):
+        return None  # nothing to score: no forward pass
+    pred, _, y = predict(model, domain, device, batch_size, workers)
+    return accuracy_of(pred, y)
+
+
+def accuracy_of(pred: Tensor, labels: Tensor) -> float | None:
+    """Accuracy (%) of the predictions (N,) on the labelled samples (label ≥ 0); None without any."""
+    total = int((labels >= 0).sum())
+    return 100.0 * int((pred == labels).sum()) / total if total else None  # an unlabelled −1 never matches
 
 
 def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:

@@ -69,3 +69,35 @@ def test_an_unlabelled_domain_needs_the_class_count():
         Domain.from_arrays("t", np.zeros((4, 2)), None)
     d = Domain.from_arrays("t", np.zeros((4, 2)), None, classes=["a", "b", "c"])
     assert d.num_classes == 3 and d.y.tolist() == [-1] * 4 and int(d.dataset[0][1]) == -1
+
+
+def test_eval_writes_the_predictions_of_an_unlabelled_target(tmp_path, toy_dataset, unlabelled_dataset):
+    import csv
+
+    kw = dict(method="dann", src="src", tgt="tgt", steps=20, batch_size=16, method_config={"hidden": 32})
+    labelled = run(RunConfig(dataset=toy_dataset, **kw), tmp_path / "labelled", progress_bar=False)
+    run(RunConfig(dataset=unlabelled_dataset, **kw), tmp_path / "blind", progress_bar=False)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["eval", str(tmp_path / "blind")])
+    assert res.exit_code == 2 and "--predictions FILE writes its predictions" in res.stderr
+    out = tmp_path / "blind.csv"
+    res = runner.invoke(cli, ["eval", str(tmp_path / "blind"), "--predictions", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "no labels to score; predictions of 300 samples in" in res.stdout
+    blind = list(csv.DictReader(out.open()))
+    assert [r["index"] for r in blind] == [str(i) for i in range(300)] and {r["label"] for r in blind} == {""}
+    assert all(0.5 <= float(r["confidence"]) <= 1.0 for r in blind)  # two classes: the top one has >= 1/2
+    # the same network (training never reads a target label) on the labelled target: the file's
+    # predictions score exactly what the run reported
+    res = runner.invoke(cli, ["eval", str(tmp_path / "labelled"), "--predictions", str(tmp_path / "labelled.csv")])
+    assert f"accuracy {labelled.target_accuracy:.2f}%" in res.stdout
+    rows = list(csv.DictReader((tmp_path / "labelled.csv").open()))
+    assert [r["predicted"] for r in rows] == [r["predicted"] for r in blind]
+    hits = sum(r["predicted"] == r["label"] for r in rows)
+    assert 100.0 * hits / len(rows) == pytest.approx(labelled.target_accuracy)
+    # an existing file is never overwritten, and a missing folder is named, both in one line
+    before = out.read_bytes()
+    for target, fragment in ((out, "already exists"), (tmp_path / "no" / "p.csv", "no folder")):
+        res = runner.invoke(cli, ["eval", str(tmp_path / "blind"), "--predictions", str(target)])
+        assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and fragment in res.stderr
+    assert out.read_bytes() == before
