@@ -648,9 +648,13 @@ def run(
             write_result(out, payload)
         return result
     except BaseException:
+        if is_main:
+            release_out_dir(out)
         remove_if_left_empty(out, made)
         raise
     finally:
+        if is_main:
+            release_out_dir(out)
         if started_dist:
             torch.distributed.destroy_process_group()
 
@@ -782,6 +786,47 @@ def ready_for_writing(out: Path) -> None:
             stale.unlink(missing_ok=True)
 
 
+#: the file a run keeps in its output folder while it writes there: the process id of its writer
+LOCK = ".dalib-run.lock"
+
+
+def claim_out_dir(out: Path) -> None:
+    """Claim ``out`` for this process: a second run started there while the first still
+    writes (before its first checkpoint nothing else tells them apart) is a one-line error,
+    not a run whose files the first one overwrites later. The claim of a process that died is
+    taken over."""
+    lock = out / LOCK
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(lock.read_text().strip())
+            except ValueError:  # being written this very moment, or left empty by a crash
+                raise ConfigError(f"{out} is claimed by another dalib run ({lock}): wait for it, choose another "
+                                  f"--out, or delete {LOCK} there if no run is writing") from None
+            except OSError:
+                continue  # released meanwhile
+            if pid != os.getpid() and _process_lives(pid):
+                raise ConfigError(f"{out} is being written by another dalib run (process {pid}): wait for it "
+                                  "or choose another --out") from None
+            lock.unlink(missing_ok=True)  # its writer is gone
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(str(os.getpid()))
+        return
+    raise ConfigError(f"cannot claim output folder {out}: another run keeps claiming it")
+
+
+def release_out_dir(out: Path | None) -> None:
+    """Give up this process's claim on ``out`` (a no-op when it holds none)."""
+    if out is None:
+        return
+    with contextlib.suppress(OSError, ValueError):
+        if int((out / LOCK).read_text().strip()) == os.getpid():
+            (out / LOCK).unlink()
+
+
 def remove_if_left_empty(out: Path | None, made: bool) -> None:
     """After a failed run: remove the output folder it created if nothing was written there,
     so that the next default --out is not skipped ahead."""
@@ -802,6 +847,7 @@ def check_fresh_out_dir(out: Path) -> None:
     except OSError as exc:
         raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
     ready_for_writing(out)
+    claim_out_dir(out)  # before anything of a run that may be writing here is touched
     (out / METRICS).unlink(missing_ok=True)
 
 
@@ -821,6 +867,7 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
         check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}")
         if is_main:
             ready_for_writing(out)
+            claim_out_dir(out)
             _trim_metrics(out / METRICS, int(ckpt["step"]))
         return ckpt
     if is_main:

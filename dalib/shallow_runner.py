@@ -45,7 +45,7 @@ def run_shallow(
     from dalib.registry import get_method
     from dalib.runner import (
         RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, check_same_settings,
-        remove_if_left_empty, resolve_device,
+        release_out_dir, remove_if_left_empty, resolve_device,
     )
 
     method_cls = get_method(config.method)
@@ -80,8 +80,11 @@ def run_shallow(
     try:
         return _fit_and_report(config, dataset, method_cls, shallow_config, src, tgt, device, out, on_start)
     except BaseException:
+        release_out_dir(out)
         remove_if_left_empty(out, made)
         raise
+    finally:
+        release_out_dir(out)
 
 
 def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: Any, src: Any, tgt: Any,

@@ -341,3 +341,37 @@ def test_a_batch_batchnorm_cannot_normalise_is_one_clear_error(tmp_path, toy_dat
     assert not (tmp_path / "one").exists()
     # a method that forwards the target too has two samples in each pass
     assert np.isfinite(run(RunConfig(method="dann", **base), None, progress_bar=False).source_accuracy)
+
+
+def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_dataset):
+    """Before its first checkpoint a running run leaves nothing that says the folder is taken:
+    its claim does, and a second run there is refused instead of being overwritten later."""
+    import subprocess
+    import sys
+
+    from dalib.errors import ConfigError
+    from dalib.runner import LOCK
+
+    base = dict(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=3, batch_size=16, mode="deep")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1}\n')  # the first run's lines so far
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK).write_text(str(writer.pid))  # a live run's claim
+        with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}\\)"):
+            run(RunConfig(**base), out, progress_bar=False)
+        assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / LOCK).exists()
+    finally:
+        writer.kill()
+        writer.wait()
+    # the claim of a process that is gone is taken over, and released when the run ends
+    run(RunConfig(**base), out, progress_bar=False)
+    assert (out / "result.json").exists() and not (out / LOCK).exists()
+    # an interrupted run gives its claim up too
+    def stop(step, logs):
+        raise _Killed
+
+    with pytest.raises(_Killed):
+        run(RunConfig(**base), tmp_path / "killed", progress_bar=False, on_step=stop)
+    assert not (tmp_path / "killed" / LOCK).exists()
