@@ -345,20 +345,19 @@ def predict(
     model.eval()
     preds, probs, labels = [], [], []
     try:
-        with torch.no_grad():
-            if getattr(domain, "x", None) is not None:
-                batches: Any = ((domain.x[i : i + batch_size], domain.y[i : i + batch_size])
-                                for i in range(0, len(domain.x), batch_size))
-            else:
-                batches = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
-            try:
-                for x, y in batches:
-                    prob, pred = torch.softmax(model(x.to(device)).logits.float(), 1).max(1)  # (B,), (B,)
-                    preds.append(pred.cpu())
-                    probs.append(prob.cpu())
-                    labels.append(torch.as_tensor(y).cpu())
-            except DalibError as exc:
-                raise (_from_worker(exc) if workers else exc) from None
+        if getattr(domain, "x", None) is not None:
+            batches: Any = ((domain.x[i : i + batch_size], domain.y[i : i + batch_size])
+                            for i in range(0, len(domain.x), batch_size))
+        else:
+            batches = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
+        try:
+            for x, y in batches:
+                prob, pred = torch.softmax(model(x.to(device)).logits.float(), 1).max(1)  # (B,), (B,)
+                preds.append(pred.cpu())
+                probs.append(prob.cpu())
+                labels.append(torch.as_tensor(y).cpu())
+        except DalibError as exc:
+            raise (_from_worker(exc) if workers else exc) from None
     finally:
         model.train(was)
     if not preds:

@@ -162,8 +162,9 @@ def register_dataset(info: DatasetInfo, loader: Loader) -> None:
     if not callable(loader):
         raise RegistryError(f"dataset {info.name}: the loader is not callable")
     if info.name in _DATASETS and not same_definition(_DATASETS[info.name][1], loader):
-        raise RegistryError(f"dataset {info.name!r} is already registered (by {_DATASETS[info.name][1].__module__}."
-                            f"{getattr(_DATASETS[info.name][1], '__qualname__', '?')})")
+        old = _DATASETS[info.name][1]
+        raise RegistryError(f"dataset {info.name!r} is already registered (by {getattr(old, '__module__', '?')}."
+                            f"{getattr(old, '__qualname__', type(old).__name__)})")
     _DATASETS[info.name] = (info, loader)
 
 
