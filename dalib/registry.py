@@ -19,7 +19,7 @@ from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from typing import TypeVar
 
-from dalib.data.registry import same_definition
+from dalib.data.registry import dataset_plugin_errors, same_definition
 from dalib.errors import RegistryError, UnknownNameError, first_line
 from dalib.plugin import Method
 
@@ -178,9 +178,9 @@ def list_methods() -> list[str]:
 
 
 def plugin_errors() -> dict[str, str]:
-    """Entry points that failed to load: name -> one-line reason."""
+    """Entry points that failed to load, methods' and datasets': name -> one-line reason."""
     _load_entry_points()
-    return dict(_broken)
+    return {**_broken, **{f"{name} (datasets)": why for name, why in dataset_plugin_errors().items()}}
 
 
 def get_method(name: str) -> type[Method]:

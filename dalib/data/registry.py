@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dalib.data.domain import Domain, check_finite
-from dalib.errors import DataError, RegistryError, UnknownNameError
+from dalib.errors import DataError, RegistryError, UnknownNameError, first_line
 
 __all__ = [
     "DatasetInfo",
@@ -168,8 +168,38 @@ def register_dataset(info: DatasetInfo, loader: Loader) -> None:
     _DATASETS[info.name] = (info, loader)
 
 
+#: entry-point group of installed packages that bring datasets: each entry point names a module
+#: whose import registers them (``register_dataset``)
+DATASET_ENTRY_POINT_GROUP = "dalib.datasets"
+_dataset_entry_points_loaded = False
+_broken_datasets: dict[str, str] = {}
+
+
+def _load_dataset_entry_points() -> None:
+    """Import every ``dalib.datasets`` entry point once, in name order, each in isolation: one
+    that fails is recorded (:func:`dataset_plugin_errors`, ``dalib list``), never fatal."""
+    global _dataset_entry_points_loaded
+    if _dataset_entry_points_loaded:
+        return
+    _dataset_entry_points_loaded = True  # first: a plugin that lists datasets while it loads does not recurse
+    from importlib.metadata import entry_points
+
+    for ep in sorted(entry_points(group=DATASET_ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+        try:
+            ep.load()
+        except Exception as exc:  # a broken package must not break the others
+            _broken_datasets[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
+
+
+def dataset_plugin_errors() -> dict[str, str]:
+    """``dalib.datasets`` entry points that failed to load: name -> one-line reason."""
+    _load_dataset_entry_points()
+    return dict(_broken_datasets)
+
+
 def list_datasets() -> list[str]:
-    """Sorted names of the registered datasets."""
+    """Sorted names of the registered datasets, the installed packages' included."""
+    _load_dataset_entry_points()
     return sorted(_DATASETS)
 
 
@@ -179,6 +209,7 @@ def get_dataset(name: str) -> DatasetInfo:
 
 
 def _entry(name: str) -> tuple[DatasetInfo, Loader]:
+    _load_dataset_entry_points()
     if name in _DATASETS:
         return _DATASETS[name]
     for key, entry in _DATASETS.items():
@@ -207,6 +238,7 @@ def infer_dataset(src: str, tgt: str) -> str:
     ``inferable=False`` are never inferred. Raises :class:`UnknownNameError` when no dataset
     or more than one matches.
     """
+    _load_dataset_entry_points()
     hits = [
         info.name
         for info, _ in _DATASETS.values()

@@ -289,3 +289,33 @@ def test_missing_domain_name(bad):
         load_domain("digits", bad)
     with pytest.raises(UnknownNameError):
         infer_dataset(bad, "usps")
+
+
+def test_an_installed_package_brings_its_datasets_through_an_entry_point(isolated_registry, monkeypatch, tmp_path):
+    """``[project.entry-points."dalib.datasets"]`` names a module whose import registers its
+    datasets: load_domain, inference and ``dalib list`` find them without --plugin; a package
+    that fails to import is listed, not fatal."""
+    from importlib.metadata import EntryPoint
+
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+
+    (tmp_path / "sensors_pkg.py").write_text(
+        "import numpy as np\n"
+        "from dalib.data import DatasetInfo, Domain, register_dataset\n"
+        "def load(request):\n"
+        "    x = np.arange(12, dtype=np.float32).reshape(6, 2)\n"
+        "    return Domain.from_arrays(request.domain, x, np.arange(6) % 2, num_classes=2, dataset_name='sensors')\n"
+        "register_dataset(DatasetInfo(name='sensors', description='sensor data', domains=('lab', 'field'),\n"
+        "                             kind='features', num_classes=2, needs='embedded'), load)\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [
+        EntryPoint("sensors", "sensors_pkg", group), EntryPoint("broken", "no_such_module_xyz", group)])
+    monkeypatch.setattr(isolated_registry, "_dataset_entry_points_loaded", False)
+    monkeypatch.setattr(isolated_registry, "_broken_datasets", {})
+    assert len(load_domain("sensors", "lab")) == 6
+    assert infer_dataset("lab", "field") == "sensors"
+    out = CliRunner().invoke(cli, ["list"]).stdout
+    assert "sensors" in out and "broken (datasets)" in out and "ModuleNotFoundError" in out
