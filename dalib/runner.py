@@ -489,9 +489,9 @@ def run(
             raise ConfigError(f"batch_size {config.batch_size} forwards {rows} sample at a time{on}, and BatchNorm "
                               f"needs 2: {config.method} needs batch_size >= {need}")
 
-        ckpt = None
+        ckpt, earlier = None, []
         if out is not None:
-            ckpt = _prepare_out_dir(out, config, resume, is_main)
+            ckpt, earlier = _prepare_out_dir(out, config, resume, is_main)
 
         _seed_everything(config.seed)
         model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
@@ -548,7 +548,7 @@ def run(
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
 
         use_amp = config.amp and device.type == "cuda"
-        history: list[dict[str, Any]] = []
+        history: list[dict[str, Any]] = list(earlier)  # a resumed run's lines before its checkpoint
         metrics_path = out / METRICS if (out is not None and is_main) else None
         metrics_fh = open(metrics_path, "a") if metrics_path is not None else None
         bar = _progress_bar(config.steps, start, progress_bar and is_main)
@@ -850,8 +850,11 @@ def check_fresh_out_dir(out: Path) -> None:
     (out / METRICS).unlink(missing_ok=True)
 
 
-def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) -> dict[str, Any] | None:
-    """Make ``out`` ready; return the checkpoint to resume from, if any."""
+def _prepare_out_dir(
+    out: Path, config: RunConfig, resume: bool, is_main: bool
+) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Make ``out`` ready; return the checkpoint to resume from, if any, and the metric lines
+    the run has written so far (its history up to that checkpoint)."""
     ckpt_path = out / CHECKPOINT
     if resume:
         if not ckpt_path.exists():
@@ -867,22 +870,23 @@ def _prepare_out_dir(out: Path, config: RunConfig, resume: bool, is_main: bool) 
         if is_main:
             ready_for_writing(out)
             claim_out_dir(out)
-            _trim_metrics(out / METRICS, int(ckpt["step"]))
-        return ckpt
+            return ckpt, _trim_metrics(out / METRICS, int(ckpt["step"]))
+        return ckpt, []
     if is_main:
         check_fresh_out_dir(out)
-    return None
+    return None, []
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop metric lines written after the checkpoint: the resumed run writes them again."""
+def _trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
+    """Drop metric lines written after the checkpoint: the resumed run writes them again.
+    Returns the lines kept, the history of the run so far."""
     if not path.exists():
-        return
+        return []
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise CheckpointError(f"cannot read {path}: {exc.strerror}") from None
-    kept = []
+    kept, lines = [], []
     for raw in text.splitlines():
         try:
             line = json.loads(raw)
@@ -890,7 +894,9 @@ def _trim_metrics(path: Path, step: int) -> None:
             continue  # a line cut short by the kill
         if isinstance(line, dict) and isinstance(line.get("step", 0), (int, float)) and line.get("step", 0) <= step:
             kept.append(raw)
+            lines.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in kept))
+    return lines
 
 
 def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict[str, Any]:

@@ -51,6 +51,7 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     resumed = run(_config(), tmp_path / "cut", resume=True, progress_bar=False)
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    assert resumed.history == full.history  # the lines before the checkpoint included
     w_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     w_cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
     for key, value in w_full["model"].items():
