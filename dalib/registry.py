@@ -56,7 +56,7 @@ def _add(name: str, cls: type) -> None:
         if not (isinstance(config, type) and dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
             raise RegistryError(f"method {name!r}: its {attr} must be a class decorated with @dataclass(frozen=True)")
     existing = _methods.get(name)
-    if existing is not None and existing is not cls and not same_definition(existing, cls):
+    if existing is not None and not same_definition(existing, cls):
         raise RegistryError(
             f"method {name!r} is already registered by "
             f"{existing.__module__}.{existing.__qualname__}"
@@ -146,16 +146,12 @@ def load_plugin_module(module: str) -> list[str]:
             sys.modules[spec.name] = mod
             try:
                 spec.loader.exec_module(mod)
-            except RegistryError as exc:
+            except BaseException as exc:
                 sys.modules.pop(spec.name, None)
                 _methods.update(stale)
-                if f" by {path.stem}." in str(exc):  # the same plugin, installed as a package
+                if isinstance(exc, RegistryError) and f" by {path.stem}." in str(exc):  # installed as a package too
                     raise RegistryError(f"{exc}: the module {path.stem!r} is installed (an entry point), "
                                         f"so drop --plugin {module}") from None
-                raise
-            except BaseException:
-                sys.modules.pop(spec.name, None)
-                _methods.update(stale)
                 raise
         else:
             # as `python -m` would: a module in the working directory can be named

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from dalib.config import build_config, param
+from dalib.data.domain import labelled_accuracy
 from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
@@ -360,9 +361,6 @@ def predict(
             raise (_from_worker(exc) if workers else exc) from None
     finally:
         model.train(was)
-    if not preds:
-        empty = torch.zeros(0, dtype=torch.int64)
-        return empty, torch.zeros(0), empty
     return torch.cat(preds), torch.cat(probs), torch.cat(labels)
 
 
@@ -377,10 +375,10 @@ def evaluate(
     return accuracy_of(pred, y)
 
 
-def accuracy_of(pred: Tensor, labels: Tensor) -> float | None:
-    """Accuracy (%) of the predictions (N,) on the labelled samples (label ≥ 0); None without any."""
-    total = int((labels >= 0).sum())
-    return 100.0 * int((pred == labels).sum()) / total if total else None  # an unlabelled −1 never matches
+def accuracy_of(pred: Any, labels: Any) -> float | None:
+    """Accuracy (%) of the predictions (N,) on the labelled samples; None without any."""
+    acc = labelled_accuracy(pred, labels)
+    return None if acc is None else 100.0 * acc
 
 
 def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
@@ -477,6 +475,7 @@ def run(
     is_main = rank == 0
     out = Path(out_dir) if out_dir is not None else None
     made = out is not None and not out.exists()
+    ok = False
     try:
         kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
         src = load_domain(dataset, config.src, **kw)
@@ -645,15 +644,10 @@ def run(
                 "diagnostics": result.diagnostics,
             }
             write_result(out, payload)
+        ok = True
         return result
-    except BaseException:
-        if is_main:
-            release_out_dir(out)
-        remove_if_left_empty(out, made)
-        raise
     finally:
-        if is_main:
-            release_out_dir(out)
+        end_of_writing(out if is_main else None, made, ok)
         if started_dist:
             torch.distributed.destroy_process_group()
 
@@ -817,19 +811,16 @@ def claim_out_dir(out: Path) -> None:
     raise ConfigError(f"cannot claim output folder {out}: another run keeps claiming it")
 
 
-def release_out_dir(out: Path | None) -> None:
-    """Give up this process's claim on ``out`` (a no-op when it holds none)."""
+def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
+    """When a run that writes into ``out`` ends: give up this process's claim on the folder
+    (a no-op when it holds none) and, if the run failed, remove the folder it created when
+    nothing was written there, so that the next default --out is not skipped ahead."""
     if out is None:
         return
     with contextlib.suppress(OSError, ValueError):
         if int((out / LOCK).read_text().strip()) == os.getpid():
             (out / LOCK).unlink()
-
-
-def remove_if_left_empty(out: Path | None, made: bool) -> None:
-    """After a failed run: remove the output folder it created if nothing was written there,
-    so that the next default --out is not skipped ahead."""
-    if made and out is not None:
+    if made and not ok:
         with contextlib.suppress(OSError):  # a folder with anything in it stays
             out.rmdir()
 

@@ -19,14 +19,6 @@ from dalib.errors import CheckpointError
 __all__ = ["run_shallow"]
 
 
-def _accuracy(pred: np.ndarray, y: torch.Tensor) -> float | None:
-    """Accuracy (%) on the labelled samples; None when there are none (an unlabelled target)."""
-    from dalib.shallow.pipeline import labelled_accuracy
-
-    acc = labelled_accuracy(pred, y.numpy())
-    return None if acc is None else 100.0 * acc
-
-
 def run_shallow(
     config: Any,
     dataset: str,
@@ -45,7 +37,7 @@ def run_shallow(
     from dalib.registry import get_method
     from dalib.runner import (
         RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, check_same_settings,
-        release_out_dir, remove_if_left_empty, resolve_device,
+        end_of_writing, resolve_device,
     )
 
     method_cls = get_method(config.method)
@@ -77,20 +69,19 @@ def run_shallow(
     made = out is not None and not out.exists()
     if out is not None:
         check_fresh_out_dir(out)
+    ok = False
     try:
-        return _fit_and_report(config, dataset, method_cls, shallow_config, src, tgt, device, out, on_start)
-    except BaseException:
-        release_out_dir(out)
-        remove_if_left_empty(out, made)
-        raise
+        result = _fit_and_report(config, dataset, method_cls, shallow_config, src, tgt, device, out, on_start)
+        ok = True
+        return result
     finally:
-        release_out_dir(out)
+        end_of_writing(out, made, ok)
 
 
 def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: Any, src: Any, tgt: Any,
                     device: Any, out: Path | None, on_start: Callable[[dict[str, Any]], None] | None) -> Any:
     from dalib.plugin import plain_diagnostics
-    from dalib.runner import RunResult, write_result
+    from dalib.runner import RunResult, accuracy_of, write_result
     from dalib.shallow.pipeline import fit_shallow
 
     if on_start is not None:
@@ -103,8 +94,8 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
     xs = src.x.flatten(1).to(device, torch.float64)  # (N_s, D): the estimator computes on this device
     xt = tgt.x.flatten(1).to(device, torch.float64)  # (N_t, D)
     clf, adapted = fit_shallow(method_cls, shallow_config, xs, src.y.numpy(), xt, config.classifier)
-    source_acc = _accuracy(clf.predict(adapted.xs.detach().cpu().numpy()), src.y)
-    target_acc = _accuracy(clf.predict(adapted.xt.detach().cpu().numpy()), tgt.y)
+    source_acc = accuracy_of(clf.predict(adapted.xs.detach().cpu().numpy()), src.y)
+    target_acc = accuracy_of(clf.predict(adapted.xt.detach().cpu().numpy()), tgt.y)
     seconds = time.perf_counter() - t0
     result = RunResult(source_acc, target_acc, 0, seconds, out, [],
                        diagnostics=plain_diagnostics(adapted.info or {}, config.method), mode="shallow")

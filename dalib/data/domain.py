@@ -12,10 +12,19 @@ from torch.utils.data import Dataset, TensorDataset
 
 from dalib.errors import DataError
 
-__all__ = ["Domain", "UNLABELLED"]
+__all__ = ["Domain", "UNLABELLED", "labelled_accuracy"]
 
 #: the label of a sample whose class is unknown: an unlabelled target domain's samples
 UNLABELLED = -1
+
+
+def labelled_accuracy(pred: Any, labels: Any) -> float | None:
+    """Accuracy (a fraction) of the predictions (N,) over the labelled samples (label >= 0,
+    not :data:`UNLABELLED`); None when there are none. Arrays or CPU tensors."""
+    if labels is None:
+        return None
+    known = np.asarray(labels) >= 0
+    return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
 
 
 @dataclass(frozen=True, eq=False)

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from dalib.config import build_config, param
+from dalib.data.domain import labelled_accuracy
 from dalib.errors import ConfigError, UnknownNameError
 from dalib.shallow._checks import as_labels, as_matrix, check_same_features, to_numpy
 from dalib.shallow.classifiers import CLASSIFIERS, make_classifier
@@ -206,11 +207,3 @@ def run_shallow(
         seconds=seconds,
     )
 
-
-def labelled_accuracy(pred: np.ndarray, labels: np.ndarray | None) -> float | None:
-    """Accuracy (a fraction) over the labelled samples (label >= 0, not
-    :data:`~dalib.data.domain.UNLABELLED`); None when there are none."""
-    if labels is None:
-        return None
-    known = np.asarray(labels) >= 0
-    return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
