@@ -19,6 +19,12 @@ class DeepCORAL(Method):
 
     .. math:: L = L_{cls} + \lambda\, \frac{1}{4d^2} \lVert C_s - C_t \rVert_F^2 .
 
+    The paper sets :math:`\lambda` so that, at the end of training, the CORAL term and the
+    classification loss are about the same; the normalisation by :math:`4d^2` makes the term
+    small, so the weight that does this is often well above the default 1 (30 on dalib's
+    digits suite). ``benchmarks/coral_tradeoff.py`` applies the rule to a benchmark suite
+    from training losses alone, with no target label.
+
     On feature datasets ``dalib run coral`` fits the closed-form CORAL of
     Sun, Feng & Saenko (AAAI 2016) with a classifier instead (``--mode shallow``).
     """

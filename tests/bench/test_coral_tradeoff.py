@@ -1,0 +1,61 @@
+"""benchmarks/coral_tradeoff.py: Deep CORAL's λ by the paper's loss-balance rule, from training
+losses alone."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from dalib_benchmarks.coral_tradeoff import balance, choose, end_losses, main
+
+TOY_SUITE = """
+title = "toy shift"
+dataset = "toy-shift"
+tasks = ["src->tgt"]
+seeds = [0]
+protocol = "the moons, rotated"
+[deep]
+steps = 15
+batch_size = 16
+"""
+
+
+def test_end_losses_average_the_last_fifth_of_the_loss_lines():
+    history = [{"step": i, "loss/cls": float(i), "loss/coral": 2.0 * i} for i in range(1, 11)]
+    history.insert(5, {"step": 5, "source_acc": 90.0})  # an evaluation line: no losses
+    cls, coral = end_losses(history)
+    assert cls == pytest.approx(9.5) and coral == pytest.approx(19.0)
+    with pytest.raises(ValueError, match="no loss/cls"):
+        end_losses([{"step": 1, "source_acc": 90.0}])
+
+
+def test_balance_is_zero_when_the_weighted_coral_term_equals_the_classification_loss():
+    assert balance(10.0, 0.05, 0.005) == pytest.approx(0.0, abs=1e-12)
+    assert balance(1.0, 0.05, 0.005) == pytest.approx(math.log(10))
+    assert balance(100.0, 0.05, 0.005) == pytest.approx(math.log(10))  # too heavy counts as much as too light
+
+
+def test_choose_takes_the_smallest_mean_balance_and_the_smaller_lambda_on_a_tie():
+    rows = [{"trade_off": 1.0, "balance": 2.0}, {"trade_off": 1.0, "balance": 1.0},
+            {"trade_off": 10.0, "balance": 0.1}, {"trade_off": 10.0, "balance": 0.5},
+            {"trade_off": 100.0, "balance": 0.2}, {"trade_off": 100.0, "balance": 0.4}]
+    assert choose(rows) == 10.0
+    assert choose([{"trade_off": 3.0, "balance": 0.5}, {"trade_off": 1.0, "balance": 0.5}]) == 1.0
+
+
+def test_the_script_trains_each_lambda_on_each_task_and_keeps_no_target_score(tmp_path, toy_dataset):
+    suite = tmp_path / "toy.toml"
+    suite.write_text(TOY_SUITE)
+    out = tmp_path / "results"
+    assert main(["--suite", str(suite), "--grid", "1", "10", "--steps", "15", "--out", str(out)]) == 0
+    payload = json.loads((out / "coral_tradeoff_toy.json").read_text())
+    assert [(r["trade_off"], r["task"]) for r in payload["rows"]] == [(1.0, "src->tgt"), (10.0, "src->tgt")]
+    for r in payload["rows"]:
+        assert r["cls"] > 0 and r["coral"] >= 0
+        assert r["ratio"] == pytest.approx(r["trade_off"] * r["coral"] / r["cls"])
+    best = min(payload["rows"], key=lambda r: (r["balance"], r["trade_off"]))
+    assert payload["chosen"] == best["trade_off"]
+    assert "target_acc" not in json.dumps(payload)  # the runs' target scores are dropped unread
+    assert f"λ = {payload['chosen']:g}" in (out / "coral_tradeoff_toy.md").read_text()
