@@ -220,6 +220,22 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextlib.contextmanager
+def caller_random_state() -> Iterator[None]:
+    """Give back the caller's global random states when the block ends: Python's, numpy's,
+    torch's on the CPU and on every CUDA device already initialised. A run seeds them for its
+    own reproducibility; the code that called it then draws what it would have drawn without
+    the run (a notebook's next split or initialisation is not set by the run's seed)."""
+    py, npy = random.getstate(), np.random.get_state()
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=cuda):
+            yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file."""
@@ -454,7 +470,23 @@ def run(
     an uninterrupted run gives. ``on_start(info)`` is called once the data is loaded and
     checked (``info``: dataset, domains, sizes, start step), ``on_step(step, logs)`` after
     every step.
+
+    The global random states (Python's, numpy's, torch's) are seeded for the run and given
+    back to the caller as they were when it returns.
     """
+    with caller_random_state():
+        return _run(config, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step, on_start=on_start)
+
+
+def _run(
+    config: RunConfig,
+    out_dir: str | os.PathLike[str] | None,
+    *,
+    resume: bool,
+    progress_bar: bool | None,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+    on_start: Callable[[dict[str, Any]], None] | None,
+) -> RunResult:
     from dalib.data import load_domain
     from dalib.models import build_model
     from dalib.registry import get_method
@@ -467,7 +499,7 @@ def run(
         return run_shallow(config, dataset, out_dir, resume=resume, on_start=on_start)
     if config.classifier != RunConfig.classifier:
         warnings.warn(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
-                      "its network's own head", UserWarning, stacklevel=2)
+                      "its network's own head", UserWarning, stacklevel=3)  # the caller of run
     method_config = build_method_config(config, method_cls, "deep")
     device = resolve_device(config.device)
     started_dist = _maybe_init_distributed(device)

@@ -232,6 +232,36 @@ def test_a_shallow_classifier_asked_of_a_deep_run_is_warned_about():
         run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8), None, progress_bar=False)
 
 
+def _draws() -> tuple[float, float, float]:
+    import random
+
+    return random.random(), float(np.random.rand()), float(torch.rand(1))
+
+
+@pytest.mark.parametrize("mode", ["deep", "shallow"])
+def test_a_run_gives_the_callers_random_states_back(toy_dataset, mode):
+    import random
+
+    def seed_all():
+        random.seed(123)
+        np.random.seed(123)
+        torch.manual_seed(123)
+
+    seed_all()
+    expected = _draws()
+    seed_all()
+    run(RunConfig(method="coral", mode=mode, dataset=toy_dataset, src="src", tgt="tgt", steps=3, batch_size=8,
+                  seed=5), None, progress_bar=False)
+    assert _draws() == expected  # what the caller would have drawn had it not called run
+
+
+def test_a_run_with_a_warning_points_at_its_caller():
+    with pytest.warns(UserWarning, match="classifier 'svm'") as caught:
+        run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8, classifier="svm"),
+            None, progress_bar=False)
+    assert caught[0].filename == __file__
+
+
 def _pretend_gpus(monkeypatch, count: int, world: int = 1, local_rank: int = 0) -> None:
     """torch sees ``count`` CUDA GPUs (only device resolution runs: nothing touches them)."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
