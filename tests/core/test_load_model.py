@@ -130,5 +130,8 @@ def test_the_result_holds_the_trained_network_without_an_output_folder(toy_datas
     with torch.no_grad():
         predicted = result.model(tgt.x).logits.argmax(1)
     assert 100.0 * float((predicted == tgt.y).double().mean()) == pytest.approx(result.target_accuracy)
+    with torch.no_grad():  # a float64 array from numpy predicts the same (cast to the weights' float32)
+        from_numpy = result.model(torch.from_numpy(tgt.x.numpy().astype("float64")))
+        assert torch.equal(from_numpy.logits, result.model(tgt.x).logits)
     shallow = run(RunConfig(method="coral", mode="shallow", **base), None, progress_bar=False)
     assert shallow.mode == "shallow" and shallow.model is None
