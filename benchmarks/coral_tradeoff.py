@@ -16,6 +16,7 @@ then carries the choice.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import multiprocessing
 import os
@@ -33,6 +34,8 @@ from _machine import machine_info, machine_line, write_results  # noqa: E402
 
 #: the share of the logged steps, at the end of training, whose losses are averaged
 TAIL = 0.2
+#: a run logs at least this many loss lines (its log_every is lowered when it would log fewer)
+MIN_LINES = 10
 
 
 def end_losses(history: list[dict[str, Any]], tail: float = TAIL) -> tuple[float, float]:
@@ -83,10 +86,16 @@ def main(argv: list[str] | None = None) -> int:
     from dalib_benchmarks.suite import Cell, Variant, load_suite
 
     suite = load_suite(args.suite)
-    base = {k: v for k, v in suite.methods.get("coral", {}).items() if k not in ("deep", "shallow", "trade_off")}
+    deep = [v for v in suite.variants(["coral"]) if v.mode == "deep"]
+    if not deep:
+        raise SystemExit(f"coral_tradeoff: suite {args.suite} runs no deep coral (no [deep] table, or coral skipped)")
+    base = dict(deep[0].method_config)  # the suite's [methods.coral] settings, λ set by the grid
     cells = [Cell(Variant("coral", "deep", None, base | {"trade_off": lam}), task, args.seed)
              for lam in args.grid for task in suite.tasks]
     configs = [suite.run_config(c, steps=args.steps, data_root=args.data_root, device="cpu") for c in cells]
+    # at least MIN_LINES logged lines for the end-of-training average, whatever the suite's log_every
+    configs = [c if c.log_every and c.steps // c.log_every >= MIN_LINES
+               else dataclasses.replace(c, log_every=max(1, c.steps // MIN_LINES)) for c in configs]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     t0 = time.perf_counter()
     if args.jobs == 1:  # in this process (datasets registered here need no worker)
@@ -98,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell, config, out in zip(cells, configs, outcomes):
         lam = cell.variant.method_config["trade_off"]
         rows.append({"task": f"{cell.task[0]}->{cell.task[1]}", "trade_off": lam, "cls": out["cls"],
-                     "coral": out["coral"], "ratio": lam * out["coral"] / out["cls"],
+                     "coral": out["coral"], "ratio": lam * out["coral"] / max(out["cls"], 1e-300),
                      "balance": balance(lam, out["cls"], out["coral"]), "seconds": out["seconds"]})
         print(f"λ = {lam:g}  {rows[-1]['task']}: cls {out['cls']:.4f}  λ·coral {lam * out['coral']:.4f}"
               f"  ratio {rows[-1]['ratio']:.2f}", flush=True)
@@ -118,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     lines += [f"| {r['trade_off']:g} | {r['task']} | {r['cls']:.4f} | {r['trade_off'] * r['coral']:.4f} | "
               f"{r['ratio']:.2f} |" for r in rows]
     lines += ["", f"Chosen: **λ = {chosen:g}**.", "", f"Machine: {machine_line(payload['machine'])}", "",
-              f"Reproduce: `python benchmarks/coral_tradeoff.py --suite {suite.name} --grid {grid} "
+              f"Reproduce: `python benchmarks/coral_tradeoff.py --suite {args.suite} --grid {grid} "
               f"--seed {args.seed}{f' --steps {args.steps}' if args.steps else ''} --jobs {args.jobs}` "
               f"({payload['wall_seconds'] / 60:.1f} min)."]
     print(write_results(args.out / f"coral_tradeoff_{suite.name}", payload, "\n".join(lines)))

@@ -221,12 +221,16 @@ def _seed_everything(seed: int) -> None:
 
 
 @contextlib.contextmanager
-def caller_random_state() -> Iterator[None]:
+def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
     """Give back the caller's global random states when the block ends: Python's, numpy's,
-    torch's on the CPU and on every CUDA device already initialised. A run seeds them for its
-    own reproducibility; the code that called it then draws what it would have drawn without
-    the run (a notebook's next split or initialisation is not set by the run's seed)."""
+    torch's on the CPU and on every CUDA device (when CUDA is already initialised, or
+    ``uses_cuda``: it is initialised first, which applies a seed the caller set before). A run
+    seeds them for its own reproducibility; the code that called it then draws what it would
+    have drawn without the run (a notebook's next split or initialisation is not set by the
+    run's seed)."""
     py, npy = random.getstate(), np.random.get_state()
+    if uses_cuda and not torch.cuda.is_initialized():
+        torch.cuda.init()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
         with torch.random.fork_rng(devices=cuda):
@@ -474,7 +478,7 @@ def run(
     The global random states (Python's, numpy's, torch's) are seeded for the run and given
     back to the caller as they were when it returns.
     """
-    with caller_random_state():
+    with caller_random_state(uses_cuda=resolve_device(config.device).type == "cuda"):
         return _run(config, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step, on_start=on_start)
 
 

@@ -58,7 +58,7 @@ class DAModel(nn.Module):
         """``x`` of the training inputs' shape; floating-point inputs of another precision (a
         float64 array from numpy) are cast to the weights' dtype."""
         dtype = self.head.weight.dtype
-        if x.is_floating_point() and x.dtype != dtype:
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
             x = x.to(dtype)
         f = self.bottleneck(self.backbone(x))  # (B, bottleneck_dim)
         return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)

@@ -47,7 +47,7 @@ def test_choose_takes_the_smallest_mean_balance_and_the_smaller_lambda_on_a_tie(
 
 def test_the_script_trains_each_lambda_on_each_task_and_keeps_no_target_score(tmp_path, toy_dataset):
     suite = tmp_path / "toy.toml"
-    suite.write_text(TOY_SUITE)
+    suite.write_text(TOY_SUITE.replace("batch_size = 16", "batch_size = 16\nlog_every = 0"))  # logs nothing itself
     out = tmp_path / "results"
     assert main(["--suite", str(suite), "--grid", "1", "10", "--steps", "15", "--out", str(out)]) == 0
     payload = json.loads((out / "coral_tradeoff_toy.json").read_text())
@@ -58,4 +58,5 @@ def test_the_script_trains_each_lambda_on_each_task_and_keeps_no_target_score(tm
     best = min(payload["rows"], key=lambda r: (r["balance"], r["trade_off"]))
     assert payload["chosen"] == best["trade_off"]
     assert "target_acc" not in json.dumps(payload)  # the runs' target scores are dropped unread
-    assert f"λ = {payload['chosen']:g}" in (out / "coral_tradeoff_toy.md").read_text()
+    md = (out / "coral_tradeoff_toy.md").read_text()
+    assert f"λ = {payload['chosen']:g}" in md and f"--suite {suite} " in md  # the command that reproduces it

@@ -255,6 +255,26 @@ def test_a_run_gives_the_callers_random_states_back(toy_dataset, mode):
     assert _draws() == expected  # what the caller would have drawn had it not called run
 
 
+def test_a_cuda_run_starts_cuda_before_keeping_the_callers_random_state(monkeypatch):
+    """A fresh process whose run trains on CUDA: CUDA is initialised first (applying the
+    caller's earlier seed), so its random state is kept and given back too."""
+    from dalib.runner import caller_random_state
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(torch.cuda, "init", lambda: calls.append("init"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)  # nothing to snapshot on this machine
+    with caller_random_state(uses_cuda=False):
+        pass
+    assert calls == []  # a CPU run leaves CUDA alone
+    with caller_random_state(uses_cuda=True):
+        pass
+    assert calls == ["init"]
+    with caller_random_state(uses_cuda=True):
+        pass
+    assert calls == ["init"]  # once only
+
+
 def test_a_run_with_a_warning_points_at_its_caller():
     with pytest.warns(UserWarning, match="classifier 'svm'") as caught:
         run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8, classifier="svm"),
