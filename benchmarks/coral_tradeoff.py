@@ -47,9 +47,14 @@ def end_losses(history: list[dict[str, Any]], tail: float = TAIL) -> tuple[float
     return statistics.fmean(h["loss/cls"] for h in last), statistics.fmean(h["loss/coral"] for h in last)
 
 
+def ratio(trade_off: float, cls: float, coral: float) -> float:
+    """λ·ℓ_CORAL / ℓ_cls, both kept above 0."""
+    return max(trade_off * coral, 1e-300) / max(cls, 1e-300)
+
+
 def balance(trade_off: float, cls: float, coral: float) -> float:
     """|log(λ·ℓ_CORAL / ℓ_cls)|: 0 when the two terms are equal."""
-    return abs(math.log(max(trade_off * coral, 1e-300) / max(cls, 1e-300)))
+    return abs(math.log(ratio(trade_off, cls, coral)))
 
 
 def choose(rows: list[dict[str, Any]]) -> float:
@@ -107,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     for cell, config, out in zip(cells, configs, outcomes):
         lam = cell.variant.method_config["trade_off"]
         rows.append({"task": f"{cell.task[0]}->{cell.task[1]}", "trade_off": lam, "cls": out["cls"],
-                     "coral": out["coral"], "ratio": lam * out["coral"] / max(out["cls"], 1e-300),
+                     "coral": out["coral"], "ratio": ratio(lam, out["cls"], out["coral"]),
                      "balance": balance(lam, out["cls"], out["coral"]), "seconds": out["seconds"]})
         print(f"λ = {lam:g}  {rows[-1]['task']}: cls {out['cls']:.4f}  λ·coral {lam * out['coral']:.4f}"
               f"  ratio {rows[-1]['ratio']:.2f}", flush=True)

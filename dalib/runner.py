@@ -478,12 +478,15 @@ def run(
     The global random states (Python's, numpy's, torch's) are seeded for the run and given
     back to the caller as they were when it returns.
     """
-    with caller_random_state(uses_cuda=resolve_device(config.device).type == "cuda"):
-        return _run(config, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step, on_start=on_start)
+    device = resolve_device(config.device)
+    with caller_random_state(uses_cuda=device.type == "cuda"):
+        return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
+                    on_start=on_start)
 
 
 def _run(
     config: RunConfig,
+    device: torch.device,
     out_dir: str | os.PathLike[str] | None,
     *,
     resume: bool,
@@ -500,12 +503,11 @@ def _run(
     if resolve_mode(config, method_cls, dataset) == "shallow":
         from dalib.shallow_runner import run_shallow
 
-        return run_shallow(config, dataset, out_dir, resume=resume, on_start=on_start)
+        return run_shallow(config, dataset, device, out_dir, resume=resume, on_start=on_start)
     if config.classifier != RunConfig.classifier:
         warnings.warn(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
                       "its network's own head", UserWarning, stacklevel=3)  # the caller of run
     method_config = build_method_config(config, method_cls, "deep")
-    device = resolve_device(config.device)
     started_dist = _maybe_init_distributed(device)
     rank, world = _dist_info()
     is_main = rank == 0

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from dalib.errors import CheckpointError
@@ -22,13 +21,15 @@ __all__ = ["run_shallow"]
 def run_shallow(
     config: Any,
     dataset: str,
+    device: torch.device,
     out_dir: str | os.PathLike[str] | None = None,
     *,
     resume: bool = False,
     on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> Any:
     """Fit ``config.method``'s shallow form from ``config.src`` to ``config.tgt`` and a
-    ``config.classifier`` on the adapted source; report source and target accuracy.
+    ``config.classifier`` on the adapted source; report source and target accuracy. The
+    estimator computes on ``device`` (``config.device`` as :func:`dalib.run` resolved it).
 
     The source accuracy is the classifier's on the (adapted) source samples it was
     trained on; target labels are used only to report the target accuracy.
@@ -37,7 +38,7 @@ def run_shallow(
     from dalib.registry import get_method
     from dalib.runner import (
         RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, check_same_settings,
-        end_of_writing, resolve_device,
+        end_of_writing,
     )
 
     method_cls = get_method(config.method)
@@ -57,7 +58,6 @@ def run_shallow(
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise CheckpointError(f"{out / RESULT} is damaged: delete it and run again without --resume") from None
 
-    device = resolve_device(config.device)  # before reading data: a bad device is a one-line error
     kw = {"data_root": config.data_root, "data_dir": config.data, "image_size": config.image_size}
     src = load_domain(dataset, config.src, **kw)
     tgt = load_domain(dataset, config.tgt, **kw)
@@ -81,15 +81,14 @@ def run_shallow(
 def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: Any, src: Any, tgt: Any,
                     device: Any, out: Path | None, on_start: Callable[[dict[str, Any]], None] | None) -> Any:
     from dalib.plugin import plain_diagnostics
-    from dalib.runner import RunResult, accuracy_of, write_result
+    from dalib.runner import RunResult, _seed_everything, accuracy_of, write_result
     from dalib.shallow.pipeline import fit_shallow
 
     if on_start is not None:
         on_start({"mode": "shallow", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
                   "n_tgt": len(tgt), "classifier": config.classifier, "device": str(device)})
 
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed % 2**32)
+    _seed_everything(config.seed)
     t0 = time.perf_counter()
     xs = src.x.flatten(1).to(device, torch.float64)  # (N_s, D): the estimator computes on this device
     xt = tgt.x.flatten(1).to(device, torch.float64)  # (N_t, D)
