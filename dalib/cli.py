@@ -220,8 +220,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="import a module that registers datasets or methods (as the run did)")
 @click.option("--predictions", type=click.Path(dir_okay=False),
-              help="write every sample's predicted class to this CSV file (index, predicted, confidence, label); "
-                   "an unlabelled domain is then predicted, not scored")
+              help="write every sample's predicted class to this CSV file (index, predicted, confidence, label; "
+                   "and file, for an image folder); an unlabelled domain is then predicted, not scored")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
              device: str, plugins: tuple[str, ...], predictions: str | None) -> None:
     """Score the network of a deep run on a domain of its dataset, or write its predictions.
@@ -229,6 +229,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
     (a held-out test set, a third domain)."""
     from dalib.data import load_domain
+    from dalib.data.image_folder import ImageFolderDataset
     from dalib.errors import DataError
     from dalib.runner import accuracy_of, atomic_write_text, evaluate, load_model, predict, resolve_device
 
@@ -266,11 +267,17 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         return
     pred, prob, labels = predict(model, target, where)
     names = list(spec["classes"])
+    rows = [[i, names[p], f"{c:.6f}", names[y] if y >= 0 else ""]  # label: empty for an unlabelled sample
+            for i, (p, c, y) in enumerate(zip(pred.tolist(), prob.tolist(), labels.tolist()))]
+    header = ["index", "predicted", "confidence", "label"]
+    if isinstance(target.dataset, ImageFolderDataset):  # which image each row is, inside the domain folder
+        header.append("file")
+        for row, (path, _) in zip(rows, target.dataset.samples):
+            row.append(Path(path).relative_to(target.origin).as_posix())
     text = io.StringIO()
     writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["index", "predicted", "confidence", "label"])  # label: empty for an unlabelled sample
-    writer.writerows([i, names[p], f"{c:.6f}", names[y] if y >= 0 else ""]
-                     for i, (p, c, y) in enumerate(zip(pred.tolist(), prob.tolist(), labels.tolist())))
+    writer.writerow(header)
+    writer.writerows(rows)
     atomic_write_text(Path(predictions), text.getvalue())
     accuracy = accuracy_of(pred, labels)
     scored = "no labels to score" if accuracy is None else f"accuracy {accuracy:.2f}%"

@@ -405,7 +405,8 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     for d, role in ((src, "source"), (tgt, "target")):
         if len(d) == 0:
             raise DataError(f"the {role} domain {d.name!r} is empty")
-    if src.y is not None and bool((src.y < 0).any()):
+    labels = src.known_labels()
+    if labels is not None and bool((labels < 0).any()):
         raise DataError(f"the source domain {src.name!r} has unlabelled samples: the source must be labelled")
     if tuple(src.input_shape) != tuple(tgt.input_shape):
         raise DataError(

@@ -52,6 +52,14 @@ class Domain:
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
 
+    def known_labels(self) -> torch.Tensor | None:
+        """The labels (N,) int64, :data:`UNLABELLED` for an unlabelled sample, when they are
+        known without reading the samples (in-memory domains, image folders); else None."""
+        if self.y is not None:
+            return self.y
+        targets = getattr(self.dataset, "targets", None)
+        return None if targets is None else torch.as_tensor(targets, dtype=torch.int64)
+
     @classmethod
     def from_arrays(
         cls,

@@ -1,4 +1,9 @@
-"""Any folder laid out as DATA/DOMAIN/CLASS/IMAGE (the Office-31 layout), decoded lazily."""
+"""Any folder laid out as DATA/DOMAIN/CLASS/IMAGE (the Office-31 layout), decoded lazily.
+
+A domain folder that holds its images directly (DATA/DOMAIN/IMAGE, no class folders) is an
+unlabelled domain: every label is :data:`~dalib.data.domain.UNLABELLED`. That is the usual
+form of a real target domain.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dalib.data.domain import Domain
+from dalib.data.domain import UNLABELLED, Domain
 from dalib.data.registry import DatasetInfo, LoadRequest, register_dataset
 from dalib.errors import DataError, UnknownNameError
 
@@ -29,7 +34,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 INFO = DatasetInfo(
     name="image-folder",
-    description="a folder DATA/DOMAIN/CLASS/IMAGE (Office-31 layout); pass it with --data",
+    description="a folder DATA/DOMAIN/CLASS/IMAGE (Office-31 layout; DATA/DOMAIN/IMAGE: unlabelled); pass it with --data",
     domains=(),
     kind="image",
     num_classes=None,
@@ -57,8 +62,17 @@ def folder_domains(data_dir: Path) -> list[str]:
 
 def folder_classes(data_dir: Path) -> list[str]:
     """The sorted union of class-folder names over all domains, so that labels agree
-    between domains even when a domain lacks a class."""
+    between domains even when a domain lacks a class (an unlabelled domain has none)."""
     return sorted({c.name for d in folder_domains(data_dir) for c in _subdirs(Path(data_dir) / d)})
+
+
+def _images(folder: Path) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name (hidden files skipped)."""
+    return sorted(
+        (p for p in folder.iterdir()
+         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS),
+        key=lambda p: p.name,
+    )
 
 
 def _resolve_folder(data_dir: Path, domain: str) -> str:
@@ -78,8 +92,9 @@ class ImageFolderDataset(Dataset):
     """Images of one domain, decoded on access: RGB, resized to ``image_size`` x ``image_size``
     (bilinear), scaled to [0, 1] and normalised with the ImageNet mean and std.
 
-    ``samples`` is the list of ``(path, label)``; ``targets`` the labels. Item: (x (3, S, S)
-    float32, label int). An unreadable image raises :class:`DataError` naming the file.
+    ``samples`` is the list of ``(path, label)``; ``targets`` the labels (:data:`UNLABELLED`
+    in an unlabelled domain). Item: (x (3, S, S) float32, label int). An unreadable image
+    raises :class:`DataError` naming the file.
     """
 
     def __init__(self, samples: list[tuple[Path, int]], image_size: int, domain: str = "") -> None:
@@ -131,12 +146,25 @@ def load(req: LoadRequest) -> Domain:
     classes = folder_classes(data_dir)
     root = data_dir / name
     class_dirs = _subdirs(root)
-    if not class_dirs:
+    loose = _images(root)
+    where = f"dataset image-folder, domain {name}"
+    if class_dirs and loose:
         raise DataError(
-            f"empty domain: no class folders in {root} (dataset image-folder, domain {name}; "
-            f"expected DATA/DOMAIN/CLASS/IMAGE)"
+            f"{root} holds both class folders ({class_dirs[0].name}, ...) and images ({loose[0].name}, ...) "
+            f"({where}): put every image in a class folder (a labelled domain) or none (an unlabelled one)"
         )
-    missing = [c for c in classes if c not in {d.name for d in class_dirs}]
+    if not class_dirs and not loose:
+        raise DataError(
+            f"empty domain: no class folders and no images in {root} ({where}; expected DATA/DOMAIN/CLASS/IMAGE, "
+            f"or DATA/DOMAIN/IMAGE for an unlabelled domain)"
+        )
+    if not classes:
+        raise DataError(
+            f"no domain of {data_dir} has class folders ({where}): the source domain needs one folder per class "
+            "(DATA/DOMAIN/CLASS/IMAGE)"
+        )
+    samples: list[tuple[Path, int]] = [(p, UNLABELLED) for p in loose]
+    missing = [c for c in classes if class_dirs and c not in {d.name for d in class_dirs}]
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         warnings.warn(
@@ -144,22 +172,13 @@ def load(req: LoadRequest) -> Domain:
             f"({shown}); classes are matched by their exact folder names, case included",
             RuntimeWarning, stacklevel=2,
         )
-    samples: list[tuple[Path, int]] = []
     for cdir in class_dirs:
-        label = classes.index(cdir.name)
-        files = sorted(
-            (
-                p
-                for p in cdir.iterdir()
-                if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS
-            ),
-            key=lambda p: p.name,
-        )
+        files = _images(cdir)
         if not files:
             raise DataError(
-                f"empty class folder: {cdir} holds no images (dataset image-folder, domain {name}; "
-                f"extensions {' '.join(IMG_EXTENSIONS)})"
+                f"empty class folder: {cdir} holds no images ({where}; extensions {' '.join(IMG_EXTENSIONS)})"
             )
+        label = classes.index(cdir.name)
         samples.extend((p, label) for p in files)
     return Domain(
         name=name,

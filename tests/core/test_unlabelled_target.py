@@ -101,3 +101,53 @@ def test_eval_writes_the_predictions_of_an_unlabelled_target(tmp_path, toy_datas
         res = runner.invoke(cli, ["eval", str(tmp_path / "blind"), "--predictions", str(target)])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and fragment in res.stderr
     assert out.read_bytes() == before
+
+
+def test_an_image_folder_target_without_class_folders_trains_the_same_network(tmp_path):
+    """DATA/DOMAIN/IMAGE is an unlabelled target: the run trains the network it trains on the
+    same images filed in class folders, is not scored, and eval names each image it predicts."""
+    import csv
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "imgs"
+
+    def save(path, shade):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pixels = np.clip(rng.normal(shade, 30, (12, 12, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(path)
+
+    for i in range(6):
+        save(data / "real" / "cat" / f"c{i}.png", 60)
+        save(data / "real" / "dog" / f"d{i}.png", 190)
+    for i in range(4):  # the same target images, in class folders and loose; sorted alike ("a*" < "b*")
+        for cls, prefix, shade in (("cat", "a", 90), ("dog", "b", 220)):
+            save(data / "sketch" / cls / f"{prefix}{i}.png", shade)
+            (data / "sketch_blind").mkdir(exist_ok=True)
+            (data / "sketch_blind" / f"{prefix}{i}.png").write_bytes((data / "sketch" / cls / f"{prefix}{i}.png").read_bytes())
+    args = ["--data", str(data), "--src", "real", "--arch", "lenet", "--image-size", "16", "--steps", "4",
+            "--batch-size", "4", "--quiet", "--set", "hidden=16"]
+    runner = CliRunner()
+    for tgt in ("sketch", "sketch_blind"):
+        res = runner.invoke(cli, ["run", "dann", *args, "--tgt", tgt, "--out", str(tmp_path / tgt)])
+        assert res.exit_code == 0, res.output
+    assert "target accuracy: n/a (the target has no labels)" in res.stdout
+    blind = load_checkpoint(tmp_path / "sketch_blind" / "checkpoint.pt")["model"]
+    labelled = load_checkpoint(tmp_path / "sketch" / "checkpoint.pt")["model"]
+    assert blind.keys() == labelled.keys()
+    assert all(torch.equal(blind[k], labelled[k]) for k in blind)
+    out = tmp_path / "preds.csv"
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch_blind"), "--predictions", str(out)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == [f"{p}{i}.png" for p in "ab" for i in range(4)]
+    assert {r["label"] for r in rows} == {""} and {r["predicted"] for r in rows} <= {"cat", "dog"}
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch"), "--predictions", str(tmp_path / "labelled.csv")])
+    labelled_rows = list(csv.DictReader((tmp_path / "labelled.csv").open()))
+    assert [r["file"] for r in labelled_rows] == [f"{c}/{p}{i}.png" for c, p in (("cat", "a"), ("dog", "b")) for i in range(4)]
+    assert [r["predicted"] for r in labelled_rows] == [r["predicted"] for r in rows]
+    # an unlabelled folder cannot be the source
+    res = runner.invoke(cli, ["run", "source_only", "--data", str(data), "--src", "sketch_blind", "--tgt", "real",
+                              "--arch", "lenet", "--image-size", "16", "--steps", "2", "--quiet"])
+    assert res.exit_code == 2 and "the source domain 'sketch_blind' has unlabelled samples" in res.stderr

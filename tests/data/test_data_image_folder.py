@@ -90,7 +90,7 @@ def test_needs_data_dir(tmp_path):
 
 def test_empty_domain(office):
     (office / "dslr").mkdir()
-    with pytest.raises(DataError, match=f"empty domain: no class folders in {office / 'dslr'}"):
+    with pytest.raises(DataError, match=f"empty domain: no class folders and no images in {office / 'dslr'}"):
         load_domain("image-folder", "dslr", data_dir=office)
 
 
@@ -185,3 +185,30 @@ def test_the_exif_orientation_is_applied(tmp_path):
     x = load_image(path, 16)  # (3, 16, 16), normalised
     top, bottom = x[:, :8].mean(), x[:, 8:].mean()
     assert top > bottom + 1.0  # displayed: the white half is on top
+
+
+def test_a_domain_of_loose_images_is_unlabelled(office):
+    for name, color in (("z.png", (9, 9, 9)), ("a.jpg", (200, 0, 0))):
+        _image(office / "photos" / name, color)
+    (office / "photos" / "notes.txt").write_text("not an image")
+    d = load_domain("image-folder", "photos", data_dir=office, image_size=16)
+    # the classes are the labelled domains', so the labels agree with theirs
+    assert d.classes == ["bike", "calculator", "mug"] and d.num_classes == 3
+    assert [p.name for p, _ in d.dataset.samples] == ["a.jpg", "z.png"]
+    assert d.dataset.targets == [-1, -1] and d.known_labels().tolist() == [-1, -1]
+    x, y = d.dataset[0]
+    assert x.shape == (3, 16, 16) and y == -1
+    assert load_domain("image-folder", "amazon", data_dir=office).known_labels().tolist() == [0, 0, 2]
+
+
+def test_class_folders_and_loose_images_in_one_domain_are_refused(office):
+    _image(office / "amazon" / "stray.png", (1, 2, 3))
+    with pytest.raises(DataError, match=r"holds both class folders \(bike, \.\.\.\) and images \(stray.png, \.\.\.\)"):
+        load_domain("image-folder", "amazon", data_dir=office)
+
+
+def test_a_folder_without_any_class_folder_is_refused(tmp_path):
+    _image(tmp_path / "data" / "a" / "x.png", (1, 2, 3))
+    _image(tmp_path / "data" / "b" / "y.png", (1, 2, 3))
+    with pytest.raises(DataError, match="no domain of .* has class folders .*the source domain needs one folder per class"):
+        load_domain("image-folder", "a", data_dir=tmp_path / "data")
