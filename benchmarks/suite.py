@@ -341,6 +341,20 @@ def method_code_hash(method: str) -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
+def dalib_code_hash() -> str:
+    """A hash of dalib's own source (every ``.py`` file of the installed package: the runner,
+    models, losses, kernels, data and shallow estimators that every method's cells share): a
+    finished cell made by another version of dalib is reported, like one made by other code of
+    its method."""
+    import dalib
+
+    root = Path(dalib.__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def cell_fingerprint(config: Any) -> str:
     """A hash of what determines a cell's numbers: a finished cell whose method settings
     (the method's defaults included), run options or data changed since is run again; the
@@ -441,6 +455,7 @@ def run_suite(
         except DalibError as exc:
             prints[key], invalid[key] = "", first_line(exc)
     codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
+    core = dalib_code_hash()
     state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                   "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
     todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
@@ -452,6 +467,8 @@ def run_suite(
         return bool(old and now and old != now)
 
     changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
+    # kept cells made by another version of dalib itself (cells from before this was recorded: unknown, not counted)
+    core_changed = sum(1 for c in cells if c.key not in running and state["cells"][c.key].get("dalib_code") not in (None, core))
     started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
     jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
 
@@ -464,7 +481,7 @@ def run_suite(
             "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
             "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
             "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
-            "code": codes[cell.variant.method], **outcome,
+            "code": codes[cell.variant.method], "dalib_code": core, **outcome,
         }
         # every invocation's wall time together, less the estimated share of cells since re-run
         state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
@@ -517,4 +534,8 @@ def run_suite(
         warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
                       f"(its source changed since) and are kept as they are: --rerun --methods "
                       f"{','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
+    if core_changed:
+        warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
+                      "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "
+                      "them again", RuntimeWarning, stacklevel=2)
     return path

@@ -300,7 +300,7 @@ def _split_list(text: str | None) -> list[str] | None:
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
-@click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code)")
+@click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code or dalib's)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None, steps: int | None, jobs: int,
           out: str, data_root: str | None, device: str | None, plugins: tuple[str, ...], rerun: bool,

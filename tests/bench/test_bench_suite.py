@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import pytest
@@ -410,6 +411,31 @@ def test_changed_method_code_is_reported_and_rerun_runs_the_cells_again(toy_suit
         assert second["code"] != first["code"]
     finally:
         unregister_method("bench_iterate")
+
+
+def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path, monkeypatch):
+    from dalib_benchmarks import suite as suite_module
+
+    suite = load_suite(str(toy_suite))
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    assert len(cells) == 2  # source_only's deep and shallow forms
+    assert {c["dalib_code"] for c in cells.values()} == {suite_module.dalib_code_hash()}  # the package's source
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same dalib: nothing to report
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    # dalib's runner changes under the kept cells: they stay, with a warning that says how to re-run them
+    monkeypatch.setattr(suite_module, "dalib_code_hash", lambda: "another-version")
+    ran = []
+    with pytest.warns(RuntimeWarning, match=r"2 finished cell\(s\) were run by another version of dalib .*--rerun"):
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False,
+                  on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert ran == []
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
+              on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert sorted(ran) == sorted(cells)
+    cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    assert {c["dalib_code"] for c in cells.values()} == {"another-version"}
 
 
 @pytest.mark.parametrize("text,fragment", [
