@@ -78,7 +78,7 @@ class RunConfig:
     amp: bool = param(True, "bfloat16 autocast on CUDA (ignored on CPU)")
     workers: int = param(0, "data-loading worker processes for image folders")
     log_every: int = param(50, "steps between metric lines")
-    eval_every: int = param(0, "steps between evaluations (0: only at the end)")
+    eval_every: int = param(0, "steps between evaluations logged to metrics.jsonl, the last step's included (0: only the result's, at the end)")
     checkpoint_every: int = param(500, "steps between checkpoints (0: only at the end)")
     method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "method hyperparameters"})
 
@@ -590,6 +590,7 @@ def _run(
         metrics_path = out / METRICS if (out is not None and is_main) else None
         metrics_fh = open(metrics_path, "a") if metrics_path is not None else None
         bar = _progress_bar(config.steps, start, progress_bar and is_main)
+        last_line: dict[str, Any] | None = None  # the last step's metrics line
         t0 = time.perf_counter()
         model.train()
         method.train()
@@ -642,11 +643,10 @@ def _run(
                         "source_acc": evaluate(model, src, device, workers=config.workers),
                         "target_acc": evaluate(model, tgt, device, workers=config.workers),
                     }
-                if line is not None:
-                    history.append(line)
-                    if metrics_fh is not None:
-                        metrics_fh.write(json.dumps(line) + "\n")
-                        metrics_fh.flush()
+                if line is not None and done == config.steps:
+                    last_line = line  # written once the run's accuracies are known, below
+                elif line is not None:
+                    _log_line(line, history, metrics_fh)
                 new_epoch = s_stream.epoch_of(done) != s_stream.epoch_of(step)
                 if new_epoch:
                     context.progress = Progress(done, config.steps, s_stream.epoch_of(done))
@@ -656,15 +656,19 @@ def _run(
                     _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed)
                 if on_step is not None:
                     on_step(done, logs)
+            seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
+            src_acc = evaluate(model, src, device, workers=config.workers)
+            tgt_acc = evaluate(model, tgt, device, workers=config.workers)
+            if config.eval_every and start < config.steps:  # the curve ends at the run's own result
+                last_line = (last_line or {"step": config.steps}) | {"source_acc": src_acc, "target_acc": tgt_acc}
+            if last_line is not None:
+                _log_line(last_line, history, metrics_fh)
         finally:
             if bar is not None:
                 bar.close()
             if metrics_fh is not None:
                 metrics_fh.close()
 
-        seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-        src_acc = evaluate(model, src, device, workers=config.workers)
-        tgt_acc = evaluate(model, tgt, device, workers=config.workers)
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
                            diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
         if out is not None and is_main:
@@ -689,6 +693,14 @@ def _run(
         end_of_writing(out if is_main else None, made, ok)
         if started_dist:
             torch.distributed.destroy_process_group()
+
+
+def _log_line(line: dict[str, Any], history: list[dict[str, Any]], fh: Any) -> None:
+    """One metrics line into the run's history and, when it writes one, its metrics.jsonl."""
+    history.append(line)
+    if fh is not None:
+        fh.write(json.dumps(line) + "\n")
+        fh.flush()
 
 
 def _diagnostics(method: Method, name: str) -> dict[str, Any]:

@@ -72,10 +72,14 @@ def test_checkpoints_are_atomic_and_loadable_weights_only(tmp_path):
 
 
 def test_eval_every_logs_accuracies(tmp_path):
-    res = run(_config(steps=10, eval_every=5, log_every=0), tmp_path / "r", progress_bar=False)
+    res = run(_config(steps=10, eval_every=4, log_every=0), tmp_path / "r", progress_bar=False)
     evals = [h for h in res.history if "target_acc" in h]
-    assert [h["step"] for h in evals] == [5]
-    assert 0 <= evals[0]["target_acc"] <= 100
+    # every 4 steps, and the last step (the curve ends at the run's own result)
+    assert [h["step"] for h in evals] == [4, 8, 10]
+    assert all(0 <= h["target_acc"] <= 100 for h in evals)
+    assert (evals[-1]["source_acc"], evals[-1]["target_acc"]) == (res.source_accuracy, res.target_accuracy)
+    lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert lines == res.history
 
 
 def test_domains_of_different_sizes_and_infinite_streams(toy_dataset):
