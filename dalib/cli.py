@@ -126,7 +126,7 @@ _RUN_OPTIONS = {
 @click.option("--src", help="source domain (labelled), e.g. mnist")
 @click.option("--tgt", help="target domain (unlabelled), e.g. usps")
 @click.option("--dataset", help="dataset name; inferred from the domains when omitted")
-@click.option("--data", "data", help="image folder: one sub-folder per domain, one per class inside")
+@click.option("--data", "data", help="image folder: one sub-folder per domain, one per class inside (a domain of loose images: unlabelled)")
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--arch", help="backbone: lenet, mlp, identity, resnet18, resnet34, resnet50 [colour images over 32 px: resnet50; other images: lenet; features: mlp]")
 @click.option("--pretrained", help="'imagenet' or the path of a checkpoint (ResNets)")
@@ -228,9 +228,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
 
     RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
     (a held-out test set, a third domain)."""
-    from dalib.data import load_domain
+    from dalib.data import list_datasets, load_domain
     from dalib.data.image_folder import ImageFolderDataset
-    from dalib.errors import DataError
+    from dalib.errors import DataError, UnknownNameError
     from dalib.runner import accuracy_of, atomic_write_text, evaluate, load_model, predict, resolve_device
 
     if predictions is not None and Path(predictions).exists():
@@ -248,8 +248,15 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     dataset = dataset or spec["dataset"]
     data = data or (spec.get("data") if same else None)  # the run's own folders by default
     data_root = data_root or spec.get("data_root")
+    if same and dataset not in list_datasets():  # a dataset a plugin registered for the run
+        raise UnknownNameError(f"unknown dataset {dataset!r} (the run's): pass the --plugin MODULE that registers it, "
+                               f"as the run did (known: {', '.join(list_datasets())})")
     target = load_domain(dataset, name, data_root=data_root, data_dir=data, image_size=spec["image_size"])
     n_classes = len(spec["classes"])
+    labels = target.known_labels()
+    if target.num_classes == 0 and labels is not None and bool((labels < 0).all()):
+        # unlabelled images in a folder of their own (no class folders anywhere): the run's classes
+        target = dataclasses.replace(target, num_classes=n_classes, classes=list(spec["classes"]))
     if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != n_classes:
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")

@@ -66,13 +66,17 @@ def folder_classes(data_dir: Path) -> list[str]:
     return sorted({c.name for d in folder_domains(data_dir) for c in _subdirs(Path(data_dir) / d)})
 
 
-def _images(folder: Path) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name (hidden files skipped)."""
-    return sorted(
-        (p for p in folder.iterdir()
-         if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMG_EXTENSIONS),
-        key=lambda p: p.name,
-    )
+def _images(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
+    """The image files directly inside ``folder``, sorted by name (hidden files skipped); the
+    other visible files are appended to ``skipped``."""
+    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=lambda p: p.name)
+    if skipped is not None:
+        skipped.extend(p for p in files if p.suffix.lower() not in IMG_EXTENSIONS)
+    return [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
+
+
+def _shown(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
 def _resolve_folder(data_dir: Path, domain: str) -> str:
@@ -146,7 +150,8 @@ def load(req: LoadRequest) -> Domain:
     classes = folder_classes(data_dir)
     root = data_dir / name
     class_dirs = _subdirs(root)
-    loose = _images(root)
+    skipped: list[Path] = []
+    loose = _images(root, skipped)
     where = f"dataset image-folder, domain {name}"
     if class_dirs and loose:
         raise DataError(
@@ -154,32 +159,43 @@ def load(req: LoadRequest) -> Domain:
             f"({where}): put every image in a class folder (a labelled domain) or none (an unlabelled one)"
         )
     if not class_dirs and not loose:
+        found = f"; skipped {len(skipped)} file(s) of other types ({_shown([p.name for p in skipped])})" if skipped else ""
         raise DataError(
             f"empty domain: no class folders and no images in {root} ({where}; expected DATA/DOMAIN/CLASS/IMAGE, "
-            f"or DATA/DOMAIN/IMAGE for an unlabelled domain)"
+            f"or DATA/DOMAIN/IMAGE for an unlabelled domain; images end in {' '.join(IMG_EXTENSIONS)}{found})"
         )
-    if not classes:
+    own = [d.name for d in class_dirs]
+    others = sorted({c.name for d in folder_domains(data_dir) if d != name for c in _subdirs(data_dir / d)})
+    if own and others and not set(own) & set(others):
         raise DataError(
-            f"no domain of {data_dir} has class folders ({where}): the source domain needs one folder per class "
-            "(DATA/DOMAIN/CLASS/IMAGE)"
+            f"the class folders of {root} ({_shown(own)}) share no name with the other domains' of {data_dir} "
+            f"({_shown(others)}) ({where}): labelled domains file the same classes, and an unlabelled domain keeps "
+            "its images directly in its folder (a sub-folder is read as a class)"
         )
     samples: list[tuple[Path, int]] = [(p, UNLABELLED) for p in loose]
-    missing = [c for c in classes if class_dirs and c not in {d.name for d in class_dirs}]
+    missing = [c for c in classes if class_dirs and c not in set(own)]
     if missing:
-        shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         warnings.warn(
             f"image folder {root} has no folder for {len(missing)} of the {len(classes)} classes of {data_dir} "
-            f"({shown}); classes are matched by their exact folder names, case included",
+            f"({_shown(missing, 5)}); classes are matched by their exact folder names, case included",
             RuntimeWarning, stacklevel=2,
         )
     for cdir in class_dirs:
-        files = _images(cdir)
+        files = _images(cdir, skipped)
         if not files:
             raise DataError(
                 f"empty class folder: {cdir} holds no images ({where}; extensions {' '.join(IMG_EXTENSIONS)})"
             )
         label = classes.index(cdir.name)
         samples.extend((p, label) for p in files)
+    if skipped:
+        warnings.warn(
+            f"image folder {root}: skipped {len(skipped)} file(s) that are not images by their extension "
+            f"({_shown([p.relative_to(root).as_posix() for p in skipped])}); images end in {' '.join(IMG_EXTENSIONS)}",
+            RuntimeWarning, stacklevel=2,
+        )
+    # a data folder of unlabelled domains alone has no classes: a trained network's give them theirs
+    # (dalib eval does), and a run refuses such a source as unlabelled
     return Domain(
         name=name,
         dataset=ImageFolderDataset(samples, req.image_size, domain=name),

@@ -258,7 +258,8 @@ def infer_dataset(src: str, tgt: str) -> str:
         if info.domains
     )
     raise UnknownNameError(
-        f"no dataset has both domains {src!r} and {tgt!r}; pass --dataset (known: {known})"
+        f"no dataset has both domains {src!r} and {tgt!r}; pass --dataset (known: {known}), "
+        "or --data PATH for a folder of images"
     )
 
 
@@ -292,6 +293,9 @@ def load_domain(
     for missing or corrupt files, NaN/inf features and empty domains.
     """
     info, loader = _entry(dataset)
+    if data_dir is not None and info.needs != "data_dir":
+        raise DataError(f"dataset {info.name} reads no data folder, but one was given ({data_dir}: --data, the "
+                        "folder of an image-folder dataset): leave out --dataset to read the folder, or --data")
     name = info.resolve(domain)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"image size must be a positive integer, not {image_size!r}")

@@ -260,3 +260,11 @@ def test_the_console_script_prints_a_warning_as_one_line():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stderr == "dalib: warning: first line\n"
+
+
+def test_data_folder_with_a_dataset_that_reads_none_and_a_forgotten_data_folder(runner, tmp_path):
+    res = runner.invoke(cli, ["run", "source_only", "--dataset", "digits", "--data", str(tmp_path), "--src", "mnist",
+                              "--tgt", "usps", *FAST])
+    _one_line_error(res, "dataset digits reads no data folder, but one was given", "leave out --dataset")
+    res = runner.invoke(cli, ["run", "source_only", "--src", "catalogue", "--tgt", "phone", *FAST])
+    _one_line_error(res, "no dataset has both domains 'catalogue' and 'phone'", "or --data PATH for a folder of images")

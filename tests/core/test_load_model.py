@@ -122,6 +122,14 @@ def test_eval_loads_plugins_that_register_a_dataset(trained, tmp_path, monkeypat
     assert res.stdout.startswith("digits-again usps (1800 samples)")
 
 
+def test_eval_of_a_run_on_a_plugin_dataset_without_the_plugin_says_to_pass_it(trained, tmp_path):
+    checkpoint = load_checkpoint(trained / "checkpoint.pt")
+    checkpoint["model_spec"]["dataset"] = "sensors"  # registered by a plugin the eval does not load
+    torch.save(checkpoint, tmp_path / "sensors.pt")
+    _one_line(CliRunner().invoke(cli, ["eval", str(tmp_path / "sensors.pt")]),
+              "unknown dataset 'sensors' (the run's): pass the --plugin MODULE that registers it")
+
+
 def test_the_result_holds_the_trained_network_without_an_output_folder(toy_dataset):
     base = dict(dataset=toy_dataset, src="src", tgt="tgt", steps=20, batch_size=16)
     result = run(RunConfig(method="dann", mode="deep", method_config={"hidden": 16}, **base), None, progress_bar=False)

@@ -147,6 +147,15 @@ def test_an_image_folder_target_without_class_folders_trains_the_same_network(tm
     labelled_rows = list(csv.DictReader((tmp_path / "labelled.csv").open()))
     assert [r["file"] for r in labelled_rows] == [f"{c}/{p}{i}.png" for c, p in (("cat", "a"), ("dog", "b")) for i in range(4)]
     assert [r["predicted"] for r in labelled_rows] == [r["predicted"] for r in rows]
+    # new photos later, in a data folder of their own (no class folders anywhere): predicted with the run's classes
+    (tmp_path / "newdata" / "batch2").mkdir(parents=True)
+    for name in ("a0.png", "b3.png"):
+        (tmp_path / "newdata" / "batch2" / name).write_bytes((data / "sketch_blind" / name).read_bytes())
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch_blind"), "--data", str(tmp_path / "newdata"),
+                              "--domain", "batch2", "--predictions", str(tmp_path / "batch2.csv")])
+    assert res.exit_code == 0, res.output
+    later = list(csv.DictReader((tmp_path / "batch2.csv").open()))
+    assert [(r["file"], r["predicted"]) for r in later] == [(r["file"], r["predicted"]) for r in rows if r["file"] in ("a0.png", "b3.png")]
     # an unlabelled folder cannot be the source
     res = runner.invoke(cli, ["run", "source_only", "--data", str(data), "--src", "sketch_blind", "--tgt", "real",
                               "--arch", "lenet", "--image-size", "16", "--steps", "2", "--quiet"])

@@ -13,8 +13,9 @@ from dalib.data import get_dataset, infer_dataset, list_domains, load_domain
 from dalib.data.image_folder import IMAGENET_MEAN, IMAGENET_STD
 from dalib.errors import DataError, UnknownNameError
 
-# the office fixture's amazon has no calculator folder on purpose (the test below checks the warning)
-pytestmark = pytest.mark.filterwarnings("ignore:image folder .* has no folder for:RuntimeWarning")
+# the office fixture's amazon has no calculator folder on purpose and webcam a notes.txt (tests below check the warnings)
+pytestmark = [pytest.mark.filterwarnings("ignore:image folder .* has no folder for:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore:image folder .* skipped:RuntimeWarning")]  # its notes.txt
 
 
 def _image(path: Path, color, size=(20, 14), mode="RGB") -> None:
@@ -207,8 +208,35 @@ def test_class_folders_and_loose_images_in_one_domain_are_refused(office):
         load_domain("image-folder", "amazon", data_dir=office)
 
 
-def test_a_folder_without_any_class_folder_is_refused(tmp_path):
-    _image(tmp_path / "data" / "a" / "x.png", (1, 2, 3))
-    _image(tmp_path / "data" / "b" / "y.png", (1, 2, 3))
-    with pytest.raises(DataError, match="no domain of .* has class folders .*the source domain needs one folder per class"):
-        load_domain("image-folder", "a", data_dir=tmp_path / "data")
+def test_a_folder_of_unlabelled_domains_alone_loads_them_without_classes(tmp_path):
+    # new photos in a folder of their own: no classes here (a trained network gives its own, as dalib eval does)
+    _image(tmp_path / "new" / "batch2" / "x.png", (1, 2, 3))
+    d = load_domain("image-folder", "batch2", data_dir=tmp_path / "new")
+    assert d.classes == [] and d.num_classes == 0 and d.known_labels().tolist() == [-1]
+
+
+def test_class_folders_that_share_no_name_with_the_other_domains_are_refused(office):
+    _image(office / "phone" / "2024-06" / "IMG_1.jpg", (1, 2, 3))  # dated export folders, not classes
+    with pytest.raises(DataError, match=r"class folders of .*phone \(2024-06\) share no name with the other domains' "
+                                        r"of .* \(bike, calculator, mug\) .*an unlabelled domain keeps its images "
+                                        r"directly in its folder"):
+        load_domain("image-folder", "phone", data_dir=office)
+    # amazon shares its classes with webcam: it loads, with the dated folder among the classes it lacks
+    assert "2024-06" in load_domain("image-folder", "amazon", data_dir=office).classes
+
+
+def test_files_that_are_not_images_are_skipped_with_a_warning(tmp_path):
+    _image(tmp_path / "d" / "src" / "cat" / "a.png", (1, 2, 3))
+    _image(tmp_path / "d" / "tgt" / "b.jpg", (1, 2, 3))
+    (tmp_path / "d" / "tgt" / "IMG_2.HEIC").write_bytes(b"heic")
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 file\(s\) that are not images by their extension \(IMG_2.HEIC\)"):
+        d = load_domain("image-folder", "tgt", data_dir=tmp_path / "d")
+    assert len(d) == 1
+    (tmp_path / "d" / "tgt" / "b.jpg").unlink()
+    with pytest.raises(DataError, match=r"no class folders and no images in .*skipped 1 file\(s\) of other types \(IMG_2.HEIC\)"):
+        load_domain("image-folder", "tgt", data_dir=tmp_path / "d")
+
+
+def test_a_data_folder_is_only_for_a_dataset_that_reads_one(tmp_path):
+    with pytest.raises(DataError, match=r"dataset digits reads no data folder, but one was given"):
+        load_domain("digits", "mnist", data_dir=tmp_path)
