@@ -133,7 +133,7 @@ def _suite_tasks(suite: Any) -> set[str]:
 
 def _reproduce(suite: Any, state: dict[str, Any], summary: Summary) -> str:
     """The command that makes the cells of this file: the narrowing flags it needs included."""
-    args = [f"dalib bench {suite.name}"]
+    args = [f"dalib bench {suite.ref}"]
     methods = sorted({c["method"] for c in state["cells"].values()})
     if methods != sorted({v.method for v in suite.variants()}):
         args.append(f"--methods {','.join(methods)}")
@@ -161,7 +161,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         f"{', '.join(str(s) for s in sorted({c['seed'] for c in state['cells'].values()}))}. "
         "Every number is the model of the **last** step (deep) or the one fitted model (shallow): no "
         "model selection on target labels, and one hyperparameter setting per method for all tasks "
-        f"(`benchmarks/suites/{state['suite_file']}`). Target labels are used only to score. "
+        f"(`{suite.file}`). Target labels are used only to score. "
         "Rows in italics are published figures on the same data (their protocols are stated).",
         "",
         "| " + " | ".join(head) + " |",

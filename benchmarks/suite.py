@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
-from dalib.runner import atomic_write_text, ready_for_writing
+from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
 
 from ._machine import machine_info
 from .report import write_report
@@ -121,6 +121,17 @@ class Suite:
     published: dict[str, dict[str, Any]]
     timing: str = ""
 
+    @property
+    def ref(self) -> str:
+        """How ``dalib bench`` names this suite: a built-in's name, else its file's path."""
+        builtin = self.path.resolve() == (SUITES_DIR / f"{self.name}.toml").resolve()
+        return self.name if builtin else str(self.path)
+
+    @property
+    def file(self) -> str:
+        """The suite's file, as a reader finds it (a built-in's inside the repository)."""
+        return f"benchmarks/suites/{self.name}.toml" if self.ref == self.name else str(self.path)
+
     def variants(self, only: Iterable[str] | None = None) -> list[Variant]:
         """Every registered, non-skipped method in each form the suite runs.
 
@@ -185,7 +196,14 @@ def parse_task(text: str, dataset: str) -> tuple[str, str]:
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name, or a suite TOML file by path."""
     path = Path(name_or_path)
-    if not (path.suffix == ".toml" and path.is_file()):
+    if path.suffix == ".toml" and not path.is_file():
+        raise ConfigError(f"suite file not found: {path}")
+    if path.suffix == ".toml" and path.stem in builtin_suites() \
+            and path.resolve() != (SUITES_DIR / f"{path.stem}.toml").resolve():
+        # its results file would be the built-in suite's, bench-NAME.json
+        raise ConfigError(f"suite file {path} has the name of the built-in suite {path.stem}, whose results it "
+                          "would replace: rename the file")
+    if path.suffix != ".toml":
         if name_or_path not in builtin_suites():
             raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(builtin_suites())} "
                                    "(or the path of a suite .toml)")
@@ -430,6 +448,10 @@ def run_suite(
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     variants = suite.variants(methods)
     chosen_tasks = suite.tasks if tasks is None else [parse_task(t, suite.dataset) for t in tasks]
+    foreign = [f"{a}->{b}" for a, b in chosen_tasks if (a, b) not in suite.tasks]
+    if foreign:  # its cells would join the suite's table and its mean over tasks
+        raise ConfigError(f"--tasks {', '.join(foreign)}: not a task of suite {suite.name} "
+                          f"({', '.join(f'{a}->{b}' for a, b in suite.tasks)})")
     chosen_seeds = suite.seeds if seeds is None else list(seeds)
     # the device and the data root, before any cell: with --rerun, a typo in either would
     # fail (and replace) every finished cell
@@ -446,96 +468,103 @@ def run_suite(
     configs = {c.key: suite.run_config(c, steps=steps, data_root=data_root, device=device) for c in cells}
 
     path = results_path(out, suite, steps)
-    state = _load_state(path)
-    prints: dict[str, str] = {}
-    invalid: dict[str, str] = {}  # cells whose settings cannot even be built fail without running
-    for key, config in configs.items():
-        try:
-            prints[key] = cell_fingerprint(config)
-        except DalibError as exc:
-            prints[key], invalid[key] = "", first_line(exc)
-    codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
-    core = dalib_code_hash()
-    state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
-                  "suite_file": str(suite.path.name), "deep_options": suite.deep, "machine": machine_info()})
-    todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
-                                              and state["cells"][c.key].get("fingerprint") == prints[c.key])]
-    running = {c.key for c in todo}
-
-    def code_changed(cell: Cell) -> bool:  # a kept cell run by other code of its method (unknown: no)
-        old, now = state["cells"][cell.key].get("code"), codes[cell.variant.method]
-        return bool(old and now and old != now)
-
-    changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
-    # kept cells made by another version of dalib itself (cells from before this was recorded: unknown, not counted)
-    core_changed = sum(1 for c in cells if c.key not in running and state["cells"][c.key].get("dalib_code") not in (None, core))
-    started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
-    jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
-
-    def record(cell: Cell, outcome: dict[str, Any]) -> None:
-        nonlocal replaced
-        old = state["cells"].get(cell.key, {})
-        if old.get("status") == "done":  # a stale cell: its time no longer stands behind the results
-            replaced += float(old.get("seconds", 0.0)) / jobs_before
-        state["cells"][cell.key] = {
-            "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
-            "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
-            "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
-            "code": codes[cell.variant.method], "dalib_code": core, **outcome,
-        }
-        # every invocation's wall time together, less the estimated share of cells since re-run
-        state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
-        state["jobs"] = jobs
-        atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
-        if on_cell is not None:
-            on_cell(cell, outcome)
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"bench {suite.name}", unit="cell",
-               file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True)
+    # one writer per results file: two suites into the same --out would each write back its
+    # own copy of the cells after every cell, and the last one would drop the other's
+    lock = path.with_name(f".{path.name}.lock")
+    claim_file(lock, f"{path} is being written by another dalib bench", "or give this one another --out")
     try:
-        for cell in [c for c in todo if c.key in invalid]:
-            record(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
-            bar.update(1)
-        todo = [c for c in todo if c.key not in invalid]
-        if jobs == 1 or len(todo) <= 1:
-            for cell in todo:
-                bar.set_postfix_str(cell.key, refresh=True)
-                outcome = _run_cell(configs[cell.key])
-                record(cell, outcome)
-                bar.update(1)
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            threads = max(1, (os.cpu_count() or 1) // jobs)
-            ctx = multiprocessing.get_context("spawn")
-            pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, plugins))
+        state = _load_state(path)
+        prints: dict[str, str] = {}
+        invalid: dict[str, str] = {}  # cells whose settings cannot even be built fail without running
+        for key, config in configs.items():
             try:
-                futures = {pool.submit(_run_cell, configs[c.key]): c for c in todo}
-                for fut in as_completed(futures):
-                    cell = futures[fut]
-                    record(cell, fut.result())
-                    bar.set_postfix_str(cell.key, refresh=False)
+                prints[key] = cell_fingerprint(config)
+            except DalibError as exc:
+                prints[key], invalid[key] = "", first_line(exc)
+        codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
+        core = dalib_code_hash()
+        state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
+                      "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
+        todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
+                                                  and state["cells"][c.key].get("fingerprint") == prints[c.key])]
+        running = {c.key for c in todo}
+
+        def code_changed(cell: Cell) -> bool:  # a kept cell run by other code of its method (unknown: no)
+            old, now = state["cells"][cell.key].get("code"), codes[cell.variant.method]
+            return bool(old and now and old != now)
+
+        changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
+        # kept cells made by another version of dalib itself (cells from before this was recorded: unknown, not counted)
+        core_changed = sum(1 for c in cells if c.key not in running and state["cells"][c.key].get("dalib_code") not in (None, core))
+        started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
+        jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
+
+        def record(cell: Cell, outcome: dict[str, Any]) -> None:
+            nonlocal replaced
+            old = state["cells"].get(cell.key, {})
+            if old.get("status") == "done":  # a stale cell: its time no longer stands behind the results
+                replaced += float(old.get("seconds", 0.0)) / jobs_before
+            state["cells"][cell.key] = {
+                "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
+                "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
+                "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
+                "code": codes[cell.variant.method], "dalib_code": core, **outcome,
+            }
+            # every invocation's wall time together, less the estimated share of cells since re-run
+            state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
+            state["jobs"] = jobs
+            atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
+            if on_cell is not None:
+                on_cell(cell, outcome)
+
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"bench {suite.name}", unit="cell",
+                   file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True)
+        try:
+            for cell in [c for c in todo if c.key in invalid]:
+                record(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
+                bar.update(1)
+            todo = [c for c in todo if c.key not in invalid]
+            if jobs == 1 or len(todo) <= 1:
+                for cell in todo:
+                    bar.set_postfix_str(cell.key, refresh=True)
+                    outcome = _run_cell(configs[cell.key])
+                    record(cell, outcome)
                     bar.update(1)
-            except BaseException:  # Ctrl-C: stop the workers now (the finished cells are recorded)
-                for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                    proc.terminate()
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise
-            pool.shutdown()
+            else:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor, as_completed
+
+                threads = max(1, (os.cpu_count() or 1) // jobs)
+                ctx = multiprocessing.get_context("spawn")
+                pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, plugins))
+                try:
+                    futures = {pool.submit(_run_cell, configs[c.key]): c for c in todo}
+                    for fut in as_completed(futures):
+                        cell = futures[fut]
+                        record(cell, fut.result())
+                        bar.set_postfix_str(cell.key, refresh=False)
+                        bar.update(1)
+                except BaseException:  # Ctrl-C: stop the workers now (the finished cells are recorded)
+                    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                        proc.terminate()
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                pool.shutdown()
+        finally:
+            bar.close()
+        if not path.exists():  # nothing ran (every cell was current and the file was never written)
+            atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
+        write_report(suite, path)
+        if changed:
+            warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
+                          f"(its source changed since) and are kept as they are: --rerun --methods "
+                          f"{','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
+        if core_changed:
+            warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
+                          "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "
+                          "them again", RuntimeWarning, stacklevel=2)
     finally:
-        bar.close()
-    if not path.exists():  # nothing ran (every cell was current and the file was never written)
-        atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
-    write_report(suite, path)
-    if changed:
-        warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
-                      f"(its source changed since) and are kept as they are: --rerun --methods "
-                      f"{','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
-    if core_changed:
-        warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
-                      "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "
-                      "them again", RuntimeWarning, stacklevel=2)
+        release_file(lock)
     return path

@@ -839,7 +839,13 @@ def claim_out_dir(out: Path) -> None:
     writes (before its first checkpoint nothing else tells them apart) is a one-line error,
     not a run whose files the first one overwrites later. The claim of a process that died is
     taken over."""
-    lock = out / LOCK
+    claim_file(out / LOCK, f"{out} is being written by another dalib run", "or choose another --out")
+
+
+def claim_file(lock: Path, busy: str, advice: str) -> None:
+    """Create ``lock`` holding this process's id, or fail in one line (``busy``, the holder's
+    process id, ``advice``) while the process named there lives; a dead holder's lock is taken
+    over. :func:`release_file` gives it up."""
     for _ in range(3):
         try:
             fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -847,19 +853,25 @@ def claim_out_dir(out: Path) -> None:
             try:
                 pid = int(lock.read_text().strip())
             except ValueError:  # being written this very moment, or left empty by a crash
-                raise ConfigError(f"{out} is claimed by another dalib run ({lock}): wait for it, choose another "
-                                  f"--out, or delete {LOCK} there if no run is writing") from None
+                raise ConfigError(f"{busy} ({lock}): wait for it, {advice}, or delete {lock.name} there if no "
+                                  "process is writing") from None
             except OSError:
                 continue  # released meanwhile
             if pid != os.getpid() and _process_lives(pid):
-                raise ConfigError(f"{out} is being written by another dalib run (process {pid}): wait for it "
-                                  "or choose another --out") from None
+                raise ConfigError(f"{busy} (process {pid}): wait for it {advice}") from None
             lock.unlink(missing_ok=True)  # its writer is gone
             continue
         with os.fdopen(fd, "w") as fh:
             fh.write(str(os.getpid()))
         return
-    raise ConfigError(f"cannot claim output folder {out}: another run keeps claiming it")
+    raise ConfigError(f"cannot claim {lock}: another process keeps claiming it")
+
+
+def release_file(lock: Path) -> None:
+    """Remove ``lock`` if this process holds it (:func:`claim_file`)."""
+    with contextlib.suppress(OSError, ValueError):
+        if int(lock.read_text().strip()) == os.getpid():
+            lock.unlink()
 
 
 def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
@@ -868,9 +880,7 @@ def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
     nothing was written there, so that the next default --out is not skipped ahead."""
     if out is None:
         return
-    with contextlib.suppress(OSError, ValueError):
-        if int((out / LOCK).read_text().strip()) == os.getpid():
-            (out / LOCK).unlink()
+    release_file(out / LOCK)
     if made and not ok:
         with contextlib.suppress(OSError):  # a folder with anything in it stays
             out.rmdir()

@@ -119,7 +119,7 @@ def test_suite_runs_every_cell_and_writes_json_table_and_chart(toy_suite, tmp_pa
     md = path.with_suffix(".md").read_text()
     for row in ("`source_only`", "`dann`", "`coral`", "`coral (shallow, 1nn)`", "*published: a paper*"):
         assert row in md, row
-    assert "last** step" in md and "Reproduce: `dalib bench toy" in md
+    assert "last** step" in md and f"Reproduce: `dalib bench {toy_suite} " in md  # a suite file by its path
     png = path.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert f"]({png.name})" in md
@@ -343,7 +343,7 @@ def test_a_narrowed_run_says_so_and_its_reproduce_line_narrows_too(toy_suite, tm
     assert "This file holds 1 of the suite's 2 tasks; means are over those." in table
     published = next(line for line in table.splitlines() if line.startswith("| *published: a paper*"))
     assert published.split("|")[-3].strip() == "50.0"  # the paper's value on the task run, not its 2-task mean
-    assert 'Reproduce: `dalib bench two --methods source_only --tasks "src->tgt" --seeds 0`' in table
+    assert f'Reproduce: `dalib bench {two} --methods source_only --tasks "src->tgt" --seeds 0`' in table
 
 
 def _plugin_file(path, name: str, body: str, config: str = "pass") -> str:
@@ -472,3 +472,45 @@ def test_a_damaged_cell_in_a_results_file_is_one_line(toy_suite, tmp_path):
     path.write_text(json.dumps(state))
     _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
                                              "--out", str(out)]), f"its cell {key!r} is damaged")
+
+
+def test_a_second_bench_into_the_same_results_file_is_refused_while_the_first_writes(toy_suite, tmp_path):
+    """Each bench writes its whole copy of the cells after every cell: two at once into one
+    results file would drop each other's cells, so the second is a one-line error."""
+    import subprocess
+    import sys
+
+    suite = load_suite(str(toy_suite))
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    path = tmp_path / "bench-toy.json"
+    before = path.read_text()
+    lock = tmp_path / ".bench-toy.json.lock"
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(str(writer.pid))  # a live bench's claim
+        res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "coral", "--seeds", "0",
+                                       "--out", str(tmp_path), "--quiet"])
+        assert res.exit_code == 2, res.output
+        assert f"bench-toy.json is being written by another dalib bench (process {writer.pid})" in res.stderr
+        assert path.read_text() == before
+        # another --out, or the same suite with --steps (a results file of its own), is free
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], steps=3, progress=False)
+    finally:
+        writer.kill()
+        writer.wait()
+    # a claim whose process is gone is taken over, and given back at the end
+    run_suite(suite, tmp_path, methods=["coral"], seeds=[0], progress=False)
+    assert not lock.exists() and "coral | src->tgt | seed 0" in json.loads(path.read_text())["cells"]
+
+
+def test_tasks_outside_the_suite_and_suite_files_that_shadow_a_builtin_are_refused(toy_suite, tmp_path):
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--tasks", "src->src", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2 and "--tasks src->src: not a task of suite toy (src->tgt)" in res.stderr
+    copy = tmp_path / "suites" / "digits.toml"
+    copy.parent.mkdir()
+    copy.write_text(toy_suite.read_text())
+    res = CliRunner().invoke(cli, ["bench", str(copy), "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2 and "has the name of the built-in suite digits, whose results it would replace" in res.stderr
+    res = CliRunner().invoke(cli, ["bench", str(tmp_path / "none.toml"), "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 2 and "suite file not found:" in res.stderr
+    assert not list(tmp_path.glob("bench-*")) and not list(tmp_path.glob(".bench-*"))  # nothing written
