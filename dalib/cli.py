@@ -231,12 +231,18 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     from dalib.data import list_datasets, load_domain
     from dalib.data.image_folder import ImageFolderDataset
     from dalib.errors import DataError, UnknownNameError
-    from dalib.runner import accuracy_of, atomic_write_text, evaluate, load_model, predict, resolve_device
+    from dalib.runner import (
+        accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing, resolve_device,
+    )
 
+    if predictions is not None and not predictions.strip():
+        raise ConfigError("--predictions needs a file name")
     if predictions is not None and Path(predictions).exists():
         raise ConfigError(f"{predictions} already exists: choose another --predictions file (nothing is overwritten)")
     if predictions is not None and not Path(predictions).parent.is_dir():
         raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
+    if predictions is not None:
+        ready_for_writing(Path(predictions).parent)  # a read-only folder fails now, not after the predictions
     _load_plugins(plugins)
     where = resolve_device(device)
     model = load_model(run_dir, device=device)

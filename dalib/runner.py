@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import random
+import shutil
 import sys
 import tempfile
 import time
@@ -250,6 +251,11 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (a full disk) as RuntimeError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        with contextlib.suppress(OSError):
+            reason += f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk"
+        raise DataError(f"cannot write {path} ({reason}); the file as it was is kept") from None
     finally:
         if tmp.exists():
             tmp.unlink()

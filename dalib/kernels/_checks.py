@@ -13,7 +13,7 @@ from torch import Tensor
 
 from dalib.errors import InputError
 
-__all__ = ["as_sigmas", "check_points", "check_pair", "check_weights", "outside_autocast"]
+__all__ = ["as_gammas", "as_sigmas", "check_points", "check_pair", "check_weights", "outside_autocast"]
 
 F = TypeVar("F", bound=Callable)
 
@@ -121,3 +121,15 @@ def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
         raise InputError(f"bandwidths must be positive and finite, got {s.tolist()}")
     return s  # (S,)
+
+
+def as_gammas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    """The Gaussian kernels' ``1 / (2σ²)`` (S,) of :func:`as_sigmas`' bandwidths; a bandwidth so
+    small that this overflows ``like``'s dtype (the kernel would be NaN where x = y) is an
+    :class:`InputError`."""
+    s = as_sigmas(sigmas, like)  # (S,)
+    gam = 0.5 / (s * s)  # (S,)
+    if not bool(torch.isfinite(gam).all()):
+        raise InputError(f"bandwidths {s.tolist()} are too small for {str(like.dtype).replace('torch.', '')} "
+                         "kernels (1/(2σ²) overflows)")
+    return gam

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_sigmas, check_pair, outside_autocast
+from dalib.kernels._checks import as_gammas, check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.blocked import blocked_gaussian_matvec, blocked_gaussian_sum
 from dalib.kernels.distance import sqdist_unchecked
@@ -20,11 +20,6 @@ from dalib.kernels.distance import sqdist_unchecked
 __all__ = ["gaussian_matvec", "gaussian_mean", "gaussian_sum_unchecked"]
 
 Sigmas = float | Sequence[float] | Tensor
-
-
-def _gammas(sigmas: Sigmas, like: Tensor) -> Tensor:
-    s = as_sigmas(sigmas, like)  # (S,)
-    return 0.5 / (s * s)  # (S,)
 
 
 def _dense_kernel(x: Tensor, y: Tensor, gammas: tuple[float, ...]) -> Tensor:
@@ -54,7 +49,7 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
     if not bool(torch.isfinite(v).all()):
         raise InputError("v holds NaN or infinite values")
     v2 = (v if v.dim() == 2 else v.unsqueeze(1)).to(device=x.device, dtype=x.dtype)  # (M, K)
-    gam = _gammas(sigmas, x)
+    gam = as_gammas(sigmas, x)
 
     def run(name: str) -> Tensor:
         if name == "keops":
@@ -99,7 +94,7 @@ def gaussian_mean(x: Tensor, y: Tensor, sigmas: Sigmas, backend: str = "auto") -
     x, y = check_pair(x, y)
     if same:
         y = x
-    gam = tuple(_gammas(sigmas, x).tolist())
+    gam = tuple(as_gammas(sigmas, x).tolist())
     total = with_keops_fallback(
         backend, resolve_backend(backend, x, y), lambda name: gaussian_sum_unchecked(x, y, gam, name)
     )

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_sigmas, check_pair, outside_autocast
+from dalib.kernels._checks import as_gammas, check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.distance import median_bandwidth
 from dalib.kernels.gaussian import gaussian_sum_unchecked
@@ -77,8 +77,7 @@ def mmd(
     if bandwidths is None:
         med = median_bandwidth(x, y)
         bandwidths = [med * k for k in MEDIAN_MULTIPLIERS]
-    sig = as_sigmas(bandwidths, x)  # (S,)
-    gam = 0.5 / (sig * sig)  # (S,)
+    gam = as_gammas(bandwidths, x)  # (S,) 1/(2σ²)
     if estimator == "linear":
         return _linear(x, y, gam)
     gammas = tuple(gam.tolist())

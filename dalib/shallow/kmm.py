@@ -156,6 +156,12 @@ def kmm_objective(weights: Any, kbeta: Tensor, kappa: Tensor) -> float:
     return float(0.5 * (b @ kbeta.to(torch.float64)) - kappa.to(torch.float64) @ b)
 
 
+def _gamma(sigma: float) -> float:
+    """``1 / (2σ²)``: ``inf`` when σ² underflows to 0, 0 when it overflows (no Python error)."""
+    square = sigma * sigma  # a float product overflows to inf where ** raises
+    return 0.5 / square if square > 0.0 else math.inf
+
+
 def _log_kernel_(out: Tensor, xi: Tensor, ni: Tensor, xj: Tensor, nj: Tensor, gamma: float) -> Tensor:
     """``out ← exp(−γ‖x_i − x_j‖²)`` for one tile (bi, bj), in place, by one GEMM:
     ``2γ x_i·x_j − γ‖x_i‖² − γ‖x_j‖²`` clamped at 0 before the exponential.
@@ -179,7 +185,7 @@ class _GramOperator:
     def __init__(self, xs: Tensor, sigma: float, backend: str) -> None:
         self.backend = backend
         self.sigma = sigma
-        self.gamma = 0.5 / sigma**2
+        self.gamma = _gamma(sigma)
         self.xs = xs
         xc = xs - xs.mean(0)  # (N, D) centred: distances unchanged, norms small (float32 GEMM)
         self.xc = xc
@@ -295,7 +301,9 @@ class KMM(Params):
         start = time.perf_counter()
         ns, nt = xs.shape[0], xt.shape[0]
         sigma = float(self.bandwidth) if self.bandwidth is not None else median_bandwidth(xs, xt)
-        if not 0.5 / sigma**2 < torch.finfo(dtype).max:
+        if not sigma < torch.finfo(dtype).max:
+            raise ConfigError(f"bandwidth {sigma:g} is too large for {self.dtype} kernels")
+        if not _gamma(sigma) < torch.finfo(dtype).max:
             raise ConfigError(f"bandwidth {sigma:g} is too small for {self.dtype} kernels (1/(2σ²) overflows)")
         eps = (math.sqrt(ns) - 1.0) / math.sqrt(ns) if self.eps is None else float(self.eps)
         upper = float(self.B)

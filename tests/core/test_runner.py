@@ -430,3 +430,23 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     with pytest.raises(_Killed):
         run(RunConfig(**base), tmp_path / "killed", progress_bar=False, on_step=stop)
     assert not (tmp_path / "killed" / LOCK).exists()
+
+
+def test_a_failed_write_keeps_the_file_as_it_was_and_says_so_in_one_line(tmp_path):
+    """torch.save reports a full disk as a RuntimeError ("unexpected pos ..."), open() an
+    OSError: both become one DataError naming the file, and the old file is kept whole."""
+    from dalib.runner import atomic_write_bytes
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the previous checkpoint")
+
+    def full_disk(fh):
+        fh.write(b"half a checkp")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 2355136 vs 2355032")
+
+    with pytest.raises(DataError, match=r"cannot write .*checkpoint.pt \(\[enforce fail.*unexpected pos.*MiB free on "
+                                        r"its disk\); the file as it was is kept"):
+        atomic_write_bytes(path, full_disk)
+    assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    with pytest.raises(DataError, match="cannot write .*no_folder.*No such file or directory"):
+        atomic_write_bytes(tmp_path / "no_folder" / "x.pt", lambda fh: fh.write(b"x"))

@@ -187,3 +187,13 @@ def test_half_precision_inputs_are_computed_in_float32():
 def test_an_integer_side_takes_the_float_sides_dtype():
     big = torch.tensor([[16777217], [16777218], [16777219]])  # not representable in float32
     assert float(mmd(big, big.double())) == 0.0
+
+
+def test_a_bandwidth_too_small_for_the_dtype_is_an_error_not_nan():
+    x, y = torch.randn(8, 3), torch.randn(8, 3)
+    with pytest.raises(InputError, match=r"too small for float32 kernels \(1/\(2σ²\) overflows\)"):
+        mmd(x, y, bandwidths=1e-30)  # σ² underflows in float32: the kernel's diagonal would be NaN
+    # float64 holds 1/(2σ²) = 5e59: every off-diagonal kernel value is 0, so the biased estimate
+    # is the diagonals' 1/n + 1/m
+    value = mmd(x.double(), y.double(), bandwidths=1e-30, estimator="biased")
+    assert abs(float(value) - 2 / 8) < 1e-12

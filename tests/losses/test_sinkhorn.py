@@ -297,3 +297,12 @@ def test_running_out_of_iterations_before_tol_warns():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # converged: no warning
         sinkhorn(x, y, blur=0.5, tol=1e-6, max_iter=10_000)
+
+
+def test_costs_that_overflow_the_dtype_are_an_error_not_nan():
+    x, y = torch.randn(10, 3), torch.randn(12, 3)
+    with pytest.raises(InputError, match="overflows float32 costs: scale the points"):
+        sinkhorn(x * 1e19, y * 1e19)  # squared distances beyond float32's 3.4e38
+    with pytest.raises(InputError, match=r"diameter 1e\+30 with p = 2 overflows float32 costs"):
+        sinkhorn(x, y, diameter=1e30)
+    assert math.isfinite(float(sinkhorn(x.double() * 1e19, y.double() * 1e19)))  # float64 holds them

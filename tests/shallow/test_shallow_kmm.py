@@ -220,3 +220,10 @@ def test_bad_hyperparameters_raise_config_error(kwargs):
     xs, xt = _shifted_pair(10, 10, 2)
     with pytest.raises(ConfigError):
         KMM(**kwargs).fit(xs, xt)
+
+
+@pytest.mark.parametrize("bandwidth,fragment", [(1e-300, "too small for float32"), (1e300, "too large for float32")])
+def test_a_bandwidth_beyond_the_dtype_is_a_config_error(bandwidth, fragment):
+    x = np.random.default_rng(0).normal(size=(20, 3))
+    with pytest.raises(ConfigError, match=fragment):
+        KMM(bandwidth=bandwidth).fit(x, x + 1)
