@@ -11,6 +11,7 @@ import dataclasses
 import inspect
 import io
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DalibError as exc:
             raise _OneLineError(first_line(exc)) from None
+        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+            text = str(exc)
+            if not (isinstance(exc, MemoryError) or "out of memory" in text.lower() or "allocate" in text.lower()):
+                raise
+            asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]+)", text, re.IGNORECASE)
+            raise _OneLineError(f"out of memory{f' (tried to allocate {asked.group(1)})' if asked else ''}: lower "
+                                "--batch-size, --image-size or the sizes of the network and the method") from None
         except KeyboardInterrupt:  # as click.Abort: no blank line before "dalib: interrupted"
             raise click.Abort() from None
 

@@ -69,3 +69,14 @@ def first_line(exc: BaseException) -> str:
     name of its type (``EOFError`` from an empty file has no message)."""
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def load_failure(exc: BaseException) -> str:
+    """Why ``torch.load`` failed, in one short line: the error's type and first line, without
+    torch's advice to load unsafely and with its long story of a file that is not a
+    weights-only pickle shortened."""
+    why = first_line(exc).split(" Re-running torch.load")[0]
+    if "Weights only load failed" in why:
+        why = "not a file of tensors torch loads safely"
+    name = type(exc).__name__
+    return name if why == name else f"{name}: {why[:200]}"

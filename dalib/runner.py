@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from dalib.config import build_config, param
 from dalib.data.domain import labelled_accuracy
-from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line
+from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -424,22 +424,27 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
                         "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load a dalib checkpoint safely (``weights_only=True``)."""
+def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dict[str, Any]:
+    """Load a dalib checkpoint safely (``weights_only=True``). ``resuming``: the run's own
+    checkpoint, which the error advises to delete (any other file is only named)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+
+    def damaged(what: str) -> CheckpointError:
+        if resuming:
+            return CheckpointError(f"corrupt checkpoint {path} ({what}): not a file dalib wrote whole; delete it and "
+                                   "run again without --resume")
+        return CheckpointError(f"{path} is not a dalib checkpoint, or a damaged one ({what})")
+
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        why = first_line(exc).split(" Re-running torch.load")[0]  # not torch's advice to load unsafely
-        raise CheckpointError(f"corrupt checkpoint {path} ({type(exc).__name__}: {why}): not a file dalib wrote whole; "
-                              "delete it and run again without --resume") from None
+        raise damaged(load_failure(exc)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:
-        raise CheckpointError(f"corrupt checkpoint {path}: not a dalib checkpoint; delete it and run again without --resume")
+        raise damaged("no step and weights in it")
     if not isinstance(ckpt["step"], int) or not isinstance(ckpt["model"], dict):
-        raise CheckpointError(f"corrupt checkpoint {path}: its step or weights are damaged; delete it and run again "
-                              "without --resume")
+        raise damaged("its step or weights are damaged")
     return ckpt
 
 
@@ -919,7 +924,7 @@ def _prepare_out_dir(
             stopped = " (the run stopped before its first checkpoint: run it again without --resume)" if (
                 out / METRICS).exists() else ""
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}{stopped}")
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = load_checkpoint(ckpt_path, resuming=True)
         missing = [k for k in ("config", "method", "optimizer", "rng") if not isinstance(ckpt.get(k), dict)]
         if missing:
             raise CheckpointError(f"the checkpoint in {out} lacks what a resume needs ({', '.join(missing)}): "

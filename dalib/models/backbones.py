@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dalib.errors import CheckpointError, ConfigError, UnknownNameError, first_line
+from dalib.errors import CheckpointError, ConfigError, UnknownNameError, first_line, load_failure
 
 __all__ = ["BACKBONES", "build_backbone"]
 
@@ -115,7 +115,7 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
     try:
         state = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"cannot read pretrained weights {path}: {first_line(exc)}") from exc
+        raise CheckpointError(f"cannot read pretrained weights {path} ({load_failure(exc)})") from None
     if isinstance(state, dict) and {"model", "step", "config"} <= set(state):
         raise CheckpointError(
             f"{path} is a dalib run's checkpoint: start from it with `dalib run finetune --set init=RUN` "

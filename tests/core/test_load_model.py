@@ -62,7 +62,11 @@ def test_eval_errors_are_one_line(trained, tmp_path, data_root):
               "the run's network takes 10 classes of shape (1, 16, 16)")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "checkpoint.pt").write_bytes(b"not a checkpoint")
-    _one_line(runner.invoke(cli, ["eval", str(tmp_path / "corrupt")]), "corrupt checkpoint")
+    _one_line(runner.invoke(cli, ["eval", str(tmp_path / "corrupt")]), "checkpoint.pt is not a dalib checkpoint, or a damaged one")
+    # a file that is no checkpoint at all is named, never called one to delete
+    res = runner.invoke(cli, ["eval", str(trained / "metrics.jsonl")])
+    _one_line(res, "metrics.jsonl is not a dalib checkpoint, or a damaged one (UnpicklingError: not a file of tensors")
+    assert "delete" not in res.stderr and (trained / "metrics.jsonl").exists()
 
 
 def test_runs_without_a_network_description_are_refused_clearly(trained, tmp_path, toy_dataset):
