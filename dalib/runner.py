@@ -818,6 +818,13 @@ def check_same_settings(saved: Any, config: RunConfig, what: str) -> None:
     saved = saved if isinstance(saved, dict) else {}
     mine = comparable_config(config)
     diff = [k for k in sorted(mine) if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True)]
+    if diff == ["method_config"]:
+        # as given ("--set trade_off=1", or nothing for the default 1.0), they may still be the same
+        # hyperparameters: compare what each resolves to
+        with contextlib.suppress(DalibError, TypeError, ValueError):
+            before = RunConfig(**{f.name: saved[f.name] for f in dataclasses.fields(RunConfig) if f.name in saved})
+            if resolved_method_config(before) == resolved_method_config(config):
+                diff = []
     if diff:
         shown = "; ".join(f"{k}: {json.dumps(saved.get(k))} there, {json.dumps(mine[k])} now" for k in diff[:4])
         more = f"; and {len(diff) - 4} more" if len(diff) > 4 else ""
@@ -888,12 +895,15 @@ def release_file(lock: Path) -> None:
 def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
     """When a run that writes into ``out`` ends: give up this process's claim on the folder
     (a no-op when it holds none) and, if the run failed, remove the folder it created when
-    nothing was written there, so that the next default --out is not skipped ahead."""
+    nothing was written there (an empty metrics file aside), so that the next default --out is
+    not skipped ahead."""
     if out is None:
         return
     release_file(out / LOCK)
     if made and not ok:
-        with contextlib.suppress(OSError):  # a folder with anything in it stays
+        with contextlib.suppress(OSError):  # a folder with anything else in it (a metrics line, say) stays
+            if (out / METRICS).is_file() and (out / METRICS).stat().st_size == 0:
+                (out / METRICS).unlink()  # opened before the first step failed: nothing in it
             out.rmdir()
 
 

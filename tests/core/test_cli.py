@@ -275,3 +275,11 @@ def test_a_size_that_cannot_be_allocated_is_one_line(runner, tmp_path):
                               "--out", str(tmp_path / "r")])
     _one_line_error(res, "out of memory (tried to allocate 1024000000000000 bytes): lower --batch-size")
     assert not (tmp_path / "r").exists()  # the folder the run made is gone with it
+
+
+def test_a_run_that_fails_before_writing_a_line_leaves_no_folder(runner, tmp_path):
+    out = tmp_path / "r"
+    res = runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "usps", "--lr", "1e30", *FAST,
+                              "--out", str(out)])
+    assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1].startswith("dalib: error: the loss became")
+    assert not out.exists()  # its metrics file was opened, and was empty: the next default --out is this one

@@ -48,6 +48,20 @@ def test_a_deep_resume_names_the_settings_that_differ(tmp_path):
                                   "--batch-size", "8", "--out", out, "--resume"]), 'src: "M" there, "mnist" now')
 
 
+def test_a_resume_compares_the_hyperparameters_not_how_they_were_written(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["run", "dann", "--src", "M", "--tgt", "U", "--steps", "4", "--batch-size", "8", "--set", "hidden=16",
+            "--checkpoint-every", "2", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    (out / "result.json").unlink()  # as if killed after its last checkpoint
+    # trade_off's default is 1.0: naming it, as "1", is the same run
+    res = runner.invoke(cli, [*args, "--set", "trade_off=1", "--resume"])
+    assert res.exit_code == 0, res.output
+    (out / "result.json").unlink()
+    _one_line(runner.invoke(cli, [*args, "--set", "trade_off=2", "--resume"]), "method_config:", '"trade_off": "2"')
+
+
 def test_damaged_files_in_a_run_folder(tmp_path):
     runner = CliRunner()
     out = tmp_path / "d"
