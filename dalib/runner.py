@@ -490,6 +490,11 @@ def run(
     The global random states (Python's, numpy's, torch's) are seeded for the run and given
     back to the caller as they were when it returns.
     """
+    if not isinstance(config, RunConfig):
+        raise ConfigError(f"dalib.run takes a dalib.RunConfig, got {type(config).__name__}: "
+                          "dalib.run(dalib.RunConfig(method=..., src=..., tgt=...), out_dir)")
+    if resume and out_dir is None:
+        raise ConfigError("resume=True continues a run from its output folder: give out_dir")
     device = resolve_device(config.device)
     with caller_random_state(uses_cuda=device.type == "cuda"):
         return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
@@ -931,6 +936,9 @@ def _prepare_out_dir(
     ckpt_path = out / CHECKPOINT
     if resume:
         if not ckpt_path.exists():
+            if (out / RESULT).exists():  # without --resume the folder is refused as holding a run
+                raise CheckpointError(f"nothing to resume: the run in {out} finished ({RESULT}) and its {CHECKPOINT} "
+                                      "is gone; choose another --out")
             stopped = " (the run stopped before its first checkpoint: run it again without --resume)" if (
                 out / METRICS).exists() else ""
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}{stopped}")

@@ -62,6 +62,17 @@ def test_a_resume_compares_the_hyperparameters_not_how_they_were_written(tmp_pat
     _one_line(runner.invoke(cli, [*args, "--set", "trade_off=2", "--resume"]), "method_config:", '"trade_off": "2"')
 
 
+def test_a_finished_run_without_its_checkpoint_is_not_sent_back_and_forth(tmp_path):
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    (out / "checkpoint.pt").unlink()
+    _one_line(runner.invoke(cli, args), "already holds a run")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "finished (result.json) and its checkpoint.pt is gone; choose "
+                                                       "another --out")
+
+
 def test_damaged_files_in_a_run_folder(tmp_path):
     runner = CliRunner()
     out = tmp_path / "d"

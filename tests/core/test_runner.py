@@ -450,3 +450,12 @@ def test_a_failed_write_keeps_the_file_as_it_was_and_says_so_in_one_line(tmp_pat
     assert path.read_bytes() == b"the previous checkpoint" and sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
     with pytest.raises(DataError, match="cannot write .*no_folder.*No such file or directory"):
         atomic_write_bytes(tmp_path / "no_folder" / "x.pt", lambda fh: fh.write(b"x"))
+
+
+def test_the_api_says_what_it_takes():
+    from dalib.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="dalib.run takes a dalib.RunConfig, got dict"):
+        run({"method": "dann", "src": "mnist", "tgt": "usps"})
+    with pytest.raises(ConfigError, match="resume=True continues a run from its output folder: give out_dir"):
+        run(_config(steps=2), None, resume=True)  # it used to train a fresh run silently
