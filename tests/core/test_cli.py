@@ -226,6 +226,7 @@ def test_existing_run_is_not_overwritten(runner, tmp_path):
 
 def test_a_run_that_failed_before_its_first_checkpoint_can_be_run_again(runner, tmp_path):
     out = tmp_path / "run"
+    out.mkdir()  # the user's folder: the failed run leaves its (empty) metrics file there
     args = ["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "6", "--batch-size", "8", "--quiet",
             "--set", "hidden=16", "--out", str(out)]
     res = runner.invoke(cli, [*args, "--lr", "1e9"])

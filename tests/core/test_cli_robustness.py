@@ -62,11 +62,17 @@ def test_a_resume_compares_the_hyperparameters_not_how_they_were_written(tmp_pat
     _one_line(runner.invoke(cli, [*args, "--set", "trade_off=2", "--resume"]), "method_config:", '"trade_off": "2"')
 
 
-def test_a_finished_run_without_its_checkpoint_is_not_sent_back_and_forth(tmp_path):
+def _finished_run(tmp_path):
+    """A 2-step source_only run in tmp_path/d: the runner, the folder and the command's arguments."""
     runner = CliRunner()
     out = tmp_path / "d"
     args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8", "--out", str(out)]
     assert runner.invoke(cli, args).exit_code == 0
+    return runner, out, args
+
+
+def test_a_finished_run_without_its_checkpoint_is_not_sent_back_and_forth(tmp_path):
+    runner, out, args = _finished_run(tmp_path)
     (out / "checkpoint.pt").unlink()
     _one_line(runner.invoke(cli, args), "already holds a run")
     _one_line(runner.invoke(cli, [*args, "--resume"]), "finished (result.json) and its checkpoint.pt is gone; choose "
@@ -148,10 +154,7 @@ def test_ctrl_c_is_one_line(monkeypatch):
 def test_a_checkpoint_missing_parts_or_holding_another_network(tmp_path):
     import torch
 
-    runner = CliRunner()
-    out = tmp_path / "d"
-    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8", "--out", str(out)]
-    assert runner.invoke(cli, args).exit_code == 0
+    runner, out, args = _finished_run(tmp_path)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     (out / "result.json").unlink()
     torch.save({k: v for k, v in ckpt.items() if k != "optimizer"}, out / "checkpoint.pt")
@@ -167,10 +170,7 @@ def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
     import subprocess
     import sys
 
-    runner = CliRunner()
-    out = tmp_path / "d"
-    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8", "--out", str(out)]
-    assert runner.invoke(cli, args).exit_code == 0
+    runner, out, args = _finished_run(tmp_path)
     (out / "result.json").unlink()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = out / f".checkpoint.pt.tmp{int(dead.stdout)}"  # the pid of a process that has exited
