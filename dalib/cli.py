@@ -44,7 +44,7 @@ class _Group(click.Group):
                 raise
             asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]+)", text, re.IGNORECASE)
             raise _OneLineError(f"out of memory{f' (tried to allocate {asked.group(1)})' if asked else ''}: lower "
-                                "--batch-size, --image-size or the sizes of the network and the method") from None
+                                "the sizes involved (the batch, the images, the network's or the method's widths)") from None
         except KeyboardInterrupt:  # as click.Abort: no blank line before "dalib: interrupted"
             raise click.Abort() from None
 
@@ -258,6 +258,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     name = domain or spec.get("tgt")
     if not name:
         raise DataError("this checkpoint does not name the run's target: name a domain with --domain")
+    if dataset is None and data is not None:
+        dataset = "image-folder"  # --data names a folder of images, whatever the run trained on
     same = dataset is None or dataset == spec["dataset"]
     dataset = dataset or spec["dataset"]
     data = data or (spec.get("data") if same else None)  # the run's own folders by default

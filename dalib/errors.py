@@ -7,6 +7,8 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
     "BackendError",
     "CheckpointError",
@@ -77,6 +79,7 @@ def load_failure(exc: BaseException) -> str:
     weights-only pickle shortened."""
     why = first_line(exc).split(" Re-running torch.load")[0]
     if "Weights only load failed" in why:
-        why = "not a file of tensors torch loads safely"
+        needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        why = "not a file of tensors torch loads safely" + (f" (it needs {needs.group(1)})" if needs else "")
     name = type(exc).__name__
     return name if why == name else f"{name}: {why[:200]}"

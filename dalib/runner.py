@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import itertools
 import json
 import math
@@ -253,12 +254,14 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
         os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (a full disk) as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-        with contextlib.suppress(OSError):
-            reason += f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk"
-        raise DataError(f"cannot write {path} ({reason}); the file as it was is kept") from None
+        if not isinstance(exc, OSError) or exc.errno == errno.ENOSPC:
+            with contextlib.suppress(OSError):
+                reason += f"; {shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free on its disk"
+        kept = "; the file as it was is kept" if path.exists() else ""
+        raise DataError(f"cannot write {path} ({reason}){kept}") from None
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
 
 
 def _process_lives(pid: int) -> bool:
@@ -827,7 +830,8 @@ def check_same_settings(saved: Any, config: RunConfig, what: str) -> None:
         # as given ("--set trade_off=1", or nothing for the default 1.0), they may still be the same
         # hyperparameters: compare what each resolves to
         with contextlib.suppress(DalibError, TypeError, ValueError):
-            before = RunConfig(**{f.name: saved[f.name] for f in dataclasses.fields(RunConfig) if f.name in saved})
+            # every other setting is equal: the run's own (with its --data, which the saved copy leaves out)
+            before = dataclasses.replace(config, method_config=dict(saved.get("method_config") or {}))
             if resolved_method_config(before) == resolved_method_config(config):
                 diff = []
     if diff:
@@ -904,11 +908,13 @@ def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
     not skipped ahead."""
     if out is None:
         return
+    if made and not ok:  # while the claim holds: a run that claims the folder next may open this file
+        with contextlib.suppress(OSError):
+            if (out / METRICS).is_file() and (out / METRICS).stat().st_size == 0:
+                (out / METRICS).unlink()  # opened before the first step failed: nothing in it
     release_file(out / LOCK)
     if made and not ok:
         with contextlib.suppress(OSError):  # a folder with anything else in it (a metrics line, say) stays
-            if (out / METRICS).is_file() and (out / METRICS).stat().st_size == 0:
-                (out / METRICS).unlink()  # opened before the first step failed: nothing in it
             out.rmdir()
 
 

@@ -58,7 +58,13 @@ class Domain:
         if self.y is not None:
             return self.y
         targets = getattr(self.dataset, "targets", None)
-        return None if targets is None else torch.as_tensor(targets, dtype=torch.int64)
+        if targets is None:
+            return None
+        try:  # a plugin's dataset may hold other targets (class names, several labels per sample)
+            labels = torch.as_tensor(targets, dtype=torch.int64)
+        except (TypeError, ValueError, RuntimeError):
+            return None
+        return labels if labels.dim() == 1 and len(labels) == len(self) else None
 
     @classmethod
     def from_arrays(

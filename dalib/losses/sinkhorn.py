@@ -149,12 +149,13 @@ def _solve_on(
 ) -> SinkhornResult:
     diam = _diameter(x.detach(), y.detach()) if diameter is None else float(diameter)
     try:
-        top = diam**p  # the largest cost, the first ε of the schedule
+        top = max(diam, blur) ** p  # the largest cost, the first ε of the schedule
     except OverflowError:
         top = math.inf
     if not top < torch.finfo(x.dtype).max:  # every cost near it would overflow too
-        raise InputError(f"diameter {diam:g} with p = {p:g} overflows {str(x.dtype).replace('torch.', '')} costs: "
-                         "scale the points (or the diameter), or use float64")
+        wider = ", or use float64" if torch.finfo(x.dtype).max < torch.finfo(torch.float64).max else ""
+        raise InputError(f"diameter {diam:g} (blur {blur:g}) with p = {p:g} overflows "
+                         f"{str(x.dtype).replace('torch.', '')} costs: scale the points (or the diameter){wider}")
     eps_list = epsilon_schedule(p, diam, float(blur), float(scaling))
     eps = eps_list[-1]
 

@@ -274,7 +274,7 @@ def test_data_folder_with_a_dataset_that_reads_none_and_a_forgotten_data_folder(
 def test_a_size_that_cannot_be_allocated_is_one_line(runner, tmp_path):
     res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "hidden=1000000000000", *FAST,
                               "--out", str(tmp_path / "r")])
-    _one_line_error(res, "out of memory (tried to allocate 1024000000000000 bytes): lower --batch-size")
+    _one_line_error(res, "out of memory (tried to allocate 1024000000000000 bytes): lower the sizes involved")
     assert not (tmp_path / "r").exists()  # the folder the run made is gone with it
 
 

@@ -156,6 +156,15 @@ def test_an_image_folder_target_without_class_folders_trains_the_same_network(tm
     assert res.exit_code == 0, res.output
     later = list(csv.DictReader((tmp_path / "batch2.csv").open()))
     assert [(r["file"], r["predicted"]) for r in later] == [(r["file"], r["predicted"]) for r in rows if r["file"] in ("a0.png", "b3.png")]
+    # a resume of an image-folder run compares the hyperparameters as resolved: naming a default is the same run
+    (tmp_path / "sketch" / "result.json").unlink()
+    res = runner.invoke(cli, ["run", "dann", *args, "--tgt", "sketch", "--out", str(tmp_path / "sketch"), "--resume",
+                              "--set", "trade_off=1"])
+    assert res.exit_code == 0, res.output
+    # --data names a folder of images, whatever dataset the network was trained on
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch"), "--data", str(tmp_path / "newdata"), "--domain",
+                              "batch2", "--predictions", str(tmp_path / "again.csv")])
+    assert res.exit_code == 0, res.output
     # an unlabelled folder cannot be the source
     res = runner.invoke(cli, ["run", "source_only", "--data", str(data), "--src", "sketch_blind", "--tgt", "real",
                               "--arch", "lenet", "--image-size", "16", "--steps", "2", "--quiet"])

@@ -240,3 +240,22 @@ def test_files_that_are_not_images_are_skipped_with_a_warning(tmp_path):
 def test_a_data_folder_is_only_for_a_dataset_that_reads_one(tmp_path):
     with pytest.raises(DataError, match=r"dataset digits reads no data folder, but one was given"):
         load_domain("digits", "mnist", data_dir=tmp_path)
+
+
+
+def test_known_labels_are_none_when_a_dataset_holds_other_targets():
+    from torch.utils.data import Dataset
+
+    from dalib.data import Domain
+
+    class Named(Dataset):
+        targets = ["cat", "dog"]  # a plugin's dataset: class names, not indices
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.zeros(3), i
+
+    d = Domain(name="n", dataset=Named(), num_classes=2, input_shape=(3,), classes=["cat", "dog"])
+    assert d.known_labels() is None

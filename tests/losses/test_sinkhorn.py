@@ -303,6 +303,10 @@ def test_costs_that_overflow_the_dtype_are_an_error_not_nan():
     x, y = torch.randn(10, 3), torch.randn(12, 3)
     with pytest.raises(InputError, match="overflows float32 costs: scale the points"):
         sinkhorn(x * 1e19, y * 1e19)  # squared distances beyond float32's 3.4e38
-    with pytest.raises(InputError, match=r"diameter 1e\+30 with p = 2 overflows float32 costs"):
+    with pytest.raises(InputError, match=r"diameter 1e\+30 \(blur 0.05\) with p = 2 overflows float32 costs"):
         sinkhorn(x, y, diameter=1e30)
+    with pytest.raises(InputError, match=r"\(blur 1e\+20\) with p = 2 overflows float32 costs"):
+        sinkhorn(x, y, blur=1e20)  # the schedule starts at max(diameter, blur)^p
+    with pytest.raises(InputError, match=r"overflows float64 costs: scale the points \(or the diameter\)$"):
+        sinkhorn(x.double(), y.double(), diameter=1e200)  # no wider dtype to advise
     assert math.isfinite(float(sinkhorn(x.double() * 1e19, y.double() * 1e19)))  # float64 holds them
