@@ -124,13 +124,12 @@ class Suite:
     @property
     def ref(self) -> str:
         """How ``dalib bench`` names this suite: a built-in's name, else its file's path."""
-        builtin = self.path.resolve() == (SUITES_DIR / f"{self.name}.toml").resolve()
-        return self.name if builtin else str(self.path)
+        return self.name if _is_builtin_file(self.path) else str(self.path)
 
     @property
     def file(self) -> str:
         """The suite's file, as a reader finds it (a built-in's inside the repository)."""
-        return f"benchmarks/suites/{self.name}.toml" if self.ref == self.name else str(self.path)
+        return f"benchmarks/suites/{self.name}.toml" if _is_builtin_file(self.path) else str(self.path)
 
     def variants(self, only: Iterable[str] | None = None) -> list[Variant]:
         """Every registered, non-skipped method in each form the suite runs.
@@ -193,13 +192,17 @@ def parse_task(text: str, dataset: str) -> tuple[str, str]:
     raise ConfigError(f"a task is SRC->TGT, e.g. A->W; got {text!r}")
 
 
+def _is_builtin_file(path: Path) -> bool:
+    """Whether ``path`` is the file of a built-in suite (by any path that leads there)."""
+    return path.resolve() == (SUITES_DIR / f"{path.stem}.toml").resolve()
+
+
 def load_suite(name_or_path: str) -> Suite:
     """A built-in suite by name, or a suite TOML file by path."""
     path = Path(name_or_path)
     if path.suffix == ".toml" and not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
-    if path.suffix == ".toml" and path.stem in builtin_suites() \
-            and path.resolve() != (SUITES_DIR / f"{path.stem}.toml").resolve():
+    if path.suffix == ".toml" and path.stem in builtin_suites() and not _is_builtin_file(path):
         # its results file would be the built-in suite's, bench-NAME.json
         raise ConfigError(f"suite file {path} has the name of the built-in suite {path.stem}, whose results it "
                           "would replace: rename the file")

@@ -243,13 +243,13 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing, resolve_device,
     )
 
-    if predictions is not None and not predictions.strip():
-        raise ConfigError("--predictions needs a file name")
-    if predictions is not None and Path(predictions).exists():
-        raise ConfigError(f"{predictions} already exists: choose another --predictions file (nothing is overwritten)")
-    if predictions is not None and not Path(predictions).parent.is_dir():
-        raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
-    if predictions is not None:
+    if predictions is not None:  # checked before any work: nothing is overwritten, nothing predicted in vain
+        if not predictions.strip():
+            raise ConfigError("--predictions needs a file name")
+        if Path(predictions).exists():
+            raise ConfigError(f"{predictions} already exists: choose another --predictions file (nothing is overwritten)")
+        if not Path(predictions).parent.is_dir():
+            raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
         ready_for_writing(Path(predictions).parent)  # a read-only folder fails now, not after the predictions
     _load_plugins(plugins)
     where = resolve_device(device)

@@ -60,10 +60,15 @@ def folder_domains(data_dir: Path) -> list[str]:
     return names
 
 
+def _class_folders(data_dir: Path) -> dict[str, list[str]]:
+    """Each domain's class-folder names (none for an unlabelled domain), domains sorted."""
+    return {d: [c.name for c in _subdirs(Path(data_dir) / d)] for d in folder_domains(data_dir)}
+
+
 def folder_classes(data_dir: Path) -> list[str]:
     """The sorted union of class-folder names over all domains, so that labels agree
     between domains even when a domain lacks a class (an unlabelled domain has none)."""
-    return sorted({c.name for d in folder_domains(data_dir) for c in _subdirs(Path(data_dir) / d)})
+    return sorted({c for names in _class_folders(data_dir).values() for c in names})
 
 
 def _images(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
@@ -79,8 +84,8 @@ def _shown(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
-def _resolve_folder(data_dir: Path, domain: str) -> str:
-    names = folder_domains(data_dir)
+def _resolve_folder(data_dir: Path, domain: str, names: list[str]) -> str:
+    """``domain`` among the domain folders ``names`` of ``data_dir``, case folded if need be."""
     if domain in names:
         return domain
     folded = [n for n in names if n.lower() == domain.strip().lower()]
@@ -146,10 +151,13 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
 def load(req: LoadRequest) -> Domain:
     assert req.data_dir is not None
     data_dir = req.data_dir
-    name = _resolve_folder(data_dir, req.domain)
-    classes = folder_classes(data_dir)
+    by_domain = _class_folders(data_dir)  # one listing serves the classes and the checks below
+    name = _resolve_folder(data_dir, req.domain, list(by_domain))
+    own = by_domain.pop(name)
+    others = sorted({c for names in by_domain.values() for c in names})
+    classes = sorted(set(own) | set(others))
     root = data_dir / name
-    class_dirs = _subdirs(root)
+    class_dirs = [root / c for c in own]
     skipped: list[Path] = []
     loose = _images(root, skipped)
     where = f"dataset image-folder, domain {name}"
@@ -164,8 +172,6 @@ def load(req: LoadRequest) -> Domain:
             f"empty domain: no class folders and no images in {root} ({where}; expected DATA/DOMAIN/CLASS/IMAGE, "
             f"or DATA/DOMAIN/IMAGE for an unlabelled domain; images end in {' '.join(IMG_EXTENSIONS)}{found})"
         )
-    own = [d.name for d in class_dirs]
-    others = sorted({c.name for d in folder_domains(data_dir) if d != name for c in _subdirs(data_dir / d)})
     if own and others and not set(own) & set(others):
         raise DataError(
             f"the class folders of {root} ({_shown(own)}) share no name with the other domains' of {data_dir} "
@@ -173,7 +179,7 @@ def load(req: LoadRequest) -> Domain:
             "its images directly in its folder (a sub-folder is read as a class)"
         )
     samples: list[tuple[Path, int]] = [(p, UNLABELLED) for p in loose]
-    missing = [c for c in classes if class_dirs and c not in set(own)]
+    missing = sorted(set(others) - set(own)) if own else []
     if missing:
         warnings.warn(
             f"image folder {root} has no folder for {len(missing)} of the {len(classes)} classes of {data_dir} "

@@ -104,32 +104,46 @@ def check_weights(w: Tensor | None, n: int, like: Tensor, name: str) -> Tensor:
 
 
 def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
-    """Bandwidths as a 1-D tensor (S,) of positive finite values, on ``like``'s device."""
+    """Bandwidths as a 1-D tensor (S,) of positive finite values in ``like``'s dtype, on its
+    device. A positive bandwidth that ``like``'s dtype cannot hold (it would round to 0 or to
+    infinity) is an :class:`InputError` that says so."""
+    return _sigmas_on_cpu(sigmas, like).to(like.device)
+
+
+def _sigmas_on_cpu(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
+    """:func:`as_sigmas` on the CPU: the checks read no GPU memory (no host sync per loss)."""
     if isinstance(sigmas, Tensor):
-        s = sigmas.detach().to(dtype=like.dtype, device=like.device).reshape(-1)
+        given = sigmas.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
     else:
         if isinstance(sigmas, (str, bytes)):  # iterable, but its characters are no bandwidths
             raise InputError(f"bandwidths must be numbers, got the string {sigmas!r}")
         if isinstance(sigmas, (numbers.Real, np.generic)) or (isinstance(sigmas, np.ndarray) and sigmas.ndim == 0):
             sigmas = [sigmas]
         try:
-            s = torch.tensor([float(v) for v in sigmas], dtype=like.dtype, device=like.device)
+            given = torch.tensor([float(v) for v in sigmas], dtype=torch.float64)
         except (TypeError, ValueError):
             raise InputError(f"bandwidths must be a number or a sequence of numbers, got {sigmas!r}") from None
-    if s.numel() == 0:
+    if given.numel() == 0:
         raise InputError("sigmas is empty: give at least one bandwidth")
-    if not bool(torch.isfinite(s).all()) or bool((s <= 0).any()):
-        raise InputError(f"bandwidths must be positive and finite, got {s.tolist()}")
-    return s  # (S,)
+    if not bool(torch.isfinite(given).all()) or bool((given <= 0).any()):
+        raise InputError(f"bandwidths must be positive and finite, got {given.tolist()}")
+    s = given.to(like.dtype)  # (S,)
+    for bad, what in ((s == 0, "small"), (~torch.isfinite(s), "large")):
+        if bool(bad.any()):
+            raise InputError(f"bandwidths {given[bad].tolist()} are too {what} for {_dtype_name(like)} kernels")
+    return s
+
+
+def _dtype_name(like: Tensor) -> str:
+    return str(like.dtype).replace("torch.", "")
 
 
 def as_gammas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     """The Gaussian kernels' ``1 / (2σ²)`` (S,) of :func:`as_sigmas`' bandwidths; a bandwidth so
     small that this overflows ``like``'s dtype (the kernel would be NaN where x = y) is an
     :class:`InputError`."""
-    s = as_sigmas(sigmas, like)  # (S,)
+    s = _sigmas_on_cpu(sigmas, like)  # (S,)
     gam = 0.5 / (s * s)  # (S,)
     if not bool(torch.isfinite(gam).all()):
-        raise InputError(f"bandwidths {s.tolist()} are too small for {str(like.dtype).replace('torch.', '')} "
-                         "kernels (1/(2σ²) overflows)")
-    return gam
+        raise InputError(f"bandwidths {s.tolist()} are too small for {_dtype_name(like)} kernels (1/(2σ²) overflows)")
+    return gam.to(like.device)

@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib.errors import ConfigError, InputError
+from dalib.errors import ConfigError, InputError, first_line
+from dalib.kernels._checks import as_gammas
 from dalib.shallow._checks import as_matrix, check_choice, check_positive, check_same_features
 from dalib.shallow._params import Params
 
@@ -156,12 +157,6 @@ def kmm_objective(weights: Any, kbeta: Tensor, kappa: Tensor) -> float:
     return float(0.5 * (b @ kbeta.to(torch.float64)) - kappa.to(torch.float64) @ b)
 
 
-def _gamma(sigma: float) -> float:
-    """``1 / (2σ²)``: ``inf`` when σ² underflows to 0, 0 when it overflows (no Python error)."""
-    square = sigma * sigma  # a float product overflows to inf where ** raises
-    return 0.5 / square if square > 0.0 else math.inf
-
-
 def _log_kernel_(out: Tensor, xi: Tensor, ni: Tensor, xj: Tensor, nj: Tensor, gamma: float) -> Tensor:
     """``out ← exp(−γ‖x_i − x_j‖²)`` for one tile (bi, bj), in place, by one GEMM:
     ``2γ x_i·x_j − γ‖x_i‖² − γ‖x_j‖²`` clamped at 0 before the exponential.
@@ -185,7 +180,7 @@ class _GramOperator:
     def __init__(self, xs: Tensor, sigma: float, backend: str) -> None:
         self.backend = backend
         self.sigma = sigma
-        self.gamma = _gamma(sigma)
+        self.gamma = float(as_gammas(sigma, xs))  # (fit has checked that it fits the dtype)
         self.xs = xs
         xc = xs - xs.mean(0)  # (N, D) centred: distances unchanged, norms small (float32 GEMM)
         self.xc = xc
@@ -301,10 +296,10 @@ class KMM(Params):
         start = time.perf_counter()
         ns, nt = xs.shape[0], xt.shape[0]
         sigma = float(self.bandwidth) if self.bandwidth is not None else median_bandwidth(xs, xt)
-        if not sigma < torch.finfo(dtype).max:
-            raise ConfigError(f"bandwidth {sigma:g} is too large for {self.dtype} kernels")
-        if not _gamma(sigma) < torch.finfo(dtype).max:
-            raise ConfigError(f"bandwidth {sigma:g} is too small for {self.dtype} kernels (1/(2σ²) overflows)")
+        try:
+            as_gammas(sigma, xs)
+        except InputError as exc:  # a bandwidth beyond the dtype's range: a setting of this estimator
+            raise ConfigError(first_line(exc)) from None
         eps = (math.sqrt(ns) - 1.0) / math.sqrt(ns) if self.eps is None else float(self.eps)
         upper = float(self.B)
         lo, hi = max(ns * (1.0 - eps), 0.0), ns * (1.0 + eps)
