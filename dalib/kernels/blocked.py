@@ -54,28 +54,31 @@ def _prep(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
 class _GaussTiles:
     """Tiles of a multi-bandwidth Gaussian kernel between ``x`` (N, D) and ``y`` (M, D).
 
-    A tile starts as ``T = −γ₀ D`` (γ₀ the smallest γ = 1/(2σ²)) from a single GEMM of
-    augmented, centred points, ``[2γ₀x, −γ₀‖x‖², 1] · [y, 1, −γ₀‖y‖²]ᵀ``, clamped at 0.
-    Its bandwidth terms ``exp(−γ_s D)`` come in increasing γ: one exponential per chain
-    of γ's that differ by powers of two (the default σ·2^k sets), each next term being the
-    previous one squared m times — 20× cheaper than an exp on CPU, at a relative error of
-    2^m ulp (≤ 1.5e-5 in float32 for five bandwidths 2^-2…2^2, 3e-14 in float64).
+    A tile starts as ``T = −γ₀ D / ln 2`` (γ₀ the smallest γ = 1/(2σ²)) from a single GEMM
+    of augmented, centred points, ``[2cx, −c‖x‖², 1] · [y, 1, −c‖y‖²]ᵀ`` with
+    ``c = γ₀ / ln 2``, clamped at 0, so that ``exp(−γ₀ D) = 2^T``: torch's ``exp2`` is 2.5×
+    faster than its ``exp`` on CPU (AVX-512, float32) at the same accuracy, and the
+    exponential is most of a tile's cost. The bandwidth terms ``exp(−γ_s D)`` come in
+    increasing γ: one exponential per chain of γ's that differ by powers of two (the
+    default σ·2^k sets), each next term being the previous one squared m times — 20×
+    cheaper than an exp on CPU, at a relative error of 2^m ulp (≤ 1.5e-5 in float32 for
+    five bandwidths 2^-2…2^2, 3e-14 in float64).
     """
 
     def __init__(self, x: Tensor, y: Tensor, gammas: tuple[float, ...]):
         self.gammas = tuple(sorted(gammas))
-        g0 = self.gammas[0]
+        c = self.gammas[0] / math.log(2.0)
         self.xc, x2, self.yc, y2 = _prep(x, y)
         one_x = torch.ones_like(x2)
         one_y = torch.ones_like(y2)
-        self.a = torch.cat([self.xc * (2.0 * g0), x2 * -g0, one_x], 1)  # (N, D + 2)
-        self.b = torch.cat([self.yc, one_y.t(), y2.t() * -g0], 1)  # (M, D + 2)
+        self.a = torch.cat([self.xc * (2.0 * c), x2 * -c, one_x], 1)  # (N, D + 2)
+        self.b = torch.cat([self.yc, one_y.t(), y2.t() * -c], 1)  # (M, D + 2)
         size = min(TILE_ROWS, x.shape[0]) * min(max(TILE_COLS, TILE_ROWS), y.shape[0])
         self._t = torch.empty(size, dtype=x.dtype, device=x.device)
         self._e = torch.empty(size, dtype=x.dtype, device=x.device)
 
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> Tensor:
-        """``−γ₀ ‖x_i − y_j‖²`` for the tile, ≤ 0: (bi, bj)."""
+        """``−γ₀ ‖x_i − y_j‖² / ln 2`` for the tile, ≤ 0: (bi, bj)."""
         t = self._t[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
         torch.mm(self.a[i0:i1], self.b[j0:j1].t(), out=t)
         return t.clamp_max_(0.0)
@@ -90,14 +93,18 @@ class _GaussTiles:
                 for _ in range(m):
                     e.mul_(e)
             elif g == g0:
-                torch.exp(t, out=e)
+                torch.exp2(t, out=e)
             else:
-                torch.mul(t, g / g0, out=e).exp_()
+                torch.mul(t, g / g0, out=e).exp2_()
             prev = g
             yield g, e
 
     def kernel(self, t: Tensor, deriv: bool) -> tuple[Tensor, Tensor | None]:
-        """``K = Σ_s exp(−γ_s D)`` and, if ``deriv``, ``W = Σ_s 2γ_s exp(−γ_s D)``."""
+        """``K = Σ_s exp(−γ_s D)`` and, if ``deriv``, ``W = Σ_s 2γ_s exp(−γ_s D)``.
+        With one bandwidth K is the terms' reused buffer (valid until the next tile)."""
+        if len(self.gammas) == 1:
+            (g, e), = self.terms(t)
+            return e, (torch.mul(e, 2.0 * g) if deriv else None)
         k = torch.zeros_like(t)
         w = torch.zeros_like(t) if deriv else None
         for g, e in self.terms(t):

@@ -37,6 +37,7 @@ from torch import Tensor
 
 from dalib.errors import ConfigError, InputError, first_line
 from dalib.kernels._checks import as_gammas
+from dalib.kernels.blocked import _GaussTiles, _tiles
 from dalib.shallow._checks import as_matrix, check_choice, check_positive, check_same_features
 from dalib.shallow._params import Params
 
@@ -157,14 +158,6 @@ def kmm_objective(weights: Any, kbeta: Tensor, kappa: Tensor) -> float:
     return float(0.5 * (b @ kbeta.to(torch.float64)) - kappa.to(torch.float64) @ b)
 
 
-def _log_kernel_(out: Tensor, xi: Tensor, ni: Tensor, xj: Tensor, nj: Tensor, gamma: float) -> Tensor:
-    """``out ← exp(−γ‖x_i − x_j‖²)`` for one tile (bi, bj), in place, by one GEMM:
-    ``2γ x_i·x_j − γ‖x_i‖² − γ‖x_j‖²`` clamped at 0 before the exponential.
-    ``ni`` (bi, 1), ``nj`` (1, bj): squared norms of the (centred) rows."""
-    torch.addmm(nj, xi, xj.t(), beta=-gamma, alpha=2.0 * gamma, out=out)  # (bi, bj)
-    return out.sub_(ni, alpha=gamma).clamp_max_(0.0).exp_()
-
-
 class _GramOperator:
     """``v ↦ K v`` for the source Gram matrix ``K_ij = exp(−‖xs_i − xs_j‖² / (2σ²))`` (N, N).
 
@@ -172,30 +165,33 @@ class _GramOperator:
     recomputed tile by tile at every product and never stored; being symmetric, only the
     tiles on and above the diagonal are computed, each one used twice (``K_IJ v_J`` and
     ``K_IJᵀ v_I``), which halves the cost of :func:`dalib.kernels.gaussian_matvec`'s
-    general ``blocked`` reduction. ``keops``: :func:`dalib.kernels.gaussian_matvec`.
+    general ``blocked`` reduction. Both build their tiles with the kernels' blocked backend
+    (one GEMM and one ``exp2`` per tile). ``keops``: :func:`dalib.kernels.gaussian_matvec`.
     """
-
-    TILE = 1024
 
     def __init__(self, xs: Tensor, sigma: float, backend: str) -> None:
         self.backend = backend
         self.sigma = sigma
-        self.gamma = float(as_gammas(sigma, xs))  # (fit has checked that it fits the dtype)
         self.xs = xs
-        xc = xs - xs.mean(0)  # (N, D) centred: distances unchanged, norms small (float32 GEMM)
-        self.xc = xc
-        self.norms = (xc * xc).sum(1, keepdim=True)  # (N, 1)
         self.matrix: Tensor | None = None
         self.n_products = 0
+        if backend not in ("dense", "blocked"):
+            return
         n = xs.shape[0]
+        self.tiles = _GaussTiles(xs, xs, (float(as_gammas(sigma, xs)),))  # (fit has checked the bandwidth)
+        self.blocks = list(_tiles(n, n, True))  # (I, J) on and above the diagonal
         if backend == "dense":
             self.matrix = torch.empty(n, n, dtype=xs.dtype, device=xs.device)  # (N, N)
-            _log_kernel_(self.matrix, xc, self.norms, xc, self.norms.t(), self.gamma)
-            self.matrix.fill_diagonal_(1.0)  # k(x, x) = 1 exactly (the GEMM form cancels to rounding there)
-        elif backend == "blocked":
-            t = min(self.TILE, n)
-            self.buffer = torch.empty(t, t, dtype=xs.dtype, device=xs.device)  # (T, T)
-            self.blocks = [(i, min(i + self.TILE, n)) for i in range(0, n, self.TILE)]
+            for (i0, i1), (j0, j1), _ in self.blocks:
+                k = self._tile(i0, i1, j0, j1)  # (bi, bj)
+                self.matrix[i0:i1, j0:j1] = k
+                self.matrix[j0:j1, i0:i1] = k.t()
+
+    def _tile(self, i0: int, i1: int, j0: int, j1: int) -> Tensor:
+        k, _ = self.tiles.kernel(self.tiles.tile(i0, i1, j0, j1), False)  # (bi, bj)
+        if j0 == i0:
+            k.fill_diagonal_(1.0)  # k(x, x) = 1 exactly (the GEMM form cancels to rounding there)
+        return k
 
     def __call__(self, v: Tensor) -> Tensor:
         self.n_products += 1
@@ -210,16 +206,11 @@ class _GramOperator:
 
     def _blocked(self, v: Tensor) -> Tensor:
         out = torch.zeros_like(v)  # (N,)
-        xc, nrm, g = self.xc, self.norms, self.gamma
-        for a, (i0, i1) in enumerate(self.blocks):
-            for j0, j1 in self.blocks[a:]:
-                tile = self.buffer[: i1 - i0, : j1 - j0]
-                _log_kernel_(tile, xc[i0:i1], nrm[i0:i1], xc[j0:j1], nrm[j0:j1].t(), g)  # (bi, bj)
-                if j0 == i0:
-                    tile.fill_diagonal_(1.0)
-                out[i0:i1].addmv_(tile, v[j0:j1])
-                if j0 != i0:
-                    out[j0:j1].addmv_(tile.t(), v[i0:i1])
+        for (i0, i1), (j0, j1), _ in self.blocks:
+            tile = self._tile(i0, i1, j0, j1)  # (bi, bj)
+            out[i0:i1].addmv_(tile, v[j0:j1])
+            if j0 != i0:
+                out[j0:j1].addmv_(tile.t(), v[i0:i1])
         return out
 
 

@@ -155,7 +155,10 @@ def test_median_heuristic_is_the_default_bandwidth():
 
 def test_blocked_path_agrees_with_dense_path(monkeypatch):
     # small tiles so that the symmetric tiling has diagonal, off-diagonal and ragged tiles
-    monkeypatch.setattr(kmm_module._GramOperator, "TILE", 64)
+    from dalib.kernels import blocked as blocked_module
+
+    monkeypatch.setattr(blocked_module, "TILE_ROWS", 64)
+    monkeypatch.setattr(blocked_module, "TILE_COLS", 48)
     xs, xt = _shifted_pair(300, 250, 5, seed=2)
     dense = KMM(backend="dense", tol=1e-9, max_iter=3000, dtype="float64").fit(xs, xt)
     blocked = KMM(backend="blocked", tol=1e-9, max_iter=3000, dtype="float64").fit(xs, xt)
