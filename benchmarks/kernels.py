@@ -272,8 +272,8 @@ def _make_fn(case: dict):
                 x, y = s
                 c = torch.cdist(x, y) ** 2 / 2  # (N, M)
                 n, m = c.shape
-                loga = torch.full((n,), -math.log(n), dtype=c.dtype)
-                logb = torch.full((m,), -math.log(m), dtype=c.dtype)
+                loga = torch.full((n,), -math.log(n), dtype=c.dtype, device=c.device)
+                logb = torch.full((m,), -math.log(m), dtype=c.dtype, device=c.device)
                 u, v = torch.zeros_like(loga), torch.zeros_like(logb)
                 mr = -c / eps
                 for it in range(100000):

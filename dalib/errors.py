@@ -77,7 +77,7 @@ def load_failure(exc: BaseException) -> str:
     """Why ``torch.load`` failed, in one short line: the error's type and first line, without
     torch's advice to load unsafely and with its long story of a file that is not a
     weights-only pickle shortened."""
-    why = first_line(exc).split(" Re-running torch.load")[0]
+    why = first_line(exc).split(" Re-running")[0]
     if "Weights only load failed" in why:
         needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         why = "not a file of tensors torch loads safely" + (f" (it needs {needs.group(1)})" if needs else "")

@@ -77,7 +77,7 @@ class RunConfig:
     lr_beta: float = param(0.75, "inverse-decay schedule exponent")
     seed: int = param(0, "random seed")
     device: str = param("auto", "auto, cpu, cuda or cuda:N")
-    amp: bool = param(True, "bfloat16 autocast on CUDA (ignored on CPU)")
+    amp: bool = param(True, "bfloat16 autocast on CUDA GPUs of compute capability 8.0 and later (ignored on others and on CPU)")
     workers: int = param(0, "data-loading worker processes for image folders")
     log_every: int = param(50, "steps between metric lines")
     eval_every: int = param(0, "steps between evaluations logged to metrics.jsonl, the last step's included (0: only the result's, at the end)")
@@ -499,7 +499,10 @@ def run(
     if resume and out_dir is None:
         raise ConfigError("resume=True continues a run from its output folder: give out_dir")
     device = resolve_device(config.device)
-    with caller_random_state(uses_cuda=device.type == "cuda"):
+    # cuda:N the current device for the run, so that nothing (the pin-memory thread, a
+    # plugin's torch.cuda call) opens a context on GPU 0 as well; the caller's is given back
+    on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu:
         return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
                     on_start=on_start)
 
@@ -604,7 +607,9 @@ def _run(
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
 
-        use_amp = config.amp and device.type == "cuda"
+        # bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
+        # later): older GPUs emulate it, and cuDNN has no bfloat16 convolutions for them
+        use_amp = config.amp and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         history: list[dict[str, Any]] = list(earlier)  # a resumed run's lines before its checkpoint
         metrics_path = out / METRICS if (out is not None and is_main) else None
         metrics_fh = open(metrics_path, "a") if metrics_path is not None else None

@@ -106,7 +106,7 @@ def diagnostics(kmm: Any, ys: Tensor, num_classes: int | None = None) -> dict[st
     With ``num_classes`` (labels 0..C-1) entry k of the proportions is class k, 0 for a class
     the source lacks; without, entry k is the k-th label present, in sorted order."""
     w = np.asarray(kmm.weights_, dtype=np.float64)
-    y = np.asarray(ys).reshape(-1)
+    y = torch.as_tensor(ys).cpu().numpy().reshape(-1)
     if num_classes is None:
         _, y = np.unique(y, return_inverse=True)  # classes in sorted order, whatever their labels
     counts = np.bincount(y, minlength=num_classes or 0)

@@ -96,8 +96,9 @@ class Domain:
                                        num_classes=num_classes, origin=origin, dataset_name=dataset_name)
             labelled.y.fill_(UNLABELLED)  # the tensor the dataset holds too
             return labelled
-        xt = _as_number_tensor(x, "features", where).detach()
-        yt = _as_number_tensor(y, "labels", where).detach()
+        # kept on the CPU, like every domain: the runner moves each batch to its device
+        xt = _as_number_tensor(x, "features", where).detach().cpu()
+        yt = _as_number_tensor(y, "labels", where).detach().cpu()
         xt = xt.to(torch.float32).contiguous()
         yt = yt.reshape(-1)
         if xt.ndim == 0 or xt.shape[0] == 0:

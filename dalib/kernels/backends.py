@@ -10,8 +10,8 @@
   cost matrices fit in :data:`SINKHORN_DENSE_MAX_BYTES` (recomputing the GEMM of each tile
   every iteration costs more than reading the cached cost there); ``blocked`` otherwise;
 * on CUDA, ``dense`` below :data:`CUDA_KEOPS_MIN_PAIRS` (5000² pairs, geomloss' own
-  switch) and ``keops`` above; ``blocked`` if pykeops is missing or cannot compile
-  (then one warning).
+  switch) and ``keops`` above; ``blocked`` if pykeops is missing, cannot compile, or
+  found no CUDA toolkit and runs on the CPU only (then one warning).
 
 The environment variable ``DALIB_KERNEL_BACKEND`` (``dense``, ``blocked``, ``keops`` or
 ``auto``) replaces ``"auto"`` everywhere, so a whole run can be pinned to a backend.
@@ -37,6 +37,7 @@ __all__ = [
     "SINKHORN_DENSE_MAX_PAIRS",
     "SINKHORN_DENSE_MIN_DIM",
     "keops_available",
+    "keops_gpu_available",
     "resolve_backend",
     "with_keops_fallback",
 ]
@@ -83,6 +84,22 @@ def keops_unavailable_reason() -> str:
     return str(_keops_state["reason"])
 
 
+#: why KeOps cannot take CUDA tensors when pykeops imports but found no CUDA toolkit
+NO_KEOPS_GPU = ("pykeops found no CUDA toolkit to compile with (libnvrtc and the CUDA headers: set CUDA_HOME) "
+                "and runs on the CPU only")
+
+
+def keops_gpu_available() -> bool:
+    """Whether KeOps can reduce CUDA tensors here: pykeops imports and found, when it was
+    imported, the CUDA libraries it compiles its formulas with. Without them it runs on the
+    CPU only, and given CUDA tensors it would hand device pointers to CPU code."""
+    if not keops_available():
+        return False
+    import pykeops
+
+    return bool(getattr(pykeops.config, "gpu_available", False))
+
+
 def mark_keops_broken(reason: str) -> None:
     """Record that KeOps cannot run here (a formula failed to compile)."""
     _keops_state["checked"] = True
@@ -90,12 +107,13 @@ def mark_keops_broken(reason: str) -> None:
     _keops_state["reason"] = reason
 
 
-def warn_keops_fallback(fallback: str) -> None:
-    """Warn once per process that ``auto`` could not use KeOps."""
+def warn_keops_fallback(fallback: str, reason: str | None = None) -> None:
+    """Warn once per process that ``auto`` could not use KeOps (``reason``: why, by default
+    why pykeops does not run at all)."""
     if not _keops_state["warned"]:
         _keops_state["warned"] = True
         warnings.warn(
-            f"dalib.kernels: KeOps unavailable ({keops_unavailable_reason()}); "
+            f"dalib.kernels: KeOps unavailable ({reason or keops_unavailable_reason()}); "
             f"backend 'auto' falls back to '{fallback}'",
             RuntimeWarning,
             stacklevel=3,
@@ -156,24 +174,27 @@ def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -
             f"unknown kernel backend {backend if explicit_source == 'argument' else name!r}"
             f" (from {explicit_source}); known: {', '.join(BACKENDS)}"
         )
+    on_cuda = any(t.is_cuda for t in tensors)
     if name == "keops":
         if not keops_available():
             raise BackendError(
                 f"kernel backend 'keops' requested ({explicit_source}) but "
                 f"{keops_unavailable_reason()}; use 'dense' or 'blocked', or install pykeops"
             )
+        if on_cuda and not keops_gpu_available():
+            raise BackendError(f"kernel backend 'keops' requested ({explicit_source}) for CUDA tensors but "
+                               f"{NO_KEOPS_GPU}; use 'dense' or 'blocked'")
         return "keops"
     if name != "auto":
         return name
     n, m = _sizes(tensors)
     pairs = n * m
-    on_cuda = any(t.is_cuda for t in tensors)
     if on_cuda:
         if pairs < CUDA_KEOPS_MIN_PAIRS:
             return "dense"
-        if keops_available():
+        if keops_gpu_available():
             return "keops"
-        warn_keops_fallback("blocked")
+        warn_keops_fallback("blocked", None if not keops_available() else NO_KEOPS_GPU)
         return "blocked"
     if op in ("sinkhorn", "sinkhorn-tol"):
         d = int(tensors[0].shape[1]) if tensors[0].dim() > 1 else 1

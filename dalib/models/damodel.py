@@ -56,10 +56,13 @@ class DAModel(nn.Module):
 
     def forward(self, x: Tensor) -> ModelOutput:
         """``x`` of the training inputs' shape; floating-point inputs of another precision (a
-        float64 array from numpy) are cast to the weights' dtype."""
-        dtype = self.head.weight.dtype
-        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != dtype:
-            x = x.to(dtype)
+        float64 array from numpy) are cast to the weights' dtype, and inputs on another device
+        (a CPU batch for a network trained on the GPU) moved to the weights' device."""
+        weight = self.head.weight
+        if isinstance(x, Tensor) and x.device != weight.device:
+            x = x.to(weight.device)
+        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
+            x = x.to(weight.dtype)
         f = self.bottleneck(self.backbone(x))  # (B, bottleneck_dim)
         return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
 
@@ -119,11 +122,12 @@ class DAModel(nn.Module):
         self.cut = k
         was = self.training
         self.backbone.eval()  # batch norm must not count the probe batch
-        with torch.no_grad():
-            dim = self.backbone(torch.zeros(1, *self.input_shape)).flatten(1).shape[1]
-        self.train(was)
         old = self.bottleneck[0]
-        self.bottleneck[0] = nn.Linear(dim, old.out_features)
+        with torch.no_grad():
+            probe = torch.zeros(1, *self.input_shape, dtype=old.weight.dtype, device=old.weight.device)
+            dim = self.backbone(probe).flatten(1).shape[1]
+        self.train(was)
+        self.bottleneck[0] = nn.Linear(dim, old.out_features, dtype=old.weight.dtype, device=old.weight.device)
 
     def freeze_stages(self, k: int | None) -> None:
         """Freeze the first ``k`` backbone stages (``None``: the whole backbone): their

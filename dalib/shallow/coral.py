@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
+from dalib.kernels._checks import outside_autocast
 from dalib.shallow._checks import as_matrix, check_positive, check_same_features, like_input
 from dalib.shallow._params import Params
 
@@ -55,6 +56,7 @@ class CORAL(Params):
     def _check_params(self) -> None:
         check_positive(self.reg, "reg", allow_zero=True)
 
+    @outside_autocast
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> CORAL:
         """Estimate the map from source ``Xs`` (n_s, d) and target ``Xt`` (n_t, d)."""
         self._check_params()
@@ -75,6 +77,7 @@ class CORAL(Params):
         self.n_features_in_ = xs.shape[1]
         return self
 
+    @outside_autocast
     def transform(self, X: Any) -> Any:
         """Re-coloured features ``X @ matrix_`` (n, d)."""
         if not hasattr(self, "matrix_"):

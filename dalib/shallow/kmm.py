@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import ConfigError, InputError, first_line
-from dalib.kernels._checks import as_gammas
+from dalib.kernels._checks import as_gammas, outside_autocast
 from dalib.kernels.blocked import _GaussTiles, _tiles
 from dalib.shallow._checks import as_matrix, check_choice, check_positive, check_same_features
 from dalib.shallow._params import Params
@@ -169,8 +169,9 @@ class _GramOperator:
     (one GEMM and one ``exp2`` per tile). ``keops``: :func:`dalib.kernels.gaussian_matvec`.
     """
 
-    def __init__(self, xs: Tensor, sigma: float, backend: str) -> None:
+    def __init__(self, xs: Tensor, sigma: float, backend: str, kernel_backend: str = "keops") -> None:
         self.backend = backend
+        self.kernel_backend = kernel_backend  # what the keops form passes to gaussian_matvec
         self.sigma = sigma
         self.xs = xs
         self.matrix: Tensor | None = None
@@ -202,7 +203,7 @@ class _GramOperator:
             return self._blocked(v)
         from dalib.kernels import gaussian_matvec
 
-        return gaussian_matvec(self.xs, self.xs, v, self.sigma, backend=self.backend)  # (N,)
+        return gaussian_matvec(self.xs, self.xs, v, self.sigma, backend=self.kernel_backend)  # (N,)
 
     def _blocked(self, v: Tensor) -> Tensor:
         out = torch.zeros_like(v)  # (N,)
@@ -274,6 +275,7 @@ class KMM(Params):
         check_choice(self.backend, "backend", _BACKENDS)
         check_choice(self.dtype, "dtype", ("float32", "float64"))
 
+    @outside_autocast
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> KMM:
         """Compute ``weights_`` for the source samples ``Xs`` (n_s, d) given the target
         samples ``Xt`` (n_t, d). ``ys`` is ignored (accepted for a uniform API)."""
@@ -303,12 +305,14 @@ class KMM(Params):
                 backend = "keops" if resolve_backend("auto", xs, xs) == "keops" else "blocked"
             else:
                 backend = "dense" if ns * ns <= DENSE_MAX_ENTRIES else "blocked"
-        kernel_backend = "keops" if backend == "keops" else "auto"
+        # the kernel reductions get "keops" only when the user asked for it: an automatic
+        # choice stays "auto", so that KeOps failing to compile falls back to "blocked"
+        kernel_backend = "keops" if self.backend == "keops" else "auto"
 
         ones_t = torch.ones(nt, dtype=dtype, device=xt.device)
         kappa = gaussian_matvec(xs, xt, ones_t, sigma, backend=kernel_backend)  # (Ns,)
         kappa = kappa.to(torch.float64) * (ns / nt)
-        op = _GramOperator(xs, sigma, backend)
+        op = _GramOperator(xs, sigma, backend, kernel_backend)
         beta, kbeta, info = _fista(op, kappa, upper, lo, hi, int(self.max_iter), float(self.tol))
         ktt_mean = float(gaussian_mean(xt, xt, sigma, backend=kernel_backend))  # 1ᵀK_tt 1 / nt²
 

@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import ConfigError, InputError
+from dalib.kernels._checks import outside_autocast
 from dalib.shallow._checks import (
     as_labels,
     as_matrix,
@@ -131,6 +132,7 @@ class OTMapping(Params):
             raise ConfigError(f"exact OT (reg=None) is solved by POT only, not backend={self.backend!r}")
 
     # ------------------------------------------------------------------- fit
+    @outside_autocast
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> OTMapping:
         """Compute the plan between ``Xs`` (n_s, d) and ``Xt`` (n_t, d) and the mapped
         source samples; ``ys`` (n_s,) source labels are needed when ``reg_cl`` is set."""
@@ -235,8 +237,9 @@ class OTMapping(Params):
         scale = _cost_scale(xs, xt, self.norm)
         reg = float(self.reg)
         tol = self._tol_reached
-        if backend == "auto":
-            backend = _log_backend(xs, xt)
+        if backend == "auto" and _log_backend(xs, xt) == "blocked":
+            backend = "blocked"  # not the kernels' dense: the log-domain path is for plans too large to form
+        # (an automatic KeOps choice stays "auto", so that KeOps failing to compile falls back to "blocked")
         a = torch.full((ns,), 1.0 / ns, dtype=xs.dtype, device=xs.device)
         b = torch.full((nt,), 1.0 / nt, dtype=xs.dtype, device=xs.device)
         if self.reg_cl is None:
@@ -281,6 +284,7 @@ class OTMapping(Params):
         return max(float(self.tol), floor)
 
     # ------------------------------------------------------------- transform
+    @outside_autocast
     def transform(self, X: Any) -> Any:
         """Transported samples (n, d), same type as ``X``. For the fitted ``Xs`` the
         barycentric mapping; for other samples see the module docstring."""

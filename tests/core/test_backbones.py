@@ -73,3 +73,14 @@ def test_images_too_small_for_lenet_are_one_clear_error():
 
     with pytest.raises(ConfigError, match="at least 4x4"):
         build_model(None, (1, 2, 2), 3)
+
+
+def test_a_model_on_another_device_takes_inputs_from_the_cpu_and_can_be_cut_there():
+    # the meta device stands for a GPU: a network trained on the GPU predicts a CPU batch,
+    # and cutting stages of a model already on its device keeps the new layer there
+    model = build_model("lenet", (1, 16, 16), 10).to("meta")
+    out = model(torch.zeros(2, 1, 16, 16, dtype=torch.float64))
+    assert out.logits.device.type == "meta" and out.logits.shape == (2, 10)
+    model.cut_stages(1)
+    assert model.bottleneck[0].weight.device.type == "meta"
+    assert model(torch.zeros(2, 1, 16, 16)).features.shape == (2, 256)

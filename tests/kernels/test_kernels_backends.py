@@ -48,10 +48,27 @@ def test_auto_for_sinkhorn_on_cpu_depends_on_dim_and_memory():
 
 
 def test_auto_on_cuda_uses_keops_above_threshold(monkeypatch):
+    pykeops = pytest.importorskip("pykeops")
+    monkeypatch.setattr(pykeops.config, "gpu_available", True)
     monkeypatch.setitem(backends._keops_state, "checked", True)
     monkeypatch.setitem(backends._keops_state, "ok", True)
     assert resolve_backend("auto", _FakeCuda(1000), _FakeCuda(1000)) == "dense"
     assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "keops"
+
+
+def test_keops_without_cuda_toolkit_is_not_used_for_cuda_tensors(monkeypatch):
+    # pykeops imports but found no nvrtc / CUDA headers: it runs on the CPU only, and given
+    # CUDA tensors it would hand device pointers to CPU code
+    pykeops = pytest.importorskip("pykeops")
+    monkeypatch.setattr(pykeops.config, "gpu_available", False)
+    monkeypatch.setitem(backends._keops_state, "checked", True)
+    monkeypatch.setitem(backends._keops_state, "ok", True)
+    monkeypatch.setitem(backends._keops_state, "warned", False)
+    with pytest.warns(RuntimeWarning, match="no CUDA toolkit.*falls back to 'blocked'"):
+        assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "blocked"
+    with pytest.raises(BackendError, match="for CUDA tensors but pykeops found no CUDA toolkit"):
+        resolve_backend("keops", _FakeCuda(10), _FakeCuda(10))
+    assert resolve_backend("keops", torch.zeros(10, 3), torch.zeros(10, 3)) == "keops"  # CPU tensors: fine
 
 
 def test_auto_falls_back_with_one_warning_when_keops_missing(monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import torch
 
 from dalib.errors import ConfigError, InputError
 from dalib.shallow import CORAL, KMM, OTMapping
@@ -99,3 +100,22 @@ def test_run_shallow_scores_only_labelled_targets(data):
     part[:30] = -1
     partial = run_shallow("coral", xs, ys, xt, part)
     assert partial.target_accuracy == pytest.approx(np.mean(full.pred_t[30:] == yt[30:]))
+
+
+def test_estimators_ignore_a_callers_autocast(data):
+    # inside a caller's bfloat16 autocast the kernel and covariance products would run in
+    # bfloat16; the estimators compute as they do outside it
+    # (autocast casts float32 work only; on the CPU it reaches the log-domain OT solver's
+    # products, on CUDA the kernel products of KMM and the covariances of CORAL too)
+    xs, xt = data[0].astype(np.float32), data[1].astype(np.float32)
+
+    def fits():
+        return [KMM(max_iter=200).fit(xs, xt).weights_, CORAL().fit_transform(xs, xt),
+                OTMapping(reg=1.0, max_iter=200, backend="blocked").fit_transform(xs, xt),
+                OTMapping(reg=1.0, max_iter=200).fit(xs, xt).transform(xt[:5])]
+
+    plain = fits()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        inside = fits()
+    for a, b in zip(plain, inside):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
