@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import TypeVar
@@ -57,8 +58,15 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     if dtype is None:
         dtype = _compute_dtype(x) or torch.get_default_dtype()
     x = x.to(dtype)
-    if not bool(torch.isfinite(x).all()):
+    largest = float(x.detach().abs().amax())  # one host sync for both checks (NaN propagates)
+    if not math.isfinite(largest):
         raise InputError(f"{name} holds NaN or infinite values")
+    # squared distances reach D·(2·max|x|)²: beyond the dtype's range they would be inf, and the
+    # kernels and costs NaN
+    limit = 0.5 * math.sqrt(torch.finfo(dtype).max / x.shape[1])
+    if largest > limit:
+        raise InputError(f"{name} holds values up to {largest:.3g}, too large for {_dtype_name(x)} squared distances "
+                         f"(at most {limit:.3g} in {x.shape[1]} dimensions): scale the features, or use float64")
     return x
 
 

@@ -141,6 +141,7 @@ def _bad_pairs():
         (ok, torch.zeros(4, 0), "empty"),
         (nan, ok, "NaN"),
         (ok, inf, "NaN or infinite"),
+        (ok * 1e19, ok, "too large for float32 squared distances"),  # ‖x − y‖² would overflow to inf
         (torch.randn(4), ok, "2-D"),
         (ok, [[1.0, 2.0, 3.0]], "torch.Tensor"),
     ]
@@ -158,6 +159,21 @@ def test_bad_inputs_raise_input_error(x, y, msg):
     ):
         with pytest.raises(InputError, match=msg):
             call()
+
+
+def test_values_just_inside_the_range_are_computed_finite():
+    # the largest values check_points admits keep every squared distance finite, in float32
+    from dalib.losses import mmd
+
+    d = 3
+    limit = 0.5 * (torch.finfo(torch.float32).max / d) ** 0.5
+    x = torch.full((4, d), 0.99 * limit)
+    y = -x
+    assert torch.isfinite(sqdist(x, y)).all()
+    assert torch.isfinite(mmd(x, y, bandwidths=[limit])).item()
+    with pytest.raises(InputError, match="too large"):
+        sqdist(x * 1.02, y)
+    assert torch.isfinite(sqdist(x.double() * 1.02, y.double())).all()  # float64 holds them
 
 
 def test_bad_side_arguments_raise_input_error():
