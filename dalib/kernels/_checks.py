@@ -58,7 +58,7 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     if dtype is None:
         dtype = _compute_dtype(x) or torch.get_default_dtype()
     x = x.to(dtype)
-    largest = float(x.detach().abs().amax())  # one host sync for both checks (NaN propagates)
+    largest = float(torch.linalg.vector_norm(x.detach(), float("inf")))  # max |x|: one host sync for both checks (NaN propagates)
     if not math.isfinite(largest):
         raise InputError(f"{name} holds NaN or infinite values")
     # squared distances reach D·(2·max|x|)²: beyond the dtype's range they would be inf, and the

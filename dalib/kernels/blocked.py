@@ -2,8 +2,9 @@
 
 Each reduction is a custom :class:`torch.autograd.Function`: the forward pass walks
 (row block, column block) tiles, computes the tile's squared distances with one GEMM
-(``‖x‖² + ‖y‖² − 2x·y`` on centred points, clamped at 0), applies every bandwidth's
-exponential to that one distance tile and reduces it at once; the backward pass walks the
+(``‖x‖² + ‖y‖² − 2x·y`` on centred points, clamped at 0; for the Gaussian reductions already
+scaled, as ``−γ₀ D / ln 2``), applies every bandwidth's exponential to that one tile and
+reduces it at once; the backward pass walks the
 tiles again and recomputes them. Nothing of size N×M is ever stored: the extra memory is a
 few tiles of ``TILE_ROWS × TILE_COLS`` floats plus O((N + M)·D).
 """
@@ -69,6 +70,12 @@ class _GaussTiles:
         self.gammas = tuple(sorted(gammas))
         c = self.gammas[0] / math.log(2.0)
         self.xc, x2, self.yc, y2 = _prep(x, y)
+        # the single GEMM adds c‖x‖², c‖y‖² and 2c·x·y, each of which can overflow (inf − inf = NaN)
+        # for large points and a small bandwidth even where c‖x − y‖² is small: then two passes,
+        # the distances first and the scale after
+        largest = float(torch.maximum(x2.max(), y2.max()))
+        self.two_pass = not 4.0 * c * largest < torch.finfo(x.dtype).max
+        self.c, self.x2, self.y2 = c, x2, y2
         one_x = torch.ones_like(x2)
         one_y = torch.ones_like(y2)
         self.a = torch.cat([self.xc * (2.0 * c), x2 * -c, one_x], 1)  # (N, D + 2)
@@ -80,6 +87,9 @@ class _GaussTiles:
     def tile(self, i0: int, i1: int, j0: int, j1: int) -> Tensor:
         """``−γ₀ ‖x_i − y_j‖² / ln 2`` for the tile, ≤ 0: (bi, bj)."""
         t = self._t[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
+        if self.two_pass:
+            d = sqdist_tile_(self.xc[i0:i1], self.x2[i0:i1], self.yc[j0:j1], self.y2[:, j0:j1])  # (bi, bj)
+            return torch.mul(d, -self.c, out=t)
         torch.mm(self.a[i0:i1], self.b[j0:j1].t(), out=t)
         return t.clamp_max_(0.0)
 

@@ -17,9 +17,10 @@ Solver: accelerated projected gradient (FISTA, Beck & Teboulle 2009) with backtr
 the step, gradient-based momentum restart (O'Donoghue & Candès 2015) and the exact
 Euclidean projection onto the box ∩ slab feasible set (bisection on the Lagrange
 multiplier of the sum constraint, finished in closed form). Each iteration costs one
-product ``K v``: on the ``dense`` backend K is formed once; on ``blocked``/``keops`` the
-product goes through :func:`dalib.kernels.gaussian_matvec`, which never forms the
-n_s × n_s matrix, so tens of thousands of points fit in a few hundred MB. The solver
+product ``K v``: on the ``dense`` backend K is formed once; ``blocked`` recomputes the
+symmetric K tile by tile at every product (the tiles of the kernels' blocked backend, those on
+and above the diagonal only) and ``keops`` goes through :func:`dalib.kernels.gaussian_matvec`;
+neither forms the n_s × n_s matrix, so tens of thousands of points fit in a few hundred MB. The solver
 stops when f decreased by at most ``tol·|f|`` over the last 10 iterations; the Frank-Wolfe
 duality gap ``max_{s feasible} ∇f(β)ᵀ(β − s)``, an upper bound on ``f(β) − f*``, is
 reported afterwards (:attr:`KMM.gap_`).
@@ -241,7 +242,9 @@ class KMM(Params):
     value ``½βᵀKβ − κᵀβ``), ``mmd2_`` (squared MMD between the weighted source and the
     target, weights normalised by n_s), ``bandwidth_``, ``effective_sample_size_``
     (``(Σβ)²/Σβ²``: weights concentrated on few samples make it small), ``gap_`` (final duality gap),
-    ``n_iter_``, ``n_kernel_products_``, ``converged_``, ``backend_``, ``fit_time_``.
+    ``n_iter_``, ``n_kernel_products_``, ``converged_``, ``backend_`` (the one chosen: when
+    ``auto`` chose "keops" and a formula fails to compile, the products fall back to
+    "blocked" with a ``RuntimeWarning``), ``fit_time_``.
     """
 
     def __init__(

@@ -87,8 +87,9 @@ class OTMapping(Params):
 
     Attributes after :meth:`fit`: ``mapped_`` (n_s, d) the transported source samples
     (numpy), ``coupling_`` (n_s, n_t) numpy plan or None (log-domain path), ``f_``/``g_``
-    potentials of the (last) entropic problem or None, ``cost_scale_`` (s), ``backend_``,
-    ``n_iter_`` (Sinkhorn iterations in total), ``marginal_error_`` (of the last Sinkhorn
+    potentials of the (last) entropic problem or None, ``cost_scale_`` (s), ``backend_``
+    (the one chosen: an automatic "log-keops" whose formula fails to compile falls back to
+    blocked reductions with a ``RuntimeWarning``), ``n_iter_`` (Sinkhorn iterations in total), ``marginal_error_`` (of the last Sinkhorn
     solve; None for exact OT), ``converged_`` (that error within ``tol``; a
     ``RuntimeWarning`` says when it is not), ``reg_``/``reg_cl_`` (the settings the plan was
     fitted with, which :meth:`transform` uses), ``fit_time_``.

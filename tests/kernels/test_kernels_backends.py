@@ -141,7 +141,7 @@ def _bad_pairs():
         (ok, torch.zeros(4, 0), "empty"),
         (nan, ok, "NaN"),
         (ok, inf, "NaN or infinite"),
-        (ok * 1e19, ok, "too large for float32 squared distances"),  # ‖x − y‖² would overflow to inf
+        (torch.full((4, 3), 1e19), ok, "too large for float32 squared distances"),  # ‖x − y‖² would overflow to inf
         (torch.randn(4), ok, "2-D"),
         (ok, [[1.0, 2.0, 3.0]], "torch.Tensor"),
     ]
@@ -173,6 +173,12 @@ def test_values_just_inside_the_range_are_computed_finite():
     assert torch.isfinite(mmd(x, y, bandwidths=[limit])).item()
     with pytest.raises(InputError, match="too large"):
         sqdist(x * 1.02, y)
+    # a small bandwidth at such values: the blocked tiles' one-GEMM form would add infinities of
+    # both signs (NaN); equal points still have kernel 1, far ones 0, as on the dense backend
+    pts = torch.tensor([[0.3 * limit] * d, [0.3 * limit] * d, [-0.3 * limit] * d, [-0.3 * limit] * d])
+    for backend in ("dense", "blocked"):
+        out = gaussian_matvec(pts, pts, torch.ones(4), 0.1, backend=backend)
+        assert out.tolist() == [2.0, 2.0, 2.0, 2.0], backend
     assert torch.isfinite(sqdist(x.double() * 1.02, y.double())).all()  # float64 holds them
 
 
