@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import BackendError, InputError
-from dalib.kernels._checks import check_pair, check_weights, outside_autocast
+from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.sinkhorn_ops import CostOps
 from dalib.kernels.softmin import cost_matrix, softmin_unchecked
@@ -155,7 +155,7 @@ def _solve_on(
     if not top < torch.finfo(x.dtype).max:  # every cost near it would overflow too
         wider = ", or use float64" if torch.finfo(x.dtype).max < torch.finfo(torch.float64).max else ""
         raise InputError(f"diameter {diam:g} (blur {blur:g}) with p = {p:g} overflows "
-                         f"{str(x.dtype).replace('torch.', '')} costs: scale the points (or the diameter){wider}")
+                         f"{_dtype_name(x)} costs: scale the points (or the diameter){wider}")
     eps_list = epsilon_schedule(p, diam, float(blur), float(scaling))
     eps = eps_list[-1]
 

@@ -154,7 +154,13 @@ class OTMapping(Params):
         self.f_ = self.g_ = self.coupling_ = None
         self.reg_, self.reg_cl_ = self.reg, self.reg_cl
         self.marginal_error_: float | None = None
-        self.backend_ = backend if backend != "auto" else "log-" + _log_backend(xs, xt)
+        self.backend_ = backend
+        if backend == "auto":
+            chosen = _log_backend(xs, xt)
+            self.backend_ = "log-" + chosen
+            # an automatic KeOps choice is passed on as "auto", so that KeOps failing to compile
+            # falls back to "blocked"
+            backend = "auto" if chosen == "keops" else chosen
         if backend == "pot":
             self._fit_pot(xs, xt, labels)
         else:
@@ -238,9 +244,6 @@ class OTMapping(Params):
         scale = _cost_scale(xs, xt, self.norm)
         reg = float(self.reg)
         tol = self._tol_reached
-        if backend == "auto" and _log_backend(xs, xt) == "blocked":
-            backend = "blocked"  # not the kernels' dense: the log-domain path is for plans too large to form
-        # (an automatic KeOps choice stays "auto", so that KeOps failing to compile falls back to "blocked")
         a = torch.full((ns,), 1.0 / ns, dtype=xs.dtype, device=xs.device)
         b = torch.full((nt,), 1.0 / nt, dtype=xs.dtype, device=xs.device)
         if self.reg_cl is None:
