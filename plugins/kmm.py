@@ -38,8 +38,12 @@ class KernelMeanMatching(Method):
     :math:`\sum_i\beta_i / 4` (on raw pixels or words the unbounded solution puts all the
     weight on a few dozen samples; the mean weight may fall to :math:`1 - \epsilon`, so
     check ``effective_sample_size`` among the run's diagnostics). The weights come from
-    the input features (``features="input"``) or the starting model's bottleneck
-    features (``features="model"``). The kernel products run through ``dalib.kernels``,
+    the input features (``features="input"``) or the model's bottleneck features
+    (``features="model"``): the starting model's, and with ``refit_every = k`` the model's
+    again after every k-th pass over the source, so that weights fitted where the network
+    separates the classes follow the target's classes rather than its appearance (on a
+    model trained from scratch, the first weights come from its random features and last
+    until the first re-fit). The kernel products run through ``dalib.kernels``,
     so tens of thousands of samples fit on a CPU. The target enters only through the
     weights: training forwards the source batch alone (``uses_target = False``).
     """
@@ -50,6 +54,15 @@ class KernelMeanMatching(Method):
     class Config(KMMConfig):
         B: float = param(DEEP_B, "upper bound on each source weight; keeps the effective sample size >= sum(β)/B")
         features: Literal["input", "model"] = param("input", "what the weights are computed on")
+        refit_every: int = param(0, "with features='model': re-fit the weights after every this many passes over "
+                                    "the source (0: fitted once, before training)")
+
+        def __post_init__(self) -> None:
+            super().__post_init__()
+            if self.refit_every < 0:
+                raise ValueError(f"refit_every must be >= 0, got {self.refit_every}")
+            if self.refit_every and self.features != "model":
+                raise ValueError("refit_every needs features='model': the input features do not change")
 
     ShallowConfig = KMMConfig
 
@@ -59,12 +72,23 @@ class KernelMeanMatching(Method):
         return Adapted(xs, xt, torch.as_tensor(kmm.weights_), diagnostics(kmm, ys))
 
     def prepare(self, context: Context) -> None:
+        self._fit(context)
+
+    def on_epoch_end(self, context: Context) -> None:
+        k, progress = self.config.refit_every, context.progress
+        if k and progress.epoch % k == 0 and progress.step < progress.total:  # none after the last step
+            self._fit(context)
+
+    def _fit(self, context: Context) -> None:
         fn = (lambda x: context.model(x).features) if self.config.features == "model" else None
         xs = context.embed("source", fn)  # (N_s, D)
         xt = context.embed("target", fn)  # (N_t, D)
         kmm = fit_weights(self.config, xs, xt)
         self.source_weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
+        fits = (self.diagnostics or {}).get("fits", 0) + 1 if context.progress.step else 1
         self.diagnostics = diagnostics(kmm, context.source_labels(), len(context.classes) if context.classes else None)
+        if self.config.refit_every:  # the statistics are the last fit's
+            self.diagnostics |= {"fits": fits, "fitted_at_step": context.progress.step}
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
         cls = self.source_loss(batch, out)  # weighted by batch.w_s

@@ -130,3 +130,41 @@ def test_a_class_the_source_lacks_keeps_its_place_in_the_proportions(tmp_path):
     diag = json.loads((tmp_path / "run" / "result.json").read_text())["diagnostics"]
     assert diag["class_proportions"] == pytest.approx([1 / 3, 0.0, 1 / 3, 1 / 3], abs=1e-4)
     assert len(diag["weighted_class_proportions"]) == 4 and diag["weighted_class_proportions"][1] == 0.0
+
+
+def test_deep_kmm_refits_on_the_model_features_after_each_pass_and_resumes_to_the_same_weights(class_shift, tmp_path):
+    """features='model' with refit_every=1: the weights are fitted before training and again at
+    every pass over the source (200 samples, 32 a step: passes end within steps 7, 13 and 19 of 20)."""
+    def cfg(**method):
+        return RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=20, batch_size=32, seed=0,
+                         mode="deep", checkpoint_every=5, method_config={"B": 4.0, "features": "model", **method})
+
+    run(cfg(refit_every=1), tmp_path / "refit", progress_bar=False)
+    run(cfg(), tmp_path / "once", progress_bar=False)
+    diag = json.loads((tmp_path / "refit" / "result.json").read_text())["diagnostics"]
+    assert diag["fits"] == 1 + (20 * 32) // 200 and diag["fitted_at_step"] == -(-3 * 200 // 32)
+    assert diag["weighted_class_proportions"][0] > 0.7  # each fit follows the target onto class 0
+    once = json.loads((tmp_path / "once" / "result.json").read_text())["diagnostics"]
+    assert "fits" not in once
+    refit_w = load_checkpoint(tmp_path / "refit" / "checkpoint.pt")["source_weights"]
+    once_w = load_checkpoint(tmp_path / "once" / "checkpoint.pt")["source_weights"]
+    assert not torch.allclose(refit_w, once_w)  # the last fit saw a trained model, not the starting one
+
+    def kill_at_9(step, logs):
+        if step == 9:  # after the checkpoint at step 5 and the re-fit within step 7
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(cfg(refit_every=1), tmp_path / "cut", progress_bar=False, on_step=kill_at_9)
+    run(cfg(refit_every=1), tmp_path / "cut", resume=True, progress_bar=False)
+    assert json.loads((tmp_path / "cut" / "result.json").read_text())["diagnostics"] == diag
+    assert torch.equal(load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["source_weights"], refit_w)
+
+
+@pytest.mark.parametrize("settings, message", [({"refit_every": 1}, "needs features='model'"),
+                                               ({"features": "model", "refit_every": -1}, "must be >= 0")])
+def test_deep_kmm_refuses_a_refit_it_cannot_do(settings, message):
+    from dalib.registry import get_method
+
+    with pytest.raises(ValueError, match=message):
+        get_method("kmm").Config(**settings)
