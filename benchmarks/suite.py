@@ -335,6 +335,19 @@ def _load_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _check_same_suite(state: dict[str, Any], suite: Suite, path: Path) -> None:
+    """Refuse a results file that another suite file of the same name wrote: its cells would be
+    re-run with this suite's settings and its table replaced."""
+    old, where = state.get("suite_file"), state.get("suite_path")
+    if old is None:
+        return
+    same = (old == suite.file if _is_builtin_file(suite.path)
+            else not old.startswith("benchmarks/suites/") and (where is None or Path(where) == suite.path.resolve()))
+    if not same:
+        raise ConfigError(f"{path} holds the results of suite file {where or old}, not {suite.path}; "
+                          "give this one another --out (or move that file away)")
+
+
 def _whole_cell(cell: Any) -> bool:
     """A cell as :func:`run_suite` records it: its identity, and its accuracy when done."""
     if not isinstance(cell, dict) or not all(isinstance(cell.get(k), str) for k in ("variant", "method", "mode",
@@ -484,6 +497,7 @@ def run_suite(
     claim_file(lock, f"{path} is being written by another dalib bench", "or give this one another --out")
     try:
         state = _load_state(path)
+        _check_same_suite(state, suite, path)
         prints: dict[str, str] = {}
         invalid: dict[str, str] = {}  # cells whose settings cannot even be built fail without running
         for key, config in configs.items():
@@ -495,6 +509,8 @@ def run_suite(
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
+        if not _is_builtin_file(suite.path):
+            state["suite_path"] = str(suite.path.resolve())
         todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
                                                   and state["cells"][c.key].get("fingerprint") == prints[c.key])]
         running = {c.key for c in todo}

@@ -514,3 +514,22 @@ def test_tasks_outside_the_suite_and_suite_files_that_shadow_a_builtin_are_refus
     res = CliRunner().invoke(cli, ["bench", str(tmp_path / "none.toml"), "--out", str(tmp_path), "--quiet"])
     assert res.exit_code == 2 and "suite file not found:" in res.stderr
     assert not list(tmp_path.glob("bench-*")) and not list(tmp_path.glob(".bench-*"))  # nothing written
+
+
+def test_another_suite_file_of_the_same_name_does_not_take_over_its_results(toy_suite, tmp_path):
+    out = tmp_path / "results"
+    args = ["--methods", "source_only", "--seeds", "0", "--out", str(out), "--quiet"]
+    assert CliRunner().invoke(cli, ["bench", str(toy_suite), *args]).exit_code == 0
+    before = (out / "bench-toy.json").read_text()
+    other = tmp_path / "elsewhere" / "toy.toml"  # same name, other settings: its cells would replace these
+    other.parent.mkdir()
+    other.write_text(TOY_SUITE.replace("steps = 15", "steps = 5"))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(other), *args]),
+                    f"{out / 'bench-toy.json'} holds the results of suite file {toy_suite.resolve()}, not {other}",
+                    "another --out")
+    assert (out / "bench-toy.json").read_text() == before
+    # the same file resumes (from another working directory too), and the other one runs into its own --out
+    assert CliRunner().invoke(cli, ["bench", str(toy_suite.resolve()), *args]).exit_code == 0
+    assert json.loads((out / "bench-toy.json").read_text())["cells"] == json.loads(before)["cells"]
+    assert CliRunner().invoke(cli, ["bench", str(other), *args[:-3], "--out", str(tmp_path / "other"),
+                                    "--quiet"]).exit_code == 0
