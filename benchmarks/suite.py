@@ -337,12 +337,18 @@ def _load_state(path: Path) -> dict[str, Any]:
 
 def _check_same_suite(state: dict[str, Any], suite: Suite, path: Path) -> None:
     """Refuse a results file that another suite file of the same name wrote: its cells would be
-    re-run with this suite's settings and its table replaced."""
+    re-run with this suite's settings and its table replaced. A suite file that has moved (the
+    one named in the results no longer exists) takes its results along."""
     old, where = state.get("suite_file"), state.get("suite_path")
     if old is None:
         return
-    same = (old == suite.file if _is_builtin_file(suite.path)
-            else not old.startswith("benchmarks/suites/") and (where is None or Path(where) == suite.path.resolve()))
+    if where is None and Path(old).is_absolute():  # written before suite_path was kept
+        where = old
+    if where is None:  # a built-in suite (or a file named by a relative path, before suite_path was kept)
+        same = old == suite.file
+    else:
+        other = Path(where)
+        same = not other.exists() or other.resolve() == suite.path.resolve()
     if not same:
         raise ConfigError(f"{path} holds the results of suite file {where or old}, not {suite.path}; "
                           "give this one another --out (or move that file away)")

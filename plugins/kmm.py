@@ -43,7 +43,9 @@ class KernelMeanMatching(Method):
     again after every k-th pass over the source, so that weights fitted where the network
     separates the classes follow the target's classes rather than its appearance (on a
     model trained from scratch, the first weights come from its random features and last
-    until the first re-fit). The kernel products run through ``dalib.kernels``,
+    until the first re-fit). Each fit maps every source and target sample through the
+    network once, in eval mode: on image folders, a re-fit costs about a pass over both
+    domains. The kernel products run through ``dalib.kernels``,
     so tens of thousands of samples fit on a CPU. The target enters only through the
     weights: training forwards the source batch alone (``uses_target = False``).
     """
@@ -66,6 +68,10 @@ class KernelMeanMatching(Method):
 
     ShallowConfig = KMMConfig
 
+    def __init__(self, config: Config, model: Any) -> None:
+        super().__init__(config, model)
+        self._warned = False  # the concentrated-weights warning was given
+
     @classmethod
     def adapt(cls, config: KMMConfig, xs: Tensor, ys: Tensor, xt: Tensor) -> Adapted:
         kmm = fit_weights(config, xs, xt)
@@ -76,19 +82,32 @@ class KernelMeanMatching(Method):
 
     def on_epoch_end(self, context: Context) -> None:
         k, progress = self.config.refit_every, context.progress
-        if k and progress.epoch % k == 0 and progress.step < progress.total:  # none after the last step
+        if not k or progress.step >= progress.total:  # no re-fit after the last step
+            return
+        # a multiple of k passes reached since the last fit (a step can end several passes when the
+        # batch outsizes the source); the last fit's pass is in the diagnostics, kept by checkpoints
+        if progress.epoch // k > self.diagnostics.get("fitted_at_epoch", 0) // k:
             self._fit(context)
 
     def _fit(self, context: Context) -> None:
+        """Fit the weights on every source and target sample, mapped through the input features
+        or the model's (each fit forwards both domains once, in eval mode)."""
         fn = (lambda x: context.model(x).features) if self.config.features == "model" else None
         xs = context.embed("source", fn)  # (N_s, D)
         xt = context.embed("target", fn)  # (N_t, D)
-        kmm = fit_weights(self.config, xs, xt)
-        self.source_weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
-        fits = (self.diagnostics or {}).get("fits", 0) + 1 if context.progress.step else 1
+        kmm = fit_weights(self.config, xs, xt, warn=not self._warned, stacklevel=4)  # 4: the runner
+        self._warned |= is_concentrated(kmm)  # one warning a run, not one per re-fit
+        weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # ranks share the gradients but not BatchNorm's running statistics, so their features,
+            # and weights fitted on them, can differ: every rank trains with rank 0's
+            torch.distributed.broadcast(weights, src=0)
+        self.source_weights = weights
+        fits = self.diagnostics.get("fits", 0) + 1  # prepare's fit is the first; checkpoints keep the count
         self.diagnostics = diagnostics(kmm, context.source_labels(), len(context.classes) if context.classes else None)
         if self.config.refit_every:  # the statistics are the last fit's
-            self.diagnostics |= {"fits": fits, "fitted_at_step": context.progress.step}
+            self.diagnostics |= {"fits": fits, "fitted_at_step": context.progress.step,
+                                 "fitted_at_epoch": context.progress.epoch}
 
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
         cls = self.source_loss(batch, out)  # weighted by batch.w_s
@@ -99,28 +118,28 @@ class KernelMeanMatching(Method):
 MIN_EFFECTIVE_FRACTION = 0.05
 
 
-def fit_weights(config: KMMConfig, xs: Tensor, xt: Tensor) -> Any:
+def fit_weights(config: KMMConfig, xs: Tensor, xt: Tensor, warn: bool = True, stacklevel: int = 3) -> Any:
     """The fitted :class:`dalib.shallow.KMM` of ``config`` on (N_s, D) and (N_t, D) samples,
-    with a warning when its weights sit on a few source samples."""
+    with a warning (``warn``) when its weights sit on a few source samples; ``stacklevel``
+    counts from the warning to the frame it names (3: the caller of :meth:`adapt`)."""
     kmm = config.build().fit(xs, xt)
-    warn_if_concentrated(kmm)
-    return kmm
-
-
-def warn_if_concentrated(kmm: Any) -> None:
-    """One ``RuntimeWarning`` when the weights sit on a few source samples: a classifier
-    trained with them learns from almost nothing (KMM on raw high-dimensional inputs with
-    little overlap between the domains does this)."""
-    n = len(kmm.weights_)
-    ess = kmm.effective_sample_size_
-    if ess < MIN_EFFECTIVE_FRACTION * n:
+    if warn and is_concentrated(kmm):
+        n, ess = len(kmm.weights_), kmm.effective_sample_size_
         warnings.warn(
             f"KMM weights are concentrated: effective sample size {ess:.0f} of {n} source samples "
             f"({int((kmm.weights_ > 0).sum())} non-zero); the weighted source loss learns from very few samples. "
             "A larger bandwidth, a smaller B or eps, or features='model' on a pre-trained model spread them.",
             RuntimeWarning,
-            stacklevel=4,  # the caller of adapt or prepare
+            stacklevel=stacklevel,
         )
+    return kmm
+
+
+def is_concentrated(kmm: Any) -> bool:
+    """Whether the weights sit on a few source samples (an effective sample size under
+    :data:`MIN_EFFECTIVE_FRACTION` of them): a classifier trained with them learns from almost
+    nothing (KMM on raw high-dimensional inputs with little overlap between the domains does this)."""
+    return kmm.effective_sample_size_ < MIN_EFFECTIVE_FRACTION * len(kmm.weights_)
 
 
 def diagnostics(kmm: Any, ys: Tensor, num_classes: int | None = None) -> dict[str, Any]:

@@ -516,20 +516,31 @@ def test_tasks_outside_the_suite_and_suite_files_that_shadow_a_builtin_are_refus
     assert not list(tmp_path.glob("bench-*")) and not list(tmp_path.glob(".bench-*"))  # nothing written
 
 
-def test_another_suite_file_of_the_same_name_does_not_take_over_its_results(toy_suite, tmp_path):
+def test_another_suite_file_of_the_same_name_does_not_take_over_its_results(toy_suite, tmp_path, monkeypatch):
     out = tmp_path / "results"
     args = ["--methods", "source_only", "--seeds", "0", "--out", str(out), "--quiet"]
-    assert CliRunner().invoke(cli, ["bench", str(toy_suite), *args]).exit_code == 0
+    monkeypatch.chdir(tmp_path)
+    assert CliRunner().invoke(cli, ["bench", "toy.toml", *args]).exit_code == 0  # a relative path
     before = (out / "bench-toy.json").read_text()
     other = tmp_path / "elsewhere" / "toy.toml"  # same name, other settings: its cells would replace these
     other.parent.mkdir()
     other.write_text(TOY_SUITE.replace("steps = 15", "steps = 5"))
-    _one_line_error(CliRunner().invoke(cli, ["bench", str(other), *args]),
-                    f"{out / 'bench-toy.json'} holds the results of suite file {toy_suite.resolve()}, not {other}",
+    monkeypatch.chdir(other.parent)
+    _one_line_error(CliRunner().invoke(cli, ["bench", "toy.toml", *args]),
+                    f"{out / 'bench-toy.json'} holds the results of suite file {toy_suite.resolve()}, not toy.toml",
                     "another --out")
     assert (out / "bench-toy.json").read_text() == before
-    # the same file resumes (from another working directory too), and the other one runs into its own --out
-    assert CliRunner().invoke(cli, ["bench", str(toy_suite.resolve()), *args]).exit_code == 0
-    assert json.loads((out / "bench-toy.json").read_text())["cells"] == json.loads(before)["cells"]
-    assert CliRunner().invoke(cli, ["bench", str(other), *args[:-3], "--out", str(tmp_path / "other"),
+    # the same file resumes from another working directory, by its absolute path or through a link
+    link = tmp_path / "link.toml"
+    link.symlink_to(toy_suite)
+    for name in (str(toy_suite.resolve()), str(link)):
+        assert CliRunner().invoke(cli, ["bench", name, *args]).exit_code == 0
+        assert json.loads((out / "bench-toy.json").read_text())["cells"] == json.loads(before)["cells"]
+    # the other one runs into its own --out; a suite file that moved takes its results along
+    assert CliRunner().invoke(cli, ["bench", "toy.toml", *args[:-3], "--out", str(tmp_path / "other"),
                                     "--quiet"]).exit_code == 0
+    moved = tmp_path / "moved" / "toy.toml"
+    moved.parent.mkdir()
+    toy_suite.rename(moved)
+    assert CliRunner().invoke(cli, ["bench", str(moved), *args]).exit_code == 0
+    assert json.loads((out / "bench-toy.json").read_text())["cells"] == json.loads(before)["cells"]

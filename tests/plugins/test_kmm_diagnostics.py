@@ -134,15 +134,16 @@ def test_a_class_the_source_lacks_keeps_its_place_in_the_proportions(tmp_path):
 
 def test_deep_kmm_refits_on_the_model_features_after_each_pass_and_resumes_to_the_same_weights(class_shift, tmp_path):
     """features='model' with refit_every=1: the weights are fitted before training and again at
-    every pass over the source (200 samples, 32 a step: passes end within steps 7, 13 and 19 of 20)."""
+    every pass over the source (200 samples, 32 a step: passes end within steps 7, 13, 19 and 25
+    of 25; none after the last step)."""
     def cfg(**method):
-        return RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=20, batch_size=32, seed=0,
-                         mode="deep", checkpoint_every=5, method_config={"B": 4.0, "features": "model", **method})
+        return RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=25, batch_size=32, seed=0,
+                         mode="deep", checkpoint_every=7, method_config={"B": 4.0, "features": "model", **method})
 
     run(cfg(refit_every=1), tmp_path / "refit", progress_bar=False)
     run(cfg(), tmp_path / "once", progress_bar=False)
     diag = json.loads((tmp_path / "refit" / "result.json").read_text())["diagnostics"]
-    assert diag["fits"] == 1 + (20 * 32) // 200 and diag["fitted_at_step"] == -(-3 * 200 // 32)
+    assert (diag["fits"], diag["fitted_at_step"], diag["fitted_at_epoch"]) == (4, 19, 3)
     assert diag["weighted_class_proportions"][0] > 0.7  # each fit follows the target onto class 0
     once = json.loads((tmp_path / "once" / "result.json").read_text())["diagnostics"]
     assert "fits" not in once
@@ -151,14 +152,43 @@ def test_deep_kmm_refits_on_the_model_features_after_each_pass_and_resumes_to_th
     assert not torch.allclose(refit_w, once_w)  # the last fit saw a trained model, not the starting one
 
     def kill_at_9(step, logs):
-        if step == 9:  # after the checkpoint at step 5 and the re-fit within step 7
+        if step == 9:  # after the checkpoint at step 7, which the re-fit within step 7 preceded
             raise _Killed
 
     with pytest.raises(_Killed):
         run(cfg(refit_every=1), tmp_path / "cut", progress_bar=False, on_step=kill_at_9)
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    assert ckpt["step"] == 7 and ckpt["diagnostics"]["fits"] == 2
     run(cfg(refit_every=1), tmp_path / "cut", resume=True, progress_bar=False)
     assert json.loads((tmp_path / "cut" / "result.json").read_text())["diagnostics"] == diag
     assert torch.equal(load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["source_weights"], refit_w)
+
+
+@pytest.mark.parametrize("batch_size, steps, every, expected", [
+    (32, 25, 2, (2, 13, 2)),  # passes 2 and 4: the fit within step 13; pass 4 ends with the last step
+    (450, 5, 3, (4, 4, 9)),   # a step ends 2 or 3 passes (at passes 2, 4, 6, 9, 11): fits at 4, 6 and 9
+])
+def test_deep_kmm_refits_after_every_kth_pass_even_when_a_step_ends_several(class_shift, batch_size, steps, every,
+                                                                               expected):
+    cfg = RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=steps, batch_size=batch_size,
+                    seed=0, mode="deep", method_config={"B": 4.0, "features": "model", "refit_every": every})
+    diag = run(cfg, None, progress_bar=False).diagnostics
+    assert (diag["fits"], diag["fitted_at_step"], diag["fitted_at_epoch"]) == expected
+
+
+def test_deep_kmm_warns_once_a_run_about_concentrated_weights_and_names_the_runner(class_shift, monkeypatch):
+    import sys
+
+    from dalib.registry import get_method
+
+    module = sys.modules[get_method("kmm").__module__]  # the plugin's module (dalib_plugins.kmm)
+    monkeypatch.setattr(module, "is_concentrated", lambda kmm: True)
+    cfg = RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=20, batch_size=32, seed=0,
+                    mode="deep", method_config={"B": 4.0, "features": "model", "refit_every": 1})
+    with pytest.warns(RuntimeWarning, match="KMM weights are concentrated") as record:
+        assert run(cfg, None, progress_bar=False).diagnostics["fits"] == 4
+    ours = [w for w in record if "KMM weights are concentrated" in str(w.message)]
+    assert len(ours) == 1 and ours[0].filename.endswith("runner.py")
 
 
 @pytest.mark.parametrize("settings, message", [({"refit_every": 1}, "needs features='model'"),

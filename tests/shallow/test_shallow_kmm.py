@@ -140,9 +140,10 @@ def test_effective_sample_size_and_the_warning_when_weights_concentrate():
     # a target that only a handful of source points reach: the weights pile up on those
     far_s = rng.normal(size=(200, 4))
     far_t = rng.normal(size=(150, 4)) * 0.1 + far_s[:3].mean(0)
-    with pytest.warns(RuntimeWarning, match="effective sample size"):
+    with pytest.warns(RuntimeWarning, match="effective sample size") as record:
         out = kmm_cls.adapt(KMMConfig(bandwidth=0.3), torch.as_tensor(far_s), torch.zeros(200), torch.as_tensor(far_t))
     assert out.info["effective_sample_size"] < 0.05 * 200
+    assert record[0].filename == __file__  # the warning names the caller of adapt
 
 
 def test_median_heuristic_is_the_default_bandwidth():
