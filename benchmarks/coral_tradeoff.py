@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _machine import machine_info, machine_line, write_results  # noqa: E402
+from _selection import smallest_mean  # noqa: E402
 
 #: the share of the logged steps, at the end of training, whose losses are averaged
 TAIL = 0.2
@@ -59,10 +60,7 @@ def balance(trade_off: float, cls: float, coral: float) -> float:
 
 def choose(rows: list[dict[str, Any]]) -> float:
     """The λ whose mean balance over the tasks is smallest (the smaller λ on a tie)."""
-    by_lambda: dict[float, list[float]] = {}
-    for r in rows:
-        by_lambda.setdefault(r["trade_off"], []).append(r["balance"])
-    return min(sorted(by_lambda), key=lambda lam: statistics.fmean(by_lambda[lam]))
+    return smallest_mean(rows, "trade_off", "balance")
 
 
 def _train(config: Any, threads: int) -> dict[str, Any]:

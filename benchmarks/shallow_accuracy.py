@@ -289,21 +289,16 @@ def _circular_unit(job: tuple) -> tuple:
 def select(data_root: str, n_jobs: int) -> dict:
     """The source-only selections behind the ``c_cv``, ``kmm_iwcv``, ``ot_circular`` and
     ``ot_circular_office`` settings."""
-    from sklearn.model_selection import StratifiedKFold
+    from kmm_bandwidth import iwcv_error
 
-    from dalib.shallow import KMM, make_classifier
+    from dalib.shallow import KMM
 
     out: dict[str, Any] = {"c_cv": {}, "kmm_iwcv": {}, "ot_circular": {}, "ot_circular_office": {}}
     for sigma in (10.0, 20.0, 40.0, 80.0):
         errs = []
         for task in OFFICE_TASKS:
             xs, ys, xt, _ = _pair("office-all", task, data_root, None)  # target labels unused
-            w = KMM(bandwidth=sigma).fit(xs, xt).weights_
-            err = 0.0
-            for tr, va in StratifiedKFold(3, shuffle=True, random_state=0).split(xs, ys):
-                clf = make_classifier("linear").fit(xs[tr], ys[tr], sample_weight=w[tr])
-                err += float(np.sum(w[va] * (clf.predict(xs[va]) != ys[va])) / np.sum(w[va])) / 3
-            errs.append(err)
+            errs.append(iwcv_error(xs, ys, KMM(bandwidth=sigma).fit(xs, xt).weights_))
         out["kmm_iwcv"][sigma] = float(np.mean(errs))
         print(f"KMM σ={sigma:g}: source IWCV error {np.mean(errs):.4f}", flush=True)
 

@@ -1,0 +1,68 @@
+"""benchmarks/kmm_bandwidth.py: KMM's bandwidth by importance-weighted cross-validation on the
+source, without target labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+from dalib_benchmarks.kmm_bandwidth import choose, iwcv_error, main
+
+TOY_SUITE = """
+title = "toy shift"
+dataset = "toy-shift"
+tasks = ["src->tgt"]
+seeds = [0]
+protocol = "the moons, rotated"
+[shallow]
+classifiers = ["linear"]
+[methods.kmm.shallow]
+B = 10.0
+"""
+
+
+def _blobs(n=90, noise=0.0, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = np.c_[y * 3.0, np.zeros(n)] + rng.normal(0, 1.0, size=(n, 2))
+    flip = rng.random(n) < noise
+    return x, np.where(flip, 1 - y, y), flip
+
+
+def test_uniform_weights_give_the_plain_cross_validation_error():
+    x, y, _ = _blobs(noise=0.2)
+    folds = StratifiedKFold(3, shuffle=True, random_state=0)
+    plain = 1.0 - cross_val_score(LogisticRegression(C=1.0, max_iter=1000), x, y, cv=folds).mean()  # dalib's linear
+    assert iwcv_error(x, y, np.ones(len(y))) == pytest.approx(plain, abs=1e-12)
+    assert plain > 0.1  # the flipped labels cost something
+
+
+def test_zero_weights_leave_samples_out_of_the_score():
+    x, y, flip = _blobs(noise=0.2)
+    weights = np.where(flip, 0.0, 1.0)  # the flipped samples neither train nor count
+    assert iwcv_error(x, y, weights) < 0.5 * iwcv_error(x, y, np.ones(len(y)))
+
+
+def test_choose_takes_the_bandwidth_of_smallest_mean_error():
+    rows = [{"bandwidth": 1.0, "error": 0.3}, {"bandwidth": 1.0, "error": 0.1}, {"bandwidth": 2.0, "error": 0.15}]
+    assert choose(rows) == 2.0  # mean errors 0.2 and 0.15
+
+
+def test_the_script_scores_each_bandwidth_on_each_task_without_target_labels(tmp_path, toy_dataset):
+    suite = tmp_path / "toy.toml"
+    suite.write_text(TOY_SUITE)
+    out = tmp_path / "results"
+    assert main(["--suite", str(suite), "--grid", "0.5", "2", "--out", str(out)]) == 0
+    payload = json.loads((out / "kmm_bandwidth_toy.json").read_text())
+    assert [(r["bandwidth"], r["task"]) for r in payload["rows"]] == [(0.5, "src->tgt"), (2.0, "src->tgt")]
+    assert payload["settings"] == {"B": 10.0}  # the suite's other KMM settings are kept
+    for r in payload["rows"]:
+        assert 0.0 <= r["error"] <= 1.0 and 0 < r["effective_sample_size"] <= r["n_source"]
+    assert payload["chosen"] == min(payload["rows"], key=lambda r: (r["error"], r["bandwidth"]))["bandwidth"]
+    assert "accuracy" not in json.dumps(payload)  # no target score is computed
+    md = (out / "kmm_bandwidth_toy.md").read_text()
+    assert f"σ = {payload['chosen']:g}" in md and f"--suite {suite} --grid 0.5 2 " in md
