@@ -198,3 +198,45 @@ def test_deep_kmm_refuses_a_refit_it_cannot_do(settings, message):
 
     with pytest.raises(ValueError, match=message):
         get_method("kmm").Config(**settings)
+
+
+def _fit_on_rank(rank: int, world: int, init: str, out: str) -> None:
+    """One rank of a gloo group: a KMM method whose model differs by rank fits its weights."""
+    import sys
+
+    import torch.distributed as dist
+
+    from dalib.models import build_model
+    from dalib.plugin import Context, Progress
+    from dalib.registry import get_method
+
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        torch.manual_seed(rank)  # each rank's own model, as BatchNorm statistics make them after a while
+        model = build_model("mlp", (2,), 2, bottleneck_dim=8)
+        gen = torch.Generator().manual_seed(0)  # the same data on every rank
+        xs, xt = torch.randn(60, 2, generator=gen), torch.randn(40, 2, generator=gen) + 1.0
+        data_s = torch.utils.data.TensorDataset(xs, torch.arange(60) % 2)
+        data_t = torch.utils.data.TensorDataset(xt, torch.zeros(40, dtype=torch.long))
+        cls = get_method("kmm")
+        method = cls(cls.Config(B=4.0, features="model", refit_every=1), model)
+        method.prepare(Context(model, data_s, data_t, torch.device("cpu"), 16, Progress(0, 10), classes=["a", "b"]))
+        mine = method.source_weights
+        gathered = [torch.empty_like(mine) for _ in range(world)]
+        dist.all_gather(gathered, mine)
+        if rank == 0:
+            torch.save(gathered, out)
+    finally:
+        dist.destroy_process_group()
+        sys.stdout.flush()
+
+
+def test_under_data_parallelism_every_rank_trains_with_rank_0s_weights(tmp_path):
+    import torch.multiprocessing as mp
+
+    out = tmp_path / "weights.pt"
+    init = f"file://{tmp_path / 'rendezvous'}"
+    mp.spawn(_fit_on_rank, args=(2, init, str(out)), nprocs=2, join=True)
+    w0, w1 = torch.load(out)
+    assert torch.equal(w0, w1)
+    assert not torch.allclose(w0, torch.ones_like(w0))  # real weights, not the uniform ones
