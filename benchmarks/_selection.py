@@ -1,10 +1,26 @@
 """What the selection scripts share (coral_tradeoff.py, kmm_bandwidth.py): a grid of one
-hyperparameter scored per task, and the choice of the value with the best mean score."""
+hyperparameter scored per task, in parallel worker processes, the choice of the value with
+the best mean score, and the report that says how it was chosen."""
 
 from __future__ import annotations
 
+import multiprocessing
 import statistics
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
+
+from _machine import machine_line, write_results
+
+
+def map_units(fn: Callable[..., Any], units: Sequence[tuple], jobs: int) -> list[Any]:
+    """``fn(*unit)`` for every unit, in order: in this process when ``jobs`` is 1 (datasets
+    registered here need no worker), else in ``jobs`` spawned worker processes."""
+    if jobs == 1:
+        return [fn(*unit) for unit in units]
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(fn, *zip(*units)))
 
 
 def smallest_mean(rows: list[dict[str, Any]], by: str, score: str) -> float:
@@ -14,3 +30,11 @@ def smallest_mean(rows: list[dict[str, Any]], by: str, score: str) -> float:
     for r in rows:
         groups.setdefault(r[by], []).append(r[score])
     return min(sorted(groups), key=lambda v: statistics.fmean(groups[v]))
+
+
+def write_selection(stem: Path, payload: dict[str, Any], lines: list[str], chosen: str, command: str) -> str:
+    """Write ``STEM.json`` (``payload``, with its ``machine`` and ``wall_seconds``) and ``STEM.md``:
+    ``lines``, then the choice, the machine and the command that reproduces it."""
+    lines = [*lines, "", f"Chosen: **{chosen}**.", "", f"Machine: {machine_line(payload['machine'])}", "",
+             f"Reproduce: `{command}` ({payload['wall_seconds'] / 60:.1f} min)."]
+    return write_results(stem, payload, "\n".join(lines))

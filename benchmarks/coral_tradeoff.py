@@ -18,20 +18,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import multiprocessing
 import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info, machine_line, write_results  # noqa: E402
-from _selection import smallest_mean  # noqa: E402
+from _machine import machine_info  # noqa: E402
+from _selection import map_units, smallest_mean, write_selection  # noqa: E402
 
 #: the share of the logged steps, at the end of training, whose losses are averaged
 TAIL = 0.2
@@ -101,11 +99,7 @@ def main(argv: list[str] | None = None) -> int:
                else dataclasses.replace(c, log_every=max(1, c.steps // MIN_LINES)) for c in configs]
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     t0 = time.perf_counter()
-    if args.jobs == 1:  # in this process (datasets registered here need no worker)
-        outcomes = [_train(c, threads) for c in configs]
-    else:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            outcomes = list(pool.map(_train, configs, [threads] * len(configs)))
+    outcomes = map_units(_train, [(c, threads) for c in configs], args.jobs)
     rows = []
     for cell, config, out in zip(cells, configs, outcomes):
         lam = cell.variant.method_config["trade_off"]
@@ -129,11 +123,9 @@ def main(argv: list[str] | None = None) -> int:
              "| λ | task | ℓ_cls | λ·ℓ_CORAL | ratio |", "|---|---|---|---|---|"]
     lines += [f"| {r['trade_off']:g} | {r['task']} | {r['cls']:.4f} | {r['trade_off'] * r['coral']:.4f} | "
               f"{r['ratio']:.2f} |" for r in rows]
-    lines += ["", f"Chosen: **λ = {chosen:g}**.", "", f"Machine: {machine_line(payload['machine'])}", "",
-              f"Reproduce: `python benchmarks/coral_tradeoff.py --suite {args.suite} --grid {grid} "
-              f"--seed {args.seed}{f' --steps {args.steps}' if args.steps else ''} --jobs {args.jobs}` "
-              f"({payload['wall_seconds'] / 60:.1f} min)."]
-    print(write_results(args.out / f"coral_tradeoff_{suite.name}", payload, "\n".join(lines)))
+    command = (f"python benchmarks/coral_tradeoff.py --suite {args.suite} --grid {grid} --seed {args.seed}"
+               f"{f' --steps {args.steps}' if args.steps else ''} --jobs {args.jobs}")
+    print(write_selection(args.out / f"coral_tradeoff_{suite.name}", payload, lines, f"λ = {chosen:g}", command))
     return 0
 
 

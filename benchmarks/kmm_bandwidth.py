@@ -15,11 +15,10 @@ the suite's ``[methods.kmm.shallow]`` table then carries the choice.
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import os
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +27,8 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info, machine_line, write_results  # noqa: E402
-from _selection import smallest_mean  # noqa: E402
+from _machine import machine_info  # noqa: E402
+from _selection import map_units, smallest_mean, write_selection  # noqa: E402
 
 #: folds of the source's cross-validation, and the seed that shuffles them
 FOLDS = 3
@@ -65,14 +64,14 @@ def _features(dataset: str, domain: str, data_root: str | None) -> tuple[np.ndar
     return d.x.flatten(1).double().numpy(), d.y.numpy()
 
 
-def _unit(job: tuple) -> dict[str, Any]:
+def _unit(dataset: str, src: str, tgt: str, settings: dict[str, Any], data_root: str | None,
+          threads: int) -> dict[str, Any]:
     """One (σ, task): the fitted weights' statistics and the source's IWCV error."""
-    dataset, src, tgt, settings, data_root = job
     import torch
 
     from dalib.shallow import KMMConfig
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     xs, ys = _features(dataset, src, data_root)
     xt, _ = _features(dataset, tgt, data_root)  # the target's labels are not read
@@ -96,14 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
     suite = load_suite(args.suite)
     base = dict(suite.methods.get("kmm", {}).get("shallow", {}))  # σ itself comes from the grid
-    jobs = [(suite.dataset, src, tgt, base | {"bandwidth": sigma}, args.data_root)
-            for sigma in args.grid for src, tgt in suite.tasks]
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    units = [(suite.dataset, src, tgt, base | {"bandwidth": sigma}, args.data_root, threads)
+             for sigma in args.grid for src, tgt in suite.tasks]
     t0 = time.perf_counter()
-    if args.jobs == 1:
-        rows = [_unit(j) for j in jobs]
-    else:
-        with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = list(pool.map(_unit, jobs))
+    rows = map_units(_unit, units, args.jobs)
     for r in rows:
         print(f"σ = {r['bandwidth']:g}  {r['task']}: IWCV error {r['error']:.4f}  "
               f"effective sample size {r['effective_sample_size']:.0f} of {r['n_source']}", flush=True)
@@ -123,10 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "| σ | task | error | effective sample size | zero weights |", "|---|---|---|---|---|"]
     lines += [f"| {r['bandwidth']:g} | {r['task']} | {r['error']:.4f} | {r['effective_sample_size']:.0f} of "
               f"{r['n_source']} | {r['zero_fraction']:.0%} |" for r in rows]
-    lines += ["", f"Chosen: **σ = {chosen:g}**.", "", f"Machine: {machine_line(payload['machine'])}", "",
-              f"Reproduce: `python benchmarks/kmm_bandwidth.py --suite {args.suite} --grid {grid} "
-              f"--jobs {args.jobs}` ({payload['wall_seconds'] / 60:.1f} min)."]
-    print(write_results(args.out / f"kmm_bandwidth_{suite.name}", payload, "\n".join(lines)))
+    command = f"python benchmarks/kmm_bandwidth.py --suite {args.suite} --grid {grid} --jobs {args.jobs}"
+    print(write_selection(args.out / f"kmm_bandwidth_{suite.name}", payload, lines, f"σ = {chosen:g}", command))
     return 0
 
 

@@ -71,6 +71,7 @@ class KernelMeanMatching(Method):
     def __init__(self, config: Config, model: Any) -> None:
         super().__init__(config, model)
         self._warned = False  # the concentrated-weights warning was given
+        self._labels: Tensor | None = None  # the source's labels, read once for every fit's diagnostics
 
     @classmethod
     def adapt(cls, config: KMMConfig, xs: Tensor, ys: Tensor, xt: Tensor) -> Adapted:
@@ -104,7 +105,9 @@ class KernelMeanMatching(Method):
             torch.distributed.broadcast(weights, src=0)
         self.source_weights = weights
         fits = self.diagnostics.get("fits", 0) + 1  # prepare's fit is the first; checkpoints keep the count
-        self.diagnostics = diagnostics(kmm, context.source_labels(), len(context.classes) if context.classes else None)
+        if self._labels is None:  # (a dataset without a label list is read whole for them)
+            self._labels = context.source_labels()
+        self.diagnostics = diagnostics(kmm, self._labels, len(context.classes) if context.classes else None)
         if self.config.refit_every:  # the statistics are the last fit's
             self.diagnostics |= {"fits": fits, "fitted_at_step": context.progress.step,
                                  "fitted_at_epoch": context.progress.epoch}

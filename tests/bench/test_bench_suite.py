@@ -14,13 +14,9 @@ from click.testing import CliRunner
 from dalib.cli import cli
 from dalib_benchmarks.report import Summary
 from dalib_benchmarks.suite import builtin_suites, load_suite, run_suite
+from tests._support.toy_suite import toy_suite_text
 
-TOY_SUITE = """
-title = "toy shift"
-dataset = "toy-shift"
-tasks = ["src->tgt"]
-seeds = [0, 1]
-protocol = "the moons, rotated"
+TOY_SUITE = toy_suite_text("""
 [deep]
 steps = 15
 batch_size = 16
@@ -34,7 +30,7 @@ finetune = "not unsupervised"
 source = "a paper"
 variant = "source_only (shallow, 1nn)"
 "src->tgt" = 50.0
-"""
+""", seeds="[0, 1]")
 
 
 @pytest.fixture

@@ -9,17 +9,13 @@ import math
 import pytest
 
 from dalib_benchmarks.coral_tradeoff import balance, choose, end_losses, main
+from tests._support.toy_suite import toy_suite_text
 
-TOY_SUITE = """
-title = "toy shift"
-dataset = "toy-shift"
-tasks = ["src->tgt"]
-seeds = [0]
-protocol = "the moons, rotated"
+TOY_SUITE = toy_suite_text("""
 [deep]
 steps = 15
 batch_size = 16
-"""
+""")
 
 
 def test_end_losses_average_the_last_fifth_of_the_loss_lines():

@@ -11,18 +11,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold, cross_val_score
 
 from dalib_benchmarks.kmm_bandwidth import choose, iwcv_error, main
+from tests._support.toy_suite import toy_suite_text
 
-TOY_SUITE = """
-title = "toy shift"
-dataset = "toy-shift"
-tasks = ["src->tgt"]
-seeds = [0]
-protocol = "the moons, rotated"
+TOY_SUITE = toy_suite_text("""
 [shallow]
 classifiers = ["linear"]
 [methods.kmm.shallow]
 B = 10.0
-"""
+""")
 
 
 def _blobs(n=90, noise=0.0, seed=0):

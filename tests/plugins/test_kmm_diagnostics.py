@@ -176,6 +176,17 @@ def test_deep_kmm_refits_after_every_kth_pass_even_when_a_step_ends_several(clas
     assert (diag["fits"], diag["fitted_at_step"], diag["fitted_at_epoch"]) == expected
 
 
+def test_deep_kmm_reads_the_source_labels_once_for_all_its_fits(class_shift, monkeypatch):
+    from dalib.plugin import Context
+
+    reads = []
+    original = Context.source_labels
+    monkeypatch.setattr(Context, "source_labels", lambda self: reads.append(1) or original(self))
+    cfg = RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=20, batch_size=32, seed=0,
+                    mode="deep", method_config={"B": 4.0, "features": "model", "refit_every": 1})
+    assert run(cfg, None, progress_bar=False).diagnostics["fits"] == 4 and len(reads) == 1
+
+
 def test_deep_kmm_warns_once_a_run_about_concentrated_weights_and_names_the_runner(class_shift, monkeypatch):
     import sys
 
