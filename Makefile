@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench docs install clean
+.PHONY: run test test-oldest bench docs install clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The oldest torch dalib supports (pyproject.toml: torch>=2.4), in its own .venv-oldest; not
+# part of `make test`: its CUDA wheels come from the registry (several GB).
+OLDEST := .venv-oldest
+test-oldest:
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q --upgrade pip
+	$(OLDEST)/bin/python -m pip install -q torch==2.4.1 torchvision==0.19.1
+	grep -v '^torch' constraints.txt > $(OLDEST)/constraints.txt
+	$(OLDEST)/bin/python -m pip install -q -c $(OLDEST)/constraints.txt -e ".[test]"
+	$(OLDEST)/bin/python -m pytest -q
+
 docs: $(STAMP)
 	$(BIN)/mkdocs build --strict --site-dir site
 
@@ -28,4 +39,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/kernels.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(OLDEST) build *.egg-info

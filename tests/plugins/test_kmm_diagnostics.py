@@ -248,6 +248,6 @@ def test_under_data_parallelism_every_rank_trains_with_rank_0s_weights(tmp_path)
     out = tmp_path / "weights.pt"
     init = f"file://{tmp_path / 'rendezvous'}"
     mp.spawn(_fit_on_rank, args=(2, init, str(out)), nprocs=2, join=True)
-    w0, w1 = torch.load(out)
+    w0, w1 = torch.load(out, weights_only=True)
     assert torch.equal(w0, w1)
     assert not torch.allclose(w0, torch.ones_like(w0))  # real weights, not the uniform ones
