@@ -7,7 +7,10 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import os
 import re
+import sys
+import warnings
 
 __all__ = [
     "BackendError",
@@ -83,3 +86,13 @@ def load_failure(exc: BaseException) -> str:
         why = "not a file of tensors torch loads safely" + (f" (it needs {needs.group(1)})" if needs else "")
     name = type(exc).__name__
     return name if why == name else f"{name}: {why[:200]}"
+
+
+def warn_outside_dalib(message: str, category: type[Warning]) -> None:
+    """``warnings.warn`` attributed to the first caller outside dalib's own package (the
+    user's line, whatever the depth of dalib's calls and decorators in between)."""
+    root = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 2  # level 2: the caller of this function
+    while frame is not None and frame.f_code.co_filename.startswith(root):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

@@ -91,11 +91,16 @@ def check_pair(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> tup
 
 
 def check_weights(w: Tensor | None, n: int, like: Tensor, name: str) -> Tensor:
-    """Return sample weights (n,) summing to 1 (uniform when ``w`` is None)."""
+    """Return sample weights (n,) summing to 1 (uniform when ``w`` is None), in ``like``'s
+    dtype. Weights must sum to 1 up to their own dtype's rounding (1e-4, or twice the
+    machine epsilon of float16/bfloat16 weights), and are divided by their sum, so that the
+    marginal a solver matches is the one it checks."""
     if w is None:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
     if not isinstance(w, Tensor):
-        w = torch.as_tensor(w, dtype=like.dtype, device=like.device)
+        # a numpy array keeps its dtype (for the tolerance), a list takes like's
+        w = torch.as_tensor(w, dtype=None if hasattr(w, "dtype") else like.dtype, device=like.device)
+    tol = max(1e-4, 2 * torch.finfo(w.dtype).eps) if w.is_floating_point() else 1e-4
     w = w.to(dtype=like.dtype, device=like.device)
     if w.dim() == 2 and w.shape[1] == 1:
         w = w[:, 0]  # (n,)
@@ -106,9 +111,9 @@ def check_weights(w: Tensor | None, n: int, like: Tensor, name: str) -> Tensor:
     if bool((w < 0).any()):
         raise InputError(f"{name} has negative weights")
     total = float(w.detach().sum())
-    if abs(total - 1.0) > 1e-4:
+    if abs(total - 1.0) > tol:
         raise InputError(f"{name} must sum to 1 (a probability vector), sums to {total:.6g}")
-    return w
+    return w if total == 1.0 else w / total
 
 
 def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:

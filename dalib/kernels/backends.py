@@ -20,13 +20,12 @@ The environment variable ``DALIB_KERNEL_BACKEND`` (``dense``, ``blocked``, ``keo
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
 from torch import Tensor
 
-from dalib.errors import BackendError, UnknownNameError
+from dalib.errors import BackendError, UnknownNameError, warn_outside_dalib
 
 __all__ = [
     "BACKENDS",
@@ -112,11 +111,10 @@ def warn_keops_fallback(fallback: str, reason: str | None = None) -> None:
     why pykeops does not run at all)."""
     if not _keops_state["warned"]:
         _keops_state["warned"] = True
-        warnings.warn(
+        warn_outside_dalib(
             f"dalib.kernels: KeOps unavailable ({reason or keops_unavailable_reason()}); "
             f"backend 'auto' falls back to '{fallback}'",
             RuntimeWarning,
-            stacklevel=3,
         )
 
 

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from dalib.kernels._checks import check_pair, outside_autocast
 
-__all__ = ["center_pair", "median_bandwidth", "sqdist", "sqdist_unchecked", "sqdist_tile_"]
+__all__ = ["center_pair", "median_bandwidth", "nearest_rows", "sqdist", "sqdist_unchecked", "sqdist_tile_"]
 
 #: At most this many pooled points enter :func:`median_bandwidth` (a fixed random subset).
 MEDIAN_MAX_POINTS = 2048
@@ -26,6 +26,21 @@ def center_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     n, m = x.shape[0], y.shape[0]
     c = (x.sum(0) + y.sum(0)) / (n + m)  # (D,)
     return x - c, y - c
+
+
+def nearest_rows(x: Tensor, ref: Tensor, block_rows: int = 1024) -> Tensor:
+    """Index (N,) of the nearest row of ``ref`` (M, D) to each row of ``x`` (N, D), in squared
+    Euclidean distance; a tie goes to the first. Both are shifted by ``ref``'s mean first (far
+    from the origin, ``‖r‖² − 2 q·r`` would cancel), and ``x`` is taken ``block_rows`` rows at
+    a time, so memory stays bounded by ``block_rows × M``."""
+    c = ref.mean(0)  # (D,)
+    refc = ref - c  # (M, D)
+    ref_sq = (refc * refc).sum(1).unsqueeze(0)  # (1, M); ‖q‖² is constant per row, left out
+    nearest = [
+        torch.argmin(torch.addmm(ref_sq, x[i : i + block_rows] - c, refc.T, alpha=-2.0), dim=1)
+        for i in range(0, x.shape[0], block_rows)
+    ]
+    return torch.cat(nearest) if nearest else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
 def sqdist_unchecked(x: Tensor, y: Tensor) -> Tensor:

@@ -52,7 +52,7 @@ def mmd(
     et al., ICML 2015, with equal weights). ``x`` (N, D) and ``y`` (M, D), e.g. source
     and target features. ``estimator``:
 
-    * ``"biased"`` (V-statistic): the means over all pairs, diagonals included; ≥ 0 up to rounding (−1e-7 in float32);
+    * ``"biased"`` (V-statistic): the means over all pairs, diagonals included; ≥ 0 up to rounding (in float32, down to about −1e-6 of a unit kernel);
     * ``"unbiased"`` (U-statistic): diagonal terms ``k(x_i, x_i)`` excluded from the
       within-domain means; 0 in expectation when X and Y share a distribution, can be < 0;
       needs N, M ≥ 2;

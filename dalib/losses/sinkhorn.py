@@ -15,13 +15,12 @@ as ``blur → 0``.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
-from dalib.errors import BackendError, InputError
+from dalib.errors import BackendError, InputError, warn_outside_dalib
 from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.sinkhorn_ops import CostOps
@@ -202,9 +201,8 @@ def _solve_on(
                 extra, err = max(extra, it_a, it_b), max(err, err_a, err_b)
             n_iter += extra
             if not err < tol:
-                warnings.warn(f"sinkhorn: not converged after max_iter={max_iter} iterations at the final ε "
-                              f"(marginal error {err:.3g} > tol {tol:g}): raise max_iter or blur",
-                              RuntimeWarning, stacklevel=6)  # the caller of sinkhorn()
+                warn_outside_dalib(f"sinkhorn: not converged after max_iter={max_iter} iterations at the final ε "
+                                   f"(marginal error {err:.3g} > tol {tol:g}): raise max_iter or blur", RuntimeWarning)
 
     # final extrapolation, with autograd: f ← softmin(log b + g/ε) (its rows become exact).
     # One reduction per term: with an automatic choice, the dense loop's large problems
@@ -260,7 +258,11 @@ def sinkhorn(
     geomloss): ε goes from ``diameter^p`` down to ``blur^p`` by a factor ``scaling^p``
     per (averaged, symmetric) Sinkhorn iteration. With ``tol``, iterations go on at the
     final ε until the marginal error ``‖P^T 1 − b‖₂`` is below ``tol`` (at most
-    ``max_iter`` more), the stopping rule of POT. The value is the dual objective at the
+    ``max_iter`` more), the stopping rule of POT. Without ``tol`` (the default, a training
+    loss's setting) the schedule stops at the final ε: the value then approximates the
+    converged one, as geomloss's does (2% to 15% below it on 8 to 120 points with blur 0.1
+    to 0.5, more on a handful of points); pass ``tol`` for the converged value. Weights summing to 1 up to rounding are divided by
+    their sum. The value is the dual objective at the
     potentials, whose gradients (envelope theorem, one extrapolation step with autograd)
     are those of the cost w.r.t. the points ``x``, ``y`` and the weights ``a``, ``b``
     (the dual potentials; weights must be > 0 for weight gradients).
@@ -319,8 +321,9 @@ def ot_plan(
     with ``ε = blur^p``; or a given matrix ``cost=`` (N, M) (a joint feature/label cost, as
     DeepJDOT's), with ``ε = reg``. ``method=None`` means ``"sinkhorn"`` when ``reg`` is
     given and ``"emd"`` otherwise. ``a`` (N,), ``b`` (M,): weights summing to 1 (uniform if
-    None). Returns the plan (N, M) on the input's device and dtype, without gradient;
-    computed in float64 numpy with dense matrices: for small problems (mini-batches).
+    None). Returns the plan (N, M) on the input's device and in its dtype (float32 for
+    float16/bfloat16 inputs, as the losses compute them), without gradient; computed in
+    float64 numpy with dense matrices: for small problems (mini-batches).
     """
     if cost is not None:
         if x is not None or y is not None:

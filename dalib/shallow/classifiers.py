@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from dalib.errors import InputError, UnknownNameError
+from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import as_labels, as_matrix, to_numpy
 
 __all__ = ["CLASSIFIERS", "NearestNeighbor", "make_classifier"]
@@ -72,14 +73,7 @@ class NearestNeighbor:
         x = as_matrix(X, "X").to(ref.device)  # queries on the device of the fitted samples
         if x.shape[1] != ref.shape[1]:
             raise InputError(f"X has {x.shape[1]} features, the classifier was fitted on {ref.shape[1]}")
-        ref_sq = (ref * ref).sum(1)  # (n,)
-        nearest = []
-        for i in range(0, x.shape[0], self.block_rows):
-            q = x[i : i + self.block_rows]  # (b, d)
-            # ‖q‖² is constant per row: argmin_j ‖r_j‖² − 2 q·r_j
-            d = torch.addmm(ref_sq.unsqueeze(0), q, ref.T, alpha=-2.0)  # (b, n)
-            nearest.append(torch.argmin(d, dim=1))
-        return self.labels_[torch.cat(nearest).cpu().numpy()]
+        return self.labels_[nearest_rows(x, ref, self.block_rows).cpu().numpy()]
 
 
 def make_classifier(name: str) -> Any:

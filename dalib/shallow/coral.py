@@ -69,8 +69,12 @@ class CORAL(Params):
         eye = torch.eye(xs.shape[1], dtype=xs.dtype, device=xs.device)
         self.cov_source_ = _covariance(xs) + float(self.reg) * eye  # (d, d)
         self.cov_target_ = _covariance(xt) + float(self.reg) * eye  # (d, d)
-        if self.reg == 0 and bool(torch.linalg.eigvalsh(self.cov_source_)[0] <= 0):
-            raise InputError("the source covariance is singular: use reg > 0")
+        if self.reg == 0:
+            # numerically singular as numpy's matrix_rank counts: eigenvalues up to d·eps of the
+            # largest are rounding noise, and their inverse square roots would blow it up
+            ev = torch.linalg.eigvalsh(self.cov_source_)  # ascending
+            if bool(ev[0] <= ev[-1] * xs.shape[1] * torch.finfo(ev.dtype).eps):
+                raise InputError("the source covariance is singular: use reg > 0")
         whiten = sym_matrix_power(self.cov_source_, -0.5)
         recolor = sym_matrix_power(self.cov_target_, 0.5)
         self.matrix_ = (whiten @ recolor).cpu().numpy()  # (d, d)

@@ -38,8 +38,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib.errors import ConfigError, InputError
+from dalib.errors import ConfigError, InputError, warn_outside_dalib
 from dalib.kernels._checks import outside_autocast
+from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import (
     as_labels,
     as_matrix,
@@ -168,9 +169,9 @@ class OTMapping(Params):
             self._fit_log(xs.to(dtype), xt.to(dtype), labels, backend)
         self.converged_ = self.marginal_error_ is None or self.marginal_error_ <= self._tol_reached
         if not self.converged_:
-            warnings.warn(f"OTMapping: Sinkhorn stopped after max_iter={self.max_iter} iterations with a target-marginal "
-                          f"error of {self.marginal_error_:.3g} > tol={self._tol_reached:.3g}: raise max_iter or reg",
-                          RuntimeWarning, stacklevel=2)
+            warn_outside_dalib(f"OTMapping: Sinkhorn stopped after max_iter={self.max_iter} iterations with a "
+                               f"target-marginal error of {self.marginal_error_:.3g} > tol={self._tol_reached:.3g}: "
+                               "raise max_iter or reg", RuntimeWarning)
         self.xs_ = xs  # float64
         self.xt_ = xt
         self.n_features_in_ = xs.shape[1]
@@ -220,14 +221,15 @@ class OTMapping(Params):
                         numItermax=int(self.max_iter), stopThr=float(self.tol), log=True, warmstart=warm,
                     )
                 n_iter += int(log.get("niter", self.max_iter - 1)) + 1  # POT logs the last loop index
-                errors = log.get("err") or [math.inf]
-                self.marginal_error_ = float(errors[-1])
                 if onehot is not None:
                     class_mass = onehot.T @ plan  # (G, Nt) Σ_{i∈c} P_ij
                     w = _LPL1_P * (class_mass + _LPL1_DELTA) ** (_LPL1_P - 1.0)  # (G, Nt)
                     penalty = float(self.reg_cl) * (onehot @ w)  # (Ns, Nt)
             # P_ij = exp(u_i + v_j − (C_ij + ηW_ij)/reg): f = reg(u − log a), g = reg(v − log b)
             assert log is not None
+            # POT's criterion (the L2 norm of the target marginal's error), read off the final
+            # plan: the error POT logs is checked every 10 iterations only, so may be stale
+            self.marginal_error_ = float(torch.linalg.vector_norm(torch.as_tensor(plan).sum(0) - b))
             self.f_ = (reg * (log["log_u"] - a.log())).numpy()
             self.g_ = (reg * (log["log_v"] - b.log())).numpy()
         plan = plan.to(torch.float64)
@@ -305,11 +307,7 @@ class OTMapping(Params):
             return like_input(barycentric_map(x, xt, h, float(self.reg_), self.cost_scale_), X)
         # nearest fitted source sample's displacement
         xs = self.xs_.to(x.device)
-        ref_sq = (xs * xs).sum(1)  # (Ns,)
-        nearest = torch.cat([
-            torch.argmin(torch.addmm(ref_sq.unsqueeze(0), x[i : i + 1024], xs.T, alpha=-2.0), dim=1)
-            for i in range(0, x.shape[0], 1024)
-        ])  # (n,)
+        nearest = nearest_rows(x, xs)  # (n,)
         shift = torch.from_numpy(self.mapped_).to(x.device)[nearest] - xs[nearest]  # (n, d)
         return like_input(x + shift, X)
 

@@ -292,8 +292,9 @@ def test_errors():
 def test_running_out_of_iterations_before_tol_warns():
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(40, 1, generator=g, dtype=torch.float64), torch.randn(30, 1, generator=g, dtype=torch.float64)
-    with pytest.warns(RuntimeWarning, match=r"not converged after max_iter=20 .*raise max_iter or blur"):
+    with pytest.warns(RuntimeWarning, match=r"not converged after max_iter=20 .*raise max_iter or blur") as rec:
         sinkhorn(x, y, blur=0.05, tol=1e-9, max_iter=20)
+    assert rec[0].filename == __file__  # the caller's line, not one of dalib's frames
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # converged: no warning
         sinkhorn(x, y, blur=0.5, tol=1e-6, max_iter=10_000)
@@ -310,3 +311,24 @@ def test_costs_that_overflow_the_dtype_are_an_error_not_nan():
     with pytest.raises(InputError, match=r"overflows float64 costs: scale the points \(or the diameter\)$"):
         sinkhorn(x.double(), y.double(), diameter=1e200)  # no wider dtype to advise
     assert math.isfinite(float(sinkhorn(x.double() * 1e19, y.double() * 1e19)))  # float64 holds them
+
+
+def test_weights_are_renormalised_and_checked_at_their_own_precision():
+    """Weights off 1 by less than the tolerance are divided by their sum: the solver matches
+    the marginal it checks, so it converges as with exact weights, to the same value."""
+    x, y = _data(n=60, m=50, seed=3)
+    a = torch.full((60,), 1 / 60, dtype=torch.float64)
+    exact = sinkhorn_solve(x, y, a, blur=0.5, tol=1e-8, max_iter=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # it converges: no warning
+        off = sinkhorn_solve(x, y, a * (1 + 5e-5), blur=0.5, tol=1e-8, max_iter=2000)
+    assert off.n_iter == exact.n_iter
+    torch.testing.assert_close(off.value, exact.value)
+    with pytest.raises(InputError, match="must sum to 1"):
+        sinkhorn(x, y, a * (1 + 1e-3))
+    # 1/60 rounded to float16 sums to about 1.0002: float16's rounding, not a user's mistake
+    half = torch.full((60,), 1 / 60).half()
+    assert abs(float(half.float().sum()) - 1) > 1e-4
+    torch.testing.assert_close(sinkhorn(x.float(), y.float(), half.float() / half.float().sum()),
+                               sinkhorn(x.float(), y.float(), half))
+    assert ot_plan(x.half(), y.half(), half).dtype == torch.float32  # as documented

@@ -3,6 +3,8 @@ settings changed after fit, inputs out of range, unlabelled targets."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -10,6 +12,7 @@ import torch
 
 from dalib.errors import ConfigError, InputError
 from dalib.shallow import CORAL, KMM, OTMapping
+from dalib.shallow.classifiers import make_classifier
 from dalib.shallow.pipeline import run_shallow
 
 
@@ -119,3 +122,51 @@ def test_estimators_ignore_a_callers_autocast(data):
         inside = fits()
     for a, b in zip(plain, inside):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_the_pot_path_reports_the_error_of_the_plan_it_returns(data):
+    """POT logs its error every 10 iterations: after 10 iterations the plan had converged
+    while the logged error was the one of iteration 0 (a false not-converged warning)."""
+    xs, xt, _ = data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = OTMapping(reg=1.0, max_iter=10, backend="pot").fit(xs, xt)
+    true_error = np.linalg.norm(m.coupling_.sum(0) - 1 / xt.shape[0])
+    assert m.converged_ and m.marginal_error_ == pytest.approx(true_error, rel=1e-9, abs=1e-15)
+
+
+def test_the_not_converged_warning_points_at_the_callers_line(data):
+    xs, xt, _ = data
+    with pytest.warns(RuntimeWarning, match="stopped after max_iter") as rec:
+        OTMapping(reg=0.01, max_iter=3, backend="dense").fit(xs, xt)
+    assert rec[0].filename == __file__
+
+
+@pytest.mark.parametrize("offset", [1e7, 1e8])
+def test_nearest_neighbours_far_from_the_origin(offset):
+    """1-NN and the exact OT map's out-of-sample step find the nearest sample by brute force
+    however far the data sit from the origin (‖r‖² − 2 q·r cancelled there: 120 of 500
+    queries went to the wrong neighbour at 1e7)."""
+    rng = np.random.default_rng(0)
+    x, q = rng.normal(size=(300, 2)), rng.normal(size=(500, 2))
+    labels = rng.integers(0, 3, 300)
+    nearest = ((q[:, None] - x[None]) ** 2).sum(-1).argmin(1)  # brute force, near the origin
+    pred = make_classifier("1nn").fit(x + offset, labels).predict(q + offset)
+    np.testing.assert_array_equal(pred, labels[nearest])
+    xt = rng.normal(size=(200, 2)) + 3.0
+    m = OTMapping(reg=None).fit(x + offset, xt + offset)
+    shift = m.mapped_ - m.xs_.numpy()  # (300, 2) each fitted sample's displacement
+    np.testing.assert_allclose(m.transform(q + offset), q + offset + shift[nearest], rtol=0, atol=offset * 1e-15)
+
+
+def test_a_numerically_singular_source_covariance_is_refused_without_reg():
+    """A rank-2 source in 4-d: its smallest eigenvalues are rounding noise, sometimes of
+    either sign; the whitening blew them up into entries of 1e8 when only the sign was checked."""
+    for seed in range(40):
+        rng = np.random.default_rng(seed)
+        xs = rng.normal(size=(30, 2)) @ rng.normal(size=(2, 4))
+        with pytest.raises(InputError, match="singular"):
+            CORAL(reg=0).fit(xs, rng.normal(size=(50, 4)))
+    rng = np.random.default_rng(0)
+    full = CORAL(reg=0).fit(rng.normal(size=(30, 4)), rng.normal(size=(50, 4)))
+    assert np.abs(full.matrix_).max() < 10
