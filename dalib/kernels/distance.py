@@ -30,16 +30,28 @@ def center_pair(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
 
 def nearest_rows(x: Tensor, ref: Tensor, block_rows: int = 1024) -> Tensor:
     """Index (N,) of the nearest row of ``ref`` (M, D) to each row of ``x`` (N, D), in squared
-    Euclidean distance; a tie goes to the first. Both are shifted by ``ref``'s mean first (far
-    from the origin, ``‖r‖² − 2 q·r`` would cancel), and ``x`` is taken ``block_rows`` rows at
-    a time, so memory stays bounded by ``block_rows × M``."""
+    Euclidean distance; a tie goes to the first.
+
+    Distances come from one matrix product per block of ``block_rows`` query rows (memory
+    ``block_rows × M``), after both are shifted by ``ref``'s mean (far from the origin,
+    ``‖r‖² − 2 q·r`` would cancel). Candidates within that expansion's rounding of the
+    smallest (duplicated reference rows, say) are compared again by their differences, so
+    that a tie goes to the first whatever the rounding of the product."""
     c = ref.mean(0)  # (D,)
     refc = ref - c  # (M, D)
-    ref_sq = (refc * refc).sum(1).unsqueeze(0)  # (1, M); ‖q‖² is constant per row, left out
-    nearest = [
-        torch.argmin(torch.addmm(ref_sq, x[i : i + block_rows] - c, refc.T, alpha=-2.0), dim=1)
-        for i in range(0, x.shape[0], block_rows)
-    ]
+    ref_sq = (refc * refc).sum(1)  # (M,)
+    slack = 4 * ref.shape[1] * torch.finfo(refc.dtype).eps  # relative rounding of the expansion
+    nearest = []
+    for i in range(0, x.shape[0], block_rows):
+        q = x[i : i + block_rows] - c  # (b, D)
+        d = torch.addmm(ref_sq.unsqueeze(0), q, refc.T, alpha=-2.0)  # (b, M): distance − ‖q‖²
+        best, idx = d.min(1)  # (b,)
+        close = d <= (best + slack * ((q * q).sum(1) + ref_sq.max())).unsqueeze(1)  # (b, M)
+        for r in torch.nonzero(close.sum(1) > 1).flatten().tolist():  # rows with a near tie
+            cand = torch.nonzero(close[r]).flatten()  # ascending
+            # by the differences of the given rows: exact for duplicates and for integer data
+            idx[r] = cand[torch.argmin(((ref[cand] - x[i + r]) ** 2).sum(1))]  # the first of the minima
+        nearest.append(idx)
     return torch.cat(nearest) if nearest else torch.zeros(0, dtype=torch.long, device=x.device)
 
 

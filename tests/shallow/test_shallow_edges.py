@@ -170,3 +170,18 @@ def test_a_numerically_singular_source_covariance_is_refused_without_reg():
     rng = np.random.default_rng(0)
     full = CORAL(reg=0).fit(rng.normal(size=(30, 4)), rng.normal(size=(50, 4)))
     assert np.abs(full.matrix_).max() < 10
+
+
+@pytest.mark.parametrize("offset", [0.0, 1e6])
+def test_nearest_neighbour_ties_go_to_the_first_sample(offset):
+    """Integer points on a small grid: many queries lie at exactly the same distance from
+    several references (of different labels). The first of them wins, as documented, however
+    the matrix product rounds (duplicated reviews on Amazon flipped 2 of 1998 predictions)."""
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(400, 3)).astype(np.float64)
+    q = rng.integers(0, 4, size=(300, 3)).astype(np.float64) + 0.5 * rng.integers(0, 2, size=(300, 3))
+    labels = rng.integers(0, 5, 400)
+    dist = ((q[:, None] - x[None]) ** 2).sum(-1)  # exact: integers and halves
+    assert ((dist == dist.min(1, keepdims=True)).sum(1) > 1).mean() > 0.5  # ties are the rule here
+    pred = make_classifier("1nn").fit(x + offset, labels).predict(q + offset)
+    np.testing.assert_array_equal(pred, labels[dist.argmin(1)])  # numpy's argmin: the first
