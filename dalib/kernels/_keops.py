@@ -7,6 +7,8 @@ number of bandwidths S and the width K of ``v``: bandwidths and ε enter as para
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -24,7 +26,8 @@ T = TypeVar("T")
 def _run(fn: Callable[[], T]) -> T:
     """Run a KeOps reduction; a compilation failure becomes a :class:`BackendError`."""
     try:
-        return fn()
+        with contextlib.redirect_stdout(sys.stderr):  # KeOps prints its compile messages: off stdout
+            return fn()
     except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a failed build: the module is missing
         msg = str(exc)
         if "KeOps" not in msg and "keops" not in msg:

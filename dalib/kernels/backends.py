@@ -19,8 +19,12 @@ The environment variable ``DALIB_KERNEL_BACKEND`` (``dense``, ``blocked``, ``keo
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import TypeVar
 
 from torch import Tensor
@@ -64,12 +68,19 @@ T = TypeVar("T")
 _keops_state: dict[str, object] = {"checked": False, "ok": False, "reason": "", "warned": False}
 
 
+def import_quietly(module: str) -> ModuleType:
+    """Import ``module`` with what it prints sent to stderr: pykeops prints its warnings (no
+    CUDA here, say) on import, also through POT and geomloss, and stdout is a run's results."""
+    with contextlib.redirect_stdout(sys.stderr):
+        return importlib.import_module(module)
+
+
 def keops_available() -> bool:
     """Whether pykeops imports (compile failures are caught when a formula first runs)."""
     if not _keops_state["checked"]:
         _keops_state["checked"] = True
         try:
-            import pykeops.torch  # noqa: F401
+            import_quietly("pykeops.torch")
         except ImportError as exc:
             _keops_state["ok"] = False
             _keops_state["reason"] = f"pykeops is not installed ({exc})"

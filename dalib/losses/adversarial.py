@@ -43,10 +43,11 @@ def domain_adversarial(
     ``logits_s`` (B_s,) or (B_s, 1) and ``logits_t`` (B_t,) or (B_t, 1) are the
     discriminator's logits (source = 1, target = 0); ``weights_s`` (B_s,) optional
     source sample weights. Computed with ``binary_cross_entropy_with_logits``, stable
-    for large logits.
+    for large logits. Another shape, or an empty batch, raises :class:`dalib.errors.InputError`;
+    NaN logits give a NaN loss (unchecked: no host synchronisation per step).
     """
-    ls = logits_s.reshape(-1)  # (B_s,)
-    lt = logits_t.reshape(-1)  # (B_t,)
+    ls = _domain_logits(logits_s, "logits_s")  # (B_s,)
+    lt = _domain_logits(logits_t, "logits_t")  # (B_t,)
     loss_s = F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls), reduction="none")
     if weights_s is not None:
         w = weights_s.reshape(-1).to(loss_s.dtype)
@@ -60,14 +61,28 @@ def domain_adversarial(
     return 0.5 * (src + tgt)
 
 
+def _shape(x: object) -> str:
+    return f"shape {tuple(x.shape)}" if isinstance(x, Tensor) else f"a {type(x).__name__}"
+
+
+def _domain_logits(x: Tensor, name: str) -> Tensor:
+    """One discriminator logit per sample: (B,) or (B, 1) as (B,), B >= 1."""
+    if not isinstance(x, Tensor) or not (x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)) or x.shape[0] == 0:
+        raise InputError(f"{name} must be a non-empty (B,) or (B, 1) tensor of logits, got {_shape(x)}")
+    return x.reshape(-1)
+
+
 def entropy(logits: Tensor) -> Tensor:
     r"""Mean Shannon entropy of the predicted class distributions.
 
     .. math:: H = -\tfrac1B \sum_i \sum_c p_{ic} \log p_{ic}, \quad p_i = \mathrm{softmax}(z_i)
 
-    ``logits`` (B, C). Used for entropy minimisation on target predictions
-    (Grandvalet & Bengio, NIPS 2004).
+    ``logits`` (B, C), B, C >= 1 (else :class:`dalib.errors.InputError`; NaN logits give a
+    NaN loss). Used for entropy minimisation on target predictions (Grandvalet & Bengio,
+    NIPS 2004).
     """
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or 0 in logits.shape:
+        raise InputError(f"logits must be a non-empty (B, C) tensor, got {_shape(logits)}")
     # a −inf logit (a masked class) has p = 0: the floor keeps 0 · log 0 at 0, not NaN
     logp = F.log_softmax(logits, dim=1).clamp_min(torch.finfo(logits.dtype).min)  # (B, C)
     return -(logp.exp() * logp).sum(dim=1).mean()

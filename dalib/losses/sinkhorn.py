@@ -22,7 +22,7 @@ from torch import Tensor
 
 from dalib.errors import BackendError, InputError, warn_outside_dalib
 from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast
-from dalib.kernels.backends import resolve_backend, with_keops_fallback
+from dalib.kernels.backends import import_quietly, resolve_backend, with_keops_fallback
 from dalib.kernels.sinkhorn_ops import CostOps
 from dalib.kernels.softmin import cost_matrix, softmin_unchecked
 
@@ -350,7 +350,7 @@ def ot_plan(
         raise InputError(f"reg must be positive, got {reg}")
     _check_args(blur, p, 0.5, tol, max_iter)
     try:
-        import ot
+        ot = import_quietly("ot")
     except ImportError as exc:
         raise BackendError(f"ot_plan needs POT (pip install pot): {exc}") from exc
     with torch.no_grad():

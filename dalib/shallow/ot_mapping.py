@@ -40,6 +40,7 @@ from torch import Tensor
 
 from dalib.errors import ConfigError, InputError, warn_outside_dalib
 from dalib.kernels._checks import outside_autocast
+from dalib.kernels.backends import import_quietly
 from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import (
     as_labels,
@@ -182,8 +183,7 @@ class OTMapping(Params):
         return self.reg_ is not None and self.reg_cl_ is None
 
     def _fit_pot(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None) -> None:
-        import ot
-
+        ot = import_quietly("ot")
         from dalib.kernels import sqdist
 
         xs, xt = xs.cpu(), xt.cpu()  # POT solves on the CPU in float64, whatever the inputs' device

@@ -76,8 +76,9 @@ def test_auto_falls_back_with_one_warning_when_keops_missing(monkeypatch):
     monkeypatch.setitem(backends._keops_state, "ok", False)
     monkeypatch.setitem(backends._keops_state, "reason", "pykeops is not installed")
     monkeypatch.setitem(backends._keops_state, "warned", False)
-    with pytest.warns(RuntimeWarning, match="falls back to 'blocked'"):
+    with pytest.warns(RuntimeWarning, match="falls back to 'blocked'") as rec:
         assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "blocked"
+    assert rec[0].filename == __file__  # the caller's line
     import warnings
 
     with warnings.catch_warnings():
@@ -204,3 +205,13 @@ def test_bad_side_arguments_raise_input_error():
 def test_mixed_dtypes_are_promoted():
     x, y = torch.randn(4, 3), torch.randn(5, 3, dtype=torch.float64)
     assert sqdist(x, y).dtype == torch.float64
+
+
+def test_what_a_module_prints_on_import_goes_to_stderr(tmp_path, monkeypatch, capsys):
+    """pykeops prints its warnings on import (also through POT and geomloss): a run's stdout
+    holds its results only."""
+    (tmp_path / "chatty_module_for_dalib.py").write_text("print('[KeOps] Warning : no CUDA')\nVALUE = 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert backends.import_quietly("chatty_module_for_dalib").VALUE == 3
+    out, err = capsys.readouterr()
+    assert out == "" and "[KeOps] Warning : no CUDA" in err

@@ -67,3 +67,16 @@ def test_entropy_of_a_masked_class_is_finite():
 def test_source_weights_must_match_the_source_logits():
     with pytest.raises(InputError, match=r"one weight per source logit \(5\), got shape \(1,\)"):
         domain_adversarial(torch.randn(5), torch.randn(5), torch.ones(1))
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda: entropy(torch.randn(5)), "logits must be a non-empty (B, C) tensor, got shape (5,)"),
+    (lambda: entropy(torch.randn(0, 10)), "got shape (0, 10)"),
+    (lambda: domain_adversarial(torch.randn(4, 2), torch.randn(4)), "logits_s must be a non-empty (B,) or (B, 1)"),
+    (lambda: domain_adversarial(torch.randn(4), torch.zeros(0, 1)), "logits_t must be a non-empty"),
+    (lambda: domain_adversarial(torch.randn(4), [0.5]), "got a list"),
+])
+def test_logits_of_the_wrong_shape_are_an_input_error(call, fragment):
+    with pytest.raises(InputError) as err:
+        call()
+    assert fragment in str(err.value)
