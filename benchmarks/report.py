@@ -131,8 +131,13 @@ def _suite_tasks(suite: Any) -> set[str]:
     return {f"{src}->{tgt}" for src, tgt in suite.tasks}
 
 
-def _reproduce(suite: Any, state: dict[str, Any], summary: Summary) -> str:
-    """The command that makes the cells of this file: the narrowing flags it needs included."""
+#: where ``dalib bench`` writes by default (run from the repository's root)
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Path | None = None) -> str:
+    """The command that makes the cells of this file: the narrowing flags it needs included,
+    and ``--out`` when the file is not in ``benchmarks/results``."""
     args = [f"dalib bench {suite.ref}"]
     methods = sorted({c["method"] for c in state["cells"].values()})
     if methods != sorted({v.method for v in suite.variants()}):
@@ -144,11 +149,16 @@ def _reproduce(suite: Any, state: dict[str, Any], summary: Summary) -> str:
         args.append(f"--seeds {','.join(str(x) for x in seeds)}")
     if state.get("steps"):
         args.append(f"--steps {state['steps']}")
+    if out_dir is not None and out_dir.resolve() != RESULTS_DIR:
+        args.append(f"--out {out_dir}")
     return " ".join(args)
 
 
-def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None) -> str:
+def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None, out_dir: Path | None = None) -> str:
     tasks = summary.tasks
+    seeds = sorted({c["seed"] for c in state["cells"].values()})
+    over = (f"mean ± std over seeds {', '.join(str(s) for s in seeds)}" if len(seeds) > 1
+            else f"seed {seeds[0]} alone (no spread)" if seeds else "no run yet")
     narrowed = (f"This file holds {len(tasks)} of the suite's {len(suite.tasks)} tasks; means are over those. "
                 if set(tasks) != _suite_tasks(suite) else "")
     head = ["method", *(_short(t, suite) for t in tasks), "mean", "Δ vs source-only"]
@@ -157,8 +167,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         "",
         suite.protocol,
         "",
-        narrowed + "Target accuracy (%), mean ± std over seeds "
-        f"{', '.join(str(s) for s in sorted({c['seed'] for c in state['cells'].values()}))}. "
+        narrowed + f"Target accuracy (%), {over}. "
         "Every number is the model of the **last** step (deep) or the one fitted model (shallow): no "
         "model selection on target labels, and one hyperparameter setting per method for all tasks "
         f"(`{suite.file}`). Target labels are used only to score. "
@@ -215,11 +224,11 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
              if by_form["deep"] and by_form["shallow"] else "")
     lines += [
         "",
-        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cells){split}. " + suite.timing,
+        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cell{'s' if len(state['cells']) != 1 else ''}){split}. " + suite.timing,
         "",
         f"Machine: {machine_line(state['machine'])}.",
         "",
-        f"Reproduce: `{_reproduce(suite, state, summary)}` (a killed run resumes where it stopped; finished "
+        f"Reproduce: `{_reproduce(suite, state, summary, out_dir)}` (a killed run resumes where it stopped; finished "
         "cells are kept).",
     ]
     return "\n".join(lines) + "\n"
@@ -268,5 +277,5 @@ def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     png = json_path.with_suffix(".png")
     drawn = _chart(suite, summary, png)
     md = json_path.with_suffix(".md")
-    atomic_write_text(md, markdown(suite, state, summary, png.name if drawn else None))
+    atomic_write_text(md, markdown(suite, state, summary, png.name if drawn else None, json_path.parent))
     return md, png if drawn else None

@@ -339,7 +339,9 @@ def test_a_narrowed_run_says_so_and_its_reproduce_line_narrows_too(toy_suite, tm
     assert "This file holds 1 of the suite's 2 tasks; means are over those." in table
     published = next(line for line in table.splitlines() if line.startswith("| *published: a paper*"))
     assert published.split("|")[-3].strip() == "50.0"  # the paper's value on the task run, not its 2-task mean
-    assert f'Reproduce: `dalib bench {two} --methods source_only --tasks "src->tgt" --seeds 0`' in table
+    assert (f'Reproduce: `dalib bench {two} --methods source_only --tasks "src->tgt" --seeds 0 --out {tmp_path}`'
+            in table)  # not into benchmarks/results
+    assert "Target accuracy (%), seed 0 alone (no spread)." in table and "(2 cells)" in table
 
 
 def _plugin_file(path, name: str, body: str, config: str = "pass") -> str:
