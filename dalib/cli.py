@@ -138,8 +138,8 @@ _RUN_OPTIONS = {
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--arch", help="backbone: lenet, mlp, identity, resnet18, resnet34, resnet50 [colour images over 32 px: resnet50; other images: lenet; features: mlp]")
 @click.option("--pretrained", help="'imagenet' or the path of a checkpoint (ResNets)")
-@click.option("--bottleneck-dim", type=int)
-@click.option("--image-size", type=int)
+@click.option("--bottleneck-dim", type=int, help="width of the bottleneck features the losses align [256]")
+@click.option("--image-size", type=int, help="side in pixels the images of an image folder are resized to [224]")
 @click.option("--mode", type=click.Choice(["auto", "deep", "shallow"]),
               help="deep training, or the shallow form on feature matrices [auto: shallow on feature datasets]")
 @click.option("--classifier", type=click.Choice(["1nn", "linear", "svm"]), help="classifier of the shallow form [1nn]")
@@ -393,25 +393,28 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
     """Show METHOD's description and hyperparameters (name, type, default, help)."""
     from dalib._rst import rst_to_text
     from dalib.config import describe_config
-    from dalib.registry import get_method
+    from dalib.registry import USER_PLUGIN_PREFIX, get_method
 
     _load_plugins(plugins)
     cls = get_method(method)
-    click.echo(f"{method} ({' + '.join(cls.forms())}): {cls.__module__}.{cls.__qualname__}")
+    where = f"{cls.__module__}.{cls.__qualname__}"
+    if cls.__module__.startswith(USER_PLUGIN_PREFIX):  # a --plugin file: its module's name is made up
+        where = f"{cls.__qualname__} in {inspect.getsourcefile(cls) or cls.__module__}"
+    click.echo(f"{method} ({' + '.join(cls.forms())}): {where}")
     doc = inspect.getdoc(cls)
     if doc:
         click.echo("")
         click.echo(rst_to_text(doc).rstrip())
-    tables = [("hyperparameters", cls.Config)]
+    tables = [("hyperparameters (set", cls.Config)]
     if cls.ShallowConfig is not None:
-        tables.append(("shallow-form hyperparameters (--mode shallow)", cls.ShallowConfig))
+        tables.append(("shallow-form hyperparameters (--mode shallow; set", cls.ShallowConfig))
     for title, config_cls in tables:
         rows = describe_config(config_cls)
         click.echo("")
         if not rows:
-            click.echo(f"{title}: none")
+            click.echo(f"{title.split(' (')[0]}: none")
             continue
-        click.echo(f"{title} (set with --set KEY=VALUE):")
+        click.echo(f"{title} with --set KEY=VALUE):")
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for name, typ, default, help_text in rows:
             click.echo(f"  {name:<{widths[0]}}  {typ:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")

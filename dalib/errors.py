@@ -84,8 +84,11 @@ def load_failure(exc: BaseException) -> str:
     if "Weights only load failed" in why:
         needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         why = "not a file of tensors torch loads safely" + (f" (it needs {needs.group(1)})" if needs else "")
+    if len(why) > 200:  # torch's long advice: its first sentence, or a cut at a word
+        first = why.split(". ")[0]
+        why = first if len(first) <= 200 else why[:200].rsplit(" ", 1)[0] + " ..."
     name = type(exc).__name__
-    return name if why == name else f"{name}: {why[:200]}"
+    return name if why == name else f"{name}: {why}"
 
 
 def warn_outside_dalib(message: str, category: type[Warning]) -> None:

@@ -33,6 +33,8 @@ __all__ = [
 ]
 
 ENTRY_POINT_GROUP = "dalib.methods"
+#: the start of the module name a plugin file loaded by path (``--plugin file.py``) gets
+USER_PLUGIN_PREFIX = "dalib_user_plugin_"
 
 M = TypeVar("M", bound=type[Method])
 
@@ -134,7 +136,7 @@ def load_plugin_module(module: str) -> list[str]:
                 raise FileNotFoundError(f"no such file: {module}")
             # one module name per file: two plugin.py files in other folders do not replace each other
             tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-            spec = importlib.util.spec_from_file_location(f"dalib_user_plugin_{path.stem}_{tag}", path)
+            spec = importlib.util.spec_from_file_location(f"{USER_PLUGIN_PREFIX}{path.stem}_{tag}", path)
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
             # the file loaded before: its own classes make way for the ones it defines now

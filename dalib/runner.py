@@ -542,6 +542,10 @@ def _run(
         src = load_domain(dataset, config.src, **kw)
         tgt = load_domain(dataset, config.tgt, **kw)
         _check_domains(src, tgt, config)
+        for role, domain in (("source", src), ("target", tgt))[: 2 if method_cls.uses_target else 1]:
+            if config.batch_size > len(domain):  # every step would repeat its samples (and use the memory)
+                raise ConfigError(f"batch_size {config.batch_size} is larger than the {role} domain {domain.name!r} "
+                                  f"({len(domain)} samples): use batch_size <= {len(domain)}")
         rows = (config.batch_size // world) * (2 if method_cls.uses_target else 1)  # the smallest forward pass
         if rows < 2:  # the bottleneck's BatchNorm cannot normalise one sample
             need = world * (1 if method_cls.uses_target else 2)
@@ -645,7 +649,7 @@ def _run(
                 total = losses["total"]
                 if not torch.isfinite(total):
                     raise DataError(
-                        f"the loss became {float(total.detach())} at step {step}: lower --lr or the method's trade-off"
+                        f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the method's trade-off"
                     )
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
@@ -680,7 +684,10 @@ def _run(
                     _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed)
                 if on_step is not None:
                     on_step(done, logs)
-            seconds = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
+            # a resumed run that had finished (no step left) keeps its own time, and its files below
+            finished = ckpt is not None and start >= config.steps and out is not None and (out / RESULT).is_file()
+            seconds = float(ckpt["seconds"]) if finished else (
+                time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0))
             src_acc = evaluate(model, src, device, workers=config.workers)
             tgt_acc = evaluate(model, tgt, device, workers=config.workers)
             if config.eval_every and start < config.steps:  # the curve ends at the run's own result
@@ -695,7 +702,7 @@ def _run(
 
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
                            diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
-        if out is not None and is_main:
+        if out is not None and is_main and not finished:
             _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds)
             payload = {
                 "method": config.method,
@@ -825,11 +832,25 @@ def comparable_config(config: RunConfig) -> dict[str, Any]:
     return d
 
 
+def _canonical_names(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with the dataset it infers and canonical domain names (``--src M`` and
+    ``--src mnist`` are the same run); as given where they do not resolve."""
+    from dalib.data.registry import get_dataset, infer_dataset
+
+    out = dict(settings)
+    with contextlib.suppress(DalibError, KeyError, TypeError, AttributeError):
+        info = get_dataset(out.get("dataset") or infer_dataset(out["src"], out["tgt"]))
+        if info.domains:  # a folder-of-folders dataset names its domains freely
+            out.update(dataset=info.name, src=info.resolve(out["src"]), tgt=info.resolve(out["tgt"]))
+    return out
+
+
 def check_same_settings(saved: Any, config: RunConfig, what: str) -> None:
     """Refuse to resume (or report) a run made with other settings than ``config``'s: the
-    message names each setting with its saved and its given value."""
-    saved = saved if isinstance(saved, dict) else {}
-    mine = comparable_config(config)
+    message names each setting with its saved and its given value (datasets and domains
+    by what they name, not how they were spelled)."""
+    saved = _canonical_names(saved) if isinstance(saved, dict) else {}
+    mine = _canonical_names(comparable_config(config))
     diff = [k for k in sorted(mine) if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True)]
     if diff == ["method_config"]:
         # as given ("--set trade_off=1", or nothing for the default 1.0), they may still be the same
@@ -929,7 +950,8 @@ def check_fresh_out_dir(out: Path) -> None:
     checkpoint (an error, a kill) are all that run left, and cannot be continued: a new run
     there starts them afresh."""
     if out.exists() and any((out / name).exists() for name in (CHECKPOINT, RESULT)):
-        raise ConfigError(f"{out} already holds a run: pass --resume to continue it, or choose another --out")
+        raise ConfigError(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
+                          "or choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -85,8 +85,8 @@ class KernelMeanMatching(Method):
         k, progress = self.config.refit_every, context.progress
         if not k or progress.step >= progress.total:  # no re-fit after the last step
             return
-        # a multiple of k passes reached since the last fit (a step can end several passes when the
-        # batch outsizes the source); the last fit's pass is in the diagnostics, kept by checkpoints
+        # a multiple of k passes reached since the last fit; the last fit's pass is in the
+        # diagnostics, which checkpoints keep
         if progress.epoch // k > self.diagnostics.get("fitted_at_epoch", 0) // k:
             self._fit(context)
 

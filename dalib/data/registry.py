@@ -332,8 +332,9 @@ def _need_data_root(info: DatasetInfo, domain: str, data_root: str | os.PathLike
         )
     if not root.is_dir():
         source = f"from ${DATA_ROOT_ENV}; " if data_root is None else ""
+        what = "is a file, not a folder" if root.exists() else "not found"
         raise DataError(
-            f"data root not found: {root} ({source}dataset {info.name}, domain {domain}; set --data-root)"
+            f"data root {what}: {root} ({source}dataset {info.name}, domain {domain}; set --data-root)"
         )
     return root
 

@@ -45,6 +45,8 @@ def test_show_prints_hyperparameters_with_defaults_and_help(runner):
     assert "Ganin" in res.stdout
     res = runner.invoke(cli, ["show", "source_only"])
     assert "hyperparameters: none" in res.stdout
+    res = runner.invoke(cli, ["show", "kmm"])
+    assert "shallow-form hyperparameters (--mode shallow; set with --set KEY=VALUE):" in res.stdout.splitlines()
 
 
 def test_show_prints_the_docstring_as_plain_text(runner):
@@ -222,6 +224,25 @@ def test_existing_run_is_not_overwritten(runner, tmp_path):
                               "--batch-size", "16", "--quiet", "--out", str(out), "--resume"])
     _one_line_error(res, "other settings", "batch_size")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    # resuming a finished run reports it and writes nothing: the same files to the byte, also
+    # when the domains are given by their aliases and the dataset it was inferred to be
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--dataset", "digits", *FAST,
+                              "--out", str(out), "--resume"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "result.json").read_text())["target_accuracy"] == pytest.approx(
+        float(res.stdout.split("target accuracy: ")[1].split("%")[0]), abs=0.005)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_a_batch_larger_than_a_domain_is_refused_before_anything_is_written(runner, tmp_path):
+    out = tmp_path / "run"
+    res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "1", "--batch-size",
+                              "100000", "--quiet", "--out", str(out)])
+    _one_line_error(res, "batch_size 100000 is larger than the source domain 'mnist' (2000 samples)")
+    assert not out.exists()
+    res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "1", "--batch-size",
+                              "1900", "--quiet", "--out", str(out)])
+    _one_line_error(res, "larger than the target domain 'usps' (1800 samples)")
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_can_be_run_again(runner, tmp_path):

@@ -44,8 +44,10 @@ def test_a_deep_resume_names_the_settings_that_differ(tmp_path):
     out = str(tmp_path / "d")
     assert runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8",
                                "--out", out]).exit_code == 0
-    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "U", "--steps", "2",
-                                  "--batch-size", "8", "--out", out, "--resume"]), 'src: "M" there, "mnist" now')
+    # domains by what they name: "M" and "mnist" are the same domain, "usps" is another
+    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "usps", "--tgt", "M", "--steps", "2",
+                                  "--batch-size", "8", "--out", out, "--resume"]),
+              'src: "mnist" there, "usps" now', 'tgt: "usps" there, "mnist" now')
 
 
 def test_a_resume_compares_the_hyperparameters_not_how_they_were_written(tmp_path):
@@ -180,3 +182,15 @@ def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
     assert runner.invoke(cli, [*args, "--resume"]).exit_code == 0
     assert not stale.exists() and live.exists()
     assert json.loads((out / "result.json").read_text())["steps"] == 2
+
+
+def test_a_long_load_error_is_cut_at_its_first_sentence_not_mid_word():
+    from dalib.errors import load_failure
+
+    long = ("PytorchStreamReader failed reading zip archive: failed finding central directory. This is an internal "
+            "miniz error. If you are seeing this error, there is a high likelihood that your checkpoint file is "
+            "corrupted. This can happen if the checkpoint was not saved properly.")
+    assert load_failure(RuntimeError(long)) == (
+        "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory")
+    words = " ".join(["word"] * 80)  # no sentence end within 200 characters
+    assert load_failure(ValueError(words)) == "ValueError: " + " ".join(["word"] * 40) + " ..."

@@ -14,7 +14,7 @@ from torch import nn
 
 from dalib import Method, param, register_method
 from dalib.config import describe_config
-from dalib.errors import PluginError, RegistryError
+from dalib.errors import DataError, PluginError, RegistryError
 from dalib.registry import unregister_method
 from dalib.runner import RunConfig, load_checkpoint, run
 
@@ -79,6 +79,17 @@ def test_a_loss_that_breaks_the_contract_is_one_line(toy_dataset, method_named, 
         run(_config(toy_dataset, "contract_broken"), tmp_path / "r", progress_bar=False)
     assert fragment in str(err.value) and "\n" not in str(err.value)
     assert not (tmp_path / "r" / "checkpoint.pt").exists()  # the first step fails: nothing to resume or lose
+
+
+def test_a_loss_that_is_nan_at_once_names_step_1(toy_dataset, method_named, tmp_path):
+    """Steps count from 1, as metrics.jsonl and the checkpoints count them."""
+    class Nan(_Base):
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out) * float("nan")}
+
+    method_named("contract_nan", Nan)
+    with pytest.raises(DataError, match=r"^the loss became nan at step 1: "):
+        run(_config(toy_dataset, "contract_nan"), tmp_path / "r", progress_bar=False)
 
 
 def test_plain_numbers_may_be_logged_and_a_non_finite_one_is_valid_json(toy_dataset, method_named, tmp_path):

@@ -213,6 +213,9 @@ def test_cli_runs_with_dataset_flag(tmp_path):
 def test_missing_data_root_and_files(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="data root not found: .*nowhere .*digits-full"):
         load_domain("digits-full", "M", data_root=tmp_path / "nowhere")
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(DataError, match="data root is a file, not a folder: .*afile"):
+        load_domain("digits-full", "M", data_root=tmp_path / "afile")
     monkeypatch.setenv("DALIB_DATA_ROOT", str(tmp_path / "elsewhere"))  # the error says where the path came from
     with pytest.raises(DataError, match=r"data root not found: .*elsewhere \(from \$DALIB_DATA_ROOT; dataset digits-full"):
         load_domain("digits-full", "M")
