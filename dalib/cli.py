@@ -144,7 +144,7 @@ _RUN_OPTIONS = {
               help="deep training, or the shallow form on feature matrices [auto: shallow on feature datasets]")
 @click.option("--classifier", type=click.Choice(["1nn", "linear", "svm"]), help="classifier of the shallow form [1nn]")
 @click.option("--steps", type=int, help="optimizer steps [2000]")
-@click.option("--batch-size", type=int, help="samples per domain per step [64]")
+@click.option("--batch-size", type=int, help="samples per domain per step, no more than a domain holds [64]")
 @click.option("--lr", type=float, help="base learning rate [0.01]")
 @click.option("--seed", type=int, help="random seed [0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")

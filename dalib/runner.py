@@ -69,7 +69,7 @@ class RunConfig:
     bottleneck_dim: int = param(256, "width of the bottleneck features")
     image_size: int = param(224, "side of the images of an image-folder dataset")
     steps: int = param(2000, "optimizer steps")
-    batch_size: int = param(64, "source and target samples per step (each)")
+    batch_size: int = param(64, "source and target samples per step (each; no more than a domain holds)")
     lr: float = param(0.01, "base learning rate")
     momentum: float = param(0.9, "SGD momentum (Nesterov's; 0: plain SGD)")
     weight_decay: float = param(1e-3, "L2 weight decay")
@@ -103,8 +103,12 @@ class RunConfig:
                 object.__setattr__(self, f.name, os.fspath(value))  # a Path is kept as its string
             elif kind in ("str", "str | None") and not (isinstance(value, str) or (value is None and kind != "str")):
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
+            elif isinstance(value, str) and type(value) is not str:  # numpy's str_, say: saved as a str
+                object.__setattr__(self, f.name, str(value))
             if kind.startswith("dict") and not isinstance(value, dict):
                 raise ConfigError(f"{f.name} must be a table of hyperparameters, got {value!r}")
+            if kind.startswith("dict"):  # numpy numbers and paths as the JSON and checkpoint keep them
+                object.__setattr__(self, f.name, {str(k): _plain(v) for k, v in value.items()})
         if self.mode not in ("auto", "deep", "shallow"):
             raise ConfigError(f"mode must be auto, deep or shallow, got {self.mode!r}")
         if self.classifier not in ("1nn", "linear", "svm"):
@@ -129,6 +133,23 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` in plain Python types: a numpy scalar (a sweep's ``np.linspace`` value) as its
+    Python number, a path as its string, lists and tables item by item. A run's result.json and
+    its checkpoint (loaded ``weights_only``) take nothing else."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return value
 
 
 #: image folders are resized to at most this many pixels a side (a ResNet takes 224)
@@ -242,6 +263,17 @@ def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
         np.random.set_state(npy)
 
 
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """``dtype`` as torch's default dtype inside the block; the caller's again after it."""
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(before)
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file."""
@@ -275,8 +307,9 @@ def _process_lives(pid: int) -> bool:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """:func:`atomic_write_bytes` for text (UTF-8)."""
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode()))
+    """:func:`atomic_write_bytes` for text (UTF-8). A file or class name that is not UTF-8
+    on disk (Python holds its bytes as surrogates) is written back as those bytes."""
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8", "surrogateescape")))
 
 
 class _Stream:
@@ -425,6 +458,14 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     if src.num_classes != tgt.num_classes:
         raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}: domains built with "
                         "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")
+    numbered = [str(i) for i in range(src.num_classes)]  # the names of a domain given none
+    known = tgt.known_labels()
+    scored = known is None or bool((known >= 0).any())
+    if scored and numbered not in (list(src.classes), list(tgt.classes)) and list(src.classes) != list(tgt.classes):
+        other = [f"{b} (source: {a})" for a, b in zip(src.classes, tgt.classes) if a != b]
+        raise DataError(f"the target names its classes otherwise than the source: {', '.join(other[:3])}"
+                        f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits: "
+                        "give both domains the same class list, in the same order")
 
 
 def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dict[str, Any]:
@@ -502,7 +543,10 @@ def run(
     # cuda:N the current device for the run, so that nothing (the pin-memory thread, a
     # plugin's torch.cuda call) opens a context on GPU 0 as well; the caller's is given back
     on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
-    with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu:
+    # a run trains whatever the caller's grad mode (a notebook's no_grad block) and builds its
+    # networks in float32 whatever the caller's default dtype; both are given back
+    with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, torch.inference_mode(False), \
+            torch.enable_grad(), _default_dtype(torch.float32):
         return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
                     on_start=on_start)
 
@@ -700,6 +744,8 @@ def _run(
             if metrics_fh is not None:
                 metrics_fh.close()
 
+        # as load_model gives it back: the logits' class names, what rebuilds it, its step
+        model.classes, model.spec, model.step = list(spec["classes"]), dict(spec), config.steps
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
                            diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
         if out is not None and is_main and not finished:

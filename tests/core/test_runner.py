@@ -10,7 +10,7 @@ import torch
 
 import dalib
 from dalib.data import Domain, DatasetInfo, list_datasets, register_dataset
-from dalib.errors import DataError
+from dalib.errors import ConfigError, DataError
 from dalib.runner import RunConfig, load_checkpoint, run
 
 
@@ -459,3 +459,47 @@ def test_the_api_says_what_it_takes():
         run({"method": "dann", "src": "mnist", "tgt": "usps"})
     with pytest.raises(ConfigError, match="resume=True continues a run from its output folder: give out_dir"):
         run(_config(steps=2), None, resume=True)  # it used to train a fresh run silently
+
+
+def test_numpy_values_and_paths_in_a_config_are_kept_as_plain_python(tmp_path):
+    """A sweep's np.linspace value trains, and the run it wrote loads, resumes and reports:
+    its checkpoint (weights_only) and result.json take plain Python values only."""
+    from dalib.runner import RunConfig, load_model, run
+
+    cfg = RunConfig(method="dann", src=np.array(["mnist"])[0], tgt="usps", steps=2, batch_size=8, device="cpu",
+                    method_config={"trade_off": np.float32(0.5), "hidden": np.int64(16), "note": tmp_path})
+    assert type(cfg.src) is str and cfg.method_config == {"trade_off": 0.5, "hidden": 16, "note": str(tmp_path)}
+    assert [type(v) for v in cfg.method_config.values()] == [float, int, str]
+    with pytest.raises(ConfigError, match="note"):  # dann has no such hyperparameter: one line, not a crash later
+        run(cfg, tmp_path / "r", progress_bar=False)
+    cfg = RunConfig(method="dann", src="mnist", tgt="usps", steps=2, batch_size=8, device="cpu",
+                    method_config={"trade_off": np.linspace(0.5, 1.0, 1)[0], "hidden": np.int64(16)})
+    first = run(cfg, tmp_path / "r", progress_bar=False)
+    assert load_model(tmp_path / "r").classes == first.model.classes == [str(i) for i in range(10)]
+    assert first.model.step == 2 and first.model.spec["arch"] == load_model(tmp_path / "r").spec["arch"]
+    again = run(cfg, tmp_path / "r", resume=True, progress_bar=False)  # a finished run: read back, not rewritten
+    assert again.target_accuracy == first.target_accuracy
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["run_config"]["method_config"]["hidden"] == 16
+
+
+def test_a_run_trains_in_float32_with_gradients_whatever_the_callers_settings():
+    """Inside a caller's no_grad or inference_mode block, with float64 as the default dtype,
+    a run trains as it does anywhere else (DANN failed on a float64 discriminator, and every
+    method blamed itself for a loss without gradient), and the caller's settings come back."""
+    from dalib.runner import RunConfig, run
+
+    cfg = RunConfig(method="dann", src="mnist", tgt="usps", steps=3, batch_size=8, device="cpu",
+                    method_config={"hidden": 16})
+    plain = run(cfg, None, progress_bar=False)
+    before = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        with torch.no_grad():
+            quiet = run(cfg, None, progress_bar=False)
+            assert not torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64
+        with torch.inference_mode():
+            inferred = run(cfg, None, progress_bar=False)
+    finally:
+        torch.set_default_dtype(before)
+    assert plain.target_accuracy == quiet.target_accuracy == inferred.target_accuracy
+    assert next(quiet.model.parameters()).dtype == torch.float32

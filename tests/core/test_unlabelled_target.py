@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -169,3 +171,50 @@ def test_an_image_folder_target_without_class_folders_trains_the_same_network(tm
     res = runner.invoke(cli, ["run", "source_only", "--data", str(data), "--src", "sketch_blind", "--tgt", "real",
                               "--arch", "lenet", "--image-size", "16", "--steps", "2", "--quiet"])
     assert res.exit_code == 2 and "the source domain 'sketch_blind' has unlabelled samples" in res.stderr
+
+
+def test_a_target_that_names_its_classes_otherwise_is_refused(tmp_path):
+    """The same class count in another order: the run's score would compare the target's labels
+    with the wrong logits (dalib eval refused it; dalib run used to report it)."""
+    rng = np.random.default_rng(0)
+    names = ["a", "b", "c"]
+
+    def load(request):
+        order = names if request.domain == "order-src" else names[::-1]
+        return Domain.from_arrays(request.domain, rng.normal(size=(40, 4)), rng.integers(0, 3, 40), classes=order)
+
+    if "named-order" not in list_datasets():
+        register_dataset(DatasetInfo(name="named-order", description="class lists in two orders (tests)",
+                                     domains=("order-src", "order-tgt"), kind="features", num_classes=3, needs="embedded",
+                                     inferable=False), load)
+    cfg = RunConfig(method="source_only", dataset="named-order", src="order-src", tgt="order-tgt", steps=2, batch_size=8,
+                    mode="deep")
+    with pytest.raises(DataError, match=r"the target names its classes otherwise than the source: c \(source: a\)"):
+        run(cfg, None, progress_bar=False)
+    run(dataclasses.replace(cfg, tgt="order-src"), None, progress_bar=False)  # the same list: fine
+
+
+def test_predictions_keep_file_names_that_are_not_utf8(tmp_path):
+    """A name from an old archive (Latin-1 bytes) is written back as its bytes, not a crash."""
+    import csv
+
+    from PIL import Image
+
+    root = tmp_path / "data"
+    for domain in ("src", "tgt"):
+        for k, cls in enumerate(("cat", "dog")):
+            (root / domain / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (8, 8), (60 * k + 10 * i, 0, 0)).save(root / domain / cls / f"{i}.png")
+    odd = os.fsdecode(b"caf\xe9.png")  # not UTF-8: Python holds the byte as a surrogate
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(root / "tgt" / "dog" / odd)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["run", "source_only", "--data", str(root), "--src", "src", "--tgt", "tgt", "--steps",
+                              "2", "--batch-size", "4", "--image-size", "8", "--quiet", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "p.csv"
+    res = runner.invoke(cli, ["eval", str(tmp_path / "r"), "--predictions", str(out)])
+    assert res.exit_code == 0, res.output
+    assert b"caf\xe9.png" in out.read_bytes()
+    rows = list(csv.DictReader(out.open(encoding="utf-8", errors="surrogateescape")))
+    assert len(rows) == 9 and any(os.path.basename(r["file"]) == odd for r in rows)
