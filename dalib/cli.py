@@ -240,7 +240,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     from dalib.data.image_folder import ImageFolderDataset
     from dalib.errors import DataError, UnknownNameError
     from dalib.runner import (
-        accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing, resolve_device,
+        accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing, renamed_classes,
+        resolve_device,
     )
 
     if predictions is not None:  # checked before any work: nothing is overwritten, nothing predicted in vain
@@ -277,9 +278,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
     if list(target.classes) != list(spec["classes"]):
-        other = [f"{a} (run: {b})" for a, b in zip(target.classes, spec["classes"]) if a != b]
-        raise DataError(f"domain {target.name} names its classes otherwise than the run's network: {', '.join(other[:3])}"
-                        f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits")
+        raise DataError(f"domain {target.name} {renamed_classes(target.classes, spec['classes'], 'run')}")
     head = f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}"
     if predictions is None:
         accuracy = evaluate(model, target, where)
@@ -405,16 +404,16 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
     if doc:
         click.echo("")
         click.echo(rst_to_text(doc).rstrip())
-    tables = [("hyperparameters (set", cls.Config)]
+    tables = [("hyperparameters", "", cls.Config)]
     if cls.ShallowConfig is not None:
-        tables.append(("shallow-form hyperparameters (--mode shallow; set", cls.ShallowConfig))
-    for title, config_cls in tables:
+        tables.append(("shallow-form hyperparameters", "--mode shallow; ", cls.ShallowConfig))
+    for title, mode, config_cls in tables:
         rows = describe_config(config_cls)
         click.echo("")
         if not rows:
-            click.echo(f"{title.split(' (')[0]}: none")
+            click.echo(f"{title}: none")
             continue
-        click.echo(f"{title} with --set KEY=VALUE):")
+        click.echo(f"{title} ({mode}set with --set KEY=VALUE):")
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         for name, typ, default, help_text in rows:
             click.echo(f"  {name:<{widths[0]}}  {typ:<{widths[1]}}  {default:<{widths[2]}}  {help_text}")

@@ -462,10 +462,16 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     known = tgt.known_labels()
     scored = known is None or bool((known >= 0).any())
     if scored and numbered not in (list(src.classes), list(tgt.classes)) and list(src.classes) != list(tgt.classes):
-        other = [f"{b} (source: {a})" for a, b in zip(src.classes, tgt.classes) if a != b]
-        raise DataError(f"the target names its classes otherwise than the source: {', '.join(other[:3])}"
-                        f"{' ...' if len(other) > 3 else ''}; its labels would be scored against the wrong logits: "
+        raise DataError(f"the target {renamed_classes(tgt.classes, src.classes, 'source')}: "
                         "give both domains the same class list, in the same order")
+
+
+def renamed_classes(classes: Any, expected: Any, whose: str) -> str:
+    """The message for a domain that names its classes otherwise than ``expected`` (the
+    source's, a run's network's): the first names that differ, and why that matters."""
+    other = [f"{a} ({whose}: {b})" for a, b in zip(classes, expected) if a != b]
+    return (f"names its classes otherwise than the {whose}: {', '.join(other[:3])}{' ...' if len(other) > 3 else ''}; "
+            "its labels would be scored against the wrong logits")
 
 
 def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dict[str, Any]:
