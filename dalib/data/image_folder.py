@@ -1,12 +1,15 @@
 """Any folder laid out as DATA/DOMAIN/CLASS/IMAGE (the Office-31 layout), decoded lazily.
 
-A domain folder that holds its images directly (DATA/DOMAIN/IMAGE, no class folders) is an
-unlabelled domain: every label is :data:`~dalib.data.domain.UNLABELLED`. That is the usual
-form of a real target domain.
+A class folder's images may sit in sub-folders of it (DATA/DOMAIN/CLASS/.../IMAGE). A domain
+folder that holds nothing but a folder named ``images`` is read through it, as the Office-31
+archive is laid out (DATA/DOMAIN/images/CLASS/IMAGE). A domain folder that holds its images
+directly (DATA/DOMAIN/IMAGE, no class folders) is an unlabelled domain: every label is
+:data:`~dalib.data.domain.UNLABELLED`. That is the usual form of a real target domain.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
@@ -49,6 +52,18 @@ def _subdirs(path: Path) -> list[Path]:
     )
 
 
+WRAPPER = "images"  # the Office-31 archive files each domain's classes under DOMAIN/images/
+
+
+def _domain_root(domain_dir: Path) -> Path:
+    """The folder that holds a domain's class folders or images: ``domain_dir`` itself, or its
+    ``images`` folder when that is all it holds (hidden entries aside)."""
+    visible = [p for p in domain_dir.iterdir() if not p.name.startswith(".")]
+    if len(visible) == 1 and visible[0].name == WRAPPER and visible[0].is_dir():
+        return visible[0]
+    return domain_dir
+
+
 def folder_domains(data_dir: Path) -> list[str]:
     """The domain names of an image folder: its sub-folders, sorted."""
     names = [p.name for p in _subdirs(Path(data_dir))]
@@ -62,7 +77,7 @@ def folder_domains(data_dir: Path) -> list[str]:
 
 def _class_folders(data_dir: Path) -> dict[str, list[str]]:
     """Each domain's class-folder names (none for an unlabelled domain), domains sorted."""
-    return {d: [c.name for c in _subdirs(Path(data_dir) / d)] for d in folder_domains(data_dir)}
+    return {d: [c.name for c in _subdirs(_domain_root(Path(data_dir) / d))] for d in folder_domains(data_dir)}
 
 
 def folder_classes(data_dir: Path) -> list[str]:
@@ -71,12 +86,25 @@ def folder_classes(data_dir: Path) -> list[str]:
     return sorted({c for names in _class_folders(data_dir).values() for c in names})
 
 
-def _images(folder: Path, skipped: list[Path] | None = None) -> list[Path]:
-    """The image files directly inside ``folder``, sorted by name (hidden files skipped); the
-    other visible files are appended to ``skipped``."""
-    files = sorted((p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")), key=lambda p: p.name)
-    if skipped is not None:
-        skipped.extend(p for p in files if p.suffix.lower() not in IMG_EXTENSIONS)
+def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bool = False) -> list[Path]:
+    """The image files inside ``folder`` (and, if ``nested``, in its sub-folders at any depth,
+    links followed), sorted by their path below ``folder``; hidden files and folders are
+    skipped. The other visible files are appended to ``skipped``, and links that lead nowhere
+    to ``broken``."""
+    found: list[Path] = []
+    seen: set[str] = set()  # the real folders walked: a link back up would loop
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if nested else []
+        found.extend(Path(top) / f for f in files if not f.startswith("."))
+    found.sort(key=lambda p: p.relative_to(folder).parts)
+    broken.extend(p for p in found if not p.exists())
+    files = [p for p in found if p.exists() and not p.is_dir()]
+    skipped.extend(p for p in files if p.suffix.lower() not in IMG_EXTENSIONS)
     return [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
 
 
@@ -133,6 +161,15 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
                 # every value above 255 to white, so scale 0..65535 to 0..255 first
                 grey = np.asarray(im, dtype=np.float64) / 257.0
                 im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
+            elif im.mode == "F":
+                # 32-bit float greyscale (TIFF): PIL would cut 0..1 to 0 (black); read 0..1 as
+                # the full range, and anything larger as 0..255
+                grey = np.asarray(im, dtype=np.float64)
+                if not np.isfinite(grey).all():
+                    raise ValueError("the image holds NaN or infinite pixel values")
+                if grey.size and grey.min() >= 0.0 and grey.max() <= 1.0:
+                    grey = grey * 255.0
+                im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             rgb = im.convert("RGB").resize((image_size, image_size), bilinear)
     # PIL reports a damaged image as OSError (UnidentifiedImageError), ValueError, or even
     # SyntaxError for some broken PNG chunks.
@@ -156,10 +193,11 @@ def load(req: LoadRequest) -> Domain:
     own = by_domain.pop(name)
     others = sorted({c for names in by_domain.values() for c in names})
     classes = sorted(set(own) | set(others))
-    root = data_dir / name
+    root = _domain_root(data_dir / name)
     class_dirs = [root / c for c in own]
     skipped: list[Path] = []
-    loose = _images(root, skipped)
+    broken: list[Path] = []
+    loose = _images(root, skipped, broken)
     where = f"dataset image-folder, domain {name}"
     if class_dirs and loose:
         raise DataError(
@@ -187,10 +225,11 @@ def load(req: LoadRequest) -> Domain:
             RuntimeWarning, stacklevel=2,
         )
     for cdir in class_dirs:
-        files = _images(cdir, skipped)
+        files = _images(cdir, skipped, broken, nested=True)
         if not files:
             raise DataError(
-                f"empty class folder: {cdir} holds no images ({where}; extensions {' '.join(IMG_EXTENSIONS)})"
+                f"empty class folder: {cdir} holds no images, nor do its sub-folders "
+                f"({where}; extensions {' '.join(IMG_EXTENSIONS)})"
             )
         label = classes.index(cdir.name)
         samples.extend((p, label) for p in files)
@@ -198,6 +237,12 @@ def load(req: LoadRequest) -> Domain:
         warnings.warn(
             f"image folder {root}: skipped {len(skipped)} file(s) that are not images by their extension "
             f"({_shown([p.relative_to(root).as_posix() for p in skipped])}); images end in {' '.join(IMG_EXTENSIONS)}",
+            RuntimeWarning, stacklevel=2,
+        )
+    if broken:
+        warnings.warn(
+            f"image folder {root}: skipped {len(broken)} link(s) that lead to no file "
+            f"({_shown([p.relative_to(root).as_posix() for p in broken])})",
             RuntimeWarning, stacklevel=2,
         )
     # a data folder of unlabelled domains alone has no classes: a trained network's give them theirs
@@ -208,7 +253,7 @@ def load(req: LoadRequest) -> Domain:
         num_classes=len(classes),
         input_shape=(3, req.image_size, req.image_size),
         classes=classes,
-        origin=str(root),
+        origin=str(data_dir / name),
         dataset_name=INFO.name,
     )
 

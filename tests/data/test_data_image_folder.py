@@ -259,3 +259,63 @@ def test_known_labels_are_none_when_a_dataset_holds_other_targets():
 
     d = Domain(name="n", dataset=Named(), num_classes=2, input_shape=(3,), classes=["cat", "dog"])
     assert d.known_labels() is None
+
+
+def test_the_office31_archive_layout_is_read_through_its_images_folders(tmp_path):
+    """The Office-31 archive files each domain's classes under DOMAIN/images/CLASS/IMAGE."""
+    _image(tmp_path / "amazon" / "images" / "bike" / "frame_0001.jpg", (1, 2, 3))
+    _image(tmp_path / "amazon" / "images" / "mug" / "frame_0001.jpg", (1, 2, 3))
+    _image(tmp_path / "webcam" / "images" / "mug" / "frame_0001.jpg", (1, 2, 3))
+    (tmp_path / "webcam" / ".DS_Store").write_bytes(b"")  # hidden: still nothing but images/
+    with pytest.warns(RuntimeWarning, match=r"webcam/images has no folder for 1 of the 2 classes .*\(bike\)"):
+        w = load_domain("image-folder", "webcam", data_dir=tmp_path, image_size=8)
+    assert w.classes == ["bike", "mug"] and w.dataset.targets == [1]
+    assert w.origin == str(tmp_path / "webcam")  # the domain folder: predictions name images/mug/...
+    a = load_domain("image-folder", "amazon", data_dir=tmp_path, image_size=8)
+    assert a.classes == ["bike", "mug"] and a.dataset.targets == [0, 1]
+    # beside anything else, images/ is a class folder like any other
+    _image(tmp_path / "amazon" / "bike" / "b.png", (1, 2, 3))
+    with pytest.raises(DataError, match=r"class folders of .*amazon \(bike, images\) share no name"):
+        load_domain("image-folder", "amazon", data_dir=tmp_path, image_size=8)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_images_in_sub_folders_of_a_class_folder_belong_to_the_class(tmp_path):
+    """As torchvision's ImageFolder reads them: at any depth, in the order of their paths,
+    hidden folders skipped and a link back up followed once."""
+    _image(tmp_path / "src" / "cat" / "b.png", (1, 2, 3))
+    _image(tmp_path / "src" / "cat" / "2024" / "a.png", (1, 2, 3))
+    _image(tmp_path / "src" / "cat" / "2024" / "06" / "c.png", (1, 2, 3))
+    _image(tmp_path / "src" / "cat" / ".thumbs" / "t.png", (1, 2, 3))
+    _image(tmp_path / "src" / "dog" / "old" / "d.png", (1, 2, 3))  # a class with nested images only
+    (tmp_path / "src" / "cat" / "2024" / "loop").symlink_to(tmp_path / "src" / "cat")
+    d = load_domain("image-folder", "src", data_dir=tmp_path, image_size=8)
+    names = [p.relative_to(tmp_path / "src").as_posix() for p, _ in d.dataset.samples]
+    assert names == ["cat/2024/06/c.png", "cat/2024/a.png", "cat/b.png", "dog/old/d.png"]
+    assert d.dataset.targets == [0, 0, 0, 1]
+
+
+def test_links_that_lead_nowhere_are_skipped_with_a_warning(tmp_path):
+    _image(tmp_path / "src" / "cat" / "a.png", (1, 2, 3))
+    (tmp_path / "src" / "cat" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.warns(RuntimeWarning, match=r"skipped 1 link\(s\) that lead to no file \(cat/gone.png\)"):
+        d = load_domain("image-folder", "src", data_dir=tmp_path, image_size=8)
+    assert [p.name for p, _ in d.dataset.samples] == ["a.png"]
+
+
+def test_32_bit_float_images_keep_their_grey_level(tmp_path):
+    """A float TIFF in 0..1 (as scientific cameras write them) loads as the 8-bit image of the
+    same grey, not black; one in 0..255 loads as its values say; NaN pixels are refused."""
+    from dalib.data.image_folder import load_image
+
+    Image.fromarray(np.full((10, 10), 128, np.uint8)).save(tmp_path / "u8.png")
+    Image.fromarray(np.full((10, 10), 128 / 255, np.float32)).save(tmp_path / "unit.tif")
+    Image.fromarray(np.full((10, 10), 128.0, np.float32)).save(tmp_path / "wide.tif")
+    with Image.open(tmp_path / "unit.tif") as im:
+        assert im.mode == "F"  # what PIL makes of it
+    expected = load_image(tmp_path / "u8.png", 4)
+    assert torch.equal(load_image(tmp_path / "unit.tif", 4), expected)
+    assert torch.equal(load_image(tmp_path / "wide.tif", 4), expected)
+    Image.fromarray(np.full((10, 10), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    with pytest.raises(DataError, match=r"cannot read image: .*nan.tif .*NaN or infinite"):
+        load_image(tmp_path / "nan.tif", 4)
