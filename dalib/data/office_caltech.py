@@ -71,6 +71,12 @@ def load(req: LoadRequest) -> Domain:
         raise DataError(
             f"NaN or infinite features in {path} (dataset {INFO.name}, domain {req.domain})"
         )
+    # the file numbers its classes 1..10: say so in its own numbers, not in the shifted ones
+    if y.size and (y.min() < 1 or y.max() > len(CLASSES)):
+        raise DataError(
+            f"labels span {y.min():g}..{y.max():g}, expected 1..{len(CLASSES)} (the file's class numbers) "
+            f"in {path} (dataset {INFO.name}, domain {req.domain})"
+        )
     return Domain.from_arrays(
         req.domain,
         preprocess_surf(x),

@@ -223,8 +223,8 @@ def test_wrong_feature_count(tmp_path, spec):
         (np.zeros((19, 1)), r"has shape \(19, 1\), expected \(20, 1\)"),
         (np.array(["a"] * 20), "not a numeric array"),
         (np.full((20, 1), 0.5), "not integers"),
-        (np.zeros((20, 1)), r"labels span -1..-1"),  # office labels are 1..10: 0 is out of range
-        (np.full((20, 1), 11), r"labels span 10..10"),
+        (np.zeros((20, 1)), r"labels span 0..0, expected 1..10 \(the file's class numbers\)"),  # office: 1..10
+        (np.full((20, 1), 11), r"labels span 11..11, expected 1..10"),
     ],
 )
 def test_bad_labels(tmp_path, labels, match):
