@@ -30,6 +30,19 @@ class _OneLineError(click.ClickException):
         click.echo(f"dalib: error: {self.format_message()}", err=True)
 
 
+# what torch's allocators say when memory runs out (a plugin's own RuntimeError that merely
+# mentions memory keeps its traceback)
+_OOM_TEXT = re.compile(r"DefaultCPUAllocator: (can't allocate|not enough) memory|CUDA out of memory|"
+                       r"MPS backend out of memory|HIP out of memory")
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    torch = sys.modules.get("torch")
+    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
+                                  getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)) if t is not None)
+    return isinstance(exc, (MemoryError, *oom_types)) or bool(_OOM_TEXT.search(str(exc)))
+
+
 class _Group(click.Group):
     """Turns every error a user can cause into one line and exit status 2."""
 
@@ -40,7 +53,7 @@ class _Group(click.Group):
             raise _OneLineError(first_line(exc)) from None
         except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             text = str(exc)
-            if not (isinstance(exc, MemoryError) or "out of memory" in text.lower() or "allocate" in text.lower()):
+            if not _out_of_memory(exc):
                 raise
             asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]+)", text, re.IGNORECASE)
             raise _OneLineError(f"out of memory{f' (tried to allocate {asked.group(1)})' if asked else ''}: lower "
@@ -356,8 +369,14 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
         raise ConfigError(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")
 
 
-def _first_line(obj: Any) -> str:
-    doc = inspect.getdoc(obj) or ""
+def _own_doc(cls: type) -> str:
+    """A class's own docstring, cleaned ("" without one: never dalib.Method's, as
+    inspect.getdoc would give)."""
+    return inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
+
+
+def _first_line(cls: type) -> str:
+    doc = _own_doc(cls)
     return doc.splitlines()[0] if doc else ""
 
 
@@ -392,15 +411,12 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
     """Show METHOD's description and hyperparameters (name, type, default, help)."""
     from dalib._rst import rst_to_text
     from dalib.config import describe_config
-    from dalib.registry import USER_PLUGIN_PREFIX, get_method
+    from dalib.registry import defined_at, get_method
 
     _load_plugins(plugins)
     cls = get_method(method)
-    where = f"{cls.__module__}.{cls.__qualname__}"
-    if cls.__module__.startswith(USER_PLUGIN_PREFIX):  # a --plugin file: its module's name is made up
-        where = f"{cls.__qualname__} in {inspect.getsourcefile(cls) or cls.__module__}"
-    click.echo(f"{method} ({' + '.join(cls.forms())}): {where}")
-    doc = inspect.getdoc(cls)
+    click.echo(f"{method} ({' + '.join(cls.forms())}): {defined_at(cls)}")
+    doc = _own_doc(cls)
     if doc:
         click.echo("")
         click.echo(rst_to_text(doc).rstrip())

@@ -17,7 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from dalib.data.registry import dataset_plugin_errors, same_definition
 from dalib.errors import RegistryError, UnknownNameError, first_line
@@ -41,11 +41,56 @@ M = TypeVar("M", bound=type[Method])
 _methods: dict[str, type[Method]] = {}
 _broken: dict[str, str] = {}
 _entry_points_loaded = False
+#: the plugin modules loaded by load_plugin_module -> the methods each registered
+_loaded_modules: dict[str, list[str]] = {}
 
 
 def _check_name(name: str) -> None:
-    if not name or not name.replace("_", "").replace("-", "").isalnum():
-        raise RegistryError(f"invalid method name {name!r}: use letters, digits, '_' or '-'")
+    if not isinstance(name, str) or not name or not name[0].isalnum() or not name.replace("_", "").replace("-", "").isalnum():
+        raise RegistryError(f"invalid method name {name!r}: use letters, digits, '_' or '-', "
+                            "starting with a letter or a digit (the command line reads a leading '-' as an option)")
+
+
+def defined_at(cls: type) -> str:
+    """Where a class is defined, for messages: ``module.Class``, or ``Class in FILE`` for a
+    plugin file loaded by path (its module's name is made up)."""
+    if cls.__module__.startswith(USER_PLUGIN_PREFIX):
+        try:
+            return f"{cls.__qualname__} in {inspect.getsourcefile(cls) or cls.__module__}"
+        except TypeError:
+            pass
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _plain_default(value: Any) -> bool:
+    """Whether a hyperparameter's default is what ``--set``, a suite's TOML and result.json
+    hold: None, a boolean, a number, a string, or lists, tuples and string-keyed tables of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return type(value) in (type(None), bool, int, float, str)
+    if isinstance(value, (list, tuple)):
+        return type(value) in (list, tuple) and all(_plain_default(v) for v in value)
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain_default(v) for k, v in value.items())
+    return False
+
+
+def _check_config(name: str, attr: str, config: type) -> None:
+    """A method's hyperparameters can be left at their defaults and written to result.json:
+    refused at registration, not after a run has trained."""
+    for f in dataclasses.fields(config):
+        if f.init and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise RegistryError(f"method {name!r}: {attr} field {f.name!r} has no default; every hyperparameter "
+                                "needs one (the paper's), as a run may leave it unset")
+    try:
+        defaults = config()
+    except Exception as exc:
+        raise RegistryError(f"method {name!r}: its {attr}'s own defaults are refused by its checks: "
+                            f"{type(exc).__name__}: {first_line(exc)}") from None
+    for f in dataclasses.fields(config):
+        value = getattr(defaults, f.name)
+        if not _plain_default(value):
+            raise RegistryError(f"method {name!r}: {attr} field {f.name!r} defaults to {value!r}, which result.json "
+                                "cannot hold: use None, a boolean, a number, a string, or a list of them")
 
 
 def _add(name: str, cls: type) -> None:
@@ -57,12 +102,14 @@ def _add(name: str, cls: type) -> None:
             continue
         if not (isinstance(config, type) and dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
             raise RegistryError(f"method {name!r}: its {attr} must be a class decorated with @dataclass(frozen=True)")
+        _check_config(name, attr, config)
+    for typo in ("config", "shallow_config", "shallowConfig"):
+        if inspect.isclass(cls.__dict__.get(typo)):
+            raise RegistryError(f"method {name!r} defines a class {typo!r}: the hyperparameters are read from "
+                                "Config (and ShallowConfig), spelt so")
     existing = _methods.get(name)
     if existing is not None and not same_definition(existing, cls):
-        raise RegistryError(
-            f"method {name!r} is already registered by "
-            f"{existing.__module__}.{existing.__qualname__}"
-        )
+        raise RegistryError(f"method {name!r} is already registered by {defined_at(existing)}")
     cls.name = name
     _methods[name] = cls
 
@@ -106,10 +153,11 @@ def _load_entry_points() -> None:
     eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (_dist_name(ep) != "dalib", _dist_name(ep), ep.name))
     for ep in eps:
         try:
+            importing = sys.modules.get(ep.module)
+            if importing is not None and getattr(importing.__spec__, "_initializing", False):
+                continue  # being imported right now (its decorator got here): it registers itself next
             obj = ep.load()
             if inspect.ismodule(obj):
-                if getattr(obj.__spec__, "_initializing", False):
-                    continue  # being imported right now (its decorator got here): it registers itself next
                 owner = _methods.get(ep.name)
                 if owner is None:
                     raise RegistryError(f"module {ep.value!r} was imported but registered no method {ep.name!r}")
@@ -121,12 +169,14 @@ def _load_entry_points() -> None:
             _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
 
 
-def load_plugin_module(module: str) -> list[str]:
+def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     """Import ``module`` (a dotted name or a path to a .py file) so that its
     ``@register_method`` decorators run; return the names it registered. Loading the same
-    file again (a notebook cell run twice) replaces its classes."""
+    file again (a notebook cell run twice) replaces its classes. A file's folder joins
+    ``sys.path`` (at its end), as running the file would: it can import the modules beside it."""
     _load_entry_points()  # the installed methods first: they are not the module's
     before = {name: cls for name, cls in _methods.items()}
+    module = os.fspath(module)
     try:
         if module.endswith(".py"):
             from pathlib import Path
@@ -134,6 +184,9 @@ def load_plugin_module(module: str) -> list[str]:
             path = Path(module)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {module}")
+            folder = str(path.resolve().parent)
+            if folder not in sys.path:
+                sys.path.append(folder)
             # one module name per file: two plugin.py files in other folders do not replace each other
             tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
             spec = importlib.util.spec_from_file_location(f"{USER_PLUGIN_PREFIX}{path.stem}_{tag}", path)
@@ -166,7 +219,9 @@ def load_plugin_module(module: str) -> list[str]:
         raise RegistryError(
             f"cannot load plugin {module!r}: {type(exc).__name__}: {first_line(exc)}"
         ) from exc
-    return sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
+    added = sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
+    _loaded_modules[module] = added
+    return added
 
 
 def list_methods() -> list[str]:
@@ -188,6 +243,13 @@ def get_method(name: str) -> type[Method]:
         return _methods[name]
     except KeyError:
         known = ", ".join(sorted(_methods)) or "(none)"
-        hint = (f" (plugin {name!r} failed to load: {_broken[name]})" if name in _broken
-                else " (a plugin's method needs --plugin FILE, or its package installed)")
+        if name in _broken:
+            hint = f" (plugin {name!r} failed to load: {_broken[name]})"
+        elif _loaded_modules:
+            hint = "; ".join(f"{module} registered {', '.join(names) if names else 'no method'}"
+                             for module, names in _loaded_modules.items())
+            hint = f" ({hint}: a method is registered by @register_method({name!r}) on its class)"
+        else:
+            hint = (" (a plugin's method needs --plugin FILE, dalib.load_plugin_module(FILE) from Python, "
+                    "or its package installed)")
         raise UnknownNameError(f"unknown method {name!r}{hint}; known methods: {known}") from None

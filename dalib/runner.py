@@ -105,6 +105,8 @@ class RunConfig:
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
             elif isinstance(value, str) and type(value) is not str:  # numpy's str_, say: saved as a str
                 object.__setattr__(self, f.name, str(value))
+            if kind.startswith("dict") and dataclasses.is_dataclass(value) and not isinstance(value, type):
+                value = {g.name: getattr(value, g.name) for g in dataclasses.fields(value) if g.init}  # a method's own Config
             if kind.startswith("dict") and not isinstance(value, dict):
                 raise ConfigError(f"{f.name} must be a table of hyperparameters, got {value!r}")
             if kind.startswith("dict"):  # numpy numbers and paths as the JSON and checkpoint keep them
@@ -617,7 +619,7 @@ def _run(
             model.to(memory_format=CPU_MEMORY_FORMAT)  # (a 3-d convolution's 5-d weights have no such layout)
         method.to(device)
 
-        groups = method.param_groups(model)
+        groups = _checked_groups(method.param_groups(model), method_cls.name)
         grouped = {id(p) for g in groups for p in g["params"]}
         # the method's own modules (a discriminator) join with lr_mult 1, unless its param_groups placed them
         own = [p for p in method.parameters() if p.requires_grad and id(p) not in grouped]
@@ -800,12 +802,41 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
+    """What ``param_groups()`` returned, as the optimizer takes it: a list of dicts whose
+    ``params`` is a list of tensors (an iterator is read once, here); else one line."""
+    def refuse() -> PluginError:
+        return PluginError(f"method {name!r}: param_groups() must return a list of dicts, each with 'params' (a list "
+                           f"of the model's parameters) and optionally 'lr_mult' and 'weight_decay', got {_describe(groups)}")
+
+    if isinstance(groups, (dict, str, Tensor)) or not isinstance(groups, (list, tuple)):
+        raise refuse()
+    checked = []
+    for group in groups:
+        params = group.get("params") if isinstance(group, dict) else None
+        params = [params] if isinstance(params, Tensor) else params
+        if params is None or isinstance(params, (dict, str)) or not hasattr(params, "__iter__"):
+            raise refuse()
+        params = list(params)
+        if not all(isinstance(p, Tensor) for p in params):
+            raise refuse()
+        checked.append({**group, "params": params})
+    return checked
+
+
 def _check_losses(losses: Any, name: str) -> None:
     """What ``loss()`` returned is a dict of scalars whose ``"total"`` is a tensor that
     reaches trained parameters; else one line that says what it was."""
-    if not isinstance(losses, dict) or not isinstance(losses.get("total"), Tensor):
+    if not isinstance(losses, dict) or "total" not in losses:
         raise PluginError(f"method {name!r}: loss() must return a dict of scalar tensors with a 'total' entry, "
                           f"got {_describe(losses)}")
+    total = losses["total"]
+    if not isinstance(total, Tensor):
+        raise PluginError(f"method {name!r}: loss()['total'] must be a scalar tensor that the trained parameters "
+                          f"reach, got {_describe(total)}{' (.item() gives up the gradient)' if isinstance(total, float) else ''}")
+    if not (total.is_floating_point() or total.is_complex()):
+        raise PluginError(f"method {name!r}: loss()['total'] is an integer tensor ({str(total.dtype).removeprefix('torch.')}): "
+                          "a loss is a floating-point tensor (a count of correct predictions has no gradient)")
     for key, value in losses.items():
         scalar = (value.numel() == 1 if isinstance(value, Tensor)
                   else key != "total" and isinstance(value, (int, float)) and not isinstance(value, bool))

@@ -305,3 +305,37 @@ def test_a_run_that_fails_before_writing_a_line_leaves_no_folder(runner, tmp_pat
                               "--out", str(out)])
     assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1].startswith("dalib: error: the loss became")
     assert not out.exists()  # its metrics file was opened, and was empty: the next default --out is this one
+
+
+@pytest.fixture
+def own_registry(monkeypatch):
+    """The registry as it was, after a test that loads plugin files through the CLI."""
+    import sys
+
+    from dalib import registry
+
+    registry.list_methods()
+    monkeypatch.setattr(registry, "_methods", dict(registry._methods))
+    monkeypatch.setattr(registry, "_loaded_modules", {})
+    monkeypatch.setattr(sys, "path", list(sys.path))
+
+
+def test_a_plugin_without_a_docstring_shows_none_not_the_base_classs(runner, own_registry, tmp_path):
+    (tmp_path / "nodoc.py").write_text(
+        "import dalib\n@dalib.register_method('nodoc_test')\nclass NoDoc(dalib.Method):\n    pass\n")
+    res = runner.invoke(cli, ["list", "--plugin", str(tmp_path / "nodoc.py")])
+    line = next(line for line in res.stdout.splitlines() if "nodoc_test" in line)
+    assert line.split() == ["nodoc_test", "deep"]
+    res = runner.invoke(cli, ["show", "nodoc_test", "--plugin", str(tmp_path / "nodoc.py")])
+    assert res.exit_code == 0 and "Base class" not in res.stdout and "Subclasses define" not in res.stdout
+
+
+def test_a_plugins_own_runtime_error_that_mentions_memory_keeps_its_traceback(runner, own_registry, tmp_path):
+    """Only torch's allocators running out are 'out of memory'; a plugin's bug is not."""
+    (tmp_path / "alloc.py").write_text(
+        "import dalib\n@dalib.register_method('alloc_test')\nclass Alloc(dalib.Method):\n    'Fails in prepare.'\n"
+        "    def prepare(self, context):\n        raise RuntimeError('could not allocate the pseudo-label buffer')\n")
+    res = runner.invoke(cli, ["run", "alloc_test", "--plugin", str(tmp_path / "alloc.py"), "--src", "mnist",
+                              "--tgt", "usps", "--steps", "2", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
+    assert "pseudo-label buffer" in str(res.exception) and "out of memory" not in res.stderr

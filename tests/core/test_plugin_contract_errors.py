@@ -70,6 +70,10 @@ class _Base(Method):
         (lambda self, b, o: {"total": o.logits_s.sum(1)}, "loss()['total'] must be a scalar tensor, got a tensor of shape (16,)"),
         (lambda self, b, o: {"total": self.source_loss(b, o).detach()}, "does not depend on any trained parameter"),
         (lambda self, b, o: {"total": self.source_loss(b, o), "log": "text"}, "loss()['log'] must be a scalar tensor, got a str"),
+        (lambda self, b, o: {"total": self.source_loss(b, o).item()},
+         "loss()['total'] must be a scalar tensor that the trained parameters reach, got a float (.item() gives up"),
+        (lambda self, b, o: {"total": (o.logits_s.argmax(1) == b.y_s).sum()},
+         "loss()['total'] is an integer tensor (int64): a loss is a floating-point tensor"),
     ],
 )
 def test_a_loss_that_breaks_the_contract_is_one_line(toy_dataset, method_named, tmp_path, body, fragment):
@@ -175,6 +179,39 @@ def test_param_groups_may_give_the_methods_own_modules_their_settings(toy_datase
     assert sum(n for n, _ in seen["groups"]) == len([p for p in optimizers[-1].param_groups for p in p["params"]])
 
 
+def test_param_groups_that_are_not_a_list_of_dicts_are_one_line(toy_dataset, method_named, tmp_path):
+    class Bare(_Base):
+        def param_groups(self, model):
+            return model.parameters()  # torch's idiom, not the contract
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_bare_groups", Bare)
+    with pytest.raises(PluginError, match=r"method 'contract_bare_groups': param_groups\(\) must return a list of "
+                                          r"dicts, each with 'params' .*got a generator"):
+        run(_config(toy_dataset, "contract_bare_groups"), tmp_path / "r", progress_bar=False)
+    assert not (tmp_path / "r").exists()
+
+
+def test_param_groups_may_hold_an_iterator_of_parameters(toy_dataset, method_named, tmp_path):
+    """``{"params": model.parameters()}`` is read once: every parameter reaches the optimizer."""
+    start = []
+
+    class Iterated(_Base):
+        def param_groups(self, model):
+            start.extend(p.detach().clone() for p in model.parameters())
+            return [{"params": model.parameters()}]
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_iterated", Iterated)
+    moved = run(_config(toy_dataset, "contract_iterated"), None, progress_bar=False).model
+    assert len(start) == len(list(moved.parameters()))
+    assert all(not torch.equal(a, b.cpu()) for a, b in zip(start, moved.parameters()))
+
+
 class _PseudoLabels(_Base):
     """Pseudo-labels of the target made in prepare, kept through get_extra_state."""
 
@@ -259,3 +296,54 @@ def test_param_takes_a_default_factory():
 
     assert Config().sizes == [8, 4] and Config().sizes is not Config().sizes
     assert describe_config(Config) == [("sizes", "list", "[8, 4]", "layer sizes")]
+
+
+@pytest.mark.parametrize(
+    "body, fragment",
+    [
+        ("a: float", "Config field 'a' has no default; every hyperparameter needs one"),
+        ("a: float = 1.0\n        def __post_init__(self):\n            raise ValueError('a must be < 1')",
+         "its Config's own defaults are refused by its checks: ValueError: a must be < 1"),
+        ("cache: object = pathlib.Path('cache')", "Config field 'cache' defaults to PosixPath('cache'), which result.json "
+                                                   "cannot hold"),
+        ("kind: object = enum.Enum('Kind', 'A B').A", "Config field 'kind' defaults to <Kind.A: 1>"),
+    ],
+    ids=["required", "own-check", "path", "enum"],
+)
+def test_config_defaults_a_run_could_not_use_or_write_are_refused_at_registration(method_named, body, fragment):
+    """Before: a Path default trained a whole run, then lost its result.json to a TypeError."""
+    namespace = {}
+    exec("import dataclasses, enum, pathlib\n"
+         "@dataclasses.dataclass(frozen=True)\n"
+         "class Config:\n"
+         f"        {body}\n", namespace)
+    cls = type("Defaults", (Method,), {"__doc__": "Defaults.", "Config": namespace["Config"]})
+    with pytest.raises(RegistryError, match="method 'contract_defaults': ") as err:
+        method_named("contract_defaults", cls)
+    assert fragment in str(err.value)
+
+
+def test_a_config_class_spelt_in_lower_case_is_refused(method_named):
+    class Lower(Method):
+        """Its hyperparameters would silently be none."""
+
+        @dataclass(frozen=True)
+        class config:  # noqa: N801 - the mistake under test
+            weight: float = 1.0
+
+    with pytest.raises(RegistryError, match=r"defines a class 'config': the hyperparameters are read from Config"):
+        method_named("contract_lower", Lower)
+
+
+def test_a_methods_own_config_instance_is_taken_as_its_hyperparameters(toy_dataset, method_named):
+    class Weighted(_Base):
+        @dataclass(frozen=True)
+        class Config:
+            weight: float = param(1.0, "the weight")
+
+        def loss(self, batch, out, progress):
+            return {"total": self.config.weight * self.source_loss(batch, out)}
+
+    method_named("contract_instance", Weighted)
+    config = _config(toy_dataset, "contract_instance", method_config=Weighted.Config(weight=0.5))
+    assert config.method_config == {"weight": 0.5}

@@ -19,6 +19,8 @@ def clean_registry(monkeypatch):
     """Registry state restored after the test, whatever it registered."""
     monkeypatch.setattr(registry, "_methods", dict(registry._methods))
     monkeypatch.setattr(registry, "_broken", dict(registry._broken))
+    monkeypatch.setattr(registry, "_loaded_modules", {})
+    monkeypatch.setattr(sys, "path", list(sys.path))  # a plugin file's folder joins it
     yield registry
 
 
@@ -65,6 +67,8 @@ def test_register_rejects_non_methods_and_bad_names(clean_registry):
         register_method("not_a_method")(object)
     with pytest.raises(RegistryError, match="invalid method name"):
         register_method("bad name!")
+    with pytest.raises(RegistryError, match=r"invalid method name '-x'.*a leading '-' as an option"):
+        register_method("-x")  # `dalib show -x` could never name it
 
 
 def test_unknown_name_lists_known_methods():
@@ -273,3 +277,52 @@ def test_a_plugin_file_that_is_also_installed_says_to_drop_the_flag(clean_regist
     with pytest.raises(RegistryError, match=r"already registered by twice_mod\.Twice: the module 'twice_mod' is "
                                             r"installed \(an entry point\), so drop --plugin"):
         dalib.load_plugin_module(str(tmp_path / "twice_mod.py"))
+
+
+def test_a_plugin_file_imports_the_modules_beside_it_and_may_be_a_path(clean_registry, tmp_path):
+    """As ``python plugin.py`` would: a plugin split into two files loads by its path."""
+    (tmp_path / "dalib_sibling_helper_test.py").write_text("WEIGHT = 0.25\n")
+    (tmp_path / "sibling_user.py").write_text(
+        "import dalib_sibling_helper_test as helper\n" + _plugin_source("sibling_test")
+        + "assert helper.WEIGHT == 0.25\n")
+    assert dalib.load_plugin_module(tmp_path / "sibling_user.py") == ["sibling_test"]  # a Path, too
+
+
+def test_a_name_taken_by_another_plugin_file_names_that_file(clean_registry, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "plugin.py").write_text(_plugin_source("taken_test"))
+    dalib.load_plugin_module(str(tmp_path / "a" / "plugin.py"))
+    with pytest.raises(RegistryError, match=r"'taken_test' is already registered by \w+ in "
+                                            + str(tmp_path / "a" / "plugin.py").replace("/", r"\/")):
+        dalib.load_plugin_module(str(tmp_path / "b" / "plugin.py"))
+
+
+def test_an_unknown_method_after_loading_plugins_says_what_they_registered(clean_registry, tmp_path):
+    (tmp_path / "forgot.py").write_text("import dalib\nclass A(dalib.Method):\n    'No decorator.'\n")
+    (tmp_path / "good.py").write_text(_plugin_source("good_loaded_test"))
+    dalib.load_plugin_module(str(tmp_path / "forgot.py"))
+    dalib.load_plugin_module(str(tmp_path / "good.py"))
+    with pytest.raises(UnknownNameError, match=r"unknown method 'A' \(.*forgot.py registered no method; .*good.py "
+                                               r"registered good_loaded_test: a method is registered by "
+                                               r"@register_method\('A'\) on its class\)"):
+        dalib.get_method("A")
+
+
+def test_an_entry_point_naming_a_class_of_a_module_being_imported_is_no_failure(clean_registry, monkeypatch,
+                                                                                tmp_path):
+    """``import my_plugin`` (which imports dalib) before anything listed the methods, with the
+    entry point in class form, ``my_plugin:MyMethod``: no failed plugin is reported."""
+    (tmp_path / "dalib_class_ep_test.py").write_text(
+        "import dalib\n@dalib.register_method('class_ep_test')\nclass ClassEp(dalib.Method):\n    'Class form.'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [EntryPoint("class_ep_test", "dalib_class_ep_test:ClassEp", "dalib.methods")])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_broken", {})
+    monkeypatch.delitem(sys.modules, "dalib_class_ep_test", raising=False)
+    import importlib
+
+    module = importlib.import_module("dalib_class_ep_test")
+    assert registry.plugin_errors() == {}
+    assert dalib.get_method("class_ep_test") is module.ClassEp
