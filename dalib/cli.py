@@ -253,7 +253,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     from dalib.data.image_folder import ImageFolderDataset
     from dalib.errors import DataError, UnknownNameError
     from dalib.runner import (
-        accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing, renamed_classes,
+        accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing,
         resolve_device,
     )
 
@@ -287,11 +287,14 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if target.num_classes == 0 and labels is not None and bool((labels < 0).all()):
         # unlabelled images in a folder of their own (no class folders anywhere): the run's classes
         target = dataclasses.replace(target, num_classes=n_classes, classes=list(spec["classes"]))
-    if list(target.input_shape) != list(spec["input_shape"]) or target.num_classes != n_classes:
+    if list(target.input_shape) != list(spec["input_shape"]) or (
+            target.num_classes != n_classes and not set(target.classes) <= set(spec["classes"])):
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
     if list(target.classes) != list(spec["classes"]):
-        raise DataError(f"domain {target.name} {renamed_classes(target.classes, spec['classes'], 'run')}")
+        # a held-out folder that files some of the run's classes is scored by their names; a class
+        # the network does not know is named
+        target = target.with_classes(spec["classes"])
     head = f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}"
     if predictions is None:
         accuracy = evaluate(model, target, where)

@@ -610,7 +610,11 @@ def _run(
             ckpt, earlier = _prepare_out_dir(out, config, resume, is_main)
 
         _seed_everything(config.seed)
-        model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim, config.pretrained)
+        # a resumed run's weights are its checkpoint's: --pretrained's file (or ImageNet's, which
+        # may need the network) is not read again, only remembered for the backbone's learning rate
+        model = build_model(config.arch, tuple(src.input_shape), src.num_classes, config.bottleneck_dim,
+                            None if ckpt is not None else config.pretrained)
+        model.pretrained = config.pretrained is not None
         spec = model_spec(config, dataset, src, tgt.name)
         method = method_cls(method_config, model)
         spec["cut"] = model.cut  # a method may cut the backbone's last stages (finetune's cut:K)

@@ -124,6 +124,22 @@ class FineTune(Method):
         return {"total": cls + reg, "cls": cls, "l2sp": reg}
 
 
+def _misfit(model, spec: dict, new_bottleneck: bool) -> str:
+    """Why a dalib checkpoint's weights do not fit ``model``, from what its ``model_spec`` says."""
+    causes = []
+    their_cut = int(spec.get("cut") or 0)
+    if their_cut > model.cut:
+        causes.append(f"its network was cut (policy cut:{their_cut}) and has no weights for the stages after the cut: "
+                      f"start with policy=cut:{their_cut} or a larger K, or from the checkpoint it was cut from")
+    dim = spec.get("bottleneck_dim")
+    if not new_bottleneck and dim is not None and int(dim) != model.features_dim:
+        causes.append(f"its bottleneck is {dim} wide and this model's {model.features_dim}: pass --bottleneck-dim {dim}")
+    shape = spec.get("input_shape")
+    if shape is not None and model.input_shape is not None and tuple(shape) != tuple(model.input_shape):
+        causes.append(f"it took inputs of shape {tuple(shape)} and this data's are {tuple(model.input_shape)}")
+    return "; ".join(causes) or f"it was a {spec.get('arch', 'another')} network: use the same --arch and dataset"
+
+
 def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     """Copy a dalib checkpoint's weights into ``model``; return the names of the tensors
     copied. The backbone must match exactly, except for the stages ``model`` cut off; the
@@ -152,9 +168,8 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     unfit = sorted(k for k in ours if not fits(k))
     if unfit or theirs - ours:
         raise CheckpointError(
-            f"checkpoint {p} does not fit this model ({len(unfit)} backbone tensors missing or of another "
-            f"shape, {len(theirs - ours)} it has and this model lacks; it was a {spec.get('arch', 'another')} "
-            "network): use the same --arch and dataset"
+            f"checkpoint {p} does not fit this model ({len(unfit)} tensors missing or of another shape, "
+            f"{len(theirs - ours)} it has and this model lacks): {_misfit(model, spec, new_bottleneck)}"
         )
     head = [k for k in own if k.startswith("head.")]
     same_head = not new_bottleneck and all(fits(k) for k in head)

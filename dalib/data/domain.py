@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,6 +66,28 @@ class Domain:
         except (TypeError, ValueError, RuntimeError):
             return None
         return labels if labels.dim() == 1 and len(labels) == len(self) else None
+
+    def with_classes(self, classes: Sequence[str]) -> Domain:
+        """This domain with its labels numbered as ``classes`` (a trained network's, which may
+        hold more): each of its own classes must be among them, matched by name.
+        :data:`UNLABELLED` stays. Raises :class:`DataError` naming the classes ``classes`` lacks."""
+        order = {c: i for i, c in enumerate(classes)}
+        unknown = [c for c in self.classes if c not in order]
+        if unknown:
+            raise DataError(f"domain {self.name} has {len(unknown)} class(es) the network does not know: "
+                            f"{', '.join(map(str, unknown[:3]))}{' ...' if len(unknown) > 3 else ''} "
+                            f"(it knows {', '.join(map(str, list(classes)[:5]))}{' ...' if len(classes) > 5 else ''})")
+        mapping = [order[c] for c in self.classes]
+        if self.x is not None and self.y is not None:
+            lookup = torch.tensor(mapping or [0], dtype=torch.int64)
+            y = torch.where(self.y >= 0, lookup[self.y.clamp_min(0)], self.y)
+            dataset: Dataset = TensorDataset(self.x, y)
+        elif hasattr(self.dataset, "relabelled"):  # an image folder's
+            y, dataset = None, self.dataset.relabelled(mapping)
+        else:
+            raise DataError(f"domain {self.name} names its classes otherwise than the network, and its dataset "
+                            "cannot be relabelled")
+        return dataclasses.replace(self, dataset=dataset, y=y, classes=list(classes), num_classes=len(classes))
 
     @classmethod
     def from_arrays(

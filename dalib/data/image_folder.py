@@ -143,6 +143,11 @@ class ImageFolderDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    def relabelled(self, mapping: list[int]) -> ImageFolderDataset:
+        """The same images with label ``i`` as ``mapping[i]`` (:data:`UNLABELLED` kept)."""
+        samples = [(path, mapping[label] if label >= 0 else label) for path, label in self.samples]
+        return ImageFolderDataset(samples, self.image_size, domain=self.domain)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return load_image(path, self.image_size, domain=self.domain), label

@@ -6,6 +6,9 @@ Each builder returns ``(module, out_dim)``; the module maps a batch to (B, out_d
 
 from __future__ import annotations
 
+import contextlib
+import io
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,13 +95,16 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
             # torchvision looks in its cache (TORCH_HOME) first: a user who has the weights
             # gets them; dalib never downloads during tests.
             weights = "IMAGENET1K_V1"
+        said = io.StringIO()  # torch.hub's "Downloading: ..." line goes to stdout, a run's results
         try:
-            net = ctor(weights=weights, progress=False)  # no download bar before the one-line error
+            with contextlib.redirect_stdout(said):
+                net = ctor(weights=weights, progress=False)  # no download bar before the one-line error
         except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), a corrupt cached file
             raise CheckpointError(
                 f"cannot get the ImageNet weights of resnet{depth} ({first_line(exc)}): put them in torchvision's "
                 "cache ($TORCH_HOME/hub/checkpoints) or pass a checkpoint file to --pretrained"
             ) from None
+        sys.stderr.write(said.getvalue())  # a download that worked: said where the file went
         if pretrained not in (None, "imagenet"):
             _load_local_weights(net, pretrained)
         out_dim = net.fc.in_features

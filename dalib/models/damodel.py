@@ -68,8 +68,8 @@ class DAModel(nn.Module):
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two
-        conv blocks; MLP: its hidden layers, each a Linear with the activation and dropout after
-        it; ``identity``: none), without those :meth:`cut_stages` removed. ``partial:K``
+        conv blocks; MLP: its hidden layers, each a Linear with the activation after it, and
+        dropout after the first; ``identity``: none), without those :meth:`cut_stages` removed. ``partial:K``
         fine-tuning freezes the first K; ``cut:K`` removes the last K."""
         return list(self._stages)
 

@@ -20,16 +20,34 @@ def test_resnets_refuse_inputs_that_are_not_colour_images():
     assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 10)
 
 
-def test_imagenet_weights_out_of_reach_are_one_clear_error(monkeypatch):
+def test_imagenet_weights_out_of_reach_are_one_clear_error(monkeypatch, capsys):
     import torchvision
 
     def offline(weights=None, progress=True):
+        print('Downloading: "https://download.pytorch.org/models/resnet18.pth" to /cache')  # as torch.hub does
         raise urllib.error.URLError("[Errno -2] Name or service not known")
 
     monkeypatch.setattr(torchvision.models, "resnet18", offline)
     with pytest.raises(CheckpointError, match=r"cannot get the ImageNet weights of resnet18 \(.*Name or service.*\): "
                                               r"put them in torchvision's cache"):
         build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    said = capsys.readouterr()
+    assert said.out == "" and said.err == ""  # the one-line error alone, from the CLI
+
+
+def test_a_download_that_works_says_so_on_stderr_not_stdout(monkeypatch, capsys):
+    import torchvision
+
+    real = torchvision.models.resnet18
+
+    def downloading(weights=None, progress=True):
+        print('Downloading: "https://download.pytorch.org/models/resnet18.pth" to /cache')
+        return real(weights=None)
+
+    monkeypatch.setattr(torchvision.models, "resnet18", downloading)
+    build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    said = capsys.readouterr()
+    assert said.out == "" and said.err.startswith("Downloading: ")
 
 
 def test_an_empty_weights_file_says_what_is_wrong(tmp_path):

@@ -63,6 +63,37 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     assert r_full["target_accuracy"] == r_cut["target_accuracy"]
 
 
+def test_a_run_from_pretrained_weights_resumes_without_the_weights_file(tmp_path):
+    """The checkpoint holds every weight: a resume reads neither --pretrained's file (moved or
+    deleted since) nor ImageNet's (no network), and ends as the uninterrupted run does, the
+    pre-trained backbone's lower learning rate included."""
+    import torchvision
+    from PIL import Image
+
+    for domain in ("a", "b"):
+        for cls, color in (("cat", (250, 10, 10)), ("dog", (10, 10, 250))):
+            for i in range(3):
+                path = tmp_path / "imgs" / domain / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (12, 12), tuple(c + 2 * i for c in color)).save(path)
+    weights = tmp_path / "r18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    config = RunConfig(method="source_only", data=str(tmp_path / "imgs"), src="a", tgt="b", arch="resnet18",
+                       image_size=32, pretrained=str(weights), steps=4, batch_size=2, log_every=1, checkpoint_every=2)
+    full = run(config, tmp_path / "full", progress_bar=False)
+
+    def kill_at_3(step, logs):
+        if step == 3:
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        run(config, tmp_path / "cut", progress_bar=False, on_step=kill_at_3)
+    weights.unlink()
+    resumed = run(config, tmp_path / "cut", resume=True, progress_bar=False)
+    assert resumed.history == full.history
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+
+
 def test_checkpoints_are_atomic_and_loadable_weights_only(tmp_path):
     run(_config(steps=12, checkpoint_every=5), tmp_path / "r", progress_bar=False)
     names = sorted(p.name for p in (tmp_path / "r").iterdir())

@@ -171,6 +171,23 @@ def test_an_image_folder_target_without_class_folders_trains_the_same_network(tm
     res = runner.invoke(cli, ["run", "source_only", "--data", str(data), "--src", "sketch_blind", "--tgt", "real",
                               "--arch", "lenet", "--image-size", "16", "--steps", "2", "--quiet"])
     assert res.exit_code == 2 and "the source domain 'sketch_blind' has unlabelled samples" in res.stderr
+    # a held-out folder that files some of the run's classes is scored with the run's labels, by name
+    for i in range(4):
+        path = tmp_path / "held" / "F" / "dog" / f"b{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes((data / "sketch" / "dog" / f"b{i}.png").read_bytes())
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch"), "--data", str(tmp_path / "held"), "--domain", "F",
+                              "--predictions", str(tmp_path / "held.csv")])
+    assert res.exit_code == 0, res.output
+    held = list(csv.DictReader((tmp_path / "held.csv").open()))
+    dogs = [r for r in labelled_rows if r["label"] == "dog"]
+    assert [(r["file"], r["predicted"], r["label"]) for r in held] == [(r["file"], r["predicted"], "dog") for r in dogs]
+    right = sum(r["predicted"] == "dog" for r in dogs)
+    assert f"accuracy {100 * right / len(dogs):.2f}%" in res.stdout
+    (tmp_path / "held" / "F" / "fox").mkdir()
+    (tmp_path / "held" / "F" / "fox" / "f.png").write_bytes((data / "sketch" / "dog" / "b0.png").read_bytes())
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch"), "--data", str(tmp_path / "held"), "--domain", "F"])
+    assert res.exit_code == 2 and "domain F has 1 class(es) the network does not know: fox (it knows cat, dog)" in res.stderr
 
 
 def test_a_target_that_names_its_classes_otherwise_is_refused(tmp_path):

@@ -319,3 +319,19 @@ def test_an_installed_package_brings_its_datasets_through_an_entry_point(isolate
     assert infer_dataset("lab", "field") == "sensors"
     out = CliRunner().invoke(cli, ["list"]).stdout
     assert "sensors" in out and "broken (datasets)" in out and "ModuleNotFoundError" in out
+
+
+def test_a_domain_takes_a_networks_classes_by_name():
+    """dalib eval scores a held-out domain that holds some of the run's classes: its labels are
+    renumbered as the network's, matched by name."""
+    import torch
+
+    from dalib.data import Domain
+    from dalib.errors import DataError
+
+    d = Domain.from_arrays("held", np.zeros((3, 2), np.float32), np.array([0, 1, 1]), classes=["cat", "fox"])
+    wide = d.with_classes(["ant", "cat", "dog", "fox"])
+    assert wide.y.tolist() == [1, 3, 3] and [int(y) for _, y in wide.dataset] == [1, 3, 3]
+    assert wide.classes == ["ant", "cat", "dog", "fox"] and wide.num_classes == 4 and torch.equal(wide.x, d.x)
+    with pytest.raises(DataError, match=r"domain held has 1 class\(es\) the network does not know: fox \(it knows ant, cat\)"):
+        d.with_classes(["ant", "cat"])

@@ -182,7 +182,7 @@ def test_a_start_from_another_network_or_other_classes(tmp_path, toy_dataset, so
     # a checkpoint whose backbone has tensors this model lacks is another network, not a fit
     cfg = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, arch="identity",
                     method_config={"init": str(source_model)})
-    with pytest.raises(CheckpointError, match="4 it has and this model lacks; it was a mlp network"):
+    with pytest.raises(CheckpointError, match=r"4 it has and this model lacks\): it was a mlp network: use the same --arch"):
         run(cfg, None, progress_bar=False)
 
     # the same shapes, other class names: the classifier is not reused, and the run says why
@@ -203,6 +203,21 @@ def test_a_start_from_another_network_or_other_classes(tmp_path, toy_dataset, so
     ckpt = load_checkpoint(tmp_path / "named" / "checkpoint.pt")
     assert "head.weight" not in ckpt["method"]["_extra_state"]["anchors"]  # a new head: pulled to 0 (beta)
     assert torch.equal(ckpt["model"]["backbone.1.weight"], start["backbone.1.weight"])  # frozen, from the start
+
+
+def test_a_start_that_does_not_fit_says_why(tmp_path, toy_dataset, source_model):
+    """Same --arch and dataset, yet no fit: the message names the real cause."""
+    cut = tmp_path / "cut"
+    run(RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
+                  method_config={"init": str(source_model), "policy": "cut:1"}), cut, progress_bar=False)
+    whole = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
+                      method_config={"init": str(cut), "policy": "full"})
+    with pytest.raises(CheckpointError, match=r"its network was cut \(policy cut:1\) .*start with policy=cut:1"):
+        run(whole, None, progress_bar=False)
+    narrow = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
+                       bottleneck_dim=128, method_config={"init": str(source_model)})
+    with pytest.raises(CheckpointError, match=r"its bottleneck is 256 wide and this model's 128: pass --bottleneck-dim 256"):
+        run(narrow, None, progress_bar=False)
 
 
 def test_finetune_without_a_starting_point_says_so(toy_dataset):
