@@ -151,7 +151,15 @@ def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Pat
         args.append(f"--steps {state['steps']}")
     if out_dir is not None and out_dir.resolve() != RESULTS_DIR:
         args.append(f"--out {out_dir}")
+    args += [f"--plugin {module}" for module in state.get("plugins", [])]
     return " ".join(args)
+
+
+def _rectangle(state: dict[str, Any], summary: Summary) -> bool:
+    """Whether the file's cells are every variant on every task for every seed (what one
+    narrowed command makes), not the union of narrower runs."""
+    seeds = {c["seed"] for c in state["cells"].values()}
+    return len(state["cells"]) == len(summary.order) * len(summary.tasks) * len(seeds)
 
 
 def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None, out_dir: Path | None = None) -> str:
@@ -194,11 +202,19 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
             lines.append(f"| {label} | " + " | ".join(row) + f" | {'' if mean is None else f'{mean:.1f}'} | |")
     lines += ["", "Δ vs source-only: the mean over tasks minus source-only's in the same form "
               "(deep against deep; shallow against the same classifier without adaptation); ✓ above, ✗ not."]
+    uneven = [v for v in summary.order if summary.overall(v) is not None
+              and summary.overall(v)[2] < len({s for per in summary.acc.get(v, {}).values() for s in per})]
+    if uneven:
+        lines += ["", "The mean over tasks of " + ", ".join(f"`{v}`" for v in uneven) + " is over the seeds that "
+                  "finished every task; the task columns hold every seed run."]
     failures = [(v, t, e) for v, per in summary.failed.items() for t, e in per.items()]
     if failures:
         lines += ["", "Failed cells:", ""] + [f"- `{v}` on {_short(t, suite)}: {e}" for v, t, e in failures]
     if chart:
         lines += ["", f"![mean target accuracy over the tasks]({chart})"]
+        absent = [v for v in summary.order if summary.overall(v) is None]
+        if absent:
+            lines += ["", "Not in the chart (no seed finished every task): " + ", ".join(f"`{v}`" for v in absent) + "."]
     options = dict(state.get("deep_options") or {})
     suite_steps = options.get("steps")
     if state.get("steps"):  # --steps: the runs used these, not the suite's
@@ -217,8 +233,9 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     if suite.skip:
         lines += ["", "Not run: " + "; ".join(f"`{k}` ({why})" for k, why in sorted(suite.skip.items())) + "."]
     total = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())
-    wall = (f"{state['wall_seconds'] / 60:.1f} min of wall time with `--jobs {state.get('jobs', 1)}`, "
-            if state.get("wall_seconds") else "")
+    used = state.get("jobs_used") or [state.get("jobs", 1)]
+    jobs_text = " and ".join(f"`--jobs {j}`" for j in used)
+    wall = (f"{state['wall_seconds'] / 60:.1f} min of wall time with {jobs_text}, " if state.get("wall_seconds") else "")
     by_form = {form: sum(t for v, t in summary.seconds.items() if summary.mode[v] == form) for form in ("deep", "shallow")}
     split = (f" (deep rows {by_form['deep'] / 60:.1f} min, shallow rows {by_form['shallow'] / 60:.1f} min)"
              if by_form["deep"] and by_form["shallow"] else "")
@@ -229,7 +246,8 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         f"Machine: {machine_line(state['machine'])}.",
         "",
         f"Reproduce: `{_reproduce(suite, state, summary, out_dir)}` (a killed run resumes where it stopped; finished "
-        "cells are kept).",
+        "cells are kept)" + ("." if _rectangle(state, summary) else
+                             "; this file's cells come from narrower runs, so the command runs more of them."),
     ]
     return "\n".join(lines) + "\n"
 

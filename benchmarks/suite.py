@@ -8,7 +8,7 @@ A suite is a TOML file (the built-in ones are in ``benchmarks/suites/``)::
     seeds = [0, 1, 2]
     protocol = "..."                 # what is trained on what, and what is reported
     [deep]                           # run options of every deep cell (dalib.RunConfig fields)
-    steps = 2000
+    steps = 2000                     # (an image folder: dataset = "image-folder" and data = "PATH")
     [shallow]                        # present: methods with a shallow form run it too
     classifiers = ["1nn", "linear"]  # once per classifier
     [methods.dann]                   # one hyperparameter setting per method, for all tasks
@@ -24,11 +24,13 @@ The methods are never listed in the suite: every name of :func:`dalib.list_metho
 not skipped runs, so a newly registered plugin joins the suite by itself (with its
 defaults unless the suite gives it a ``[methods.NAME]`` table). Each (variant, task, seed)
 is a *cell*; finished cells are written to the suite's JSON as soon as they finish, so a
-killed suite resumes where it stopped and never re-runs a finished cell.
+killed suite resumes where it stopped and never re-runs a finished cell (``--rerun`` runs
+again those that another version of the code made, and resumes as well).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -202,10 +204,6 @@ def load_suite(name_or_path: str) -> Suite:
     path = Path(name_or_path)
     if path.suffix == ".toml" and not path.is_file():
         raise ConfigError(f"suite file not found: {path}")
-    if path.suffix == ".toml" and path.stem in builtin_suites() and not _is_builtin_file(path):
-        # its results file would be the built-in suite's, bench-NAME.json
-        raise ConfigError(f"suite file {path} has the name of the built-in suite {path.stem}, whose results it "
-                          "would replace: rename the file")
     if path.suffix != ".toml":
         if name_or_path not in builtin_suites():
             raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(builtin_suites())} "
@@ -330,7 +328,9 @@ def _load_state(path: Path) -> dict[str, Any]:
         if not _whole_cell(cell):
             raise ConfigError(f"cannot resume from {path}: its cell {key!r} is damaged; move the file away "
                               "(or delete that cell to run it again)")
-    if not isinstance(state.get("wall_seconds", 0.0), (int, float)) or not isinstance(state.get("jobs", 1), int):
+    jobs_used = state.get("jobs_used", [])
+    if (not isinstance(state.get("wall_seconds", 0.0), (int, float)) or not isinstance(state.get("jobs", 1), int)
+            or not isinstance(jobs_used, list) or not all(isinstance(j, int) for j in jobs_used)):
         raise ConfigError(f"cannot resume from {path}: its wall_seconds or jobs are damaged; move it away")
     return state
 
@@ -361,9 +361,9 @@ def _whole_cell(cell: Any) -> bool:
         return False
     if not isinstance(cell.get("seed"), int) or not isinstance(cell.get("seconds", 0.0), (int, float)):
         return False
-    if cell["status"] == "done":
+    if cell["status"] == "done":  # a suite scores its targets: a done cell holds a number (None is no score)
         acc = cell.get("target_accuracy")
-        return acc is None or (isinstance(acc, (int, float)) and not isinstance(acc, bool))
+        return isinstance(acc, (int, float)) and not isinstance(acc, bool)
     return True
 
 
@@ -425,6 +425,8 @@ def _run_cell(config: Any) -> dict[str, Any]:
         return {"status": "failed", "error": first_line(exc), "seconds": time.perf_counter() - t0}
     except Exception as exc:  # a plugin's bug fails its own cells, not the suite
         return {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}", "seconds": time.perf_counter() - t0}
+    if result.target_accuracy is None:  # a target without labels: nothing for the table
+        return {"status": "failed", "error": "the target has no labels to score", "seconds": time.perf_counter() - t0}
     return {"status": "done", "source_accuracy": result.source_accuracy, "target_accuracy": result.target_accuracy,
             "steps": result.steps, "seconds": time.perf_counter() - t0, "diagnostics": result.diagnostics}
 
@@ -460,7 +462,8 @@ def run_suite(
 
     ``methods``/``tasks``/``seeds``/``steps`` narrow the run; ``jobs`` > 1 runs cells in
     that many worker processes (each with ``cpu_count // jobs`` torch threads); ``rerun``
-    runs the chosen cells again even when they are finished and current.
+    runs the chosen cells again that another version of dalib or of the method's code made
+    (those the current code made are kept, so a killed re-run resumes too).
     """
     out = Path(out_dir)
     try:
@@ -473,6 +476,9 @@ def run_suite(
             raise ConfigError(f"--{what} names none: leave it out for all the suite's {what}")
     if steps is not None and steps < 1:
         raise ConfigError(f"--steps must be >= 1, got {steps}")
+    if steps is not None and suite.deep is None:
+        raise ConfigError(f"--steps sets the deep runs' steps, and suite {suite.name} has no [deep] table: "
+                          "its cells are shallow fits, which take no steps")
     if jobs < 1:
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     variants = suite.variants(methods)
@@ -489,7 +495,9 @@ def run_suite(
 
     if device is not None:
         resolve_device(device)
-    load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root)
+    load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root, data_dir=(suite.deep or {}).get("data"))
+    # a name given twice (or an alias beside its name) is one cell, run once
+    chosen_tasks, chosen_seeds = list(dict.fromkeys(chosen_tasks)), list(dict.fromkeys(chosen_seeds))
     cells = [Cell(v, t, s) for t in chosen_tasks for v in variants for s in chosen_seeds]
     if not cells:
         why = ("it has no [deep] table, so deep methods do not run, and " if suite.deep is None else "")
@@ -515,10 +523,17 @@ def run_suite(
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
+        if plugins:  # the Reproduce line names them: without them the command knows no such method
+            state["plugins"] = sorted(set(state.get("plugins", [])) | set(plugins))
         if not _is_builtin_file(suite.path):
             state["suite_path"] = str(suite.path.resolve())
-        todo = [c for c in cells if rerun or not (state["cells"].get(c.key, {}).get("status") == "done"
-                                                  and state["cells"][c.key].get("fingerprint") == prints[c.key])]
+        def current(cell: Cell) -> bool:  # made by this code of dalib and of the method (a --rerun that was
+            old = state["cells"][cell.key]  # killed resumes: the cells it re-ran already are not run a third time)
+            return old.get("dalib_code") == core and old.get("code") == codes[cell.variant.method]
+
+        todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
+                                         and state["cells"][c.key].get("fingerprint") == prints[c.key]
+                                         and (not rerun or current(c)))]
         running = {c.key for c in todo}
 
         def code_changed(cell: Cell) -> bool:  # a kept cell run by other code of its method (unknown: no)
@@ -544,6 +559,7 @@ def run_suite(
             }
             # every invocation's wall time together, less the estimated share of cells since re-run
             state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
+            state["jobs_used"] = sorted(set(state.get("jobs_used", [state.get("jobs", jobs)])) | {jobs})
             state["jobs"] = jobs
             atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
             if on_cell is not None:
@@ -584,6 +600,11 @@ def run_suite(
                     pool.shutdown(wait=False, cancel_futures=True)
                     raise
                 pool.shutdown()
+        except BaseException:  # Ctrl-C: the table and the chart show the cells finished so far
+            if path.exists():
+                with contextlib.suppress(Exception):
+                    write_report(suite, path)
+            raise
         finally:
             bar.close()
         if not path.exists():  # nothing ran (every cell was current and the file was never written)

@@ -10,7 +10,6 @@ import csv
 import dataclasses
 import inspect
 import io
-import json
 import re
 import sys
 from pathlib import Path
@@ -338,16 +337,19 @@ def _split_list(text: str | None) -> list[str] | None:
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
-@click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code or dalib's)")
+@click.option("--rerun", is_flag=True, help="run the chosen cells again that another version of dalib or of the method's code made "
+              "(a killed re-run resumes: the cells it re-ran are kept)")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None, steps: int | None, jobs: int,
           out: str, data_root: str | None, device: str | None, plugins: tuple[str, ...], rerun: bool,
           quiet: bool) -> None:
     """Run the accuracy SUITE (digits, office-caltech-surf, amazon-reviews, or a .toml file).
 
-    Every registered method the suite applies to, on every task, over 3 seeds; writes
-    bench-SUITE.json (every run), bench-SUITE.md (the table) and bench-SUITE.png into --out.
-    A killed suite resumes where it stopped.
+    Every registered method the suite applies to, on every task, over the suite's seeds (3
+    for the built-in ones); writes bench-SUITE.json (every run), bench-SUITE.md (the table) and
+    bench-SUITE.png into --out (bench-SUITE-stepsN.* with --steps). A killed suite resumes where
+    it stopped, and its table shows the cells finished so far. A suite of your own is a .toml
+    file: see the Benchmarks page of the docs.
     """
     from dalib_benchmarks.suite import load_suite, run_suite
 
@@ -361,12 +363,17 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
             raise ConfigError(f"--seeds takes integers separated by commas, got {seeds!r}") from None
         if not seed_list:
             raise ConfigError("--seeds is empty")
+    failed: dict[str, dict[str, Any]] = {}  # of the cells run now (a chosen cell that failed before runs again)
+
+    def note(cell: Any, outcome: dict[str, Any]) -> None:
+        if outcome.get("status") == "failed":
+            failed[cell.key] = outcome
+
     path = run_suite(chosen, out, methods=_split_list(methods), tasks=_split_list(tasks), seeds=seed_list,
                      steps=steps, data_root=data_root, device=device, jobs=jobs, plugins=plugins,
-                     progress=False if quiet else None, rerun=rerun)
+                     progress=False if quiet else None, rerun=rerun, on_cell=note)
     click.echo(f"results: {path}")
     click.echo(f"table: {path.with_suffix('.md')}")
-    failed = {key: cell for key, cell in json.loads(path.read_text())["cells"].items() if cell.get("status") == "failed"}
     if failed:
         key, cell = next(iter(sorted(failed.items())))
         raise ConfigError(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")

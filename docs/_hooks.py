@@ -249,6 +249,19 @@ def _suite_times(suites: list[Path]) -> list[str]:
             "| command | cells | wall time | cell time | machine |", "|---|---|---|---|---|", *rows, ""]
 
 
+def _own_suite() -> list[str]:
+    """How to write a suite of one's own: the suite module's docstring, the one description
+    of the format."""
+    from dalib_benchmarks import suite
+
+    text = inspect.cleandoc(suite.__doc__ or "")
+    _, _, rest = text.partition("\n\n")  # past the module's one-line summary
+    return ["## A suite of your own", "",
+            "`dalib bench my_suite.toml --out my_results` runs a suite file of your own (a copy of a "
+            "built-in one is a good start; it never writes into the built-in's results).", "",
+            rest.replace("::", ":"), ""]
+
+
 def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
     files = sorted(results.glob("*.md")) if results.is_dir() else []
     suites = [p for p in files if p.name.startswith("bench-")]
@@ -276,6 +289,7 @@ def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
             "checkout yet.",
             "",
         ]
+    lines += _own_suite()
     lines += ["## Speed and other benchmarks", ""]
     if others:
         for path in others:

@@ -163,6 +163,7 @@ def test_a_killed_suite_resumes_without_rerunning_finished_cells(toy_suite, tmp_
     path = tmp_path / "bench-toy.json"
     first = json.loads(path.read_text())["cells"]
     assert len(first) == 3
+    assert "source_only" in path.with_suffix(".md").read_text()  # the table of the cells finished so far
     rerun = []
     run_suite(suite, tmp_path, methods=["source_only", "dann"], progress=False,
               on_cell=lambda cell, outcome: rerun.append(cell.key))
@@ -361,13 +362,13 @@ def _plugin_file(path, name: str, body: str, config: str = "pass") -> str:
 
 
 def test_a_buggy_plugin_fails_its_own_cells_and_the_others_run(toy_suite, tmp_path):
-    """Plugins join suites by themselves: one with a bug (a KeyError in its loss, a required
-    hyperparameter the suite does not set) must not stop the others' cells."""
+    """Plugins join suites by themselves: one with a bug (a KeyError in its loss) or one that
+    refuses the data (a DataError) must not stop the others' cells."""
     from dalib.registry import unregister_method
 
     buggy = _plugin_file(tmp_path / "buggy.py", "bench_buggy", "return {}['total']")
-    needy = _plugin_file(tmp_path / "needy.py", "bench_needy", "return {'total': self.source_loss(batch, out)}",
-                         config="weight: float = dalib.param(dalib.config.dataclasses.MISSING, 'required')")
+    needy = _plugin_file(tmp_path / "needy.py", "bench_needy",
+                         "import dalib.errors; raise dalib.errors.DataError('this method needs a weight for each sample')")
     try:
         res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--plugin", buggy, "--plugin", needy, "--methods",
                                        "bench_buggy,bench_needy,source_only", "--seeds", "0", "--out",
@@ -381,7 +382,7 @@ def test_a_buggy_plugin_fails_its_own_cells_and_the_others_run(toy_suite, tmp_pa
     assert cells["bench_buggy | src->tgt | seed 0"]["status"] == "failed"
     assert cells["bench_buggy | src->tgt | seed 0"]["error"].startswith("KeyError")
     assert cells["bench_needy | src->tgt | seed 0"]["status"] == "failed"
-    assert "weight" in cells["bench_needy | src->tgt | seed 0"]["error"]
+    assert cells["bench_needy | src->tgt | seed 0"]["error"] == "this method needs a weight for each sample"
     assert cells["source_only | src->tgt | seed 0"]["status"] == "done"
 
 
@@ -429,9 +430,16 @@ def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path
         run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False,
                   on_cell=lambda cell, outcome: ran.append(cell.key))
     assert ran == []
+    def killed_after_one(cell, outcome):
+        ran.append(cell.key)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a re-run killed after its first cell ...
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
+                  on_cell=killed_after_one)
     run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
               on_cell=lambda cell, outcome: ran.append(cell.key))
-    assert sorted(ran) == sorted(cells)
+    assert sorted(ran) == sorted(cells)  # ... resumes: each cell re-ran once
     cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
     assert {c["dalib_code"] for c in cells.values()} == {"another-version"}
 
@@ -501,17 +509,25 @@ def test_a_second_bench_into_the_same_results_file_is_refused_while_the_first_wr
     assert not lock.exists() and "coral | src->tgt | seed 0" in json.loads(path.read_text())["cells"]
 
 
-def test_tasks_outside_the_suite_and_suite_files_that_shadow_a_builtin_are_refused(toy_suite, tmp_path):
+def test_tasks_outside_the_suite_are_refused_and_a_copy_of_a_builtin_suite_keeps_off_its_results(toy_suite, tmp_path):
     res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--tasks", "src->src", "--out", str(tmp_path), "--quiet"])
     assert res.exit_code == 2 and "--tasks src->src: not a task of suite toy (src->tgt)" in res.stderr
-    copy = tmp_path / "suites" / "digits.toml"
-    copy.parent.mkdir()
-    copy.write_text(toy_suite.read_text())
-    res = CliRunner().invoke(cli, ["bench", str(copy), "--out", str(tmp_path), "--quiet"])
-    assert res.exit_code == 2 and "has the name of the built-in suite digits, whose results it would replace" in res.stderr
     res = CliRunner().invoke(cli, ["bench", str(tmp_path / "none.toml"), "--out", str(tmp_path), "--quiet"])
     assert res.exit_code == 2 and "suite file not found:" in res.stderr
     assert not list(tmp_path.glob("bench-*")) and not list(tmp_path.glob(".bench-*"))  # nothing written
+    # a copy of a built-in suite (the way to start one's own) runs into an --out of its own, but never
+    # into a folder that holds the built-in's results
+    copy = tmp_path / "suites" / "digits.toml"
+    copy.parent.mkdir()
+    copy.write_text(toy_suite.read_text())
+    args = ["--methods", "source_only", "--seeds", "0", "--quiet"]
+    res = CliRunner().invoke(cli, ["bench", str(copy), *args, "--out", str(tmp_path / "mine")])
+    assert res.exit_code == 0, res.output
+    theirs = tmp_path / "theirs" / "bench-digits.json"
+    theirs.parent.mkdir()
+    theirs.write_text(json.dumps({"format": 1, "cells": {}, "suite_file": "benchmarks/suites/digits.toml"}))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(copy), *args, "--out", str(theirs.parent)]),
+                    "holds the results of suite file benchmarks/suites/digits.toml")
 
 
 def test_another_suite_file_of_the_same_name_does_not_take_over_its_results(toy_suite, tmp_path, monkeypatch):
@@ -542,3 +558,106 @@ def test_another_suite_file_of_the_same_name_does_not_take_over_its_results(toy_
     toy_suite.rename(moved)
     assert CliRunner().invoke(cli, ["bench", str(moved), *args]).exit_code == 0
     assert json.loads((out / "bench-toy.json").read_text())["cells"] == json.loads(before)["cells"]
+
+
+def test_a_done_cell_without_a_number_is_damaged_not_a_traceback(toy_suite, tmp_path):
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0", "--out",
+                                   str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    path = tmp_path / "bench-toy.json"
+    for edit in (lambda c: c.update(target_accuracy=None), lambda c: c.pop("target_accuracy")):
+        state = json.loads(path.read_text())
+        edit(state["cells"]["source_only | src->tgt | seed 0"])
+        path.write_text(json.dumps(state))
+        _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                                 "--out", str(tmp_path), "--quiet"]),
+                        "its cell 'source_only | src->tgt | seed 0' is damaged")
+
+
+def test_a_narrowed_run_names_each_cell_once_and_answers_for_its_own_cells(toy_suite, tmp_path):
+    """A task or seed given twice is one cell; a failed cell of another method, kept in the file,
+    is no failure of this run (the table still lists it)."""
+    from dalib.registry import unregister_method
+
+    buggy = _plugin_file(tmp_path / "buggy.py", "bench_buggy_kept", "return {}['total']")
+    try:
+        res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--plugin", buggy, "--methods", "bench_buggy_kept",
+                                       "--seeds", "0", "--out", str(tmp_path), "--quiet"])
+        assert res.exit_code == 2 and "1 cell(s) failed" in res.stderr
+        ran = []
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], tasks=["src->tgt", "src:tgt"],
+                  seeds=[0, 0], progress=False, on_cell=lambda cell, outcome: ran.append(cell.key))
+        assert sorted(ran) == ["source_only (shallow, 1nn) | src->tgt | seed 0", "source_only | src->tgt | seed 0"]
+        res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                       "--out", str(tmp_path), "--quiet"])
+        assert res.exit_code == 0, res.output
+        md = (tmp_path / "bench-toy.md").read_text()
+        assert "`bench_buggy_kept` on src→tgt: KeyError" in md
+        assert f"--plugin {buggy}" in md  # the Reproduce line knows the method only with it
+    finally:
+        unregister_method("bench_buggy_kept")
+
+
+def test_steps_for_a_suite_without_deep_runs_are_refused(tmp_path, toy_dataset):
+    path = tmp_path / "shallow.toml"
+    path.write_text(toy_suite_text('[shallow]\nclassifiers = ["1nn"]\n'))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(path), "--methods", "source_only", "--steps", "20",
+                                             "--out", str(tmp_path), "--quiet"]),
+                    "--steps sets the deep runs' steps, and suite shallow has no [deep] table")
+
+
+def test_a_suite_of_ones_own_images(tmp_path):
+    """A suite over an image folder names it in [deep]: data = "..."."""
+    from PIL import Image
+
+    for domain, shade in (("real", 60), ("sketch", 120)):
+        for cls, extra in (("cat", 0), ("dog", 100)):
+            for i in range(4):
+                path = tmp_path / "imgs" / domain / cls / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8), (shade + extra + i, 0, 0)).save(path)
+    suite = tmp_path / "mine.toml"
+    suite.write_text(f"""
+title = "my images"
+dataset = "image-folder"
+tasks = ["real->sketch"]
+seeds = [0]
+[deep]
+data = "{tmp_path / 'imgs'}"
+arch = "lenet"
+image_size = 16
+steps = 3
+batch_size = 4
+""")
+    res = CliRunner().invoke(cli, ["bench", str(suite), "--methods", "source_only", "--out", str(tmp_path / "r"),
+                                   "--quiet"])
+    assert res.exit_code == 0, res.output
+    cell = json.loads((tmp_path / "r" / "bench-mine.json").read_text())["cells"]["source_only | real->sketch | seed 0"]
+    assert cell["status"] == "done" and 0 <= cell["target_accuracy"] <= 100
+
+
+def test_the_table_says_when_its_cells_do_not_fill_a_rectangle(toy_suite, tmp_path):
+    """Uneven seeds: the mean over tasks is over the seeds that finished every task, and a row
+    without a mean is not in the chart; the Reproduce command is then a superset."""
+    from dalib_benchmarks.report import markdown
+
+    suite = load_suite(str(toy_suite))
+
+    def cell(v, src, tgt, seed):
+        return {"variant": v, "method": v, "mode": "deep", "src": src, "tgt": tgt, "seed": seed, "status": "done",
+                "target_accuracy": 50.0 + seed, "seconds": 1.0}
+
+    cells = {f"{v} | {a}->{b} | seed {k}": cell(v, a, b, k)
+             for v, a, b, k in (("source_only", "src", "tgt", 0), ("source_only", "src", "tgt", 1),
+                                ("source_only", "tgt", "src", 0), ("coral", "src", "tgt", 0))}
+    state = {"cells": cells, "machine": {}, "jobs_used": [1, 2], "wall_seconds": 120.0}
+    text = markdown(suite, state, Summary(state), "chart.png")
+    assert "The mean over tasks of `source_only` is over the seeds that finished every task" in text
+    assert "Not in the chart (no seed finished every task): `coral`." in text
+    assert "2.0 min of wall time with `--jobs 1` and `--jobs 2`" in text
+    assert "this file's cells come from narrower runs, so the command runs more of them" in text
+    for v, a, b, k in (("source_only", "tgt", "src", 1), ("coral", "src", "tgt", 1), ("coral", "tgt", "src", 0),
+                       ("coral", "tgt", "src", 1)):
+        cells[f"{v} | {a}->{b} | seed {k}"] = cell(v, a, b, k)
+    text = markdown(suite, state, Summary(state), "chart.png")
+    assert "come from narrower runs" not in text and "Not in the chart" not in text and "seeds that finished" not in text
