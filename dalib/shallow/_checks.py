@@ -84,6 +84,23 @@ def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def as_groups(y: Any, n: int, name: str = "ys") -> np.ndarray:
+    """Class labels of any kind (integers, strings, a pandas Categorical) as (n,) int64 group
+    indices 0..G-1 in the order of the sorted labels, or raise :class:`InputError`."""
+    arr = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
+    if arr.ndim == 2 and 1 in arr.shape:
+        arr = arr.reshape(-1)
+    if arr.ndim != 1 or arr.shape[0] != n:
+        return as_labels(arr, n, name)  # its message for the shape
+    if np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
+        return as_labels(arr, n, name)
+    try:
+        _, groups = np.unique(arr, return_inverse=True)
+    except TypeError:  # labels of mixed types, which cannot be sorted
+        raise InputError(f"{name} must hold class labels of one kind (numbers or strings), got {arr.dtype}") from None
+    return groups.reshape(-1).astype(np.int64)
+
+
 def to_numpy(x: Tensor) -> np.ndarray:
     return x.detach().cpu().numpy()
 
@@ -96,7 +113,9 @@ def like_input(result: Tensor, reference: Any) -> Any:
         dtype = reference.dtype if reference.is_floating_point() else result.dtype
         return result.to(device=reference.device, dtype=dtype)
     out = to_numpy(result)
-    if getattr(reference, "dtype", None) == np.float32:
+    dtypes = getattr(reference, "dtypes", None)  # a DataFrame: one dtype per column
+    if getattr(reference, "dtype", None) == np.float32 or (
+            dtypes is not None and len(dtypes) and all(d == np.float32 for d in dtypes)):
         return out.astype(np.float32)
     return out
 

@@ -33,5 +33,15 @@ class Params:
 
     def __repr__(self) -> str:
         defaults = {n: p.default for n, p in inspect.signature(type(self).__init__).parameters.items() if n != "self"}
-        changed = [f"{n}={v!r}" for n, v in self.get_params().items() if v != defaults.get(n)]
+        changed = [f"{n}={v!r}" for n, v in self.get_params().items() if not _same(v, defaults.get(n))]
         return f"{type(self).__name__}({', '.join(changed)})"
+
+
+def _same(value: Any, default: Any) -> bool:
+    """Whether a parameter is at its default (an array's comparison has no single truth value)."""
+    if value is default:
+        return True
+    try:
+        return bool(value == default)
+    except (ValueError, RuntimeError, TypeError):
+        return False

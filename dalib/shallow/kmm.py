@@ -232,9 +232,10 @@ class KMM(Params):
         10 iterations (the final Frank-Wolfe duality gap, a bound on ``f(β) − f*``, is
         ``gap_``).
     backend : "auto", "dense", "blocked" or "keops". "dense" forms the n_s × n_s kernel
-        matrix once (fast for a few thousand points); the others compute each product
-        through :func:`dalib.kernels.gaussian_matvec` without forming it. "auto" picks
-        "dense" up to :data:`DENSE_MAX_ENTRIES` entries, else the kernels' own "auto".
+        matrix once (fast for a few thousand points); "blocked" recomputes it tile by tile at
+        each product, using its symmetry, and "keops" through KeOps, neither storing it.
+        "auto" picks "dense" up to :data:`DENSE_MAX_ENTRIES` entries, else "blocked" on the
+        CPU and KeOps (when it is installed) on CUDA.
     dtype : "float32" (default, for speed) or "float64", the precision of the kernel
         products. The projection and the objective are always accumulated in float64.
 
@@ -337,8 +338,8 @@ class KMM(Params):
         return self
 
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> np.ndarray:
-        """``fit`` and return ``weights_``."""
-        return self.fit(Xs, Xt, ys).weights_
+        """``fit`` and return a copy of ``weights_``."""
+        return self.fit(Xs, Xt, ys).weights_.copy()
 
 
 def _fista(

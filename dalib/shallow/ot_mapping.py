@@ -43,7 +43,7 @@ from dalib.kernels._checks import outside_autocast
 from dalib.kernels.backends import import_quietly
 from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import (
-    as_labels,
+    as_groups,
     as_matrix,
     check_choice,
     check_positive,
@@ -138,16 +138,27 @@ class OTMapping(Params):
     @outside_autocast
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> OTMapping:
         """Compute the plan between ``Xs`` (n_s, d) and ``Xt`` (n_t, d) and the mapped
-        source samples; ``ys`` (n_s,) source labels are needed when ``reg_cl`` is set."""
+        source samples; ``ys`` (n_s,) source labels of any kind (integers, strings) are needed
+        when ``reg_cl`` is set, and not read otherwise. A fit that fails leaves the previous
+        one as it was."""
+        before = dict(self.__dict__)
+        try:
+            return self._fit(Xs, Xt, ys)
+        except BaseException:  # a failed refit leaves the previous fit whole, not half replaced
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, Xs: Any, Xt: Any, ys: Any) -> OTMapping:
         self._check_params()
         xs = as_matrix(Xs, "Xs")
         xt = as_matrix(Xt, "Xt")
         check_same_features(xs, xt)
         labels = None
-        if ys is not None:
-            labels = as_labels(ys, xs.shape[0], "ys")
-        if self.reg_cl is not None and labels is None:
-            raise InputError("reg_cl (class regularisation) needs the source labels: fit(Xs, Xt, ys)")
+        if self.reg_cl is not None:  # the labels only group the source samples: any kind of label
+            if ys is None:
+                raise InputError("reg_cl (class regularisation) needs the source labels: fit(Xs, Xt, ys)")
+            labels = as_groups(ys, xs.shape[0], "ys")
         start = time.perf_counter()
         ns, nt = xs.shape[0], xt.shape[0]
         backend = self.backend
@@ -167,7 +178,14 @@ class OTMapping(Params):
             self._fit_pot(xs, xt, labels)
         else:
             dtype = torch.float32 if self.dtype == "float32" else torch.float64
-            self._fit_log(xs.to(dtype), xt.to(dtype), labels, backend)
+            if not math.isfinite(float(torch.tensor(1.0 / float(self.reg), dtype=dtype))):
+                raise ConfigError(f"reg={self.reg!r} is too small for {self.dtype} arithmetic (1/reg overflows): "
+                                  "raise reg, or set dtype='float64'")
+            # the cost and the mapping are the same for data moved as a whole: centred in float64
+            # first, data far from the origin keeps its precision in float32
+            centre = torch.cat([xs, xt]).mean(0)  # (D,)
+            self._fit_log((xs - centre).to(dtype), (xt - centre).to(dtype), labels, backend)
+            self.mapped_ = self.mapped_ + centre.cpu().numpy()
         self.converged_ = self.marginal_error_ is None or self.marginal_error_ <= self._tol_reached
         if not self.converged_:
             warn_outside_dalib(f"OTMapping: Sinkhorn stopped after max_iter={self.max_iter} iterations with a "
@@ -300,7 +318,7 @@ class OTMapping(Params):
         if x.shape[1] != self.n_features_in_:
             raise InputError(f"X has {x.shape[1]} features, OTMapping was fitted on {self.n_features_in_}")
         if x.shape == self.xs_.shape and torch.equal(x, self.xs_.to(x.device)):
-            return like_input(torch.from_numpy(self.mapped_), X)
+            return like_input(torch.from_numpy(self.mapped_.copy()), X)  # a copy: editing it leaves the fit as it is
         if self._uses_continuous_map():
             xt = self.xt_.to(x.device)
             h = torch.from_numpy(self.g_).to(x.device) / float(self.reg_) - math.log(xt.shape[0])

@@ -185,3 +185,75 @@ def test_nearest_neighbour_ties_go_to_the_first_sample(offset):
     assert ((dist == dist.min(1, keepdims=True)).sum(1) > 1).mean() > 0.5  # ties are the rule here
     pred = make_classifier("1nn").fit(x + offset, labels).predict(q + offset)
     np.testing.assert_array_equal(pred, labels[dist.argmin(1)])  # numpy's argmin: the first
+
+
+def test_transform_and_fit_transform_hand_out_copies(data):
+    """Centring the result in place (a user's next step) leaves the fitted model as it was."""
+    xs, xt, _ = data
+    m = OTMapping(reg=0.1).fit(xs, xt)
+    first = m.transform(xs).copy()
+    m.transform(xs)[:] = 0.0
+    m.fit_transform(torch.from_numpy(xs), xt).mul_(0)
+    np.testing.assert_array_equal(m.transform(xs), first)
+    k = KMM(max_iter=20)
+    w = k.fit_transform(xs, xt)
+    w[:] = 0.0
+    assert k.weights_.sum() > 0
+
+
+def test_a_failed_refit_leaves_the_previous_fit_whole(data, monkeypatch):
+    from dalib.shallow import ot_mapping
+
+    xs, xt, _ = data
+    m = OTMapping(reg=0.1, backend="blocked").fit(xs, xt)
+    before, moved = m.transform(xs), m.transform(xs + 0.01)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the solver broke")
+
+    monkeypatch.setattr(ot_mapping, "log_sinkhorn", fails)
+    with pytest.raises(RuntimeError, match="the solver broke"):
+        m.set_params(reg=0.5).fit(2 * xs, xt)
+    m.set_params(reg=0.1)
+    np.testing.assert_array_equal(m.transform(xs), before)
+    np.testing.assert_array_equal(m.transform(xs + 0.01), moved)
+
+
+def test_a_reg_too_small_for_the_arithmetic_is_a_setting_error(data):
+    xs, xt, _ = data
+    with pytest.raises(ConfigError, match=r"reg=1e-300 is too small for float32 arithmetic.*dtype='float64'"):
+        OTMapping(reg=1e-300, backend="blocked").fit(xs, xt)
+
+
+def test_class_labels_may_be_strings_and_are_read_only_when_used(data):
+    xs, xt, ys = data
+    names = np.array(["cat", "dog", "eel"])
+    by_number = OTMapping(reg=0.5, reg_cl=0.1).fit(xs, xt, ys).mapped_
+    by_name = OTMapping(reg=0.5, reg_cl=0.1).fit(xs, xt, names[ys]).mapped_
+    np.testing.assert_array_equal(by_number, by_name)
+    OTMapping(reg=0.5).fit(xs, xt, names[ys][:3])  # no reg_cl: the labels are not read
+
+
+def test_the_float32_log_domain_map_keeps_its_precision_far_from_the_origin(data):
+    xs, xt, _ = data
+    near = OTMapping(reg=0.1, backend="blocked").fit(xs, xt).mapped_
+    far = OTMapping(reg=0.1, backend="blocked").fit(xs + 1e5, xt + 1e5).mapped_
+    assert np.abs(far - 1e5 - near).max() < 1e-3  # was 0.05 before centring: float32 has 7 digits
+
+
+class _Frame:
+    """What dalib reads of a pandas DataFrame: its values, and one dtype per column."""
+
+    def __init__(self, values):
+        self.values, self.dtypes = values, [values.dtype] * values.shape[1]
+
+    def __array__(self, dtype=None, copy=None):
+        return self.values if dtype is None else self.values.astype(dtype)
+
+
+def test_repr_takes_array_parameters_and_dataframes_keep_float32(data):
+    assert repr(KMM(bandwidth=np.array([1.0, 2.0]))).startswith("KMM(bandwidth=array([1., 2.])")
+    assert repr(KMM()) == "KMM()"
+    xs, xt, _ = data
+    frame = _Frame(xs.astype(np.float32))
+    assert CORAL().fit(frame, xt).transform(frame).dtype == np.float32
