@@ -533,7 +533,8 @@ def run(
 ) -> RunResult:
     """Train ``config.method`` from ``config.src`` to ``config.tgt`` and evaluate it.
 
-    ``out_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``result.json``; with
+    ``out_dir`` receives ``metrics.jsonl``, ``checkpoint.pt`` and ``result.json`` (a shallow
+    run: ``result.json`` alone); ``out_dir=None`` writes nothing. With
     ``resume=True`` training continues from its checkpoint and ends with the same result
     an uninterrupted run gives. ``on_start(info)`` is called once the data is loaded and
     checked (``info``: dataset, domains, sizes, start step), ``on_step(step, logs)`` after

@@ -21,7 +21,7 @@ from dalib.data import (  # noqa: F401
     image_folder,
     office_caltech,
 )
-from dalib.data.domain import Domain
+from dalib.data.domain import UNLABELLED, Domain
 from dalib.data.registry import (
     DatasetInfo,
     LoadRequest,
@@ -38,6 +38,7 @@ __all__ = [
     "DatasetInfo",
     "Domain",
     "LoadRequest",
+    "UNLABELLED",
     "default_data_root",
     "get_dataset",
     "infer_dataset",

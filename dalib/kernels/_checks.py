@@ -66,7 +66,8 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     limit = 0.5 * math.sqrt(torch.finfo(dtype).max / x.shape[1])
     if largest > limit:
         raise InputError(f"{name} holds values up to {largest:.3g}, too large for {_dtype_name(x)} squared distances "
-                         f"(at most {limit:.3g} in {x.shape[1]} dimensions): scale the features, or use float64")
+                         f"(at most {limit:.3g} in {x.shape[1]} dimensions): scale the features"
+                         + (", or use float64" if torch.finfo(dtype).max < torch.finfo(torch.float64).max else ""))
     return x
 
 

@@ -132,6 +132,16 @@ class _GaussTiles:
         return total
 
 
+def _first_order_only() -> None:
+    """The tiles are written in place, so the backward itself has no graph: a gradient of a
+    gradient (``create_graph=True``, grad mode on in the backward) would fail deep in torch."""
+    if torch.is_grad_enabled():
+        from dalib.errors import BackendError
+
+        raise BackendError("backend 'blocked' gives first-order gradients only: pass backend='dense' "
+                           "for create_graph=True (a gradient penalty)")
+
+
 class _GaussianMatvec(torch.autograd.Function):
     """out (N, K) = Σ_s exp(−γ_s ‖x_i − y_j‖²) @ v (M, K)."""
 
@@ -148,6 +158,7 @@ class _GaussianMatvec(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        _first_order_only()
         x, y, v = ctx.saved_tensors
         need_x, need_y, need_v, _ = ctx.needs_input_grad
         tiles = _GaussTiles(x, y, ctx.gammas)
@@ -186,6 +197,7 @@ class _GaussianSum(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        _first_order_only()
         x, y = ctx.saved_tensors
         symmetric = ctx.symmetric
         need_x, need_y = ctx.needs_input_grad[:2]
@@ -274,6 +286,7 @@ class _Softmin(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # type: ignore[override]
+        _first_order_only()
         x, y, h, lse = ctx.saved_tensors
         eps, p = ctx.eps, ctx.p
         need_x, need_y, need_h = ctx.needs_input_grad[:3]

@@ -149,3 +149,29 @@ def test_the_dense_backend_has_a_second_derivative():
     x = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
     y = torch.randn(5, 3, generator=g, dtype=torch.float64)
     assert torch.autograd.gradgradcheck(lambda a: mmd(a, y, bandwidths=[1.0, 2.0], backend="dense"), (x,))
+
+
+@pytest.mark.parametrize("loss", ["mmd", "softmin"])
+def test_the_blocked_backend_refuses_a_second_derivative_in_one_line(loss):
+    """Its tiles are written in place: create_graph=True is our one-line error, not torch's."""
+    from dalib.errors import BackendError
+    from dalib.kernels import softmin
+    from dalib.losses import mmd
+
+    x = torch.randn(7, 3, requires_grad=True)
+    y = torch.randn(5, 3)
+    value = (mmd(x, y, backend="blocked") if loss == "mmd"
+             else softmin(x, y, torch.zeros(5), 0.5, backend="blocked").sum())
+    with pytest.raises(BackendError, match="backend 'blocked' gives first-order gradients only: pass backend='dense'"):
+        torch.autograd.grad(value, x, create_graph=True)
+    value = (mmd(x, y, backend="blocked") if loss == "mmd"
+             else softmin(x, y, torch.zeros(5), 0.5, backend="blocked").sum())
+    assert torch.autograd.grad(value, x)[0].shape == (7, 3)  # first order: as before
+
+
+def test_values_too_large_in_float64_do_not_advise_float64():
+    from dalib.errors import InputError
+    from dalib.losses import coral
+
+    with pytest.raises(InputError, match=r"too large for float64 squared distances .*scale the features$"):
+        coral(torch.full((4, 3), 1e200, dtype=torch.float64), torch.zeros(4, 3, dtype=torch.float64))
