@@ -25,7 +25,7 @@ not skipped runs, so a newly registered plugin joins the suite by itself (with i
 defaults unless the suite gives it a ``[methods.NAME]`` table). Each (variant, task, seed)
 is a *cell*; finished cells are written to the suite's JSON as soon as they finish, so a
 killed suite resumes where it stopped and never re-runs a finished cell (``--rerun`` runs
-again those that another version of the code made, and resumes as well).
+the chosen cells again, and a killed re-run resumes as well).
 """
 
 from __future__ import annotations
@@ -330,6 +330,7 @@ def _load_state(path: Path) -> dict[str, Any]:
                               "(or delete that cell to run it again)")
     jobs_used = state.get("jobs_used", [])
     if (not isinstance(state.get("wall_seconds", 0.0), (int, float)) or not isinstance(state.get("jobs", 1), int)
+            or not isinstance(state.get("rerun_since", 0.0), (int, float))
             or not isinstance(jobs_used, list) or not all(isinstance(j, int) for j in jobs_used)):
         raise ConfigError(f"cannot resume from {path}: its wall_seconds or jobs are damaged; move it away")
     return state
@@ -359,7 +360,7 @@ def _whole_cell(cell: Any) -> bool:
     if not isinstance(cell, dict) or not all(isinstance(cell.get(k), str) for k in ("variant", "method", "mode",
                                                                                      "src", "tgt", "status")):
         return False
-    if not isinstance(cell.get("seed"), int) or not isinstance(cell.get("seconds", 0.0), (int, float)):
+    if not isinstance(cell.get("seed"), int) or not all(isinstance(cell.get(k, 0.0), (int, float)) for k in ("seconds", "finished")):
         return False
     if cell["status"] == "done":  # a suite scores its targets: a done cell holds a number (None is no score)
         acc = cell.get("target_accuracy")
@@ -462,8 +463,8 @@ def run_suite(
 
     ``methods``/``tasks``/``seeds``/``steps`` narrow the run; ``jobs`` > 1 runs cells in
     that many worker processes (each with ``cpu_count // jobs`` torch threads); ``rerun``
-    runs the chosen cells again that another version of dalib or of the method's code made
-    (those the current code made are kept, so a killed re-run resumes too).
+    runs the chosen cells again, finished or not; a killed re-run resumes (the cells it
+    finished are kept until a re-run completes).
     """
     out = Path(out_dir)
     try:
@@ -527,13 +528,17 @@ def run_suite(
             state["plugins"] = sorted(set(state.get("plugins", [])) | set(plugins))
         if not _is_builtin_file(suite.path):
             state["suite_path"] = str(suite.path.resolve())
-        def current(cell: Cell) -> bool:  # made by this code of dalib and of the method (a --rerun that was
-            old = state["cells"][cell.key]  # killed resumes: the cells it re-ran already are not run a third time)
-            return old.get("dalib_code") == core and old.get("code") == codes[cell.variant.method]
+        # --rerun runs every chosen cell again; one that was killed resumes: the cells it finished
+        # already (after the time it started, kept in the file until a --rerun completes) are kept
+        if rerun:
+            state.setdefault("rerun_since", time.time())
+
+        def rerun_already(cell: Cell) -> bool:
+            return float(state["cells"][cell.key].get("finished", 0.0)) >= float(state["rerun_since"])
 
         todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
                                          and state["cells"][c.key].get("fingerprint") == prints[c.key]
-                                         and (not rerun or current(c)))]
+                                         and (not rerun or rerun_already(c)))]
         running = {c.key for c in todo}
 
         def code_changed(cell: Cell) -> bool:  # a kept cell run by other code of its method (unknown: no)
@@ -555,7 +560,7 @@ def run_suite(
                 "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
                 "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
                 "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
-                "code": codes[cell.variant.method], "dalib_code": core, **outcome,
+                "code": codes[cell.variant.method], "dalib_code": core, "finished": time.time(), **outcome,
             }
             # every invocation's wall time together, less the estimated share of cells since re-run
             state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
@@ -607,6 +612,9 @@ def run_suite(
             raise
         finally:
             bar.close()
+        if rerun:  # done: the next --rerun runs the cells again
+            state.pop("rerun_since", None)
+            atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         if not path.exists():  # nothing ran (every cell was current and the file was never written)
             atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         write_report(suite, path)

@@ -31,8 +31,8 @@ class _OneLineError(click.ClickException):
 
 # what torch's allocators say when memory runs out (a plugin's own RuntimeError that merely
 # mentions memory keeps its traceback)
-_OOM_TEXT = re.compile(r"DefaultCPUAllocator: (can't allocate|not enough) memory|CUDA out of memory|"
-                       r"MPS backend out of memory|HIP out of memory")
+_OOM_TEXT = re.compile(r"DefaultCPUAllocator: (can't allocate|not enough) memory|"
+                       r"\b(CUDA|XPU|MPS|HIP)( backend)?( error:)? out of memory")
 
 
 def _out_of_memory(exc: BaseException) -> bool:
@@ -337,8 +337,8 @@ def _split_list(text: str | None) -> list[str] | None:
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
-@click.option("--rerun", is_flag=True, help="run the chosen cells again that another version of dalib or of the method's code made "
-              "(a killed re-run resumes: the cells it re-ran are kept)")
+@click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code or "
+              "dalib's); a killed re-run resumes: the cells it finished are kept")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None, steps: int | None, jobs: int,
           out: str, data_root: str | None, device: str | None, plugins: tuple[str, ...], rerun: bool,

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dalib.data.registry import dataset_plugin_errors, same_definition
@@ -41,6 +42,7 @@ M = TypeVar("M", bound=type[Method])
 _methods: dict[str, type[Method]] = {}
 _broken: dict[str, str] = {}
 _entry_points_loaded = False
+_deferred: list[EntryPoint] = []  # class entry points of modules that were being imported
 #: the plugin modules loaded by load_plugin_module -> the methods each registered
 _loaded_modules: dict[str, list[str]] = {}
 
@@ -87,7 +89,7 @@ def _check_config(name: str, attr: str, config: type) -> None:
         raise RegistryError(f"method {name!r}: its {attr}'s own defaults are refused by its checks: "
                             f"{type(exc).__name__}: {first_line(exc)}") from None
     for f in dataclasses.fields(config):
-        value = getattr(defaults, f.name)
+        value = getattr(defaults, f.name, None)  # a field(init=False) that __post_init__ leaves unset: none
         if not _plain_default(value):
             raise RegistryError(f"method {name!r}: {attr} field {f.name!r} defaults to {value!r}, which result.json "
                                 "cannot hold: use None, a boolean, a number, a string, or a list of them")
@@ -142,31 +144,46 @@ def _dist_name(ep: EntryPoint) -> str:
     return "" if dist is None else str(dist.metadata["Name"] or "")
 
 
+def _initializing(ep: EntryPoint) -> bool:
+    module = sys.modules.get(ep.module)
+    return module is not None and bool(getattr(module.__spec__, "_initializing", False))
+
+
 def _load_entry_points() -> None:
     """Import every ``dalib.methods`` entry point once, each in isolation: dalib's own
     first, then the other packages' in name order. A name that is already taken is
-    reported as a failed plugin, never silently replaced or skipped."""
+    reported as a failed plugin, never silently replaced or skipped. An entry point whose
+    module is being imported right now (its decorator got here) waits until it is."""
     global _entry_points_loaded
     if _entry_points_loaded:
+        waiting = [ep for ep in _deferred if not _initializing(ep)]
+        for ep in waiting:
+            _deferred.remove(ep)
+            _load_one(ep)
         return
     _entry_points_loaded = True
     eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (_dist_name(ep) != "dalib", _dist_name(ep), ep.name))
     for ep in eps:
-        try:
-            importing = sys.modules.get(ep.module)
-            if importing is not None and getattr(importing.__spec__, "_initializing", False):
-                continue  # being imported right now (its decorator got here): it registers itself next
-            obj = ep.load()
-            if inspect.ismodule(obj):
-                owner = _methods.get(ep.name)
-                if owner is None:
-                    raise RegistryError(f"module {ep.value!r} was imported but registered no method {ep.name!r}")
-                if owner.__module__ != obj.__name__:
-                    raise RegistryError(f"method {ep.name!r} is already registered by {owner.__module__}.{owner.__qualname__}")
-            else:
-                _add(ep.name, obj)  # a Method class named by the entry point itself
-        except Exception as exc:  # a broken plugin must not break the others
-            _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
+        if _initializing(ep):
+            if ep.attr:  # a class of that module, perhaps not defined yet: loaded at the next lookup
+                _deferred.append(ep)
+            continue  # a module entry point registers itself as its import goes on
+        _load_one(ep)
+
+
+def _load_one(ep: EntryPoint) -> None:
+    try:
+        obj = ep.load()
+        if inspect.ismodule(obj):
+            owner = _methods.get(ep.name)
+            if owner is None:
+                raise RegistryError(f"module {ep.value!r} was imported but registered no method {ep.name!r}")
+            if owner.__module__ != obj.__name__:
+                raise RegistryError(f"method {ep.name!r} is already registered by {owner.__module__}.{owner.__qualname__}")
+        else:
+            _add(ep.name, obj)  # a Method class named by the entry point itself
+    except Exception as exc:  # a broken plugin must not break the others
+        _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
 
 
 def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
@@ -179,14 +196,19 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     module = os.fspath(module)
     try:
         if module.endswith(".py"):
-            from pathlib import Path
-
             path = Path(module)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {module}")
             folder = str(path.resolve().parent)
             if folder not in sys.path:
                 sys.path.append(folder)
+            stem = path.stem if path.stem.isidentifier() else None
+            imported = sys.modules.get(stem) if stem else None
+            if imported is not None and imported.__name__ == stem and _same_file(getattr(imported, "__file__", None), path):
+                # a plugin file beside it imported it already, by its own name: that module it is
+                names = sorted(name for name, cls in _methods.items() if cls.__module__ == stem)
+                _loaded_modules[module] = names
+                return names
             # one module name per file: two plugin.py files in other folders do not replace each other
             tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
             spec = importlib.util.spec_from_file_location(f"{USER_PLUGIN_PREFIX}{path.stem}_{tag}", path)
@@ -197,12 +219,20 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
             for name in stale:
                 del _methods[name]
             # in sys.modules while it runs, as an import would be: dataclasses resolve string
-            # annotations (`from __future__ import annotations`) through it
+            # annotations (`from __future__ import annotations`) through it. Under its plain name
+            # too, when an import of that name finds this very file: a plugin file beside it that
+            # imports it then gets this module, not a second copy whose classes would clash
+            alias = stem is not None and (imported is not None and imported.__name__ == spec.name
+                                          or imported is None and _finds(stem, path))
             sys.modules[spec.name] = mod
+            if alias:
+                sys.modules[stem] = mod
             try:
                 spec.loader.exec_module(mod)
             except BaseException as exc:
                 sys.modules.pop(spec.name, None)
+                if alias:
+                    sys.modules.pop(stem, None)
                 _methods.update(stale)
                 if isinstance(exc, RegistryError) and f" by {path.stem}." in str(exc):  # installed as a package too
                     raise RegistryError(f"{exc}: the module {path.stem!r} is installed (an entry point), "
@@ -222,6 +252,22 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     added = sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
     _loaded_modules[module] = added
     return added
+
+
+def _same_file(a: str | None, b: Path) -> bool:
+    try:
+        return a is not None and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _finds(name: str, path: Path) -> bool:
+    """Whether ``import name`` would load the file ``path``."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and _same_file(spec.origin, path)
 
 
 def list_methods() -> list[str]:

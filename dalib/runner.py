@@ -816,17 +816,19 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
 
     if isinstance(groups, (dict, str, Tensor)) or not isinstance(groups, (list, tuple)):
         raise refuse()
-    checked = []
     for group in groups:
         params = group.get("params") if isinstance(group, dict) else None
         params = [params] if isinstance(params, Tensor) else params
         if params is None or isinstance(params, (dict, str)) or not hasattr(params, "__iter__"):
             raise refuse()
+        if isinstance(params, (set, frozenset)):  # no order: a resume would give momenta to other parameters
+            raise PluginError(f"method {name!r}: param_groups()'s 'params' is a set, whose order changes from run "
+                              "to run: give a list")
         params = list(params)
         if not all(isinstance(p, Tensor) for p in params):
             raise refuse()
-        checked.append({**group, "params": params})
-    return checked
+        group["params"] = params  # the method's own dicts stay the optimizer's groups
+    return list(groups)
 
 
 def _check_losses(losses: Any, name: str) -> None:

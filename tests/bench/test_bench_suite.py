@@ -442,6 +442,10 @@ def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path
     assert sorted(ran) == sorted(cells)  # ... resumes: each cell re-ran once
     cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
     assert {c["dalib_code"] for c in cells.values()} == {"another-version"}
+    again = []  # a re-run that completed is over: the next --rerun runs every cell again (current ones too)
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
+              on_cell=lambda cell, outcome: again.append(cell.key))
+    assert sorted(again) == sorted(cells)
 
 
 @pytest.mark.parametrize("text,fragment", [

@@ -339,3 +339,11 @@ def test_a_plugins_own_runtime_error_that_mentions_memory_keeps_its_traceback(ru
                               "--tgt", "usps", "--steps", "2", "--out", str(tmp_path / "r")])
     assert res.exit_code == 1 and isinstance(res.exception, RuntimeError)
     assert "pseudo-label buffer" in str(res.exception) and "out of memory" not in res.stderr
+
+
+@pytest.mark.parametrize("text", ["CUDA error: out of memory", "XPU out of memory. Tried to allocate 2.00 GiB",
+                                  "CUDA out of memory. Tried to allocate 20.00 MiB"])
+def test_every_accelerators_out_of_memory_is_one_line(text):
+    from dalib.cli import _out_of_memory
+
+    assert _out_of_memory(RuntimeError(text)) and not _out_of_memory(RuntimeError("could not allocate the buffer"))

@@ -5,7 +5,7 @@ never a finished run lost to a value it cannot write."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -347,3 +347,28 @@ def test_a_methods_own_config_instance_is_taken_as_its_hyperparameters(toy_datas
     method_named("contract_instance", Weighted)
     config = _config(toy_dataset, "contract_instance", method_config=Weighted.Config(weight=0.5))
     assert config.method_config == {"weight": 0.5}
+
+
+def test_a_config_field_that_init_leaves_out_is_not_read_at_registration(method_named):
+    class Derived(Method):
+        """A field computed later (init=False), not set by __post_init__."""
+
+        @dataclass(frozen=True)
+        class Config:
+            weight: float = 1.0
+            cache: object = field(init=False)
+
+    method_named("contract_init_false", Derived)  # no AttributeError
+
+
+def test_param_groups_of_a_set_are_refused_for_their_order(toy_dataset, method_named, tmp_path):
+    class Unordered(_Base):
+        def param_groups(self, model):
+            return [{"params": set(model.parameters())}]
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_set_groups", Unordered)
+    with pytest.raises(PluginError, match="param_groups\\(\\)'s 'params' is a set, whose order changes"):
+        run(_config(toy_dataset, "contract_set_groups"), None, progress_bar=False)

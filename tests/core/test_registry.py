@@ -16,10 +16,13 @@ from dalib.errors import RegistryError, UnknownNameError
 
 @pytest.fixture
 def clean_registry(monkeypatch):
-    """Registry state restored after the test, whatever it registered."""
+    """Registry state restored after the test, whatever it registered (the installed entry
+    points loaded first, so that the state restored holds them)."""
+    registry.list_methods()
     monkeypatch.setattr(registry, "_methods", dict(registry._methods))
     monkeypatch.setattr(registry, "_broken", dict(registry._broken))
     monkeypatch.setattr(registry, "_loaded_modules", {})
+    monkeypatch.setattr(registry, "_deferred", [])
     monkeypatch.setattr(sys, "path", list(sys.path))  # a plugin file's folder joins it
     yield registry
 
@@ -326,3 +329,40 @@ def test_an_entry_point_naming_a_class_of_a_module_being_imported_is_no_failure(
     module = importlib.import_module("dalib_class_ep_test")
     assert registry.plugin_errors() == {}
     assert dalib.get_method("class_ep_test") is module.ClassEp
+
+
+def test_a_class_entry_point_of_a_package_still_importing_is_registered_once_it_has(clean_registry, monkeypatch,
+                                                                                    tmp_path):
+    """mypkg/__init__ defines an undecorated class (the entry point names it) and then imports a
+    module that decorates another: that decorator loads the entry points while mypkg is half
+    imported. The class is registered at the next lookup, not skipped for good."""
+    pkg = tmp_path / "dalib_halfpkg_test"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text(
+        "import dalib\nclass Plain(dalib.Method):\n    'Named by the entry point.'\n"
+        "from dalib_halfpkg_test import other  # noqa: E402\n")
+    (pkg / "other.py").write_text(
+        "import dalib\n@dalib.register_method('half_other_test')\nclass Other(dalib.Method):\n    'Decorated.'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "entry_points",
+                        lambda group: [EntryPoint("half_plain_test", "dalib_halfpkg_test:Plain", "dalib.methods")])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_broken", {})
+    import importlib
+
+    module = importlib.import_module("dalib_halfpkg_test")
+    assert dalib.get_method("half_plain_test") is module.Plain
+    assert registry.plugin_errors() == {} and "half_other_test" in dalib.list_methods()
+
+
+@pytest.mark.parametrize("order", [("base_split.py", "derived_split.py"), ("derived_split.py", "base_split.py")])
+def test_a_plugin_split_into_files_loads_each_once_in_either_order(clean_registry, tmp_path, order):
+    (tmp_path / "base_split.py").write_text(
+        "import dalib\n@dalib.register_method('base_split_test')\nclass BaseM(dalib.Method):\n    'Base.'\n")
+    (tmp_path / "derived_split.py").write_text(
+        "import dalib\nfrom base_split import BaseM\n@dalib.register_method('derived_split_test')\n"
+        "class DerivedM(BaseM):\n    'Derived.'\n")
+    for name in order:
+        dalib.load_plugin_module(str(tmp_path / name))
+    assert dalib.get_method("derived_split_test").__mro__[1] is dalib.get_method("base_split_test")
+    sys.modules.pop("base_split", None)

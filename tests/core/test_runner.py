@@ -92,6 +92,7 @@ def test_a_run_from_pretrained_weights_resumes_without_the_weights_file(tmp_path
     resumed = run(config, tmp_path / "cut", resume=True, progress_bar=False)
     assert resumed.history == full.history
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+    assert resumed.model.pretrained  # a pre-trained backbone still, for the methods that ask (its learning rate)
 
 
 def test_checkpoints_are_atomic_and_loadable_weights_only(tmp_path):
