@@ -312,17 +312,21 @@ def test_an_unknown_method_after_loading_plugins_says_what_they_registered(clean
         dalib.get_method("A")
 
 
+def _one_entry_point(monkeypatch, folder, name, value):
+    """The installed entry points are ``name = value`` alone, importable from ``folder``, not loaded yet."""
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setattr(registry, "entry_points", lambda group: [EntryPoint(name, value, "dalib.methods")])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_broken", {})
+
+
 def test_an_entry_point_naming_a_class_of_a_module_being_imported_is_no_failure(clean_registry, monkeypatch,
                                                                                 tmp_path):
     """``import my_plugin`` (which imports dalib) before anything listed the methods, with the
     entry point in class form, ``my_plugin:MyMethod``: no failed plugin is reported."""
     (tmp_path / "dalib_class_ep_test.py").write_text(
         "import dalib\n@dalib.register_method('class_ep_test')\nclass ClassEp(dalib.Method):\n    'Class form.'\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "entry_points",
-                        lambda group: [EntryPoint("class_ep_test", "dalib_class_ep_test:ClassEp", "dalib.methods")])
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "_broken", {})
+    _one_entry_point(monkeypatch, tmp_path, "class_ep_test", "dalib_class_ep_test:ClassEp")
     monkeypatch.delitem(sys.modules, "dalib_class_ep_test", raising=False)
     import importlib
 
@@ -343,11 +347,7 @@ def test_a_class_entry_point_of_a_package_still_importing_is_registered_once_it_
         "from dalib_halfpkg_test import other  # noqa: E402\n")
     (pkg / "other.py").write_text(
         "import dalib\n@dalib.register_method('half_other_test')\nclass Other(dalib.Method):\n    'Decorated.'\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "entry_points",
-                        lambda group: [EntryPoint("half_plain_test", "dalib_halfpkg_test:Plain", "dalib.methods")])
-    monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    monkeypatch.setattr(registry, "_broken", {})
+    _one_entry_point(monkeypatch, tmp_path, "half_plain_test", "dalib_halfpkg_test:Plain")
     import importlib
 
     module = importlib.import_module("dalib_halfpkg_test")
