@@ -614,8 +614,7 @@ def run_suite(
             bar.close()
         if rerun:  # done: the next --rerun runs the cells again
             state.pop("rerun_since", None)
-            atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
-        if not path.exists():  # nothing ran (every cell was current and the file was never written)
+        if rerun or not path.exists():  # (not written yet when every cell was current)
             atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         write_report(suite, path)
         if changed:

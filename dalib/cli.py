@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import inspect
 import io
 import re
 import sys
@@ -286,8 +285,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if target.num_classes == 0 and labels is not None and bool((labels < 0).all()):
         # unlabelled images in a folder of their own (no class folders anywhere): the run's classes
         target = dataclasses.replace(target, num_classes=n_classes, classes=list(spec["classes"]))
-    if list(target.input_shape) != list(spec["input_shape"]) or (
-            target.num_classes != n_classes and not set(target.classes) <= set(spec["classes"])):
+    if list(target.input_shape) != list(spec["input_shape"]):
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
     if list(target.classes) != list(spec["classes"]):
@@ -379,14 +377,8 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
         raise ConfigError(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")
 
 
-def _own_doc(cls: type) -> str:
-    """A class's own docstring, cleaned ("" without one: never dalib.Method's, as
-    inspect.getdoc would give)."""
-    return inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
-
-
-def _first_line(cls: type) -> str:
-    doc = _own_doc(cls)
+def _first_line(cls: Any) -> str:
+    doc = cls.description()
     return doc.splitlines()[0] if doc else ""
 
 
@@ -426,7 +418,7 @@ def show(method: str, plugins: tuple[str, ...]) -> None:
     _load_plugins(plugins)
     cls = get_method(method)
     click.echo(f"{method} ({' + '.join(cls.forms())}): {defined_at(cls)}")
-    doc = _own_doc(cls)
+    doc = cls.description()
     if doc:
         click.echo("")
         click.echo(rst_to_text(doc).rstrip())

@@ -8,6 +8,7 @@ training loop: :mod:`dalib.runner` calls it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -225,6 +226,12 @@ class Method(nn.Module):
         from dalib.errors import ConfigError
 
         raise ConfigError(f"method {cls.name!r} has no shallow form")
+
+    @classmethod
+    def description(cls) -> str:
+        """The method's own docstring, cleaned; "" without one (never this base class's, which
+        :func:`inspect.getdoc` would give)."""
+        return inspect.cleandoc(cls.__doc__) if cls.__doc__ else ""
 
     @classmethod
     def forms(cls) -> tuple[str, ...]:

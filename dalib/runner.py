@@ -814,7 +814,7 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
         return PluginError(f"method {name!r}: param_groups() must return a list of dicts, each with 'params' (a list "
                            f"of the model's parameters) and optionally 'lr_mult' and 'weight_decay', got {_describe(groups)}")
 
-    if isinstance(groups, (dict, str, Tensor)) or not isinstance(groups, (list, tuple)):
+    if not isinstance(groups, (list, tuple)):
         raise refuse()
     for group in groups:
         params = group.get("params") if isinstance(group, dict) else None
@@ -841,7 +841,7 @@ def _check_losses(losses: Any, name: str) -> None:
     if not isinstance(total, Tensor):
         raise PluginError(f"method {name!r}: loss()['total'] must be a scalar tensor that the trained parameters "
                           f"reach, got {_describe(total)}{' (.item() gives up the gradient)' if isinstance(total, float) else ''}")
-    if not (total.is_floating_point() or total.is_complex()):
+    if not total.is_floating_point():
         raise PluginError(f"method {name!r}: loss()['total'] is an integer tensor ({str(total.dtype).removeprefix('torch.')}): "
                           "a loss is a floating-point tensor (a count of correct predictions has no gradient)")
     for key, value in losses.items():

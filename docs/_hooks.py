@@ -62,8 +62,8 @@ def _registered_methods() -> list[tuple[str, type]]:
     return [(name, dalib.get_method(name)) for name in dalib.list_methods()]
 
 
-def _summary(cls: type) -> str:
-    doc = inspect.getdoc(cls) or ""
+def _summary(cls: Any) -> str:
+    doc = cls.description()
     return doc.split("\n\n")[0].replace("\n", " ").strip()
 
 
@@ -116,7 +116,7 @@ def _example_set(config_cls: type) -> str:
 
 def method_page(name: str, cls: type) -> str:
     forms = cls.forms()
-    doc = inspect.getdoc(cls) or ""
+    doc = cls.description()
     lines = [
         f"# {name}",
         "",

@@ -75,15 +75,17 @@ def folder_domains(data_dir: Path) -> list[str]:
     return names
 
 
-def _class_folders(data_dir: Path) -> dict[str, list[str]]:
-    """Each domain's class-folder names (none for an unlabelled domain), domains sorted."""
-    return {d: [c.name for c in _subdirs(_domain_root(Path(data_dir) / d))] for d in folder_domains(data_dir)}
+def _class_folders(data_dir: Path) -> dict[str, tuple[Path, list[str]]]:
+    """Each domain's root (:func:`_domain_root`) and class-folder names (none for an
+    unlabelled domain), domains sorted."""
+    roots = {d: _domain_root(Path(data_dir) / d) for d in folder_domains(data_dir)}
+    return {d: (root, [c.name for c in _subdirs(root)]) for d, root in roots.items()}
 
 
 def folder_classes(data_dir: Path) -> list[str]:
     """The sorted union of class-folder names over all domains, so that labels agree
     between domains even when a domain lacks a class (an unlabelled domain has none)."""
-    return sorted({c for names in _class_folders(data_dir).values() for c in names})
+    return sorted({c for _, names in _class_folders(data_dir).values() for c in names})
 
 
 def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bool = False) -> list[Path]:
@@ -102,8 +104,9 @@ def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bo
         dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if nested else []
         found.extend(Path(top) / f for f in files if not f.startswith("."))
     found.sort(key=lambda p: p.relative_to(folder).parts)
-    broken.extend(p for p in found if not p.exists())
-    files = [p for p in found if p.exists() and not p.is_dir()]
+    files: list[Path] = []  # os.walk lists no folder among them: a link that leads nowhere is all to look for
+    for p in found:
+        (files if p.exists() else broken).append(p)
     skipped.extend(p for p in files if p.suffix.lower() not in IMG_EXTENSIONS)
     return [p for p in files if p.suffix.lower() in IMG_EXTENSIONS]
 
@@ -195,10 +198,9 @@ def load(req: LoadRequest) -> Domain:
     data_dir = req.data_dir
     by_domain = _class_folders(data_dir)  # one listing serves the classes and the checks below
     name = _resolve_folder(data_dir, req.domain, list(by_domain))
-    own = by_domain.pop(name)
-    others = sorted({c for names in by_domain.values() for c in names})
+    root, own = by_domain.pop(name)
+    others = sorted({c for _, names in by_domain.values() for c in names})
     classes = sorted(set(own) | set(others))
-    root = _domain_root(data_dir / name)
     class_dirs = [root / c for c in own]
     skipped: list[Path] = []
     broken: list[Path] = []

@@ -67,8 +67,8 @@ def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", 
         )
 
 
-def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
-    """Return class labels as a (n,) int64 numpy array, or raise :class:`InputError`."""
+def _label_vector(y: Any, n: int, name: str) -> np.ndarray:
+    """``y`` as a (n,) numpy array ((n, 1) and (1, n) flattened), or :class:`InputError`."""
     arr = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
@@ -76,6 +76,10 @@ def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
         raise InputError(f"{name} must be a 1-D array of labels, got shape {arr.shape}")
     if arr.shape[0] != n:
         raise InputError(f"{name} has {arr.shape[0]} labels for {n} samples")
+    return arr
+
+
+def _integer_labels(arr: np.ndarray, name: str) -> np.ndarray:
     if arr.dtype == bool:
         arr = arr.astype(np.int64)
     if not np.issubdtype(arr.dtype, np.integer):
@@ -84,16 +88,18 @@ def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def as_labels(y: Any, n: int, name: str = "ys") -> np.ndarray:
+    """Return class labels as a (n,) int64 numpy array, or raise :class:`InputError`."""
+    return _integer_labels(_label_vector(y, n, name), name)
+
+
 def as_groups(y: Any, n: int, name: str = "ys") -> np.ndarray:
     """Class labels of any kind (integers, strings, a pandas Categorical) as (n,) int64 group
-    indices 0..G-1 in the order of the sorted labels, or raise :class:`InputError`."""
-    arr = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
-    if arr.ndim == 2 and 1 in arr.shape:
-        arr = arr.reshape(-1)
-    if arr.ndim != 1 or arr.shape[0] != n:
-        return as_labels(arr, n, name)  # its message for the shape
+    indices: integer labels as they are, others 0..G-1 in the order of the sorted labels; or
+    raise :class:`InputError`."""
+    arr = _label_vector(y, n, name)
     if np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
-        return as_labels(arr, n, name)
+        return _integer_labels(arr, name)
     try:
         _, groups = np.unique(arr, return_inverse=True)
     except TypeError:  # labels of mixed types, which cannot be sorted
