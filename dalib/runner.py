@@ -866,9 +866,11 @@ def _average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:
 def dataset_of(config: RunConfig) -> str:
     """The dataset a run reads: ``config.dataset``, ``image-folder`` for ``config.data``, else
     the one dataset that has both domains."""
-    from dalib.data import infer_dataset
+    from dalib.data import get_dataset, infer_dataset
 
-    return config.dataset or ("image-folder" if config.data else infer_dataset(config.src, config.tgt))
+    if config.dataset:
+        return get_dataset(config.dataset).name  # as registered: --dataset Digits is digits in result.json
+    return "image-folder" if config.data else infer_dataset(config.src, config.tgt)
 
 
 def resolve_mode(config: RunConfig, method_cls: type[Method], dataset: str) -> str:
@@ -1113,8 +1115,13 @@ def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict
     return {"arch": config.arch or default_arch(shape), "input_shape": list(shape),
             "bottleneck_dim": config.bottleneck_dim, "classes": list(src.classes), "dataset": dataset,
             "image_size": config.image_size, "src": src.name, "tgt": tgt_name,
-            "data": os.path.abspath(config.data) if config.data else None,
-            "data_root": os.path.abspath(config.data_root) if config.data_root else None}
+            "data": _absolute(config.data), "data_root": _absolute(config.data_root)}
+
+
+def _absolute(path: str | os.PathLike[str] | None) -> str | None:
+    """A data folder as the loaders read it (``~`` expanded), absolute: what ``dalib eval``
+    finds again from another working directory."""
+    return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
 def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dalib.errors import DataError
+from dalib.data.matfile import read_mat
+from dalib.errors import DalibError, DataError
 
 __all__ = ["convert", "main", "quantize"]
 
@@ -39,9 +40,10 @@ def quantize(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 def convert(src: Path, out: Path) -> dict[str, int]:
     """Write ``out`` from ``src``; returns the sample count per domain."""
-    import scipy.io
-
-    m = scipy.io.loadmat(str(src))
+    if not src.is_file():
+        raise DataError(f"source file not found: {src}")
+    keys = tuple(k for pair in DOMAINS.values() for k in pair)
+    m = read_mat(src, keys, dataset="digits", domain="mnist, usps")
     arrays: dict[str, np.ndarray] = {}
     counts = {}
     for dom, (xkey, ykey) in DOMAINS.items():
@@ -71,7 +73,14 @@ def main(argv: list[str] | None = None) -> int:
         print(__doc__.strip().splitlines()[2], file=sys.stderr)
         return 2
     src, out = Path(args[0]), Path(args[1])
-    counts = convert(src, out)
+    try:
+        counts = convert(src, out)
+    except DalibError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: cannot write {out}: {exc.strerror}", file=sys.stderr)
+        return 2
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     print(f"wrote {out} ({out.stat().st_size} bytes): {counts}; source sha256 {digest}")
     return 0

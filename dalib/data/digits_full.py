@@ -12,7 +12,7 @@ import torch
 from dalib.data.domain import Domain
 from dalib.data.h5file import read_h5
 from dalib.data.matfile import find_data_file
-from dalib.data.mnist_files import read_idx, read_mnist_csv
+from dalib.data.mnist_files import check_digit_labels, read_idx, read_mnist_csv
 from dalib.data.registry import DatasetInfo, LoadRequest, register_dataset
 from dalib.errors import DataError
 
@@ -72,6 +72,7 @@ def read_mnist(csv: Path, images: Path, labels: Path) -> tuple[torch.Tensor, tor
             f"{labels} {where} holds {y_idx.dtype} {y_idx.shape}, expected integers "
             f"({x_idx.shape[0]},) to match {images.name}"
         )
+    check_digit_labels(y_idx, labels, where)
     x = resize_digits(np.concatenate([x_csv, x_idx]))
     y = torch.from_numpy(np.concatenate([y_csv, y_idx.astype(np.int64)]))
     return x, y
@@ -93,6 +94,12 @@ def read_usps(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             raise DataError(
                 f"{path} (dataset {INFO.name}, domain usps): {split}/target holds "
                 "labels that are not integers"
+            )
+        finite = data[np.isfinite(data)]  # NaN and inf are the domain's own check
+        if finite.size and (finite.min() < 0 or finite.max() > 1):
+            raise DataError(
+                f"{path} (dataset {INFO.name}, domain usps): {split}/data spans {finite.min():g}..{finite.max():g}, "
+                "expected grey levels in [0, 1] (rescale a 0..255 or -1..1 copy)"
             )
         xs.append(data.reshape(-1, SIDE, SIDE).astype(np.float32))  # (N, 16, 16)
         ys.append(target.reshape(-1).astype(np.int64))

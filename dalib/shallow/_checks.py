@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dalib._arrays import tensor_of
 from dalib.errors import ConfigError, InputError
 
 __all__ = [
@@ -44,7 +45,7 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
             raise InputError(f"{name} must hold numbers, got dtype {arr.dtype}")
         if arr.dtype == np.longdouble and np.longdouble != np.float64:
             arr = arr.astype(np.float64)  # torch has no extended precision
-        t = torch.from_numpy(np.ascontiguousarray(arr))
+        t = tensor_of(arr)
     if t.dim() != 2:
         raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}")
     if t.shape[0] == 0 or t.shape[1] == 0:

@@ -97,6 +97,20 @@ def test_eval_finds_the_runs_own_data_from_anywhere(tmp_path, data_root, monkeyp
     assert res.stdout.strip().endswith(f"accuracy {accuracy:.2f}%") and "webcam (295 samples)" in res.stdout
 
 
+def test_eval_finds_a_data_root_given_with_a_tilde_and_a_dataset_named_in_any_case(tmp_path, data_root, monkeypatch):
+    monkeypatch.setenv("HOME", str(data_root.parent))
+    out = tmp_path / "tilde"
+    run(RunConfig(method="source_only", dataset="Office-Caltech-SURF", src="amazon", tgt="webcam", mode="deep",
+                  steps=3, batch_size=16, data_root=f"~/{data_root.name}"), out, progress_bar=False)
+    result = json.loads((out / "result.json").read_text())
+    assert result["dataset"] == "office-caltech-surf"  # as registered, not as typed
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
+    res = CliRunner().invoke(cli, ["eval", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().endswith(f"accuracy {result['target_accuracy']:.2f}%")
+
+
 def test_eval_takes_the_checkpoint_file_and_refuses_classes_named_otherwise(trained, tmp_path, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(cli, ["eval", str(trained / "checkpoint.pt")])

@@ -141,6 +141,19 @@ def test_convert_script_usage():
     assert convert_main([]) == 2
 
 
+def test_convert_script_bad_source_is_one_line(tmp_path, capsys):
+    out = tmp_path / "d.npz"
+    scipy.io.savemat(tmp_path / "part.mat", {"X_src": np.zeros((256, 3))})
+    (tmp_path / "junk.mat").write_bytes(b"junk" * 40)
+    for src, message in [(tmp_path / "none.mat", "source file not found: "),
+                         (tmp_path / "part.mat", "lacks key(s) Y_src, X_tar, Y_tar"),
+                         (tmp_path / "junk.mat", "corrupt or unreadable .mat file: ")]:
+        assert convert_main([str(src), str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
 def test_quantize():
     grid256 = np.arange(256) / 256
     q, s = quantize(grid256)

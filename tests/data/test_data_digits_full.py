@@ -134,6 +134,14 @@ def test_data_root_may_be_the_folder_itself(root):
     assert len(load_domain("digits-full", "usps", data_root=root / "usps")) == 9298
 
 
+def test_a_file_missing_from_the_folder_itself_is_named_there(tmp_path):
+    folder = _write_mnist(tmp_path)
+    (folder / MNIST_FILES[1]).unlink()
+    with pytest.raises(DataError) as exc:
+        load_domain("digits-full", "M", data_root=folder)
+    assert str(exc.value).startswith(f"data file not found: {folder / MNIST_FILES[1]} (")
+
+
 def test_parsed_once_and_domains_do_not_share_data(root, monkeypatch):
     calls = []
     read = digits_full.read_mnist_csv
@@ -254,7 +262,12 @@ def test_no_data_root_anywhere(tmp_path, monkeypatch):
         (1, gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2, 3, 4])), "4 data bytes"),
         (1, _idx(np.zeros((10, 27, 28))), r"holds uint8 \(10, 27, 28\), expected uint8"),
         (2, _idx(np.zeros(9)), r"holds uint8 \(9,\), expected integers \(10,\)"),
-        (2, _idx(np.full(10, 10)), "labels span 0..10, expected 0..9"),
+        (2, _idx(np.full(10, 10)), r"labels of .*t10k-labels-idx1-ubyte.gz \(.*\) span 10..10, expected 0..9"),
+        (0, gzip.compress((",".join(["0"] * 784 + ["10"]) + "\n").encode()),
+         r"labels of .*mnist_5k.csv.gz \(.*\) span 10..10, expected 0..9"),
+        # the label first, as other MNIST CSVs have it: the last column is the last pixel, 0 in MNIST
+        (0, gzip.compress("".join(",".join([str(i % 10)] + ["7"] * 783 + ["0"]) + "\n" for i in range(20)).encode()),
+         "the label comes first in its rows; expected the 784 pixels, then the label"),
     ],
 )
 def test_corrupt_mnist_files(tmp_path, file, content, match):
@@ -299,6 +312,8 @@ def test_replaced_file_is_read_again(tmp_path):
         ({"test/target": np.array([0.0, 1, 2, np.nan, 4])}, "test/target holds labels that are"),
         ({"test/target": np.array([0.0, 1, 2, 3, 10])}, "labels span 0..10, expected 0..9"),
         ({"test/data": np.full((5, 256), np.nan, np.float32)}, "NaN or infinite features"),
+        ({"test/data": np.full((5, 256), 255.0, np.float32)}, r"test/data spans 255..255, expected grey levels in \[0, 1\]"),
+        ({"train/data": np.full((12, 256), -1.0)}, r"train/data spans -1..-1, expected grey levels in \[0, 1\]"),
     ],
 )
 def test_bad_usps_file(tmp_path, override, match):

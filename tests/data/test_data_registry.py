@@ -266,7 +266,10 @@ def test_loader_results_are_checked(isolated_registry):
         (np.array([[0.0, np.inf], [1.0, 2.0]]), np.zeros(2), {}, "NaN or infinite"),
         (np.zeros((2, 2)), np.array([0.5, 1.0]), {}, "not integers"),
         (np.zeros((2, 2)), np.array([0, 2]), {"classes": ["a", "b"]}, "labels span 0..2"),
-        (np.zeros((2, 2)), np.array([-1, 0]), {}, "labels span -1..0"),
+        (np.zeros((2, 2)), np.array([-2, 0]), {}, "labels span -2..0"),
+        # UNLABELLED marks no label: an unlabelled domain is y=None, and a partly labelled one is refused
+        (np.zeros((2, 2)), np.array([-1, -1]), {"num_classes": 3}, r"labels of -1 \(UNLABELLED\) .*give y=None"),
+        (np.zeros((2, 2)), np.array([-1, 0]), {}, r"labels of -1 \(UNLABELLED\) .*not partly"),
         (np.zeros((2, 2)), np.array([0, 1]), {"classes": ["a"], "num_classes": 2}, "1 class names"),
         # a huge label is no class count: refused before a class list that long is built
         (np.zeros((10, 4)), np.r_[2**62, np.zeros(9, int)], {}, "labels span 0..4611686018427387904 .*0..C-1"),
@@ -281,6 +284,16 @@ def test_loader_results_are_checked(isolated_registry):
 def test_from_arrays_errors(x, y, kwargs, match):
     with pytest.raises(DataError, match=match):
         Domain.from_arrays("dom", x, y, **kwargs)
+
+
+def test_from_arrays_takes_any_numpy_layout():
+    """Arrays torch cannot view (reversed, flipped channels, big-endian as HDF5 and .mat files
+    store them) are copied, not refused with torch's error."""
+    x = np.random.default_rng(0).random((6, 3, 2, 2)).astype(">f4")
+    y = (np.arange(6) % 3).astype(">i8")
+    dom = Domain.from_arrays("dom", x[::-1, ::-1], y[::-1])
+    np.testing.assert_array_equal(dom.x.numpy(), x[::-1, ::-1].astype(np.float32))
+    assert dom.y.tolist() == [2, 1, 0, 2, 1, 0] and dom.x.dtype == torch.float32
 
 
 @pytest.mark.parametrize("bad", ["", "  ", None])

@@ -92,6 +92,8 @@ def test_input_types(data):
         CORAL().fit(sp.csr_matrix(xs), xt)
     long = CORAL().fit(xs.astype(np.longdouble), xt).transform(xs)
     np.testing.assert_allclose(long, CORAL().fit(xs, xt).transform(xs))
+    big_endian = CORAL().fit(xs.astype(">f8")[::-1], xt.astype(">f8")).transform(xs.astype(">f8"))  # as .mat/HDF5 store
+    np.testing.assert_allclose(big_endian, CORAL().fit(xs[::-1], xt).transform(xs))
 
 
 def test_run_shallow_scores_only_labelled_targets(data):
