@@ -55,9 +55,15 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
         raise InputError(f"{name} must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
         raise InputError(f"{name} is empty: shape {tuple(x.shape)}")
+    if x.is_complex():
+        raise InputError(f"{name} holds complex numbers: give real features")
     if dtype is None:
         dtype = _compute_dtype(x) or torch.get_default_dtype()
     x = x.to(dtype)
+    if x.is_inference() and not torch.is_inference_mode_enabled():
+        # made under torch.inference_mode (a frozen encoder's features): the reductions'
+        # autograd saves its inputs for the backward pass, which torch refuses for these
+        x = x.clone()
     largest = float(torch.linalg.vector_norm(x.detach(), float("inf")))  # max |x|: one host sync for both checks (NaN propagates)
     if not math.isfinite(largest):
         raise InputError(f"{name} holds NaN or infinite values")

@@ -88,7 +88,8 @@ def sqdist(x: Tensor, y: Tensor) -> Tensor:
 @outside_autocast
 def median_bandwidth(x: Tensor, y: Tensor) -> float:
     r"""Median heuristic: the median of the pairwise distances ``‖z_i − z_j‖``, i < j,
-    over the pooled samples ``z = [x; y]``.
+    over the pooled samples ``z = [x; y]``; for an even count of distances, the lower of the
+    two middle ones (``torch.median``'s), not their mean as numpy's.
 
     ``x`` (N, D), ``y`` (M, D). Above :data:`MEDIAN_MAX_POINTS` pooled points, a fixed
     (seeded, reproducible) random subset of that many is used. Returns a python float

@@ -42,7 +42,7 @@ def domain_adversarial(
 
     ``logits_s`` (B_s,) or (B_s, 1) and ``logits_t`` (B_t,) or (B_t, 1) are the
     discriminator's logits (source = 1, target = 0); ``weights_s`` (B_s,) optional
-    source sample weights. Computed with ``binary_cross_entropy_with_logits``, stable
+    source sample weights (finite, non-negative, not all zero). Computed with ``binary_cross_entropy_with_logits``, stable
     for large logits. Another shape, or an empty batch, raises :class:`dalib.errors.InputError`;
     NaN logits give a NaN loss (unchecked: no host synchronisation per step).
     """
@@ -50,11 +50,13 @@ def domain_adversarial(
     lt = _domain_logits(logits_t, "logits_t")  # (B_t,)
     loss_s = F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls), reduction="none")
     if weights_s is not None:
-        w = weights_s.reshape(-1).to(loss_s.dtype)
+        w = torch.as_tensor(weights_s, dtype=loss_s.dtype, device=loss_s.device).reshape(-1)
         if w.shape != ls.shape:
             raise InputError(f"weights_s must have one weight per source logit ({ls.shape[0]}), got shape "
-                             f"{tuple(weights_s.shape)}")
-        src = (w * loss_s).sum() / w.sum().clamp_min(torch.finfo(loss_s.dtype).tiny)
+                             f"{tuple(torch.as_tensor(weights_s).shape)}")
+        if not bool(((w >= 0) & torch.isfinite(w)).all() & (w > 0).any()):  # one host sync
+            raise InputError("weights_s must be finite and non-negative, and not all zero")
+        src = (w * loss_s).sum() / w.sum()
     else:
         src = loss_s.mean()
     tgt = F.binary_cross_entropy_with_logits(lt, torch.zeros_like(lt))
@@ -69,7 +71,12 @@ def _domain_logits(x: Tensor, name: str) -> Tensor:
     """One discriminator logit per sample: (B,) or (B, 1) as (B,), B >= 1."""
     if not isinstance(x, Tensor) or not (x.dim() == 1 or (x.dim() == 2 and x.shape[1] == 1)) or x.shape[0] == 0:
         raise InputError(f"{name} must be a non-empty (B,) or (B, 1) tensor of logits, got {_shape(x)}")
-    return x.reshape(-1)
+    return _floating(x).reshape(-1)
+
+
+def _floating(x: Tensor) -> Tensor:
+    """Logits in a floating dtype (integer logits as the default one)."""
+    return x if x.is_floating_point() else x.to(torch.get_default_dtype())
 
 
 def entropy(logits: Tensor) -> Tensor:
@@ -83,6 +90,7 @@ def entropy(logits: Tensor) -> Tensor:
     """
     if not isinstance(logits, Tensor) or logits.dim() != 2 or 0 in logits.shape:
         raise InputError(f"logits must be a non-empty (B, C) tensor, got {_shape(logits)}")
+    logits = _floating(logits)
     # a −inf logit (a masked class) has p = 0: the floor keeps 0 · log 0 at 0, not NaN
     logp = F.log_softmax(logits, dim=1).clamp_min(torch.finfo(logits.dtype).min)  # (B, C)
     return -(logp.exp() * logp).sum(dim=1).mean()

@@ -67,23 +67,39 @@ def epsilon_schedule(p: float, diameter: float, blur: float, scaling: float) -> 
 def _check_args(
     blur: float, p: float, scaling: float, tol: float | None, max_iter: int, diameter: float | None = None
 ) -> None:
-    if not (float(blur) > 0 and math.isfinite(float(blur))):
+    if not (_number(blur, "blur") > 0 and math.isfinite(float(blur))):
         raise InputError(f"blur must be positive and finite, got {blur}")
-    if diameter is not None and not (float(diameter) > 0 and math.isfinite(float(diameter))):
+    if diameter is not None and not (_number(diameter, "diameter") > 0 and math.isfinite(float(diameter))):
         raise InputError(f"diameter must be positive and finite (or None: measured on the data), got {diameter}")
-    if not float(p) >= 1:
+    if not _number(p, "p") >= 1:
         raise InputError(f"p must be >= 1, got {p}")
-    if not 0 < float(scaling) < 1:
+    if not 0 < _number(scaling, "scaling") < 1:
         raise InputError(f"scaling must be in (0, 1), got {scaling}")
-    if tol is not None and not float(tol) > 0:
+    if tol is not None and not _number(tol, "tol") > 0:
         raise InputError(f"tol must be positive, got {tol}")
-    if int(max_iter) < 1:
+    if not _number(max_iter, "max_iter") >= 1:
         raise InputError(f"max_iter must be >= 1, got {max_iter}")
+
+
+def _number(value: object, name: str) -> float:
+    """``value`` as a float, or an :class:`InputError` naming ``name``."""
+    if isinstance(value, (str, bytes)):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number, got {value!r}") from None
 
 
 def _marg_err(w: Tensor, u_old: Tensor, u_new: Tensor, eps: float) -> float:
     """‖w ⊙ (exp((u_old − u_new)/ε) − 1)‖₂: the marginal violation on that side."""
     return float((w * torch.expm1((u_old - u_new) / eps)).norm())
+
+
+def _twice_the_gradient(x: Tensor) -> Tensor:
+    """``x`` itself (``2x − x`` is exact in floating point), through which twice the gradient
+    flows back to ``x``."""
+    return 2 * x - x.detach() if x.requires_grad else x
 
 
 def _dual_value(a: Tensor, b: Tensor, t: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
@@ -149,12 +165,17 @@ def _solve_on(
     diam = _diameter(x.detach(), y.detach()) if diameter is None else float(diameter)
     try:
         top = max(diam, blur) ** p  # the largest cost, the first ε of the schedule
-    except OverflowError:
-        top = math.inf
-    if not top < torch.finfo(x.dtype).max:  # every cost near it would overflow too
-        wider = ", or use float64" if torch.finfo(x.dtype).max < torch.finfo(torch.float64).max else ""
+        ratio = top / float(blur) ** p  # the largest cost over the last ε: the iterations' C/ε
+    except (OverflowError, ZeroDivisionError):
+        top = ratio = math.inf
+    largest = torch.finfo(x.dtype).max
+    wider = ", or use float64" if largest < torch.finfo(torch.float64).max else ""
+    if not top < largest:  # every cost near it would overflow too
         raise InputError(f"diameter {diam:g} (blur {blur:g}) with p = {p:g} overflows "
                          f"{_dtype_name(x)} costs: scale the points (or the diameter){wider}")
+    if not ratio < largest:
+        raise InputError(f"diameter {diam:g} over blur {blur:g} with p = {p:g} overflows {_dtype_name(x)} "
+                         f"costs over ε: raise blur, or scale the points{wider}")
     eps_list = epsilon_schedule(p, diam, float(blur), float(scaling))
     eps = eps_list[-1]
 
@@ -219,8 +240,13 @@ def _solve_on(
             gt = xy.update(f, g, ad, bd, loga, logb, eps, rows=False)[1]
             err = _marg_err(bd, g, gt, eps)
     if debias:
-        taa = softmin_unchecked(x, x, a.log() + faa / eps, eps, p, name)  # (N,)
-        tbb = softmin_unchecked(y, y, b.log() + gbb / eps, eps, p, name)  # (M,)
+        # A symmetric problem's point gradient is twice its row term, Σ_j P_ij ∇₁C(x_i, x_j),
+        # when its plan is symmetric, as at the optimum: the rows carry it, the columns are
+        # detached (geomloss does the same). Through both arguments, the plan of a schedule
+        # that stopped short of the optimum (not yet symmetric) left a gradient between two
+        # identical clouds, where the divergence has its minimum.
+        taa = softmin_unchecked(_twice_the_gradient(x), x.detach(), a.log() + faa / eps, eps, p, name)  # (N,)
+        tbb = softmin_unchecked(_twice_the_gradient(y), y.detach(), b.log() + gbb / eps, eps, p, name)  # (M,)
         value_aa = _dual_value(a, a, taa, taa.detach(), faa, eps)
         value_bb = _dual_value(b, b, tbb, tbb.detach(), gbb, eps)
         value = value - 0.5 * (value_aa + value_bb)

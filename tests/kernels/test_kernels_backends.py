@@ -145,6 +145,7 @@ def _bad_pairs():
         (torch.full((4, 3), 1e19), ok, "too large for float32 squared distances"),  # ‖x − y‖² would overflow to inf
         (torch.randn(4), ok, "2-D"),
         (ok, [[1.0, 2.0, 3.0]], "torch.Tensor"),
+        (ok, torch.randn(4, 3, dtype=torch.complex64), "y holds complex numbers"),  # not cast to real with a warning
     ]
 
 

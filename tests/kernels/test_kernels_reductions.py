@@ -141,6 +141,20 @@ def test_blocked_grad_through_selected_inputs_only(small_tiles):
     torch.testing.assert_close(x.grad, ref_x.grad)
 
 
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_inference_mode_features_on_one_side(backend, small_tiles):
+    """Target features from a frozen encoder under torch.inference_mode: the other side still
+    gets its gradient (the blocked reductions' autograd had refused to save them)."""
+    with torch.inference_mode():
+        t = torch.randn(9, 3)
+    s = torch.randn(7, 3, requires_grad=True)
+    (g1,) = torch.autograd.grad(gaussian_mean(s, t, 1.0, backend=backend), s)
+    (g2,) = torch.autograd.grad(softmin(s, t, torch.zeros(9), 0.5, backend=backend).sum(), s)
+    (r1,) = torch.autograd.grad(gaussian_mean(s, t.clone(), 1.0, backend="dense"), s)
+    (r2,) = torch.autograd.grad(softmin(s, t.clone(), torch.zeros(9), 0.5, backend="dense").sum(), s)
+    torch.testing.assert_close((g1, g2), (r1, r2))
+
+
 def test_the_dense_backend_has_a_second_derivative():
     """docs/kernels.md: under create_graph=True use the dense backend (blocked is first-order)."""
     from dalib.losses import mmd

@@ -67,6 +67,19 @@ def test_entropy_of_a_masked_class_is_finite():
 def test_source_weights_must_match_the_source_logits():
     with pytest.raises(InputError, match=r"one weight per source logit \(5\), got shape \(1,\)"):
         domain_adversarial(torch.randn(5), torch.randn(5), torch.ones(1))
+    ls, lt = torch.randn(4), torch.randn(3)
+    weighted = domain_adversarial(ls, lt, torch.tensor([1.0, 2.0, 0.0, 1.0]))
+    assert domain_adversarial(ls, lt, [1.0, 2.0, 0.0, 1.0]).item() == pytest.approx(weighted.item())  # a list too
+    for bad in ([0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0]):
+        with pytest.raises(InputError, match="weights_s must be finite and non-negative, and not all zero"):
+            domain_adversarial(ls, lt, torch.tensor(bad))
+
+
+def test_integer_logits_are_taken_as_numbers():
+    z = torch.tensor([[2, 0, -1], [0, 0, 3]])
+    assert entropy(z).item() == pytest.approx(entropy(z.float()).item())
+    d = torch.tensor([3, -1])
+    assert domain_adversarial(d, d).item() == pytest.approx(domain_adversarial(d.float(), d.float()).item())
 
 
 @pytest.mark.parametrize("call, fragment", [
