@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import torch
 
 from dalib.data import digits, load_domain
@@ -94,8 +95,6 @@ def test_orientation_matches_official_mnist():
 
 @needs_mat
 def test_matches_source_mat():
-    import scipy.io
-
     m = scipy.io.loadmat(str(MAT))
     for dom, xk, yk in [("mnist", "X_src", "Y_src"), ("usps", "X_tar", "Y_tar")]:
         d = load_domain("digits", dom)
