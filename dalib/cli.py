@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import importlib.util
 import io
 import re
 import sys
@@ -116,9 +117,11 @@ def _canonical_domains(config: Any) -> tuple[str, str]:
 
 
 def _default_out(method: str, src: str, tgt: str, seed: int) -> Path:
+    from dalib.runner import holds_run
+
     base = Path("runs") / f"{method}-{src}-{tgt}-seed{seed}".replace("/", "_")
     candidate, n = base, 1
-    while candidate.exists():
+    while candidate.exists() and holds_run(candidate):  # what a run that stopped early left is no run
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -199,12 +202,15 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         values["tgt"] = tgt
     for role in ("src", "tgt"):
         if not values.get(role):
-            raise ConfigError(f"missing --{role}: name the {'source' if role == 'src' else 'target'} domain")
+            raise ConfigError(f"missing --{role}: name the {'source' if role == 'src' else 'target'} domain "
+                              f"(--{role}, or {role} = \"...\" in the --config file)")
     method_values.update(_parse_sets(sets))
     try:
         config = RunConfig(method=method, method_config=method_values, **values)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"invalid run options: {exc}") from None
+    if out is not None and not out.strip():  # an unset variable in --out "$OUT": not the default folder
+        raise ConfigError("--out is empty: name the output folder, or leave --out out for runs/METHOD-SRC-TGT-seedN")
     if resume and out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
     out_dir = Path(out) if out else _default_out(method, *_canonical_domains(config), config.seed)
@@ -372,6 +378,11 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
                      progress=False if quiet else None, rerun=rerun, on_cell=note)
     click.echo(f"results: {path}")
     click.echo(f"table: {path.with_suffix('.md')}")
+    if importlib.util.find_spec("matplotlib") is None:
+        click.echo("chart: not drawn, matplotlib is not installed (pip install matplotlib, or dalib's bench extra)",
+                   err=True)
+    elif path.with_suffix(".png").is_file():
+        click.echo(f"chart: {path.with_suffix('.png')}")
     if failed:
         key, cell = next(iter(sorted(failed.items())))
         raise ConfigError(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")

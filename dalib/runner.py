@@ -608,7 +608,9 @@ def _run(
 
         ckpt, earlier = None, []
         if out is not None:
-            ckpt, earlier = _prepare_out_dir(out, config, resume, is_main)
+            from dalib.models import default_arch
+
+            ckpt, earlier = _prepare_out_dir(out, config, resume, is_main, default_arch(tuple(src.input_shape)))
 
         _seed_everything(config.seed)
         # a resumed run's weights are its checkpoint's: --pretrained's file (or ImageNet's, which
@@ -649,7 +651,13 @@ def _run(
                     f"({first_line(exc)}); state that prepare() creates must live in get_extra_state()/"
                     "set_extra_state() or in buffers registered in __init__"
                 ) from None
-            optimizer.load_state_dict(ckpt["optimizer"])
+            try:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+                raise CheckpointError(
+                    f"the optimizer state in {out / CHECKPOINT} does not fit this run ({first_line(exc)[:200]}): "
+                    "the method's param_groups() changed since, or the file is damaged; delete it and run again "
+                    "without --resume") from None
             start = int(ckpt["step"])
             if ckpt.get("source_weights") is not None:
                 method.source_weights = ckpt["source_weights"].to(device)
@@ -812,7 +820,7 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
     ``params`` is a list of tensors (an iterator is read once, here); else one line."""
     def refuse() -> PluginError:
         return PluginError(f"method {name!r}: param_groups() must return a list of dicts, each with 'params' (a list "
-                           f"of the model's parameters) and optionally 'lr_mult' and 'weight_decay', got {_describe(groups)}")
+                           f"of the model's parameters) and optionally 'lr_mult', 'weight_decay' and 'momentum', got {_describe(groups)}")
 
     if not isinstance(groups, (list, tuple)):
         raise refuse()
@@ -827,8 +835,19 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
         params = list(params)
         if not all(isinstance(p, Tensor) for p in params):
             raise refuse()
+        if "lr" in group:
+            raise PluginError(f"method {name!r}: param_groups() gives a group its own 'lr', which the runner sets at "
+                              "every step from --lr and the schedule: give 'lr_mult', a multiplier of it")
+        unknown = sorted(set(group) - GROUP_KEYS, key=str)
+        if unknown:  # the optimizer keeps any key without a word: a typo would change nothing
+            raise PluginError(f"method {name!r}: param_groups() gives a group the key(s) {', '.join(map(repr, unknown))}; "
+                              f"a group takes {', '.join(sorted(GROUP_KEYS))}")
         group["params"] = params  # the method's own dicts stay the optimizer's groups
     return list(groups)
+
+
+#: what a group of ``param_groups()`` may hold: the runner's multiplier and SGD's own settings
+GROUP_KEYS = frozenset({"params", "lr_mult", "weight_decay", "momentum"})
 
 
 def _check_losses(losses: Any, name: str) -> None:
@@ -937,12 +956,31 @@ def _canonical_names(settings: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def check_same_settings(saved: Any, config: RunConfig, what: str) -> None:
+#: the settings of a run that a shallow fit reads (the others train networks)
+SHALLOW_SETTINGS = frozenset({"method", "mode", "classifier", "src", "tgt", "dataset", "seed", "method_config"})
+
+
+def _as_run(settings: dict[str, Any], mode: str, arch: str | None) -> dict[str, Any]:
+    """The settings a run of ``mode`` reads, as they resolve: ``auto`` as that mode, no
+    ``arch`` as ``arch`` (the backbone the default gives on the run's inputs), the domains by
+    their names."""
+    out = _canonical_names(settings)
+    if out.get("mode") == "auto":
+        out["mode"] = mode
+    if out.get("arch") is None and arch is not None:
+        out["arch"] = arch
+    reads = SHALLOW_SETTINGS if mode == "shallow" else set(out) - {"classifier"}  # a deep run has its own head
+    return {k: v for k, v in out.items() if k in reads}
+
+
+def check_same_settings(saved: Any, config: RunConfig, what: str, mode: str, default_arch: str | None = None) -> None:
     """Refuse to resume (or report) a run made with other settings than ``config``'s: the
     message names each setting with its saved and its given value (datasets and domains
-    by what they name, not how they were spelled)."""
-    saved = _canonical_names(saved) if isinstance(saved, dict) else {}
-    mine = _canonical_names(comparable_config(config))
+    by what they name, not how they were spelled; only the settings a ``mode`` run reads,
+    as they resolve: ``--mode deep`` for an ``auto`` run that trained a network, ``--arch``
+    naming ``default_arch``, the backbone that none gives)."""
+    saved = _as_run(saved, mode, default_arch) if isinstance(saved, dict) else {}
+    mine = _as_run(comparable_config(config), mode, default_arch)
     diff = [k for k in sorted(mine) if json.dumps(saved.get(k), sort_keys=True) != json.dumps(mine[k], sort_keys=True)]
     if diff == ["method_config"]:
         # as given ("--set trade_off=1", or nothing for the default 1.0), they may still be the same
@@ -1036,6 +1074,21 @@ def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
             out.rmdir()
 
 
+def holds_run(out: Path) -> bool:
+    """Whether ``out`` holds a run: its checkpoint or its result, or the claim of a run that
+    still writes there (before its first checkpoint). Metric lines alone are what a run that
+    stopped early left: a new run may start there (:func:`check_fresh_out_dir`)."""
+    if any((out / name).exists() for name in (CHECKPOINT, RESULT)):
+        return True
+    try:
+        pid = int((out / LOCK).read_text().strip())
+    except OSError:
+        return False
+    except ValueError:  # being written this very moment
+        return True
+    return pid != os.getpid() and _process_lives(pid)
+
+
 def check_fresh_out_dir(out: Path) -> None:
     """Refuse to write into a folder that already holds a run (a checkpoint or a result):
     nothing is overwritten. The metric lines of a run that stopped before its first
@@ -1054,12 +1107,16 @@ def check_fresh_out_dir(out: Path) -> None:
 
 
 def _prepare_out_dir(
-    out: Path, config: RunConfig, resume: bool, is_main: bool
+    out: Path, config: RunConfig, resume: bool, is_main: bool, arch: str
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Make ``out`` ready; return the checkpoint to resume from, if any, and the metric lines
-    the run has written so far (its history up to that checkpoint)."""
+    the run has written so far (its history up to that checkpoint). ``arch``: the backbone
+    that no ``arch`` gives on this run's inputs."""
     ckpt_path = out / CHECKPOINT
     if resume:
+        if is_main and out.is_dir():  # a run still writing there (maybe before its first checkpoint) is named first
+            ready_for_writing(out)
+            claim_out_dir(out)
         if not ckpt_path.exists():
             if (out / RESULT).exists():  # without --resume the folder is refused as holding a run
                 raise CheckpointError(f"nothing to resume: the run in {out} finished ({RESULT}) and its {CHECKPOINT} "
@@ -1069,13 +1126,16 @@ def _prepare_out_dir(
             raise CheckpointError(f"nothing to resume: no {CHECKPOINT} in {out}{stopped}")
         ckpt = load_checkpoint(ckpt_path, resuming=True)
         missing = [k for k in ("config", "method", "optimizer", "rng") if not isinstance(ckpt.get(k), dict)]
+        rng = ckpt["rng"].get("torch") if isinstance(ckpt.get("rng"), dict) else None
+        if not (isinstance(rng, Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
+            missing.append("its random state")
+        if isinstance(ckpt.get("seconds"), bool) or not isinstance(ckpt.get("seconds"), (int, float)):
+            missing.append("its time so far")
         if missing:
-            raise CheckpointError(f"the checkpoint in {out} lacks what a resume needs ({', '.join(missing)}): "
+            raise CheckpointError(f"the checkpoint in {out} lacks what a resume needs ({', '.join(dict.fromkeys(missing))}): "
                                   "delete it and run again without --resume")
-        check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}")
+        check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}", "deep", arch)
         if is_main:
-            ready_for_writing(out)
-            claim_out_dir(out)
             return ckpt, _trim_metrics(out / METRICS, int(ckpt["step"]))
         return ckpt, []
     if is_main:

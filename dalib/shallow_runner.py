@@ -52,7 +52,7 @@ def run_shallow(
             if done.get("mode") != "shallow":
                 raise CheckpointError(f"{out / RESULT} is a {done.get('mode', 'unknown')} run's result, not a shallow "
                                       "one: choose another --out")
-            check_same_settings(done.get("run_config"), config, f"the result in {out}")
+            check_same_settings(done.get("run_config"), config, f"the result in {out}", "shallow")
             return RunResult(float(done["source_accuracy"]), done["target_accuracy"], 0, float(done["seconds"]), out,
                              [], diagnostics=dict(done.get("diagnostics") or {}), mode="shallow")
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -90,6 +91,27 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
         assert res.exit_code == 0, res.output
     runs = sorted(p.name for p in (chdir_tmp / "runs").iterdir())
     assert runs == ["source_only-mnist-usps-seed0", "source_only-mnist-usps-seed0-2"]  # the domains' own names
+    # the metric lines of a run stopped before its first checkpoint are no run: the next one starts there
+    early = chdir_tmp / "runs" / "source_only-mnist-usps-seed1"
+    early.mkdir()
+    (early / "metrics.jsonl").write_text('{"step": 2}\n')
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert (early / "result.json").is_file() and not (chdir_tmp / "runs" / "source_only-mnist-usps-seed1-2").exists()
+    # a folder a live run has claimed is skipped, checkpoint or not
+    claimed = chdir_tmp / "runs" / "source_only-mnist-usps-seed2"
+    claimed.mkdir()
+    (claimed / ".dalib-run.lock").write_text(str(os.getppid()))
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed2-2" / "result.json").is_file()
+
+
+def test_an_empty_out_is_refused_not_taken_as_the_default(runner, chdir_tmp):
+    for extra in ([], ["--resume"]):
+        res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--out", "", *extra])
+        assert res.exit_code == 2 and "--out is empty" in res.stderr, res.output
+    assert not (chdir_tmp / "runs").exists()
 
 
 @pytest.mark.parametrize(
@@ -107,7 +129,7 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "novalue"], ["key=value"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "abc"], ["abc"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "0"], ["steps must be at least 1"]),
-        (["run", "dann", "--tgt", "usps"], ["missing --src"]),
+        (["run", "dann", "--tgt", "usps"], ["missing --src", 'or src = "..." in the --config file']),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "tpu"], ["tpu"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "cuda:99"], ["device 'cuda:99' asked for"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--device", "mps"], ["bad device 'mps'"]),

@@ -31,6 +31,10 @@ def test_a_shallow_resume_checks_what_it_resumes(tmp_path, surf):
     assert first.exit_code == 0, first.output
     same = runner.invoke(cli, ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf, "--out", out, "--resume"])
     assert same.exit_code == 0 and json.loads((tmp_path / "coral" / "result.json").read_text())["method"] == "coral"
+    # what a shallow fit does not read, and its mode named, are the same run
+    same = runner.invoke(cli, ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf, "--out", out, "--resume",
+                               "--steps", "5", "--mode", "shallow"])
+    assert same.exit_code == 0, same.output
     # another method, other domains: refused, where it used to report coral's A->W figures as its own
     _one_line(runner.invoke(cli, ["run", "source_only", "--src", "caltech", "--tgt", "dslr", *surf, "--out", out,
                                   "--resume"]), "other settings", 'method: "coral" there, "source_only" now')
@@ -48,6 +52,14 @@ def test_a_deep_resume_names_the_settings_that_differ(tmp_path):
     _one_line(runner.invoke(cli, ["run", "source_only", "--src", "usps", "--tgt", "M", "--steps", "2",
                                   "--batch-size", "8", "--out", out, "--resume"]),
               'src: "mnist" there, "usps" now', 'tgt: "usps" there, "mnist" now')
+    # the backbone and the mode the run resolved, named, are the same run, as is a classifier it does not read
+    with pytest.warns(UserWarning, match="classifier 'linear' is for the shallow form"):
+        same = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size",
+                                   "8", "--out", out, "--resume", "--arch", "lenet", "--mode", "deep", "--classifier",
+                                   "linear"])
+    assert same.exit_code == 0, same.output
+    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size",
+                                  "8", "--out", out, "--resume", "--arch", "mlp"]), 'arch: "lenet" there, "mlp" now')
 
 
 def test_a_resume_compares_the_hyperparameters_not_how_they_were_written(tmp_path):
@@ -165,6 +177,36 @@ def test_a_checkpoint_missing_parts_or_holding_another_network(tmp_path):
     torch.save(ckpt, out / "checkpoint.pt")
     _one_line(runner.invoke(cli, ["eval", str(out)]), "do not fit this network")
     _one_line(runner.invoke(cli, [*args, "--resume"]), "do not fit this network")
+
+
+def test_a_checkpoint_whose_optimizer_or_random_state_is_damaged_is_one_line(tmp_path):
+    import torch
+
+    runner, out, args = _finished_run(tmp_path)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    (out / "result.json").unlink()
+    fewer = {**ckpt, "optimizer": {**ckpt["optimizer"], "param_groups": ckpt["optimizer"]["param_groups"][:-1]}}
+    torch.save(fewer, out / "checkpoint.pt")  # as after param_groups() changed between the kill and the resume
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "the optimizer state in", "does not fit this run",
+              "param_groups() changed since")
+    torch.save({**ckpt, "optimizer": {"param_groups": ckpt["optimizer"]["param_groups"]}}, out / "checkpoint.pt")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "the optimizer state in", "does not fit this run")
+    torch.save({**ckpt, "rng": {"torch": ckpt["rng"]["torch"][:10]}}, out / "checkpoint.pt")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "lacks what a resume needs (its random state)")
+    torch.save({k: v for k, v in ckpt.items() if k != "seconds"}, out / "checkpoint.pt")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "lacks what a resume needs (its time so far)")
+
+
+def test_a_resume_into_a_folder_a_run_still_writes_names_that_run(tmp_path):
+    import os
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 50}\n')  # a live run before its first checkpoint
+    (out / ".dalib-run.lock").write_text(str(os.getppid()))
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(out), "--resume"]
+    _one_line(CliRunner().invoke(cli, args), "is being written by another dalib run", f"(process {os.getppid()})")
+    assert (out / ".dalib-run.lock").read_text() == str(os.getppid())  # its claim stays
 
 
 def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):

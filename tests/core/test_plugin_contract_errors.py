@@ -194,6 +194,24 @@ def test_param_groups_that_are_not_a_list_of_dicts_are_one_line(toy_dataset, met
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.parametrize(("group", "message"), [
+    ({"lr": 0.1}, r"gives a group its own 'lr', which the runner sets at every step .*give 'lr_mult'"),
+    ({"lr_mul": 10.0}, r"gives a group the key\(s\) 'lr_mul'; a group takes lr_mult, momentum, params, weight_decay"),
+])
+def test_param_groups_keys_the_runner_would_overwrite_or_ignore_are_one_line(toy_dataset, method_named, tmp_path,
+                                                                             group, message):
+    class Keyed(_Base):
+        def param_groups(self, model):
+            return [{"params": list(model.parameters()), **group}]
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_keyed_groups", Keyed)
+    with pytest.raises(PluginError, match=f"method 'contract_keyed_groups': param_groups\\(\\) {message}"):
+        run(_config(toy_dataset, "contract_keyed_groups"), tmp_path / "r", progress_bar=False)
+
+
 def test_param_groups_may_hold_an_iterator_of_parameters(toy_dataset, method_named, tmp_path):
     """``{"params": model.parameters()}`` is read once: every parameter reaches the optimizer."""
     start = []
