@@ -114,6 +114,15 @@ def _example_set(config_cls: type) -> str:
     return ""
 
 
+def _example_runs(name: str, config_cls: type) -> list[str]:
+    """The example's run: a method that starts from a checkpoint (an ``init`` field) gets one
+    to start from, a source-only run on MNIST, and trains on USPS's labels."""
+    if "init" in {f.name for f in dataclasses.fields(config_cls)}:
+        return ["dalib run source_only --src mnist --tgt usps --steps 300 --out runs/pre",
+                f"dalib run {name} --src usps --tgt mnist --steps 200 --set init=runs/pre --out runs/{name}"]
+    return [f"dalib run {name} --src mnist --tgt usps --steps 2000{_example_set(config_cls)} --out runs/{name}"]
+
+
 def method_page(name: str, cls: type) -> str:
     forms = cls.forms()
     doc = cls.description()
@@ -149,7 +158,7 @@ def method_page(name: str, cls: type) -> str:
         "",
         "```bash",
         f"dalib show {name}",
-        f"dalib run {name} --src mnist --tgt usps --steps 2000{_example_set(cls.Config)} --out runs/{name}",
+        *_example_runs(name, cls.Config),
     ]
     if "shallow" in forms:
         lines.append(f"dalib run {name} --dataset office-caltech-surf --src amazon --tgt webcam --classifier 1nn")
@@ -259,7 +268,7 @@ def _own_suite() -> list[str]:
     return ["## A suite of your own", "",
             "`dalib bench my_suite.toml --out my_results` runs a suite file of your own (a copy of a "
             "built-in one is a good start; it never writes into the built-in's results).", "",
-            rest.replace("::", ":"), ""]
+            rst_to_markdown(rest.replace("::", ":")), ""]
 
 
 def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
@@ -326,6 +335,9 @@ def run_options_page() -> str:
         "lists them). The others (the optimiser's `momentum` and `weight_decay`, the learning-rate",
         "schedule's `lr_alpha` and `lr_beta`, `log_every`, `amp`, ...) are set in a `--config` file",
         "or from Python. Generated from the code.",
+        "",
+        "`src` and `tgt` have their defaults (MNIST to USPS) in Python only: `dalib run` needs them,",
+        "as `--src`/`--tgt` or as keys of its `--config` file.",
         "",
         *_hyperparameter_table(RunConfig),
         "",

@@ -85,8 +85,12 @@ class FineTune(Method):
             given = {f"backbone.{name}" for name, _ in model.backbone.named_parameters()}
         else:
             given = set()
-            warnings.warn("finetune has no starting point (no init, no --pretrained): it trains from random "
-                          "weights, which is source_only with frozen layers", RuntimeWarning, stacklevel=2)
+            unlike = (["frozen layers"] if self.config.policy != "full" else []) + (
+                [f"the backbone at {self.config.backbone_lr_mult:g}x the learning rate"]
+                if self.config.backbone_lr_mult != 1 else [])
+            warnings.warn("finetune has no starting point (no init, no --pretrained): it trains from random weights, "
+                          f"which is source_only{' with ' + ' and '.join(unlike) if unlike else ''}", RuntimeWarning,
+                          stacklevel=2)
         self.diagnostics = {"started_from": self.config.init or ("pretrained" if given else "random"),
                             "tensors_given": len(given)}
         if self.config.l2sp > 0:

@@ -219,9 +219,10 @@ def load(req: LoadRequest) -> Domain:
         )
     if own and others and not set(own) & set(others):
         raise DataError(
-            f"the class folders of {root} ({_shown(own)}) share no name with the other domains' of {data_dir} "
-            f"({_shown(others)}) ({where}): labelled domains file the same classes, and an unlabelled domain keeps "
-            "its images directly in its folder (a sub-folder is read as a class)"
+            f"the class folders of {root} ({_shown(own)}) share no name with those of the other domains of {data_dir} "
+            f"({'; '.join(f'{d}: {_shown(names)}' for d, (_, names) in sorted(by_domain.items()) if names)}) "
+            f"({where}): labelled domains file the same classes, every domain of the folder counts, and an "
+            "unlabelled domain keeps its images directly in its folder (a sub-folder is read as a class)"
         )
     samples: list[tuple[Path, int]] = [(p, UNLABELLED) for p in loose]
     missing = sorted(set(others) - set(own)) if own else []

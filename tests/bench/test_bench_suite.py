@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -190,6 +192,18 @@ def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path)
     table = (tmp_path / "bench-toy-steps5.md").read_text()
     assert "Deep runs: batch_size = 16, steps = 5." in table  # the steps the runs used, not the suite's 15
     assert "(the suite's own: 15)" in table
+    assert f"chart: {tmp_path / 'bench-toy-steps5.png'}" in res.stdout
+
+
+def test_cli_says_when_no_chart_is_drawn(toy_suite, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails, as where it is not installed
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "3",
+                                   "--steps", "5", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "chart: not drawn, matplotlib is not installed (pip install matplotlib" in res.stderr
+    assert not (tmp_path / "bench-toy-steps5.png").exists()
 
 
 @pytest.mark.parametrize(

@@ -217,9 +217,9 @@ def test_a_folder_of_unlabelled_domains_alone_loads_them_without_classes(tmp_pat
 
 def test_class_folders_that_share_no_name_with_the_other_domains_are_refused(office):
     _image(office / "phone" / "2024-06" / "IMG_1.jpg", (1, 2, 3))  # dated export folders, not classes
-    with pytest.raises(DataError, match=r"class folders of .*phone \(2024-06\) share no name with the other domains' "
-                                        r"of .* \(bike, calculator, mug\) .*an unlabelled domain keeps its images "
-                                        r"directly in its folder"):
+    with pytest.raises(DataError, match=r"class folders of .*phone \(2024-06\) share no name with those of the other "
+                                        r"domains of .* \(amazon: bike, mug; webcam: bike, calculator, mug\) .*"
+                                        r"an unlabelled domain keeps its images directly in its folder"):
         load_domain("image-folder", "phone", data_dir=office)
     # amazon shares its classes with webcam: it loads, with the dated folder among the classes it lacks
     assert "2024-06" in load_domain("image-folder", "amazon", data_dir=office).classes

@@ -51,6 +51,8 @@ def test_every_registered_method_has_a_page_with_its_hyperparameters(site):
     assert re.search(row, dann), "the dann page has no trade_off row with its default"
     assert '<div class="arithmatex">' in dann and ".. math::" not in dann
     assert "Shallow-form hyperparameters" in _page(site, "methods/kmm")
+    # a method that starts from a checkpoint is shown starting from one, not from random weights
+    assert "--set init=runs/pre --out runs/finetune" in _page(site, "methods/finetune")
 
 
 def test_losses_reference_comes_from_the_docstrings(site):
@@ -59,6 +61,11 @@ def test_losses_reference_comes_from_the_docstrings(site):
     for name in ("mmd", "coral", "sinkhorn", "sinkhorn_solve", "ot_plan", "grad_reverse", "domain_adversarial", "entropy"):
         assert re.search(rf'<h3 id="dalib\.losses\.\w+\.{name}"', page), name
     assert '<div class="arithmatex">' in page and ":math:" not in page and ".. math::" not in page
+
+
+def test_run_options_say_which_defaults_the_cli_does_not_take(site):
+    page = html.unescape(_page(site, "run-options"))
+    assert "have their defaults (MNIST to USPS) in Python only" in page and "<code>steps</code>" in page
 
 
 def test_cli_reference_comes_from_click(site):
@@ -70,6 +77,7 @@ def test_cli_reference_comes_from_click(site):
 
 def test_benchmark_tables_come_from_the_results_folder(site):
     page = _page(site, "benchmarks")
+    assert ":func:" not in page and "<code>dalib.list_methods</code>" in page  # the suite format, from rst
     tables = sorted(RESULTS.glob("*.md"))
     assert tables
     for path in tables:

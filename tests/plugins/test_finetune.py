@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -222,5 +223,8 @@ def test_a_start_that_does_not_fit_says_why(tmp_path, toy_dataset, source_model)
 
 def test_finetune_without_a_starting_point_says_so(toy_dataset):
     cfg = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=1, batch_size=16)
-    with pytest.warns(RuntimeWarning, match="no starting point"):
-        run(cfg, None, progress_bar=False)
+    for settings, unlike in [({}, "which is source_only with the backbone at 0.1x the learning rate$"),
+                             ({"policy": "head"}, "which is source_only with frozen layers and the backbone at 0.1x"),
+                             ({"backbone_lr_mult": 1.0}, "which is source_only$")]:
+        with pytest.warns(RuntimeWarning, match=f"no starting point .*{unlike}"):
+            run(dataclasses.replace(cfg, method_config=settings), None, progress_bar=False)
