@@ -571,7 +571,7 @@ def _run(
     on_start: Callable[[dict[str, Any]], None] | None,
 ) -> RunResult:
     from dalib.data import load_domain
-    from dalib.models import build_model
+    from dalib.models import build_model, default_arch
     from dalib.registry import get_method
 
     method_cls = get_method(config.method)
@@ -608,8 +608,6 @@ def _run(
 
         ckpt, earlier = None, []
         if out is not None:
-            from dalib.models import default_arch
-
             ckpt, earlier = _prepare_out_dir(out, config, resume, is_main, default_arch(tuple(src.input_shape)))
 
         _seed_everything(config.seed)
