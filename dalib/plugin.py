@@ -1,7 +1,7 @@
 """The method contract: what a domain-adaptation method is to the runner.
 
 A method owns its hyperparameters (a frozen ``Config`` dataclass whose defaults are the
-paper's), its extra modules (a discriminator, say) and its loss. It never owns the
+paper's, or say in the method's docstring where they are not), its extra modules (a discriminator, say) and its loss. It never owns the
 training loop: :mod:`dalib.runner` calls it.
 """
 

@@ -35,7 +35,10 @@ class DANN(Method):
     .. math:: \min_{F,C} \max_D \; L_{cls}(C(F(x_s)), y_s) - \lambda\, L_{dom}(D(F(x)))
 
     The reversal coefficient rises as :math:`2/(1+e^{-\gamma p}) - 1` over training.
-    The discriminator defaults to two hidden layers of 1024 units, the paper's for its Office
+    :math:`L_{dom}` is the mean of the source and the target terms (the two domains' mean
+    binary cross-entropies, halved: :func:`dalib.losses.domain_adversarial`, as
+    Transfer-Learning-Library writes it); the paper's objective adds the two means, which is
+    ``trade_off = 2`` here. The discriminator defaults to two hidden layers of 1024 units, the paper's for its Office
     experiments; ``hidden_layers=0`` makes it the logistic domain regressor of the paper's
     shallow networks (its sentiment experiments).
     """

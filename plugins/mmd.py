@@ -22,7 +22,10 @@ class DAN(Method):
               \quad k = \sum_{u} \exp(-\lVert x-y\rVert^2 / 2\sigma_u^2)
 
     with the bandwidths :math:`\sigma_u` from the median heuristic times
-    :math:`2^{-2}, \dots, 2^{2}` on each mini-batch.
+    :math:`2^{-2}, \dots, 2^{2}` on each mini-batch, weighted equally (the paper learns the
+    kernels' weights). The estimator defaults to the unbiased one over all pairs of the
+    mini-batch, as Transfer-Learning-Library's DAN: it varies less than the linear-time
+    estimator the paper trains with, ``estimator = "linear"``.
     """
 
     @dataclass(frozen=True)
