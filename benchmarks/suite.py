@@ -30,6 +30,7 @@ the chosen cells again, and a killed re-run resumes as well).
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -368,9 +369,27 @@ def _whole_cell(cell: Any) -> bool:
     return True
 
 
+def code_digest(source: str | bytes) -> bytes:
+    """What of a Python source can change numbers: its syntax tree without docstrings (comments
+    and layout are not in it), so that a finished cell stays current through an edit of the
+    documentation; the source itself where it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source.encode() if isinstance(source, str) else source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
 def method_code_hash(method: str) -> str:
-    """A hash of the source file of ``method``'s class: a finished cell made by other code of
-    the method is reported (and re-run with ``rerun``), never silently passed off as current."""
+    """A hash of the code of the source file of ``method``'s class (:func:`code_digest`): a
+    finished cell made by other code of the method is reported (and re-run with ``rerun``),
+    never silently passed off as current."""
     import inspect
 
     from dalib.registry import get_method
@@ -379,7 +398,7 @@ def method_code_hash(method: str) -> str:
         source = inspect.getsource(sys.modules[get_method(method).__module__])
     except (OSError, TypeError, KeyError):
         return ""
-    return hashlib.sha256(source.encode()).hexdigest()[:16]
+    return hashlib.sha256(code_digest(source)).hexdigest()[:16]
 
 
 #: dalib's modules that cannot change a cell's numbers (the command line, messages, docs rendering)
@@ -387,7 +406,7 @@ _NO_NUMBERS = frozenset({"cli.py", "errors.py", "_rst.py"})
 
 
 def dalib_code_hash() -> str:
-    """A hash of dalib's own source (the ``.py`` files of the installed package but
+    """A hash of dalib's own code (:func:`code_digest` of the ``.py`` files of the installed package but
     :data:`_NO_NUMBERS`: the runner, models, losses, kernels, data and shallow estimators that
     every method's cells share): a
     finished cell made by another version of dalib is reported, like one made by other code of
@@ -399,7 +418,7 @@ def dalib_code_hash() -> str:
     for path in sorted(root.rglob("*.py")):
         if path.parent == root and path.name in _NO_NUMBERS:
             continue
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + code_digest(path.read_bytes()) + b"\0")
     return digest.hexdigest()[:16]
 
 

@@ -400,6 +400,20 @@ def test_a_buggy_plugin_fails_its_own_cells_and_the_others_run(toy_suite, tmp_pa
     assert cells["source_only | src->tgt | seed 0"]["status"] == "done"
 
 
+def test_the_code_hash_reads_code_not_documentation():
+    from dalib_benchmarks.suite import code_digest
+
+    base = 'class M:\n    """Old words."""\n    def loss(self, x):\n        return 2 * x\n'
+    for same in ('"""A module docstring."""\n' + base,
+                 base.replace("Old words.", "New words, a formula: L = 2x."),
+                 base.replace("return 2 * x", "return 2 * x  # twice"),
+                 base.replace('    """Old words."""\n', "")):
+        assert code_digest(same) == code_digest(base), same
+    for other in (base.replace("2 * x", "3 * x"), base.replace('"""Old words."""', 'x = "Old words."')):
+        assert code_digest(other) != code_digest(base), other
+    assert code_digest(b"def broken(:\n") == b"def broken(:\n"  # unparsable: its bytes
+
+
 def test_changed_method_code_is_reported_and_rerun_runs_the_cells_again(toy_suite, tmp_path):
     from dalib.registry import load_plugin_module, unregister_method
 
