@@ -638,8 +638,8 @@ def run_suite(
         write_report(suite, path)
         if changed:
             warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
-                          f"(its source changed since) and are kept as they are: --rerun --methods "
-                          f"{','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
+                          "(its code changed since; edits of docstrings and comments do not count) and are kept as "
+                          f"they are: --rerun --methods {','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
         if core_changed:
             warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
                           "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "
