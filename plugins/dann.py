@@ -37,8 +37,8 @@ class DANN(Method):
     The reversal coefficient rises as :math:`2/(1+e^{-\gamma p}) - 1` over training.
     :math:`L_{dom}` is the mean of the source and the target terms (the two domains' mean
     binary cross-entropies, halved: :func:`dalib.losses.domain_adversarial`, as
-    Transfer-Learning-Library writes it); the paper's objective adds the two means, which is
-    ``trade_off = 2`` here. The discriminator defaults to two hidden layers of 1024 units, the paper's for its Office
+    Transfer-Learning-Library writes it); the paper's objective adds the two means: here,
+    that is ``trade_off = 2``. The discriminator defaults to two hidden layers of 1024 units, the paper's for its Office
     experiments; ``hidden_layers=0`` makes it the logistic domain regressor of the paper's
     shallow networks (its sentiment experiments).
     """
