@@ -41,6 +41,11 @@ def run_shallow(
         end_of_writing,
     )
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would fit it and write the same folder
+        from dalib.errors import ConfigError
+
+        raise ConfigError(f"the shallow form of {config.method} fits in one process: run it without torchrun "
+                          "(or --mode deep to train a network on every process)")
     method_cls = get_method(config.method)
     shallow_config = build_method_config(config, method_cls, "shallow")
     out = Path(out_dir) if out_dir is not None else None

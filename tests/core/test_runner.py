@@ -227,6 +227,55 @@ def test_two_processes_under_torchrun_train_one_run(tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["steps"] == 6
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "metrics.jsonl", "result.json"]
+    # again into the finished run: every rank refuses in one line (the others had trained while rank 0 stopped)
+    again = subprocess.run(proc.args, capture_output=True, text=True, env=env, timeout=240)
+    assert again.returncode != 0 and again.stderr.count("already holds a run") == 2, again.stderr[-2000:]
+    assert json.loads((out / "result.json").read_text()) == result
+
+
+def _torchrun(args, tmp_path, timeout=240):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env["OMP_NUM_THREADS"] = "1"
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args],
+                          capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
+
+
+def test_every_torchrun_rank_ends_with_the_same_model_and_logs_the_mean_loss(tmp_path):
+    """BatchNorm's statistics are rank 0's on every rank (only gradients were averaged: rank 1
+    returned other statistics and accuracies), and the logged losses are the ranks' mean."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import json, os, sys\n"
+        "from dalib.runner import RunConfig, run\n"
+        "seen = []\n"
+        "res = run(RunConfig(method='dann', src='mnist', tgt='usps', steps=6, batch_size=16, device='cpu', log_every=2,\n"
+        "                    method_config={'hidden': 32}), sys.argv[1], progress_bar=False,\n"
+        "          on_step=lambda step, logs: seen.append(logs))\n"
+        "json.dump({'acc': [res.source_accuracy, res.target_accuracy], 'logs': seen,\n"
+        "           'buffers': [float(b.double().sum()) for b in res.model.buffers()]},\n"
+        "          open(f\"rank-{os.environ['RANK']}.json\", 'w'))\n")
+    proc = _torchrun([str(probe), str(tmp_path / "run")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [line["loss/total"] for line in logged] == [ranks[0]["logs"][i]["total"] for i in (1, 3, 5)]
+
+
+def test_a_shallow_run_under_torchrun_is_refused_in_one_line(tmp_path, data_root):
+    import sys
+    from pathlib import Path
+
+    dalib_cli = Path(sys.executable).parent / "dalib"
+    proc = _torchrun([str(dalib_cli), "run", "coral", "--dataset", "office-caltech-surf", "--data-root", str(data_root),
+                      "--src", "A", "--tgt", "W", "--out", str(tmp_path / "coral")], tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("dalib: error: the shallow form of coral fits in one process: run it without torchrun") == 2
+    assert not (tmp_path / "coral").exists()
 
 
 @pytest.mark.parametrize(
