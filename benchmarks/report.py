@@ -150,7 +150,7 @@ def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Pat
     if state.get("steps"):
         args.append(f"--steps {state['steps']}")
     if out_dir is not None and out_dir.resolve() != RESULTS_DIR:
-        args.append(f"--out {out_dir}")
+        args.append(f"--out {out_dir.resolve()}")
     args += [f"--plugin {module}" for module in state.get("plugins", [])]
     return " ".join(args)
 

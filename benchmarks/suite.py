@@ -126,8 +126,9 @@ class Suite:
 
     @property
     def ref(self) -> str:
-        """How ``dalib bench`` names this suite: a built-in's name, else its file's path."""
-        return self.name if _is_builtin_file(self.path) else str(self.path)
+        """How ``dalib bench`` names this suite: a built-in's name, else its file's absolute
+        path (a command that works from any folder)."""
+        return self.name if _is_builtin_file(self.path) else str(self.path.resolve())
 
     @property
     def file(self) -> str:
@@ -543,8 +544,9 @@ def run_suite(
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
-        if plugins:  # the Reproduce line names them: without them the command knows no such method
-            state["plugins"] = sorted(set(state.get("plugins", [])) | set(plugins))
+        if plugins:  # the Reproduce line names them (a file by its absolute path): without them no such method
+            given = {str(Path(p).resolve()) if str(p).endswith(".py") and Path(p).is_file() else str(p) for p in plugins}
+            state["plugins"] = sorted(set(state.get("plugins", [])) | given)
         if not _is_builtin_file(suite.path):
             state["suite_path"] = str(suite.path.resolve())
         # --rerun runs every chosen cell again; one that was killed resumes: the cells it finished

@@ -606,6 +606,27 @@ def test_a_done_cell_without_a_number_is_damaged_not_a_traceback(toy_suite, tmp_
                         "its cell 'source_only | src->tgt | seed 0' is damaged")
 
 
+def test_the_reproduce_line_names_files_by_absolute_paths(toy_suite, tmp_path, monkeypatch):
+    """A suite, an output folder and a plugin given by relative paths: the table's command
+    works from any folder, not only the one it was run in."""
+    from dalib.registry import unregister_method
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "mine.toml").write_text(toy_suite.read_text())
+    _plugin_file(work / "extra.py", "bench_relative", "return {'total': self.source_loss(batch, out)}")
+    monkeypatch.chdir(work)
+    try:
+        res = CliRunner().invoke(cli, ["bench", "mine.toml", "--plugin", "extra.py", "--methods", "bench_relative",
+                                       "--seeds", "0", "--out", "out", "--quiet"])
+    finally:
+        unregister_method("bench_relative")
+    assert res.exit_code == 0, res.output
+    md = (work / "out" / "bench-mine.md").read_text()
+    assert (f"Reproduce: `dalib bench {work / 'mine.toml'} --methods bench_relative --seeds 0 --out {work / 'out'} "
+            f"--plugin {work / 'extra.py'}`") in md
+
+
 def test_a_narrowed_run_names_each_cell_once_and_answers_for_its_own_cells(toy_suite, tmp_path):
     """A task or seed given twice is one cell; a failed cell of another method, kept in the file,
     is no failure of this run (the table still lists it)."""
