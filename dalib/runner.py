@@ -1105,7 +1105,7 @@ def holds_run(out: Path) -> bool:
     """Whether ``out`` holds a run: its checkpoint or its result, or the claim of a run that
     still writes there (before its first checkpoint). Metric lines alone are what a run that
     stopped early left: a new run may start there (:func:`check_fresh_out_dir`)."""
-    if any((out / name).exists() for name in (CHECKPOINT, RESULT)):
+    if _keeps_a_run(out):
         return True
     try:
         pid = int((out / LOCK).read_text().strip())
@@ -1116,9 +1116,14 @@ def holds_run(out: Path) -> bool:
     return pid != os.getpid() and _process_lives(pid)
 
 
+def _keeps_a_run(out: Path) -> bool:
+    """Whether ``out`` keeps a run's checkpoint or result."""
+    return any((out / name).exists() for name in (CHECKPOINT, RESULT))
+
+
 def _refuse_a_kept_run(out: Path) -> None:
-    """One line if ``out`` holds a run's checkpoint or result: nothing is overwritten."""
-    if out.exists() and any((out / name).exists() for name in (CHECKPOINT, RESULT)):
+    """One line if ``out`` keeps a run's checkpoint or result: nothing is overwritten."""
+    if _keeps_a_run(out):
         raise ConfigError(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
                           "or choose another --out")
 
