@@ -306,6 +306,18 @@ def test_the_console_script_prints_a_warning_as_one_line():
     assert res.stderr == "dalib: warning: first line\n"
 
 
+def test_python_dash_m_dalib_is_the_command():
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "dalib", "run", "nosuch", "--src", "mnist", "--tgt", "usps"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    assert "nosuch" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    res = subprocess.run([sys.executable, "-m", "dalib", "--help"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and "Usage: dalib" in res.stdout
+
+
 def test_data_folder_with_a_dataset_that_reads_none_and_a_forgotten_data_folder(runner, tmp_path):
     res = runner.invoke(cli, ["run", "source_only", "--dataset", "digits", "--data", str(tmp_path), "--src", "mnist",
                               "--tgt", "usps", *FAST])

@@ -1,0 +1,5 @@
+"""``python -m dalib``: the ``dalib`` command of the interpreter that runs it."""
+
+from dalib.cli import main
+
+main()
