@@ -173,7 +173,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     lines = [
         f"# {suite.title}" + (f", {state['steps']} steps" if state.get("steps") else ""),
         "",
-        suite.protocol,
+        state.get("protocol", suite.protocol),
         "",
         narrowed + f"Target accuracy (%), {over}. "
         "Every number is the model of the **last** step (deep) or the one fitted model (shallow): no "
@@ -239,9 +239,12 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     by_form = {form: sum(t for v, t in summary.seconds.items() if summary.mode[v] == form) for form in ("deep", "shallow")}
     split = (f" (deep rows {by_form['deep'] / 60:.1f} min, shallow rows {by_form['shallow'] / 60:.1f} min)"
              if by_form["deep"] and by_form["shallow"] else "")
+    timing = state.get("timing", suite.timing)
+    if timing and state.get("steps") and suite_steps is not None:  # the suite's note speaks of its own steps
+        timing = f"The suite's note, for its own {suite_steps} steps: {timing}"
     lines += [
         "",
-        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cell{'s' if len(state['cells']) != 1 else ''}){split}. " + suite.timing,
+        f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cell{'s' if len(state['cells']) != 1 else ''}){split}. " + timing,
         "",
         f"Machine: {machine_line(state['machine'])}.",
         "",

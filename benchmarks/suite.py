@@ -543,7 +543,9 @@ def run_suite(
         codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
-                      "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
+                      "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info(),
+                      # the table's text is the one of the suite file these cells ran under, not a later edit's
+                      "protocol": suite.protocol, "timing": suite.timing})
         if plugins:  # the Reproduce line names them (a file by its absolute path): without them no such method
             given = {str(Path(p).resolve()) if str(p).endswith(".py") and Path(p).is_file() else str(p) for p in plugins}
             state["plugins"] = sorted(set(state.get("plugins", [])) | given)

@@ -180,6 +180,8 @@ def test_a_killed_suite_resumes_without_rerunning_finished_cells(toy_suite, tmp_
 
 
 def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path):
+    toy_suite.write_text(toy_suite.read_text().replace('protocol = "the moons, rotated"',
+                                                       'protocol = "the moons, rotated"\ntiming = "About 3 s a cell."'))
     res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "3",
                                    "--steps", "5", "--out", str(tmp_path), "--quiet"])
     assert res.exit_code == 0, res.output
@@ -192,7 +194,20 @@ def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path)
     table = (tmp_path / "bench-toy-steps5.md").read_text()
     assert "Deep runs: batch_size = 16, steps = 5." in table  # the steps the runs used, not the suite's 15
     assert "(the suite's own: 15)" in table
+    # the suite's timing note speaks of its own steps, and says so
+    assert "The suite's note, for its own 15 steps: About 3 s a cell." in table
     assert f"chart: {tmp_path / 'bench-toy-steps5.png'}" in res.stdout
+
+
+def test_the_table_keeps_the_protocol_its_cells_ran_under(toy_suite, tmp_path):
+    from dalib_benchmarks.report import write_report
+
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    toy_suite.write_text(toy_suite.read_text().replace("the moons, rotated", "the moons, sheared"))
+    md, _ = write_report(load_suite(str(toy_suite)), path)  # the suite file edited since: the table keeps its text
+    assert "the moons, rotated" in md.read_text() and "sheared" not in md.read_text()
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[1], progress=False)
+    assert "the moons, sheared" in md.read_text()  # a later run under the edited file writes the new text
 
 
 def test_cli_says_when_no_chart_is_drawn(toy_suite, tmp_path, monkeypatch):
