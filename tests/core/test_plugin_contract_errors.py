@@ -390,3 +390,24 @@ def test_param_groups_of_a_set_are_refused_for_their_order(toy_dataset, method_n
     method_named("contract_set_groups", Unordered)
     with pytest.raises(PluginError, match="param_groups\\(\\)'s 'params' is a set, whose order changes"):
         run(_config(toy_dataset, "contract_set_groups"), None, progress_bar=False)
+
+
+class _Phases(_Base):
+    """Step 0 trains the whole network; step 1 the head alone, on detached features (a phase
+    of a method that alternates updates, as docs/plugins.md describes)."""
+
+    def loss(self, batch, out, progress):
+        if progress.step % 2 == 0:
+            return {"total": self.source_loss(batch, out)}
+        logits = self.model.head(out.feat_s.detach())
+        return {"total": torch.nn.functional.cross_entropy(logits, batch.y_s)}
+
+
+def test_a_parameter_that_a_step_does_not_reach_stays_where_it_is(toy_dataset, method_named):
+    method_named("phases_test", _Phases)
+    one = run(_config(toy_dataset, "phases_test", steps=1), None, progress_bar=False).model
+    two = run(_config(toy_dataset, "phases_test", steps=2), None, progress_bar=False).model
+    moved = {name for (name, a), (_, b) in zip(one.named_parameters(), two.named_parameters(), strict=True)
+             if not torch.equal(a, b)}
+    # momentum and weight decay leave them alone too: their gradient is None, not zero
+    assert moved and all(name.startswith("head.") for name in moved), sorted(moved)
