@@ -510,15 +510,34 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
 
 
 def write_result(out: Path, payload: dict[str, Any]) -> None:
-    """Write ``result.json`` atomically, with the versions that produced it."""
-    payload = {**payload, "versions": _versions()}
+    """Write ``result.json`` atomically, with what produced it: the method's class (and its
+    file, for a plugin loaded by path) and the versions of dalib, torch, the numerical
+    libraries the run imported and the package that installed the method."""
+    from dalib.registry import defined_at, get_method
+
+    method_cls = get_method(payload["method"])
+    payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls)}
     atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
 
 
-def _versions() -> dict[str, str]:
+#: modules a run may have imported, by the distribution that result.json names
+_NUMERICAL = (("numpy", "numpy"), ("scipy", "scipy"), ("ot", "pot"), ("pykeops", "pykeops"), ("sklearn", "scikit-learn"))
+
+
+def _versions(method_cls: type | None = None) -> dict[str, str]:
+    import importlib.metadata as metadata
+
     import dalib
 
-    return {"dalib": dalib.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    found = {"dalib": dalib.__version__, "torch": torch.__version__, "python": platform.python_version()}
+    wanted = [dist for module, dist in _NUMERICAL if module in sys.modules]
+    if method_cls is not None:  # a plugin package's own version: its numbers are its code's
+        top = method_cls.__module__.split(".")[0]
+        wanted += [d for d in metadata.packages_distributions().get(top, []) if d.lower() != "dalib"]
+    for dist in wanted:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            found[dist] = metadata.version(dist)
+    return found
 
 
 # --------------------------------------------------------------------------- the loop

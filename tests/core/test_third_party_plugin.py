@@ -66,4 +66,6 @@ def test_show_and_run_an_installed_plugin(plugin_site, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == "minent_class"
     assert result["method_config"] == {"trade_off": 0.2}
+    # what produced the numbers: the plugin's class and its package's version
+    assert result["method_class"].startswith("dalib_entmin") and result["versions"]["dalib-entmin"] == "0.1.0"
     assert 0.0 <= result["target_accuracy"] <= 100.0

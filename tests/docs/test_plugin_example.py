@@ -64,6 +64,7 @@ def test_run_the_example(example, fresh_registry, tmp_path):
     assert res.exit_code == 0, (res.output, res.stderr)
     result = json.loads((out / "result.json").read_text())
     assert result["method"] == name and 0.0 <= result["target_accuracy"] <= 100.0
+    assert result["method_class"].endswith(f" in {path.resolve()}")  # the plugin file that produced it
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"loss/total", "loss/mmd", "loss/entropy"} <= set(last)
 
