@@ -61,3 +61,23 @@ def toy_dataset() -> str:
             _toy_shift_domain,
         )
     return "toy-shift"
+
+
+@pytest.fixture(scope="session")
+def unlabelled_dataset(toy_dataset) -> str:
+    """The toy shift with the target's labels dropped."""
+    from dalib.data import DatasetInfo, Domain, list_datasets, register_dataset
+    from dalib.data.registry import _entry
+
+    if "toy-unlabelled" not in list_datasets():
+        toy = _entry(toy_dataset)[1]
+
+        def load(request):
+            d = toy(request)
+            if request.domain == "src":
+                return d
+            return Domain.from_arrays(request.domain, d.x, None, num_classes=2, dataset_name="toy-unlabelled")
+
+        register_dataset(DatasetInfo(name="toy-unlabelled", description="toy shift, unlabelled target (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"), load)
+    return "toy-unlabelled"

@@ -14,26 +14,8 @@ from click.testing import CliRunner
 import dalib
 from dalib.cli import cli
 from dalib.data import DatasetInfo, Domain, list_datasets, register_dataset
-from dalib.data.registry import _entry
 from dalib.errors import DataError
 from dalib.runner import RunConfig, load_checkpoint, run
-
-
-@pytest.fixture(scope="module")
-def unlabelled_dataset(toy_dataset) -> str:
-    """The toy shift with the target's labels dropped (and a source without labels, to refuse)."""
-    if "toy-unlabelled" not in list_datasets():
-        toy = _entry(toy_dataset)[1]
-
-        def load(request):
-            d = toy(request)
-            if request.domain == "src":
-                return d
-            return Domain.from_arrays(request.domain, d.x, None, num_classes=2, dataset_name="toy-unlabelled")
-
-        register_dataset(DatasetInfo(name="toy-unlabelled", description="toy shift, unlabelled target (tests)",
-                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"), load)
-    return "toy-unlabelled"
 
 
 def test_an_unlabelled_target_trains_the_same_network_and_is_not_scored(tmp_path, toy_dataset, unlabelled_dataset):

@@ -108,6 +108,20 @@ def test_smoke_run_and_determinism(name, toy_dataset, tmp_path):
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
 
 
+@pytest.mark.parametrize("name", DEEP)
+def test_training_never_reads_a_target_label(name, toy_dataset, unlabelled_dataset, tmp_path):
+    """The target's labels dropped, every method trains the same network bit for bit: no
+    code path of the plugin reaches a target label (they only score)."""
+    kw = dict(method=name, src="src", tgt="tgt", mode="deep", steps=8, batch_size=16, log_every=4)
+    labelled = run(RunConfig(dataset=toy_dataset, **kw), tmp_path / "labelled", progress_bar=False)
+    blind = run(RunConfig(dataset=unlabelled_dataset, **kw), tmp_path / "blind", progress_bar=False)
+    assert blind.target_accuracy is None and blind.source_accuracy == labelled.source_accuracy
+    a, b = labelled.model.state_dict(), blind.model.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [{k: v for k, v in h.items() if k.startswith("loss/")} for h in labelled.history]
+    assert losses == [{k: v for k, v in h.items() if k.startswith("loss/")} for h in blind.history]
+
+
 @pytest.mark.parametrize("name", SHALLOW)
 def test_shallow_form_contract(name, toy_dataset, tmp_path):
     cls = dalib.get_method(name)
