@@ -124,7 +124,7 @@ def test_suite_runs_every_cell_and_writes_json_table_and_chart(toy_suite, tmp_pa
 
 
 def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path):
-    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann"], progress=False)
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann", "coral"], progress=False)
     state = json.loads(path.read_text())
     summary = Summary(state)
     accs = sorted(c["target_accuracy"] for c in state["cells"].values() if c["variant"] == "dann")
@@ -136,6 +136,11 @@ def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path
     assert f"{mean:.1f} ± {std:.1f}" in row
     base = summary.overall("source_only")[0]
     assert f"{mean - base:+.2f}" in row  # Δ vs source-only (one task: the task mean is the mean)
+    # a shallow row against the same classifier without adaptation, not against the deep baseline
+    shallow, shallow_base = (summary.overall(v)[0] for v in ("coral (shallow, 1nn)", "source_only (shallow, 1nn)"))
+    assert shallow_base != base
+    row = next(line for line in md.splitlines() if line.startswith("| `coral (shallow, 1nn)` |"))
+    assert row.split(" | ")[-1].startswith(f"{shallow - shallow_base:+.2f}")
 
 
 def test_summary_mean_over_tasks_is_per_seed_then_over_seeds():

@@ -411,3 +411,25 @@ def test_a_parameter_that_a_step_does_not_reach_stays_where_it_is(toy_dataset, m
              if not torch.equal(a, b)}
     # momentum and weight decay leave them alone too: their gradient is None, not zero
     assert moved and all(name.startswith("head.") for name in moved), sorted(moved)
+
+
+class _RecordsItsStart(_Base):
+    """Source cross-entropy; its diagnostics keep the network's starting weights."""
+
+    def prepare(self, context):
+        self.diagnostics = {"start": [float(p.detach().double().sum()) for p in context.model.parameters()]}
+
+    def loss(self, batch, out, progress):
+        return {"total": self.source_loss(batch, out)}
+
+
+def test_the_seed_draws_the_starting_weights(toy_dataset, method_named):
+    """Seeds differ in the network they start from, not only in the order of the batches: the
+    spread over seeds in the benchmark tables depends on it."""
+    method_named("records_start_test", _RecordsItsStart)
+    start = {seed: run(_config(toy_dataset, "records_start_test", steps=1, seed=seed), None,
+                       progress_bar=False).diagnostics["start"] for seed in (0, 0, 1)}
+    again = run(_config(toy_dataset, "records_start_test", steps=1, seed=0), None, progress_bar=False)
+    assert again.diagnostics["start"] == start[0]
+    differ = [a != b for a, b in zip(start[0], start[1], strict=True)]
+    assert sum(differ) >= len(differ) // 2, differ  # every random layer (BatchNorm starts at 1 and 0)

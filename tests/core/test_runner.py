@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -28,6 +29,14 @@ def test_same_seed_same_numbers_on_cpu(tmp_path):
     assert (tmp_path / "a" / "metrics.jsonl").read_text() == (tmp_path / "b" / "metrics.jsonl").read_text()
     c = run(_config(seed=1), tmp_path / "c", progress_bar=False)
     assert (tmp_path / "c" / "metrics.jsonl").read_text() != (tmp_path / "a" / "metrics.jsonl").read_text()
+    # each logged step carries the learning rate and DANN's λ_p of its last update (Ganin et al.'s
+    # schedules at p = (step - 1) / steps): lr0·(1 + 10p)^-0.75 and 2 / (1 + e^(-10p)) - 1
+    logged = [h for h in a.history if "lr" in h]
+    assert [h["step"] for h in logged] == [5, 10, 15, 20, 25, 30]
+    for h in logged:
+        p = (h["step"] - 1) / 30
+        assert h["lr"] == pytest.approx(0.01 * (1 + 10 * p) ** -0.75, rel=1e-9)
+        assert h["loss/grl"] == pytest.approx(2 / (1 + math.exp(-10 * p)) - 1, rel=1e-6)
 
 
 class _Killed(Exception):

@@ -58,9 +58,32 @@ def _mmd2(beta, xs, xt, sigma):
     )
 
 
+def _bisect(f, lo: float, hi: float) -> float:
+    """The root of the nondecreasing ``f`` on [lo, hi] (f(lo) <= 0 <= f(hi)), to float precision."""
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
+def _projection_reference(z, metric_c, upper, lo, hi):
+    """The projection from its KKT conditions. With the metric I + c·11ᵀ, stationarity reads
+    x = clip(z − τ, 0, upper) with τ = c·Σ(x − z) + ν, ν the sum constraint's multiplier.
+    With ν = 0, τ − c·Σ(x(τ) − z) increases with τ: one root. If its sum leaves [lo, hi],
+    the constraint is active (the problem is convex) and τ puts the sum on the bound."""
+    x = lambda tau: np.clip(z - tau, 0.0, upper)  # noqa: E731
+    span = np.abs(z).max() + upper + metric_c * len(z) * (np.abs(z).max() + upper) + 1.0
+    tau = _bisect(lambda t: t - metric_c * (x(t) - z).sum(), -span, span)
+    total = x(tau).sum()
+    if not lo <= total <= hi:
+        bound = lo if total < lo else hi
+        tau = _bisect(lambda t: bound - x(t).sum(), -span, span)
+    return x(tau)
+
+
 @pytest.mark.parametrize("c", [0.0, 0.3, 5.0])
 @pytest.mark.parametrize("case", range(5))
-def test_projection_matches_a_qp_solver(case, c):
+def test_projection_matches_its_kkt_solution(case, c):
     rng = np.random.default_rng(case)
     n = 15
     z = rng.normal(size=n) * 3 + (case - 1.5)
@@ -69,19 +92,21 @@ def test_projection_matches_a_qp_solver(case, c):
     upper, lo, hi = [(1000.0, 0.0, 1e9), (1.0, 0.8 * n, 0.9 * n), (3.0, 3.0, 4.0), (0.5, 0.0, 2.0),
                      (1000.0, 2.0, 3.0)][case]
     beta = kmm_feasible_set_projection(torch.from_numpy(z), upper, lo, hi, c).numpy()
-    metric = np.eye(n) + c * np.ones((n, n))
-    ref = minimize(
-        lambda x: 0.5 * (x - z) @ metric @ (x - z),
-        np.clip(z, 0, upper),
-        jac=lambda x: metric @ (x - z),
-        bounds=[(0, upper)] * n,
-        constraints=[{"type": "ineq", "fun": lambda x: x.sum() - lo}, {"type": "ineq", "fun": lambda x: hi - x.sum()}],
-        method="SLSQP",
-        options={"ftol": 1e-15, "maxiter": 1000},
-    ).x
-    np.testing.assert_allclose(beta, ref, atol=1e-5)
+    ref = _projection_reference(z, c, upper, lo, hi)
+    np.testing.assert_allclose(beta, ref, atol=1e-9)
     assert beta.min() >= 0 and beta.max() <= upper
     assert lo - 1e-9 <= beta.sum() <= hi + 1e-9
+    # the reference is the minimiser: no feasible point near it is lower
+    metric = np.eye(n) + c * np.ones((n, n))
+    f = lambda x: 0.5 * (x - z) @ metric @ (x - z)  # noqa: E731
+    # ... along the segments towards other feasible points (the set is convex): the optimality
+    # condition of a convex problem, whatever found those points
+    others = [kmm_feasible_set_projection(torch.from_numpy(rng.normal(size=n) * 3), upper, lo, hi, 0.0).numpy()
+              for _ in range(50)]
+    for y in others:
+        assert lo - 1e-9 <= y.sum() <= hi + 1e-9 and y.min() >= 0 and y.max() <= upper
+        for t in (1e-3, 1e-2, 0.1, 1.0):
+            assert f(ref + t * (y - ref)) >= f(ref) - 1e-12
 
 
 @pytest.mark.parametrize(
