@@ -32,35 +32,43 @@ def grad_reverse(x: Tensor, coeff: float = 1.0) -> Tensor:
 
 
 def domain_adversarial(
-    logits_s: Tensor, logits_t: Tensor, weights_s: Tensor | None = None
+    logits_s: Tensor, logits_t: Tensor, weights_s: Tensor | None = None, weights_t: Tensor | None = None
 ) -> Tensor:
     r"""Binary domain-classification loss of DANN (Ganin et al., JMLR 2016).
 
     .. math::
         L = \tfrac12 \Big[ \tfrac{1}{\sum_i w_i} \sum_i w_i\,\mathrm{BCE}(d_i^s, 1)
-            + \tfrac{1}{B_t} \sum_j \mathrm{BCE}(d_j^t, 0) \Big]
+            + \tfrac{1}{\sum_j v_j} \sum_j v_j\,\mathrm{BCE}(d_j^t, 0) \Big]
 
     ``logits_s`` (B_s,) or (B_s, 1) and ``logits_t`` (B_t,) or (B_t, 1) are the
-    discriminator's logits (source = 1, target = 0); ``weights_s`` (B_s,) optional
-    source sample weights (finite, non-negative, not all zero). Computed with ``binary_cross_entropy_with_logits``, stable
-    for large logits. Another shape, or an empty batch, raises :class:`dalib.errors.InputError`;
-    NaN logits give a NaN loss (unchecked: no host synchronisation per step).
+    discriminator's logits (source = 1, target = 0); ``weights_s`` (B_s,) and ``weights_t``
+    (B_t,) optional sample weights (finite, non-negative, not all zero; without them every
+    weight is 1): importance weights of the source, or CDAN+E's entropy weights
+    :math:`1 + e^{-H(p)}` on both domains (Long et al., NeurIPS 2018). Computed with
+    ``binary_cross_entropy_with_logits``, stable for large logits. Another shape, or an empty
+    batch, raises :class:`dalib.errors.InputError`; NaN logits give a NaN loss (unchecked: no
+    host synchronisation per step).
     """
     ls = _domain_logits(logits_s, "logits_s")  # (B_s,)
     lt = _domain_logits(logits_t, "logits_t")  # (B_t,)
-    loss_s = F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls), reduction="none")
-    if weights_s is not None:
-        w = torch.as_tensor(weights_s, dtype=loss_s.dtype, device=loss_s.device).reshape(-1)
-        if w.shape != ls.shape:
-            raise InputError(f"weights_s must have one weight per source logit ({ls.shape[0]}), got shape "
-                             f"{tuple(torch.as_tensor(weights_s).shape)}")
-        if not bool(((w >= 0) & torch.isfinite(w)).all() & (w > 0).any()):  # one host sync
-            raise InputError("weights_s must be finite and non-negative, and not all zero")
-        src = (w * loss_s).sum() / w.sum()
-    else:
-        src = loss_s.mean()
-    tgt = F.binary_cross_entropy_with_logits(lt, torch.zeros_like(lt))
+    src = _weighted_mean(F.binary_cross_entropy_with_logits(ls, torch.ones_like(ls), reduction="none"),
+                         weights_s, "weights_s", "source")
+    tgt = _weighted_mean(F.binary_cross_entropy_with_logits(lt, torch.zeros_like(lt), reduction="none"),
+                         weights_t, "weights_t", "target")
     return 0.5 * (src + tgt)
+
+
+def _weighted_mean(loss: Tensor, weights: Tensor | None, name: str, domain: str) -> Tensor:
+    """The mean of ``loss`` (B,), weighted by ``weights`` (B,) when given."""
+    if weights is None:
+        return loss.mean()
+    w = torch.as_tensor(weights, dtype=loss.dtype, device=loss.device).reshape(-1)
+    if w.shape != loss.shape:
+        raise InputError(f"{name} must have one weight per {domain} logit ({loss.shape[0]}), got shape "
+                         f"{tuple(torch.as_tensor(weights).shape)}")
+    if not bool(((w >= 0) & torch.isfinite(w)).all() & (w > 0).any()):  # one host sync
+        raise InputError(f"{name} must be finite and non-negative, and not all zero")
+    return (w * loss).sum() / w.sum()
 
 
 def _shape(x: object) -> str:

@@ -36,6 +36,10 @@ def test_domain_adversarial_closed_form():
     w = torch.tensor([1.0, 0.0, 3.0])
     src_w = (_softplus(0.0) + 3 * _softplus(1.0)) / 4
     assert domain_adversarial(ls, lt, w).item() == pytest.approx(0.5 * (src_w + tgt), rel=1e-6)
+    v = torch.tensor([2.0, 0.5])  # target weights (CDAN+E weighs both domains)
+    tgt_v = (2 * _softplus(1.0) + 0.5 * _softplus(-3.0)) / 2.5
+    assert domain_adversarial(ls, lt, w, v).item() == pytest.approx(0.5 * (src_w + tgt_v), rel=1e-6)
+    assert domain_adversarial(ls, lt, weights_t=v).item() == pytest.approx(0.5 * (src + tgt_v), rel=1e-6)
 
 
 def test_domain_adversarial_stable_and_perfect_discriminator():
@@ -73,6 +77,10 @@ def test_source_weights_must_match_the_source_logits():
     for bad in ([0.0, 0.0, 0.0, 0.0], [1.0, -1.0, 1.0, 1.0], [1.0, float("nan"), 1.0, 1.0]):
         with pytest.raises(InputError, match="weights_s must be finite and non-negative, and not all zero"):
             domain_adversarial(ls, lt, torch.tensor(bad))
+    with pytest.raises(InputError, match=r"weights_t must have one weight per target logit \(3\), got shape \(4,\)"):
+        domain_adversarial(ls, lt, weights_t=torch.ones(4))
+    with pytest.raises(InputError, match="weights_t must be finite and non-negative, and not all zero"):
+        domain_adversarial(ls, lt, weights_t=torch.zeros(3))
 
 
 def test_integer_logits_are_taken_as_numbers():
