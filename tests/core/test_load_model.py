@@ -31,6 +31,11 @@ def test_the_loaded_network_scores_what_the_run_reported(trained):
     cpu = torch.device("cpu")
     assert evaluate(model, load_domain("digits", "usps"), cpu) == result["target_accuracy"]
     assert evaluate(model, load_domain("digits", "mnist"), cpu) == result["source_accuracy"]
+    assert not model.training  # scoring leaves the caller's eval mode as it found it ...
+    model.train()
+    evaluate(model, load_domain("digits", "usps"), cpu)
+    assert model.training  # ... and a training model training
+    model.eval()
     # the checkpoint file itself does as well as its folder, and holds the same weights
     again = dalib.load_model(trained / "checkpoint.pt")
     saved = load_checkpoint(trained / "checkpoint.pt")["model"]

@@ -151,6 +151,11 @@ def test_stream_visits_every_sample_once_per_epoch():
     assert sorted(seen[:10].tolist()) == list(range(10))
     assert sorted(seen[10:].tolist()) == list(range(10))
     assert torch.equal(_Stream(10, 4, seed=3).indices(3), s.indices(3))  # pure function of step
+    # each epoch is shuffled again (not the first epoch's order repeated), and seeds differ
+    long = _Stream(100, 10, seed=3)
+    epochs = [torch.cat([long.indices(k) for k in range(e * 10, e * 10 + 10)]) for e in range(3)]
+    assert not torch.equal(epochs[0], epochs[1]) and not torch.equal(epochs[1], epochs[2])
+    assert not torch.equal(epochs[0], torch.cat([_Stream(100, 10, seed=4).indices(k) for k in range(10)]))
 
 
 def test_public_api_is_sorted_and_complete():

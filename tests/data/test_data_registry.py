@@ -296,6 +296,13 @@ def test_from_arrays_takes_any_numpy_layout():
     assert dom.y.tolist() == [2, 1, 0, 2, 1, 0] and dom.x.dtype == torch.float32
 
 
+def test_from_arrays_counts_the_classes_up_to_the_largest_label():
+    """Labels 0 and 2 are three classes, one of them absent from this domain (a source that
+    lacks a class the target has): the count is the largest label + 1, not the labels seen."""
+    dom = Domain.from_arrays("dom", np.zeros((4, 3), np.float32), np.array([0, 2, 2, 0]))
+    assert dom.num_classes == 3 and dom.classes == ["0", "1", "2"]
+
+
 @pytest.mark.parametrize("bad", ["", "  ", None])
 def test_missing_domain_name(bad):
     with pytest.raises(UnknownNameError, match="no domain name given for dataset digits"):

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from dalib.data import DatasetInfo, Domain, list_datasets, register_dataset
+import dalib
+from dalib.data import DatasetInfo, Domain, list_datasets, load_domain, register_dataset
+from dalib.models import build_model
 from dalib.runner import RunConfig, load_checkpoint, run
 
 
@@ -250,3 +252,43 @@ def test_under_data_parallelism_every_rank_trains_with_rank_0s_weights(tmp_path)
     w0, w1 = torch.load(out, weights_only=True)
     assert torch.equal(w0, w1)
     assert not torch.allclose(w0, torch.ones_like(w0))  # real weights, not the uniform ones
+
+
+def test_deep_kmm_fits_on_the_bottleneck_with_its_documented_bound(class_shift, monkeypatch):
+    """features='model' maps both domains through the network's bottleneck (not its logits),
+    in eval mode, and the default bound is B = 4 (the README's and the method page's)."""
+    import dalib_plugins.kmm as kmm_plugin
+
+    from dalib.plugin import Context, Progress
+
+    seen = []
+    real = kmm_plugin.fit_weights
+
+    def spy(config, xs, xt, *args, **kwargs):
+        seen.append((config, xs, xt))
+        return real(config, xs, xt, *args, **kwargs)
+
+    monkeypatch.setattr(kmm_plugin, "fit_weights", spy)
+    cls = dalib.get_method("kmm")
+    assert cls.Config().B == 4.0
+    torch.manual_seed(0)
+    model = build_model("mlp", (2,), 2, bottleneck_dim=16)
+    method = cls(cls.Config(features="model"), model)
+    src, tgt = (load_domain(class_shift, d) for d in ("src", "tgt"))
+    source = torch.utils.data.TensorDataset(src.x, src.y)
+    target = torch.utils.data.TensorDataset(tgt.x, torch.full_like(tgt.y, -1))
+    context = Context(model, source, target, torch.device("cpu"), 32, Progress(0, 10))
+    model.train()
+    method.prepare(context)
+    assert model.training  # embed gives the model back in the mode it found it, training ...
+    model.eval()
+    context.embed("source", lambda x: context.model(x).features)
+    assert not model.training  # ... or not
+    (config, xs, xt), = seen
+    assert config.B == 4.0
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(xs, model(src.x).features)
+        torch.testing.assert_close(xt, model(tgt.x).features)
+    assert xs.shape == (200, 16)
+    assert float(method.source_weights.max()) <= 4.0 + 1e-6

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 import dalib
 from dalib import Batch, Outputs, Progress
-from dalib.losses import domain_adversarial, mmd, ot_plan
+from dalib.losses import coral, domain_adversarial, mmd, ot_plan
 from dalib.models import build_model
 
 N_S, N_T, D, K = 12, 10, 16, 4
@@ -86,6 +86,20 @@ def test_dan_is_the_mmd_its_settings_name(estimator, on_logits):
         torch.testing.assert_close(g, want)
     assert got[0].abs().sum() > 0 and got[1].abs().sum() > 0  # both domains' features are aligned
     assert (got[3].abs().sum() > 0) == on_logits  # the target logits enter only through the logit MMD
+
+
+def test_deep_coral_aligns_the_bottleneck_covariances():
+    trade_off = 2.5
+    method, batch, out = _setup("coral", trade_off=trade_off)
+    losses = method.loss(batch, out, Progress(5, 100))
+    ref_out = _fresh(out)
+    align = coral(ref_out.feat_s, ref_out.feat_t)
+    assert _f(losses["coral"]) == pytest.approx(_f(align), rel=1e-6)
+    total = F.cross_entropy(ref_out.logits_s, batch.y_s) + trade_off * align
+    got = _grads(losses["total"], out)
+    for g, want in zip(got, _grads(total, ref_out)):
+        torch.testing.assert_close(g, want)
+    assert got[0].abs().sum() > 0 and got[1].abs().sum() > 0 and got[3].abs().sum() == 0
 
 
 def test_the_estimators_differ_on_these_features():

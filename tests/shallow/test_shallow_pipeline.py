@@ -147,3 +147,51 @@ def test_office_caltech_one_nn_baseline_reproduces_the_jda_table(data_root):
     tgt = load_domain("office-caltech-surf", "amazon", data_root=data_root)
     res = run_shallow("source_only", src.x, src.y, tgt.x, tgt.y, classifier="1nn")
     assert round(100 * res.target_accuracy, 2) == 23.70  # JDA paper, Table 2, C→A
+
+
+def test_the_documented_classifiers_train_on_the_adapted_weighted_source():
+    """``linear`` is logistic regression with C = 1 and ``svm`` a linear SVM with C = 1 (the
+    module's documentation), fitted on the adapted source with the method's sample weights."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.svm import LinearSVC
+
+    import dalib
+    from dalib.shallow.pipeline import fit_shallow
+
+    xs, ys = _blobs(8, 0.0)
+    xt, _ = _blobs(9, 1.0)
+    xs_t, xt_t = torch.tensor(xs), torch.tensor(xt)
+    refs = {"linear": LogisticRegression(C=1.0, max_iter=1000), "svm": LinearSVC(C=1.0, dual=True, max_iter=20000)}
+    for method, config in [("kmm", KMMConfig()), ("coral", CoralConfig())]:
+        cls = dalib.get_method(method)
+        for name, ref in refs.items():
+            clf, adapted = fit_shallow(cls, config, xs_t, ys, xt_t, name)
+            w = None if adapted.weights is None else np.asarray(adapted.weights, dtype=np.float64)
+            want = ref.fit(np.asarray(adapted.xs), ys, sample_weight=w).coef_
+            np.testing.assert_allclose(clf.estimator.coef_, want, rtol=1e-3, atol=1e-4)  # solvers to tolerance
+            if method == "kmm":  # the weights are not uniform here, so ignoring them would show
+                assert np.ptp(w) > 0.5
+                plain = ref.fit(np.asarray(adapted.xs), ys).coef_
+                assert np.abs(plain - want).max() > 1e-3
+            else:  # CORAL moves the source: the classifier is not the one of the raw features
+                assert not np.allclose(np.asarray(adapted.xs), xs)
+
+
+def test_a_shallow_runs_source_accuracy_is_on_the_adapted_source(tmp_path, toy_dataset):
+    """``dalib run``'s source accuracy scores the classifier where it was trained: on the
+    adapted source (CORAL re-colours it), not on the raw features."""
+    import dalib
+    from dalib.data import load_domain
+    from dalib.runner import RunConfig, run
+    from dalib.shallow.pipeline import fit_shallow
+
+    src, tgt = load_domain(toy_dataset, "src"), load_domain(toy_dataset, "tgt")
+    xs, xt = src.x.flatten(1).double(), tgt.x.flatten(1).double()
+    clf, adapted = fit_shallow(dalib.get_method("coral"), CoralConfig(), xs, src.y.numpy(), xt, "linear")
+    on_adapted = 100 * np.mean(clf.predict(np.asarray(adapted.xs)) == src.y.numpy())
+    on_raw = 100 * np.mean(clf.predict(xs.numpy()) == src.y.numpy())
+    assert on_adapted != on_raw  # the two readings differ on these data
+    res = run(RunConfig(method="coral", dataset=toy_dataset, src="src", tgt="tgt", mode="shallow",
+                        classifier="linear"), None)
+    assert res.source_accuracy == pytest.approx(on_adapted)
+    assert res.target_accuracy == pytest.approx(100 * np.mean(clf.predict(np.asarray(adapted.xt)) == tgt.y.numpy()))
