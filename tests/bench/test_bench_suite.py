@@ -312,6 +312,12 @@ def test_a_changed_setting_reruns_only_the_cells_it_changes(toy_suite, tmp_path)
     for key in before:
         if not key.startswith("dann"):
             assert after[key] == before[key]
+    # a run setting of the [deep] table (the steps) re-runs every deep cell, and no shallow one
+    toy_suite.write_text(TOY_SUITE.replace("hidden = 32", "hidden = 16").replace("steps = 15", "steps = 12"))
+    rerun.clear()
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False,
+              on_cell=lambda cell, outcome: rerun.append(cell.key))
+    assert sorted(rerun) == ["dann | src->tgt | seed 0", "source_only | src->tgt | seed 0"]
 
 
 def test_a_changed_method_default_reruns_that_methods_cells(toy_suite, tmp_path, monkeypatch):

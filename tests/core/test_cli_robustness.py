@@ -60,6 +60,9 @@ def test_a_deep_resume_names_the_settings_that_differ(tmp_path):
     assert same.exit_code == 0, same.output
     _one_line(runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size",
                                   "8", "--out", out, "--resume", "--arch", "mlp"]), 'arch: "lenet" there, "mlp" now')
+    # the batch size changes the numbers: not the same run (device and workers do not)
+    _one_line(runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size",
+                                  "16", "--out", out, "--resume"]), "batch_size: 8 there, 16 now")
 
 
 def test_a_resume_compares_the_hyperparameters_not_how_they_were_written(tmp_path):

@@ -11,7 +11,7 @@ import pytest
 import dalib
 from dalib import Method, register_method
 from dalib import registry
-from dalib.errors import RegistryError, UnknownNameError
+from dalib.errors import ConfigError, RegistryError, UnknownNameError
 
 
 @pytest.fixture
@@ -366,3 +366,19 @@ def test_a_plugin_split_into_files_loads_each_once_in_either_order(clean_registr
         dalib.load_plugin_module(str(tmp_path / name))
     assert dalib.get_method("derived_split_test").__mro__[1] is dalib.get_method("base_split_test")
     sys.modules.pop("base_split", None)
+
+
+def test_set_values_parse_as_their_fields_type():
+    """What --set and config files give as text: booleans in their usual spellings, and a
+    value that itself holds '=' (a path) kept whole."""
+    from dalib.cli import _parse_sets
+    from dalib.config import build_config
+
+    dan = dalib.get_method("mmd").Config
+    for text, value in [("on", True), ("yes", True), ("1", True), ("True", True), ("off", False), ("no", False),
+                        ("0", False), ("false", False)]:
+        assert build_config(dan, {"on_logits": text}).on_logits is value, text
+    with pytest.raises(ConfigError, match="expected true or false"):
+        build_config(dan, {"on_logits": "maybe"})
+    assert _parse_sets(("init=runs/lr=0.1 ", " trade_off = 2")) == {"init": "runs/lr=0.1", "trade_off": "2"}
+

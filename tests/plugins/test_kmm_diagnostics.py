@@ -265,8 +265,9 @@ def test_deep_kmm_fits_on_the_bottleneck_with_its_documented_bound(class_shift, 
     real = kmm_plugin.fit_weights
 
     def spy(config, xs, xt, *args, **kwargs):
-        seen.append((config, xs, xt))
-        return real(config, xs, xt, *args, **kwargs)
+        fitted = real(config, xs, xt, *args, **kwargs)
+        seen.append((config, xs, xt, fitted))
+        return fitted
 
     monkeypatch.setattr(kmm_plugin, "fit_weights", spy)
     cls = dalib.get_method("kmm")
@@ -284,11 +285,13 @@ def test_deep_kmm_fits_on_the_bottleneck_with_its_documented_bound(class_shift, 
     model.eval()
     context.embed("source", lambda x: context.model(x).features)
     assert not model.training  # ... or not
-    (config, xs, xt), = seen
+    (config, xs, xt, fitted), = seen
     assert config.B == 4.0
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(xs, model(src.x).features)
         torch.testing.assert_close(xt, model(tgt.x).features)
     assert xs.shape == (200, 16)
+    # the batches are weighted by KMM's own weights, as fitted (their mean is 1 only within ε)
+    torch.testing.assert_close(method.source_weights, torch.as_tensor(fitted.weights_, dtype=torch.float32))
     assert float(method.source_weights.max()) <= 4.0 + 1e-6

@@ -149,3 +149,17 @@ def test_the_weighted_source_loss_is_the_weighted_mean_of_the_cross_entropies():
     # KMM's weights have mean 1 only up to ε: the loss does not scale with them
     assert _f(method.source_loss(batch._replace(w_s=7 * w), out)) == pytest.approx(_f(value), rel=1e-6)
     assert _f(method.source_loss(batch, out)) == pytest.approx(_f(ce.mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize("hidden_layers", [0, 1, 2])
+def test_the_discriminator_is_the_papers_stack(hidden_layers):
+    """``hidden_layers`` blocks of Linear, BatchNorm and ReLU of width ``hidden``, then one
+    logit: with none, a logistic regressor on the features (the Amazon suite's)."""
+    from dalib_plugins.dann import discriminator
+
+    net = discriminator(8, 5, hidden_layers)
+    kinds = [type(m).__name__ for m in net]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU"] * hidden_layers + ["Linear"]
+    widths = [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)]
+    assert widths == ([(8, 5)] + [(5, 5)] * (hidden_layers - 1) + [(5, 1)] if hidden_layers else [(8, 1)])
+
