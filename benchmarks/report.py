@@ -241,7 +241,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
              if by_form["deep"] and by_form["shallow"] else "")
     timing = state.get("timing", suite.timing)
     if timing and state.get("steps") and suite_steps is not None:  # the suite's note speaks of its own steps
-        timing = f"The suite's note, for its own {suite_steps} steps: {timing}"
+        timing = f'The suite\'s note, written for its own {suite_steps} steps: "{timing}"'
     lines += [
         "",
         f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cell{'s' if len(state['cells']) != 1 else ''}){split}. " + timing,

@@ -543,9 +543,13 @@ def run_suite(
         codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
-                      "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info(),
-                      # the table's text is the one of the suite file these cells ran under, not a later edit's
-                      "protocol": suite.protocol, "timing": suite.timing})
+                      "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
+        # the table's text is the one of the suite file its cells ran under, not a later edit's:
+        # a new file takes the suite's; a file whose cells all run again in one invocation, too
+        texts = {"protocol": suite.protocol, "timing": suite.timing}
+        if not state["cells"]:
+            state.update(texts)
+        run_began = time.time()
         if plugins:  # the Reproduce line names them (a file by its absolute path): without them no such method
             given = {str(Path(p).resolve()) if str(p).endswith(".py") and Path(p).is_file() else str(p) for p in plugins}
             state["plugins"] = sorted(set(state.get("plugins", [])) | given)
@@ -637,7 +641,15 @@ def run_suite(
             bar.close()
         if rerun:  # done: the next --rerun runs the cells again
             state.pop("rerun_since", None)
-        if rerun or not path.exists():  # (not written yet when every cell was current)
+        stored = {k: state[k] for k in texts if k in state}  # (a file from before texts were kept has none)
+        retext = stored != texts and all(float(c.get("finished", 0.0)) >= run_began for c in state["cells"].values())
+        if retext:
+            state.update(texts)  # every cell of the file ran under the suite file's text now
+        elif any(stored.get(k, v) != v for k, v in texts.items()):
+            warnings.warn(f"the {' and '.join(k for k, v in texts.items() if stored.get(k, v) != v)} text of "
+                          f"{suite.file} differs from the one the cells of {path.name} ran under: the table keeps "
+                          "theirs (--rerun runs every cell again and takes the new text)", RuntimeWarning, stacklevel=2)
+        if rerun or retext or not path.exists():  # (not written yet when every cell was current)
             atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         write_report(suite, path)
         if changed:

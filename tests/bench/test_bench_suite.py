@@ -200,7 +200,7 @@ def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path)
     assert "Deep runs: batch_size = 16, steps = 5." in table  # the steps the runs used, not the suite's 15
     assert "(the suite's own: 15)" in table
     # the suite's timing note speaks of its own steps, and says so
-    assert "The suite's note, for its own 15 steps: About 3 s a cell." in table
+    assert 'The suite\'s note, written for its own 15 steps: "About 3 s a cell."' in table
     assert f"chart: {tmp_path / 'bench-toy-steps5.png'}" in res.stdout
 
 
@@ -211,8 +211,16 @@ def test_the_table_keeps_the_protocol_its_cells_ran_under(toy_suite, tmp_path):
     toy_suite.write_text(toy_suite.read_text().replace("the moons, rotated", "the moons, sheared"))
     md, _ = write_report(load_suite(str(toy_suite)), path)  # the suite file edited since: the table keeps its text
     assert "the moons, rotated" in md.read_text() and "sheared" not in md.read_text()
-    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[1], progress=False)
-    assert "the moons, sheared" in md.read_text()  # a later run under the edited file writes the new text
+    # a run that adds cells under the edited file keeps the text of the cells it kept, and says so
+    with pytest.warns(RuntimeWarning, match="protocol text of .* differs from the one the cells of bench-toy.json"):
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[1], progress=False)
+    assert "the moons, rotated" in md.read_text() and "sheared" not in md.read_text()
+    # once every cell has run again under the edited file, its text is the table's
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0, 1], rerun=True,
+                  progress=False)
+    assert "the moons, sheared" in md.read_text() and "rotated" not in md.read_text()
 
 
 def test_cli_says_when_no_chart_is_drawn(toy_suite, tmp_path, monkeypatch):
