@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import functools
 import itertools
 import json
 import math
@@ -509,13 +510,12 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
                               "it was written by another network or version") from None
 
 
-def write_result(out: Path, payload: dict[str, Any]) -> None:
+def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
     """Write ``result.json`` atomically, with what produced it: the method's class (and its
     file, for a plugin loaded by path) and the versions of dalib, torch, the numerical
     libraries the run imported and the package that installed the method."""
-    from dalib.registry import defined_at, get_method
+    from dalib.registry import defined_at
 
-    method_cls = get_method(payload["method"])
     payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls)}
     atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
 
@@ -530,14 +530,48 @@ def _versions(method_cls: type | None = None) -> dict[str, str]:
     import dalib
 
     found = {"dalib": dalib.__version__, "torch": torch.__version__, "python": platform.python_version()}
-    wanted = [dist for module, dist in _NUMERICAL if module in sys.modules]
-    if method_cls is not None:  # a plugin package's own version: its numbers are its code's
-        top = method_cls.__module__.split(".")[0]
-        wanted += [d for d in metadata.packages_distributions().get(top, []) if d.lower() != "dalib"]
-    for dist in wanted:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            found[dist] = metadata.version(dist)
+    for module, dist in _NUMERICAL:
+        if module in sys.modules:
+            with contextlib.suppress(Exception):
+                found[dist] = metadata.version(dist)
+    if method_cls is not None:
+        with contextlib.suppress(Exception):  # a record, never a reason for a finished run to fail
+            found.update(_plugin_package(method_cls))
     return found
+
+
+def _plugin_package(method_cls: type) -> dict[str, str]:
+    """The name and version of the installed package whose files hold ``method_cls``'s module
+    (none for dalib's own methods and for plugin files loaded by path)."""
+    import importlib.metadata as metadata
+
+    from dalib.registry import USER_PLUGIN_PREFIX
+
+    module = sys.modules.get(method_cls.__module__)
+    top = method_cls.__module__.split(".")[0]
+    path = getattr(module, "__file__", None)
+    if path is None or top in ("dalib", "dalib_plugins") or method_cls.__module__.startswith(USER_PLUGIN_PREFIX):
+        return {}
+    names = _distributions_of(top)
+    if len(names) == 1:  # (an editable install lists no module file of its own)
+        dist = metadata.distribution(names[0])
+        return {dist.metadata["Name"]: dist.version}
+    for name in names:  # packages that share a namespace: the one that holds the file
+        dist = metadata.distribution(name)
+        if any(Path(dist.locate_file(f)).resolve() == Path(path).resolve() for f in dist.files or ()):
+            return {dist.metadata["Name"]: dist.version}
+    return {}
+
+
+@functools.lru_cache(maxsize=1)
+def _packages_distributions() -> dict[str, list[str]]:
+    import importlib.metadata as metadata
+
+    return metadata.packages_distributions()  # reads every installed package's file list: once a process
+
+
+def _distributions_of(top: str) -> list[str]:
+    return [d for d in _packages_distributions().get(top, []) if d.lower() != "dalib"]
 
 
 # --------------------------------------------------------------------------- the loop
@@ -805,7 +839,7 @@ def _run(
                 "world_size": world,
                 "diagnostics": result.diagnostics,
             }
-            write_result(out, payload)
+            write_result(out, payload, method_cls)
         ok = True
         return result
     finally:

@@ -109,5 +109,5 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
             "src": src.name, "tgt": tgt.name, "device": str(device), **result.to_dict(),
             "method_config": dataclasses.asdict(shallow_config), "diagnostics": result.diagnostics,
             "run_config": config.to_dict(),
-        })
+        }, method_cls)
     return result
