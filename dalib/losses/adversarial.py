@@ -44,7 +44,8 @@ def domain_adversarial(
     discriminator's logits (source = 1, target = 0); ``weights_s`` (B_s,) and ``weights_t``
     (B_t,) optional sample weights (finite, non-negative, not all zero; without them every
     weight is 1): importance weights of the source, or CDAN+E's entropy weights
-    :math:`1 + e^{-H(p)}` on both domains (Long et al., NeurIPS 2018). Computed with
+    :math:`1 + e^{-H(p)}` on both domains (Long et al., NeurIPS 2018), passed detached (the
+    weights' own sums are differentiated otherwise). Computed with
     ``binary_cross_entropy_with_logits``, stable for large logits. Another shape, or an empty
     batch, raises :class:`dalib.errors.InputError`; NaN logits give a NaN loss (unchecked: no
     host synchronisation per step).

@@ -428,37 +428,48 @@ def test_the_seed_draws_the_starting_weights(toy_dataset, method_named):
     spread over seeds in the benchmark tables depends on it."""
     method_named("records_start_test", _RecordsItsStart)
     start = {seed: run(_config(toy_dataset, "records_start_test", steps=1, seed=seed), None,
-                       progress_bar=False).diagnostics["start"] for seed in (0, 0, 1)}
+                       progress_bar=False).diagnostics["start"] for seed in (0, 1)}
     again = run(_config(toy_dataset, "records_start_test", steps=1, seed=0), None, progress_bar=False)
     assert again.diagnostics["start"] == start[0]
     differ = [a != b for a, b in zip(start[0], start[1], strict=True)]
     assert sum(differ) >= len(differ) // 2, differ  # every random layer (BatchNorm starts at 1 and 0)
 
 
-_SEEN: list = []
-
-
-class _WeighsEachSample(_Base):
-    """Gives source sample i the weight i + 1 and records what each batch brought."""
-
-    def prepare(self, context):
-        self.source_weights = torch.arange(1, len(context.source) + 1, dtype=torch.float32)
-
-    def loss(self, batch, out, progress):
-        _SEEN.append((batch.idx_s.clone(), batch.x_s.detach().cpu().clone(), batch.y_s.cpu().clone(),
-                      batch.w_s.detach().cpu().clone()))
-        return {"total": self.source_loss(batch, out)}
-
-
 def test_each_source_sample_brings_its_own_row_label_and_weight(toy_dataset, method_named):
     from dalib.data import load_domain
 
-    method_named("weighs_each_test", _WeighsEachSample)
-    _SEEN.clear()
+    seen = []
+
+    class WeighsEachSample(_Base):
+        """Gives source sample i the weight i + 1 and records what each batch brought."""
+
+        def prepare(self, context):
+            self.source_weights = torch.arange(1, len(context.source) + 1, dtype=torch.float32)
+
+        def loss(self, batch, out, progress):
+            seen.append((batch.idx_s.clone(), batch.x_s.detach().cpu().clone(), batch.y_s.cpu().clone(),
+                         batch.w_s.detach().cpu().clone()))
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("weighs_each_test", WeighsEachSample)
     run(_config(toy_dataset, "weighs_each_test", steps=30, batch_size=64), None, progress_bar=False)  # > 6 epochs
     src = load_domain(toy_dataset, "src")
-    assert len(_SEEN) == 30
-    for idx, x, y, w in _SEEN:
+    assert len(seen) == 30
+    for idx, x, y, w in seen:
         torch.testing.assert_close(x, src.x[idx])
         assert torch.equal(y, src.y[idx])
         assert torch.equal(w, idx.float() + 1)
+
+
+def test_a_run_writes_its_result_even_when_its_method_left_the_registry(toy_dataset, method_named, tmp_path):
+    """result.json names the class that trained, not what the name means by the end (a
+    notebook that re-registers or removes the method while a run trains)."""
+    method_named("leaves_test", _RecordsItsStart)
+
+    def leave(done, logs):
+        if done == 3:
+            unregister_method("leaves_test")
+
+    run(_config(toy_dataset, "leaves_test", steps=3), tmp_path / "r", progress_bar=False, on_step=leave)
+    written = json.loads((tmp_path / "r" / "result.json").read_text())
+    assert written["method_class"].endswith("_RecordsItsStart") and "torch" in written["versions"]

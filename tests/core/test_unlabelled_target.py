@@ -26,9 +26,7 @@ def test_an_unlabelled_target_trains_the_same_network_and_is_not_scored(tmp_path
     blind = run(RunConfig(dataset=unlabelled_dataset, **kw), tmp_path / "blind", progress_bar=False)
     assert blind.target_accuracy is None and labelled.target_accuracy is not None
     assert blind.source_accuracy == labelled.source_accuracy
-    a = load_checkpoint(tmp_path / "labelled" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "blind" / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    # (that the weights are the labelled run's, bit for bit, tests/plugins/test_contract.py checks for every method)
     assert json.loads((tmp_path / "blind" / "result.json").read_text())["target_accuracy"] is None
     assert [h.get("target_acc") for h in blind.history if "source_acc" in h] == [None, None]  # steps 10 and 20
     # the network predicts the unlabelled target through load_model
