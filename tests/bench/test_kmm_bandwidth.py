@@ -43,6 +43,18 @@ def test_zero_weights_leave_samples_out_of_the_score():
     assert iwcv_error(x, y, weights) < 0.5 * iwcv_error(x, y, np.ones(len(y)))
 
 
+def test_the_error_is_sugiyamas_weighted_train_and_weighted_score():
+    """Each fold's classifier is trained with the other folds' weights, and its held-out
+    errors weighted: written out here with scikit-learn."""
+    x, y, _ = _blobs(noise=0.2)
+    w = np.random.default_rng(3).uniform(0.1, 3.0, len(y))
+    want = 0.0
+    for train, held in StratifiedKFold(3, shuffle=True, random_state=0).split(x, y):
+        clf = LogisticRegression(C=1.0, max_iter=1000).fit(x[train], y[train], sample_weight=w[train])
+        want += np.sum(w[held] * (clf.predict(x[held]) != y[held])) / np.sum(w[held]) / 3
+    assert iwcv_error(x, y, w) == pytest.approx(want, abs=1e-12)
+
+
 def test_choose_takes_the_bandwidth_of_smallest_mean_error():
     rows = [{"bandwidth": 1.0, "error": 0.3}, {"bandwidth": 1.0, "error": 0.1}, {"bandwidth": 2.0, "error": 0.15}]
     assert choose(rows) == 2.0  # mean errors 0.2 and 0.15

@@ -75,6 +75,7 @@ def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_p
 @pytest.mark.parametrize("shape, arch", [
     ((1, 16, 16), "lenet"), ((1, 64, 64), "lenet"), ((2, 16, 16), "lenet"), ((3, 8, 8), "lenet"),
     ((1, 12, 20), "lenet"), ((3, 64, 64), "resnet50"), ((10,), "mlp"), ((2, 5), "mlp"),
+    ((3, 32, 32), "lenet"), ((3, 32, 33), "resnet50"),  # colour images larger than 32 pixels
 ])
 def test_the_default_backbone_takes_the_inputs(shape, arch):
     from dalib.models import build_model
@@ -102,3 +103,31 @@ def test_a_model_on_another_device_takes_inputs_from_the_cpu_and_can_be_cut_ther
     model.cut_stages(1)
     assert model.bottleneck[0].weight.device.type == "meta"
     assert model(torch.zeros(2, 1, 16, 16)).features.shape == (2, 256)
+
+
+def test_a_pretrained_backbone_learns_at_a_tenth_of_the_rate_by_default():
+    model = build_model("mlp", (8,), 2, bottleneck_dim=4)
+    groups = model.param_groups()
+    assert [g["lr_mult"] for g in groups] == [1.0, 1.0]  # trained from scratch: one rate
+    n_backbone = len(list(model.backbone.parameters()))
+    assert len(groups[0]["params"]) == n_backbone
+    model.pretrained = True  # what --pretrained and a torchvision start set
+    assert [g["lr_mult"] for g in model.param_groups()] == [0.1, 1.0]
+    assert [g["lr_mult"] for g in model.param_groups(backbone_lr_mult=0.5)] == [0.5, 1.0]
+
+
+
+def test_cutting_stages_leaves_the_kept_stages_batch_norm_statistics_alone():
+    """The probe that measures the cut network's width runs in eval mode: the kept stages'
+    running statistics stay the ones trained (they are frozen in eval mode afterwards)."""
+    model = build_model("lenet", (1, 16, 16), 10)
+    model.train()
+    model(torch.randn(32, 1, 16, 16) * 3 + 1)  # statistics away from their start
+    before = {k: v.clone() for k, v in model.backbone.state_dict().items() if "running" in k}
+    assert before
+    model.cut_stages(1)
+    after = model.backbone.state_dict()
+    for key, value in before.items():
+        if key in after:
+            assert torch.equal(after[key], value), key
+    assert model.training  # and the model goes back to the mode it was in

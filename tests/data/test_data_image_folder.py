@@ -58,6 +58,9 @@ def test_loads_with_shared_classes(office):
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and y == 0
     # a red image, ImageNet-normalised
     mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    # torchvision's ImageNet statistics, in RGB order (what pre-trained ResNets expect)
+    torch.testing.assert_close(mean, torch.tensor([0.485, 0.456, 0.406]))
+    torch.testing.assert_close(std, torch.tensor([0.229, 0.224, 0.225]))
     torch.testing.assert_close(x[:, 5, 5], (torch.tensor([1.0, 0.0, 0.0]) - mean) / std)
     grey, _ = w.dataset[0]  # greyscale and RGBA decode to 3 channels
     torch.testing.assert_close(grey[:, 0, 0], (torch.full((3,), 128 / 255) - mean) / std)

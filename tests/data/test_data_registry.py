@@ -157,6 +157,15 @@ def test_default_data_root_candidates(monkeypatch, tmp_path, where):
     assert default_data_root() == (cwd / where).resolve()
 
 
+def test_the_working_folders_shared_data_comes_before_its_parents(monkeypatch, tmp_path):
+    monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
+    cwd = tmp_path / "repo"
+    (cwd / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    assert default_data_root() == (cwd / "shared" / "data").resolve()
+
+
 def test_no_data_root_anywhere(monkeypatch, tmp_path):
     monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
     monkeypatch.chdir(tmp_path)

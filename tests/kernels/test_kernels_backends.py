@@ -30,6 +30,9 @@ def test_auto_on_cpu_prefers_torch_dense_then_blocked():
     n = int(backends.CPU_DENSE_MAX_PAIRS**0.5)
     assert resolve_backend("auto", torch.zeros(n, 1), torch.zeros(n, 1)) == "dense"
     assert resolve_backend("auto", torch.zeros(n + 1, 1), torch.zeros(n + 1, 1)) == "blocked"
+    # the documented bound itself, 2·512² pairs, in literal sizes (not read from the constant)
+    assert resolve_backend("auto", torch.zeros(512, 1), torch.zeros(1024, 1)) == "dense"
+    assert resolve_backend("auto", torch.zeros(512, 1), torch.zeros(1025, 1)) == "blocked"
 
 
 def test_auto_for_sinkhorn_on_cpu_depends_on_dim_and_memory():
@@ -45,6 +48,12 @@ def test_auto_for_sinkhorn_on_cpu_depends_on_dim_and_memory():
     big = torch.empty(20000, 512)
     assert resolve_backend("auto", big, big, op="sinkhorn") == "blocked"
     assert resolve_backend("dense", big, big, op="sinkhorn") == "dense"  # explicit wins
+    # the documented edges: d ≥ 256 is dense; three cost matrices over 768 MB are not
+    # (7500² float32: 2 plan-sized and 2 self-cost matrices, 900 MB)
+    assert resolve_backend("auto", pts(2000, 256), pts(2000, 256), op="sinkhorn") == "dense"
+    assert resolve_backend("auto", pts(2000, 255), pts(2000, 255), op="sinkhorn") == "blocked"
+    assert resolve_backend("auto", pts(7500, 512), pts(7500, 512), op="sinkhorn") == "blocked"
+    assert resolve_backend("auto", pts(6000, 512), pts(6000, 512), op="sinkhorn") == "dense"
 
 
 def test_auto_on_cuda_uses_keops_above_threshold(monkeypatch):
@@ -54,6 +63,8 @@ def test_auto_on_cuda_uses_keops_above_threshold(monkeypatch):
     monkeypatch.setitem(backends._keops_state, "ok", True)
     assert resolve_backend("auto", _FakeCuda(1000), _FakeCuda(1000)) == "dense"
     assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "keops"
+    assert resolve_backend("auto", _FakeCuda(5000), _FakeCuda(5000)) == "keops"  # from 5000² pairs on
+    assert resolve_backend("auto", _FakeCuda(4999), _FakeCuda(5000)) == "dense"
 
 
 def test_keops_without_cuda_toolkit_is_not_used_for_cuda_tensors(monkeypatch):

@@ -52,6 +52,10 @@ def test_median_bandwidth_is_median_pairwise_distance():
     # torch returns the lower of the two middle values for an even count
     assert med == pytest.approx(np.sort(dist)[(len(dist) - 1) // 2], rel=1e-12)
     assert median_bandwidth(torch.ones(4, 2), torch.ones(3, 2)) == 1.0  # all points equal
+    # more than half the pairs duplicates (a median of 0): the mean of the non-zero distances
+    z = torch.tensor([[0.0]] * 6 + [[1.0], [5.0]], dtype=torch.float64)  # 15 of the 28 distances are 0
+    nonzero = [1.0] * 6 + [5.0] * 6 + [4.0]  # 0-1 six times, 0-5 six times, 1-5: mean 40/13, median 4
+    assert median_bandwidth(z[:4], z[4:]) == pytest.approx(sum(nonzero) / len(nonzero), rel=1e-12)
 
 
 def test_median_bandwidth_subsamples_large_inputs_reproducibly():

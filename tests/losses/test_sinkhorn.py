@@ -261,6 +261,11 @@ def test_ot_plan_on_a_given_cost():
     assert plan.dtype == torch.float32 and plan.shape == (7, 5)
     ref = ot.emd(a.double().numpy() / a.double().sum().item(), np.full(5, 0.2), cost.double().numpy())
     np.testing.assert_allclose(plan.double().numpy(), ref, atol=1e-7)
+    # the default is the exact plan, not an entropic one at a small ε: on costs 1000 times
+    # smaller the two differ
+    small = cost * 1e-3
+    ref = ot.emd(a.double().numpy() / a.double().sum().item(), np.full(5, 0.2), small.double().numpy())
+    np.testing.assert_allclose(ot_plan(cost=small, a=a).double().numpy(), ref, atol=1e-7)
     ent = ot_plan(cost=cost, reg=0.1)
     ref = ot.sinkhorn(np.full(7, 1 / 7), np.full(5, 0.2), cost.double().numpy(), 0.1, method="sinkhorn_log", stopThr=1e-9)
     np.testing.assert_allclose(ent.double().numpy(), ref, atol=1e-7)
