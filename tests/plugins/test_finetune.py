@@ -228,3 +228,25 @@ def test_finetune_without_a_starting_point_says_so(toy_dataset):
                              ({"backbone_lr_mult": 1.0}, "which is source_only$")]:
         with pytest.warns(RuntimeWarning, match=f"no starting point .*{unlike}"):
             run(dataclasses.replace(cfg, method_config=settings), None, progress_bar=False)
+
+
+def test_l2sp_from_pretrained_weights_anchors_the_backbone_at_them(tmp_path):
+    """With --pretrained (a torchvision weights file here, ImageNet's in use), the backbone is
+    what the start gave: L2-SP pulls it towards those weights, not towards zero."""
+    import torchvision
+
+    from dalib.models import build_model
+    from dalib.plugin import Context, Progress
+
+    weights = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    model = build_model("resnet18", (3, 32, 32), 2, pretrained=str(weights))
+    cls = dalib.get_method("finetune")
+    method = cls(cls.Config(l2sp=0.01), model)
+    empty = torch.utils.data.TensorDataset(torch.zeros(2, 3, 32, 32), torch.zeros(2, dtype=torch.long))
+    method.prepare(Context(model, empty, empty, torch.device("cpu"), 2, Progress(0, 10)))
+    backbone = {f"backbone.{n}" for n, _ in model.backbone.named_parameters()}
+    assert method.diagnostics["started_from"] == "pretrained" and set(method.anchors) == backbone
+    for name, p in model.named_parameters():
+        if name in backbone:
+            assert torch.equal(method.anchors[name], p.detach())
