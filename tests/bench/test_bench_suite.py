@@ -123,7 +123,7 @@ def test_suite_runs_every_cell_and_writes_json_table_and_chart(toy_suite, tmp_pa
     assert f"]({png.name})" in md
 
 
-def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path):
+def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path, monkeypatch):
     path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann", "coral"], progress=False)
     state = json.loads(path.read_text())
     summary = Summary(state)
@@ -141,6 +141,24 @@ def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path
     assert shallow_base != base
     row = next(line for line in md.splitlines() if line.startswith("| `coral (shallow, 1nn)` |"))
     assert row.split(" | ")[-1].startswith(f"{shallow - shallow_base:+.2f}")
+
+    # the chart draws the same numbers: bars at the means, error bars of the stds
+    import matplotlib.axes
+
+    from dalib_benchmarks.report import write_report
+
+    drawn = []
+    real = matplotlib.axes.Axes.barh
+
+    def spy(self, y, width, *args, **kwargs):
+        drawn.append((list(width), list(kwargs.get("xerr"))))
+        return real(self, y, width, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "barh", spy)
+    write_report(load_suite(str(toy_suite)), path)
+    (widths, errors), = drawn
+    names = [v for v in summary.order if summary.overall(v) is not None]
+    assert widths == [summary.overall(v)[0] for v in names] and errors == [summary.overall(v)[1] for v in names]
 
 
 def test_summary_mean_over_tasks_is_per_seed_then_over_seeds():
