@@ -524,7 +524,7 @@ def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -
 _NUMERICAL = (("numpy", "numpy"), ("scipy", "scipy"), ("ot", "pot"), ("pykeops", "pykeops"), ("sklearn", "scikit-learn"))
 
 
-def _versions(method_cls: type | None = None) -> dict[str, str]:
+def _versions(method_cls: type) -> dict[str, str]:
     import importlib.metadata as metadata
 
     import dalib
@@ -534,9 +534,8 @@ def _versions(method_cls: type | None = None) -> dict[str, str]:
         if module in sys.modules:
             with contextlib.suppress(Exception):
                 found[dist] = metadata.version(dist)
-    if method_cls is not None:
-        with contextlib.suppress(Exception):  # a record, never a reason for a finished run to fail
-            found.update(_plugin_package(method_cls))
+    with contextlib.suppress(Exception):  # a record, never a reason for a finished run to fail
+        found.update(_plugin_package(method_cls))
     return found
 
 
@@ -552,7 +551,7 @@ def _plugin_package(method_cls: type) -> dict[str, str]:
     path = getattr(module, "__file__", None)
     if path is None or top in ("dalib", "dalib_plugins") or method_cls.__module__.startswith(USER_PLUGIN_PREFIX):
         return {}
-    names = _distributions_of(top)
+    names = _packages_distributions().get(top, [])
     if len(names) == 1:  # (an editable install lists no module file of its own)
         dist = metadata.distribution(names[0])
         return {dist.metadata["Name"]: dist.version}
@@ -568,10 +567,6 @@ def _packages_distributions() -> dict[str, list[str]]:
     import importlib.metadata as metadata
 
     return metadata.packages_distributions()  # reads every installed package's file list: once a process
-
-
-def _distributions_of(top: str) -> list[str]:
-    return [d for d in _packages_distributions().get(top, []) if d.lower() != "dalib"]
 
 
 # --------------------------------------------------------------------------- the loop

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 import dalib
-from dalib import Batch, Method, Outputs, Progress
+from dalib import Method, Outputs, Progress
 from dalib.config import describe_config
 from dalib.models import build_model
 from dalib.runner import RunConfig, _check_losses, run
+from tests._support.batches import random_batch
 
 ALL = dalib.list_methods()
 DEEP = ALL  # every method trains with the runner
@@ -45,14 +46,6 @@ def test_config_is_a_documented_frozen_dataclass(name):
             assert help_text, f"{name}.{field_name} has no help text"
 
 
-def _batch(n_s=12, n_t=10, d=16, k=4, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x_s = torch.randn(n_s, d, generator=g)
-    x_t = torch.randn(n_t, d, generator=g) + 0.5
-    y_s = torch.randint(0, k, (n_s,), generator=g)
-    return Batch(x_s, y_s, x_t, None, torch.arange(n_s), torch.arange(n_t))
-
-
 @pytest.mark.parametrize("name", DEEP)
 def test_loss_contract(name):
     _loss_contract(dalib.get_method(name), name)
@@ -62,7 +55,7 @@ def _loss_contract(cls, name):
     torch.manual_seed(0)
     model = build_model("mlp", (16,), 4, bottleneck_dim=32)
     method = cls(cls.Config(), model)
-    batch = _batch()
+    batch = random_batch()
     feats, logits = model(torch.cat([batch.x_s, batch.x_t]))
     out = Outputs(feats[:12], feats[12:], logits[:12], logits[12:])
     for step in (0, 50, 100):

@@ -12,9 +12,10 @@ import torch
 from torch.nn import functional as F
 
 import dalib
-from dalib import Batch, Outputs, Progress
+from dalib import Outputs, Progress
 from dalib.losses import coral, domain_adversarial, mmd, ot_plan
 from dalib.models import build_model
+from tests._support.batches import random_batch
 
 N_S, N_T, D, K = 12, 10, 16, 4
 
@@ -24,10 +25,8 @@ def _setup(name, seed=0, **config):
     cls = dalib.get_method(name)
     model = build_model("mlp", (D,), K, bottleneck_dim=8)
     method = cls(cls.Config(**config), model)
-    g = torch.Generator().manual_seed(seed)
-    y_s = torch.arange(N_S) % K
-    batch = Batch(torch.randn(N_S, D, generator=g), y_s, torch.randn(N_T, D, generator=g), None,
-                  torch.arange(N_S), torch.arange(N_T))
+    batch = random_batch(N_S, N_T, D, K, seed)
+    g = torch.Generator().manual_seed(seed + 1)
     feats = [torch.randn(n, 8, generator=g).requires_grad_() for n in (N_S, N_T)]
     logits = [torch.randn(n, K, generator=g).requires_grad_() for n in (N_S, N_T)]
     return method, batch, Outputs(feats[0], feats[1], logits[0], logits[1])
