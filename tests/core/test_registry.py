@@ -382,3 +382,40 @@ def test_set_values_parse_as_their_fields_type():
         build_config(dan, {"on_logits": "maybe"})
     assert _parse_sets(("init=runs/lr=0.1 ", " trade_off = 2")) == {"init": "runs/lr=0.1", "trade_off": "2"}
 
+
+
+def test_a_shallow_run_seeds_the_random_numbers_its_method_draws(clean_registry):
+    """A third-party shallow form that draws from torch's generator (a random projection, say)
+    gives the same numbers for the same seed and others for another seed: the shallow runner
+    seeds as the deep one does."""
+    import torch
+
+    from dalib.plugin import Adapted
+    from dalib.runner import RunConfig, run
+
+    @register_method("random_projection_test")
+    class RandomProjection(Method):
+        """Projects both domains on 4 random directions."""
+
+        @dataclass(frozen=True)
+        class Config:
+            pass
+
+        @dataclass(frozen=True)
+        class ShallowConfig:
+            dims: int = 4
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+        @classmethod
+        def adapt(cls, config, xs, ys, xt):
+            proj = torch.randn(xs.shape[1], config.dims, dtype=xs.dtype)  # (D, 4)
+            return Adapted(xs @ proj, xt @ proj, info={"first_draw": float(proj[0, 0])})
+
+    def draw(seed):
+        cfg = RunConfig(method="random_projection_test", mode="shallow", src="mnist", tgt="usps", seed=seed,
+                        classifier="1nn")
+        return run(cfg, None, progress_bar=False).diagnostics["first_draw"]
+
+    assert draw(0) == draw(0) != draw(1)

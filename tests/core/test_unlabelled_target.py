@@ -168,6 +168,10 @@ def test_an_image_folder_target_without_class_folders_trains_the_same_network(tm
     (tmp_path / "held" / "F" / "fox" / "f.png").write_bytes((data / "sketch" / "dog" / "b0.png").read_bytes())
     res = runner.invoke(cli, ["eval", str(tmp_path / "sketch"), "--data", str(tmp_path / "held"), "--domain", "F"])
     assert res.exit_code == 2 and "domain F has 1 class(es) the network does not know: fox (it knows cat, dog)" in res.stderr
+    # --dataset names another dataset: the run's image folder is not passed to it (a dataset that reads no
+    # folder would refuse one); the domain is loaded and refused for its shape
+    res = runner.invoke(cli, ["eval", str(tmp_path / "sketch"), "--dataset", "digits", "--domain", "usps"])
+    assert res.exit_code == 2 and "domain usps holds 10 classes of shape (1, 16, 16)" in res.stderr, res.output
 
 
 def test_a_target_that_names_its_classes_otherwise_is_refused(tmp_path):

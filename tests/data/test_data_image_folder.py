@@ -322,3 +322,16 @@ def test_32_bit_float_images_keep_their_grey_level(tmp_path):
     Image.fromarray(np.full((10, 10), np.nan, np.float32)).save(tmp_path / "nan.tif")
     with pytest.raises(DataError, match=r"cannot read image: .*nan.tif .*NaN or infinite"):
         load_image(tmp_path / "nan.tif", 4)
+
+
+def test_images_are_resized_bilinearly(tmp_path):
+    """A 2-pixel ramp (0, 255) widened to 4 pixels reads 0, 64, 191, 255: the triangle filter's
+    weights ¾ and ¼ at the inner pixels (centres at 0.25 and 0.75 of the source's pixel
+    spacing), rounded to 8 bits. Nearest-neighbour resizing would give 0, 0, 255, 255."""
+    from dalib.data.image_folder import load_image
+
+    Image.fromarray(np.array([[0, 255], [0, 255]], np.uint8)).save(tmp_path / "ramp.png")
+    x = load_image(tmp_path / "ramp.png", 4)  # (3, 4, 4)
+    grey = x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    expected = torch.tensor([0, 64, 191, 255], dtype=torch.float32) / 255
+    assert torch.allclose(grey, expected.expand(3, 4, 4), atol=1e-6)
