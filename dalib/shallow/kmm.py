@@ -159,6 +159,17 @@ def kmm_objective(weights: Any, kbeta: Tensor, kappa: Tensor) -> float:
     return float(0.5 * (b @ kbeta.to(torch.float64)) - kappa.to(torch.float64) @ b)
 
 
+def _auto_backend(xs: Tensor) -> str:
+    """The Gram operator's form for ``backend="auto"``: on CUDA the kernels' own choice
+    (KeOps for large N), elsewhere dense up to :data:`DENSE_MAX_ENTRIES` entries, then tiled."""
+    from dalib.kernels import resolve_backend
+
+    n = xs.shape[0]
+    if xs.is_cuda and n * n > DENSE_MAX_ENTRIES:
+        return "keops" if resolve_backend("auto", xs, xs) == "keops" else "blocked"
+    return "dense" if n * n <= DENSE_MAX_ENTRIES else "blocked"
+
+
 class _GramOperator:
     """``v ↦ K v`` for the source Gram matrix ``K_ij = exp(−‖xs_i − xs_j‖² / (2σ²))`` (N, N).
 
@@ -243,9 +254,9 @@ class KMM(Params):
     value ``½βᵀKβ − κᵀβ``), ``mmd2_`` (squared MMD between the weighted source and the
     target, weights normalised by n_s), ``bandwidth_``, ``effective_sample_size_``
     (``(Σβ)²/Σβ²``: weights concentrated on few samples make it small), ``gap_`` (final duality gap),
-    ``n_iter_``, ``n_kernel_products_``, ``converged_``, ``backend_`` (the one chosen: when
-    ``auto`` chose "keops" and a formula fails to compile, the products fall back to
-    "blocked" with a ``RuntimeWarning``), ``fit_time_``.
+    ``n_iter_``, ``n_kernel_products_``, ``converged_``, ``backend_`` (the one the products ran
+    on: when ``auto`` chose "keops" and a formula fails to compile, they fall back to
+    "blocked", with a ``RuntimeWarning``, and ``backend_`` says "blocked"), ``fit_time_``.
     """
 
     def __init__(
@@ -288,7 +299,7 @@ class KMM(Params):
         xs = as_matrix(Xs, "Xs", dtype)
         xt = as_matrix(Xt, "Xt", dtype)
         check_same_features(xs, xt)
-        from dalib.kernels import gaussian_matvec, gaussian_mean, median_bandwidth, resolve_backend
+        from dalib.kernels import gaussian_matvec, gaussian_mean, keops_available, median_bandwidth
 
         start = time.perf_counter()
         ns, nt = xs.shape[0], xt.shape[0]
@@ -302,13 +313,7 @@ class KMM(Params):
         lo, hi = max(ns * (1.0 - eps), 0.0), ns * (1.0 + eps)
         if lo > ns * upper:
             raise ConfigError(f"KMM constraints are infeasible: B={upper:g} < 1 - eps = {1.0 - eps:g}")
-        backend = self.backend
-        if backend == "auto":
-            # on CUDA the kernels' own choice (KeOps for large N); on CPU torch, dense or tiled
-            if xs.is_cuda and ns * ns > DENSE_MAX_ENTRIES:
-                backend = "keops" if resolve_backend("auto", xs, xs) == "keops" else "blocked"
-            else:
-                backend = "dense" if ns * ns <= DENSE_MAX_ENTRIES else "blocked"
+        backend = self.backend if self.backend != "auto" else _auto_backend(xs)
         # the kernel reductions get "keops" only when the user asked for it: an automatic
         # choice stays "auto", so that KeOps failing to compile falls back to "blocked"
         kernel_backend = "keops" if self.backend == "keops" else "auto"
@@ -320,6 +325,8 @@ class KMM(Params):
         beta, kbeta, info = _fista(op, kappa, upper, lo, hi, int(self.max_iter), float(self.tol))
         ktt_mean = float(gaussian_mean(xt, xt, sigma, backend=kernel_backend))  # 1ᵀK_tt 1 / nt²
 
+        if backend == "keops" and kernel_backend == "auto" and not keops_available():
+            backend = "blocked"  # a KeOps formula failed to compile: the products fell back, with a RuntimeWarning
         self.bandwidth_ = sigma
         self.eps_ = eps
         self.backend_ = backend

@@ -256,3 +256,34 @@ def test_a_bandwidth_beyond_the_dtype_is_a_config_error(bandwidth, fragment):
     x = np.random.default_rng(0).normal(size=(20, 3))
     with pytest.raises(ConfigError, match=fragment):
         KMM(bandwidth=bandwidth).fit(x, x + 1)
+
+
+def test_a_keops_choice_that_fails_to_compile_reports_the_backend_that_ran(monkeypatch):
+    """On CUDA, ``auto`` takes KeOps for large N; when a formula then fails to compile, the
+    products fall back to the tiled form, and ``backend_`` says "blocked", not "keops". (Played
+    on the CPU: the choice as CUDA makes it, and a compiler that fails.)"""
+    from dalib.errors import BackendError
+    from dalib.kernels import _keops, backends
+
+    pytest.importorskip("pykeops")
+    monkeypatch.setitem(backends._keops_state, "checked", True)
+    monkeypatch.setitem(backends._keops_state, "ok", True)
+    monkeypatch.setitem(backends._keops_state, "warned", False)
+    monkeypatch.setattr(kmm_module, "_auto_backend", lambda xs: "keops")
+    from dalib.kernels import gaussian
+
+    # the kernels' automatic choice as on CUDA for large N: KeOps while it works
+    monkeypatch.setattr(gaussian, "resolve_backend",
+                        lambda backend, *t, **kw: "keops" if backends.keops_available() else "blocked")
+
+    def broken(*args):
+        backends.mark_keops_broken("g++ not found")
+        raise BackendError("the keops backend failed to run here: g++ not found")
+
+    monkeypatch.setattr(_keops, "keops_gaussian_matvec", broken)
+    xs, xt = _shifted_pair(300, 200, 2, seed=5)
+    with pytest.warns(RuntimeWarning, match="falls back to 'blocked'"):
+        fell = KMM(tol=1e-9, max_iter=3000, dtype="float64").fit(xs, xt)
+    assert fell.backend_ == "blocked"
+    ref = KMM(backend="dense", tol=1e-9, max_iter=3000, dtype="float64").fit(xs, xt)
+    assert fell.objective_ == pytest.approx(ref.objective_, rel=1e-7)
