@@ -30,7 +30,6 @@ the chosen cells again, and a killed re-run resumes as well).
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import dataclasses
 import hashlib
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
+from dalib.registry import code_digest
+from dalib.registry import method_code_hash as class_code_hash
 from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
 
 from ._machine import machine_info
@@ -370,36 +371,13 @@ def _whole_cell(cell: Any) -> bool:
     return True
 
 
-def code_digest(source: str | bytes) -> bytes:
-    """What of a Python source can change numbers: its syntax tree without docstrings (comments
-    and layout are not in it), so that a finished cell stays current through an edit of the
-    documentation; the source itself where it does not parse."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return source.encode() if isinstance(source, str) else source
-    for node in ast.walk(tree):
-        body = getattr(node, "body", None)
-        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
-                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
-                and isinstance(body[0].value.value, str)):
-            node.body = body[1:] or [ast.Pass()]
-    return ast.dump(tree).encode()
-
-
 def method_code_hash(method: str) -> str:
-    """A hash of the code of the source file of ``method``'s class (:func:`code_digest`): a
-    finished cell made by other code of the method is reported (and re-run with ``rerun``),
-    never silently passed off as current."""
-    import inspect
-
+    """A hash of the code of the source file of ``method``'s class
+    (:func:`dalib.registry.method_code_hash`): a finished cell made by other code of the
+    method is reported (and re-run with ``rerun``), never silently passed off as current."""
     from dalib.registry import get_method
 
-    try:
-        source = inspect.getsource(sys.modules[get_method(method).__module__])
-    except (OSError, TypeError, KeyError):
-        return ""
-    return hashlib.sha256(code_digest(source)).hexdigest()[:16]
+    return class_code_hash(get_method(method))
 
 
 #: dalib's modules that cannot change a cell's numbers (the command line, messages, docs rendering)

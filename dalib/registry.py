@@ -8,6 +8,7 @@ lazily, one at a time: a plugin that fails to import is recorded and reported by
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import importlib
@@ -62,6 +63,35 @@ def defined_at(cls: type) -> str:
         except TypeError:
             pass
     return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def code_digest(source: str | bytes) -> bytes:
+    """What of a Python source can change numbers: its syntax tree without docstrings (comments
+    and layout are not in it), so that a finished cell stays current through an edit of the
+    documentation; the source itself where it does not parse."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return source.encode() if isinstance(source, str) else source
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
+
+
+
+def method_code_hash(cls: type) -> str:
+    """A hash of the code of the source file of a method class's module (:func:`code_digest`):
+    a resumed run and a benchmark's kept cells tell when it changed; "" when the source cannot
+    be read."""
+    try:
+        source = inspect.getsource(sys.modules[cls.__module__])
+    except (OSError, TypeError, KeyError):
+        return ""
+    return hashlib.sha256(code_digest(source)).hexdigest()[:16]
 
 
 def _plain_default(value: Any) -> bool:

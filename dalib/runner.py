@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from dalib.config import build_config, param
 from dalib.data.domain import labelled_accuracy
-from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure
+from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure, warn_outside_dalib
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -687,6 +687,10 @@ def _run(
         s_stream = _Stream(len(src), config.batch_size, config.seed, rank, world)
         t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)
         start = 0
+        from dalib.registry import method_code_hash
+
+        # the method's code (its module's syntax tree) and the steps at which a resume found it edited
+        code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": []}
         if ckpt is not None:
             load_weights(model, ckpt, out / CHECKPOINT)
             try:
@@ -705,6 +709,15 @@ def _run(
                     "the method's param_groups() changed since, or the file is damaged; delete it and run again "
                     "without --resume") from None
             start = int(ckpt["step"])
+            code["changed_at"] = list(ckpt.get("method_code_changed_at") or [])
+            if ckpt.get("method_code") and code["now"] and ckpt["method_code"] != code["now"]:
+                from dalib.registry import defined_at
+
+                warn_outside_dalib(
+                    f"the code of method {config.method!r} ({defined_at(method_cls)}) changed since the checkpoint "
+                    f"of step {start}: the steps after it train with the new code (result.json records the step)",
+                    RuntimeWarning)
+                code["changed_at"].append(start)
             if ckpt.get("source_weights") is not None:
                 method.source_weights = ckpt["source_weights"].to(device)
             method.diagnostics = dict(ckpt.get("diagnostics") or {})
@@ -796,7 +809,7 @@ def _run(
                     method.on_epoch_end(context)
                 if out is not None and is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
                     elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-                    _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed)
+                    _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code)
                 if on_step is not None:
                     on_step(done, logs)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
@@ -820,7 +833,7 @@ def _run(
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
                            diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
         if out is not None and is_main and not finished:
-            _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds)
+            _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code)
             payload = {
                 "method": config.method,
                 "dataset": dataset,
@@ -834,6 +847,8 @@ def _run(
                 "world_size": world,
                 "diagnostics": result.diagnostics,
             }
+            if code["changed_at"]:  # a resume went on with other code of the method
+                payload["method_code_changed_at"] = code["changed_at"]
             write_result(out, payload, method_cls)
         ok = True
         return result
@@ -1304,7 +1319,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
 
 def _save_checkpoint(
     out: Path, config: RunConfig, spec: dict[str, Any], model: nn.Module, method: Method,
-    optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float = 0.0,
+    optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float, code: dict[str, Any],
 ) -> None:
     state = {
         "step": step,
@@ -1320,5 +1335,7 @@ def _save_checkpoint(
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },
         "seconds": seconds,
+        "method_code": code["now"],
+        "method_code_changed_at": code["changed_at"],
     }
     atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

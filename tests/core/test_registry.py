@@ -419,3 +419,55 @@ def test_a_shallow_run_seeds_the_random_numbers_its_method_draws(clean_registry)
         return run(cfg, None, progress_bar=False).diagnostics["first_draw"]
 
     assert draw(0) == draw(0) != draw(1)
+
+
+def test_a_resume_after_the_method_file_was_edited_warns_and_records_the_step(clean_registry, tmp_path):
+    """A run killed, its plugin file edited (a fix, say), the run resumed: the result mixes two
+    versions of the method, and the resume says so (a warning naming the file and the step,
+    and ``method_code_changed_at`` in result.json). An edit of a docstring alone changes nothing."""
+    import json
+    import warnings
+
+    from dalib.runner import RunConfig, load_checkpoint, run
+
+    plugin = tmp_path / "edited_plugin.py"
+    body = ("from dataclasses import dataclass\n"
+            "import dalib\n"
+            "@dalib.register_method('edited_plugin_test')\n"
+            "class Edited(dalib.Method):\n"
+            "    '''{doc}'''\n"
+            "    @dataclass(frozen=True)\n"
+            "    class Config:\n"
+            "        pass\n"
+            "    def loss(self, batch, out, progress):\n"
+            "        return {{'total': {scale} * self.source_loss(batch, out)}}\n")
+    plugin.write_text(body.format(doc="Scaled source loss.", scale="1.0"))
+    dalib.load_plugin_module(str(plugin))
+    config = RunConfig(method="edited_plugin_test", src="mnist", tgt="usps", steps=6, batch_size=8,
+                       checkpoint_every=2)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, logs):
+        if step == 3:
+            raise Killed
+
+    for doc, scale, out in (("Scaled source loss, documented otherwise.", "1.0", "same"), ("Scaled.", "0.5", "edited")):
+        plugin.write_text(body.format(doc="Scaled source loss.", scale="1.0"))
+        with pytest.raises(Killed):
+            run(config, tmp_path / out, progress_bar=False, on_step=kill_at_3)
+        assert load_checkpoint(tmp_path / out / "checkpoint.pt")["step"] == 2
+        plugin.write_text(body.format(doc=doc, scale=scale))
+        if out == "same":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                run(config, tmp_path / out, resume=True, progress_bar=False)
+            assert "method_code_changed_at" not in json.loads((tmp_path / out / "result.json").read_text())
+            continue
+        with pytest.warns(RuntimeWarning, match=r"the code of method 'edited_plugin_test' \(Edited in .*edited_plugin"
+                                                r"\.py\) changed since the checkpoint of step 2") as rec:
+            run(config, tmp_path / out, resume=True, progress_bar=False)
+        assert rec[0].filename == __file__  # the caller's line
+        assert json.loads((tmp_path / out / "result.json").read_text())["method_code_changed_at"] == [2]
+        assert load_checkpoint(tmp_path / out / "checkpoint.pt")["method_code_changed_at"] == [2]
