@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
-from dalib.registry import code_digest
+from dalib.registry import code_digest, get_method, list_methods
 from dalib.registry import method_code_hash as class_code_hash
 from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
 
@@ -140,8 +140,6 @@ class Suite:
         """Every registered, non-skipped method in each form the suite runs.
 
         ``only`` narrows to the named methods (an unknown name raises, listing the known)."""
-        from dalib.registry import get_method, list_methods
-
         names = list_methods()
         wanted = None
         if only is not None:
@@ -269,8 +267,6 @@ def load_suite(name_or_path: str) -> Suite:
 def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
     """``[methods.NAME]`` and ``[skip]`` name registered methods: a misspelt table would
     otherwise be ignored, and the method run with its defaults."""
-    from dalib.registry import get_method
-
     for section in ("methods", "skip"):
         table = raw.get(section, {})
         if not isinstance(table, dict):
@@ -293,8 +289,6 @@ def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
 def _check_published(path: Path, raw: dict[str, Any]) -> None:
     """Each ``[published.KEY]`` table: ``source``, ``variant`` (a method's name, or a variant
     such as ``"kmm (shallow, linear)"``) and numbers, one per task and an optional ``mean``."""
-    from dalib.registry import get_method
-
     for key, table in raw.get("published", {}).items():
         if not isinstance(table, dict):
             raise ConfigError(f"suite {path}: [published.{key}] must be a table")
@@ -375,8 +369,6 @@ def method_code_hash(method: str) -> str:
     """A hash of the code of the source file of ``method``'s class
     (:func:`dalib.registry.method_code_hash`): a finished cell made by other code of the
     method is reported (and re-run with ``rerun``), never silently passed off as current."""
-    from dalib.registry import get_method
-
     return class_code_hash(get_method(method))
 
 

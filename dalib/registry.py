@@ -82,7 +82,6 @@ def code_digest(source: str | bytes) -> bytes:
     return ast.dump(tree).encode()
 
 
-
 def method_code_hash(cls: type) -> str:
     """A hash of the code of the source file of a method class's module (:func:`code_digest`):
     a resumed run and a benchmark's kept cells tell when it changed; "" when the source cannot
