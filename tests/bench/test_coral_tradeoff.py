@@ -56,3 +56,19 @@ def test_the_script_trains_each_lambda_on_each_task_and_keeps_no_target_score(tm
     assert "target_acc" not in json.dumps(payload)  # the runs' target scores are dropped unread
     md = (out / "coral_tradeoff_toy.md").read_text()
     assert f"λ = {payload['chosen']:g}" in md and f"--suite {suite} " in md  # the command that reproduces it
+
+
+def test_the_chosen_lambda_and_every_loss_are_the_same_with_the_target_labels_dropped(tmp_path, unlabelled_dataset):
+    """The rule reads training losses only: on the same suite with the target's labels removed
+    (``toy-unlabelled``), every row and the choice come out the same to the last bit."""
+    payloads = []
+    for dataset in ("toy-shift", unlabelled_dataset):
+        suite = tmp_path / f"{dataset}.toml"
+        suite.write_text(TOY_SUITE.replace('dataset = "toy-shift"', f'dataset = "{dataset}"')
+                         .replace('title = "toy shift"', 'title = "toy"'))
+        out = tmp_path / dataset
+        assert main(["--suite", str(suite), "--grid", "1", "10", "--steps", "15", "--out", str(out)]) == 0
+        payload = json.loads(next(out.glob("coral_tradeoff_*.json")).read_text())
+        payloads.append(([{k: v for k, v in r.items() if k != "seconds"} for r in payload["rows"]], payload["chosen"]))
+    assert payloads[0] == payloads[1]
+    assert len(payloads[0][0]) == 2
