@@ -1115,36 +1115,67 @@ def claim_out_dir(out: Path) -> None:
     claim_file(out / LOCK, f"{out} is being written by another dalib run", "or choose another --out")
 
 
+#: the claims this process holds: lock path -> the open descriptor whose flock keeps it
+_claims: dict[str, int] = {}
+
+
+def _read_pid(fd: int) -> int | None:
+    """The process id written in an open lock file; None when it is empty or not a number."""
+    os.lseek(fd, 0, os.SEEK_SET)
+    try:
+        return int(os.read(fd, 64).decode("ascii", "replace").strip())
+    except ValueError:
+        return None
+
+
 def claim_file(lock: Path, busy: str, advice: str) -> None:
-    """Create ``lock`` holding this process's id, or fail in one line (``busy``, the holder's
-    process id, ``advice``) while the process named there lives; a dead holder's lock is taken
-    over. :func:`release_file` gives it up."""
+    """Create or take ``lock`` for this process, or fail in one line (``busy``, the holder's
+    process id, ``advice``) while another process holds it. The claim is an exclusive
+    ``flock`` on the file, which the system drops when its holder dies, plus this process's
+    id written in it: two processes that find the claim of a dead one at the same moment
+    cannot both take it over, and a claim written by an id alone (an older dalib) is honoured
+    while that process lives. :func:`release_file` gives it up."""
+    import fcntl
+
     for _ in range(3):
+        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                pid = int(lock.read_text().strip())
-            except ValueError:  # being written this very moment, or left empty by a crash
-                raise ConfigError(f"{busy} ({lock}): wait for it, {advice}, or delete {lock.name} there if no "
-                                  "process is writing") from None
-            except OSError:
-                continue  # released meanwhile
-            if pid != os.getpid() and _process_lives(pid):
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            holder = f"process {pid}" if pid is not None else f"{lock}"
+            raise ConfigError(f"{busy} ({holder}): wait for it {advice}") from None
+        try:  # released and claimed anew since it was opened: this descriptor is the old file's
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        pid = _read_pid(fd) if current else None
+        if not current or (pid is not None and pid != os.getpid() and _process_lives(pid)):
+            os.close(fd)  # (the flock goes with it)
+            if current:
                 raise ConfigError(f"{busy} (process {pid}): wait for it {advice}") from None
-            lock.unlink(missing_ok=True)  # its writer is gone
             continue
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(os.getpid()))
+        os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, str(os.getpid()).encode())
+        old = _claims.pop(str(lock), None)
+        if old is not None:  # this process claimed it before and did not give it back
+            os.close(old)
+        _claims[str(lock)] = fd
         return
     raise ConfigError(f"cannot claim {lock}: another process keeps claiming it")
 
 
 def release_file(lock: Path) -> None:
-    """Remove ``lock`` if this process holds it (:func:`claim_file`)."""
+    """Remove ``lock`` if this process holds it (:func:`claim_file`): the file first, then the
+    flock, so that a process waiting on the old file sees that it was released."""
     with contextlib.suppress(OSError, ValueError):
         if int(lock.read_text().strip()) == os.getpid():
             lock.unlink()
+    fd = _claims.pop(str(lock), None)
+    if fd is not None:
+        os.close(fd)
 
 
 def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:

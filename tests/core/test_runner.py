@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -525,6 +526,41 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     with pytest.raises(_Killed):
         run(RunConfig(**base), tmp_path / "killed", progress_bar=False, on_step=stop)
     assert not (tmp_path / "killed" / LOCK).exists()
+
+
+def test_a_claim_held_by_a_live_process_is_not_taken_over_whatever_its_file_says(tmp_path):
+    """Two processes that find a dead process's claim at the same moment: one takes it over,
+    and the other, having read the dead id a moment before, must not take it from the first
+    (it used to delete the first one's fresh claim and write its own: two writers on one
+    file). Played here by a process that holds the claim while its file names a dead one. When
+    the holder dies, the system drops its flock and the claim is free again."""
+    import subprocess
+    import sys
+
+    from dalib.errors import ConfigError
+    from dalib.runner import claim_file, release_file
+
+    lock = tmp_path / ".claim.lock"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from dalib.runner import claim_file; "
+         "claim_file(Path(sys.argv[1]), 'busy', 'advice'); print('claimed', flush=True); time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "claimed"
+        assert lock.read_text() == str(holder.pid)
+        lock.write_text(str(gone.pid))  # what the late process had read: a dead process's id
+        with pytest.raises(ConfigError, match=r"^the folder is taken \(.*\): wait for it or go elsewhere$"):
+            claim_file(lock, "the folder is taken", "or go elsewhere")
+        assert lock.read_text() == str(gone.pid)  # left as it was
+    finally:
+        holder.kill()
+        holder.wait()
+    claim_file(lock, "the folder is taken", "or go elsewhere")  # the holder died: its claim is free
+    assert lock.read_text() == str(os.getpid())
+    release_file(lock)
+    assert not lock.exists()
 
 
 def test_a_failed_write_keeps_the_file_as_it_was_and_says_so_in_one_line(tmp_path):
