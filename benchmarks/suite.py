@@ -44,8 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
-from dalib.registry import code_digest, get_method, list_methods
-from dalib.registry import method_code_hash as class_code_hash
+from dalib.registry import code_digest, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
 
 from ._machine import machine_info
@@ -365,13 +364,6 @@ def _whole_cell(cell: Any) -> bool:
     return True
 
 
-def method_code_hash(method: str) -> str:
-    """A hash of the code of the source file of ``method``'s class
-    (:func:`dalib.registry.method_code_hash`): a finished cell made by other code of the
-    method is reported (and re-run with ``rerun``), never silently passed off as current."""
-    return class_code_hash(get_method(method))
-
-
 #: dalib's modules that cannot change a cell's numbers (the command line, messages, docs rendering)
 _NO_NUMBERS = frozenset({"cli.py", "errors.py", "_rst.py"})
 
@@ -510,7 +502,8 @@ def run_suite(
                 prints[key] = cell_fingerprint(config)
             except DalibError as exc:
                 prints[key], invalid[key] = "", first_line(exc)
-        codes = {method: method_code_hash(method) for method in {v.method for v in variants}}
+        # each method's code: a kept cell made by other code of its method is reported (re-run with rerun)
+        codes = {method: method_code_hash(get_method(method)) for method in {v.method for v in variants}}
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})

@@ -687,7 +687,7 @@ def _run(
         s_stream = _Stream(len(src), config.batch_size, config.seed, rank, world)
         t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)
         start = 0
-        from dalib.registry import method_code_hash
+        from dalib.registry import defined_at, method_code_hash
 
         # the method's code (its module's syntax tree) and the steps at which a resume found it edited
         code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": []}
@@ -711,8 +711,6 @@ def _run(
             start = int(ckpt["step"])
             code["changed_at"] = list(ckpt.get("method_code_changed_at") or [])
             if ckpt.get("method_code") and code["now"] and ckpt["method_code"] != code["now"]:
-                from dalib.registry import defined_at
-
                 warn_outside_dalib(
                     f"the code of method {config.method!r} ({defined_at(method_cls)}) changed since the checkpoint "
                     f"of step {start}: the steps after it train with the new code (result.json records the step)",
@@ -1159,9 +1157,6 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
         os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, str(os.getpid()).encode())
-        old = _claims.pop(str(lock), None)
-        if old is not None:  # this process claimed it before and did not give it back
-            os.close(old)
         _claims[str(lock)] = fd
         return
     raise ConfigError(f"cannot claim {lock}: another process keeps claiming it")
