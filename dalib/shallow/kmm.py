@@ -296,9 +296,13 @@ class KMM(Params):
         samples ``Xt`` (n_t, d). ``ys`` is ignored (accepted for a uniform API)."""
         self._check_params()
         dtype = torch.float32 if self.dtype == "float32" else torch.float64
-        xs = as_matrix(Xs, "Xs", dtype)
-        xt = as_matrix(Xt, "Xt", dtype)
+        xs = as_matrix(Xs, "Xs", torch.float64)
+        xt = as_matrix(Xt, "Xt", torch.float64)
         check_same_features(xs, xt)
+        # the kernel depends on differences alone: centred in float64 first, data far from the
+        # origin keeps its precision in float32 (at 1e8 every point had become the same float32)
+        centre = (xs.sum(0) + xt.sum(0)) / (xs.shape[0] + xt.shape[0])  # (D,)
+        xs, xt = (xs - centre).to(dtype), (xt - centre).to(dtype)
         from dalib.kernels import gaussian_matvec, gaussian_mean, keops_available, median_bandwidth
 
         start = time.perf_counter()

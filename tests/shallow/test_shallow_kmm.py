@@ -287,3 +287,15 @@ def test_a_keops_choice_that_fails_to_compile_reports_the_backend_that_ran(monke
     assert fell.backend_ == "blocked"
     ref = KMM(backend="dense", tol=1e-9, max_iter=3000, dtype="float64").fit(xs, xt)
     assert fell.objective_ == pytest.approx(ref.objective_, rel=1e-7)
+
+
+@pytest.mark.parametrize("offset", [1e6, 1e8])
+def test_float32_weights_do_not_move_with_the_data(offset):
+    """The kernel depends on differences alone, so data moved as a whole keeps its weights. In
+    float32 the data were cast before centring: 0.84 off at 1e6, and at 1e8 every point was the
+    same float32 (the bandwidth fell back to 1, the MMD read 0)."""
+    xs, xt = _shifted_pair(200, 150, 3, seed=0)
+    ref = KMM(dtype="float64").fit(xs, xt)
+    far = KMM().fit(xs + offset, xt + offset)
+    assert far.bandwidth_ == pytest.approx(ref.bandwidth_, rel=1e-6)
+    np.testing.assert_allclose(far.weights_, ref.weights_, rtol=0, atol=0.02)
