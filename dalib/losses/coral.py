@@ -31,4 +31,4 @@ def coral(x: Tensor, y: Tensor) -> Tensor:
         raise InputError(f"coral needs at least 2 samples per side, got {x.shape[0]} and {y.shape[0]}")
     d = x.shape[1]
     diff = _covariance(x) - _covariance(y)  # (D, D)
-    return diff.pow(2).sum() / (4 * d * d)
+    return (diff / (2 * d)).pow(2).sum()  # scaled before squaring: the square alone can overflow float32

@@ -48,3 +48,12 @@ def test_errors():
     bad[2, 1] = float("inf")
     with pytest.raises(InputError, match="NaN or infinite"):
         coral(x, bad)
+
+
+def test_a_float32_value_within_range_does_not_overflow():
+    """(C_s − C_t)² overflowed float32 before the division by 4d² where the loss itself fits."""
+    g = torch.Generator().manual_seed(0)
+    x, y = 1e9 * torch.randn(32, 16, generator=g), 2e9 * torch.randn(32, 16, generator=g)
+    exact = float(coral(x.double(), y.double()))
+    assert exact < torch.finfo(torch.float32).max / 100
+    assert float(coral(x, y)) == pytest.approx(exact, rel=1e-4)
