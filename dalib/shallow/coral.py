@@ -67,18 +67,17 @@ class CORAL(Params):
             if x.shape[0] < 2:
                 raise InputError(f"{name} needs at least 2 samples to estimate a covariance, got {x.shape[0]}")
         eye = torch.eye(xs.shape[1], dtype=xs.dtype, device=xs.device)
-        self.cov_source_ = _covariance(xs) + float(self.reg) * eye  # (d, d)
-        self.cov_target_ = _covariance(xt) + float(self.reg) * eye  # (d, d)
+        cov_s = _covariance(xs) + float(self.reg) * eye  # (d, d)
+        cov_t = _covariance(xt) + float(self.reg) * eye  # (d, d)
         if self.reg == 0:
             # numerically singular as numpy's matrix_rank counts: eigenvalues up to d·eps of the
             # largest are rounding noise, and their inverse square roots would blow it up
-            ev = torch.linalg.eigvalsh(self.cov_source_)  # ascending
+            ev = torch.linalg.eigvalsh(cov_s)  # ascending
             if bool(ev[0] <= ev[-1] * xs.shape[1] * torch.finfo(ev.dtype).eps):
                 raise InputError("the source covariance is singular: use reg > 0")
-        whiten = sym_matrix_power(self.cov_source_, -0.5)
-        recolor = sym_matrix_power(self.cov_target_, 0.5)
-        self.matrix_ = (whiten @ recolor).cpu().numpy()  # (d, d)
-        self.n_features_in_ = xs.shape[1]
+        matrix = (sym_matrix_power(cov_s, -0.5) @ sym_matrix_power(cov_t, 0.5)).cpu().numpy()  # (d, d)
+        # set together once all is computed: a fit that fails leaves the previous one whole
+        self.cov_source_, self.cov_target_, self.matrix_, self.n_features_in_ = cov_s, cov_t, matrix, xs.shape[1]
         return self
 
     @outside_autocast

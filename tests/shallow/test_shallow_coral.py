@@ -79,3 +79,14 @@ def test_bad_reg():
     xs, xt = _pair(5)
     with pytest.raises(ConfigError):
         CORAL(reg=-1.0).fit(xs, xt)
+
+
+def test_a_failed_refit_leaves_the_previous_fit_whole():
+    """A refused refit (a singular source) left the rejected data's covariances beside the old map."""
+    xs, xt = _pair()
+    c = CORAL(reg=0).fit(xs, xt)
+    fitted = (c.matrix_.copy(), c.cov_source_.clone(), c.cov_target_.clone())
+    with pytest.raises(InputError, match="singular"):
+        c.fit(np.hstack([xs[:, :3], xs[:, :3]]), xt[::2])
+    np.testing.assert_array_equal(c.matrix_, fitted[0])
+    assert torch.equal(c.cov_source_, fitted[1]) and torch.equal(c.cov_target_, fitted[2])
