@@ -51,11 +51,30 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
             if str(choice) == str(text):
                 return choice
         raise ConfigError(f"bad value {text!r} for {key}: choose one of {', '.join(map(str, args))}")
-    if origin in (tuple, list):
-        items = text if isinstance(text, (list, tuple)) else [t for t in str(text).split(",") if t.strip()]
-        inner = args[0] if args else str
+    if typ in (list, tuple) or origin in (tuple, list):
+        kind = typ if origin is None else origin
+        if isinstance(text, (list, tuple)):
+            items = list(text)
+        elif isinstance(text, str) and text.strip().startswith("["):  # [1, 2] or ["a", "b"] (TOML / JSON)
+            items = _literal(text, list, key)
+        else:  # 1,2
+            items = [t for t in str(text).split(",") if t.strip()]
+        inner = args[0] if args and args[0] is not Ellipsis else Any
         values = [parse_value(item.strip() if isinstance(item, str) else item, inner, key) for item in items]
-        return tuple(values) if origin is tuple else values
+        return tuple(values) if kind is tuple else values
+    if typ is dict or origin is dict:
+        table = text if isinstance(text, dict) else _literal(str(text), dict, key)
+        inner = args[1] if len(args) == 2 else Any
+        if not all(isinstance(k, str) for k in table):
+            raise ConfigError(f"bad value {text!r} for {key}: the keys must be strings")
+        return {k: parse_value(v, inner, f"{key}.{k}") for k, v in table.items()}
+    if typ is Any:  # the items of a bare list or dict: a number or a boolean as written, else the text
+        if not isinstance(text, str):
+            return text
+        try:
+            return _literal(text, (bool, int, float), key)
+        except ConfigError:
+            return text
     if typ is bool:
         if isinstance(text, bool):
             return text
@@ -87,6 +106,25 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
     if typ is str:
         return str(text)
     raise ConfigError(f"cannot set {key}: unsupported type {_type_name(typ)}")
+
+
+def _literal(text: str, kinds: type | tuple[type, ...], key: str) -> Any:
+    """``text`` read as a TOML or JSON value (``[1, 2]``, ``{a = 1}``, ``{"a": 1}``, ``2.5``)
+    of one of ``kinds``."""
+    import json
+    import tomllib
+
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            value = None
+    if not isinstance(value, kinds):
+        names = kinds.__name__ if isinstance(kinds, type) else "|".join(k.__name__ for k in kinds)
+        raise ConfigError(f"bad value {text!r} for {key}: expected a {names} (TOML or JSON)")
+    return value
 
 
 def _type_name(typ: Any) -> str:

@@ -381,3 +381,54 @@ def test_every_accelerators_out_of_memory_is_one_line(text):
     from dalib.cli import _out_of_memory
 
     assert _out_of_memory(RuntimeError(text)) and not _out_of_memory(RuntimeError("could not allocate the buffer"))
+
+
+_CONTAINERS = '''
+from dataclasses import dataclass
+import dalib
+from dalib import param
+
+@dalib.register_method("containers_test")
+class Containers(dalib.Method):
+    "Source-only, with hyperparameters that are lists and dicts."
+    uses_target = False
+
+    @dataclass(frozen=True)
+    class Config:
+        weights: dict[str, float] = param(help="typed dict", default_factory=lambda: {"a": 1.0})
+        table: dict = param(help="bare dict", default_factory=dict)
+        sizes: list = param(help="bare list", default_factory=lambda: [256])
+        widths: list[int] = param(help="typed list", default_factory=lambda: [1])
+
+    def loss(self, batch, out, progress):
+        cls = self.source_loss(batch, out)
+        return {"total": cls, "cls": cls}
+'''
+
+
+def test_list_and_dict_hyperparameters_can_be_set_every_way(runner, own_registry, tmp_path):
+    """--set (JSON or TOML text), a config file's [method] table and RunConfig(method_config=Config(...))
+    all set a list or dict field; the dict and bare-list fields could be declared but never set."""
+    import dalib
+
+    (tmp_path / "containers.py").write_text(_CONTAINERS)
+    base = ["run", "containers_test", "--plugin", str(tmp_path / "containers.py"), "--src", "mnist", "--tgt", "usps",
+            *FAST]
+    res = runner.invoke(cli, [*base, "--out", str(tmp_path / "a"), "--set", 'weights={"a": 2, "b": 0.5}',
+                              "--set", "table={k = 'v', n = 3}", "--set", "sizes=[128, 64]", "--set", "widths=3,4"])
+    assert res.exit_code == 0, res.output
+    want = {"weights": {"a": 2.0, "b": 0.5}, "table": {"k": "v", "n": 3}, "sizes": [128, 64], "widths": [3, 4]}
+    assert json.loads((tmp_path / "a" / "result.json").read_text())["method_config"] == want
+    (tmp_path / "c.toml").write_text("[method]\nweights = {a = 2, b = 0.5}\ntable = {k = 'v', n = 3}\n"
+                                     "sizes = [128, 64]\nwidths = [3, 4]\n")
+    res = runner.invoke(cli, [*base, "--out", str(tmp_path / "b"), "--config", str(tmp_path / "c.toml")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "b" / "result.json").read_text())["method_config"] == want
+    cls = dalib.get_method("containers_test")
+    cfg = dalib.RunConfig(method="containers_test", steps=2, batch_size=8, device="cpu",
+                          method_config=cls.Config(weights={"a": 3.0}, sizes=[1, "x"]))
+    assert dalib.runner.build_method_config(cfg, cls, "deep") == cls.Config(weights={"a": 3.0}, sizes=[1, "x"])
+    _one_line_error(runner.invoke(cli, [*base, "--out", str(tmp_path / "e"), "--set", "weights={not json"]),
+                    "bad value", "for weights", "expected a dict")
+    _one_line_error(runner.invoke(cli, [*base, "--out", str(tmp_path / "e"), "--set", 'weights={"a": "x"}']),
+                    "for weights.a", "expected a number")
