@@ -11,8 +11,10 @@ A suite is a TOML file (the built-in ones are in ``benchmarks/suites/``)::
     steps = 2000                     # (an image folder: dataset = "image-folder" and data = "PATH")
     [shallow]                        # present: methods with a shallow form run it too
     classifiers = ["1nn", "linear"]  # once per classifier
-    [methods.dann]                   # one hyperparameter setting per method, for all tasks
-    trade_off = 1.0
+    [methods.dann]                   # one hyperparameter setting per method, for all tasks:
+    trade_off = 1.0                  # flat keys (or [methods.NAME.deep]) set the deep form,
+    [methods.ot.shallow]             # [methods.NAME.shallow] the shallow one
+    reg = 1.0
     [skip]                           # methods that do not apply, and why
     finetune = "needs a pre-trained model"
     [published.source_only]          # published figures, shown beside the variant's row
@@ -24,8 +26,11 @@ The methods are never listed in the suite: every name of :func:`dalib.list_metho
 not skipped runs, so a newly registered plugin joins the suite by itself (with its
 defaults unless the suite gives it a ``[methods.NAME]`` table). Each (variant, task, seed)
 is a *cell*; finished cells are written to the suite's JSON as soon as they finish, so a
-killed suite resumes where it stopped and never re-runs a finished cell (``--rerun`` runs
-the chosen cells again, and a killed re-run resumes as well).
+killed suite resumes where it stopped. A finished cell is run again only when its settings
+change (the suite's or the method's defaults); ``--rerun`` runs the chosen cells again, and a
+killed re-run resumes as well. A setting for a form the suite does not run (a deep setting
+without ``[deep]``, a shallow one without ``[shallow]``) or that the form does not have is
+refused when the suite loads, rather than ignored.
 """
 
 from __future__ import annotations
@@ -152,14 +157,12 @@ class Suite:
             if name in self.skip or (wanted is not None and name not in wanted):
                 continue
             cls = get_method(name)
-            cfg = self.methods.get(name, {})
-            # flat keys and a [methods.NAME.deep] table set the deep form; [methods.NAME.shallow] the shallow one
-            deep_cfg = {k: v for k, v in cfg.items() if k not in ("deep", "shallow")} | cfg.get("deep", {})
+            deep_cfg, shallow_cfg = method_forms(self.methods.get(name, {}))
             if self.deep is not None:
                 out.append(Variant(name, "deep", None, deep_cfg))
             if cls.ShallowConfig is not None:
                 for clf in self.shallow_classifiers:
-                    out.append(Variant(name, "shallow", clf, dict(cfg.get("shallow", {}))))
+                    out.append(Variant(name, "shallow", clf, dict(shallow_cfg)))
         return out
 
     def run_config(self, cell: Cell, *, steps: int | None, data_root: str | None, device: str | None) -> Any:
@@ -283,6 +286,40 @@ def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
                         raise ConfigError(f"suite {path}: [methods.{name}.{form}] must be a table, got {value[form]!r}")
             if section == "skip" and not isinstance(value, str):
                 raise ConfigError(f"suite {path}: [skip] {name} must be the reason, a string, got {value!r}")
+            if section == "methods":
+                _check_method_settings(path, raw, name, value)
+
+
+def method_forms(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The deep and shallow settings of a ``[methods.NAME]`` table: its flat keys and its
+    ``deep`` table for the deep form, its ``shallow`` table for the shallow one."""
+    deep = {k: v for k, v in table.items() if k not in ("deep", "shallow")} | table.get("deep", {})
+    return deep, dict(table.get("shallow", {}))
+
+
+def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: dict[str, Any]) -> None:
+    """Each form's settings are the form's hyperparameters, for a form the suite runs: a
+    misspelt key, or settings for a form that never runs, would otherwise leave the method on
+    its defaults without a word."""
+    from dalib.config import build_config
+
+    cls = get_method(name)
+    deep, shallow = method_forms(table)
+    if deep and raw.get("deep") is None:
+        raise ConfigError(f"suite {path}: [methods.{name}] sets {', '.join(deep)} for the deep form, but the suite "
+                          f"runs no deep cells (no [deep] table); the shallow form's settings go in "
+                          f"[methods.{name}.shallow]")
+    if shallow and cls.ShallowConfig is None:
+        raise ConfigError(f"suite {path}: [methods.{name}.shallow]: {name} has no shallow form")
+    if shallow and raw.get("shallow") is None:
+        raise ConfigError(f"suite {path}: [methods.{name}.shallow] is set, but the suite runs no shallow cells "
+                          "(no [shallow] table)")
+    for form, settings, config_cls in (("", deep, cls.Config), (".shallow", shallow, cls.ShallowConfig)):
+        if settings:
+            try:
+                build_config(config_cls, settings, owner=name + (" (shallow)" if form else ""))
+            except ConfigError as exc:
+                raise ConfigError(f"suite {path}: [methods.{name}{form}]: {exc}") from None
 
 
 def _check_published(path: Path, raw: dict[str, Any]) -> None:

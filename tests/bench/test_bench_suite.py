@@ -279,6 +279,15 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
         ("finetune = ", "finetuen = ", ("[skip.finetuen]", "unknown method")),
         ('"src->tgt" = 50.0', '"src->tgt" = "high"', ("[published.nn] src->tgt must be a number", "'high'")),
         ('variant = "source_only (shallow, 1nn)"', 'variant = "sourceonly"', ("[published.nn] variant", "sourceonly")),
+        ("hidden = 32", "hiden = 32", ("[methods.dann]", "unknown hyperparameter 'hiden' of dann")),
+        ("hidden = 32", "hidden = 0", ("[methods.dann]", "hidden must be >= 1")),
+        ("[methods.dann]", "[methods.coral.shallow]\nbogus = 1\n[methods.dann]",
+         ("[methods.coral.shallow]", "unknown hyperparameter 'bogus' of coral (shallow)")),
+        ("[methods.dann]", "[methods.dann.shallow]\nreg = 1\n[methods.dann]", ("[methods.dann.shallow]", "no shallow form")),
+        ("[deep]\nsteps = 15\nbatch_size = 16\n", "",
+         ("[methods.dann] sets hidden for the deep form", "no [deep] table", "[methods.dann.shallow]")),
+        ('[shallow]\nclassifiers = ["1nn"]\n', '[methods.coral.shallow]\nreg = 2.0\n',
+         ("[methods.coral.shallow] is set", "no [shallow] table")),
     ],
 )
 def test_mistakes_in_a_suite_file_are_one_line_before_any_cell_runs(toy_suite, tmp_path, old, new, fragments):
@@ -292,7 +301,7 @@ def test_mistakes_in_a_suite_file_are_one_line_before_any_cell_runs(toy_suite, t
 
 def test_a_suite_with_nothing_to_run_says_why(toy_suite, tmp_path):
     no_deep = tmp_path / "nodeep.toml"
-    no_deep.write_text(TOY_SUITE.replace("[deep]\nsteps = 15\nbatch_size = 16\n", ""))
+    no_deep.write_text(TOY_SUITE.replace("[deep]\nsteps = 15\nbatch_size = 16\n", "").replace("[methods.dann]\nhidden = 32\n", ""))
     res = CliRunner().invoke(cli, ["bench", str(no_deep), "--methods", "dann", "--out", str(tmp_path), "--quiet"])
     _one_line_error(res, "no cells to run", "no [deep] table")
 
