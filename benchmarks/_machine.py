@@ -24,6 +24,7 @@ _PACKAGES = {
     "scipy": "scipy",
     "scikit-learn": "scikit-learn",
     "skada": "skada",
+    "skorch": "skorch",
     "geomloss": "geomloss",
     "dalib": "dalib",
 }
