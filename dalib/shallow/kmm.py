@@ -248,7 +248,8 @@ class KMM(Params):
         "auto" picks "dense" up to :data:`DENSE_MAX_ENTRIES` entries, else "blocked" on the
         CPU and KeOps (when it is installed) on CUDA.
     dtype : "float32" (default, for speed) or "float64", the precision of the kernel
-        products. The projection and the objective are always accumulated in float64.
+        products. The projection and the objective are always accumulated in float64, and
+        the data are centred in float64 before the cast.
 
     Attributes after :meth:`fit`: ``weights_`` (n_s,) numpy float64, ``objective_`` (QP
     value ``½βᵀKβ − κᵀβ``), ``mmd2_`` (squared MMD between the weighted source and the
