@@ -53,28 +53,32 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
         raise ConfigError(f"bad value {text!r} for {key}: choose one of {', '.join(map(str, args))}")
     if typ in (list, tuple) or origin in (tuple, list):
         kind = typ if origin is None else origin
-        if isinstance(text, (list, tuple)):
-            items = list(text)
-        elif isinstance(text, str) and text.strip().startswith("["):  # [1, 2] or ["a", "b"] (TOML / JSON)
-            items = _literal(text, list, key)
-        else:  # 1,2
-            items = [t for t in str(text).split(",") if t.strip()]
+        bare = isinstance(text, str)  # items read from text: 1,2 or [a, b]
+        if not bare:
+            items = list(text) if isinstance(text, (list, tuple)) else [text]
+        else:
+            body = text.strip()
+            try:  # [1, 2], ["a", "b"]: TOML or JSON, whose quoted items stay strings
+                items, bare = _literal(body, list, key), False
+            except ConfigError:  # 1,2 or [a, b]
+                if body.startswith("[") and body.endswith("]"):
+                    body = body[1:-1]
+                items = [t.strip() for t in body.split(",") if t.strip()]
         inner = args[0] if args and args[0] is not Ellipsis else Any
-        values = [parse_value(item.strip() if isinstance(item, str) else item, inner, key) for item in items]
+        if inner is Any:  # a bare list: unquoted text a number or boolean where it reads as one
+            values = [_guess(item) if bare else item for item in items]
+        else:
+            values = [parse_value(item, inner, key) for item in items]
         return tuple(values) if kind is tuple else values
     if typ is dict or origin is dict:
         table = text if isinstance(text, dict) else _literal(str(text), dict, key)
-        inner = args[1] if len(args) == 2 else Any
         if not all(isinstance(k, str) for k in table):
             raise ConfigError(f"bad value {text!r} for {key}: the keys must be strings")
-        return {k: parse_value(v, inner, f"{key}.{k}") for k, v in table.items()}
-    if typ is Any:  # the items of a bare list or dict: a number or a boolean as written, else the text
-        if not isinstance(text, str):
-            return text
-        try:
-            return _literal(text, (bool, int, float), key)
-        except ConfigError:
-            return text
+        if len(args) != 2 or args[1] is Any:  # a bare dict: its values as TOML, JSON or Python gave them
+            return dict(table)
+        return {k: parse_value(v, args[1], f"{key}.{k}") for k, v in table.items()}
+    if typ is Any:
+        return text
     if typ is bool:
         if isinstance(text, bool):
             return text
@@ -125,6 +129,16 @@ def _literal(text: str, kinds: type | tuple[type, ...], key: str) -> Any:
         names = kinds.__name__ if isinstance(kinds, type) else "|".join(k.__name__ for k in kinds)
         raise ConfigError(f"bad value {text!r} for {key}: expected a {names} (TOML or JSON)")
     return value
+
+
+def _guess(text: str) -> Any:
+    """An unquoted item of a bare list on the command line: a boolean or finite number where it
+    reads as one (``128``, ``0.5``, ``true``), else the text."""
+    try:
+        value = _literal(text, (bool, int, float), "")
+    except ConfigError:
+        return text
+    return value if not isinstance(value, float) or math.isfinite(value) else text
 
 
 def _type_name(typ: Any) -> str:

@@ -415,19 +415,21 @@ def test_list_and_dict_hyperparameters_can_be_set_every_way(runner, own_registry
     base = ["run", "containers_test", "--plugin", str(tmp_path / "containers.py"), "--src", "mnist", "--tgt", "usps",
             *FAST]
     res = runner.invoke(cli, [*base, "--out", str(tmp_path / "a"), "--set", 'weights={"a": 2, "b": 0.5}',
-                              "--set", "table={k = 'v', n = 3}", "--set", "sizes=[128, 64]", "--set", "widths=3,4"])
+                              "--set", "table={k = '42', n = 3}", "--set", "sizes=[128, x]", "--set", "widths=3,4"])
     assert res.exit_code == 0, res.output
-    want = {"weights": {"a": 2.0, "b": 0.5}, "table": {"k": "v", "n": 3}, "sizes": [128, 64], "widths": [3, 4]}
+    # quoted text stays a string (k = '42'); an unquoted item of a bare list reads as a number where it is one
+    want = {"weights": {"a": 2.0, "b": 0.5}, "table": {"k": "42", "n": 3}, "sizes": [128, "x"], "widths": [3, 4]}
     assert json.loads((tmp_path / "a" / "result.json").read_text())["method_config"] == want
-    (tmp_path / "c.toml").write_text("[method]\nweights = {a = 2, b = 0.5}\ntable = {k = 'v', n = 3}\n"
-                                     "sizes = [128, 64]\nwidths = [3, 4]\n")
+    (tmp_path / "c.toml").write_text("[method]\nweights = {a = 2, b = 0.5}\ntable = {k = '42', n = 3}\n"
+                                     "sizes = [128, 'x']\nwidths = [3, 4]\n")
     res = runner.invoke(cli, [*base, "--out", str(tmp_path / "b"), "--config", str(tmp_path / "c.toml")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "b" / "result.json").read_text())["method_config"] == want
     cls = dalib.get_method("containers_test")
     cfg = dalib.RunConfig(method="containers_test", steps=2, batch_size=8, device="cpu",
-                          method_config=cls.Config(weights={"a": 3.0}, sizes=[1, "x"]))
-    assert dalib.runner.build_method_config(cfg, cls, "deep") == cls.Config(weights={"a": 3.0}, sizes=[1, "x"])
+                          method_config=cls.Config(weights={"a": 3.0}, table={"id": "42", "on": "true"}, sizes=[1, "1.0"]))
+    assert dalib.runner.build_method_config(cfg, cls, "deep") == cls.Config(
+        weights={"a": 3.0}, table={"id": "42", "on": "true"}, sizes=[1, "1.0"])
     _one_line_error(runner.invoke(cli, [*base, "--out", str(tmp_path / "e"), "--set", "weights={not json"]),
                     "bad value", "for weights", "expected a dict")
     _one_line_error(runner.invoke(cli, [*base, "--out", str(tmp_path / "e"), "--set", 'weights={"a": "x"}']),
