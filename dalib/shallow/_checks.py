@@ -15,6 +15,7 @@ from dalib.errors import ConfigError, InputError
 __all__ = [
     "as_labels",
     "as_matrix",
+    "centred_pair",
     "check_choice",
     "check_positive",
     "check_same_features",
@@ -53,10 +54,40 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
     t = t.to(dtype)
     if not bool(torch.isfinite(t).all()):
         raise InputError(f"{name} holds NaN or infinite values")
-    if not bool(torch.isfinite((t * t).sum(1)).all()):  # distances and covariances would overflow
-        raise InputError(f"{name} holds values too large for {str(dtype).removeprefix('torch.')} distances (squared "
-                         "norms overflow): scale the features")
+    _check_squared_norms(t, name)
     return t
+
+
+def _check_squared_norms(t: Tensor, name: str) -> None:
+    if not bool(torch.isfinite((t * t).sum(1)).all()):  # distances and covariances would overflow
+        raise InputError(f"{name} holds values too large for {str(t.dtype).removeprefix('torch.')} distances "
+                         "(squared norms overflow): scale the features")
+
+
+#: rows centred at a time by :func:`centred_pair`: its temporaries stay this many rows
+CENTRE_CHUNK = 4096
+_NARROW = {torch.float32, torch.float16, torch.bfloat16, np.dtype(np.float32), np.dtype(np.float16)}
+
+
+def centred_pair(xs: Any, xt: Any, dtype: torch.dtype, names: tuple[str, str] = ("Xs", "Xt")) -> tuple[Tensor, Tensor]:
+    """``xs`` (n_s, d) and ``xt`` (n_t, d) as checked matrices of ``dtype``, moved together so
+    that their pooled mean is 0: for methods that depend on differences alone, data far from
+    the origin keep their precision. Input wider than ``dtype`` (float64 data for float32
+    products) is centred before the cast, a chunk of rows at a time, so that the only full
+    copy is the result."""
+    wide = dtype != torch.float64 and any(getattr(x, "dtype", None) not in _NARROW for x in (xs, xt))
+    read = torch.float64 if wide else dtype
+    a, b = as_matrix(xs, names[0], read), as_matrix(xt, names[1], read)
+    check_same_features(a, b, names)
+    centre = (a.sum(0, dtype=torch.float64) + b.sum(0, dtype=torch.float64)) / (a.shape[0] + b.shape[0])  # (d,)
+    out = []
+    for x, name in ((a, names[0]), (b, names[1])):
+        moved = torch.empty(x.shape, dtype=dtype, device=x.device)  # a new tensor: the caller's data stay as given
+        for i in range(0, x.shape[0], CENTRE_CHUNK):
+            moved[i:i + CENTRE_CHUNK] = x[i:i + CENTRE_CHUNK] - centre
+        _check_squared_norms(moved, name)
+        out.append(moved)
+    return out[0], out[1]
 
 
 def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt")) -> None:

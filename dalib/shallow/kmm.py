@@ -39,7 +39,7 @@ from torch import Tensor
 from dalib.errors import ConfigError, InputError, first_line
 from dalib.kernels._checks import as_gammas, outside_autocast
 from dalib.kernels.blocked import _GaussTiles, _tiles
-from dalib.shallow._checks import as_matrix, check_choice, check_positive, check_same_features
+from dalib.shallow._checks import centred_pair, check_choice, check_positive
 from dalib.shallow._params import Params
 
 __all__ = ["KMM", "kmm_feasible_set_projection", "kmm_objective"]
@@ -297,13 +297,10 @@ class KMM(Params):
         samples ``Xt`` (n_t, d). ``ys`` is ignored (accepted for a uniform API)."""
         self._check_params()
         dtype = torch.float32 if self.dtype == "float32" else torch.float64
-        xs = as_matrix(Xs, "Xs", torch.float64)
-        xt = as_matrix(Xt, "Xt", torch.float64)
-        check_same_features(xs, xt)
-        # the kernel depends on differences alone: centred in float64 first, data far from the
-        # origin keeps its precision in float32 (at 1e8 every point had become the same float32)
-        centre = (xs.sum(0) + xt.sum(0)) / (xs.shape[0] + xt.shape[0])  # (D,)
-        xs, xt = (xs - centre).to(dtype), (xt - centre).to(dtype)
+        # the kernel depends on differences alone: float64 data are centred before the cast, so
+        # data far from the origin keep their precision in float32 (at 1e8 every point had
+        # become the same float32)
+        xs, xt = centred_pair(Xs, Xt, dtype)
         from dalib.kernels import gaussian_matvec, gaussian_mean, keops_available, median_bandwidth
 
         start = time.perf_counter()

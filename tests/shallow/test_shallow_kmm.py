@@ -299,3 +299,14 @@ def test_float32_weights_do_not_move_with_the_data(offset):
     far = KMM().fit(xs + offset, xt + offset)
     assert far.bandwidth_ == pytest.approx(ref.bandwidth_, rel=1e-6)
     np.testing.assert_allclose(far.weights_, ref.weights_, rtol=0, atol=0.02)
+
+
+def test_centring_names_the_argument_and_leaves_the_callers_data_as_given():
+    xs, xt = _shifted_pair(50, 40, 3, seed=1)
+    for big in (xs * 1e20, (xs * 1e20).astype(np.float32)):  # float64 data, centred then cast; float32 data
+        with pytest.raises(InputError, match=r"^Xs holds values too large for float32 distances"):
+            KMM().fit(big, xt)
+    given = torch.tensor(xs + 5.0, dtype=torch.float32)
+    kept = given.clone()
+    KMM(max_iter=5).fit(given, xt)
+    assert torch.equal(given, kept)
