@@ -306,9 +306,9 @@ def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: di
     cls = get_method(name)
     deep, shallow = method_forms(table)
     if deep and raw.get("deep") is None:
+        hint = f"; the shallow form's settings go in [methods.{name}.shallow]" if cls.ShallowConfig is not None else ""
         raise ConfigError(f"suite {path}: [methods.{name}] sets {', '.join(deep)} for the deep form, but the suite "
-                          f"runs no deep cells (no [deep] table); the shallow form's settings go in "
-                          f"[methods.{name}.shallow]")
+                          f"runs no deep cells (no [deep] table){hint}")
     if shallow and cls.ShallowConfig is None:
         raise ConfigError(f"suite {path}: [methods.{name}.shallow]: {name} has no shallow form")
     if shallow and raw.get("shallow") is None:

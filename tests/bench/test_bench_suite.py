@@ -285,7 +285,9 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
          ("[methods.coral.shallow]", "unknown hyperparameter 'bogus' of coral (shallow)")),
         ("[methods.dann]", "[methods.dann.shallow]\nreg = 1\n[methods.dann]", ("[methods.dann.shallow]", "no shallow form")),
         ("[deep]\nsteps = 15\nbatch_size = 16\n", "",
-         ("[methods.dann] sets hidden for the deep form", "no [deep] table", "[methods.dann.shallow]")),
+         ("[methods.dann] sets hidden for the deep form", "no [deep] table)")),
+        ("[deep]\nsteps = 15\nbatch_size = 16\n", "[methods.coral]\ntrade_off = 2.0\n",
+         ("[methods.coral] sets trade_off for the deep form", "shallow form's settings go in [methods.coral.shallow]")),
         ('[shallow]\nclassifiers = ["1nn"]\n', '[methods.coral.shallow]\nreg = 2.0\n',
          ("[methods.coral.shallow] is set", "no [shallow] table")),
     ],
@@ -297,6 +299,16 @@ def test_mistakes_in_a_suite_file_are_one_line_before_any_cell_runs(toy_suite, t
     res = CliRunner().invoke(cli, ["bench", str(bad), "--out", str(tmp_path / "out"), "--quiet"])
     _one_line_error(res, *fragments)
     assert not (tmp_path / "out" / "bench-bad.json").exists()
+
+
+def test_deep_settings_without_deep_cells_point_to_the_shallow_table_only_where_there_is_one(toy_suite, tmp_path):
+    from dalib.errors import ConfigError
+
+    path = tmp_path / "nodeep.toml"
+    path.write_text(TOY_SUITE.replace("[deep]\nsteps = 15\nbatch_size = 16\n", ""))
+    with pytest.raises(ConfigError) as dann:  # dann has no shallow form: no table to point to
+        load_suite(str(path))
+    assert str(dann.value).endswith("runs no deep cells (no [deep] table)")
 
 
 def test_a_suite_with_nothing_to_run_says_why(toy_suite, tmp_path):
