@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from dalib.config import build_config, param
-from dalib.data.domain import labelled_accuracy
+from dalib.data.domain import check_labels, labelled_accuracy
 from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure, warn_outside_dalib
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
@@ -386,17 +386,24 @@ def _from_worker(exc: DalibError) -> DalibError:
 
 
 def _batches(
-    domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False
+    domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False, *, labelled: bool
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+    # labels a domain does not list (a dataset of its own whose labels _check_domains could not
+    # read) fail here, on the CPU, in one line, not as an index error inside the loss
+    check = domain.known_labels() is None
     if getattr(domain, "x", None) is not None or workers == 0:
         for s in range(start, stop):
             idx = stream.indices(s)
             x, y = _fetch(domain, idx)
+            if check:
+                check_labels(y, domain, labelled=labelled)
             yield x, y, idx
     else:
         pf = _Prefetcher(domain, stream, start, stop, workers, pin)
         for s in range(start, stop):
             x, y = next(pf)
+            if check:
+                check_labels(y, domain, labelled=labelled)
             yield x, y, stream.indices(s)
 
 
@@ -453,6 +460,10 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     labels = src.known_labels()
     if labels is not None and bool((labels < 0).any()):
         raise DataError(f"the source domain {src.name!r} has unlabelled samples: the source must be labelled")
+    for d, labelled in ((src, True), (tgt, False)):
+        known = d.known_labels()
+        if known is not None:
+            check_labels(known, d, labelled=labelled)
     if tuple(src.input_shape) != tuple(tgt.input_shape):
         raise DataError(
             f"source {cfg.src!r} inputs have shape {tuple(src.input_shape)} but target {cfg.tgt!r} "
@@ -692,6 +703,7 @@ def _run(
         # the method's code (its module's syntax tree) and the steps at which a resume found it edited
         code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": []}
         if ckpt is not None:
+            _check_same_data(ckpt, spec, out)
             load_weights(model, ckpt, out / CHECKPOINT)
             try:
                 method.load_state_dict(ckpt["method"])
@@ -747,9 +759,9 @@ def _run(
         try:
             pin = device.type == "cuda"
             # a method that learns from the source alone loads no target batch (and forwards none)
-            t_batches = (_batches(tgt, t_stream, start, config.steps, config.workers, pin) if method.uses_target
-                         else itertools.repeat(None))
-            batches = zip(_batches(src, s_stream, start, config.steps, config.workers, pin), t_batches)
+            t_batches = (_batches(tgt, t_stream, start, config.steps, config.workers, pin, labelled=False)
+                         if method.uses_target else itertools.repeat(None))
+            batches = zip(_batches(src, s_stream, start, config.steps, config.workers, pin, labelled=True), t_batches)
             for step, ((x_s, y_s, idx_s), t_batch) in enumerate(batches, start=start):
                 x_t, idx_t = (x_s[:0], idx_s[:0]) if t_batch is None else (t_batch[0], t_batch[2])
                 progress = Progress(step, config.steps, s_stream.epoch_of(step))
@@ -1291,6 +1303,20 @@ def _trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
             lines.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in kept))
     return lines
+
+
+def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path) -> None:
+    """A resume reads data with the checkpoint's classes and input shape: the data folder may
+    have moved (``data`` is not compared), but a folder of other classes would relabel the
+    trained head."""
+    saved = ckpt.get("model_spec") or {}
+    for key, what in (("classes", "classes"), ("input_shape", "input shape")):
+        if key in saved and list(saved[key]) != list(spec[key]):
+            shown = [", ".join(map(str, v[:4])) + (" ..." if len(v) > 4 else "") for v in (saved[key], spec[key])]
+            raise CheckpointError(
+                f"the checkpoint in {out} was trained on data of other {what} ({shown[0]}; this run's source has "
+                f"{shown[1]}): resume with the run's own data ({saved.get('data') or saved.get('dataset')}), "
+                "or run again into another --out")
 
 
 def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict[str, Any]:

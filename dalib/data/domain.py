@@ -29,6 +29,22 @@ def labelled_accuracy(pred: Any, labels: Any) -> float | None:
     return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
 
 
+def check_labels(y: torch.Tensor, domain: Any, *, labelled: bool) -> None:
+    """Raise DataError when a label of ``y`` (the labels of samples of ``domain``) lies
+    outside ``0 .. num_classes-1``: :data:`UNLABELLED` (−1) too where ``labelled`` (a source)."""
+    if y.numel() == 0:
+        return
+    low, high = int(y.min()), int(y.max())
+    floor = 0 if labelled else UNLABELLED
+    if low < floor or high >= domain.num_classes:
+        bad = low if low < floor else high
+        what = "is unlabelled (-1): the source must be labelled" if bad == UNLABELLED and labelled else (
+            f"is labelled {bad}: labels must lie in 0..{domain.num_classes - 1}"
+            + ("" if labelled else f", or be {UNLABELLED} for an unlabelled sample"))
+        raise DataError(f"a sample of domain {domain.name!r}{' (' + domain.dataset_name + ')' if domain.dataset_name else ''} "
+                        f"{what}")
+
+
 @dataclass(frozen=True, eq=False)
 class Domain:
     """One domain of a dataset, ready for a DataLoader.
@@ -73,12 +89,18 @@ class Domain:
         hold more): each of its own classes must be among them, matched by name.
         :data:`UNLABELLED` stays. Raises :class:`DataError` naming the classes ``classes`` lacks."""
         order = {c: i for i, c in enumerate(classes)}
-        unknown = [c for c in self.classes if c not in order]
+        labels = self.known_labels()
+        if labels is not None:
+            check_labels(labels, self, labelled=False)
+        # the classes its samples hold: an image folder's class list is the union over the
+        # folder's domains, and a class that only a sibling domain has is no matter here
+        own = self.classes if labels is None else [self.classes[i] for i in sorted(set(labels[labels >= 0].tolist()))]
+        unknown = [c for c in own if c not in order]
         if unknown:
             raise DataError(f"domain {self.name} has {len(unknown)} class(es) the network does not know: "
                             f"{', '.join(map(str, unknown[:3]))}{' ...' if len(unknown) > 3 else ''} "
                             f"(it knows {', '.join(map(str, list(classes)[:5]))}{' ...' if len(classes) > 5 else ''})")
-        mapping = [order[c] for c in self.classes]
+        mapping = [order.get(c, UNLABELLED) for c in self.classes]  # (a class no sample holds: any number)
         if self.x is not None and self.y is not None:
             lookup = torch.tensor(mapping or [0], dtype=torch.int64)
             y = torch.where(self.y >= 0, lookup[self.y.clamp_min(0)], self.y)

@@ -219,3 +219,36 @@ def test_predictions_keep_file_names_that_are_not_utf8(tmp_path):
     assert b"caf\xe9.png" in out.read_bytes()
     rows = list(csv.DictReader(out.open(encoding="utf-8", errors="surrogateescape")))
     assert len(rows) == 9 and any(os.path.basename(r["file"]) == odd for r in rows)
+
+
+class _Lazy(torch.utils.data.Dataset):
+    """A dataset of one's own, read sample by sample, with labels 1..3 for 3 classes."""
+
+    def __init__(self, n: int, targets: bool) -> None:
+        self.x = torch.randn(n, 4, generator=torch.Generator().manual_seed(n))
+        self.y = [i % 3 + 1 for i in range(n)]
+        if targets:
+            self.targets = self.y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.y[i]
+
+
+@pytest.mark.parametrize("targets", [False, True])
+def test_labels_outside_the_class_range_of_a_dataset_of_ones_own_are_one_line(targets):
+    """Such labels reached the loss as an IndexError (a traceback at the CLI); read from the
+    dataset's targets before training, or batch by batch where it lists none."""
+    name = f"lazy-labels-{int(targets)}"
+    if name not in list_datasets():
+        register_dataset(
+            DatasetInfo(name=name, description="labels 1..3", domains=("ms", "mt"), kind="features", num_classes=3,
+                        needs="embedded"),
+            lambda req: Domain(name=req.domain, dataset=_Lazy(12, targets), num_classes=3, input_shape=(4,),
+                               classes=["r", "g", "b"], dataset_name=name))
+    cfg = RunConfig(method="dann", dataset=name, src="ms", tgt="mt", steps=3, batch_size=4, device="cpu")
+    with pytest.raises(DataError, match=r"^a sample of domain 'ms' \(lazy-labels-\d\) is labelled 3: labels must lie "
+                                        r"in 0\.\.2$"):
+        run(cfg, None, progress_bar=False)

@@ -335,3 +335,58 @@ def test_images_are_resized_bilinearly(tmp_path):
     grey = x * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     expected = torch.tensor([0, 64, 191, 255], dtype=torch.float32) / 255
     assert torch.allclose(grey, expected.expand(3, 4, 4), atol=1e-6)
+
+
+def _two_class_run(tmp_path, data: Path, out: Path, classes=("cat", "dog")):
+    import dalib
+
+    for domain in ("src", "tgt"):
+        for k, name in enumerate(classes):
+            for i in range(2):
+                _image(data / domain / name / f"{i}.png", (60 * k + 20 * i, 100, 200 - 50 * k))
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(data), src="src", tgt="tgt",
+                          image_size=16, steps=4, batch_size=2, checkpoint_every=2, device="cpu")
+    return dalib.run(cfg, out, progress_bar=False)
+
+
+def test_eval_of_a_folder_ignores_the_classes_only_a_sibling_domain_has(tmp_path):
+    """A domain's class list is the union over its folder's domains; a class the network does not
+    know stops the evaluation only where the domain itself holds it."""
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+
+    _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    new = tmp_path / "new"
+    _image(new / "test" / "cat" / "0.png", (20, 100, 200))
+    _image(new / "test" / "dog" / "0.png", (80, 100, 150))
+    _image(new / "other" / "cat" / "0.png", (20, 100, 200))
+    _image(new / "other" / "bird" / "0.png", (0, 0, 0))
+    _image(new / "batch2" / "0.png", (0, 0, 0))  # loose photos: unlabelled
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--data", str(new), "--domain", "test"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--data", str(new), "--domain", "batch2",
+                                   "--predictions", str(tmp_path / "p.csv")])
+    assert res.exit_code == 0, res.output
+    assert len((tmp_path / "p.csv").read_text().strip().splitlines()) == 2  # a header and the one photo
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--data", str(new), "--domain", "other"])
+    assert res.exit_code == 2 and "does not know: bird" in res.stderr
+
+
+def test_a_resume_on_a_folder_of_other_classes_is_refused(tmp_path):
+    """The data folder may move, but a folder of other classes would relabel the trained head."""
+    import dalib
+    from dalib.errors import CheckpointError
+
+    _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    (tmp_path / "run" / "result.json").unlink()  # as if killed after its last checkpoint
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "other"), src="src",
+                          tgt="tgt", image_size=16, steps=4, batch_size=2, checkpoint_every=2, device="cpu")
+    for domain in ("src", "tgt"):
+        for k, name in enumerate(("bird", "fish")):
+            for i in range(2):
+                _image(tmp_path / "other" / domain / name / f"{i}.png", (60 * k + 20 * i, 100, 50))
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"other classes \(cat, dog; this run's source has bird, fish\)"):
+        dalib.run(cfg, tmp_path / "run", resume=True, progress_bar=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
