@@ -292,11 +292,33 @@ def _chart(suite: Any, summary: Summary, path: Path) -> bool:
 def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     """Write ``.md`` (and ``.png`` when matplotlib is installed) beside ``json_path``."""
     state = json.loads(json_path.read_text(encoding="utf-8"))
+    # cells of tasks, forms or classifiers the suite no longer has, or of a method it now skips,
+    # stay in the JSON but not in the table, its means or its Reproduce line (not seeds: --seeds
+    # may run others than the suite's)
+    kept = {k: c for k, c in state["cells"].items() if in_suite(suite, c)}
+    left_out = len(state["cells"]) - len(kept)
+    state = dict(state, cells=kept)
     summary = Summary(state)
     order = [f"{src}->{tgt}" for src, tgt in suite.tasks]  # the suite's order, not the order cells finished
     summary.tasks.sort(key=lambda t: order.index(t) if t in order else len(order))
     png = json_path.with_suffix(".png")
     drawn = _chart(suite, summary, png)
     md = json_path.with_suffix(".md")
-    atomic_write_text(md, markdown(suite, state, summary, png.name if drawn else None, json_path.parent))
+    text = markdown(suite, state, summary, png.name if drawn else None, json_path.parent)
+    if left_out:
+        text += (f"\n{left_out} finished cell(s) of {json_path.name} belong to tasks, methods or forms that "
+                 f"{suite.file} no longer runs: they stay in the JSON and are left out of this table.\n")
+    atomic_write_text(md, text)
     return md, png if drawn else None
+
+
+def in_suite(suite: Any, cell: dict[str, Any]) -> bool:
+    """Whether a results file's cell is one the suite, as it stands, runs (a method registered
+    by a plugin that this process did not load counts)."""
+    if cell.get("method") in suite.skip:
+        return False
+    if (cell.get("src"), cell.get("tgt")) not in {tuple(t) for t in suite.tasks}:
+        return False
+    if cell.get("mode") == "deep":
+        return suite.deep is not None
+    return cell.get("classifier") in suite.shallow_classifiers

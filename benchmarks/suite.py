@@ -328,11 +328,23 @@ def _check_published(path: Path, raw: dict[str, Any]) -> None:
     for key, table in raw.get("published", {}).items():
         if not isinstance(table, dict):
             raise ConfigError(f"suite {path}: [published.{key}] must be a table")
-        variant = table.get("variant", key)
+        variant = str(table.get("variant", key))
+        method, _, form = variant.partition(" (")
         try:
-            get_method(str(variant).split(" (", 1)[0])
+            cls = get_method(method)
         except UnknownNameError as exc:
             raise ConfigError(f"suite {path}: [published.{key}] variant: {exc}") from None
+        # a variant the suite makes, as its table names it; else the published row is never shown
+        if form:
+            shallow = raw.get("shallow")
+            classifiers = shallow.get("classifiers", ["1nn"]) if isinstance(shallow, dict) else []
+            made = [f"{method} (shallow, {c})" for c in classifiers] if cls.ShallowConfig is not None else []
+        else:
+            made = [method] if raw.get("deep") is not None else []
+        if variant not in made:
+            raise ConfigError(f"suite {path}: [published.{key}] variant {variant!r} is not a row of this suite's table"
+                              + (f" (its rows of {method}: {', '.join(made)})" if made else
+                                 f" (the suite runs no {'shallow' if form else 'deep'} form of {method})"))
         for name, value in table.items():
             if name in ("variant", "source"):
                 continue
@@ -429,6 +441,8 @@ def cell_fingerprint(config: Any) -> str:
     from dalib.runner import comparable_config, resolved_method_config
 
     what = comparable_config(config) | {"method_config": resolved_method_config(config)}
+    if config.data:  # an image folder named by the suite: another folder is other data (a run may move it)
+        what["data"] = str(config.data)
     blob = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -560,8 +574,10 @@ def run_suite(
         if rerun:
             state.setdefault("rerun_since", time.time())
 
-        def rerun_already(cell: Cell) -> bool:
-            return float(state["cells"][cell.key].get("finished", 0.0)) >= float(state["rerun_since"])
+        def rerun_already(cell: Cell) -> bool:  # finished by this re-run, with today's code
+            old = state["cells"][cell.key]
+            return (float(old.get("finished", 0.0)) >= float(state["rerun_since"])
+                    and old.get("code") == codes[cell.variant.method] and old.get("dalib_code") == core)
 
         todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
                                          and state["cells"][c.key].get("fingerprint") == prints[c.key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -279,6 +280,10 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
         ("finetune = ", "finetuen = ", ("[skip.finetuen]", "unknown method")),
         ('"src->tgt" = 50.0', '"src->tgt" = "high"', ("[published.nn] src->tgt must be a number", "'high'")),
         ('variant = "source_only (shallow, 1nn)"', 'variant = "sourceonly"', ("[published.nn] variant", "sourceonly")),
+        ('variant = "source_only (shallow, 1nn)"', 'variant = "source_only (shallow 1nn)"',
+         ("[published.nn] variant 'source_only (shallow 1nn)' is not a row", "source_only (shallow, 1nn)")),
+        ('variant = "source_only (shallow, 1nn)"', 'variant = "dann (shallow, 1nn)"',
+         ("[published.nn] variant 'dann (shallow, 1nn)' is not a row", "no shallow form of dann")),
         ("hidden = 32", "hiden = 32", ("[methods.dann]", "unknown hyperparameter 'hiden' of dann")),
         ("hidden = 32", "hidden = 0", ("[methods.dann]", "hidden must be >= 1")),
         ("[methods.dann]", "[methods.coral.shallow]\nbogus = 1\n[methods.dann]",
@@ -787,3 +792,52 @@ def test_the_table_says_when_its_cells_do_not_fill_a_rectangle(toy_suite, tmp_pa
         cells[f"{v} | {a}->{b} | seed {k}"] = cell(v, a, b, k)
     text = markdown(suite, state, Summary(state), "chart.png")
     assert "come from narrower runs" not in text and "Not in the chart" not in text and "seeds that finished" not in text
+
+
+def test_cells_the_suite_no_longer_runs_stay_in_the_json_but_leave_the_table(toy_suite, tmp_path):
+    """A suite edited to skip a method (or to drop a task, a form, a classifier): its old cells had
+    stayed in the table, and the Reproduce line asked for a method the suite now refuses."""
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False)
+    fewer = tmp_path / "toy.toml"
+    fewer.write_text(TOY_SUITE.replace('finetune = "not unsupervised"', 'finetune = "not unsupervised"\ndann = "dropped"'))
+    run_suite(load_suite(str(fewer)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    assert len(json.loads((tmp_path / "bench-toy.json").read_text())["cells"]) == 3  # dann's cell stays
+    md = (tmp_path / "bench-toy.md").read_text()
+    assert "| dann |" not in md and "--methods source_only --seeds 0 " in md  # dann (skipped) not asked for
+    assert "1 finished cell(s) of bench-toy.json belong to tasks, methods or forms" in md
+
+
+def test_an_image_folder_named_by_the_suite_is_part_of_a_cells_settings(tmp_path):
+    from dalib.runner import RunConfig
+    from dalib_benchmarks.suite import cell_fingerprint
+
+    a, b = (RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / d), src="x", tgt="y")
+            for d in ("imgA", "imgB"))
+    assert cell_fingerprint(a) != cell_fingerprint(b)
+    digits = RunConfig(method="source_only", dataset="digits", src="mnist", tgt="usps")
+    assert cell_fingerprint(digits) == cell_fingerprint(dataclasses.replace(digits, data_root=str(tmp_path)))
+
+
+def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_again(toy_suite, tmp_path):
+    """A killed --rerun keeps the cells it finished; those made by code that has changed since
+    were kept too (and a warning then told to --rerun, which had just been given)."""
+    from dalib.registry import load_plugin_module, unregister_method
+
+    plugin = tmp_path / "iterate.py"
+    suite = load_suite(str(toy_suite))
+    try:
+        load_plugin_module(_plugin_file(plugin, "bench_rerun", "return {'total': self.source_loss(batch, out)}"))
+        run_suite(suite, tmp_path, methods=["bench_rerun"], progress=False)
+        path = tmp_path / "bench-toy.json"
+        state = json.loads(path.read_text())
+        state["rerun_since"] = min(c["finished"] for c in state["cells"].values()) - 1  # a --rerun killed after them
+        path.write_text(json.dumps(state))
+        load_plugin_module(_plugin_file(plugin, "bench_rerun", "return {'total': 2 * self.source_loss(batch, out)}"))
+        ran = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no warning that the code changed: every such cell runs again
+            run_suite(suite, tmp_path, methods=["bench_rerun"], progress=False, rerun=True,
+                      on_cell=lambda cell, outcome: ran.append(cell.key))
+        assert sorted(ran) == sorted(state["cells"])
+    finally:
+        unregister_method("bench_rerun")
