@@ -447,6 +447,27 @@ def cell_fingerprint(config: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, Any], **options: Any) -> dict[str, int]:
+    """Per method, the finished cells of the suite that this run did not choose (another
+    --methods, --tasks or --seeds) and whose settings the suite has changed since: they stay in
+    the table, as cells of changed code do, and the run says so."""
+    from .report import in_suite
+
+    variants = {v.name: v for v in suite.variants()}  # (a method of a plugin not loaded now: not checked)
+    found: dict[str, int] = {}
+    for key, cell in state["cells"].items():
+        v = variants.get(cell.get("variant"))
+        if key in chosen or v is None or cell.get("status") != "done" or not in_suite(suite, cell):
+            continue
+        try:
+            now = cell_fingerprint(suite.run_config(Cell(v, (cell["src"], cell["tgt"]), cell["seed"]), **options))
+        except (DalibError, KeyError):
+            continue
+        if cell.get("fingerprint") != now:
+            found[v.method] = found.get(v.method, 0) + 1
+    return found
+
+
 # --------------------------------------------------------------------------- running cells
 def _run_cell(config: Any) -> dict[str, Any]:
     """One cell, in this process or a worker: the run's accuracies or its one-line error."""
@@ -589,6 +610,7 @@ def run_suite(
             return bool(old and now and old != now)
 
         changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
+        outdated = _outdated_unchosen(suite, state, configs, steps=steps, data_root=data_root, device=device)
         # kept cells made by another version of dalib itself (cells from before this was recorded: unknown, not counted)
         core_changed = sum(1 for c in cells if c.key not in running and state["cells"][c.key].get("dalib_code") not in (None, core))
         started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
@@ -672,6 +694,11 @@ def run_suite(
             warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
                           "(its code changed since; edits of docstrings and comments do not count) and are kept as "
                           f"they are: --rerun --methods {','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
+        if outdated:
+            warnings.warn(f"{sum(outdated.values())} finished cell(s) of {', '.join(sorted(outdated))} that this run did not "
+                          f"choose were run with other settings than {suite.file} gives them now, and stay in the table "
+                          f"as they are: --methods {','.join(sorted(outdated))} (with this run's --tasks and --seeds, "
+                          "or none) runs them again", RuntimeWarning, stacklevel=2)
         if core_changed:
             warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
                           "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "

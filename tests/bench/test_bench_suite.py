@@ -841,3 +841,20 @@ def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_a
         assert sorted(ran) == sorted(state["cells"])
     finally:
         unregister_method("bench_rerun")
+
+
+def test_cells_this_run_did_not_choose_whose_settings_changed_are_reported(toy_suite, tmp_path):
+    """A narrowed run leaves the other methods' cells as they are: where the suite changed their
+    settings since, they had stayed in the table without a word."""
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False)
+    toy_suite.write_text(TOY_SUITE.replace("hidden = 32", "hidden = 16"))
+    ran = []
+    with pytest.warns(RuntimeWarning, match=r"1 finished cell\(s\) of dann that this run did not choose were run with "
+                                            r"other settings.*--methods dann"):
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False,
+                  on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert ran == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same settings: nothing to report
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], seeds=[0], progress=False)
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
