@@ -151,7 +151,7 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     features), the head only with the bottleneck and for the same classes."""
     from dalib.runner import load_checkpoint
 
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_dir():
         p = p / "checkpoint.pt"
     ckpt = load_checkpoint(p)

@@ -115,7 +115,12 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
 
 
 def _load_local_weights(net: nn.Module, path: str) -> None:
-    p = Path(path)
+    p = Path(path).expanduser()
+    if p.is_dir() and (p / "checkpoint.pt").is_file():
+        raise CheckpointError(
+            f"{path} is a dalib run: start from it with `dalib run finetune --set init={path}` "
+            "(--pretrained takes the weights of a torchvision ResNet, a state dict file)"
+        )
     if not p.is_file():
         raise CheckpointError(f"pretrained weights not found: {path}")
     try:
@@ -131,7 +136,15 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise CheckpointError(f"pretrained weights {path} hold no state dict")
-    state = {k.removeprefix("module."): v for k, v in state.items() if not k.startswith("fc.")}
+    # the classifier (fc) is not loaded: its prefix removed first, a DataParallel-saved one is known too
+    state = {k: v for k, v in ((str(k).removeprefix("module."), v) for k, v in state.items()) if not k.startswith("fc.")}
+    own = net.state_dict()
+    wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(
+            f"pretrained weights {path} do not fit this network: {len(wrong)} tensor(s) of other shapes, e.g. {k} "
+            f"{tuple(getattr(state[k], 'shape', ()))} there, {tuple(own[k].shape)} here (another ResNet or input?)")
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:

@@ -72,6 +72,30 @@ def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_p
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "r" / "checkpoint.pt"))
 
 
+def test_a_run_folder_given_as_pretrained_weights_points_to_finetune(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "checkpoint.pt").write_bytes(b"")  # what marks a run's folder
+    with pytest.raises(CheckpointError, match=r"r is a dalib run: start from it with `dalib run finetune --set init="):
+        build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "r"))
+
+
+def test_pretrained_weights_of_other_shapes_are_one_line_and_a_home_path_is_expanded(tmp_path, monkeypatch):
+    """A DataParallel-saved 7-class classifier ('module.fc.*': its prefix was removed after the
+    classifier was left out) and a grey first convolution reached load_state_dict's RuntimeError."""
+    import torchvision
+
+    net = torchvision.models.resnet18(num_classes=7)
+    torch.save({"module." + k: v for k, v in net.state_dict().items()}, tmp_path / "dp.pt")
+    model = build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "dp.pt"))  # fc is never loaded
+    assert torch.equal(model.backbone.conv1.weight, net.conv1.weight)
+    net.conv1 = torch.nn.Conv2d(1, 64, 7, 2, 3, bias=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    torch.save(net.state_dict(), tmp_path / "grey.pt")
+    with pytest.raises(CheckpointError, match=r"^pretrained weights ~/grey.pt do not fit this network: 1 tensor\(s\) of "
+                                              r"other shapes, e\.g\. conv1\.weight \(64, 1, 7, 7\) there, \(64, 3, 7, 7\) here"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained="~/grey.pt")
+
+
 @pytest.mark.parametrize("shape, arch", [
     ((1, 16, 16), "lenet"), ((1, 64, 64), "lenet"), ((2, 16, 16), "lenet"), ((3, 8, 8), "lenet"),
     ((1, 12, 20), "lenet"), ((3, 64, 64), "resnet50"), ((10,), "mlp"), ((2, 5), "mlp"),

@@ -250,3 +250,11 @@ def test_l2sp_from_pretrained_weights_anchors_the_backbone_at_them(tmp_path):
     for name, p in model.named_parameters():
         if name in backbone:
             assert torch.equal(method.anchors[name], p.detach())
+
+
+def test_init_may_start_with_the_home_folder(tmp_path, toy_dataset, source_model, monkeypatch):
+    """As --data and the data root do: a TOML file or --set=init=~/... passes the ~ unexpanded."""
+    monkeypatch.setenv("HOME", str(source_model.parent.parent))
+    head = _finetune(tmp_path, toy_dataset, "home", policy="head", init=f"~/{source_model.parent.name}")
+    start = load_checkpoint(source_model)["model"]
+    assert all(torch.equal(head[k], start[k]) for k in start if k.startswith("backbone."))
