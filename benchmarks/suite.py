@@ -234,7 +234,6 @@ def load_suite(name_or_path: str) -> Suite:
         raise ConfigError(f"suite {path}: tasks must be a non-empty list of \"SRC->TGT\" strings, got {raw['tasks']!r}")
     tasks = [parse_task(t, raw["dataset"]) for t in raw["tasks"]]
     _check_method_tables(path, raw)
-    _check_published(path, raw)
     seeds = raw.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
@@ -258,6 +257,7 @@ def load_suite(name_or_path: str) -> Suite:
     for clf in classifiers:
         if clf not in CLASSIFIERS:
             raise ConfigError(f"suite {path}: unknown classifier {clf!r}; known: {', '.join(CLASSIFIERS)}")
+    _check_published(path, raw, classifiers)
     return Suite(
         name=path.stem, path=path, title=raw.get("title", path.stem), dataset=raw["dataset"], tasks=tasks,
         seeds=list(seeds), protocol=raw.get("protocol", "").strip(), deep=raw.get("deep"),
@@ -322,7 +322,7 @@ def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: di
                 raise ConfigError(f"suite {path}: [methods.{name}{form}]: {exc}") from None
 
 
-def _check_published(path: Path, raw: dict[str, Any]) -> None:
+def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str]) -> None:
     """Each ``[published.KEY]`` table: ``source``, ``variant`` (a method's name, or a variant
     such as ``"kmm (shallow, linear)"``) and numbers, one per task and an optional ``mean``."""
     for key, table in raw.get("published", {}).items():
@@ -336,9 +336,7 @@ def _check_published(path: Path, raw: dict[str, Any]) -> None:
             raise ConfigError(f"suite {path}: [published.{key}] variant: {exc}") from None
         # a variant the suite makes, as its table names it; else the published row is never shown
         if form:
-            shallow = raw.get("shallow")
-            classifiers = shallow.get("classifiers", ["1nn"]) if isinstance(shallow, dict) else []
-            made = [f"{method} (shallow, {c})" for c in classifiers] if cls.ShallowConfig is not None else []
+            made = [Variant(method, "shallow", c).name for c in classifiers] if cls.ShallowConfig is not None else []
         else:
             made = [method] if raw.get("deep") is not None else []
         if variant not in made:

@@ -457,13 +457,13 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     for d, role in ((src, "source"), (tgt, "target")):
         if len(d) == 0:
             raise DataError(f"the {role} domain {d.name!r} is empty")
-    labels = src.known_labels()
-    if labels is not None and bool((labels < 0).any()):
-        raise DataError(f"the source domain {src.name!r} has unlabelled samples: the source must be labelled")
     for d, labelled in ((src, True), (tgt, False)):
         known = d.known_labels()
-        if known is not None:
-            check_labels(known, d, labelled=labelled)
+        if known is None:  # (read batch by batch instead, by _batches)
+            continue
+        if labelled and bool((known < 0).any()):
+            raise DataError(f"the source domain {src.name!r} has unlabelled samples: the source must be labelled")
+        check_labels(known, d, labelled=labelled)
     if tuple(src.input_shape) != tuple(tgt.input_shape):
         raise DataError(
             f"source {cfg.src!r} inputs have shape {tuple(src.input_shape)} but target {cfg.tgt!r} "
