@@ -246,6 +246,32 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _host_rng_states() -> dict[str, Any]:
+    """Python's and numpy's global random states, in the types a ``weights_only`` checkpoint
+    holds: a plugin that draws from them resumes as it would have gone on."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss_next": gauss},
+            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+
+
+def _set_host_rng_states(rng: dict[str, Any], out: Path) -> None:
+    """Restore the states of :func:`_host_rng_states` from a checkpoint; one written before
+    they were kept leaves the run's seeding in place."""
+    try:
+        if "python" in rng:
+            py = rng["python"]
+            random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+        if "numpy" in rng:
+            npy = rng["numpy"]
+            np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
+                                 npy["cached_gaussian"]))
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"the checkpoint in {out} holds a broken random state ({first_line(exc)}): "
+                              "delete it and run again without --resume") from None
+
+
 @contextlib.contextmanager
 def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
     """Give back the caller's global random states when the block ends: Python's, numpy's,
@@ -305,8 +331,12 @@ def _process_lives(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:  # it exists, and belongs to another user
+        pass
+    try:  # a zombie (killed, not yet reaped by its parent) holds nothing any more
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
         return True
-    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -607,6 +637,8 @@ def run(
                           "dalib.run(dalib.RunConfig(method=..., src=..., tgt=...), out_dir)")
     if resume and out_dir is None:
         raise ConfigError("resume=True continues a run from its output folder: give out_dir")
+    if out_dir is not None and not os.fspath(out_dir):  # Path("") would be the working directory
+        raise ConfigError("out_dir is empty: name the output folder, or pass None to write nothing")
     device = resolve_device(config.device)
     # cuda:N the current device for the run, so that nothing (the pin-memory thread, a
     # plugin's torch.cuda call) opens a context on GPU 0 as well; the caller's is given back
@@ -741,6 +773,7 @@ def _run(
             method.prepare(context)
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
         if ckpt is not None:
+            _set_host_rng_states(ckpt["rng"], out)
             torch.set_rng_state(ckpt["rng"]["torch"])
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
@@ -1383,6 +1416,7 @@ def _save_checkpoint(
         "source_weights": None if method.source_weights is None else method.source_weights.detach().cpu(),
         "diagnostics": _diagnostics(method, config.method),
         "rng": {
+            **_host_rng_states(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         },

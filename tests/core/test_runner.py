@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
+import random
+import time
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ import torch
 import dalib
 from dalib.data import Domain, DatasetInfo, list_datasets, register_dataset
 from dalib.errors import ConfigError, DataError
+from dalib.registry import unregister_method
 from dalib.runner import RunConfig, load_checkpoint, run
 
 
@@ -40,19 +44,37 @@ def test_same_seed_same_numbers_on_cpu(tmp_path):
         assert h["loss/grl"] == pytest.approx(2 / (1 + math.exp(-10 * p)) - 1, rel=1e-6)
 
 
+def _claiming_process(lock):
+    """A process that has claimed ``lock`` (:func:`dalib.runner.claim_file`) and holds it for a minute."""
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from dalib.runner import claim_file; "
+         "claim_file(Path(sys.argv[1]), 'busy', 'advice'); print('claimed', flush=True); time.sleep(60)", str(lock)],
+        stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "claimed"
+    return holder
+
+
 class _Killed(Exception):
     pass
 
 
-def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
-    full = run(_config(), tmp_path / "full", progress_bar=False)
+def _killed_at(config, out, step):
+    """Run ``config`` into ``out`` and stop it with an exception at ``step``, as a kill would."""
 
-    def kill_at_25(step, logs):
-        if step == 25:  # after the checkpoint at step 20: steps 21..25 are redone
+    def kill(at, logs):
+        if at == step:
             raise _Killed
 
     with pytest.raises(_Killed):
-        run(_config(), tmp_path / "cut", progress_bar=False, on_step=kill_at_25)
+        run(config, out, progress_bar=False, on_step=kill)
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
+    full = run(_config(), tmp_path / "full", progress_bar=False)
+    _killed_at(_config(), tmp_path / "cut", 25)  # after the checkpoint at step 20: steps 21..25 are redone
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 20
     assert not (tmp_path / "cut" / "result.json").exists()
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
@@ -73,6 +95,39 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     assert r_full["target_accuracy"] == r_cut["target_accuracy"]
 
 
+class _HostRandom(dalib.Method):
+    """Scales the source loss by draws from Python's and numpy's global generators, as a
+    plugin's mixup or augmentation might, and logs them."""
+
+    uses_target = False
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        pass
+
+    def loss(self, batch, out, progress):
+        py, npy = random.random(), float(np.random.uniform())
+        cls = self.source_loss(batch, out) * (0.5 + py) * (0.5 + npy)
+        return {"total": cls, "py": py, "np": npy}
+
+
+def test_a_resume_goes_on_with_pythons_and_numpys_random_streams(tmp_path):
+    """The checkpoint keeps Python's and numpy's global random states beside torch's: a plugin
+    that draws from them resumes as the uninterrupted run went on (they were seeded anew)."""
+    dalib.register_method("host_random_test")(_HostRandom)
+    try:
+        cfg = _config(method="host_random_test", method_config={}, log_every=1)
+        full = run(cfg, tmp_path / "full", progress_bar=False)
+        _killed_at(cfg, tmp_path / "cut", 25)
+        resumed = run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+    finally:
+        unregister_method("host_random_test")
+    draws = [(h["loss/py"], h["loss/np"]) for h in full.history if "loss/py" in h]
+    assert len(set(draws)) == 30  # a draw at every step, each its own
+    assert resumed.history == full.history
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+
+
 def test_a_run_from_pretrained_weights_resumes_without_the_weights_file(tmp_path):
     """The checkpoint holds every weight: a resume reads neither --pretrained's file (moved or
     deleted since) nor ImageNet's (no network), and ends as the uninterrupted run does, the
@@ -91,13 +146,7 @@ def test_a_run_from_pretrained_weights_resumes_without_the_weights_file(tmp_path
     config = RunConfig(method="source_only", data=str(tmp_path / "imgs"), src="a", tgt="b", arch="resnet18",
                        image_size=32, pretrained=str(weights), steps=4, batch_size=2, log_every=1, checkpoint_every=2)
     full = run(config, tmp_path / "full", progress_bar=False)
-
-    def kill_at_3(step, logs):
-        if step == 3:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        run(config, tmp_path / "cut", progress_bar=False, on_step=kill_at_3)
+    _killed_at(config, tmp_path / "cut", 3)
     weights.unlink()
     resumed = run(config, tmp_path / "cut", resume=True, progress_bar=False)
     assert resumed.history == full.history
@@ -543,12 +592,8 @@ def test_a_claim_held_by_a_live_process_is_not_taken_over_whatever_its_file_says
     lock = tmp_path / ".claim.lock"
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from dalib.runner import claim_file; "
-         "claim_file(Path(sys.argv[1]), 'busy', 'advice'); print('claimed', flush=True); time.sleep(60)", str(lock)],
-        stdout=subprocess.PIPE, text=True)
+    holder = _claiming_process(lock)
     try:
-        assert holder.stdout.readline().strip() == "claimed"
         assert lock.read_text() == str(holder.pid)
         lock.write_text(str(gone.pid))  # what the late process had read: a dead process's id
         with pytest.raises(ConfigError, match=r"^the folder is taken \(.*\): wait for it or go elsewhere$"):
@@ -561,6 +606,50 @@ def test_a_claim_held_by_a_live_process_is_not_taken_over_whatever_its_file_says
     assert lock.read_text() == str(os.getpid())
     release_file(lock)
     assert not lock.exists()
+
+
+def test_the_claim_of_a_killed_process_not_yet_reaped_is_free(tmp_path):
+    """A process killed a moment ago stays a zombie until its parent reaps it (in a container
+    whose first process never reaps, for good): its flock is gone, and its claim with it (a
+    resume right after ``kill -9`` was refused while the zombie lasted)."""
+    import fcntl
+    import signal
+
+    from dalib.runner import claim_file, release_file
+
+    lock = tmp_path / ".claim.lock"
+    holder = _claiming_process(lock)
+    try:
+        os.kill(holder.pid, signal.SIGKILL)
+        for _ in range(500):  # until it is a zombie (not reaped: no wait() yet) whose flock has gone
+            stat = open(f"/proc/{holder.pid}/stat").read()
+            fd = os.open(lock, os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                free = True
+            except OSError:
+                free = False
+            finally:
+                os.close(fd)
+            if free and stat[stat.rindex(")") + 2] == "Z":
+                break
+            time.sleep(0.01)
+        else:
+            pytest.fail("the killed process did not become a zombie without its flock")
+        assert lock.read_text() == str(holder.pid)
+        claim_file(lock, "the folder is taken", "or go elsewhere")
+        assert lock.read_text() == str(os.getpid())
+        release_file(lock)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_an_empty_out_dir_is_refused_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="out_dir is empty"):
+        run(_config(steps=2), "", progress_bar=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_failed_write_keeps_the_file_as_it_was_and_says_so_in_one_line(tmp_path):
