@@ -64,6 +64,12 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
                 if body.startswith("[") and body.endswith("]"):
                     body = body[1:-1]
                 items = [t.strip() for t in body.split(",") if t.strip()]
+        if kind is tuple and args and args[-1] is not Ellipsis:  # tuple[int, float]: item i has type i
+            if len(items) != len(args):
+                raise ConfigError(f"bad value {text!r} for {key}: expected {len(args)} items "
+                                  f"({', '.join(map(_type_name, args))}), got {len(items)}")
+            values = [parse_value(item, arg, key) for item, arg in zip(items, args)]
+            return tuple(values)
         inner = args[0] if args and args[0] is not Ellipsis else Any
         if inner is Any:  # a bare list: unquoted text a number or boolean where it reads as one
             values = [_guess(item) if bare else item for item in items]
@@ -108,7 +114,9 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
             raise ConfigError(f"bad value {text!r} for {key}: expected a finite number")
         return value
     if typ is str:
-        return str(text)
+        if not isinstance(text, str):  # a TOML number, list or table is not text
+            raise ConfigError(f"bad value {text!r} for {key}: expected text (quote it)")
+        return text
     raise ConfigError(f"cannot set {key}: unsupported type {_type_name(typ)}")
 
 

@@ -76,6 +76,14 @@ def first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
+def import_failure(exc: BaseException) -> str:
+    """Why a plugin's import failed, in one line: the error's type and first line; a module
+    that exits as it is imported (a script's argument parsing at module level) says so."""
+    if isinstance(exc, SystemExit):
+        return f"SystemExit: the module exited (status {exc.code}) as it was imported"
+    return f"{type(exc).__name__}: {first_line(exc)}"
+
+
 def load_failure(exc: BaseException) -> str:
     """Why ``torch.load`` failed, in one short line: the error's type and first line, without
     torch's advice to load unsafely and with its long story of a file that is not a

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dalib.data.registry import dataset_plugin_errors, same_definition
-from dalib.errors import RegistryError, UnknownNameError, first_line
+from dalib.errors import RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
 __all__ = [
@@ -141,6 +141,10 @@ def _add(name: str, cls: type) -> None:
     existing = _methods.get(name)
     if existing is not None and not same_definition(existing, cls):
         raise RegistryError(f"method {name!r} is already registered by {defined_at(existing)}")
+    other = cls.__dict__.get("name")
+    if isinstance(other, str) and other != name and _methods.get(other) is cls:
+        raise RegistryError(f"method {name!r}: the class {defined_at(cls)} is registered as {other!r} already "
+                            f"(a class has one name: register a subclass under {name!r})")
     cls.name = name
     _methods[name] = cls
 
@@ -202,6 +206,7 @@ def _load_entry_points() -> None:
 
 def _load_one(ep: EntryPoint) -> None:
     try:
+        _check_name(ep.name)  # the decorator checks its own; an entry point's is named here
         obj = ep.load()
         if inspect.ismodule(obj):
             owner = _methods.get(ep.name)
@@ -211,8 +216,8 @@ def _load_one(ep: EntryPoint) -> None:
                 raise RegistryError(f"method {ep.name!r} is already registered by {owner.__module__}.{owner.__qualname__}")
         else:
             _add(ep.name, obj)  # a Method class named by the entry point itself
-    except Exception as exc:  # a broken plugin must not break the others
-        _broken[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
+    except (Exception, SystemExit) as exc:  # a broken plugin must not break the others (nor parse argv and exit)
+        _broken[ep.name] = f"{ep.value}: {import_failure(exc)}"
 
 
 def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
@@ -274,10 +279,8 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
             importlib.import_module(module)
     except RegistryError:
         raise
-    except Exception as exc:
-        raise RegistryError(
-            f"cannot load plugin {module!r}: {type(exc).__name__}: {first_line(exc)}"
-        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise RegistryError(f"cannot load plugin {module!r}: {import_failure(exc)}") from exc
     added = sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
     _loaded_modules[module] = added
     return added

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dalib.data.domain import Domain, check_finite
-from dalib.errors import DataError, RegistryError, UnknownNameError, first_line
+from dalib.errors import DataError, RegistryError, UnknownNameError, import_failure
 
 __all__ = [
     "DatasetInfo",
@@ -187,8 +187,8 @@ def _load_dataset_entry_points() -> None:
     for ep in sorted(entry_points(group=DATASET_ENTRY_POINT_GROUP), key=lambda ep: ep.name):
         try:
             ep.load()
-        except Exception as exc:  # a broken package must not break the others
-            _broken_datasets[ep.name] = f"{ep.value}: {type(exc).__name__}: {first_line(exc)}"
+        except (Exception, SystemExit) as exc:  # a broken package must not break the others
+            _broken_datasets[ep.name] = f"{ep.value}: {import_failure(exc)}"
 
 
 def dataset_plugin_errors() -> dict[str, str]:

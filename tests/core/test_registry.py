@@ -107,6 +107,38 @@ def test_broken_entry_point_is_reported_and_does_not_break_others(clean_registry
         dalib.get_method("broken_plugin")
 
 
+def test_entry_points_that_exit_or_have_a_bad_name_or_alias_a_class_are_failed_plugins(clean_registry, monkeypatch,
+                                                                                        tmp_path):
+    """A plugin module that exits as it is imported (a script's argparse at module level), an
+    entry point named as no command line can run it, and a class that is registered already
+    under its own name are each a failed plugin; the others load."""
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(2)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good, aliased = _method_class(), _method_class()
+    register_method("aliased_once")(aliased)
+    globals()["GOOD_TOO"], globals()["ALIASED"] = good, aliased
+    fake_eps = [
+        EntryPoint("exits_plugin", "exits_at_import", "dalib.methods"),
+        EntryPoint("-dash", f"{__name__}:GOOD_TOO", "dalib.methods"),
+        EntryPoint("alias_plugin", f"{__name__}:ALIASED", "dalib.methods"),
+        EntryPoint("good_too", f"{__name__}:GOOD_TOO", "dalib.methods"),
+    ]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fake_eps if ep.group == group])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_broken", {})
+    names = dalib.list_methods()
+    assert "good_too" in names and "-dash" not in names and "alias_plugin" not in names
+    errors = registry.plugin_errors()
+    assert set(errors) == {"exits_plugin", "-dash", "alias_plugin"}
+    assert "exited (status 2) as it was imported" in errors["exits_plugin"]
+    assert "invalid method name" in errors["-dash"]
+    assert "registered as 'aliased_once' already" in errors["alias_plugin"]
+    assert dalib.get_method("aliased_once").name == "aliased_once"
+    # a --plugin file that exits is a one-line RegistryError too, not the exit of the process
+    with pytest.raises(RegistryError, match="exited \\(status 2\\) as it was imported"):
+        dalib.load_plugin_module(str(tmp_path / "exits_at_import.py"))
+
+
 def test_load_plugin_module_from_a_file(clean_registry, tmp_path):
     plugin = tmp_path / "my_plugin.py"
     plugin.write_text(
@@ -381,6 +413,32 @@ def test_set_values_parse_as_their_fields_type():
     with pytest.raises(ConfigError, match="expected true or false"):
         build_config(dan, {"on_logits": "maybe"})
     assert _parse_sets(("init=runs/lr=0.1 ", " trade_off = 2")) == {"init": "runs/lr=0.1", "trade_off": "2"}
+
+
+def test_a_fixed_length_tuple_parses_each_item_as_its_own_type_and_text_stays_text():
+    """tuple[int, float]: item i has type i and the length is checked (each item had the first
+    item's type, so the default (1, 0.5) itself was refused); a str field takes text only (a
+    TOML list or number became its printed form)."""
+    from dalib.config import build_config
+
+    @dataclass(frozen=True)
+    class Config:
+        pair: tuple[int, float] = (1, 0.5)
+        many: tuple[int, ...] = (1,)
+        name: str = "a"
+
+    assert build_config(Config, {"pair": "2,1.5"}).pair == (2, 1.5)
+    assert build_config(Config, {"pair": [3, 0.25]}).pair == (3, 0.25)  # a TOML array
+    assert build_config(Config, {"pair": (1, 0.5)}).pair == (1, 0.5)  # RunConfig(method_config=Config())
+    assert build_config(Config, {"many": "1,2,3"}).many == (1, 2, 3)
+    with pytest.raises(ConfigError, match="expected 2 items \\(int, float\\), got 3"):
+        build_config(Config, {"pair": "1,2,3"})
+    with pytest.raises(ConfigError, match="expected an integer"):
+        build_config(Config, {"pair": "0.5,1"})
+    assert build_config(Config, {"name": "5"}).name == "5"
+    for value in ([1, 2], 5, {"a": 1}):
+        with pytest.raises(ConfigError, match="expected text"):
+            build_config(Config, {"name": value})
 
 
 

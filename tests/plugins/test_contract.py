@@ -55,7 +55,7 @@ def _loss_contract(cls, name):
     torch.manual_seed(0)
     model = build_model("mlp", (16,), 4, bottleneck_dim=32)
     method = cls(cls.Config(), model)
-    batch = random_batch()
+    batch = random_batch(n_t=10 if cls.uses_target else 0)  # as the runner: no target batch for source-only learning
     feats, logits = model(torch.cat([batch.x_s, batch.x_t]))
     out = Outputs(feats[:12], feats[12:], logits[:12], logits[12:])
     for step in (0, 50, 100):
@@ -88,6 +88,25 @@ class _LogsPlainNumbers(Method):
 
 def test_the_loss_contract_takes_what_the_docs_allow():
     _loss_contract(_LogsPlainNumbers, "logs_plain_numbers")  # it failed on the plain number
+
+
+class _SourceAlone(Method):
+    """Learns from the source alone and relies on the documented empty target batch."""
+
+    name = "source_alone"
+    uses_target = False
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        pass
+
+    def loss(self, batch, out, progress):
+        assert len(batch.x_t) == 0 and len(out.feat_t) == 0 and len(out.logits_t) == 0
+        return {"total": self.source_loss(batch, out)}
+
+
+def test_the_loss_contract_gives_a_source_alone_method_no_target_batch():
+    _loss_contract(_SourceAlone, "source_alone")  # as the runner does (it got 10 target samples)
 
 
 @pytest.mark.parametrize("name", DEEP)
