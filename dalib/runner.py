@@ -551,6 +551,16 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
                               "it was written by another network or version") from None
 
 
+def _intact_result(path: Path) -> bool:
+    """Whether ``path`` holds a run's result (a resumed run that had finished keeps it; one
+    missing or damaged, a truncated write or an edit, is written again from the checkpoint)."""
+    try:
+        result = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(result, dict) and all(k in result for k in ("source_accuracy", "target_accuracy", "seconds"))
+
+
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
     """Write ``result.json`` atomically, with what produced it: the method's class (and its
     file, for a plugin loaded by path) and the versions of dalib, torch, the numerical
@@ -856,7 +866,7 @@ def _run(
                 if on_step is not None:
                     on_step(done, logs)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
-            finished = ckpt is not None and start >= config.steps and out is not None and (out / RESULT).is_file()
+            finished = ckpt is not None and start >= config.steps and out is not None and _intact_result(out / RESULT)
             seconds = float(ckpt["seconds"]) if finished else (
                 time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0))
             src_acc = evaluate(model, src, device, workers=config.workers)

@@ -96,6 +96,19 @@ def test_a_finished_run_without_its_checkpoint_is_not_sent_back_and_forth(tmp_pa
                                                        "another --out")
 
 
+@pytest.mark.parametrize("damage", ['{"method": "source_only", "sour', "", "[1, 2]"])
+def test_a_finished_run_whose_result_is_damaged_writes_it_again_on_resume(tmp_path, damage):
+    """A truncated or edited result.json of a finished deep run is written again from its final
+    checkpoint, as a missing one is (the resume said it had finished and left it broken)."""
+    runner, out, args = _finished_run(tmp_path)
+    whole = json.loads((out / "result.json").read_text())
+    (out / "result.json").write_text(damage)
+    res = runner.invoke(cli, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "result.json").read_text())
+    assert (again["source_accuracy"], again["target_accuracy"]) == (whole["source_accuracy"], whole["target_accuracy"])
+
+
 def test_damaged_files_in_a_run_folder(tmp_path):
     runner = CliRunner()
     out = tmp_path / "d"
