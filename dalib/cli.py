@@ -35,6 +35,10 @@ _OOM_TEXT = re.compile(r"DefaultCPUAllocator: (can't allocate|not enough) memory
                        r"\b(CUDA|XPU|MPS|HIP)( backend)?( error:)? out of memory")
 
 
+# what torch says of a size past what it can index (a width of 2**62 and more): no allocation tried
+_OVERFLOW_TEXT = re.compile(r"Storage size calculation overflowed|Overflow when unpacking long")
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     torch = sys.modules.get("torch")
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
@@ -50,8 +54,11 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except DalibError as exc:
             raise _OneLineError(first_line(exc)) from None
-        except (MemoryError, RuntimeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
+        except (MemoryError, RuntimeError, TypeError) as exc:  # torch.OutOfMemoryError is a RuntimeError
             text = str(exc)
+            if _OVERFLOW_TEXT.search(text):
+                raise _OneLineError("a tensor size overflows: lower the sizes involved (the batch, the images, "
+                                    "the network's or the method's widths)") from None
             if not _out_of_memory(exc):
                 raise
             asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]+)", text, re.IGNORECASE)

@@ -333,6 +333,15 @@ def test_a_size_that_cannot_be_allocated_is_one_line(runner, tmp_path):
     assert not (tmp_path / "r").exists()  # the folder the run made is gone with it
 
 
+@pytest.mark.parametrize("option", [["--set", "hidden=99999999999999999999"],  # past int64: a TypeError
+                                    ["--bottleneck-dim", "4611686018427387904"]])  # 2**62: the size overflows
+def test_a_size_past_what_torch_can_index_is_one_line(runner, tmp_path, option):
+    res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", *option, *FAST,
+                              "--out", str(tmp_path / "r")])
+    _one_line_error(res, "a tensor size overflows: lower the sizes involved")
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_run_that_fails_before_writing_a_line_leaves_no_folder(runner, tmp_path):
     out = tmp_path / "r"
     res = runner.invoke(cli, ["run", "source_only", "--src", "mnist", "--tgt", "usps", "--lr", "1e30", *FAST,
