@@ -519,11 +519,6 @@ def run_suite(
     finished are kept until a re-run completes).
     """
     out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
-    ready_for_writing(out)  # now, not after the first cell's work
     for given, what in ((methods, "methods"), (tasks, "tasks"), (seeds, "seeds")):
         if given is not None and not list(given):
             raise ConfigError(f"--{what} names none: leave it out for all the suite's {what}")
@@ -557,6 +552,11 @@ def run_suite(
         raise ConfigError(f"suite {suite.name}: no cells to run: {why}none of the methods chosen has a form it runs")
     configs = {c.key: suite.run_config(c, steps=steps, data_root=data_root, device=device) for c in cells}
 
+    try:  # once the input is checked: a refused one leaves no empty folder behind
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
+    ready_for_writing(out)  # now, not after the first cell's work
     path = results_path(out, suite, steps)
     # one writer per results file: two suites into the same --out would each write back its
     # own copy of the cells after every cell, and the last one would drop the other's

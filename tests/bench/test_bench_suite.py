@@ -576,7 +576,10 @@ def test_a_bad_device_or_data_root_fails_before_any_cell(toy_suite, tmp_path):
     _one_line_error(CliRunner().invoke(cli, ["bench", "digits", "--device", "tpu", "--out", str(out)]), "tpu")
     _one_line_error(CliRunner().invoke(cli, ["bench", "office-caltech-surf", "--data-root", str(tmp_path / "nowhere"),
                                              "--out", str(out)]), "nowhere")
-    assert not (out / "bench-digits.json").exists() and not (out / "bench-office-caltech-surf.json").exists()
+    assert not out.exists()  # nor an empty folder
+    for args in (["--methods", "danm"], ["--tasks", "X->Y"], ["--jobs", "0"], ["--steps", "0"]):
+        assert CliRunner().invoke(cli, ["bench", "digits", *args, "--out", str(out)]).exit_code == 2
+        assert not out.exists(), args
 
 
 def test_a_damaged_cell_in_a_results_file_is_one_line(toy_suite, tmp_path):
