@@ -55,6 +55,10 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: 
         raise InputError("h holds NaN or +inf values")
     if not float(eps) > 0:
         raise InputError(f"eps must be positive, got {eps}")
+    if not 1.0 / float(eps) < torch.finfo(x.dtype).max:  # every backend multiplies by 1/ε
+        wider = ", or use float64" if x.dtype != torch.float64 else ""
+        raise InputError(f"eps {float(eps):.3g} is too small for {x.dtype} (1/eps overflows): scale the points up "
+                         f"(and eps with them){wider}")
     if not float(p) >= 1:
         raise InputError(f"p must be >= 1, got {p}")
     h = h.to(device=x.device, dtype=x.dtype)

@@ -178,6 +178,9 @@ def _solve_on(
                          f"costs over ε: raise blur, or scale the points{wider}")
     eps_list = epsilon_schedule(p, diam, float(blur), float(scaling))
     eps = eps_list[-1]
+    if not 1.0 / eps < largest:  # the iterations multiply by 1/ε
+        raise InputError(f"blur {blur:g} with p = {p:g} makes ε = {eps:.3g}, whose inverse overflows {_dtype_name(x)}: "
+                         f"scale the points up (and blur with them){wider}")
 
     with torch.no_grad():
         xd, yd, ad, bd = x.detach(), y.detach(), a.detach(), b.detach()

@@ -191,8 +191,9 @@ class OTMapping(Params):
             warn_outside_dalib(f"OTMapping: Sinkhorn stopped after max_iter={self.max_iter} iterations with a "
                                f"target-marginal error of {self.marginal_error_:.3g} > tol={self._tol_reached:.3g}: "
                                "raise max_iter or reg", RuntimeWarning)
-        self.xs_ = xs  # float64
-        self.xt_ = xt
+        # float64 copies: a float64 array's tensor is a view of it, which the caller may change later
+        self.xs_ = xs.clone()
+        self.xt_ = xt.clone()
         self.n_features_in_ = xs.shape[1]
         self.fit_time_ = time.perf_counter() - start
         return self
@@ -263,6 +264,13 @@ class OTMapping(Params):
         ns, nt = xs.shape[0], xt.shape[0]
         scale = _cost_scale(xs, xt, self.norm)
         reg = float(self.reg)
+        if not 1.0 / (0.5 * reg * scale) < torch.finfo(xs.dtype).max:  # ε, the softmin's, as a factor 1/ε
+            wider = ": set dtype='float64'" if xs.dtype != torch.float64 else ""
+            if self.norm is None:  # ε = reg / 2
+                raise ConfigError(f"reg={self.reg!r} is too small for {self.dtype} arithmetic (1/ε = 2/reg overflows): "
+                                  f"raise reg{wider.replace(': set', ', or set')}")
+            raise InputError(f"the data's squared distances ({self.norm} {scale:.3g}) make Sinkhorn's ε = reg·{scale:.3g}/2 "
+                             f"too small for {self.dtype} arithmetic{wider or ': scale the data up'}")
         tol = self._tol_reached
         a = torch.full((ns,), 1.0 / ns, dtype=xs.dtype, device=xs.device)
         b = torch.full((nt,), 1.0 / nt, dtype=xs.dtype, device=xs.device)

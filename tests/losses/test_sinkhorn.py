@@ -344,6 +344,21 @@ def test_costs_that_overflow_the_dtype_are_an_error_not_nan():
         sinkhorn(torch.full((3, 2), 1e18), torch.zeros(3, 2))  # the costs fit; over ε = 0.05² they did not: NaN
 
 
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_an_epsilon_whose_inverse_overflows_is_an_input_error_on_every_backend(backend):
+    """Points of scale 1e-18 and blur 5e-20 in float32: the costs and their ratio to ε fit, but
+    1/ε = 4e38 does not (torch's RuntimeError escaped); softmin alike (blocked raised, dense did not)."""
+    from dalib.kernels import softmin
+
+    x, y = torch.randn(10, 3) * 1e-18, torch.randn(12, 3) * 1e-18
+    with pytest.raises(InputError, match=r"blur 5e-20 with p = 2 makes ε = 2.5e-39, whose inverse overflows float32: "
+                                         r"scale the points up \(and blur with them\), or use float64$"):
+        sinkhorn(x, y, blur=5e-20, backend=backend)
+    with pytest.raises(InputError, match=r"eps 1e-39 is too small for torch.float32 \(1/eps overflows\)"):
+        softmin(x, y, torch.zeros(12), 1e-39, backend=backend)
+    assert math.isfinite(float(sinkhorn(x.double(), y.double(), blur=5e-20, backend=backend)))
+
+
 def test_weights_are_renormalised_and_checked_at_their_own_precision():
     """Weights off 1 by less than the tolerance are divided by their sum: the solver matches
     the marginal it checks, so it converges as with exact weights, to the same value."""

@@ -227,6 +227,35 @@ def test_a_reg_too_small_for_the_arithmetic_is_a_setting_error(data):
         OTMapping(reg=1e-300, backend="blocked").fit(xs, xt)
 
 
+def test_data_whose_scale_leaves_epsilon_too_small_for_float32_is_one_input_error(data):
+    """With norm='median' the problem is scale-free, but ε = reg·median/2 of data at 1e-20
+    makes 1/ε overflow float32 (torch's RuntimeError escaped): an InputError that says to use
+    float64, in which the mapping is the unscaled one, scaled."""
+    xs, xt, _ = data
+    s = 1e-20
+    with pytest.raises(InputError, match=r"make Sinkhorn's ε = reg·.*too small for float32 arithmetic: set dtype='float64'"):
+        OTMapping(reg=1.0, backend="blocked").fit(xs * s, xt * s)
+    ref = OTMapping(reg=1.0, backend="blocked", dtype="float64").fit(xs, xt).mapped_
+    tiny = OTMapping(reg=1.0, backend="blocked", dtype="float64").fit(xs * s, xt * s).mapped_
+    np.testing.assert_allclose(tiny / s, ref, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ConfigError, match=r"reg=4e-39 is too small for float32 arithmetic \(1/ε = 2/reg overflows\)"):
+        OTMapping(reg=4e-39, norm=None, backend="blocked").fit(xs, xt)  # 1/reg fits, 2/reg does not
+
+
+def test_the_fit_keeps_copies_of_the_data_not_views_of_the_callers_arrays(data):
+    xs, xt, _ = data
+    xs, xt = np.asarray(xs, dtype=np.float64).copy(), np.asarray(xt, dtype=np.float64).copy()
+    new = xs[:5] + 0.3
+    for reg in (None, 1.0):
+        m = OTMapping(reg=reg).fit(xs, xt)
+        before = m.transform(new)
+        xs += 100.0  # the caller reuses its buffers
+        xt *= 0.0
+        np.testing.assert_array_equal(m.transform(new), before)
+        xs -= 100.0
+        xt[:] = np.asarray(data[1], dtype=np.float64)
+
+
 def test_class_labels_may_be_strings_and_are_read_only_when_used(data):
     xs, xt, ys = data
     names = np.array(["cat", "dog", "eel"])
