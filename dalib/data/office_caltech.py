@@ -47,7 +47,8 @@ INFO = DatasetInfo(
 
 def preprocess_surf(counts: np.ndarray) -> np.ndarray:
     """The data's own preprocessing: each row divided by its sum, then each feature z-scored
-    within the domain (population std). A zero row stays zero; a constant feature becomes 0.
+    within the domain (population std). A zero row is divided by 1 (no NaN: it is zeros
+    until the z-score); a constant feature becomes 0.
 
     counts: (N, D) bag-of-words histogram → (N, D) float64.
     """
@@ -56,7 +57,9 @@ def preprocess_surf(counts: np.ndarray) -> np.ndarray:
     x = x / np.where(total == 0, 1.0, total)
     mean = x.mean(axis=0)  # (D,)
     std = x.std(axis=0)  # population std, as MATLAB's zscore(x, 1)
-    return (x - mean) / np.where(std == 0, 1.0, std)
+    # constant by its values, not by its std: the mean's rounding leaves a std of ~1e-17
+    constant = np.ptp(x, axis=0) == 0  # (D,)
+    return np.where(constant, 0.0, (x - mean) / np.where(constant | (std == 0), 1.0, std))
 
 
 def load(req: LoadRequest) -> Domain:

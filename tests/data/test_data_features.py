@@ -93,6 +93,10 @@ def test_preprocess_surf_guards():
     assert np.all(np.isfinite(x))
     assert np.all(x[:, 2] == 0)
     np.testing.assert_allclose(x.std(0)[:2], 1.0)
+    # a column constant after the row division (0.1 in every row) whose mean rounds off it:
+    # its std is ~1e-17, not 0, and dividing the noise by it gave -1 in every row
+    x = preprocess_surf(np.array([[1, 9], [2, 18], [3, 27]]))
+    assert np.all(x == 0)
 
 
 @pytest.mark.parametrize(
