@@ -156,6 +156,8 @@ def _type_name(typ: Any) -> str:
         return "|".join(str(a) for a in typing.get_args(typ))
     if origin in (typing.Union, types.UnionType):
         return "|".join("None" if a is type(None) else _type_name(a) for a in typing.get_args(typ))
+    if origin in (list, tuple, dict) and typing.get_args(typ):  # list[float], tuple[int, float]: their items too
+        return f"{origin.__name__}[{', '.join('...' if a is Ellipsis else _type_name(a) for a in typing.get_args(typ))}]"
     return getattr(typ, "__name__", None) or str(typ).replace("typing.", "")
 
 

@@ -443,3 +443,9 @@ def test_list_and_dict_hyperparameters_can_be_set_every_way(runner, own_registry
                     "bad value", "for weights", "expected a dict")
     _one_line_error(runner.invoke(cli, [*base, "--out", str(tmp_path / "e"), "--set", 'weights={"a": "x"}']),
                     "for weights.a", "expected a number")
+    # show names the items' types (it said list and dict for both kinds)
+    shown = runner.invoke(cli, ["show", "containers_test", "--plugin", str(tmp_path / "containers.py")]).stdout
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in shown.splitlines()
+            if line.startswith("  ") and line.split()[0] in want}
+    for name, typ in {"weights": "dict[str, float] ", "table": "dict ", "sizes": "list ", "widths": "list[int] "}.items():
+        assert rows[name].startswith(typ), (name, rows[name])
