@@ -248,12 +248,30 @@ def _seed_everything(seed: int) -> None:
 
 def _host_rng_states() -> dict[str, Any]:
     """Python's and numpy's global random states, in the types a ``weights_only`` checkpoint
-    holds: a plugin that draws from them resumes as it would have gone on."""
+    holds: a plugin that draws from them resumes as it would have gone on. numpy's in its
+    dict form, whatever its bit generator (a plugin may have set another than MT19937)."""
     version, state, gauss = random.getstate()
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
     return {"python": {"version": version, "state": torch.tensor(state, dtype=torch.int64), "gauss_next": gauss},
-            "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}}
+            "numpy": _tensors_for_arrays(np.random.get_state(legacy=False))}
+
+
+def _tensors_for_arrays(value: Any) -> Any:
+    """``value`` (dicts of numbers, strings and numpy arrays) with each array as its bytes, in
+    a uint8 tensor beside its dtype and shape: :func:`_arrays_for_tensors` gives it back."""
+    if isinstance(value, dict):
+        return {k: _tensors_for_arrays(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        raw = torch.frombuffer(bytearray(value.tobytes()), dtype=torch.uint8) if value.nbytes else torch.empty(0, dtype=torch.uint8)
+        return {"ndarray": raw, "dtype": value.dtype.str, "shape": list(value.shape)}
+    return value
+
+
+def _arrays_for_tensors(value: Any) -> Any:
+    if isinstance(value, dict) and set(value) == {"ndarray", "dtype", "shape"}:
+        return np.frombuffer(value["ndarray"].numpy().tobytes(), dtype=np.dtype(value["dtype"])).reshape(value["shape"]).copy()
+    if isinstance(value, dict):
+        return {k: _arrays_for_tensors(v) for k, v in value.items()}
+    return value
 
 
 def _set_host_rng_states(rng: dict[str, Any], out: Path) -> None:
@@ -264,11 +282,13 @@ def _set_host_rng_states(rng: dict[str, Any], out: Path) -> None:
             py = rng["python"]
             random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
         if "numpy" in rng:
-            npy = rng["numpy"]
-            np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
-                                 npy["cached_gaussian"]))
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise CheckpointError(f"the checkpoint in {out} holds a broken random state ({first_line(exc)}): "
+            state = _arrays_for_tensors(rng["numpy"])
+            kind = state["bit_generator"]  # the run may have set another than this process has now
+            if kind != np.random.get_bit_generator().state["bit_generator"]:
+                np.random.set_bit_generator(getattr(np.random, kind)())
+            np.random.set_state(state)
+    except (TypeError, ValueError, KeyError, AttributeError, OverflowError) as exc:
+        raise CheckpointError(f"the checkpoint in {out} holds a random state this run cannot take ({first_line(exc)}): "
                               "delete it and run again without --resume") from None
 
 
@@ -280,7 +300,9 @@ def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
     seeds them for its own reproducibility; the code that called it then draws what it would
     have drawn without the run (a notebook's next split or initialisation is not set by the
     run's seed)."""
-    py, npy = random.getstate(), np.random.get_state()
+    py = random.getstate()
+    bits = np.random.get_bit_generator()  # a plugin may set another (np.random.set_bit_generator)
+    npy = bits.state
     if uses_cuda and not torch.cuda.is_initialized():
         torch.cuda.init()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
@@ -289,7 +311,8 @@ def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
             yield
     finally:
         random.setstate(py)
-        np.random.set_state(npy)
+        np.random.set_bit_generator(bits)
+        bits.state = npy
 
 
 @contextlib.contextmanager

@@ -111,10 +111,21 @@ class _HostRandom(dalib.Method):
         return {"total": cls, "py": py, "np": npy}
 
 
-def test_a_resume_goes_on_with_pythons_and_numpys_random_streams(tmp_path):
+class _HostRandomPCG(_HostRandom):
+    """Sets numpy's global bit generator to PCG64 before training (prepare is not run again on
+    a resume: the checkpoint's state says which generator)."""
+
+    def prepare(self, context):
+        np.random.set_bit_generator(np.random.PCG64(7))
+
+
+@pytest.mark.parametrize("method", [_HostRandom, _HostRandomPCG])
+def test_a_resume_goes_on_with_pythons_and_numpys_random_streams(tmp_path, method):
     """The checkpoint keeps Python's and numpy's global random states beside torch's: a plugin
-    that draws from them resumes as the uninterrupted run went on (they were seeded anew)."""
-    dalib.register_method("host_random_test")(_HostRandom)
+    that draws from them resumes as the uninterrupted run went on (they were seeded anew), with
+    numpy's generator of the run's kind; the caller gets its own generator back."""
+    callers = np.random.get_bit_generator()
+    dalib.register_method("host_random_test")(method)
     try:
         cfg = _config(method="host_random_test", method_config={}, log_every=1)
         full = run(cfg, tmp_path / "full", progress_bar=False)
@@ -126,6 +137,7 @@ def test_a_resume_goes_on_with_pythons_and_numpys_random_streams(tmp_path):
     assert len(set(draws)) == 30  # a draw at every step, each its own
     assert resumed.history == full.history
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+    assert np.random.get_bit_generator() is callers
 
 
 def test_a_run_from_pretrained_weights_resumes_without_the_weights_file(tmp_path):
