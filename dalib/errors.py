@@ -79,8 +79,10 @@ def first_line(exc: BaseException) -> str:
 def import_failure(exc: BaseException) -> str:
     """Why a plugin's import failed, in one line: the error's type and first line; a module
     that exits as it is imported (a script's argument parsing at module level) says so."""
-    if isinstance(exc, SystemExit):
-        return f"SystemExit: the module exited (status {exc.code}) as it was imported"
+    if isinstance(exc, SystemExit):  # sys.exit(), sys.exit(2) or sys.exit("usage: ...\n...: error: ...")
+        code = exc.code
+        said = f"status {0 if code is None else code}" if code is None or isinstance(code, int) else first_line(exc)
+        return f"SystemExit: the module exited as it was imported ({said})"
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 

@@ -264,7 +264,8 @@ class OTMapping(Params):
         ns, nt = xs.shape[0], xt.shape[0]
         scale = _cost_scale(xs, xt, self.norm)
         reg = float(self.reg)
-        if not 1.0 / (0.5 * reg * scale) < torch.finfo(xs.dtype).max:  # ε, the softmin's, as a factor 1/ε
+        eps = 0.5 * reg * scale  # the softmin's ε, used as a factor 1/ε
+        if not (eps > 0 and 1.0 / eps < torch.finfo(xs.dtype).max):
             wider = ": set dtype='float64'" if xs.dtype != torch.float64 else ""
             if self.norm is None:  # ε = reg / 2
                 raise ConfigError(f"reg={self.reg!r} is too small for {self.dtype} arithmetic (1/ε = 2/reg overflows): "

@@ -113,12 +113,14 @@ def test_entry_points_that_exit_or_have_a_bad_name_or_alias_a_class_are_failed_p
     entry point named as no command line can run it, and a class that is registered already
     under its own name are each a failed plugin; the others load."""
     (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(2)\n")
+    (tmp_path / "exits_saying.py").write_text("import sys\nsys.exit('usage: x [-h]\\nx: error: --foo is required')\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     good, aliased = _method_class(), _method_class()
     register_method("aliased_once")(aliased)
     globals()["GOOD_TOO"], globals()["ALIASED"] = good, aliased
     fake_eps = [
         EntryPoint("exits_plugin", "exits_at_import", "dalib.methods"),
+        EntryPoint("exits_saying", "exits_saying", "dalib.methods"),
         EntryPoint("-dash", f"{__name__}:GOOD_TOO", "dalib.methods"),
         EntryPoint("alias_plugin", f"{__name__}:ALIASED", "dalib.methods"),
         EntryPoint("good_too", f"{__name__}:GOOD_TOO", "dalib.methods"),
@@ -129,13 +131,14 @@ def test_entry_points_that_exit_or_have_a_bad_name_or_alias_a_class_are_failed_p
     names = dalib.list_methods()
     assert "good_too" in names and "-dash" not in names and "alias_plugin" not in names
     errors = registry.plugin_errors()
-    assert set(errors) == {"exits_plugin", "-dash", "alias_plugin"}
-    assert "exited (status 2) as it was imported" in errors["exits_plugin"]
+    assert set(errors) == {"exits_plugin", "exits_saying", "-dash", "alias_plugin"}
+    assert errors["exits_plugin"].endswith("exited as it was imported (status 2)")
+    assert errors["exits_saying"].endswith("exited as it was imported (usage: x [-h])")  # one line
     assert "invalid method name" in errors["-dash"]
     assert "registered as 'aliased_once' already" in errors["alias_plugin"]
     assert dalib.get_method("aliased_once").name == "aliased_once"
     # a --plugin file that exits is a one-line RegistryError too, not the exit of the process
-    with pytest.raises(RegistryError, match="exited \\(status 2\\) as it was imported"):
+    with pytest.raises(RegistryError, match="exited as it was imported \\(status 2\\)$"):
         dalib.load_plugin_module(str(tmp_path / "exits_at_import.py"))
 
 

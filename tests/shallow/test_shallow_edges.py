@@ -240,6 +240,8 @@ def test_data_whose_scale_leaves_epsilon_too_small_for_float32_is_one_input_erro
     np.testing.assert_allclose(tiny / s, ref, rtol=1e-9, atol=1e-9)
     with pytest.raises(ConfigError, match=r"reg=4e-39 is too small for float32 arithmetic \(1/ε = 2/reg overflows\)"):
         OTMapping(reg=4e-39, norm=None, backend="blocked").fit(xs, xt)  # 1/reg fits, 2/reg does not
+    with pytest.raises(InputError, match=r"too small for float64 arithmetic: scale the data up$"):  # ε underflows to 0
+        OTMapping(reg=1e-300, backend="blocked", dtype="float64").fit(xs * 1e-13, xt * 1e-13)
 
 
 def test_the_fit_keeps_copies_of_the_data_not_views_of_the_callers_arrays(data):
