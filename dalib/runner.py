@@ -24,6 +24,7 @@ import random
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -423,6 +424,10 @@ class _Prefetcher:
             _loader(domain.dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin)
         )
 
+    def close(self) -> None:
+        """Stop the worker processes (the DataLoader's iterator shuts them down when it goes)."""
+        self._it = iter(())
+
     def __next__(self) -> tuple[Tensor, Tensor]:
         try:
             x, y = next(self._it)
@@ -453,11 +458,14 @@ def _batches(
             yield x, y, idx
     else:
         pf = _Prefetcher(domain, stream, start, stop, workers, pin)
-        for s in range(start, stop):
-            x, y = next(pf)
-            if check:
-                check_labels(y, domain, labelled=labelled)
-            yield x, y, stream.indices(s)
+        try:
+            for s in range(start, stop):
+                x, y = next(pf)
+                if check:
+                    check_labels(y, domain, labelled=labelled)
+                yield x, y, stream.indices(s)
+        finally:  # the generator closed (the run ended, however): its workers stop now
+            pf.close()
 
 
 @torch.no_grad()
@@ -678,10 +686,26 @@ def run(
     on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     # a run trains whatever the caller's grad mode (a notebook's no_grad block) and builds its
     # networks in float32 whatever the caller's default dtype; both are given back
-    with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, torch.inference_mode(False), \
-            torch.enable_grad(), _default_dtype(torch.float32):
-        return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
-                    on_start=on_start)
+    # one run at a time in a process: runs seed and restore the process's random states and
+    # default dtype, and dropout draws from torch's global generator; two at once (threads, or a
+    # run from a callback of another) change each other's numbers and release each other's claims
+    if not _RUN_LOCK.acquire(blocking=False):
+        raise ConfigError("another dalib.run is running in this process (another thread, or a callback of that "
+                          "run): runs share the process's random state, so run them one after the other, or in "
+                          "separate processes")
+    try:
+        # ... and in float32 outside the caller's autocast (the runner's own covers the forward pass)
+        with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, torch.inference_mode(False), \
+                torch.enable_grad(), _default_dtype(torch.float32), torch.autocast("cpu", enabled=False), \
+                torch.autocast("cuda", enabled=False):
+            return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
+                        on_start=on_start)
+    finally:
+        _RUN_LOCK.release()
+
+
+#: held while a run goes on in this process (:func:`run`)
+_RUN_LOCK = threading.Lock()
 
 
 def _run(
@@ -822,12 +846,15 @@ def _run(
         t0 = time.perf_counter()
         model.train()
         method.train()
+        loaders: list[Any] = []  # closed at the end: their worker processes go with them, not with the traceback
         try:
             pin = device.type == "cuda"
             # a method that learns from the source alone loads no target batch (and forwards none)
             t_batches = (_batches(tgt, t_stream, start, config.steps, config.workers, pin, labelled=False)
                          if method.uses_target else itertools.repeat(None))
-            batches = zip(_batches(src, s_stream, start, config.steps, config.workers, pin, labelled=True), t_batches)
+            s_batches = _batches(src, s_stream, start, config.steps, config.workers, pin, labelled=True)
+            loaders += [s_batches, t_batches]
+            batches = zip(s_batches, t_batches)
             for step, ((x_s, y_s, idx_s), t_batch) in enumerate(batches, start=start):
                 x_t, idx_t = (x_s[:0], idx_s[:0]) if t_batch is None else (t_batch[0], t_batch[2])
                 progress = Progress(step, config.steps, s_stream.epoch_of(step))
@@ -899,6 +926,9 @@ def _run(
             if last_line is not None:
                 _log_line(last_line, history, metrics_fh)
         finally:
+            for loader in loaders:
+                if hasattr(loader, "close"):
+                    loader.close()
             if bar is not None:
                 bar.close()
             if metrics_fh is not None:
@@ -1425,7 +1455,9 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     spec = ckpt.get("model_spec")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{p} does not describe its network (written by an older dalib): train the run again")
-    model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
+    # the random initialisation the weights replace draws nothing of the caller's; float32, as the run built it
+    with caller_random_state(), _default_dtype(torch.float32):
+        model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
     if spec.get("cut"):
         model.cut_stages(int(spec["cut"]))
     load_weights(model, ckpt, p)

@@ -735,3 +735,50 @@ def test_a_run_trains_in_float32_with_gradients_whatever_the_callers_settings():
         torch.set_default_dtype(before)
     assert plain.target_accuracy == quiet.target_accuracy == inferred.target_accuracy
     assert next(quiet.model.parameters()).dtype == torch.float32
+    # a caller's autocast does not reach the run's losses and evaluation (they ran in bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        cast = run(cfg, None, progress_bar=False)
+        assert torch.is_autocast_enabled("cpu")
+    assert (cast.history, cast.target_accuracy) == (plain.history, plain.target_accuracy)
+
+
+def test_load_model_draws_nothing_of_the_callers_and_builds_in_float32(tmp_path):
+    """The random initialisation that the checkpoint's weights replace used the caller's torch
+    generator, and the caller's default dtype (a float64 network, where run() gives float32)."""
+    from dalib.runner import RunConfig, load_model, run
+
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=8), tmp_path / "r",
+        progress_bar=False)
+    torch.manual_seed(0)
+    want = torch.rand(3)
+    before = torch.get_default_dtype()
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)
+    try:
+        model = load_model(tmp_path / "r")
+    finally:
+        torch.set_default_dtype(before)
+    assert torch.equal(torch.rand(3), want)
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_second_run_in_the_same_process_at_once_is_refused_and_leaves_the_first_ones_claim(tmp_path):
+    """Runs seed and restore the process's random states: two at once (threads, or a run from a
+    callback) changed each other's numbers silently, and the refused one released the claim of
+    the one still writing (a third process could then write into its folder)."""
+    from dalib.runner import LOCK, RunConfig, run
+
+    cfg = RunConfig(method="source_only", src="mnist", tgt="usps", steps=3, batch_size=8, checkpoint_every=0)
+    seen = []
+
+    def again(step, logs):
+        if step == 1:
+            with pytest.raises(ConfigError, match="another dalib.run is running in this process"):
+                run(cfg, tmp_path / "a", progress_bar=False)
+            seen.append((tmp_path / "a" / LOCK).read_text())
+
+    alone = run(cfg, None, progress_bar=False)
+    first = run(cfg, tmp_path / "a", progress_bar=False, on_step=again)
+    assert seen == [str(os.getpid())]  # the claim still the first run's while it went on
+    assert first.history == alone.history
+    assert run(cfg, None, progress_bar=False).history == alone.history  # free again afterwards

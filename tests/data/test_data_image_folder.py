@@ -161,6 +161,30 @@ def test_worker_processes_load_the_same_batches_and_report_a_bad_image_in_one_li
     assert str(exc.value).startswith("cannot read image: ") and "\n" not in str(exc.value)
 
 
+def test_a_run_stopped_by_an_error_stops_its_loader_workers_even_while_its_traceback_is_kept(office):
+    """A notebook keeps the last traceback (sys.last_traceback), and with it the run's frame:
+    its DataLoader workers lived on with it (processes, descriptors, threads)."""
+    import multiprocessing
+
+    from dalib.runner import RunConfig, run
+
+    class Stop(Exception):
+        pass
+
+    def stop(step, logs):
+        raise Stop
+
+    config = RunConfig(method="source_only", data=str(office), src="amazon", tgt="webcam", arch="resnet18",
+                       image_size=32, steps=6, batch_size=2, workers=2, log_every=1, checkpoint_every=0)
+    before = set(multiprocessing.active_children())
+    try:
+        run(config, None, progress_bar=False, on_step=stop)
+    except Stop as exc:
+        kept = exc.__traceback__  # as the notebook keeps it
+        assert kept is not None
+        assert not set(multiprocessing.active_children()) - before  # (an earlier test's may have ended since)
+
+
 @pytest.mark.filterwarnings("error::RuntimeWarning")
 def test_a_class_folder_missing_from_a_domain_is_warned_about(tmp_path):
     """``Cat`` in the source and ``cat`` in the target are two classes: the target's cats would
