@@ -757,6 +757,11 @@ def _run(
         ckpt, earlier = None, []
         if out is not None:
             ckpt, earlier = _prepare_out_dir(out, config, resume, is_main, default_arch(tuple(src.input_shape)))
+            trained_on = ckpt.get("world_size", world) if ckpt is not None else world  # (older checkpoints: unknown)
+            if trained_on != world:  # each process's share of a step's batch, and its BatchNorm statistics, differ
+                raise CheckpointError(f"the run in {out} trained on {trained_on} process(es), this one has {world}: "
+                                      f"resume it with as many (torchrun --nproc_per_node {trained_on}, or one process "
+                                      "without torchrun), or choose another --out")
 
         _seed_everything(config.seed)
         # a resumed run's weights are its checkpoint's: --pretrained's file (or ImageNet's, which
@@ -912,7 +917,7 @@ def _run(
                     method.on_epoch_end(context)
                 if out is not None and is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
                     elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-                    _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code)
+                    _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code, world)
                 if on_step is not None:
                     on_step(done, logs)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
@@ -939,7 +944,7 @@ def _run(
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
                            diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
         if out is not None and is_main and not finished:
-            _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code)
+            _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code, world)
             payload = {
                 "method": config.method,
                 "dataset": dataset,
@@ -1470,8 +1475,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
 def _save_checkpoint(
     out: Path, config: RunConfig, spec: dict[str, Any], model: nn.Module, method: Method,
     optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float, code: dict[str, Any],
+    world: int,
 ) -> None:
     state = {
+        "world_size": world,
         "step": step,
         "config": comparable_config(config),
         "model_spec": spec,

@@ -307,6 +307,14 @@ def test_two_processes_under_torchrun_train_one_run(tmp_path):
     again = subprocess.run(proc.args, capture_output=True, text=True, env=env, timeout=240)
     assert again.returncode != 0 and again.stderr.count("already holds a run") == 2, again.stderr[-2000:]
     assert json.loads((out / "result.json").read_text()) == result
+    # resumed by one process: another share of each step's batch per process (other numbers), refused
+    alone = subprocess.run([str(dalib_cli), *proc.args[6:], "--resume"], capture_output=True, text=True, env=env,
+                           timeout=240)
+    assert alone.returncode == 2, alone.stderr[-2000:]
+    assert alone.stderr.strip() == (f"dalib: error: the run in {out} trained on 2 process(es), this one has 1: resume "
+                                    "it with as many (torchrun --nproc_per_node 2, or one process without torchrun), "
+                                    "or choose another --out")
+    assert json.loads((out / "result.json").read_text()) == result
 
 
 def _torchrun(args, tmp_path, timeout=240):
