@@ -303,7 +303,7 @@ def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
     run's seed)."""
     py = random.getstate()
     bits = np.random.get_bit_generator()  # a plugin may set another (np.random.set_bit_generator)
-    npy = bits.state
+    npy = np.random.get_state(legacy=False)  # with the cached second normal of a pair (RandomState's, not the bits')
     if uses_cuda and not torch.cuda.is_initialized():
         torch.cuda.init()
     cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
@@ -312,8 +312,8 @@ def caller_random_state(uses_cuda: bool = False) -> Iterator[None]:
             yield
     finally:
         random.setstate(py)
-        np.random.set_bit_generator(bits)
-        bits.state = npy
+        np.random.set_bit_generator(bits)  # (empties the normal cache: set_state fills it again)
+        np.random.set_state(npy)
 
 
 @contextlib.contextmanager
@@ -415,6 +415,15 @@ def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
     return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0), **kwargs)
 
 
+def _stop_workers(it: Any) -> None:
+    """Shut down the worker processes of a DataLoader iterator. Its own cleanup waits for a
+    garbage collection (the iterator sits in a reference cycle), which a kept traceback (a
+    notebook's last error) can put off indefinitely."""
+    shutdown = getattr(it, "_shutdown_workers", None)  # torch's multiprocessing iterator
+    if shutdown is not None:
+        shutdown()
+
+
 class _Prefetcher:
     """Loads batches of a lazily decoded dataset (image folders) with worker processes."""
 
@@ -425,14 +434,18 @@ class _Prefetcher:
         )
 
     def close(self) -> None:
-        """Stop the worker processes (the DataLoader's iterator shuts them down when it goes)."""
-        self._it = iter(())
+        """Stop the worker processes now (not when a garbage collection finds the iterator)."""
+        it, self._it = self._it, iter(())
+        _stop_workers(it)
 
     def __next__(self) -> tuple[Tensor, Tensor]:
+        failed = None
         try:
             x, y = next(self._it)
         except DalibError as exc:
-            raise _from_worker(exc) from None
+            failed = _from_worker(exc)
+        if failed is not None:  # raised outside the except: torch's error, which holds the workers, is not kept with it
+            raise failed
         return x, y.long()
 
 
@@ -484,6 +497,8 @@ def predict(
                             for i in range(0, len(domain.x), batch_size))
         else:
             batches = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
+        failed = None
+        batches = iter(batches)
         try:
             for x, y in batches:
                 prob, pred = torch.softmax(model(x.to(device)).logits.float(), 1).max(1)  # (B,), (B,)
@@ -491,7 +506,13 @@ def predict(
                 probs.append(prob.cpu())
                 labels.append(torch.as_tensor(y).cpu())
         except DalibError as exc:
-            raise (_from_worker(exc) if workers else exc) from None
+            if not workers:
+                raise
+            failed = _from_worker(exc)
+        finally:
+            _stop_workers(batches)
+        if failed is not None:  # raised outside the except: torch's error, which holds the workers, is not kept with it
+            raise failed
     finally:
         model.train(was)
     return torch.cat(preds), torch.cat(probs), torch.cat(labels)
@@ -757,11 +778,6 @@ def _run(
         ckpt, earlier = None, []
         if out is not None:
             ckpt, earlier = _prepare_out_dir(out, config, resume, is_main, default_arch(tuple(src.input_shape)))
-            trained_on = ckpt.get("world_size", world) if ckpt is not None else world  # (older checkpoints: unknown)
-            if trained_on != world:  # each process's share of a step's batch, and its BatchNorm statistics, differ
-                raise CheckpointError(f"the run in {out} trained on {trained_on} process(es), this one has {world}: "
-                                      f"resume it with as many (torchrun --nproc_per_node {trained_on}, or one process "
-                                      "without torchrun), or choose another --out")
 
         _seed_everything(config.seed)
         # a resumed run's weights are its checkpoint's: --pretrained's file (or ImageNet's, which
@@ -1374,6 +1390,12 @@ def _prepare_out_dir(
             raise CheckpointError(f"the checkpoint in {out} lacks what a resume needs ({', '.join(dict.fromkeys(missing))}): "
                                   "delete it and run again without --resume")
         check_same_settings(ckpt.get("config"), config, f"the checkpoint in {out}", "deep", arch)
+        world = _dist_info()[1]
+        trained_on = ckpt.get("world_size", world)  # (older checkpoints: unknown)
+        if trained_on != world:  # each process's share of a step's batch, and its BatchNorm statistics, differ
+            raise CheckpointError(f"the run in {out} trained on {trained_on} process(es), this one has {world}: "
+                                  f"resume it with as many (torchrun --nproc_per_node {trained_on}, or one process "
+                                  "without torchrun), or choose another --out")
         if is_main:
             return ckpt, _trim_metrics(out / METRICS, int(ckpt["step"]))
         return ckpt, []

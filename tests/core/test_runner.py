@@ -15,7 +15,7 @@ import torch
 
 import dalib
 from dalib.data import Domain, DatasetInfo, list_datasets, register_dataset
-from dalib.errors import ConfigError, DataError
+from dalib.errors import CheckpointError, ConfigError, DataError
 from dalib.registry import unregister_method
 from dalib.runner import RunConfig, load_checkpoint, run
 
@@ -417,11 +417,13 @@ def test_a_run_gives_the_callers_random_states_back(toy_dataset, mode):
         torch.manual_seed(123)
 
     seed_all()
-    expected = _draws()
+    np.random.standard_normal()  # numpy's legacy normals come in pairs: the second waits in a cache
+    expected = _draws(), np.random.standard_normal()
     seed_all()
+    np.random.standard_normal()
     run(RunConfig(method="coral", mode=mode, dataset=toy_dataset, src="src", tgt="tgt", steps=3, batch_size=8,
                   seed=5), None, progress_bar=False)
-    assert _draws() == expected  # what the caller would have drawn had it not called run
+    assert (_draws(), np.random.standard_normal()) == expected  # what the caller would have drawn without run
 
 
 def test_a_cuda_run_starts_cuda_before_keeping_the_callers_random_state(monkeypatch):
@@ -762,12 +764,35 @@ def test_load_model_draws_nothing_of_the_callers_and_builds_in_float32(tmp_path)
     before = torch.get_default_dtype()
     torch.manual_seed(0)
     torch.set_default_dtype(torch.float64)
+    np.random.seed(0)
+    np.random.standard_normal()
     try:
         model = load_model(tmp_path / "r")
     finally:
         torch.set_default_dtype(before)
     assert torch.equal(torch.rand(3), want)
+    np.random.seed(0)
+    assert np.random.standard_normal() != np.random.standard_normal()  # (the pair's second value, from the cache)
+    np.random.seed(0)
+    np.random.standard_normal()
+    cached = np.random.standard_normal()
+    np.random.seed(0)
+    np.random.standard_normal()
+    load_model(tmp_path / "r")
+    assert np.random.standard_normal() == cached
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_a_resume_with_another_process_count_is_refused_before_anything_is_written(tmp_path):
+    cfg = _config(log_every=1)
+    _killed_at(cfg, tmp_path / "cut", 14)  # checkpoint at 10, lines up to 14
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    ckpt["world_size"] = 2  # as torchrun --nproc_per_node 2 had written it
+    torch.save(ckpt, tmp_path / "cut" / "checkpoint.pt")
+    lines = (tmp_path / "cut" / "metrics.jsonl").read_text()
+    with pytest.raises(CheckpointError, match=r"trained on 2 process\(es\), this one has 1"):
+        run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == lines  # not yet trimmed to the checkpoint's step
 
 
 def test_a_second_run_in_the_same_process_at_once_is_refused_and_leaves_the_first_ones_claim(tmp_path):

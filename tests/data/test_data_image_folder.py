@@ -183,6 +183,14 @@ def test_a_run_stopped_by_an_error_stops_its_loader_workers_even_while_its_trace
         kept = exc.__traceback__  # as the notebook keeps it
         assert kept is not None
         assert not set(multiprocessing.active_children()) - before  # (an earlier test's may have ended since)
+    # an image a worker cannot read: torch's error, which holds the workers, is not kept with the one-line one
+    (office / "webcam" / "mug" / "m1.jpg").write_bytes(b"not a jpeg")
+    try:
+        run(config, None, progress_bar=False)
+    except DataError as exc:
+        kept = exc
+        assert kept.__context__ is None
+        assert not set(multiprocessing.active_children()) - before
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
