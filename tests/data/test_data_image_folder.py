@@ -177,20 +177,16 @@ def test_a_run_stopped_by_an_error_stops_its_loader_workers_even_while_its_trace
     config = RunConfig(method="source_only", data=str(office), src="amazon", tgt="webcam", arch="resnet18",
                        image_size=32, steps=6, batch_size=2, workers=2, log_every=1, checkpoint_every=0)
     before = set(multiprocessing.active_children())
-    try:
+    with pytest.raises(Stop) as stopped:
         run(config, None, progress_bar=False, on_step=stop)
-    except Stop as exc:
-        kept = exc.__traceback__  # as the notebook keeps it
-        assert kept is not None
-        assert not set(multiprocessing.active_children()) - before  # (an earlier test's may have ended since)
+    assert stopped.value.__traceback__ is not None  # kept, as the notebook keeps it
+    assert not set(multiprocessing.active_children()) - before  # (an earlier test's may have ended since)
     # an image a worker cannot read: torch's error, which holds the workers, is not kept with the one-line one
     (office / "webcam" / "mug" / "m1.jpg").write_bytes(b"not a jpeg")
-    try:
+    with pytest.raises(DataError, match="cannot read image") as failed:
         run(config, None, progress_bar=False)
-    except DataError as exc:
-        kept = exc
-        assert kept.__context__ is None
-        assert not set(multiprocessing.active_children()) - before
+    assert failed.value.__context__ is None and failed.value.__traceback__ is not None
+    assert not set(multiprocessing.active_children()) - before
 
 
 @pytest.mark.filterwarnings("error::RuntimeWarning")
