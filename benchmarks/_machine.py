@@ -121,6 +121,48 @@ def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | N
     return "wrote " + " and ".join(str(p) for p in written)
 
 
+def at_least(low: float, kind: type = int, strict: bool = False):
+    """An argparse type: a ``kind`` number >= ``low`` (> with ``strict``), else argparse's
+    one-line error (status 2)."""
+    import argparse
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}")
+        if not (value > low if strict else value >= low):
+            raise argparse.ArgumentTypeError(f"must be {'>' if strict else '>='} {low:g}, got {text}")
+        return value
+
+    return parse
+
+
+def output_stem(parser, args, published: str | os.PathLike[str], out: str | None,
+                same: tuple[str, ...] = ("out", "data_root", "jobs")) -> str:
+    """Where a benchmark writes: ``out`` when given; ``published`` (the file the docs quote)
+    for a run with the parser's defaults; ``published-custom`` for a run with other options
+    (``same``: options that change no figure), so that a narrowed run never replaces the
+    published table. Says so when it does."""
+    if out:
+        return str(out)
+    changed = [a.option_strings[0] for a in parser._actions
+               if a.dest not in (*same, "help") and a.option_strings and getattr(args, a.dest, None) != a.default]
+    if not changed:
+        return str(published)
+    custom = f"{published}-custom"
+    print(f"options other than the published run's ({', '.join(changed)}): writing {custom}.*, not the published "
+          f"results (give --out to choose)", flush=True)
+    return custom
+
+
+def command(script: str, argv: list[str]) -> str:
+    """The command line that ran a benchmark, as its results file's Reproduce line gives it."""
+    import shlex
+
+    return " ".join(["python", f"benchmarks/{script}", *map(shlex.quote, argv)])
+
+
 if __name__ == "__main__":
     import json
 

@@ -78,13 +78,14 @@ def time_run(method: str, steps: int, data_root: str | None, layout: str) -> dic
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None, help="folder holding digits-full (default ../shared/data)")
-    ap.add_argument("--steps", type=int, default=400, help="steps of each end-to-end run")
-    ap.add_argument("--repeat", type=int, default=2, help="end-to-end runs per layout and thread count")
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--out", default=str(HERE / "results" / "channels_last"))
-    args = ap.parse_args()
+    from _machine import at_least, command, machine_info, machine_line, output_stem, write_results
 
-    from _machine import machine_info, machine_line, write_results
+    ap.add_argument("--steps", type=at_least(1), default=400, help="steps of each end-to-end run")
+    ap.add_argument("--repeat", type=at_least(1), default=2, help="end-to-end runs per layout and thread count")
+    ap.add_argument("--threads", type=at_least(1), nargs="+", default=[1, 2])
+    ap.add_argument("--out", default=None, help="output stem (default: results/channels_last, -custom for other options)")
+    args = ap.parse_args()
+    out = output_stem(ap, args, HERE / "results" / "channels_last", args.out)
 
     results: dict = {"machine": machine_info(), "steps": [], "runs": [], "run_steps": args.steps}
     for threads in args.threads:
@@ -108,7 +109,8 @@ def main() -> None:
                   f"({row['speedup']:.2f}x)", flush=True)
             results["runs"].append(row)
 
-    print(write_results(args.out, results, markdown(results, machine_line(results["machine"]))))
+    results["command"] = command("channels_last.py", sys.argv[1:])
+    print(write_results(out, results, markdown(results, machine_line(results["machine"]))))
 
 
 def markdown(res: dict, machine: str) -> str:
@@ -148,7 +150,7 @@ def markdown(res: dict, machine: str) -> str:
         "differences with the spread over seeds in the accuracy suites. Reproduce:",
         "",
         "```",
-        f"python benchmarks/channels_last.py --steps {res['run_steps']} --data-root ../shared/data",
+        res.get("command", f"python benchmarks/channels_last.py --steps {res['run_steps']} --data-root ../shared/data"),
         "```",
         "",
     ]

@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info  # noqa: E402
+from _machine import at_least, machine_info  # noqa: E402
 from _selection import map_units, smallest_mean, write_selection  # noqa: E402
 
 #: the share of the logged steps, at the end of training, whose losses are averaged
@@ -76,17 +76,22 @@ def _train(config: Any, threads: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="digits")
-    ap.add_argument("--grid", type=float, nargs="+", default=[1.0, 3.0, 10.0, 30.0])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=None, help="the suite's steps unless given")
-    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--grid", type=at_least(0, float, strict=True), nargs="+", default=[1.0, 3.0, 10.0, 30.0])
+    ap.add_argument("--seed", type=at_least(0), default=0)
+    ap.add_argument("--steps", type=at_least(1), default=None, help="the suite's steps unless given")
+    ap.add_argument("--jobs", type=at_least(1), default=1)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
     from dalib_benchmarks.suite import Cell, Variant, load_suite
 
-    suite = load_suite(args.suite)
+    from dalib.errors import DalibError, first_line
+
+    try:
+        suite = load_suite(args.suite)
+    except DalibError as exc:
+        ap.error(first_line(exc))
     deep = [v for v in suite.variants(["coral"]) if v.mode == "deep"]
     if not deep:
         raise SystemExit(f"coral_tradeoff: suite {args.suite} runs no deep coral (no [deep] table, or coral skipped)")

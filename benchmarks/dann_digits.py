@@ -15,8 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import machine_info, machine_line, write_results
+from _machine import at_least, command, machine_info, machine_line, output_stem, write_results
 
+from dalib import list_methods
+from dalib.data import get_dataset
 from dalib.runner import RunConfig, run
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -24,12 +26,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--steps", type=int, default=2000)
-    ap.add_argument("--pair", nargs=2, default=["mnist", "usps"], metavar=("SRC", "TGT"))
-    ap.add_argument("--methods", nargs="+", default=["source_only", "dann"])
+    ap.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1, 2])
+    ap.add_argument("--steps", type=at_least(1), default=2000)
+    ap.add_argument("--pair", nargs=2, default=["mnist", "usps"], metavar=("SRC", "TGT"),
+                    choices=[d for d in get_dataset("digits").domains])
+    ap.add_argument("--methods", nargs="+", default=["source_only", "dann"], choices=list_methods())
+    ap.add_argument("--out", default=None, help="output stem (default: results/dann_digits_SRC_TGT, -custom for "
+                                                "other seeds, steps or methods)")
+    given = list(sys.argv[1:] if argv is None else argv)
     args = ap.parse_args(argv)
     src, tgt = args.pair
+    out = output_stem(ap, args, RESULTS / f"dann_digits_{src}_{tgt}", args.out, same=("out", "pair"))
     rows: dict[str, list[dict]] = {m: [] for m in args.methods}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
@@ -53,16 +60,15 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows, "summary": summary,
         "machine": machine_info(),
     }
-    stem = f"dann_digits_{src}_{tgt}"
+    payload["command"] = command("dann_digits.py", given)
     lines = [f"# {src} -> {tgt}: target accuracy (%), {args.steps} steps, seeds {args.seeds}", "",
              f"Machine: {machine_line(payload['machine'])}", "",
-             f"Command: `python benchmarks/dann_digits.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
-             f" --pair {src} {tgt}`", "",
+             f"Command: `{payload['command']}`", "",
              "| method | mean | std | min | max | per seed |", "|---|---|---|---|---|---|"]
     for method, s in summary.items():
         per = ", ".join(f"{r['target_accuracy']:.2f}" for r in rows[method])
         lines.append(f"| {method} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {per} |")
-    write_results(RESULTS / stem, payload, "\n".join(lines))
+    write_results(out, payload, "\n".join(lines))
     print("\n".join(lines))
     return 0
 

@@ -151,11 +151,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None, help="folder holding digits-full (default ../shared/data)")
     ap.add_argument("--methods", nargs="+", default=list(PAIRS), choices=list(PAIRS))
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
-    ap.add_argument("--repeat", type=int, default=2, help="runs of each case (the best is kept)")
+    from _machine import at_least, output_stem
+
+    ap.add_argument("--threads", type=at_least(1), nargs="+", default=[1, 2])
+    ap.add_argument("--repeat", type=at_least(1), default=2, help="runs of each case (the best is kept)")
     ap.add_argument("--check-skada-default", action="store_true",
                     help="only print the output of skada's default DANN discriminator and its gradient")
-    ap.add_argument("--out", default=str(HERE / "results" / "deep_speed"))
+    ap.add_argument("--out", default=None, help="output stem (default: results/deep_speed, -custom for other options)")
     args = ap.parse_args()
     warnings.filterwarnings("ignore", module="skada|skorch|ot")  # their deprecation notes, KeOps' CPU note
     warnings.filterwarnings("ignore", message="Implicit dimension choice for softmax")  # skada's default discriminator
@@ -188,7 +190,8 @@ def main() -> None:
                   f"{row['skada_ms_per_step']:.1f} ({row['speedup_train']:.2f}x); end to end "
                   f"{row['dalib_total_s']:.1f} s against {row['skada_total_s']:.1f} s", flush=True)
             results["rows"].append(row)
-    print(write_results(args.out, results, markdown(results, machine_line(results["machine"]), args)))
+    out = output_stem(ap, args, HERE / "results" / "deep_speed", args.out, same=("out", "data_root", "check_skada_default"))
+    print(write_results(out, results, markdown(results, machine_line(results["machine"]), args)))
 
 
 def markdown(res: dict, machine: str, args: argparse.Namespace) -> str:

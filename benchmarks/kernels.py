@@ -45,7 +45,7 @@ RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from _machine import machine_info, machine_line, write_results  # noqa: E402
+from _machine import at_least, machine_info, machine_line, output_stem, write_results  # noqa: E402
 
 MMD_SIZES = (1000, 10000, 100000)
 SINKHORN_SIZES = (1000, 2000, 20000)
@@ -445,17 +445,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--quick", action="store_true", help="N = 1k/2k, d = 64 only")
-    ap.add_argument("--sizes", type=int, nargs="+", help="N = M values (replace the defaults of every loss)")
-    ap.add_argument("--dims", type=int, nargs="+", help="feature sizes (default 64 512; sinkhorn-tol: 64)")
+    ap.add_argument("--sizes", type=at_least(1), nargs="+", help="N = M values (replace the defaults of every loss)")
+    ap.add_argument("--dims", type=at_least(1), nargs="+", help="feature sizes (default 64 512; sinkhorn-tol: 64)")
     ap.add_argument("--losses", nargs="+", default=list(METHODS), choices=list(METHODS))
-    ap.add_argument("--methods", nargs="+", help="only these methods (e.g. dalib-blocked pot)")
+    ap.add_argument("--methods", nargs="+", choices=sorted({m for ms in METHODS.values() for m in ms}),
+                    help="only these methods (e.g. dalib-blocked pot)")
     ap.add_argument("--skip-slow", action="store_true", help="skip the baselines that take minutes")
     ap.add_argument("--all-baselines", action="store_true", help="run geomloss tensorized at 20k too")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads per case (default: torch's)")
-    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per case (default 300)")
-    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
-    ap.add_argument("--out", type=Path, default=None, help="output stem (default results/kernels-<device>)")
+    ap.add_argument("--threads", type=at_least(1), default=1,
+                    help="torch threads per case (default 1, as the published figures: steadier on a shared machine)")
+    ap.add_argument("--timeout", type=at_least(1, float), default=300.0, help="seconds per case (default 300)")
+    ap.add_argument("--device", default=None, help="cpu or cuda[:N] (default: cuda if available)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="output stem (default results/kernels-<device>, -custom for other options)")
     args = ap.parse_args(argv)
+    if args.device is not None and args.device != "cpu" and not args.device.startswith("cuda"):
+        ap.error(f"argument --device: cpu or cuda[:N], got {args.device!r}")
     cli = list(sys.argv[1:] if argv is None else argv)
 
     if args.child:
@@ -492,7 +497,8 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         shown = f"{r['time_s']:.3f} s, {r['peak_mb']:.0f} MB" if r.get("status") == "ok" else r["status"]
         print(f"{case['loss']:13s} N={case['n']:<6d} d={case['d']:<4d} {case['method']:20s} {shown}", flush=True)
-    stem = args.out or RESULTS / f"kernels-{'cuda' if args.device.startswith('cuda') else 'cpu'}"
+    stem = Path(output_stem(ap, args, RESULTS / f"kernels-{'cuda' if args.device.startswith('cuda') else 'cpu'}", args.out,
+                            same=("out", "device", "tol_max_n")))
     stem.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": info,

@@ -27,7 +27,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import machine_info  # noqa: E402
+from _machine import at_least, machine_info  # noqa: E402
 from _selection import map_units, smallest_mean, write_selection  # noqa: E402
 
 #: folds of the source's cross-validation, and the seed that shuffles them
@@ -85,15 +85,21 @@ def _unit(dataset: str, src: str, tgt: str, settings: dict[str, Any], data_root:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--suite", default="amazon-reviews")
-    ap.add_argument("--grid", type=float, nargs="+", required=True, help="bandwidths σ to compare")
-    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--grid", type=at_least(0, float, strict=True), nargs="+", required=True,
+                    help="bandwidths σ to compare")
+    ap.add_argument("--jobs", type=at_least(1), default=1)
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
     from dalib_benchmarks.suite import load_suite
 
-    suite = load_suite(args.suite)
+    from dalib.errors import DalibError, first_line
+
+    try:
+        suite = load_suite(args.suite)
+    except DalibError as exc:
+        ap.error(first_line(exc))
     base = dict(suite.methods.get("kmm", {}).get("shallow", {}))  # σ itself comes from the grid
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
     units = [(suite.dataset, src, tgt, base | {"bandwidth": sigma}, args.data_root, threads)

@@ -145,15 +145,18 @@ def child_large(n: int, d: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=[4000, 20000])
-    ap.add_argument("--dim", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=5, help="alternating rounds of the three 4000-point fits")
-    ap.add_argument("--out", default=str(HERE / "results" / "kmm_speed"))
+    from _machine import at_least, command, output_stem  # ships beside this script
+
+    ap.add_argument("--sizes", type=at_least(2), nargs="+", default=[4000, 20000])
+    ap.add_argument("--dim", type=at_least(1), default=32)
+    ap.add_argument("--rounds", type=at_least(1), default=5, help="alternating rounds of the three 4000-point fits")
+    ap.add_argument("--out", default=None, help="output stem (default: results/kmm_speed, -custom for other options)")
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child_large(args.child, args.dim)
         return
+    out = output_stem(ap, args, HERE / "results" / "kmm_speed", args.out)
 
     import torch
 
@@ -214,7 +217,8 @@ def main() -> None:
                   f"{entry['speedup']:.1f}x (rounds: {paired[0]:.1f}-{paired[-1]:.1f}x)", flush=True)
         results["comparison"].append(row)
 
-    print(write_results(args.out, results, markdown(results, machine_line(info))))
+    results["command"] = command("kmm_speed.py", sys.argv[1:])
+    print(write_results(out, results, markdown(results, machine_line(info))))
 
 
 def _speedup(entry: dict) -> str:
@@ -277,7 +281,7 @@ def markdown(res: dict, machine: str) -> str:
                 f"{r['mmd2']:.5g} | {'yes' if ok else 'NO'} (< 60 s, < 1 GiB) |"
             )
         lines.append("")
-    lines.append("Reproduce: `python benchmarks/kmm_speed.py` (skada from the `bench` extra: "
+    lines.append(f"Reproduce: `{res.get('command', 'python benchmarks/kmm_speed.py')}` (skada from the `bench` extra: "
                  "`pip install -c constraints.txt skada`).")
     return "\n".join(lines) + "\n"
 

@@ -1,0 +1,62 @@
+"""What the standalone benchmark scripts share: their options' checks, where a narrowed run
+writes, the command its results file gives, and the checks of a partial shallow run."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from dalib_benchmarks._machine import at_least, command, output_stem
+
+
+def _parser():
+    ap = argparse.ArgumentParser(prog="bench.py")
+    ap.add_argument("--steps", type=at_least(1), default=400)
+    ap.add_argument("--grid", type=at_least(0, float, strict=True), nargs="+", default=[1.0, 3.0])
+    ap.add_argument("--jobs", type=at_least(1), default=1)
+    ap.add_argument("--out", default=None)
+    return ap
+
+
+def test_a_narrowed_run_writes_beside_the_published_results_not_over_them(tmp_path, capsys):
+    """A run with the published options writes the published file; one with others (fewer
+    steps, another grid) writes STEM-custom and says so (it replaced the table the docs quote);
+    options that change no figure (--jobs) and an explicit --out are taken as they are."""
+    ap, published = _parser(), tmp_path / "results" / "kmm_speed"
+    assert output_stem(ap, ap.parse_args([]), published, None) == str(published)
+    assert output_stem(ap, ap.parse_args(["--jobs", "2", "--steps", "400"]), published, None) == str(published)
+    assert capsys.readouterr().out == ""
+    assert output_stem(ap, ap.parse_args(["--steps", "20"]), published, None) == f"{published}-custom"
+    assert "options other than the published run's (--steps)" in capsys.readouterr().out
+    assert output_stem(ap, ap.parse_args(["--steps", "20"]), published, str(tmp_path / "mine")) == str(tmp_path / "mine")
+
+
+@pytest.mark.parametrize("args,message", [(["--steps", "0"], "--steps: must be >= 1, got 0"),
+                                          (["--jobs", "two"], "--jobs: expected an integer, got 'two'"),
+                                          (["--grid", "0"], "--grid: must be > 0, got 0")])
+def test_bad_option_values_are_argparse_one_line_errors(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _parser().parse_args(args)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"bench.py: error: argument {message}"
+
+
+def test_the_reproduce_line_is_the_command_that_ran():
+    assert command("kmm_speed.py", ["--sizes", "1000", "--rounds", "1"]) == \
+        "python benchmarks/kmm_speed.py --sizes 1000 --rounds 1"
+    assert command("x.py", ["--data-root", "my data"]) == "python benchmarks/x.py --data-root 'my data'"
+
+
+def test_shallow_checks_leave_out_the_comparisons_whose_baseline_was_skipped():
+    """--skip 1nn (or linear, svm) left rows without a baseline: the checks raised KeyError at
+    the end of the run, after all its work, and nothing was written."""
+    from dalib_benchmarks.shallow_accuracy import checks
+
+    summary = {"office-all": {"kmm_linear": {"label": "KMM + logistic", "mean": 46.0},
+                              "ot_it": {"label": "OT-IT + 1-NN", "mean": 43.0},
+                              "coral_svm": {"label": "CORAL + SVM", "mean": 45.0}}}
+    lines = checks(summary)
+    assert any(line.startswith("office-all OT-IT + 1-NN: 43.00 vs published 42.30") and "vs 1-NN" not in line
+               for line in lines)
+    assert not any("KMM" in line or "CORAL" in line for line in lines)
