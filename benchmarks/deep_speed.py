@@ -151,7 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-root", default=None, help="folder holding digits-full (default ../shared/data)")
     ap.add_argument("--methods", nargs="+", default=list(PAIRS), choices=list(PAIRS))
-    from _machine import at_least, output_stem
+    from _machine import at_least, command, output_stem
 
     ap.add_argument("--threads", type=at_least(1), nargs="+", default=[1, 2])
     ap.add_argument("--repeat", type=at_least(1), default=2, help="runs of each case (the best is kept)")
@@ -191,6 +191,7 @@ def main() -> None:
                   f"{row['dalib_total_s']:.1f} s against {row['skada_total_s']:.1f} s", flush=True)
             results["rows"].append(row)
     out = output_stem(ap, args, HERE / "results" / "deep_speed", args.out, same=("out", "data_root", "check_skada_default"))
+    results["command"] = command("deep_speed.py", sys.argv[1:])
     print(write_results(out, results, markdown(results, machine_line(results["machine"]), args)))
 
 
@@ -229,10 +230,11 @@ def markdown(res: dict, machine: str, args: argparse.Namespace) -> str:
         "Reproduce:",
         "",
         "```",
-        "python benchmarks/deep_speed.py --data-root ../shared/data"
-        + (f" --methods {' '.join(args.methods)}" if args.methods != list(PAIRS) else "")
-        + (f" --threads {' '.join(map(str, args.threads))}" if args.threads != [1, 2] else "")
-        + (f" --repeat {args.repeat}" if args.repeat != 2 else ""),
+        res.get("command") or (  # (results written before the command was kept: the options, rebuilt)
+            "python benchmarks/deep_speed.py --data-root ../shared/data"
+            + (f" --methods {' '.join(args.methods)}" if args.methods != list(PAIRS) else "")
+            + (f" --threads {' '.join(map(str, args.threads))}" if args.threads != [1, 2] else "")
+            + (f" --repeat {args.repeat}" if args.repeat != 2 else "")),
         "```",
         "",
     ]

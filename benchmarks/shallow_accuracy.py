@@ -468,7 +468,10 @@ def main() -> None:
     rows = {rid for p in PROTOCOLS.values() for rid, *_ in p["rows"]}
     if unknown := [r for r in args.skip if r not in rows]:
         ap.error(f"argument --skip: no row {', '.join(unknown)} (rows: {', '.join(sorted(rows))})")
-    args.out = output_stem(ap, args, HERE / "results" / "shallow_accuracy", args.out, same=("out", "data_root", "jobs", "select"))
+    # the selections read none of the table's options: theirs is the published file whatever they are
+    unused = ("protocols", "skip", "draws") if args.select else ()
+    args.out = output_stem(ap, args, HERE / "results" / "shallow_accuracy", args.out,
+                           same=("out", "data_root", "jobs", "select", *unused))
 
     info = machine_info()
     if args.select:
