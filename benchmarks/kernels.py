@@ -498,7 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = f"{r['time_s']:.3f} s, {r['peak_mb']:.0f} MB" if r.get("status") == "ok" else r["status"]
         print(f"{case['loss']:13s} N={case['n']:<6d} d={case['d']:<4d} {case['method']:20s} {shown}", flush=True)
     stem = Path(output_stem(ap, args, RESULTS / f"kernels-{'cuda' if args.device.startswith('cuda') else 'cpu'}", args.out,
-                            same=("out", "device", "tol_max_n")))
+                            same=("out", "device")))
     stem.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": info,

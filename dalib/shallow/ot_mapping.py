@@ -178,9 +178,6 @@ class OTMapping(Params):
             self._fit_pot(xs, xt, labels)
         else:
             dtype = torch.float32 if self.dtype == "float32" else torch.float64
-            if not math.isfinite(float(torch.tensor(1.0 / float(self.reg), dtype=dtype))):
-                raise ConfigError(f"reg={self.reg!r} is too small for {self.dtype} arithmetic (1/reg overflows): "
-                                  "raise reg, or set dtype='float64'")
             # the cost and the mapping are the same for data moved as a whole: centred in float64
             # first, data far from the origin keeps its precision in float32
             centre = torch.cat([xs, xt]).mean(0)  # (D,)
@@ -265,13 +262,15 @@ class OTMapping(Params):
         scale = _cost_scale(xs, xt, self.norm)
         reg = float(self.reg)
         eps = 0.5 * reg * scale  # the softmin's ε, used as a factor 1/ε
-        if not (eps > 0 and 1.0 / eps < torch.finfo(xs.dtype).max):
-            wider = ": set dtype='float64'" if xs.dtype != torch.float64 else ""
-            if self.norm is None:  # ε = reg / 2
-                raise ConfigError(f"reg={self.reg!r} is too small for {self.dtype} arithmetic (1/ε = 2/reg overflows): "
-                                  f"raise reg{wider.replace(': set', ', or set')}")
+        largest = torch.finfo(xs.dtype).max
+        if not (eps > 0 and 1.0 / eps < largest):
+            wider = "set dtype='float64'" if xs.dtype != torch.float64 else ""
+            if self.norm is None or not 1.0 / reg < largest:  # reg itself is the culprit
+                why = "1/ε = 2/reg overflows" if self.norm is None else "1/reg overflows"
+                raise ConfigError(f"reg={self.reg!r} is too small for {self.dtype} arithmetic ({why}): "
+                                  f"raise reg{', or ' + wider if wider else ''}")
             raise InputError(f"the data's squared distances ({self.norm} {scale:.3g}) make Sinkhorn's ε = reg·{scale:.3g}/2 "
-                             f"too small for {self.dtype} arithmetic{wider or ': scale the data up'}")
+                             f"too small for {self.dtype} arithmetic: {wider or 'scale the data up'}")
         tol = self._tol_reached
         a = torch.full((ns,), 1.0 / ns, dtype=xs.dtype, device=xs.device)
         b = torch.full((nt,), 1.0 / nt, dtype=xs.dtype, device=xs.device)
