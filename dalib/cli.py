@@ -250,13 +250,17 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--data", "data", help="image folder of the domains [the run's, for image-folder runs]")
 @click.option("--data-root", help="folder holding the datasets [the run's, else $DALIB_DATA_ROOT, ./shared/data, ../shared/data]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
+@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
+              help="samples per forward pass")
+@click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
+              help="data-loading processes for image folders")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="import a module that registers datasets or methods (as the run did)")
 @click.option("--predictions", type=click.Path(dir_okay=False),
               help="write every sample's predicted class to this CSV file (index, predicted, confidence, label; "
                    "and file, for an image folder); an unlabelled domain is then predicted, not scored")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
-             device: str, plugins: tuple[str, ...], predictions: str | None) -> None:
+             device: str, batch_size: int, workers: int, plugins: tuple[str, ...], predictions: str | None) -> None:
     """Score the network of a deep run on a domain of its dataset, or write its predictions.
 
     RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
@@ -308,13 +312,13 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         target = target.with_classes(spec["classes"])
     head = f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}"
     if predictions is None:
-        accuracy = evaluate(model, target, where)
+        accuracy = evaluate(model, target, where, batch_size, workers)
         if accuracy is None:
             raise DataError(f"domain {target.name} has no labels to score the network with: "
                             "--predictions FILE writes its predictions")
         click.echo(f"{head}: accuracy {accuracy:.2f}%")
         return
-    pred, prob, labels = predict(model, target, where)
+    pred, prob, labels = predict(model, target, where, batch_size, workers)
     names = list(spec["classes"])
     rows = [[i, names[p], f"{c:.6f}", names[y] if y >= 0 else ""]  # label: empty for an unlabelled sample
             for i, (p, c, y) in enumerate(zip(pred.tolist(), prob.tolist(), labels.tolist()))]

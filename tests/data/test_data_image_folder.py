@@ -418,3 +418,25 @@ def test_a_resume_on_a_folder_of_other_classes_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match=r"other classes \(cat, dog; this run's source has bird, fish\)"):
         dalib.run(cfg, tmp_path / "run", resume=True, progress_bar=False)
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_eval_loads_an_image_folder_with_workers_and_batches_of_any_size(tmp_path):
+    """`dalib eval --workers N --batch-size B` scores and predicts the same as the defaults
+    (one process, 512 per pass); bad values are one line with status 2."""
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+
+    _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    runner = CliRunner()
+    base = runner.invoke(cli, ["eval", str(tmp_path / "run"), "--predictions", str(tmp_path / "a.csv")])
+    assert base.exit_code == 0, base.output
+    res = runner.invoke(cli, ["eval", str(tmp_path / "run"), "--workers", "2", "--batch-size", "3",
+                              "--predictions", str(tmp_path / "b.csv")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
+    assert res.output.replace("b.csv", "a.csv") == base.output
+    for option, value in (("--workers", "-1"), ("--batch-size", "0")):
+        res = runner.invoke(cli, ["eval", str(tmp_path / "run"), option, value])
+        assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
+        assert option in res.stderr
