@@ -18,6 +18,7 @@ __all__ = [
     "centred_pair",
     "check_choice",
     "check_positive",
+    "check_narrowed",
     "check_same_features",
     "like_input",
     "to_numpy",
@@ -83,11 +84,28 @@ def centred_pair(xs: Any, xt: Any, dtype: torch.dtype, names: tuple[str, str] = 
     out = []
     for x, name in ((a, names[0]), (b, names[1])):
         moved = torch.empty(x.shape, dtype=dtype, device=x.device)  # a new tensor: the caller's data stay as given
+        spread = 0.0
         for i in range(0, x.shape[0], CENTRE_CHUNK):
-            moved[i:i + CENTRE_CHUNK] = x[i:i + CENTRE_CHUNK] - centre
-        _check_squared_norms(moved, name)
+            rows = x[i:i + CENTRE_CHUNK] - centre
+            spread = max(spread, float(rows.abs().max()))
+            moved[i:i + CENTRE_CHUNK] = rows
+        check_narrowed(moved, spread, name)
         out.append(moved)
     return out[0], out[1]
+
+
+def check_narrowed(moved: Tensor, spread: float, name: str) -> None:
+    """``moved``: data cast to the dtype of the distance computations, whose largest absolute
+    value was ``spread`` before the cast. Raises :class:`InputError` when its squared norms
+    overflow, or when data that differ (``spread`` > 0) fall below the smallest normal
+    number of a narrower dtype than float64, where every distance is 0 or has lost its digits."""
+    _check_squared_norms(moved, name)
+    if moved.dtype == torch.float64 or spread <= 0:
+        return
+    if not float((moved * moved).sum(1).max()) >= torch.finfo(moved.dtype).tiny:
+        kind = str(moved.dtype).removeprefix("torch.")
+        raise InputError(f"{name} holds values too small for {kind} distances (squared norms underflow, largest "
+                         f"value {spread:.3g} after centring): scale the features up or set dtype='float64'")
 
 
 def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt")) -> None:

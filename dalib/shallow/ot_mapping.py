@@ -46,6 +46,7 @@ from dalib.shallow._checks import (
     as_groups,
     as_matrix,
     check_choice,
+    check_narrowed,
     check_positive,
     check_same_features,
     like_input,
@@ -138,7 +139,7 @@ class OTMapping(Params):
     @outside_autocast
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> OTMapping:
         """Compute the plan between ``Xs`` (n_s, d) and ``Xt`` (n_t, d) and the mapped
-        source samples; ``ys`` (n_s,) source labels of any kind (integers, strings) are needed
+        source samples; ``ys`` (n_s,) source labels (integers or strings) are needed
         when ``reg_cl`` is set, and not read otherwise. A fit that fails leaves the previous
         one as it was."""
         before = dict(self.__dict__)
@@ -181,7 +182,12 @@ class OTMapping(Params):
             # the cost and the mapping are the same for data moved as a whole: centred in float64
             # first, data far from the origin keeps its precision in float32
             centre = torch.cat([xs, xt]).mean(0)  # (D,)
-            self._fit_log((xs - centre).to(dtype), (xt - centre).to(dtype), labels, backend)
+            moved = []
+            for x, name in ((xs, "Xs"), (xt, "Xt")):
+                x = x - centre
+                moved.append(x.to(dtype))
+                check_narrowed(moved[-1], float(x.abs().max()), name)
+            self._fit_log(moved[0], moved[1], labels, backend)
             self.mapped_ = self.mapped_ + centre.cpu().numpy()
         self.converged_ = self.marginal_error_ is None or self.marginal_error_ <= self._tol_reached
         if not self.converged_:

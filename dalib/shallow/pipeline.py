@@ -34,8 +34,8 @@ import numpy as np
 import torch
 
 from dalib.config import build_config, param
-from dalib.data.domain import labelled_accuracy
-from dalib.errors import ConfigError, UnknownNameError
+from dalib.data.domain import UNLABELLED, labelled_accuracy
+from dalib.errors import ConfigError, InputError, UnknownNameError
 from dalib.shallow._checks import as_labels, as_matrix, check_same_features, to_numpy
 from dalib.shallow.classifiers import CLASSIFIERS, make_classifier
 from dalib.shallow.coral import CORAL
@@ -190,6 +190,9 @@ def run_shallow(
     xt = as_matrix(Xt, "Xt")
     check_same_features(xs, xt)
     labels = as_labels(ys, xs.shape[0], "ys")
+    if bool((labels < 0).any()):  # −1 would be trained as a class of its own, and predicted
+        raise InputError(f"ys holds {int((labels < 0).sum())} negative label(s): the source must be labelled "
+                         f"({UNLABELLED} marks an unlabelled sample)")
     yt_arr = None if yt is None else as_labels(yt, xt.shape[0], "yt")
     start = time.perf_counter()
     clf, adapted = fit_shallow(method_cls, cfg, xs, labels, xt, classifier)

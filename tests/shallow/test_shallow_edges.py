@@ -232,9 +232,9 @@ def test_data_whose_scale_leaves_epsilon_too_small_for_float32_is_one_input_erro
     makes 1/ε overflow float32 (torch's RuntimeError escaped): an InputError that says to use
     float64, in which the mapping is the unscaled one, scaled."""
     xs, xt, _ = data
-    s = 1e-20
     with pytest.raises(InputError, match=r"make Sinkhorn's ε = reg·.*too small for float32 arithmetic: set dtype='float64'"):
-        OTMapping(reg=1.0, backend="blocked").fit(xs * s, xt * s)
+        OTMapping(reg=1e-4, backend="blocked").fit(xs * 1e-18, xt * 1e-18)  # (1/reg alone fits float32)
+    s = 1e-20  # squares below float32's normal numbers: check_narrowed's error (test below)
     ref = OTMapping(reg=1.0, backend="blocked", dtype="float64").fit(xs, xt).mapped_
     tiny = OTMapping(reg=1.0, backend="blocked", dtype="float64").fit(xs * s, xt * s).mapped_
     np.testing.assert_allclose(tiny / s, ref, rtol=1e-9, atol=1e-9)
@@ -290,3 +290,44 @@ def test_repr_takes_array_parameters_and_dataframes_keep_float32(data):
     xs, xt, _ = data
     frame = _Frame(xs.astype(np.float32))
     assert CORAL().fit(frame, xt).transform(frame).dtype == np.float32
+
+
+@pytest.mark.parametrize("make", [KMM, lambda **kw: OTMapping(backend="blocked", **kw)])
+@pytest.mark.parametrize("scale", [1e-20, 1e-160])
+def test_data_too_small_for_float32_distances_is_one_input_error(data, make, scale):
+    """Cast to float32, data at 1e-160 became all zeros: KMM gave weights of 1 and the OT map
+    sent every sample to the target mean, without a word; at 1e-20 KMM blamed a bandwidth the
+    user never set. In float64 the fit is the unscaled one."""
+    xs, xt, _ = data
+    with pytest.raises(InputError, match=r"^Xs holds values too small for float32 distances .*set dtype='float64'$"):
+        make().fit(xs * scale, xt * scale)
+    if scale == 1e-20:
+        ref, tiny = make(dtype="float64").fit(xs, xt), make(dtype="float64").fit(xs * scale, xt * scale)
+        if isinstance(ref, KMM):
+            np.testing.assert_allclose(tiny.weights_, ref.weights_, rtol=1e-6, atol=1e-8)
+        else:
+            np.testing.assert_allclose(tiny.mapped_ / scale, ref.mapped_, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("max_iter", [1, 3])
+def test_a_log_domain_solve_stopped_by_max_iter_reports_the_error_of_the_plan_it_returns(data, max_iter):
+    """One iteration reported an infinite marginal error, and more reported the error of the
+    plan before the last f update, not of the potentials returned."""
+    xs, xt, _ = data
+    with pytest.warns(RuntimeWarning, match=f"stopped after max_iter={max_iter} iterations"):
+        m = OTMapping(reg=0.1, max_iter=max_iter, backend="blocked", dtype="float64").fit(xs, xt)
+    cost = ((xs[:, None, :] - xt[None, :, :]) ** 2).sum(-1) / m.cost_scale_  # brute force, POT's convention
+    a, b = np.full(len(xs), 1 / len(xs)), np.full(len(xt), 1 / len(xt))
+    plan = a[:, None] * b[None, :] * np.exp((m.f_[:, None] + m.g_[None, :] - cost) / 0.1)
+    np.testing.assert_allclose(plan.sum(1), a, rtol=1e-9)  # the last f update makes the rows exact
+    assert m.marginal_error_ == pytest.approx(np.abs(plan.sum(0) - b).sum(), rel=1e-6)
+    assert m.marginal_error_ > 1e-6
+
+
+def test_run_shallow_refuses_unlabelled_source_samples(data):
+    """A source label −1 (dalib's unlabelled mark) was trained as a class, and predicted."""
+    xs, xt, ys = data
+    ys = ys.copy()
+    ys[:4] = -1
+    with pytest.raises(InputError, match=r"^ys holds 4 negative label\(s\): the source must be labelled"):
+        run_shallow("source_only", xs, ys, xt)
