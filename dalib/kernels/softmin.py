@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -59,8 +61,8 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: 
         wider = ", or use float64" if x.dtype != torch.float64 else ""
         raise InputError(f"eps {float(eps):.3g} is too small for {x.dtype} (1/eps overflows): scale the points up "
                          f"(and eps with them){wider}")
-    if not float(p) >= 1:
-        raise InputError(f"p must be >= 1, got {p}")
+    if not (float(p) >= 1 and math.isfinite(float(p))):
+        raise InputError(f"p must be >= 1 and finite, got {p}")
     h = h.to(device=x.device, dtype=x.dtype)
     p = float(p) if p != int(p) else int(p)
     return with_keops_fallback(

@@ -63,7 +63,9 @@ def _weighted_mean(loss: Tensor, weights: Tensor | None, name: str, domain: str)
     """The mean of ``loss`` (B,), weighted by ``weights`` (B,) when given."""
     if weights is None:
         return loss.mean()
-    w = torch.as_tensor(weights, dtype=loss.dtype, device=loss.device).reshape(-1)
+    w = torch.as_tensor(weights, dtype=loss.dtype, device=loss.device)
+    if w.dim() == 2 and w.shape[1] == 1:
+        w = w[:, 0]  # (B, 1), as the logits may be
     if w.shape != loss.shape:
         raise InputError(f"{name} must have one weight per {domain} logit ({loss.shape[0]}), got shape "
                          f"{tuple(torch.as_tensor(weights).shape)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -71,14 +72,14 @@ def _check_args(
         raise InputError(f"blur must be positive and finite, got {blur}")
     if diameter is not None and not (_number(diameter, "diameter") > 0 and math.isfinite(float(diameter))):
         raise InputError(f"diameter must be positive and finite (or None: measured on the data), got {diameter}")
-    if not _number(p, "p") >= 1:
-        raise InputError(f"p must be >= 1, got {p}")
+    if not (_number(p, "p") >= 1 and math.isfinite(float(p))):
+        raise InputError(f"p must be >= 1 and finite, got {p}")
     if not 0 < _number(scaling, "scaling") < 1:
         raise InputError(f"scaling must be in (0, 1), got {scaling}")
     if tol is not None and not _number(tol, "tol") > 0:
         raise InputError(f"tol must be positive, got {tol}")
-    if not _number(max_iter, "max_iter") >= 1:
-        raise InputError(f"max_iter must be >= 1, got {max_iter}")
+    if not (_number(max_iter, "max_iter") >= 1 and math.isfinite(float(max_iter))):
+        raise InputError(f"max_iter must be >= 1 and finite, got {max_iter}")
 
 
 def _number(value: object, name: str) -> float:
@@ -362,7 +363,10 @@ def ot_plan(
             raise InputError(f"cost must be a non-empty 2-D (N, M) tensor, got {shape}")
         if not bool(torch.isfinite(cost).all()):
             raise InputError("cost holds NaN or infinite values")
-        like = cost if cost.is_floating_point() else cost.to(torch.get_default_dtype())
+        if cost.dtype in (torch.float16, torch.bfloat16):  # as the losses compute them
+            like = cost.float()
+        else:
+            like = cost if cost.is_floating_point() else cost.to(torch.get_default_dtype())
         n, m = cost.shape
     else:
         if x is None or y is None:
@@ -375,8 +379,8 @@ def ot_plan(
         method = "sinkhorn" if reg is not None else "emd"
     if method not in ("emd", "sinkhorn"):
         raise InputError(f"method must be 'emd' or 'sinkhorn', got {method!r}")
-    if reg is not None and not float(reg) > 0:
-        raise InputError(f"reg must be positive, got {reg}")
+    if reg is not None and not (_number(reg, "reg") > 0 and math.isfinite(float(reg))):
+        raise InputError(f"reg must be positive and finite, got {reg}")
     _check_args(blur, p, 0.5, tol, max_iter)
     try:
         ot = import_quietly("ot")
@@ -387,6 +391,8 @@ def ot_plan(
             c = cost.detach().double().cpu().numpy()  # (N, M)
         else:
             c = cost_matrix(x.detach().double(), y.detach().double(), p).cpu().numpy()  # (N, M)
+    if not np.isfinite(c).all():
+        raise InputError(f"the cost ‖x − y‖^p / p overflows float64 at p={p}: lower p or scale the points down")
     an = a.detach().double().cpu().numpy()
     bn = b.detach().double().cpu().numpy()
     an, bn = an / an.sum(), bn / bn.sum()
@@ -394,5 +400,11 @@ def ot_plan(
         plan = ot.emd(an, bn, c, numItermax=int(max_iter))
     else:
         eps = float(reg) if reg is not None else float(blur) ** p
+        name = "reg" if reg is not None else f"blur^p = {blur}^{p}"
+        # the dual potentials are of the cost's size, kept to float64's relative precision: past
+        # (largest |C|) / ε = 1/machine-ε, the exponents (f + g − C)/ε of the plan hold no digit
+        if not eps > 0 or float(np.abs(c).max()) / eps > 1.0 / np.finfo(np.float64).eps:
+            raise InputError(f"ε = {name} = {eps:.3g} is too small for the cost (largest {float(np.abs(c).max()):.3g}) "
+                             "in float64: raise it, or use method='emd' for the exact plan")
         plan = ot.sinkhorn(an, bn, c, eps, method="sinkhorn_log", numItermax=int(max_iter), stopThr=tol)
     return torch.as_tensor(plan, dtype=like.dtype, device=like.device)  # (N, M)

@@ -81,6 +81,10 @@ def test_source_weights_must_match_the_source_logits():
         domain_adversarial(ls, lt, weights_t=torch.ones(4))
     with pytest.raises(InputError, match="weights_t must be finite and non-negative, and not all zero"):
         domain_adversarial(ls, lt, weights_t=torch.zeros(3))
+    # (B, 1) weights are taken as the (B, 1) logits are; another shape with B elements was flattened
+    assert domain_adversarial(ls, lt, torch.tensor([[1.0], [2.0], [0.0], [1.0]])).item() == pytest.approx(weighted.item())
+    with pytest.raises(InputError, match=r"weights_s must have one weight per source logit \(4\), got shape \(2, 2\)"):
+        domain_adversarial(ls, lt, torch.ones(2, 2))
 
 
 def test_integer_logits_are_taken_as_numbers():

@@ -378,3 +378,40 @@ def test_weights_are_renormalised_and_checked_at_their_own_precision():
     torch.testing.assert_close(sinkhorn(x.float(), y.float(), half.float() / half.float().sum()),
                                sinkhorn(x.float(), y.float(), half))
     assert ot_plan(x.half(), y.half(), half).dtype == torch.float32  # as documented
+
+
+def test_ot_plan_refuses_problems_it_cannot_solve_in_float64():
+    """A cost that overflows (p = 500), an ε that rounds to 0 (blur = 1e-200) or is far below the
+    cost's precision (reg = 1e-20) gave an all-zero, NaN or wrong-mass plan without an error."""
+    x, y = _data(6, 5)
+    with pytest.raises(InputError, match=r"^the cost ‖x − y‖\^p / p overflows float64 at p=500"):
+        ot_plan(x * 3, y * 3, p=500)
+    with pytest.raises(InputError, match=r"^ε = blur\^p = 1e-200\^2 = 0 is too small for the cost"):
+        ot_plan(x, y, method="sinkhorn", blur=1e-200)
+    cost = torch.rand(4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 100
+    with pytest.raises(InputError, match=r"^ε = reg = 1e-20 is too small for the cost \(largest 71.8\) in float64"):
+        ot_plan(cost=cost, reg=1e-20)
+    plan = ot_plan(cost=cost, reg=1e-6)  # 1e8 below the cost: a plan of mass 1, near the exact one here
+    np.testing.assert_allclose(plan.sum(1).numpy(), np.full(4, 0.25), rtol=1e-9)
+    np.testing.assert_allclose(plan.numpy(), ot_plan(cost=cost).numpy(), atol=1e-5)
+    for kwargs, fragment in (({"p": float("inf")}, "p must be >= 1 and finite"),
+                             ({"max_iter": float("inf")}, "max_iter must be >= 1 and finite")):
+        with pytest.raises(InputError, match=fragment):  # (int(inf) raised OverflowError)
+            ot_plan(x, y, **kwargs)
+        with pytest.raises(InputError, match=fragment):
+            sinkhorn(x, y, tol=1e-3, **kwargs)
+    with pytest.raises(InputError, match="p must be >= 1 and finite"):
+        from dalib.kernels import softmin
+
+        softmin(x, y, torch.zeros(5, dtype=torch.float64), 0.1, p=float("inf"))
+    with pytest.raises(InputError, match="^reg must be a number, got 'a'$"):
+        ot_plan(cost=cost, reg="a")
+
+
+def test_ot_plan_of_a_half_precision_cost_is_float32():
+    """As documented, and as for half-precision points: the plan of a float16 cost was float16."""
+    cost = torch.rand(3, 4, generator=torch.Generator().manual_seed(2))
+    for dtype in (torch.float16, torch.bfloat16):
+        plan = ot_plan(cost=cost.to(dtype))
+        assert plan.dtype == torch.float32
+        torch.testing.assert_close(plan, ot_plan(cost=cost.to(dtype).float()))
