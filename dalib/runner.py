@@ -125,8 +125,8 @@ class RunConfig:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.lr <= 0:
             raise ConfigError(f"lr must be a positive number, got {self.lr}")
-        if self.seed >= 2**63:
-            raise ConfigError(f"seed must be below 2**63, got {self.seed}")
+        if self.seed >= 2**32:  # torch's CPU generator keeps the low 32 bits: seed 2**32 would be seed 0
+            raise ConfigError(f"seed must be below 2**32, got {self.seed}")
         for name in ("lr", "weight_decay"):  # the optimizer keeps them as float32 numbers
             if getattr(self, name) > torch.finfo(torch.float32).max:
                 raise ConfigError(f"{name} must be a float32 number, got {getattr(self, name)}")

@@ -548,10 +548,15 @@ def test_plain_sgd_and_huge_seeds_train(tmp_path, toy_dataset):
     base = dict(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=5, batch_size=16, mode="deep")
     res = run(RunConfig(**base, momentum=0.0), tmp_path / "sgd", progress_bar=False)
     assert np.isfinite(res.target_accuracy)
-    big = 2**63 - 1
+    big = 2**32 - 1
     assert sorted(_Stream(10, 10, seed=big).indices(0).tolist()) == list(range(10))
     res = run(RunConfig(**base, seed=big), tmp_path / "seed", progress_bar=False)
     assert np.isfinite(res.target_accuracy)
+    # torch's CPU generator keeps a seed's low 32 bits: 2**32 would have been seed 0's run
+    assert torch.equal(torch.randperm(9, generator=torch.Generator().manual_seed(2**32)),
+                       torch.randperm(9, generator=torch.Generator().manual_seed(0)))
+    with pytest.raises(ConfigError, match=r"^seed must be below 2\*\*32, got 4294967296$"):
+        RunConfig(**base, seed=2**32)
 
 
 def test_a_batch_batchnorm_cannot_normalise_is_one_clear_error(tmp_path, toy_dataset):
