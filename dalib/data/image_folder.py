@@ -82,10 +82,34 @@ def _class_folders(data_dir: Path) -> dict[str, tuple[Path, list[str]]]:
     return {d: (root, [c.name for c in _subdirs(root)]) for d, root in roots.items()}
 
 
+def _holding_images(by_domain: dict[str, tuple[Path, list[str]]]) -> dict[str, tuple[Path, list[str]]]:
+    """:func:`_class_folders`' listing without the class folders that hold no image at any
+    depth (an empty folder, the hidden files of an unzipped ``__MACOSX``), which would
+    otherwise become classes that no sample has."""
+    return {d: (root, [c for c in names if _holds_image(root / c)]) for d, (root, names) in by_domain.items()}
+
+
+def _holds_image(folder: Path) -> bool:
+    """Whether ``folder`` or one of its visible sub-folders (links followed once) holds a
+    visible image file; stops at the first one."""
+    seen: set[str] = set()
+    for top, dirs, files in os.walk(folder, followlinks=True):
+        real = os.path.realpath(top)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        if any(not f.startswith(".") and Path(f).suffix.lower() in IMG_EXTENSIONS for f in files):
+            return True
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    return False
+
+
 def folder_classes(data_dir: Path) -> list[str]:
     """The sorted union of class-folder names over all domains, so that labels agree
-    between domains even when a domain lacks a class (an unlabelled domain has none)."""
-    return sorted({c for _, names in _class_folders(data_dir).values() for c in names})
+    between domains even when a domain lacks a class (an unlabelled domain has none);
+    a class folder that holds no image counts for no domain."""
+    return sorted({c for _, names in _holding_images(_class_folders(data_dir)).values() for c in names})
 
 
 def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bool = False) -> list[Path]:
@@ -199,6 +223,9 @@ def load(req: LoadRequest) -> Domain:
     by_domain = _class_folders(data_dir)  # one listing serves the classes and the checks below
     name = _resolve_folder(data_dir, req.domain, list(by_domain))
     root, own = by_domain.pop(name)
+    # the other domains' classes, of folders that hold images: an empty class folder of the
+    # domain itself is an error below, another domain's names no class
+    by_domain = _holding_images(by_domain)
     others = sorted({c for _, names in by_domain.values() for c in names})
     classes = sorted(set(own) | set(others))
     class_dirs = [root / c for c in own]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -440,3 +441,26 @@ def test_eval_loads_an_image_folder_with_workers_and_batches_of_any_size(tmp_pat
         res = runner.invoke(cli, ["eval", str(tmp_path / "run"), option, value])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
         assert option in res.stderr
+
+
+def test_class_folders_without_images_in_other_domains_name_no_class(tmp_path):
+    """An unzipped macOS archive's __MACOSX (hidden ._ files only) made its domain folders
+    classes, and an empty class folder of an unused domain one more: outputs never trained."""
+    import dalib
+
+    data = tmp_path / "data"
+    (data / "extra" / "zebra").mkdir(parents=True)
+    for domain in ("src", "tgt"):
+        for name in ("cat", "dog"):
+            hidden = data / "__MACOSX" / domain / name / "._0.png"
+            hidden.parent.mkdir(parents=True)
+            hidden.write_bytes(b"\0\5\26\7")  # AppleDouble metadata, not an image
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (the source and target were also told they lack 3 classes)
+        _two_class_run(tmp_path, data, tmp_path / "run")
+    assert dalib.load_model(tmp_path / "run").classes == ["cat", "dog"]
+    (data / "extra" / "zebra" / "0.png").parent.mkdir(exist_ok=True)
+    _image(data / "extra" / "zebra" / "0.png", (0, 0, 0))  # a class with an image is one
+    with pytest.warns(RuntimeWarning, match="has no folder for 1 of the 3 classes"):
+        _two_class_run(tmp_path, data, tmp_path / "run2")
+    assert dalib.load_model(tmp_path / "run2").classes == ["cat", "dog", "zebra"]
