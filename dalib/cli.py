@@ -99,7 +99,7 @@ def _read_toml(path: str) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return tomllib.loads(p.read_text())
+        return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as Windows editors write)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from None
 

@@ -83,6 +83,11 @@ def test_config_file_and_flags(runner, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["src"] == "usps" and result["steps"] == 3  # the flag beats the file
     assert result["method_config"]["trade_off"] == 0.25
+    # a UTF-8 byte-order mark (Notepad's) was "Invalid statement (at line 1, column 1)"
+    cfg.write_bytes(b"\xef\xbb\xbf" + 'src = "usps"\ntgt = "mnist"\nsteps = 2\n# é\n'.encode())
+    res = runner.invoke(cli, ["run", "dann", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "bom")])
+    assert res.exit_code == 0, res.output
+    assert json.loads((tmp_path / "bom" / "result.json").read_text())["steps"] == 2
 
 
 def test_default_out_never_overwrites(runner, chdir_tmp):
