@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,13 @@ def _holding_images(by_domain: dict[str, tuple[Path, list[str]]]) -> dict[str, t
 def _holds_image(folder: Path) -> bool:
     """Whether ``folder`` or one of its visible sub-folders (links followed once) holds a
     visible image file; stops at the first one."""
+    return any(Path(f).suffix.lower() in IMG_EXTENSIONS for _, files in _visible_files(folder, nested=True) for f in files)
+
+
+def _visible_files(folder: Path, *, nested: bool) -> Iterator[tuple[str, list[str]]]:
+    """``(folder, its visible file names)`` for ``folder`` and, if ``nested``, its visible
+    sub-folders at any depth, links followed, each real folder once (a link back up would
+    loop), in sorted order."""
     seen: set[str] = set()
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
@@ -99,10 +107,8 @@ def _holds_image(folder: Path) -> bool:
             dirs[:] = []
             continue
         seen.add(real)
-        if any(not f.startswith(".") and Path(f).suffix.lower() in IMG_EXTENSIONS for f in files):
-            return True
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-    return False
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if nested else []
+        yield top, [f for f in files if not f.startswith(".")]
 
 
 def folder_classes(data_dir: Path) -> list[str]:
@@ -117,16 +123,7 @@ def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bo
     links followed), sorted by their path below ``folder``; hidden files and folders are
     skipped. The other visible files are appended to ``skipped``, and links that lead nowhere
     to ``broken``."""
-    found: list[Path] = []
-    seen: set[str] = set()  # the real folders walked: a link back up would loop
-    for top, dirs, files in os.walk(folder, followlinks=True):
-        real = os.path.realpath(top)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if nested else []
-        found.extend(Path(top) / f for f in files if not f.startswith("."))
+    found = [Path(top) / f for top, files in _visible_files(folder, nested=nested) for f in files]
     found.sort(key=lambda p: p.relative_to(folder).parts)
     files: list[Path] = []  # os.walk lists no folder among them: a link that leads nowhere is all to look for
     for p in found:
