@@ -748,6 +748,12 @@ def _run(
     if resolve_mode(config, method_cls, dataset) == "shallow":
         from dalib.shallow_runner import run_shallow
 
+        ignored = [f.name for f in dataclasses.fields(RunConfig)
+                   if f.name not in SHALLOW_SETTINGS | SHALLOW_ALSO_READS and getattr(config, f.name) != f.default]
+        if ignored:
+            warnings.warn(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for deep training: the shallow "
+                          f"form of {config.method} ignores {'it' if len(ignored) == 1 else 'them'} (mode deep trains "
+                          "a network)", UserWarning, stacklevel=3)  # the caller of run
         return run_shallow(config, dataset, device, out_dir, resume=resume, on_start=on_start)
     if config.classifier != RunConfig.classifier:
         warnings.warn(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
@@ -1175,6 +1181,8 @@ def _canonical_names(settings: dict[str, Any]) -> dict[str, Any]:
 
 #: the settings of a run that a shallow fit reads (the others train networks)
 SHALLOW_SETTINGS = frozenset({"method", "mode", "classifier", "src", "tgt", "dataset", "seed", "method_config"})
+#: where a shallow run reads its data and computes, which its result does not depend on
+SHALLOW_ALSO_READS = frozenset({"data_root", "data", "device"})
 
 
 def _as_run(settings: dict[str, Any], mode: str, arch: str | None) -> dict[str, Any]:
@@ -1461,6 +1469,17 @@ def _absolute(path: str | os.PathLike[str] | None) -> str | None:
     return os.path.abspath(os.path.expanduser(path)) if path else None
 
 
+def run_checkpoint(path: str | os.PathLike[str]) -> Path:
+    """The checkpoint of a run: ``path`` itself, or the one in the run folder ``path``. A
+    shallow run's folder (its result, no network) is a :class:`CheckpointError` that says so."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        if not (p / CHECKPOINT).exists() and (p / RESULT).exists():
+            raise CheckpointError(f"{p} holds no network: a shallow run keeps only its result (--mode deep trains one)")
+        p = p / CHECKPOINT
+    return p
+
+
 def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     """The network a deep run trained, from its folder or its ``checkpoint.pt``, in eval mode
     on ``device``: ``model(x)`` gives ``(features, logits)`` for inputs prepared as
@@ -1474,10 +1493,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     p = Path(path)
     if not p.exists():
         raise CheckpointError(f"no run at {p}: give a run's output folder or its {CHECKPOINT}")
-    if p.is_dir():
-        if not (p / CHECKPOINT).exists() and (p / RESULT).exists():
-            raise CheckpointError(f"{p} holds no network: a shallow run keeps only its result")
-        p = p / CHECKPOINT
+    p = run_checkpoint(p)
     ckpt = load_checkpoint(p)
     spec = ckpt.get("model_spec")
     if not isinstance(spec, dict):

@@ -149,11 +149,9 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     copied. The backbone must match exactly, except for the stages ``model`` cut off; the
     bottleneck only when the checkpoint's network was cut as this one (else it took other
     features), the head only with the bottleneck and for the same classes."""
-    from dalib.runner import load_checkpoint
+    from dalib.runner import load_checkpoint, run_checkpoint
 
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "checkpoint.pt"
+    p = run_checkpoint(path)
     ckpt = load_checkpoint(p)
     state, spec = ckpt["model"], ckpt.get("model_spec") or {}
     own = model.state_dict()

@@ -401,6 +401,21 @@ def test_a_shallow_classifier_asked_of_a_deep_run_is_warned_about():
         run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8), None, progress_bar=False)
 
 
+def test_deep_settings_given_to_a_shallow_run_are_warned_about(toy_dataset):
+    """On a feature dataset the default mode fits the shallow form: steps and arch were
+    ignored without a word (a run the user meant to fine-tune from had no network)."""
+    import warnings
+
+    base = dict(method="coral", dataset=toy_dataset, src="src", tgt="tgt")
+    with pytest.warns(UserWarning, match=r"^arch, steps are for deep training: the shallow form of coral ignores them"):
+        res = run(RunConfig(**base, arch="mlp", steps=7), None, progress_bar=False)
+    assert res.mode == "shallow"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # where and how it runs, and what it fits: no warning
+        run(RunConfig(**base, seed=3, classifier="linear", device="cpu", method_config={"reg": 0.5}), None,
+            progress_bar=False)
+
+
 def _draws() -> tuple[float, float, float]:
     import random
 

@@ -258,3 +258,12 @@ def test_init_may_start_with_the_home_folder(tmp_path, toy_dataset, source_model
     head = _finetune(tmp_path, toy_dataset, "home", policy="head", init=f"~/{source_model.parent.name}")
     start = load_checkpoint(source_model)["model"]
     assert all(torch.equal(head[k], start[k]) for k in start if k.startswith("backbone."))
+
+
+def test_init_naming_a_shallow_run_says_it_holds_no_network(tmp_path, toy_dataset):
+    """A source_only run on features fits the shallow form by default: its folder has a result
+    and no checkpoint, which init reported as 'no checkpoint at ...' without saying why."""
+    shallow = tmp_path / "shallow"
+    run(RunConfig(method="source_only", dataset=toy_dataset, src="src", tgt="tgt"), shallow, progress_bar=False)
+    with pytest.raises(CheckpointError, match=r"holds no network: a shallow run keeps only its result \(--mode deep"):
+        _finetune(tmp_path, toy_dataset, "from_shallow", policy="head", init=str(shallow))
