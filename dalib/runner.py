@@ -107,6 +107,8 @@ class RunConfig:
                 raise ConfigError(f"{f.name} must be a string, got {value!r}")
             elif isinstance(value, str) and type(value) is not str:  # numpy's str_, say: saved as a str
                 object.__setattr__(self, f.name, str(value))
+            if isinstance(value, str) and not value.strip():  # "" is no folder, backbone or dataset: not the default
+                raise ConfigError(f"{f.name} is empty: give a value{' or leave it out' if kind == 'str | None' else ''}")
             if kind.startswith("dict") and dataclasses.is_dataclass(value) and not isinstance(value, type):
                 value = {g.name: getattr(value, g.name) for g in dataclasses.fields(value) if g.init}  # a method's own Config
             if kind.startswith("dict") and not isinstance(value, dict):

@@ -70,7 +70,9 @@ def run_shallow(
     if src.x is None or tgt.x is None:
         from dalib.errors import ConfigError
 
-        raise ConfigError("the shallow form needs in-memory features; image folders train with --mode deep")
+        lazy = src if src.x is None else tgt
+        raise ConfigError(f"the shallow form needs in-memory features, and domain {lazy.name} is read sample by sample "
+                          "(an image folder, a dataset of its own): train with --mode deep")
     made = out is not None and not out.exists()
     if out is not None:
         check_fresh_out_dir(out)

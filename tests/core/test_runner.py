@@ -376,6 +376,11 @@ def test_a_shallow_run_under_torchrun_is_refused_in_one_line(tmp_path, data_root
         ({"weight_decay": float("nan")}, "weight_decay must be a finite number"),
         ({"seed": -3}, "seed must be >= 0"),
         ({"method_config": [("hidden", 3)]}, "method_config must be a table"),
+        # "" had meant the working directory (data_root) or the default (arch, dataset)
+        ({"data_root": ""}, "data_root is empty: give a value or leave it out"),
+        ({"arch": " "}, "arch is empty"),
+        ({"dataset": ""}, "dataset is empty"),
+        ({"src": ""}, "src is empty: give a value"),
     ],
 )
 def test_run_config_rejects_bad_values_with_a_dalib_error(kwargs, fragment):

@@ -464,3 +464,15 @@ def test_class_folders_without_images_in_other_domains_name_no_class(tmp_path):
     with pytest.warns(RuntimeWarning, match="has no folder for 1 of the 3 classes"):
         _two_class_run(tmp_path, data, tmp_path / "run2")
     assert dalib.load_model(tmp_path / "run2").classes == ["cat", "dog", "zebra"]
+
+
+def test_the_shallow_form_of_an_image_folder_names_the_domain_it_cannot_hold(tmp_path):
+    import dalib
+    from dalib.errors import ConfigError
+
+    _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    cfg = dalib.RunConfig(method="coral", mode="shallow", dataset="image-folder", data=str(tmp_path / "data"),
+                          src="src", tgt="tgt", image_size=16)
+    with pytest.raises(ConfigError, match=r"^the shallow form needs in-memory features, and domain src is read sample "
+                                          r"by sample \(an image folder, a dataset of its own\): train with --mode deep$"):
+        dalib.run(cfg, None, progress_bar=False)
