@@ -7,8 +7,9 @@ A suite is a TOML file (the built-in ones are in ``benchmarks/suites/``)::
     tasks = ["M->U", "U->M"]
     seeds = [0, 1, 2]
     protocol = "..."                 # what is trained on what, and what is reported
-    [deep]                           # run options of every deep cell (dalib.RunConfig fields)
-    steps = 2000                     # (an image folder: dataset = "image-folder" and data = "PATH")
+    [deep]                           # run options of every deep cell (dalib.RunConfig fields;
+    steps = 2000                     # the data root is --data-root's; an image folder:
+                                     # dataset = "image-folder" and data = "PATH")
     [shallow]                        # present: methods with a shallow form run it too
     classifiers = ["1nn", "linear"]  # once per classifier
     [methods.dann]                   # one hyperparameter setting per method, for all tasks:
@@ -43,7 +44,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,11 @@ def parse_task(text: str, dataset: str) -> tuple[str, str]:
     raise ConfigError(f"a task is SRC->TGT, e.g. A->W; got {text!r}")
 
 
+def task_names(tasks: Iterable[tuple[str, str]]) -> str:
+    """``"amazon->webcam, webcam->amazon"``: tasks as the messages name them."""
+    return ", ".join(f"{src}->{tgt}" for src, tgt in tasks)
+
+
 def _is_builtin_file(path: Path) -> bool:
     """Whether ``path`` is the file of a built-in suite (by any path that leads there)."""
     return path.resolve() == (SUITES_DIR / f"{path.stem}.toml").resolve()
@@ -241,8 +247,11 @@ def load_suite(name_or_path: str) -> Suite:
     if deep is not None:
         from dalib.runner import RunConfig
 
+        if "data_root" in deep:  # every cell reads the data, the shallow ones too, and from this machine's folder
+            raise ConfigError(f"suite {path}: [deep] data_root: where the datasets are is not a setting of the suite "
+                              "(every cell, shallow or deep, reads them there): give --data-root, or set $DALIB_DATA_ROOT")
         options = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "method_config", "dataset", "src", "tgt",
-                                                                     "seed", "mode", "classifier"}
+                                                                     "seed", "mode", "classifier", "data_root"}
         unknown = sorted(set(deep) - options)
         if unknown:
             raise ConfigError(f"suite {path}: unknown [deep] option(s) {', '.join(unknown)}; "
@@ -257,7 +266,7 @@ def load_suite(name_or_path: str) -> Suite:
     for clf in classifiers:
         if clf not in CLASSIFIERS:
             raise ConfigError(f"suite {path}: unknown classifier {clf!r}; known: {', '.join(CLASSIFIERS)}")
-    _check_published(path, raw, classifiers)
+    _check_published(path, raw, classifiers, tasks)
     return Suite(
         name=path.stem, path=path, title=raw.get("title", path.stem), dataset=raw["dataset"], tasks=tasks,
         seeds=list(seeds), protocol=raw.get("protocol", "").strip(), deep=raw.get("deep"),
@@ -322,9 +331,10 @@ def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: di
                 raise ConfigError(f"suite {path}: [methods.{name}{form}]: {exc}") from None
 
 
-def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str]) -> None:
+def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str], tasks: list[tuple[str, str]]) -> None:
     """Each ``[published.KEY]`` table: ``source``, ``variant`` (a method's name, or a variant
-    such as ``"kmm (shallow, linear)"``) and numbers, one per task and an optional ``mean``."""
+    such as ``"kmm (shallow, linear)"``) and numbers, one per task of the suite (each once) and
+    an optional ``mean``."""
     for key, table in raw.get("published", {}).items():
         if not isinstance(table, dict):
             raise ConfigError(f"suite {path}: [published.{key}] must be a table")
@@ -343,13 +353,22 @@ def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str]) ->
             raise ConfigError(f"suite {path}: [published.{key}] variant {variant!r} is not a row of this suite's table"
                               + (f" (its rows of {method}: {', '.join(made)})" if made else
                                  f" (the suite runs no {'shallow' if form else 'deep'} form of {method})"))
+        given: dict[tuple[str, str], str] = {}  # task -> its name in the table
         for name, value in table.items():
             if name in ("variant", "source"):
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"suite {path}: [published.{key}] {name} must be a number, got {value!r}")
-            if name != "mean":
-                parse_task(name, raw["dataset"])
+            if name == "mean":
+                continue
+            task = parse_task(name, raw["dataset"])
+            if task not in tasks:  # its figure would show in no column of the table
+                raise ConfigError(f"suite {path}: [published.{key}] {name}: not a task of this suite "
+                                  f"({task_names(tasks)})")
+            if task in given:  # two spellings of one task ("D->W", "dslr->webcam"): one would win unseen
+                raise ConfigError(f"suite {path}: [published.{key}] gives the task {task_names([task])} twice, "
+                                  f"as {given[task]!r} and as {name!r}")
+            given[task] = name
 
 
 def results_path(out_dir: Path, suite: Suite, steps: int | None) -> Path:
@@ -371,12 +390,29 @@ def _load_state(path: Path) -> dict[str, Any]:
         if not _whole_cell(cell):
             raise ConfigError(f"cannot resume from {path}: its cell {key!r} is damaged; move the file away "
                               "(or delete that cell to run it again)")
-    jobs_used = state.get("jobs_used", [])
-    if (not isinstance(state.get("wall_seconds", 0.0), (int, float)) or not isinstance(state.get("jobs", 1), int)
-            or not isinstance(state.get("rerun_since", 0.0), (int, float))
-            or not isinstance(jobs_used, list) or not all(isinstance(j, int) for j in jobs_used)):
-        raise ConfigError(f"cannot resume from {path}: its wall_seconds or jobs are damaged; move it away")
+    damaged = [key for key, kinds in _TOP_LEVEL.items() if key in state and not _of_kind(state[key], kinds)]
+    damaged += [key for key, kind in (("plugins", str), ("jobs_used", int))
+                if isinstance(state.get(key), list) and not all(_of_kind(x, (kind,)) for x in state[key])]
+    if state["cells"] and "machine" not in state:  # written with every cell; the table names the machine
+        damaged.append("machine")
+    if damaged:
+        raise ConfigError(f"cannot resume from {path}: its {', '.join(damaged)} {'is' if len(damaged) == 1 else 'are'} "
+                          "damaged; move it away")
     return state
+
+
+#: the values of a results file beside its cells, as :func:`run_suite` writes them, and their types
+_TOP_LEVEL: dict[str, tuple[type, ...]] = {
+    "suite": (str,), "title": (str,), "dataset": (str,), "suite_file": (str,), "suite_path": (str,),
+    "protocol": (str,), "timing": (str,), "steps": (int, type(None)), "deep_options": (dict, type(None)),
+    "machine": (dict,), "plugins": (list,), "wall_seconds": (int, float), "rerun_since": (int, float),
+    "jobs": (int,), "jobs_used": (list,),
+}
+
+
+def _of_kind(value: Any, kinds: tuple[type, ...]) -> bool:
+    """``isinstance``, but JSON's true and false are no numbers."""
+    return isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
 
 
 def _check_same_suite(state: dict[str, Any], suite: Suite, path: Path) -> None:
@@ -476,7 +512,7 @@ def _run_cell(config: Any) -> dict[str, Any]:
         result = run(config, None, progress_bar=False)
     except DalibError as exc:
         return {"status": "failed", "error": first_line(exc), "seconds": time.perf_counter() - t0}
-    except Exception as exc:  # a plugin's bug fails its own cells, not the suite
+    except (Exception, SystemExit) as exc:  # a plugin's bug (or its sys.exit) fails its own cells, not the suite
         return {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}", "seconds": time.perf_counter() - t0}
     if result.target_accuracy is None:  # a target without labels: nothing for the table
         return {"status": "failed", "error": "the target has no labels to score", "seconds": time.perf_counter() - t0}
@@ -484,14 +520,137 @@ def _run_cell(config: Any) -> dict[str, Any]:
             "steps": result.steps, "seconds": time.perf_counter() - t0, "diagnostics": result.diagnostics}
 
 
-def _worker_init(threads: int, plugins: tuple[str, ...]) -> None:
+#: a worker's folder where it notes the cell it runs (set by :func:`_worker_init`)
+_started_dir: Path | None = None
+
+
+def _worker_init(threads: int, plugins: tuple[str, ...], parent: int, started: str) -> None:
+    global _started_dir
+    import threading
+
     import torch
 
+    # a parent killed outright (SIGKILL: no clean-up of its own) would leave the workers running
+    # their cells, each with its model in memory, for ever
+    threading.Thread(target=_exit_with_parent, args=(parent,), name="dalib-bench-parent", daemon=True).start()
+    _started_dir = Path(started)
     torch.set_num_threads(threads)
     from dalib.registry import load_plugin_module
 
     for module in plugins:
         load_plugin_module(module)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """Exit once the process ``parent`` is gone (the worker is then another process's child)."""
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
+
+
+def _run_cell_in_worker(config: Any, key: str) -> dict[str, Any]:
+    """:func:`_run_cell` in a worker, which first notes the cell it runs: a worker that dies
+    (a plugin's ``os._exit``, the kernel's OOM killer, a crash) tells no one what it ran."""
+    if _started_dir is not None:
+        (_started_dir / str(os.getpid())).write_text(key, encoding="utf-8")
+    return _run_cell(config)
+
+
+def _exit_text(code: int | None) -> str:
+    """A process's exit status in words: ``exit code 3``, ``killed by SIGKILL``."""
+    if code is None:
+        return "exit status unknown"
+    if code >= 0:
+        return f"exit code {code}"
+    import signal
+
+    try:
+        return f"killed by {signal.Signals(-code).name}"
+    except ValueError:
+        return f"killed by signal {-code}"
+
+
+def _run_in_workers(todo: list[Cell], configs: dict[str, Any], jobs: int, plugins: tuple[str, ...],
+                    finished: Callable[[Cell, dict[str, Any]], None]) -> None:
+    """Run the cells ``todo`` in ``jobs`` worker processes, handing each outcome to ``finished``.
+
+    A worker that dies breaks the whole pool, which stops its other workers: the dead one's
+    cell fails (saying how the process ended), and the cells that the others were running,
+    with those not yet started, run in a new pool."""
+    import multiprocessing
+    import signal
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    ctx = multiprocessing.get_context("spawn")
+    pending = {c.key: c for c in todo}
+    while pending:
+        with tempfile.TemporaryDirectory(prefix="dalib-bench-", ignore_cleanup_errors=True) as started:
+            pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init,
+                                       initargs=(threads, plugins, os.getpid(), started))
+            broken = False
+            try:
+                futures = {pool.submit(_run_cell_in_worker, configs[key], key): cell for key, cell in pending.items()}
+                processes = dict(getattr(pool, "_processes", None) or {})  # (the pool forgets them when shut down)
+                for fut in as_completed(futures):
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool:  # every cell not finished when a worker died
+                        broken = True
+                        continue
+                    cell = futures[fut]
+                    del pending[cell.key]
+                    finished(cell, outcome)
+            except BaseException:  # Ctrl-C: stop the workers now (the finished cells are recorded)
+                for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                    proc.terminate()
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
+            pool.shutdown()  # (a broken pool has stopped and joined its workers by now)
+            if not broken:
+                continue
+            exits = {pid: proc.exitcode for pid, proc in processes.items()}
+            running = {}  # pid -> (its unfinished cell, the time it began)
+            for note in Path(started).iterdir():
+                key = note.read_text(encoding="utf-8")
+                if key in pending and int(note.name) in exits:
+                    running[int(note.name)] = (pending[key], note.stat().st_mtime)
+            if not running:  # died before any cell (loading a plugin, say): a new pool would, too
+                raise DalibError("the --jobs worker processes died before running a cell "
+                                 f"({', '.join(sorted({_exit_text(c) for c in exits.values()}))})")
+            # the pool stops its other workers with SIGTERM; the ones that ended otherwise died
+            # of their cell (when none did, say SIGTERM from outside, every running cell fails)
+            dead = {pid for pid in running if exits[pid] != -signal.SIGTERM} or set(running)
+            for pid in sorted(dead):
+                cell, began = running[pid]
+                del pending[cell.key]
+                error = f"the worker process running it died ({_exit_text(exits[pid])})"
+                finished(cell, {"status": "failed", "error": error, "seconds": max(0.0, time.time() - began)})
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop) takes Ctrl-C's way: the workers stopped and
+    the table of the finished cells written. Only where the process leaves SIGTERM to its
+    default (a program that handles it keeps its handler), and from the main thread, the one
+    that can set handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_suite(
@@ -531,19 +690,10 @@ def run_suite(
         raise ConfigError(f"--jobs must be >= 1, got {jobs}")
     variants = suite.variants(methods)
     chosen_tasks = suite.tasks if tasks is None else [parse_task(t, suite.dataset) for t in tasks]
-    foreign = [f"{a}->{b}" for a, b in chosen_tasks if (a, b) not in suite.tasks]
+    foreign = [t for t in chosen_tasks if t not in suite.tasks]
     if foreign:  # its cells would join the suite's table and its mean over tasks
-        raise ConfigError(f"--tasks {', '.join(foreign)}: not a task of suite {suite.name} "
-                          f"({', '.join(f'{a}->{b}' for a, b in suite.tasks)})")
+        raise ConfigError(f"--tasks {task_names(foreign)}: not a task of suite {suite.name} ({task_names(suite.tasks)})")
     chosen_seeds = suite.seeds if seeds is None else list(seeds)
-    # the device and the data root, before any cell: with --rerun, a typo in either would
-    # fail (and replace) every finished cell
-    from dalib.data import load_domain
-    from dalib.runner import resolve_device
-
-    if device is not None:
-        resolve_device(device)
-    load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root, data_dir=(suite.deep or {}).get("data"))
     # a name given twice (or an alias beside its name) is one cell, run once
     chosen_tasks, chosen_seeds = list(dict.fromkeys(chosen_tasks)), list(dict.fromkeys(chosen_seeds))
     cells = [Cell(v, t, s) for t in chosen_tasks for v in variants for s in chosen_seeds]
@@ -551,6 +701,19 @@ def run_suite(
         why = ("it has no [deep] table, so deep methods do not run, and " if suite.deep is None else "")
         raise ConfigError(f"suite {suite.name}: no cells to run: {why}none of the methods chosen has a form it runs")
     configs = {c.key: suite.run_config(c, steps=steps, data_root=data_root, device=device) for c in cells}
+    # the devices and the data root, before any cell: with --rerun, a typo in either would
+    # fail (and replace) every finished cell
+    from dalib.data import load_domain
+    from dalib.runner import resolve_device
+
+    if device is not None:
+        resolve_device(device)
+    for name in sorted({c.device for c in configs.values() if c.mode == "deep"} - {device}):  # the suite's [deep] device
+        try:
+            resolve_device(name)
+        except ConfigError as exc:
+            raise ConfigError(f"suite {suite.name}: [deep] device: {exc}") from None
+    load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root, data_dir=(suite.deep or {}).get("data"))
 
     try:  # once the input is checked: a refused one leaves no empty folder behind
         out.mkdir(parents=True, exist_ok=True)
@@ -637,38 +800,24 @@ def run_suite(
 
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"bench {suite.name}", unit="cell",
                    file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True)
-        try:
-            for cell in [c for c in todo if c.key in invalid]:
-                record(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
-                bar.update(1)
-            todo = [c for c in todo if c.key not in invalid]
-            if jobs == 1 or len(todo) <= 1:
-                for cell in todo:
-                    bar.set_postfix_str(cell.key, refresh=True)
-                    outcome = _run_cell(configs[cell.key])
-                    record(cell, outcome)
-                    bar.update(1)
-            else:
-                import multiprocessing
-                from concurrent.futures import ProcessPoolExecutor, as_completed
 
-                threads = max(1, (os.cpu_count() or 1) // jobs)
-                ctx = multiprocessing.get_context("spawn")
-                pool = ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_worker_init, initargs=(threads, plugins))
-                try:
-                    futures = {pool.submit(_run_cell, configs[c.key]): c for c in todo}
-                    for fut in as_completed(futures):
-                        cell = futures[fut]
-                        record(cell, fut.result())
-                        bar.set_postfix_str(cell.key, refresh=False)
-                        bar.update(1)
-                except BaseException:  # Ctrl-C: stop the workers now (the finished cells are recorded)
-                    for proc in list((getattr(pool, "_processes", None) or {}).values()):
-                        proc.terminate()
-                    pool.shutdown(wait=False, cancel_futures=True)
-                    raise
-                pool.shutdown()
-        except BaseException:  # Ctrl-C: the table and the chart show the cells finished so far
+        def finished(cell: Cell, outcome: dict[str, Any]) -> None:  # recorded, and counted on the bar
+            record(cell, outcome)
+            bar.set_postfix_str(cell.key, refresh=False)
+            bar.update(1)
+
+        try:
+            with _terminate_as_interrupt():
+                for cell in [c for c in todo if c.key in invalid]:
+                    finished(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
+                todo = [c for c in todo if c.key not in invalid]
+                if jobs == 1 or len(todo) <= 1:
+                    for cell in todo:
+                        bar.set_postfix_str(cell.key, refresh=True)  # the cell that runs now
+                        finished(cell, _run_cell(configs[cell.key]))
+                else:
+                    _run_in_workers(todo, configs, jobs, plugins, finished)
+        except BaseException:  # Ctrl-C (or SIGTERM): the table and the chart show the cells finished so far
             if path.exists():
                 with contextlib.suppress(Exception):
                     write_report(suite, path)

@@ -10,6 +10,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -295,6 +296,12 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
          ("[methods.coral] sets trade_off for the deep form", "shallow form's settings go in [methods.coral.shallow]")),
         ('[shallow]\nclassifiers = ["1nn"]\n', '[methods.coral.shallow]\nreg = 2.0\n',
          ("[methods.coral.shallow] is set", "no [shallow] table")),
+        # a published figure of a task the suite does not run (a blank row), or of one task twice (one won unseen)
+        ('"src->tgt" = 50.0', '"tgt->src" = 50.0', ("[published.nn] tgt->src: not a task of this suite (src->tgt)",)),
+        ('"src->tgt" = 50.0', '"src->tgt" = 50.0\n"src:tgt" = 60.0',
+         ("[published.nn] gives the task src->tgt twice, as 'src->tgt' and as 'src:tgt'",)),
+        # the data root is where this machine keeps the data, for the shallow cells as well: --data-root's
+        ("[deep]\nsteps = 15", '[deep]\ndata_root = "/elsewhere"\nsteps = 15', ("[deep] data_root", "give --data-root")),
     ],
 )
 def test_mistakes_in_a_suite_file_are_one_line_before_any_cell_runs(toy_suite, tmp_path, old, new, fragments):
@@ -861,3 +868,202 @@ def test_cells_this_run_did_not_choose_whose_settings_changed_are_reported(toy_s
         warnings.simplefilter("error")  # the same settings: nothing to report
         run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], seeds=[0], progress=False)
         run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+
+
+def test_a_bad_device_in_the_suite_file_fails_before_any_cell(toy_suite, tmp_path):
+    """The [deep] device is checked as --device is: with --rerun, a typo had failed (and replaced)
+    every finished cell."""
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    before = path.read_text()
+    toy_suite.write_text(TOY_SUITE.replace("[deep]\n", '[deep]\ndevice = "gpu"\n'))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                             "--rerun", "--out", str(tmp_path), "--quiet"]),
+                    "suite toy: [deep] device: bad device 'gpu'")
+    assert path.read_text() == before
+    # --device stands for the suite's device, as --steps for its steps
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                   "--device", "cpu", "--out", str(tmp_path), "--quiet"])
+    assert res.exit_code == 0, res.output
+
+
+def test_the_chart_shows_a_published_mean_below_ours(toy_suite, tmp_path, monkeypatch):
+    import matplotlib.figure
+
+    from dalib_benchmarks.report import write_report
+
+    toy_suite.write_text(TOY_SUITE.replace('"src->tgt" = 50.0', '"src->tgt" = 5.0'))
+    cell = {"variant": "source_only (shallow, 1nn)", "method": "source_only", "mode": "shallow", "classifier": "1nn",
+            "src": "src", "tgt": "tgt", "seed": 0, "status": "done", "target_accuracy": 60.0, "seconds": 1.0}
+    path = tmp_path / "bench-toy.json"
+    path.write_text(json.dumps({"format": 1, "cells": {"c": cell}, "machine": {}}))
+    limits = []  # the x-axis of the chart as saved
+    real = matplotlib.figure.Figure.savefig
+
+    def spy(self, *args, **kwargs):
+        limits.append(self.axes[0].get_xlim())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", spy)
+    write_report(load_suite(str(toy_suite)), path)
+    (lo, hi), = limits
+    assert lo < 5.0 and hi == 100 and path.with_suffix(".png").is_file()
+
+
+def test_a_plugin_that_exits_fails_its_own_cells_and_ctrl_c_still_stops_the_suite(toy_suite, tmp_path):
+    """sys.exit in a plugin's loss had ended the whole suite, with no word and no other method run."""
+    from dalib.registry import load_plugin_module, unregister_method
+
+    exits = _plugin_file(tmp_path / "exits.py", "bench_exits", "raise SystemExit(3)")
+    interrupted = _plugin_file(tmp_path / "interrupted.py", "bench_interrupted", "raise KeyboardInterrupt")
+    try:
+        res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--plugin", exits, "--methods", "bench_exits,source_only",
+                                       "--seeds", "0", "--out", str(tmp_path), "--quiet"])
+        assert res.exit_code == 2, res.output
+        assert res.stderr.strip().splitlines()[-1].startswith("dalib: error: 1 cell(s) failed")
+        cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+        assert cells["bench_exits | src->tgt | seed 0"]["error"] == "SystemExit: 3"
+        assert cells["source_only | src->tgt | seed 0"]["status"] == "done"
+        load_plugin_module(interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            run_suite(load_suite(str(toy_suite)), tmp_path, methods=["bench_interrupted"], seeds=[0], progress=False)
+    finally:
+        unregister_method("bench_exits")
+        unregister_method("bench_interrupted")
+
+
+@pytest.mark.parametrize("edit,key", [
+    (lambda s: s.pop("machine"), "machine"),
+    (lambda s: s.update(protocol=5), "protocol"),
+    (lambda s: s.update(deep_options=[1]), "deep_options"),
+    (lambda s: s.update(steps="x", plugins=[3]), "steps, plugins are"),
+])
+def test_a_damaged_top_level_of_a_results_file_is_one_line(toy_suite, tmp_path, edit, key):
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    state = json.loads(path.read_text())
+    edit(state)
+    path.write_text(json.dumps(state))
+    damaged = path.read_text()
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                             "--out", str(tmp_path), "--quiet"]),
+                    f"cannot resume from {path}: its {key}", "damaged; move it away")
+    assert path.read_text() == damaged
+
+
+def test_a_worker_that_dies_fails_its_own_cell_and_the_others_run(tmp_path, data_root):
+    """A plugin's os._exit (or the OOM killer) in a --jobs worker breaks the pool: that had been a
+    traceback with no cell recorded, not even the other methods'."""
+    from dalib.registry import load_plugin_module, unregister_method
+
+    dies = _plugin_file(tmp_path / "dies.py", "bench_dies", "import os; os._exit(3)")
+    load_plugin_module(dies)
+    try:
+        path = run_suite(load_suite("office-caltech-surf"), tmp_path, methods=["bench_dies", "source_only"],
+                         tasks=["D->W"], seeds=[0], steps=5, data_root=str(data_root), jobs=2, plugins=(dies,),
+                         progress=False)
+    finally:
+        unregister_method("bench_dies")
+    cells = json.loads(path.read_text())["cells"]
+    assert len(cells) == 4  # bench_dies deep; source_only deep, shallow 1nn and linear
+    died = cells["bench_dies | dslr->webcam | seed 0"]
+    assert died["status"] == "failed" and died["error"] == "the worker process running it died (exit code 3)"
+    # the cell the other worker was running when the pool stopped it ran again, in a new pool
+    assert all(c["status"] == "done" for k, c in cells.items() if k.startswith("source_only")), cells
+
+
+def _bench_process(tmp_path, data_root, plugin: str, jobs: int):
+    """``dalib bench`` in a process of its own, its output in tmp_path/bench.log (its workers
+    inherit the file, where a pipe would keep a reader waiting on them): source_only, then a
+    plugin method whose loss notes its process in tmp_path/pids and sleeps."""
+    import subprocess
+
+    with open(tmp_path / "bench.log", "w") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "dalib", "bench", "office-caltech-surf", "--plugin", plugin, "--methods",
+             "source_only,zz_bench_sleeps", "--tasks", "D->W", "--seeds", "0", "--steps", "5", "--jobs", str(jobs),
+             "--data-root", str(data_root), "--out", str(tmp_path / "out"), "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=log)
+
+
+def _sleeping_plugin(tmp_path) -> str:
+    (tmp_path / "pids").mkdir()
+    return _plugin_file(tmp_path / "sleeps.py", "zz_bench_sleeps",
+                        f"import os, time; open(os.path.join({str(tmp_path / 'pids')!r}, str(os.getpid())), 'w').close(); "
+                        "time.sleep(120)")
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie that no one reaped has ended)."""
+    try:
+        status = (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid``."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rpartition(")")[2].split()[1])  # (the name in parentheses may hold spaces)
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def _wait_for(predicate, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _wait_for_the_sleeper(bench, tmp_path) -> None:
+    """Until the sleeping method's cell has begun."""
+    pids = tmp_path / "pids"
+    if not _wait_for(lambda: any(pids.iterdir()) or bench.poll() is not None, 120) or not any(pids.iterdir()):
+        bench.kill()
+        pytest.fail(f"the sleeping cell never began: {(tmp_path / 'bench.log').read_text()}")
+
+
+def test_workers_exit_when_the_bench_is_killed(tmp_path, data_root):
+    """A bench killed outright (SIGKILL) had left its --jobs workers running its cells for ever."""
+    import os
+    import signal
+
+    bench = _bench_process(tmp_path, data_root, _sleeping_plugin(tmp_path), jobs=2)
+    children: list[int] = []
+    try:
+        _wait_for_the_sleeper(bench, tmp_path)
+        children = _children(bench.pid)  # the workers (and multiprocessing's resource tracker)
+        assert {int(p.name) for p in (tmp_path / "pids").iterdir()} <= set(children)
+        bench.send_signal(signal.SIGKILL)
+        bench.wait()
+        assert _wait_for(lambda: not any(_alive(pid) for pid in children), 10)
+    finally:
+        bench.kill()
+        bench.wait()
+        for pid in children:  # (left running without the fix)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_sigterm_writes_the_table_of_the_finished_cells_as_ctrl_c_does(tmp_path, data_root):
+    import signal
+
+    bench = _bench_process(tmp_path, data_root, _sleeping_plugin(tmp_path), jobs=1)
+    try:
+        _wait_for_the_sleeper(bench, tmp_path)
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=60)
+    finally:
+        bench.kill()
+        bench.wait()
+    stderr = (tmp_path / "bench.log").read_text()
+    assert bench.returncode == 130 and stderr.strip().splitlines()[-1] == "dalib: interrupted", stderr
+    table = (tmp_path / "out" / "bench-office-caltech-surf-steps5.md").read_text()
+    assert "| `source_only` |" in table  # the cells finished before the signal
