@@ -49,6 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dalib.config import read_toml
 from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
 from dalib.registry import code_digest, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
@@ -69,19 +70,6 @@ __all__ = [
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 FORMAT = 1
-
-
-def _toml(path: Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot parse suite {path}: {str(exc).splitlines()[0]}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read suite {path}: {exc.strerror}") from None
 
 
 def builtin_suites() -> list[str]:
@@ -218,7 +206,7 @@ def load_suite(name_or_path: str) -> Suite:
             raise UnknownNameError(f"unknown suite {name_or_path!r}; known: {', '.join(builtin_suites())} "
                                    "(or the path of a suite .toml)")
         path = SUITES_DIR / f"{name_or_path}.toml"
-    raw = _toml(path)
+    raw = read_toml(path, "suite")
     known = {"title", "dataset", "tasks", "seeds", "protocol", "timing", "deep", "shallow", "methods", "skip",
              "published"}
     unknown = sorted(set(raw) - known)

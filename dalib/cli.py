@@ -91,17 +91,11 @@ def _load_plugins(modules: tuple[str, ...]) -> None:
 
 
 def _read_toml(path: str) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ImportError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    p = Path(path)
-    if not p.is_file():
+    from dalib.config import read_toml
+
+    if not Path(path).is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        return tomllib.loads(p.read_text(encoding="utf-8-sig"))  # (a byte-order mark, as Windows editors write)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot parse {path}: {first_line(exc)}") from None
+    return read_toml(path, "config file")
 
 
 def _parse_sets(items: tuple[str, ...]) -> dict[str, str]:
@@ -273,6 +267,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         resolve_device,
     )
 
+    for option, value in (("--domain", domain), ("--dataset", dataset), ("--data", data), ("--data-root", data_root)):
+        if value is not None and not value.strip():  # "" would mean the run's own value
+            raise ConfigError(f"{option} is empty: give a value or leave it out")
     if predictions is not None:  # checked before any work: nothing is overwritten, nothing predicted in vain
         if not predictions.strip():
             raise ConfigError("--predictions needs a file name")

@@ -6,11 +6,27 @@ import dataclasses
 import math
 import types
 import typing
+from pathlib import Path
 from typing import Any
 
-from dalib.errors import ConfigError
+from dalib.errors import ConfigError, first_line
 
-__all__ = ["build_config", "describe_config", "param", "parse_value"]
+__all__ = ["build_config", "describe_config", "param", "parse_value", "read_toml"]
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The table of the TOML file ``path`` (UTF-8, with or without the byte-order mark that
+    Windows editors write), or a one-line :class:`ConfigError` naming it as ``what PATH``."""
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    try:
+        return tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse {what} {path}: {first_line(exc)}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
 def param(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best

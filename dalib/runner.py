@@ -786,6 +786,8 @@ def _run(
         ckpt, earlier = None, []
         if out is not None:
             ckpt, earlier = _prepare_out_dir(out, config, resume, is_main, default_arch(tuple(src.input_shape)))
+        if ckpt is not None:
+            src, tgt = _with_saved_classes(ckpt, src, tgt)
 
         _seed_everything(config.seed)
         # a resumed run's weights are its checkpoint's: --pretrained's file (or ImageNet's, which
@@ -1436,6 +1438,18 @@ def _trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
             lines.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in kept))
     return lines
+
+
+def _with_saved_classes(ckpt: dict[str, Any], src: Any, tgt: Any) -> tuple[Any, Any]:
+    """The domains numbered as the checkpoint's classes when those hold the data's, by name:
+    an image folder's class list has lost a name since the run began (a class folder whose
+    images were removed, or one without images in a domain the run does not read, which
+    counted as a class for runs begun with an earlier dalib), and the trained head keeps
+    its outputs."""
+    saved = list((ckpt.get("model_spec") or {}).get("classes") or [])
+    if not saved or list(src.classes) == saved or not set(src.classes) <= set(saved):
+        return src, tgt  # the same classes, or others: _check_same_data tells
+    return src.with_classes(saved), tgt.with_classes(saved)
 
 
 def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path) -> None:

@@ -52,6 +52,14 @@ def _one_line_error(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
+def test_a_suite_file_with_a_byte_order_mark_loads(toy_suite, tmp_path):
+    """As Windows editors save it: it was "Invalid statement (at line 1, column 1)"."""
+    bom = tmp_path / "bom_suite.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + toy_suite.read_bytes())
+    plain = load_suite(str(toy_suite))
+    assert [v.name for v in load_suite(str(bom)).variants()] == [v.name for v in plain.variants()]
+
+
 def test_every_registered_method_joins_the_suite_in_each_of_its_forms(toy_suite):
     from dalib import list_methods, get_method
 

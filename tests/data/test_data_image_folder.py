@@ -421,6 +421,28 @@ def test_a_resume_on_a_folder_of_other_classes_is_refused(tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
 
 
+def test_a_resume_keeps_the_checkpoints_classes_when_the_folder_lost_one(tmp_path):
+    """A class that only an unread domain filed, whose images are gone since (or an empty class
+    folder there, a class for runs begun before such folders named none): the resume numbers
+    the data as the trained head does, by name, instead of refusing the run's own data."""
+    import json
+
+    import dalib
+
+    zebra = tmp_path / "data" / "extra" / "zebra" / "0.png"
+    _image(zebra, (0, 0, 0))
+    with pytest.warns(RuntimeWarning, match="has no folder for 1 of the 3 classes"):
+        first = _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    (tmp_path / "run" / "result.json").unlink()  # as if killed after its last checkpoint
+    zebra.unlink()
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "data"), src="src",
+                          tgt="tgt", image_size=16, steps=4, batch_size=2, checkpoint_every=2, device="cpu")
+    again = dalib.run(cfg, tmp_path / "run", resume=True, progress_bar=False)
+    assert again.target_accuracy == first.target_accuracy
+    assert dalib.load_model(tmp_path / "run").classes == ["cat", "dog", "zebra"]
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["target_accuracy"] == first.target_accuracy
+
+
 def test_eval_loads_an_image_folder_with_workers_and_batches_of_any_size(tmp_path):
     """`dalib eval --workers N --batch-size B` scores and predicts the same as the defaults
     (one process, 512 per pass); bad values are one line with status 2."""
@@ -437,7 +459,8 @@ def test_eval_loads_an_image_folder_with_workers_and_batches_of_any_size(tmp_pat
     assert res.exit_code == 0, res.output
     assert (tmp_path / "b.csv").read_text() == (tmp_path / "a.csv").read_text()
     assert res.output.replace("b.csv", "a.csv") == base.output
-    for option, value in (("--workers", "-1"), ("--batch-size", "0")):
+    for option, value in (("--workers", "-1"), ("--batch-size", "0"), ("--data", ""), ("--domain", " "),
+                          ("--dataset", ""), ("--data-root", "")):  # "" had meant the run's own value
         res = runner.invoke(cli, ["eval", str(tmp_path / "run"), option, value])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1, res.output
         assert option in res.stderr
