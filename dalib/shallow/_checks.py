@@ -82,30 +82,34 @@ def centred_pair(xs: Any, xt: Any, dtype: torch.dtype, names: tuple[str, str] = 
     check_same_features(a, b, names)
     centre = (a.sum(0, dtype=torch.float64) + b.sum(0, dtype=torch.float64)) / (a.shape[0] + b.shape[0])  # (d,)
     out = []
-    for x, name in ((a, names[0]), (b, names[1])):
+    spread = 0.0
+    for x in (a, b):
         moved = torch.empty(x.shape, dtype=dtype, device=x.device)  # a new tensor: the caller's data stay as given
-        spread = 0.0
         for i in range(0, x.shape[0], CENTRE_CHUNK):
             rows = x[i:i + CENTRE_CHUNK] - centre
             spread = max(spread, float(rows.abs().max()))
             moved[i:i + CENTRE_CHUNK] = rows
-        check_narrowed(moved, spread, name)
         out.append(moved)
+    check_narrowed((out[0], out[1]), spread, names)
     return out[0], out[1]
 
 
-def check_narrowed(moved: Tensor, spread: float, name: str) -> None:
-    """``moved``: data cast to the dtype of the distance computations, whose largest absolute
-    value was ``spread`` before the cast. Raises :class:`InputError` when its squared norms
-    overflow, or when data that differ (``spread`` > 0) fall below the smallest normal
-    number of a narrower dtype than float64, where every distance is 0 or has lost its digits."""
-    _check_squared_norms(moved, name)
-    if moved.dtype == torch.float64 or spread <= 0:
+def check_narrowed(pair: tuple[Tensor, Tensor], spread: float, names: tuple[str, str] = ("Xs", "Xt")) -> None:
+    """``pair``: the two domains' data, centred together and cast to the dtype of the distance
+    computations; ``spread``, their largest absolute value before the cast. Raises
+    :class:`InputError` when squared norms overflow, or when data that differ (``spread`` > 0)
+    fall, all of them, below the smallest normal number of a narrower dtype than float64,
+    where every distance is 0 or has lost its digits (one domain alone may sit at the centre)."""
+    for moved, name in zip(pair, names):
+        _check_squared_norms(moved, name)
+    dtype = pair[0].dtype
+    if dtype == torch.float64 or spread <= 0:
         return
-    if not float((moved * moved).sum(1).max()) >= torch.finfo(moved.dtype).tiny:
-        kind = str(moved.dtype).removeprefix("torch.")
-        raise InputError(f"{name} holds values too small for {kind} distances (squared norms underflow, largest "
-                         f"value {spread:.3g} after centring): scale the features up or set dtype='float64'")
+    if not max(float((m * m).sum(1).max()) for m in pair) >= torch.finfo(dtype).tiny:
+        kind = str(dtype).removeprefix("torch.")
+        raise InputError(f"{names[0]} and {names[1]} hold values too small for {kind} distances (squared norms "
+                         f"underflow, largest value {spread:.3g} after centring): scale the features up or set "
+                         "dtype='float64'")
 
 
 def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt")) -> None:

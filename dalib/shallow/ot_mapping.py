@@ -182,12 +182,11 @@ class OTMapping(Params):
             # the cost and the mapping are the same for data moved as a whole: centred in float64
             # first, data far from the origin keeps its precision in float32
             centre = torch.cat([xs, xt]).mean(0)  # (D,)
-            moved = []
-            for x, name in ((xs, "Xs"), (xt, "Xt")):
-                x = x - centre
-                moved.append(x.to(dtype))
-                check_narrowed(moved[-1], float(x.abs().max()), name)
-            self._fit_log(moved[0], moved[1], labels, backend)
+            ms, mt = xs - centre, xt - centre
+            spread = max(float(ms.abs().max()), float(mt.abs().max()))
+            ms, mt = ms.to(dtype), mt.to(dtype)
+            check_narrowed((ms, mt), spread)
+            self._fit_log(ms, mt, labels, backend)
             self.mapped_ = self.mapped_ + centre.cpu().numpy()
         self.converged_ = self.marginal_error_ is None or self.marginal_error_ <= self._tol_reached
         if not self.converged_:

@@ -299,7 +299,7 @@ def test_data_too_small_for_float32_distances_is_one_input_error(data, make, sca
     sent every sample to the target mean, without a word; at 1e-20 KMM blamed a bandwidth the
     user never set. In float64 the fit is the unscaled one."""
     xs, xt, _ = data
-    with pytest.raises(InputError, match=r"^Xs holds values too small for float32 distances .*set dtype='float64'$"):
+    with pytest.raises(InputError, match=r"^Xs and Xt hold values too small for float32 distances .*set dtype='float64'$"):
         make().fit(xs * scale, xt * scale)
     if scale == 1e-20:
         ref, tiny = make(dtype="float64").fit(xs, xt), make(dtype="float64").fit(xs * scale, xt * scale)
@@ -307,6 +307,13 @@ def test_data_too_small_for_float32_distances_is_one_input_error(data, make, sca
             np.testing.assert_allclose(tiny.weights_, ref.weights_, rtol=1e-6, atol=1e-8)
         else:
             np.testing.assert_allclose(tiny.mapped_ / scale, ref.mapped_, rtol=1e-9, atol=1e-9)
+    # one domain all at the pooled centre (up to float64's rounding: 3e-20 from it) is no
+    # underflow: the other's distances to it are normal
+    d = np.array([[1.0, 2.0, 3.0], [-1.0, -2.0, -3.0]]) * 1e-3
+    at_centre = np.full((6, 3), 1e-8)
+    around = np.concatenate([1e-8 + d, 1e-8 - d, 1e-8 + 2 * d, 1e-8 - 2 * d])
+    assert 0 < np.abs(at_centre - np.concatenate([at_centre, around]).mean(0)).max() < 1e-18
+    make().fit(at_centre, around)
 
 
 @pytest.mark.parametrize("max_iter", [1, 3])
