@@ -245,7 +245,7 @@ def resolve_device(name: str) -> torch.device:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % 2**32)
+    np.random.seed(seed)  # (below 2**32, as RunConfig checks)
     torch.manual_seed(seed)
 
 
@@ -383,7 +383,7 @@ class _Stream:
 
     def _perm(self, epoch: int) -> Tensor:
         if epoch not in self._cache:
-            self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed((self.seed * 100_003 + epoch) % 2**64))}
+            self._cache = {epoch: torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100_003 + epoch))}
         return self._cache[epoch]
 
     def indices(self, step: int) -> Tensor:
@@ -1506,7 +1506,7 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
     """
     from dalib.models import build_model
 
-    p = Path(path)
+    p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no run at {p}: give a run's output folder or its {CHECKPOINT}")
     p = run_checkpoint(p)

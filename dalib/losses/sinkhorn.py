@@ -403,8 +403,9 @@ def ot_plan(
         name = "reg" if reg is not None else f"blur^p = {blur}^{p}"
         # the dual potentials are of the cost's size, kept to float64's relative precision: past
         # (largest |C|) / ε = 1/machine-ε, the exponents (f + g − C)/ε of the plan hold no digit
-        if not eps > 0 or float(np.abs(c).max()) / eps > 1.0 / np.finfo(np.float64).eps:
-            raise InputError(f"ε = {name} = {eps:.3g} is too small for the cost (largest {float(np.abs(c).max()):.3g}) "
+        largest = float(np.abs(c).max())
+        if not eps > 0 or largest / eps > 1.0 / np.finfo(np.float64).eps:
+            raise InputError(f"ε = {name} = {eps:.3g} is too small for the cost (largest {largest:.3g}) "
                              "in float64: raise it, or take the exact plan (method='emd' here; reg=0 in the ot method)")
         plan = ot.sinkhorn(an, bn, c, eps, method="sinkhorn_log", numItermax=int(max_iter), stopThr=tol)
     return torch.as_tensor(plan, dtype=like.dtype, device=like.device)  # (N, M)

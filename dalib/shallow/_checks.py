@@ -17,8 +17,8 @@ __all__ = [
     "as_matrix",
     "centred_pair",
     "check_choice",
-    "check_positive",
     "check_narrowed",
+    "check_positive",
     "check_same_features",
     "like_input",
     "to_numpy",
@@ -59,10 +59,13 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
     return t
 
 
-def _check_squared_norms(t: Tensor, name: str) -> None:
-    if not bool(torch.isfinite((t * t).sum(1)).all()):  # distances and covariances would overflow
+def _check_squared_norms(t: Tensor, name: str) -> float:
+    """The largest squared norm of ``t``'s rows, or :class:`InputError` when one overflows."""
+    largest = float((t * t).sum(1).max())
+    if not math.isfinite(largest):  # distances and covariances would overflow
         raise InputError(f"{name} holds values too large for {str(t.dtype).removeprefix('torch.')} distances "
                          "(squared norms overflow): scale the features")
+    return largest
 
 
 #: rows centred at a time by :func:`centred_pair`: its temporaries stay this many rows
@@ -100,12 +103,11 @@ def check_narrowed(pair: tuple[Tensor, Tensor], spread: float, names: tuple[str,
     :class:`InputError` when squared norms overflow, or when data that differ (``spread`` > 0)
     fall, all of them, below the smallest normal number of a narrower dtype than float64,
     where every distance is 0 or has lost its digits (one domain alone may sit at the centre)."""
-    for moved, name in zip(pair, names):
-        _check_squared_norms(moved, name)
+    largest = max(_check_squared_norms(moved, name) for moved, name in zip(pair, names))
     dtype = pair[0].dtype
     if dtype == torch.float64 or spread <= 0:
         return
-    if not max(float((m * m).sum(1).max()) for m in pair) >= torch.finfo(dtype).tiny:
+    if not largest >= torch.finfo(dtype).tiny:
         kind = str(dtype).removeprefix("torch.")
         raise InputError(f"{names[0]} and {names[1]} hold values too small for {kind} distances (squared norms "
                          f"underflow, largest value {spread:.3g} after centring): scale the features up or set "
