@@ -58,6 +58,8 @@ class DANN(Method):
                 raise ValueError("hidden must be >= 1")
             if self.hidden_layers < 0:
                 raise ValueError("hidden_layers must be >= 0")
+            if self.gamma < 0:  # the reversal coefficient would be negative: the features would help the discriminator
+                raise ValueError("gamma must be >= 0")
 
     def __init__(self, config: Config, model) -> None:
         super().__init__(config, model)

@@ -16,7 +16,8 @@ class DAN(Method):
     r"""DAN: multi-kernel MMD between source and target features (Long et al., ICML 2015).
 
     The loss adds the MMD between the source and target bottleneck features (and,
-    optionally, the logits) to the source cross-entropy:
+    optionally, the logits: the head on those features, without Dropout) to the source
+    cross-entropy:
 
     .. math:: L = L_{cls} + \lambda\, \mathrm{MMD}^2_k(F(x_s), F(x_t)),
               \quad k = \sum_{u} \exp(-\lVert x-y\rVert^2 / 2\sigma_u^2)
@@ -42,5 +43,6 @@ class DAN(Method):
         cls = self.source_loss(batch, out)
         align = mmd(out.feat_s, out.feat_t, estimator=self.config.estimator, backend="dense")
         if self.config.on_logits:
-            align = align + mmd(out.logits_s, out.logits_t, estimator=self.config.estimator, backend="dense")
+            head = self.model.head  # on the features, not on their Dropout-masked copy (out.logits_*)
+            align = align + mmd(head(out.feat_s), head(out.feat_t), estimator=self.config.estimator, backend="dense")
         return {"total": cls + self.config.trade_off * align, "cls": cls, "mmd": align}

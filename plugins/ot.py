@@ -25,7 +25,8 @@ class DeepJDOT(Method):
               L = L_{cls} + \sum_{ij} \gamma_{ij} C_{ij}
 
     :math:`\gamma` is exact EMD (or entropic with ``reg`` > 0) on the detached cost, with
-    uniform (or KMM-weighted) source masses. On feature datasets ``dalib run ot`` fits the
+    uniform (or KMM-weighted) source masses. :math:`f(g(x^t_j))` is the classifier on the
+    target features without Dropout, as at test time. On feature datasets ``dalib run ot`` fits the
     OT mapping of Courty et al. (TPAMI 2017) with a classifier instead (``--mode shallow``).
     """
 
@@ -50,7 +51,10 @@ class DeepJDOT(Method):
     def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
         cls = self.source_loss(batch, out)
         feat = torch.cdist(out.feat_s, out.feat_t) ** 2  # (B_s, B_t)
-        logp_t = F.log_softmax(out.logits_t, dim=1)  # (B_t, C)
+        # the target predictions as the classifier gives them at test time: the head on the
+        # features, not on their Dropout-masked copy (out.logits_t), which would make the
+        # matching random
+        logp_t = F.log_softmax(self.model.head(out.feat_t), dim=1)  # (B_t, C)
         label = -logp_t[:, batch.y_s].T  # (B_s, B_t): CE(y_s_i, f(g(x_t_j)))
         cost = self.config.alpha * feat + self.config.lambda_t * label  # (B_s, B_t)
         a = None if batch.w_s is None else batch.w_s / batch.w_s.sum()

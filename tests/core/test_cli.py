@@ -131,6 +131,8 @@ def test_an_empty_out_is_refused_not_taken_as_the_default(runner, chdir_tmp):
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "trade_off=abc"], ["abc", "trade_off", "number"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "hidden=1.5"], ["hidden", "integer"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "trade_off=-1"], ["trade_off must be >= 0"]),
+        # a negative γ makes the reversal coefficient negative: the features would help the discriminator
+        (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "gamma=-10"], ["gamma must be >= 0"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--set", "novalue"], ["key=value"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "abc"], ["abc"]),
         (["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "0"], ["steps must be at least 1"]),

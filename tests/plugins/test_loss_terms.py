@@ -76,15 +76,16 @@ def test_dan_is_the_mmd_its_settings_name(estimator, on_logits):
     losses = method.loss(batch, out, Progress(5, 100))
     ref_out = _fresh(out)
     align = mmd(ref_out.feat_s, ref_out.feat_t, estimator=estimator, backend="dense")
-    if on_logits:
-        align = align + mmd(ref_out.logits_s, ref_out.logits_t, estimator=estimator, backend="dense")
+    if on_logits:  # the head on the features: out.logits_* are the head on a Dropout-masked copy
+        head = method.model.head
+        align = align + mmd(head(ref_out.feat_s), head(ref_out.feat_t), estimator=estimator, backend="dense")
     total = F.cross_entropy(ref_out.logits_s, batch.y_s) + trade_off * align
     assert _f(losses["mmd"]) == pytest.approx(_f(align), rel=1e-6)
     got = _grads(losses["total"], out)
     for g, want in zip(got, _grads(total, ref_out)):
         torch.testing.assert_close(g, want)
     assert got[0].abs().sum() > 0 and got[1].abs().sum() > 0  # both domains' features are aligned
-    assert (got[3].abs().sum() > 0) == on_logits  # the target logits enter only through the logit MMD
+    assert got[3].abs().sum() == 0  # the masked target logits enter no term
 
 
 def test_deep_coral_aligns_the_bottleneck_covariances():
@@ -113,17 +114,21 @@ def test_deepjdot_transports_the_joint_cost_of_the_paper():
     method, batch, out = _setup("ot", alpha=alpha, lambda_t=lambda_t)
     losses = method.loss(batch, out, Progress(5, 100))
     ref_out = _fresh(out)
-    # C_ij = α‖g(x_i^s) − g(x_j^t)‖² + λ_t·CE(y_i^s, f(g(x_j^t))), one entry at a time
+    # C_ij = α‖g(x_i^s) − g(x_j^t)‖² + λ_t·CE(y_i^s, f(g(x_j^t))), one entry at a time; f is the
+    # head on the features (out.logits_t is the head on a Dropout-masked copy)
     feat = ((ref_out.feat_s[:, None, :] - ref_out.feat_t[None, :, :]) ** 2).sum(-1)
-    label = torch.stack([F.cross_entropy(ref_out.logits_t[j].expand(N_S, K), batch.y_s, reduction="none")
+    logits_t = method.model.head(ref_out.feat_t)  # (N_T, K)
+    label = torch.stack([F.cross_entropy(logits_t[j].expand(N_S, K), batch.y_s, reduction="none")
                          for j in range(N_T)], dim=1)
     cost = alpha * feat + lambda_t * label
     plan = ot_plan(cost=cost.detach(), reg=method.config.reg or None)
     transport = (plan.to(cost.dtype) * cost).sum()
     assert _f(losses["transport"]) == pytest.approx(_f(transport), rel=1e-5)
     total = F.cross_entropy(ref_out.logits_s, batch.y_s) + transport
-    for got, want in zip(_grads(losses["total"], out), _grads(total, ref_out)):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    got = _grads(losses["total"], out)
+    for g, want in zip(got, _grads(total, ref_out)):
+        torch.testing.assert_close(g, want, rtol=1e-4, atol=1e-6)
+    assert got[3].abs().sum() == 0  # the masked target logits enter no term
 
 
 def test_l2sp_pulls_the_given_weights_to_their_start_and_the_new_ones_to_zero():
