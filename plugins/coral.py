@@ -19,6 +19,9 @@ class DeepCORAL(Method):
 
     .. math:: L = L_{cls} + \lambda\, \frac{1}{4d^2} \lVert C_s - C_t \rVert_F^2 .
 
+    The paper puts the term on its last layer, AlexNet's fc8 (the class scores); here it is
+    on the bottleneck, where dalib's other alignment losses act.
+
     The paper sets :math:`\lambda` so that, at the end of training, the CORAL term and the
     classification loss are about the same; the normalisation by :math:`4d^2` makes the term
     small, so the weight that does this is often well above the default 1 (30 on dalib's
