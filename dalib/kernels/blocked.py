@@ -66,8 +66,9 @@ class _GaussTiles:
     five bandwidths 2^-2…2^2, 3e-14 in float64).
     """
 
-    def __init__(self, x: Tensor, y: Tensor, gammas: tuple[float, ...]):
+    def __init__(self, x: Tensor, y: Tensor, gammas: tuple[float, ...], same: bool = False):
         self.gammas = tuple(sorted(gammas))
+        self.same = same  # y is x: the distance of a point to itself is exactly 0
         c = self.gammas[0] / math.log(2.0)
         self.xc, x2, self.yc, y2 = _prep(x, y)
         # the single GEMM adds c‖x‖², c‖y‖² and 2c·x·y, each of which can overflow (inf − inf = NaN)
@@ -89,9 +90,15 @@ class _GaussTiles:
         t = self._t[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
         if self.two_pass:
             d = sqdist_tile_(self.xc[i0:i1], self.x2[i0:i1], self.yc[j0:j1], self.y2[:, j0:j1])  # (bi, bj)
-            return torch.mul(d, -self.c, out=t)
-        torch.mm(self.a[i0:i1], self.b[j0:j1].t(), out=t)
-        return t.clamp_max_(0.0)
+            torch.mul(d, -self.c, out=t)
+        else:
+            torch.mm(self.a[i0:i1], self.b[j0:j1].t(), out=t)
+            t.clamp_max_(0.0)
+        lo, hi = max(i0, j0), min(i1, j1)
+        if self.same and lo < hi:  # the pairs (i, i) in the tile: 0, not the GEMM's rounding of it
+            k = torch.arange(lo, hi, device=t.device)
+            t[k - i0, k - j0] = 0.0
+        return t
 
     def terms(self, t: Tensor):
         """Yield ``(γ_s, exp(−γ_s D))`` for the tile ``t`` (the second in a reused buffer)."""
@@ -146,10 +153,10 @@ class _GaussianMatvec(torch.autograd.Function):
     """out (N, K) = Σ_s exp(−γ_s ‖x_i − y_j‖²) @ v (M, K)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, v: Tensor, gammas: tuple[float, ...]) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, y: Tensor, v: Tensor, gammas: tuple[float, ...], same: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, y, v)
-        ctx.gammas = gammas
-        tiles = _GaussTiles(x, y, gammas)
+        ctx.gammas, ctx.same = gammas, same
+        tiles = _GaussTiles(x, y, gammas, same)
         out = torch.zeros(x.shape[0], v.shape[1], dtype=x.dtype, device=x.device)  # (N, K)
         for (i0, i1), (j0, j1), _ in _tiles(x.shape[0], y.shape[0], False):
             k, _ = tiles.kernel(tiles.tile(i0, i1, j0, j1), False)  # (bi, bj)
@@ -160,8 +167,8 @@ class _GaussianMatvec(torch.autograd.Function):
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         _first_order_only()
         x, y, v = ctx.saved_tensors
-        need_x, need_y, need_v, _ = ctx.needs_input_grad
-        tiles = _GaussTiles(x, y, ctx.gammas)
+        need_x, need_y, need_v = ctx.needs_input_grad[:3]
+        tiles = _GaussTiles(x, y, ctx.gammas, ctx.same)
         xc, yc = tiles.xc, tiles.yc
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None
@@ -177,7 +184,7 @@ class _GaussianMatvec(torch.autograd.Function):
                     gx[i0:i1].addmm_(w, yc[j0:j1]).sub_(xc[i0:i1] * w.sum(1, keepdim=True))
                 if gy is not None:  # Σ_i W_ij (x_i − y_j)
                     gy[j0:j1].addmm_(w.t(), xc[i0:i1]).sub_(yc[j0:j1] * w.sum(0).unsqueeze(1))
-        return gx, gy, gv, None
+        return gx, gy, gv, None, None
 
 
 class _GaussianSum(torch.autograd.Function):
@@ -189,7 +196,7 @@ class _GaussianSum(torch.autograd.Function):
     def forward(ctx, x: Tensor, y: Tensor, gammas: tuple[float, ...], symmetric: bool) -> Tensor:  # type: ignore[override]
         ctx.save_for_backward(x, y)
         ctx.gammas, ctx.symmetric = gammas, symmetric
-        tiles = _GaussTiles(x, y, gammas)
+        tiles = _GaussTiles(x, y, gammas, symmetric)
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         for (i0, i1), (j0, j1), weight in _tiles(x.shape[0], y.shape[0], symmetric):
             total += weight * tiles.total(tiles.tile(i0, i1, j0, j1))
@@ -203,7 +210,7 @@ class _GaussianSum(torch.autograd.Function):
         need_x, need_y = ctx.needs_input_grad[:2]
         if not (need_x or need_y):
             return None, None, None, None
-        tiles = _GaussTiles(x, y, ctx.gammas)
+        tiles = _GaussTiles(x, y, ctx.gammas, symmetric)
         xc, yc = tiles.xc, tiles.yc
         g = float(grad)
         gx = torch.zeros_like(x)
@@ -240,8 +247,9 @@ def _tiles(n: int, m: int, symmetric: bool):
 
 
 def blocked_gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, gammas: tuple[float, ...]) -> Tensor:
-    """(N, K) = Σ_s exp(−γ_s D) @ v for v (M, K), tiled."""
-    return _GaussianMatvec.apply(x, y, v, gammas)
+    """(N, K) = Σ_s exp(−γ_s D) @ v for v (M, K), tiled; with ``y is x`` the distance of each
+    point to itself is exactly 0."""
+    return _GaussianMatvec.apply(x, y, v, gammas, y is x)
 
 
 def blocked_gaussian_sum(x: Tensor, y: Tensor, gammas: tuple[float, ...], symmetric: bool = False) -> Tensor:

@@ -7,6 +7,8 @@ of float32 low; the result is clamped at 0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -105,14 +107,19 @@ def median_bandwidth(x: Tensor, y: Tensor) -> float:
         z = z[idx.to(z.device)]  # (P, D)
     if z.shape[0] < 2:
         return 1.0
-    d = sqdist_unchecked(z, z)  # (P, P)
+    z = z - z.mean(0)  # (P, D)
+    z2 = (z * z).sum(1, keepdim=True)  # (P, 1)
+    d = sqdist_tile_(z, z2, z, z2.t())  # (P, P), in place
     iu = torch.triu_indices(z.shape[0], z.shape[0], offset=1, device=z.device)
-    dist = d[iu[0], iu[1]].sqrt()  # (P (P - 1) / 2,)
+    sq = d[iu[0], iu[1]]  # (P (P - 1) / 2,) squared distances, i < j
+    # the square root is monotone: the median and the largest of the squares give those of the
+    # distances, and only they need the root
+    largest, med = (math.sqrt(float(v)) for v in (sq.max(), sq.median()))
     # ‖z_i‖² + ‖z_j‖² − 2 z_i·z_j leaves rounding noise (~1e-8 relative, as a distance) where
     # z_i = z_j: below this, a distance counts as 0
-    zero = float(dist.max()) * DUPLICATE_TOL
-    med = float(dist.median())
+    zero = largest * DUPLICATE_TOL
     if med > zero:
         return med
+    dist = sq.sqrt()
     nonzero = dist[dist > zero]
     return float(nonzero.mean()) if nonzero.numel() else 1.0

@@ -24,6 +24,8 @@ Sigmas = float | Sequence[float] | Tensor
 
 def _dense_kernel(x: Tensor, y: Tensor, gammas: tuple[float, ...]) -> Tensor:
     d = sqdist_unchecked(x, y)  # (N, M)
+    if y is x:
+        d = d.fill_diagonal_(0.0)  # exactly 0, whatever the rounding of ‖x‖² − 2x·x + ‖x‖²
     k = torch.exp(d * -gammas[0])  # (N, M)
     for g in gammas[1:]:
         k = k + torch.exp(d * -g)
@@ -39,9 +41,13 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
     ``x`` (N, D), ``y`` (M, D), ``v`` (M,) or (M, K); ``sigmas`` a float or a sequence /
     1-D tensor of bandwidths (treated as constants). Returns (N,) or (N, K), differentiable
     w.r.t. ``x``, ``y`` and ``v`` on every backend (``dense``, ``blocked``, ``keops``,
-    ``auto``: see :func:`dalib.kernels.resolve_backend`).
+    ``auto``: see :func:`dalib.kernels.resolve_backend`). With ``y is x``, on ``dense`` and
+    ``blocked``, the distance of each point to itself is exactly 0.
     """
+    same = y is x
     x, y = check_pair(x, y)
+    if same:
+        y = x  # one tensor still (a cast made two): the distance of a point to itself is then exactly 0
     if not isinstance(v, Tensor):
         raise InputError(f"v must be a torch.Tensor, got {type(v).__name__}")
     if v.dim() not in (1, 2) or v.shape[0] != y.shape[0]:
@@ -88,7 +94,9 @@ def gaussian_mean(x: Tensor, y: Tensor, sigmas: Sigmas, backend: str = "auto") -
 
     ``x`` (N, D), ``y`` (M, D) → scalar tensor, differentiable w.r.t. ``x`` and ``y``.
     Pass the same tensor twice (``gaussian_mean(x, x, ...)``) for the within-domain term of
-    MMD: the ``blocked`` backend then computes only half of the tiles.
+    MMD: the ``blocked`` backend then computes only half of the tiles, and on ``dense`` and
+    ``blocked`` each ``k(x_i, x_i)`` is exactly the number of bandwidths (the GEMM form of
+    the distance would leave its rounding there, which a small σ turns into a visible error).
     """
     same = y is x
     x, y = check_pair(x, y)

@@ -191,7 +191,8 @@ class _GramOperator:
         if backend not in ("dense", "blocked"):
             return
         n = xs.shape[0]
-        self.tiles = _GaussTiles(xs, xs, (float(as_gammas(sigma, xs)),))  # (fit has checked the bandwidth)
+        # (fit has checked the bandwidth); same: k(x, x) = 1 exactly (the GEMM form cancels to rounding there)
+        self.tiles = _GaussTiles(xs, xs, (float(as_gammas(sigma, xs)),), same=True)
         self.blocks = list(_tiles(n, n, True))  # (I, J) on and above the diagonal
         if backend == "dense":
             self.matrix = torch.empty(n, n, dtype=xs.dtype, device=xs.device)  # (N, N)
@@ -202,8 +203,6 @@ class _GramOperator:
 
     def _tile(self, i0: int, i1: int, j0: int, j1: int) -> Tensor:
         k, _ = self.tiles.kernel(self.tiles.tile(i0, i1, j0, j1), False)  # (bi, bj)
-        if j0 == i0:
-            k.fill_diagonal_(1.0)  # k(x, x) = 1 exactly (the GEMM form cancels to rounding there)
         return k
 
     def __call__(self, v: Tensor) -> Tensor:

@@ -8,6 +8,7 @@ import torch
 from scipy.special import logsumexp
 
 from dalib.kernels import gaussian_matvec, gaussian_mean, median_bandwidth, softmin, sqdist
+from dalib.losses import mmd
 
 TORCH_BACKENDS = ["dense", "blocked"]
 SIGMAS = [0.5, 1.0, 2.0]  # γ ratios 4: the squaring chain
@@ -89,6 +90,25 @@ def test_gaussian_mean_matches_brute_force(backend, sigmas, small_tiles):
     assert gaussian_mean(x, y, 0.7, backend=backend).item() == pytest.approx(_np_gauss(x, y, [0.7]).mean(), rel=1e-12)
     t = torch.tensor(SIGMAS)
     assert gaussian_mean(x, y, t, backend=backend).item() == pytest.approx(_np_gauss(x, y, SIGMAS).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
+def test_a_point_is_at_distance_zero_from_itself(backend, small_tiles):
+    """k(x_i, x_i) = 1 exactly when both arguments are one tensor. The GEMM form of the distance,
+    ‖x‖² + ‖x‖² − 2 x·x, leaves its rounding on the diagonal (~1e-3 for these float32 norms of
+    ~80), which a bandwidth of 0.01 turned into k(x, x) ≈ 0.66. Every other pair is 0 there."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20, 64, generator=g) * 10  # (20, 64) float32; pairs ~110 apart
+    y = torch.randn(15, 64, generator=g) * 10
+    assert gaussian_mean(x, x, 0.01, backend=backend).item() == pytest.approx(1 / 20, rel=1e-6)
+    assert gaussian_mean(x, x, [0.01, 0.02], backend=backend).item() == pytest.approx(2 / 20, rel=1e-6)
+    v = torch.randn(20, generator=g)
+    torch.testing.assert_close(gaussian_matvec(x, x, v, 0.01, backend=backend), v)  # K = I
+    # half precision is cast to float32 for each argument: still one tensor
+    h = x.half()
+    torch.testing.assert_close(gaussian_matvec(h, h, v, 0.01, backend=backend), v)
+    # the biased MMD² is then the diagonals' 1/n + 1/m
+    assert mmd(x, y, bandwidths=0.01, estimator="biased", backend=backend).item() == pytest.approx(1 / 20 + 1 / 15, rel=1e-6)
 
 
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
