@@ -149,10 +149,23 @@ def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Pat
         args.append(f"--seeds {','.join(str(x) for x in seeds)}")
     if state.get("steps"):
         args.append(f"--steps {state['steps']}")
+    if int(state.get("jobs", 1)) > 1:  # each worker runs with cores/jobs torch threads: the numbers depend on it
+        args.append(f"--jobs {state['jobs']}")
     if out_dir is not None and out_dir.resolve() != RESULTS_DIR:
         args.append(f"--out {out_dir.resolve()}")
     args += [f"--plugin {module}" for module in state.get("plugins", [])]
     return " ".join(args)
+
+
+def _threads_text(state: dict[str, Any]) -> str:
+    """How many torch threads the cells ran with (on the CPU the numbers depend on it; ``--jobs``
+    gives each worker cores/jobs of them): "" for files from before cells recorded it."""
+    counts = sorted({int(c["threads"]) for c in state["cells"].values() if c.get("threads") is not None})
+    if not counts:
+        return ""
+    if len(counts) == 1:
+        return f" Each cell ran with {counts[0]} torch thread{'s' if counts[0] != 1 else ''}."
+    return f" The cells ran with {' or '.join(map(str, counts))} torch threads (runs with other `--jobs`)."
 
 
 def _rectangle(state: dict[str, Any], summary: Summary) -> bool:
@@ -246,7 +259,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         "",
         f"Time: {wall}{total / 60:.1f} min of cell time ({len(state['cells'])} cell{'s' if len(state['cells']) != 1 else ''}){split}. " + timing,
         "",
-        f"Machine: {machine_line(state['machine'])}.",
+        f"Machine: {machine_line(state['machine'])}." + _threads_text(state),
         "",
         f"Reproduce: `{_reproduce(suite, state, summary, out_dir)}` (a killed run resumes where it stopped; finished "
         "cells are kept)" + ("." if _rectangle(state, summary) else

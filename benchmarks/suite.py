@@ -504,8 +504,11 @@ def _run_cell(config: Any) -> dict[str, Any]:
         return {"status": "failed", "error": f"{type(exc).__name__}: {first_line(exc)}", "seconds": time.perf_counter() - t0}
     if result.target_accuracy is None:  # a target without labels: nothing for the table
         return {"status": "failed", "error": "the target has no labels to score", "seconds": time.perf_counter() - t0}
+    import torch
+
     return {"status": "done", "source_accuracy": result.source_accuracy, "target_accuracy": result.target_accuracy,
-            "steps": result.steps, "seconds": time.perf_counter() - t0, "diagnostics": result.diagnostics}
+            "steps": result.steps, "seconds": time.perf_counter() - t0, "diagnostics": result.diagnostics,
+            "threads": torch.get_num_threads()}  # (the numbers depend on it: --jobs sets it, cores/jobs)
 
 
 #: a worker's folder where it notes the cell it runs (set by :func:`_worker_init`)

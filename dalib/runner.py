@@ -618,10 +618,12 @@ def _intact_result(path: Path) -> bool:
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
     """Write ``result.json`` atomically, with what produced it: the method's class (and its
     file, for a plugin loaded by path) and the versions of dalib, torch, the numerical
-    libraries the run imported and the package that installed the method."""
+    libraries the run imported and the package that installed the method, and torch's number
+    of CPU threads (the float sums, so the numbers, depend on it)."""
     from dalib.registry import defined_at
 
-    payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls)}
+    payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls),
+               "threads": torch.get_num_threads()}
     atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
 
 
@@ -820,8 +822,10 @@ def _run(
         start = 0
         from dalib.registry import defined_at, method_code_hash
 
-        # the method's code (its module's syntax tree) and the steps at which a resume found it edited
-        code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": []}
+        # the method's code (its module's syntax tree) and the steps at which a resume found it edited;
+        # the steps at which a resume went on with another number of torch threads (float sums
+        # differ with it: the run then no longer matches an uninterrupted one bit for bit)
+        code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": [], "threads_changed_at": []}
         if ckpt is not None:
             _check_same_data(ckpt, spec, out)
             load_weights(model, ckpt, out / CHECKPOINT)
@@ -848,6 +852,13 @@ def _run(
                     f"of step {start}: the steps after it train with the new code (result.json records the step)",
                     RuntimeWarning)
                 code["changed_at"].append(start)
+            code["threads_changed_at"] = list(ckpt.get("threads_changed_at") or [])
+            if ckpt.get("threads") is not None and ckpt["threads"] != torch.get_num_threads():
+                warn_outside_dalib(
+                    f"the checkpoint of step {start} was written with {ckpt['threads']} torch threads, this resume has "
+                    f"{torch.get_num_threads()}: sums then round differently, so the run will not match an uninterrupted "
+                    "one bit for bit (result.json records the step; OMP_NUM_THREADS sets the count)", RuntimeWarning)
+                code["threads_changed_at"].append(start)
             if ckpt.get("source_weights") is not None:
                 method.source_weights = ckpt["source_weights"].to(device)
             method.diagnostics = dict(ckpt.get("diagnostics") or {})
@@ -986,6 +997,8 @@ def _run(
             }
             if code["changed_at"]:  # a resume went on with other code of the method
                 payload["method_code_changed_at"] = code["changed_at"]
+            if code["threads_changed_at"]:  # ... or with another number of threads
+                payload["threads_changed_at"] = code["threads_changed_at"]
             write_result(out, payload, method_cls)
         ok = True
         return result
@@ -1549,5 +1562,7 @@ def _save_checkpoint(
         "seconds": seconds,
         "method_code": code["now"],
         "method_code_changed_at": code["changed_at"],
+        "threads": torch.get_num_threads(),
+        "threads_changed_at": code["threads_changed_at"],
     }
     atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from dalib.cli import cli
@@ -426,14 +428,26 @@ def test_worker_processes_give_the_same_numbers_as_one_process(tmp_path, data_ro
     suite = load_suite("office-caltech-surf")
     kw = {"methods": ["source_only", "coral"], "tasks": ["D->W"], "seeds": [0], "steps": 20,
           "data_root": str(data_root), "progress": False}
-    one = json.loads(run_suite(suite, tmp_path / "one", **kw).read_text())["cells"]
+    one_path = run_suite(suite, tmp_path / "one", **kw)
+    one = json.loads(one_path.read_text())["cells"]
     shallow = {k: c for k, c in one.items() if c["mode"] == "shallow"}
-    two = json.loads(run_suite(suite, tmp_path / "two", jobs=2, **{**kw, "methods": ["coral"]}).read_text())["cells"]
+    two_path = run_suite(suite, tmp_path / "two", jobs=2, **{**kw, "methods": ["coral"]})
+    two = json.loads(two_path.read_text())["cells"]
     assert len(shallow) == 4
     for key, cell in two.items():
         assert cell["status"] == "done"
         if cell["mode"] == "shallow":
             assert cell["target_accuracy"] == one[key]["target_accuracy"]
+    # each worker runs with cores/jobs torch threads, and a deep run's numbers depend on them: the
+    # cells record them, the table says them, and its Reproduce line gives the --jobs that set them
+    workers = max(1, (os.cpu_count() or 1) // 2)
+    assert {c["threads"] for c in two.values()} == {workers}
+    assert {c["threads"] for c in one.values()} == {torch.get_num_threads()}
+    md = two_path.with_suffix(".md").read_text()
+    assert f"Each cell ran with {workers} torch thread" in md
+    assert "--jobs 2" in md.split("Reproduce: `", 1)[1].split("`", 1)[0]
+    one_md = one_path.with_suffix(".md").read_text()
+    assert "--jobs" not in one_md.split("Reproduce: `", 1)[1].split("`", 1)[0]
 
 
 def test_a_narrowed_run_says_so_and_its_reproduce_line_narrows_too(toy_suite, tmp_path):

@@ -95,6 +95,32 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     assert r_full["target_accuracy"] == r_cut["target_accuracy"]
 
 
+def test_the_thread_count_is_recorded_and_a_resume_with_another_warns(tmp_path, data_root):
+    """On the CPU the float sums, so the numbers, depend on torch's thread count: result.json and
+    the checkpoint record it, and a resume with another count says it will not match the
+    uninterrupted run and records the step."""
+    threads = torch.get_num_threads()
+    cfg = _config(steps=20)
+    _killed_at(cfg, tmp_path / "cut", 15)
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["threads"] == threads
+    other = 2 if threads == 1 else 1
+    torch.set_num_threads(other)
+    try:
+        with pytest.warns(RuntimeWarning, match=rf"written with {threads} torch threads, this resume has {other}"):
+            run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+    finally:
+        torch.set_num_threads(threads)
+    result = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert (result["threads"], result["threads_changed_at"]) == (other, [10])
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["threads_changed_at"] == [10]
+    run(cfg, tmp_path / "whole", progress_bar=False)
+    whole = json.loads((tmp_path / "whole" / "result.json").read_text())
+    assert whole["threads"] == threads and "threads_changed_at" not in whole
+    shallow = run(RunConfig(method="coral", dataset="office-caltech-surf", src="amazon", tgt="webcam", classifier="1nn",
+                            data_root=str(data_root)), tmp_path / "shallow", progress_bar=False)
+    assert json.loads((tmp_path / "shallow" / "result.json").read_text())["threads"] == threads
+
+
 class _HostRandom(dalib.Method):
     """Scales the source loss by draws from Python's and numpy's global generators, as a
     plugin's mixup or augmentation might, and logs them."""
