@@ -160,12 +160,14 @@ def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Pat
 def _threads_text(state: dict[str, Any]) -> str:
     """How many torch threads the cells ran with (on the CPU the numbers depend on it; ``--jobs``
     gives each worker cores/jobs of them): "" for files from before cells recorded it."""
-    counts = sorted({int(c["threads"]) for c in state["cells"].values() if c.get("threads") is not None})
+    known = [int(c["threads"]) for c in state["cells"].values() if c.get("threads") is not None]
+    counts = sorted(set(known))
     if not counts:
         return ""
+    which = "Each cell" if len(known) == len(state["cells"]) else f"The {len(known)} cells that recorded it"
     if len(counts) == 1:
-        return f" Each cell ran with {counts[0]} torch thread{'s' if counts[0] != 1 else ''}."
-    return f" The cells ran with {' or '.join(map(str, counts))} torch threads (runs with other `--jobs`)."
+        return f" {which} ran with {counts[0]} torch thread{'s' if counts[0] != 1 else ''}."
+    return f" {which} ran with {' or '.join(map(str, counts))} torch threads (runs with other `--jobs`)."
 
 
 def _rectangle(state: dict[str, Any], summary: Summary) -> bool:

@@ -1089,3 +1089,14 @@ def test_sigterm_writes_the_table_of_the_finished_cells_as_ctrl_c_does(tmp_path,
     assert bench.returncode == 130 and stderr.strip().splitlines()[-1] == "dalib: interrupted", stderr
     table = (tmp_path / "out" / "bench-office-caltech-surf-steps5.md").read_text()
     assert "| `source_only` |" in table  # the cells finished before the signal
+
+
+def test_the_table_says_how_many_threads_the_cells_ran_with():
+    from dalib_benchmarks.report import _threads_text
+
+    cells = lambda *counts: {"cells": {str(i): ({} if t is None else {"threads": t}) for i, t in enumerate(counts)}}  # noqa: E731
+    assert _threads_text(cells(1, 1)) == " Each cell ran with 1 torch thread."
+    assert _threads_text(cells(2, 1)) == " Each cell ran with 1 or 2 torch threads (runs with other `--jobs`)."
+    # cells of files from before the count was recorded are not claimed
+    assert _threads_text(cells(2, None, 2)) == " The 2 cells that recorded it ran with 2 torch threads."
+    assert _threads_text(cells(None)) == ""
