@@ -22,7 +22,7 @@ Each case runs ``--repeats`` times per round; the rounds alternate the cases, so
 load that comes and goes on a shared machine slows them alike. The table gives each case's
 best time per call and dalib's speed-up over the others.
 
-    python benchmarks/mmd_loss.py                 # ~2 min on 2 cores
+    python benchmarks/mmd_loss.py                 # ~3 min on 2 cores
     python benchmarks/mmd_loss.py --sizes 64 --dims 256 --rounds 3
 
 Writes benchmarks/results/mmd_loss.json and .md (``--out`` to change).

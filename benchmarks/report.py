@@ -160,11 +160,13 @@ def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Pat
 def _threads_text(state: dict[str, Any]) -> str:
     """How many torch threads the cells ran with (on the CPU the numbers depend on it; ``--jobs``
     gives each worker cores/jobs of them): "" for files from before cells recorded it."""
-    known = [int(c["threads"]) for c in state["cells"].values() if c.get("threads") is not None]
+    done = [c for c in state["cells"].values() if c.get("status", "done") == "done"]  # (a failed cell ran no numbers)
+    known = [int(c["threads"]) for c in done if c.get("threads") is not None]
     counts = sorted(set(known))
     if not counts:
         return ""
-    which = "Each cell" if len(known) == len(state["cells"]) else f"The {len(known)} cells that recorded it"
+    which = ("Each cell" if len(known) == len(done) else
+             "The cell that recorded it" if len(known) == 1 else f"The {len(known)} cells that recorded it")
     if len(counts) == 1:
         return f" {which} ran with {counts[0]} torch thread{'s' if counts[0] != 1 else ''}."
     return f" {which} ran with {' or '.join(map(str, counts))} torch threads (runs with other `--jobs`)."

@@ -515,6 +515,11 @@ def _run_cell(config: Any) -> dict[str, Any]:
 _started_dir: Path | None = None
 
 
+def _worker_threads(jobs: int) -> int:
+    """torch threads of a cell under ``--jobs``: the cores shared out (a cell's numbers depend on them)."""
+    return max(1, (os.cpu_count() or 1) // jobs)
+
+
 def _worker_init(threads: int, plugins: tuple[str, ...], parent: int, started: str) -> None:
     global _started_dir
     import threading
@@ -574,7 +579,7 @@ def _run_in_workers(todo: list[Cell], configs: dict[str, Any], jobs: int, plugin
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    threads = _worker_threads(jobs)
     ctx = multiprocessing.get_context("spawn")
     pending = {c.key: c for c in todo}
     while pending:
@@ -803,9 +808,17 @@ def run_suite(
                     finished(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
                 todo = [c for c in todo if c.key not in invalid]
                 if jobs == 1 or len(todo) <= 1:
-                    for cell in todo:
-                        bar.set_postfix_str(cell.key, refresh=True)  # the cell that runs now
-                        finished(cell, _run_cell(configs[cell.key]))
+                    import torch
+
+                    own = torch.get_num_threads()
+                    if jobs > 1:  # one cell left: here, with the threads a worker would have (--jobs sets them)
+                        torch.set_num_threads(_worker_threads(jobs))
+                    try:
+                        for cell in todo:
+                            bar.set_postfix_str(cell.key, refresh=True)  # the cell that runs now
+                            finished(cell, _run_cell(configs[cell.key]))
+                    finally:
+                        torch.set_num_threads(own)
                 else:
                     _run_in_workers(todo, configs, jobs, plugins, finished)
         except BaseException:  # Ctrl-C (or SIGTERM): the table and the chart show the cells finished so far

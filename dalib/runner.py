@@ -853,7 +853,8 @@ def _run(
                     RuntimeWarning)
                 code["changed_at"].append(start)
             code["threads_changed_at"] = list(ckpt.get("threads_changed_at") or [])
-            if ckpt.get("threads") is not None and ckpt["threads"] != torch.get_num_threads():
+            # (on CUDA the CPU's threads compute no numbers of the model)
+            if device.type == "cpu" and ckpt.get("threads") is not None and ckpt["threads"] != torch.get_num_threads():
                 warn_outside_dalib(
                     f"the checkpoint of step {start} was written with {ckpt['threads']} torch threads, this resume has "
                     f"{torch.get_num_threads()}: sums then round differently, so the run will not match an uninterrupted "

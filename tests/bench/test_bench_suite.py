@@ -1100,3 +1100,16 @@ def test_the_table_says_how_many_threads_the_cells_ran_with():
     # cells of files from before the count was recorded are not claimed
     assert _threads_text(cells(2, None, 2)) == " The 2 cells that recorded it ran with 2 torch threads."
     assert _threads_text(cells(None)) == ""
+    assert _threads_text(cells(1, None)) == " The cell that recorded it ran with 1 torch thread."
+    failed = cells(1, None)
+    failed["cells"]["1"]["status"] = "failed"  # a failed cell records no thread count, and claims none
+    assert _threads_text(failed) == " Each cell ran with 1 torch thread."
+
+
+def test_a_last_cell_run_in_process_under_jobs_has_a_workers_threads(toy_suite, tmp_path):
+    """With --jobs 2 and one cell to run, the cell runs in the main process: with the threads a
+    worker would have, so that the Reproduce line's --jobs says what the numbers were made with."""
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], seeds=[0], jobs=2, progress=False)
+    (cell,) = json.loads(path.read_text())["cells"].values()
+    assert cell["status"] == "done" and cell["threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert "--jobs 2" in path.with_suffix(".md").read_text()
