@@ -43,15 +43,6 @@ MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 GROUPS = {"median per call": ("dalib", "dalib-auto", "torch", "skada"), "bandwidths given": ("dalib", "torch", "skada")}
 
 
-def make_data(n: int, d: int, device: str):
-    import torch
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(n, d, generator=g)
-    y = torch.randn(n, d, generator=g) + 0.5
-    return x.to(device), y.to(device)
-
-
 def _torch_mmd(x, y, sigmas):
     """The textbook biased MMD² of the pooled batch: one cdist, five Gaussian kernels."""
     import torch
@@ -106,6 +97,7 @@ def time_call(fn, x, y, repeats: int) -> tuple[float, float]:
 
 def main() -> None:
     from _machine import at_least, command, machine_info, machine_line, output_stem, write_results
+    from kernels import _data as same_data  # kernels.py's data: x ~ N(0, I), y ~ N(0.5, I), seed 0
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=at_least(2), nargs="+", default=[32, 64, 128, 256, 512],
@@ -129,7 +121,7 @@ def main() -> None:
     rows = []
     for d in args.dims:
         for n in args.sizes:
-            x, y = make_data(n, d, args.device)
+            x, y = same_data(n, d, torch.float32, args.device)
             med = median_bandwidth(x, y)
             sigmas = [med * k for k in MULTIPLIERS]
             cases = [(g, c) for g, names in GROUPS.items() for c in names]

@@ -79,9 +79,14 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
 
 def check_pair(x: Tensor, y: Tensor, names: tuple[str, str] = ("x", "y")) -> tuple[Tensor, Tensor]:
     """Check two point clouds (N, D) and (M, D): same feature size and device; both come
-    back in one floating dtype (float16 and bfloat16 as float32)."""
+    back in one floating dtype (float16 and bfloat16 as float32). One tensor given twice
+    comes back as one tensor, checked once: the reductions then know each point's distance
+    to itself is 0 (and the blocked backend computes half of the tiles)."""
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         return check_points(x, names[0]), check_points(y, names[1])  # the type error
+    if y is x:
+        x = check_points(x, names[0])
+        return x, x
     # one dtype for both, chosen before any cast: an integer side takes the other's float dtype
     dx, dy = _compute_dtype(x), _compute_dtype(y)
     dtype = torch.promote_types(dx, dy) if dx is not None and dy is not None else dx or dy or torch.get_default_dtype()

@@ -44,10 +44,7 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
     ``auto``: see :func:`dalib.kernels.resolve_backend`). With ``y is x``, on ``dense`` and
     ``blocked``, the distance of each point to itself is exactly 0.
     """
-    same = y is x
     x, y = check_pair(x, y)
-    if same:
-        y = x  # one tensor still (a cast made two): the distance of a point to itself is then exactly 0
     if not isinstance(v, Tensor):
         raise InputError(f"v must be a torch.Tensor, got {type(v).__name__}")
     if v.dim() not in (1, 2) or v.shape[0] != y.shape[0]:
@@ -98,10 +95,7 @@ def gaussian_mean(x: Tensor, y: Tensor, sigmas: Sigmas, backend: str = "auto") -
     ``blocked`` each ``k(x_i, x_i)`` is exactly the number of bandwidths (the GEMM form of
     the distance would leave its rounding there, which a small σ turns into a visible error).
     """
-    same = y is x
     x, y = check_pair(x, y)
-    if same:
-        y = x
     gam = tuple(as_gammas(sigmas, x).tolist())
     total = with_keops_fallback(
         backend, resolve_backend(backend, x, y), lambda name: gaussian_sum_unchecked(x, y, gam, name)
