@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import pytest
 import torch
 
+import dalib.kernels.backends as backends
 from dalib.errors import InputError
 from dalib.losses import mmd
 from dalib.losses.mmd import MEDIAN_MULTIPLIERS
 
+MMD_MODULE = importlib.import_module("dalib.losses.mmd")  # ``dalib.losses.mmd`` is the function
 SIGMAS = [0.5, 1.0, 2.0]
+#: the computations: ``pooled`` (dense, one matrix of the pooled batch, hand-written backward),
+#: ``dense`` (three matrices through autograd, as above POOLED_MAX_POINTS) and ``blocked``
+PATHS = ["pooled", "dense", "blocked"]
+
+
+def _path(path, monkeypatch):
+    """The backend argument for one of :data:`PATHS` (the dense one without the pooled form)."""
+    if path == "dense":
+        monkeypatch.setattr(MMD_MODULE, "POOLED_MAX_POINTS", 0)
+    return "dense" if path == "pooled" else path
 
 
 def _k(x, y, sigmas):
@@ -44,10 +58,10 @@ def _data(n=23, m=17, d=3, shift=0.5, seed=0):
 
 
 @pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
-@pytest.mark.parametrize("backend", ["dense", "blocked"])
-def test_mmd_matches_brute_force(estimator, backend, small_tiles):
+@pytest.mark.parametrize("path", PATHS)
+def test_mmd_matches_brute_force(estimator, path, small_tiles, monkeypatch):
     x, y = _data()
-    value = mmd(x, y, bandwidths=SIGMAS, estimator=estimator, backend=backend)
+    value = mmd(x, y, bandwidths=SIGMAS, estimator=estimator, backend=_path(path, monkeypatch))
     assert value.item() == pytest.approx(_np_mmd(x, y, SIGMAS, estimator), rel=1e-10, abs=1e-12)
 
 
@@ -106,12 +120,70 @@ def test_float32_blocked_agrees_with_dense():
 
 
 @pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
-@pytest.mark.parametrize("backend", ["dense", "blocked"])
-def test_gradcheck(estimator, backend, small_tiles):
+@pytest.mark.parametrize("path", PATHS)
+def test_gradcheck(estimator, path, small_tiles, monkeypatch):
     x, y = _data(9, 8)
     x.requires_grad_(True)
     y.requires_grad_(True)
+    backend = _path(path, monkeypatch)
     assert torch.autograd.gradcheck(lambda a, b: mmd(a, b, bandwidths=SIGMAS, estimator=estimator, backend=backend), (x, y))
+
+
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_the_pooled_form_differentiates_twice_and_on_one_side(estimator, monkeypatch):
+    """The pooled form's backward is written by hand; a second derivative (a gradient
+    penalty, say) goes through autograd's graph, and one tensor given as both sides gets the
+    sum of both sides' gradients (0 for the biased estimate, identically 0 there)."""
+    x, y = _data(9, 8)
+    x.requires_grad_(True)
+    y.requires_grad_(True)
+    f = lambda a, b: mmd(a, b, bandwidths=SIGMAS, estimator=estimator, backend="dense")  # noqa: E731
+    assert torch.autograd.gradgradcheck(f, (x, y))
+    (gx,) = torch.autograd.grad(f(x, y.detach()), x, create_graph=True)
+    (gxx,) = torch.autograd.grad(gx.pow(2).sum(), x)
+    assert torch.isfinite(gxx).all() and float(gxx.abs().sum()) > 0
+    grads = []
+    for limit in (MMD_MODULE.POOLED_MAX_POINTS, 0):  # pooled, then three matrices through autograd
+        monkeypatch.setattr(MMD_MODULE, "POOLED_MAX_POINTS", limit)
+        same = x.detach().clone().requires_grad_(True)
+        f(same, same).backward()
+        grads.append(same.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-14)
+    assert (float(grads[0].abs().max()) < 1e-12) == (estimator == "biased")
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_one_float32_tensor_on_both_sides_gives_exactly_zero(path, monkeypatch):
+    """Far from the origin with a small bandwidth, the GEMM form's rounding of ‖x_i − x_i‖²
+    (norms of about 3000 here) would leave k(x_i, x_i) below 1 and a positive MMD²."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 8, generator=g) * 5 + 1000
+    backend = _path(path, monkeypatch)
+    assert float(mmd(x, x, bandwidths=0.01, estimator="biased", backend=backend)) == 0.0
+
+
+def test_the_backend_is_chosen_for_the_larger_within_domain_sum(monkeypatch):
+    """5 source points against 15 target points: 75 cross pairs, but the target's own sum has
+    225. With ``auto`` switching to blocked above 100 pairs, every sum is blocked: choosing by
+    N·M, a 10-point batch against a 20000-point target built a 20000² dense matrix (6.6 GB)."""
+    monkeypatch.setattr(backends, "CPU_DENSE_MAX_PAIRS", 100)
+    seen = []
+    real = MMD_MODULE.gaussian_sum_unchecked
+
+    def spy(a, b, gammas, name):
+        seen.append(name)
+        return real(a, b, gammas, name)
+
+    monkeypatch.setattr(MMD_MODULE, "gaussian_sum_unchecked", spy)
+    x, y = _data(5, 15)
+    for a, b in ((x, y), (y, x)):
+        seen.clear()
+        value = mmd(a, b, bandwidths=SIGMAS, estimator="unbiased")
+        assert seen == ["blocked"] * 3
+        assert value.item() == pytest.approx(_np_mmd(a, b, SIGMAS, "unbiased"), rel=1e-10)
+    seen.clear()
+    mmd(x[:5], y[:10], bandwidths=SIGMAS)  # 10² pairs at most: one pooled dense matrix
+    assert seen == []
 
 
 def test_keops_backend_agrees():
