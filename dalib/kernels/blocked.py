@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor
 
+from dalib.kernels._checks import outside_autocast
 from dalib.kernels.distance import center_pair, sqdist_tile_
 
 __all__ = [
@@ -164,6 +165,7 @@ class _GaussianMatvec(torch.autograd.Function):
         return out
 
     @staticmethod
+    @outside_autocast  # called in a caller's autocast region, its products would run in bfloat16
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         _first_order_only()
         x, y, v = ctx.saved_tensors
@@ -203,6 +205,7 @@ class _GaussianSum(torch.autograd.Function):
         return total.to(x.dtype)
 
     @staticmethod
+    @outside_autocast  # called in a caller's autocast region, its products would run in bfloat16
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         _first_order_only()
         x, y = ctx.saved_tensors
@@ -293,6 +296,7 @@ class _Softmin(torch.autograd.Function):
         return -eps * lse
 
     @staticmethod
+    @outside_autocast  # called in a caller's autocast region, its products would run in bfloat16
     def backward(ctx, grad: Tensor):  # type: ignore[override]
         _first_order_only()
         x, y, h, lse = ctx.saved_tensors

@@ -21,7 +21,7 @@ MEDIAN_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: On ``dense``, up to this many pooled points (N + M) the three kernel means come from one
 #: kernel matrix of the pooled batch, differentiated by hand (:class:`_PooledMMD`); above, from
 #: three matrices through autograd. Measured on the CPU (forward + backward, float32, d = 64
-#: and 256, one thread): 1.6-2.2× faster up to 64 + 64 points, 1.2-1.4× at 128 + 128 to
+#: and 256, one thread): 1.6-2.2× faster up to 64 + 64 points, 1.2-1.6× at 128 + 128 to
 #: 192 + 192; from 224 + 224 on, it is as often slower (the pooled matrix's two cross blocks
 #: cost 4/3 of the three matrices' exponentials); benchmarks/mmd_loss.py.
 POOLED_MAX_POINTS = 384
@@ -89,6 +89,7 @@ class _PooledMMD(torch.autograd.Function):
         return value
 
     @staticmethod
+    @outside_autocast  # a backward pass called in a caller's autocast region would run its products in bfloat16
     def backward(ctx, grad: Tensor):
         zc, g, x, y = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: a graph of the gradient is needed, autograd's

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dalib.kernels import gaussian_matvec, sqdist
+from dalib.kernels import gaussian_matvec, softmin, sqdist
 from dalib.losses import coral, mmd, sinkhorn
 
 
@@ -40,3 +40,21 @@ def test_a_callers_autocast_region_does_not_lower_the_precision(name, fn):
 def test_numpy_scalar_bandwidths_are_numbers(sigma):
     x, y = _pair()
     assert torch.allclose(mmd(x, y, bandwidths=sigma), mmd(x, y, bandwidths=2.0))
+
+
+@pytest.mark.parametrize("name, fn", [
+    ("mmd pooled", lambda x, y: mmd(x, y, backend="dense")),
+    ("mmd blocked", lambda x, y: mmd(x, y, backend="blocked")),
+    ("gaussian_matvec blocked", lambda x, y: gaussian_matvec(x, y, torch.linspace(0, 1, len(y)), 8.0, backend="blocked").sum()),
+    ("softmin blocked", lambda x, y: softmin(x, y, torch.zeros(len(y)), 0.5, backend="blocked").sum()),
+    ("sinkhorn blocked", lambda x, y: sinkhorn(x, y, blur=0.5, backend="blocked")),
+])
+def test_hand_written_gradients_stay_float32_when_backward_runs_under_autocast(name, fn):
+    """torch runs a backward pass called inside an autocast region with that region's
+    products in bfloat16, custom autograd functions' too: the blocked softmin's gradient was
+    66% off, the blocked Sinkhorn's 88%. dalib's own backward passes compute in float32."""
+    x, y = (t[:60].clone().requires_grad_(True) for t in _pair())
+    (exact,) = torch.autograd.grad(fn(x, y), x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        (grad,) = torch.autograd.grad(fn(x, y), x)
+    torch.testing.assert_close(grad, exact, rtol=1e-5, atol=1e-6 * float(exact.abs().max()))

@@ -142,6 +142,16 @@ def test_the_pooled_form_differentiates_twice_and_on_one_side(estimator, monkeyp
     (gx,) = torch.autograd.grad(f(x, y.detach()), x, create_graph=True)
     (gxx,) = torch.autograd.grad(gx.pow(2).sum(), x)
     assert torch.isfinite(gxx).all() and float(gxx.abs().sum()) > 0
+    # differentiated in a caller's autocast region, the gradients and the second derivative's
+    # graph are still computed in float32 (bfloat16 products put the gradient 2e-3 off here)
+    x32, y32 = (t.detach().float().requires_grad_(True) for t in (x * 3, y * 3))
+    for create_graph in (False, True):
+        first = [torch.autograd.grad(f(x32, y32), x32, create_graph=create_graph)[0] for _ in range(2)]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            first[1] = torch.autograd.grad(f(x32, y32), x32, create_graph=create_graph)[0]
+        torch.testing.assert_close(first[1], first[0], rtol=1e-6, atol=1e-8)
+    second = [torch.autograd.grad(g.pow(2).sum(), x32)[0] for g in first]
+    torch.testing.assert_close(second[1], second[0], rtol=1e-6, atol=1e-8)
     grads = []
     for limit in (MMD_MODULE.POOLED_MAX_POINTS, 0):  # pooled, then three matrices through autograd
         monkeypatch.setattr(MMD_MODULE, "POOLED_MAX_POINTS", limit)
