@@ -10,96 +10,122 @@ from torch import Tensor
 from dalib.errors import InputError
 from dalib.kernels._checks import as_gammas, check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
-from dalib.kernels.distance import median_bandwidth
+from dalib.kernels.distance import median_bandwidth, sqdist_tile_
 from dalib.kernels.gaussian import gaussian_sum_unchecked
 
-__all__ = ["MEDIAN_MULTIPLIERS", "POOLED_MAX_POINTS", "mmd"]
+__all__ = ["MEDIAN_MULTIPLIERS", "mmd"]
 
 #: With ``bandwidths=None``: σ_k = (median pairwise distance) × 2^k, k = −2 … 2.
 MEDIAN_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 
-#: On ``dense``, up to this many pooled points (N + M) the three kernel means come from one
-#: kernel matrix of the pooled batch, differentiated by hand (:class:`_PooledMMD`); above, from
-#: three matrices through autograd. Measured on the CPU (forward + backward, float32, d = 64
-#: and 256, one thread): 1.6-2.2× faster up to 64 + 64 points, 1.2-1.6× at 128 + 128 to
-#: 192 + 192; from 224 + 224 on, it is as often slower (the pooled matrix's two cross blocks
-#: cost 4/3 of the three matrices' exponentials); benchmarks/mmd_loss.py.
-POOLED_MAX_POINTS = 384
-
 ESTIMATORS = ("biased", "unbiased", "linear")
 
 
-class _PooledMMD(torch.autograd.Function):
-    """MMD² (biased or unbiased) of ``x`` (N, D) and ``y`` (M, D) from one kernel matrix of
-    the pooled batch ``z = [x; y]`` (P = N + M).
+def _dense_forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bool,
+                   need_grad: bool = True) -> tuple[Tensor, ...]:
+    """MMD² (biased or unbiased) from the three kernel blocks x–x, y–y and x–y, and what its
+    gradient needs: the points, each block's centred as below, and G_B = ∂MMD²/∂D_B.
 
-    With W the estimator's weights per pair (1/N², 1/M² or −1/(NM) by block; 0 on the
-    within-domain diagonals when unbiased), MMD² = Σ_ij W_ij K_ij, K_ij = Σ_s exp(−γ_s D_ij).
-    The forward pass also keeps G = ∂MMD²/∂D = −W ∘ Σ_s γ_s exp(−γ_s D) (P, P), symmetric;
-    since D_ij = ‖z_i‖² + ‖z_j‖² − 2 z_i·z_j, the gradient is ∂/∂z = 4 (diag(G 1) z − G z):
-    one matrix product, where autograd would go back through every exponential. The points
-    are centred first (the gradient of the centring vanishes, G being symmetric). A double
-    backward recomputes the loss through autograd (:func:`_three_sums`)."""
+    MMD² = w_x Σ f(D_xx) + w_y Σ f(D_yy) + w_xy Σ f(D_xy) with f(D) = Σ_s exp(−γ_s D), w_x =
+    1/N² or 1/(N(N−1)) (diagonal left out), w_y likewise, w_xy = −2/(NM); G_B = w_B f'(D_B).
+    Each block's distances come from one product of centred points: x–x on x's mean, y–y on
+    y's, x–y on the pooled mean (centring both domains on the pooled mean would leave the
+    within-domain distances of two domains far apart to the cancellation of large norms).
+    Each block is summed in float64: the MMD² of two close domains is 1e-4 of the kernel means
+    it is the difference of, and a float32 sum over a block loses 4e-7 of it.
+    Without ``need_grad``, only the value (a 1-tuple).
+    """
+    n, m, s = x.shape[0], y.shape[0], len(gammas)
+    same = y is x  # then k(x_i, y_i) = S exactly too
+    mx = x.mean(0)
+    xc = x - mx
+    if same:
+        yc = xj = yj = xc
+    else:
+        my = y.mean(0)
+        yc = y - my
+        c = (mx * n + my * m) / (n + m)  # the pooled mean
+        xj, yj = x - c, y - c
+    if unbiased:
+        wx, wy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
+        diag = s * (wx * n + wy * m)  # the within-domain diagonals, k = S each, are left out
+    else:
+        wx, wy, diag = 1.0 / (n * n), 1.0 / (m * m), 0.0
+    weights = (wx, wy, -2.0 / (n * m))
+    # the three blocks side by side in one buffer: each exponential pass covers all of them
+    sizes = (n * n, m * m, n * m)
+    shapes = ((n, n), (m, m), (n, m))
+    d = torch.empty(sum(sizes), dtype=x.dtype, device=x.device)
+    blocks = [part.view(shape) for part, shape in zip(d.split(sizes), shapes)]
+    for out, a, b in zip(blocks, (xc, yc, xj), (xc, yc, yj)):
+        a2 = (a * a).sum(1, keepdim=True)  # (R, 1)
+        torch.addmm(a2.t() if b is a else (b * b).sum(1).unsqueeze(0), a, b.t(), alpha=-2.0, out=out).add_(a2)
+    d.clamp_min_(0.0)
+    for block in blocks[: 3 if same else 2]:
+        block.fill_diagonal_(0.0)  # exactly 0, whatever the rounding of the product
+    gam = torch.tensor(gammas, dtype=x.dtype).to(x.device)  # (S,)
+    e = torch.mul(d, gam.neg().unsqueeze(1)).exp_()  # (S, L): every bandwidth in one pass
+    k = e.sum(0)  # (L,) Σ_s exp(−γ_s D)
+    kd = torch.mv(e.t(), gam) if need_grad else None  # (L,) Σ_s γ_s exp(−γ_s D) = −f'(D)
+    sums = torch.stack([part.sum(dtype=torch.float64) for part in k.split(sizes)])  # (3,)
+    value = (sums @ sums.new_tensor(weights) - diag).to(x.dtype)
+    if kd is None:
+        return (value,)
+    grads = [part.view(shape).mul_(-w) for part, shape, w in zip(kd.split(sizes), shapes, weights)]
+    for g in grads[:2]:
+        g.fill_diagonal_(0.0)  # a point's own term has no gradient (its distance is 0 whatever it is)
+    return value, xc, yc, xj, yj, *grads
+
+
+class _DenseMMD(torch.autograd.Function):
+    """MMD² on the ``dense`` backend with a hand-written backward pass.
+
+    With G_B = ∂MMD²/∂D_B (kept from the forward pass) and D_ij = ‖u_i − v_j‖², the gradient
+    is, per block, Σ_j G_ij · 2 (u_i − v_j) = 2 (diag(G 1) u − G v): one matrix product per
+    block where autograd would go back through every exponential; the within-domain blocks
+    count each pair twice (4 instead of 2). The centring of each block cancels out of
+    u_i − v_j. A double backward (``create_graph=True``) recomputes the loss through autograd
+    (:func:`_three_sums`). The ``setup_context`` form lets ``torch.func.grad`` through."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bool) -> Tensor:
-        n, m, s = x.shape[0], y.shape[0], len(gammas)
-        z = torch.cat([x, y])  # (P, D)
-        zc = z - z.mean(0)
-        sq = (zc * zc).sum(1)  # (P,)
-        d = torch.addmm(sq.unsqueeze(0), zc, zc.t(), alpha=-2.0).add_(sq.unsqueeze(1))  # (P, P)
-        d.clamp_min_(0.0).fill_diagonal_(0.0)  # k(z_i, z_i) = S exactly
-        if y is x:  # and k(x_i, y_i) too, as the other path gives
-            d[:n, n:].fill_diagonal_(0.0)
-            d[n:, :n].fill_diagonal_(0.0)
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        e = torch.empty_like(d)
-        for i, g in enumerate(gammas):
-            torch.mul(d, -g, out=e).exp_()
-            if i == 0:
-                k = e.clone()
-                kd = e * g if need_grad else None  # Σ_s γ_s exp(−γ_s D)
-            else:
-                k += e
-                if kd is not None:
-                    kd.add_(e, alpha=g)
-        if unbiased:
-            a, b = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
-            diag = s * (a * n + b * m)  # the within-domain diagonals, k = S each, are left out
-        else:
-            a, b, diag = 1.0 / (n * n), 1.0 / (m * m), 0.0
-        c = -2.0 / (n * m)  # the two cross blocks, each counted once: −1/(NM) per pair and block
-        # the block sums from the row sums (one product with the domains' indicators), added in
-        # float64: a float32 sum over a strided block loses 4e-7 of it, and the MMD² of close
-        # domains is 1e-4 of the kernel means it is the difference of
-        side = torch.zeros(n + m, 2, dtype=d.dtype, device=d.device)
-        side[:n, 0] = 1.0
-        side[n:, 1] = 1.0
-        rows = (k @ side).double()  # (P, 2): Σ_j k(z_i, x_j), Σ_j k(z_i, y_j)
-        value = (a * rows[:n, 0].sum() + b * rows[n:, 1].sum() + c * rows[:n, 1].sum() - diag).to(d.dtype)
-        if kd is not None:
-            # where rounding put D below 0 (near duplicates) autograd's clamp gives no gradient and
-            # this gives G_ij (z_i − z_j), the unclamped one: both ≈ 0, as z_i ≈ z_j
-            kd[:n, :n] *= -a
-            kd[n:, n:] *= -b
-            kd[:n, n:] *= -0.5 * c
-            kd[n:, :n] *= -0.5 * c
-            ctx.save_for_backward(zc, kd, x, y)
-        ctx.n, ctx.gammas, ctx.unbiased = n, gammas, unbiased
-        return value
+    def forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bool) -> tuple[Tensor, ...]:
+        return _dense_forward(x, y, gammas, unbiased)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        x, y, gammas, unbiased = inputs
+        ctx.mark_non_differentiable(*output[1:])
+        ctx.save_for_backward(*output[1:])
+        ctx.gammas, ctx.unbiased = gammas, unbiased
+        # for a double backward only: kept without save_for_backward's version check, so that an
+        # in-place change of an input after the loss does not stop the first backward (its own
+        # check is below)
+        ctx.inputs, ctx.versions = (x, y), (x._version, y._version)
 
     @staticmethod
     @outside_autocast  # a backward pass called in a caller's autocast region would run its products in bfloat16
-    def backward(ctx, grad: Tensor):
-        zc, g, x, y = ctx.saved_tensors
-        if torch.is_grad_enabled():  # create_graph: a graph of the gradient is needed, autograd's
-            inputs = [t for t in (x, y) if t.requires_grad]
-            with torch.enable_grad():
-                value = _three_sums(x, y, ctx.gammas, "dense", ctx.unbiased)
-            grads = iter(torch.autograd.grad(value, inputs, grad, create_graph=True))
-            return (*(next(grads) if t.requires_grad else None for t in (x, y)), None, None)
-        gz = torch.addmm(g.sum(1, keepdim=True) * zc, g, zc, alpha=-1.0).mul_(4 * grad)  # (P, D)
-        return gz[: ctx.n], gz[ctx.n :], None, None
+    def backward(ctx, grad: Tensor, *_unused: Tensor):
+        if torch.is_grad_enabled():  # create_graph: the gradient must have a graph, autograd's
+            return _second_order(ctx, grad)
+        xc, yc, xj, yj, gxx, gyy, gxy = ctx.saved_tensors
+        gx = torch.addmm(gxx.sum(1, keepdim=True) * xc, gxx, xc, alpha=-1.0).mul_(2.0)
+        gx = gx.add_(gxy.sum(1, keepdim=True) * xj).addmm_(gxy, yj, alpha=-1.0).mul_(2 * grad)  # (N, D)
+        gy = torch.addmm(gyy.sum(1, keepdim=True) * yc, gyy, yc, alpha=-1.0).mul_(2.0)
+        gy = gy.add_(gxy.sum(0).unsqueeze(1) * yj).addmm_(gxy.t(), xj, alpha=-1.0).mul_(2 * grad)  # (M, D)
+        return gx, gy, None, None
+
+
+def _second_order(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
+    """The first derivative of :class:`_DenseMMD` with a graph, from autograd's form."""
+    x, y = ctx.inputs
+    if (x._version, y._version) != ctx.versions:
+        raise RuntimeError("mmd: an input was modified in place after the loss was computed; its second "
+                           "derivative (create_graph=True) needs the original values")
+    wanted = [t for t in dict.fromkeys((x, y)) if t.requires_grad]  # one tensor given twice: once
+    with torch.enable_grad():
+        value = _three_sums(x, y, ctx.gammas, "dense", ctx.unbiased)
+    found = dict(zip(map(id, wanted), torch.autograd.grad(value, wanted, grad, create_graph=True)))
+    return found.get(id(x)), (found.get(id(y)) if y is not x else None), None, None
 
 
 def _three_sums(x: Tensor, y: Tensor, gammas: tuple[float, ...], name: str, unbiased: bool) -> Tensor:
@@ -154,10 +180,9 @@ def mmd(
     the median heuristic, σ_k = median(‖z_i − z_j‖) × {1/4, 1/2, 1, 2, 4} over the pooled
     samples (:func:`dalib.kernels.median_bandwidth`, computed without gradient).
     ``backend``: see :func:`dalib.kernels.resolve_backend`, which decides on the larger of
-    the within-domain problems (max(N, M)² pairs). On ``dense``, up to
-    :data:`POOLED_MAX_POINTS` pooled points (training batches), one kernel matrix of the
-    pooled batch serves the three means and the gradient is one matrix product. Returns a
-    scalar tensor, differentiable w.r.t. ``x`` and ``y`` (twice, too).
+    the within-domain problems (max(N, M)² pairs). On ``dense`` the gradient is written by
+    hand: one matrix product per block. Returns a scalar tensor, differentiable w.r.t. ``x``
+    and ``y`` (twice, too, and under ``torch.func.grad``).
     """
     if kernel != "gaussian":
         raise InputError(f"unknown kernel {kernel!r}; known: 'gaussian'")
@@ -179,6 +204,8 @@ def mmd(
     # source against a 20000-point target is 2·10⁵ cross pairs but a 20000² target matrix
     big = x if n >= m else y
     name = resolve_backend(backend, big, big)
-    if name == "dense" and n + m <= POOLED_MAX_POINTS:
-        return _PooledMMD.apply(x, y, gammas, unbiased)
+    if name == "dense":
+        if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
+            return _DenseMMD.apply(x, y, gammas, unbiased)[0]
+        return _dense_forward(x, y, gammas, unbiased, need_grad=False)[0]
     return with_keops_fallback(backend, name, lambda name: _three_sums(x, y, gammas, name, unbiased))

@@ -15,16 +15,7 @@ from dalib.losses.mmd import MEDIAN_MULTIPLIERS
 
 MMD_MODULE = importlib.import_module("dalib.losses.mmd")  # ``dalib.losses.mmd`` is the function
 SIGMAS = [0.5, 1.0, 2.0]
-#: the computations: ``pooled`` (dense, one matrix of the pooled batch, hand-written backward),
-#: ``dense`` (three matrices through autograd, as above POOLED_MAX_POINTS) and ``blocked``
-PATHS = ["pooled", "dense", "blocked"]
-
-
-def _path(path, monkeypatch):
-    """The backend argument for one of :data:`PATHS` (the dense one without the pooled form)."""
-    if path == "dense":
-        monkeypatch.setattr(MMD_MODULE, "POOLED_MAX_POINTS", 0)
-    return "dense" if path == "pooled" else path
+GAMMAS = tuple(0.5 / (s * s) for s in SIGMAS)
 
 
 def _k(x, y, sigmas):
@@ -58,10 +49,10 @@ def _data(n=23, m=17, d=3, shift=0.5, seed=0):
 
 
 @pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
-@pytest.mark.parametrize("path", PATHS)
-def test_mmd_matches_brute_force(estimator, path, small_tiles, monkeypatch):
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_mmd_matches_brute_force(estimator, backend, small_tiles):
     x, y = _data()
-    value = mmd(x, y, bandwidths=SIGMAS, estimator=estimator, backend=_path(path, monkeypatch))
+    value = mmd(x, y, bandwidths=SIGMAS, estimator=estimator, backend=backend)
     assert value.item() == pytest.approx(_np_mmd(x, y, SIGMAS, estimator), rel=1e-10, abs=1e-12)
 
 
@@ -120,20 +111,19 @@ def test_float32_blocked_agrees_with_dense():
 
 
 @pytest.mark.parametrize("estimator", ["biased", "unbiased", "linear"])
-@pytest.mark.parametrize("path", PATHS)
-def test_gradcheck(estimator, path, small_tiles, monkeypatch):
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_gradcheck(estimator, backend, small_tiles):
     x, y = _data(9, 8)
     x.requires_grad_(True)
     y.requires_grad_(True)
-    backend = _path(path, monkeypatch)
     assert torch.autograd.gradcheck(lambda a, b: mmd(a, b, bandwidths=SIGMAS, estimator=estimator, backend=backend), (x, y))
 
 
 @pytest.mark.parametrize("estimator", ["biased", "unbiased"])
-def test_the_pooled_form_differentiates_twice_and_on_one_side(estimator, monkeypatch):
-    """The pooled form's backward is written by hand; a second derivative (a gradient
-    penalty, say) goes through autograd's graph, and one tensor given as both sides gets the
-    sum of both sides' gradients (0 for the biased estimate, identically 0 there)."""
+def test_the_dense_form_differentiates_twice_and_under_autocast(estimator):
+    """The dense form's backward is written by hand; a second derivative (a gradient
+    penalty, say) goes through autograd's graph, in float32 also in a caller's autocast
+    region."""
     x, y = _data(9, 8)
     x.requires_grad_(True)
     y.requires_grad_(True)
@@ -152,24 +142,81 @@ def test_the_pooled_form_differentiates_twice_and_on_one_side(estimator, monkeyp
         torch.testing.assert_close(first[1], first[0], rtol=1e-6, atol=1e-8)
     second = [torch.autograd.grad(g.pow(2).sum(), x32)[0] for g in first]
     torch.testing.assert_close(second[1], second[0], rtol=1e-6, atol=1e-8)
-    grads = []
-    for limit in (MMD_MODULE.POOLED_MAX_POINTS, 0):  # pooled, then three matrices through autograd
-        monkeypatch.setattr(MMD_MODULE, "POOLED_MAX_POINTS", limit)
-        same = x.detach().clone().requires_grad_(True)
-        f(same, same).backward()
-        grads.append(same.grad)
-    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-14)
-    assert (float(grads[0].abs().max()) < 1e-12) == (estimator == "biased")
 
 
-@pytest.mark.parametrize("path", PATHS)
-def test_one_float32_tensor_on_both_sides_gives_exactly_zero(path, monkeypatch):
+@pytest.mark.parametrize("estimator", ["biased", "unbiased"])
+def test_one_tensor_on_both_sides_gets_the_gradient_once(estimator):
+    """``mmd(x, x)``: both sides' gradients reach x, as autograd's form gives them, with and
+    without ``create_graph`` (which once returned them twice over). For the biased estimate,
+    identically 0, the gradient is 0."""
+    x = _data(9, 8)[0].requires_grad_(True)
+    f = lambda a, b: mmd(a, b, bandwidths=SIGMAS, estimator=estimator, backend="dense")  # noqa: E731
+    (plain,) = torch.autograd.grad(f(x, x), x)
+    (graphed,) = torch.autograd.grad(f(x, x), x, create_graph=True)
+    (reference,) = torch.autograd.grad(MMD_MODULE._three_sums(x, x, GAMMAS, "dense", estimator == "unbiased"), x)
+    torch.testing.assert_close(plain, reference, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(graphed, reference, rtol=1e-10, atol=1e-14)
+    assert (float(plain.abs().max()) < 1e-12) == (estimator == "biased")
+
+
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_one_float32_tensor_on_both_sides_gives_exactly_zero(backend):
     """Far from the origin with a small bandwidth, the GEMM form's rounding of ‖x_i − x_i‖²
     (norms of about 3000 here) would leave k(x_i, x_i) below 1 and a positive MMD²."""
     g = torch.Generator().manual_seed(2)
     x = torch.randn(40, 8, generator=g) * 5 + 1000
-    backend = _path(path, monkeypatch)
     assert float(mmd(x, x, bandwidths=0.01, estimator="biased", backend=backend)) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["dense", "blocked"])
+def test_float32_domains_far_apart_keep_their_precision(backend):
+    """Two domains 1000 apart, σ = 1: centred on the pooled mean, the within-domain distances
+    came from norms of about 500² and the dense gradient was 7e-3 off; each block is centred
+    on its own points."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 2, generator=g), torch.randn(32, 2, generator=g) + 1000
+    xd = x.double().requires_grad_(True)
+    exact = mmd(xd, y.double(), bandwidths=1.0, backend=backend)
+    (exact_grad,) = torch.autograd.grad(exact, xd)
+    xf = x.clone().requires_grad_(True)
+    value = mmd(xf, y, bandwidths=1.0, backend=backend)
+    (grad,) = torch.autograd.grad(value, xf)
+    assert abs(float(value) - float(exact)) < 1e-6 * float(exact)
+    assert float((grad.double() - exact_grad).abs().max()) < 1e-5 * float(exact_grad.abs().max())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_float32_mmd_of_close_domains_is_summed_precisely(seed):
+    """300 + 300 points in 64-d, scales 1 and 1.01: MMD² is 1e-4 to 2e-3 of kernel means near
+    1. Each block's row sums are added in float64: within 1e-8 of the float64 value here,
+    where float32 sums were 1.4e-7 off."""
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(300, 64, generator=g), torch.randn(300, 64, generator=g) * 1.01
+    exact = mmd(x.double(), y.double(), estimator="unbiased", bandwidths=[4.0, 8.0, 16.0])
+    value = mmd(x, y, estimator="unbiased", bandwidths=[4.0, 8.0, 16.0], backend="dense")
+    assert abs(float(value) - float(exact)) < 3e-8
+
+
+def test_torch_func_grad_and_an_input_changed_after_the_loss():
+    """``torch.func.grad`` goes through the hand-written backward; an input changed in place
+    after the loss does not stop the first derivative (autograd's form kept only copies), and
+    a second derivative, which would need the old values, says so."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(40, 8, generator=g), torch.randn(40, 8, generator=g) + 0.3
+    by_func = torch.func.grad(lambda a: mmd(a, y, bandwidths=1.0, backend="dense"))(x)
+    leaf = x.clone().requires_grad_(True)
+    (by_autograd,) = torch.autograd.grad(mmd(leaf, y, bandwidths=1.0, backend="dense"), leaf)
+    torch.testing.assert_close(by_func, by_autograd, rtol=1e-5, atol=1e-8)
+    h = leaf * 1.0
+    loss = mmd(h, y, bandwidths=1.0, backend="dense")
+    h.add_(1.0)
+    (after,) = torch.autograd.grad(loss, leaf)
+    torch.testing.assert_close(after, by_autograd)
+    h = leaf * 1.0
+    loss = mmd(h, y, bandwidths=1.0, backend="dense")
+    h.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified in place"):
+        torch.autograd.grad(loss, leaf, create_graph=True)
 
 
 def test_the_backend_is_chosen_for_the_larger_within_domain_sum(monkeypatch):
@@ -192,7 +239,7 @@ def test_the_backend_is_chosen_for_the_larger_within_domain_sum(monkeypatch):
         assert seen == ["blocked"] * 3
         assert value.item() == pytest.approx(_np_mmd(a, b, SIGMAS, "unbiased"), rel=1e-10)
     seen.clear()
-    mmd(x[:5], y[:10], bandwidths=SIGMAS)  # 10² pairs at most: one pooled dense matrix
+    mmd(x[:5], y[:10], bandwidths=SIGMAS)  # 10² pairs at most: dense
     assert seen == []
 
 
