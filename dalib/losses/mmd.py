@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
+from torch.autograd import forward_ad
 
 from dalib.errors import InputError
 from dalib.kernels._checks import as_gammas, check_pair, outside_autocast
@@ -85,7 +86,8 @@ class _DenseMMD(torch.autograd.Function):
     block where autograd would go back through every exponential; the within-domain blocks
     count each pair twice (4 instead of 2). The centring of each block cancels out of
     u_i − v_j. A double backward (``create_graph=True``) recomputes the loss through autograd
-    (:func:`_three_sums`). The ``setup_context`` form lets ``torch.func.grad`` through."""
+    (:func:`_three_sums`); so does every ``torch.func`` transform and forward-mode AD
+    (:func:`_plain`)."""
 
     @staticmethod
     def forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bool) -> tuple[Tensor, ...]:
@@ -105,14 +107,26 @@ class _DenseMMD(torch.autograd.Function):
     @staticmethod
     @outside_autocast  # a backward pass called in a caller's autocast region would run its products in bfloat16
     def backward(ctx, grad: Tensor, *_unused: Tensor):
+        # unpacked first in both branches: a graph already freed by a backward pass says so
+        xc, yc, xj, yj, gxx, gyy, gxy = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: the gradient must have a graph, autograd's
             return _second_order(ctx, grad)
-        xc, yc, xj, yj, gxx, gyy, gxy = ctx.saved_tensors
         gx = torch.addmm(gxx.sum(1, keepdim=True) * xc, gxx, xc, alpha=-1.0).mul_(2.0)
         gx = gx.add_(gxy.sum(1, keepdim=True) * xj).addmm_(gxy, yj, alpha=-1.0).mul_(2 * grad)  # (N, D)
         gy = torch.addmm(gyy.sum(1, keepdim=True) * yc, gyy, yc, alpha=-1.0).mul_(2.0)
         gy = gy.add_(gxy.sum(0).unsqueeze(1) * yj).addmm_(gxy.t(), xj, alpha=-1.0).mul_(2 * grad)  # (M, D)
         return gx, gy, None, None
+
+
+def _plain(t: Tensor) -> bool:
+    """Whether ``t`` is neither a ``torch.func`` transform's wrapper (``grad``, ``vjp``, ``vmap``,
+    ``jvp``, ...) nor a forward-mode dual tensor. :class:`_DenseMMD` serves plain tensors only:
+    the transforms differentiate its backward again and batch it, forward AD needs a ``jvp``
+    rule; for them, autograd's form of the same formula does all of it."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    if wrapped is not None and wrapped(t):
+        return False
+    return forward_ad.unpack_dual(t).tangent is None
 
 
 def _second_order(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -182,7 +196,8 @@ def mmd(
     ``backend``: see :func:`dalib.kernels.resolve_backend`, which decides on the larger of
     the within-domain problems (max(N, M)² pairs). On ``dense`` the gradient is written by
     hand: one matrix product per block. Returns a scalar tensor, differentiable w.r.t. ``x``
-    and ``y`` (twice, too, and under ``torch.func.grad``).
+    and ``y`` (twice, too, and under the ``torch.func`` transforms and forward-mode AD, which
+    take autograd's form).
     """
     if kernel != "gaussian":
         raise InputError(f"unknown kernel {kernel!r}; known: 'gaussian'")
@@ -205,6 +220,8 @@ def mmd(
     big = x if n >= m else y
     name = resolve_backend(backend, big, big)
     if name == "dense":
+        if not (_plain(x) and _plain(y)):  # under torch.func transforms or forward AD: autograd's form
+            return _three_sums(x, y, gammas, name, unbiased)
         if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
             return _DenseMMD.apply(x, y, gammas, unbiased)[0]
         return _dense_forward(x, y, gammas, unbiased, need_grad=False)[0]
