@@ -22,13 +22,22 @@ MEDIAN_MULTIPLIERS = (0.25, 0.5, 1.0, 2.0, 4.0)
 ESTIMATORS = ("biased", "unbiased", "linear")
 
 
-def _dense_forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bool,
-                   need_grad: bool = True) -> tuple[Tensor, ...]:
+def _estimator_weights(n: int, m: int, s: int, unbiased: bool) -> tuple[float, float, float, float]:
+    """MMD² = w_x Σ k(x, x') + w_y Σ k(y, y') + w_xy Σ k(x, y) − diag, the sums over all pairs:
+    w_x = 1/N² or, unbiased, 1/(N(N−1)) with the diagonal's k(x_i, x_i) = S taken out by
+    ``diag``; w_y likewise; w_xy = −2/(NM). Returns (w_x, w_y, w_xy, diag)."""
+    if unbiased:
+        wx, wy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
+        return wx, wy, -2.0 / (n * m), s * (wx * n + wy * m)
+    return 1.0 / (n * n), 1.0 / (m * m), -2.0 / (n * m), 0.0
+
+
+def _dense_forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool, need_grad: bool = True) -> tuple[Tensor, ...]:
     """MMD² (biased or unbiased) from the three kernel blocks x–x, y–y and x–y, and what its
     gradient needs: the points, each block's centred as below, and G_B = ∂MMD²/∂D_B.
 
-    MMD² = w_x Σ f(D_xx) + w_y Σ f(D_yy) + w_xy Σ f(D_xy) with f(D) = Σ_s exp(−γ_s D), w_x =
-    1/N² or 1/(N(N−1)) (diagonal left out), w_y likewise, w_xy = −2/(NM); G_B = w_B f'(D_B).
+    MMD² = w_x Σ f(D_xx) + w_y Σ f(D_yy) + w_xy Σ f(D_xy) − diag with f(D) = Σ_s exp(−γ_s D)
+    (:func:`_estimator_weights`; ``gam`` (S,) holds the γ_s); G_B = w_B f'(D_B).
     Each block's distances come from one product of centred points: x–x on x's mean, y–y on
     y's, x–y on the pooled mean (centring both domains on the pooled mean would leave the
     within-domain distances of two domains far apart to the cancellation of large norms).
@@ -36,7 +45,7 @@ def _dense_forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bo
     it is the difference of, and a float32 sum over a block loses 4e-7 of it.
     Without ``need_grad``, only the value (a 1-tuple).
     """
-    n, m, s = x.shape[0], y.shape[0], len(gammas)
+    n, m = x.shape[0], y.shape[0]
     same = y is x  # then k(x_i, y_i) = S exactly too
     mx = x.mean(0)
     xc = x - mx
@@ -47,12 +56,7 @@ def _dense_forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bo
         yc = y - my
         c = (mx * n + my * m) / (n + m)  # the pooled mean
         xj, yj = x - c, y - c
-    if unbiased:
-        wx, wy = 1.0 / (n * (n - 1)), 1.0 / (m * (m - 1))
-        diag = s * (wx * n + wy * m)  # the within-domain diagonals, k = S each, are left out
-    else:
-        wx, wy, diag = 1.0 / (n * n), 1.0 / (m * m), 0.0
-    weights = (wx, wy, -2.0 / (n * m))
+    *weights, diag = _estimator_weights(n, m, gam.numel(), unbiased)
     # the three blocks side by side in one buffer: each exponential pass covers all of them
     sizes = (n * n, m * m, n * m)
     shapes = ((n, n), (m, m), (n, m))
@@ -64,12 +68,11 @@ def _dense_forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bo
     d.clamp_min_(0.0)
     for block in blocks[: 3 if same else 2]:
         block.fill_diagonal_(0.0)  # exactly 0, whatever the rounding of the product
-    gam = torch.tensor(gammas, dtype=x.dtype).to(x.device)  # (S,)
     e = torch.mul(d, gam.neg().unsqueeze(1)).exp_()  # (S, L): every bandwidth in one pass
     k = e.sum(0)  # (L,) Σ_s exp(−γ_s D)
     kd = torch.mv(e.t(), gam) if need_grad else None  # (L,) Σ_s γ_s exp(−γ_s D) = −f'(D)
-    sums = torch.stack([part.sum(dtype=torch.float64) for part in k.split(sizes)])  # (3,)
-    value = (sums @ sums.new_tensor(weights) - diag).to(x.dtype)
+    value = sum(w * part.sum(dtype=torch.float64) for w, part in zip(weights, k.split(sizes)))
+    value = (value - diag).to(x.dtype)
     if kd is None:
         return (value,)
     grads = [part.view(shape).mul_(-w) for part, shape, w in zip(kd.split(sizes), shapes, weights)]
@@ -90,15 +93,15 @@ class _DenseMMD(torch.autograd.Function):
     (:func:`_plain`)."""
 
     @staticmethod
-    def forward(x: Tensor, y: Tensor, gammas: tuple[float, ...], unbiased: bool) -> tuple[Tensor, ...]:
-        return _dense_forward(x, y, gammas, unbiased)
+    def forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool) -> tuple[Tensor, ...]:
+        return _dense_forward(x, y, gam, unbiased)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
-        x, y, gammas, unbiased = inputs
+        x, y, gam, unbiased = inputs
         ctx.mark_non_differentiable(*output[1:])
         ctx.save_for_backward(*output[1:])
-        ctx.gammas, ctx.unbiased = gammas, unbiased
+        ctx.gam, ctx.unbiased = gam, unbiased
         # for a double backward only: kept without save_for_backward's version check, so that an
         # in-place change of an input after the loss does not stop the first backward (its own
         # check is below)
@@ -137,18 +140,16 @@ def _second_order(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
                            "derivative (create_graph=True) needs the original values")
     wanted = [t for t in dict.fromkeys((x, y)) if t.requires_grad]  # one tensor given twice: once
     with torch.enable_grad():
-        value = _three_sums(x, y, ctx.gammas, "dense", ctx.unbiased)
+        value = _three_sums(x, y, tuple(ctx.gam.tolist()), "dense", ctx.unbiased)
     found = dict(zip(map(id, wanted), torch.autograd.grad(value, wanted, grad, create_graph=True)))
     return found.get(id(x)), (found.get(id(y)) if y is not x else None), None, None
 
 
 def _three_sums(x: Tensor, y: Tensor, gammas: tuple[float, ...], name: str, unbiased: bool) -> Tensor:
     """MMD² from the three kernel sums Σ k(x, x'), Σ k(y, y'), Σ k(x, y) on backend ``name``."""
-    n, m, s = x.shape[0], y.shape[0], len(gammas)
+    wx, wy, wxy, diag = _estimator_weights(x.shape[0], y.shape[0], len(gammas), unbiased)
     kxx, kyy, kxy = (gaussian_sum_unchecked(a, b, gammas, name) for a, b in ((x, x), (y, y), (x, y)))
-    if unbiased:  # k(z, z) = S for every z: remove the diagonals
-        return (kxx - n * s) / (n * (n - 1)) + (kyy - m * s) / (m * (m - 1)) - 2 * kxy / (n * m)
-    return kxx / (n * n) + kyy / (m * m) - 2 * kxy / (n * m)
+    return wx * kxx + wy * kyy + wxy * kxy - diag
 
 
 def _linear(x: Tensor, y: Tensor, gammas: Tensor) -> Tensor:
@@ -213,16 +214,14 @@ def mmd(
     gam = as_gammas(bandwidths, x)  # (S,) 1/(2σ²)
     if estimator == "linear":
         return _linear(x, y, gam)
-    gammas = tuple(gam.tolist())
     unbiased = estimator == "unbiased"
     # the within-domain sums are the largest: N² or M² pairs, the cross one N·M; a 10-point
     # source against a 20000-point target is 2·10⁵ cross pairs but a 20000² target matrix
     big = x if n >= m else y
     name = resolve_backend(backend, big, big)
-    if name == "dense":
-        if not (_plain(x) and _plain(y)):  # under torch.func transforms or forward AD: autograd's form
-            return _three_sums(x, y, gammas, name, unbiased)
+    if name == "dense" and _plain(x) and _plain(y):  # torch.func transforms, forward AD: autograd's form
         if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
-            return _DenseMMD.apply(x, y, gammas, unbiased)[0]
-        return _dense_forward(x, y, gammas, unbiased, need_grad=False)[0]
+            return _DenseMMD.apply(x, y, gam, unbiased)[0]
+        return _dense_forward(x, y, gam, unbiased, need_grad=False)[0]
+    gammas = tuple(gam.tolist())
     return with_keops_fallback(backend, name, lambda name: _three_sums(x, y, gammas, name, unbiased))
