@@ -766,7 +766,7 @@ def _run(
     started_dist = _maybe_init_distributed(device)
     rank, world = _dist_info()
     is_main = rank == 0
-    out = Path(out_dir) if out_dir is not None else None
+    out = Path(out_dir).expanduser() if out_dir is not None else None
     made = out is not None and not out.exists()
     ok = False
     try:

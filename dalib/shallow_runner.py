@@ -48,7 +48,7 @@ def run_shallow(
                           "(or --mode deep to train a network on every process)")
     method_cls = get_method(config.method)
     shallow_config = build_method_config(config, method_cls, "shallow")
-    out = Path(out_dir) if out_dir is not None else None
+    out = Path(out_dir).expanduser() if out_dir is not None else None
     if out is not None and resume:
         if not (out / RESULT).is_file():
             raise CheckpointError(f"nothing to resume: no {RESULT} in {out} (a shallow run has no checkpoint)")

@@ -116,6 +116,21 @@ def test_eval_finds_a_data_root_given_with_a_tilde_and_a_dataset_named_in_any_ca
     assert res.stdout.strip().endswith(f"accuracy {result['target_accuracy']:.2f}%")
 
 
+def test_an_output_folder_given_with_a_tilde_is_the_one_load_model_reads(tmp_path, data_root, monkeypatch):
+    # the API expands ``~`` in its output folder as load_model and dalib eval do (it wrote a folder
+    # literally named ``~`` in the working directory, which load_model("~/...") then did not find)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    deep = run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), "~/deep",
+               progress_bar=False)
+    assert deep.out_dir == tmp_path / "home" / "deep" and (tmp_path / "home" / "deep" / "result.json").exists()
+    assert dalib.load_model("~/deep").step == 2
+    shallow = run(RunConfig(method="coral", dataset="office-caltech-surf", src="amazon", tgt="webcam",
+                            data_root=str(data_root)), "~/shallow", progress_bar=False)
+    assert shallow.out_dir == tmp_path / "home" / "shallow" and (tmp_path / "home" / "shallow" / "result.json").exists()
+    assert not (tmp_path / "~").exists()
+
+
 def test_eval_takes_the_checkpoint_file_and_refuses_classes_named_otherwise(trained, tmp_path, monkeypatch):
     runner = CliRunner()
     res = runner.invoke(cli, ["eval", str(trained / "checkpoint.pt")])
