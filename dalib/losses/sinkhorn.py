@@ -210,7 +210,7 @@ def _solve_on(
             # value is then one full alternating Sinkhorn step (0.5% → 0.2% from the
             # converged value at scaling 0.5, for one more iteration); the same for the
             # symmetric terms, so that S_ε(a, a) stays exactly 0
-            g = xy.update(f, g, ad, bd, loga, logb, eps, rows=False)[1]
+            f_cols, g = xy.update(f, g, ad, bd, loga, logb, eps)
             if xx is not None:
                 faa = xx.update(faa, faa, ad, ad, loga, loga, eps, cols=False)[0]
                 gbb = yy.update(gbb, gbb, bd, bd, logb, logb, eps, cols=False)[0]
@@ -219,6 +219,7 @@ def _solve_on(
             # marginal error of the plan (rows exact) falls under tol (POT's criterion);
             # the symmetric problems of the debiasing, separately, to the same tolerance
             f, g, it, err = xy.solve_to_tolerance(f, g, ad, bd, loga, logb, eps, tol, max_iter)
+            f_cols = f
             extra = it
             if xx is not None:
                 faa, it_a, err_a = xx.solve_symmetric_to_tolerance(faa, ad, loga, eps, tol, max_iter)
@@ -236,9 +237,17 @@ def _solve_on(
     xx = yy = None  # free the cached costs before the autograd pass
     if not want_error:
         xy = None
-    t = softmin_unchecked(x, y, b.log() + g / eps, eps, p, name)  # (N,)
+    t = softmin_unchecked(x, y.detach(), b.log() + g / eps, eps, p, name)  # (N,)
     f = t.detach()
     value = _dual_value(a, b, t, f, g, eps)
+    if y.requires_grad and torch.is_grad_enabled():
+        # y's gradient, Σ_i P_ij ∇_y C(x_i, y_j), from a plan whose columns are exact: the
+        # column update from the row potential f_cols (one exact row update from the
+        # schedule's last potentials, as the debiasing's own terms have). Through t, whose
+        # rows are exact and columns not, it was 3% off the converged gradient at blur 0.2,
+        # and it did not vanish between identical clouds. The term's value is 0.
+        s = softmin_unchecked(y, x.detach(), (a.log() + f_cols / eps).detach(), eps, p, name)  # (M,)
+        value = value + (bd * (s - s.detach())).sum()
     if want_error:  # the column error of the final plan (its rows are exact)
         with torch.no_grad():
             gt = xy.update(f, g, ad, bd, loga, logb, eps, rows=False)[1]
@@ -295,7 +304,9 @@ def sinkhorn(
     summing to 1 up to rounding are divided by their sum. The value is the dual objective
     at the potentials, whose gradients (envelope theorem, one extrapolation step with autograd)
     are those of the cost w.r.t. the points ``x``, ``y`` and the weights ``a``, ``b``
-    (the dual potentials; weights must be > 0 for weight gradients).
+    (the dual potentials; weights must be > 0 for weight gradients). Each side's point
+    gradient comes from a plan exact on its own side's marginal (x's rows, y's columns: one
+    more N×M reduction when ``y`` requires grad, about 15% of a forward and backward pass).
 
     ``x`` (N, D), ``y`` (M, D); ``a`` (N,), ``b`` (M,) non-negative weights summing to 1
     (uniform if None); ``p`` ≥ 1 (1 and 2 are the usual); ``diameter``: the largest

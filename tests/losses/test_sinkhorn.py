@@ -149,22 +149,30 @@ def test_gradcheck_points(backend, debias, small_tiles):
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
 def test_divergence_gradient_vanishes_between_identical_clouds(backend, small_tiles):
     """The divergence is least between identical clouds, and so is its gradient there, with
-    the default schedule (which stops short of the optimum); near them it is the converged
-    gradient to a few percent (the symmetric terms' columns had carried a gradient: 5e-4 at
-    identity, 9% off nearby)."""
+    the default schedule (which stops short of the optimum), through either argument and
+    through one tensor given twice; near them it is the converged gradient to a few percent
+    on both sides (the symmetric terms' columns had carried a gradient: 5e-4 at identity, 9%
+    off nearby; y's gradient came from a plan whose columns were not exact: 3e-4 at identity
+    (5e-4 through one tensor given twice), 18% off nearby)."""
     g = torch.Generator().manual_seed(0)
     x = torch.randn(16, 4, generator=g, dtype=torch.float64)
     a = _weights(16, 3)
     for wa, wb in [(None, None), (a, a)]:
+        for side in (0, 1):
+            pts = x.clone().requires_grad_(True)
+            args = (pts, x.clone()) if side == 0 else (x.clone(), pts)
+            (grad,) = torch.autograd.grad(sinkhorn(*args, wa, wb, blur=0.3, backend=backend), pts)
+            assert grad.abs().max().item() < 1e-12, side
         pts = x.clone().requires_grad_(True)
-        (grad,) = torch.autograd.grad(sinkhorn(pts, x.clone(), wa, wb, blur=0.3, backend=backend), pts)
+        (grad,) = torch.autograd.grad(sinkhorn(pts, pts, wa, wb, blur=0.3, backend=backend), pts)
         assert grad.abs().max().item() < 1e-12
     y = x + 1e-2 * torch.randn(16, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     grads = []
     for kw in [{}, {"tol": 1e-7, "max_iter": 20000}]:
-        pts = x.clone().requires_grad_(True)
-        grads += torch.autograd.grad(sinkhorn(pts, y, blur=0.3, backend=backend, **kw), pts)
-    assert ((grads[0] - grads[1]).norm() / grads[1].norm()).item() < 0.03
+        px, py = x.clone().requires_grad_(True), y.clone().requires_grad_(True)
+        grads.append(torch.autograd.grad(sinkhorn(px, py, blur=0.3, backend=backend, **kw), (px, py)))
+    for side in (0, 1):
+        assert ((grads[0][side] - grads[1][side]).norm() / grads[1][side].norm()).item() < 0.03, side
 
 
 @pytest.mark.parametrize("debias", [False, True])
