@@ -553,6 +553,9 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
             f"source {cfg.src!r} inputs have shape {tuple(src.input_shape)} but target {cfg.tgt!r} "
             f"inputs have {tuple(tgt.input_shape)}: domains must share a feature space"
         )
+    if src.num_classes < 2:  # every prediction would be right: a run would report 100%
+        raise DataError(f"the source domain {src.name!r} names {src.num_classes} class(es) "
+                        f"({', '.join(map(str, src.classes))}): a classifier needs at least 2")
     if src.num_classes != tgt.num_classes:
         raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}: domains built with "
                         "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")
@@ -962,8 +965,19 @@ def _run(
             finished = ckpt is not None and start >= config.steps and out is not None and _intact_result(out / RESULT)
             seconds = float(ckpt["seconds"]) if finished else (
                 time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0))
-            src_acc = evaluate(model, src, device, workers=config.workers)
-            tgt_acc = evaluate(model, tgt, device, workers=config.workers)
+            if out is not None and is_main and start < config.steps:
+                # the trained network is kept before it is scored: an image that fails to decode
+                # in the final evaluation (a target that training never read) then costs a
+                # --resume, not the steps since the last checkpoint
+                _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code, world)
+            try:
+                src_acc = evaluate(model, src, device, workers=config.workers)
+                tgt_acc = evaluate(model, tgt, device, workers=config.workers)
+            except DataError as exc:
+                if out is None:
+                    raise
+                raise DataError(f"{first_line(exc)} (the trained network is saved in {out}: fix the data, "
+                                "then --resume, resume=True from Python, scores it)") from None
             if config.eval_every and start < config.steps:  # the curve ends at the run's own result
                 last_line = (last_line or {"step": config.steps}) | {"source_acc": src_acc, "target_acc": tgt_acc}
             if last_line is not None:
@@ -982,7 +996,6 @@ def _run(
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
                            diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
         if out is not None and is_main and not finished:
-            _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code, world)
             payload = {
                 "method": config.method,
                 "dataset": dataset,
@@ -1349,7 +1362,7 @@ def holds_run(out: Path) -> bool:
     """Whether ``out`` holds a run: its checkpoint or its result, or the claim of a run that
     still writes there (before its first checkpoint). Metric lines alone are what a run that
     stopped early left: a new run may start there (:func:`check_fresh_out_dir`)."""
-    if _keeps_a_run(out):
+    if _keeps_a_run(out) or not _left_by_a_run(out / METRICS):  # a metrics file of its own is kept too
         return True
     try:
         pid = int((out / LOCK).read_text().strip())
@@ -1372,12 +1385,28 @@ def _refuse_a_kept_run(out: Path) -> None:
                           "or choose another --out")
 
 
+def _left_by_a_run(metrics: Path) -> bool:
+    """Whether ``metrics`` is absent or reads as a run's metric lines (its first line begins
+    a JSON object with the step): the file a run that stopped early left, which a new run
+    replaces."""
+    try:
+        with metrics.open("rb") as fh:
+            first = fh.readline(1 << 16).strip()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return not first or first.startswith(b'{"step": ')  # as _log_line writes it (a kill may cut the line short)
+
+
 def check_fresh_out_dir(out: Path) -> None:
     """Refuse to write into a folder that already holds a run (a checkpoint or a result):
     nothing is overwritten. The metric lines of a run that stopped before its first
     checkpoint (an error, a kill) are all that run left, and cannot be continued: a new run
     there starts them afresh."""
     _refuse_a_kept_run(out)
+    if not _left_by_a_run(out / METRICS):
+        raise ConfigError(f"{out} holds a {METRICS} that no dalib run wrote: choose another --out")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

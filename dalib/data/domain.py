@@ -145,7 +145,11 @@ class Domain:
         # kept on the CPU, like every domain: the runner moves each batch to its device
         xt = _as_number_tensor(x, "features", where).detach().cpu()
         yt = _as_number_tensor(y, "labels", where).detach().cpu()
+        wide = xt if xt.is_floating_point() and xt.dtype.itemsize > 4 else None
         xt = xt.to(torch.float32).contiguous()
+        if wide is not None and not bool(torch.isfinite(xt).all()) and bool(torch.isfinite(wide).all()):
+            raise DataError(f"features up to {float(wide.abs().max()):.3g} in {where} overflow float32 (up to "
+                            f"{torch.finfo(torch.float32).max:.3g}), the precision dalib trains in: scale them")
         yt = yt.reshape(-1)
         if xt.ndim == 0 or xt.shape[0] == 0:
             raise DataError(f"empty domain: no samples in {where}")
@@ -167,8 +171,8 @@ class Domain:
                 num_classes = len(classes)
         lo, hi = int(yt.min()), int(yt.max())
         if lo == UNLABELLED:
-            raise DataError(f"labels of {UNLABELLED} (UNLABELLED) in {where}: give y=None for an unlabelled domain "
-                            "(a domain is labelled or not, not partly)")
+            raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1, and a domain is "
+                            f"labelled or not, not partly ({UNLABELLED}, UNLABELLED: give y=None for an unlabelled domain)")
         if num_classes is None:
             if lo < 0 or hi >= max(MAX_INFERRED_CLASSES, len(yt)):  # before a class list that size is built
                 raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1 "

@@ -58,10 +58,13 @@ WRAPPER = "images"  # the Office-31 archive files each domain's classes under DO
 
 def _domain_root(domain_dir: Path) -> Path:
     """The folder that holds a domain's class folders or images: ``domain_dir`` itself, or its
-    ``images`` folder when that is all it holds (hidden entries aside)."""
+    ``images`` folder when that is its only folder and no image lies beside it (hidden
+    entries aside; a README beside it does not make ``images`` a class)."""
     visible = [p for p in domain_dir.iterdir() if not p.name.startswith(".")]
-    if len(visible) == 1 and visible[0].name == WRAPPER and visible[0].is_dir():
-        return visible[0]
+    folders = [p for p in visible if p.is_dir()]
+    loose_images = [p for p in visible if not p.is_dir() and p.suffix.lower() in IMG_EXTENSIONS]
+    if len(folders) == 1 and folders[0].name == WRAPPER and not loose_images:
+        return folders[0]
     return domain_dir
 
 
@@ -96,18 +99,27 @@ def _holds_image(folder: Path) -> bool:
     return any(Path(f).suffix.lower() in IMG_EXTENSIONS for _, files in _visible_files(folder, nested=True) for f in files)
 
 
+def _holds_folder(outer: str, inner: str) -> bool:
+    """Whether the real path ``outer`` is a folder above the real path ``inner``."""
+    return outer != inner and os.path.commonpath([outer, inner]) == outer
+
+
 def _visible_files(folder: Path, *, nested: bool) -> Iterator[tuple[str, list[str]]]:
     """``(folder, its visible file names)`` for ``folder`` and, if ``nested``, its visible
     sub-folders at any depth, links followed, each real folder once (a link back up would
     loop), in sorted order."""
     seen: set[str] = set()
+    start = os.path.realpath(folder)
     for top, dirs, files in os.walk(folder, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:
             dirs[:] = []
             continue
         seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")) if nested else []
+        # a link to a folder that holds ``folder`` (the data folder, say) would bring the
+        # images of every other class and domain under this one's label
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not _holds_folder(os.path.realpath(os.path.join(top, d)), start)) if nested else []
         yield top, [f for f in files if not f.startswith(".")]
 
 

@@ -50,9 +50,13 @@ def read_mat(
             f"{path} {where} lacks key(s) {', '.join(missing)}; "
             f"it holds: {', '.join(found) or 'nothing'}"
         )
+    import scipy.sparse
+
     out = {}
     for k in keys:
         arr = content[k]
+        if scipy.sparse.issparse(arr):  # MATLAB's sparse matrices (bag-of-words features often are)
+            arr = arr.toarray()
         if not isinstance(arr, np.ndarray) or arr.dtype == object or arr.dtype.kind not in "biuf":
             raise DataError(f"key {k!r} of {path} {where} is not a numeric array")
         out[k] = arr

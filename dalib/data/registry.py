@@ -345,7 +345,6 @@ def _need_data_dir(info: DatasetInfo, domain: str, data_dir: str | os.PathLike |
         raise DataError(f"dataset {info.name}{dom} needs a data folder: pass --data PATH")
     path = Path(data_dir).expanduser()
     if not path.is_dir():
-        raise DataError(
-            f"data folder not found: {path} (dataset {info.name}{dom}; pass --data PATH)"
-        )
+        what = "is a file, not a folder" if path.exists() else "not found"
+        raise DataError(f"data folder {what}: {path} (dataset {info.name}{dom}; pass --data PATH)")
     return path

@@ -103,6 +103,20 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
     res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "1"])
     assert res.exit_code == 0, res.output
     assert (early / "result.json").is_file() and not (chdir_tmp / "runs" / "source_only-mnist-usps-seed1-2").exists()
+    # a metrics file no run wrote is kept: an --out that holds one is refused, a default --out skips it
+    own = chdir_tmp / "mine"
+    own.mkdir()
+    (own / "metrics.jsonl").write_text("epoch,loss\n1,0.5\n")
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--out", str(own)])
+    assert res.exit_code == 2 and f"{own} holds a metrics.jsonl that no dalib run wrote" in res.stderr, res.output
+    assert (own / "metrics.jsonl").read_text() == "epoch,loss\n1,0.5\n" and sorted(own.iterdir()) == [own / "metrics.jsonl"]
+    taken = chdir_tmp / "runs" / "source_only-mnist-usps-seed3"
+    taken.mkdir()
+    (taken / "metrics.jsonl").write_text("[1, 2]\n")
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "3"])
+    assert res.exit_code == 0, res.output
+    assert (taken / "metrics.jsonl").read_text() == "[1, 2]\n"
+    assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed3-2" / "result.json").is_file()
     # a folder a live run has claimed is skipped, checkpoint or not
     claimed = chdir_tmp / "runs" / "source_only-mnist-usps-seed2"
     claimed.mkdir()

@@ -143,6 +143,22 @@ def test_synthetic_file_loads(tmp_path, spec):
 
 
 @pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_sparse_features_and_labels_load_as_their_dense_values(tmp_path, spec):
+    """MATLAB keeps bag-of-words features as sparse matrices: they read as their values (they
+    were refused as not numeric)."""
+    import scipy.sparse
+
+    dataset, domain, rel, d = spec
+    fts, labels = _good(d, one_based=dataset == SURF[0])
+    fts[:, 1::2] = 0
+    write_mat(tmp_path / rel, fts=scipy.sparse.csc_matrix(fts), labels=scipy.sparse.csc_matrix(labels.astype(float)))
+    dom = load_domain(dataset, domain, data_root=tmp_path)
+    write_mat(tmp_path / "dense" / rel, fts=fts, labels=labels)
+    dense = load_domain(dataset, domain, data_root=tmp_path / "dense")
+    assert torch.equal(dom.x, dense.x) and torch.equal(dom.y, dense.y) and dom.y.tolist() == [0, 1] * 10
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
 def test_missing_file(tmp_path, spec):
     dataset, domain, rel, _ = spec
     with pytest.raises(DataError) as exc:

@@ -89,6 +89,10 @@ def test_needs_data_dir(tmp_path):
         load_domain("image-folder", "amazon")
     with pytest.raises(DataError, match=f"data folder not found: {tmp_path / 'none'}"):
         load_domain("image-folder", "amazon", data_dir=tmp_path / "none")
+    (tmp_path / "file.zip").write_bytes(b"PK")
+    with pytest.raises(DataError, match=f"data folder is a file, not a folder: {tmp_path / 'file.zip'}"):
+        load_domain("image-folder", "amazon", data_dir=tmp_path / "file.zip")
+    (tmp_path / "file.zip").unlink()
     with pytest.raises(DataError, match="no domain folders in"):
         load_domain("image-folder", "amazon", data_dir=tmp_path)
 
@@ -499,3 +503,65 @@ def test_the_shallow_form_of_an_image_folder_names_the_domain_it_cannot_hold(tmp
     with pytest.raises(ConfigError, match=r"^the shallow form needs in-memory features, and domain src is read sample "
                                           r"by sample \(an image folder, a dataset of its own\): train with --mode deep$"):
         dalib.run(cfg, None, progress_bar=False)
+
+
+def test_the_images_folder_is_read_through_with_a_file_beside_it(tmp_path):
+    """A README beside DOMAIN/images/ does not make ``images`` the domain's one class (every
+    class merged into it: a run reported 100% on both domains)."""
+    for domain in ("amazon", "webcam"):
+        for k, name in enumerate(("bike", "mug")):
+            _image(tmp_path / domain / "images" / name / "0.jpg", (100 * k, 2, 3))
+        (tmp_path / domain / "README.txt").write_text("Office-31")
+    d = load_domain("image-folder", "amazon", data_dir=tmp_path, image_size=8)
+    assert d.classes == ["bike", "mug"] and d.dataset.targets == [0, 1]
+    # an image beside it keeps the folder a class folder: loose images and classes are refused together
+    _image(tmp_path / "webcam" / "loose.png", (1, 2, 3))
+    with pytest.raises(DataError, match="webcam"):
+        load_domain("image-folder", "webcam", data_dir=tmp_path, image_size=8)
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")
+def test_a_link_to_a_folder_above_a_class_is_not_read_into_the_class(tmp_path):
+    """A link up to the data folder would file every other class's and domain's images under
+    this class's label."""
+    for domain in ("src", "tgt"):
+        for k, name in enumerate(("a", "b")):
+            _image(tmp_path / domain / name / "0.png", (100 * k, 2, 3))
+    (tmp_path / "src" / "a" / "up").symlink_to(tmp_path)
+    (tmp_path / "src" / "a" / "domain").symlink_to(tmp_path / "src")
+    d = load_domain("image-folder", "src", data_dir=tmp_path, image_size=8)
+    assert [(p.relative_to(tmp_path).as_posix(), y) for p, y in d.dataset.samples] == [("src/a/0.png", 0), ("src/b/0.png", 1)]
+
+
+def test_a_source_of_one_class_is_refused(tmp_path):
+    import dalib
+
+    for domain in ("src", "tgt"):
+        _image(tmp_path / "data" / domain / "cat" / "0.png", (1, 2, 3))
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "data"), src="src",
+                          tgt="tgt", image_size=8, steps=2, batch_size=1, device="cpu")
+    with pytest.raises(DataError, match=r"the source domain 'src' names 1 class\(es\) \(cat\): a classifier needs at least 2"):
+        dalib.run(cfg, tmp_path / "run", progress_bar=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_image_that_fails_in_the_final_scoring_costs_a_resume_not_the_training(tmp_path):
+    """source_only never reads the target while it trains: a bad target image shows in the
+    final scoring, after the last step. The trained network is saved first."""
+    import dalib
+
+    data, out = tmp_path / "data", tmp_path / "run"
+    _two_class_run(tmp_path, data, tmp_path / "good")
+    bad = data / "tgt" / "dog" / "zz.png"
+    bad.write_bytes(b"not an image")
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(data), src="src", tgt="tgt",
+                          image_size=16, steps=4, batch_size=2, checkpoint_every=0, device="cpu")
+    with pytest.raises(DataError, match=rf"cannot read image: .*zz.png .*\(the trained network is saved in {out}: "
+                                        r"fix the data, then --resume"):
+        dalib.run(cfg, out, progress_bar=False)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 4 and not (out / "result.json").exists()
+    bad.unlink()
+    resumed = dalib.run(cfg, out, resume=True, progress_bar=False)
+    again = dalib.run(cfg, tmp_path / "again", progress_bar=False)
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (again.source_accuracy, again.target_accuracy)
+    assert (out / "result.json").exists()
