@@ -34,9 +34,12 @@ def _check_weights(sample_weight: Any, n: int) -> np.ndarray | None:
     if sample_weight is None:
         return None
     w = to_numpy(sample_weight) if isinstance(sample_weight, torch.Tensor) else np.asarray(sample_weight)
-    w = w.astype(np.float64).reshape(-1)
-    if w.shape[0] != n:
-        raise InputError(f"sample_weight has {w.shape[0]} entries for {n} samples")
+    w = w.astype(np.float64)
+    if w.ndim == 0:  # one weight for every sample, as scikit-learn takes it
+        w = np.full(n, float(w))
+    if w.ndim > 2 or (w.ndim == 2 and w.shape[1] != 1) or w.shape[0] != n:
+        raise InputError(f"sample_weight has shape {w.shape} for {n} samples: give ({n},)")
+    w = w.reshape(-1)
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise InputError("sample_weight must be finite and non-negative")
     if not np.any(w > 0):

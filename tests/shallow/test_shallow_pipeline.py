@@ -71,6 +71,13 @@ def test_classifier_errors():
         make_classifier("rf")
     with pytest.raises(InputError, match="sample_weight"):
         make_classifier("linear").fit(x, y, sample_weight=-np.ones(len(y)))
+    n = len(y)
+    with pytest.raises(InputError, match=rf"sample_weight has shape \({n}, 2\) for {n} samples: give \({n},\)"):
+        make_classifier("linear").fit(x, y, sample_weight=np.ones((n, 2)))  # not read as 2n entries
+    # one number weighs every sample alike, as scikit-learn takes it; a column is a vector
+    plain = make_classifier("linear").fit(x, y).estimator.coef_
+    np.testing.assert_allclose(make_classifier("linear").fit(x, y, sample_weight=1.0).estimator.coef_, plain)
+    np.testing.assert_allclose(make_classifier("linear").fit(x, y, sample_weight=np.ones((n, 1))).estimator.coef_, plain)
     with pytest.raises(InputError, match="labels for"):
         make_classifier("1nn").fit(x, y[:3])
     with pytest.raises(InputError, match="not fitted"):
