@@ -179,6 +179,12 @@ def _solve_on(
                          f"costs over ε: raise blur, or scale the points{wider}")
     eps_list = epsilon_schedule(p, diam, float(blur), float(scaling))
     eps = eps_list[-1]
+    if diam > 0 and eps * torch.finfo(x.dtype).eps > 1e-3 * diam**p:
+        # the potentials are ε·log(·) of sums near 1: their rounding, ε times the dtype's, swamps
+        # costs of diameter^p (float32 at blur 1e4 over points 4 apart: the value read 0.0)
+        warn_outside_dalib(f"sinkhorn: blur {blur:g} is so far above the points' diameter {diam:.3g} that the "
+                           f"{_dtype_name(x)} value loses its digits (the gradient keeps them): lower blur, or use "
+                           "float64", RuntimeWarning)
     if not 1.0 / eps < largest:  # the iterations multiply by 1/ε
         raise InputError(f"blur {blur:g} with p = {p:g} makes ε = {eps:.3g}, whose inverse overflows {_dtype_name(x)}: "
                          f"scale the points up (and blur with them){wider}")

@@ -423,3 +423,18 @@ def test_ot_plan_of_a_half_precision_cost_is_float32():
         plan = ot_plan(cost=cost.to(dtype))
         assert plan.dtype == torch.float32
         torch.testing.assert_close(plan, ot_plan(cost=cost.to(dtype).float()))
+
+
+def test_a_blur_far_above_the_diameter_warns_where_the_dtype_loses_the_value():
+    """ε·log of sums near 1: rounding of ε times the dtype's swamps the costs. In float32 the
+    value read 0.0 at blur 1e4 over points ~4 apart (1.32 in float64), with no word."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(6, 2, generator=g), torch.randn(5, 2, generator=g) + 1
+    with pytest.warns(RuntimeWarning, match=r"blur 10000 is so far above the points' diameter .* float32 value loses its digits"):
+        sinkhorn(x, y, blur=1e4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        far = sinkhorn(x.double(), y.double(), blur=1e4).item()  # float64 keeps them
+        near = sinkhorn(x, y, blur=10.0).item()
+    assert near == pytest.approx(sinkhorn(x.double(), y.double(), blur=10.0).item(), rel=1e-5)
+    assert far == pytest.approx(sinkhorn(x.double(), y.double(), blur=1e4, tol=1e-12, max_iter=100).item(), rel=1e-6)
