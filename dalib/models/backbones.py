@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -99,11 +100,15 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
         try:
             with contextlib.redirect_stdout(said):
                 net = ctor(weights=weights, progress=False)  # no download bar before the one-line error
-        except (OSError, RuntimeError) as exc:  # no network (URLError is an OSError), a corrupt cached file
-            raise CheckpointError(
-                f"cannot get the ImageNet weights of resnet{depth} ({first_line(exc)}): put them in torchvision's "
-                "cache ($TORCH_HOME/hub/checkpoints) or pass a checkpoint file to --pretrained"
-            ) from None
+        # no network (URLError is an OSError); a damaged cached file: torch.load's RuntimeError
+        # (a cut zip), ValueError or UnpicklingError (a page saved in its place), EOFError
+        except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as exc:
+            url = torchvision.models.get_model_weights(f"resnet{depth}")[weights].url if weights else ""
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+            advice = (f"the cached file {cached} is damaged: delete it, or put the right file there" if url and cached.is_file()
+                      else "put them in torchvision's cache ($TORCH_HOME/hub/checkpoints) or pass a checkpoint file "
+                           "to --pretrained")
+            raise CheckpointError(f"cannot get the ImageNet weights of resnet{depth} ({first_line(exc)}): {advice}") from None
         sys.stderr.write(said.getvalue())  # a download that worked: said where the file went
         if pretrained not in (None, "imagenet"):
             _load_local_weights(net, pretrained)

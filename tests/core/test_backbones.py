@@ -35,6 +35,20 @@ def test_imagenet_weights_out_of_reach_are_one_clear_error(monkeypatch, capsys):
     assert said.out == "" and said.err == ""  # the one-line error alone, from the CLI
 
 
+@pytest.mark.parametrize("content", [b"<html>a proxy's page</html>", b"garbage\n", b"PK\x03\x04cut"],
+                         ids=["html", "text", "cut-zip"])
+def test_a_damaged_cached_imagenet_file_is_one_line_that_names_it(tmp_path, monkeypatch, content):
+    """torchvision reads its cache first (no network): a page saved in place of the weights was
+    a traceback (UnpicklingError, ValueError), a cut zip a line that advised to put the file there."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cached = tmp_path / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(content)
+    with pytest.raises(CheckpointError, match=rf"cannot get the ImageNet weights of resnet18 \(.*\): the cached file "
+                                              rf"{cached} is damaged: delete it, or put the right file there$"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+
+
 def test_a_download_that_works_says_so_on_stderr_not_stdout(monkeypatch, capsys):
     import torchvision
 
