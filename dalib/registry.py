@@ -204,7 +204,20 @@ def _load_entry_points() -> None:
         _load_one(ep)
 
 
+def _restore(before: dict[str, type]) -> None:
+    """After a plugin's import failed: drop the methods that a module whose import failed
+    registered on its way to the failure (Python takes such a module out of ``sys.modules``),
+    so that run and bench do not offer them, and put back those registered ``before``. A
+    module that imported whole along the way (a package's ``__init__``) keeps its methods."""
+    for name, cls in list(_methods.items()):
+        if before.get(name) is not cls and sys.modules.get(cls.__module__) is None:
+            del _methods[name]
+    for name, cls in before.items():
+        _methods.setdefault(name, cls)
+
+
 def _load_one(ep: EntryPoint) -> None:
+    before = dict(_methods)
     try:
         _check_name(ep.name)  # the decorator checks its own; an entry point's is named here
         obj = ep.load()
@@ -217,6 +230,7 @@ def _load_one(ep: EntryPoint) -> None:
         else:
             _add(ep.name, obj)  # a Method class named by the entry point itself
     except (Exception, SystemExit) as exc:  # a broken plugin must not break the others (nor parse argv and exit)
+        _restore(before)
         _broken[ep.name] = f"{ep.value}: {import_failure(exc)}"
 
 
@@ -249,8 +263,7 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
             assert spec is not None and spec.loader is not None
             mod = importlib.util.module_from_spec(spec)
             # the file loaded before: its own classes make way for the ones it defines now
-            stale = {name: cls for name, cls in _methods.items() if cls.__module__ == spec.name}
-            for name in stale:
+            for name in [name for name, cls in _methods.items() if cls.__module__ == spec.name]:
                 del _methods[name]
             # in sys.modules while it runs, as an import would be: dataclasses resolve string
             # annotations (`from __future__ import annotations`) through it. Under its plain name
@@ -267,7 +280,7 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
                 sys.modules.pop(spec.name, None)
                 if alias:
                     sys.modules.pop(stem, None)
-                _methods.update(stale)
+                _restore(before)  # its earlier classes back, the ones it registered before failing gone
                 if isinstance(exc, RegistryError) and f" by {path.stem}." in str(exc):  # installed as a package too
                     raise RegistryError(f"{exc}: the module {path.stem!r} is installed (an entry point), "
                                         f"so drop --plugin {module}") from None
@@ -278,8 +291,10 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
                 sys.path.append(os.getcwd())
             importlib.import_module(module)
     except RegistryError:
+        _restore(before)
         raise
     except (Exception, SystemExit) as exc:
+        _restore(before)
         raise RegistryError(f"cannot load plugin {module!r}: {import_failure(exc)}") from exc
     added = sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
     _loaded_modules[module] = added

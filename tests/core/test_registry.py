@@ -107,6 +107,50 @@ def test_broken_entry_point_is_reported_and_does_not_break_others(clean_registry
         dalib.get_method("broken_plugin")
 
 
+PARTLY = """
+from dataclasses import dataclass
+from dalib import Method, register_method
+
+@register_method("{first}")
+class First(Method):
+    \"\"\"Registered before the import fails.\"\"\"
+    def loss(self, batch, out, progress):
+        return {{"total": self.source_loss(batch, out)}}
+
+{then}
+"""
+
+
+def test_a_plugin_that_fails_partway_registers_nothing(clean_registry, monkeypatch, tmp_path):
+    """A module that registers a method and then fails (a second method's Config without a
+    default, an error further down) is a failed plugin whose methods are not offered: the
+    first had stayed registered, and dalib run and dalib bench trained it without a word."""
+    (tmp_path / "half_ep.py").write_text(PARTLY.format(first="half_ep", then="raise ImportError('fails after')"))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    fake_eps = [EntryPoint("half_ep", "half_ep", "dalib.methods")]
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fake_eps if ep.group == group])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    before = set(dalib.list_methods()) - {"half_ep"}
+    assert set(dalib.list_methods()) == before and "fails after" in registry.plugin_errors()["half_ep"]
+    with pytest.raises(UnknownNameError, match="failed to load"):
+        dalib.get_method("half_ep")
+    second = ("@register_method('half_two')\nclass Second(Method):\n"
+              "    @dataclass(frozen=True)\n    class Config:\n        weight: float\n")
+    plugin = tmp_path / "half_file.py"
+    plugin.write_text(PARTLY.format(first="half_one", then=second))
+    with pytest.raises(RegistryError, match="weight"):
+        registry.load_plugin_module(plugin)
+    assert set(dalib.list_methods()) == before
+    # a file that loaded before and fails on its second load keeps its first classes
+    plugin.write_text(PARTLY.format(first="half_one", then=""))
+    assert registry.load_plugin_module(plugin) == ["half_one"]
+    first = dalib.get_method("half_one")
+    plugin.write_text(PARTLY.format(first="half_one", then=second))
+    with pytest.raises(RegistryError, match="weight"):
+        registry.load_plugin_module(plugin)
+    assert set(dalib.list_methods()) == before | {"half_one"} and dalib.get_method("half_one") is first
+
+
 def test_entry_points_that_exit_or_have_a_bad_name_or_alias_a_class_are_failed_plugins(clean_registry, monkeypatch,
                                                                                         tmp_path):
     """A plugin module that exits as it is imported (a script's argparse at module level), an
