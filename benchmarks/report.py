@@ -69,13 +69,18 @@ class Summary:
         mean, std = _mean_std(list(seeds.values()))
         return mean, std, len(seeds)
 
-    def overall(self, variant: str) -> tuple[float, float, int] | None:
-        """(mean, std over seeds, number of seeds) of the mean over every task; None unless
-        at least one seed finished every task."""
+    def complete_seeds(self, variant: str) -> set[int]:
+        """The seeds of ``variant`` that finished every task."""
         per_task = self.acc.get(variant, {})
         if set(per_task) != set(self.tasks):
-            return None
-        seeds = set.intersection(*(set(s) for s in per_task.values()))
+            return set()
+        return set.intersection(*(set(s) for s in per_task.values()))
+
+    def overall(self, variant: str, among: set[int] | None = None) -> tuple[float, float, int] | None:
+        """(mean, std over seeds, number of seeds) of the mean over every task, over the seeds
+        that finished every task (those of ``among`` only, if given); None without any."""
+        per_task = self.acc.get(variant, {})
+        seeds = self.complete_seeds(variant) if among is None else self.complete_seeds(variant) & among
         if not seeds:
             return None
         per_seed = [sum(per_task[t][s] for t in self.tasks) / len(self.tasks) for s in sorted(seeds)]
@@ -202,23 +207,32 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         "|" + "---|" * len(head),
     ]
     published = _published_rows(suite, summary)
+    partial_delta: list[tuple[str, list[int]]] = []
     for v in summary.order:
         cells = []
         for t in tasks:
             err = summary.failed.get(v, {}).get(t)
             cells.append("failed" if err and summary.task_stats(v, t) is None else _fmt(summary.task_stats(v, t)))
-        overall, base = summary.overall(v), summary.overall(summary.baseline(v))
-        if overall is None or base is None or v == summary.baseline(v):
+        overall = summary.overall(v)
+        # against source-only on the seeds both finished: a row of other seeds than the baseline's
+        # compared its mean with a mean over other draws
+        shared = summary.complete_seeds(v) & summary.complete_seeds(summary.baseline(v))
+        if not shared or v == summary.baseline(v):
             delta = ""
         else:
-            d = overall[0] - base[0]
+            d = summary.overall(v, shared)[0] - summary.overall(summary.baseline(v), shared)[0]
             delta = f"{d:+.2f} {'✓' if d > 0 else '✗'}"
+            if shared != summary.complete_seeds(v) or shared != summary.complete_seeds(summary.baseline(v)):
+                partial_delta.append((v, sorted(shared)))
         lines.append(f"| `{v}` | " + " | ".join(cells) + f" | **{_fmt(overall)}** | {delta} |")
         for label, values, mean in published.get(v, []):
             row = [f"{values[t]:.1f}" if t in values else "" for t in tasks]
             lines.append(f"| {label} | " + " | ".join(row) + f" | {'' if mean is None else f'{mean:.1f}'} | |")
     lines += ["", "Δ vs source-only: the mean over tasks minus source-only's in the same form "
               "(deep against deep; shallow against the same classifier without adaptation); ✓ above, ✗ not."]
+    if partial_delta:
+        lines += ["", "Δ of " + "; ".join(f"`{v}` over seed(s) {', '.join(map(str, seeds))}" for v, seeds in partial_delta)
+                  + ": the seeds that both it and its source-only row finished on every task."]
     uneven = [v for v in summary.order if summary.overall(v) is not None
               and summary.overall(v)[2] < len({s for per in summary.acc.get(v, {}).values() for s in per})]
     if uneven:

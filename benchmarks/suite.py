@@ -393,7 +393,7 @@ def _load_state(path: Path) -> dict[str, Any]:
 _TOP_LEVEL: dict[str, tuple[type, ...]] = {
     "suite": (str,), "title": (str,), "dataset": (str,), "suite_file": (str,), "suite_path": (str,),
     "protocol": (str,), "timing": (str,), "steps": (int, type(None)), "deep_options": (dict, type(None)),
-    "machine": (dict,), "plugins": (list,), "wall_seconds": (int, float), "rerun_since": (int, float),
+    "machine": (dict,), "plugins": (list,), "wall_seconds": (int, float), "rerun_since": (int, float), "rerun_started": (dict,),
     "jobs": (int,), "jobs_used": (list,),
 }
 
@@ -748,13 +748,20 @@ def run_suite(
         if not _is_builtin_file(suite.path):
             state["suite_path"] = str(suite.path.resolve())
         # --rerun runs every chosen cell again; one that was killed resumes: the cells it finished
-        # already (after the time it started, kept in the file until a --rerun completes) are kept
+        # already (after the time the re-run of that cell started, kept in the file until a --rerun
+        # of it completes) are kept. The time is each cell's own: a re-run of other cells, killed or
+        # not, neither stands for it nor ends it (one time for the file had made a later --rerun
+        # of other cells keep every cell finished since, and had ended the killed one's resume)
+        state.pop("rerun_since", None)  # an older dalib's, for the whole file: those cells run again
         if rerun:
-            state.setdefault("rerun_since", time.time())
+            started_at = state.setdefault("rerun_started", {})
+            now = time.time()
+            for cell in cells:
+                started_at.setdefault(cell.key, now)
 
         def rerun_already(cell: Cell) -> bool:  # finished by this re-run, with today's code
-            old = state["cells"][cell.key]
-            return (float(old.get("finished", 0.0)) >= float(state["rerun_since"])
+            old, since = state["cells"][cell.key], state.get("rerun_started", {}).get(cell.key)
+            return (since is not None and float(old.get("finished", 0.0)) >= float(since)
                     and old.get("code") == codes[cell.variant.method] and old.get("dalib_code") == core)
 
         todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
@@ -828,8 +835,11 @@ def run_suite(
             raise
         finally:
             bar.close()
-        if rerun:  # done: the next --rerun runs the cells again
-            state.pop("rerun_since", None)
+        if rerun:  # done: the next --rerun runs these cells again
+            for cell in cells:
+                state["rerun_started"].pop(cell.key, None)
+            if not state["rerun_started"]:
+                del state["rerun_started"]
         stored = {k: state[k] for k in texts if k in state}  # (a file from before texts were kept has none)
         retext = stored != texts and all(float(c.get("finished", 0.0)) >= run_began for c in state["cells"].values())
         if retext:

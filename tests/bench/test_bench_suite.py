@@ -135,6 +135,21 @@ def test_suite_runs_every_cell_and_writes_json_table_and_chart(toy_suite, tmp_pa
     assert f"]({png.name})" in md
 
 
+def test_the_difference_to_source_only_is_over_the_seeds_both_finished(toy_suite, tmp_path):
+    """source_only over seed 0, dann over seeds 0 and 1: Δ compared dann's mean over both seeds
+    with source-only's over one, under a heading of both."""
+    suite = load_suite(str(toy_suite))
+    run_suite(suite, tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False)
+    path = run_suite(suite, tmp_path, methods=["dann"], seeds=[1], progress=False)
+    state = json.loads(path.read_text())
+    acc = {(c["variant"], c["seed"]): c["target_accuracy"] for c in state["cells"].values()}
+    assert acc[("dann", 0)] != acc[("dann", 1)]
+    md = path.with_suffix(".md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| `dann` |"))
+    assert row.split(" | ")[-1].startswith(f"{acc[('dann', 0)] - acc[('source_only', 0)]:+.2f}")
+    assert "Δ of `dann` over seed(s) 0: the seeds that both it and its source-only row finished" in md
+
+
 def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path, monkeypatch):
     path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only", "dann", "coral"], progress=False)
     state = json.loads(path.read_text())
@@ -583,6 +598,33 @@ def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path
     assert sorted(again) == sorted(cells)
 
 
+def test_a_rerun_of_other_cells_neither_skips_its_own_nor_ends_a_killed_one(toy_suite, tmp_path):
+    """A killed --rerun of source_only's cells, then a --rerun of dann's: the file kept one start
+    time for any re-run, so dann's cells finished since counted as re-run already and ran no
+    more, and the second re-run's end took away the first one's resume point."""
+    suite = load_suite(str(toy_suite))
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    ran = []
+
+    def killed_after_one(cell, outcome):
+        ran.append(cell.key)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
+                  on_cell=killed_after_one)
+    run_suite(suite, tmp_path, methods=["dann"], seeds=[0], progress=False)  # dann's cells finish after it
+    dann = []
+    run_suite(suite, tmp_path, methods=["dann"], seeds=[0], progress=False, rerun=True,
+              on_cell=lambda cell, outcome: dann.append(cell.key))
+    assert dann == ["dann | src->tgt | seed 0"]  # re-run, not kept as re-run already
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
+              on_cell=lambda cell, outcome: ran.append(cell.key))
+    cells = [k for k in json.loads((tmp_path / "bench-toy.json").read_text())["cells"] if k.startswith("source_only")]
+    assert len(cells) == 2 and sorted(ran) == sorted(cells)  # the killed re-run resumed: each cell once
+    assert "rerun_started" not in json.loads((tmp_path / "bench-toy.json").read_text())
+
+
 @pytest.mark.parametrize("text,fragment", [
     ('deep = 5', "[deep] must be a table"),
     ('shallow = 3', "[shallow] must be a table"),
@@ -862,7 +904,8 @@ def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_a
         run_suite(suite, tmp_path, methods=["bench_rerun"], progress=False)
         path = tmp_path / "bench-toy.json"
         state = json.loads(path.read_text())
-        state["rerun_since"] = min(c["finished"] for c in state["cells"].values()) - 1  # a --rerun killed after them
+        since = min(c["finished"] for c in state["cells"].values()) - 1  # a --rerun killed after them
+        state["rerun_started"] = dict.fromkeys(state["cells"], since)
         path.write_text(json.dumps(state))
         load_plugin_module(_plugin_file(plugin, "bench_rerun", "return {'total': 2 * self.source_loss(batch, out)}"))
         ran = []
