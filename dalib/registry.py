@@ -205,12 +205,18 @@ def _load_entry_points() -> None:
 
 
 def _restore(before: dict[str, type]) -> None:
-    """After a plugin's import failed: drop the methods that a module whose import failed
-    registered on its way to the failure (Python takes such a module out of ``sys.modules``),
-    so that run and bench do not offer them, and put back those registered ``before``. A
-    module that imported whole along the way (a package's ``__init__``) keeps its methods."""
+    """After a plugin's import failed: the registry as it was ``before`` it, less the methods
+    it registered on its way to the failure, so that run and bench do not offer them. Those
+    are the methods of a module whose import failed, or of a module inside one (a methods
+    module that a package's ``__init__`` imported before it raised): Python takes a failed
+    module out of ``sys.modules``. A package that imported whole on the way to its failed
+    sub-module (``pkg`` of ``pkg.broken``) keeps its methods."""
+    def gone(module: str) -> bool:
+        parts = module.split(".")
+        return any(sys.modules.get(".".join(parts[:i])) is None for i in range(1, len(parts) + 1))
+
     for name, cls in list(_methods.items()):
-        if before.get(name) is not cls and sys.modules.get(cls.__module__) is None:
+        if before.get(name) is not cls and gone(cls.__module__):
             del _methods[name]
     for name, cls in before.items():
         _methods.setdefault(name, cls)
@@ -220,7 +226,11 @@ def _load_one(ep: EntryPoint) -> None:
     before = dict(_methods)
     try:
         _check_name(ep.name)  # the decorator checks its own; an entry point's is named here
-        obj = ep.load()
+        try:
+            obj = ep.load()
+        except BaseException:
+            _restore(before)
+            raise
         if inspect.ismodule(obj):
             owner = _methods.get(ep.name)
             if owner is None:
@@ -230,7 +240,8 @@ def _load_one(ep: EntryPoint) -> None:
         else:
             _add(ep.name, obj)  # a Method class named by the entry point itself
     except (Exception, SystemExit) as exc:  # a broken plugin must not break the others (nor parse argv and exit)
-        _restore(before)
+        # (an import that succeeded keeps what it registered: the module is there, as a package's
+        # __init__ is for another of its entry points)
         _broken[ep.name] = f"{ep.value}: {import_failure(exc)}"
 
 

@@ -969,7 +969,10 @@ def _run(
                 # the trained network is kept before it is scored: an image that fails to decode
                 # in the final evaluation (a target that training never read) then costs a
                 # --resume, not the steps since the last checkpoint
-                _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code, world)
+                _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code, world,
+                                 last_line)
+            elif ckpt is not None and start >= config.steps and not finished:  # the line its failed scoring held back
+                last_line = ckpt.get("last_line")
             try:
                 src_acc = evaluate(model, src, device, workers=config.workers)
                 tgt_acc = evaluate(model, tgt, device, workers=config.workers)
@@ -978,7 +981,7 @@ def _run(
                     raise
                 raise DataError(f"{first_line(exc)} (the trained network is saved in {out}: fix the data, "
                                 "then --resume, resume=True from Python, scores it)") from None
-            if config.eval_every and start < config.steps:  # the curve ends at the run's own result
+            if config.eval_every and not finished:  # the curve ends at the run's own result
                 last_line = (last_line or {"step": config.steps}) | {"source_acc": src_acc, "target_acc": tgt_acc}
             if last_line is not None:
                 _log_line(last_line, history, metrics_fh)
@@ -1572,8 +1575,10 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
 def _save_checkpoint(
     out: Path, config: RunConfig, spec: dict[str, Any], model: nn.Module, method: Method,
     optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float, code: dict[str, Any],
-    world: int,
+    world: int, last_line: dict[str, Any] | None = None,
 ) -> None:
+    """``last_line``: the last step's metrics line, held back for the run's accuracies (the
+    final checkpoint comes before the scoring): a resume after a failed scoring writes it."""
     state = {
         "world_size": world,
         "step": step,
@@ -1594,5 +1599,6 @@ def _save_checkpoint(
         "method_code_changed_at": code["changed_at"],
         "threads": torch.get_num_threads(),
         "threads_changed_at": code["threads_changed_at"],
+        "last_line": last_line,
     }
     atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

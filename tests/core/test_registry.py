@@ -130,10 +130,20 @@ def test_a_plugin_that_fails_partway_registers_nothing(clean_registry, monkeypat
     fake_eps = [EntryPoint("half_ep", "half_ep", "dalib.methods")]
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fake_eps if ep.group == group])
     monkeypatch.setattr(registry, "_entry_points_loaded", False)
-    before = set(dalib.list_methods()) - {"half_ep"}
+    # the usual layout too: a package whose __init__ imports its methods module, then fails
+    (tmp_path / "halfpkg").mkdir()
+    (tmp_path / "halfpkg" / "methods.py").write_text(PARTLY.format(first="half_pkg", then=""))
+    (tmp_path / "halfpkg" / "__init__.py").write_text("from . import methods\nraise ImportError('pkg fails after')\n")
+    fake_eps.append(EntryPoint("half_pkg", "halfpkg", "dalib.methods"))
+    before = set(dalib.list_methods()) - {"half_ep", "half_pkg"}
     assert set(dalib.list_methods()) == before and "fails after" in registry.plugin_errors()["half_ep"]
-    with pytest.raises(UnknownNameError, match="failed to load"):
-        dalib.get_method("half_ep")
+    assert "pkg fails after" in registry.plugin_errors()["half_pkg"]
+    for name in ("half_ep", "half_pkg"):
+        with pytest.raises(UnknownNameError, match="failed to load"):
+            dalib.get_method(name)
+    with pytest.raises(RegistryError, match="pkg fails after"):
+        registry.load_plugin_module("halfpkg")
+    assert set(dalib.list_methods()) == before
     second = ("@register_method('half_two')\nclass Second(Method):\n"
               "    @dataclass(frozen=True)\n    class Config:\n        weight: float\n")
     plugin = tmp_path / "half_file.py"

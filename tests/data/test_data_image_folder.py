@@ -555,7 +555,7 @@ def test_an_image_that_fails_in_the_final_scoring_costs_a_resume_not_the_trainin
     bad = data / "tgt" / "dog" / "zz.png"
     bad.write_bytes(b"not an image")
     cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(data), src="src", tgt="tgt",
-                          image_size=16, steps=4, batch_size=2, checkpoint_every=0, device="cpu")
+                          image_size=16, steps=4, batch_size=2, checkpoint_every=0, log_every=2, device="cpu")
     with pytest.raises(DataError, match=rf"cannot read image: .*zz.png .*\(the trained network is saved in {out}: "
                                         r"fix the data, then --resume"):
         dalib.run(cfg, out, progress_bar=False)
@@ -565,3 +565,6 @@ def test_an_image_that_fails_in_the_final_scoring_costs_a_resume_not_the_trainin
     again = dalib.run(cfg, tmp_path / "again", progress_bar=False)
     assert (resumed.source_accuracy, resumed.target_accuracy) == (again.source_accuracy, again.target_accuracy)
     assert (out / "result.json").exists()
+    # the last step's metrics line, held back for the scoring that failed, is written by the resume
+    assert resumed.history == again.history and resumed.history[-1]["step"] == 4 and "loss/total" in resumed.history[-1]
+    assert (out / "metrics.jsonl").read_text() == (tmp_path / "again" / "metrics.jsonl").read_text()
