@@ -213,16 +213,17 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         for t in tasks:
             err = summary.failed.get(v, {}).get(t)
             cells.append("failed" if err and summary.task_stats(v, t) is None else _fmt(summary.task_stats(v, t)))
-        overall = summary.overall(v)
+        overall, base = summary.overall(v), summary.baseline(v)
         # against source-only on the seeds both finished: a row of other seeds than the baseline's
         # compared its mean with a mean over other draws
-        shared = summary.complete_seeds(v) & summary.complete_seeds(summary.baseline(v))
-        if not shared or v == summary.baseline(v):
+        mine, theirs = summary.complete_seeds(v), summary.complete_seeds(base)
+        shared = mine & theirs
+        if not shared or v == base:
             delta = ""
         else:
-            d = summary.overall(v, shared)[0] - summary.overall(summary.baseline(v), shared)[0]
+            d = summary.overall(v, shared)[0] - summary.overall(base, shared)[0]
             delta = f"{d:+.2f} {'✓' if d > 0 else '✗'}"
-            if shared != summary.complete_seeds(v) or shared != summary.complete_seeds(summary.baseline(v)):
+            if shared != mine or shared != theirs:
                 partial_delta.append((v, sorted(shared)))
         lines.append(f"| `{v}` | " + " | ".join(cells) + f" | **{_fmt(overall)}** | {delta} |")
         for label, values, mean in published.get(v, []):

@@ -323,6 +323,11 @@ def load_domain(
     return result
 
 
+def _not_a_folder(path: Path) -> str:
+    """Why ``path``, which is no folder, cannot be read as one."""
+    return "is a file, not a folder" if path.exists() else "not found"
+
+
 def _need_data_root(info: DatasetInfo, domain: str, data_root: str | os.PathLike | None) -> Path:
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     if root is None:
@@ -332,9 +337,8 @@ def _need_data_root(info: DatasetInfo, domain: str, data_root: str | os.PathLike
         )
     if not root.is_dir():
         source = f"from ${DATA_ROOT_ENV}; " if data_root is None else ""
-        what = "is a file, not a folder" if root.exists() else "not found"
         raise DataError(
-            f"data root {what}: {root} ({source}dataset {info.name}, domain {domain}; set --data-root)"
+            f"data root {_not_a_folder(root)}: {root} ({source}dataset {info.name}, domain {domain}; set --data-root)"
         )
     return root
 
@@ -345,6 +349,5 @@ def _need_data_dir(info: DatasetInfo, domain: str, data_dir: str | os.PathLike |
         raise DataError(f"dataset {info.name}{dom} needs a data folder: pass --data PATH")
     path = Path(data_dir).expanduser()
     if not path.is_dir():
-        what = "is a file, not a folder" if path.exists() else "not found"
-        raise DataError(f"data folder {what}: {path} (dataset {info.name}{dom}; pass --data PATH)")
+        raise DataError(f"data folder {_not_a_folder(path)}: {path} (dataset {info.name}{dom}; pass --data PATH)")
     return path

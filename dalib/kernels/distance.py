@@ -66,12 +66,13 @@ def sqdist_unchecked(x: Tensor, y: Tensor) -> Tensor:
     return d.clamp_min(0.0)
 
 
-def sqdist_tile_(xi: Tensor, x2i: Tensor, yj: Tensor, y2j: Tensor) -> Tensor:
+def sqdist_tile_(xi: Tensor, x2i: Tensor, yj: Tensor, y2j: Tensor, out: Tensor | None = None) -> Tensor:
     """One tile of squared distances, in place ops, no autograd: (bi, bj).
 
-    ``xi`` (bi, D), ``x2i`` (bi, 1) its squared norms, ``yj`` (bj, D), ``y2j`` (1, bj).
+    ``xi`` (bi, D), ``x2i`` (bi, 1) its squared norms, ``yj`` (bj, D), ``y2j`` (1, bj);
+    ``out``: a (bi, bj) buffer to write them into.
     """
-    d = torch.addmm(y2j, xi, yj.t(), alpha=-2.0)  # (bi, bj)
+    d = torch.addmm(y2j, xi, yj.t(), alpha=-2.0, out=out)  # (bi, bj)
     return d.add_(x2i).clamp_min_(0.0)
 
 

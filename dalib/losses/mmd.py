@@ -64,8 +64,7 @@ def _dense_forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool, need_grad:
     blocks = [part.view(shape) for part, shape in zip(d.split(sizes), shapes)]
     for out, a, b in zip(blocks, (xc, yc, xj), (xc, yc, yj)):
         a2 = (a * a).sum(1, keepdim=True)  # (R, 1)
-        torch.addmm(a2.t() if b is a else (b * b).sum(1).unsqueeze(0), a, b.t(), alpha=-2.0, out=out).add_(a2)
-    d.clamp_min_(0.0)
+        sqdist_tile_(a, a2, b, a2.t() if b is a else (b * b).sum(1).unsqueeze(0), out=out)
     for block in blocks[: 3 if same else 2]:
         block.fill_diagonal_(0.0)  # exactly 0, whatever the rounding of the product
     e = torch.mul(d, gam.neg().unsqueeze(1)).exp_()  # (S, L): every bandwidth in one pass

@@ -243,7 +243,7 @@ def _solve_on(
     xx = yy = None  # free the cached costs before the autograd pass
     if not want_error:
         xy = None
-    t = softmin_unchecked(x, y.detach(), b.log() + g / eps, eps, p, name)  # (N,)
+    t = softmin_unchecked(x, yd, b.log() + g / eps, eps, p, name)  # (N,)
     f = t.detach()
     value = _dual_value(a, b, t, f, g, eps)
     if y.requires_grad and torch.is_grad_enabled():
@@ -252,7 +252,7 @@ def _solve_on(
         # schedule's last potentials, as the debiasing's own terms have). Through t, whose
         # rows are exact and columns not, it was 3% off the converged gradient at blur 0.2,
         # and it did not vanish between identical clouds. The term's value is 0.
-        s = softmin_unchecked(y, x.detach(), (a.log() + f_cols / eps).detach(), eps, p, name)  # (M,)
+        s = softmin_unchecked(y, xd, loga + f_cols / eps, eps, p, name)  # (M,)
         value = value + (bd * (s - s.detach())).sum()
     if want_error:  # the column error of the final plan (its rows are exact)
         with torch.no_grad():
