@@ -222,5 +222,7 @@ def mmd(
         if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
             return _DenseMMD.apply(x, y, gam, unbiased)[0]
         return _dense_forward(x, y, gam, unbiased, need_grad=False)[0]
-    gammas = tuple(gam.tolist())
+    # element by element: torch 2.4 wraps even a new tensor inside a torch.func transform, and a
+    # wrapped tensor has no .tolist()
+    gammas = tuple(float(g) for g in gam)
     return with_keops_fallback(backend, name, lambda name: _three_sums(x, y, gammas, name, unbiased))
