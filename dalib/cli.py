@@ -151,7 +151,7 @@ _RUN_OPTIONS = {
 @click.option("--dataset", help="dataset name; inferred from the domains when omitted")
 @click.option("--data", "data", help="image folder: one sub-folder per domain, one per class inside (a domain of loose images: unlabelled)")
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
-@click.option("--arch", help="backbone: lenet, mlp, identity, resnet18, resnet34, resnet50 [colour images over 32 px: resnet50; other images: lenet; features: mlp]")
+@click.option("--arch", help="backbone: lenet, mlp, identity, resnet18, resnet34, resnet50, or one registered (dalib list) [colour images over 32 px: resnet50; other images: lenet; features: mlp]")
 @click.option("--pretrained", help="'imagenet' (torchvision's weights: downloaded once into its cache) or the "
                                     "path of a checkpoint (ResNets)")
 @click.option("--bottleneck-dim", type=int, help="width of the bottleneck features the losses align [256]")
@@ -171,7 +171,7 @@ _RUN_OPTIONS = {
 @click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="TOML file of run options and a [method] table")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module (or .py file) that registers methods or datasets")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module (or .py file) that registers methods, datasets or backbones")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: bool, sets: tuple[str, ...],
         config_file: str | None, plugins: tuple[str, ...], quiet: bool, **options: Any) -> None:
@@ -349,7 +349,7 @@ def _split_list(text: str | None) -> list[str] | None:
               help="folder of bench-SUITE.json/.md/.png")
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods, datasets or backbones")
 @click.option("--rerun", is_flag=True, help="run the chosen cells again even if finished (after changing a method's code or "
               "dalib's); a killed re-run resumes: the cells it finished are kept")
 @click.option("--quiet", is_flag=True, help="no progress bar")
@@ -403,10 +403,11 @@ def _first_line(cls: Any) -> str:
 
 
 @cli.command("list")
-@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods or datasets")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods, datasets or backbones")
 def list_cmd(plugins: tuple[str, ...]) -> None:
-    """List the registered methods and the datasets."""
+    """List the registered methods, datasets and backbones."""
     from dalib.data import get_dataset, list_datasets
+    from dalib.models.backbones import describe_backbone, list_backbones
     from dalib.registry import get_method, list_methods, plugin_errors
 
     _load_plugins(plugins)
@@ -424,6 +425,9 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
         info = get_dataset(name)
         domains = ", ".join(info.domains) if info.domains else "(the sub-folders of --data)"
         click.echo(f"  {name:<20} {domains}")
+    click.echo("backbones (--arch):")
+    for name in list_backbones():
+        click.echo(f"  {name:<20} {describe_backbone(name)}".rstrip())
 
 
 @cli.command()

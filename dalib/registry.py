@@ -21,7 +21,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dalib.data.registry import dataset_plugin_errors, same_definition
+from dalib.data.registry import dataset_plugin_errors, forget_failed, same_definition
 from dalib.errors import RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
@@ -48,9 +48,10 @@ _deferred: list[EntryPoint] = []  # class entry points of modules that were bein
 _loaded_modules: dict[str, list[str]] = {}
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str, kind: str = "method") -> None:
+    """Refuse a name the command line cannot take (``kind``: what it names, for the message)."""
     if not isinstance(name, str) or not name or not name[0].isalnum() or not name.replace("_", "").replace("-", "").isalnum():
-        raise RegistryError(f"invalid method name {name!r}: use letters, digits, '_' or '-', "
+        raise RegistryError(f"invalid {kind} name {name!r}: use letters, digits, '_' or '-', "
                             "starting with a letter or a digit (the command line reads a leading '-' as an option)")
 
 
@@ -157,7 +158,7 @@ def register_method(name: str) -> Callable[[M], M]:
     shadow a built-in method by being imported before it. The same definition run again (a
     notebook cell, a reloaded module: the same module and qualified name) replaces the first.
     """
-    _check_name(name)
+    check_name(name)
 
     def decorate(cls: M) -> M:
         _load_entry_points()  # a no-op while the entry points themselves are loading
@@ -204,28 +205,29 @@ def _load_entry_points() -> None:
         _load_one(ep)
 
 
-def _restore(before: dict[str, type]) -> None:
-    """After a plugin's import failed: the registry as it was ``before`` it, less the methods
-    it registered on its way to the failure, so that run and bench do not offer them. Those
-    are the methods of a module whose import failed, or of a module inside one (a methods
-    module that a package's ``__init__`` imported before it raised): Python takes a failed
-    module out of ``sys.modules``. A package that imported whole on the way to its failed
-    sub-module (``pkg`` of ``pkg.broken``) keeps its methods."""
-    def gone(module: str) -> bool:
-        parts = module.split(".")
-        return any(sys.modules.get(".".join(parts[:i])) is None for i in range(1, len(parts) + 1))
+def _restore(before: tuple[dict[str, Any], ...]) -> None:
+    """After a plugin's import failed: the registries (methods, backbones and datasets) as they
+    were ``before`` it (:func:`_snapshot`), less what it registered on its way to the failure
+    (:func:`dalib.data.registry.forget_failed`), so that run and bench do not offer it."""
+    from dalib.data.registry import _DATASETS
+    from dalib.models.backbones import BACKBONES
 
-    for name, cls in list(_methods.items()):
-        if before.get(name) is not cls and gone(cls.__module__):
-            del _methods[name]
-    for name, cls in before.items():
-        _methods.setdefault(name, cls)
+    for registry, was in zip((_methods, BACKBONES, _DATASETS), before):
+        forget_failed(registry, was)
+
+
+def _snapshot() -> tuple[dict[str, Any], ...]:
+    """Copies of the registries a plugin's import may add to: methods, backbones, datasets."""
+    from dalib.data.registry import _DATASETS
+    from dalib.models.backbones import BACKBONES
+
+    return dict(_methods), dict(BACKBONES), dict(_DATASETS)
 
 
 def _load_one(ep: EntryPoint) -> None:
-    before = dict(_methods)
+    before = _snapshot()
     try:
-        _check_name(ep.name)  # the decorator checks its own; an entry point's is named here
+        check_name(ep.name)  # the decorator checks its own; an entry point's is named here
         try:
             obj = ep.load()
         except BaseException:
@@ -251,7 +253,7 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     file again (a notebook cell run twice) replaces its classes. A file's folder joins
     ``sys.path`` (at its end), as running the file would: it can import the modules beside it."""
     _load_entry_points()  # the installed methods first: they are not the module's
-    before = {name: cls for name, cls in _methods.items()}
+    before = _snapshot()
     module = os.fspath(module)
     try:
         if module.endswith(".py"):
@@ -307,7 +309,7 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     except (Exception, SystemExit) as exc:
         _restore(before)
         raise RegistryError(f"cannot load plugin {module!r}: {import_failure(exc)}") from exc
-    added = sorted(name for name, cls in _methods.items() if before.get(name) is not cls)
+    added = sorted(name for name, cls in _methods.items() if before[0].get(name) is not cls)
     _loaded_modules[module] = added
     return added
 
@@ -335,9 +337,12 @@ def list_methods() -> list[str]:
 
 
 def plugin_errors() -> dict[str, str]:
-    """Entry points that failed to load, methods' and datasets': name -> one-line reason."""
+    """Entry points that failed to load, methods', datasets' and backbones': name -> one-line reason."""
+    from dalib.models.backbones import backbone_plugin_errors
+
     _load_entry_points()
-    return {**_broken, **{f"{name} (datasets)": why for name, why in dataset_plugin_errors().items()}}
+    return {**_broken, **{f"{name} (datasets)": why for name, why in dataset_plugin_errors().items()},
+            **{f"{name} (backbones)": why for name, why in backbone_plugin_errors().items()}}
 
 
 def get_method(name: str) -> type[Method]:

@@ -66,8 +66,8 @@ class RunConfig:
     dataset: str | None = param(None, "dataset name (inferred from the domains when omitted)")
     data_root: str | None = param(None, "folder holding the datasets (None: $DALIB_DATA_ROOT, else ./shared/data or ../shared/data)")
     data: str | None = param(None, "image folder with one sub-folder per domain")
-    arch: str | None = param(None, "backbone: lenet, mlp, identity, resnet18/34/50 (default by input)")
-    pretrained: str | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones")
+    arch: str | None = param(None, "backbone: lenet, mlp, identity, resnet18/34/50 or a registered one (default by input)")
+    pretrained: str | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones; a registered backbone's builder reads it")
     bottleneck_dim: int = param(256, "width of the bottleneck features")
     image_size: int = param(224, "side of the images of an image-folder dataset")
     steps: int = param(2000, "optimizer steps")
@@ -620,13 +620,17 @@ def _intact_result(path: Path) -> bool:
 
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
     """Write ``result.json`` atomically, with what produced it: the method's class (and its
-    file, for a plugin loaded by path) and the versions of dalib, torch, the numerical
+    file, for a plugin loaded by path), a registered backbone's builder (likewise), and the versions of dalib, torch, the numerical
     libraries the run imported and the package that installed the method, and torch's number
     of CPU threads (the float sums, so the numbers, depend on it)."""
+    from dalib.models.backbones import registered_builder
     from dalib.registry import defined_at
 
     payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls),
                "threads": torch.get_num_threads()}
+    builder = registered_builder((payload.get("run_config") or {}).get("arch"))
+    if builder is not None:  # a backbone of the user's: where it came from, as for the method
+        payload["backbone_builder"] = defined_at(builder)
     atomic_write_text(out / RESULT, json.dumps(payload, indent=2) + "\n")
 
 

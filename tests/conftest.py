@@ -81,3 +81,14 @@ def unlabelled_dataset(toy_dataset) -> str:
         register_dataset(DatasetInfo(name="toy-unlabelled", description="toy shift, unlabelled target (tests)",
                                      domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"), load)
     return "toy-unlabelled"
+
+
+@pytest.fixture
+def fresh_backbones():
+    """The backbone registry as it was before the test, after it (tests register their own)."""
+    from dalib.models import backbones
+
+    saved = dict(backbones.BACKBONES)
+    yield
+    backbones.BACKBONES.clear()
+    backbones.BACKBONES.update(saved)

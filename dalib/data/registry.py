@@ -148,6 +148,26 @@ def same_definition(old: Any, new: Any) -> bool:
                                                                  getattr(new, "__qualname__", None)))
 
 
+def forget_failed(registry: dict[str, Any], before: dict[str, Any]) -> None:
+    """After a plugin's import failed: ``registry`` (name -> class or function, or a tuple
+    ending with one) as it was ``before`` it, less what it registered on its way to the
+    failure. That is what a module whose import failed defined, or a module inside one (a
+    module that a package's ``__init__`` imported before it raised): Python takes a failed
+    module out of ``sys.modules``. A package that imported whole on the way to its failed
+    sub-module (``pkg`` of ``pkg.broken``) keeps what it registered."""
+    import sys
+
+    def gone(obj: Any) -> bool:
+        parts = str(getattr(obj[-1] if isinstance(obj, tuple) else obj, "__module__", "")).split(".")
+        return any(sys.modules.get(".".join(parts[:i])) is None for i in range(1, len(parts) + 1))
+
+    for name, obj in list(registry.items()):
+        if before.get(name) is not obj and gone(obj):
+            del registry[name]
+    for name, obj in before.items():
+        registry.setdefault(name, obj)
+
+
 def register_dataset(info: DatasetInfo, loader: Loader) -> None:
     """Add a dataset to the registry.
 
@@ -182,13 +202,22 @@ def _load_dataset_entry_points() -> None:
     if _dataset_entry_points_loaded:
         return
     _dataset_entry_points_loaded = True  # first: a plugin that lists datasets while it loads does not recurse
+    load_entry_point_group(DATASET_ENTRY_POINT_GROUP, _DATASETS, _broken_datasets)
+
+
+def load_entry_point_group(group: str, registry: dict[str, Any], broken: dict[str, str]) -> None:
+    """Import every entry point of ``group`` (module entry points, whose import adds to
+    ``registry``) in name order, each in isolation: one that fails registers nothing
+    (:func:`forget_failed`) and is recorded in ``broken`` (name -> one-line reason)."""
     from importlib.metadata import entry_points
 
-    for ep in sorted(entry_points(group=DATASET_ENTRY_POINT_GROUP), key=lambda ep: ep.name):
+    for ep in sorted(entry_points(group=group), key=lambda ep: ep.name):
+        before = dict(registry)
         try:
             ep.load()
         except (Exception, SystemExit) as exc:  # a broken package must not break the others
-            _broken_datasets[ep.name] = f"{ep.value}: {import_failure(exc)}"
+            forget_failed(registry, before)
+            broken[ep.name] = f"{ep.value}: {import_failure(exc)}"
 
 
 def dataset_plugin_errors() -> dict[str, str]:

@@ -1,5 +1,6 @@
 """Feature extractors: a small CNN for digits, an MLP for feature vectors, ResNets for images,
-and ``identity`` for pre-extracted features that go straight into the bottleneck.
+and ``identity`` for pre-extracted features that go straight into the bottleneck; and the
+backbones users register (:func:`register_backbone`, or the ``dalib.backbones`` entry points).
 
 Each builder returns ``(module, out_dim)``; the module maps a batch to (B, out_dim) features.
 """
@@ -12,13 +13,18 @@ import pickle
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
-from dalib.errors import CheckpointError, ConfigError, UnknownNameError, first_line, load_failure
+from dalib.data.registry import load_entry_point_group, same_definition
+from dalib.errors import CheckpointError, ConfigError, RegistryError, UnknownNameError, first_line, load_failure
 
-__all__ = ["BACKBONES", "build_backbone"]
+__all__ = ["BACKBONES", "backbone_plugin_errors", "build_backbone", "describe_backbone", "list_backbones",
+           "register_backbone"]
+
+B = TypeVar("B", bound=Callable[..., Any])
 
 
 class LeNet(nn.Module):
@@ -166,16 +172,138 @@ BACKBONES: dict[str, Callable[[tuple[int, ...], str | None], tuple[nn.Module, in
     "resnet34": _resnet(34),
     "resnet50": _resnet(50),
 }
+_BUILT_IN = {
+    "lenet": "small CNN for grey or small images (two conv blocks, the DANN digits net)",
+    "mlp": "two hidden layers of 256 for feature vectors",
+    "identity": "no backbone: the inputs are the features (features extracted beforehand)",
+    **{f"resnet{d}": f"torchvision ResNet-{d} for colour images (--pretrained imagenet or a state dict)"
+       for d in (18, 34, 50)},
+}
+
+#: entry-point group of installed packages that bring backbones: each entry point names a module
+#: whose import registers them (:func:`register_backbone`)
+BACKBONE_ENTRY_POINT_GROUP = "dalib.backbones"
+_entry_points_loaded = False
+_broken: dict[str, str] = {}
+
+
+def register_backbone(name: str) -> Callable[[B], B]:
+    """Decorator that registers a backbone builder under ``name``: ``--arch NAME`` at the
+    command line, ``RunConfig(arch=NAME)`` in Python.
+
+    The builder is called as ``builder(input_shape, pretrained)``: ``input_shape`` is one
+    sample's shape, ``(C, H, W)`` for images or ``(D,)`` for feature vectors; ``pretrained`` is
+    the run's ``--pretrained`` value (None when none is given), the builder's to read (load
+    weights it names, say). It returns the module, which maps a batch ``(B, *input_shape)`` to
+    features ``(B, D)``, or ``(module, D)``. dalib checks the module with one forward pass of a
+    batch of zeros when it builds it. A run given ``--pretrained`` treats the backbone as
+    pre-trained: it learns at 0.1x the learning rate, and ``finetune`` starts from it.
+
+    ``finetune``'s ``partial:K`` and ``cut:K`` policies act on the backbone's stages: the
+    modules a ``stages()`` method of the backbone returns (input first, each a sub-module of
+    it or a list of them); else a torchvision ResNet's (its stem and ``layer1``..``layer4``); else, for an
+    ``nn.Sequential``, its ``Linear`` layers, each with the layers after it (as the built-in
+    ``mlp``); else the whole backbone, as one stage.
+
+    A name that is already taken raises :class:`~dalib.errors.RegistryError`, unless the same
+    builder is registered again (the same module and qualified name: a notebook cell run
+    twice), which replaces it; the built-in names cannot be taken.
+    """
+    from dalib.registry import check_name
+
+    check_name(name, "backbone")
+
+    def decorate(builder: B) -> B:
+        if not callable(builder):
+            raise RegistryError(f"backbone {name!r}: register_backbone decorates a function "
+                                f"builder(input_shape, pretrained), got {type(builder).__name__}")
+        existing = BACKBONES.get(name)
+        if name in _BUILT_IN:
+            raise RegistryError(f"backbone {name!r} is built into dalib: register yours under another name")
+        if existing is not None and not same_definition(existing, builder):
+            raise RegistryError(f"backbone {name!r} is already registered (by {getattr(existing, '__module__', '?')}."
+                                f"{getattr(existing, '__qualname__', type(existing).__name__)})")
+        BACKBONES[name] = builder
+        return builder
+
+    return decorate
+
+
+def _load_entry_points() -> None:
+    """Import every ``dalib.backbones`` entry point once, in name order, each in isolation: one
+    that fails registers nothing and is recorded (:func:`backbone_plugin_errors`, ``dalib
+    list``), never fatal."""
+    global _entry_points_loaded
+    if _entry_points_loaded:
+        return
+    _entry_points_loaded = True  # first: a plugin that builds a backbone while it loads does not recurse
+    load_entry_point_group(BACKBONE_ENTRY_POINT_GROUP, BACKBONES, _broken)
+
+
+def backbone_plugin_errors() -> dict[str, str]:
+    """``dalib.backbones`` entry points that failed to load: name -> one-line reason."""
+    _load_entry_points()
+    return dict(_broken)
+
+
+def list_backbones() -> list[str]:
+    """The backbone names ``arch`` takes: the built-in ones, then the registered ones."""
+    _load_entry_points()
+    return list(BACKBONES)
+
+
+def describe_backbone(name: str) -> str:
+    """One line on a backbone: the built-ins' own, a registered builder's docstring's first."""
+    if name in _BUILT_IN:
+        return _BUILT_IN[name]
+    doc = (getattr(BACKBONES.get(name), "__doc__", None) or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def registered_builder(arch: str | None) -> Callable[..., Any] | None:
+    """The builder registered under ``arch``; None for a built-in backbone or an unknown name."""
+    return None if arch is None or arch in _BUILT_IN else BACKBONES.get(arch)
 
 
 def build_backbone(arch: str, input_shape: tuple[int, ...], pretrained: str | None = None) -> tuple[nn.Module, int]:
     """Build the backbone ``arch`` for inputs of ``input_shape`` (without the batch dim).
 
     ``pretrained``: None (random init), ``"imagenet"`` (torchvision weights, ResNets only)
-    or the path of a local checkpoint holding a state dict.
+    or the path of a local checkpoint holding a state dict; a registered backbone's builder
+    is given it as it is.
     """
     if arch not in BACKBONES:
-        raise UnknownNameError(f"unknown architecture {arch!r}; known: {', '.join(BACKBONES)}")
-    if pretrained is not None and not arch.startswith("resnet"):
-        raise ConfigError(f"--pretrained applies to resnet backbones, not {arch!r}")
-    return BACKBONES[arch](tuple(input_shape), pretrained)
+        _load_entry_points()
+    if arch not in BACKBONES:
+        raise UnknownNameError(f"unknown architecture {arch!r}; known: {', '.join(BACKBONES)} (a backbone of your "
+                               "own: register it with dalib.models.register_backbone, and pass --plugin MODULE)")
+    if pretrained is not None and arch in _BUILT_IN and not arch.startswith("resnet"):
+        raise ConfigError(f"--pretrained applies to the resnet backbones and to registered ones, not {arch!r}")
+    if arch in _BUILT_IN:
+        return BACKBONES[arch](tuple(input_shape), pretrained)
+    return _registered(arch, tuple(input_shape), pretrained)
+
+
+def _registered(arch: str, input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
+    """A registered builder's backbone and width, checked by one forward pass of zeros."""
+    built = BACKBONES[arch](input_shape, pretrained)
+    net, dim = built if isinstance(built, tuple) and len(built) == 2 else (built, None)
+    if not isinstance(net, nn.Module) or not (dim is None or isinstance(dim, int) and not isinstance(dim, bool)):
+        raise ConfigError(f"backbone {arch!r}: its builder must return an nn.Module or (module, width), "
+                          f"got {type(built).__name__}")
+    was = net.training
+    net.eval()  # batch norm must not count the probe, nor dropout draw for it
+    try:
+        with torch.no_grad():
+            out = net(torch.zeros(2, *input_shape))
+    except Exception as exc:  # the user's network, on the run's inputs
+        raise ConfigError(f"backbone {arch!r} cannot take inputs of shape {input_shape}: {first_line(exc)}") from None
+    finally:
+        net.train(was)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
+        got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ConfigError(f"backbone {arch!r} gives {got} for a batch of 2 inputs: a backbone gives one feature "
+                          "vector per input, (B, D) (end it with nn.Flatten())")
+    if dim is not None and out.shape[1] != dim:
+        raise ConfigError(f"backbone {arch!r}: its builder says {dim} features, its module gives {out.shape[1]}")
+    return net, int(out.shape[1])

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from dalib.errors import ConfigError
-from dalib.models.backbones import build_backbone
+from dalib.models.backbones import LeNet, build_backbone
 
 __all__ = ["DAModel", "ModelOutput", "build_model", "default_arch"]
 
@@ -63,13 +63,15 @@ class DAModel(nn.Module):
             x = x.to(weight.device)
         if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
             x = x.to(weight.dtype)
-        f = self.bottleneck(self.backbone(x))  # (B, bottleneck_dim)
+        # flattened: a backbone cut short (cut:K) may end on feature maps
+        f = self.bottleneck(self.backbone(x).flatten(1))  # (B, bottleneck_dim)
         return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two
         conv blocks; MLP: its hidden layers, each a Linear with the activation after it, and
-        dropout after the first; ``identity``: none), without those :meth:`cut_stages` removed. ``partial:K``
+        dropout after the first; ``identity``: none; a registered backbone: what its
+        ``stages()`` method returns, else itself), without those :meth:`cut_stages` removed. ``partial:K``
         fine-tuning freezes the first K; ``cut:K`` removes the last K."""
         return list(self._stages)
 
@@ -77,10 +79,18 @@ class DAModel(nn.Module):
         b = self.backbone
         if next(b.parameters(), None) is None:  # identity: nothing to freeze
             return []
-        if hasattr(b, "layer4"):  # torchvision ResNet
+        if callable(getattr(b, "stages", None)) and not isinstance(b.stages, nn.Module):  # a registered backbone's
+            inside = {id(m) for m in b.modules() if m is not b}
+            stages = [nn.ModuleList(m) if isinstance(m, (list, tuple)) else m for m in b.stages()]
+            parts = [p for m in stages for p in (m if isinstance(m, nn.ModuleList) else [m])]
+            if not stages or not all(isinstance(p, nn.Module) and id(p) in inside for p in parts):
+                raise ConfigError("the backbone's stages() must return its stages, input first, each a sub-module of "
+                                  f"it or a list of them; got {[type(m).__name__ for m in stages]}")
+            return stages
+        if all(hasattr(b, a) for a in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")):  # a torchvision ResNet
             stem = nn.ModuleList([b.conv1, b.bn1])
             return [stem, b.layer1, b.layer2, b.layer3, b.layer4]
-        if hasattr(b, "stages"):  # LeNet: conv, bn, relu, pool per block
+        if isinstance(b, LeNet):  # conv, bn, relu, pool per block
             layers = list(b.stages)
             return [nn.ModuleList(layers[0:4]), nn.ModuleList(layers[4:8])]
         layers = list(b.children()) if isinstance(b, nn.Sequential) else [b]

@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 import dalib
@@ -90,3 +91,35 @@ def test_bad_value_gives_the_documented_error(example, fresh_registry):
     res = CliRunner().invoke(cli, args)
     assert res.exit_code == 2, (res.output, res.stderr)
     assert res.stderr.strip() == error
+
+
+def test_the_backbone_example_runs_as_printed(fresh_backbones, fresh_registry, tmp_path, monkeypatch):
+    """The page's own network: listed, trained by DANN, evaluated, then fine-tuned from with two of
+    its three stages frozen; the commands as printed, with fewer steps."""
+    code = _block_after("ci: backbone example", "python")
+    (tmp_path / "small_cnn.py").write_text(code, encoding="utf-8")
+    commands = [line for line in _block_after("ci: backbone example", "bash").splitlines() if line.strip()]
+    assert len(commands) == 4
+    monkeypatch.chdir(tmp_path)  # the page's relative paths: small_cnn.py, runs/
+    outputs = []
+    for command in commands:
+        args = shlex.split(command)
+        assert args[0] == "dalib"
+        args = [("20" if prev == "--steps" else arg) for prev, arg in zip(["", *args[:-1]], args)][1:]
+        fresh_registry()
+        res = CliRunner().invoke(cli, args)
+        assert res.exit_code == 0, (command, res.output, res.stderr)
+        outputs.append(res.stdout)
+    assert "  small_cnn            Three conv blocks (16, 32, 64 filters), globally pooled." in outputs[0]
+    trained = json.loads((tmp_path / "runs" / "cnn" / "result.json").read_text())
+    assert trained["run_config"]["arch"] == "small_cnn" and trained["steps"] == 20
+    assert trained["backbone_builder"] == f"small_cnn in {tmp_path / 'small_cnn.py'}"
+    assert "the network of step 20" in outputs[2]
+    tuned = json.loads((tmp_path / "runs" / "cnn-usps" / "result.json").read_text())
+    assert tuned["diagnostics"]["started_from"] == "runs/cnn"
+    assert len(dalib.load_model(tmp_path / "runs" / "cnn-usps").stages()) == 3
+    ckpt = torch.load(tmp_path / "runs" / "cnn-usps" / "checkpoint.pt", weights_only=False)
+    start = torch.load(tmp_path / "runs" / "cnn" / "checkpoint.pt", weights_only=False)
+    for key in ("backbone.block1.0.weight", "backbone.block2.0.weight"):  # frozen: as the MNIST run left them
+        assert torch.equal(ckpt["model"][key], start["model"][key])
+    assert not torch.equal(ckpt["model"]["backbone.block3.0.weight"], start["model"]["backbone.block3.0.weight"])
