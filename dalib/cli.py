@@ -153,7 +153,7 @@ _RUN_OPTIONS = {
 @click.option("--data-root", help="folder holding the datasets [$DALIB_DATA_ROOT, else ./shared/data or ../shared/data]")
 @click.option("--arch", help="backbone: lenet, mlp, identity, resnet18, resnet34, resnet50, or one registered (dalib list) [colour images over 32 px: resnet50; other images: lenet; features: mlp]")
 @click.option("--pretrained", help="'imagenet' (torchvision's weights: downloaded once into its cache) or the "
-                                    "path of a checkpoint (ResNets)")
+                                    "path of a checkpoint (ResNets); a registered backbone's builder reads it")
 @click.option("--bottleneck-dim", type=int, help="width of the bottleneck features the losses align [256]")
 @click.option("--image-size", type=int, help="side in pixels the images of an image folder are resized to [224]")
 @click.option("--mode", type=click.Choice(["auto", "deep", "shallow"]),

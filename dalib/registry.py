@@ -21,7 +21,7 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
-from dalib.data.registry import dataset_plugin_errors, forget_failed, same_definition
+from dalib.data.registry import dataset_plugin_errors, forget_failed, note_origin, same_definition
 from dalib.errors import RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
@@ -163,6 +163,7 @@ def register_method(name: str) -> Callable[[M], M]:
     def decorate(cls: M) -> M:
         _load_entry_points()  # a no-op while the entry points themselves are loading
         _add(name, cls)
+        note_origin(_methods, name)
         return cls
 
     return decorate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,21 +149,33 @@ def same_definition(old: Any, new: Any) -> bool:
                                                                  getattr(new, "__qualname__", None)))
 
 
+#: (id of a registry, name) -> the module whose code registered the entry (:func:`note_origin`)
+_ORIGIN: dict[tuple[int, str], str] = {}
+
+
+def note_origin(registry: dict[str, Any], name: str) -> None:
+    """Remember the module whose code registers ``registry[name]``: the caller of the function
+    that calls this (``register_dataset``, a decorator). A plugin may register a loader or a
+    builder defined in a helper module; what it registered goes with it if its import fails."""
+    _ORIGIN[(id(registry), name)] = str(sys._getframe(2).f_globals.get("__name__", ""))
+
+
 def forget_failed(registry: dict[str, Any], before: dict[str, Any]) -> None:
     """After a plugin's import failed: ``registry`` (name -> class or function, or a tuple
     ending with one) as it was ``before`` it, less what it registered on its way to the
-    failure. That is what a module whose import failed defined, or a module inside one (a
-    module that a package's ``__init__`` imported before it raised): Python takes a failed
-    module out of ``sys.modules``. A package that imported whole on the way to its failed
-    sub-module (``pkg`` of ``pkg.broken``) keeps what it registered."""
-    import sys
+    failure. That is what a module whose import failed defined or registered, or a module
+    inside one (a module that a package's ``__init__`` imported before it raised): Python takes
+    a failed module out of ``sys.modules``. A package that imported whole on the way to its
+    failed sub-module (``pkg`` of ``pkg.broken``) keeps what it registered."""
 
-    def gone(obj: Any) -> bool:
-        parts = str(getattr(obj[-1] if isinstance(obj, tuple) else obj, "__module__", "")).split(".")
+    def gone(module: str) -> bool:
+        parts = module.split(".")
         return any(sys.modules.get(".".join(parts[:i])) is None for i in range(1, len(parts) + 1))
 
     for name, obj in list(registry.items()):
-        if before.get(name) is not obj and gone(obj):
+        defined = str(getattr(obj[-1] if isinstance(obj, tuple) else obj, "__module__", ""))
+        origin = _ORIGIN.get((id(registry), name))
+        if before.get(name) is not obj and (gone(defined) or (origin is not None and gone(origin))):
             del registry[name]
     for name, obj in before.items():
         registry.setdefault(name, obj)
@@ -186,6 +199,7 @@ def register_dataset(info: DatasetInfo, loader: Loader) -> None:
         raise RegistryError(f"dataset {info.name!r} is already registered (by {getattr(old, '__module__', '?')}."
                             f"{getattr(old, '__qualname__', type(old).__name__)})")
     _DATASETS[info.name] = (info, loader)
+    note_origin(_DATASETS, info.name)
 
 
 #: entry-point group of installed packages that bring datasets: each entry point names a module

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import torch
 from torch import nn
 
-from dalib.data.registry import load_entry_point_group, same_definition
+from dalib.data.registry import load_entry_point_group, note_origin, same_definition
 from dalib.errors import CheckpointError, ConfigError, RegistryError, UnknownNameError, first_line, load_failure
 
 __all__ = ["BACKBONES", "backbone_plugin_errors", "build_backbone", "describe_backbone", "list_backbones",
@@ -224,6 +224,7 @@ def register_backbone(name: str) -> Callable[[B], B]:
             raise RegistryError(f"backbone {name!r} is already registered (by {getattr(existing, '__module__', '?')}."
                                 f"{getattr(existing, '__qualname__', type(existing).__name__)})")
         BACKBONES[name] = builder
+        note_origin(BACKBONES, name)
         return builder
 
     return decorate

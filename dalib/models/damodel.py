@@ -7,7 +7,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dalib.errors import ConfigError
+from dalib.errors import ConfigError, first_line
 from dalib.models.backbones import LeNet, build_backbone
 
 __all__ = ["DAModel", "ModelOutput", "build_model", "default_arch"]
@@ -63,8 +63,12 @@ class DAModel(nn.Module):
             x = x.to(weight.device)
         if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
             x = x.to(weight.dtype)
+        h = self.backbone(x)
+        if not isinstance(h, Tensor):  # checked in eval mode when built; some networks return more in training
+            raise ConfigError(f"the backbone gave a {type(h).__name__} in training mode, not a (B, D) tensor "
+                              "(torchvision's googlenet and inception_v3: build them with aux_logits=False)")
         # flattened: a backbone cut short (cut:K) may end on feature maps
-        f = self.bottleneck(self.backbone(x).flatten(1))  # (B, bottleneck_dim)
+        f = self.bottleneck(h.flatten(1))  # (B, bottleneck_dim)
         return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
 
     def stages(self) -> list[nn.Module]:
@@ -86,10 +90,18 @@ class DAModel(nn.Module):
             if not stages or not all(isinstance(p, nn.Module) and id(p) in inside for p in parts):
                 raise ConfigError("the backbone's stages() must return its stages, input first, each a sub-module of "
                                   f"it or a list of them; got {[type(m).__name__ for m in stages]}")
+            staged = {id(t) for m in stages for t in m.parameters()}
+            left = [n for n, t in b.named_parameters() if id(t) not in staged]
+            if left:  # head and partial:K would train them while the user believes them frozen
+                raise ConfigError(f"the backbone's stages() leave out {len(left)} of its parameters ({', '.join(left[:3])}"
+                                  f"{', ...' if len(left) > 3 else ''}): every parameter belongs to a stage")
             return stages
         if all(hasattr(b, a) for a in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")):  # a torchvision ResNet
             stem = nn.ModuleList([b.conv1, b.bn1])
-            return [stem, b.layer1, b.layer2, b.layer3, b.layer4]
+            fc = getattr(b, "fc", None)  # a user's ResNet may keep a layer there: it goes with layer4
+            last = nn.ModuleList([b.layer4, fc]) if isinstance(fc, nn.Module) and next(fc.parameters(), None) is not None \
+                else b.layer4
+            return [stem, b.layer1, b.layer2, b.layer3, last]
         if isinstance(b, LeNet):  # conv, bn, relu, pool per block
             layers = list(b.stages)
             return [nn.ModuleList(layers[0:4]), nn.ModuleList(layers[4:8])]
@@ -133,10 +145,15 @@ class DAModel(nn.Module):
         was = self.training
         self.backbone.eval()  # batch norm must not count the probe batch
         old = self.bottleneck[0]
-        with torch.no_grad():
-            probe = torch.zeros(1, *self.input_shape, dtype=old.weight.dtype, device=old.weight.device)
-            dim = self.backbone(probe).flatten(1).shape[1]
-        self.train(was)
+        try:
+            with torch.no_grad():
+                probe = torch.zeros(1, *self.input_shape, dtype=old.weight.dtype, device=old.weight.device)
+                dim = self.backbone(probe).flatten(1).shape[1]
+        except Exception as exc:  # a registered backbone whose forward needs the stages cut off
+            raise ConfigError(f"the backbone cannot run with its last {k} stage{'s' * (k != 1)} cut off "
+                              f"({first_line(exc)}): choose another policy") from None
+        finally:
+            self.train(was)
         self.bottleneck[0] = nn.Linear(dim, old.out_features, dtype=old.weight.dtype, device=old.weight.device)
 
     def freeze_stages(self, k: int | None) -> None:

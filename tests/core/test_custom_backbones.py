@@ -210,3 +210,67 @@ def test_backbone_entry_points_load_once_and_a_broken_one_is_reported(fresh_back
     assert "half-net" not in backbones.list_backbones()
     assert backbones.backbone_plugin_errors() == {"half": "ep_half: ImportError: no"}
     assert registry.plugin_errors()["half (backbones)"] == "ep_half: ImportError: no"
+
+
+def test_a_torchvision_resnet_with_its_own_fc_freezes_and_cuts_it_with_layer4(fresh_backbones):
+    """The usual way to adapt a torchvision model, fc replaced: head froze the backbone but trained
+    fc, and cut:1 failed on fc's input."""
+    import torchvision
+
+    def build(input_shape, pretrained):
+        net = torchvision.models.resnet18(weights=None)
+        net.fc = nn.Linear(512, 32)
+        return net
+
+    register_backbone("r18fc")(build)
+    model = build_model("r18fc", (3, 32, 32), 3, bottleneck_dim=8)
+    model.freeze_stages(None)  # policy head
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    cut = build_model("r18fc", (3, 32, 32), 3, bottleneck_dim=8)
+    cut.cut_stages(1)
+    assert isinstance(cut.backbone.fc, nn.Identity) and cut.bottleneck[0].in_features == 256
+    assert cut(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 3)
+
+
+def test_stages_that_leave_out_parameters_are_refused(fresh_backbones):
+    class Partial(TwoBlocks):
+        def stages(self):
+            return [self.first]
+
+    register_backbone("partial")(lambda input_shape, pretrained: Partial(input_shape[0]))
+    with pytest.raises(ConfigError, match=r"stages\(\) leave out 2 of its parameters \(second.0.weight, "
+                                          r"second.0.bias\): every parameter belongs to a stage"):
+        build_model("partial", (5,), 3)
+
+
+def test_a_backbone_that_returns_more_in_training_is_one_line_at_the_first_step(fresh_backbones, toy_dataset):
+    class AuxInTraining(nn.Module):  # as torchvision's googlenet with aux_logits
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(8, 4)
+
+        def forward(self, x):
+            h = self.fc(x)
+            return (h, h) if self.training else h
+
+    register_backbone("aux")(lambda input_shape, pretrained: AuxInTraining())
+    with pytest.raises(ConfigError, match=r"the backbone gave a tuple in training mode, not a \(B, D\) tensor"):
+        dalib.run(RunConfig(method="dann", dataset=toy_dataset, src="src", tgt="tgt", arch="aux", steps=2,
+                            batch_size=8), None, progress_bar=False)
+
+
+def test_what_a_failed_plugin_registered_from_a_helper_module_goes_with_it(fresh_backbones, tmp_path):
+    """A builder or a loader defined in a module that imported whole, registered by the plugin
+    that then failed: it stayed registered (and dalib run trained it)."""
+    (tmp_path / "net_helpers.py").write_text(PLUGIN.replace('@register_backbone("plugin-net")\n', "")
+                                             + "\ndef load(request):\n    return None\n")
+    plugin = tmp_path / "uses_helpers.py"
+    plugin.write_text("import net_helpers\nfrom dalib.data import DatasetInfo, register_dataset\n"
+                      "from dalib.models import register_backbone\n\n"
+                      'register_backbone("helper-net")(net_helpers.build)\n'
+                      'register_dataset(DatasetInfo(name="helper-data", description="d", domains=("a", "b"), '
+                      'kind="features", num_classes=2, needs="embedded"), net_helpers.load)\n'
+                      "raise ImportError('fails after')\n")
+    with pytest.raises(RegistryError, match="fails after"):
+        registry.load_plugin_module(str(plugin))
+    assert "helper-net" not in backbones.BACKBONES and "helper-data" not in dalib.data.list_datasets()

@@ -123,3 +123,12 @@ def test_the_backbone_example_runs_as_printed(fresh_backbones, fresh_registry, t
     for key in ("backbone.block1.0.weight", "backbone.block2.0.weight"):  # frozen: as the MNIST run left them
         assert torch.equal(ckpt["model"][key], start["model"][key])
     assert not torch.equal(ckpt["model"]["backbone.block3.0.weight"], start["model"]["backbone.block3.0.weight"])
+
+
+def test_the_backbone_example_refuses_a_pretrained_file_it_cannot_read(fresh_backbones, tmp_path, monkeypatch):
+    (tmp_path / "small_cnn.py").write_text(_block_after("ci: backbone example", "python"), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli, ["run", "dann", "--plugin", "small_cnn.py", "--arch", "small_cnn", "--src", "mnist",
+                                   "--tgt", "usps", "--steps", "2", "--pretrained", "missing.pt", "--out", "runs/x"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == "dalib: error: --pretrained missing.pt is no state dict of small_cnn (FileNotFoundError)"
