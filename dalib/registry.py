@@ -206,23 +206,25 @@ def _load_entry_points() -> None:
         _load_one(ep)
 
 
-def _restore(before: tuple[dict[str, Any], ...]) -> None:
-    """After a plugin's import failed: the registries (methods, backbones and datasets) as they
-    were ``before`` it (:func:`_snapshot`), less what it registered on its way to the failure
-    (:func:`dalib.data.registry.forget_failed`), so that run and bench do not offer it."""
+def _registries() -> tuple[dict[str, Any], ...]:
+    """The registries a plugin's import may add to: methods, backbones, datasets."""
     from dalib.data.registry import _DATASETS
     from dalib.models.backbones import BACKBONES
 
-    for registry, was in zip((_methods, BACKBONES, _DATASETS), before):
-        forget_failed(registry, was)
+    return _methods, BACKBONES, _DATASETS
 
 
 def _snapshot() -> tuple[dict[str, Any], ...]:
-    """Copies of the registries a plugin's import may add to: methods, backbones, datasets."""
-    from dalib.data.registry import _DATASETS
-    from dalib.models.backbones import BACKBONES
+    """Copies of :func:`_registries`, for :func:`_restore`."""
+    return tuple(dict(r) for r in _registries())
 
-    return dict(_methods), dict(BACKBONES), dict(_DATASETS)
+
+def _restore(before: tuple[dict[str, Any], ...]) -> None:
+    """After a plugin's import failed: the registries as they were ``before`` it
+    (:func:`_snapshot`), less what it registered on its way to the failure
+    (:func:`dalib.data.registry.forget_failed`), so that run and bench do not offer it."""
+    for registry, was in zip(_registries(), before):
+        forget_failed(registry, was)
 
 
 def _load_one(ep: EntryPoint) -> None:

@@ -151,12 +151,19 @@ def _sigmas_on_cpu(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Te
     if given.numel() == 0:
         raise InputError("sigmas is empty: give at least one bandwidth")
     if not bool(torch.isfinite(given).all()) or bool((given <= 0).any()):
-        raise InputError(f"bandwidths must be positive and finite, got {given.tolist()}")
+        raise InputError(f"bandwidths must be positive and finite, got {float_values(given)}")
     s = given.to(like.dtype)  # (S,)
     for bad, what in ((s == 0, "small"), (~torch.isfinite(s), "large")):
         if bool(bad.any()):
-            raise InputError(f"bandwidths {given[bad].tolist()} are too {what} for {_dtype_name(like)} kernels")
+            raise InputError(f"bandwidths {float_values(given[bad])} are too {what} for {_dtype_name(like)} kernels")
     return s
+
+
+def float_values(t: Tensor) -> list[float]:
+    """``t.tolist()`` of a 1-D tensor, element by element: torch 2.4 wraps even a tensor made
+    inside a ``torch.func`` transform (the bandwidths of a loss under ``torch.func.grad``), and a
+    wrapped tensor has no ``.tolist()``."""
+    return [float(v) for v in t]
 
 
 def _dtype_name(like: Tensor) -> str:
@@ -170,5 +177,5 @@ def as_gammas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     s = _sigmas_on_cpu(sigmas, like)  # (S,)
     gam = 0.5 / (s * s)  # (S,)
     if not bool(torch.isfinite(gam).all()):
-        raise InputError(f"bandwidths {s.tolist()} are too small for {_dtype_name(like)} kernels (1/(2σ²) overflows)")
+        raise InputError(f"bandwidths {float_values(s)} are too small for {_dtype_name(like)} kernels (1/(2σ²) overflows)")
     return gam.to(like.device)

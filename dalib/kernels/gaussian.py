@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_gammas, check_pair, outside_autocast
+from dalib.kernels._checks import as_gammas, check_pair, float_values, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.blocked import blocked_gaussian_matvec, blocked_gaussian_sum
 from dalib.kernels.distance import sqdist_unchecked
@@ -60,8 +60,8 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
 
             return keops_gaussian_matvec(x, y, v2, gam)  # (N, K)
         if name == "blocked":
-            return blocked_gaussian_matvec(x, y, v2, tuple(gam.tolist()))  # (N, K)
-        return _dense_kernel(x, y, tuple(gam.tolist())) @ v2  # (N, K)
+            return blocked_gaussian_matvec(x, y, v2, tuple(float_values(gam)))  # (N, K)
+        return _dense_kernel(x, y, tuple(float_values(gam))) @ v2  # (N, K)
 
     out = with_keops_fallback(backend, resolve_backend(backend, x, y), run)
     return out if v.dim() == 2 else out.squeeze(1)
@@ -96,7 +96,7 @@ def gaussian_mean(x: Tensor, y: Tensor, sigmas: Sigmas, backend: str = "auto") -
     the distance would leave its rounding there, which a small σ turns into a visible error).
     """
     x, y = check_pair(x, y)
-    gam = tuple(as_gammas(sigmas, x).tolist())
+    gam = tuple(float_values(as_gammas(sigmas, x)))
     total = with_keops_fallback(
         backend, resolve_backend(backend, x, y), lambda name: gaussian_sum_unchecked(x, y, gam, name)
     )

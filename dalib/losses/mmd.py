@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.autograd import forward_ad
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_gammas, check_pair, outside_autocast
+from dalib.kernels._checks import as_gammas, check_pair, float_values, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.distance import median_bandwidth, sqdist_tile_
 from dalib.kernels.gaussian import gaussian_sum_unchecked
@@ -139,7 +139,7 @@ def _second_order(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
                            "derivative (create_graph=True) needs the original values")
     wanted = [t for t in dict.fromkeys((x, y)) if t.requires_grad]  # one tensor given twice: once
     with torch.enable_grad():
-        value = _three_sums(x, y, tuple(ctx.gam.tolist()), "dense", ctx.unbiased)
+        value = _three_sums(x, y, tuple(float_values(ctx.gam)), "dense", ctx.unbiased)
     found = dict(zip(map(id, wanted), torch.autograd.grad(value, wanted, grad, create_graph=True)))
     return found.get(id(x)), (found.get(id(y)) if y is not x else None), None, None
 
@@ -222,7 +222,5 @@ def mmd(
         if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
             return _DenseMMD.apply(x, y, gam, unbiased)[0]
         return _dense_forward(x, y, gam, unbiased, need_grad=False)[0]
-    # element by element: torch 2.4 wraps even a new tensor inside a torch.func transform, and a
-    # wrapped tensor has no .tolist()
-    gammas = tuple(float(g) for g in gam)
+    gammas = tuple(float_values(gam))
     return with_keops_fallback(backend, name, lambda name: _three_sums(x, y, gammas, name, unbiased))

@@ -92,6 +92,18 @@ def test_gaussian_mean_matches_brute_force(backend, sigmas, small_tiles):
     assert gaussian_mean(x, y, t, backend=backend).item() == pytest.approx(_np_gauss(x, y, SIGMAS).mean(), rel=1e-12)
 
 
+def test_gaussian_reductions_differentiate_under_torch_func():
+    """``torch.func.grad`` of gaussian_mean and gaussian_matvec agrees with autograd's gradient
+    (on torch 2.4 the bandwidths, wrapped by the transform, failed to become floats)."""
+    x, y = _data(6, 5)
+    v = torch.linspace(-1.0, 1.0, 5, dtype=torch.float64)
+    for f in (lambda a: gaussian_mean(a, y, SIGMAS, backend="dense"),
+              lambda a: gaussian_matvec(a, y, v, SIGMAS, backend="dense").sum()):
+        leaf = x.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(leaf), leaf)
+        torch.testing.assert_close(torch.func.grad(f)(x), grad)
+
+
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
 def test_a_point_is_at_distance_zero_from_itself(backend, small_tiles):
     """k(x_i, x_i) = 1 exactly when both arguments are one tensor. The GEMM form of the distance,
