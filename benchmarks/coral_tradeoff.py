@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import statistics
 import sys
 import time
@@ -84,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
-    from dalib_benchmarks.suite import Cell, Variant, load_suite
+    from dalib_benchmarks.suite import Cell, Variant, load_suite, worker_threads
 
     from dalib.errors import DalibError, first_line
 
@@ -102,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # at least MIN_LINES logged lines for the end-of-training average, whatever the suite's log_every
     configs = [c if c.log_every and c.steps // c.log_every >= MIN_LINES
                else dataclasses.replace(c, log_every=max(1, c.steps // MIN_LINES)) for c in configs]
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = worker_threads(args.jobs)
     t0 = time.perf_counter()
     outcomes = map_units(_train, [(c, threads) for c in configs], args.jobs)
     rows = []

@@ -15,7 +15,6 @@ the suite's ``[methods.kmm.shallow]`` table then carries the choice.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -92,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=HERE / "results")
     args = ap.parse_args(argv)
 
-    from dalib_benchmarks.suite import load_suite
+    from dalib_benchmarks.suite import load_suite, worker_threads
 
     from dalib.errors import DalibError, first_line
 
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except DalibError as exc:
         ap.error(first_line(exc))
     base = dict(suite.methods.get("kmm", {}).get("shallow", {}))  # σ itself comes from the grid
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = worker_threads(args.jobs)
     units = [(suite.dataset, src, tgt, base | {"bandwidth": sigma}, args.data_root, threads)
              for sigma in args.grid for src, tgt in suite.tasks]
     t0 = time.perf_counter()

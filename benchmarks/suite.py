@@ -515,7 +515,7 @@ def _run_cell(config: Any) -> dict[str, Any]:
 _started_dir: Path | None = None
 
 
-def _worker_threads(jobs: int) -> int:
+def worker_threads(jobs: int) -> int:
     """torch threads of a cell under ``--jobs``: the cores shared out (a cell's numbers depend on them)."""
     return max(1, (os.cpu_count() or 1) // jobs)
 
@@ -579,7 +579,7 @@ def _run_in_workers(todo: list[Cell], configs: dict[str, Any], jobs: int, plugin
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = _worker_threads(jobs)
+    threads = worker_threads(jobs)
     ctx = multiprocessing.get_context("spawn")
     pending = {c.key: c for c in todo}
     while pending:
@@ -819,7 +819,7 @@ def run_suite(
 
                     own = torch.get_num_threads()
                     if jobs > 1:  # one cell left: here, with the threads a worker would have (--jobs sets them)
-                        torch.set_num_threads(_worker_threads(jobs))
+                        torch.set_num_threads(worker_threads(jobs))
                     try:
                         for cell in todo:
                             bar.set_postfix_str(cell.key, refresh=True)  # the cell that runs now
