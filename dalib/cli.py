@@ -10,6 +10,7 @@ import csv
 import dataclasses
 import importlib.util
 import io
+import json
 import re
 import sys
 from pathlib import Path
@@ -138,12 +139,6 @@ def cli() -> None:
     """
 
 
-_RUN_OPTIONS = {
-    "dataset", "data_root", "data", "arch", "pretrained", "bottleneck_dim", "image_size", "steps",
-    "batch_size", "lr", "seed", "device", "workers", "eval_every", "checkpoint_every",
-}
-
-
 @cli.command()
 @click.argument("method")
 @click.option("--src", help="source domain (labelled), e.g. mnist")
@@ -167,6 +162,8 @@ _RUN_OPTIONS = {
 @click.option("--workers", type=int, help="data-loading processes for image folders [0]")
 @click.option("--eval-every", type=int, help="steps between evaluations [0: at the end]")
 @click.option("--checkpoint-every", type=int, help="steps between checkpoints [500]")
+@click.option("--holdout", type=float, help="fraction of the source, per class, held out of training and scored at "
+                                             "the end, for dalib select [0: none]")
 @click.option("--out", type=click.Path(file_okay=False), help="output folder [runs/METHOD-SRC-TGT-seedN]")
 @click.option("--resume", is_flag=True, help="continue the run in --out from its checkpoint")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="a method hyperparameter (repeatable)")
@@ -221,7 +218,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         how = (f"{info['steps']} step{'s' if info['steps'] != 1 else ''} on {info['device']}{resumed}" if info["mode"] == "deep"
                else f"shallow form + {info['classifier']} classifier on {info['device']}")
         click.echo(
-            f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}) -> {info['tgt']} "
+            f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}"
+            f"{' + ' + str(info['n_held']) + ' held out' if info.get('n_held') else ''}) -> {info['tgt']} "
             f"({info['n_tgt']}), {how}, output in {out_dir}",
             err=True,
         )
@@ -234,6 +232,9 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         click.echo("target accuracy: n/a (the target has no labels)")
     else:
         click.echo(f"target accuracy: {result.target_accuracy:.2f}%")
+    if result.selection:
+        click.echo(f"held-out source accuracy: {result.selection['holdout_accuracy']:.2f}% "
+                   f"({result.selection['n_holdout']} samples; dalib select ranks runs by it and the other scores)")
     click.echo(f"results: {out_dir / 'result.json'}")
 
 
@@ -332,6 +333,110 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     accuracy = accuracy_of(pred, labels)
     scored = "no labels to score" if accuracy is None else f"accuracy {accuracy:.2f}%"
     click.echo(f"{head}: {scored}; predictions of {len(pred)} samples in {predictions}")
+
+
+def _read_selection(path: str) -> tuple[str, dict[str, Any]]:
+    """A finished run's result.json (``path`` is the run's folder or the file), checked to hold
+    selection scores: ``(path as given, the result)``."""
+    import json
+
+    from dalib.errors import DataError
+
+    p = Path(path).expanduser()
+    file = p / "result.json" if p.is_dir() else p
+    if not file.is_file():
+        raise DataError(f"no result.json in {path}: give the folders of finished runs" if p.is_dir() or not p.exists()
+                        else f"{path} is not a run's folder or result.json")
+    try:
+        result = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"cannot read {file}: {first_line(exc)}") from None
+    if not isinstance(result, dict) or not isinstance(result.get("run_config"), dict):
+        raise DataError(f"{file} is not the result of a dalib run")
+    if not isinstance(result.get("selection"), dict):
+        why = ("a shallow run" if result.get("mode") == "shallow"
+               else "its run held no source samples out: run it with --holdout F, e.g. --holdout 0.1")
+        raise DataError(f"{file} has no selection scores ({why})")
+    return path.rstrip("/") or path, result
+
+
+def _settings(result: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
+    """What a run chose: the run options that change its numbers, and its method's
+    hyperparameters as resolved; each as ``{name: value as text}``."""
+    from dalib.runner import comparable_settings
+
+    def text(v: Any) -> str:
+        return v if isinstance(v, str) else json.dumps(v)
+
+    options = {k: text(v) for k, v in sorted(comparable_settings(result["run_config"]).items())
+               if k not in ("method", "method_config", "src", "tgt", "dataset")}
+    return options, {k: text(v) for k, v in sorted((result.get("method_config") or {}).items())}
+
+
+def _differing(tables: list[dict[str, str]]) -> list[str]:
+    """The names whose values are not the same in all ``tables`` (missing counts as a value)."""
+    names = sorted({k for t in tables for k in t})
+    return [k for k in names if len({t.get(k) for t in tables}) > 1]
+
+
+@cli.command("select")
+@click.argument("runs", nargs=-1, required=True, type=click.Path())
+@click.option("--by", type=click.Choice(["dev", "iwv", "holdout", "entropy", "snd"]), default="holdout",
+              show_default=True, help="the criterion: holdout (the held-out source error), dev (Deep Embedded "
+                                      "Validation), iwv (importance-weighted validation), entropy or snd (of the "
+                                      "target predictions)")
+@click.option("--show-target", is_flag=True, help="also show each run's target accuracy, for a study on a target "
+                                                  "with labels; it plays no part in the choice")
+def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
+    """Choose among deep runs of one task (a method, a hyperparameter, a step count) without
+    target labels.
+
+    Each RUN is the folder of a finished run trained with --holdout (its result.json holds
+    the scores). The runs are listed best first by the criterion --by, with the settings they
+    differ in, and the first is named."""
+    from dalib.errors import DataError
+    from dalib.selection import CRITERIA
+
+    crit = CRITERIA[by]
+    found = [_read_selection(r) for r in runs]
+    tasks = {(r.get("dataset"), r.get("src"), r.get("tgt")) for _, r in found}
+    if len(tasks) > 1:
+        shown = "; ".join(f"{d} {s} -> {t}" for d, s, t in sorted(tasks, key=str)[:3])
+        raise DataError(f"the runs are on {len(tasks)} tasks ({shown}): choose among runs of one task")
+    for name, r in found:
+        if not isinstance(r["selection"].get(crit.key), (int, float)):
+            raise DataError(f"run {name} has no {crit.key} score (a result.json from an older dalib?): run it again")
+    settings = [_settings(r) for _, r in found]
+    shown_options = _differing([o for o, _ in settings])
+    methods = [str(r.get("method")) for _, r in found]
+    # a method's hyperparameters where its runs differ in them (another method's mean nothing to it)
+    shown_hyper = {m: _differing([h for (_, h), n in zip(settings, methods) if n == m]) for m in set(methods)}
+    order = sorted(range(len(found)), key=lambda i: (1 if crit.lower_is_better else -1) * found[i][1]["selection"][crit.key])
+    columns = list(CRITERIA)
+    header = ["", "run", "method", "setting", *columns, "w mean"] + (["target acc"] if show_target else [])
+    rows = []
+    for rank, i in enumerate(order):
+        name, r = found[i]
+        sel = r["selection"]
+        options, hyper = settings[i]
+        setting = " ".join([*(f"{k}={hyper.get(k, '-')}" for k in shown_hyper[methods[i]]),
+                            *(f"{k}={options.get(k, '-')}" for k in shown_options)]) or "-"
+        cells = [f"{sel[CRITERIA[c].key]:.4f}" if isinstance(sel.get(CRITERIA[c].key), (int, float)) else "-"
+                 for c in columns]
+        row = ["*" if rank == 0 else "", name, methods[i], setting, *cells, f"{sel.get('weights_mean', float('nan')):.3f}"]
+        if show_target:
+            acc = r.get("target_accuracy")
+            row.append("n/a" if acc is None else f"{acc:.2f}")
+        rows.append(row)
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    for row in [header, *rows]:
+        click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
+    apart = [name for name, r in found if r["selection"].get("weights_mean", 1.0) < 0.5]
+    if apart and by in ("dev", "iwv"):
+        click.echo(f"note: the importance weights of {len(apart)} of the {len(found)} runs average below 0.5 (w mean): "
+                   f"their features tell the domains apart, and {by} says little about them (the Selection page of "
+                   "the docs)", err=True)
+    click.echo(f"chosen by {by} ({'lower' if crit.lower_is_better else 'higher'} is better): {found[order[0]][0]}")
 
 
 def _split_list(text: str | None) -> list[str] | None:

@@ -84,6 +84,8 @@ class RunConfig:
     log_every: int = param(50, "steps between metric lines")
     eval_every: int = param(0, "steps between evaluations logged to metrics.jsonl, the last step's included (0: only the result's, at the end)")
     checkpoint_every: int = param(500, "steps between checkpoints (0: only at the end)")
+    holdout: float = param(0.0, "fraction of the source's samples, per class, held out of training and scored at the end "
+                                "for model selection without target labels (dalib select); 0: none")
     method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "method hyperparameters"})
 
     def __post_init__(self) -> None:
@@ -136,6 +138,8 @@ class RunConfig:
             raise ConfigError(f"image_size must be at most {MAX_IMAGE_SIZE} pixels, got {self.image_size}")
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.holdout < 1:
+            raise ConfigError(f"holdout must be in [0, 1) (a fraction of the source), got {self.holdout}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -179,6 +183,9 @@ class RunResult:
     #: the trained network of a deep run, in eval mode on the run's device (None for a shallow
     #: run): ``result.model(x).logits`` predicts, with no output folder needed
     model: Any = dataclasses.field(default=None, repr=False, compare=False)
+    #: a run with ``holdout``: the scores of :func:`dalib.selection.score_network` and the
+    #: held-out source accuracy (%), as result.json's "selection"; else empty
+    selection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -483,16 +490,14 @@ def _batches(
             pf.close()
 
 
-@torch.no_grad()
-def predict(
-    model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Every sample of ``domain``, in its order, through ``model`` in eval mode: the predicted
-    class (N,), its softmax probability (N,) and the sample's label (N,; −1 when unlabelled),
-    all on the CPU."""
+def _forward_batches(
+    model: nn.Module, domain: Any, device: torch.device, batch_size: int, workers: int
+) -> Iterator[tuple[Any, Tensor]]:
+    """Every sample of ``domain``, in its order and in batches, through ``model`` in eval mode
+    without gradients: ``(model's output, labels on the CPU)`` per batch. The model's mode is
+    given back, and a loader's workers stopped, however the iteration ends."""
     was = model.training
     model.eval()
-    preds, probs, labels = [], [], []
     try:
         if getattr(domain, "x", None) is not None:
             batches: Any = ((domain.x[i : i + batch_size], domain.y[i : i + batch_size])
@@ -503,10 +508,9 @@ def predict(
         batches = iter(batches)
         try:
             for x, y in batches:
-                prob, pred = torch.softmax(model(x.to(device)).logits.float(), 1).max(1)  # (B,), (B,)
-                preds.append(pred.cpu())
-                probs.append(prob.cpu())
-                labels.append(torch.as_tensor(y).cpu())
+                with torch.no_grad():
+                    out = model(x.to(device))
+                yield out, torch.as_tensor(y).cpu()
         except DalibError as exc:
             if not workers:
                 raise
@@ -517,7 +521,34 @@ def predict(
             raise failed
     finally:
         model.train(was)
+
+
+def predict(
+    model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every sample of ``domain``, in its order, through ``model`` in eval mode: the predicted
+    class (N,), its softmax probability (N,) and the sample's label (N,; −1 when unlabelled),
+    all on the CPU."""
+    preds, probs, labels = [], [], []
+    for out, y in _forward_batches(model, domain, device, batch_size, workers):
+        prob, pred = torch.softmax(out.logits.float(), 1).max(1)  # (B,), (B,)
+        preds.append(pred.cpu())
+        probs.append(prob.cpu())
+        labels.append(y)
     return torch.cat(preds), torch.cat(probs), torch.cat(labels)
+
+
+def forward_all(
+    model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Every sample of ``domain``, in its order, through ``model`` in eval mode: its features
+    (N, F) and logits (N, C), float32, and its label (N,; −1 when unlabelled), on the CPU."""
+    feats, logits, labels = [], [], []
+    for out, y in _forward_batches(model, domain, device, batch_size, workers):
+        feats.append(out.features.float().flatten(1).cpu())
+        logits.append(out.logits.float().cpu())
+        labels.append(y)
+    return torch.cat(feats), torch.cat(logits), torch.cat(labels)
 
 
 def evaluate(
@@ -781,6 +812,9 @@ def _run(
         src = load_domain(dataset, config.src, **kw)
         tgt = load_domain(dataset, config.tgt, **kw)
         _check_domains(src, tgt, config)
+        held = None  # the labelled source samples the network does not train on
+        if config.holdout:
+            src, held = src.split(config.holdout, config.seed)
         for role, domain in (("source", src), ("target", tgt))[: 2 if method_cls.uses_target else 1]:
             if config.batch_size > len(domain):  # every step would repeat its samples (and use the memory)
                 raise ConfigError(f"batch_size {config.batch_size} is larger than the {role} domain {domain.name!r} "
@@ -796,7 +830,7 @@ def _run(
         if out is not None:
             ckpt, earlier = _prepare_out_dir(out, config, resume, is_main, default_arch(tuple(src.input_shape)))
         if ckpt is not None:
-            src, tgt = _with_saved_classes(ckpt, src, tgt)
+            src, tgt, held = _with_saved_classes(ckpt, src, tgt, held)
 
         _seed_everything(config.seed)
         # a resumed run's weights are its checkpoint's: --pretrained's file (or ImageNet's, which
@@ -873,7 +907,8 @@ def _run(
 
         if on_start is not None and is_main:
             on_start({"mode": "deep", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
-                      "n_tgt": len(tgt), "start": start, "steps": config.steps, "device": str(device)})
+                      "n_tgt": len(tgt), "n_held": len(held) if held is not None else 0, "start": start,
+                      "steps": config.steps, "device": str(device)})
         context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
                           Progress(start, config.steps), classes=list(src.classes))
         if start == 0:
@@ -951,7 +986,7 @@ def _run(
                     line = (line or {"step": done}) | {
                         "source_acc": evaluate(model, src, device, workers=config.workers),
                         "target_acc": evaluate(model, tgt, device, workers=config.workers),
-                    }
+                    } | ({} if held is None else {"holdout_acc": evaluate(model, held, device, workers=config.workers)})
                 if line is not None and done == config.steps:
                     last_line = line  # written once the run's accuracies are known, below
                 elif line is not None:
@@ -980,13 +1015,15 @@ def _run(
             try:
                 src_acc = evaluate(model, src, device, workers=config.workers)
                 tgt_acc = evaluate(model, tgt, device, workers=config.workers)
+                selection = {} if held is None else _selection_scores(model, src, held, tgt, device, config.workers)
             except DataError as exc:
                 if out is None:
                     raise
                 raise DataError(f"{first_line(exc)} (the trained network is saved in {out}: fix the data, "
                                 "then --resume, resume=True from Python, scores it)") from None
             if config.eval_every and not finished:  # the curve ends at the run's own result
-                last_line = (last_line or {"step": config.steps}) | {"source_acc": src_acc, "target_acc": tgt_acc}
+                last_line = (last_line or {"step": config.steps}) | {"source_acc": src_acc, "target_acc": tgt_acc} | (
+                    {} if held is None else {"holdout_acc": selection["holdout_accuracy"]})
             if last_line is not None:
                 _log_line(last_line, history, metrics_fh)
         finally:
@@ -1001,7 +1038,8 @@ def _run(
         # as load_model gives it back: the logits' class names, what rebuilds it, its step
         model.classes, model.spec, model.step = list(spec["classes"]), dict(spec), config.steps
         result = RunResult(src_acc, tgt_acc, config.steps, seconds, out, history, rank,
-                           diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval())
+                           diagnostics=_diagnostics(method, config.method), mode="deep", model=model.eval(),
+                           selection=selection)
         if out is not None and is_main and not finished:
             payload = {
                 "method": config.method,
@@ -1016,6 +1054,8 @@ def _run(
                 "world_size": world,
                 "diagnostics": result.diagnostics,
             }
+            if selection:
+                payload["selection"] = selection
             if code["changed_at"]:  # a resume went on with other code of the method
                 payload["method_code_changed_at"] = code["changed_at"]
             if code["threads_changed_at"]:  # ... or with another number of threads
@@ -1027,6 +1067,15 @@ def _run(
         end_of_writing(out if is_main else None, made, ok)
         if started_dist:
             torch.distributed.destroy_process_group()
+
+
+def _selection_scores(model: nn.Module, src: Any, held: Any, tgt: Any, device: torch.device, workers: int) -> dict[str, Any]:
+    """What ``dalib select`` ranks a run by: the held-out source accuracy (%) and every
+    criterion of :func:`dalib.selection.score_network`."""
+    from dalib.selection import score_network
+
+    scores = score_network(model, src, held, tgt, device, workers=workers)
+    return {"holdout_accuracy": 100.0 * (1.0 - scores["holdout_error"]), "n_holdout": len(held), **scores}
 
 
 def _log_line(line: dict[str, Any], history: list[dict[str, Any]], fh: Any) -> None:
@@ -1198,10 +1247,21 @@ def resolved_method_config(config: RunConfig) -> dict[str, Any]:
 
 def comparable_config(config: RunConfig) -> dict[str, Any]:
     """The fields of ``config`` that change a run's numbers (not where it runs or logs)."""
-    d = config.to_dict()
-    for volatile in ("device", "workers", "log_every", "eval_every", "checkpoint_every", "data_root", "data", "amp"):
-        d.pop(volatile, None)
-    return d
+    return comparable_settings(config.to_dict())
+
+
+def comparable_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """Of a run's settings (a :class:`RunConfig` as a dict, as result.json keeps it), those
+    that change its numbers; a field added since runs were first saved is left out at the
+    value those runs had (their checkpoints and the benchmark cells' fingerprints stay
+    comparable)."""
+    volatile = {"device", "workers", "log_every", "eval_every", "checkpoint_every", "data_root", "data", "amp"}
+    return {k: v for k, v in settings.items()
+            if k not in volatile and not (k in _ADDED_SINCE and v == _ADDED_SINCE[k])}
+
+
+#: RunConfig fields added after runs were saved, with the value a run that predates them had
+_ADDED_SINCE = {"holdout": 0.0}
 
 
 def _canonical_names(settings: dict[str, Any]) -> dict[str, Any]:
@@ -1227,7 +1287,7 @@ def _as_run(settings: dict[str, Any], mode: str, arch: str | None) -> dict[str, 
     """The settings a run of ``mode`` reads, as they resolve: ``auto`` as that mode, no
     ``arch`` as ``arch`` (the backbone the default gives on the run's inputs), the domains by
     their names."""
-    out = _canonical_names(settings)
+    out = _canonical_names(comparable_settings(settings))
     if out.get("mode") == "auto":
         out["mode"] = mode
     if out.get("arch") is None and arch is not None:
@@ -1490,7 +1550,7 @@ def _trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
     return lines
 
 
-def _with_saved_classes(ckpt: dict[str, Any], src: Any, tgt: Any) -> tuple[Any, Any]:
+def _with_saved_classes(ckpt: dict[str, Any], src: Any, *others: Any) -> tuple[Any, ...]:
     """The domains numbered as the checkpoint's classes when those hold the data's, by name:
     an image folder's class list has lost a name since the run began (a class folder whose
     images were removed, or one without images in a domain the run does not read, which
@@ -1498,8 +1558,8 @@ def _with_saved_classes(ckpt: dict[str, Any], src: Any, tgt: Any) -> tuple[Any, 
     its outputs."""
     saved = list((ckpt.get("model_spec") or {}).get("classes") or [])
     if not saved or list(src.classes) == saved or not set(src.classes) <= set(saved):
-        return src, tgt  # the same classes, or others: _check_same_data tells
-    return src.with_classes(saved), tgt.with_classes(saved)
+        return src, *others  # the same classes, or others: _check_same_data tells
+    return tuple(d if d is None else d.with_classes(saved) for d in (src, *others))
 
 
 def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path) -> None:

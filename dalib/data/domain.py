@@ -112,6 +112,41 @@ class Domain:
                             "cannot be relabelled")
         return dataclasses.replace(self, dataset=dataset, y=y, classes=list(classes), num_classes=len(classes))
 
+    def split(self, fraction: float, seed: int) -> tuple[Domain, Domain]:
+        """This domain as two disjoint parts, ``(kept, held)``: ``held`` takes
+        ``round(fraction * n_c)`` samples of each class c (at most n_c − 1, so that every class
+        keeps one), drawn with ``seed``; ``kept`` the rest, in their order. Where the labels
+        cannot be read without the samples (a dataset of a plugin's own), the draw ignores the
+        classes. The same fraction and seed give the same parts. Raises :class:`DataError` when
+        ``held`` would be empty."""
+        rng = np.random.default_rng([seed, 0x5E1EC7])  # a stream of its own: the run's seed draws the rest
+        labels = self.known_labels()
+        groups = ([np.arange(len(self))] if labels is None else
+                  [np.flatnonzero(labels.numpy() == c) for c in np.unique(labels.numpy())])
+        held_idx = []
+        for idx in groups:
+            take = min(int(round(fraction * len(idx))), len(idx) - 1)
+            held_idx.append(rng.permutation(idx)[:take])
+        held_idx = np.sort(np.concatenate(held_idx)).astype(np.int64)
+        if len(held_idx) == 0:
+            raise DataError(f"holding out {fraction:g} of domain {self.name!r} ({len(self)} samples"
+                            f"{'' if labels is None else f', {len(groups)} classes'}) leaves no sample to hold out: "
+                            "raise the fraction")
+        keep = np.ones(len(self), dtype=bool)
+        keep[held_idx] = False
+        kept_idx = np.flatnonzero(keep)
+        return self._subset(kept_idx), self._subset(held_idx)
+
+    def _subset(self, idx: np.ndarray) -> Domain:
+        """The samples ``idx`` of this domain, as a domain of its own."""
+        index = torch.from_numpy(idx)
+        if self.x is not None and self.y is not None:
+            x, y = self.x[index], self.y[index]
+            return dataclasses.replace(self, dataset=TensorDataset(x, y), x=x, y=y)
+        if hasattr(self.dataset, "subset"):  # an image folder's: it can still be relabelled
+            return dataclasses.replace(self, dataset=self.dataset.subset(idx.tolist()))
+        return dataclasses.replace(self, dataset=_Subset(self.dataset, idx.tolist(), self.known_labels()))
+
     @classmethod
     def from_arrays(
         cls,
@@ -226,3 +261,12 @@ def _where(name: str, dataset_name: str, origin: str) -> str:
         parts.insert(0, f"dataset {dataset_name}")
     text = ", ".join(parts)
     return f"{origin} ({text})" if origin else text
+
+
+class _Subset(torch.utils.data.Subset):
+    """Some samples of a dataset, with their labels as ``targets`` when the dataset's are known."""
+
+    def __init__(self, dataset: Dataset, indices: list[int], labels: torch.Tensor | None) -> None:
+        super().__init__(dataset, indices)
+        if labels is not None:
+            self.targets = labels[indices].tolist()

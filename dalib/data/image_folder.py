@@ -184,6 +184,10 @@ class ImageFolderDataset(Dataset):
         samples = [(path, mapping[label] if label >= 0 else label) for path, label in self.samples]
         return ImageFolderDataset(samples, self.image_size, domain=self.domain)
 
+    def subset(self, indices: list[int]) -> ImageFolderDataset:
+        """The images ``indices``, in that order."""
+        return ImageFolderDataset([self.samples[i] for i in indices], self.image_size, domain=self.domain)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         path, label = self.samples[index]
         return load_image(path, self.image_size, domain=self.domain), label
