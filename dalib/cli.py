@@ -11,6 +11,7 @@ import dataclasses
 import importlib.util
 import io
 import json
+import math
 import re
 import sys
 from pathlib import Path
@@ -357,6 +358,24 @@ def _read_selection(path: str) -> tuple[str, dict[str, Any]]:
         why = ("a shallow run" if result.get("mode") == "shallow"
                else "its run held no source samples out: run it with --holdout F, e.g. --holdout 0.1")
         raise DataError(f"{file} has no selection scores ({why})")
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    from dalib.selection import CRITERIA
+
+    sel = result["selection"]
+    bad = [k for k in ("holdout", "seed") if not number(result["run_config"].get(k))]
+    bad += [k for k in ("dataset", "src", "tgt", "method") if not isinstance(result.get(k), str)]
+    bad += [k for k in ("data",) if result.get(k) is not None and not isinstance(result[k], str)]
+    bad += [k for k in ("method_config",) if not isinstance(result.get(k), dict)]
+    bad += [k for k in ("target_accuracy",) if result.get(k) is not None and not number(result[k])]
+    # a score may be missing (snd of a one-sample target), not anything else
+    bad += [f"selection.{k}" for k in [c.key for c in CRITERIA.values()] + ["weights_mean"]
+            if sel.get(k) is not None and not number(sel[k])]
+    if bad:
+        raise DataError(f"{file} is damaged: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not what a run "
+                        "writes; run it again")
     return path.rstrip("/") or path, result
 
 
@@ -399,13 +418,21 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
 
     crit = CRITERIA[by]
     found = [_read_selection(r) for r in runs]
-    tasks = {(r.get("dataset"), r.get("src"), r.get("tgt")) for _, r in found}
+    where: dict[Path, str] = {}
+    for r in runs:  # the same run twice would be counted twice
+        file = Path(r).expanduser().resolve()
+        file = file / "result.json" if file.is_dir() else file
+        if file in where:
+            raise ConfigError(f"{r} and {where[file]} are the same run: give each run once")
+        where[file] = r
+    tasks = {(r["dataset"], r["src"], r["tgt"], r.get("data")) for _, r in found}  # (data: an image folder's path)
     if len(tasks) > 1:
-        shown = "; ".join(f"{d} {s} -> {t}" for d, s, t in sorted(tasks, key=str)[:3])
+        shown = "; ".join(f"{d} {s} -> {t}{f' in {f}' if f else ''}" for d, s, t, f in sorted(tasks, key=str)[:3])
         raise DataError(f"the runs are on {len(tasks)} tasks ({shown}): choose among runs of one task")
     for name, r in found:
-        if not isinstance(r["selection"].get(crit.key), (int, float)):
-            raise DataError(f"run {name} has no {crit.key} score (a result.json from an older dalib?): run it again")
+        if r["selection"].get(crit.key) is None:
+            raise DataError(f"run {name} has no {crit.key} score (a result.json from an older dalib, or a target of "
+                            "one sample): choose by another criterion")
     settings = [_settings(r) for _, r in found]
     shown_options = _differing([o for o, _ in settings])
     methods = [str(r.get("method")) for _, r in found]
@@ -421,9 +448,9 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
         options, hyper = settings[i]
         setting = " ".join([*(f"{k}={hyper.get(k, '-')}" for k in shown_hyper[methods[i]]),
                             *(f"{k}={options.get(k, '-')}" for k in shown_options)]) or "-"
-        cells = [f"{sel[CRITERIA[c].key]:.4f}" if isinstance(sel.get(CRITERIA[c].key), (int, float)) else "-"
-                 for c in columns]
-        row = ["*" if rank == 0 else "", name, methods[i], setting, *cells, f"{sel.get('weights_mean', float('nan')):.3f}"]
+        cells = ["-" if sel.get(key) is None else f"{sel[key]:.{3 if key == 'weights_mean' else 4}f}"
+                 for key in [CRITERIA[c].key for c in columns] + ["weights_mean"]]
+        row = ["*" if rank == 0 else "", name, methods[i], setting, *cells]
         if show_target:
             acc = r.get("target_accuracy")
             row.append("n/a" if acc is None else f"{acc:.2f}")
@@ -431,7 +458,13 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())
-    apart = [name for name, r in found if r["selection"].get("weights_mean", 1.0) < 0.5]
+    held_out = {(r["run_config"]["seed"], r["run_config"]["holdout"]) for _, r in found}
+    if len(held_out) > 1 and crit.needs_holdout:
+        click.echo(f"note: the runs hold out different source samples (seed and fraction: "
+                   f"{', '.join(f'{s}/{h:g}' for s, h in sorted(held_out))}), so their {by} scores rest on different "
+                   "samples: give runs the same --seed and --holdout to compare them on the same ones", err=True)
+    apart = [name for name, r in found if r["selection"].get("weights_mean") is not None
+             and r["selection"]["weights_mean"] < 0.5]
     if apart and by in ("dev", "iwv"):
         click.echo(f"note: the importance weights of {len(apart)} of the {len(found)} runs average below 0.5 (w mean): "
                    f"their features tell the domains apart, and {by} says little about them (the Selection page of "

@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -814,7 +815,12 @@ def _run(
         _check_domains(src, tgt, config)
         held = None  # the labelled source samples the network does not train on
         if config.holdout:
-            src, held = src.split(config.holdout, config.seed)
+            held_idx = src.holdout_indices(config.holdout, config.seed)
+            kept = np.ones(len(src), dtype=bool)
+            kept[held_idx] = False
+            # which samples of how many: a resume on a source that changed since would hold out others
+            held_digest = hashlib.sha256(np.int64(len(src)).tobytes() + held_idx.tobytes()).hexdigest()[:16]
+            src, held = src.subset(np.flatnonzero(kept)), src.subset(held_idx)
         for role, domain in (("source", src), ("target", tgt))[: 2 if method_cls.uses_target else 1]:
             if config.batch_size > len(domain):  # every step would repeat its samples (and use the memory)
                 raise ConfigError(f"batch_size {config.batch_size} is larger than the {role} domain {domain.name!r} "
@@ -839,6 +845,8 @@ def _run(
                             None if ckpt is not None else config.pretrained)
         model.pretrained = config.pretrained is not None
         spec = model_spec(config, dataset, src, tgt.name)
+        if held is not None:
+            spec["holdout"] = held_digest
         method = method_cls(method_config, model)
         spec["cut"] = model.cut  # a method may cut the backbone's last stages (finetune's cut:K)
         model.to(device)
@@ -1050,6 +1058,7 @@ def _run(
                 "mode": "deep",
                 "method_config": dataclasses.asdict(method_config),
                 "run_config": config.to_dict(),
+                "data": spec["data"],  # the image folder, as an absolute path (dalib select compares it)
                 "device": str(device),
                 "world_size": world,
                 "diagnostics": result.diagnostics,
@@ -1287,7 +1296,8 @@ def _as_run(settings: dict[str, Any], mode: str, arch: str | None) -> dict[str, 
     """The settings a run of ``mode`` reads, as they resolve: ``auto`` as that mode, no
     ``arch`` as ``arch`` (the backbone the default gives on the run's inputs), the domains by
     their names."""
-    out = _canonical_names(comparable_settings(settings))
+    # a field added since is compared at the value runs had before it (left out of both when so)
+    out = _ADDED_SINCE | _canonical_names(comparable_settings(settings))
     if out.get("mode") == "auto":
         out["mode"] = mode
     if out.get("arch") is None and arch is not None:
@@ -1567,6 +1577,11 @@ def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path) -> N
     have moved (``data`` is not compared), but a folder of other classes would relabel the
     trained head."""
     saved = ckpt.get("model_spec") or {}
+    if saved.get("holdout") != spec.get("holdout"):  # (a different fraction or seed is refused before)
+        raise CheckpointError(
+            f"the source has changed since the checkpoint in {out} was written (samples added or removed): the run "
+            "would hold out other samples than it did, and train on some it held out; resume with the source as it "
+            "was, or run again into another --out")
     for key, what in (("classes", "classes"), ("input_shape", "input shape")):
         if key in saved and list(saved[key]) != list(spec[key]):
             shown = [", ".join(map(str, v[:4])) + (" ..." if len(v) > 4 else "") for v in (saved[key], spec[key])]

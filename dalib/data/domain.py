@@ -112,40 +112,41 @@ class Domain:
                             "cannot be relabelled")
         return dataclasses.replace(self, dataset=dataset, y=y, classes=list(classes), num_classes=len(classes))
 
-    def split(self, fraction: float, seed: int) -> tuple[Domain, Domain]:
-        """This domain as two disjoint parts, ``(kept, held)``: ``held`` takes
-        ``round(fraction * n_c)`` samples of each class c (at most n_c − 1, so that every class
-        keeps one), drawn with ``seed``; ``kept`` the rest, in their order. Where the labels
-        cannot be read without the samples (a dataset of a plugin's own), the draw ignores the
-        classes. The same fraction and seed give the same parts. Raises :class:`DataError` when
-        ``held`` would be empty."""
+    def holdout_indices(self, fraction: float, seed: int) -> np.ndarray:
+        """The samples :meth:`split` holds out, as sorted indices (int64): ``round(fraction *
+        n_c)`` of each class c (at most n_c − 1, so that every class keeps one), drawn with
+        ``seed``. Where the labels cannot be read without the samples (a dataset of a plugin's
+        own), the draw ignores the classes. The same fraction and seed give the same samples.
+        Raises :class:`DataError` when none would be held out."""
         rng = np.random.default_rng([seed, 0x5E1EC7])  # a stream of its own: the run's seed draws the rest
         labels = self.known_labels()
         groups = ([np.arange(len(self))] if labels is None else
                   [np.flatnonzero(labels.numpy() == c) for c in np.unique(labels.numpy())])
-        held_idx = []
-        for idx in groups:
-            take = min(int(round(fraction * len(idx))), len(idx) - 1)
-            held_idx.append(rng.permutation(idx)[:take])
-        held_idx = np.sort(np.concatenate(held_idx)).astype(np.int64)
+        held = [rng.permutation(idx)[: min(int(round(fraction * len(idx))), len(idx) - 1)] for idx in groups]
+        held_idx = np.sort(np.concatenate(held)).astype(np.int64)
         if len(held_idx) == 0:
             raise DataError(f"holding out {fraction:g} of domain {self.name!r} ({len(self)} samples"
                             f"{'' if labels is None else f', {len(groups)} classes'}) leaves no sample to hold out: "
                             "raise the fraction")
+        return held_idx
+
+    def split(self, fraction: float, seed: int) -> tuple[Domain, Domain]:
+        """This domain as two disjoint parts, ``(kept, held)``: ``held`` the samples of
+        :meth:`holdout_indices`, ``kept`` the rest, each in their order."""
+        held_idx = self.holdout_indices(fraction, seed)
         keep = np.ones(len(self), dtype=bool)
         keep[held_idx] = False
-        kept_idx = np.flatnonzero(keep)
-        return self._subset(kept_idx), self._subset(held_idx)
+        return self.subset(np.flatnonzero(keep)), self.subset(held_idx)
 
-    def _subset(self, idx: np.ndarray) -> Domain:
-        """The samples ``idx`` of this domain, as a domain of its own."""
-        index = torch.from_numpy(idx)
+    def subset(self, idx: np.ndarray) -> Domain:
+        """The samples ``idx`` (int64 indices) of this domain, in that order, as a domain of its own."""
+        index = torch.from_numpy(np.asarray(idx, dtype=np.int64))
         if self.x is not None and self.y is not None:
             x, y = self.x[index], self.y[index]
             return dataclasses.replace(self, dataset=TensorDataset(x, y), x=x, y=y)
         if hasattr(self.dataset, "subset"):  # an image folder's: it can still be relabelled
-            return dataclasses.replace(self, dataset=self.dataset.subset(idx.tolist()))
-        return dataclasses.replace(self, dataset=_Subset(self.dataset, idx.tolist(), self.known_labels()))
+            return dataclasses.replace(self, dataset=self.dataset.subset(index.tolist()))
+        return dataclasses.replace(self, dataset=_Subset(self.dataset, index.tolist(), self.known_labels()))
 
     @classmethod
     def from_arrays(

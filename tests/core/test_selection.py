@@ -26,6 +26,7 @@ from dalib.selection import (
     prediction_entropy,
     soft_neighborhood_density,
 )
+from tests._support.interrupt import killed_at
 
 
 def _probs(n, c, seed=0):
@@ -212,16 +213,8 @@ def test_held_out_source_samples_never_train_and_are_scored(toy_dataset, tmp_pat
 
 
 def test_a_resumed_run_scores_as_the_uninterrupted_one_and_keeps_its_holdout(toy_dataset, tmp_path):
-    class Killed(Exception):
-        pass
-
-    def kill(at, logs):
-        if at == 15:
-            raise Killed
-
     full = run(_config(toy_dataset), tmp_path / "full", progress_bar=False)
-    with pytest.raises(Killed):
-        run(_config(toy_dataset), tmp_path / "cut", progress_bar=False, on_step=kill)
+    killed_at(_config(toy_dataset), tmp_path / "cut", 15)
     with pytest.raises(CheckpointError, match="holdout"):
         run(_config(toy_dataset, holdout=0.3), tmp_path / "cut", resume=True, progress_bar=False)
     resumed = run(_config(toy_dataset), tmp_path / "cut", resume=True, progress_bar=False)
@@ -316,3 +309,92 @@ def test_run_then_select_from_the_cli(toy_dataset, tmp_path):
     saved = [json.loads((tmp_path / m / "result.json").read_text())["selection"]["holdout_error"]
              for m in ("source_only", "dann")]
     assert res.output.strip().endswith(": " + outs[0 if saved[0] <= saved[1] else 1])
+
+
+# --------------------------------------------------------------------------- review fixes
+def test_a_resume_without_the_runs_holdout_is_refused(toy_dataset, tmp_path):
+    """Resuming a --holdout run without --holdout would train on the samples it held out."""
+    killed_at(_config(toy_dataset), tmp_path / "cut", 15)
+    with pytest.raises(CheckpointError, match="holdout: 0.2 there, 0.0 now"):
+        run(_config(toy_dataset, holdout=0.0), tmp_path / "cut", resume=True, progress_bar=False)
+    # ... and the other way round: a run without holdout resumed with one
+    killed_at(_config(toy_dataset, holdout=0.0), tmp_path / "plain", 15)
+    with pytest.raises(CheckpointError, match="holdout: 0.0 there, 0.2 now"):
+        run(_config(toy_dataset), tmp_path / "plain", resume=True, progress_bar=False)
+
+
+#: the size of the source of the ``toy-growing`` dataset, which a test changes between a kill and a resume
+_GROWING = {"n": 100}
+
+
+def _growing_domain(request):
+    rng = np.random.default_rng(0 if request.domain == "src" else 1)
+    n = _GROWING["n"] if request.domain == "src" else 80
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 4)).astype(np.float32) + y[:, None]
+    return Domain.from_arrays(request.domain, x, y, num_classes=2, dataset_name="toy-growing")
+
+
+def test_a_resume_on_a_source_that_changed_is_refused(tmp_path):
+    """The held-out samples are drawn from the source as it is: one sample more redraws them,
+    and the resumed run would train on samples it had held out."""
+    from dalib.data import DatasetInfo, list_datasets, register_dataset
+
+    if "toy-growing" not in list_datasets():
+        register_dataset(DatasetInfo(name="toy-growing", description="a source that grows (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"),
+                         _growing_domain)
+
+    cfg = _config("toy-growing")
+    _GROWING["n"] = 100
+    try:
+        killed_at(cfg, tmp_path / "cut", 15)
+        _GROWING["n"] = 101
+        with pytest.raises(CheckpointError, match="source has changed"):
+            run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+    finally:
+        _GROWING["n"] = 100
+    assert run(cfg, tmp_path / "cut", resume=True, progress_bar=False).selection  # as it was: it resumes
+
+
+def test_select_refuses_runs_on_other_data_the_same_run_twice_and_damaged_results(tmp_path):
+    a = _fake_run(tmp_path / "a", "dann", {})
+    b = _fake_run(tmp_path / "b", "dann", {})
+    for name, folder in (("a", "/data/one"), ("b", "/data/two")):  # image folders under the same domain names
+        r = json.loads((tmp_path / name / "result.json").read_text())
+        (tmp_path / name / "result.json").write_text(json.dumps(r | {"dataset": "image-folder", "data": folder}))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["select", a, b])
+    assert res.exit_code == 2 and "2 tasks" in res.output and "/data/two" in res.output
+    c = _fake_run(tmp_path / "c", "dann", {})
+    res = runner.invoke(cli, ["select", c, str(tmp_path / "c" / "result.json")])
+    assert res.exit_code == 2 and "same run" in res.output
+    damage = {"weights_mean": {"selection": {"weights_mean": None, "holdout_error": "x"}},
+              "nan score": {"selection": {"holdout_error": float("nan")}},
+              "bool score": {"selection": {"holdout_error": True}},
+              "target": {"target_accuracy": "high"},
+              "method_config": {"method_config": [1]},
+              "src": {"src": ["a"]}}
+    for i, (what, change) in enumerate(damage.items()):
+        folder = tmp_path / f"d{i}"
+        _fake_run(folder, "dann", {})
+        r = json.loads((folder / "result.json").read_text())
+        for k, v in change.items():
+            r[k] = r[k] | v if isinstance(r.get(k), dict) and isinstance(v, dict) else v
+        (folder / "result.json").write_text(json.dumps(r))
+        res = runner.invoke(cli, ["select", c, str(folder), "--show-target"])
+        assert res.exit_code == 2, (what, res.output)
+        assert "is damaged" in res.output and len(res.output.strip().splitlines()) == 1, (what, res.output)
+
+
+def test_select_notes_runs_that_hold_out_other_samples_and_weights_that_tell_the_domains_apart(tmp_path):
+    a = _fake_run(tmp_path / "a", "dann", {"weights_mean": 0.0})
+    b = _fake_run(tmp_path / "b", "dann", {})
+    r = json.loads((tmp_path / "b" / "result.json").read_text())
+    r["run_config"]["seed"] = 1
+    (tmp_path / "b" / "result.json").write_text(json.dumps(r))
+    res = CliRunner().invoke(cli, ["select", a, b, "--by", "dev"])
+    assert res.exit_code == 0, res.output
+    assert "hold out different source samples (seed and fraction: 0/0.1, 1/0.1)" in res.output
+    assert "1 of the 2 runs average below 0.5" in res.output  # a mean of exactly 0 counts
+    assert "different source samples" not in CliRunner().invoke(cli, ["select", a, b, "--by", "entropy"]).output
