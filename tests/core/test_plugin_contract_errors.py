@@ -17,6 +17,7 @@ from dalib.config import describe_config
 from dalib.errors import DataError, PluginError, RegistryError
 from dalib.registry import unregister_method
 from dalib.runner import RunConfig, load_checkpoint, run
+from tests._support.interrupt import killed_at
 
 
 @pytest.fixture
@@ -37,21 +38,6 @@ def _config(dataset, method, **kw):
     base = dict(method=method, dataset=dataset, src="src", tgt="tgt", steps=12, batch_size=16, log_every=4,
                 checkpoint_every=5)
     return RunConfig(**(base | kw))
-
-
-class _Stop(Exception):
-    pass
-
-
-def _run_killed_at(config, out, step):
-    """Run ``config`` into ``out`` and kill it after ``step`` steps (a checkpoint every 5)."""
-
-    def stop(done, logs):
-        if done == step:
-            raise _Stop
-
-    with pytest.raises(_Stop):
-        run(config, out, progress_bar=False, on_step=stop)
 
 
 class _Base(Method):
@@ -125,7 +111,7 @@ def test_diagnostics_of_numpy_values_and_tensors_are_written_and_survive_a_resum
     method_named("contract_diag", Diag)
     expected = {"mean": 0.5, "counts": [0, 1, 2], "norm": 2.0, "flag": True, "gap": None, "nested": {"n": 7}}
 
-    _run_killed_at(_config(toy_dataset, "contract_diag"), tmp_path / "r", 7)
+    killed_at(_config(toy_dataset, "contract_diag"), tmp_path / "r", 7)
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["diagnostics"] == expected  # weights_only loads it
     result = run(_config(toy_dataset, "contract_diag"), tmp_path / "r", resume=True, progress_bar=False)
     assert json.loads((tmp_path / "r" / "result.json").read_text())["diagnostics"] == expected
@@ -251,7 +237,7 @@ def test_state_made_in_prepare_resumes_through_extra_state(toy_dataset, method_n
     method_named("contract_pseudo", _PseudoLabels)
     full = run(_config(toy_dataset, "contract_pseudo"), tmp_path / "full", progress_bar=False)
 
-    _run_killed_at(_config(toy_dataset, "contract_pseudo"), tmp_path / "cut", 8)
+    killed_at(_config(toy_dataset, "contract_pseudo"), tmp_path / "cut", 8)
     resumed = run(_config(toy_dataset, "contract_pseudo"), tmp_path / "cut", resume=True, progress_bar=False)
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
 
@@ -266,7 +252,7 @@ def test_state_that_does_not_fit_a_new_instance_is_one_line_on_resume(toy_datase
 
     method_named("contract_buffer", Buffered)
 
-    _run_killed_at(_config(toy_dataset, "contract_buffer"), tmp_path / "r", 8)
+    killed_at(_config(toy_dataset, "contract_buffer"), tmp_path / "r", 8)
     with pytest.raises(PluginError, match="does not fit a new instance.*get_extra_state"):
         run(_config(toy_dataset, "contract_buffer"), tmp_path / "r", resume=True, progress_bar=False)
     assert load_checkpoint(tmp_path / "r" / "checkpoint.pt")["step"] == 5  # left as it was

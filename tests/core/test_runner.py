@@ -18,6 +18,8 @@ from dalib.data import Domain, DatasetInfo, list_datasets, register_dataset
 from dalib.errors import CheckpointError, ConfigError, DataError
 from dalib.registry import unregister_method
 from dalib.runner import RunConfig, load_checkpoint, run
+from tests._support.interrupt import Killed as _Killed
+from tests._support.interrupt import killed_at as _killed_at
 
 
 def _config(**kw):
@@ -55,21 +57,6 @@ def _claiming_process(lock):
         stdout=subprocess.PIPE, text=True)
     assert holder.stdout.readline().strip() == "claimed"
     return holder
-
-
-class _Killed(Exception):
-    pass
-
-
-def _killed_at(config, out, step):
-    """Run ``config`` into ``out`` and stop it with an exception at ``step``, as a kill would."""
-
-    def kill(at, logs):
-        if at == step:
-            raise _Killed
-
-    with pytest.raises(_Killed):
-        run(config, out, progress_bar=False, on_step=kill)
 
 
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):

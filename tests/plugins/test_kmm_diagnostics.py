@@ -13,6 +13,7 @@ import dalib
 from dalib.data import DatasetInfo, Domain, list_datasets, load_domain, register_dataset
 from dalib.models import build_model
 from dalib.runner import RunConfig, load_checkpoint, run
+from tests._support.interrupt import Killed as _Killed
 
 
 def _class_shift_domain(request) -> Domain:
@@ -36,10 +37,6 @@ def class_shift() -> str:
                                      domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"),
                          _class_shift_domain)
     return "class-shift"
-
-
-class _Killed(Exception):
-    pass
 
 
 def test_deep_kmm_writes_its_weights_statistics_and_keeps_them_on_resume(class_shift, tmp_path):
