@@ -816,11 +816,9 @@ def _run(
         held = None  # the labelled source samples the network does not train on
         if config.holdout:
             held_idx = src.holdout_indices(config.holdout, config.seed)
-            kept = np.ones(len(src), dtype=bool)
-            kept[held_idx] = False
             # which samples of how many: a resume on a source that changed since would hold out others
             held_digest = hashlib.sha256(np.int64(len(src)).tobytes() + held_idx.tobytes()).hexdigest()[:16]
-            src, held = src.subset(np.flatnonzero(kept)), src.subset(held_idx)
+            src, held = src.partition(held_idx)
         for role, domain in (("source", src), ("target", tgt))[: 2 if method_cls.uses_target else 1]:
             if config.batch_size > len(domain):  # every step would repeat its samples (and use the memory)
                 raise ConfigError(f"batch_size {config.batch_size} is larger than the {role} domain {domain.name!r} "

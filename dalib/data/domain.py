@@ -133,7 +133,10 @@ class Domain:
     def split(self, fraction: float, seed: int) -> tuple[Domain, Domain]:
         """This domain as two disjoint parts, ``(kept, held)``: ``held`` the samples of
         :meth:`holdout_indices`, ``kept`` the rest, each in their order."""
-        held_idx = self.holdout_indices(fraction, seed)
+        return self.partition(self.holdout_indices(fraction, seed))
+
+    def partition(self, held_idx: np.ndarray) -> tuple[Domain, Domain]:
+        """``(the samples not in held_idx, the samples held_idx)``, each in their order."""
         keep = np.ones(len(self), dtype=bool)
         keep[held_idx] = False
         return self.subset(np.flatnonzero(keep)), self.subset(held_idx)
