@@ -336,11 +336,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     click.echo(f"{head}: {scored}; predictions of {len(pred)} samples in {predictions}")
 
 
-def _read_selection(path: str) -> tuple[str, dict[str, Any]]:
+def _read_selection(path: str) -> tuple[str, Path, dict[str, Any]]:
     """A finished run's result.json (``path`` is the run's folder or the file), checked to hold
-    selection scores: ``(path as given, the result)``."""
-    import json
-
+    selection scores: ``(path as given, the file's real path, the result)``."""
     from dalib.errors import DataError
 
     p = Path(path).expanduser()
@@ -376,7 +374,7 @@ def _read_selection(path: str) -> tuple[str, dict[str, Any]]:
     if bad:
         raise DataError(f"{file} is damaged: {', '.join(bad)} {'is' if len(bad) == 1 else 'are'} not what a run "
                         "writes; run it again")
-    return path.rstrip("/") or path, result
+    return path.rstrip("/") or path, file.resolve(), result
 
 
 def _settings(result: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
@@ -417,14 +415,12 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
     from dalib.selection import CRITERIA
 
     crit = CRITERIA[by]
-    found = [_read_selection(r) for r in runs]
-    where: dict[Path, str] = {}
-    for r in runs:  # the same run twice would be counted twice
-        file = Path(r).expanduser().resolve()
-        file = file / "result.json" if file.is_dir() else file
-        if file in where:
-            raise ConfigError(f"{r} and {where[file]} are the same run: give each run once")
-        where[file] = r
+    found, where = [], {}
+    for name, file, result in map(_read_selection, runs):
+        if file in where:  # the same run twice would be counted twice
+            raise ConfigError(f"{name} and {where[file]} are the same run: give each run once")
+        where[file] = name
+        found.append((name, result))
     tasks = {(r["dataset"], r["src"], r["tgt"], r.get("data")) for _, r in found}  # (data: an image folder's path)
     if len(tasks) > 1:
         shown = "; ".join(f"{d} {s} -> {t}{f' in {f}' if f else ''}" for d, s, t, f in sorted(tasks, key=str)[:3])

@@ -184,7 +184,7 @@ class RunResult:
     #: the trained network of a deep run, in eval mode on the run's device (None for a shallow
     #: run): ``result.model(x).logits`` predicts, with no output folder needed
     model: Any = dataclasses.field(default=None, repr=False, compare=False)
-    #: a run with ``holdout``: the scores of :func:`dalib.selection.score_network` and the
+    #: a run with ``holdout``: the scores of :func:`dalib.selection.score_outputs` and the
     #: held-out source accuracy (%), as result.json's "selection"; else empty
     selection: dict[str, Any] = dataclasses.field(default_factory=dict)
 
@@ -1019,9 +1019,12 @@ def _run(
             elif ckpt is not None and start >= config.steps and not finished:  # the line its failed scoring held back
                 last_line = ckpt.get("last_line")
             try:
-                src_acc = evaluate(model, src, device, workers=config.workers)
-                tgt_acc = evaluate(model, tgt, device, workers=config.workers)
-                selection = {} if held is None else _selection_scores(model, src, held, tgt, device, config.workers)
+                if held is None:
+                    src_acc = evaluate(model, src, device, workers=config.workers)
+                    tgt_acc = evaluate(model, tgt, device, workers=config.workers)
+                    selection = {}
+                else:  # the accuracies and the scores from one pass over each domain
+                    src_acc, tgt_acc, selection = _scored_with_selection(model, src, held, tgt, device, config.workers)
             except DataError as exc:
                 if out is None:
                     raise
@@ -1076,13 +1079,19 @@ def _run(
             torch.distributed.destroy_process_group()
 
 
-def _selection_scores(model: nn.Module, src: Any, held: Any, tgt: Any, device: torch.device, workers: int) -> dict[str, Any]:
-    """What ``dalib select`` ranks a run by: the held-out source accuracy (%) and every
-    criterion of :func:`dalib.selection.score_network`."""
-    from dalib.selection import score_network
+def _scored_with_selection(model: nn.Module, src: Any, held: Any, tgt: Any, device: torch.device,
+                           workers: int) -> tuple[float | None, float | None, dict[str, Any]]:
+    """The source and target accuracies (%), as :func:`evaluate` gives them, and what ``dalib
+    select`` ranks a run by: the held-out source accuracy (%) and every criterion of
+    :func:`dalib.selection.score_outputs`; from one forward pass over each domain."""
+    from dalib.selection import score_outputs
 
-    scores = score_network(model, src, held, tgt, device, workers=workers)
-    return {"holdout_accuracy": 100.0 * (1.0 - scores["holdout_error"]), "n_holdout": len(held), **scores}
+    (f_s, z_s, y_s), (f_h, z_h, y_h), (f_t, z_t, y_t) = (forward_all(model, d, device, workers=workers)
+                                                         for d in (src, held, tgt))
+    scores = score_outputs(f_s, f_h, z_h, y_h, f_t, z_t)
+    src_acc, tgt_acc = (accuracy_of(torch.softmax(z, 1).argmax(1), y) for z, y in ((z_s, y_s), (z_t, y_t)))
+    return src_acc, tgt_acc, {"holdout_accuracy": 100.0 * (1.0 - scores["holdout_error"]), "n_holdout": len(held),
+                              **scores}
 
 
 def _log_line(line: dict[str, Any], history: list[dict[str, Any]], fh: Any) -> None:

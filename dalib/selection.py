@@ -15,7 +15,8 @@ its errors on labelled source samples it did not train on (``dalib run --holdout
 - :func:`soft_neighborhood_density`: how densely the target predictions cluster (Saito et
   al., ICCV 2021). Higher is better.
 
-:func:`score_network` computes them all for a network; ``dalib select`` ranks runs by one.
+:func:`score_network` computes them all for a network (:func:`score_outputs`, from its
+outputs); ``dalib select`` ranks runs by one.
 No criterion is reliable on every shift: each is a guess at the target error, and the
 Selection page of the docs measures how good a guess each one is.
 """
@@ -41,6 +42,7 @@ __all__ = [
     "importance_weights",
     "prediction_entropy",
     "score_network",
+    "score_outputs",
     "soft_neighborhood_density",
 ]
 
@@ -218,41 +220,30 @@ def dev_risk(losses: Any, weights: Any) -> float:
     return float(weighted.mean() + eta * w.mean() - eta)
 
 
-@torch.no_grad()
-def _outputs(model: nn.Module, domain: Any, device: torch.device, batch_size: int, workers: int) -> tuple[
-        np.ndarray, np.ndarray, np.ndarray]:
-    """Every sample of ``domain`` through ``model`` in eval mode: its features (N, F), class
-    probabilities (N, C) and labels (N,), float64 / int64 numpy on the CPU."""
-    from dalib.runner import forward_all
-
-    feats, logits, labels = forward_all(model, domain, device, batch_size, workers)
-    probs = torch.softmax(logits.double(), 1)
-    return feats.double().numpy(), probs.numpy(), labels.numpy()
-
-
-def score_network(
-    model: nn.Module,
-    source_train: Any,
-    source_held: Any,
-    target: Any,
-    device: str | torch.device = "cpu",
-    batch_size: int = 512,
-    workers: int = 0,
+def score_outputs(
+    train_features: Any,
+    held_features: Any,
+    held_logits: Any,
+    held_labels: Any,
+    target_features: Any,
+    target_logits: Any,
 ) -> dict[str, float | None]:
-    """Every criterion of :data:`CRITERIA` for ``model`` (a dalib network: ``model(x)`` gives
-    ``.features`` and ``.logits``), from three domains (:class:`dalib.data.Domain`): the
-    source samples it trained on, the labelled source samples it did not (``source_held``),
-    and the target, whose labels are not read. The losses are 0-1 errors, so the risks
-    estimate the target error rate. Returns ``{"holdout_error", "iw_risk", "dev_risk",
-    "entropy", "snd"}`` (``snd`` None for a target of one sample) and the weights' summary ``{"weights_mean", "weights_ess"}``: their
-    mean over the held-out samples (about 1 when the domains' features overlap; near 0, the
-    domain classifier tells them apart and the weighted risks say little) and their effective
-    sample size (Σw)² / Σw² as a fraction of the held-out samples (near 0, the risks rest on a
-    few samples)."""
-    device = torch.device(device)
-    f_train, _, _ = _outputs(model, source_train, device, batch_size, workers)
-    f_held, p_held, y_held = _outputs(model, source_held, device, batch_size, workers)
-    f_tgt, p_tgt, _ = _outputs(model, target, device, batch_size, workers)  # its labels unread
+    """Every criterion of :data:`CRITERIA` from a network's outputs: its features on the
+    source samples it trained on (N_s, F), its features (N_h, F), logits (N_h, C) and the labels
+    (N_h,) of the labelled source samples it did not train on, and its features (N_t, F) and
+    logits (N_t, C) on the target, whose labels are not needed. The losses are 0-1 errors, so
+    the risks estimate the target error rate. Returns ``{"holdout_error", "iw_risk",
+    "dev_risk", "entropy", "snd"}`` (``snd`` None for a target of one sample) and the weights'
+    summary ``{"weights_mean", "weights_ess"}``: their mean over the held-out samples (about 1
+    when the domains' features overlap; near 0, the domain classifier tells them apart and the
+    weighted risks say little) and their effective sample size (Σw)² / Σw² as a fraction of
+    the held-out samples (near 0, the risks rest on a few samples)."""
+    f_train, f_held, f_tgt = (_matrix(f, what) for f, what in ((train_features, "train_features"),
+                                                               (held_features, "held_features"),
+                                                               (target_features, "target_features")))
+    p_held, p_tgt = (torch.softmax(torch.from_numpy(_matrix(z, what)), 1).numpy()
+                     for z, what in ((held_logits, "held_logits"), (target_logits, "target_logits")))
+    y_held = _vector(held_labels, "held_labels", len(p_held))
     if (y_held < 0).any():
         raise InputError("the held-out source samples must all be labelled")
     errors = (p_held.argmax(1) != y_held).astype(np.float64)
@@ -266,3 +257,25 @@ def score_network(
         "weights_mean": float(w.mean()),
         "weights_ess": float(w.sum() ** 2 / (w @ w) / len(w)),
     }
+
+
+def score_network(
+    model: nn.Module,
+    source_train: Any,
+    source_held: Any,
+    target: Any,
+    device: str | torch.device = "cpu",
+    batch_size: int = 512,
+    workers: int = 0,
+) -> dict[str, float | None]:
+    """:func:`score_outputs` for ``model`` (a dalib network: ``model(x)`` gives ``.features``
+    and ``.logits``), from three domains (:class:`dalib.data.Domain`): the source samples it
+    trained on, the labelled source samples it did not (``source_held``), and the target,
+    whose labels are not read. One forward pass over each, in eval mode."""
+    from dalib.runner import forward_all
+
+    device = torch.device(device)
+    f_train, _, _ = forward_all(model, source_train, device, batch_size, workers)
+    f_held, z_held, y_held = forward_all(model, source_held, device, batch_size, workers)
+    f_tgt, z_tgt, _ = forward_all(model, target, device, batch_size, workers)  # its labels unread
+    return score_outputs(f_train, f_held, z_held, y_held, f_tgt, z_tgt)
