@@ -337,16 +337,43 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
         torch.set_default_dtype(before)
 
 
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) and SIGTERM, where Python code handles them, wait until the block ends
+    and are then handed to their handlers: a file being written is finished first. (torch.save
+    turns an interrupt inside its writer into a RuntimeError, which read as a failed write.)
+    Only from the main thread, the one that can set handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: h for sig, h in handlers.items() if callable(h)}  # not SIG_DFL / SIG_IGN / a C handler
+    caught: list[int] = []
+    for sig in handlers:
+        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    for signum in caught[:1]:
+        handlers[signum](signum, None)
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
-    a reader (or a crash) never sees a half-written file."""
+    a reader (or a crash) never sees a half-written file. An interrupt that comes during
+    the write is raised once the file is in place."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        with _signals_deferred():
+            with open(tmp, "wb") as fh:
+                write(fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (a full disk) as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         if not isinstance(exc, OSError) or exc.errno == errno.ENOSPC:

@@ -732,6 +732,38 @@ def test_a_failed_write_keeps_the_file_as_it_was_and_says_so_in_one_line(tmp_pat
         atomic_write_bytes(tmp_path / "no_folder" / "x.pt", lambda fh: fh.write(b"x"))
 
 
+def test_ctrl_c_during_a_checkpoint_write_finishes_the_file_then_interrupts(tmp_path):
+    """torch.save turns a KeyboardInterrupt inside its writer into a RuntimeError, which had
+    read as a failed write ("cannot write checkpoint.pt", exit 2). The interrupt now waits
+    for the file to be in place, then is raised as itself; the handler is the caller's again."""
+    import signal
+
+    from dalib.runner import atomic_write_bytes
+
+    class SignalledFile:  # Ctrl-C lands in the middle of torch's writing
+        def __init__(self, fh):
+            self.fh, self.writes = fh, 0
+
+        def write(self, data):
+            self.writes += 1
+            if self.writes == 3:
+                os.kill(os.getpid(), signal.SIGINT)
+            return self.fh.write(data)
+
+        def flush(self):
+            self.fh.flush()
+
+    path = tmp_path / "checkpoint.pt"
+    path.write_bytes(b"the previous checkpoint")
+    state = {"weights": torch.arange(1000.0), "step": torch.tensor(7)}
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write_bytes(path, lambda fh: torch.save(state, SignalledFile(fh)))
+    saved = torch.load(path)
+    assert torch.equal(saved["weights"], state["weights"]) and int(saved["step"]) == 7
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_the_api_says_what_it_takes():
     from dalib.errors import ConfigError
 
