@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.config import read_toml
-from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line
+from dalib.errors import ConfigError, DalibError, Terminated, UnknownNameError, first_line
 from dalib.registry import code_digest, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
 
@@ -640,7 +640,7 @@ def _terminate_as_interrupt() -> Iterator[None]:
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

@@ -66,8 +66,8 @@ class _Group(click.Group):
             asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]+)", text, re.IGNORECASE)
             raise _OneLineError(f"out of memory{f' (tried to allocate {asked.group(1)})' if asked else ''}: lower "
                                 "the sizes involved (the batch, the images, the network's or the method's widths)") from None
-        except KeyboardInterrupt:  # as click.Abort: no blank line before "dalib: interrupted"
-            raise click.Abort() from None
+        except KeyboardInterrupt as exc:  # as click.Abort: no blank line before "dalib: interrupted"
+            raise click.Abort(getattr(exc, "exit_status", 130)) from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -79,9 +79,10 @@ class _Group(click.Group):
             message = exc.format_message().splitlines()[0] if exc.format_message() else type(exc).__name__
             click.echo(f"dalib: error: {message}", err=True)
             sys.exit(2 if isinstance(exc, (click.UsageError, _OneLineError)) else exc.exit_code)
-        except click.Abort:
-            click.echo("dalib: interrupted", err=True)
-            sys.exit(130)
+        except click.Abort as exc:  # Ctrl-C 130; SIGTERM, where a command stops cleanly on it, 143
+            status = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 130
+            click.echo(f"dalib: {'terminated' if status == 143 else 'interrupted'}", err=True)
+            sys.exit(status)
         sys.exit(rv if isinstance(rv, int) else 0)
 
 

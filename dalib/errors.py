@@ -69,6 +69,13 @@ class BackendError(DalibError, RuntimeError):
     (for instance ``keops`` without a working pykeops)."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a job scheduler's stop), taken Ctrl-C's way where a program stops
+    cleanly on it; the command line exits with 128 + 15, the status of a process it ended."""
+
+    exit_status = 143
+
+
 def first_line(exc: BaseException) -> str:
     """What went wrong in one line: the first non-blank line of ``exc``'s message, else the
     name of its type (``EOFError`` from an empty file has no message)."""

@@ -1117,7 +1117,7 @@ def test_workers_exit_when_the_bench_is_killed(tmp_path, data_root):
                 os.kill(pid, signal.SIGKILL)
 
 
-def test_sigterm_writes_the_table_of_the_finished_cells_as_ctrl_c_does(tmp_path, data_root):
+def test_sigterm_writes_the_table_of_the_finished_cells_as_ctrl_c_does_and_exits_143(tmp_path, data_root):
     import signal
 
     bench = _bench_process(tmp_path, data_root, _sleeping_plugin(tmp_path), jobs=1)
@@ -1129,7 +1129,7 @@ def test_sigterm_writes_the_table_of_the_finished_cells_as_ctrl_c_does(tmp_path,
         bench.kill()
         bench.wait()
     stderr = (tmp_path / "bench.log").read_text()
-    assert bench.returncode == 130 and stderr.strip().splitlines()[-1] == "dalib: interrupted", stderr
+    assert bench.returncode == 143 and stderr.strip().splitlines()[-1] == "dalib: terminated", stderr
     table = (tmp_path / "out" / "bench-office-caltech-surf-steps5.md").read_text()
     assert "| `source_only` |" in table  # the cells finished before the signal
 
