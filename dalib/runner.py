@@ -1152,6 +1152,7 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
 
     if not isinstance(groups, (list, tuple)):
         raise refuse()
+    seen: set[int] = set()
     for group in groups:
         params = group.get("params") if isinstance(group, dict) else None
         params = [params] if isinstance(params, Tensor) else params
@@ -1163,6 +1164,10 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
         params = list(params)
         if not all(isinstance(p, Tensor) for p in params):
             raise refuse()
+        if len({id(p) for p in params} | seen) < len(seen) + len(params):  # torch: a ValueError, or a warning
+            raise PluginError(f"method {name!r}: param_groups() gives a parameter twice (in one group or in two): "
+                              "each parameter belongs to one group, once")
+        seen.update(id(p) for p in params)
         if "lr" in group:
             raise PluginError(f"method {name!r}: param_groups() gives a group its own 'lr', which the runner sets at "
                               "every step from --lr and the schedule: give 'lr_mult', a multiplier of it")
@@ -1170,8 +1175,18 @@ def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:
         if unknown:  # the optimizer keeps any key without a word: a typo would change nothing
             raise PluginError(f"method {name!r}: param_groups() gives a group the key(s) {', '.join(map(repr, unknown))}; "
                               f"a group takes {', '.join(sorted(GROUP_KEYS))}")
+        for key, ok, rule in _GROUP_VALUES:  # the optimizer takes any value without a word
+            value = group.get(key, 0.0)
+            if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and ok(value)):
+                raise PluginError(f"method {name!r}: param_groups() gives a group {key!r} {value!r}: it must be {rule}")
         group["params"] = params  # the method's own dicts stay the optimizer's groups
     return list(groups)
+
+
+#: the range of each number a group of ``param_groups()`` may set
+_GROUP_VALUES = (("lr_mult", lambda v: v >= 0, "a finite number >= 0"),
+                 ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+                 ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
 
 #: what a group of ``param_groups()`` may hold: the runner's multiplier and SGD's own settings

@@ -41,11 +41,14 @@ def _config(dataset, method, **kw):
 
 
 class _Base(Method):
-    """A test method."""
+    """A test method: the source loss alone, unless a test's says otherwise."""
 
     @dataclass(frozen=True)
     class Config:
         pass
+
+    def loss(self, batch, out, progress):
+        return {"total": self.source_loss(batch, out)}
 
 
 @pytest.mark.parametrize(
@@ -104,9 +107,6 @@ def test_diagnostics_of_numpy_values_and_tensors_are_written_and_survive_a_resum
             x = context.embed("source")
             self.diagnostics = {"mean": np.float32(0.5), "counts": np.arange(3), "norm": x.norm(dim=1).max() * 0 + 2.0,
                                 "flag": np.bool_(True), "gap": float("inf"), "nested": {"n": np.int64(7)}}
-
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
 
     method_named("contract_diag", Diag)
     expected = {"mean": 0.5, "counts": [0, 1, 2], "norm": 2.0, "flag": True, "gap": None, "nested": {"n": 7}}
@@ -170,9 +170,6 @@ def test_param_groups_that_are_not_a_list_of_dicts_are_one_line(toy_dataset, met
         def param_groups(self, model):
             return model.parameters()  # torch's idiom, not the contract
 
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
-
     method_named("contract_bare_groups", Bare)
     with pytest.raises(PluginError, match=r"method 'contract_bare_groups': param_groups\(\) must return a list of "
                                           r"dicts, each with 'params' .*got a generator"):
@@ -183,6 +180,15 @@ def test_param_groups_that_are_not_a_list_of_dicts_are_one_line(toy_dataset, met
 @pytest.mark.parametrize(("group", "message"), [
     ({"lr": 0.1}, r"gives a group its own 'lr', which the runner sets at every step .*give 'lr_mult'"),
     ({"lr_mul": 10.0}, r"gives a group the key\(s\) 'lr_mul'; a group takes lr_mult, momentum, params, weight_decay"),
+    # values the optimizer would take without a word, or fail on later with torch's traceback
+    ({"lr_mult": -1.0}, r"gives a group 'lr_mult' -1.0: it must be a finite number >= 0"),
+    ({"lr_mult": "10"}, r"gives a group 'lr_mult' '10': it must be a finite number >= 0"),
+    ({"lr_mult": True}, r"gives a group 'lr_mult' True: it must be a finite number >= 0"),
+    ({"weight_decay": float("nan")}, r"gives a group 'weight_decay' nan: it must be a finite number >= 0"),
+    ({"weight_decay": -0.1}, r"gives a group 'weight_decay' -0.1: it must be a finite number >= 0"),
+    ({"momentum": 1.0}, r"gives a group 'momentum' 1.0: it must be a number in \[0, 1\)"),
+    ({"momentum": -0.5}, r"gives a group 'momentum' -0.5: it must be a number in \[0, 1\)"),
+    ({"momentum": None}, r"gives a group 'momentum' None: it must be a number in \[0, 1\)"),
 ])
 def test_param_groups_keys_the_runner_would_overwrite_or_ignore_are_one_line(toy_dataset, method_named, tmp_path,
                                                                              group, message):
@@ -190,12 +196,26 @@ def test_param_groups_keys_the_runner_would_overwrite_or_ignore_are_one_line(toy
         def param_groups(self, model):
             return [{"params": list(model.parameters()), **group}]
 
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
-
     method_named("contract_keyed_groups", Keyed)
     with pytest.raises(PluginError, match=f"method 'contract_keyed_groups': param_groups\\(\\) {message}"):
         run(_config(toy_dataset, "contract_keyed_groups"), tmp_path / "r", progress_bar=False)
+
+
+@pytest.mark.parametrize("twice", ["in two groups", "in one group"])
+def test_param_groups_that_give_a_parameter_twice_are_one_line(toy_dataset, method_named, tmp_path, twice):
+    """torch refuses a parameter in two groups with a ValueError (a traceback at the command
+    line) and only warns of one given twice in a group."""
+    class Twice(_Base):
+        def param_groups(self, model):
+            params = list(model.parameters())
+            if twice == "in two groups":
+                return [{"params": params}, {"params": params[:1], "lr_mult": 10.0}]
+            return [{"params": params + params[-1:]}]
+
+    method_named("contract_twice", Twice)
+    with pytest.raises(PluginError, match=r"method 'contract_twice': param_groups\(\) gives a parameter twice "
+                                          r"\(in one group or in two\): each parameter belongs to one group, once"):
+        run(_config(toy_dataset, "contract_twice"), tmp_path / "r", progress_bar=False)
 
 
 def test_param_groups_may_hold_an_iterator_of_parameters(toy_dataset, method_named, tmp_path):
@@ -206,9 +226,6 @@ def test_param_groups_may_hold_an_iterator_of_parameters(toy_dataset, method_nam
         def param_groups(self, model):
             start.extend(p.detach().clone() for p in model.parameters())
             return [{"params": model.parameters()}]
-
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
 
     method_named("contract_iterated", Iterated)
     moved = run(_config(toy_dataset, "contract_iterated"), None, progress_bar=False).model
@@ -247,9 +264,6 @@ def test_state_that_does_not_fit_a_new_instance_is_one_line_on_resume(toy_datase
         def prepare(self, context):
             self.register_buffer("centre", context.embed("target").mean(0))
 
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
-
     method_named("contract_buffer", Buffered)
 
     killed_at(_config(toy_dataset, "contract_buffer"), tmp_path / "r", 8)
@@ -265,9 +279,6 @@ def test_a_method_never_sees_a_target_label(toy_dataset, method_named, tmp_path)
         def prepare(self, context):
             seen["target"] = {int(y) for _, y in context.target}
             seen["source"] = {int(y) for _, y in context.source}
-
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
 
     method_named("contract_peek", Peek)
     run(_config(toy_dataset, "contract_peek", steps=2), tmp_path / "r", progress_bar=False)
@@ -370,9 +381,6 @@ def test_param_groups_of_a_set_are_refused_for_their_order(toy_dataset, method_n
         def param_groups(self, model):
             return [{"params": set(model.parameters())}]
 
-        def loss(self, batch, out, progress):
-            return {"total": self.source_loss(batch, out)}
-
     method_named("contract_set_groups", Unordered)
     with pytest.raises(PluginError, match="param_groups\\(\\)'s 'params' is a set, whose order changes"):
         run(_config(toy_dataset, "contract_set_groups"), None, progress_bar=False)
@@ -404,9 +412,6 @@ class _RecordsItsStart(_Base):
 
     def prepare(self, context):
         self.diagnostics = {"start": [float(p.detach().double().sum()) for p in context.model.parameters()]}
-
-    def loss(self, batch, out, progress):
-        return {"total": self.source_loss(batch, out)}
 
 
 def test_the_seed_draws_the_starting_weights(toy_dataset, method_named):
