@@ -135,13 +135,10 @@ class DAModel(nn.Module):
             raise ConfigError("cutting stages needs the model's input shape (build it with build_model)")
         where = {id(m): (parent, name) for parent in self.backbone.modules() for name, m in parent.named_children()}
         names = {id(m): name for name, m in self.named_modules()}
-        for stage in stages[len(stages) - k:]:
-            for m in (stage if isinstance(stage, nn.ModuleList) else [stage]):
-                self.cut_prefixes.append(names[id(m)] + ".")
-                parent, name = where[id(m)]
-                setattr(parent, name, nn.Identity())
-        self._stages = stages[: len(stages) - k]
-        self.cut = k
+        removed = [(*where[id(m)], m) for stage in stages[len(stages) - k:]
+                   for m in (stage if isinstance(stage, nn.ModuleList) else [stage])]
+        for parent, name, _ in removed:
+            setattr(parent, name, nn.Identity())
         was = self.training
         self.backbone.eval()  # batch norm must not count the probe batch
         old = self.bottleneck[0]
@@ -150,10 +147,15 @@ class DAModel(nn.Module):
                 probe = torch.zeros(1, *self.input_shape, dtype=old.weight.dtype, device=old.weight.device)
                 dim = self.backbone(probe).flatten(1).shape[1]
         except Exception as exc:  # a registered backbone whose forward needs the stages cut off
+            for parent, name, m in removed:  # the model as it was: a caller that goes on with it has it whole
+                setattr(parent, name, m)
             raise ConfigError(f"the backbone cannot run with its last {k} stage{'s' * (k != 1)} cut off "
                               f"({first_line(exc)}): choose another policy") from None
         finally:
             self.train(was)
+        self.cut_prefixes += [names[id(m)] + "." for _, _, m in removed]
+        self._stages = stages[: len(stages) - k]
+        self.cut = k
         self.bottleneck[0] = nn.Linear(dim, old.out_features, dtype=old.weight.dtype, device=old.weight.device)
 
     def freeze_stages(self, k: int | None) -> None:

@@ -232,6 +232,28 @@ def test_a_torchvision_resnet_with_its_own_fc_freezes_and_cuts_it_with_layer4(fr
     assert cut(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 3)
 
 
+def test_a_cut_the_backbone_cannot_run_with_is_one_line_and_leaves_the_model_whole(fresh_backbones):
+    class SixWide(TwoBlocks):  # its forward needs the second block's 6 outputs
+        def __init__(self, in_dim):
+            super().__init__(in_dim)
+            self.register_buffer("mix", torch.eye(6))
+
+        def forward(self, x):
+            return super().forward(x) @ self.mix
+
+    register_backbone("six-wide")(lambda input_shape, pretrained: SixWide(input_shape[0]))
+    model = build_model("six-wide", (5,), 3, bottleneck_dim=4)
+    x = torch.randn(4, 5)
+    model.eval()
+    before = model(x).logits
+    with pytest.raises(ConfigError, match=r"the backbone cannot run with its last 1 stage cut off \(.*\): choose "
+                                          r"another policy"):
+        model.cut_stages(1)
+    # as it was: the stage is back, nothing recorded as cut, and the model still runs
+    assert isinstance(model.backbone.second, nn.Sequential) and model.cut == 0 and model.cut_prefixes == []
+    assert len(model.stages()) == 2 and torch.equal(model(x).logits, before)
+
+
 def test_stages_that_leave_out_parameters_are_refused(fresh_backbones):
     class Partial(TwoBlocks):
         def stages(self):
