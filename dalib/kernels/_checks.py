@@ -64,7 +64,13 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
         # made under torch.inference_mode (a frozen encoder's features): the reductions'
         # autograd saves its inputs for the backward pass, which torch refuses for these
         x = x.clone()
-    largest = float(torch.linalg.vector_norm(x.detach(), float("inf")))  # max |x|: one host sync for both checks (NaN propagates)
+    try:
+        largest = float(torch.linalg.vector_norm(x.detach(), float("inf")))  # max |x|: one host sync for both checks (NaN propagates)
+    except RuntimeError as exc:  # torch.func.vmap: a batched tensor has no one value to read
+        if "vmap" not in str(exc):
+            raise
+        raise InputError("dalib's losses and kernels do not run under torch.func.vmap (their input checks read "
+                         "the values): loop over the batch") from None
     if not math.isfinite(largest):
         raise InputError(f"{name} holds NaN or infinite values")
     # squared distances reach D·(2·max|x|)²: beyond the dtype's range they would be inf, and the
@@ -157,6 +163,16 @@ def _sigmas_on_cpu(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Te
         if bool(bad.any()):
             raise InputError(f"bandwidths {float_values(given[bad])} are too {what} for {_dtype_name(like)} kernels")
     return s
+
+
+def plain_tensor(t: Tensor) -> bool:
+    """Whether ``t`` is neither a ``torch.func`` transform's wrapper (``grad``, ``vjp``, ``vmap``,
+    ``jvp``, ...) nor a forward-mode dual tensor: an autograd Function that does not define
+    the transforms' rules serves plain tensors only."""
+    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
+    if wrapped is not None and wrapped(t):
+        return False
+    return torch.autograd.forward_ad.unpack_dual(t).tangent is None
 
 
 def float_values(t: Tensor) -> list[float]:

@@ -6,10 +6,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torch.autograd import forward_ad
 
 from dalib.errors import InputError
-from dalib.kernels._checks import as_gammas, check_pair, float_values, outside_autocast
+from dalib.kernels._checks import as_gammas, check_pair, float_values, outside_autocast, plain_tensor
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.distance import median_bandwidth, sqdist_tile_
 from dalib.kernels.gaussian import gaussian_sum_unchecked
@@ -89,7 +88,9 @@ class _DenseMMD(torch.autograd.Function):
     count each pair twice (4 instead of 2). The centring of each block cancels out of
     u_i − v_j. A double backward (``create_graph=True``) recomputes the loss through autograd
     (:func:`_three_sums`); so does every ``torch.func`` transform and forward-mode AD
-    (:func:`_plain`)."""
+    (:func:`dalib.kernels._checks.plain_tensor`: :class:`_DenseMMD` serves plain tensors only,
+    since the transforms differentiate its backward again and batch it, and forward AD needs a
+    ``jvp`` rule)."""
 
     @staticmethod
     def forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool) -> tuple[Tensor, ...]:
@@ -118,17 +119,6 @@ class _DenseMMD(torch.autograd.Function):
         gy = torch.addmm(gyy.sum(1, keepdim=True) * yc, gyy, yc, alpha=-1.0).mul_(2.0)
         gy = gy.add_(gxy.sum(0).unsqueeze(1) * yj).addmm_(gxy.t(), xj, alpha=-1.0).mul_(2 * grad)  # (M, D)
         return gx, gy, None, None
-
-
-def _plain(t: Tensor) -> bool:
-    """Whether ``t`` is neither a ``torch.func`` transform's wrapper (``grad``, ``vjp``, ``vmap``,
-    ``jvp``, ...) nor a forward-mode dual tensor. :class:`_DenseMMD` serves plain tensors only:
-    the transforms differentiate its backward again and batch it, forward AD needs a ``jvp``
-    rule; for them, autograd's form of the same formula does all of it."""
-    wrapped = getattr(getattr(torch._C, "_functorch", None), "is_functorch_wrapped_tensor", None)
-    if wrapped is not None and wrapped(t):
-        return False
-    return forward_ad.unpack_dual(t).tangent is None
 
 
 def _second_order(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
@@ -196,8 +186,9 @@ def mmd(
     ``backend``: see :func:`dalib.kernels.resolve_backend`, which decides on the larger of
     the within-domain problems (max(N, M)² pairs). On ``dense`` the gradient is written by
     hand: one matrix product per block. Returns a scalar tensor, differentiable w.r.t. ``x``
-    and ``y`` (twice, too, and under the ``torch.func`` transforms and forward-mode AD, which
-    take autograd's form).
+    and ``y`` (twice, too, and under ``torch.func.grad``, ``vjp``, ``jvp`` and forward-mode AD,
+    which take autograd's form; not under ``torch.func.vmap``, whose batched tensors the input
+    checks cannot read).
     """
     if kernel != "gaussian":
         raise InputError(f"unknown kernel {kernel!r}; known: 'gaussian'")
@@ -218,7 +209,7 @@ def mmd(
     # source against a 20000-point target is 2·10⁵ cross pairs but a 20000² target matrix
     big = x if n >= m else y
     name = resolve_backend(backend, big, big)
-    if name == "dense" and _plain(x) and _plain(y):  # torch.func transforms, forward AD: autograd's form
+    if name == "dense" and plain_tensor(x) and plain_tensor(y):  # torch.func transforms, forward AD: autograd's form
         if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
             return _DenseMMD.apply(x, y, gam, unbiased)[0]
         return _dense_forward(x, y, gam, unbiased, need_grad=False)[0]

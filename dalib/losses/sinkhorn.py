@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import BackendError, InputError, warn_outside_dalib
-from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast
+from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast, plain_tensor
 from dalib.kernels.backends import import_quietly, resolve_backend, with_keops_fallback
 from dalib.kernels.sinkhorn_ops import CostOps
 from dalib.kernels.softmin import cost_matrix, softmin_unchecked
@@ -269,7 +269,29 @@ def _solve_on(
         value_aa = _dual_value(a, a, taa, taa.detach(), faa, eps)
         value_bb = _dual_value(b, b, tbb, tbb.detach(), gbb, eps)
         value = value - 0.5 * (value_aa + value_bb)
+    if value.requires_grad and all(plain_tensor(t) for t in (x, y, a, b)):  # (torch.func's grad: see the class)
+        value = _FirstOrderOnly.apply(value)
     return SinkhornResult(value, f, g.detach(), n_iter, float(err))
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The value as it is. Its gradient is the envelope theorem's, with the potentials held
+    fixed: right at first order, but a gradient of it (``create_graph=True``) would miss how
+    the potentials move with the points, and be wrong without a word (200% off on five
+    points): refused, on every backend. Under the ``torch.func`` transforms, whose ``grad``
+    builds its first derivative with a graph whether or not a second follows, the value is
+    left as it is."""
+
+    @staticmethod
+    def forward(ctx, value: Tensor) -> Tensor:  # type: ignore[override]
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        if torch.is_grad_enabled():  # the backward of a create_graph=True call
+            raise InputError("sinkhorn gives first-order gradients only (the envelope theorem's, at fixed "
+                             "potentials): for a gradient of a gradient (create_graph=True) use mmd or coral")
+        return grad
 
 
 @outside_autocast
@@ -313,6 +335,7 @@ def sinkhorn(
     (the dual potentials; weights must be > 0 for weight gradients). Each side's point
     gradient comes from a plan exact on its own side's marginal (x's rows, y's columns: one
     more N×M reduction when ``y`` requires grad, about 15% of a forward and backward pass).
+    The gradient is first-order only: a gradient of it (``create_graph=True``) is refused.
 
     ``x`` (N, D), ``y`` (M, D); ``a`` (N,), ``b`` (M,) non-negative weights summing to 1
     (uniform if None); ``p`` ≥ 1 (1 and 2 are the usual); ``diameter``: the largest

@@ -147,6 +147,23 @@ def test_gradcheck_points(backend, debias, small_tiles):
 
 
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
+def test_a_second_derivative_is_refused_and_torch_func_grad_gives_the_first(backend, small_tiles):
+    """The envelope theorem's gradient holds the potentials fixed: its own derivative (a
+    Hessian-vector product) was 200% off a finite difference on dense, without a word, and
+    blocked's refusal pointed to dense. torch.func.grad, which keeps a graph of every first
+    derivative, still gives autograd's gradient on dense (blocked's reductions serve plain
+    tensors only)."""
+    x, y = _data(5, 4)
+    leaf = x.clone().requires_grad_(True)
+    with pytest.raises(InputError, match=r"sinkhorn gives first-order gradients only .*create_graph=True"):
+        torch.autograd.grad(sinkhorn(leaf, y, blur=0.5, backend=backend), leaf, create_graph=True)
+    (grad,) = torch.autograd.grad(sinkhorn(leaf, y, blur=0.5, backend=backend), leaf)
+    if backend == "dense":
+        f = lambda a: sinkhorn(a, y, blur=0.5, backend=backend)  # noqa: E731
+        torch.testing.assert_close(torch.func.grad(f)(x), grad)
+
+
+@pytest.mark.parametrize("backend", TORCH_BACKENDS)
 def test_divergence_gradient_vanishes_between_identical_clouds(backend, small_tiles):
     """The divergence is least between identical clouds, and so is its gradient there, with
     the default schedule (which stops short of the optimum), through either argument and
