@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
 from dalib.errors import InputError
-from dalib.kernels._checks import check_pair, outside_autocast
+from dalib.kernels._checks import _dtype_name, check_pair, outside_autocast
 
 __all__ = ["coral"]
 
@@ -31,4 +32,8 @@ def coral(x: Tensor, y: Tensor) -> Tensor:
         raise InputError(f"coral needs at least 2 samples per side, got {x.shape[0]} and {y.shape[0]}")
     d = x.shape[1]
     diff = _covariance(x) - _covariance(y)  # (D, D)
-    return (diff / (2 * d)).pow(2).sum()  # scaled before squaring: the square alone can overflow float32
+    value = (diff / (2 * d)).pow(2).sum()  # scaled before squaring: the square alone can overflow float32
+    if not torch.isfinite(value):  # finite inputs (checked): the fourth power of the features overflowed
+        raise InputError(f"the coral loss of these features overflows {_dtype_name(value)} (it grows with the fourth "
+                         "power of the features): scale the features, or use float64")
+    return value

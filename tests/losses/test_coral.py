@@ -57,3 +57,13 @@ def test_a_float32_value_within_range_does_not_overflow():
     exact = float(coral(x.double(), y.double()))
     assert exact < torch.finfo(torch.float32).max / 100
     assert float(coral(x, y)) == pytest.approx(exact, rel=1e-4)
+
+
+def test_a_value_beyond_the_dtype_is_one_line():
+    """The loss grows with the features' fourth power: float32 features of 1e10 passed the
+    squared-distance check and the loss read inf."""
+    g = torch.Generator().manual_seed(0)
+    x, y = 1e10 * torch.randn(64, 16, generator=g), 2e10 * torch.randn(64, 16, generator=g)
+    with pytest.raises(InputError, match=r"the coral loss of these features overflows float32 .*use float64"):
+        coral(x, y)
+    assert torch.isfinite(coral(x.double(), y.double()))

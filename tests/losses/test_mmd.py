@@ -292,6 +292,9 @@ def test_errors():
         mmd(x, y, bandwidths="12")  # not the two bandwidths 1 and 2
     with pytest.raises(InputError, match="sequence of numbers"):
         mmd(x, y, bandwidths=[1.0, None])
+    # the input checks read the values, which vmap's batched tensors do not have (torch's .item() message)
+    with pytest.raises(InputError, match=r"do not run under torch.func.vmap .*loop over the batch"):
+        torch.func.vmap(lambda q: mmd(q, y, bandwidths=SIGMAS))(torch.stack([x, x + 1]))
 
 
 def test_the_median_bandwidth_counts_duplicated_points_as_zero_distance():
