@@ -667,14 +667,21 @@ def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
                               "it was written by another network or version") from None
 
 
-def _intact_result(path: Path) -> bool:
-    """Whether ``path`` holds a run's result (a resumed run that had finished keeps it; one
-    missing or damaged, a truncated write or an edit, is written again from the checkpoint)."""
+def _intact_result(path: Path) -> dict[str, Any] | None:
+    """The run's result that ``path`` holds, or None (a resumed run that had finished keeps it,
+    and gives its numbers back; one missing or damaged, a truncated write or an edit, is
+    written again from the checkpoint)."""
     try:
         result = json.loads(path.read_text())
     except (OSError, ValueError):
-        return False
-    return isinstance(result, dict) and all(k in result for k in ("source_accuracy", "target_accuracy", "seconds"))
+        return None
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    if not (isinstance(result, dict) and number(result.get("seconds"))
+            and all(result.get(k) is None or number(result.get(k)) for k in ("source_accuracy", "target_accuracy"))
+            and "source_accuracy" in result and "target_accuracy" in result
+            and isinstance(result.get("selection", {}), dict)):
+        return None
+    return result
 
 
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
@@ -1034,7 +1041,8 @@ def _run(
                 if on_step is not None:
                     on_step(done, logs)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
-            finished = ckpt is not None and start >= config.steps and out is not None and _intact_result(out / RESULT)
+            stored = _intact_result(out / RESULT) if ckpt is not None and start >= config.steps and out is not None else None
+            finished = stored is not None
             seconds = float(ckpt["seconds"]) if finished else (
                 time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0))
             if out is not None and is_main and start < config.steps:
@@ -1046,7 +1054,10 @@ def _run(
             elif ckpt is not None and start >= config.steps and not finished:  # the line its failed scoring held back
                 last_line = ckpt.get("last_line")
             try:
-                if held is None:
+                if stored is not None:  # its numbers, those of the data it ran on (which may have changed since)
+                    src_acc, tgt_acc = stored["source_accuracy"], stored["target_accuracy"]
+                    selection = stored.get("selection", {})
+                elif held is None:
                     src_acc = evaluate(model, src, device, workers=config.workers)
                     tgt_acc = evaluate(model, tgt, device, workers=config.workers)
                     selection = {}

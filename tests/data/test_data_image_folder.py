@@ -447,6 +447,27 @@ def test_a_resume_keeps_the_checkpoints_classes_when_the_folder_lost_one(tmp_pat
     assert json.loads((tmp_path / "run" / "result.json").read_text())["target_accuracy"] == first.target_accuracy
 
 
+def test_a_resume_of_a_finished_run_gives_back_its_own_numbers_after_the_data_changed(tmp_path):
+    """A finished run's --resume printed accuracies re-scored on the data as it is now (three
+    images added to the target), above a line naming result.json, which kept the run's own."""
+    import json
+
+    import dalib
+    from dalib.runner import evaluate
+
+    first = _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    for i in range(3):  # images of another look, filed under one class
+        _image(tmp_path / "data" / "tgt" / "cat" / f"new{i}.png", (255 - 40 * i, 0, 0))
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "data"), src="src",
+                          tgt="tgt", image_size=16, steps=4, batch_size=2, checkpoint_every=2, device="cpu")
+    now = load_domain("image-folder", "tgt", data_dir=tmp_path / "data")
+    assert evaluate(first.model, now, torch.device("cpu")) != first.target_accuracy  # the data as it is now scores otherwise
+    again = dalib.run(cfg, tmp_path / "run", resume=True, progress_bar=False)
+    stored = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert (again.source_accuracy, again.target_accuracy) == (first.source_accuracy, first.target_accuracy)
+    assert stored["target_accuracy"] == first.target_accuracy
+
+
 def test_eval_loads_an_image_folder_with_workers_and_batches_of_any_size(tmp_path):
     """`dalib eval --workers N --batch-size B` scores and predicts the same as the defaults
     (one process, 512 per pass); bad values are one line with status 2."""
