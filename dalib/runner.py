@@ -1415,7 +1415,10 @@ def claim_out_dir(out: Path) -> None:
     writes (before its first checkpoint nothing else tells them apart) is a one-line error,
     not a run whose files the first one overwrites later. The claim of a process that died is
     taken over."""
-    claim_file(out / LOCK, f"{out} is being written by another dalib run", "or choose another --out")
+    claim_file(out / LOCK, f"{out} {_BUSY}", "or choose another --out")
+
+
+_BUSY = "is being written by another dalib run"
 
 
 #: the claims this process holds: lock path -> the open descriptor whose flock keeps it
@@ -1501,13 +1504,19 @@ def holds_run(out: Path) -> bool:
     stopped early left: a new run may start there (:func:`check_fresh_out_dir`)."""
     if _keeps_a_run(out) or not _left_by_a_run(out / METRICS):  # a metrics file of its own is kept too
         return True
+    return _writer(out) is not None
+
+
+def _writer(out: Path) -> int | str | None:
+    """The process id of another run that claims ``out`` and lives ("" while its claim is being
+    written), or None."""
     try:
         pid = int((out / LOCK).read_text().strip())
     except OSError:
-        return False
+        return None
     except ValueError:  # being written this very moment
-        return True
-    return pid != os.getpid() and _process_lives(pid)
+        return ""
+    return pid if pid != os.getpid() and _process_lives(pid) else None
 
 
 def _keeps_a_run(out: Path) -> bool:
@@ -1518,6 +1527,10 @@ def _keeps_a_run(out: Path) -> bool:
 def _refuse_a_kept_run(out: Path) -> None:
     """One line if ``out`` keeps a run's checkpoint or result: nothing is overwritten."""
     if _keeps_a_run(out):
+        writer = _writer(out)
+        if writer is not None:  # --resume would be refused too, while it writes
+            raise ConfigError(f"{out} {_BUSY}{f' (process {writer})' if writer else ''}: wait for it or choose "
+                              "another --out")
         raise ConfigError(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
                           "or choose another --out")
 

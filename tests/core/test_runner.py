@@ -622,6 +622,11 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
         with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}\\)"):
             run(RunConfig(**base), out, progress_bar=False)
         assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / LOCK).exists()
+        # after its first checkpoint too: it had said "pass --resume", which the claim refuses in turn
+        (out / "checkpoint.pt").write_bytes(b"the writer's")
+        with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}\\): wait"):
+            run(RunConfig(**base), out, progress_bar=False)
+        (out / "checkpoint.pt").unlink()
     finally:
         writer.kill()
         writer.wait()
