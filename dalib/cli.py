@@ -435,7 +435,9 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
     methods = [str(r.get("method")) for _, r in found]
     # a method's hyperparameters where its runs differ in them (another method's mean nothing to it)
     shown_hyper = {m: _differing([h for (_, h), n in zip(settings, methods) if n == m]) for m in set(methods)}
-    order = sorted(range(len(found)), key=lambda i: (1 if crit.lower_is_better else -1) * found[i][1]["selection"][crit.key])
+    score = lambda i: found[i][1]["selection"][crit.key]  # noqa: E731
+    order = sorted(range(len(found)), key=lambda i: (1 if crit.lower_is_better else -1) * score(i))
+    best = [i for i in order if score(i) == score(order[0])]  # a tie (few held-out samples: errors of k/n) chooses none
     columns = list(CRITERIA)
     header = ["", "run", "method", "setting", *columns, "w mean"] + (["target acc"] if show_target else [])
     rows = []
@@ -447,7 +449,7 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
                             *(f"{k}={options.get(k, '-')}" for k in shown_options)]) or "-"
         cells = ["-" if sel.get(key) is None else f"{sel[key]:.{3 if key == 'weights_mean' else 4}f}"
                  for key in [CRITERIA[c].key for c in columns] + ["weights_mean"]]
-        row = ["*" if rank == 0 else "", name, methods[i], setting, *cells]
+        row = ["*" if i in best else "", name, methods[i], setting, *cells]
         if show_target:
             acc = r.get("target_accuracy")
             row.append("n/a" if acc is None else f"{acc:.2f}")
@@ -466,7 +468,12 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
         click.echo(f"note: the importance weights of {len(apart)} of the {len(found)} runs average below 0.5 (w mean): "
                    f"their features tell the domains apart, and {by} says little about them (the Selection page of "
                    "the docs)", err=True)
-    click.echo(f"chosen by {by} ({'lower' if crit.lower_is_better else 'higher'} is better): {found[order[0]][0]}")
+    better = f"{'lower' if crit.lower_is_better else 'higher'} is better"
+    if len(best) > 1:  # the order given on the command line would have decided
+        click.echo(f"tie by {by} ({better}): {len(best)} runs score {score(order[0]):.4f} ({', '.join(found[i][0] for i in best)}), "
+                   f"and {by} chooses none of them: compare them by another criterion (--by){', or hold out more samples (--holdout)' if crit.needs_holdout else ''}")
+        return
+    click.echo(f"chosen by {by} ({better}): {found[order[0]][0]}")
 
 
 def _split_list(text: str | None) -> list[str] | None:

@@ -271,6 +271,26 @@ def test_select_picks_the_best_run_by_each_criterion(tmp_path):
     assert "50.00" in runner.invoke(cli, ["select", a, b, "--show-target"]).output
 
 
+def test_select_chooses_none_of_runs_that_tie(tmp_path):
+    """Errors on a few held-out samples are fractions k/n, and tie: the first run given was
+    'chosen', so the command line's order decided."""
+    a = _fake_run(tmp_path / "a", "dann", {"holdout_error": 0.0, "dev_risk": 0.3})
+    b = _fake_run(tmp_path / "b", "mmd", {"holdout_error": 0.0, "dev_risk": 0.1})
+    c = _fake_run(tmp_path / "c", "coral", {"holdout_error": 0.1, "dev_risk": 0.1})
+    runner = CliRunner()
+    for runs in ([a, b, c], [c, b, a]):
+        res = runner.invoke(cli, ["select", *runs])
+        assert res.exit_code == 0, res.output
+        assert res.output.strip().splitlines()[-1] == (
+            f"tie by holdout (lower is better): 2 runs score 0.0000 ({', '.join(r for r in runs if r != c)}), and "
+            "holdout chooses none of them: compare them by another criterion (--by), or hold out more samples (--holdout)")
+        marked = [line.split()[1] for line in res.output.splitlines()[1:-1] if line.startswith("*")]
+        assert sorted(marked) == [a, b]
+    res = runner.invoke(cli, ["select", a, b, c, "--by", "dev"])
+    assert f"tie by dev (lower is better): 2 runs score 0.1000 ({b}, {c})" in res.output
+    assert runner.invoke(cli, ["select", a, c, "--by", "dev"]).output.strip().endswith("chosen by dev (lower is better): " + c)
+
+
 def test_select_knows_every_criterion():
     by = next(p for p in select_cmd.params if p.name == "by")
     assert list(by.type.choices) == list(CRITERIA)
@@ -308,7 +328,10 @@ def test_run_then_select_from_the_cli(toy_dataset, tmp_path):
     assert res.exit_code == 0, res.output
     saved = [json.loads((tmp_path / m / "result.json").read_text())["selection"]["holdout_error"]
              for m in ("source_only", "dann")]
-    assert res.output.strip().endswith(": " + outs[0 if saved[0] <= saved[1] else 1])
+    if saved[0] == saved[1]:  # (30 held-out samples: errors of k/30)
+        assert res.output.strip().splitlines()[-1].startswith("tie by holdout")
+    else:
+        assert res.output.strip().endswith(": " + outs[0 if saved[0] < saved[1] else 1])
 
 
 # --------------------------------------------------------------------------- review fixes
