@@ -15,6 +15,7 @@ from dalib.shallow.classifiers import CLASSIFIERS, NearestNeighbor, make_classif
 from dalib.shallow.coral import CORAL
 from dalib.shallow.kmm import KMM
 from dalib.shallow.ot_mapping import OTMapping
+from dalib.shallow._params import NotFittedError
 from dalib.shallow.pipeline import (
     CoralConfig,
     KMMConfig,
@@ -32,6 +33,7 @@ __all__ = [
     "KMM",
     "KMMConfig",
     "NearestNeighbor",
+    "NotFittedError",
     "OTConfig",
     "OTMapping",
     "ShallowResult",

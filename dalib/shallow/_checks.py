@@ -43,6 +43,8 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
             raise InputError(f"{name} is not an array: {exc}") from None
         if np.iscomplexobj(arr):
             raise InputError(f"{name} holds complex numbers: give real features")
+        if arr.dtype == object and hasattr(x, "dtypes") and hasattr(x, "to_numpy"):
+            arr = _numeric_frame(x, name)  # a DataFrame of mixed (float and bool) or nullable columns
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise InputError(f"{name} must hold numbers, got dtype {arr.dtype}")
         if arr.dtype == np.longdouble and np.longdouble != np.float64:
@@ -196,3 +198,17 @@ def check_positive(value: Any, name: str, *, allow_none: bool = False, allow_zer
 def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def _numeric_frame(frame: Any, name: str) -> np.ndarray:
+    """A pandas DataFrame whose columns are all numbers or booleans (mixed, or pandas' nullable
+    Float64/Int64/boolean, which numpy reads as objects) as a float64 array; any other as
+    numpy reads it, for the caller to refuse."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if not all(is_numeric_dtype(d) or is_bool_dtype(d) for d in frame.dtypes):
+        return np.asarray(frame)
+    try:
+        return frame.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):  # pd.NA
+        raise InputError(f"{name} has missing values (pandas NA): fill or drop them") from None

@@ -5,12 +5,32 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from dalib.errors import ConfigError
+from sklearn.exceptions import NotFittedError as _SklearnNotFitted
+
+from dalib.errors import ConfigError, InputError
+
+
+class NotFittedError(InputError, _SklearnNotFitted):
+    """A shallow estimator or classifier used before ``fit``: a dalib input error that
+    ``except sklearn.exceptions.NotFittedError`` catches too."""
 
 
 class Params:
     """The ``__init__`` arguments, kept as attributes of the same names, are the estimator's
-    parameters: ``sklearn.base.clone`` and parameter grids work on them."""
+    parameters: ``sklearn.base.clone`` and parameter grids work on them, and scikit-learn's
+    ``check_is_fitted`` and tags read the estimator."""
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return any(k.endswith("_") and not k.startswith("__") for k in vars(self))
+
+    def __sklearn_tags__(self) -> Any:
+        """scikit-learn >= 1.6 reads an estimator's tags (``check_is_fitted``, ``is_classifier``):
+        neither a classifier nor a regressor; a transformer where it has ``transform``; ``fit``
+        takes the target samples, not labels, as its second argument."""
+        from sklearn.utils import Tags, TargetTags, TransformerTags
+
+        return Tags(estimator_type=None, target_tags=TargetTags(required=False),
+                    transformer_tags=TransformerTags() if hasattr(self, "transform") else None)
 
     @classmethod
     def _param_names(cls) -> list[str]:

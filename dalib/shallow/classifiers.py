@@ -24,6 +24,7 @@ import torch
 from dalib.errors import InputError, UnknownNameError
 from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import as_labels, as_matrix, to_numpy
+from dalib.shallow._params import NotFittedError
 
 __all__ = ["CLASSIFIERS", "NearestNeighbor", "make_classifier"]
 
@@ -71,7 +72,7 @@ class NearestNeighbor:
 
     def predict(self, X: Any) -> np.ndarray:
         if not hasattr(self, "reference_"):
-            raise InputError("classifier is not fitted yet: call fit first")
+            raise NotFittedError("classifier is not fitted yet: call fit first")
         ref = self.reference_
         x = as_matrix(X, "X").to(ref.device)  # queries on the device of the fitted samples
         if x.shape[1] != ref.shape[1]:
@@ -119,7 +120,7 @@ class _SklearnClassifier:
 
     def predict(self, X: Any) -> np.ndarray:
         if not hasattr(self, "classes_"):
-            raise InputError("classifier is not fitted yet: call fit first")
+            raise NotFittedError("classifier is not fitted yet: call fit first")
         x = to_numpy(as_matrix(X, "X"))
         if x.shape[1] != self.estimator.n_features_in_:
             raise InputError(

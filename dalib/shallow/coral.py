@@ -24,7 +24,7 @@ from torch import Tensor
 from dalib.errors import InputError
 from dalib.kernels._checks import outside_autocast
 from dalib.shallow._checks import as_matrix, check_positive, check_same_features, like_input
-from dalib.shallow._params import Params
+from dalib.shallow._params import NotFittedError, Params
 
 __all__ = ["CORAL", "sym_matrix_power"]
 
@@ -84,7 +84,7 @@ class CORAL(Params):
     def transform(self, X: Any) -> Any:
         """Re-coloured features ``X @ matrix_`` (n, d)."""
         if not hasattr(self, "matrix_"):
-            raise InputError("CORAL is not fitted yet: call fit(Xs, Xt) first")
+            raise NotFittedError("CORAL is not fitted yet: call fit(Xs, Xt) first")
         x = as_matrix(X, "X")
         if x.shape[1] != self.n_features_in_:
             raise InputError(f"X has {x.shape[1]} features, CORAL was fitted on {self.n_features_in_}")

@@ -51,7 +51,7 @@ from dalib.shallow._checks import (
     check_same_features,
     like_input,
 )
-from dalib.shallow._params import Params
+from dalib.shallow._params import NotFittedError, Params
 from dalib.shallow._sinkhorn import barycentric_map, group_softmin, log_sinkhorn
 
 __all__ = ["OTMapping", "POT_MAX_ENTRIES"]
@@ -326,7 +326,7 @@ class OTMapping(Params):
         """Transported samples (n, d), same type as ``X``. For the fitted ``Xs`` the
         barycentric mapping; for other samples see the module docstring."""
         if not hasattr(self, "mapped_"):
-            raise InputError("OTMapping is not fitted yet: call fit(Xs, Xt) first")
+            raise NotFittedError("OTMapping is not fitted yet: call fit(Xs, Xt) first")
         x = as_matrix(X, "X")
         if x.shape[1] != self.n_features_in_:
             raise InputError(f"X has {x.shape[1]} features, OTMapping was fitted on {self.n_features_in_}")

@@ -31,3 +31,46 @@ def test_set_params_changes_a_parameter_and_refuses_an_unknown_one():
     assert kmm.B == 3.0
     with pytest.raises(ConfigError, match="unknown parameter.*sigma of KMM; valid: kernel, bandwidth, B"):
         kmm.set_params(sigma=1.0)
+
+
+@pytest.mark.parametrize("make", [KMM, CORAL, OTMapping])
+def test_scikit_learn_reads_whether_an_estimator_is_fitted_and_what_it_is(make):
+    """check_is_fitted and is_classifier failed on scikit-learn >= 1.6 with an AttributeError
+    about __sklearn_tags__; a transform before fit is sklearn's NotFittedError too."""
+    from sklearn.base import is_classifier, is_regressor
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.validation import check_is_fitted
+
+    from dalib.errors import InputError
+
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(30, 3)), rng.normal(size=(20, 3)) + 0.5
+    estimator = make()
+    assert not is_classifier(estimator) and not is_regressor(estimator)
+    with pytest.raises(NotFittedError):
+        check_is_fitted(estimator)
+    if hasattr(estimator, "transform"):
+        with pytest.raises(NotFittedError, match="is not fitted yet") as caught:
+            estimator.transform(xs)
+        assert isinstance(caught.value, InputError)  # and dalib's one-line input error
+    check_is_fitted(estimator.fit(xs, xt))
+
+
+def test_dataframes_of_mixed_or_nullable_number_columns_are_numbers():
+    """numpy reads them as objects, which were refused ("must hold numbers, got dtype object")."""
+    pd = pytest.importorskip("pandas")
+    from dalib.errors import InputError
+
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(30, 3)), rng.normal(size=(20, 3)) + 0.5
+    plain = CORAL().fit(xs, xt).transform(xs)
+    nullable = pd.DataFrame(xs).astype("Float64")
+    np.testing.assert_allclose(CORAL().fit(nullable, xt).transform(xs), plain)
+    mixed = pd.DataFrame(xs[:, :2]).assign(flag=xs[:, 2] > 0)  # float columns and a bool one
+    np.testing.assert_allclose(CORAL().fit(mixed, xt).transform(mixed.to_numpy(dtype=float)),
+                               CORAL().fit(mixed.to_numpy(dtype=float), xt).transform(mixed.to_numpy(dtype=float)))
+    nullable.iloc[0, 0] = pd.NA
+    with pytest.raises(InputError, match=r"Xs (has missing values \(pandas NA\)|holds NaN)"):  # (by pandas version)
+        CORAL().fit(nullable, xt)
+    with pytest.raises(InputError, match="must hold numbers, got dtype object"):  # text stays refused
+        CORAL().fit(pd.DataFrame(xs).assign(name="a"), xt)
