@@ -44,7 +44,9 @@ class Summary:
         self.tasks: list[str] = []
         self.mode: dict[str, str] = {}
         self.classifier: dict[str, str | None] = {}
-        self.config: dict[str, dict[str, Any]] = {}
+        # each variant's hyperparameters, with the tasks whose cells ran with them (more than one
+        # when the suite file changed between runs that chose some of its cells)
+        self.configs: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {}
         for cell in state["cells"].values():
             v, task = cell["variant"], f"{cell['src']}->{cell['tgt']}"
             if v not in self.order:
@@ -52,7 +54,11 @@ class Summary:
             if task not in self.tasks:
                 self.tasks.append(task)
             self.mode[v], self.classifier[v] = cell["mode"], cell.get("classifier")
-            self.config[v] = cell.get("method_config", {})
+            cfg = cell.get("method_config", {})
+            key = json.dumps(cfg, sort_keys=True, default=str)
+            tasks = self.configs.setdefault(v, {}).setdefault(key, (cfg, []))[1]
+            if task not in tasks:
+                tasks.append(task)
             self.seconds[v] = self.seconds.get(v, 0.0) + float(cell.get("seconds", 0.0))
             if cell["status"] == "done":
                 self.acc.setdefault(v, {}).setdefault(task, {})[cell["seed"]] = float(cell["target_accuracy"])
@@ -259,9 +265,21 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         suite_says = f" (the suite's own: {suite_steps})" if suite_steps is not None else ""
         lines.append(f"The steps were set on the command line: {state['steps']}{suite_says}.")
     lines += ["", "| method | hyperparameters (all tasks) | time, all its cells (s) |", "|---|---|---|"]
+    mixed = []
     for v in summary.order:
-        cfg = ", ".join(f"{k} = {val}" for k, val in sorted(summary.config[v].items())) or "defaults"
+        settings = list(summary.configs[v].values())
+        text = lambda cfg: ", ".join(f"{k} = {val}" for k, val in sorted(cfg.items())) or "defaults"  # noqa: E731
+        if len(settings) == 1:
+            cfg = text(settings[0][0])
+        else:  # the row's numbers come from cells of each setting: all of them are named
+            mixed.append(v)
+            cfg = "; ".join(f"{text(c)} ({', '.join(_short(t, suite) for t in tasks)})" for c, tasks in settings)
         lines.append(f"| `{v}` | {cfg} | {summary.seconds[v]:.0f} |")
+    if mixed:
+        lines += ["", "The cells of " + ", ".join(f"`{v}`" for v in mixed) + " ran with different hyperparameters "
+                  "(the suite file changed between runs that chose some of its cells), each named with the tasks "
+                  "it ran on: their rows mix them. `--methods " + ",".join(mixed) + "` runs the others again "
+                  "with the file's."]
     if suite.skip:
         lines += ["", "Not run: " + "; ".join(f"`{k}` ({why})" for k, why in sorted(suite.skip.items())) + "."]
     total = sum(float(c.get("seconds", 0.0)) for c in state["cells"].values())

@@ -632,6 +632,10 @@ def test_a_rerun_of_other_cells_neither_skips_its_own_nor_ends_a_killed_one(toy_
     ('[methods]\ndann = 3', "[methods.dann] must be a table of hyperparameters"),
     ('[shallow]\nclassifiers = "1nn"', "classifiers must be a list"),
     ('[deep]\nbogus = 1', "unknown [deep] option(s) bogus"),
+    # a misspelt [shallow] key had run 1-NN alone; a key set twice had kept the deep table's
+    ('[shallow]\nclassifier = ["linear"]', "unknown [shallow] option(s) classifier; valid: classifiers"),
+    ('[deep]\n[methods.coral]\ntrade_off = 3.0\n[methods.coral.deep]\ntrade_off = 2.0',
+     "[methods.coral] sets trade_off both in the table and in [methods.coral.deep]: set each once"),
 ])
 def test_a_suite_file_of_wrong_types_is_one_line(tmp_path, toy_dataset, text, fragment):
     base = 'dataset = "toy-shift"\ntasks = ["src->tgt"]\n'
@@ -866,6 +870,27 @@ def test_the_table_says_when_its_cells_do_not_fill_a_rectangle(toy_suite, tmp_pa
         cells[f"{v} | {a}->{b} | seed {k}"] = cell(v, a, b, k)
     text = markdown(suite, state, Summary(state), "chart.png")
     assert "come from narrower runs" not in text and "Not in the chart" not in text and "seeds that finished" not in text
+
+
+def test_a_row_whose_cells_ran_with_different_hyperparameters_names_each_setting(toy_suite):
+    """The suite file changed between runs that chose some of a method's cells: the Settings
+    table had named the last cell's hyperparameters as the row's, for all tasks."""
+    from dalib_benchmarks.report import markdown
+
+    suite = load_suite(str(toy_suite))
+
+    def cell(src, tgt, trade_off):
+        return {"variant": "coral", "method": "coral", "mode": "deep", "src": src, "tgt": tgt, "seed": 0,
+                "status": "done", "target_accuracy": 50.0, "seconds": 1.0, "method_config": {"trade_off": trade_off}}
+
+    state = {"cells": {"a": cell("src", "tgt", 5.0), "b": cell("tgt", "src", 7.0)}, "machine": {}}
+    text = markdown(suite, state, Summary(state), None)
+    row = next(line for line in text.splitlines() if line.startswith("| `coral` |") and "trade_off" in line)
+    assert "trade_off = 5.0 (src->tgt); trade_off = 7.0 (tgt->src)" in row.replace("→", "->")
+    assert "The cells of `coral` ran with different hyperparameters" in text and "`--methods coral`" in text
+    state["cells"]["b"]["method_config"] = {"trade_off": 5.0}  # one setting: the row names it, no note
+    text = markdown(suite, state, Summary(state), None)
+    assert "| `coral` | trade_off = 5.0 |" in text and "different hyperparameters" not in text
 
 
 def test_cells_the_suite_no_longer_runs_stay_in_the_json_but_leave_the_table(toy_suite, tmp_path):
