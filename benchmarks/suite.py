@@ -245,6 +245,9 @@ def load_suite(name_or_path: str) -> Suite:
             raise ConfigError(f"suite {path}: unknown [deep] option(s) {', '.join(unknown)}; "
                               f"valid: {', '.join(sorted(options))}")
     shallow = raw.get("shallow")
+    unknown = sorted(set(shallow or {}) - {"classifiers"})
+    if unknown:  # ("classifier = [...]" had run 1-NN alone without a word)
+        raise ConfigError(f"suite {path}: unknown [shallow] option(s) {', '.join(unknown)}; valid: classifiers")
     classifiers = shallow.get("classifiers", ["1nn"]) if shallow is not None else []
     if not isinstance(classifiers, list):
         raise ConfigError(f"suite {path}: [shallow] classifiers must be a list, e.g. [\"1nn\", \"linear\"], "
@@ -297,7 +300,12 @@ def method_forms(table: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
 def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: dict[str, Any]) -> None:
     """Each form's settings are the form's hyperparameters, for a form the suite runs: a
     misspelt key, or settings for a form that never runs, would otherwise leave the method on
-    its defaults without a word."""
+    its defaults without a word. A key set both flat and in the deep table is refused (the
+    deep table's had won without a word)."""
+    twice = sorted(set(table) & set(table.get("deep") or {}) - {"deep", "shallow"}) if isinstance(table.get("deep"), dict) else []
+    if twice:
+        raise ConfigError(f"suite {path}: [methods.{name}] sets {', '.join(twice)} both in the table and in "
+                          f"[methods.{name}.deep]: set each once")
     from dalib.config import build_config
 
     cls = get_method(name)
