@@ -58,7 +58,8 @@ def test_scikit_learn_reads_whether_an_estimator_is_fitted_and_what_it_is(make):
 
 def test_dataframes_of_mixed_or_nullable_number_columns_are_numbers():
     """numpy reads them as objects, which were refused ("must hold numbers, got dtype object")."""
-    pd = pytest.importorskip("pandas")
+    import pandas as pd
+
     from dalib.errors import InputError
 
     rng = np.random.default_rng(0)
