@@ -266,9 +266,9 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         lines.append(f"The steps were set on the command line: {state['steps']}{suite_says}.")
     lines += ["", "| method | hyperparameters (all tasks) | time, all its cells (s) |", "|---|---|---|"]
     mixed = []
+    text = lambda cfg: ", ".join(f"{k} = {val}" for k, val in sorted(cfg.items())) or "defaults"  # noqa: E731
     for v in summary.order:
         settings = list(summary.configs[v].values())
-        text = lambda cfg: ", ".join(f"{k} = {val}" for k, val in sorted(cfg.items())) or "defaults"  # noqa: E731
         if len(settings) == 1:
             cfg = text(settings[0][0])
         else:  # the row's numbers come from cells of each setting: all of them are named

@@ -676,12 +676,11 @@ def _intact_result(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
-    if not (isinstance(result, dict) and number(result.get("seconds"))
-            and all(result.get(k) is None or number(result.get(k)) for k in ("source_accuracy", "target_accuracy"))
-            and "source_accuracy" in result and "target_accuracy" in result
-            and isinstance(result.get("selection", {}), dict)):
+    if not isinstance(result, dict):
         return None
-    return result
+    accuracies = all(k in result and (result[k] is None or number(result[k])) for k in ("source_accuracy", "target_accuracy"))
+    intact = accuracies and number(result.get("seconds")) and isinstance(result.get("selection", {}), dict)
+    return result if intact else None
 
 
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
@@ -1200,8 +1199,8 @@ _GROUP_VALUES = (("lr_mult", lambda v: v >= 0, "a finite number >= 0"),
                  ("momentum", lambda v: 0 <= v < 1, "a number in [0, 1)"))
 
 
-#: what a group of ``param_groups()`` may hold: the runner's multiplier and SGD's own settings
-GROUP_KEYS = frozenset({"params", "lr_mult", "weight_decay", "momentum"})
+#: what a group of ``param_groups()`` may hold: its parameters, the runner's multiplier and SGD's own settings
+GROUP_KEYS = frozenset({"params", *(key for key, _, _ in _GROUP_VALUES)})
 
 
 def _check_losses(losses: Any, name: str) -> None:
