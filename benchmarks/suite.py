@@ -223,10 +223,12 @@ def load_suite(name_or_path: str) -> Suite:
             raise ConfigError(f"suite {path}: [{key}] must be a table, got {raw[key]!r}")
     from dalib.data import get_dataset
 
-    get_dataset(raw["dataset"])  # an unknown dataset fails here, listing the known ones
+    with _naming(path, "dataset"):
+        get_dataset(raw["dataset"])  # an unknown dataset fails here, listing the known ones
     if not isinstance(raw["tasks"], list) or not raw["tasks"] or not all(isinstance(t, str) for t in raw["tasks"]):
         raise ConfigError(f"suite {path}: tasks must be a non-empty list of \"SRC->TGT\" strings, got {raw['tasks']!r}")
-    tasks = [parse_task(t, raw["dataset"]) for t in raw["tasks"]]
+    with _naming(path, "tasks"):
+        tasks = [parse_task(t, raw["dataset"]) for t in raw["tasks"]]
     _check_method_tables(path, raw)
     seeds = raw.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -264,6 +266,16 @@ def load_suite(name_or_path: str) -> Suite:
         shallow_classifiers=classifiers, methods=raw.get("methods", {}), skip=raw.get("skip", {}),
         published=raw.get("published", {}), timing=raw.get("timing", "").strip(),
     )
+
+
+@contextlib.contextmanager
+def _naming(path: Path, where: str) -> Iterator[None]:
+    """An error of the suite file's ``where`` (an unknown dataset or domain, a task that is no
+    SRC->TGT) names the file and the place, as the file's other errors do."""
+    try:
+        yield
+    except DalibError as exc:
+        raise type(exc)(f"suite {path}: {where}: {first_line(exc)}") from None
 
 
 def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
@@ -353,11 +365,13 @@ def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str], ta
         for name, value in table.items():
             if name in ("variant", "source"):
                 continue
+            if name != "mean":  # (a misspelt "source" is no task: named as a key, before its value)
+                with _naming(path, f"[published.{key}] {name!r} (not variant, source or mean, so a task)"):
+                    task = parse_task(name, raw["dataset"])
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"suite {path}: [published.{key}] {name} must be a number, got {value!r}")
             if name == "mean":
                 continue
-            task = parse_task(name, raw["dataset"])
             if task not in tasks:  # its figure would show in no column of the table
                 raise ConfigError(f"suite {path}: [published.{key}] {name}: not a task of this suite "
                                   f"({task_names(tasks)})")

@@ -325,6 +325,12 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
         ('"src->tgt" = 50.0', '"tgt->src" = 50.0', ("[published.nn] tgt->src: not a task of this suite (src->tgt)",)),
         ('"src->tgt" = 50.0', '"src->tgt" = 50.0\n"src:tgt" = 60.0',
          ("[published.nn] gives the task src->tgt twice, as 'src->tgt' and as 'src:tgt'",)),
+        # the file and the place are named: a misspelt key of a published table had read as a bad task,
+        # an unknown domain or dataset named neither
+        ('source = "a paper"', 'sorce = "a paper"',
+         ("bad.toml: [published.nn] 'sorce' (not variant, source or mean, so a task)", "a task is SRC->TGT")),
+        ('tasks = ["src->tgt"]', 'tasks = ["src->nowhere"]', ("bad.toml: tasks: unknown domain 'nowhere'",)),
+        ('dataset = "toy-shift"', 'dataset = "toy-shfit"', ("bad.toml: dataset: unknown dataset 'toy-shfit'",)),
         # the data root is where this machine keeps the data, for the shallow cells as well: --data-root's
         ("[deep]\nsteps = 15", '[deep]\ndata_root = "/elsewhere"\nsteps = 15', ("[deep] data_root", "give --data-root")),
     ],
