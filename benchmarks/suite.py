@@ -55,7 +55,7 @@ from dalib.registry import code_digest, get_method, list_methods, method_code_ha
 from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
 
 from ._machine import machine_info
-from .report import write_report
+from .report import in_suite, write_report
 
 __all__ = [
     "Cell",
@@ -495,8 +495,6 @@ def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, An
     """Per method, the finished cells of the suite that this run did not choose (another
     --methods, --tasks or --seeds) and whose settings the suite has changed since: they stay in
     the table, as cells of changed code do, and the run says so."""
-    from .report import in_suite
-
     variants = {v.name: v for v in suite.variants()}  # (a method of a plugin not loaded now: not checked)
     found: dict[str, int] = {}
     for key, cell in state["cells"].items():
@@ -863,7 +861,9 @@ def run_suite(
             if not state["rerun_started"]:
                 del state["rerun_started"]
         stored = {k: state[k] for k in texts if k in state}  # (a file from before texts were kept has none)
-        retext = stored != texts and all(float(c.get("finished", 0.0)) >= run_began for c in state["cells"].values())
+        # (the cells of tasks or methods the suite no longer runs are in no table: they do not count)
+        retext = stored != texts and all(float(c.get("finished", 0.0)) >= run_began
+                                         for c in state["cells"].values() if in_suite(suite, c))
         if retext:
             state.update(texts)  # every cell of the file ran under the suite file's text now
         elif any(stored.get(k, v) != v for k, v in texts.items()):

@@ -268,6 +268,21 @@ def test_the_table_keeps_the_protocol_its_cells_ran_under(toy_suite, tmp_path):
     assert "the moons, sheared" in md.read_text() and "rotated" not in md.read_text()
 
 
+def test_a_full_rerun_takes_the_new_text_though_the_file_keeps_cells_of_a_task_no_longer_run(toy_suite, tmp_path):
+    both = toy_suite.read_text().replace('tasks = ["src->tgt"]', 'tasks = ["src->tgt", "tgt->src"]')
+    toy_suite.write_text(both)
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    toy_suite.write_text(both.replace('tasks = ["src->tgt", "tgt->src"]', 'tasks = ["src->tgt"]')
+                         .replace("the moons, rotated", "the moons, sheared"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (it had warned that the text differs from the one its cells ran under)
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], rerun=True, progress=False)
+    state = json.loads(path.read_text())
+    assert any(c["src"] == "tgt" for c in state["cells"].values())  # kept in the JSON, out of the table
+    assert state["protocol"] == "the moons, sheared"
+    assert "the moons, sheared" in path.with_suffix(".md").read_text()
+
+
 def test_cli_says_when_no_chart_is_drawn(toy_suite, tmp_path, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
