@@ -27,6 +27,15 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
+def _note(settings: dict[str, dict[str, tuple[dict[str, Any], list[str]]]], variant: str,
+          values: dict[str, Any] | None, task: str) -> None:
+    """Add ``task`` to the tasks of ``variant`` whose cells ran with ``values``."""
+    values = values or {}
+    tasks = settings.setdefault(variant, {}).setdefault(json.dumps(values, sort_keys=True, default=str), (values, []))[1]
+    if task not in tasks:
+        tasks.append(task)
+
+
 class Summary:
     """The finished cells of a results file, arranged by variant, task and seed.
 
@@ -47,6 +56,9 @@ class Summary:
         # each variant's hyperparameters, with the tasks whose cells ran with them (more than one
         # when the suite file changed between runs that chose some of its cells)
         self.configs: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {}
+        # each deep variant's run options (the suite's [deep]) in the same way; a cell from before
+        # cells kept theirs ran with the file's
+        self.run_options: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {}
         for cell in state["cells"].values():
             v, task = cell["variant"], f"{cell['src']}->{cell['tgt']}"
             if v not in self.order:
@@ -54,11 +66,10 @@ class Summary:
             if task not in self.tasks:
                 self.tasks.append(task)
             self.mode[v], self.classifier[v] = cell["mode"], cell.get("classifier")
-            cfg = cell.get("method_config", {})
-            key = json.dumps(cfg, sort_keys=True, default=str)
-            tasks = self.configs.setdefault(v, {}).setdefault(key, (cfg, []))[1]
-            if task not in tasks:
-                tasks.append(task)
+            _note(self.configs, v, cell.get("method_config", {}), task)
+            if cell["mode"] == "deep":
+                _note(self.run_options, v, cell["run_options"] if "run_options" in cell else state.get("deep_options"),
+                      task)
             self.seconds[v] = self.seconds.get(v, 0.0) + float(cell.get("seconds", 0.0))
             if cell["status"] == "done":
                 self.acc.setdefault(v, {}).setdefault(task, {})[cell["seed"]] = float(cell["target_accuracy"])
@@ -146,16 +157,30 @@ def _suite_tasks(suite: Any) -> set[str]:
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def _command_cells(suite: Any, state: dict[str, Any], summary: Summary) -> tuple[list[str], list[str], list[int], int]:
+    """The methods, tasks and seeds of the command that makes this file's cells (what its runs
+    chose, where the suite still runs it, and what its cells hold: a run stopped early chose
+    more than it finished), and how many cells that command makes."""
+    chosen, cells = state.get("chosen", {}), state["cells"].values()
+    runs = suite.variants()
+    methods = sorted({c["method"] for c in cells} | (set(chosen.get("methods", [])) & {v.method for v in runs}))
+    order = [f"{src}->{tgt}" for src, tgt in suite.tasks]
+    tasks = sorted(set(summary.tasks) | (set(chosen.get("tasks", [])) & set(order)),
+                   key=lambda t: order.index(t) if t in order else len(order))
+    seeds = sorted({c["seed"] for c in cells} | set(chosen.get("seeds", [])))
+    variants = set(summary.order) | {v.name for v in runs if v.method in methods}
+    return methods, tasks, seeds, len(variants) * len(tasks) * len(seeds)
+
+
 def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Path | None = None) -> str:
     """The command that makes the cells of this file: the narrowing flags it needs included,
     and ``--out`` when the file is not in ``benchmarks/results``."""
     args = [f"dalib bench {suite.ref}"]
-    methods = sorted({c["method"] for c in state["cells"].values()})
+    methods, tasks, seeds, _ = _command_cells(suite, state, summary)
     if methods != sorted({v.method for v in suite.variants()}):
         args.append(f"--methods {','.join(methods)}")
-    if set(summary.tasks) != _suite_tasks(suite):
-        args.append(f"--tasks \"{','.join(summary.tasks)}\"")
-    seeds = sorted({c["seed"] for c in state["cells"].values()})
+    if set(tasks) != _suite_tasks(suite):
+        args.append(f"--tasks \"{','.join(tasks)}\"")
     if seeds != sorted(suite.seeds):
         args.append(f"--seeds {','.join(str(x) for x in seeds)}")
     if state.get("steps"):
@@ -181,13 +206,6 @@ def _threads_text(state: dict[str, Any]) -> str:
     if len(counts) == 1:
         return f" {which} ran with {counts[0]} torch thread{'s' if counts[0] != 1 else ''}."
     return f" {which} ran with {' or '.join(map(str, counts))} torch threads (runs with other `--jobs`)."
-
-
-def _rectangle(state: dict[str, Any], summary: Summary) -> bool:
-    """Whether the file's cells are every variant on every task for every seed (what one
-    narrowed command makes), not the union of narrower runs."""
-    seeds = {c["seed"] for c in state["cells"].values()}
-    return len(state["cells"]) == len(summary.order) * len(summary.tasks) * len(seeds)
 
 
 def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None, out_dir: Path | None = None) -> str:
@@ -253,20 +271,26 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         absent = [v for v in summary.order if summary.overall(v) is None]
         if absent:
             lines += ["", "Not in the chart (no seed finished every task): " + ", ".join(f"`{v}`" for v in absent) + "."]
-    options = dict(state.get("deep_options") or {})
-    suite_steps = options.get("steps")
-    if state.get("steps"):  # --steps: the runs used these, not the suite's
-        options["steps"] = state["steps"]
-    deep = ", ".join(f"{k} = {v}" for k, v in sorted(options.items()))
+    suite_steps = (state.get("deep_options") or {}).get("steps")
+    text = lambda cfg: ", ".join(f"{k} = {val}" for k, val in sorted(cfg.items())) or "defaults"  # noqa: E731
     lines += ["", "## Settings", ""]
-    if deep:
-        lines.append(f"Deep runs: {deep}.")
+    runs: dict[str, tuple[dict[str, Any], list[str]]] = {}  # each setting of [deep], and the rows that ran with it
+    for v in [v for v in summary.order if v in summary.run_options]:  # (the table's order)
+        settings = summary.run_options[v]
+        for key, (options, tasks) in settings.items():
+            where = f" ({', '.join(_short(t, suite) for t in tasks)})" if len(settings) > 1 else ""
+            runs.setdefault(key, (options | ({"steps": state["steps"]} if state.get("steps") else {}), []))[1].append(
+                f"`{v}`{where}")  # (--steps: the runs used these, not the suite's)
+    if len(runs) == 1:
+        lines.append(f"Deep runs: {text(next(iter(runs.values()))[0])}.")
+    elif runs:  # the suite file's [deep] changed between runs that chose some of its cells
+        lines.append("Deep runs, with the run options each ran with ([deep] changed between runs that chose some of "
+                     "the cells): " + "; ".join(f"{text(o)} for {', '.join(rows)}" for o, rows in runs.values()) + ".")
     if state.get("steps"):
         suite_says = f" (the suite's own: {suite_steps})" if suite_steps is not None else ""
         lines.append(f"The steps were set on the command line: {state['steps']}{suite_says}.")
     lines += ["", "| method | hyperparameters (all tasks) | time, all its cells (s) |", "|---|---|---|"]
     mixed = []
-    text = lambda cfg: ", ".join(f"{k} = {val}" for k, val in sorted(cfg.items())) or "defaults"  # noqa: E731
     for v in summary.order:
         settings = list(summary.configs[v].values())
         if len(settings) == 1:
@@ -289,6 +313,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     by_form = {form: sum(t for v, t in summary.seconds.items() if summary.mode[v] == form) for form in ("deep", "shallow")}
     split = (f" (deep rows {by_form['deep'] / 60:.1f} min, shallow rows {by_form['shallow'] / 60:.1f} min)"
              if by_form["deep"] and by_form["shallow"] else "")
+    made = _command_cells(suite, state, summary)[3]
     timing = state.get("timing", suite.timing)
     if timing and state.get("steps") and suite_steps is not None:  # the suite's note speaks of its own steps
         timing = f'The suite\'s note, written for its own {suite_steps} steps: "{timing}"'
@@ -299,8 +324,9 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         f"Machine: {machine_line(state['machine'])}." + _threads_text(state),
         "",
         f"Reproduce: `{_reproduce(suite, state, summary, out_dir)}` (a killed run resumes where it stopped; finished "
-        "cells are kept)" + ("." if _rectangle(state, summary) else
-                             "; this file's cells come from narrower runs, so the command runs more of them."),
+        "cells are kept)" + ("." if len(state["cells"]) == made else
+                             f"; the file holds {len(state['cells'])} of its {made} cells (its runs chose fewer, or "
+                             "stopped early), so the command runs the others."),
     ]
     return "\n".join(lines) + "\n"
 

@@ -403,6 +403,10 @@ def _load_state(path: Path) -> dict[str, Any]:
     damaged = [key for key, kinds in _TOP_LEVEL.items() if key in state and not _of_kind(state[key], kinds)]
     damaged += [key for key, kind in (("plugins", str), ("jobs_used", int))
                 if isinstance(state.get(key), list) and not all(_of_kind(x, (kind,)) for x in state[key])]
+    chosen = state.get("chosen")
+    if isinstance(chosen, dict) and any(k not in _CHOSEN or not isinstance(v, list) or
+                                        not all(_of_kind(x, (_CHOSEN[k],)) for x in v) for k, v in chosen.items()):
+        damaged.append("chosen")
     if state["cells"] and "machine" not in state:  # written with every cell; the table names the machine
         damaged.append("machine")
     if damaged:
@@ -416,8 +420,10 @@ _TOP_LEVEL: dict[str, tuple[type, ...]] = {
     "suite": (str,), "title": (str,), "dataset": (str,), "suite_file": (str,), "suite_path": (str,),
     "protocol": (str,), "timing": (str,), "steps": (int, type(None)), "deep_options": (dict, type(None)),
     "machine": (dict,), "plugins": (list,), "wall_seconds": (int, float), "rerun_since": (int, float), "rerun_started": (dict,),
-    "jobs": (int,), "jobs_used": (list,),
+    "jobs": (int,), "jobs_used": (list,), "chosen": (dict,),
 }
+#: the lists of ``chosen``, and the type of their items
+_CHOSEN = {"methods": str, "tasks": str, "seeds": int}
 
 
 def _of_kind(value: Any, kinds: tuple[type, ...]) -> bool:
@@ -450,6 +456,8 @@ def _whole_cell(cell: Any) -> bool:
                                                                                      "src", "tgt", "status")):
         return False
     if not isinstance(cell.get("seed"), int) or not all(isinstance(cell.get(k, 0.0), (int, float)) for k in ("seconds", "finished")):
+        return False
+    if not isinstance(cell.get("run_options"), (dict, type(None))):
         return False
     if cell["status"] == "done":  # a suite scores its targets: a done cell holds a number (None is no score)
         acc = cell.get("target_accuracy")
@@ -756,6 +764,12 @@ def run_suite(
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
+        # what the invocations chose, together: the Reproduce line names it, not only what finished
+        # (after Ctrl-C it had narrowed --tasks to the finished ones, a command that never ends the suite)
+        was = state.get("chosen", {})
+        state["chosen"] = {"methods": sorted(set(was.get("methods", [])) | {v.method for v in variants}),
+                           "tasks": sorted(set(was.get("tasks", [])) | {f"{s}->{t}" for s, t in chosen_tasks}),
+                           "seeds": sorted(set(was.get("seeds", [])) | set(chosen_seeds))}
         # the table's text is the one of the suite file its cells ran under, not a later edit's:
         # a new file takes the suite's; a file whose cells all run again in one invocation, too
         texts = {"protocol": suite.protocol, "timing": suite.timing}
@@ -808,6 +822,8 @@ def run_suite(
             state["cells"][cell.key] = {
                 "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
                 "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
+                # the suite's [deep] run options it ran with (the file's top level holds the latest only)
+                "run_options": suite.deep if cell.variant.mode == "deep" else None,
                 "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
                 "code": codes[cell.variant.method], "dalib_code": core, "finished": time.time(), **outcome,
             }

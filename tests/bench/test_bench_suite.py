@@ -502,6 +502,36 @@ def test_a_narrowed_run_says_so_and_its_reproduce_line_narrows_too(toy_suite, tm
     assert "Target accuracy (%), seed 0 alone (no spread)." in table and "(2 cells)" in table
 
 
+def test_a_stopped_run_reproduces_with_the_command_that_was_run_not_the_tasks_it_finished(toy_suite, tmp_path):
+    two = tmp_path / "two.toml"
+    two.write_text(TOY_SUITE.replace('tasks = ["src->tgt"]', 'tasks = ["src->tgt", "tgt->src"]'))
+
+    def stop(cell, outcome):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # stopped after its first cell, of the task src->tgt
+        run_suite(load_suite(str(two)), tmp_path, methods=["source_only"], seeds=[0], progress=False, on_cell=stop)
+    table = (tmp_path / "bench-two.md").read_text()
+    # it had said --tasks "src->tgt": a command that never runs tgt->src
+    assert f"Reproduce: `dalib bench {two} --methods source_only --seeds 0 --out {tmp_path}`" in table
+    assert "the file holds 1 of its 4 cells (its runs chose fewer, or stopped early)" in table
+
+
+def test_each_row_names_the_deep_run_options_its_cells_ran_with(toy_suite, tmp_path):
+    run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    toy_suite.write_text(toy_suite.read_text().replace("batch_size = 16", "batch_size = 8"))
+    with pytest.warns(RuntimeWarning, match="other settings than"):  # source_only's cells are not chosen: kept
+        path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], seeds=[0], progress=False)
+    cells = json.loads(path.read_text())["cells"]
+    assert cells["source_only | src->tgt | seed 0"]["run_options"] == {"steps": 15, "batch_size": 16}
+    assert cells["dann | src->tgt | seed 0"]["run_options"] == {"steps": 15, "batch_size": 8}
+    assert cells["source_only (shallow, 1nn) | src->tgt | seed 0"]["run_options"] is None
+    # it had said "Deep runs: batch_size = 8, steps = 15." of every row, source_only's too
+    assert ("Deep runs, with the run options each ran with ([deep] changed between runs that chose some of the "
+            "cells): batch_size = 16, steps = 15 for `source_only`; batch_size = 8, steps = 15 for `dann`."
+            in path.with_suffix(".md").read_text())
+
+
 def _plugin_file(path, name: str, body: str, config: str = "pass") -> str:
     path.write_text(
         "from dataclasses import dataclass\n"
@@ -885,12 +915,18 @@ def test_the_table_says_when_its_cells_do_not_fill_a_rectangle(toy_suite, tmp_pa
     assert "The mean over tasks of `source_only` is over the seeds that finished every task" in text
     assert "Not in the chart (no seed finished every task): `coral`." in text
     assert "2.0 min of wall time with `--jobs 1` and `--jobs 2`" in text
-    assert "this file's cells come from narrower runs, so the command runs more of them" in text
+    # the command runs the shallow rows of both methods too (the suite has [shallow])
+    assert "the file holds 4 of its 16 cells (its runs chose fewer, or stopped early), so the command runs the others" in text
     for v, a, b, k in (("source_only", "tgt", "src", 1), ("coral", "src", "tgt", 1), ("coral", "tgt", "src", 0),
                        ("coral", "tgt", "src", 1)):
         cells[f"{v} | {a}->{b} | seed {k}"] = cell(v, a, b, k)
     text = markdown(suite, state, Summary(state), "chart.png")
-    assert "come from narrower runs" not in text and "Not in the chart" not in text and "seeds that finished" not in text
+    assert "the file holds 8 of its 16 cells" in text
+    assert "Not in the chart" not in text and "seeds that finished" not in text
+    for key, deep in list(cells.items()):
+        v = f"{deep['method']} (shallow, 1nn)"
+        cells[key.replace(deep["variant"], v)] = deep | {"variant": v, "mode": "shallow", "classifier": "1nn"}
+    assert "the file holds" not in markdown(suite, state, Summary(state), "chart.png")
 
 
 def test_a_row_whose_cells_ran_with_different_hyperparameters_names_each_setting(toy_suite):
@@ -1046,6 +1082,7 @@ def test_a_plugin_that_exits_fails_its_own_cells_and_ctrl_c_still_stops_the_suit
     (lambda s: s.pop("machine"), "machine"),
     (lambda s: s.update(protocol=5), "protocol"),
     (lambda s: s.update(deep_options=[1]), "deep_options"),
+    (lambda s: s.update(chosen={"seeds": ["0"]}), "chosen"),
     (lambda s: s.update(steps="x", plugins=[3]), "steps, plugins are"),
 ])
 def test_a_damaged_top_level_of_a_results_file_is_one_line(toy_suite, tmp_path, edit, key):
