@@ -39,7 +39,7 @@ def param(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> 
     return dataclasses.field(default=default, metadata=metadata, **kwargs)
 
 
-def _resolved_types(cls: type) -> dict[str, Any]:
+def resolved_types(cls: type) -> dict[str, Any]:
     try:
         return typing.get_type_hints(cls)
     except Exception:  # unresolvable forward refs: fall back to the raw annotations
@@ -186,7 +186,7 @@ def build_config(cls: type, overrides: dict[str, Any] | None = None, *, owner: s
     """
     overrides = dict(overrides or {})
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    hints = _resolved_types(cls)
+    hints = resolved_types(cls)
     where = f" of {owner}" if owner else ""
     kwargs = {}
     for key, raw in overrides.items():
@@ -202,7 +202,7 @@ def build_config(cls: type, overrides: dict[str, Any] | None = None, *, owner: s
 
 def describe_config(cls: type) -> list[tuple[str, str, str, str]]:
     """(name, type, default, help) for each field of the dataclass ``cls``."""
-    hints = _resolved_types(cls)
+    hints = resolved_types(cls)
     rows = []
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:

@@ -21,8 +21,9 @@ from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
+from dalib.config import parse_value, resolved_types
 from dalib.data.registry import dataset_plugin_errors, forget_failed, note_origin, same_definition
-from dalib.errors import RegistryError, UnknownNameError, first_line, import_failure
+from dalib.errors import ConfigError, RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
 __all__ = [
@@ -118,11 +119,19 @@ def _check_config(name: str, attr: str, config: type) -> None:
     except Exception as exc:
         raise RegistryError(f"method {name!r}: its {attr}'s own defaults are refused by its checks: "
                             f"{type(exc).__name__}: {first_line(exc)}") from None
+    hints = resolved_types(config)
     for f in dataclasses.fields(config):
         value = getattr(defaults, f.name, None)  # a field(init=False) that __post_init__ leaves unset: none
         if not _plain_default(value):
             raise RegistryError(f"method {name!r}: {attr} field {f.name!r} defaults to {value!r}, which result.json "
                                 "cannot hold: use None, a boolean, a number, a string, or a list of them")
+        hint = hints.get(f.name)
+        if f.init and hint is not None and not isinstance(hint, str):  # (an annotation left unresolved: unknown)
+            try:  # the value --set and suite files are held to (an int field's 0.5 went to result.json)
+                parse_value(value, hint, f.name)
+            except ConfigError as exc:
+                raise RegistryError(f"method {name!r}: {attr} field {f.name!r} defaults to {value!r}: "
+                                    f"{first_line(exc).removeprefix(f'bad value {value!r} for {f.name}: ')}") from None
 
 
 def _add(name: str, cls: type) -> None:
@@ -139,6 +148,8 @@ def _add(name: str, cls: type) -> None:
         if inspect.isclass(cls.__dict__.get(typo)):
             raise RegistryError(f"method {name!r} defines a class {typo!r}: the hyperparameters are read from "
                                 "Config (and ShallowConfig), spelt so")
+    if cls.loss is Method.loss:  # (else refused at the first step, after the data and prepare())
+        raise RegistryError(f"method {name!r} defines no loss(batch, out, progress): every method trains with one")
     existing = _methods.get(name)
     if existing is not None and not same_definition(existing, cls):
         raise RegistryError(f"method {name!r} is already registered by {defined_at(existing)}")

@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from dalib.config import build_config, param
-from dalib.data.domain import check_labels, labelled_accuracy
+from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
 from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure, warn_outside_dalib
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
@@ -441,8 +441,7 @@ def _fetch(domain: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
         return domain.x[idx], domain.y[idx]
     items = [domain.dataset[int(i)] for i in idx]
     xs = torch.stack([torch.as_tensor(x) for x, _ in items])
-    ys = torch.as_tensor([int(y) for _, y in items], dtype=torch.long)
-    return xs, ys
+    return xs, label_tensor([y for _, y in items], domain)
 
 
 def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
@@ -465,6 +464,7 @@ class _Prefetcher:
     """Loads batches of a lazily decoded dataset (image folders) with worker processes."""
 
     def __init__(self, domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False) -> None:
+        self._domain = domain
         sampler = [stream.indices(s).tolist() for s in range(start, stop)]
         self._it = iter(  # pinned batches make the copy to the GPU asynchronous (non_blocking)
             _loader(domain.dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin)
@@ -483,7 +483,7 @@ class _Prefetcher:
             failed = _from_worker(exc)
         if failed is not None:  # raised outside the except: torch's error, which holds the workers, is not kept with it
             raise failed
-        return x, y.long()
+        return x, label_tensor(y, self._domain)
 
 
 def _from_worker(exc: DalibError) -> DalibError:
@@ -538,7 +538,7 @@ def _forward_batches(
             for x, y in batches:
                 with torch.no_grad():
                     out = model(x.to(device))
-                yield out, torch.as_tensor(y).cpu()
+                yield out, label_tensor(y, domain).cpu()
         except DalibError as exc:
             if not workers:
                 raise
@@ -953,6 +953,7 @@ def _run(
         if start == 0:
             method.prepare(context)
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
+            _check_source_weights(method.source_weights, len(src), config.method)
         if ckpt is not None:
             _set_host_rng_states(ckpt["rng"], out)
             torch.set_rng_state(ckpt["rng"]["torch"])
@@ -999,6 +1000,9 @@ def _run(
                 _check_losses(losses, config.method)
                 total = losses["total"]
                 if not torch.isfinite(total):
+                    for x, role, d in ((x_s, "source", src), (x_t, "target", tgt)):  # (a dataset of its own: unchecked)
+                        if not bool(torch.isfinite(x).all()):
+                            check_finite(x, f"the {role} batch of step {step + 1} (domain {d.name})")
                     raise DataError(
                         f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the method's trade-off"
                     )
@@ -1143,6 +1147,22 @@ def _diagnostics(method: Method, name: str) -> dict[str, Any]:
     if not isinstance(method.diagnostics, dict):
         raise PluginError(f"method {name!r}: diagnostics must be a dict, got {type(method.diagnostics).__name__}")
     return plain_diagnostics(method.diagnostics, name)
+
+
+def _check_source_weights(weights: Any, n: int, name: str) -> None:
+    """``source_weights`` as :meth:`Method.source_loss` takes them: None, or one finite,
+    non-negative weight per source sample, (N_s,), not all zero. Else one line: an (N_s, 1)
+    column (a QP solver's usual answer) had broadcast to (B, B) in the loss, which lost the
+    weighting and scaled the loss by the batch size."""
+    if weights is None:
+        return
+    if not isinstance(weights, Tensor) or not weights.is_floating_point() or tuple(weights.shape) != (n,):
+        got = f"{tuple(weights.shape)} {weights.dtype}" if isinstance(weights, Tensor) else _describe(weights)
+        raise PluginError(f"method {name!r}: source_weights must be a floating-point tensor of shape ({n},), one weight "
+                          f"per source sample, got {got}")
+    if not bool(torch.isfinite(weights).all()) or bool((weights < 0).any()) or not bool((weights > 0).any()):
+        raise PluginError(f"method {name!r}: source_weights must be finite and non-negative, and not all zero "
+                          f"(min {float(weights.min()):g}, max {float(weights.max()):g})")
 
 
 def _describe(value: Any) -> str:

@@ -29,6 +29,42 @@ def labelled_accuracy(pred: Any, labels: Any) -> float | None:
     return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
 
 
+def _a_sample_of(domain: Any) -> str:
+    return f"a sample of domain {domain.name!r}{' (' + domain.dataset_name + ')' if domain.dataset_name else ''}"
+
+
+def _one_number(y: Any) -> bool:
+    """Whether ``y`` is a tensor or numpy value of one element (its ``item()`` the label)."""
+    if isinstance(y, torch.Tensor):
+        return y.numel() == 1
+    return isinstance(y, (np.ndarray, np.generic)) and y.size == 1
+
+
+def label_tensor(labels: Any, domain: Any) -> torch.Tensor:
+    """A batch's labels from ``domain``'s dataset (a plugin's own may give floats, numpy
+    numbers, one-element tensors or text) as class indices, int64 (B,). A label that is no
+    whole number is one :class:`DataError` line (``int()`` had truncated 0.9 to class 0; text
+    had failed in the final scoring, after training)."""
+    if not isinstance(labels, torch.Tensor):  # one label per sample, as the dataset gave them
+        values = [y.item() if _one_number(y) else y for y in labels]
+        for y in values:
+            if isinstance(y, bool) or not isinstance(y, (int, float)):
+                raise DataError(f"{_a_sample_of(domain)} is labelled {y!r} ({type(y).__name__}): labels are class "
+                                "indices, integers 0..C-1 (-1: unlabelled)")
+        labels = torch.tensor(values, dtype=torch.float64 if any(isinstance(y, float) for y in values) else torch.int64)
+    if labels.dim() > 1 and labels[0].numel() == 1:  # (B, 1): one-element label tensors, collated
+        labels = labels.reshape(len(labels))
+    if labels.dim() != 1 or labels.dtype == torch.bool or labels.is_complex():
+        raise DataError(f"the labels of domain {domain.name!r} are {tuple(labels.shape)} {labels.dtype}: one class "
+                        "index per sample, an integer 0..C-1 (-1: unlabelled)")
+    if labels.is_floating_point():
+        whole = labels == labels.round()  # (NaN: not whole)
+        if not bool(whole.all()):
+            raise DataError(f"{_a_sample_of(domain)} is labelled {labels[~whole][0].item()!r}: labels are class "
+                            "indices, integers 0..C-1 (-1: unlabelled)")
+    return labels.long()
+
+
 def check_labels(y: torch.Tensor, domain: Any, *, labelled: bool) -> None:
     """Raise DataError when a label of ``y`` (the labels of samples of ``domain``) lies
     outside ``0 .. num_classes-1``: :data:`UNLABELLED` (−1) too where ``labelled`` (a source)."""
@@ -41,8 +77,7 @@ def check_labels(y: torch.Tensor, domain: Any, *, labelled: bool) -> None:
         what = "is unlabelled (-1): the source must be labelled" if bad == UNLABELLED and labelled else (
             f"is labelled {bad}: labels must lie in 0..{domain.num_classes - 1}"
             + ("" if labelled else f", or be {UNLABELLED} for an unlabelled sample"))
-        raise DataError(f"a sample of domain {domain.name!r}{' (' + domain.dataset_name + ')' if domain.dataset_name else ''} "
-                        f"{what}")
+        raise DataError(f"{_a_sample_of(domain)} {what}")
 
 
 @dataclass(frozen=True, eq=False)

@@ -361,6 +361,9 @@ def load_domain(
     )
     if len(result) == 0:
         raise DataError(f"empty domain: no samples in {where}")
+    if info.num_classes is not None and result.num_classes != info.num_classes:  # (else a head of the loader's size, unsaid)
+        raise RegistryError(f"the loader of dataset {info.name} returned domain {result.name} with {result.num_classes} "
+                            f"classes, but the dataset declares num_classes={info.num_classes}")
     if result.x is not None:
         check_finite(result.x, where)
     return result

@@ -386,7 +386,8 @@ def own_registry(monkeypatch):
 
 def test_a_plugin_without_a_docstring_shows_none_not_the_base_classs(runner, own_registry, tmp_path):
     (tmp_path / "nodoc.py").write_text(
-        "import dalib\n@dalib.register_method('nodoc_test')\nclass NoDoc(dalib.Method):\n    pass\n")
+        "import dalib\n@dalib.register_method('nodoc_test')\nclass NoDoc(dalib.Method):\n"
+        "    def loss(self, batch, out, progress):\n        return {'total': self.source_loss(batch, out)}\n")
     res = runner.invoke(cli, ["list", "--plugin", str(tmp_path / "nodoc.py")])
     line = next(line for line in res.stdout.splitlines() if "nodoc_test" in line)
     assert line.split() == ["nodoc_test", "deep"]
@@ -398,6 +399,7 @@ def test_a_plugins_own_runtime_error_that_mentions_memory_keeps_its_traceback(ru
     """Only torch's allocators running out are 'out of memory'; a plugin's bug is not."""
     (tmp_path / "alloc.py").write_text(
         "import dalib\n@dalib.register_method('alloc_test')\nclass Alloc(dalib.Method):\n    'Fails in prepare.'\n"
+        "    def loss(self, batch, out, progress):\n        return {'total': self.source_loss(batch, out)}\n"
         "    def prepare(self, context):\n        raise RuntimeError('could not allocate the pseudo-label buffer')\n")
     res = runner.invoke(cli, ["run", "alloc_test", "--plugin", str(tmp_path / "alloc.py"), "--src", "mnist",
                               "--tgt", "usps", "--steps", "2", "--out", str(tmp_path / "r")])

@@ -322,8 +322,10 @@ def test_param_takes_a_default_factory():
         ("cache: object = pathlib.Path('cache')", "Config field 'cache' defaults to PosixPath('cache'), which result.json "
                                                    "cannot hold"),
         ("kind: object = enum.Enum('Kind', 'A B').A", "Config field 'kind' defaults to <Kind.A: 1>"),
+        # written to result.json as 0.5, though --set holds the field to integers
+        ("a: int = 0.5", "Config field 'a' defaults to 0.5: expected an integer"),
     ],
-    ids=["required", "own-check", "path", "enum"],
+    ids=["required", "own-check", "path", "enum", "type"],
 )
 def test_config_defaults_a_run_could_not_use_or_write_are_refused_at_registration(method_named, body, fragment):
     """Before: a Path default trained a whole run, then lost its result.json to a TypeError."""
@@ -365,7 +367,7 @@ def test_a_methods_own_config_instance_is_taken_as_its_hyperparameters(toy_datas
 
 
 def test_a_config_field_that_init_leaves_out_is_not_read_at_registration(method_named):
-    class Derived(Method):
+    class Derived(_Base):
         """A field computed later (init=False), not set by __post_init__."""
 
         @dataclass(frozen=True)
@@ -464,3 +466,43 @@ def test_a_run_writes_its_result_even_when_its_method_left_the_registry(toy_data
     run(_config(toy_dataset, "leaves_test", steps=3), tmp_path / "r", progress_bar=False, on_step=leave)
     written = json.loads((tmp_path / "r" / "result.json").read_text())
     assert written["method_class"].endswith("_RecordsItsStart") and "torch" in written["versions"]
+
+
+def test_a_method_without_a_loss_is_refused_at_registration(method_named):
+    """It had registered, then failed at the first step (after the data and prepare()) with
+    a NotImplementedError."""
+    class NoLoss(Method):
+        """Forgot its loss."""
+
+        @dataclass(frozen=True)
+        class Config:
+            pass
+
+    with pytest.raises(RegistryError, match=r"^method 'contract_no_loss' defines no loss\(batch, out, progress\)"):
+        method_named("contract_no_loss", NoLoss)
+
+
+@pytest.mark.parametrize(("weights", "fragment"), [
+    # a QP solver's (N, 1) column had broadcast to (B, B) in source_loss: the weighting lost, the loss scaled by B
+    (lambda n: torch.ones(n, 1), "must be a floating-point tensor of shape (300,), one weight per source sample, "
+                                 "got (300, 1) torch.float32"),
+    (lambda n: torch.ones(n - 1), "got (299,) torch.float32"),  # (had been an IndexError at some step)
+    (lambda n: np.ones(n), "got a ndarray"),  # (had been an AttributeError)
+    (lambda n: torch.ones(n, dtype=torch.int64), "got (300,) torch.int64"),
+    (lambda n: -torch.ones(n), "must be finite and non-negative, and not all zero (min -1, max -1)"),
+    (lambda n: torch.full((n,), float("nan")), "must be finite and non-negative"),  # (blamed on the learning rate)
+    (lambda n: torch.zeros(n), "not all zero (min 0, max 0)"),
+], ids=["column", "short", "numpy", "integer", "negative", "nan", "zero"])
+def test_source_weights_that_source_loss_cannot_use_are_one_line_before_training(toy_dataset, method_named, tmp_path,
+                                                                                weights, fragment):
+    class Weighs(_Base):
+        """Weights from prepare()."""
+
+        def prepare(self, context):
+            self.source_weights = weights(len(context.source))
+
+    method_named("contract_weighs", Weighs)
+    with pytest.raises(PluginError, match="^method 'contract_weighs': source_weights ") as err:
+        run(_config(toy_dataset, "contract_weighs"), tmp_path / "r", progress_bar=False)
+    assert fragment in str(err.value)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()

@@ -27,6 +27,10 @@ def clean_registry(monkeypatch):
     yield registry
 
 
+#: a test plugin's loss(), in the text of its source file (every method defines one)
+_LOSS = "    def loss(self, batch, out, progress):\n        return {'total': self.source_loss(batch, out)}\n"
+
+
 def _method_class():
     class Tiny(Method):
         """A tiny method."""
@@ -258,7 +262,7 @@ def test_a_user_plugin_cannot_shadow_an_installed_method_by_loading_first(clean_
         "import dalib\n"
         "@dalib.register_method('installed_x')\n"
         "class Clash(dalib.Method):\n"
-        "    '''Not the installed one.'''\n"
+        "    '''Not the installed one.'''\n" + _LOSS
     )
     with pytest.raises(RegistryError, match="'installed_x' is already registered by .*_method_class.<locals>.Tiny"):
         dalib.load_plugin_module(str(plugin))
@@ -278,7 +282,7 @@ def test_load_plugin_module_returns_only_its_own_names_and_can_load_a_file_again
         "import dalib\n"
         "@dalib.register_method('again_test')\n"
         "class Again(dalib.Method):\n"
-        "    '''First version.'''\n"
+        "    '''First version.'''\n" + _LOSS
     )
     assert dalib.load_plugin_module(str(plugin)) == ["again_test"]  # not the installed ones loaded on the way
     assert dalib.list_methods() == ["again_test", "installed_y"]
@@ -346,7 +350,7 @@ def test_a_notebook_cell_run_again_replaces_its_method(clean_registry):
         "import dalib\n"
         "@dalib.register_method('cell_test')\n"
         "class Cell(dalib.Method):\n"
-        "    'Defined in a notebook cell.'\n"
+        "    'Defined in a notebook cell.'\n" + _LOSS
     )
     first, second = {"__name__": "__main__"}, {"__name__": "__main__"}
     exec(compile(cell, "<cell>", "exec"), first)
@@ -357,7 +361,7 @@ def test_a_notebook_cell_run_again_replaces_its_method(clean_registry):
 
 
 def test_a_plugin_file_that_is_also_installed_says_to_drop_the_flag(clean_registry, monkeypatch, tmp_path):
-    source = "import dalib\n@dalib.register_method('twice_x')\nclass Twice(dalib.Method):\n    'Installed and given.'\n"
+    source = "import dalib\n@dalib.register_method('twice_x')\nclass Twice(dalib.Method):\n    'Installed and given.'\n" + _LOSS
     (tmp_path / "pkg").mkdir()
     (tmp_path / "pkg" / "twice_mod.py").write_text(source)  # the installed copy
     (tmp_path / "twice_mod.py").write_text(source)  # the file next to the user
@@ -414,7 +418,7 @@ def test_an_entry_point_naming_a_class_of_a_module_being_imported_is_no_failure(
     """``import my_plugin`` (which imports dalib) before anything listed the methods, with the
     entry point in class form, ``my_plugin:MyMethod``: no failed plugin is reported."""
     (tmp_path / "dalib_class_ep_test.py").write_text(
-        "import dalib\n@dalib.register_method('class_ep_test')\nclass ClassEp(dalib.Method):\n    'Class form.'\n")
+        "import dalib\n@dalib.register_method('class_ep_test')\nclass ClassEp(dalib.Method):\n    'Class form.'\n" + _LOSS)
     _one_entry_point(monkeypatch, tmp_path, "class_ep_test", "dalib_class_ep_test:ClassEp")
     monkeypatch.delitem(sys.modules, "dalib_class_ep_test", raising=False)
     import importlib
@@ -432,10 +436,10 @@ def test_a_class_entry_point_of_a_package_still_importing_is_registered_once_it_
     pkg = tmp_path / "dalib_halfpkg_test"
     pkg.mkdir()
     (pkg / "__init__.py").write_text(
-        "import dalib\nclass Plain(dalib.Method):\n    'Named by the entry point.'\n"
+        "import dalib\nclass Plain(dalib.Method):\n    'Named by the entry point.'\n" + _LOSS +
         "from dalib_halfpkg_test import other  # noqa: E402\n")
     (pkg / "other.py").write_text(
-        "import dalib\n@dalib.register_method('half_other_test')\nclass Other(dalib.Method):\n    'Decorated.'\n")
+        "import dalib\n@dalib.register_method('half_other_test')\nclass Other(dalib.Method):\n    'Decorated.'\n" + _LOSS)
     _one_entry_point(monkeypatch, tmp_path, "half_plain_test", "dalib_halfpkg_test:Plain")
     import importlib
 
@@ -447,7 +451,7 @@ def test_a_class_entry_point_of_a_package_still_importing_is_registered_once_it_
 @pytest.mark.parametrize("order", [("base_split.py", "derived_split.py"), ("derived_split.py", "base_split.py")])
 def test_a_plugin_split_into_files_loads_each_once_in_either_order(clean_registry, tmp_path, order):
     (tmp_path / "base_split.py").write_text(
-        "import dalib\n@dalib.register_method('base_split_test')\nclass BaseM(dalib.Method):\n    'Base.'\n")
+        "import dalib\n@dalib.register_method('base_split_test')\nclass BaseM(dalib.Method):\n    'Base.'\n" + _LOSS)
     (tmp_path / "derived_split.py").write_text(
         "import dalib\nfrom base_split import BaseM\n@dalib.register_method('derived_split_test')\n"
         "class DerivedM(BaseM):\n    'Derived.'\n")

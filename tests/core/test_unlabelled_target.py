@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -252,3 +253,74 @@ def test_labels_outside_the_class_range_of_a_dataset_of_ones_own_are_one_line(ta
     with pytest.raises(DataError, match=r"^a sample of domain 'ms' \(lazy-labels-\d\) is labelled 3: labels must lie "
                                         r"in 0\.\.2$"):
         run(cfg, None, progress_bar=False)
+
+
+class _Given(torch.utils.data.Dataset):
+    """A dataset of one's own whose samples carry the labels given (and x as given)."""
+
+    def __init__(self, labels, x=None) -> None:
+        self.labels = list(labels)
+        self.x = torch.randn(len(self.labels), 4, generator=torch.Generator().manual_seed(3)) if x is None else x
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.x[i], self.labels[i]
+
+
+def _given_dataset(name, labels, x=None):
+    if name not in list_datasets():
+        register_dataset(
+            DatasetInfo(name=name, description="labels as given", domains=("gs", "gt"), kind="features", num_classes=2,
+                        needs="embedded"),
+            lambda req: Domain(name=req.domain, dataset=_Given(labels, x), num_classes=2, input_shape=(4,),
+                               classes=["a", "b"], dataset_name=name))
+    return name
+
+
+@pytest.mark.parametrize(("labels", "workers", "said"), [
+    ([0.4, 0.9] * 6, 0, "is labelled 0.4"),  # int() had made them class 0: both accuracies 0.0, unsaid
+    ([0.4, 0.9] * 6, 2, "is labelled 0.4"),  # (read by worker processes, collated)
+    (["0", "1"] * 6, 0, "is labelled '0' (str)"),  # had trained, then failed in the scoring: a traceback
+], ids=["fractions", "fractions-workers", "text"])
+def test_labels_that_are_no_class_indices_are_one_line_before_training(tmp_path, labels, workers, said):
+    name = _given_dataset(f"given-{labels[0]!r}-{type(labels[0]).__name__}", labels)
+    cfg = RunConfig(method="source_only", mode="deep", dataset=name, src="gs", tgt="gt", steps=3, batch_size=4, workers=workers)
+    with pytest.raises(DataError, match=rf"^a sample of domain 'gs' \({re.escape(name)}\) {re.escape(said)}: labels are "
+                                        "class indices"):
+        run(cfg, tmp_path / "r", progress_bar=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_whole_number_labels_of_any_kind_are_class_indices():
+    """Floats 1.0, numpy integers and one-element tensors: what datasets of one's own give."""
+    labels = [1.0, np.int64(0), torch.tensor([1]), torch.tensor(0.0)] * 3
+    name = _given_dataset("given-mixed-kinds", labels)
+    cfg = RunConfig(method="source_only", mode="deep", dataset=name, src="gs", tgt="gt", steps=3, batch_size=4, eval_every=0)
+    result = run(cfg, None, progress_bar=False)
+    pred = result.model(torch.randn(12, 4, generator=torch.Generator().manual_seed(3)))[1].argmax(1)
+    assert result.target_accuracy == pytest.approx(100.0 * float((pred == torch.tensor([1, 0, 1, 0] * 3)).float().mean()))
+
+
+def test_nan_features_of_a_dataset_of_ones_own_are_named_not_blamed_on_the_learning_rate(tmp_path):
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(3))
+    x[:, 0] = float("nan")
+    name = _given_dataset("given-nan", [0, 1] * 6, x)
+    cfg = RunConfig(method="source_only", mode="deep", dataset=name, src="gs", tgt="gt", steps=3, batch_size=4)
+    with pytest.raises(DataError, match=r"^NaN or infinite features in 4 sample\(s\) of the source batch of step 1 "
+                                        r"\(domain gs\)$"):  # it had said "lower --lr or the method's trade-off"
+        run(cfg, tmp_path / "r", progress_bar=False)
+
+
+def test_a_loader_that_gives_another_number_of_classes_than_its_dataset_declares_is_one_line():
+    from dalib.data import load_domain
+    from dalib.errors import RegistryError
+
+    x = torch.zeros(6, 2)
+    register_dataset(DatasetInfo(name="declares-two", description="3 classes, declared 2", domains=("d",),
+                                 kind="features", num_classes=2, needs="embedded"),
+                     lambda req: Domain.from_arrays(req.domain, x, np.arange(6) % 3, num_classes=3))
+    with pytest.raises(RegistryError, match=r"^the loader of dataset declares-two returned domain d with 3 classes, "
+                                            r"but the dataset declares num_classes=2$"):
+        load_domain("declares-two", "d")
