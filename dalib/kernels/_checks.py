@@ -67,6 +67,9 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     try:
         largest = float(torch.linalg.vector_norm(x.detach(), float("inf")))  # max |x|: one host sync for both checks (NaN propagates)
     except RuntimeError as exc:  # torch.func.vmap: a batched tensor has no one value to read
+        if x.device.type == "meta":
+            raise InputError(f"{name} is on the meta device, which holds no values: dalib's losses and kernels "
+                             "compute values (their input checks read them)") from None
         if "vmap" not in str(exc):
             raise
         raise InputError("dalib's losses and kernels do not run under torch.func.vmap (their input checks read "

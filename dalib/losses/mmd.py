@@ -186,9 +186,11 @@ def mmd(
     ``backend``: see :func:`dalib.kernels.resolve_backend`, which decides on the larger of
     the within-domain problems (max(N, M)² pairs). On ``dense`` the gradient is written by
     hand: one matrix product per block. Returns a scalar tensor, differentiable w.r.t. ``x``
-    and ``y`` (twice, too, and under ``torch.func.grad``, ``vjp``, ``jvp`` and forward-mode AD,
-    which take autograd's form; not under ``torch.func.vmap``, whose batched tensors the input
-    checks cannot read).
+    and ``y`` (under ``torch.func.grad``, ``vjp``, ``jvp`` and forward-mode AD too, which take
+    autograd's form; not under ``torch.func.vmap``, whose batched tensors the input checks
+    cannot read). Twice on ``dense`` (which ``auto`` picks for small inputs, up to 724 points on
+    the CPU): ``blocked`` and ``keops`` give first-order gradients and refuse
+    ``create_graph=True`` in one line; pass ``backend="dense"`` for a second derivative.
     """
     if kernel != "gaussian":
         raise InputError(f"unknown kernel {kernel!r}; known: 'gaussian'")

@@ -295,6 +295,9 @@ def test_errors():
     # the input checks read the values, which vmap's batched tensors do not have (torch's .item() message)
     with pytest.raises(InputError, match=r"do not run under torch.func.vmap .*loop over the batch"):
         torch.func.vmap(lambda q: mmd(q, y, bandwidths=SIGMAS))(torch.stack([x, x + 1]))
+    # nor do meta tensors (torch's "Tensor.item() cannot be called on meta tensors" came through)
+    with pytest.raises(InputError, match=r"^x is on the meta device, which holds no values"):
+        mmd(x.to("meta"), y.to("meta"), bandwidths=SIGMAS)
 
 
 def test_the_median_bandwidth_counts_duplicated_points_as_zero_distance():
