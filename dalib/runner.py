@@ -876,6 +876,7 @@ def _run(
                             None if ckpt is not None else config.pretrained)
         model.pretrained = config.pretrained is not None
         spec = model_spec(config, dataset, src, tgt.name)
+        spec["samples"] = {"source": len(src), "target": len(tgt)}  # (the batches a resume draws depend on them)
         if held is not None:
             spec["holdout"] = held_digest
         method = method_cls(method_config, model)
@@ -907,7 +908,7 @@ def _run(
         # differ with it: the run then no longer matches an uninterrupted one bit for bit)
         code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": [], "threads_changed_at": []}
         if ckpt is not None:
-            _check_same_data(ckpt, spec, out)
+            _check_same_data(ckpt, spec, out, config.steps)
             load_weights(model, ckpt, out / CHECKPOINT)
             try:
                 method.load_state_dict(ckpt["method"])
@@ -1664,16 +1665,24 @@ def _with_saved_classes(ckpt: dict[str, Any], src: Any, *others: Any) -> tuple[A
     return tuple(d if d is None else d.with_classes(saved) for d in (src, *others))
 
 
-def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path) -> None:
+def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path, steps: int) -> None:
     """A resume reads data with the checkpoint's classes and input shape: the data folder may
     have moved (``data`` is not compared), but a folder of other classes would relabel the
-    trained head."""
+    trained head, and another number of samples (before the last step) draw other batches."""
     saved = ckpt.get("model_spec") or {}
     if saved.get("holdout") != spec.get("holdout"):  # (a different fraction or seed is refused before)
         raise CheckpointError(
             f"the source has changed since the checkpoint in {out} was written (samples added or removed): the run "
             "would hold out other samples than it did, and train on some it held out; resume with the source as it "
             "was, or run again into another --out")
+    then, now = saved.get("samples"), spec["samples"]  # (a checkpoint from before they were kept: none)
+    # images added to or removed from a folder; once every step has run, a resume only scores
+    # (an unreadable image removed since, say) and draws no batch
+    if isinstance(then, dict) and then != now and int(ckpt["step"]) < steps:
+        changed = "; ".join(f"the {role} had {then.get(role)}, has {now[role]}" for role in now if then.get(role) != now[role])
+        raise CheckpointError(
+            f"the data has changed since the checkpoint in {out} was written ({changed} samples): the run would draw "
+            "other batches than the one it continues; resume with the data as it was, or run again into another --out")
     for key, what in (("classes", "classes"), ("input_shape", "input shape")):
         if key in saved and list(saved[key]) != list(spec[key]):
             shown = [", ".join(map(str, v[:4])) + (" ..." if len(v) > 4 else "") for v in (saved[key], spec[key])]

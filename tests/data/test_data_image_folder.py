@@ -425,6 +425,31 @@ def test_a_resume_on_a_folder_of_other_classes_is_refused(tmp_path):
     assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
 
 
+def test_a_resume_on_a_folder_whose_images_changed_in_number_is_refused(tmp_path):
+    """Images added since the checkpoint: the resume had drawn other batches than the run it
+    continued, without a word (with --holdout it was refused; without, only the classes and
+    the input shape were compared)."""
+    import dalib
+    from dalib.errors import CheckpointError
+    from tests._support.interrupt import killed_at
+
+    for domain in ("src", "tgt"):
+        for k, name in enumerate(("cat", "dog")):
+            for i in range(2):
+                _image(tmp_path / "data" / domain / name / f"{i}.png", (60 * k + 20 * i, 100, 200 - 50 * k))
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "data"), src="src",
+                          tgt="tgt", image_size=16, steps=6, batch_size=2, checkpoint_every=2, device="cpu")
+    killed_at(cfg, tmp_path / "run", 3)  # its checkpoint: step 2 of 6
+    _image(tmp_path / "data" / "src" / "cat" / "2.png", (10, 100, 200))
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match=r"the data has changed since the checkpoint in .* was written \(the "
+                                              r"source had 4, has 5 samples\): the run would draw other batches"):
+        dalib.run(cfg, tmp_path / "run", resume=True, progress_bar=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+    (tmp_path / "data" / "src" / "cat" / "2.png").unlink()  # as it was: it resumes
+    assert dalib.run(cfg, tmp_path / "run", resume=True, progress_bar=False).steps == 6
+
+
 def test_a_resume_keeps_the_checkpoints_classes_when_the_folder_lost_one(tmp_path):
     """A class that only an unread domain filed, whose images are gone since (or an empty class
     folder there, a class for runs begun before such folders named none): the resume numbers
