@@ -202,7 +202,7 @@ class _GaussianSum(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float64, device=x.device)
         for (i0, i1), (j0, j1), weight in _tiles(x.shape[0], y.shape[0], symmetric):
             total += weight * tiles.total(tiles.tile(i0, i1, j0, j1))
-        return total.to(x.dtype)
+        return total  # float64: MMD² is a small difference of three such sums (the caller casts)
 
     @staticmethod
     @outside_autocast  # called in a caller's autocast region, its products would run in bfloat16
@@ -256,7 +256,8 @@ def blocked_gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, gammas: tuple[float
 
 
 def blocked_gaussian_sum(x: Tensor, y: Tensor, gammas: tuple[float, ...], symmetric: bool = False) -> Tensor:
-    """Scalar Σ_ij Σ_s exp(−γ_s D_ij), tiled; ``symmetric`` when ``y is x``."""
+    """Scalar Σ_ij Σ_s exp(−γ_s D_ij), tiled, in float64 (the tiles' sums are); ``symmetric``
+    when ``y is x``."""
     return _GaussianSum.apply(x, y, gammas, symmetric)
 
 

@@ -68,7 +68,9 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
 
 
 def gaussian_sum_unchecked(x: Tensor, y: Tensor, gammas: tuple[float, ...], name: str) -> Tensor:
-    """Σ_ij Σ_s exp(−γ_s ‖x_i − y_j‖²) on a resolved backend, no input checks (scalar).
+    """Σ_ij Σ_s exp(−γ_s ‖x_i − y_j‖²) on a resolved backend, no input checks (scalar): in
+    float64 on ``blocked`` and ``keops`` (summed there over tiles and rows; MMD², a small
+    difference of three such sums, is combined before the cast), else in the inputs' dtype.
 
     ``y is x`` is detected and, on ``blocked``, only half of the tiles are computed.
     """
@@ -77,7 +79,7 @@ def gaussian_sum_unchecked(x: Tensor, y: Tensor, gammas: tuple[float, ...], name
 
         gam = torch.tensor(gammas, dtype=x.dtype, device=x.device)
         ones = torch.ones(y.shape[0], 1, dtype=x.dtype, device=x.device)  # (M, 1)
-        return keops_gaussian_matvec(x, y, ones, gam).sum()
+        return keops_gaussian_matvec(x, y, ones, gam).double().sum()
     if name == "blocked":
         return blocked_gaussian_sum(x, y, gammas, symmetric=y is x)
     return _dense_kernel(x, y, gammas).sum()
@@ -100,4 +102,4 @@ def gaussian_mean(x: Tensor, y: Tensor, sigmas: Sigmas, backend: str = "auto") -
     total = with_keops_fallback(
         backend, resolve_backend(backend, x, y), lambda name: gaussian_sum_unchecked(x, y, gam, name)
     )
-    return total / (x.shape[0] * y.shape[0])
+    return (total / (x.shape[0] * y.shape[0])).to(x.dtype)

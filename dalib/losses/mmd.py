@@ -138,7 +138,7 @@ def _three_sums(x: Tensor, y: Tensor, gammas: tuple[float, ...], name: str, unbi
     """MMD² from the three kernel sums Σ k(x, x'), Σ k(y, y'), Σ k(x, y) on backend ``name``."""
     wx, wy, wxy, diag = _estimator_weights(x.shape[0], y.shape[0], len(gammas), unbiased)
     kxx, kyy, kxy = (gaussian_sum_unchecked(a, b, gammas, name) for a, b in ((x, x), (y, y), (x, y)))
-    return wx * kxx + wy * kyy + wxy * kxy - diag
+    return (wx * kxx + wy * kyy + wxy * kxy - diag).to(x.dtype)  # (combined in the sums' float64 where they are)
 
 
 def _linear(x: Tensor, y: Tensor, gammas: Tensor) -> Tensor:
