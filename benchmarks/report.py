@@ -56,9 +56,10 @@ class Summary:
         # each variant's hyperparameters, with the tasks whose cells ran with them (more than one
         # when the suite file changed between runs that chose some of its cells)
         self.configs: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {}
-        # each deep variant's run options (the suite's [deep]) in the same way; a cell from before
-        # cells kept theirs ran with the file's
+        # each deep variant's run options (the suite's [deep], --steps's steps) in the same way; a
+        # cell from before cells kept theirs ran with the file's
         self.run_options: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {}
+        legacy = (state.get("deep_options") or {}) | ({"steps": state["steps"]} if state.get("steps") else {})
         for cell in state["cells"].values():
             v, task = cell["variant"], f"{cell['src']}->{cell['tgt']}"
             if v not in self.order:
@@ -68,8 +69,7 @@ class Summary:
             self.mode[v], self.classifier[v] = cell["mode"], cell.get("classifier")
             _note(self.configs, v, cell.get("method_config", {}), task)
             if cell["mode"] == "deep":
-                _note(self.run_options, v, cell["run_options"] if "run_options" in cell else state.get("deep_options"),
-                      task)
+                _note(self.run_options, v, cell["run_options"] if "run_options" in cell else legacy, task)
             self.seconds[v] = self.seconds.get(v, 0.0) + float(cell.get("seconds", 0.0))
             if cell["status"] == "done":
                 self.acc.setdefault(v, {}).setdefault(task, {})[cell["seed"]] = float(cell["target_accuracy"])
@@ -279,8 +279,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         settings = summary.run_options[v]
         for key, (options, tasks) in settings.items():
             where = f" ({', '.join(_short(t, suite) for t in tasks)})" if len(settings) > 1 else ""
-            runs.setdefault(key, (options | ({"steps": state["steps"]} if state.get("steps") else {}), []))[1].append(
-                f"`{v}`{where}")  # (--steps: the runs used these, not the suite's)
+            runs.setdefault(key, (options, []))[1].append(f"`{v}`{where}")
     if len(runs) == 1:
         lines.append(f"Deep runs: {text(next(iter(runs.values()))[0])}.")
     elif runs:  # the suite file's [deep] changed between runs that chose some of its cells

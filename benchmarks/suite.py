@@ -814,6 +814,8 @@ def run_suite(
         started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
         jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
 
+        run_options = None if suite.deep is None else suite.deep | ({} if steps is None else {"steps": steps})
+
         def record(cell: Cell, outcome: dict[str, Any]) -> None:
             nonlocal replaced
             old = state["cells"].get(cell.key, {})
@@ -822,8 +824,9 @@ def run_suite(
             state["cells"][cell.key] = {
                 "variant": cell.variant.name, "method": cell.variant.method, "mode": cell.variant.mode,
                 "classifier": cell.variant.classifier, "method_config": cell.variant.method_config,
-                # the suite's [deep] run options it ran with (the file's top level holds the latest only)
-                "run_options": suite.deep if cell.variant.mode == "deep" else None,
+                # the suite's [deep] run options it ran with, --steps's steps (the file's top level holds
+                # the latest [deep] only)
+                "run_options": run_options if cell.variant.mode == "deep" else None,
                 "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
                 "code": codes[cell.variant.method], "dalib_code": core, "finished": time.time(), **outcome,
             }

@@ -241,6 +241,8 @@ def test_cli_narrows_a_run_and_prints_where_the_results_are(toy_suite, tmp_path)
     assert {c["seed"] for c in cells.values()} == {3}
     assert {c["variant"] for c in cells.values()} == {"source_only", "source_only (shallow, 1nn)"}
     assert all(c["steps"] == 5 for c in cells.values() if c["mode"] == "deep")
+    # the options the cell ran with: --steps's, not the suite's 15
+    assert cells["source_only | src->tgt | seed 3"]["run_options"] == {"steps": 5, "batch_size": 16}
     table = (tmp_path / "bench-toy-steps5.md").read_text()
     assert "Deep runs: batch_size = 16, steps = 5." in table  # the steps the runs used, not the suite's 15
     assert "(the suite's own: 15)" in table
