@@ -60,7 +60,9 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
             try:
                 return parse_value(text, arg, key)
             except ConfigError as exc:
-                errors.append(str(exc))
+                errors.append(exc)
+        if len(errors) == 1:  # float | None: the number's own reason ("expected a finite number" for inf)
+            raise ConfigError(f"{errors[0]} (or none)") from None
         raise ConfigError(f"bad value {text!r} for {key}: expected {_type_name(typ)}")
     if origin is typing.Literal:
         for choice in args:

@@ -461,6 +461,17 @@ def test_a_plugin_split_into_files_loads_each_once_in_either_order(clean_registr
     sys.modules.pop("base_split", None)
 
 
+def test_a_value_refused_by_an_optional_type_says_why():
+    """``float | None`` had said "expected float|None" of inf, which is a float."""
+    from dalib.config import parse_value
+
+    with pytest.raises(ConfigError, match=r"^bad value 'inf' for bandwidth: expected a finite number \(or none\)$"):
+        parse_value("inf", float | None, "bandwidth")
+    assert parse_value("none", float | None, "bandwidth") is None and parse_value("2", float | None, "b") == 2.0
+    with pytest.raises(ConfigError, match=r"^bad value \[1\] for k: expected int\|str\|None$"):  # several: named
+        parse_value([1], int | str | None, "k")
+
+
 def test_set_values_parse_as_their_fields_type():
     """What --set and config files give as text: booleans in their usual spellings, and a
     value that itself holds '=' (a path) kept whole."""
