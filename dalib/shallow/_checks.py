@@ -25,8 +25,15 @@ __all__ = [
 ]
 
 
-def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
-    """Return ``x`` (a numpy array, tensor or nested list) as a (N, D) tensor of ``dtype``.
+#: why a target of labels' shape reached fit(Xs, Xt): a scikit-learn Pipeline passes y there
+LABELS_AS_TARGET = (": fit(Xs, Xt) takes the target's features, not labels, so these estimators are no steps of a "
+                     "scikit-learn Pipeline (which passes y there): fit them on both domains, then train the "
+                     "classifier on transform(Xs)")
+
+
+def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64, when_1d: str = "") -> Tensor:
+    """Return ``x`` (a numpy array, tensor or nested list) as a (N, D) tensor of ``dtype``
+    (``when_1d``: what the error adds for a vector).
 
     Raises :class:`InputError` when it is not 2-D, empty, or holds NaN/inf.
     """
@@ -51,7 +58,8 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64) -> Tensor:
             arr = arr.astype(np.float64)  # torch has no extended precision
         t = tensor_of(arr)
     if t.dim() != 2:
-        raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}")
+        raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}"
+                         + (when_1d if t.dim() == 1 else ""))
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise InputError(f"{name} is empty: shape {tuple(t.shape)}")
     t = t.to(dtype)

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from dalib.errors import InputError
 from dalib.kernels._checks import outside_autocast
-from dalib.shallow._checks import as_matrix, check_positive, check_same_features, like_input
+from dalib.shallow._checks import LABELS_AS_TARGET, as_matrix, check_positive, check_same_features, like_input
 from dalib.shallow._params import NotFittedError, Params
 
 __all__ = ["CORAL", "sym_matrix_power"]
@@ -61,7 +61,7 @@ class CORAL(Params):
         """Estimate the map from source ``Xs`` (n_s, d) and target ``Xt`` (n_t, d)."""
         self._check_params()
         xs = as_matrix(Xs, "Xs")
-        xt = as_matrix(Xt, "Xt")
+        xt = as_matrix(Xt, "Xt", when_1d=LABELS_AS_TARGET)
         check_same_features(xs, xt)
         for name, x in (("Xs", xs), ("Xt", xt)):
             if x.shape[0] < 2:

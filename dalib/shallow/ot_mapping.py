@@ -43,6 +43,7 @@ from dalib.kernels._checks import outside_autocast
 from dalib.kernels.backends import import_quietly
 from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import (
+    LABELS_AS_TARGET,
     as_groups,
     as_matrix,
     check_choice,
@@ -153,7 +154,7 @@ class OTMapping(Params):
     def _fit(self, Xs: Any, Xt: Any, ys: Any) -> OTMapping:
         self._check_params()
         xs = as_matrix(Xs, "Xs")
-        xt = as_matrix(Xt, "Xt")
+        xt = as_matrix(Xt, "Xt", when_1d=LABELS_AS_TARGET)
         check_same_features(xs, xt)
         labels = None
         if self.reg_cl is not None:  # the labels only group the source samples: any kind of label

@@ -75,3 +75,18 @@ def test_dataframes_of_mixed_or_nullable_number_columns_are_numbers():
         CORAL().fit(nullable, xt)
     with pytest.raises(InputError, match="must hold numbers, got dtype object"):  # text stays refused
         CORAL().fit(pd.DataFrame(xs).assign(name="a"), xt)
+
+
+@pytest.mark.parametrize("make", [CORAL, OTMapping])
+def test_a_pipeline_step_is_told_why_its_target_is_labels(make):
+    """A Pipeline passes y as fit's second argument: the error had said only "Xt must be 2-D"."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from dalib.errors import InputError
+
+    x, y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
+    with pytest.raises(InputError, match=r"^Xt must be a 2-D .* got shape \(30,\): fit\(Xs, Xt\) takes the target's "
+                                         r"features, not labels, so these estimators are no steps of a scikit-learn "
+                                         r"Pipeline"):
+        make_pipeline(make(), LogisticRegression()).fit(x, y)
