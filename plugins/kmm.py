@@ -29,7 +29,10 @@ class KernelMeanMatching(Method):
               - \frac{1}{n_t}\sum_j \phi(x^t_j) \Big\rVert^2, \quad
               0 \le \beta_i \le B,\ \Big|\frac{1}{n_s}\sum_i\beta_i - 1\Big| \le \epsilon
 
-    then the classifier trains on the source with the weighted loss. The bound :math:`B`
+    then the classifier trains on the source with the weighted loss, normalised per mini-batch
+    (:math:`\sum_{i \in b} \beta_i \ell_i / \sum_{i \in b} \beta_i`, a ratio estimate of Huang et
+    al.'s weighted risk over the whole source: biased for small batches when the weights are
+    uneven, and unchanged by the scale of :math:`\beta`). The bound :math:`B`
     also bounds how few samples the network learns from: the effective sample size
     :math:`(\sum_i\beta_i)^2/\sum_i\beta_i^2 \ge \sum_i\beta_i / B`, about :math:`n_s/B` when
     the mean weight is near 1.

@@ -25,7 +25,8 @@ class DeepJDOT(Method):
               L = L_{cls} + \sum_{ij} \gamma_{ij} C_{ij}
 
     :math:`\gamma` is exact EMD (or entropic with ``reg`` > 0) on the detached cost, with
-    uniform (or KMM-weighted) source masses. :math:`f(g(x^t_j))` is the classifier on the
+    uniform source masses (a subclass that sets ``source_weights`` in ``prepare``, as ``kmm``
+    does, weights them; no setting of ``ot`` does). :math:`f(g(x^t_j))` is the classifier on the
     target features without Dropout, as at test time. On feature datasets ``dalib run ot`` fits the
     OT mapping of Courty et al. (TPAMI 2017) with a classifier instead (``--mode shallow``).
     """
