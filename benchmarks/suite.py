@@ -761,6 +761,17 @@ def run_suite(
                 prints[key], invalid[key] = "", first_line(exc)
         # each method's code: a kept cell made by other code of its method is reported (re-run with rerun)
         codes = {method: method_code_hash(get_method(method)) for method in {v.method for v in variants}}
+        # and a backbone of a plugin's that [deep] names (dalib's own are in its code hash, below): its
+        # code joins the deep cells' (an edit of it had kept every cell without a word)
+        from dalib.models.backbones import BACKBONES
+
+        builder = BACKBONES.get(str((suite.deep or {}).get("arch")))
+        arch_code = method_code_hash(builder) if builder is not None and not builder.__module__.startswith("dalib.") else ""
+
+        def cell_code(cell: Cell) -> str:
+            code = codes[cell.variant.method]
+            return f"{code}+{arch_code}" if arch_code and cell.variant.mode == "deep" else code
+
         core = dalib_code_hash()
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
@@ -796,7 +807,7 @@ def run_suite(
         def rerun_already(cell: Cell) -> bool:  # finished by this re-run, with today's code
             old, since = state["cells"][cell.key], state.get("rerun_started", {}).get(cell.key)
             return (since is not None and float(old.get("finished", 0.0)) >= float(since)
-                    and old.get("code") == codes[cell.variant.method] and old.get("dalib_code") == core)
+                    and old.get("code") == cell_code(cell) and old.get("dalib_code") == core)
 
         todo = [c for c in cells if not (state["cells"].get(c.key, {}).get("status") == "done"
                                          and state["cells"][c.key].get("fingerprint") == prints[c.key]
@@ -804,7 +815,7 @@ def run_suite(
         running = {c.key for c in todo}
 
         def code_changed(cell: Cell) -> bool:  # a kept cell run by other code of its method (unknown: no)
-            old, now = state["cells"][cell.key].get("code"), codes[cell.variant.method]
+            old, now = state["cells"][cell.key].get("code"), cell_code(cell)
             return bool(old and now and old != now)
 
         changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
@@ -828,7 +839,7 @@ def run_suite(
                 # the latest [deep] only)
                 "run_options": run_options if cell.variant.mode == "deep" else None,
                 "src": cell.task[0], "tgt": cell.task[1], "seed": cell.seed, "fingerprint": prints[cell.key],
-                "code": codes[cell.variant.method], "dalib_code": core, "finished": time.time(), **outcome,
+                "code": cell_code(cell), "dalib_code": core, "finished": time.time(), **outcome,
             }
             # every invocation's wall time together, less the estimated share of cells since re-run
             state["wall_seconds"] = max(0.0, wall_before - replaced) + time.perf_counter() - started
@@ -893,8 +904,9 @@ def run_suite(
             atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         write_report(suite, path)
         if changed:
-            warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code "
-                          "(its code changed since; edits of docstrings and comments do not count) and are kept as "
+            of_arch = f" or of the backbone {suite.deep['arch']}" if arch_code else ""  # (suite.deep is set with it)
+            warnings.warn(f"finished cells of {', '.join(changed)} were run by another version of the method's code"
+                          f"{of_arch} (its code changed since; edits of docstrings and comments do not count) and are kept as "
                           f"they are: --rerun --methods {','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
         if outdated:
             warnings.warn(f"{sum(outdated.values())} finished cell(s) of {', '.join(sorted(outdated))} that this run did not "

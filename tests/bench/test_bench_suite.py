@@ -615,6 +615,36 @@ def test_changed_method_code_is_reported_and_rerun_runs_the_cells_again(toy_suit
         unregister_method("bench_iterate")
 
 
+def test_changed_code_of_the_suites_own_backbone_is_reported_for_the_deep_cells(toy_suite, tmp_path, fresh_backbones):
+    """A backbone of a plugin's, named by [deep] arch: an edit of it had kept every cell
+    without a word (dalib's own backbones are in dalib's code hash)."""
+    from dalib.registry import load_plugin_module
+
+    plugin = tmp_path / "net.py"
+    source = ("import torch.nn as nn\nfrom dalib.models import register_backbone\n"
+              "@register_backbone('bench_net')\ndef build(input_shape, pretrained):\n"
+              "    return nn.Sequential(nn.Linear(input_shape[0], 16), nn.ReLU())\n")
+    plugin.write_text(source)
+    load_plugin_module(str(plugin))
+    toy_suite.write_text(toy_suite.read_text().replace("[deep]\n", '[deep]\narch = "bench_net"\n'))
+    suite = load_suite(str(toy_suite))
+    path = run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    codes = {k: c["code"] for k, c in json.loads(path.read_text())["cells"].items()}
+    plugin.write_text(source.replace("16", "24"))
+    load_plugin_module(str(plugin))
+    with pytest.warns(RuntimeWarning, match=r"cells of source_only were run by another version of the method's code "
+                                            r"or of the backbone bench_net .*--rerun --methods source_only"):
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    ran = []
+    run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False, rerun=True,
+              on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert "source_only | src->tgt | seed 0" in ran
+    now = {k: c["code"] for k, c in json.loads(path.read_text())["cells"].items()}
+    assert now["source_only | src->tgt | seed 0"] != codes["source_only | src->tgt | seed 0"]
+    # the shallow cells use no backbone: their code is the method's alone
+    assert now["source_only (shallow, 1nn) | src->tgt | seed 0"] == codes["source_only (shallow, 1nn) | src->tgt | seed 0"]
+
+
 def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path, monkeypatch):
     from dalib_benchmarks import suite as suite_module
 
