@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dalib._arrays import tensor_of
+from dalib.data.domain import UNLABELLED
 from dalib.errors import ConfigError, InputError
 
 __all__ = [
@@ -165,7 +166,11 @@ def as_groups(y: Any, n: int, name: str = "ys") -> np.ndarray:
     raise :class:`InputError`."""
     arr = _label_vector(y, n, name)
     if np.issubdtype(arr.dtype, np.number) or arr.dtype == bool:
-        return _integer_labels(arr, name)
+        groups = _integer_labels(arr, name)
+        if (groups == UNLABELLED).any():  # (POT groups them as one more class, which they are not)
+            raise InputError(f"{name} holds {UNLABELLED}, dalib's mark of an unlabelled sample: each source sample "
+                             "needs its class here")
+        return groups
     try:
         _, groups = np.unique(arr, return_inverse=True)
     except TypeError:  # labels of mixed types, which cannot be sorted

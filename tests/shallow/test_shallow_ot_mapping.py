@@ -163,3 +163,12 @@ def test_errors(data):
         OTMapping(reg=None, backend="blocked").fit(xs, xt)
     with pytest.raises(ConfigError):
         OTMapping(max_iter=0).fit(xs, xt)
+
+
+def test_the_class_regulariser_refuses_unlabelled_source_samples(data):
+    """-1 marks an unlabelled sample in dalib: POT, and this, had taken it as one more class."""
+    xs, xt, ys, _ = data
+    ys = ys.copy()
+    ys[3] = -1
+    with pytest.raises(InputError, match=r"^ys holds -1, dalib's mark of an unlabelled sample"):
+        OTMapping(reg=1.0, reg_cl=0.1).fit(xs, xt, ys)
