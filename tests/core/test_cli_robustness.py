@@ -252,3 +252,18 @@ def test_a_long_load_error_is_cut_at_its_first_sentence_not_mid_word():
         "RuntimeError: PytorchStreamReader failed reading zip archive: failed finding central directory")
     words = " ".join(["word"] * 80)  # no sentence end within 200 characters
     assert load_failure(ValueError(words)) == "ValueError: " + " ".join(["word"] * 40) + " ..."
+
+
+def test_the_command_line_imports_torch_inside_its_interrupt_handler():
+    """``import dalib`` had imported torch (about 1.5 s) before the command's handler existed:
+    Ctrl-C then printed a traceback of torch's import. The package's names are now imported
+    at first use, so the console script's own import leaves torch to the command."""
+    import subprocess
+    import sys
+
+    code = ("import sys, dalib, dalib.cli; assert 'torch' not in sys.modules, 'torch imported'; "
+            "assert dalib.run.__module__ == 'dalib.runner' and 'torch' in sys.modules; "
+            "from dalib import Method, param; print(sorted(dalib.__all__)[:3], 'run' in dir(dalib))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['Adapted', 'Batch', 'Context'] True"
