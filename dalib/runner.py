@@ -1464,7 +1464,10 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
     import fcntl
 
     for _ in range(3):
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as exc:  # a claim file of another user's (read-only for this one), a name too long
+            raise ConfigError(f"cannot claim {lock}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -1508,12 +1511,15 @@ def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:
     not skipped ahead."""
     if out is None:
         return
-    if made and not ok:  # while the claim holds: a run that claims the folder next may open this file
+    # only with the claim: a run refused by another that made the folder at the same moment
+    # had removed that run's empty metrics file, which it then wrote its lines into, unlinked
+    tidy = made and not ok and str(out / LOCK) in _claims
+    if tidy:  # while the claim holds: a run that claims the folder next may open this file
         with contextlib.suppress(OSError):
             if (out / METRICS).is_file() and (out / METRICS).stat().st_size == 0:
                 (out / METRICS).unlink()  # opened before the first step failed: nothing in it
     release_file(out / LOCK)
-    if made and not ok:
+    if tidy:
         with contextlib.suppress(OSError):  # a folder with anything else in it (a metrics line, say) stays
             out.rmdir()
 

@@ -642,6 +642,54 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     assert not (tmp_path / "killed" / LOCK).exists()
 
 
+def test_a_run_refused_by_one_that_made_the_folder_meanwhile_leaves_its_files_alone(tmp_path, toy_dataset,
+                                                                                    monkeypatch):
+    """The second run found no folder, then the first made and claimed it (its metrics file
+    open, empty): the refused run had removed that file as its own, and the first run's lines
+    went into an unlinked file. Played by a process that claims the folder while the second
+    run loads its data."""
+    import dalib.data
+    from dalib.errors import ConfigError
+    from dalib.runner import LOCK
+
+    out = tmp_path / "run"
+    holders = []
+    real = dalib.data.load_domain
+
+    def slow_data(*args, **kwargs):
+        if not holders:  # the first run, meanwhile
+            out.mkdir()
+            (out / "metrics.jsonl").touch()
+            holders.append(_claiming_process(out / LOCK))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dalib.data, "load_domain", slow_data)  # (run imports it from there)
+    base = dict(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=3, batch_size=16, mode="deep")
+    try:
+        with pytest.raises(ConfigError, match="being written by another dalib run"):
+            run(RunConfig(**base), out, progress_bar=False)
+        assert (out / "metrics.jsonl").exists() and (out / LOCK).exists()
+    finally:
+        for holder in holders:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_claim_file_this_user_cannot_write_is_one_line(tmp_path, monkeypatch):
+    """A teammate's lock (created 0644 whatever the umask): a PermissionError traceback had come."""
+    import errno
+
+    from dalib.errors import ConfigError
+    from dalib.runner import claim_file
+
+    def refused(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(os, "open", refused)
+    with pytest.raises(ConfigError, match=r"^cannot claim .*\.lock: Permission denied$"):
+        claim_file(tmp_path / ".x.lock", "busy", "advice")
+
+
 def test_a_claim_held_by_a_live_process_is_not_taken_over_whatever_its_file_says(tmp_path):
     """Two processes that find a dead process's claim at the same moment: one takes it over,
     and the other, having read the dead id a moment before, must not take it from the first
