@@ -392,7 +392,9 @@ def _load_state(path: Path) -> dict[str, Any]:
         return {"format": FORMAT, "cells": {}}
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except OSError as exc:  # unreadable here, not foreign: no advice to move it
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ConfigError(f"cannot resume from {path}: not a suite result file ({exc}); move it away") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("cells"), dict):
         raise ConfigError(f"cannot resume from {path}: not a suite result file of this dalib; move it away")

@@ -649,6 +649,10 @@ def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dic
 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:  # unreadable here (permissions, the disk), not damaged: no advice to delete it
+        if exc.errno is None:
+            raise damaged(load_failure(exc)) from None
+        raise CheckpointError(f"cannot read the checkpoint {path}: {exc.strerror}") from None
     except Exception as exc:
         raise damaged(load_failure(exc)) from None
     if not isinstance(ckpt, dict) or "model" not in ckpt or "step" not in ckpt:

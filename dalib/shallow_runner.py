@@ -60,6 +60,8 @@ def run_shallow(
             check_same_settings(done.get("run_config"), config, f"the result in {out}", "shallow")
             return RunResult(float(done["source_accuracy"]), done["target_accuracy"], 0, float(done["seconds"]), out,
                              [], diagnostics=dict(done.get("diagnostics") or {}), mode="shallow")
+        except OSError as exc:  # unreadable here, not damaged: no advice to delete it
+            raise CheckpointError(f"cannot read {out / RESULT}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError):
             raise CheckpointError(f"{out / RESULT} is damaged: delete it and run again without --resume") from None
 

@@ -1271,3 +1271,20 @@ def test_a_last_cell_run_in_process_under_jobs_has_a_workers_threads(toy_suite, 
     (cell,) = json.loads(path.read_text())["cells"].values()
     assert cell["status"] == "done" and cell["threads"] == max(1, (os.cpu_count() or 1) // 2)
     assert "--jobs 2" in path.with_suffix(".md").read_text()
+
+
+def test_a_results_file_this_user_cannot_read_is_named_so(toy_suite, tmp_path, monkeypatch):
+    """It had been "not a suite result file ...; move it away" (as root, chmod would not stop us)."""
+    import pathlib
+
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+    real = pathlib.Path.read_text
+
+    def read(self, *args, **kwargs):
+        if self.name == path.name:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", read)
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
+                                             "--out", str(tmp_path), "--quiet"]), f"cannot read {path}: Permission denied")

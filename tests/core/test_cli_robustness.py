@@ -126,6 +126,38 @@ def test_damaged_files_in_a_run_folder(tmp_path):
     _one_line(runner.invoke(cli, [*args, "--resume"]), "corrupt checkpoint", "delete it and run again without --resume")
 
 
+def test_files_this_user_cannot_read_are_named_so_not_called_damaged(tmp_path, monkeypatch, surf):
+    """A checkpoint or result.json that is unreadable here (its permissions) had been "corrupt:
+    delete it", advice that destroys a good file; played by reads that fail as chmod 000 makes
+    them (as root, chmod would not stop us)."""
+    import pathlib
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    runner = CliRunner()
+    out = tmp_path / "d"
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "4", "--batch-size", "8",
+            "--checkpoint-every", "2", "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    (out / "result.json").unlink()
+    before = (out / "checkpoint.pt").read_bytes()
+    with monkeypatch.context() as m:
+        m.setattr(torch, "load", refuse)
+        _one_line(runner.invoke(cli, [*args, "--resume"]), f"cannot read the checkpoint {out / 'checkpoint.pt'}: "
+                                                             "Permission denied")
+    assert (out / "checkpoint.pt").read_bytes() == before
+    shallow = ["run", "coral", "--src", "amazon", "--tgt", "webcam", *surf, "--out", str(tmp_path / "s")]
+    assert runner.invoke(cli, shallow).exit_code == 0
+    real = pathlib.Path.read_text
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: refuse() if self.name == "result.json"
+                        else real(self, *a, **k))
+    _one_line(runner.invoke(cli, [*shallow, "--resume"]), f"cannot read {tmp_path / 's' / 'result.json'}: "
+                                                          "Permission denied")
+
+
 def test_an_unwritable_output_folder_fails_before_the_work(tmp_path, monkeypatch, surf):
     import dalib.runner
 
