@@ -109,13 +109,20 @@ def test_a_finished_run_whose_result_is_damaged_writes_it_again_on_resume(tmp_pa
     assert (again["source_accuracy"], again["target_accuracy"]) == (whole["source_accuracy"], whole["target_accuracy"])
 
 
-def test_damaged_files_in_a_run_folder(tmp_path):
+def _checkpointed_run(tmp_path):
+    """A 4-step source_only run in tmp_path/d with checkpoints, its result.json removed (as if
+    killed after its last checkpoint): the runner, the folder and the command's arguments."""
     runner = CliRunner()
     out = tmp_path / "d"
     args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "4", "--batch-size", "8",
             "--checkpoint-every", "2", "--out", str(out)]
     assert runner.invoke(cli, args).exit_code == 0
     (out / "result.json").unlink()
+    return runner, out, args
+
+
+def test_damaged_files_in_a_run_folder(tmp_path):
+    runner, out, args = _checkpointed_run(tmp_path)
     with open(out / "metrics.jsonl", "a") as fh:  # lines that are JSON but no log line, and bytes that are no text
         fh.write("5\n[1, 2]\n")
     with open(out / "metrics.jsonl", "ab") as fh:
@@ -137,12 +144,7 @@ def test_files_this_user_cannot_read_are_named_so_not_called_damaged(tmp_path, m
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    runner = CliRunner()
-    out = tmp_path / "d"
-    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "4", "--batch-size", "8",
-            "--checkpoint-every", "2", "--out", str(out)]
-    assert runner.invoke(cli, args).exit_code == 0
-    (out / "result.json").unlink()
+    runner, out, args = _checkpointed_run(tmp_path)
     before = (out / "checkpoint.pt").read_bytes()
     with monkeypatch.context() as m:
         m.setattr(torch, "load", refuse)
