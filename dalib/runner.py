@@ -1079,7 +1079,10 @@ def _run(
             if config.eval_every and not finished:  # the curve ends at the run's own result
                 last_line = (last_line or {"step": config.steps}) | {"source_acc": src_acc, "target_acc": tgt_acc} | (
                     {} if held is None else {"holdout_acc": selection["holdout_accuracy"]})
-            if last_line is not None:
+            # a finished run resumed for its lost result.json has its last line in metrics.jsonl already
+            # (written twice before); a run whose scoring failed held it back
+            logged = start >= config.steps and any(line.get("step") == config.steps for line in history)
+            if last_line is not None and not logged:
                 _log_line(last_line, history, metrics_fh)
         finally:
             for loader in loaders:

@@ -121,6 +121,19 @@ def _checkpointed_run(tmp_path):
     return runner, out, args
 
 
+@pytest.mark.parametrize("eval_every", ["0", "2"])
+def test_a_finished_run_resumed_for_its_lost_result_writes_its_last_metrics_line_once(tmp_path, eval_every):
+    runner, out = CliRunner(), tmp_path / "e"
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8",
+            "--eval-every", eval_every, "--out", str(out)]
+    assert runner.invoke(cli, args).exit_code == 0
+    whole = (out / "metrics.jsonl").read_text()
+    (out / "result.json").unlink()
+    res = runner.invoke(cli, [*args, "--resume"])
+    assert res.exit_code == 0, res.output
+    assert (out / "metrics.jsonl").read_text() == whole  # (its last line had come twice)
+
+
 def test_damaged_files_in_a_run_folder(tmp_path):
     runner, out, args = _checkpointed_run(tmp_path)
     with open(out / "metrics.jsonl", "a") as fh:  # lines that are JSON but no log line, and bytes that are no text
