@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import importlib.util
 import io
 import json
@@ -66,6 +67,11 @@ class _Group(click.Group):
             asked = re.search(r"tried to allocate ([0-9.]+ ?[A-Za-z]+)", text, re.IGNORECASE)
             raise _OneLineError(f"out of memory{f' (tried to allocate {asked.group(1)})' if asked else ''}: lower "
                                 "the sizes involved (the batch, the images, the network's or the method's widths)") from None
+        except OSError as exc:  # the file system refused a path: too long a name, no permission, full, read-only
+            if exc.errno not in _FILE_SYSTEM_ERRORS:
+                raise
+            where = f": {exc.filename}" if exc.filename else ""
+            raise _OneLineError(f"{exc.strerror}{where}") from None
         except KeyboardInterrupt as exc:  # as click.Abort: no blank line before "dalib: interrupted"
             raise click.Abort(getattr(exc, "exit_status", 130)) from None
 
@@ -84,6 +90,11 @@ class _Group(click.Group):
             click.echo(f"dalib: {'terminated' if status == 143 else 'interrupted'}", err=True)
             sys.exit(status)
         sys.exit(rv if isinstance(rv, int) else 0)
+
+
+#: what the file system answers about a path the user gave (not a bug of dalib's): one line
+_FILE_SYSTEM_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC,
+                                 errno.EDQUOT, errno.ELOOP, errno.ENOTDIR})
 
 
 def _load_plugins(modules: tuple[str, ...]) -> None:

@@ -314,3 +314,12 @@ def test_the_command_line_imports_torch_inside_its_interrupt_handler():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "['Adapted', 'Batch', 'Context'] True"
+
+
+def test_a_path_the_file_system_refuses_is_one_line(tmp_path):
+    """A name over 255 bytes (NAME_MAX) had given an OSError traceback in run, eval and select."""
+    runner, long = CliRunner(), str(tmp_path / ("b" * 256))
+    _one_line(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--steps", "2", "--out", long]),
+              f"File name too long: {long}")
+    _one_line(runner.invoke(cli, ["eval", long]), "File name too long")
+    assert list(tmp_path.iterdir()) == []
