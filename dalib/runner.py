@@ -11,6 +11,7 @@ rank 0 writes files.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import errno
@@ -212,7 +213,9 @@ def _dist_info() -> tuple[int, int]:
 
 
 def _maybe_init_distributed(device: torch.device) -> bool:
-    """Initialise the process group when launched by torchrun; True if this call did."""
+    """Initialise the process group when launched by torchrun; True if this call did. The
+    group lasts until the process exits (then it is destroyed), for every later run of the
+    process: destroyed at the end of a run, the next run's init hung in torchrun's rendezvous."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
         return False
     if torch.distributed.is_initialized():
@@ -221,7 +224,13 @@ def _maybe_init_distributed(device: torch.device) -> bool:
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL binds each rank to its own GPU
     torch.distributed.init_process_group(backend=backend)
+    atexit.register(_destroy_process_group)
     return True
+
+
+def _destroy_process_group() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -839,7 +848,7 @@ def _run(
         warnings.warn(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
                       "its network's own head", UserWarning, stacklevel=3)  # the caller of run
     method_config = build_method_config(config, method_cls, "deep")
-    started_dist = _maybe_init_distributed(device)
+    _maybe_init_distributed(device)
     rank, world = _dist_info()
     is_main = rank == 0
     out = Path(out_dir).expanduser() if out_dir is not None else None
@@ -964,6 +973,12 @@ def _run(
             torch.set_rng_state(ckpt["rng"]["torch"])
             if device.type == "cuda" and ckpt["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(ckpt["rng"]["cuda"], device)
+            ranks_rng = ckpt["rng"].get("ranks")
+            if isinstance(ranks_rng, list) and len(ranks_rng) == world:  # each rank its own (rank 0's above)
+                n_cpu = torch.get_rng_state().numel()
+                torch.set_rng_state(ranks_rng[rank][:n_cpu])
+                if device.type == "cuda" and ranks_rng[rank].numel() > n_cpu:
+                    torch.cuda.set_rng_state(ranks_rng[rank][n_cpu:], device)
 
         # bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
         # later): older GPUs emulate it, and cuDNN has no bfloat16 convolutions for them
@@ -1001,16 +1016,23 @@ def _run(
                 outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
                 # the method's losses in float32, outside autocast: a bfloat16 Gram matrix has no exact
                 # zero diagonal (unbiased MMD) and loses the small differences the alignment losses measure
-                losses = method.loss(batch, outputs, progress)
-                _check_losses(losses, config.method)
-                total = losses["total"]
-                if not torch.isfinite(total):
-                    for x, role, d in ((x_s, "source", src), (x_t, "target", tgt)):  # (a dataset of its own: unchecked)
-                        if not bool(torch.isfinite(x).all()):
-                            check_finite(x, f"the {role} batch of step {step + 1} (domain {d.name})")
-                    raise DataError(
-                        f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the method's trade-off"
-                    )
+                failure = None
+                try:
+                    losses = method.loss(batch, outputs, progress)
+                    _check_losses(losses, config.method)
+                    total = losses["total"]
+                    if not torch.isfinite(total):
+                        for x, role, d in ((x_s, "source", src), (x_t, "target", tgt)):  # (a dataset of its own: unchecked)
+                            if not bool(torch.isfinite(x).all()):
+                                check_finite(x, f"the {role} batch of step {step + 1} (domain {d.name})")
+                        raise DataError(f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the "
+                                        "method's trade-off")
+                except DalibError as exc:
+                    if world == 1:
+                        raise
+                    failure = exc
+                if world > 1:
+                    _stop_together(failure, world, device, config.batch_size)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 if world > 1:
@@ -1043,9 +1065,12 @@ def _run(
                 if new_epoch:
                     context.progress = Progress(done, config.steps, s_stream.epoch_of(done))
                     method.on_epoch_end(context)
-                if out is not None and is_main and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
-                    elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-                    _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code, world)
+                if out is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+                    ranks_rng = _ranks_rng_states(world, device)  # (every rank takes part)
+                    if is_main:
+                        elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
+                        _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code, world,
+                                         ranks_rng=ranks_rng)
                 if on_step is not None:
                     on_step(done, logs)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
@@ -1124,8 +1149,6 @@ def _run(
         return result
     finally:
         end_of_writing(out if is_main else None, made, ok)
-        if started_dist:
-            torch.distributed.destroy_process_group()
 
 
 def _scored_with_selection(model: nn.Module, src: Any, held: Any, tgt: Any, device: torch.device,
@@ -1279,6 +1302,41 @@ def _on_all_ranks(tensors: list[Tensor], collective: Callable[[Tensor], Any]) ->
         for t in same:
             t.copy_(flat[offset : offset + t.numel()].view(t.shape))
             offset += t.numel()
+
+
+def _stop_together(failure: DalibError | None, world: int, device: torch.device, batch_size: int) -> None:
+    """Under torchrun, after each step's loss: if a rank's failed (a method's check on its
+    share of the batch, a loss that became NaN there), every rank raises that one line. The
+    others had waited in the gradients' all-reduce, and died there with gloo's traceback."""
+    failed = torch.tensor([0.0 if failure is None else 1.0], device=device)
+    torch.distributed.all_reduce(failed)
+    if not failed.item():
+        return
+    said: list[Any] = [None] * world
+    torch.distributed.all_gather_object(said, None if failure is None else (type(failure).__name__, first_line(failure)))
+    rank, (name, text) = next((r, s) for r, s in enumerate(said) if s is not None)
+    from dalib import errors
+
+    kind = getattr(errors, name, DalibError)
+    kind = kind if isinstance(kind, type) and issubclass(kind, DalibError) else DalibError
+    raise kind(f"{text} (on process {rank} of {world}, whose share of each batch of {batch_size} is "
+               f"{batch_size // world + (rank < batch_size % world)} samples)")
+
+
+def _ranks_rng_states(world: int, device: torch.device) -> list[Tensor] | None:
+    """Under torchrun, each rank's torch generator states (the CPU's, then the GPU's), gathered
+    on every rank: the ranks' shares of a batch that does not divide evenly differ in size, so
+    their dropout masks draw differently, and a resume that gave every rank rank 0's states
+    had gone on from other masks than the run it continued. None for one process."""
+    if world == 1:
+        return None
+    mine = torch.get_rng_state()
+    if device.type == "cuda":
+        mine = torch.cat([mine, torch.cuda.get_rng_state(device)])
+    mine = mine.to(device)  # (NCCL gathers GPU tensors)
+    every = [torch.empty_like(mine) for _ in range(world)]
+    torch.distributed.all_gather(every, mine)
+    return [t.cpu() for t in every]
 
 
 def _mean_over_ranks(logs: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
@@ -1620,7 +1678,11 @@ def _prepare_out_dir(
         ckpt = load_checkpoint(ckpt_path, resuming=True)
         missing = [k for k in ("config", "method", "optimizer", "rng") if not isinstance(ckpt.get(k), dict)]
         rng = ckpt["rng"].get("torch") if isinstance(ckpt.get("rng"), dict) else None
-        if not (isinstance(rng, Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape):
+        ranks = ckpt["rng"].get("ranks") if isinstance(ckpt.get("rng"), dict) else None  # (torchrun's; CUDA's after)
+        n_cpu = torch.get_rng_state().numel()
+        if not (isinstance(rng, Tensor) and rng.dtype == torch.uint8 and rng.shape == torch.get_rng_state().shape) or not (
+                ranks is None or isinstance(ranks, list) and all(isinstance(t, Tensor) and t.dtype == torch.uint8
+                                                                 and t.dim() == 1 and t.numel() >= n_cpu for t in ranks)):
             missing.append("its random state")
         if isinstance(ckpt.get("seconds"), bool) or not isinstance(ckpt.get("seconds"), (int, float)):
             missing.append("its time so far")
@@ -1768,10 +1830,11 @@ def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
 def _save_checkpoint(
     out: Path, config: RunConfig, spec: dict[str, Any], model: nn.Module, method: Method,
     optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float, code: dict[str, Any],
-    world: int, last_line: dict[str, Any] | None = None,
+    world: int, last_line: dict[str, Any] | None = None, ranks_rng: list[Tensor] | None = None,
 ) -> None:
     """``last_line``: the last step's metrics line, held back for the run's accuracies (the
-    final checkpoint comes before the scoring): a resume after a failed scoring writes it."""
+    final checkpoint comes before the scoring): a resume after a failed scoring writes it.
+    ``ranks_rng``: under torchrun, every rank's generator states (:func:`_ranks_rng_states`)."""
     state = {
         "world_size": world,
         "step": step,
@@ -1786,6 +1849,7 @@ def _save_checkpoint(
             **_host_rng_states(),
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "ranks": ranks_rng,
         },
         "seconds": seconds,
         "method_code": code["now"],

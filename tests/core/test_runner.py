@@ -363,6 +363,60 @@ def test_every_torchrun_rank_ends_with_the_same_model_and_logs_the_mean_loss(tmp
     assert [line["loss/total"] for line in logged] == [ranks[0]["logs"][i]["total"] for i in (1, 3, 5)]
 
 
+def test_a_torchrun_resume_with_uneven_shares_of_the_batch_ends_as_the_uninterrupted_run(tmp_path):
+    """A batch of 7 on 2 ranks: shares of 4 and 3 draw their dropout masks differently, and the
+    checkpoint had kept rank 0's generator state alone, which the resume gave both ranks."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(  # one run per process, as torchrun starts them: uninterrupted, killed at step 15, resumed
+        "import hashlib, json, os, sys\n"
+        "from dalib.runner import RunConfig, run\n"
+        "class Killed(Exception): pass\n"
+        "def kill(step, logs):\n"
+        "    if step == 15: raise Killed\n"
+        "cfg = RunConfig(method='dann', src='mnist', tgt='usps', steps=24, batch_size=7, device='cpu',\n"
+        "                checkpoint_every=10, method_config={'hidden': 32})\n"
+        "out, how = sys.argv[1], sys.argv[2]\n"
+        "try: result = run(cfg, out, resume=how == 'resume', progress_bar=False, on_step=kill if how == 'cut' else None)\n"
+        "except Killed: sys.exit(0)\n"
+        "digest = hashlib.sha256(b''.join(t.detach().numpy().tobytes() for t in result.model.state_dict().values()))\n"
+        "json.dump(digest.hexdigest(), open(f\"{how}-{os.environ['RANK']}.json\", 'w'))\n")
+    for out, how in (("full", "full"), ("cut", "cut"), ("cut", "resume")):
+        proc = _torchrun([str(probe), out, how], tmp_path)
+        assert proc.returncode == 0, (how, proc.stderr[-2000:])
+    for r in (0, 1):
+        assert json.loads((tmp_path / f"resume-{r}.json").read_text()) == json.loads((tmp_path / f"full-{r}.json").read_text())
+
+
+def test_a_torchrun_process_may_run_twice(tmp_path):
+    """The first run destroyed the process group it had made; the second's init then hung in
+    torchrun's rendezvous (a sweep in one script under torchrun never got past its first run)."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os\n"
+        "from dalib.runner import RunConfig, run\n"
+        "cfg = RunConfig(method='source_only', src='mnist', tgt='usps', steps=3, batch_size=8, device='cpu')\n"
+        "results = [run(cfg, None, progress_bar=False).source_accuracy for _ in range(2)]\n"
+        "open(f\"rank-{os.environ['RANK']}.txt\", 'w').write(str(results))\n")
+    proc = _torchrun([str(probe)], tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert all((tmp_path / f"rank-{r}.txt").exists() for r in (0, 1))
+
+
+def test_a_method_check_that_fails_on_one_torchrun_rank_is_one_line_on_every_rank(tmp_path):
+    """coral needs 2 samples a side; a batch of 3 gives rank 1 one: it had failed on rank 1
+    alone, and rank 0 died waiting in the gradients' all-reduce with gloo's traceback."""
+    import sys
+    from pathlib import Path
+
+    proc = _torchrun([str(Path(sys.executable).parent / "dalib"), "run", "coral", "--src", "mnist", "--tgt", "usps",
+                      "--steps", "3", "--batch-size", "3", "--device", "cpu", "--quiet", "--out", str(tmp_path / "c3")],
+                     tmp_path)
+    assert proc.returncode != 0 and "[rank" not in proc.stderr, proc.stderr[-3000:]  # (torchrun's own report stays)
+    said = [line for line in proc.stderr.splitlines() if line.startswith("dalib: error:")]
+    assert said == ["dalib: error: coral needs at least 2 samples per side, got 1 and 1 (on process 1 of 2, whose "
+                    "share of each batch of 3 is 1 samples)"] * 2, proc.stderr[-3000:]
+
+
 def test_a_shallow_run_under_torchrun_is_refused_in_one_line(tmp_path, data_root):
     import sys
     from pathlib import Path
