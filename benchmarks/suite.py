@@ -52,7 +52,7 @@ from typing import Any
 from dalib.config import read_toml
 from dalib.errors import ConfigError, DalibError, Terminated, UnknownNameError, first_line
 from dalib.registry import code_digest, get_method, list_methods, method_code_hash
-from dalib.runner import atomic_write_text, claim_file, ready_for_writing, release_file
+from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
 from ._machine import machine_info
 from .report import in_suite, write_report
@@ -741,10 +741,7 @@ def run_suite(
             raise ConfigError(f"suite {suite.name}: [deep] device: {exc}") from None
     load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root, data_dir=(suite.deep or {}).get("data"))
 
-    try:  # once the input is checked: a refused one leaves no empty folder behind
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create {out}: {exc.strerror}") from None
+    make_folder(out, "the results folder")  # once the input is checked: a refused one leaves no empty folder behind
     ready_for_writing(out)  # now, not after the first cell's work
     path = results_path(out, suite, steps)
     # one writer per results file: two suites into the same --out would each write back its

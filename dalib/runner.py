@@ -1475,6 +1475,18 @@ def check_same_settings(saved: Any, config: RunConfig, what: str, mode: str, def
                               "options to resume it, or choose another --out")
 
 
+def make_folder(out: Path, what: str) -> None:
+    """Create ``out`` (and its parents), or fail in one line that says why: a link to a folder
+    that does not exist had read "File exists"."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if out.is_symlink() and not out.exists():
+            raise ConfigError(f"cannot create {what} {out}: it is a symbolic link to {os.readlink(out)}, which does "
+                              "not exist") from None
+        raise ConfigError(f"cannot create {what} {out}: {exc.strerror}") from None
+
+
 def ready_for_writing(out: Path) -> None:
     """Before a run or a suite writes into ``out``: a one-line error now, not a traceback
     after the work, when it cannot take files; and away with the temporary files of
@@ -1635,8 +1647,8 @@ def _left_by_a_run(metrics: Path) -> bool:
             first = fh.readline(1 << 16).strip()
     except FileNotFoundError:
         return True
-    except OSError:
-        return False
+    except OSError as exc:  # the folder is a file's path, a loop of links, unreadable: it had read as "no run wrote it"
+        raise ConfigError(f"cannot use {metrics.parent} as a run folder: {exc.strerror}") from None
     return not first or first.startswith(b'{"step": ')  # as _log_line writes it (a kill may cut the line short)
 
 
@@ -1648,10 +1660,7 @@ def check_fresh_out_dir(out: Path) -> None:
     _refuse_a_kept_run(out)
     if not _left_by_a_run(out / METRICS):
         raise ConfigError(f"{out} holds a {METRICS} that no dalib run wrote: choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot create output folder {out}: {exc.strerror}") from None
+    make_folder(out, "output folder")
     ready_for_writing(out)
     claim_out_dir(out)  # before anything of a run that may be writing here is touched
     (out / METRICS).unlink(missing_ok=True)

@@ -323,3 +323,19 @@ def test_a_path_the_file_system_refuses_is_one_line(tmp_path):
               f"File name too long: {long}")
     _one_line(runner.invoke(cli, ["eval", long]), "File name too long")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_path_that_cannot_be_a_folder_says_why(tmp_path):
+    """A path under a file and a loop of links had read "holds a metrics.jsonl that no dalib run
+    wrote"; a link to a folder that does not exist, "File exists"."""
+    (tmp_path / "afile").touch()
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    runner = CliRunner()
+    for out, said in (("afile/sub", "cannot use {} as a run folder: Not a directory"),
+                      ("loop", "cannot use {} as a run folder: Too many levels of symbolic links"),
+                      ("dangling", "cannot create output folder {}: it is a symbolic link to {}, which does not exist")):
+        path = tmp_path / out
+        _one_line(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(path)]),
+                  said.format(path, tmp_path / "nowhere"))
+    assert not (tmp_path / "nowhere").exists()
