@@ -1559,8 +1559,9 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
         pid = _read_pid(fd) if current else None
         if not current or (pid is not None and pid != os.getpid() and _process_lives(pid)):
             os.close(fd)  # (the flock goes with it)
-            if current:
-                raise ConfigError(f"{busy} (process {pid}): wait for it {advice}") from None
+            if current:  # an id without the flock: an older dalib's claim, or a dead one's id taken by another program
+                raise ConfigError(f"{busy} (process {pid}, which holds no lock on it): wait for it {advice}; if that "
+                                  f"process is no dalib, remove {lock}") from None
             continue
         os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
         os.lseek(fd, 0, os.SEEK_SET)

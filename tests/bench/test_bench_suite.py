@@ -768,7 +768,7 @@ def test_a_second_bench_into_the_same_results_file_is_refused_while_the_first_wr
         res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "coral", "--seeds", "0",
                                        "--out", str(tmp_path), "--quiet"])
         assert res.exit_code == 2, res.output
-        assert f"bench-toy.json is being written by another dalib bench (process {writer.pid})" in res.stderr
+        assert f"bench-toy.json is being written by another dalib bench (process {writer.pid}, which holds" in res.stderr
         assert path.read_text() == before
         # another --out, or the same suite with --steps (a results file of its own), is free
         run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], steps=3, progress=False)

@@ -673,7 +673,10 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / LOCK).write_text(str(writer.pid))  # a live run's claim
-        with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}\\)"):
+        # (an id without the lock: an older dalib's claim, or the id of a dead run taken by another program)
+        with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}, which holds "
+                                              "no lock on it\\): wait for it or choose another --out; if that process "
+                                              f"is no dalib, remove {out / LOCK}$"):
             run(RunConfig(**base), out, progress_bar=False)
         assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / LOCK).exists()
         # after its first checkpoint too: it had said "pass --resume", which the claim refuses in turn
