@@ -172,11 +172,13 @@ def _command_cells(suite: Any, state: dict[str, Any], summary: Summary) -> tuple
     return methods, tasks, seeds, len(variants) * len(tasks) * len(seeds)
 
 
-def _reproduce(suite: Any, state: dict[str, Any], summary: Summary, out_dir: Path | None = None) -> str:
-    """The command that makes the cells of this file: the narrowing flags it needs included,
-    and ``--out`` when the file is not in ``benchmarks/results``."""
+def _reproduce(suite: Any, state: dict[str, Any], command: tuple[list[str], list[str], list[int], int],
+               out_dir: Path | None = None) -> str:
+    """The command that makes the cells of this file (``command``, :func:`_command_cells`):
+    the narrowing flags it needs included, and ``--out`` when the file is not in
+    ``benchmarks/results``."""
     args = [f"dalib bench {suite.ref}"]
-    methods, tasks, seeds, _ = _command_cells(suite, state, summary)
+    methods, tasks, seeds, _ = command
     if methods != sorted({v.method for v in suite.variants()}):
         args.append(f"--methods {','.join(methods)}")
     if set(tasks) != _suite_tasks(suite):
@@ -312,7 +314,8 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     by_form = {form: sum(t for v, t in summary.seconds.items() if summary.mode[v] == form) for form in ("deep", "shallow")}
     split = (f" (deep rows {by_form['deep'] / 60:.1f} min, shallow rows {by_form['shallow'] / 60:.1f} min)"
              if by_form["deep"] and by_form["shallow"] else "")
-    made = _command_cells(suite, state, summary)[3]
+    command = _command_cells(suite, state, summary)
+    made = command[3]
     timing = state.get("timing", suite.timing)
     if timing and state.get("steps") and suite_steps is not None:  # the suite's note speaks of its own steps
         timing = f'The suite\'s note, written for its own {suite_steps} steps: "{timing}"'
@@ -322,7 +325,7 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
         "",
         f"Machine: {machine_line(state['machine'])}." + _threads_text(state),
         "",
-        f"Reproduce: `{_reproduce(suite, state, summary, out_dir)}` (a killed run resumes where it stopped; finished "
+        f"Reproduce: `{_reproduce(suite, state, command, out_dir)}` (a killed run resumes where it stopped; finished "
         "cells are kept)" + ("." if len(state["cells"]) == made else
                              f"; the file holds {len(state['cells'])} of its {made} cells (its runs chose fewer, or "
                              "stopped early), so the command runs the others."),

@@ -212,20 +212,19 @@ def _dist_info() -> tuple[int, int]:
     return 0, 1
 
 
-def _maybe_init_distributed(device: torch.device) -> bool:
-    """Initialise the process group when launched by torchrun; True if this call did. The
-    group lasts until the process exits (then it is destroyed), for every later run of the
-    process: destroyed at the end of a run, the next run's init hung in torchrun's rendezvous."""
+def _maybe_init_distributed(device: torch.device) -> None:
+    """Initialise the process group when launched by torchrun. It lasts until the process
+    exits (then it is destroyed), for every later run of the process: destroyed at the end of
+    a run, the next run's init hung in torchrun's rendezvous."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not torch.distributed.is_available():
-        return False
+        return
     if torch.distributed.is_initialized():
-        return False
+        return
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(device)  # NCCL binds each rank to its own GPU
     torch.distributed.init_process_group(backend=backend)
     atexit.register(_destroy_process_group)
-    return True
 
 
 def _destroy_process_group() -> None:
