@@ -268,7 +268,8 @@ def test_a_resume_into_a_folder_a_run_still_writes_names_that_run(tmp_path):
     (out / "metrics.jsonl").write_text('{"step": 50}\n')  # a live run before its first checkpoint
     (out / ".dalib-run.lock").write_text(str(os.getppid()))
     args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(out), "--resume"]
-    _one_line(CliRunner().invoke(cli, args), "is being written by another dalib run", f"(process {os.getppid()})")
+    _one_line(CliRunner().invoke(cli, args), "is being written by another dalib run",
+              f"(process {os.getppid()}, which holds no lock on it)")
     assert (out / ".dalib-run.lock").read_text() == str(os.getppid())  # its claim stays
 
 
