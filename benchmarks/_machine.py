@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 
-__all__ = ["machine_info", "machine_line", "write_results"]
+__all__ = ["machine_info", "machine_line", "memory_kib", "write_results"]
 
 _PACKAGES = {
     "torch": "torch",
@@ -119,6 +119,27 @@ def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | N
         written.append(stem.parent / f"{stem.name}.md")
         atomic_write_text(written[1], markdown if markdown.endswith("\n") else markdown + "\n")
     return "wrote " + " and ".join(str(p) for p in written)
+
+
+def memory_kib() -> dict:
+    """VmRSS and VmHWM (peak resident set) of this process from /proc/self/status, in KiB.
+
+    Not ``getrusage().ru_maxrss``: Linux carries it over ``execve`` from the forking parent,
+    so a child started by a parent holding 900 MB reports at least 900 MB."""
+    import resource
+
+    out = {}
+    try:
+        with open("/proc/self/status", encoding="utf-8") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0]
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = float(line.split()[1])
+    except OSError:
+        pass
+    if "VmHWM" not in out:  # no procfs: fall back on getrusage (may include the parent's peak)
+        out["VmHWM"] = out["VmRSS"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return out
 
 
 def at_least(low: float, kind: type = int, strict: bool = False):

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import subprocess
 import sys
 import time
@@ -102,25 +101,6 @@ def fit_skada(xs: np.ndarray, xt: np.ndarray, sigma: float) -> tuple[float, dict
     return seconds, {"weights": np.asarray(ad.source_weights_)}
 
 
-def _memory_kib() -> dict:
-    """VmRSS and VmHWM (peak resident set) of this process from /proc/self/status, in KiB.
-
-    Not ``getrusage().ru_maxrss``: Linux carries it over ``execve`` from the forking parent,
-    so a child started by a parent holding 900 MB reports at least 900 MB."""
-    out = {}
-    try:
-        with open("/proc/self/status", encoding="utf-8") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0]
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = float(line.split()[1])
-    except OSError:
-        pass
-    if "VmHWM" not in out:  # no procfs: fall back on getrusage (may include the parent's peak)
-        out["VmHWM"] = out["VmRSS"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return out
-
-
 def child_large(n: int, d: int) -> None:
     """Runs in a fresh process: fit KMM on n points, print one JSON line."""
     import torch
@@ -128,11 +108,13 @@ def child_large(n: int, d: int) -> None:
     from dalib.shallow import KMM
 
     xs, xt = make_data(n, d)
-    before = _memory_kib()  # torch, dalib and the data loaded
+    from _machine import memory_kib  # ships beside this script
+
+    before = memory_kib()  # torch, dalib and the data loaded
     t0 = time.perf_counter()
     est = KMM().fit(xs, xt)  # bandwidth: median heuristic, inside the timed fit
     seconds = time.perf_counter() - t0
-    after = _memory_kib()
+    after = memory_kib()
     print(json.dumps({
         "n": n, "d": d, "seconds": seconds, "peak_rss_mib": after["VmHWM"] / 1024,
         "rss_before_fit_mib": before["VmRSS"] / 1024, "peak_before_fit_mib": before["VmHWM"] / 1024,
