@@ -270,8 +270,8 @@ def load_suite(name_or_path: str) -> Suite:
 
 @contextlib.contextmanager
 def _naming(path: Path, where: str) -> Iterator[None]:
-    """An error of the suite file's ``where`` (an unknown dataset or domain, a task that is no
-    SRC->TGT) names the file and the place, as the file's other errors do."""
+    """An error of the suite file's ``where`` (an unknown dataset, domain or method, a task that
+    is no SRC->TGT, a bad hyperparameter) names the file and the place, keeping its kind."""
     try:
         yield
     except DalibError as exc:
@@ -286,10 +286,8 @@ def _check_method_tables(path: Path, raw: dict[str, Any]) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"suite {path}: [{section}] must be a table keyed by method name")
         for name, value in table.items():
-            try:
+            with _naming(path, f"[{section}.{name}]"):
                 get_method(name)
-            except UnknownNameError as exc:
-                raise ConfigError(f"suite {path}: [{section}.{name}]: {exc}") from None
             if section == "methods" and not isinstance(value, dict):
                 raise ConfigError(f"suite {path}: [methods.{name}] must be a table of hyperparameters, got {value!r}")
             if section == "methods":
@@ -333,10 +331,8 @@ def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: di
                           "(no [shallow] table)")
     for form, settings, config_cls in (("", deep, cls.Config), (".shallow", shallow, cls.ShallowConfig)):
         if settings:
-            try:
+            with _naming(path, f"[methods.{name}{form}]"):
                 build_config(config_cls, settings, owner=name + (" (shallow)" if form else ""))
-            except ConfigError as exc:
-                raise ConfigError(f"suite {path}: [methods.{name}{form}]: {exc}") from None
 
 
 def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str], tasks: list[tuple[str, str]]) -> None:
@@ -348,10 +344,8 @@ def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str], ta
             raise ConfigError(f"suite {path}: [published.{key}] must be a table")
         variant = str(table.get("variant", key))
         method, _, form = variant.partition(" (")
-        try:
+        with _naming(path, f"[published.{key}] variant"):
             cls = get_method(method)
-        except UnknownNameError as exc:
-            raise ConfigError(f"suite {path}: [published.{key}] variant: {exc}") from None
         # a variant the suite makes, as its table names it; else the published row is never shown
         if form:
             made = [Variant(method, "shallow", c).name for c in classifiers] if cls.ShallowConfig is not None else []

@@ -11,6 +11,7 @@ being imported (that import, of about 1.5 s, had been outside its handler).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -23,10 +24,6 @@ _EXPORTS = {
     **dict.fromkeys(("get_method", "list_methods", "load_plugin_module", "register_method"), "dalib.registry"),
     **dict.fromkeys(("RunConfig", "RunResult", "load_model", "run"), "dalib.runner"),
 }
-#: the subpackages and modules that ``dalib.NAME`` reaches without an import of its own
-_SUBMODULES = frozenset({"cli", "config", "data", "errors", "kernels", "losses", "models", "plugin", "registry",
-                         "runner", "schedules", "selection", "shallow", "shallow_runner"})
-
 __all__ = sorted(["__version__", *_EXPORTS])
 
 if TYPE_CHECKING:  # what type checkers and editors read
@@ -40,8 +37,8 @@ if TYPE_CHECKING:  # what type checkers and editors read
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
-    elif name in _SUBMODULES:
-        value = importlib.import_module(f"dalib.{name}")
+    elif not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        value = importlib.import_module(f"{__name__}.{name}")  # a subpackage or module: dalib.runner, ...
     else:
         raise AttributeError(f"module 'dalib' has no attribute {name!r}")
     globals()[name] = value  # (read once)
@@ -49,4 +46,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+    import pkgutil
+
+    return sorted(set(globals()) | set(_EXPORTS) | {m.name for m in pkgutil.iter_modules(__path__)
+                                                    if not m.name.startswith("_")})

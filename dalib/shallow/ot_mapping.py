@@ -175,7 +175,6 @@ class OTMapping(Params):
         self.f_ = self.g_ = self.coupling_ = None
         self.reg_, self.reg_cl_ = self.reg, self.reg_cl
         self.marginal_error_: float | None = None
-        self._emd_short: tuple[int, str] | None = None  # an exact plan POT's network simplex did not finish
         self.backend_ = backend
         if backend == "auto":
             chosen = _log_backend(xs, xt)
@@ -183,8 +182,9 @@ class OTMapping(Params):
             # an automatic KeOps choice is passed on as "auto", so that KeOps failing to compile
             # falls back to "blocked"
             backend = "auto" if chosen == "keops" else chosen
+        short = None  # an exact plan POT's network simplex did not finish: (its iteration cap, POT's word)
         if backend == "pot":
-            self._fit_pot(xs, xt, labels)
+            short = self._fit_pot(xs, xt, labels)
         else:
             dtype = torch.float32 if self.dtype == "float32" else torch.float64
             # the cost and the mapping are the same for data moved as a whole: centred in float64
@@ -196,7 +196,6 @@ class OTMapping(Params):
             check_narrowed((ms, mt), spread)
             self._fit_log(ms, mt, labels, backend)
             self.mapped_ = self.mapped_ + centre.cpu().numpy()
-        short = self._emd_short
         self.converged_ = short is None and (self.marginal_error_ is None or self.marginal_error_ <= self._tol_reached)
         if short is not None:
             warn_outside_dalib(f"OTMapping: exact OT stopped after {short[0]} network-simplex iterations short of the "
@@ -215,7 +214,9 @@ class OTMapping(Params):
     def _uses_continuous_map(self) -> bool:
         return self.reg_ is not None and self.reg_cl_ is None
 
-    def _fit_pot(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None) -> None:
+    def _fit_pot(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None) -> tuple[int, str] | None:
+        """The plan from POT; returns an exact plan's iteration cap and POT's word when its
+        network simplex stopped short of the optimum, else None."""
         ot = import_quietly("ot")
         from dalib.kernels import sqdist
 
@@ -231,7 +232,7 @@ class OTMapping(Params):
         cost = cost / scale
         a = torch.full((ns,), 1.0 / ns, dtype=torch.float64)
         b = torch.full((nt,), 1.0 / nt, dtype=torch.float64)
-        n_iter = 0
+        n_iter, short = 0, None
         if self.reg is None:
             # the network simplex's iteration cap: POT's 100000 stopped 2000 x 2000 problems short of
             # the optimum (21% of the samples mapped elsewhere); the cap costs nothing where it is not reached
@@ -240,7 +241,8 @@ class OTMapping(Params):
                 warnings.filterwarnings("ignore", message=".*numItermax reached.*")
                 found, log = ot.emd(a.numpy(), b.numpy(), cost.numpy(), numItermax=limit, log=True)
             plan = torch.as_tensor(found)
-            self._emd_short = None if log.get("result_code") == 1 else (limit, log.get("warning") or "not optimal")
+            if log.get("result_code") != 1:
+                short = (limit, log.get("warning") or "not optimal")
         else:
             reg = float(self.reg)
             penalty = torch.zeros_like(cost)  # (Ns, Nt) η W
@@ -280,6 +282,7 @@ class OTMapping(Params):
         self.mapped_ = mapped.numpy()
         self.cost_scale_ = scale
         self.n_iter_ = n_iter
+        return short
 
     def _fit_log(self, xs: Tensor, xt: Tensor, labels: np.ndarray | None, backend: str) -> None:
         ns, nt = xs.shape[0], xt.shape[0]

@@ -469,8 +469,8 @@ def test_a_run_writes_its_result_even_when_its_method_left_the_registry(toy_data
 
 
 def test_a_method_without_a_loss_is_refused_at_registration(method_named):
-    """It had registered, then failed at the first step (after the data and prepare()) with
-    a NotImplementedError."""
+    """It had registered, and its first step (after the data and prepare()) raised the base
+    class's error instead."""
     class NoLoss(Method):
         """Forgot its loss."""
 
