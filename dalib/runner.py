@@ -370,11 +370,23 @@ def _signals_deferred() -> Iterator[None]:
         handlers[signum](signum, None)
 
 
+def _temporary_name(name: str) -> str:
+    """``.NAME.tmpPID``, the name :func:`atomic_write_bytes` writes before its rename (and
+    :func:`ready_for_writing` tidies): a long name is cut and told apart by a hash of itself,
+    so that a file name the file system takes (up to 255 bytes) has a temporary one it takes
+    too."""
+    raw = os.fsencode(name)
+    if len(raw) > 160:
+        digest = hashlib.sha1(raw).hexdigest()[:12]
+        name = f"{raw[:120].decode('utf-8', 'ignore')}-{digest}"
+    return f".{name}.tmp{os.getpid()}"
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file. An interrupt that comes during
     the write is raised once the file is in place."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(_temporary_name(path.name))
     try:
         with _signals_deferred():
             with open(tmp, "wb") as fh:

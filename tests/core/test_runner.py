@@ -187,6 +187,29 @@ def test_checkpoints_are_atomic_and_loadable_weights_only(tmp_path):
     assert ckpt["step"] == 12 and "discriminator.0.weight" in ckpt["method"]
 
 
+def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
+    from dalib.runner import atomic_write_text, ready_for_writing
+
+    # a name the file system takes (255 bytes; "é" is two) has a temporary name it takes too:
+    # `eval --predictions` with such a name had been refused after its work, by the temporary name
+    for name in ("p" * 251 + ".csv", "é" * 125 + ".csv"):
+        atomic_write_text(tmp_path / name, "a,b\n")
+        assert (tmp_path / name).read_text() == "a,b\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["p" * 251 + ".csv", "é" * 125 + ".csv"])
+    # a killed writer's temporary file of such a name is still found and tidied
+    import subprocess
+    import sys
+
+    from dalib.runner import _temporary_name
+
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    stale = tmp_path / _temporary_name("q" * 251).replace(f".tmp{os.getpid()}", f".tmp{dead}")
+    stale.write_text("half")
+    ready_for_writing(tmp_path)
+    assert not stale.exists()
+
+
 def test_eval_every_logs_accuracies(tmp_path):
     res = run(_config(steps=10, eval_every=4, log_every=0), tmp_path / "r", progress_bar=False)
     evals = [h for h in res.history if "target_acc" in h]
