@@ -61,16 +61,24 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
     }
     payload["command"] = command("dann_digits.py", given)
-    lines = [f"# {src} -> {tgt}: target accuracy (%), {args.steps} steps, seeds {args.seeds}", "",
+    text = markdown(payload)
+    write_results(out, payload, text)
+    print(text)
+    return 0
+
+
+def markdown(payload: dict) -> str:
+    """The table of a results file: its protocol, machine and command above the rows."""
+    lines = [f"# {payload['src']} -> {payload['tgt']}: target accuracy (%), {payload['steps']} steps, "
+             f"seeds {payload['seeds']}", "",
+             f"Protocol: {payload['protocol']}.", "",
              f"Machine: {machine_line(payload['machine'])}", "",
              f"Command: `{payload['command']}`", "",
              "| method | mean | std | min | max | per seed |", "|---|---|---|---|---|---|"]
-    for method, s in summary.items():
-        per = ", ".join(f"{r['target_accuracy']:.2f}" for r in rows[method])
+    for method, s in payload["summary"].items():
+        per = ", ".join(f"{r['target_accuracy']:.2f}" for r in payload["runs"][method])
         lines.append(f"| {method} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {per} |")
-    write_results(out, payload, "\n".join(lines))
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

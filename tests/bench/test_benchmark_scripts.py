@@ -60,3 +60,18 @@ def test_shallow_checks_leave_out_the_comparisons_whose_baseline_was_skipped():
     assert any(line.startswith("office-all OT-IT + 1-NN: 43.00 vs published 42.30") and "vs 1-NN" not in line
                for line in lines)
     assert not any("KMM" in line or "CORAL" in line for line in lines)
+
+
+def test_the_dann_digits_table_is_its_results_file_with_its_protocol(monkeypatch):
+    # README's headline DANN figures come from this table: it says how they were measured
+    import importlib
+    import json
+    from pathlib import Path
+
+    benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
+    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports _machine as it does when run
+    dann_digits = importlib.import_module("dann_digits")
+    payload = json.loads((benchmarks / "results" / "dann_digits_mnist_usps.json").read_text())
+    text = dann_digits.markdown(payload)
+    assert text + "\n" == (benchmarks / "results" / "dann_digits_mnist_usps.md").read_text()  # (write_results ends it)
+    assert "after the last step (no target-label model selection)" in text
