@@ -1288,3 +1288,19 @@ def test_a_results_file_this_user_cannot_read_is_named_so(toy_suite, tmp_path, m
     monkeypatch.setattr(pathlib.Path, "read_text", read)
     _one_line_error(CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0",
                                              "--out", str(tmp_path), "--quiet"]), f"cannot read {path}: Permission denied")
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).resolve().parents[2] / "benchmarks" / "results")
+                                        .glob("bench-*.json")))
+def test_the_committed_tables_are_what_their_results_files_give(tmp_path, name):
+    # the tables in benchmarks/results (and the docs that include them) are the report of their
+    # JSON as the code stands: a stale one had named a command without the --jobs its cells ran with
+    from dalib_benchmarks.report import write_report
+
+    committed = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / name
+    copy = tmp_path / name
+    copy.write_bytes(committed.read_bytes())
+    state = json.loads(copy.read_text())
+    md, _ = write_report(load_suite(state["suite"]), copy)
+    expected = committed.with_suffix(".md").read_text()
+    assert md.read_text().replace(f" --out {tmp_path.resolve()}", "") == expected
