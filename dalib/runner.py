@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import shutil
+import stat
 import sys
 import tempfile
 import threading
@@ -371,15 +372,19 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _temporary_name(name: str) -> str:
-    """``.NAME.tmpPID``, the name :func:`atomic_write_bytes` writes before its rename (and
-    :func:`ready_for_writing` tidies): a long name is cut and told apart by a hash of itself,
-    so that a file name the file system takes (up to 255 bytes) has a temporary one it takes
-    too."""
+    """``.NAME.dalib-tmpPID``, the name :func:`atomic_write_bytes` writes before its rename
+    (and :func:`ready_for_writing` tidies: a name no other program's file has, in a folder
+    dalib shares, such as the one of ``eval --predictions``). A long name is cut and told
+    apart by a hash of itself, so that a file name the file system takes (up to 255 bytes) has
+    a temporary one it takes too."""
     raw = os.fsencode(name)
     if len(raw) > 160:
         digest = hashlib.sha1(raw).hexdigest()[:12]
         name = f"{raw[:120].decode('utf-8', 'ignore')}-{digest}"
-    return f".{name}.tmp{os.getpid()}"
+    return f".{name}{_TEMPORARY}{os.getpid()}"
+
+
+_TEMPORARY = ".dalib-tmp"
 
 
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
@@ -389,7 +394,8 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     tmp = path.with_name(_temporary_name(path.name))
     try:
         with _signals_deferred():
-            with open(tmp, "wb") as fh:
+            tmp.unlink(missing_ok=True)  # this process's own leftover (an id used again): a new file, never through a link
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "wb") as fh:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
@@ -414,8 +420,8 @@ def _process_lives(pid: int) -> bool:
     except PermissionError:  # it exists, and belongs to another user
         pass
     try:  # a zombie (killed, not yet reaped by its parent) holds nothing any more
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rindex(")") + 2] != "Z"
+        status = Path(f"/proc/{pid}/stat").read_text()
+        return status[status.rindex(")") + 2] != "Z"
     except (OSError, ValueError, IndexError):
         return True
 
@@ -1508,8 +1514,8 @@ def ready_for_writing(out: Path) -> None:
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out}: {exc.strerror}") from None
-    for stale in out.glob(".*.tmp*"):
-        pid = stale.name.rsplit(".tmp", 1)[1]
+    for stale in out.glob(f".*{_TEMPORARY}*"):
+        pid = stale.name.rsplit(_TEMPORARY, 1)[1]
         if pid.isdigit() and not _process_lives(int(pid)):
             stale.unlink(missing_ok=True)
 
@@ -1552,10 +1558,15 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
     import fcntl
 
     for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+        try:  # never through a link: a link planted in a shared folder would have this process empty its file
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:  # a claim file of another user's (read-only for this one), a name too long
-            raise ConfigError(f"cannot claim {lock}: {exc.strerror}") from None
+            why = ("it is a symbolic link, which dalib does not follow: remove it" if exc.errno == errno.ELOOP
+                   else exc.strerror)
+            raise ConfigError(f"cannot claim {lock}: {why}") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ConfigError(f"cannot claim {lock}: it is not a regular file: remove it")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

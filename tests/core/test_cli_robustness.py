@@ -281,12 +281,14 @@ def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
     runner, out, args = _finished_run(tmp_path)
     (out / "result.json").unlink()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = out / f".checkpoint.pt.tmp{int(dead.stdout)}"  # the pid of a process that has exited
+    stale = out / f".checkpoint.pt.dalib-tmp{int(dead.stdout)}"  # the pid of a process that has exited
     stale.write_text("half a file")
-    live = out / f".result.json.tmp{os.getppid()}"  # a writer still at work (a living process) is left alone
+    live = out / f".result.json.dalib-tmp{os.getppid()}"  # a writer still at work (a living process) is left alone
     live.write_text("being written")
+    theirs = out / f".notes.tmp{int(dead.stdout)}"  # another program's file of a like name is not dalib's to remove
+    theirs.write_text("my notes")
     assert runner.invoke(cli, [*args, "--resume"]).exit_code == 0
-    assert not stale.exists() and live.exists()
+    assert not stale.exists() and live.exists() and theirs.read_text() == "my notes"
     assert json.loads((out / "result.json").read_text())["steps"] == 2
 
 
@@ -340,3 +342,33 @@ def test_an_output_path_that_cannot_be_a_folder_says_why(tmp_path):
         _one_line(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(path)]),
                   said.format(path, tmp_path / "nowhere"))
     assert not (tmp_path / "nowhere").exists()
+
+
+def test_a_link_planted_as_the_lock_or_a_temporary_file_is_never_followed(tmp_path):
+    import os
+
+    from dalib.errors import DalibError
+    from dalib.runner import _temporary_name, atomic_write_text, claim_file
+
+    # in a folder others can write to, a link named like the run's lock had the run empty the
+    # file it points to (and write its process id there)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("important")
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / ".dalib-run.lock").symlink_to(victim)
+    result = CliRunner().invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2",
+                                      "--out", str(out)])
+    _one_line(result, f"cannot claim {out / '.dalib-run.lock'}: it is a symbolic link, which dalib does not follow")
+    assert victim.read_text() == "important"
+    # a link planted under the temporary name of an atomic write (its process id foretold) is
+    # replaced, not written through
+    target = tmp_path / "result.json"
+    (tmp_path / _temporary_name("result.json")).symlink_to(victim)
+    atomic_write_text(target, "{}")
+    assert victim.read_text() == "important" and target.read_text() == "{}" and not target.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["result.json", "shared", "victim.txt"]
+    # a lock that is no regular file (a fifo) is refused, not waited on
+    os.mkfifo(tmp_path / "fifo-out.lock")
+    with pytest.raises(DalibError, match="it is not a regular file"):
+        claim_file(tmp_path / "fifo-out.lock", "busy", "or not")

@@ -204,7 +204,7 @@ def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
 
     dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                               text=True).stdout)
-    stale = tmp_path / _temporary_name("q" * 251).replace(f".tmp{os.getpid()}", f".tmp{dead}")
+    stale = tmp_path / _temporary_name("q" * 251).replace(f"tmp{os.getpid()}", f"tmp{dead}")
     stale.write_text("half")
     ready_for_writing(tmp_path)
     assert not stale.exists()
