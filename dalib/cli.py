@@ -555,6 +555,13 @@ def _first_line(cls: Any) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
+def _printable(text: str) -> str:
+    """``text`` with its control characters escaped (a newline as \\n, ESC as \\x1b): a name
+    from an installed package's metadata neither breaks a listing's lines nor reaches the
+    terminal as a command."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 @cli.command("list")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="import a module that registers methods, datasets or backbones")
 def list_cmd(plugins: tuple[str, ...]) -> None:
@@ -571,8 +578,8 @@ def list_cmd(plugins: tuple[str, ...]) -> None:
     broken = plugin_errors()
     if broken:
         click.echo("plugins that failed to load:")
-        for name, why in sorted(broken.items()):
-            click.echo(f"  {name:<14} {why}")
+        for name, why in sorted(broken.items()):  # an installed package's names and values, as they come
+            click.echo(f"  {_printable(name):<14} {_printable(why)}")
     click.echo("datasets:")
     for name in list_datasets():
         info = get_dataset(name)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dalib.config import parse_value, resolved_types
-from dalib.data.registry import dataset_plugin_errors, forget_failed, note_origin, same_definition
+from dalib.data.registry import dataset_plugin_errors, forget_failed, load_entry_point, note_origin, same_definition
 from dalib.errors import ConfigError, RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
@@ -191,7 +191,11 @@ def _dist_name(ep: EntryPoint) -> str:
 
 
 def _initializing(ep: EntryPoint) -> bool:
-    module = sys.modules.get(ep.module)
+    try:
+        name = ep.module
+    except AttributeError:  # a value that names no module ("my-entmin"): its load fails, and is reported, as any
+        return False
+    module = sys.modules.get(name)
     return module is not None and bool(getattr(module.__spec__, "_initializing", False))
 
 
@@ -243,7 +247,7 @@ def _load_one(ep: EntryPoint) -> None:
     try:
         check_name(ep.name)  # the decorator checks its own; an entry point's is named here
         try:
-            obj = ep.load()
+            obj = load_entry_point(ep)
         except BaseException:
             _restore(before)
             raise

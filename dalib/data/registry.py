@@ -219,6 +219,17 @@ def _load_dataset_entry_points() -> None:
     load_entry_point_group(DATASET_ENTRY_POINT_GROUP, _DATASETS, _broken_datasets)
 
 
+def load_entry_point(ep: Any) -> Any:
+    """``ep.load()``, with a value that names no module ("my-plugin", a path) refused in one
+    line: the entry point's own parser fails on it with an AttributeError of its internals."""
+    try:
+        ep.module
+    except AttributeError:
+        raise RegistryError("names no module: an entry point's value is 'package.module' or "
+                            "'package.module:attribute'") from None
+    return ep.load()
+
+
 def load_entry_point_group(group: str, registry: dict[str, Any], broken: dict[str, str]) -> None:
     """Import every entry point of ``group`` (module entry points, whose import adds to
     ``registry``) in name order, each in isolation: one that fails registers nothing
@@ -228,7 +239,7 @@ def load_entry_point_group(group: str, registry: dict[str, Any], broken: dict[st
     for ep in sorted(entry_points(group=group), key=lambda ep: ep.name):
         before = dict(registry)
         try:
-            ep.load()
+            load_entry_point(ep)
         except (Exception, SystemExit) as exc:  # a broken package must not break the others
             forget_failed(registry, before)
             broken[ep.name] = f"{ep.value}: {import_failure(exc)}"

@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from importlib.metadata import EntryPoint
 
 import pytest
+from click.testing import CliRunner
 
 import dalib
+from dalib.cli import cli
 from dalib import Method, register_method
 from dalib import registry
 from dalib.errors import ConfigError, RegistryError, UnknownNameError
@@ -95,6 +97,8 @@ def test_broken_entry_point_is_reported_and_does_not_break_others(clean_registry
         EntryPoint("raises_plugin", "json:loads", "dalib.methods"),  # loads, but is no Method
         EntryPoint("empty_plugin", "json", "dalib.methods"),  # a module that registers nothing
         EntryPoint("good_plugin", f"{__name__}:GOOD", "dalib.methods"),
+        EntryPoint("hyphen_plugin", "my-entmin", "dalib.methods"),  # names no module: it had broken every command
+        EntryPoint("\x1b]0;HIJACKED\x07title", "dalib_no_such_module_xyz", "dalib.methods"),  # a terminal command
     ]
     globals()["GOOD"] = good
     monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in fake_eps if ep.group == group])
@@ -103,7 +107,11 @@ def test_broken_entry_point_is_reported_and_does_not_break_others(clean_registry
     names = dalib.list_methods()
     assert "good_plugin" in names and dalib.get_method("good_plugin") is good
     errors = registry.plugin_errors()
-    assert set(errors) == {"broken_plugin", "raises_plugin", "empty_plugin"}
+    assert set(errors) == {"broken_plugin", "raises_plugin", "empty_plugin", "hyphen_plugin", "\x1b]0;HIJACKED\x07title"}
+    listing = CliRunner().invoke(cli, ["list"]).stdout
+    assert "\\x1b]0;HIJACKED\\x07title" in listing and "\x1b" not in listing and "\x07" not in listing
+    assert errors["hyphen_plugin"] == ("my-entmin: RegistryError: names no module: an entry point's value is "
+                                       "'package.module' or 'package.module:attribute'")
     assert "ModuleNotFoundError" in errors["broken_plugin"]
     assert "subclass of dalib.Method" in errors["raises_plugin"]
     assert "registered no method" in errors["empty_plugin"]

@@ -343,13 +343,15 @@ def test_an_installed_package_brings_its_datasets_through_an_entry_point(isolate
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [
-        EntryPoint("sensors", "sensors_pkg", group), EntryPoint("broken", "no_such_module_xyz", group)])
+        EntryPoint("sensors", "sensors_pkg", group), EntryPoint("broken", "no_such_module_xyz", group),
+        EntryPoint("hyphen", "my-sensors", group)])
     monkeypatch.setattr(isolated_registry, "_dataset_entry_points_loaded", False)
     monkeypatch.setattr(isolated_registry, "_broken_datasets", {})
     assert len(load_domain("sensors", "lab")) == 6
     assert infer_dataset("lab", "field") == "sensors"
     out = CliRunner().invoke(cli, ["list"]).stdout
     assert "sensors" in out and "broken (datasets)" in out and "ModuleNotFoundError" in out
+    assert "hyphen (datasets) my-sensors: RegistryError: names no module" in out
 
 
 def test_a_domain_takes_a_networks_classes_by_name():
