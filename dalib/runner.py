@@ -486,14 +486,28 @@ def _stop_workers(it: Any) -> None:
         shutdown()
 
 
+class _StepBatches:
+    """The index batches of steps ``start..stop-1``, drawn as the loader asks for them: a
+    list of them all, made before the first step, had grown with steps x batch size."""
+
+    def __init__(self, stream: _Stream, start: int, stop: int) -> None:
+        self._stream, self._start, self._stop = stream, start, stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return (self._stream.indices(s).tolist() for s in range(self._start, self._stop))
+
+
 class _Prefetcher:
     """Loads batches of a lazily decoded dataset (image folders) with worker processes."""
 
     def __init__(self, domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False) -> None:
         self._domain = domain
-        sampler = [stream.indices(s).tolist() for s in range(start, stop)]
         self._it = iter(  # pinned batches make the copy to the GPU asynchronous (non_blocking)
-            _loader(domain.dataset, batch_sampler=sampler, num_workers=workers, pin_memory=pin)
+            _loader(domain.dataset, batch_sampler=_StepBatches(stream, start, stop), num_workers=workers,
+                    pin_memory=pin)
         )
 
     def close(self) -> None:

@@ -166,6 +166,29 @@ def test_worker_processes_load_the_same_batches_and_report_a_bad_image_in_one_li
     assert str(exc.value).startswith("cannot read image: ") and "\n" not in str(exc.value)
 
 
+def test_worker_processes_are_given_batches_as_they_go_not_every_step_first(office):
+    """With workers, the loader's batches of indices are drawn as it asks for them: a list of
+    every step's, made before the first step, had grown with steps x batch size (a long run on
+    a shared node ran out of memory before training)."""
+    from dalib.runner import _Prefetcher, _Stream
+
+    class Counting(_Stream):
+        drawn = 0
+
+        def indices(self, step):
+            Counting.drawn += 1
+            return super().indices(step)
+
+    domain = load_domain("image-folder", "amazon", data_dir=office, image_size=32)
+    loader = _Prefetcher(domain, Counting(len(domain), 2, seed=0), 0, 10**9, workers=1)
+    try:
+        batches = [next(loader) for _ in range(3)]
+    finally:
+        loader.close()
+    assert [tuple(x.shape) for x, _ in batches] == [(2, 3, 32, 32)] * 3
+    assert Counting.drawn < 20  # the three taken and the few the worker loads ahead
+
+
 def test_a_run_stopped_by_an_error_stops_its_loader_workers_even_while_its_traceback_is_kept(office):
     """A notebook keeps the last traceback (sys.last_traceback), and with it the run's frame:
     its DataLoader workers lived on with it (processes, descriptors, threads)."""
