@@ -14,13 +14,19 @@ from dalib.errors import ConfigError, first_line
 __all__ = ["build_config", "describe_config", "param", "parse_value", "read_toml"]
 
 
-def read_toml(path: str | Path, what: str) -> dict[str, Any]:
-    """The table of the TOML file ``path`` (UTF-8, with or without the byte-order mark that
-    Windows editors write), or a one-line :class:`ConfigError` naming it as ``what PATH``."""
+def _toml() -> Any:
+    """The standard library's TOML reader (Python 3.11 on), or the ``tomli`` it came from."""
     try:
         import tomllib
     except ImportError:  # Python 3.10
         import tomli as tomllib  # type: ignore[no-redef]
+    return tomllib
+
+
+def read_toml(path: str | Path, what: str) -> dict[str, Any]:
+    """The table of the TOML file ``path`` (UTF-8, with or without the byte-order mark that
+    Windows editors write), or a one-line :class:`ConfigError` naming it as ``what PATH``."""
+    tomllib = _toml()
     try:
         return tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -142,8 +148,8 @@ def _literal(text: str, kinds: type | tuple[type, ...], key: str) -> Any:
     """``text`` read as a TOML or JSON value (``[1, 2]``, ``{a = 1}``, ``{"a": 1}``, ``2.5``)
     of one of ``kinds``."""
     import json
-    import tomllib
 
+    tomllib = _toml()
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:

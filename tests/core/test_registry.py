@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
@@ -520,6 +521,26 @@ def test_a_fixed_length_tuple_parses_each_item_as_its_own_type_and_text_stays_te
         with pytest.raises(ConfigError, match="expected text"):
             build_config(Config, {"name": value})
 
+
+
+def test_list_and_dict_values_parse_on_python_3_10_with_tomli(monkeypatch):
+    """Python 3.10 has no tomllib, and dalib declares tomli there: every place that reads TOML
+    takes it (a list or dict --set had failed with ModuleNotFoundError on 3.10)."""
+    import tomllib
+    import types
+
+    from dalib.config import build_config
+
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # (as on 3.10: the import fails)
+    monkeypatch.setitem(sys.modules, "tomli", types.SimpleNamespace(loads=tomllib.loads,
+                                                                    TOMLDecodeError=tomllib.TOMLDecodeError))
+
+    @dataclass(frozen=True)
+    class Config:
+        sizes: tuple[int, ...] = (1, 2)
+        weights: dict = dataclasses.field(default_factory=dict)
+
+    assert build_config(Config, {"sizes": "[128, 64]", "weights": "{a = 1}"}) == Config((128, 64), {"a": 1})
 
 
 def test_a_shallow_run_seeds_the_random_numbers_its_method_draws(clean_registry):
