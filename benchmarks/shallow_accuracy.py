@@ -238,7 +238,7 @@ def _estimator(clf: str, c_value: float) -> Any:
 
     if clf == "linear":
         return LogisticRegression(C=c_value, max_iter=1000)
-    return LinearSVC(C=c_value, dual=True, max_iter=20000)
+    return LinearSVC(C=c_value, dual=True, max_iter=20000, random_state=0)  # (as dalib's own svm)
 
 
 # ------------------------------------------------------------------------ selection

@@ -92,12 +92,15 @@ def make_classifier(name: str) -> Any:
             from sklearn.svm import SVC, LinearSVC
         except ImportError as exc:  # a declared dependency, but say what is missing
             raise ImportError(f"classifier {name!r} needs scikit-learn: pip install scikit-learn ({exc})") from exc
+        # the SVMs' own seed: without one, scikit-learn draws it from numpy's global generator,
+        # which moved the caller's next numbers, and liblinear's order of coordinates with them
+        # (an unconverged fit predicted by the caller's seed)
         if name == "linear":
             est = LogisticRegression(C=1.0, max_iter=1000)
         elif name == "svm":
-            est = LinearSVC(C=1.0, dual=True, max_iter=20000)
+            est = LinearSVC(C=1.0, dual=True, max_iter=20000, random_state=0)
         else:
-            est = SVC(kernel="linear", C=1.0)
+            est = SVC(kernel="linear", C=1.0, random_state=0)
         return _SklearnClassifier(est)
     raise UnknownNameError(f"unknown classifier {name!r}; known: {', '.join(CLASSIFIERS)}")
 

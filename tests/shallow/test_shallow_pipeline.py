@@ -65,6 +65,31 @@ def test_weighted_linear_classifiers_use_the_weights(name):
     assert np.mean(weighted.predict(grid) == duplicated.predict(grid)) > 0.98
 
 
+@pytest.mark.parametrize("name", ["svm", "svc"])
+def test_the_svms_leave_the_callers_random_numbers_alone(name):
+    # scikit-learn's SVMs without a seed of their own draw one from numpy's global generator:
+    # the caller's next numbers moved, and an unconverged liblinear fit followed the caller's seed
+    import warnings
+
+    rng = np.random.RandomState(42)
+    if name == "svm":  # duplicated points, random labels: liblinear stops at its cap, by its order of coordinates
+        xs = np.repeat(rng.randn(30, 20) * 50, 4, axis=0) + rng.randn(120, 20) * 0.01
+        ys, xt = rng.randint(0, 4, 120), rng.randn(200, 20) * 50
+    else:  # (libsvm would take minutes on those)
+        xs = rng.randn(60, 2)
+        ys, xt = (xs[:, 0] > 0).astype(int), rng.randn(50, 2)
+    predictions = []
+    for seed in (0, 1):
+        np.random.seed(seed)
+        expected = np.random.random_sample()
+        np.random.seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (liblinear's ConvergenceWarning, on purpose)
+            predictions.append(make_classifier(name).fit(xs, ys).predict(xt))
+        assert np.random.random_sample() == expected
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
 def test_classifier_errors():
     x, y = _blobs(3, 0.0)
     with pytest.raises(UnknownNameError, match="known: 1nn, linear, svm, svc"):
