@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import multiprocessing
 import statistics
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from _machine import machine_line, write_results
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # (imported from the package, not as a script)
+from _machine import machine_line, write_results  # noqa: E402
 
 
 def map_units(fn: Callable[..., Any], units: Sequence[tuple], jobs: int) -> list[Any]:

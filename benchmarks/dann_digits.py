@@ -15,13 +15,16 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import at_least, command, machine_info, machine_line, output_stem, write_results
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
 
-from dalib import list_methods
-from dalib.data import get_dataset
-from dalib.runner import RunConfig, run
+from _machine import at_least, command, machine_info, machine_line, output_stem, write_results  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from dalib import list_methods  # noqa: E402
+from dalib.data import get_dataset  # noqa: E402
+from dalib.runner import RunConfig, run  # noqa: E402
+
+RESULTS = HERE / "results"
 
 
 def main(argv: list[str] | None = None) -> int:

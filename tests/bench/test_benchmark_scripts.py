@@ -4,9 +4,11 @@ writes, the command its results file gives, and the checks of a partial shallow 
 from __future__ import annotations
 
 import argparse
+import pkgutil
 
 import pytest
 
+import dalib_benchmarks
 from dalib_benchmarks._machine import at_least, command, output_stem
 
 
@@ -62,15 +64,34 @@ def test_shallow_checks_leave_out_the_comparisons_whose_baseline_was_skipped():
     assert not any("KMM" in line or "CORAL" in line for line in lines)
 
 
-def test_the_dann_digits_table_is_its_results_file_with_its_protocol(monkeypatch):
+def test_every_module_of_the_installed_benchmarks_package_imports(tmp_path):
+    # the wheel ships benchmarks/ as dalib_benchmarks: two of its scripts had imported their
+    # helpers as they do when run from the folder, and failed to import from the package (in a
+    # fresh process, from another folder: this one's imports put the folder on sys.path)
+    import subprocess
+    import sys
+
+    names = sorted(m.name for m in pkgutil.iter_modules(dalib_benchmarks.__path__))
+    script = ("import importlib, sys\n"
+              "failed = []\n"
+              f"for name in {names!r}:\n"
+              "    try:\n"
+              "        importlib.import_module('dalib_benchmarks.' + name)\n"
+              "    except Exception as exc:\n"
+              "        failed.append(f'{name}: {exc!r}')\n"
+              "print(failed)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert len(names) > 10 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+def test_the_dann_digits_table_is_its_results_file_with_its_protocol():
     # README's headline DANN figures come from this table: it says how they were measured
-    import importlib
     import json
     from pathlib import Path
 
+    from dalib_benchmarks import dann_digits
+
     benchmarks = Path(__file__).resolve().parents[2] / "benchmarks"
-    monkeypatch.syspath_prepend(str(benchmarks))  # the script imports _machine as it does when run
-    dann_digits = importlib.import_module("dann_digits")
     payload = json.loads((benchmarks / "results" / "dann_digits_mnist_usps.json").read_text())
     text = dann_digits.markdown(payload)
     assert text + "\n" == (benchmarks / "results" / "dann_digits_mnist_usps.md").read_text()  # (write_results ends it)
