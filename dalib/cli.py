@@ -515,7 +515,8 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
     for the built-in ones); writes bench-SUITE.json (every run), bench-SUITE.md (the table) and
     bench-SUITE.png into --out (bench-SUITE-stepsN.* with --steps). A killed suite resumes where
     it stopped, and its table shows the cells finished so far. A suite of your own is a .toml
-    file: see the Benchmarks page of the docs.
+    file: start from a copy of a built-in one (benchmarks/suites/ in the repository,
+    dalib_benchmarks/suites/ where dalib is installed) and see the Benchmarks page of the docs.
     """
     from dalib_benchmarks.suite import load_suite, run_suite
 
