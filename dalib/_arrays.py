@@ -1,15 +1,61 @@
-"""numpy arrays into tensors, whatever their layout."""
+"""numpy arrays (and what numpy reads as one) into tensors, whatever their layout."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["tensor_of"]
+__all__ = ["number_tensor", "tensor_of"]
 
 
 def tensor_of(a: np.ndarray) -> torch.Tensor:
     """``a`` as a tensor, sharing memory where torch can: an array that torch cannot view
     (negative strides, as ``x[::-1]`` or a BGR-to-RGB ``img[..., ::-1]`` makes; a byte order
-    other than the machine's, as HDF5 and .mat files often store) is copied into one it can."""
-    return torch.from_numpy(np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("=")))
+    other than the machine's, as HDF5 and .mat files often store) is copied into one it can,
+    and so is a read-only one (pandas' ``to_numpy()``, a memory-mapped file), which torch
+    would share with a warning that writes to it are undefined."""
+    out = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    return torch.from_numpy(out if out.flags.writeable else out.copy())
+
+
+def number_tensor(x: Any, name: str, error: Callable[[str], Exception]) -> torch.Tensor:
+    """``x`` (a tensor, numpy array, pandas DataFrame or Series, nested list) as a tensor of
+    real numbers or booleans, sharing memory where it can; anything else is ``error(message)``
+    raised, the message naming ``x`` as ``name``: a sparse matrix, complex numbers (torch
+    would drop their imaginary part), text or objects."""
+    if isinstance(x, torch.Tensor):
+        if x.is_complex():
+            raise error(f"{name} holds complex numbers: give real features")
+        return x.detach()
+    if hasattr(x, "tocsr") and hasattr(x, "nnz"):  # scipy.sparse
+        raise error(f"{name} is a sparse matrix: give a dense array (its .toarray())")
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise error(f"{name} is not an array: {exc}") from None
+    if np.iscomplexobj(arr):
+        raise error(f"{name} holds complex numbers: give real features")
+    if arr.dtype == object and hasattr(x, "dtypes") and hasattr(x, "to_numpy"):
+        arr = _numeric_frame(x, name, error)  # a DataFrame of mixed (float and bool) or nullable columns
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise error(f"{name} must hold numbers, got dtype {arr.dtype}")
+    if arr.dtype == np.longdouble and np.longdouble != np.float64:
+        arr = arr.astype(np.float64)  # torch has no extended precision
+    return tensor_of(arr)
+
+
+def _numeric_frame(frame: Any, name: str, error: Callable[[str], Exception]) -> np.ndarray:
+    """A pandas DataFrame whose columns are all numbers or booleans (mixed, or pandas' nullable
+    Float64/Int64/boolean, which numpy reads as objects) as a float64 array; any other as
+    numpy reads it, for the caller to refuse."""
+    from pandas.api.types import is_bool_dtype, is_numeric_dtype
+
+    if not all(is_numeric_dtype(d) or is_bool_dtype(d) for d in frame.dtypes):
+        return np.asarray(frame)
+    try:
+        return frame.to_numpy(dtype=np.float64)
+    except (TypeError, ValueError):  # pd.NA
+        raise error(f"{name} has missing values (pandas NA): fill or drop them") from None

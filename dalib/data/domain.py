@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from dalib._arrays import tensor_of
-from dalib.errors import DataError
+from dalib._arrays import number_tensor
+from dalib.errors import DataError, warn_outside_dalib
 
 __all__ = ["Domain", "UNLABELLED", "labelled_accuracy"]
 
@@ -230,6 +230,8 @@ class Domain:
         if xt.ndim == 1 or xt[0].numel() == 0:
             raise DataError(f"features of shape {tuple(xt.shape)} in {where}: give (N, D) or (N, C, H, W) "
                             "(one feature per sample: reshape to (N, 1))")
+        if wide is not None:
+            _warn_if_blurred(wide, where)  # (NaN and inf compare false: check_finite says so next)
         if yt.shape[0] != xt.shape[0]:
             raise DataError(f"{xt.shape[0]} samples but {yt.shape[0]} labels in {where}")
         if yt.is_floating_point():
@@ -277,13 +279,28 @@ MAX_INFERRED_CLASSES = 100_000
 
 
 def _as_number_tensor(a: Any, what: str, where: str) -> torch.Tensor:
-    if isinstance(a, torch.Tensor):
-        return a
-    arr = np.asarray(a)
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-        raise DataError(f"{what} must be numbers, got dtype {arr.dtype} in {where}"
-                        + (" (map class names to indices 0..C-1 and pass classes=)" if what == "labels" else ""))
-    return tensor_of(arr)
+    """``a`` as :func:`~dalib._arrays.number_tensor` reads it (a sparse matrix, complex numbers
+    or text are one line, as in the shallow estimators)."""
+    hint = " (map class names to indices 0..C-1 and pass classes=)" if what == "labels" else ""
+    return number_tensor(a, what, lambda message: DataError(f"{message} in {where}{hint}"))
+
+
+def _warn_if_blurred(wide: torch.Tensor, where: str) -> None:
+    """Warn when float32, which dalib casts features to, keeps fewer than about a thousand
+    steps across a feature's range: features far from the origin (an offset of 1e8 under a
+    spread of a few units, as absolute positions or times give) keep only a few distinct
+    values, and every method, deep or shallow, learns from what is left."""
+    x = wide.reshape(wide.shape[0], -1)
+    top, low = x.amax(0), x.amin(0)
+    rounding = torch.maximum(top.abs(), low.abs()) * 2.0 ** -24  # float32's largest rounding error there
+    blurred = torch.nonzero(rounding > 1e-3 * (top - low)).flatten()
+    blurred = blurred[top[blurred] > low[blurred]]  # (a constant feature loses nothing)
+    if len(blurred):
+        j = int(blurred[0])
+        warn_outside_dalib(
+            f"{len(blurred)} feature(s) of {where} lose their detail in float32, the precision dalib runs in: "
+            f"feature {j} spans {float(low[j]):.9g}..{float(top[j]):.9g}; subtract their mean (centre them) "
+            "before giving them", UserWarning)
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib._arrays import tensor_of
+from dalib._arrays import number_tensor
 from dalib.data.domain import UNLABELLED
 from dalib.errors import ConfigError, InputError
 
@@ -38,26 +38,7 @@ def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64, when_1d: st
 
     Raises :class:`InputError` when it is not 2-D, empty, or holds NaN/inf.
     """
-    if isinstance(x, Tensor):
-        t = x.detach()
-        if t.is_complex():
-            raise InputError(f"{name} holds complex numbers: give real features")
-    else:
-        if hasattr(x, "tocsr") and hasattr(x, "nnz"):  # scipy.sparse
-            raise InputError(f"{name} is a sparse matrix: give a dense array ({name}.toarray())")
-        try:
-            arr = np.asarray(x)
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"{name} is not an array: {exc}") from None
-        if np.iscomplexobj(arr):
-            raise InputError(f"{name} holds complex numbers: give real features")
-        if arr.dtype == object and hasattr(x, "dtypes") and hasattr(x, "to_numpy"):
-            arr = _numeric_frame(x, name)  # a DataFrame of mixed (float and bool) or nullable columns
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise InputError(f"{name} must hold numbers, got dtype {arr.dtype}")
-        if arr.dtype == np.longdouble and np.longdouble != np.float64:
-            arr = arr.astype(np.float64)  # torch has no extended precision
-        t = tensor_of(arr)
+    t = number_tensor(x, name, InputError)
     if t.dim() != 2:
         raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}"
                          + (when_1d if t.dim() == 1 else ""))
@@ -211,17 +192,3 @@ def check_positive(value: Any, name: str, *, allow_none: bool = False, allow_zer
 def check_choice(value: Any, name: str, choices: tuple[Any, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-
-
-def _numeric_frame(frame: Any, name: str) -> np.ndarray:
-    """A pandas DataFrame whose columns are all numbers or booleans (mixed, or pandas' nullable
-    Float64/Int64/boolean, which numpy reads as objects) as a float64 array; any other as
-    numpy reads it, for the caller to refuse."""
-    from pandas.api.types import is_bool_dtype, is_numeric_dtype
-
-    if not all(is_numeric_dtype(d) or is_bool_dtype(d) for d in frame.dtypes):
-        return np.asarray(frame)
-    try:
-        return frame.to_numpy(dtype=np.float64)
-    except (TypeError, ValueError):  # pd.NA
-        raise InputError(f"{name} has missing values (pandas NA): fill or drop them") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -286,8 +287,10 @@ def test_loader_results_are_checked(isolated_registry):
         (np.zeros((10, 4)), np.r_[2**62, np.zeros(9, int)], {}, "labels span 0..4611686018427387904 .*0..C-1"),
         (np.zeros((2, 2)), np.array([1e20, 0.0]), {}, "labels span 0..1e\\+20, expected 0..C-1"),
         (np.zeros((2, 2)), np.array([np.nan, 0.0]), {}, "not integers"),
-        (np.zeros((3, 2)), np.array(["a", "b", "a"]), {}, "labels must be numbers, got dtype <U1 .*classes="),
-        (np.array([["a", "b"]] * 2, dtype=object), np.zeros(2), {}, "features must be numbers, got dtype object"),
+        (np.zeros((3, 2)), np.array(["a", "b", "a"]), {}, "labels must hold numbers, got dtype <U1 .*classes="),
+        (np.array([["a", "b"]] * 2, dtype=object), np.zeros(2), {}, "features must hold numbers, got dtype object"),
+        # as the shallow estimators say it: torch had dropped the imaginary part with a warning
+        (np.fft.rfft(np.ones((4, 8))), np.zeros(4), {}, "features holds complex numbers: give real features in domain dom"),
         (np.zeros(6), np.zeros(6), {}, r"features of shape \(6,\) .*reshape to \(N, 1\)"),
         (np.zeros((6, 0)), np.zeros(6), {}, r"features of shape \(6, 0\)"),
     ],
@@ -305,6 +308,42 @@ def test_from_arrays_takes_any_numpy_layout():
     dom = Domain.from_arrays("dom", x[::-1, ::-1], y[::-1])
     np.testing.assert_array_equal(dom.x.numpy(), x[::-1, ::-1].astype(np.float32))
     assert dom.y.tolist() == [2, 1, 0, 2, 1, 0] and dom.x.dtype == torch.float32
+
+
+def test_from_arrays_reads_what_the_shallow_estimators_read():
+    """A sparse matrix is one line naming it (it was "must be numbers, got dtype object"), a
+    DataFrame of bool or nullable Int64 columns is numbers, and read-only arrays (pandas'
+    to_numpy) are copied, not shared with torch's warning that writing to them is undefined."""
+    import warnings
+
+    import pandas as pd
+    import scipy.sparse
+
+    with pytest.raises(DataError, match=r"^features is a sparse matrix: give a dense array \(its .toarray\(\)\) in domain"):
+        Domain.from_arrays("dom", scipy.sparse.csr_matrix(np.eye(3)), np.arange(3))
+    frame = pd.DataFrame({"on": [True, False, True], "count": pd.array([1, 2, 3], dtype="Int64")})
+    assert Domain.from_arrays("dom", frame, np.arange(3)).x.tolist() == [[1, 1], [0, 2], [1, 3]]
+    frozen = np.arange(3)
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert Domain.from_arrays("dom", np.eye(3), frozen).y.tolist() == [0, 1, 2]
+
+
+def test_features_that_float32_blurs_are_warned_about():
+    """dalib runs in float32: a feature at 1e8 that spreads over a few units keeps a handful of
+    values there, and every method learned from that, without a word."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 4))
+    x[:, 3] = 5.0  # constant: nothing to lose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Domain.from_arrays("dom", x, np.arange(200) % 2)  # centred data: no warning
+        Domain.from_arrays("dom", x + 1e4, np.arange(200) % 2)  # still about 1e4 steps over its range
+    x[:, 1] += 1e8
+    with pytest.warns(UserWarning, match=r"^1 feature\(s\) of domain dom lose their detail in float32, .*"
+                                         r"feature 1 spans 99999997.*subtract their mean"):
+        Domain.from_arrays("dom", x, np.arange(200) % 2)
 
 
 def test_from_arrays_counts_the_classes_up_to_the_largest_label():
