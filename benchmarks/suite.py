@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from dalib.config import read_toml
-from dalib.errors import ConfigError, DalibError, Terminated, UnknownNameError, first_line
+from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line, terminate_as_interrupt
 from dalib.registry import code_digest, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
@@ -650,29 +650,6 @@ def _run_in_workers(todo: list[Cell], configs: dict[str, Any], jobs: int, plugin
                 finished(cell, {"status": "failed", "error": error, "seconds": max(0.0, time.time() - began)})
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt() -> Iterator[None]:
-    """SIGTERM (``kill``, a job scheduler's stop) takes Ctrl-C's way: the workers stopped and
-    the table of the finished cells written. Only where the process leaves SIGTERM to its
-    default (a program that handles it keeps its handler), and from the main thread, the one
-    that can set handlers."""
-    import signal
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
-        yield
-        return
-
-    def interrupt(signum: int, frame: Any) -> None:
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def run_suite(
     suite: Suite,
     out_dir: str | os.PathLike[str],
@@ -853,7 +830,7 @@ def run_suite(
             bar.update(1)
 
         try:
-            with _terminate_as_interrupt():
+            with terminate_as_interrupt():
                 for cell in [c for c in todo if c.key in invalid]:
                     finished(cell, {"status": "failed", "error": invalid[cell.key], "seconds": 0.0})
                 todo = [c for c in todo if c.key not in invalid]

@@ -7,10 +7,13 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
 import warnings
+from collections.abc import Iterator
+from typing import Any
 
 __all__ = [
     "BackendError",
@@ -74,6 +77,30 @@ class Terminated(KeyboardInterrupt):
     cleanly on it; the command line exits with 128 + 15, the status of a process it ended."""
 
     exit_status = 143
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (``kill``, a job scheduler's stop: SLURM's, before its SIGKILL) takes Ctrl-C's
+    way in the block: :class:`Terminated` is raised, so that a file being written is finished,
+    the folder's claim released and the command line says "dalib: terminated" (status 143).
+    Only where the process leaves SIGTERM to its default (a program that handles it keeps its
+    handler), and from the main thread, the one that can set handlers."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def first_line(exc: BaseException) -> str:

@@ -372,3 +372,37 @@ def test_a_link_planted_as_the_lock_or_a_temporary_file_is_never_followed(tmp_pa
     os.mkfifo(tmp_path / "fifo-out.lock")
     with pytest.raises(DalibError, match="it is not a regular file"):
         claim_file(tmp_path / "fifo-out.lock", "busy", "or not")
+
+
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path):
+    # a scheduler's stop (SLURM sends SIGTERM, then SIGKILL after a grace period): the run had
+    # died at once, silent, its claim on the folder left behind
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "dalib", "run", "source_only", "--src", "M", "--tgt", "U", "--steps", "100000",
+            "--checkpoint-every", "5", "--out", str(out)]
+    with open(tmp_path / "stderr", "w") as log:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=log, cwd=tmp_path,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        try:
+            deadline = time.monotonic() + 240
+            while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert (out / "checkpoint.pt").exists(), (tmp_path / "stderr").read_text()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+            proc.wait()
+    stderr = (tmp_path / "stderr").read_text()
+    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "dalib: terminated", stderr
+    assert not (out / ".dalib-run.lock").exists()  # the claim released, as after Ctrl-C
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] % 5 == 0
+    assert not [p.name for p in out.iterdir() if "dalib-tmp" in p.name]
