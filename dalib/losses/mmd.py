@@ -104,8 +104,9 @@ class _DenseMMD(torch.autograd.Function):
         ctx.gam, ctx.unbiased = gam, unbiased
         # for a double backward only: kept without save_for_backward's version check, so that an
         # in-place change of an input after the loss does not stop the first backward (its own
-        # check is below)
-        ctx.inputs, ctx.versions = (x, y), (x._version, y._version)
+        # check is below; not under torch.compile, which cannot trace a tensor's version counter)
+        ctx.inputs = (x, y)
+        ctx.versions = None if torch.compiler.is_compiling() else (x._version, y._version)
 
     @staticmethod
     @outside_autocast  # a backward pass called in a caller's autocast region would run its products in bfloat16
@@ -124,7 +125,7 @@ class _DenseMMD(torch.autograd.Function):
 def _second_order(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:
     """The first derivative of :class:`_DenseMMD` with a graph, from autograd's form."""
     x, y = ctx.inputs
-    if (x._version, y._version) != ctx.versions:
+    if ctx.versions is not None and (x._version, y._version) != ctx.versions:
         raise RuntimeError("mmd: an input was modified in place after the loss was computed; its second "
                            "derivative (create_graph=True) needs the original values")
     wanted = [t for t in dict.fromkeys((x, y)) if t.requires_grad]  # one tensor given twice: once
