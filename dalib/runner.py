@@ -1018,7 +1018,9 @@ def _run(
         use_amp = config.amp and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         history: list[dict[str, Any]] = list(earlier)  # a resumed run's lines before its checkpoint
         metrics_path = out / METRICS if (out is not None and is_main) else None
-        metrics_fh = open(metrics_path, "a") if metrics_path is not None else None
+        # unbuffered: each line reaches the file as it is logged, and a write the disk refuses
+        # fails there, not again when the file is closed (over the error that says which file)
+        metrics_fh = open(metrics_path, "ab", buffering=0) if metrics_path is not None else None
         bar = _progress_bar(config.steps, start, progress_bar and is_main)
         last_line: dict[str, Any] | None = None  # the last step's metrics line
         t0 = time.perf_counter()
@@ -1203,8 +1205,10 @@ def _log_line(line: dict[str, Any], history: list[dict[str, Any]], fh: Any) -> N
     """One metrics line into the run's history and, when it writes one, its metrics.jsonl."""
     history.append(line)
     if fh is not None:
-        fh.write(json.dumps(line) + "\n")
-        fh.flush()
+        try:
+            fh.write((json.dumps(line) + "\n").encode("utf-8"))
+        except OSError as exc:  # a full disk: the file's name, which a write's error lacks
+            raise DataError(f"cannot write {fh.name} ({exc.strerror})") from None
 
 
 def _diagnostics(method: Method, name: str) -> dict[str, Any]:

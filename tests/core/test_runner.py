@@ -210,6 +210,23 @@ def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
     assert not stale.exists()
 
 
+def test_a_metrics_line_the_disk_refuses_names_the_file(tmp_path, monkeypatch):
+    # a full disk (metrics.jsonl opened on /dev/full): the write's own error carries no file
+    # name, and the buffered file raised it again on closing, over any other ("dalib: error: No
+    # space left on device")
+    import builtins
+
+    from dalib import runner as runner_module
+    from dalib.errors import DataError
+
+    def full_metrics(path, *args, **kwargs):
+        return builtins.open("/dev/full" if str(path).endswith("metrics.jsonl") else path, *args, **kwargs)
+
+    monkeypatch.setattr(runner_module, "open", full_metrics, raising=False)
+    with pytest.raises(DataError, match=r"^cannot write /dev/full \(No space left on device\)$"):
+        run(_config(steps=6, log_every=2, checkpoint_every=0), tmp_path / "r", progress_bar=False)
+
+
 def test_eval_every_logs_accuracies(tmp_path):
     res = run(_config(steps=10, eval_every=4, log_every=0), tmp_path / "r", progress_bar=False)
     evals = [h for h in res.history if "target_acc" in h]
