@@ -31,7 +31,7 @@ def number_tensor(x: Any, name: str, error: Callable[[str], Exception]) -> torch
             raise error(f"{name} holds complex numbers: give real features")
         return x.detach()
     if hasattr(x, "tocsr") and hasattr(x, "nnz"):  # scipy.sparse
-        raise error(f"{name} is a sparse matrix: give a dense array (its .toarray())")
+        raise error(f"{name} is a sparse matrix: give a dense array ({name}.toarray())")
     try:
         arr = np.asarray(x)
     except (TypeError, ValueError) as exc:

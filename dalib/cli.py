@@ -20,7 +20,7 @@ from typing import Any
 
 import click
 
-from dalib.errors import ConfigError, DalibError, first_line
+from dalib.errors import ConfigError, DalibError, first_line, terminate_as_interrupt
 
 __all__ = ["cli", "main"]
 
@@ -236,8 +236,14 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
             f"({info['n_tgt']}), {how}, output in {out_dir}",
             err=True,
         )
+        if lines is not None and info["mode"] == "deep":
+            lines.begin(info["start"], info["steps"])
 
-    result = run_training(config, out_dir, resume=resume, progress_bar=False if quiet else None, on_start=announce)
+    lines = None if quiet or sys.stderr.isatty() else _ProgressLines()  # a log file: no bar, lines instead
+    # SIGTERM (a scheduler's stop) as Ctrl-C: the file being written finished, the folder's claim given up
+    with terminate_as_interrupt():
+        result = run_training(config, out_dir, resume=resume, progress_bar=False if quiet else None,
+                              on_start=announce, on_step=None if lines is None else lines.step)
     if result.rank != 0:
         return  # under torchrun, rank 0 alone reports, as it alone writes
     click.echo(f"source accuracy: {result.source_accuracy:.2f}%")
@@ -554,6 +560,35 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
 def _first_line(cls: Any) -> str:
     doc = cls.description()
     return doc.splitlines()[0] if doc else ""
+
+
+class _ProgressLines:
+    """Progress as plain lines on stderr at every tenth of the steps, for a log file (a batch
+    job's), where the bar is off: a whole run had logged its first line alone. Only on the
+    process that reports (rank 0 under torchrun), where :meth:`begin` is called."""
+
+    def __init__(self) -> None:
+        self._marks: set[int] = set()
+
+    def begin(self, start: int, steps: int) -> None:
+        import time
+
+        self._start, self._steps, self._t0 = start, steps, time.monotonic()
+        self._marks = {math.ceil(steps * k / 10) for k in range(1, 11)} - set(range(start + 1))
+
+    def step(self, done: int, logs: dict[str, float]) -> None:
+        if done not in self._marks:
+            return
+        import time
+
+        spent = time.monotonic() - self._t0
+        left = spent / (done - self._start) * (self._steps - done)
+        click.echo(f"dalib: step {done}/{self._steps} ({100 * done // self._steps}%), loss {logs.get('total', math.nan):.4g}, "
+                   f"{_duration(spent)} so far{f', about {_duration(left)} left' if done < self._steps else ''}", err=True)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
 
 
 def _printable(text: str) -> str:

@@ -41,8 +41,7 @@ from torch import Tensor, nn
 
 from dalib.config import build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
-from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure,
-                          terminate_as_interrupt, warn_outside_dalib)
+from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure, warn_outside_dalib
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -837,10 +836,9 @@ def run(
                           "separate processes")
     try:
         # ... and in float32 outside the caller's autocast (the runner's own covers the forward pass)
-        # SIGTERM (a scheduler's stop) as Ctrl-C: the file being written finished, the claim released
-        with terminate_as_interrupt(), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
-                torch.inference_mode(False), torch.enable_grad(), _default_dtype(torch.float32), \
-                torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, torch.inference_mode(False), \
+                torch.enable_grad(), _default_dtype(torch.float32), torch.autocast("cpu", enabled=False), \
+                torch.autocast("cuda", enabled=False):
             return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
                         on_start=on_start)
     finally:

@@ -472,3 +472,30 @@ def test_list_and_dict_hyperparameters_can_be_set_every_way(runner, own_registry
             if line.startswith("  ") and line.split()[0] in want}
     for name, typ in {"weights": "dict[str, float] ", "table": "dict ", "sizes": "list ", "widths": "list[int] "}.items():
         assert rows[name].startswith(typ), (name, rows[name])
+
+
+def test_a_run_logged_to_a_file_reports_its_progress_in_plain_lines(tmp_path):
+    # stderr no terminal (a batch job's log): the bar is off, and a whole run had logged its
+    # first line alone; now a line at every tenth of the steps (none with --quiet), and a resumed
+    # run's lines start after its checkpoint
+    import re
+
+    out = tmp_path / "r"
+    res = CliRunner().invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "20", "--batch-size",
+                                   "8", "--checkpoint-every", "10", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    steps = re.findall(r"^dalib: step (\d+)/20 \((\d+)%\), loss [0-9.e+-]+, \d+ s so far(, about \d+ s left)?$",
+                       res.stderr, re.MULTILINE)
+    assert [(int(s), int(p), bool(left)) for s, p, left in steps] == [(2 * k, 10 * k, k < 10) for k in range(1, 11)]
+    from dalib.runner import RunConfig
+    from tests._support.interrupt import killed_at
+
+    cut = tmp_path / "cut"
+    killed_at(RunConfig(method="source_only", src="M", tgt="U", steps=20, batch_size=8, checkpoint_every=10), cut, 13)
+    resumed = CliRunner().invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "20",
+                                       "--batch-size", "8", "--checkpoint-every", "10", "--out", str(cut), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert re.findall(r"^dalib: step (\d+)/20", resumed.stderr, re.MULTILINE) == ["12", "14", "16", "18", "20"]
+    quiet = CliRunner().invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "20",
+                                     "--batch-size", "8", "--out", str(tmp_path / "q"), "--quiet"])
+    assert quiet.exit_code == 0 and "dalib: step" not in quiet.stderr

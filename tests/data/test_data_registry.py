@@ -319,7 +319,7 @@ def test_from_arrays_reads_what_the_shallow_estimators_read():
     import pandas as pd
     import scipy.sparse
 
-    with pytest.raises(DataError, match=r"^features is a sparse matrix: give a dense array \(its .toarray\(\)\) in domain"):
+    with pytest.raises(DataError, match=r"^features is a sparse matrix: give a dense array \(features.toarray\(\)\) in domain"):
         Domain.from_arrays("dom", scipy.sparse.csr_matrix(np.eye(3)), np.arange(3))
     frame = pd.DataFrame({"on": [True, False, True], "count": pd.array([1, 2, 3], dtype="Int64")})
     assert Domain.from_arrays("dom", frame, np.arange(3)).x.tolist() == [[1, 1], [0, 2], [1, 3]]
