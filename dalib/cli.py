@@ -405,6 +405,8 @@ def _settings(result: dict[str, Any]) -> tuple[dict[str, str], dict[str, str]]:
 
     options = {k: text(v) for k, v in sorted(comparable_settings(result["run_config"]).items())
                if k not in ("method", "method_config", "src", "tgt", "dataset")}
+    # where it ran, which the numbers depend on too: torchrun's processes, the device, the CPU threads
+    options |= {k: text(result[k]) for k in ("world_size", "device", "threads") if result.get(k) is not None}
     return options, {k: text(v) for k, v in sorted((result.get("method_config") or {}).items())}
 
 

@@ -212,12 +212,17 @@ def dev_risk(losses: Any, weights: Any) -> float:
     w = _vector(weights, "weights", len(loss))
     if (w < 0).any():
         raise InputError("weights must be non-negative")
-    weighted = w * loss
-    var = float(np.var(w, ddof=1)) if len(w) > 1 else 0.0
+    # η is a ratio of second moments: computed on the weights divided by the largest, whose
+    # squares cannot overflow (importance_weights gives weights up to e^700, whose variance did,
+    # and the run's DEV score was NaN)
+    scale = float(w.max()) if w.max() > 0 else 1.0
+    u = w / scale
+    weighted = u * loss
+    var = float(np.var(u, ddof=1)) if len(u) > 1 else 0.0
     if var <= 0.0:
-        return float(weighted.mean())
-    eta = -float(np.cov(weighted, w, ddof=1)[0, 1]) / var
-    return float(weighted.mean() + eta * w.mean() - eta)
+        return float(weighted.mean() * scale)
+    eta = -float(np.cov(weighted, u, ddof=1)[0, 1]) / var
+    return float((weighted.mean() + eta * u.mean()) * scale - eta)
 
 
 def score_outputs(

@@ -97,6 +97,12 @@ def test_importance_weighted_and_dev_risks_are_their_formulas():
     # equal weights: nothing to control for, the plain mean (and the unweighted error)
     assert dev_risk(loss, np.ones(200)) == pytest.approx(loss.mean())
     assert importance_weighted_risk(loss, np.full(200, 3.0)) == pytest.approx(loss.mean())
+    # weights as large as importance_weights gives (up to e^700): their variance had overflowed
+    # to NaN; the estimate is the same as for the same weights at a scale whose squares fit
+    huge = w * 1e300
+    expected = big_l.mean() * 1e300 + eta * (w.mean() * 1e300 - 1)
+    assert dev_risk(loss, huge) == pytest.approx(expected, rel=1e-9)
+    assert np.isfinite(dev_risk([1.0, 0.0, 0.0], [1e155, 1.0, 1.0]))
 
 
 def test_the_criteria_refuse_what_they_cannot_score():
@@ -240,7 +246,8 @@ def test_without_holdout_a_run_is_as_before(toy_dataset, tmp_path):
 
 
 # --------------------------------------------------------------------------- dalib select
-def _fake_run(folder, method, scores, target=50.0, task=("toy-shift", "src", "tgt"), **method_config):
+def _fake_run(folder, method, scores, target=50.0, task=("toy-shift", "src", "tgt"), where=None, **method_config):
+    """``where``: result.json's keys of where the run ran (world_size, device, threads)."""
     folder.mkdir(parents=True)
     sel = {"dev_risk": 0.2, "iw_risk": 0.2, "holdout_error": 0.2, "entropy": 0.5, "snd": 1.0,
            "holdout_accuracy": 80.0, "n_holdout": 10, "weights_mean": 1.0, "weights_ess": 0.8} | scores
@@ -248,7 +255,7 @@ def _fake_run(folder, method, scores, target=50.0, task=("toy-shift", "src", "tg
         "method": method, "dataset": task[0], "src": task[1], "tgt": task[2], "source_accuracy": 90.0,
         "target_accuracy": target, "mode": "deep", "method_config": method_config,
         "run_config": RunConfig(method=method, holdout=0.1, method_config=method_config).to_dict(),
-        "selection": sel}))
+        "selection": sel} | (where or {})))
     return str(folder)
 
 
@@ -269,6 +276,19 @@ def test_select_picks_the_best_run_by_each_criterion(tmp_path):
     assert "trade_off=0.3" in res.output and "trade_off=1.0" in res.output  # what the runs differ in
     assert "50.00" not in res.output  # no target accuracy unless asked for
     assert "50.00" in runner.invoke(cli, ["select", a, b, "--show-target"]).output
+
+
+def test_select_tells_runs_apart_by_where_they_ran(tmp_path):
+    # the same settings under torchrun (2 processes) and in one process, or with other CPU
+    # threads, give other numbers: the rows had shown the same settings
+    one = _fake_run(tmp_path / "one", "dann", {}, where={"world_size": 1, "device": "cpu", "threads": 2})
+    two = _fake_run(tmp_path / "two", "dann", {"holdout_error": 0.1}, where={"world_size": 2, "device": "cpu",
+                                                                             "threads": 1})
+    res = CliRunner().invoke(cli, ["select", one, two])
+    assert res.exit_code == 0, res.output
+    rows = {run: next(line for line in res.output.splitlines() if f"{run} " in line) for run in (one, two)}
+    assert "world_size=1" in rows[one] and "threads=2" in rows[one] and "device" not in res.output
+    assert "world_size=2" in rows[two] and "threads=1" in rows[two]
 
 
 def test_select_chooses_none_of_runs_that_tie(tmp_path):
