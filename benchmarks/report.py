@@ -112,7 +112,11 @@ def _fmt(stats: tuple[float, float, int] | None) -> str:
     if stats is None:
         return "–"
     mean, std, n = stats
-    return f"{mean:.1f} ± {std:.1f}" if n > 1 else f"{mean:.1f}"
+    if n < 2:
+        return f"{mean:.1f}"
+    # a spread that one decimal would show as 0.0 keeps its second: seeds that did differ are
+    # not shown as a deterministic row's
+    return f"{mean:.1f} ± {std:.2f}" if 1e-9 < std < 0.05 else f"{mean:.1f} ± {std:.1f}"  # (1e-9: float noise)
 
 
 def _published_rows(suite: Any, summary: Summary) -> dict[str, list[tuple[str, dict[str, float], float | None]]]:
@@ -213,7 +217,8 @@ def _threads_text(state: dict[str, Any]) -> str:
 def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | None, out_dir: Path | None = None) -> str:
     tasks = summary.tasks
     seeds = sorted({c["seed"] for c in state["cells"].values()})
-    over = (f"mean ± std over seeds {', '.join(str(s) for s in seeds)}" if len(seeds) > 1
+    over = (f"mean ± sample standard deviation (n − 1) over seeds {', '.join(str(s) for s in seeds)}; the mean "
+            "column's is the spread over seeds of each seed's mean over tasks" if len(seeds) > 1
             else f"seed {seeds[0]} alone (no spread)" if seeds else "no run yet")
     narrowed = (f"This file holds {len(tasks)} of the suite's {len(suite.tasks)} tasks; means are over those. "
                 if set(tasks) != _suite_tasks(suite) else "")
@@ -269,7 +274,10 @@ def markdown(suite: Any, state: dict[str, Any], summary: Summary, chart: str | N
     if failures:
         lines += ["", "Failed cells:", ""] + [f"- `{v}` on {_short(t, suite)}: {e}" for v, t, e in failures]
     if chart:
-        lines += ["", f"![mean target accuracy over the tasks]({chart})"]
+        lines += ["", f"![mean target accuracy over the tasks]({chart})", "",
+                  "Chart: each method's mean target accuracy over the tasks (dot) and its sample standard deviation "
+                  "over seeds (whiskers); ◆ a published mean, under its own protocol (stated in the table). The axis "
+                  "spans the values shown, not 0 to 100."]
         absent = [v for v in summary.order if summary.overall(v) is None]
         if absent:
             lines += ["", "Not in the chart (no seed finished every task): " + ", ".join(f"`{v}`" for v in absent) + "."]
@@ -350,20 +358,27 @@ def _chart(suite: Any, summary: Summary, path: Path) -> bool:
     stats = [summary.overall(v) for v in names]
     colors = ["#4c72b0" if summary.mode[v] == "deep" else "#dd8452" for v in names]
     means = [s[0] for s in stats]  # type: ignore[index]
-    ax.barh(ys, means, xerr=[s[1] for s in stats], color=colors, capsize=3)  # type: ignore[index]
+    # dots, not bars: the axis spans the values, and a bar's length from a cut axis would
+    # overstate the ratios between methods
+    for y, s, color in zip(ys, stats, colors):
+        ax.errorbar([s[0]], [y], xerr=[s[1]], fmt="o", color=color, ecolor=color, capsize=3,  # type: ignore[index]
+                    markersize=6)
     marked: list[float] = []  # the published means drawn beside ours
     for y, v in zip(ys, names):
         for _, _, mean in published.get(v, []):
             if mean is not None:
-                ax.plot([mean], [y], marker="D", color="black", markersize=5)
+                ax.plot([mean], [y], marker="D", color="black", markersize=5, linestyle="none")
                 marked.append(mean)
-    for y, s in zip(ys, stats):
-        ax.text(s[0] - 0.6, y, f"{s[0]:.1f}", va="center", ha="right", color="white", fontsize=8)  # type: ignore[index]
-    ax.set_yticks(ys, names, fontsize=8)
-    ax.set_xlabel("target accuracy (%), mean over tasks; bars: std over seeds; ◆ published")
+    # each value in its label, where no marker covers it
+    ax.set_yticks(ys, [f"{v}  {s[0]:.1f}" for v, s in zip(names, stats)], fontsize=8)  # type: ignore[index]
+    ax.set_xlabel("target accuracy (%): mean over tasks (dot), sample std over seeds (whiskers)\n"
+                  "◆ a published mean (its protocol in the table)", fontsize=9)
     ax.set_title(suite.title, fontsize=10)
-    lo = min(means + marked) - 10  # a published mean below ours stays on the chart
-    ax.set_xlim(max(0.0, lo), 100)
+    spread = [s[0] - s[1] for s in stats] + [s[0] + s[1] for s in stats]  # type: ignore[index]
+    lo, hi = min(spread + marked), max(spread + marked)  # a published mean below or above ours stays on the chart
+    pad = max(1.0, 0.08 * (hi - lo))
+    ax.set_xlim(max(0.0, lo - pad), min(100.0, hi + pad))
+    ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     atomic_write_bytes(path, lambda fh: fig.savefig(fh, format="png", dpi=110))
     plt.close(fig)

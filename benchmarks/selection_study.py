@@ -61,17 +61,27 @@ def judge(rows: list[dict[str, Any]]) -> dict[str, Any]:
         for task in tasks:
             cands = [r for r in rows if r["task"] == task]
             sign = 1.0 if crit.lower_is_better else -1.0
-            pick = min(cands, key=lambda r: sign * r["selection"][crit.key])  # the first on a tie, as dalib select
+            best = min(sign * r["selection"][crit.key] for r in cands)
+            # candidates that tie for the best score: dalib select chooses none of them, and nor does the study
+            tied = [r for r in cands if sign * r["selection"][crit.key] == best]
             accs = [r["target_accuracy"] for r in cands]
             # the criterion as "higher is better", against the accuracy
             scores = [-sign * r["selection"][crit.key] for r in cands]
             # (no order to compare where all the scores or all the accuracies are equal)
             rho = spearmanr(scores, accs).statistic if len(set(scores)) > 1 and len(set(accs)) > 1 else None
-            per_task[task] = {"pick": pick["method"], "pick_accuracy": pick["target_accuracy"],
+            regrets = [max(accs) - r["target_accuracy"] for r in tied]
+            per_task[task] = {"pick": tied[0]["method"] if len(tied) == 1 else None,
+                              "pick_accuracy": tied[0]["target_accuracy"] if len(tied) == 1 else None,
+                              "tied": {r["method"]: r["target_accuracy"] for r in tied} if len(tied) > 1 else {},
                               "oracle_accuracy": max(accs), "worst_accuracy": min(accs),
-                              "regret": max(accs) - pick["target_accuracy"],
+                              "regret": regrets[0] if len(tied) == 1 else None,
+                              "regret_range": [min(regrets), max(regrets)],
                               "spearman": None if rho is None else float(rho)}
-        out[name] = {"tasks": per_task, "mean_regret": statistics.fmean(t["regret"] for t in per_task.values())}
+        ranges = [t["regret_range"] for t in per_task.values()]
+        out[name] = {"tasks": per_task,
+                     # with a tie, the mean regret is a range: from the best to the worst of the tied
+                     "mean_regret": statistics.fmean(lo for lo, _ in ranges) if all(lo == hi for lo, hi in ranges) else None,
+                     "mean_regret_range": [statistics.fmean(lo for lo, _ in ranges), statistics.fmean(hi for _, hi in ranges)]}
     return out
 
 
@@ -86,13 +96,22 @@ def markdown(rows: list[dict[str, Any]], verdict: dict[str, Any], info: dict[str
              "Each criterion picks one candidate per task from its scores alone; the target labels are read only "
              "to judge the pick. Regret: the oracle's target accuracy minus the pick's. ρ: Spearman's rank "
              "correlation between the criterion (best first) and the target accuracy over the candidates "
-             "(1: it orders them as the target accuracy does).", "",
+             "(1: it orders them as the target accuracy does). Candidates that tie for a criterion's best score "
+             "are all listed, and none is chosen, as `dalib select` chooses none; the mean regret is then the range "
+             "from the best of them to the worst.", "",
              "| criterion | " + " | ".join(f"{t}: pick (accuracy) | ρ" for t in tasks) + " | mean regret |",
              "|---|" + "---|---|" * len(tasks) + "---|"]
+    def pick(t: dict[str, Any]) -> str:
+        if not t["tied"]:
+            return f"`{t['pick']}` ({t['pick_accuracy']:.2f})"
+        return "tie, none chosen: " + ", ".join(f"`{m}` ({a:.2f})" for m, a in t["tied"].items())
+
     for name, v in verdict.items():
-        cells = [f"`{v['tasks'][t]['pick']}` ({v['tasks'][t]['pick_accuracy']:.2f}) | "
+        cells = [pick(v["tasks"][t]) + " | "
                  + ("n/a" if v["tasks"][t]["spearman"] is None else f"{v['tasks'][t]['spearman']:+.2f}") for t in tasks]
-        lines.append(f"| `{name}`: {CRITERIA[name].description} | " + " | ".join(cells) + f" | {v['mean_regret']:.2f} |")
+        lo, hi = v["mean_regret_range"]
+        regret = f"{lo:.2f}" if v["mean_regret"] is not None else f"{lo:.2f} to {hi:.2f} (a tie)"
+        lines.append(f"| `{name}`: {CRITERIA[name].description} | " + " | ".join(cells) + f" | {regret} |")
     first = next(iter(verdict.values()))["tasks"]
     for label, key, regret in (("oracle (target labels)", "oracle_accuracy", "0"), ("worst candidate", "worst_accuracy", "")):
         lines.append(f"| {label} | " + " | ".join(f"({first[t][key]:.2f}) | " for t in tasks) + f" | {regret} |")
@@ -135,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     info = {"methods": args.methods, "steps": args.steps, "holdout": args.holdout, "seed": args.seed,
             "jobs": args.jobs, "wall_seconds": time.perf_counter() - t0, "machine": machine_info()}
     cmd = command("selection_study.py", sys.argv[1:] if argv is None else argv)
-    payload = {"benchmark": "selection_study", **info, "rows": rows, "verdict": verdict}
+    payload = {"benchmark": "selection_study", **info, "rows": rows, "verdict": verdict, "command": cmd}
     print(write_results(args.out / "selection_study", payload, markdown(rows, verdict, info, cmd)))
     return 0
 
