@@ -999,6 +999,8 @@ def _run(
             method.prepare(context)
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
             _check_source_weights(method.source_weights, len(src), config.method)
+            _check_all_trained(method, model, optimizer, config.method)
+        unkept = _UnkeptState(method, config.method)  # what a checkpoint would not keep, as it stands now
         if ckpt is not None:
             _set_host_rng_states(ckpt["rng"], out)
             torch.set_rng_state(ckpt["rng"]["torch"])
@@ -1068,6 +1070,8 @@ def _run(
                     _stop_together(failure, world, device, config.batch_size)
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
+                if step == start:  # (the first step of this process: the loss's graph is the same at every step)
+                    _check_reaches_trained(optimizer, config.method)
                 if world > 1:
                     _average_gradients(optimizer, world)
                 optimizer.step()
@@ -1101,6 +1105,7 @@ def _run(
                 if out is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
                     ranks_rng = _ranks_rng_states(world, device)  # (every rank takes part)
                     if is_main:
+                        unkept.warn_if_changed()
                         elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
                         _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code, world,
                                          ranks_rng=ranks_rng)
@@ -1310,6 +1315,73 @@ def _check_losses(losses: Any, name: str) -> None:
     if not losses["total"].requires_grad:
         raise PluginError(f"method {name!r}: loss()['total'] does not depend on any trained parameter "
                           "(detached, or computed under torch.no_grad)")
+
+
+def _check_all_trained(method: Method, model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
+    """Every trainable parameter of the method and the model is the optimizer's: one that
+    ``prepare()`` created (a discriminator built once the data is known) came after the
+    optimizer, and would never train."""
+    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    late = [f"{owner}.{n}" for owner, module in (("self", method), ("model", model))
+            for n, p in module.named_parameters() if p.requires_grad and id(p) not in trained]
+    if late:
+        raise PluginError(f"method {name!r}: prepare() created parameters ({', '.join(late[:3])}"
+                          f"{', ...' if len(late) > 3 else ''}) after the optimizer was built, which would never train "
+                          "them: create the modules in __init__ (model.features_dim and model.num_classes are known there)")
+
+
+def _check_reaches_trained(optimizer: torch.optim.Optimizer, name: str) -> None:
+    """After the first backward pass: the loss's gradient reached a parameter the optimizer
+    moves (a learning rate above 0). A ``"total"`` built from a tensor of its own, or from a
+    module made in ``loss()``, requires grad and trains nothing."""
+    if not any(p.grad is not None for g in optimizer.param_groups if g.get("lr_mult", 1.0) > 0 for p in g["params"]):
+        raise PluginError(f"method {name!r}: loss()['total'] reaches no trained parameter (its gradient reached none "
+                          "of the model's or the method's parameters that the optimizer moves): compute it from the "
+                          "model's outputs or from modules the method creates in __init__")
+
+
+class _UnkeptState:
+    """The method's attributes that a checkpoint does not keep: numbers, tensors and arrays
+    set as plain attributes (``self.ema = 0.0``), not as parameters, buffers or
+    :meth:`get_extra_state`. One that training changes starts again from its value at the
+    start on a resume, which then ends elsewhere than the uninterrupted run: warned about
+    once, at the first checkpoint after the change."""
+
+    _KEPT = frozenset({"config", "source_weights", "diagnostics", "training"})  # (kept by the runner, or nn.Module's)
+
+    def __init__(self, method: Method, name: str) -> None:
+        self._method, self._name, self._warned = method, name, False
+        handles = type(method).get_extra_state is not nn.Module.get_extra_state  # its own state: trusted
+        self._start = {} if handles else {k: self._copy(v) for k, v in vars(method).items() if self._watched(k, v)}
+
+    def _watched(self, key: str, value: Any) -> bool:
+        return (not key.startswith("_") and key not in self._KEPT
+                and isinstance(value, (int, float, Tensor, np.ndarray, np.generic)) and not isinstance(value, bool))
+
+    @staticmethod
+    def _copy(value: Any) -> Any:
+        return value.detach().clone() if isinstance(value, Tensor) else np.copy(value) if isinstance(value, np.ndarray) else value
+
+    def warn_if_changed(self) -> None:
+        if self._warned:
+            return
+        now = vars(self._method)
+        changed = [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
+        if changed:
+            self._warned = True
+            warn_outside_dalib(
+                f"method {self._name!r} changes self.{changed[0]} during training, which a checkpoint does not keep (it "
+                "keeps parameters, buffers and get_extra_state()): a resumed run would start it from its first value "
+                "and end elsewhere than an uninterrupted one; register it with self.register_buffer() in __init__, or "
+                "keep it in get_extra_state()/set_extra_state()", RuntimeWarning)
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    if isinstance(b, Tensor):
+        return isinstance(a, Tensor) and a.shape == b.shape and bool(torch.equal(a.detach().to(b.device), b))
+    if isinstance(b, np.ndarray):
+        return isinstance(a, np.ndarray) and np.array_equal(a, b)
+    return type(a) is type(b) and a == b
 
 
 def _average_gradients(optimizer: torch.optim.Optimizer, world: int) -> None:

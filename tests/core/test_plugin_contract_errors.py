@@ -74,6 +74,74 @@ def test_a_loss_that_breaks_the_contract_is_one_line(toy_dataset, method_named, 
     assert not (tmp_path / "r" / "checkpoint.pt").exists()  # the first step fails: nothing to resume or lose
 
 
+def test_modules_made_after_init_or_a_total_that_trains_nothing_are_one_line(toy_dataset, method_named, tmp_path):
+    """A discriminator built in prepare() (once the data is known) came after the optimizer, and
+    one built in loss() is new at every step: neither trained, and the run reported success; so
+    did a 'total' of a tensor of its own, which requires grad and reaches no parameter."""
+    class InPrepare(_Base):
+        def prepare(self, context):
+            self.disc = nn.Linear(context.model.features_dim, 1)
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out) + self.disc(out.feat_s).mean()}
+
+    class InLoss(_Base):
+        def loss(self, batch, out, progress):
+            return {"total": nn.Linear(out.feat_s.shape[1], 1)(out.feat_s.detach()).mean()}
+
+    class OwnTensor(_Base):
+        def loss(self, batch, out, progress):
+            return {"total": torch.tensor(1.0, requires_grad=True) * 2}
+
+    for name, cls, fragment in (
+            ("contract_in_prepare", InPrepare, "prepare() created parameters (self.disc.weight, self.disc.bias) after "
+                                               "the optimizer was built, which would never train them"),
+            ("contract_in_loss", InLoss, "loss()['total'] reaches no trained parameter"),
+            ("contract_own_tensor", OwnTensor, "loss()['total'] reaches no trained parameter")):
+        method_named(name, cls)
+        with pytest.raises(PluginError, match=f"^method '{name}': ") as err:
+            run(_config(toy_dataset, name), tmp_path / name, progress_bar=False)
+        assert fragment in str(err.value) and "\n" not in str(err.value)
+
+
+def test_state_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_named, tmp_path):
+    """A plain attribute changed by training (an EMA kept as self.ema = 0.0) is lost on a resume,
+    which then ends elsewhere than the uninterrupted run, without a word."""
+    import warnings
+
+    class Ema(_Base):
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.ema = 0.0
+            self.scale = 2.0  # never changed: nothing to say
+
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            self.ema = 0.9 * self.ema + 0.1 * float(cls.detach())
+            return {"total": cls * self.scale}
+
+    class Buffered(Ema):
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            del self.ema
+            self.register_buffer("ema", torch.zeros(()))
+
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            self.ema.mul_(0.9).add_(0.1 * cls.detach())
+            return {"total": cls}
+
+    method_named("contract_ema", Ema)
+    with pytest.warns(RuntimeWarning, match=r"method 'contract_ema' changes self\.ema during training, which a "
+                                            r"checkpoint does not keep .*self\.register_buffer\(\)") as caught:
+        run(_config(toy_dataset, "contract_ema"), tmp_path / "ema", progress_bar=False)
+    assert sum("contract_ema" in str(w.message) for w in caught) == 1  # once, not at every checkpoint
+    method_named("contract_buffered", Buffered)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(_config(toy_dataset, "contract_buffered"), tmp_path / "buffered", progress_bar=False)
+
+
 def test_a_loss_that_is_nan_at_once_names_step_1(toy_dataset, method_named, tmp_path):
     """Steps count from 1, as metrics.jsonl and the checkpoints count them."""
     class Nan(_Base):
