@@ -6,10 +6,19 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-oldest bench docs install clean
 
+# a .venv that no longer runs (its Python moved or was upgraded away), was made by a Python
+# older than dalib's 3.10, or has no pip (an interrupted `venv`) is made again, whatever its stamp
+USABLE := import sys, pip; sys.exit(sys.version_info < (3, 10))
+ifneq ($(shell $(BIN)/python -c '$(USABLE)' >/dev/null 2>&1 && echo ok),ok)
+$(shell rm -f $(STAMP))
+endif
+
 $(STAMP): pyproject.toml constraints.txt
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' || { echo "dalib needs Python 3.10 or newer; $(PYTHON) is $$($(PYTHON) --version 2>&1): give another, e.g. make PYTHON=python3.11" >&2; exit 1; }
+	$(BIN)/python -c '$(USABLE)' >/dev/null 2>&1 || { rm -rf $(VENV) && $(PYTHON) -m venv $(VENV); }
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]"
+	@# quiet, unless it fails: then once more aloud, for pip's reason (which pin could not be met)
+	$(BIN)/python -m pip install -q -c constraints.txt -e ".[test]" || $(BIN)/python -m pip install -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 install: $(STAMP)
