@@ -924,6 +924,8 @@ def _run(
         if held is not None:
             spec["holdout"] = held_digest
         method = method_cls(method_config, model)
+        if "_modules" not in vars(method):  # (torch's own error came later, from method.to(device))
+            raise PluginError(f"method {config.method!r}: its __init__ did not call super().__init__(config, model)")
         spec["cut"] = model.cut  # a method may cut the backbone's last stages (finetune's cut:K)
         model.to(device)
         if device.type == "cpu" and all(t.dim() != 5 for t in [*model.parameters(), *model.buffers()]):

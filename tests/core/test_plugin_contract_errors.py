@@ -104,6 +104,17 @@ def test_modules_made_after_init_or_a_total_that_trains_nothing_are_one_line(toy
         assert fragment in str(err.value) and "\n" not in str(err.value)
 
 
+def test_an_init_without_super_is_one_line(toy_dataset, method_named, tmp_path):
+    class NoSuper(_Base):
+        def __init__(self, config, model):
+            self.config = config  # (nn.Module's __init__, which super() runs, never ran)
+
+    method_named("contract_no_super", NoSuper)
+    with pytest.raises(PluginError, match=r"^method 'contract_no_super': its __init__ did not call "
+                                          r"super\(\).__init__\(config, model\)$"):
+        run(_config(toy_dataset, "contract_no_super"), tmp_path / "r", progress_bar=False)
+
+
 def test_state_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_named, tmp_path):
     """A plain attribute changed by training (an EMA kept as self.ema = 0.0) is lost on a resume,
     which then ends elsewhere than the uninterrupted run, without a word."""
