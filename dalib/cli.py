@@ -15,6 +15,7 @@ import json
 import math
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -573,16 +574,12 @@ class _ProgressLines:
         self._marks: set[int] = set()
 
     def begin(self, start: int, steps: int) -> None:
-        import time
-
         self._start, self._steps, self._t0 = start, steps, time.monotonic()
         self._marks = {math.ceil(steps * k / 10) for k in range(1, 11)} - set(range(start + 1))
 
     def step(self, done: int, logs: dict[str, float]) -> None:
         if done not in self._marks:
             return
-        import time
-
         spent = time.monotonic() - self._t0
         left = spent / (done - self._start) * (self._steps - done)
         click.echo(f"dalib: step {done}/{self._steps} ({100 * done // self._steps}%), loss {logs.get('total', math.nan):.4g}, "

@@ -371,6 +371,10 @@ def _signals_deferred() -> Iterator[None]:
         handlers[signum](signum, None)
 
 
+#: what names the temporary files of :func:`atomic_write_bytes`, before the writer's process id
+_TEMPORARY = ".dalib-tmp"
+
+
 def _temporary_name(name: str) -> str:
     """``.NAME.dalib-tmpPID``, the name :func:`atomic_write_bytes` writes before its rename
     (and :func:`ready_for_writing` tidies: a name no other program's file has, in a folder
@@ -382,9 +386,6 @@ def _temporary_name(name: str) -> str:
         digest = hashlib.sha1(raw).hexdigest()[:12]
         name = f"{raw[:120].decode('utf-8', 'ignore')}-{digest}"
     return f".{name}{_TEMPORARY}{os.getpid()}"
-
-
-_TEMPORARY = ".dalib-tmp"
 
 
 def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
@@ -1334,7 +1335,7 @@ def _check_all_trained(method: Method, model: nn.Module, optimizer: torch.optim.
 
 def _check_reaches_trained(optimizer: torch.optim.Optimizer, name: str) -> None:
     """After the first backward pass: the loss's gradient reached a parameter the optimizer
-    moves (a learning rate above 0). A ``"total"`` built from a tensor of its own, or from a
+    moves (in a group whose ``lr_mult`` is above 0). A ``"total"`` built from a tensor of its own, or from a
     module made in ``loss()``, requires grad and trains nothing."""
     if not any(p.grad is not None for g in optimizer.param_groups if g.get("lr_mult", 1.0) > 0 for p in g["params"]):
         raise PluginError(f"method {name!r}: loss()['total'] reaches no trained parameter (its gradient reached none "
@@ -1349,7 +1350,7 @@ class _UnkeptState:
     start on a resume, which then ends elsewhere than the uninterrupted run: warned about
     once, at the first checkpoint after the change."""
 
-    _KEPT = frozenset({"config", "source_weights", "diagnostics", "training"})  # (kept by the runner, or nn.Module's)
+    _KEPT = frozenset({"source_weights"})  # (a tensor the runner's checkpoints keep)
 
     def __init__(self, method: Method, name: str) -> None:
         self._method, self._name, self._warned = method, name, False
