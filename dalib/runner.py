@@ -960,10 +960,12 @@ def _run(
             try:
                 method.load_state_dict(ckpt["method"])
             except RuntimeError as exc:
+                lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+                why = lines[1] if len(lines) > 1 and lines[0].endswith(":") else first_line(exc)  # (torch's header, then the reason)
                 raise PluginError(
                     f"method {config.method!r}: its state in {out / CHECKPOINT} does not fit a new instance "
-                    f"({first_line(exc)}); state that prepare() creates must live in get_extra_state()/"
-                    "set_extra_state() or in buffers registered in __init__"
+                    f"({why}); state that prepare() creates, or whose shape training changes, must live in "
+                    "get_extra_state()/set_extra_state(), and buffers registered in __init__ keep their shape"
                 ) from None
             try:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -999,10 +1001,11 @@ def _run(
         context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
                           Progress(start, config.steps), classes=list(src.classes))
         if start == 0:
+            before = {id(p) for module in (method, model) for p in module.parameters()}
             method.prepare(context)
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
             _check_source_weights(method.source_weights, len(src), config.method)
-            _check_all_trained(method, model, optimizer, config.method)
+            _check_made_in_prepare(method, model, optimizer, before, config.method)
         unkept = _UnkeptState(method, config.method)  # what a checkpoint would not keep, as it stands now
         if ckpt is not None:
             _set_host_rng_states(ckpt["rng"], out)
@@ -1320,13 +1323,15 @@ def _check_losses(losses: Any, name: str) -> None:
                           "(detached, or computed under torch.no_grad)")
 
 
-def _check_all_trained(method: Method, model: nn.Module, optimizer: torch.optim.Optimizer, name: str) -> None:
-    """Every trainable parameter of the method and the model is the optimizer's: one that
-    ``prepare()`` created (a discriminator built once the data is known) came after the
-    optimizer, and would never train."""
+def _check_made_in_prepare(method: Method, model: nn.Module, optimizer: torch.optim.Optimizer, before: set[int],
+                           name: str) -> None:
+    """No trainable parameter that ``prepare()`` created (``before``: the ids of the method's
+    and the model's parameters until then) is left out of the optimizer: a discriminator built
+    once the data is known came after the optimizer, and would never train. (Parameters that
+    ``param_groups`` leaves out on purpose, to freeze them, were there before.)"""
     trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
     late = [f"{owner}.{n}" for owner, module in (("self", method), ("model", model))
-            for n, p in module.named_parameters() if p.requires_grad and id(p) not in trained]
+            for n, p in module.named_parameters() if p.requires_grad and id(p) not in trained | before]
     if late:
         raise PluginError(f"method {name!r}: prepare() created parameters ({', '.join(late[:3])}"
                           f"{', ...' if len(late) > 3 else ''}) after the optimizer was built, which would never train "
@@ -1358,12 +1363,19 @@ class _UnkeptState:
         self._start = {} if handles else {k: self._copy(v) for k, v in vars(method).items() if self._watched(k, v)}
 
     def _watched(self, key: str, value: Any) -> bool:
-        return (not key.startswith("_") and key not in self._KEPT
-                and isinstance(value, (int, float, Tensor, np.ndarray, np.generic)) and not isinstance(value, bool))
+        # a number, an array or a tensor, a container of them (a queue), or None (filled later)
+        return (not key.startswith("_") and key not in self._KEPT and not isinstance(value, bool)
+                and (value is None or isinstance(value, (int, float, Tensor, np.ndarray, np.generic, list, tuple, dict))))
 
     @staticmethod
     def _copy(value: Any) -> Any:
-        return value.detach().clone() if isinstance(value, Tensor) else np.copy(value) if isinstance(value, np.ndarray) else value
+        if isinstance(value, Tensor):
+            return value.detach().clone()
+        if isinstance(value, np.ndarray):
+            return np.copy(value)
+        if isinstance(value, (list, tuple, dict)):  # its items as they are: a new or replaced item is a change
+            return type(value)(value) if not isinstance(value, dict) else dict(value)
+        return value
 
     def warn_if_changed(self) -> None:
         if self._warned:
@@ -1374,16 +1386,32 @@ class _UnkeptState:
             self._warned = True
             warn_outside_dalib(
                 f"method {self._name!r} changes self.{changed[0]} during training, which a checkpoint does not keep (it "
-                "keeps parameters, buffers and get_extra_state()): a resumed run would start it from its first value "
-                "and end elsewhere than an uninterrupted one; register it with self.register_buffer() in __init__, or "
-                "keep it in get_extra_state()/set_extra_state()", RuntimeWarning)
+                "keeps parameters, buffers and get_extra_state()): if later steps read it, a resumed run starts it "
+                "again from its first value and ends elsewhere than an uninterrupted one; keep such state in a buffer of "
+                "fixed shape (self.register_buffer() in __init__) or in get_extra_state()/set_extra_state() (a cache "
+                "rebuilt at every step needs neither: name it _last, say)",
+                RuntimeWarning)
 
 
 def _same_value(a: Any, b: Any) -> bool:
+    """Whether ``a`` is still ``b`` (:class:`_UnkeptState`'s copy): NaN equal to NaN, a
+    container's items compared by identity."""
     if isinstance(b, Tensor):
-        return isinstance(a, Tensor) and a.shape == b.shape and bool(torch.equal(a.detach().to(b.device), b))
+        if not (isinstance(a, Tensor) and a.shape == b.shape and a.dtype == b.dtype):
+            return False
+        a = a.detach().to(b.device)
+        if not b.is_floating_point():
+            return bool(torch.equal(a, b))
+        gaps = a.isnan()
+        return bool(torch.equal(gaps, b.isnan())) and bool(torch.equal(a[~gaps], b[~gaps]))
     if isinstance(b, np.ndarray):
-        return isinstance(a, np.ndarray) and np.array_equal(a, b)
+        return isinstance(a, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=b.dtype.kind in "fc")
+    if isinstance(b, dict):
+        return isinstance(a, dict) and a.keys() == b.keys() and all(a[k] is b[k] for k in b)
+    if isinstance(b, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    if isinstance(b, float) and isinstance(a, float) and math.isnan(a) and math.isnan(b):
+        return True
     return type(a) is type(b) and a == b
 
 

@@ -93,6 +93,12 @@ def test_modules_made_after_init_or_a_total_that_trains_nothing_are_one_line(toy
         def loss(self, batch, out, progress):
             return {"total": torch.tensor(1.0, requires_grad=True) * 2}
 
+    class LeavesOut(_Base):  # freezing by leaving parameters out of param_groups, as documented: still fine
+        def param_groups(self, model):
+            return [{"params": [*model.bottleneck.parameters(), *model.head.parameters()]}]
+
+    method_named("contract_leaves_out", LeavesOut)
+    run(_config(toy_dataset, "contract_leaves_out"), tmp_path / "leaves_out", progress_bar=False)
     for name, cls, fragment in (
             ("contract_in_prepare", InPrepare, "prepare() created parameters (self.disc.weight, self.disc.bias) after "
                                                "the optimizer was built, which would never train them"),
@@ -147,7 +153,32 @@ def test_state_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_n
                                             r"checkpoint does not keep .*self\.register_buffer\(\)") as caught:
         run(_config(toy_dataset, "contract_ema"), tmp_path / "ema", progress_bar=False)
     assert sum("contract_ema" in str(w.message) for w in caught) == 1  # once, not at every checkpoint
-    method_named("contract_buffered", Buffered)
+
+    class Lazy(_Base):  # state that starts as None, or in a list (a queue): the commonest kinds
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.center, self.queue = None, []
+
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            self.center = out.feat_s.detach().mean(0)
+            self.queue.append(float(cls.detach()))
+            return {"total": cls}
+
+    method_named("contract_lazy", Lazy)
+    with pytest.warns(RuntimeWarning, match=r"method 'contract_lazy' changes self\.(center|queue) during training"):
+        run(_config(toy_dataset, "contract_lazy"), tmp_path / "lazy", progress_bar=False)
+
+    class Quiet(Buffered):  # NaN that never changes, and a cache named private: nothing to say
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.sentinel, self.centroids = float("nan"), torch.full((3,), float("nan"))
+
+        def loss(self, batch, out, progress):
+            self._last = out.feat_s.detach()
+            return super().loss(batch, out, progress)
+
+    method_named("contract_buffered", Quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(_config(toy_dataset, "contract_buffered"), tmp_path / "buffered", progress_bar=False)
