@@ -120,6 +120,18 @@ def import_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {first_line(exc)}"
 
 
+def load_tensors(path: Any) -> Any:
+    """``torch.load(path)`` of tensors only (``weights_only``), onto the CPU, without torch's
+    warning about a pickle protocol other than its own (a file that ``pickle.dump`` wrote):
+    that warning asked the user to file an issue with torch, above dalib's one line on why the
+    file cannot be read (:func:`load_failure`)."""
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def load_failure(exc: BaseException) -> str:
     """Why ``torch.load`` failed, in one short line: the error's type and first line, without
     torch's advice to load unsafely and with its long story of a file that is not a
@@ -127,7 +139,8 @@ def load_failure(exc: BaseException) -> str:
     why = first_line(exc).split(" Re-running")[0]
     if "Weights only load failed" in why:
         needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
-        why = "not a file of tensors torch loads safely" + (f" (it needs {needs.group(1)})" if needs else "")
+        why = ("not a file of tensors that torch.save wrote and torch loads safely"
+               + (f" (it needs {needs.group(1)})" if needs else ""))
     if len(why) > 200:  # torch's long advice: its first sentence, or a cut at a word
         first = why.split(". ")[0]
         why = first if len(first) <= 200 else why[:200].rsplit(" ", 1)[0] + " ..."

@@ -41,7 +41,8 @@ from torch import Tensor, nn
 
 from dalib.config import build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
-from dalib.errors import CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure, warn_outside_dalib
+from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure,
+                          load_tensors, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -689,7 +690,7 @@ def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dic
         return CheckpointError(f"{path} is not a dalib checkpoint, or a damaged one ({what})")
 
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = load_tensors(path)
     except OSError as exc:  # unreadable here (permissions, the disk), not damaged: no advice to delete it
         if exc.errno is None:
             raise damaged(load_failure(exc)) from None

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dalib.data.registry import load_entry_point_group, note_origin, same_definition
-from dalib.errors import CheckpointError, ConfigError, RegistryError, UnknownNameError, first_line, load_failure
+from dalib.errors import CheckpointError, ConfigError, RegistryError, UnknownNameError, first_line, load_failure, load_tensors
 
 __all__ = ["BACKBONES", "backbone_plugin_errors", "build_backbone", "describe_backbone", "list_backbones",
            "register_backbone"]
@@ -135,7 +135,7 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
     if not p.is_file():
         raise CheckpointError(f"pretrained weights not found: {path}")
     try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
+        state = load_tensors(p)
     except Exception as exc:
         raise CheckpointError(f"cannot read pretrained weights {path} ({load_failure(exc)})") from None
     if isinstance(state, dict) and {"model", "step", "config"} <= set(state):

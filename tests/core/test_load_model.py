@@ -72,6 +72,15 @@ def test_eval_errors_are_one_line(trained, tmp_path, data_root):
     res = runner.invoke(cli, ["eval", str(trained / "metrics.jsonl")])
     _one_line(res, "metrics.jsonl is not a dalib checkpoint, or a damaged one (UnpicklingError: not a file of tensors")
     assert "delete" not in res.stderr and (trained / "metrics.jsonl").exists()
+    # a file pickle.dump wrote: one line, without torch's warning about its pickle protocol
+    # (which asked the user to file an issue with torch)
+    import pickle
+
+    (tmp_path / "pickled").mkdir()
+    with open(tmp_path / "pickled" / "checkpoint.pt", "wb") as fh:
+        pickle.dump(object, fh, protocol=4)
+    _one_line(runner.invoke(cli, ["eval", str(tmp_path / "pickled")]),
+              "not a file of tensors that torch.save wrote and torch loads safely")
 
 
 def test_runs_without_a_network_description_are_refused_clearly(trained, tmp_path, toy_dataset):
