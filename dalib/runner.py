@@ -230,8 +230,19 @@ def _maybe_init_distributed(device: torch.device) -> None:
 
 
 def _destroy_process_group() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    """At exit: the ranks meet first (gloo), then each gives up the group. A rank that left
+    while another still received its last broadcast (a run stopped from ``on_step``, at the
+    same step on every rank) closed the connection under it, and that rank aborted at exit
+    (SIGABRT, "terminate called without an active exception"). A rank that is gone is waited
+    for a minute at most."""
+    if not torch.distributed.is_initialized():
+        return
+    if torch.distributed.get_backend() == "gloo":
+        import datetime
+
+        with contextlib.suppress(Exception):
+            torch.distributed.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+    torch.distributed.destroy_process_group()
 
 
 def resolve_device(name: str) -> torch.device:
