@@ -1354,6 +1354,9 @@ def _check_reaches_trained(optimizer: torch.optim.Optimizer, name: str) -> None:
     """After the first backward pass: the loss's gradient reached a parameter the optimizer
     moves (in a group whose ``lr_mult`` is above 0). A ``"total"`` built from a tensor of its own, or from a
     module made in ``loss()``, requires grad and trains nothing."""
+    if not any(g.get("lr_mult", 1.0) > 0 for g in optimizer.param_groups):
+        raise PluginError(f"method {name!r}: every group of param_groups() has lr_mult 0, so nothing trains: give the "
+                          "parameters to train a multiplier above 0")
     if not any(p.grad is not None for g in optimizer.param_groups if g.get("lr_mult", 1.0) > 0 for p in g["params"]):
         raise PluginError(f"method {name!r}: loss()['total'] reaches no trained parameter (its gradient reached none "
                           "of the model's or the method's parameters that the optimizer moves): compute it from the "

@@ -99,7 +99,12 @@ def test_modules_made_after_init_or_a_total_that_trains_nothing_are_one_line(toy
 
     method_named("contract_leaves_out", LeavesOut)
     run(_config(toy_dataset, "contract_leaves_out"), tmp_path / "leaves_out", progress_bar=False)
+    class AllFrozen(_Base):  # the model in a group of lr_mult 0, and nothing else: the loss is right, nothing moves
+        def param_groups(self, model):
+            return [{"params": list(model.parameters()), "lr_mult": 0.0}]
+
     for name, cls, fragment in (
+            ("contract_all_frozen", AllFrozen, "every group of param_groups() has lr_mult 0, so nothing trains"),
             ("contract_in_prepare", InPrepare, "prepare() created parameters (self.disc.weight, self.disc.bias) after "
                                                "the optimizer was built, which would never train them"),
             ("contract_in_loss", InLoss, "loss()['total'] reaches no trained parameter"),
