@@ -1341,9 +1341,9 @@ def _check_made_in_prepare(method: Method, model: nn.Module, optimizer: torch.op
     and the model's parameters until then) is left out of the optimizer: a discriminator built
     once the data is known came after the optimizer, and would never train. (Parameters that
     ``param_groups`` leaves out on purpose, to freeze them, were there before.)"""
-    trained = {id(p) for g in optimizer.param_groups for p in g["params"]}
+    known = before | {id(p) for g in optimizer.param_groups for p in g["params"]}
     late = [f"{owner}.{n}" for owner, module in (("self", method), ("model", model))
-            for n, p in module.named_parameters() if p.requires_grad and id(p) not in trained | before]
+            for n, p in module.named_parameters() if p.requires_grad and id(p) not in known]
     if late:
         raise PluginError(f"method {name!r}: prepare() created parameters ({', '.join(late[:3])}"
                           f"{', ...' if len(late) > 3 else ''}) after the optimizer was built, which would never train "
@@ -1388,8 +1388,10 @@ class _UnkeptState:
             return value.detach().clone()
         if isinstance(value, np.ndarray):
             return np.copy(value)
-        if isinstance(value, (list, tuple, dict)):  # its items as they are: a new or replaced item is a change
-            return type(value)(value) if not isinstance(value, dict) else dict(value)
+        if isinstance(value, dict):  # its items as they are: a new or replaced item is a change
+            return dict(value)
+        if isinstance(value, (list, tuple)):  # (a namedtuple's own type takes its fields, not one iterable)
+            return tuple(value)
         return value
 
     def warn_if_changed(self) -> None:
@@ -1423,8 +1425,8 @@ def _same_value(a: Any, b: Any) -> bool:
         return isinstance(a, np.ndarray) and a.shape == b.shape and np.array_equal(a, b, equal_nan=b.dtype.kind in "fc")
     if isinstance(b, dict):
         return isinstance(a, dict) and a.keys() == b.keys() and all(a[k] is b[k] for k in b)
-    if isinstance(b, (list, tuple)):
-        return type(a) is type(b) and len(a) == len(b) and all(x is y for x, y in zip(a, b))
+    if isinstance(b, tuple):  # (a list's or a tuple's items, as _UnkeptState copies them)
+        return isinstance(a, (list, tuple)) and len(a) == len(b) and all(x is y for x, y in zip(a, b))
     if isinstance(b, float) and isinstance(a, float) and math.isnan(a) and math.isnan(b):
         return True
     return type(a) is type(b) and a == b

@@ -4,6 +4,7 @@ never a finished run lost to a value it cannot write."""
 
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import dataclass, field
 
@@ -38,6 +39,9 @@ def _config(dataset, method, **kw):
     base = dict(method=method, dataset=dataset, src="src", tgt="tgt", steps=12, batch_size=16, log_every=4,
                 checkpoint_every=5)
     return RunConfig(**(base | kw))
+
+
+_Bounds = collections.namedtuple("_Bounds", "low high")
 
 
 class _Base(Method):
@@ -178,6 +182,7 @@ def test_state_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_n
         def __init__(self, config, model):
             super().__init__(config, model)
             self.sentinel, self.centroids = float("nan"), torch.full((3,), float("nan"))
+            self.bounds = _Bounds(0.0, 1.0)  # a namedtuple (copying it as its own type had failed)
 
         def loss(self, batch, out, progress):
             self._last = out.feat_s.detach()
