@@ -74,7 +74,7 @@ class _Group(click.Group):
             where = f": {exc.filename}" if exc.filename else ""
             raise _OneLineError(f"{exc.strerror}{where}") from None
         except KeyboardInterrupt as exc:  # as click.Abort: no blank line before "dalib: interrupted"
-            raise click.Abort(getattr(exc, "exit_status", 130)) from None
+            raise click.Abort(getattr(exc, "exit_status", 130), getattr(exc, "saved_step", None)) from None
 
     def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, **extra: Any) -> Any:
@@ -88,7 +88,9 @@ class _Group(click.Group):
             sys.exit(2 if isinstance(exc, (click.UsageError, _OneLineError)) else exc.exit_code)
         except click.Abort as exc:  # Ctrl-C 130; SIGTERM, where a command stops cleanly on it, 143
             status = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 130
-            click.echo(f"dalib: {'terminated' if status == 143 else 'interrupted'}", err=True)
+            saved = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
+            where = f" (the run is saved at step {saved}: --resume continues it)" if saved is not None else ""
+            click.echo(f"dalib: {'terminated' if status == 143 else 'interrupted'}{where}", err=True)
             sys.exit(status)
         sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -383,6 +383,56 @@ def _signals_deferred() -> Iterator[None]:
         handlers[signum](signum, None)
 
 
+class _HeldToStepEnd:
+    """Ctrl-C (SIGINT) and SIGTERM, where Python code handles them, that come during a
+    training step wait for its end (``holding``): the run then writes a checkpoint there,
+    and :meth:`deliver` hands the signal to its handler, which stops the run. A ``--resume``
+    loses no step. A second signal is handed over at once (a step that takes long, an
+    evaluation), as is one that comes while the loader's worker processes are asked for a
+    batch: the same Ctrl-C stops them, and a loader waiting for them would fail instead.
+    Only from the main thread, the one that can set handlers; :meth:`release` puts the
+    handlers back (once, wherever it is called from)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.holding = False
+        self.pending: int | None = None
+        self._handlers: dict[int, Callable[..., Any]] = {}  # the handlers it stands in for
+        self._installed = False
+        if enabled and threading.current_thread() is threading.main_thread():
+            import signal
+
+            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+            self._handlers = {sig: h for sig, h in handlers.items() if callable(h)}
+            for sig in self._handlers:
+                signal.signal(sig, self._catch)
+            self._installed = True
+
+    def _catch(self, signum: int, frame: Any) -> None:
+        if self.holding and self.pending is None:
+            self.pending = signum
+        else:
+            self._handlers[signum](signum, frame)
+
+    def deliver(self) -> None:
+        """Hand a held signal to its handler (Ctrl-C's raises KeyboardInterrupt)."""
+        signum, self.pending = self.pending, None
+        if signum is not None:
+            self._handlers[signum](signum, None)
+
+    def release(self) -> None:
+        import signal
+
+        if self._installed:
+            for sig, handler in self._handlers.items():
+                signal.signal(sig, handler)
+        self._installed = self.holding = False
+
+    @property
+    def active(self) -> bool:
+        """Whether it stands in for the handlers now."""
+        return self._installed
+
+
 #: what names the temporary files of :func:`atomic_write_bytes`, before the writer's process id
 _TEMPORARY = ".dalib-tmp"
 
@@ -546,13 +596,19 @@ def _from_worker(exc: DalibError) -> DalibError:
     return type(exc)(last.split(": ", 1)[-1])
 
 
+def _loads_in_process(domain: Any, workers: int) -> bool:
+    """Whether :func:`_batches` loads ``domain``'s batches in this process (in memory, or
+    ``workers`` 0), not in worker processes."""
+    return getattr(domain, "x", None) is not None or workers == 0
+
+
 def _batches(
     domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False, *, labelled: bool
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     # labels a domain does not list (a dataset of its own whose labels _check_domains could not
     # read) fail here, on the CPU, in one line, not as an index error inside the loss
     check = domain.known_labels() is None
-    if getattr(domain, "x", None) is not None or workers == 0:
+    if _loads_in_process(domain, workers):
         for s in range(start, stop):
             idx = stream.indices(s)
             x, y = _fetch(domain, idx)
@@ -1045,6 +1101,21 @@ def _run(
         model.train()
         method.train()
         loaders: list[Any] = []  # closed at the end: their worker processes go with them, not with the traceback
+        # a batch the loader's worker processes load is not waited for: the same Ctrl-C stops them
+        hold_fetch = all(_loads_in_process(d, config.workers) for d in ((src, tgt) if method.uses_target else (src,)))
+        done = saved_at = start
+
+        def checkpoint(step_done: int) -> None:
+            ranks_rng = _ranks_rng_states(world, device)  # (every rank takes part)
+            if is_main:
+                unkept.warn_if_changed()
+                elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
+                _save_checkpoint(out, config, spec, model, method, optimizer, step_done, device, elapsed, code, world,
+                                 ranks_rng=ranks_rng)
+
+        # Ctrl-C or SIGTERM during a step: a checkpoint at its end, then the stop (not under torchrun:
+        # its ranks would have to agree on the step)
+        interrupts = _HeldToStepEnd(out is not None and world == 1)
         try:
             pin = device.type == "cuda"
             # a method that learns from the source alone loads no target batch (and forwards none)
@@ -1053,82 +1124,96 @@ def _run(
             s_batches = _batches(src, s_stream, start, config.steps, config.workers, pin, labelled=True)
             loaders += [s_batches, t_batches]
             batches = zip(s_batches, t_batches)
-            for step, ((x_s, y_s, idx_s), t_batch) in enumerate(batches, start=start):
-                x_t, idx_t = (x_s[:0], idx_s[:0]) if t_batch is None else (t_batch[0], t_batch[2])
-                progress = Progress(step, config.steps, s_stream.epoch_of(step))
-                lr_mult = inverse_decay(progress, config.lr_alpha, config.lr_beta)
-                for g in optimizer.param_groups:
-                    g["lr"] = config.lr * g["lr_mult"] * lr_mult
-                x_s, y_s, x_t = x_s.to(device, non_blocking=True), y_s.to(device), x_t.to(device, non_blocking=True)
-                w_s = method.source_weights[idx_s.to(method.source_weights.device)].to(device) if method.source_weights is not None else None
-                batch = Batch(x_s, y_s, x_t, w_s, idx_s, idx_t)
-                with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    # one forward pass over both batches: BatchNorm normalises them with joint statistics
-                    feats, logits = model(torch.cat([x_s, x_t]) if len(x_t) else x_s)  # (B_s + B_t, F), (B_s + B_t, C)
-                n_s = len(x_s)
-                outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
-                # the method's losses in float32, outside autocast: a bfloat16 Gram matrix has no exact
-                # zero diagonal (unbiased MMD) and loses the small differences the alignment losses measure
-                failure = None
-                try:
-                    losses = method.loss(batch, outputs, progress)
-                    _check_losses(losses, config.method)
-                    total = losses["total"]
-                    if not torch.isfinite(total):
-                        for x, role, d in ((x_s, "source", src), (x_t, "target", tgt)):  # (a dataset of its own: unchecked)
-                            if not bool(torch.isfinite(x).all()):
-                                check_finite(x, f"the {role} batch of step {step + 1} (domain {d.name})")
-                        raise DataError(f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the "
-                                        "method's trade-off")
-                except DalibError as exc:
-                    if world == 1:
-                        raise
-                    failure = exc
-                if world > 1:
-                    _stop_together(failure, world, device, config.batch_size)
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                if step == start:  # (the first step of this process: the loss's graph is the same at every step)
-                    _check_reaches_trained(optimizer, config.method)
-                if world > 1:
-                    _average_gradients(optimizer, world)
-                optimizer.step()
-                if world > 1:  # one model on every rank: BatchNorm's statistics too (rank 0's, as DDP keeps them)
-                    _on_all_ranks([*model.buffers(), *method.buffers()], lambda flat: torch.distributed.broadcast(flat, 0))
-                done = step + 1
-                logs = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in losses.items()}
-                if world > 1:  # the loss the averaged gradient descends: the mean of the ranks' shares
-                    logs = _mean_over_ranks(logs, world, device)
-                if bar is not None:
-                    bar.update(1)
-                    if done % 10 == 0:
-                        bar.set_postfix(loss=f"{logs['total']:.3f}")
-                line: dict[str, Any] | None = None
-                if config.log_every and (done % config.log_every == 0 or done == config.steps):
-                    line = {"step": done, "lr": config.lr * lr_mult,  # a non-finite logged entry: null, valid JSON
-                            **{f"loss/{k}": v if math.isfinite(v) else None for k, v in logs.items()}}
-                if config.eval_every and done % config.eval_every == 0 and done != config.steps:
-                    line = (line or {"step": done}) | {
-                        "source_acc": evaluate(model, src, device, workers=config.workers),
-                        "target_acc": evaluate(model, tgt, device, workers=config.workers),
-                    } | ({} if held is None else {"holdout_acc": evaluate(model, held, device, workers=config.workers)})
-                if line is not None and done == config.steps:
-                    last_line = line  # written once the run's accuracies are known, below
-                elif line is not None:
-                    _log_line(line, history, metrics_fh)
-                new_epoch = s_stream.epoch_of(done) != s_stream.epoch_of(step)
-                if new_epoch:
-                    context.progress = Progress(done, config.steps, s_stream.epoch_of(done))
-                    method.on_epoch_end(context)
-                if out is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
-                    ranks_rng = _ranks_rng_states(world, device)  # (every rank takes part)
-                    if is_main:
-                        unkept.warn_if_changed()
-                        elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-                        _save_checkpoint(out, config, spec, model, method, optimizer, done, device, elapsed, code, world,
-                                         ranks_rng=ranks_rng)
-                if on_step is not None:
-                    on_step(done, logs)
+            interrupts.holding = hold_fetch
+            try:
+                for step, ((x_s, y_s, idx_s), t_batch) in enumerate(batches, start=start):
+                    interrupts.holding = True
+                    x_t, idx_t = (x_s[:0], idx_s[:0]) if t_batch is None else (t_batch[0], t_batch[2])
+                    progress = Progress(step, config.steps, s_stream.epoch_of(step))
+                    lr_mult = inverse_decay(progress, config.lr_alpha, config.lr_beta)
+                    for g in optimizer.param_groups:
+                        g["lr"] = config.lr * g["lr_mult"] * lr_mult
+                    x_s, y_s, x_t = x_s.to(device, non_blocking=True), y_s.to(device), x_t.to(device, non_blocking=True)
+                    w_s = method.source_weights[idx_s.to(method.source_weights.device)].to(device) if method.source_weights is not None else None
+                    batch = Batch(x_s, y_s, x_t, w_s, idx_s, idx_t)
+                    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_amp):
+                        # one forward pass over both batches: BatchNorm normalises them with joint statistics
+                        feats, logits = model(torch.cat([x_s, x_t]) if len(x_t) else x_s)  # (B_s + B_t, F), (B_s + B_t, C)
+                    n_s = len(x_s)
+                    outputs = Outputs(feats[:n_s].float(), feats[n_s:].float(), logits[:n_s].float(), logits[n_s:].float())
+                    # the method's losses in float32, outside autocast: a bfloat16 Gram matrix has no exact
+                    # zero diagonal (unbiased MMD) and loses the small differences the alignment losses measure
+                    failure = None
+                    try:
+                        losses = method.loss(batch, outputs, progress)
+                        _check_losses(losses, config.method)
+                        total = losses["total"]
+                        if not torch.isfinite(total):
+                            for x, role, d in ((x_s, "source", src), (x_t, "target", tgt)):  # (a dataset of its own: unchecked)
+                                if not bool(torch.isfinite(x).all()):
+                                    check_finite(x, f"the {role} batch of step {step + 1} (domain {d.name})")
+                            raise DataError(f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the "
+                                            "method's trade-off")
+                    except DalibError as exc:
+                        if world == 1:
+                            raise
+                        failure = exc
+                    if world > 1:
+                        _stop_together(failure, world, device, config.batch_size)
+                    optimizer.zero_grad(set_to_none=True)
+                    total.backward()
+                    if step == start:  # (the first step of this process: the loss's graph is the same at every step)
+                        _check_reaches_trained(optimizer, config.method)
+                    if world > 1:
+                        _average_gradients(optimizer, world)
+                    optimizer.step()
+                    if world > 1:  # one model on every rank: BatchNorm's statistics too (rank 0's, as DDP keeps them)
+                        _on_all_ranks([*model.buffers(), *method.buffers()], lambda flat: torch.distributed.broadcast(flat, 0))
+                    done = step + 1
+                    logs = {k: float(v.detach()) if isinstance(v, Tensor) else float(v) for k, v in losses.items()}
+                    if world > 1:  # the loss the averaged gradient descends: the mean of the ranks' shares
+                        logs = _mean_over_ranks(logs, world, device)
+                    if bar is not None:
+                        bar.update(1)
+                        if done % 10 == 0:
+                            bar.set_postfix(loss=f"{logs['total']:.3f}")
+                    line: dict[str, Any] | None = None
+                    if config.log_every and (done % config.log_every == 0 or done == config.steps):
+                        line = {"step": done, "lr": config.lr * lr_mult,  # a non-finite logged entry: null, valid JSON
+                                **{f"loss/{k}": v if math.isfinite(v) else None for k, v in logs.items()}}
+                    if config.eval_every and done % config.eval_every == 0 and done != config.steps:
+                        line = (line or {"step": done}) | {
+                            "source_acc": evaluate(model, src, device, workers=config.workers),
+                            "target_acc": evaluate(model, tgt, device, workers=config.workers),
+                        } | ({} if held is None else {"holdout_acc": evaluate(model, held, device, workers=config.workers)})
+                    if line is not None and done == config.steps:
+                        last_line = line  # written once the run's accuracies are known, below
+                    elif line is not None:
+                        _log_line(line, history, metrics_fh)
+                    new_epoch = s_stream.epoch_of(done) != s_stream.epoch_of(step)
+                    if new_epoch:
+                        context.progress = Progress(done, config.steps, s_stream.epoch_of(done))
+                        method.on_epoch_end(context)
+                    if out is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
+                        checkpoint(done)
+                        saved_at = done
+                    if on_step is not None:
+                        on_step(done, logs)
+                    if interrupts.pending is not None and done != config.steps:  # a signal held to this step's end
+                        if saved_at != done:
+                            checkpoint(done)
+                            saved_at = done
+                        interrupts.deliver()
+                    interrupts.holding = hold_fetch
+            except KeyboardInterrupt as exc:
+                # one that came while the loader's workers were asked for a batch: between two steps
+                if interrupts.active and not interrupts.holding and saved_at != done != config.steps:
+                    checkpoint(done)
+                    saved_at = done
+                if saved_at == done and done > start:
+                    exc.saved_step = done  # (the command line says so)
+                raise
+            interrupts.holding = True  # (to the final checkpoint)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
             stored = _intact_result(out / RESULT) if ckpt is not None and start >= config.steps and out is not None else None
             finished = stored is not None
@@ -1142,6 +1227,12 @@ def _run(
                                  last_line)
             elif ckpt is not None and start >= config.steps and not finished:  # the line its failed scoring held back
                 last_line = ckpt.get("last_line")
+            interrupts.release()
+            try:
+                interrupts.deliver()  # one held through the last step: the network is saved, a resume scores it
+            except KeyboardInterrupt as exc:
+                exc.saved_step = config.steps
+                raise
             try:
                 if stored is not None:  # its numbers, those of the data it ran on (which may have changed since)
                     src_acc, tgt_acc = stored["source_accuracy"], stored["target_accuracy"]
@@ -1166,6 +1257,7 @@ def _run(
             if last_line is not None and not logged:
                 _log_line(last_line, history, metrics_fh)
         finally:
+            interrupts.release()
             for loader in loaders:
                 if hasattr(loader, "close"):
                     loader.close()

@@ -4,6 +4,7 @@ before is lost, and a resume never passes off another run's result as this one's
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -402,7 +403,10 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path):
             proc.kill()
             proc.wait()
     stderr = (tmp_path / "stderr").read_text()
-    assert proc.returncode == 143 and stderr.strip().splitlines()[-1] == "dalib: terminated", stderr
+    last = stderr.strip().splitlines()[-1]
+    saved = re.fullmatch(r"dalib: terminated \(the run is saved at step (\d+): --resume continues it\)", last)
+    assert proc.returncode == 143 and saved, stderr
     assert not (out / ".dalib-run.lock").exists()  # the claim released, as after Ctrl-C
-    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] % 5 == 0
+    # the step it stopped at, saved (not the last of the regular checkpoints, every 5 steps)
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == int(saved.group(1))
     assert not [p.name for p in out.iterdir() if "dalib-tmp" in p.name]

@@ -1035,3 +1035,61 @@ def test_a_second_run_in_the_same_process_at_once_is_refused_and_leaves_the_firs
     assert seen == [str(os.getpid())]  # the claim still the first run's while it went on
     assert first.history == alone.history
     assert run(cfg, None, progress_bar=False).history == alone.history  # free again afterwards
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_ctrl_c_during_a_step_saves_that_step_and_a_resume_ends_as_the_uninterrupted_run(tmp_path, workers):
+    """An interrupt (Ctrl-C, or SIGTERM where the command line takes it Ctrl-C's way) waits for
+    the step's end, which the run saves before it stops: a resume had gone back to the last
+    checkpoint (up to --checkpoint-every steps lost, 500 by default)."""
+    import signal
+
+    full = run(_config(workers=workers), tmp_path / "full", progress_bar=False)
+
+    def interrupt(done, logs):
+        if done == 15:
+            os.kill(os.getpid(), signal.SIGINT)  # it comes inside the step: it waits for the step's end
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(_config(workers=workers), tmp_path / "cut", progress_bar=False, on_step=interrupt)
+    assert caught.value.saved_step == 15
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 15  # not 10, the last regular one
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    resumed = run(_config(workers=workers), tmp_path / "cut", resume=True, progress_bar=False)
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+    w_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]
+    w_cut = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["model"]
+    assert all(torch.equal(value, w_cut[key]) for key, value in w_full.items())
+
+
+def test_ctrl_c_in_the_last_step_saves_the_trained_network_and_a_resume_scores_it(tmp_path):
+    import signal
+
+    def interrupt(done, logs):
+        if done == 30:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(_config(), tmp_path / "cut", progress_bar=False, on_step=interrupt)
+    assert caught.value.saved_step == 30 and not (tmp_path / "cut" / "result.json").exists()
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 30
+    full = run(_config(), tmp_path / "full", progress_bar=False)
+    resumed = run(_config(), tmp_path / "cut", resume=True, progress_bar=False)
+    assert resumed.target_accuracy == full.target_accuracy
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+
+
+def test_a_second_ctrl_c_stops_a_step_at_once_and_leaves_the_last_checkpoint(tmp_path):
+    import signal
+
+    def interrupt(done, logs):
+        if done == 15:
+            os.kill(os.getpid(), signal.SIGINT)  # held to the step's end
+            os.kill(os.getpid(), signal.SIGINT)  # at once: the step may not be over (here it is, unsaved)
+
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(_config(), tmp_path / "cut", progress_bar=False, on_step=interrupt)
+    assert not hasattr(caught.value, "saved_step")
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 10
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler

@@ -641,3 +641,34 @@ def test_an_image_that_fails_in_the_final_scoring_costs_a_resume_not_the_trainin
     # the last step's metrics line, held back for the scoring that failed, is written by the resume
     assert resumed.history == again.history and resumed.history[-1]["step"] == 4 and "loss/total" in resumed.history[-1]
     assert (out / "metrics.jsonl").read_text() == (tmp_path / "again" / "metrics.jsonl").read_text()
+
+
+def test_ctrl_c_while_the_loaders_workers_load_a_batch_saves_the_steps_done(office, tmp_path, monkeypatch):
+    """Ctrl-C stops the loader's worker processes too, so the run does not wait for the batch
+    it asked them for: it stops at once, and saves the steps it finished (a resume had gone
+    back to the last checkpoint)."""
+    import multiprocessing
+    import os
+    import signal
+
+    from dalib import runner
+    from dalib.runner import RunConfig, load_checkpoint, run
+
+    asked = {"n": 0}
+    original = runner._Prefetcher.__next__
+
+    def next_batch(self):
+        asked["n"] += 1
+        if asked["n"] == 4:  # steps 1 to 3 done: Ctrl-C while the run waits for step 4's batch
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self)
+
+    monkeypatch.setattr(runner._Prefetcher, "__next__", next_batch)
+    config = RunConfig(method="source_only", data=str(office), src="amazon", tgt="webcam", arch="resnet18",
+                       image_size=32, steps=6, batch_size=2, workers=2, log_every=1, checkpoint_every=0)
+    before = set(multiprocessing.active_children())
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(config, tmp_path / "run", progress_bar=False)
+    assert caught.value.saved_step == 3 and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert not set(multiprocessing.active_children()) - before
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
