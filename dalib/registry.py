@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dalib.config import parse_value, resolved_types
-from dalib.data.registry import dataset_plugin_errors, forget_failed, load_entry_point, note_origin, same_definition
+from dalib.data.registry import (dataset_plugin_errors, dist_name, forget_failed, load_entry_point, note_origin, record_failure,
+                                 same_definition)
 from dalib.errors import ConfigError, RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
@@ -185,11 +186,6 @@ def unregister_method(name: str) -> None:
     _methods.pop(name, None)
 
 
-def _dist_name(ep: EntryPoint) -> str:
-    dist = getattr(ep, "dist", None)
-    return "" if dist is None else str(dist.metadata["Name"] or "")
-
-
 def _initializing(ep: EntryPoint) -> bool:
     try:
         name = ep.module
@@ -212,7 +208,7 @@ def _load_entry_points() -> None:
             _load_one(ep)
         return
     _entry_points_loaded = True
-    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (_dist_name(ep) != "dalib", _dist_name(ep), ep.name))
+    eps = sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda ep: (dist_name(ep) != "dalib", dist_name(ep), ep.name))
     for ep in eps:
         if _initializing(ep):
             if ep.attr:  # a class of that module, perhaps not defined yet: loaded at the next lookup
@@ -262,7 +258,7 @@ def _load_one(ep: EntryPoint) -> None:
     except (Exception, SystemExit) as exc:  # a broken plugin must not break the others (nor parse argv and exit)
         # (an import that succeeded keeps what it registered: the module is there, as a package's
         # __init__ is for another of its entry points)
-        _broken[ep.name] = f"{ep.value}: {import_failure(exc)}"
+        record_failure(_broken, ep, exc)
 
 
 def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:

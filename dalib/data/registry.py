@@ -230,6 +230,21 @@ def load_entry_point(ep: Any) -> Any:
     return ep.load()
 
 
+def dist_name(ep: Any) -> str:
+    """The name of the installed package that declares the entry point ``ep`` ("" when unknown)."""
+    dist = getattr(ep, "dist", None)
+    return "" if dist is None else str(dist.metadata["Name"] or "")
+
+
+def record_failure(broken: dict[str, str], ep: Any, exc: BaseException) -> None:
+    """Note in ``broken`` (name -> one-line reason) why the entry point ``ep`` failed to load,
+    naming its package. Two packages' failures under one name share its line: the second
+    had taken the first one's place, which then failed without a word."""
+    package = dist_name(ep)
+    reason = f"{ep.value}{f' (package {package})' if package else ''}: {import_failure(exc)}"
+    broken[ep.name] = f"{broken[ep.name]}; {reason}" if ep.name in broken else reason
+
+
 def load_entry_point_group(group: str, registry: dict[str, Any], broken: dict[str, str]) -> None:
     """Import every entry point of ``group`` (module entry points, whose import adds to
     ``registry``) in name order, each in isolation: one that fails registers nothing
@@ -242,7 +257,7 @@ def load_entry_point_group(group: str, registry: dict[str, Any], broken: dict[st
             load_entry_point(ep)
         except (Exception, SystemExit) as exc:  # a broken package must not break the others
             forget_failed(registry, before)
-            broken[ep.name] = f"{ep.value}: {import_failure(exc)}"
+            record_failure(broken, ep, exc)
 
 
 def dataset_plugin_errors() -> dict[str, str]:

@@ -120,6 +120,30 @@ def test_broken_entry_point_is_reported_and_does_not_break_others(clean_registry
         dalib.get_method("broken_plugin")
 
 
+def test_two_packages_failing_under_one_name_are_both_reported_by_package(clean_registry, monkeypatch, tmp_path):
+    """Each failing entry point names its package, and a second package's failure under the
+    same name joins the first one's line: it had taken its place, and the first package's
+    failure went unreported."""
+    from importlib.metadata import PathDistribution
+
+    eps = []
+    for package, value in (("dalib-first", "dalib_no_such_module_one"), ("dalib-second", "dalib_no_such_module_two")):
+        info = tmp_path / f"{package.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[dalib.methods]\nclash = {value}\n")
+        eps += list(PathDistribution(info).entry_points)
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in eps if ep.group == group])
+    monkeypatch.setattr(registry, "_entry_points_loaded", False)
+    monkeypatch.setattr(registry, "_broken", {})
+    dalib.list_methods()
+    reason = registry.plugin_errors()["clash"]
+    assert reason.startswith("dalib_no_such_module_one (package dalib-first): ModuleNotFoundError")
+    assert "; dalib_no_such_module_two (package dalib-second): ModuleNotFoundError" in reason
+    listing = CliRunner().invoke(cli, ["list"]).stdout
+    assert "dalib-first" in listing and "dalib-second" in listing
+
+
 PARTLY = """
 from dataclasses import dataclass
 from dalib import Method, register_method
