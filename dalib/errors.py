@@ -137,6 +137,13 @@ def load_failure(exc: BaseException) -> str:
     torch's advice to load unsafely and with its long story of a file that is not a
     weights-only pickle shortened."""
     why = first_line(exc).split(" Re-running")[0]
+    enforced = re.fullmatch(r"\[enforce fail at [^\]]*\][ .]*(.*)", why)  # the zip reader's C++ check
+    if isinstance(exc, EOFError):  # (no message of its own)
+        why = "the file is empty or cut short"
+    elif isinstance(exc, KeyError):  # the unpickler's, on a byte that is no pickle opcode: "KeyError: 101" alone
+        why = "not a file that torch.save wrote (its first bytes are no pickle)"
+    elif enforced:
+        why = f"a zip archive that torch.save did not write, or one cut short ({enforced.group(1)})"
     if "Weights only load failed" in why:
         needs = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
         why = ("not a file of tensors that torch.save wrote and torch loads safely"

@@ -143,12 +143,23 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
             f"{path} is a dalib run's checkpoint: start from it with `dalib run finetune --set init=RUN` "
             "(--pretrained takes the weights of a torchvision ResNet, a state dict)"
         )
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
+    for wrapper in ("state_dict", "model"):  # a training script's {"state_dict": ...} or {"model": ..., "epoch": ...}
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
     if not isinstance(state, dict):
         raise CheckpointError(f"pretrained weights {path} hold no state dict")
-    # the classifier (fc) is not loaded: its prefix removed first, a DataParallel-saved one is known too
-    state = {k: v for k, v in ((str(k).removeprefix("module."), v) for k, v in state.items()) if not k.startswith("fc.")}
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}  # (a DataParallel-saved one)
+    # a whole model's weights, with the ResNet under a name of its own (Transfer-Learning-Library's
+    # `backbone.`, beside its bottleneck and head): the ResNet's are taken
+    prefix = next((p for p in sorted({k[: -len("conv1.weight")] for k in state if k.endswith("conv1.weight")}, key=len)
+                   if p.endswith(".") and f"{p}bn1.weight" in state and f"{p}layer1.0.conv1.weight" in state), "")
+    if prefix and "conv1.weight" not in state:
+        state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}  # the classifier is not loaded
+    bad = next((k for k, v in state.items() if isinstance(v, torch.Tensor) and v.is_floating_point()
+                and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # else the first step's loss is NaN, blamed on the learning rate
+        raise CheckpointError(f"pretrained weights {path} hold NaN or infinite values (in {prefix}{bad})")
     own = net.state_dict()
     wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
     if wrong:
@@ -159,8 +170,10 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
     missing, unexpected = net.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith("fc.")]
     if missing or unexpected:
+        e_g = ", ".join(f"{what} {keys[0]}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
         raise CheckpointError(
-            f"pretrained weights {path} do not fit: {len(missing)} missing, {len(unexpected)} unexpected keys"
+            f"pretrained weights {path} do not fit: {len(missing)} missing, {len(unexpected)} unexpected keys "
+            f"(e.g. {e_g}): not the weights of a torchvision ResNet"
         )
 
 

@@ -69,11 +69,48 @@ def test_an_empty_weights_file_says_what_is_wrong(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(CheckpointError) as info:
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(empty))
-    assert str(info.value) == f"cannot read pretrained weights {empty} (EOFError)"
+    assert str(info.value) == f"cannot read pretrained weights {empty} (EOFError: the file is empty or cut short)"
     text = tmp_path / "notes.txt"
-    text.write_text("x")  # torch.load's KeyError: 120 said only "120"
-    with pytest.raises(CheckpointError, match=r"cannot read pretrained weights .*notes.txt \((KeyError|UnpicklingError): "):
+    text.write_text("hello")  # torch.load's KeyError: 104 said only "104"
+    with pytest.raises(CheckpointError) as info:
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(text))
+    assert str(info.value) == (f"cannot read pretrained weights {text} (KeyError: not a file that torch.save wrote "
+                               "(its first bytes are no pickle))")
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "other.zip", "w") as archive:  # a zip archive of something else
+        archive.writestr("notes.txt", "hello")
+    with pytest.raises(CheckpointError) as info:
+        build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "other.zip"))
+    assert "(RuntimeError: a zip archive that torch.save did not write, or one cut short (" in str(info.value)
+    assert "enforce" not in str(info.value)
+
+
+def test_weights_saved_with_the_whole_model_load_the_resnets_and_nan_weights_are_refused(tmp_path):
+    """Transfer-Learning-Library saves its classifier's state dict (the ResNet under
+    ``backbone.``, beside its bottleneck and head), torchvision's reference scripts
+    ``{"model": ..., "epoch": ...}``: both were "do not fit: 0 missing, N unexpected keys".
+    NaN weights trained, and the first step's NaN loss blamed the learning rate."""
+    import torchvision
+
+    net = torchvision.models.resnet18()
+    resnet = {k: v for k, v in net.state_dict().items() if not k.startswith("fc.")}
+    tll = {**{f"backbone.{k}": v for k, v in resnet.items()},
+           "bottleneck.0.weight": torch.zeros(256, 512), "head.weight": torch.zeros(31, 256)}
+    torch.save(tll, tmp_path / "tll.pth")
+    torch.save({"model": net.state_dict(), "epoch": 9}, tmp_path / "reference.pth")
+    for name in ("tll.pth", "reference.pth"):
+        model = build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / name))
+        assert torch.equal(model.backbone.layer4[1].bn2.running_var, net.layer4[1].bn2.running_var), name
+    torch.save({"encoder.weight": torch.zeros(3, 3)}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"other.pth do not fit: 100 missing, 1 unexpected keys \(e\.g\. missing "
+                                              r"conv1\.weight, unexpected encoder\.weight\): not the weights of a "
+                                              r"torchvision ResNet$"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "other.pth"))
+    tll["backbone.layer2.0.conv1.weight"] = torch.full_like(tll["backbone.layer2.0.conv1.weight"], float("nan"))
+    torch.save(tll, tmp_path / "nan.pth")
+    with pytest.raises(CheckpointError, match=r"nan.pth hold NaN or infinite values \(in backbone\.layer2\.0\.conv1\.weight\)$"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "nan.pth"))
 
 
 def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_path):
