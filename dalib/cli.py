@@ -205,11 +205,14 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
                               "(the method itself is the command's argument: dalib run METHOD)")
         method_values = dict(method_table)
         known = {f.name for f in dataclasses.fields(RunConfig)} - {"method", "method_config"}
-        for key, value in table.items():
-            key = key.replace("-", "_")
+        given: dict[str, str] = {}  # each option as the file spells it
+        for spelled, value in table.items():
+            key = spelled.replace("-", "_")
             if key not in known:
                 raise ConfigError(f"unknown option {key!r} in {config_file}; valid: {', '.join(sorted(known))}")
-            values[key] = value
+            if key in given:  # (TOML refuses a key given twice; two spellings of it, the last had won)
+                raise ConfigError(f"{config_file} gives {given[key]!r} and {spelled!r}, the same option: keep one")
+            given[key], values[key] = spelled, value
     values.update({k: v for k, v in options.items() if v is not None})
     if src is not None:
         values["src"] = src

@@ -180,6 +180,11 @@ def test_bad_config_files(runner, tmp_path):
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("stepz = 3\n")
     _one_line_error(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(unknown)]), "stepz")
+    # TOML refuses a key given twice; two spellings of one option had the last one win, unsaid
+    twice = tmp_path / "twice.toml"
+    twice.write_text("batch-size = 8\nbatch_size = 16\n")
+    _one_line_error(runner.invoke(cli, ["run", "dann", "--src", "M", "--tgt", "U", "--config", str(twice)]),
+                    f"{twice} gives 'batch-size' and 'batch_size', the same option: keep one")
 
 
 @pytest.mark.parametrize(
