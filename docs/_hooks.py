@@ -271,6 +271,37 @@ def _own_suite() -> list[str]:
             rst_to_markdown(rest.replace("::", ":")), ""]
 
 
+def _results_file() -> list[str]:
+    """What a suite's JSON holds, for a reader who joins its cells with runs' result.json."""
+    return [
+        "## The results file", "",
+        "`bench-SUITE.json` holds the suite's `title`, `dataset`, `protocol` and `timing` (from its "
+        "file), `deep_options` (its `[deep]` table), `steps` (a `--steps` that narrowed it, else "
+        "`null`), the `machine` (CPU, cores, memory, GPU, Python and the packages' versions), "
+        "`jobs_used` and `wall_seconds`, and `cells`, one per run, keyed `VARIANT | SRC->TGT | seed N`. "
+        "A cell holds:", "",
+        "| field | what |", "|---|---|",
+        "| `method`, `variant`, `mode`, `classifier` | the method, its row in the table, `deep` or `shallow`, and a "
+        "shallow form's classifier (`null` for deep) |",
+        "| `src`, `tgt`, `seed` | the task, by the domains' names, and the seed |",
+        "| `status` | `done`, or `failed` with its one-line `error` |",
+        "| `source_accuracy`, `target_accuracy` | accuracy, % (0–100), at the last step |",
+        "| `steps`, `seconds`, `threads` | the steps trained (0 for a shallow fit), the cell's wall time, its torch "
+        "threads |",
+        "| `diagnostics` | what the method reports of itself, as in `result.json` |",
+        "| `method_config` | the suite's settings of the method only (its `[methods.NAME]` table): the other "
+        "hyperparameters are the method's defaults of the dalib that ran it. `result.json`'s `method_config` "
+        "holds every hyperparameter |",
+        "| `run_options` | the `[deep]` options the cell ran with, `--steps` included (`null` for a shallow fit); "
+        "the others are `dalib run`'s defaults |",
+        "| `fingerprint`, `code`, `dalib_code` | hashes of the settings (defaults included), of the method's code "
+        "and of dalib's: a cell whose fingerprint changed runs again; one kept from other code is warned about "
+        "(`--rerun` runs it again) |",
+        "| `finished` | when it ended (Unix time) |",
+        "",
+    ]
+
+
 def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
     files = sorted(results.glob("*.md")) if results.is_dir() else []
     suites = [p for p in files if p.name.startswith("bench-")]
@@ -299,6 +330,7 @@ def benchmarks_page(results: Path, prefix: str, linked: set[str]) -> str:
             "",
         ]
     lines += _own_suite()
+    lines += _results_file()
     lines += ["## Speed and other benchmarks", ""]
     if others:
         for path in others:
