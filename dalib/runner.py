@@ -384,14 +384,12 @@ def _signals_deferred() -> Iterator[None]:
 
 
 class _HeldToStepEnd:
-    """Ctrl-C (SIGINT) and SIGTERM, where Python code handles them, that come during a
-    training step wait for its end (``holding``): the run then writes a checkpoint there,
+    """Ctrl-C (SIGINT) and SIGTERM, where Python code handles them, that come while it is
+    ``holding`` (training) wait for the step's end: the run then writes a checkpoint there,
     and :meth:`deliver` hands the signal to its handler, which stops the run. A ``--resume``
     loses no step. A second signal is handed over at once (a step that takes long, an
-    evaluation), as is one that comes while the loader's worker processes are asked for a
-    batch: the same Ctrl-C stops them, and a loader waiting for them would fail instead.
-    Only from the main thread, the one that can set handlers; :meth:`release` puts the
-    handlers back (once, wherever it is called from)."""
+    evaluation, a read that hangs). Only from the main thread, the one that can set
+    handlers; :meth:`release` puts the handlers back (once, wherever it is called from)."""
 
     def __init__(self, enabled: bool) -> None:
         self.holding = False
@@ -536,17 +534,37 @@ def _fetch(domain: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
 def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
     """A DataLoader that leaves the global RNG alone: with worker processes, a DataLoader
     draws their base seed from the global generator, which would shift every later dropout
-    mask, so that ``workers`` changed a run's numbers. (Loading itself is deterministic.)"""
-    return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0), **kwargs)
+    mask, so that ``workers`` changed a run's numbers. (Loading itself is deterministic.)
+    Its workers leave Ctrl-C and SIGTERM to the process that started them (:func:`_worker_init`)."""
+    return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0),
+                                       worker_init_fn=_worker_init, **kwargs)
+
+
+def _worker_init(worker_id: int) -> None:
+    """A loader's worker ignores Ctrl-C (SIGINT) and SIGTERM, which a terminal and a job
+    scheduler send to every process of the job: the run then finishes its step with the
+    batches the workers still load, saves it and stops them itself. (A worker they stopped
+    first had failed the run, or its checkpoint, with torch's "DataLoader worker is killed
+    by signal".) A worker whose run is gone exits by itself (torch's watchdog), and one that
+    does not stop when asked is killed (:func:`_stop_workers`)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _stop_workers(it: Any) -> None:
     """Shut down the worker processes of a DataLoader iterator. Its own cleanup waits for a
     garbage collection (the iterator sits in a reference cycle), which a kept traceback (a
-    notebook's last error) can put off indefinitely."""
+    notebook's last error) can put off indefinitely. A worker still alive after torch's
+    shutdown (stuck in a read; it ignores SIGTERM, :func:`_worker_init`) is killed."""
     shutdown = getattr(it, "_shutdown_workers", None)  # torch's multiprocessing iterator
     if shutdown is not None:
         shutdown()
+        for worker in getattr(it, "_workers", ()):
+            if worker.is_alive():
+                worker.kill()
+                worker.join(timeout=5)
 
 
 class _StepBatches:
@@ -596,19 +614,13 @@ def _from_worker(exc: DalibError) -> DalibError:
     return type(exc)(last.split(": ", 1)[-1])
 
 
-def _loads_in_process(domain: Any, workers: int) -> bool:
-    """Whether :func:`_batches` loads ``domain``'s batches in this process (in memory, or
-    ``workers`` 0), not in worker processes."""
-    return getattr(domain, "x", None) is not None or workers == 0
-
-
 def _batches(
     domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False, *, labelled: bool
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     # labels a domain does not list (a dataset of its own whose labels _check_domains could not
     # read) fail here, on the CPU, in one line, not as an index error inside the loss
     check = domain.known_labels() is None
-    if _loads_in_process(domain, workers):
+    if getattr(domain, "x", None) is not None or workers == 0:
         for s in range(start, stop):
             idx = stream.indices(s)
             x, y = _fetch(domain, idx)
@@ -1101,8 +1113,6 @@ def _run(
         model.train()
         method.train()
         loaders: list[Any] = []  # closed at the end: their worker processes go with them, not with the traceback
-        # a batch the loader's worker processes load is not waited for: the same Ctrl-C stops them
-        hold_fetch = all(_loads_in_process(d, config.workers) for d in ((src, tgt) if method.uses_target else (src,)))
         done = saved_at = start
 
         def checkpoint(step_done: int) -> None:
@@ -1124,10 +1134,9 @@ def _run(
             s_batches = _batches(src, s_stream, start, config.steps, config.workers, pin, labelled=True)
             loaders += [s_batches, t_batches]
             batches = zip(s_batches, t_batches)
-            interrupts.holding = hold_fetch
+            interrupts.holding = True  # (the loader's workers ignore the signals: the batches they load come)
             try:
                 for step, ((x_s, y_s, idx_s), t_batch) in enumerate(batches, start=start):
-                    interrupts.holding = True
                     x_t, idx_t = (x_s[:0], idx_s[:0]) if t_batch is None else (t_batch[0], t_batch[2])
                     progress = Progress(step, config.steps, s_stream.epoch_of(step))
                     lr_mult = inverse_decay(progress, config.lr_alpha, config.lr_beta)
@@ -1204,16 +1213,10 @@ def _run(
                             checkpoint(done)
                             saved_at = done
                         interrupts.deliver()
-                    interrupts.holding = hold_fetch
-            except KeyboardInterrupt as exc:
-                # one that came while the loader's workers were asked for a batch: between two steps
-                if interrupts.active and not interrupts.holding and saved_at != done != config.steps:
-                    checkpoint(done)
-                    saved_at = done
+            except KeyboardInterrupt as exc:  # a second Ctrl-C: at once, mid-step; saved only if it came after a checkpoint
                 if saved_at == done and done > start:
                     exc.saved_step = done  # (the command line says so)
                 raise
-            interrupts.holding = True  # (to the final checkpoint)
             # a resumed run that had finished (no step left) keeps its own time, and its files below
             stored = _intact_result(out / RESULT) if ckpt is not None and start >= config.steps and out is not None else None
             finished = stored is not None

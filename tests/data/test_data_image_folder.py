@@ -643,10 +643,11 @@ def test_an_image_that_fails_in_the_final_scoring_costs_a_resume_not_the_trainin
     assert (out / "metrics.jsonl").read_text() == (tmp_path / "again" / "metrics.jsonl").read_text()
 
 
-def test_ctrl_c_while_the_loaders_workers_load_a_batch_saves_the_steps_done(office, tmp_path, monkeypatch):
-    """Ctrl-C stops the loader's worker processes too, so the run does not wait for the batch
-    it asked them for: it stops at once, and saves the steps it finished (a resume had gone
-    back to the last checkpoint)."""
+def test_a_stop_sent_to_the_whole_job_finishes_the_step_with_the_workers_and_saves_it(office, tmp_path, monkeypatch):
+    """A terminal's Ctrl-C and a scheduler's SIGTERM reach every process of the job, the
+    loader's workers too. The workers ignore them: the run finishes the step whose batch they
+    load, saves it and stops them itself. (Stopped first, they had failed the run, or the
+    checkpoint it was writing, with torch's "DataLoader worker is killed by signal".)"""
     import multiprocessing
     import os
     import signal
@@ -659,16 +660,45 @@ def test_ctrl_c_while_the_loaders_workers_load_a_batch_saves_the_steps_done(offi
 
     def next_batch(self):
         asked["n"] += 1
-        if asked["n"] == 4:  # steps 1 to 3 done: Ctrl-C while the run waits for step 4's batch
-            os.kill(os.getpid(), signal.SIGINT)
+        if asked["n"] == 4:  # steps 1 to 3 done: the stop comes while the run waits for step 4's batch
+            for worker in self._it._workers:
+                os.kill(worker.pid, signal.SIGTERM)
+                os.kill(worker.pid, signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)  # (SIGTERM would end pytest: the command line takes it so)
         return original(self)
 
-    monkeypatch.setattr(runner._Prefetcher, "__next__", next_batch)
     config = RunConfig(method="source_only", data=str(office), src="amazon", tgt="webcam", arch="resnet18",
                        image_size=32, steps=6, batch_size=2, workers=2, log_every=1, checkpoint_every=0)
+    full = run(config, tmp_path / "full", progress_bar=False)
+    monkeypatch.setattr(runner._Prefetcher, "__next__", next_batch)
     before = set(multiprocessing.active_children())
     with pytest.raises(KeyboardInterrupt) as caught:
         run(config, tmp_path / "run", progress_bar=False)
-    assert caught.value.saved_step == 3 and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 3
+    assert caught.value.saved_step == 4 and load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 4
     assert not set(multiprocessing.active_children()) - before
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(runner._Prefetcher, "__next__", original)
+    resumed = run(config, tmp_path / "run", resume=True, progress_bar=False)
+    assert resumed.source_accuracy == full.source_accuracy
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+
+
+def test_a_loader_worker_stuck_in_a_read_is_killed_when_the_loader_stops():
+    """The workers ignore SIGTERM (above), which torch's shutdown sends to one that does not
+    stop when asked: dalib kills it."""
+    import time
+
+    from dalib.runner import _loader, _stop_workers
+
+    class Hangs(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            time.sleep(3600)
+
+    it = iter(_loader(Hangs(), batch_size=1, num_workers=1))
+    time.sleep(1.0)  # the worker is in its first read
+    t0 = time.monotonic()
+    _stop_workers(it)
+    assert not any(w.is_alive() for w in it._workers) and time.monotonic() - t0 < 30
