@@ -13,6 +13,7 @@ import importlib.util
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -80,6 +81,8 @@ class _Group(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        if sys.stderr is None:  # started with it closed (2>&-): Python's is None, which the progress bar read
+            sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's, to its end)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except click.ClickException as exc:

@@ -421,3 +421,21 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path):
     # the step it stopped at, saved (not the last of the regular checkpoints, every 5 steps)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == int(saved.group(1))
     assert not [p.name for p in out.iterdir() if "dalib-tmp" in p.name]
+
+
+def test_a_run_with_stderr_closed_trains_and_writes_its_results(tmp_path):
+    # (2>&-): Python's sys.stderr is None, and reading whether it was a terminal failed the run
+    # with a traceback nobody saw, exit 1; a bad input exited 1, not 2
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    args = [sys.executable, "-m", "dalib", "run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([*args, str(out)], stdout=subprocess.PIPE, preexec_fn=lambda: os.close(2), env=env, timeout=300)
+    assert done.returncode == 0 and b"target accuracy" in done.stdout
+    assert json.loads((out / "result.json").read_text())["steps"] == 2
+    bad = subprocess.run([*args, str(tmp_path / "bad"), "--batch-size", "0"], stdout=subprocess.PIPE,
+                         preexec_fn=lambda: os.close(2), env=env, timeout=300)
+    assert bad.returncode == 2
