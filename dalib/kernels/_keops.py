@@ -8,6 +8,7 @@ number of bandwidths S and the width K of ``v``: bandwidths and ε enter as para
 from __future__ import annotations
 
 import contextlib
+import io
 import sys
 from collections.abc import Callable
 from typing import TypeVar
@@ -16,24 +17,61 @@ import torch
 from torch import Tensor
 
 from dalib.errors import BackendError, first_line
-from dalib.kernels.backends import mark_keops_broken
+from dalib.kernels.backends import keops_cache_failure, mark_keops_broken
 
 __all__ = ["keops_gaussian_matvec", "keops_softmin"]
 
 T = TypeVar("T")
 
 
+class _Lines(io.TextIOBase):
+    """stderr, remembering whether what was written last ended its line."""
+
+    def __init__(self, stream: object) -> None:
+        self._stream, self.open = stream, False
+
+    def write(self, text: str) -> int:
+        if text:
+            self.open = not text.endswith("\n")
+        return self._stream.write(text)  # type: ignore[attr-defined]
+
+    def flush(self) -> None:
+        self._stream.flush()  # type: ignore[attr-defined]
+
+
 def _run(fn: Callable[[], T]) -> T:
     """Run a KeOps reduction; a compilation failure becomes a :class:`BackendError`."""
+    out = _Lines(sys.stderr)
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # KeOps prints its compile messages: off stdout
+        with contextlib.redirect_stdout(out):  # KeOps prints its compile messages: off stdout
             return fn()
     except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a failed build: the module is missing
         msg = str(exc)
         if "KeOps" not in msg and "keops" not in msg:
             raise
-        mark_keops_broken(first_line(exc))
-        raise BackendError(f"the keops backend failed to run here: {first_line(exc)}") from exc
+        if out.open:  # KeOps' "Generating code for ... " line, left open by the failure: not the error's
+            sys.stderr.write("\n")
+        why = first_line(exc)
+        if isinstance(exc, OSError) and exc.errno is not None:  # its cache folder: not writable, or full
+            why = keops_cache_failure(exc)
+            _forget_cache_saves()
+        mark_keops_broken(why)
+        raise BackendError(f"the keops backend failed to run here: {why}") from exc
+
+
+def _forget_cache_saves() -> None:
+    """keopscore saves the indexes of its caches into its cache folder at exit: a folder that
+    refused its files refuses them too, and their tracebacks came after the one-line error."""
+    import atexit
+
+    with contextlib.suppress(Exception):  # (keopscore's internals: nothing to forget if they moved)
+        from keopscore.utils.Cache import Cache, Cache_partial
+
+        for name, module in list(sys.modules.items()):
+            if module is not None and name.split(".")[0] in ("keopscore", "pykeops"):
+                for value in list(vars(module).values()):
+                    if isinstance(value, (Cache, Cache_partial)):
+                        atexit.unregister(value.save_cache)
 
 
 def _lazy():

@@ -84,9 +84,19 @@ def keops_available() -> bool:
         except ImportError as exc:
             _keops_state["ok"] = False
             _keops_state["reason"] = f"pykeops is not installed ({exc})"
+        except OSError as exc:  # its import makes its cache folder (~/.cache/keopsVERSION)
+            _keops_state["ok"] = False
+            _keops_state["reason"] = keops_cache_failure(exc)
         else:
             _keops_state["ok"] = True
     return bool(_keops_state["ok"])
+
+
+def keops_cache_failure(exc: OSError) -> str:
+    """Why KeOps cannot run when the file system refused its cache folder, and what to do."""
+    where = f": {exc.filename}" if exc.filename else ""
+    return (f"pykeops cannot write its cache folder ({exc.strerror or exc}{where}): set KEOPS_CACHE_FOLDER to a "
+            "folder it can write")
 
 
 def keops_unavailable_reason() -> str:

@@ -227,3 +227,54 @@ def test_what_a_module_prints_on_import_goes_to_stderr(tmp_path, monkeypatch, ca
     assert backends.import_quietly("chatty_module_for_dalib").VALUE == 3
     out, err = capsys.readouterr()
     assert out == "" and "[KeOps] Warning : no CUDA" in err
+
+
+def test_a_keops_cache_folder_that_cannot_be_written_is_a_reason_not_a_crash(monkeypatch, tmp_path, capsys):
+    """pykeops makes its cache folder (~/.cache/keopsVERSION) when imported and writes each
+    formula's code there: a read-only home had raised PermissionError from keops_available()
+    (and from ``auto`` on CUDA), or glued the error onto KeOps' open progress line, with
+    keopscore's tracebacks at exit, as it saved its caches' indexes into the same folder."""
+    import atexit
+    import errno
+    import sys
+    import types
+
+    from dalib.kernels._keops import _run
+
+    for key, value in (("checked", False), ("ok", False), ("reason", ""), ("warned", False)):
+        monkeypatch.setitem(backends._keops_state, key, value)
+
+    def refused(module):
+        raise PermissionError(errno.EACCES, "Permission denied", "/home/me/.cache")
+
+    monkeypatch.setattr(backends, "import_quietly", refused)
+    assert backends.keops_available() is False
+    reason = ("pykeops cannot write its cache folder (Permission denied: /home/me/.cache): set KEOPS_CACHE_FOLDER to "
+              "a folder it can write")
+    assert backends.keops_unavailable_reason() == reason
+    with pytest.warns(RuntimeWarning, match="KEOPS_CACHE_FOLDER"):
+        assert resolve_backend("auto", _FakeCuda(6000), _FakeCuda(6000)) == "blocked"
+
+    from keopscore.utils.Cache import Cache
+
+    def compile_formula():
+        return None
+
+    module = types.ModuleType("keopscore._dalib_test_cache")
+    module.cache = Cache(compile_formula, use_cache_file=True, save_folder=str(tmp_path))  # saves at exit
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    forgotten = []
+    monkeypatch.setattr(atexit, "unregister", forgotten.append)  # (the real caches' saves of this process are kept)
+
+    def fails_to_write():
+        print("[KeOps] Generating code for formula ... ", end="")
+        raise PermissionError(errno.EACCES, "Permission denied", "/home/me/.cache/keops2.3/build/a.cpp")
+
+    with pytest.raises(BackendError) as info:
+        _run(fails_to_write)
+    assert str(info.value) == ("the keops backend failed to run here: pykeops cannot write its cache folder (Permission "
+                               "denied: /home/me/.cache/keops2.3/build/a.cpp): set KEOPS_CACHE_FOLDER to a folder it can write")
+    assert capsys.readouterr().err == "[KeOps] Generating code for formula ... \n"
+    assert module.cache.save_cache in forgotten  # its save at exit, into the same folder
+    monkeypatch.undo()
+    atexit.unregister(module.cache.save_cache)  # (the test's own cache: not saved at this process's exit)
