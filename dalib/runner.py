@@ -949,6 +949,9 @@ def _run(
     if resolve_mode(config, method_cls, dataset) == "shallow":
         from dalib.shallow_runner import run_shallow
 
+        if config.holdout:  # else recorded in result.json as if it had been, beside an accuracy on every source sample
+            raise ConfigError(f"--holdout holds source samples out of a network's training, and the shallow form of "
+                              f"{config.method} fits on all of them: leave --holdout out, or train with --mode deep")
         ignored = [f.name for f in dataclasses.fields(RunConfig)
                    if f.name not in SHALLOW_SETTINGS | SHALLOW_ALSO_READS and getattr(config, f.name) != f.default]
         if ignored:

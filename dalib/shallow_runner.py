@@ -46,11 +46,6 @@ def run_shallow(
 
         raise ConfigError(f"the shallow form of {config.method} fits in one process: run it without torchrun "
                           "(or --mode deep to train a network on every process)")
-    if config.holdout:  # else recorded in result.json as if it had been, beside an accuracy on every source sample
-        from dalib.errors import ConfigError
-
-        raise ConfigError(f"--holdout holds source samples out of a network's training, and the shallow form of "
-                          f"{config.method} fits on all of them: leave --holdout out, or train with --mode deep")
     method_cls = get_method(config.method)
     shallow_config = build_method_config(config, method_cls, "shallow")
     out = Path(out_dir).expanduser() if out_dir is not None else None
