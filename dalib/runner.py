@@ -1119,12 +1119,18 @@ def _run(
         done = saved_at = start
 
         def checkpoint(step_done: int) -> None:
+            nonlocal saved_at
             ranks_rng = _ranks_rng_states(world, device)  # (every rank takes part)
             if is_main:
                 unkept.warn_if_changed()
                 elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
-                _save_checkpoint(out, config, spec, model, method, optimizer, step_done, device, elapsed, code, world,
-                                 ranks_rng=ranks_rng)
+                try:
+                    _save_checkpoint(out, config, spec, model, method, optimizer, step_done, device, elapsed, code,
+                                     world, ranks_rng=ranks_rng)
+                except KeyboardInterrupt:  # a second Ctrl-C during the write: raised once the file is in place
+                    saved_at = step_done
+                    raise
+            saved_at = step_done
 
         # Ctrl-C or SIGTERM during a step: a checkpoint at its end, then the stop (not under torchrun:
         # its ranks would have to agree on the step)
@@ -1208,13 +1214,11 @@ def _run(
                         method.on_epoch_end(context)
                     if out is not None and config.checkpoint_every and done % config.checkpoint_every == 0 and done != config.steps:
                         checkpoint(done)
-                        saved_at = done
                     if on_step is not None:
                         on_step(done, logs)
                     if interrupts.pending is not None and done != config.steps:  # a signal held to this step's end
                         if saved_at != done:
                             checkpoint(done)
-                            saved_at = done
                         interrupts.deliver()
             except KeyboardInterrupt as exc:  # a second Ctrl-C: at once, mid-step; saved only if it came after a checkpoint
                 if saved_at == done and done > start:

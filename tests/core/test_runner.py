@@ -1093,3 +1093,29 @@ def test_a_second_ctrl_c_stops_a_step_at_once_and_leaves_the_last_checkpoint(tmp
     assert not hasattr(caught.value, "saved_step")
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 10
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_second_ctrl_c_while_the_held_steps_checkpoint_is_written_still_says_it_is_saved(tmp_path, monkeypatch):
+    """The write finishes before the second Ctrl-C is raised: the step is saved, and the stop
+    says so (it had been a bare "interrupted", which sends the user to the last regular checkpoint)."""
+    import signal
+
+    from dalib import runner as runner_module
+
+    original, armed = runner_module.torch.save, {"now": False}
+
+    def save(obj, fh, *args, **kwargs):
+        if armed["now"]:
+            armed["now"] = False
+            os.kill(os.getpid(), signal.SIGINT)  # the second Ctrl-C, while the step's checkpoint is written
+        return original(obj, fh, *args, **kwargs)
+
+    def interrupt(done, logs):
+        if done == 15:
+            os.kill(os.getpid(), signal.SIGINT)  # the first: held to this step's end
+            armed["now"] = True
+
+    monkeypatch.setattr(runner_module.torch, "save", save)
+    with pytest.raises(KeyboardInterrupt) as caught:
+        run(_config(), tmp_path / "cut", progress_bar=False, on_step=interrupt)
+    assert caught.value.saved_step == 15 and load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 15
