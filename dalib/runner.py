@@ -392,6 +392,7 @@ class _HeldToStepEnd:
     handlers; :meth:`release` puts the handlers back (once, wherever it is called from)."""
 
     def __init__(self, enabled: bool) -> None:
+        _STOPPING.clear()  # (an earlier run's stop)
         self.holding = False
         self.pending: int | None = None
         self._handlers: dict[int, Callable[..., Any]] = {}  # the handlers it stands in for
@@ -406,6 +407,7 @@ class _HeldToStepEnd:
             self._installed = True
 
     def _catch(self, signum: int, frame: Any) -> None:
+        _STOPPING.set()
         if self.holding and self.pending is None:
             self.pending = signum
         else:
@@ -553,15 +555,43 @@ def _worker_init(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _unwatch_workers(it: Any) -> bool:
+    """Take the workers of a DataLoader iterator off torch's watch (its SIGCHLD handler
+    raises in this process for a worker that a signal ended), as its shutdown does; False
+    where torch's internals are not as expected (the workers are then left to the shutdown)."""
+    try:
+        from torch.utils.data._utils import signal_handling
+
+        if it._worker_pids_set:
+            signal_handling._remove_worker_pids(id(it))
+            it._worker_pids_set = False
+        return True
+    except (ImportError, AttributeError):
+        return False
+
+
+#: set when Ctrl-C or SIGTERM came to a run (:class:`_HeldToStepEnd`): its loaders' workers are
+#: killed, not waited for (torch waits 5 s for each one that does not stop)
+_STOPPING = threading.Event()
+
+
 def _stop_workers(it: Any) -> None:
     """Shut down the worker processes of a DataLoader iterator. Its own cleanup waits for a
     garbage collection (the iterator sits in a reference cycle), which a kept traceback (a
     notebook's last error) can put off indefinitely. A worker still alive after torch's
-    shutdown (stuck in a read; it ignores SIGTERM, :func:`_worker_init`) is killed."""
+    shutdown (stuck in a read; it ignores SIGTERM, :func:`_worker_init`) is killed; on a
+    stop (Ctrl-C, SIGTERM), every worker is, before torch's shutdown, which would wait for them."""
     shutdown = getattr(it, "_shutdown_workers", None)  # torch's multiprocessing iterator
     if shutdown is not None:
+        workers = list(getattr(it, "_workers", ()))
+        if (_STOPPING.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt)) and _unwatch_workers(it):
+            for worker in workers:
+                if worker.is_alive():
+                    worker.kill()
+            for worker in workers:
+                worker.join(timeout=5)
         shutdown()
-        for worker in getattr(it, "_workers", ()):
+        for worker in workers:
             if worker.is_alive():
                 worker.kill()
                 worker.join(timeout=5)

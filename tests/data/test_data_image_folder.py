@@ -702,3 +702,22 @@ def test_a_loader_worker_stuck_in_a_read_is_killed_when_the_loader_stops():
     t0 = time.monotonic()
     _stop_workers(it)
     assert not any(w.is_alive() for w in it._workers) and time.monotonic() - t0 < 30
+
+    # on a Ctrl-C they are killed first: torch's shutdown would wait 5 s for each (eval --workers
+    # had taken 11 s to stop on a stuck read)
+    it = iter(_loader(Hangs(), batch_size=1, num_workers=2))
+    time.sleep(1.0)
+    alive_at_shutdown = []
+    shutdown = it._shutdown_workers
+
+    def watched():
+        alive_at_shutdown.extend(w.is_alive() for w in it._workers)
+        shutdown()
+
+    it._shutdown_workers = watched
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            raise KeyboardInterrupt
+        finally:
+            _stop_workers(it)
+    assert alive_at_shutdown == [False, False] and not any(w.is_alive() for w in it._workers)
