@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,13 +13,23 @@ __all__ = ["error_reason", "features_and_labels", "find_data_file", "read_mat"]
 
 
 def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, domain: str) -> Path:
-    """``root/folder/filename``, or ``root/filename`` when ``root`` already is that folder."""
-    for cand in (root / folder / filename, root / filename):
-        if cand.is_file():
-            return cand
-    # a root that is the dataset's own folder (as --data-root may be) misses the file there
-    missing = root / filename if root.name == folder and not (root / folder).is_dir() else root / folder / filename
-    raise DataError(f"data file not found: {missing} (dataset {dataset}, domain {domain}; set --data-root)")
+    """``root/folder/filename``, or ``root/filename`` when ``root`` already is that folder
+    (it holds no ``folder``). A root that holds the folder is read there only: a file of the
+    name beside the folder (a stray copy, another domain's file renamed) had stood in for one
+    missing from it."""
+    where = f"(dataset {dataset}, domain {domain}; set --data-root)"
+    own = root / folder
+    if own.is_dir() or not (root / filename).exists() and not (root / filename).is_symlink() and root.name != folder:
+        path = own / filename
+    else:
+        path = root / filename
+    if path.is_file():
+        return path
+    if path.is_dir():
+        raise DataError(f"data file {path} is a folder, not a file {where}")
+    if path.is_symlink():
+        raise DataError(f"data file {path} is a broken link (to {os.readlink(path)}) {where}")
+    raise DataError(f"data file not found: {path} {where}")
 
 
 def error_reason(exc: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -260,3 +262,30 @@ def test_features_not_a_matrix(tmp_path):
     write_mat(tmp_path / rel, fts=np.zeros((2, 3, 4)), labels=np.zeros((2, 1)))
     with pytest.raises(DataError, match=r"'fts' of .* has shape \(2, 3, 4\)"):
         load_domain(dataset, domain, data_root=tmp_path)
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_a_data_file_that_is_a_folder_or_a_broken_link_or_stray_says_so(tmp_path, spec):
+    """A folder or a broken link in the file's place was "not found"; a file of the name at the
+    top of a root that holds the dataset's folder (a stray copy: another domain's data) had
+    stood in silently for the one missing from the folder."""
+    dataset, domain, rel, _ = spec
+    where = f"(dataset {dataset}, domain {domain}; set --data-root)"
+    (tmp_path / rel).mkdir(parents=True)
+    with pytest.raises(DataError) as exc:
+        load_domain(dataset, domain, data_root=tmp_path)
+    assert str(exc.value) == f"data file {tmp_path / rel} is a folder, not a file {where}"
+    (tmp_path / rel).rmdir()
+    (tmp_path / rel).symlink_to(tmp_path / "gone.mat")
+    with pytest.raises(DataError) as exc:
+        load_domain(dataset, domain, data_root=tmp_path)
+    assert str(exc.value) == f"data file {tmp_path / rel} is a broken link (to {tmp_path / 'gone.mat'}) {where}"
+    (tmp_path / rel).unlink()
+    fts, labels = _good(spec[3], one_based=dataset == SURF[0])
+    write_mat(tmp_path / Path(rel).name, fts=fts, labels=labels)  # beside the dataset's folder, not in it
+    with pytest.raises(DataError) as exc:
+        load_domain(dataset, domain, data_root=tmp_path)
+    assert str(exc.value) == f"data file not found: {tmp_path / rel} {where}"
+    # a root that is the dataset's folder itself (it holds no such folder) is read as before
+    write_mat(tmp_path / "flat" / Path(rel).name, fts=fts, labels=labels)
+    assert len(load_domain(dataset, domain, data_root=tmp_path / "flat")) == len(labels)
