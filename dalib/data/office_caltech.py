@@ -74,6 +74,13 @@ def load(req: LoadRequest) -> Domain:
         raise DataError(
             f"NaN or infinite features in {path} (dataset {INFO.name}, domain {req.domain})"
         )
+    # the preprocessing takes the files' SURF word counts: features preprocessed before (z-scored,
+    # normalised) had been normalised and z-scored again, without a word
+    if x.size and (x.min() < 0 or not np.array_equal(x, np.round(x))):
+        raise DataError(
+            f"features of {path} are not counts (non-negative integers; min {x.min():g}): the files of "
+            f"DATA.md hold SURF word counts, which dalib normalises itself (dataset {INFO.name}, domain {req.domain})"
+        )
     # the file numbers its classes 1..10: say so in its own numbers, not in the shifted ones
     if y.size and (y.min() < 1 or y.max() > len(CLASSES)):
         raise DataError(

@@ -289,3 +289,14 @@ def test_a_data_file_that_is_a_folder_or_a_broken_link_or_stray_says_so(tmp_path
     # a root that is the dataset's folder itself (it holds no such folder) is read as before
     write_mat(tmp_path / "flat" / Path(rel).name, fts=fts, labels=labels)
     assert len(load_domain(dataset, domain, data_root=tmp_path / "flat")) == len(labels)
+
+
+def test_surf_features_that_are_not_counts_are_refused(tmp_path):
+    """A copy saved after its own preprocessing (z-scored: negative, fractional) had been
+    normalised and z-scored again, and trained without a word."""
+    dataset, domain, rel, d = SURF
+    fts, labels = _good(d)
+    for name, bad in (("zscored", (fts - fts.mean(0)) / fts.std(0)), ("fractions", fts / fts.sum(1, keepdims=True))):
+        write_mat(tmp_path / name / rel, fts=bad, labels=labels)
+        with pytest.raises(DataError, match=r"features of .*amazon_SURF_L10.mat are not counts \(non-negative integers"):
+            load_domain(dataset, domain, data_root=tmp_path / name)
