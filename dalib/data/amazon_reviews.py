@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from dalib.data.domain import Domain
 from dalib.data.matfile import features_and_labels, find_data_file
 from dalib.data.registry import DatasetInfo, LoadRequest, register_dataset
+from dalib.errors import DataError
 
 __all__ = ["INFO"]
 
@@ -34,6 +37,12 @@ def load(req: LoadRequest) -> Domain:
         req.data_root, FOLDER, FILES[req.domain], dataset=INFO.name, domain=req.domain
     )
     x, y = features_and_labels(path, dataset=INFO.name, domain=req.domain, n_features=400)
+    found = np.unique(y)
+    # (a -1/+1 copy had been told to give y=None, the Python API's words; NaN features are told first, below)
+    if not set(found.tolist()) <= {0, 1} and np.isfinite(x).all():
+        shown = ", ".join(f"{v:g}" for v in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise DataError(f"labels of {path} are {shown}: expected 0 (negative) and 1 (positive) "
+                        f"(dataset {INFO.name}, domain {req.domain})")
     # Features are used as given (already in [0, 1]); from_arrays rejects NaN/inf.
     return Domain.from_arrays(
         req.domain,

@@ -50,6 +50,9 @@ def read_mat(
     # A damaged file makes scipy's parser fail in many ways (MatReadError, ValueError,
     # OSError, IndexError, zlib.error, NotImplementedError for v7.3/HDF5, ...): all of them
     # mean "this file cannot be read", which is what the user needs to hear.
+    except NotImplementedError as exc:  # scipy: "Please use HDF reader for matlab v7.3 files, e.g. h5py"
+        raise DataError(f"{path} {where} is a MATLAB v7.3 (HDF5) file, which dalib does not read: save it with "
+                        "MATLAB's -v7 option (v4 to v7.2 are read)") from exc
     except Exception as exc:  # noqa: BLE001
         raise DataError(
             f"corrupt or unreadable .mat file: {path} {where}: {error_reason(exc)}"

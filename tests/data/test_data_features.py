@@ -300,3 +300,20 @@ def test_surf_features_that_are_not_counts_are_refused(tmp_path):
         write_mat(tmp_path / name / rel, fts=bad, labels=labels)
         with pytest.raises(DataError, match=r"features of .*amazon_SURF_L10.mat are not counts \(non-negative integers"):
             load_domain(dataset, domain, data_root=tmp_path / name)
+
+
+def test_review_labels_of_minus_one_and_a_matlab_v73_file_say_what_is_expected(tmp_path):
+    """-1/+1 sentiment labels (a common convention) had been told to "give y=None for an
+    unlabelled domain", the Python API's words; a valid v7.3 file was "corrupt", with scipy's
+    advice to use h5py, which the user cannot tell dalib to do."""
+    dataset, domain, rel, d = REVIEWS
+    fts, labels = _good(d, one_based=False)
+    write_mat(tmp_path / rel, fts=fts, labels=2 * labels - 1)
+    with pytest.raises(DataError, match=r"labels of .*_400.mat are -1, 1: expected 0 \(negative\) and 1 \(positive\)"):
+        load_domain(dataset, domain, data_root=tmp_path)
+    # a v7.3 file is HDF5 behind MATLAB's 128-byte header, which says so
+    header = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+    (tmp_path / rel).write_bytes(header.ljust(116) + b" " * 8 + b"\x00\x02IM" + bytes(384))
+    with pytest.raises(DataError, match=r"_400.mat .* is a MATLAB v7.3 \(HDF5\) file, which dalib does not read: "
+                                        r"save it with MATLAB's -v7 option"):
+        load_domain(dataset, domain, data_root=tmp_path)
