@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from dalib.data.domain import Domain, check_finite
-from dalib.errors import DataError, RegistryError, UnknownNameError, import_failure
+from dalib.errors import DataError, RegistryError, UnknownNameError, import_failure, warn_outside_dalib
 
 __all__ = [
     "DatasetInfo",
@@ -365,6 +365,10 @@ def load_domain(
     if data_dir is not None and info.needs != "data_dir":
         raise DataError(f"dataset {info.name} reads no data folder, but one was given ({data_dir}: --data, the "
                         "folder of an image-folder dataset): leave out --dataset to read the folder, or --data")
+    if data_root is not None and info.needs == "embedded":  # (it had been dropped without a word)
+        larger = " (--dataset digits-full reads the larger sets there)" if info.name == "digits" else ""
+        warn_outside_dalib(f"dataset {info.name} is embedded in dalib and reads no data root: {data_root} is not "
+                           f"used{larger}", UserWarning)
     name = info.resolve(domain)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"image size must be a positive integer, not {image_size!r}")

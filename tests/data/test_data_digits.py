@@ -185,3 +185,10 @@ def test_embedded_file_corrupt(monkeypatch, tmp_path):
     np.savez(tmp_path / "digits16.npz", other=np.zeros(3))
     with pytest.raises(DataError, match="corrupt embedded data file"):
         load_domain("digits", "usps")
+
+
+def test_a_data_root_given_to_the_embedded_digits_is_said_to_be_unused(tmp_path):
+    # `--src M --tgt U --data-root X` trains on the embedded digits: X had been dropped unsaid
+    with pytest.warns(UserWarning, match=r"dataset digits is embedded in dalib and reads no data root: .* is not used "
+                                         r"\(--dataset digits-full reads the larger sets there\)"):
+        load_domain("digits", "mnist", data_root=tmp_path)
