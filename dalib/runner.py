@@ -427,11 +427,6 @@ class _HeldToStepEnd:
                 signal.signal(sig, handler)
         self._installed = self.holding = False
 
-    @property
-    def active(self) -> bool:
-        """Whether it stands in for the handlers now."""
-        return self._installed
-
 
 #: what names the temporary files of :func:`atomic_write_bytes`, before the writer's process id
 _TEMPORARY = ".dalib-tmp"
