@@ -364,23 +364,37 @@ def _signals_deferred() -> Iterator[None]:
     and are then handed to their handlers: a file being written is finished first. (torch.save
     turns an interrupt inside its writer into a RuntimeError, which read as a failed write.)
     Only from the main thread, the one that can set handlers."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    import signal
-
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-    handlers = {sig: h for sig, h in handlers.items() if callable(h)}  # not SIG_DFL / SIG_IGN / a C handler
     caught: list[int] = []
-    for sig in handlers:
-        signal.signal(sig, lambda signum, frame: caught.append(signum))
+    handlers = _stand_in_for_stops(lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        _put_back(handlers)
     for signum in caught[:1]:
         handlers[signum](signum, None)
+
+
+def _stand_in_for_stops(catch: Callable[[int, Any], None]) -> dict[int, Callable[..., Any]]:
+    """Put ``catch`` in place of the Python handlers of Ctrl-C (SIGINT) and SIGTERM (not of
+    SIG_DFL, SIG_IGN or a C handler); return the handlers it stands in for, for
+    :func:`_put_back`. Only from the main thread, the one that can set handlers (elsewhere:
+    none)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    import signal
+
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: h for sig, h in handlers.items() if callable(h)}
+    for sig in handlers:
+        signal.signal(sig, catch)
+    return handlers
+
+
+def _put_back(handlers: dict[int, Callable[..., Any]]) -> None:
+    import signal
+
+    for sig, handler in handlers.items():
+        signal.signal(sig, handler)
 
 
 class _HeldToStepEnd:
@@ -395,16 +409,9 @@ class _HeldToStepEnd:
         _STOPPING.clear()  # (an earlier run's stop)
         self.holding = False
         self.pending: int | None = None
-        self._handlers: dict[int, Callable[..., Any]] = {}  # the handlers it stands in for
-        self._installed = False
-        if enabled and threading.current_thread() is threading.main_thread():
-            import signal
-
-            handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-            self._handlers = {sig: h for sig, h in handlers.items() if callable(h)}
-            for sig in self._handlers:
-                signal.signal(sig, self._catch)
-            self._installed = True
+        # the handlers it stands in for
+        self._handlers: dict[int, Callable[..., Any]] = _stand_in_for_stops(self._catch) if enabled else {}
+        self._installed = bool(self._handlers)
 
     def _catch(self, signum: int, frame: Any) -> None:
         _STOPPING.set()
@@ -420,11 +427,8 @@ class _HeldToStepEnd:
             self._handlers[signum](signum, None)
 
     def release(self) -> None:
-        import signal
-
         if self._installed:
-            for sig, handler in self._handlers.items():
-                signal.signal(sig, handler)
+            _put_back(self._handlers)
         self._installed = self.holding = False
 
 

@@ -18,11 +18,8 @@ def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, doma
     name beside the folder (a stray copy, another domain's file renamed) had stood in for one
     missing from it."""
     where = f"(dataset {dataset}, domain {domain}; set --data-root)"
-    own = root / folder
-    if own.is_dir() or not (root / filename).exists() and not (root / filename).is_symlink() and root.name != folder:
-        path = own / filename
-    else:
-        path = root / filename
+    own, flat = root / folder, root / filename
+    path = own / filename if own.is_dir() or not os.path.lexists(flat) and root.name != folder else flat
     if path.is_file():
         return path
     if path.is_dir():
@@ -50,7 +47,7 @@ def read_mat(
     # A damaged file makes scipy's parser fail in many ways (MatReadError, ValueError,
     # OSError, IndexError, zlib.error, NotImplementedError for v7.3/HDF5, ...): all of them
     # mean "this file cannot be read", which is what the user needs to hear.
-    except NotImplementedError as exc:  # scipy: "Please use HDF reader for matlab v7.3 files, e.g. h5py"
+    except NotImplementedError as exc:  # scipy's refusal of a v7.3 file, whose advice (h5py) the user cannot act on
         raise DataError(f"{path} {where} is a MATLAB v7.3 (HDF5) file, which dalib does not read: save it with "
                         "MATLAB's -v7 option (v4 to v7.2 are read)") from exc
     except Exception as exc:  # noqa: BLE001
