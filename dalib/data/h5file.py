@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalib.data.matfile import error_reason
+from dalib.data.matfile import unreadable
 from dalib.errors import DataError
 
 __all__ = ["read_h5"]
@@ -48,7 +48,5 @@ def read_h5(
     except DataError:
         raise
     except H5_ERRORS as exc:
-        raise DataError(
-            f"corrupt or unreadable HDF5 file: {path} {where}: {error_reason(exc)}"
-        ) from exc
+        raise unreadable("HDF5 file", path, where, exc) from exc
     return out

@@ -9,7 +9,7 @@ import numpy as np
 
 from dalib.errors import DataError
 
-__all__ = ["error_reason", "features_and_labels", "find_data_file", "read_mat"]
+__all__ = ["error_reason", "features_and_labels", "find_data_file", "read_mat", "unreadable"]
 
 
 def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, domain: str) -> Path:
@@ -19,11 +19,15 @@ def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, doma
     missing from it."""
     where = f"(dataset {dataset}, domain {domain}; set --data-root)"
     own, flat = root / folder, root / filename
-    path = own / filename if own.is_dir() or not os.path.lexists(flat) and root.name != folder else flat
-    if path.is_file():
-        return path
-    if path.is_dir():
-        raise DataError(f"data file {path} is a folder, not a file {where}")
+    try:  # pathlib's is_dir and is_file let EACCES through: a folder on the way this user may not enter
+        path = own / filename if own.is_dir() or not os.path.lexists(flat) and root.name != folder else flat
+        if path.is_file():
+            return path
+        if path.is_dir():
+            raise DataError(f"data file {path} is a folder, not a file {where}")
+    except PermissionError as exc:
+        raise DataError(f"cannot reach data file {exc.filename}: permission denied on a folder of its path "
+                        f"{where}") from None
     if path.is_symlink():
         raise DataError(f"data file {path} is a broken link (to {os.readlink(path)}) {where}")
     raise DataError(f"data file not found: {path} {where}")
@@ -32,6 +36,15 @@ def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, doma
 def error_reason(exc: BaseException) -> str:
     """A reader's exception as one line (its message, else its type's name)."""
     return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def unreadable(what: str, path: Path, where: str, exc: BaseException) -> DataError:
+    """The error for a data file that a reader failed on: a file this user may not read is
+    said so (it is not damaged, and the fix is its permissions), anything else is a corrupt
+    or unreadable file, with the reader's reason."""
+    if isinstance(exc, PermissionError):
+        return DataError(f"cannot read {what} {path} {where}: permission denied")
+    return DataError(f"corrupt or unreadable {what}: {path} {where}: {error_reason(exc)}")
 
 
 def read_mat(
@@ -51,9 +64,7 @@ def read_mat(
         raise DataError(f"{path} {where} is a MATLAB v7.3 (HDF5) file, which dalib does not read: save it with "
                         "MATLAB's -v7 option (v4 to v7.2 are read)") from exc
     except Exception as exc:  # noqa: BLE001
-        raise DataError(
-            f"corrupt or unreadable .mat file: {path} {where}: {error_reason(exc)}"
-        ) from exc
+        raise unreadable(".mat file", path, where, exc) from exc
     missing = [k for k in keys if k not in content]
     if missing:
         found = sorted(k for k in content if not k.startswith("__"))

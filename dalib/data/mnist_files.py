@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dalib.data.matfile import error_reason
+from dalib.data.matfile import unreadable
 from dalib.errors import DataError
 
 __all__ = ["read_idx", "read_mnist_csv"]
@@ -28,9 +28,7 @@ def _gunzip(path: Path, what: str, where: str) -> bytes:
         with gzip.open(path, "rb") as fh:
             return fh.read()
     except READ_ERRORS as exc:
-        raise DataError(
-            f"corrupt or unreadable {what}: {path} {where}: {error_reason(exc)}"
-        ) from exc
+        raise unreadable(what, path, where, exc) from exc
 
 
 def read_idx(path: Path, *, dataset: str, domain: str) -> np.ndarray:
@@ -71,9 +69,7 @@ def read_mnist_csv(path: Path, *, dataset: str, domain: str) -> tuple[np.ndarray
     try:
         table = np.loadtxt(io.BytesIO(raw), delimiter=",", dtype=np.int64, ndmin=2)
     except READ_ERRORS as exc:
-        raise DataError(
-            f"corrupt or unreadable CSV file: {path} {where}: {error_reason(exc)}"
-        ) from exc
+        raise unreadable("CSV file", path, where, exc) from exc
     if table.shape[1] != 785:
         raise DataError(
             f"{path} {where} has {table.shape[1]} columns, expected 785 (784 pixels, label)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +319,42 @@ def test_review_labels_of_minus_one_and_a_matlab_v73_file_say_what_is_expected(t
     with pytest.raises(DataError, match=r"_400.mat .* is a MATLAB v7.3 \(HDF5\) file, which dalib does not read: "
                                         r"save it with MATLAB's -v7 option"):
         load_domain(dataset, domain, data_root=tmp_path)
+
+
+@pytest.mark.parametrize("spec", [SURF, REVIEWS], ids=["surf", "reviews"])
+def test_a_data_file_this_user_may_not_read_says_so(tmp_path, spec, monkeypatch):
+    """A file of mode 000 read as "corrupt or unreadable" (it is whole: its permissions are the
+    fix), and a dataset folder this user may not enter gave pathlib's bare "Permission denied:
+    PATH", naming no dataset or domain. Played by the errors chmod makes (as root, chmod would
+    not stop us)."""
+    import pathlib
+
+    import scipy.io
+
+    dataset, domain, rel, d = spec
+    fts, labels = _good(d, one_based=dataset == SURF[0])
+    write_mat(tmp_path / rel, fts=fts, labels=labels)
+    path, folder = tmp_path / rel, tmp_path / Path(rel).parent
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    with monkeypatch.context() as m:
+        m.setattr(scipy.io, "loadmat", refuse)
+        with pytest.raises(DataError) as exc:
+            load_domain(dataset, domain, data_root=tmp_path)
+    assert str(exc.value) == f"cannot read .mat file {path} (dataset {dataset}, domain {domain}): permission denied"
+
+    real_stat = pathlib.Path.stat
+
+    def stat(self, *args, **kwargs):  # what stat gives under a folder of mode 000
+        if str(self).startswith(f"{folder}{os.sep}"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return real_stat(self, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(pathlib.Path, "stat", stat)
+        with pytest.raises(DataError) as exc:
+            load_domain(dataset, domain, data_root=tmp_path)
+    assert str(exc.value) == (f"cannot reach data file {path}: permission denied on a folder of its path "
+                              f"(dataset {dataset}, domain {domain}; set --data-root)")
