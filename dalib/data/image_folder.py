@@ -46,11 +46,29 @@ INFO = DatasetInfo(
 )
 
 
+def _unlistable(exc: OSError) -> DataError:
+    """The error for a folder of the data that cannot be read (its permissions, a failing
+    disk): os.walk had passed over it in silence, leaving its images out of training."""
+    return DataError(f"cannot list folder {exc.filename} (dataset image-folder): {exc.strerror or exc}")
+
+
+def _raise_unlistable(exc: OSError) -> None:
+    if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):  # gone since it was listed: nothing to read
+        raise _unlistable(exc) from exc
+
+
+def _listing(path: Path) -> list[tuple[Path, bool]]:
+    """The visible entries of ``path`` (hidden ones left out), each with whether it is a
+    folder (links followed), sorted by name."""
+    try:
+        return sorted(((p, p.is_dir()) for p in path.iterdir() if not p.name.startswith(".")), key=lambda e: e[0].name)
+    except OSError as exc:
+        _raise_unlistable(exc)
+        raise
+
+
 def _subdirs(path: Path) -> list[Path]:
-    return sorted(
-        (p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")),
-        key=lambda p: p.name,
-    )
+    return [p for p, is_dir in _listing(path) if is_dir]
 
 
 WRAPPER = "images"  # the Office-31 archive files each domain's classes under DOMAIN/images/
@@ -60,9 +78,9 @@ def _domain_root(domain_dir: Path) -> Path:
     """The folder that holds a domain's class folders or images: ``domain_dir`` itself, or its
     ``images`` folder when that is its only folder and no image lies beside it (hidden
     entries aside; a README beside it does not make ``images`` a class)."""
-    visible = [p for p in domain_dir.iterdir() if not p.name.startswith(".")]
-    folders = [p for p in visible if p.is_dir()]
-    loose_images = [p for p in visible if not p.is_dir() and p.suffix.lower() in IMG_EXTENSIONS]
+    visible = _listing(domain_dir)
+    folders = [p for p, is_dir in visible if is_dir]
+    loose_images = [p for p, is_dir in visible if not is_dir and p.suffix.lower() in IMG_EXTENSIONS]
     if len(folders) == 1 and folders[0].name == WRAPPER and not loose_images:
         return folders[0]
     return domain_dir
@@ -110,7 +128,7 @@ def _visible_files(folder: Path, *, nested: bool) -> Iterator[tuple[str, list[st
     loop), in sorted order."""
     seen: set[str] = set()
     start = os.path.realpath(folder)
-    for top, dirs, files in os.walk(folder, followlinks=True):
+    for top, dirs, files in os.walk(folder, onerror=_raise_unlistable, followlinks=True):
         real = os.path.realpath(top)
         if real in seen:
             dirs[:] = []

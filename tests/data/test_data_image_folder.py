@@ -721,3 +721,29 @@ def test_a_loader_worker_stuck_in_a_read_is_killed_when_the_loader_stops():
         finally:
             _stop_workers(it)
     assert alive_at_shutdown == [False, False] and not any(w.is_alive() for w in it._workers)
+
+
+@pytest.mark.parametrize("unreadable", ["amazon/mug", "amazon/bike/2024", "webcam", "."], ids=["class", "nested", "domain", "data"])
+def test_a_folder_that_cannot_be_listed_is_an_error_not_left_out(office, monkeypatch, unreadable):
+    """os.walk passes over a folder it may not list: a class folder of mode 000 was "empty", and
+    a sub-folder of a class left its images out of training, unsaid; a domain or data folder
+    gave pathlib's bare "Permission denied: PATH". Played by the errors chmod makes (as root,
+    chmod would not stop us)."""
+    import os
+
+    _image(office / "amazon" / "bike" / "2024" / "b3.png", (9, 9, 9))
+    denied = os.path.normpath(office / unreadable)
+    real_scandir, real_listdir = os.scandir, os.listdir
+
+    def refuse(real):
+        def listing(path="."):
+            if os.path.normpath(os.fspath(path)) == denied:
+                raise PermissionError(13, "Permission denied", os.fspath(path))
+            return real(path)
+        return listing
+
+    monkeypatch.setattr(os, "scandir", refuse(real_scandir))
+    monkeypatch.setattr(os, "listdir", refuse(real_listdir))
+    with pytest.raises(DataError) as exc:
+        load_domain("image-folder", "amazon", data_dir=office, image_size=8)
+    assert str(exc.value) == f"cannot list folder {office / unreadable} (dataset image-folder): Permission denied"
