@@ -271,7 +271,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--domain", help="domain to score [the run's target]")
 @click.option("--dataset", help="dataset of the domain [the run's]; its inputs must have the run's shape")
 @click.option("--data", "data", help="image folder of the domains [the run's, for image-folder runs]")
-@click.option("--data-root", help="folder holding the datasets [the run's, else $DALIB_DATA_ROOT, ./shared/data, ../shared/data]")
+@click.option("--data-root", help="folder holding the datasets [the one the run read, else $DALIB_DATA_ROOT, ./shared/data, ../shared/data]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
 @click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
               help="samples per forward pass")
@@ -319,7 +319,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     same = dataset is None or dataset == spec["dataset"]
     dataset = dataset or spec["dataset"]
     data = data or (spec.get("data") if same else None)  # the run's own folders by default
-    data_root = data_root or spec.get("data_root")
+    if data_root is None:  # the run's root: the one it named, else the default it found there (if still there)
+        read = spec.get("data_root_read")
+        data_root = spec.get("data_root") or (read if read and os.path.isdir(read) else None)
     if same and dataset not in list_datasets():  # a dataset a plugin registered for the run
         raise UnknownNameError(f"unknown dataset {dataset!r} (the run's): pass the --plugin MODULE that registers it, "
                                f"as the run did (known: {', '.join(list_datasets())})")

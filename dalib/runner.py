@@ -1321,6 +1321,7 @@ def _run(
                 "method_config": dataclasses.asdict(method_config),
                 "run_config": config.to_dict(),
                 "data": spec["data"],  # the image folder, as an absolute path (dalib select compares it)
+                "data_root": spec["data_root_read"],  # which copy of the data: the one given, or the default found
                 "device": str(device),
                 "world_size": world,
                 "diagnostics": result.diagnostics,
@@ -2071,14 +2072,16 @@ def _check_same_data(ckpt: dict[str, Any], spec: dict[str, Any], out: Path, step
 def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict[str, Any]:
     """What rebuilds a run's network without its data (:func:`load_model`): the backbone, the
     input shape, the classes, and where its inputs come from (the dataset, the image size, the
-    data folders as absolute paths when the run named them)."""
+    data folders as absolute paths when the run named them, and the data root it read)."""
+    from dalib.data.registry import data_root_read
     from dalib.models import default_arch
 
     shape = tuple(src.input_shape)
     return {"arch": config.arch or default_arch(shape), "input_shape": list(shape),
             "bottleneck_dim": config.bottleneck_dim, "classes": list(src.classes), "dataset": dataset,
             "image_size": config.image_size, "src": src.name, "tgt": tgt_name,
-            "data": _absolute(config.data), "data_root": _absolute(config.data_root)}
+            "data": _absolute(config.data), "data_root": _absolute(config.data_root),
+            "data_root_read": data_root_read(dataset, config.data_root)}
 
 
 def _absolute(path: str | os.PathLike[str] | None) -> str | None:

@@ -89,6 +89,7 @@ def run_shallow(
 
 def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: Any, src: Any, tgt: Any,
                     device: Any, out: Path | None, on_start: Callable[[dict[str, Any]], None] | None) -> Any:
+    from dalib.data.registry import data_root_read
     from dalib.plugin import plain_diagnostics
     from dalib.runner import RunResult, _seed_everything, accuracy_of, write_result
     from dalib.shallow.pipeline import fit_shallow
@@ -110,7 +111,8 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
     if out is not None:
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,
-            "src": src.name, "tgt": tgt.name, "device": str(device), **result.to_dict(),
+            "src": src.name, "tgt": tgt.name, "data_root": data_root_read(dataset, config.data_root),
+            "device": str(device), **result.to_dict(),
             "method_config": dataclasses.asdict(shallow_config), "diagnostics": result.diagnostics,
             "run_config": config.to_dict(),
         }, method_cls)

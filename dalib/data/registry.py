@@ -15,6 +15,7 @@ from dalib.errors import DataError, RegistryError, UnknownNameError, import_fail
 __all__ = [
     "DatasetInfo",
     "LoadRequest",
+    "data_root_read",
     "default_data_root",
     "get_dataset",
     "infer_dataset",
@@ -397,6 +398,17 @@ def load_domain(
     if result.x is not None:
         check_finite(result.x, where)
     return result
+
+
+def data_root_read(dataset: str, data_root: str | os.PathLike | None) -> str | None:
+    """The data root that :func:`load_domain` reads ``dataset`` from, given ``data_root``
+    (``None``: the default one), as an absolute path; ``None`` for a dataset that reads no
+    root (an embedded one, an image folder) or when no root is found. A run records it, so
+    that its result says which copy of the data it read and ``dalib eval`` reads that one."""
+    if get_dataset(dataset).needs != "data_root":
+        return None
+    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+    return os.path.abspath(root) if root is not None else None
 
 
 def _not_a_folder(path: Path) -> str:

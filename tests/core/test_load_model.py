@@ -111,6 +111,30 @@ def test_eval_finds_the_runs_own_data_from_anywhere(tmp_path, data_root, monkeyp
     assert res.stdout.strip().endswith(f"accuracy {accuracy:.2f}%") and "webcam (295 samples)" in res.stdout
 
 
+@pytest.mark.parametrize("mode", ["deep", "shallow"])
+def test_a_run_records_the_data_root_it_found_and_eval_reads_that_one(tmp_path, data_root, monkeypatch, mode):
+    """A run on the default data root ($DALIB_DATA_ROOT, ./shared/data, ../shared/data) had
+    recorded none: its result did not say which copy of the data it read, and dalib eval
+    looked for the default again from where it ran, another copy or none ("no data root")."""
+    monkeypatch.setenv("DALIB_DATA_ROOT", str(data_root))
+    out = tmp_path / "found"
+    run(RunConfig(method="coral", dataset="office-caltech-surf", src="amazon", tgt="webcam", mode=mode,
+                  steps=3, batch_size=16), out, progress_bar=False)
+    result = json.loads((out / "result.json").read_text())
+    assert result["data_root"] == str(data_root.resolve()) and result["run_config"]["data_root"] is None
+    if mode == "shallow":
+        return  # (no network to evaluate)
+    monkeypatch.delenv("DALIB_DATA_ROOT")
+    monkeypatch.chdir(tmp_path)  # no shared/data here, nor beside it
+    res = CliRunner().invoke(cli, ["eval", str(out)])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().endswith(f"accuracy {result['target_accuracy']:.2f}%")
+    # an embedded dataset reads no root, and the result says so
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), tmp_path / "digits",
+        progress_bar=False)
+    assert json.loads((tmp_path / "digits" / "result.json").read_text())["data_root"] is None
+
+
 def test_eval_finds_a_data_root_given_with_a_tilde_and_a_dataset_named_in_any_case(tmp_path, data_root, monkeypatch):
     monkeypatch.setenv("HOME", str(data_root.parent))
     out = tmp_path / "tilde"
