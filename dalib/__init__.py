@@ -24,7 +24,25 @@ _EXPORTS = {
     **dict.fromkeys(("get_method", "list_methods", "load_plugin_module", "register_method"), "dalib.registry"),
     **dict.fromkeys(("RunConfig", "RunResult", "load_model", "run"), "dalib.runner"),
 }
-__all__ = sorted(["__version__", *_EXPORTS])
+__all__ = [
+    "Adapted",
+    "Batch",
+    "Context",
+    "DalibError",
+    "Method",
+    "Outputs",
+    "Progress",
+    "RunConfig",
+    "RunResult",
+    "__version__",
+    "get_method",
+    "list_methods",
+    "load_model",
+    "load_plugin_module",
+    "param",
+    "register_method",
+    "run",
+]  # written out, as type checkers read it (mypy --strict: what a module exports)
 
 if TYPE_CHECKING:  # what type checkers and editors read
     from dalib.config import param

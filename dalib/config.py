@@ -35,6 +35,13 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
+
+class DataclassInstance(typing.Protocol):
+    """What type checkers take for an instance of any dataclass (a method's ``Config(...)``)."""
+
+    __dataclass_fields__: typing.ClassVar[dict[str, Any]]
+
+
 def param(default: Any = dataclasses.MISSING, help: str = "", **kwargs: Any) -> Any:  # noqa: A002 - "help" reads best
     """A dataclass field with a help text, shown by ``dalib show`` and the docs.
 

@@ -214,8 +214,10 @@ class Method(nn.Module):
         return self._model
 
     # -- the one method every plugin writes -------------------------------------------
-    def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Tensor]:
-        """Return the losses of one step: ``"total"`` is minimised, the rest logged."""
+    def loss(self, batch: Batch, out: Outputs, progress: Progress) -> dict[str, Any]:
+        """Return the losses of one step, a dict: ``"total"`` (a scalar tensor) is minimised,
+        the rest (scalar tensors or plain numbers) logged. (An override may say
+        ``dict[str, Tensor]``, or ``dict[str, Tensor | float]``.)"""
         raise NotImplementedError(f"{type(self).__name__} must define loss()")
 
     # -- the shallow form, for methods that define ShallowConfig ------------------------

@@ -33,18 +33,21 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dalib.config import build_config, param
+from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure,
                           load_tensors, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
+
+if TYPE_CHECKING:
+    from dalib.models import DAModel
 
 __all__ = ["RunConfig", "RunResult", "accuracy_of", "atomic_write_bytes", "atomic_write_text", "comparable_config", "evaluate", "load_checkpoint", "predict", "resolve_mode", "resolved_method_config", "run", "write_result"]
 
@@ -57,6 +60,8 @@ RESULT = "result.json"
 _NUMBER_TYPES: dict[str, tuple[type, ...]] = {"int": (int, np.integer), "float": (int, float, np.integer, np.floating)}
 
 
+_PATH = "str | os.PathLike[str] | None"  # a folder or file: a Path is kept as its string
+
 @dataclass(frozen=True)
 class RunConfig:
     """Everything that defines a training run (the method's own hyperparameters in
@@ -68,10 +73,10 @@ class RunConfig:
     src: str = param("mnist", "source domain")
     tgt: str = param("usps", "target domain")
     dataset: str | None = param(None, "dataset name (inferred from the domains when omitted)")
-    data_root: str | None = param(None, "folder holding the datasets (None: $DALIB_DATA_ROOT, else ./shared/data or ../shared/data)")
-    data: str | None = param(None, "image folder with one sub-folder per domain")
+    data_root: str | os.PathLike[str] | None = param(None, "folder holding the datasets (None: $DALIB_DATA_ROOT, else ./shared/data or ../shared/data)")
+    data: str | os.PathLike[str] | None = param(None, "image folder with one sub-folder per domain")
     arch: str | None = param(None, "backbone: lenet, mlp, identity, resnet18/34/50 or a registered one (default by input)")
-    pretrained: str | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones; a registered backbone's builder reads it")
+    pretrained: str | os.PathLike[str] | None = param(None, "'imagenet' or a checkpoint path for ResNet backbones; a registered backbone's builder reads it")
     bottleneck_dim: int = param(256, "width of the bottleneck features")
     image_size: int = param(224, "side of the images of an image-folder dataset")
     steps: int = param(2000, "optimizer steps")
@@ -90,7 +95,8 @@ class RunConfig:
     checkpoint_every: int = param(500, "steps between checkpoints (0: only at the end)")
     holdout: float = param(0.0, "fraction of the source's samples, per class, held out of training and scored at the end "
                                 "for model selection without target labels (dalib select); 0: none")
-    method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "method hyperparameters"})
+    method_config: dict[str, Any] | DataclassInstance = field(
+        default_factory=dict, metadata={"help": "method hyperparameters: a dict, or the method's own Config(...)"})
 
     def __post_init__(self) -> None:
         """Raises :class:`~dalib.errors.ConfigError` for a value of the wrong type (a float
@@ -107,14 +113,14 @@ class RunConfig:
                 raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
             if kind == "bool" and not isinstance(value, bool):
                 raise ConfigError(f"{f.name} must be true or false, got {value!r}")
-            if kind == "str | None" and isinstance(value, os.PathLike):
+            if kind in ("str | None", _PATH) and isinstance(value, os.PathLike):
                 object.__setattr__(self, f.name, os.fspath(value))  # a Path is kept as its string
-            elif kind in ("str", "str | None") and not (isinstance(value, str) or (value is None and kind != "str")):
-                raise ConfigError(f"{f.name} must be a string, got {value!r}")
+            elif kind in ("str", "str | None", _PATH) and not (isinstance(value, str) or (value is None and kind != "str")):
+                raise ConfigError(f"{f.name} must be a string{' or a path' if kind == _PATH else ''}, got {value!r}")
             elif isinstance(value, str) and type(value) is not str:  # numpy's str_, say: saved as a str
                 object.__setattr__(self, f.name, str(value))
             if isinstance(value, str) and not value.strip():  # "" is no folder, backbone or dataset: not the default
-                raise ConfigError(f"{f.name} is empty: give a value{' or leave it out' if kind == 'str | None' else ''}")
+                raise ConfigError(f"{f.name} is empty: give a value{' or leave it out' if kind != 'str' else ''}")
             if kind.startswith("dict") and dataclasses.is_dataclass(value) and not isinstance(value, type):
                 value = {g.name: getattr(value, g.name) for g in dataclasses.fields(value) if g.init}  # a method's own Config
             if kind.startswith("dict") and not isinstance(value, dict):
@@ -186,7 +192,7 @@ class RunResult:
     mode: str = "deep"
     #: the trained network of a deep run, in eval mode on the run's device (None for a shallow
     #: run): ``result.model(x).logits`` predicts, with no output folder needed
-    model: Any = dataclasses.field(default=None, repr=False, compare=False)
+    model: DAModel | None = dataclasses.field(default=None, repr=False, compare=False)
     #: a run with ``holdout``: the scores of :func:`dalib.selection.score_outputs` and the
     #: held-out source accuracy (%), as result.json's "selection"; else empty
     selection: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -2101,7 +2107,7 @@ def run_checkpoint(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> Any:
+def load_model(path: str | os.PathLike, device: str = "cpu") -> DAModel:
     """The network a deep run trained, from its folder or its ``checkpoint.pt``, in eval mode
     on ``device``: ``model(x)`` gives ``(features, logits)`` for inputs prepared as
     :func:`dalib.data.load_domain` prepares them; ``model.classes`` names the logits' columns.

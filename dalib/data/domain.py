@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
@@ -190,8 +191,8 @@ class Domain:
     def from_arrays(
         cls,
         name: str,
-        x: np.ndarray | torch.Tensor,
-        y: np.ndarray | torch.Tensor | None,
+        x: npt.ArrayLike | torch.Tensor,
+        y: npt.ArrayLike | torch.Tensor | None,
         *,
         classes: Sequence[str] | None = None,
         num_classes: int | None = None,

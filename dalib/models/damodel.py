@@ -27,6 +27,12 @@ class DAModel(nn.Module):
     classifier reads at test time, not a randomly masked copy of them.
     """
 
+    #: on the network that :func:`dalib.run` and :func:`dalib.load_model` give back: the logits'
+    #: class names, what rebuilds it (:func:`dalib.runner.model_spec`), the step it was saved at
+    classes: list[str]
+    spec: dict[str, Any]
+    step: int
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any
+from typing import Any, TypeVar
 
 from sklearn.exceptions import NotFittedError as _SklearnNotFitted
 
@@ -13,6 +13,9 @@ from dalib.errors import ConfigError, InputError
 class NotFittedError(InputError, _SklearnNotFitted):
     """A shallow estimator or classifier used before ``fit``: a dalib input error that
     ``except sklearn.exceptions.NotFittedError`` catches too."""
+
+
+_P = TypeVar("_P", bound="Params")  # set_params gives the estimator back as its own class (chained: .fit)
 
 
 class Params:
@@ -40,7 +43,7 @@ class Params:
         """The estimator's parameters by name (``deep`` is accepted for scikit-learn)."""
         return {name: getattr(self, name) for name in self._param_names()}
 
-    def set_params(self, **params: Any) -> Params:
+    def set_params(self: _P, **params: Any) -> _P:
         """Set parameters by name; an unknown name raises :class:`~dalib.errors.ConfigError`."""
         names = self._param_names()
         unknown = sorted(set(params) - set(names))
