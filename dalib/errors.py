@@ -80,10 +80,12 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def terminate_as_interrupt() -> Iterator[None]:
+def terminate_as_interrupt(*, then_end: bool = False) -> Iterator[None]:
     """SIGTERM (``kill``, a job scheduler's stop: SLURM's, before its SIGKILL) takes Ctrl-C's
     way in the block: :class:`Terminated` is raised, so that a file being written is finished,
-    the folder's claim released and the command line says "dalib: terminated" (status 143).
+    a training step ends and is saved, the folder's claim released and the command line says
+    "dalib: terminated" (status 143). With ``then_end`` (:func:`dalib.run`), SIGTERM then does
+    what its default does, once that is done: the process ends, killed by it.
     Only where the process leaves SIGTERM to its default (a program that handles it keeps its
     handler), and from the main thread, the one that can set handlers."""
     import signal
@@ -99,6 +101,16 @@ def terminate_as_interrupt() -> Iterator[None]:
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
+    except Terminated as exc:
+        if not then_end:
+            raise
+        signal.signal(signal.SIGTERM, previous)
+        saved = getattr(exc, "saved_step", None)
+        if saved is not None and sys.stderr is not None:
+            print(f"dalib: terminated (the run is saved at step {saved}: resume=True continues it)", file=sys.stderr,
+                  flush=True)
+        signal.raise_signal(signal.SIGTERM)  # the default's end: the process is gone
+        raise  # (SIGTERM blocked by the caller: it arrives when unblocked)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

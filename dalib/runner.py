@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure,
-                          load_tensors, warn_outside_dalib)
+                          load_tensors, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -929,6 +929,13 @@ def run(
 
     The global random states (Python's, numpy's, torch's) are seeded for the run and given
     back to the caller as they were when it returns.
+
+    Ctrl-C (SIGINT) in a training step waits for the step's end: the run saves a checkpoint
+    there and raises :class:`KeyboardInterrupt`, whose ``saved_step`` names the step
+    (``resume=True`` continues it). SIGTERM (a scheduler's stop, ``Pool.terminate``) waits
+    for the step's end too: where the process leaves it to its default, the process then
+    ends as the default ends it, killed by SIGTERM, once the run is saved; a program that
+    handles SIGTERM has its handler called there.
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"dalib.run takes a dalib.RunConfig, got {type(config).__name__}: "
@@ -952,9 +959,9 @@ def run(
                           "separate processes")
     try:
         # ... and in float32 outside the caller's autocast (the runner's own covers the forward pass)
-        with caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, torch.inference_mode(False), \
-                torch.enable_grad(), _default_dtype(torch.float32), torch.autocast("cpu", enabled=False), \
-                torch.autocast("cuda", enabled=False):
+        with terminate_as_interrupt(then_end=True), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
+                torch.inference_mode(False), torch.enable_grad(), _default_dtype(torch.float32), \
+                torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
             return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
                         on_start=on_start)
     finally:

@@ -1063,6 +1063,39 @@ def test_ctrl_c_during_a_step_saves_that_step_and_a_resume_ends_as_the_uninterru
     assert all(torch.equal(value, w_cut[key]) for key, value in w_full.items())
 
 
+def test_sigterm_to_a_python_program_saves_the_step_then_ends_the_process_as_sigterm_does(tmp_path):
+    """dalib.run from a program that leaves SIGTERM to its default (a scheduler's stop, a
+    multiprocessing Pool's terminate): the process had died at once, without a checkpoint,
+    its folder's claim left behind; it now saves the step first, then ends killed by SIGTERM,
+    as the default ends it."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import dalib\n"
+        "def stop(done, logs):\n"
+        "    if done == 15:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM)\n"
+        "cfg = dalib.RunConfig(method='dann', src='mnist', tgt='usps', steps=30, batch_size=16, log_every=5,\n"
+        "                      checkpoint_every=10, method_config={'hidden': 64})\n"
+        "dalib.run(cfg, sys.argv[1], progress_bar=False, on_step=stop)\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "cut")], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}, timeout=300)
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert "not reached" not in done.stdout
+    assert done.stderr.strip().endswith("dalib: terminated (the run is saved at step 15: resume=True continues it)")
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 15  # not 10, the last regular one
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # claim given up
+    full = run(_config(), tmp_path / "full", progress_bar=False)
+    resumed = run(_config(), tmp_path / "cut", resume=True, progress_bar=False)
+    assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
+    assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
+
+
 def test_ctrl_c_in_the_last_step_saves_the_trained_network_and_a_resume_scores_it(tmp_path):
     import signal
 
