@@ -359,7 +359,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_text(Path(predictions), text.getvalue())
+    atomic_write_text(Path(predictions), text.getvalue(), exclusive=True)  # (another eval may have written it since)
     accuracy = accuracy_of(pred, labels)
     scored = "no labels to score" if accuracy is None else f"accuracy {accuracy:.2f}%"
     click.echo(f"{head}: {scored}; predictions of {len(pred)} samples in {predictions}")

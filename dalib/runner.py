@@ -455,11 +455,13 @@ def _temporary_name(name: str) -> str:
     return f".{name}{_TEMPORARY}{os.getpid()}"
 
 
-def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
+def atomic_write_bytes(path: Path, write: Callable[[Any], None], *, exclusive: bool = False) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file. An interrupt that comes during
-    the write is raised once the file is in place."""
+    the write is raised once the file is in place. ``exclusive``: a file that is at ``path``
+    by then (another process wrote it meanwhile) is kept, and :class:`ConfigError` raised."""
     tmp = path.with_name(_temporary_name(path.name))
+    placed = True
     try:
         with _signals_deferred():
             tmp.unlink(missing_ok=True)  # this process's own leftover (an id used again): a new file, never through a link
@@ -467,7 +469,10 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
                 write(fh)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, path)
+            if exclusive:
+                placed = _place_new(tmp, path)
+            else:
+                os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:  # torch.save reports a failed write (a full disk) as RuntimeError
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
         if not isinstance(exc, OSError) or exc.errno == errno.ENOSPC:
@@ -478,6 +483,25 @@ def atomic_write_bytes(path: Path, write: Callable[[Any], None]) -> None:
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
+    if not placed:
+        raise ConfigError(f"{path} already exists: another process wrote it while this one ran (nothing is overwritten)")
+
+
+def _place_new(tmp: Path, path: Path) -> bool:
+    """Give the written file ``tmp`` the name ``path`` unless a file has it; whether it did.
+    A hard link refuses a taken name in one step, where a check and then a rename would let
+    two writers both pass the check (the second then replaced the first's file)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as exc:  # a file system without hard links: the check and the rename, as near as they come
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
+            raise
+        if os.path.lexists(path):
+            return False
+        os.replace(tmp, path)
+    return True
 
 
 def _process_lives(pid: int) -> bool:
@@ -494,10 +518,10 @@ def _process_lives(pid: int) -> bool:
         return True
 
 
-def atomic_write_text(path: Path, text: str) -> None:
+def atomic_write_text(path: Path, text: str, *, exclusive: bool = False) -> None:
     """:func:`atomic_write_bytes` for text (UTF-8). A file or class name that is not UTF-8
     on disk (Python holds its bytes as surrogates) is written back as those bytes."""
-    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8", "surrogateescape")))
+    atomic_write_bytes(path, lambda fh: fh.write(text.encode("utf-8", "surrogateescape")), exclusive=exclusive)
 
 
 class _Stream:

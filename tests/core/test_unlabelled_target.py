@@ -86,6 +86,42 @@ def test_eval_writes_the_predictions_of_an_unlabelled_target(tmp_path, toy_datas
     assert out.read_bytes() == before
 
 
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_predictions_written_by_another_eval_meanwhile_are_kept(tmp_path, toy_dataset, monkeypatch, links):
+    """Two evals of a job array writing one --predictions file: each had checked the name was
+    free when it began and renamed its file over the name at its end, so both reported their
+    predictions written and the first one's were gone. The file that got there first is kept
+    and the other eval fails in one line, also on a file system without hard links."""
+    import errno
+
+    from dalib import runner as runner_module
+
+    run(RunConfig(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=5, batch_size=16, mode="deep"),
+        tmp_path / "run", progress_bar=False)
+    out = tmp_path / "preds.csv"
+    original = runner_module.predict
+
+    def other_eval_first(*args, **kwargs):
+        out.write_text("the other eval's predictions\n")  # written while this one predicts
+        return original(*args, **kwargs)
+
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(runner_module, "predict", other_eval_first)
+    if not links:
+        monkeypatch.setattr(runner_module.os, "link", no_links)
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--predictions", str(out)])
+    assert res.exit_code == 2 and res.stderr.strip() == (
+        f"dalib: error: {out} already exists: another process wrote it while this one ran (nothing is overwritten)")
+    assert out.read_text() == "the other eval's predictions\n"
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+    monkeypatch.setattr(runner_module, "predict", original)
+    out.unlink()
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--predictions", str(out)])
+    assert res.exit_code == 0 and out.read_text().startswith("index,predicted,confidence,label\n")
+
+
 def test_an_image_folder_target_without_class_folders_trains_the_same_network(tmp_path):
     """DATA/DOMAIN/IMAGE is an unlabelled target: the run trains the network it trains on the
     same images filed in class folders, is not scored, and eval names each image it predicts."""
