@@ -1957,13 +1957,18 @@ def _keeps_a_run(out: Path) -> bool:
     return any((out / name).exists() for name in (CHECKPOINT, RESULT))
 
 
+def refuse_while_written(out: Path) -> None:
+    """One line if another live process is writing a run into ``out``."""
+    writer = _writer(out)
+    if writer is not None:
+        raise ConfigError(f"{out} {_BUSY}{f' (process {writer})' if writer else ''}: wait for it or choose "
+                          "another --out")
+
+
 def _refuse_a_kept_run(out: Path) -> None:
     """One line if ``out`` keeps a run's checkpoint or result: nothing is overwritten."""
     if _keeps_a_run(out):
-        writer = _writer(out)
-        if writer is not None:  # --resume would be refused too, while it writes
-            raise ConfigError(f"{out} {_BUSY}{f' (process {writer})' if writer else ''}: wait for it or choose "
-                              "another --out")
+        refuse_while_written(out)  # --resume would be refused too, while it writes
         raise ConfigError(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
                           "or choose another --out")
 

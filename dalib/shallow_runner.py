@@ -38,7 +38,7 @@ def run_shallow(
     from dalib.registry import get_method
     from dalib.runner import (
         RESULT, RunResult, _check_domains, build_method_config, check_fresh_out_dir, check_same_settings,
-        end_of_writing,
+        end_of_writing, refuse_while_written,
     )
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every process would fit it and write the same folder
@@ -51,6 +51,8 @@ def run_shallow(
     out = Path(out_dir).expanduser() if out_dir is not None else None
     if out is not None and resume:
         if not (out / RESULT).is_file():
+            if out.is_dir():  # a fresh run still fitting there: not "nothing to resume", which sends one to start afresh
+                refuse_while_written(out)
             raise CheckpointError(f"nothing to resume: no {RESULT} in {out} (a shallow run has no checkpoint)")
         try:
             done = json.loads((out / RESULT).read_text())

@@ -290,6 +290,21 @@ def test_a_resume_into_a_folder_a_run_still_writes_names_that_run(tmp_path):
     assert (out / ".dalib-run.lock").read_text() == str(os.getppid())  # its claim stays
 
 
+def test_a_shallow_resume_into_a_folder_a_fresh_run_still_writes_names_that_run(tmp_path, data_root):
+    """It said "nothing to resume: no result.json", which sends one to start afresh (refused
+    in turn as being written), where the deep form names the run that writes there."""
+    import os
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / ".dalib-run.lock").write_text(str(os.getppid()))  # a live process, fitting
+    args = ["run", "coral", "--dataset", "office-caltech-surf", "--src", "A", "--tgt", "W", "--data-root",
+            str(data_root), "--out", str(out), "--resume"]
+    _one_line(CliRunner().invoke(cli, args), f"is being written by another dalib run (process {os.getppid()})")
+    (out / ".dalib-run.lock").unlink()
+    _one_line(CliRunner().invoke(cli, args), "nothing to resume: no result.json")
+
+
 def test_a_temporary_file_left_by_a_killed_writer_is_removed(tmp_path):
     import os
     import subprocess
