@@ -302,7 +302,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if predictions is not None:  # checked before any work: nothing is overwritten, nothing predicted in vain
         if not predictions.strip():
             raise ConfigError("--predictions needs a file name")
-        if Path(predictions).exists():
+        if os.path.lexists(predictions):  # (a link that leads nowhere too: the file would be written through it)
             raise ConfigError(f"{predictions} already exists: choose another --predictions file (nothing is overwritten)")
         if not Path(predictions).parent.is_dir():
             raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")

@@ -954,12 +954,13 @@ def run(
     The global random states (Python's, numpy's, torch's) are seeded for the run and given
     back to the caller as they were when it returns.
 
-    Ctrl-C (SIGINT) in a training step waits for the step's end: the run saves a checkpoint
-    there and raises :class:`KeyboardInterrupt`, whose ``saved_step`` names the step
-    (``resume=True`` continues it). SIGTERM (a scheduler's stop, ``Pool.terminate``) waits
-    for the step's end too: where the process leaves it to its default, the process then
-    ends as the default ends it, killed by SIGTERM, once the run is saved; a program that
-    handles SIGTERM has its handler called there.
+    With ``out_dir``, and outside torchrun, Ctrl-C (SIGINT) in a training step waits for the
+    step's end: the run saves a checkpoint there and raises :class:`KeyboardInterrupt`,
+    whose ``saved_step`` names the step (``resume=True`` continues it). SIGTERM (a
+    scheduler's stop, ``Pool.terminate``) waits for the step's end too: where the process
+    leaves it to its default, the process then ends as the default ends it, killed by
+    SIGTERM, once the run is saved; a program that handles SIGTERM has its handler called
+    there. (Without ``out_dir``, or under torchrun, both stop the step at once.)
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"dalib.run takes a dalib.RunConfig, got {type(config).__name__}: "

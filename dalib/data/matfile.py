@@ -25,8 +25,8 @@ def find_data_file(root: Path, folder: str, filename: str, *, dataset: str, doma
             return path
         if path.is_dir():
             raise DataError(f"data file {path} is a folder, not a file {where}")
-    except PermissionError as exc:
-        raise DataError(f"cannot reach data file {exc.filename}: permission denied on a folder of its path "
+    except PermissionError:
+        raise DataError(f"cannot reach data file {own / filename}: permission denied on a folder of its path "
                         f"{where}") from None
     if path.is_symlink():
         raise DataError(f"data file {path} is a broken link (to {os.readlink(path)}) {where}")

@@ -80,7 +80,9 @@ def test_eval_writes_the_predictions_of_an_unlabelled_target(tmp_path, toy_datas
     assert 100.0 * hits / len(rows) == pytest.approx(labelled.target_accuracy)
     # an existing file is never overwritten, and a missing folder is named, both in one line
     before = out.read_bytes()
-    for target, fragment in ((out, "already exists"), (tmp_path / "no" / "p.csv", "no folder")):
+    (tmp_path / "dangling.csv").symlink_to(tmp_path / "nowhere" / "x.csv")  # refused before the work, not after
+    for target, fragment in ((out, "already exists"), (tmp_path / "dangling.csv", "already exists: choose another"),
+                             (tmp_path / "no" / "p.csv", "no folder")):
         res = runner.invoke(cli, ["eval", str(tmp_path / "blind"), "--predictions", str(target)])
         assert res.exit_code == 2 and len(res.stderr.strip().splitlines()) == 1 and fragment in res.stderr
     assert out.read_bytes() == before

@@ -346,15 +346,16 @@ def test_a_data_file_this_user_may_not_read_says_so(tmp_path, spec, monkeypatch)
     assert str(exc.value) == f"cannot read .mat file {path} (dataset {dataset}, domain {domain}): permission denied"
 
     real_stat = pathlib.Path.stat
+    for denied in (folder, tmp_path):  # the dataset's folder, or the data root itself, of mode 000
 
-    def stat(self, *args, **kwargs):  # what stat gives under a folder of mode 000
-        if str(self).startswith(f"{folder}{os.sep}"):
-            raise PermissionError(errno.EACCES, "Permission denied", str(self))
-        return real_stat(self, *args, **kwargs)
+        def stat(self, *args, denied=denied, **kwargs):  # what stat gives under a folder of mode 000
+            if str(self).startswith(f"{denied}{os.sep}"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real_stat(self, *args, **kwargs)
 
-    with monkeypatch.context() as m:
-        m.setattr(pathlib.Path, "stat", stat)
-        with pytest.raises(DataError) as exc:
-            load_domain(dataset, domain, data_root=tmp_path)
-    assert str(exc.value) == (f"cannot reach data file {path}: permission denied on a folder of its path "
-                              f"(dataset {dataset}, domain {domain}; set --data-root)")
+        with monkeypatch.context() as m:
+            m.setattr(pathlib.Path, "stat", stat)
+            with pytest.raises(DataError) as exc:
+                load_domain(dataset, domain, data_root=tmp_path)
+        assert str(exc.value) == (f"cannot reach data file {path}: permission denied on a folder of its path "
+                                  f"(dataset {dataset}, domain {domain}; set --data-root)")
