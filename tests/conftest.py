@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,13 @@ SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 # Tests are small: two threads keep them fast on the 2-core CI machine and stable elsewhere.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+# The tests of Ctrl-C send SIGINT to this process and expect Python's KeyboardInterrupt. A test
+# run started in the background by a shell without job control (`cmd &` in a script, nohup)
+# begins with SIGINT ignored, which Python keeps (and dalib rightly keeps too): those tests then
+# saw no interrupt at all. The session takes Python's own handler, whatever started it.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
