@@ -35,7 +35,6 @@ def read_toml(path: str | Path, what: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from None
 
 
-
 class DataclassInstance(typing.Protocol):
     """What type checkers take for an instance of any dataclass (a method's ``Config(...)``)."""
 

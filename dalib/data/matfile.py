@@ -57,13 +57,13 @@ def read_mat(
     where = f"(dataset {dataset}, domain {domain})"
     try:
         content = scipy.io.loadmat(str(path))
-    # A damaged file makes scipy's parser fail in many ways (MatReadError, ValueError,
-    # OSError, IndexError, zlib.error, NotImplementedError for v7.3/HDF5, ...): all of them
-    # mean "this file cannot be read", which is what the user needs to hear.
-    except NotImplementedError as exc:  # scipy's refusal of a v7.3 file, whose advice (h5py) the user cannot act on
+    except NotImplementedError as exc:
+        # how scipy refuses a v7.3 (HDF5) file; its own advice (use h5py) is not one the user can act on here
         raise DataError(f"{path} {where} is a MATLAB v7.3 (HDF5) file, which dalib does not read: save it with "
                         "MATLAB's -v7 option (v4 to v7.2 are read)") from exc
     except Exception as exc:  # noqa: BLE001
+        # A damaged file makes scipy's parser fail in many ways (MatReadError, ValueError,
+        # OSError, IndexError, zlib.error, ...): all of them mean "this file cannot be read"
         raise unreadable(".mat file", path, where, exc) from exc
     missing = [k for k in keys if k not in content]
     if missing:
