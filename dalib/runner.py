@@ -1080,7 +1080,7 @@ def _run(
         spec["cut"] = model.cut  # a method may cut the backbone's last stages (finetune's cut:K)
         model.to(device)
         if device.type == "cpu" and all(t.dim() != 5 for t in [*model.parameters(), *model.buffers()]):
-            model.to(memory_format=CPU_MEMORY_FORMAT)  # (a 3-d convolution's 5-d weights have no such layout)
+            _cpu_layout(model, config.arch, tuple(src.input_shape))  # (a 3-d convolution's 5-d weights have no such layout)
         method.to(device)
 
         groups = _checked_groups(method.param_groups(model), method_cls.name)
@@ -1430,6 +1430,29 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"a dict with keys {sorted(map(str, value))}"
     return f"a {type(value).__name__}"
+
+
+def _cpu_layout(model: DAModel, arch: str | None, input_shape: tuple[int, ...]) -> None:
+    """Lay the model's weights out in :data:`CPU_MEMORY_FORMAT`. A registered backbone is first
+    tried in it, on zeros in eval mode: one that needs the default layout (it flattens feature
+    maps with ``.view``) keeps it, with a warning, rather than failing at its first step."""
+    from dalib.models.backbones import registered_builder
+
+    model.to(memory_format=CPU_MEMORY_FORMAT)
+    if registered_builder(arch) is None:  # the built-in networks run in it (tested)
+        return
+    was = model.training
+    model.eval()  # batch norm must not count the probe, nor dropout draw for it
+    try:
+        with torch.no_grad():
+            model(torch.zeros(2, *input_shape, dtype=model.head.weight.dtype))
+    except Exception as exc:  # it ran in the default layout when built (backbones._registered)
+        model.to(memory_format=torch.contiguous_format)
+        warnings.warn(f"backbone {arch!r} cannot run in the channels_last layout ({first_line(exc)}): it trains in "
+                      "the default layout, more slowly on the CPU (flatten with .flatten(1) or .reshape, not .view, "
+                      "to let it)", UserWarning, stacklevel=4)  # the caller of run
+    finally:
+        model.train(was)
 
 
 def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:

@@ -58,6 +58,7 @@ class DAModel(nn.Module):
         self.frozen_stages = 0  # set by freeze_stages()
         self.cut = 0  # backbone stages cut off the end, by cut_stages()
         self.cut_prefixes: list[str] = []  # the state-dict prefixes the cut removed
+        self._unstaged: list[str] = []  # a ResNet subclass's parameters and batch norms outside its stages
         self._stages = self._find_stages()
 
     def forward(self, x: Tensor) -> ModelOutput:
@@ -96,18 +97,21 @@ class DAModel(nn.Module):
             if not stages or not all(isinstance(p, nn.Module) and id(p) in inside for p in parts):
                 raise ConfigError("the backbone's stages() must return its stages, input first, each a sub-module of "
                                   f"it or a list of them; got {[type(m).__name__ for m in stages]}")
-            staged = {id(t) for m in stages for t in m.parameters()}
-            left = [n for n, t in b.named_parameters() if id(t) not in staged]
+            left = _outside(b, stages)
             if left:  # head and partial:K would train them while the user believes them frozen
-                raise ConfigError(f"the backbone's stages() leave out {len(left)} of its parameters ({', '.join(left[:3])}"
-                                  f"{', ...' if len(left) > 3 else ''}): every parameter belongs to a stage")
+                raise ConfigError(f"the backbone's stages() leave out {_listed(left)}: every parameter and every "
+                                  "batch-norm layer belongs to a stage")
             return stages
         if all(hasattr(b, a) for a in ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")):  # a torchvision ResNet
             stem = nn.ModuleList([b.conv1, b.bn1])
             fc = getattr(b, "fc", None)  # a user's ResNet may keep a layer there: it goes with layer4
             last = nn.ModuleList([b.layer4, fc]) if isinstance(fc, nn.Module) and next(fc.parameters(), None) is not None \
                 else b.layer4
-            return [stem, b.layer1, b.layer2, b.layer3, last]
+            stages = [stem, b.layer1, b.layer2, b.layer3, last]
+            # a subclass's layers of its own (an embedding after layer4) are in none of them, and where
+            # they sit is its forward's secret: freezing or cutting stages refuses (_staged_whole)
+            self._unstaged = _outside(b, stages)
+            return stages
         if isinstance(b, LeNet):  # conv, bn, relu, pool per block
             layers = list(b.stages)
             return [nn.ModuleList(layers[0:4]), nn.ModuleList(layers[4:8])]
@@ -124,6 +128,12 @@ class DAModel(nn.Module):
                 lead.append(layer)
         return [nn.ModuleList(g) for g in groups] or [b]
 
+    def _staged_whole(self, what: str) -> None:
+        if self._unstaged:
+            raise ConfigError(f"cannot {what} the stages of this ResNet: {_listed(self._unstaged)} are outside "
+                              "conv1, bn1, layer1..layer4 and fc, so no stage holds them; give the backbone a "
+                              "stages() method that returns its stages, input first, every layer in one")
+
     def cut_stages(self, k: int) -> None:
         """Cut the last ``k`` backbone stages off: the backbone ends at stage ``n - k`` (a
         ResNet still pools its output), and the bottleneck's first layer is rebuilt for the
@@ -131,6 +141,7 @@ class DAModel(nn.Module):
         stages = self._stages
         if self.cut:
             raise ConfigError("this model's stages were already cut")
+        self._staged_whole("cut")
         if len(stages) < 2:
             raise ConfigError(f"the backbone has {len(stages)} stage{'s' * (len(stages) != 1)}: nothing to cut "
                               "(a cut keeps at least one stage)")
@@ -172,6 +183,8 @@ class DAModel(nn.Module):
             k = len(stages)
         if not 0 <= k <= len(stages):
             raise ConfigError(f"the backbone has {len(stages)} stages; cannot freeze {k} (K of partial:K runs from 0 to {len(stages)})")
+        if k:
+            self._staged_whole("freeze")
         self.frozen_stages = k
         for stage in stages[:k]:
             for p in stage.parameters():
@@ -192,6 +205,22 @@ class DAModel(nn.Module):
             {"params": list(self.backbone.parameters()), "lr_mult": backbone_lr_mult},
             {"params": list(self.bottleneck.parameters()) + list(self.head.parameters()), "lr_mult": 1.0},
         ]
+
+
+def _outside(backbone: nn.Module, stages: list[nn.Module]) -> list[str]:
+    """What of ``backbone`` no stage holds and freezing would have to: its parameters, and the
+    running statistics of a batch norm without any (affine=False), which training would move."""
+    held = {id(t) for m in stages for t in m.parameters()}
+    inside = {id(x) for m in stages for x in m.modules()}
+    left = [n for n, t in backbone.named_parameters() if id(t) not in held]
+    left += [f"{n}'s running statistics" for n, m in backbone.named_modules()
+             if id(m) not in inside and getattr(m, "track_running_stats", False)
+             and isinstance(getattr(m, "running_mean", None), Tensor) and next(m.parameters(), None) is None]
+    return left
+
+
+def _listed(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def default_arch(input_shape: tuple[int, ...]) -> str:

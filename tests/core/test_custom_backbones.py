@@ -260,9 +260,90 @@ def test_stages_that_leave_out_parameters_are_refused(fresh_backbones):
             return [self.first]
 
     register_backbone("partial")(lambda input_shape, pretrained: Partial(input_shape[0]))
-    with pytest.raises(ConfigError, match=r"stages\(\) leave out 2 of its parameters \(second.0.weight, "
-                                          r"second.0.bias\): every parameter belongs to a stage"):
+    with pytest.raises(ConfigError, match=r"stages\(\) leave out second.0.weight, second.0.bias: every parameter "
+                                          r"and every batch-norm layer belongs to a stage"):
         build_model("partial", (5,), 3)
+
+
+def test_stages_that_leave_out_a_batch_norm_without_parameters_are_refused(fresh_backbones):
+    """Its running statistics would follow the target's batches under head, the backbone's weights
+    frozen: its outputs drift all the same."""
+    class Normed(nn.Module):
+        def __init__(self, in_dim: int) -> None:
+            super().__init__()
+            self.first = nn.Linear(in_dim, 6)
+            self.norm = nn.BatchNorm1d(6, affine=False)
+            self.second = nn.Linear(6, 4)
+
+        def forward(self, x):
+            return self.second(self.norm(self.first(x)))
+
+        def stages(self):
+            return [self.first, self.second]
+
+    register_backbone("normed")(lambda input_shape, pretrained: Normed(input_shape[0]))
+    with pytest.raises(ConfigError, match=r"stages\(\) leave out norm's running statistics: every parameter and "
+                                          r"every batch-norm layer belongs to a stage"):
+        build_model("normed", (5,), 3)
+    Normed.stages = lambda self: [self.first, nn.ModuleList([self.norm, self.second])]  # placed: accepted
+    model = build_model("normed", (5,), 3)
+    model.freeze_stages(None)
+    model.train()
+    model(torch.randn(4, 5))
+    assert model.backbone.norm.num_batches_tracked.item() == 0  # frozen with its stage: eval mode
+
+
+def test_a_resnet_subclass_with_layers_of_its_own_trains_but_refuses_to_freeze_or_cut_stages(fresh_backbones):
+    """conv1, bn1, layer1..4 and fc make the stages of a torchvision ResNet; a layer beside them
+    is in none, so head would have trained it while the user believed the backbone frozen."""
+    import torchvision
+
+    class Embedded(torchvision.models.ResNet):
+        def __init__(self) -> None:
+            super().__init__(torchvision.models.resnet.BasicBlock, [1, 1, 1, 1])
+            self.fc = nn.Identity()
+            self.embed = nn.Linear(512, 16)
+
+        def forward(self, x):
+            return self.embed(super().forward(x))
+
+    register_backbone("embedded")(lambda input_shape, pretrained: Embedded())
+    model = build_model("embedded", (3, 32, 32), 3, bottleneck_dim=8)
+    assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 3)  # the other methods train it whole
+    model.freeze_stages(0)  # policy full: nothing frozen, nothing to place
+    for act, call in (("freeze", lambda: model.freeze_stages(None)), ("freeze", lambda: model.freeze_stages(1)),
+                      ("cut", lambda: model.cut_stages(1))):
+        with pytest.raises(ConfigError, match=rf"cannot {act} the stages of this ResNet: embed.weight, embed.bias are "
+                                              r"outside conv1, bn1, layer1..layer4 and fc, .*give the backbone a "
+                                              r"stages\(\) method"):
+            call()
+    assert all(p.requires_grad for p in model.parameters()) and model.cut == 0
+
+
+class ViewFlat(nn.Module):
+    """Flattens its feature maps with ``.view``, which needs them in the default layout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(nn.Unflatten(1, (2, 2, 2)), nn.Conv2d(2, 3, 1), nn.BatchNorm2d(3), nn.ReLU())
+
+    def forward(self, x):
+        h = self.conv(x)
+        return h.view(h.size(0), -1)
+
+
+def test_a_backbone_that_flattens_with_view_trains_in_the_default_layout_on_the_cpu(fresh_backbones, toy_dataset):
+    """The runner lays a CPU network's weights out channels_last: this one's feature maps then
+    could not be viewed flat, and its first step failed with torch's traceback."""
+    register_backbone("view-flat")(lambda input_shape, pretrained: ViewFlat())
+    config = RunConfig(method="dann", dataset=toy_dataset, src="src", tgt="tgt", arch="view-flat", steps=3,
+                       batch_size=8)
+    with pytest.warns(UserWarning, match=r"backbone 'view-flat' cannot run in the channels_last layout \(view size "
+                                         r".*\): it trains in the default layout, more slowly on the CPU \(flatten "
+                                         r"with .flatten\(1\) or .reshape"):
+        res = dalib.run(config, None, progress_bar=False)
+    conv = res.model.backbone.conv[1].weight
+    assert conv.is_contiguous() and res.steps == 3 and 0 <= res.target_accuracy <= 100
 
 
 def test_a_backbone_that_returns_more_in_training_is_one_line_at_the_first_step(fresh_backbones, toy_dataset):
