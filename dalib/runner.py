@@ -41,8 +41,8 @@ from torch import Tensor, nn
 
 from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
-from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, PluginError, first_line, load_failure,
-                          load_tensors, terminate_as_interrupt, warn_outside_dalib)
+from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, PluginError, first_line,
+                          load_failure, load_tensors, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -1230,13 +1230,18 @@ def _run(
                     # zero diagonal (unbiased MMD) and loses the small differences the alignment losses measure
                     failure = None
                     try:
-                        losses = method.loss(batch, outputs, progress)
+                        try:
+                            losses = method.loss(batch, outputs, progress)
+                        except InputError:  # a loss refusing the features the network gave: if they are NaN, it diverged
+                            if all(bool(torch.isfinite(t).all()) for t in outputs):
+                                raise
+                            _check_batches_finite(((x_s, "source", src), (x_t, "target", tgt)), step)
+                            raise DataError(f"the network's outputs became NaN or infinite at step {step + 1}: lower "
+                                            "--lr or the method's trade-off") from None
                         _check_losses(losses, config.method)
                         total = losses["total"]
                         if not torch.isfinite(total):
-                            for x, role, d in ((x_s, "source", src), (x_t, "target", tgt)):  # (a dataset of its own: unchecked)
-                                if not bool(torch.isfinite(x).all()):
-                                    check_finite(x, f"the {role} batch of step {step + 1} (domain {d.name})")
+                            _check_batches_finite(((x_s, "source", src), (x_t, "target", tgt)), step)
                             raise DataError(f"the loss became {float(total.detach())} at step {step + 1}: lower --lr or the "
                                             "method's trade-off")
                     except DalibError as exc:
@@ -1430,6 +1435,14 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"a dict with keys {sorted(map(str, value))}"
     return f"a {type(value).__name__}"
+
+
+def _check_batches_finite(batches: tuple[tuple[Tensor, str, Any], ...], step: int) -> None:
+    """One line naming a batch that holds NaN or infinite values (a dataset of the user's own is
+    not checked when read): the data's fault, not the training's."""
+    for x, role, domain in batches:
+        if not bool(torch.isfinite(x).all()):
+            check_finite(x, f"the {role} batch of step {step + 1} (domain {domain.name})")
 
 
 def _cpu_layout(model: DAModel, arch: str | None, input_shape: tuple[int, ...]) -> None:

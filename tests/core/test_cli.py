@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -374,6 +375,17 @@ def test_a_run_that_fails_before_writing_a_line_leaves_no_folder(runner, tmp_pat
                               "--out", str(out)])
     assert res.exit_code == 2 and res.stderr.strip().splitlines()[-1].startswith("dalib: error: the loss became")
     assert not out.exists()  # its metrics file was opened, and was empty: the next default --out is this one
+
+
+@pytest.mark.parametrize("method", ["coral", "mmd", "ot"])
+def test_a_network_that_diverges_under_an_alignment_loss_is_said_to_diverge(runner, tmp_path, method):
+    """The loss refused the NaN features it was given: the user read "x holds NaN or infinite
+    values", which sends one to check the data, not the learning rate."""
+    res = runner.invoke(cli, ["run", method, "--src", "mnist", "--tgt", "usps", "--lr", "1e8", *FAST,
+                              "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert re.fullmatch(r"dalib: error: the network's outputs became NaN or infinite at step \d+: lower --lr or the "
+                        r"method's trade-off", res.stderr.strip().splitlines()[-1])
 
 
 @pytest.fixture
