@@ -48,12 +48,13 @@ def number_tensor(x: Any, name: str, error: Callable[[str], Exception]) -> torch
 
 
 def _numeric_frame(frame: Any, name: str, error: Callable[[str], Exception]) -> np.ndarray:
-    """A pandas DataFrame whose columns are all numbers or booleans (mixed, or pandas' nullable
-    Float64/Int64/boolean, which numpy reads as objects) as a float64 array; any other as
-    numpy reads it, for the caller to refuse."""
+    """A pandas DataFrame (or Series) whose columns are all numbers or booleans (mixed, or
+    pandas' nullable Float64/Int64/boolean, which numpy reads as objects) as a float64 array;
+    any other as numpy reads it, for the caller to refuse."""
     from pandas.api.types import is_bool_dtype, is_numeric_dtype
 
-    if not all(is_numeric_dtype(d) or is_bool_dtype(d) for d in frame.dtypes):
+    dtypes = [frame.dtype] if getattr(frame, "ndim", 2) == 1 else list(frame.dtypes)  # a Series has one
+    if not all(is_numeric_dtype(d) or is_bool_dtype(d) for d in dtypes):
         return np.asarray(frame)
     try:
         return frame.to_numpy(dtype=np.float64)

@@ -323,6 +323,12 @@ def test_from_arrays_reads_what_the_shallow_estimators_read():
         Domain.from_arrays("dom", scipy.sparse.csr_matrix(np.eye(3)), np.arange(3))
     frame = pd.DataFrame({"on": [True, False, True], "count": pd.array([1, 2, 3], dtype="Int64")})
     assert Domain.from_arrays("dom", frame, np.arange(3)).x.tolist() == [[1, 1], [0, 2], [1, 3]]
+    # a column as labels (df["label"]): nullable integers are numbers; text is the line numpy's text gets
+    assert Domain.from_arrays("dom", np.eye(3), pd.Series([0, 2, 1], dtype="Int64")).y.tolist() == [0, 2, 1]
+    for text in (pd.Series(["cat", "dog", "cat"]), pd.Series(["cat", "dog", "cat"], dtype="category")):
+        with pytest.raises(DataError, match=r"^labels must hold numbers, got dtype object in domain dom .*\(map "
+                                            r"class names to indices 0..C-1 and pass classes=\)"):
+            Domain.from_arrays("dom", np.eye(3), text)
     frozen = np.arange(3)
     frozen.flags.writeable = False
     with warnings.catch_warnings():
