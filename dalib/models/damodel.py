@@ -7,7 +7,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from dalib.errors import ConfigError, first_line
+from dalib._arrays import number_tensor
+from dalib.errors import ConfigError, DataError, first_line
 from dalib.models.backbones import LeNet, build_backbone
 
 __all__ = ["DAModel", "ModelOutput", "build_model", "default_arch"]
@@ -62,21 +63,32 @@ class DAModel(nn.Module):
         self._stages = self._find_stages()
 
     def forward(self, x: Tensor) -> ModelOutput:
-        """``x`` of the training inputs' shape; floating-point inputs of another precision (a
-        float64 array from numpy) are cast to the weights' dtype, and inputs on another device
-        (a CPU batch for a network trained on the GPU) moved to the weights' device."""
+        """``x`` (B, ...) of the training inputs' shape: a tensor, or a numpy array or DataFrame.
+        Inputs of another precision (a float64 array from numpy, uint8 images as
+        :meth:`~dalib.data.Domain.from_arrays` took them) are cast to the weights' dtype, as
+        training cast them, and inputs on another device (a CPU batch for a network trained on
+        the GPU) moved to the weights' device. Inputs of another shape that the network cannot
+        take are one line (:class:`~dalib.errors.DataError`) naming the shape it was trained on."""
         weight = self.head.weight
-        if isinstance(x, Tensor) and x.device != weight.device:
+        if not isinstance(x, Tensor):
+            x = number_tensor(x, "the model's input", DataError)
+        if x.device != weight.device:
             x = x.to(weight.device)
-        if isinstance(x, Tensor) and x.is_floating_point() and x.dtype != weight.dtype:
+        if x.dtype != weight.dtype:
             x = x.to(weight.dtype)
-        h = self.backbone(x)
-        if not isinstance(h, Tensor):  # checked in eval mode when built; some networks return more in training
-            raise ConfigError(f"the backbone gave a {type(h).__name__} in training mode, not a (B, D) tensor "
-                              "(torchvision's googlenet and inception_v3: build them with aux_logits=False)")
-        # flattened: a backbone cut short (cut:K) may end on feature maps
-        f = self.bottleneck(h.flatten(1))  # (B, bottleneck_dim)
-        return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
+        try:
+            h = self.backbone(x)
+            if not isinstance(h, Tensor):  # checked in eval mode when built; some networks return more in training
+                raise ConfigError(f"the backbone gave a {type(h).__name__} in training mode, not a (B, D) tensor "
+                                  "(torchvision's googlenet and inception_v3: build them with aux_logits=False)")
+            # flattened: a backbone cut short (cut:K) may end on feature maps
+            f = self.bottleneck(h.flatten(1))  # (B, bottleneck_dim)
+            return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
+        except (RuntimeError, IndexError, ValueError) as exc:
+            wrong = _wrong_shape(tuple(x.shape), self.input_shape)
+            if isinstance(exc, DataError) or wrong is None:  # (a network that takes other sizes may fail otherwise)
+                raise
+            raise DataError(wrong) from None
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two
@@ -205,6 +217,20 @@ class DAModel(nn.Module):
             {"params": list(self.backbone.parameters()), "lr_mult": backbone_lr_mult},
             {"params": list(self.bottleneck.parameters()) + list(self.head.parameters()), "lr_mult": 1.0},
         ]
+
+
+def _wrong_shape(shape: tuple[int, ...], trained: tuple[int, ...] | None) -> str | None:
+    """Why inputs of ``shape`` do not fit a model trained on samples of shape ``trained``;
+    None when they are a batch of those (or the training shape is unknown)."""
+    if trained is None or shape[1:] == trained:
+        return None
+    expected = f"(B, {', '.join(map(str, trained))})"
+    hint = ""
+    if shape == trained:
+        hint = ": one sample? give a batch of it, x[None]"
+    elif len(shape) == 4 and len(trained) == 3 and shape[1:] == (*trained[1:], trained[0]):
+        hint = ": channels last? give x.permute(0, 3, 1, 2)"
+    return f"the model takes inputs of shape {expected}, as it was trained on, got {shape}{hint}"
 
 
 def _outside(backbone: nn.Module, stages: list[nn.Module]) -> list[str]:

@@ -180,6 +180,34 @@ def test_a_model_on_another_device_takes_inputs_from_the_cpu_and_can_be_cut_ther
     assert model(torch.zeros(2, 1, 16, 16)).features.shape == (2, 256)
 
 
+def test_a_model_takes_what_training_took_and_names_the_shape_it_needs():
+    """Integer images as from_arrays took them, numpy arrays and DataFrames predict; a batch of
+    another shape is one line, where it was torch's error from inside the network."""
+    import numpy as np
+    import pandas as pd
+
+    from dalib.errors import DataError
+
+    images = build_model("lenet", (3, 16, 16), 4).eval()
+    pixels = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert torch.equal(images(pixels).logits, images(pixels.float()).logits)
+    assert images(torch.zeros(2, 3, 28, 28)).logits.shape == (2, 4)  # other sizes a network takes still pass
+    for x, why in ((pixels.float().permute(0, 2, 3, 1), r"got \(2, 16, 16, 3\): channels last\? give "
+                                                          r"x.permute\(0, 3, 1, 2\)$"),
+                   (pixels[0].float(), r"got \(3, 16, 16\): one sample\? give a batch of it, x\[None\]$")):
+        with pytest.raises(DataError, match=r"^the model takes inputs of shape \(B, 3, 16, 16\), as it was trained on, "
+                                            + why):
+            images(x)
+    table = build_model("mlp", (8,), 3, bottleneck_dim=4).eval()
+    x = np.random.default_rng(0).normal(size=(5, 8))
+    expected = table(torch.from_numpy(x).float()).logits
+    assert torch.equal(table(x).logits, expected) and torch.equal(table(pd.DataFrame(x)).logits, expected)
+    with pytest.raises(DataError, match=r"^the model takes inputs of shape \(B, 8\), as it was trained on, got \(5, 5\)$"):
+        table(x[:, :5])
+    with pytest.raises(DataError, match=r"^the model's input must hold numbers, got dtype <U1$"):
+        table(np.full((2, 8), "a"))
+
+
 def test_a_pretrained_backbone_learns_at_a_tenth_of_the_rate_by_default():
     model = build_model("mlp", (8,), 2, bottleneck_dim=4)
     groups = model.param_groups()
