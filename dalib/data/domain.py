@@ -209,6 +209,8 @@ class Domain:
         count that does not match, or labels out of range.
         """
         where = _where(name, dataset_name, origin)
+        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))):
+            raise DataError(f"num_classes must be a whole number, got {num_classes!r} in {where}")
         if y is None:
             if classes is None and num_classes is None:
                 raise DataError(f"an unlabelled domain needs num_classes or classes (the source's) in {where}")
@@ -242,6 +244,7 @@ class Domain:
                 raise DataError(f"labels span {float(yt.min()):g}..{float(yt.max()):g}, expected 0..C-1 in {where}")
         yt = yt.to(torch.int64)
         check_finite(xt, where)
+        _warn_if_unusual(xt, where)
         if classes is not None:
             classes = [str(c) for c in classes]
             if num_classes is None:
@@ -302,6 +305,27 @@ def _warn_if_blurred(wide: torch.Tensor, where: str) -> None:
             f"{len(blurred)} feature(s) of {where} lose their detail in float32, the precision dalib runs in: "
             f"feature {j} spans {float(low[j]):.9g}..{float(top[j]):.9g}; subtract their mean (centre them) "
             "before giving them", UserWarning)
+
+
+#: float32's largest value whose square it still holds: batch norm's variance and every squared
+#: distance overflow on features beyond it
+_SQUARE_LIMIT = float(torch.finfo(torch.float32).max) ** 0.5
+
+
+def _warn_if_unusual(x: torch.Tensor, where: str) -> None:
+    """Warn of what trains without an error and learns nothing, or the wrong thing: features whose
+    squares overflow float32 (a network trains to a constant output), and images laid out
+    channels last (N, H, W, C), which dalib reads as (N, C, H, W)."""
+    low, high = torch.aminmax(x)  # (no copy of x, as x.abs() would make)
+    top = max(-float(low), float(high))
+    if top > _SQUARE_LIMIT:
+        warn_outside_dalib(f"features up to {top:.3g} in {where}: their squares overflow float32 (above "
+                           f"{_SQUARE_LIMIT:.3g}), the precision dalib runs in, so batch norm and distances "
+                           "see infinities; scale them (standardise each feature) before giving them", UserWarning)
+    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        warn_outside_dalib(f"images of shape {tuple(x.shape)} in {where} look channels last (N, H, W, C), and "
+                           f"dalib reads (N, C, H, W): {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]} pixels; "
+                           "give x.transpose(0, 3, 1, 2) (a tensor: x.permute(0, 3, 1, 2))", UserWarning)
 
 
 def check_finite(x: torch.Tensor, where: str) -> None:

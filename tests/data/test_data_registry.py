@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import warnings
 
 import numpy as np
@@ -352,6 +353,31 @@ def test_features_that_float32_blurs_are_warned_about():
         Domain.from_arrays("dom", x, np.arange(200) % 2)
 
 
+def test_from_arrays_warns_of_images_laid_out_channels_last_and_of_features_float32_cannot_square():
+    """Both trained without a word: RGBA (N, 28, 28, 4) images as 28 channels of 28x4 pixels, and
+    features at 1e20 to a constant output (batch norm's variance overflows)."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(6) % 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Domain.from_arrays("dom", rng.random((6, 3, 28, 28)), labels)  # (N, C, H, W)
+        Domain.from_arrays("dom", rng.random((6, 4)) * 1e19, labels)  # squares still below float32's largest
+    with pytest.warns(UserWarning, match=r"^images of shape \(6, 28, 28, 4\) in domain dom look channels last \(N, H, "
+                                         r"W, C\), and dalib reads \(N, C, H, W\): 28 channels of 28x4 pixels; give "
+                                         r"x.transpose\(0, 3, 1, 2\)"):
+        Domain.from_arrays("dom", rng.random((6, 28, 28, 4)), labels)
+    with pytest.warns(UserWarning, match=r"^features up to -?[0-9.]+e\+20 in domain dom: their squares overflow float32 "
+                                         r"\(above 1.84e\+19\).*standardise each feature"):
+        Domain.from_arrays("dom", rng.normal(size=(6, 4)) * 1e20, labels)
+
+
+@pytest.mark.parametrize("count", [3.0, "3", True])
+def test_from_arrays_takes_a_whole_number_of_classes(count):
+    with pytest.raises(DataError, match=rf"^num_classes must be a whole number, got {count!r} in domain dom$"):
+        Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=count)
+    assert Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=np.int64(5)).num_classes == 5
+
+
 def test_from_arrays_counts_the_classes_up_to_the_largest_label():
     """Labels 0 and 2 are three classes, one of them absent from this domain (a source that
     lacks a class the target has): the count is the largest label + 1, not the labels seen."""
@@ -387,9 +413,13 @@ def test_an_installed_package_brings_its_datasets_through_an_entry_point(isolate
         "                             kind='features', num_classes=2, needs='embedded'), load)\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
+    installed = importlib.metadata.entry_points
+    # the datasets' group only: `dalib list` loads the methods' too, and an empty one left this
+    # session's method registry without its methods for the tests after this one
     monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [
         EntryPoint("sensors", "sensors_pkg", group), EntryPoint("broken", "no_such_module_xyz", group),
-        EntryPoint("hyphen", "my-sensors", group)])
+        EntryPoint("hyphen", "my-sensors", group)] if group == isolated_registry.DATASET_ENTRY_POINT_GROUP
+        else installed(group=group))
     monkeypatch.setattr(isolated_registry, "_dataset_entry_points_loaded", False)
     monkeypatch.setattr(isolated_registry, "_broken_datasets", {})
     assert len(load_domain("sensors", "lab")) == 6
