@@ -1461,9 +1461,9 @@ def _cpu_layout(model: DAModel, arch: str | None, input_shape: tuple[int, ...]) 
             model(torch.zeros(2, *input_shape, dtype=model.head.weight.dtype))
     except Exception as exc:  # it ran in the default layout when built (backbones._registered)
         model.to(memory_format=torch.contiguous_format)
-        warnings.warn(f"backbone {arch!r} cannot run in the channels_last layout ({first_line(exc)}): it trains in "
-                      "the default layout, more slowly on the CPU (flatten with .flatten(1) or .reshape, not .view, "
-                      "to let it)", UserWarning, stacklevel=4)  # the caller of run
+        warn_outside_dalib(f"backbone {arch!r} cannot run in the channels_last layout ({first_line(exc)}): it "
+                           "trains in the default layout, more slowly on the CPU (flatten with .flatten(1) or "
+                           ".reshape, not .view, to let it)", UserWarning)
     finally:
         model.train(was)
 
