@@ -441,6 +441,10 @@ def _check_same_suite(state: dict[str, Any], suite: Suite, path: Path) -> None:
     else:
         other = Path(where)
         same = not other.exists() or other.resolve() == suite.path.resolve()
+    if not same and where is None and not old.startswith("benchmarks/suites/"):  # (how built-in suites are recorded)
+        raise ConfigError(f"{path} was written by an older dalib, which recorded its suite file as {old} without the "
+                          f"folder: whether that is {suite.path} cannot be told; give this one another --out (or "
+                          "move that file away)")
     if not same:
         raise ConfigError(f"{path} holds the results of suite file {where or old}, not {suite.path}; "
                           "give this one another --out (or move that file away)")
@@ -790,8 +794,10 @@ def run_suite(
 
         changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
         outdated = _outdated_unchosen(suite, state, configs, steps=steps, data_root=data_root, device=device)
-        # kept cells made by another version of dalib itself (cells from before this was recorded: unknown, not counted)
-        core_changed = sum(1 for c in cells if c.key not in running and state["cells"][c.key].get("dalib_code") not in (None, core))
+        # kept cells made by another version of dalib itself, and cells from a dalib that did not record its version
+        kept_codes = [state["cells"][c.key].get("dalib_code") for c in cells if c.key not in running]
+        core_changed = sum(1 for code in kept_codes if code not in (None, core))
+        core_unknown = kept_codes.count(None)
         started, wall_before = time.perf_counter(), float(state.get("wall_seconds", 0.0))
         jobs_before, replaced = max(1, int(state.get("jobs", 1))), 0.0
 
@@ -887,6 +893,10 @@ def run_suite(
             warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
                           "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "
                           "them again", RuntimeWarning, stacklevel=2)
+        if core_unknown:
+            warnings.warn(f"{core_unknown} finished cell(s) were run by a dalib that did not record the version of its "
+                          "code (before the cells recorded it), so they may have run other code than this one's; they "
+                          "are kept as they are: --rerun runs them again", RuntimeWarning, stacklevel=2)
     finally:
         release_file(lock)
     return path

@@ -662,6 +662,17 @@ def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path
         run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False,
                   on_cell=lambda cell, outcome: ran.append(cell.key))
     assert ran == []
+    # a file from before the cells recorded dalib's version: said so too, not counted as this dalib's
+    state = json.loads((tmp_path / "bench-toy.json").read_text())
+    for cell in state["cells"].values():
+        del cell["dalib_code"]
+    (tmp_path / "bench-toy.json").write_text(json.dumps(state))
+    with pytest.warns(RuntimeWarning, match=r"2 finished cell\(s\) were run by a dalib that did not record the version "
+                                            r"of its code .*--rerun runs them again"):
+        run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False,
+                  on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert ran == []
+
     def killed_after_one(cell, outcome):
         ran.append(cell.key)
         raise KeyboardInterrupt
@@ -798,6 +809,12 @@ def test_tasks_outside_the_suite_are_refused_and_a_copy_of_a_builtin_suite_keeps
     theirs.write_text(json.dumps({"format": 1, "cells": {}, "suite_file": "benchmarks/suites/digits.toml"}))
     _one_line_error(CliRunner().invoke(cli, ["bench", str(copy), *args, "--out", str(theirs.parent)]),
                     "holds the results of suite file benchmarks/suites/digits.toml")
+    # an older dalib recorded a suite file by the name it was given, without its folder: which file
+    # that was cannot be told, and "another suite file" sent the user looking for one that is not there
+    theirs.write_text(json.dumps({"format": 1, "cells": {}, "suite_file": "digits.toml"}))
+    _one_line_error(CliRunner().invoke(cli, ["bench", str(copy), *args, "--out", str(theirs.parent)]),
+                    f"{theirs} was written by an older dalib, which recorded its suite file as digits.toml without the "
+                    f"folder: whether that is {copy} cannot be told; give this one another --out")
 
 
 def test_another_suite_file_of_the_same_name_does_not_take_over_its_results(toy_suite, tmp_path, monkeypatch):
