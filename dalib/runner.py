@@ -2067,6 +2067,8 @@ def _prepare_out_dir(
             missing.append("its random state")
         if isinstance(ckpt.get("seconds"), bool) or not isinstance(ckpt.get("seconds"), (int, float)):
             missing.append("its time so far")
+        if not isinstance(ckpt.get("model_spec"), dict):  # (eval and load_model refuse it too)
+            missing.append("the description of its network, which an older dalib did not write")
         if missing:
             raise CheckpointError(f"the checkpoint in {out} lacks what a resume needs ({', '.join(dict.fromkeys(missing))}): "
                                   "delete it and run again without --resume")

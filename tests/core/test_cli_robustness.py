@@ -275,6 +275,11 @@ def test_a_checkpoint_whose_optimizer_or_random_state_is_damaged_is_one_line(tmp
     _one_line(runner.invoke(cli, [*args, "--resume"]), "lacks what a resume needs (its random state)")
     torch.save({k: v for k, v in ckpt.items() if k != "seconds"}, out / "checkpoint.pt")
     _one_line(runner.invoke(cli, [*args, "--resume"]), "lacks what a resume needs (its time so far)")
+    # an older dalib's checkpoint, which eval refuses: a resume had gone on from it as if this dalib's
+    torch.save({k: v for k, v in ckpt.items() if k != "model_spec"}, out / "checkpoint.pt")
+    _one_line(runner.invoke(cli, ["eval", str(out)]), "does not describe its network (written by an older dalib)")
+    _one_line(runner.invoke(cli, [*args, "--resume"]), "lacks what a resume needs (the description of its network, "
+                                                       "which an older dalib did not write): delete it")
 
 
 def test_a_resume_into_a_folder_a_run_still_writes_names_that_run(tmp_path):
