@@ -69,7 +69,11 @@ class Summary:
             self.mode[v], self.classifier[v] = cell["mode"], cell.get("classifier")
             _note(self.configs, v, cell.get("method_config", {}), task)
             if cell["mode"] == "deep":
-                _note(self.run_options, v, cell["run_options"] if "run_options" in cell else legacy, task)
+                options = cell["run_options"] if "run_options" in cell else legacy
+                ran, said = cell.get("steps"), (options or {}).get("steps")
+                if isinstance(ran, int) and isinstance(said, int) and ran != said:
+                    options = options | {"steps": cell["steps"]}  # what it ran (some versions recorded the file's)
+                _note(self.run_options, v, options, task)
             self.seconds[v] = self.seconds.get(v, 0.0) + float(cell.get("seconds", 0.0))
             if cell["status"] == "done":
                 self.acc.setdefault(v, {}).setdefault(task, {})[cell["seed"]] = float(cell["target_accuracy"])

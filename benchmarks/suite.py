@@ -747,6 +747,12 @@ def run_suite(
             return f"{code}+{arch_code}" if arch_code and cell.variant.mode == "deep" else code
 
         core = dalib_code_hash()
+        # deep cells from before each kept its run options ran with the file's [deep] and --steps of
+        # then: theirs before this run's replace them (the table had credited them with this run's)
+        legacy = (state.get("deep_options") or {}) | ({"steps": state["steps"]} if state.get("steps") else {})
+        for old in state["cells"].values():
+            if old.get("mode") == "deep" and "run_options" not in old:
+                old["run_options"] = legacy
         state.update({"suite": suite.name, "title": suite.title, "dataset": suite.dataset, "steps": steps,
                       "suite_file": suite.file, "deep_options": suite.deep, "machine": machine_info()})
         # what the invocations chose, together: the Reproduce line names it, not only what finished

@@ -18,7 +18,7 @@ import torch
 from click.testing import CliRunner
 
 from dalib.cli import cli
-from dalib_benchmarks.report import Summary
+from dalib_benchmarks.report import Summary, write_report
 from dalib_benchmarks.suite import builtin_suites, load_suite, run_suite
 from tests._support.toy_suite import toy_suite_text
 
@@ -171,8 +171,6 @@ def test_the_table_numbers_are_the_mean_and_std_of_the_cells(toy_suite, tmp_path
 
     # the chart draws the same numbers: dots at the means, whiskers of the stds
     import matplotlib.axes
-
-    from dalib_benchmarks.report import write_report
 
     drawn = []
     real = matplotlib.axes.Axes.errorbar
@@ -531,6 +529,30 @@ def test_each_row_names_the_deep_run_options_its_cells_ran_with(toy_suite, tmp_p
     assert ("Deep runs, with the run options each ran with ([deep] changed between runs that chose some of the "
             "cells): batch_size = 16, steps = 15 for `source_only`; batch_size = 8, steps = 15 for `dann`."
             in path.with_suffix(".md").read_text())
+
+
+def test_cells_of_older_results_files_are_named_with_the_run_options_they_ran_with(toy_suite, tmp_path):
+    """Cells from before each kept its run options ran with the file's [deep] of then: the table
+    had credited them with a later run's; and some versions recorded the suite's steps, not
+    --steps's: the table takes the steps the cell ran."""
+    path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False,
+                     steps=5)
+    state = json.loads(path.read_text())
+    for cell in state["cells"].values():
+        del cell["run_options"]  # as an older dalib wrote them, with the file's [deep] at the top
+    path.write_text(json.dumps(state))
+    toy_suite.write_text(toy_suite.read_text().replace("batch_size = 16", "batch_size = 8"))
+    with pytest.warns(RuntimeWarning, match="other settings than"):
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], seeds=[0], progress=False, steps=5)
+    table = path.with_suffix(".md").read_text()
+    assert ("Deep runs, with the run options each ran with ([deep] changed between runs that chose some of the "
+            "cells): batch_size = 16, steps = 5 for `source_only`; batch_size = 8, steps = 5 for `dann`." in table)
+    state = json.loads(path.read_text())
+    cell = state["cells"]["dann | src->tgt | seed 0"]
+    cell["run_options"] = cell["run_options"] | {"steps": 15}  # the suite's steps, recorded under --steps 5
+    path.write_text(json.dumps(state))
+    write_report(load_suite(str(toy_suite)), path)
+    assert "batch_size = 8, steps = 5 for `dann`." in path.with_suffix(".md").read_text()
 
 
 def _plugin_file(path, name: str, body: str, config: str = "pass") -> str:
