@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -209,8 +210,8 @@ class Domain:
         count that does not match, or labels out of range.
         """
         where = _where(name, dataset_name, origin)
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer))):
-            raise DataError(f"num_classes must be a whole number, got {num_classes!r} in {where}")
+        if num_classes is not None:
+            num_classes = _whole_number(num_classes, "num_classes", where)
         if y is None:
             if classes is None and num_classes is None:
                 raise DataError(f"an unlabelled domain needs num_classes or classes (the source's) in {where}")
@@ -307,6 +308,16 @@ def _warn_if_blurred(wide: torch.Tensor, where: str) -> None:
             "before giving them", UserWarning)
 
 
+def _whole_number(value: Any, name: str, where: str) -> int:
+    """``value`` as an int: a Python or numpy integer, or a 0-d integer tensor (``y.max() + 1``)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise DataError(f"{name} must be a whole number, got {value!r} in {where}") from None
+
+
 #: float32's largest value whose square it still holds: batch norm's variance and every squared
 #: distance overflow on features beyond it
 _SQUARE_LIMIT = float(torch.finfo(torch.float32).max) ** 0.5
@@ -320,11 +331,14 @@ def _warn_if_unusual(x: torch.Tensor, where: str) -> None:
     top = max(-float(low), float(high))
     if top > _SQUARE_LIMIT:
         warn_outside_dalib(f"features up to {top:.3g} in {where}: their squares overflow float32 (above "
-                           f"{_SQUARE_LIMIT:.3g}), the precision dalib runs in, so batch norm and distances "
-                           "see infinities; scale them (standardise each feature) before giving them", UserWarning)
-    if x.ndim == 4 and x.shape[3] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+                           f"{_SQUARE_LIMIT:.3g}), the precision a deep run's network trains in, so its batch norm "
+                           "sees infinities and it learns a constant output; scale them (standardise each feature) "
+                           "before giving them", UserWarning)
+    _, c, h, w = x.shape if x.ndim == 4 else (0, 0, 0, 0)
+    # colour channels last ((N, H, W, 3) read as H channels of Wx3 pixels), or a square grey image's
+    if w in (3, 4) and c >= 8 and h >= 8 or w == 1 and c == h >= 8:
         warn_outside_dalib(f"images of shape {tuple(x.shape)} in {where} look channels last (N, H, W, C), and "
-                           f"dalib reads (N, C, H, W): {x.shape[1]} channels of {x.shape[2]}x{x.shape[3]} pixels; "
+                           f"dalib reads (N, C, H, W): {c} channels of {h}x{w} pixels; "
                            "give x.transpose(0, 3, 1, 2) (a tensor: x.permute(0, 3, 1, 2))", UserWarning)
 
 

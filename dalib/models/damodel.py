@@ -86,9 +86,9 @@ class DAModel(nn.Module):
             return ModelOutput(f, self.head(self.dropout(f)))  # logits (B, num_classes)
         except (RuntimeError, IndexError, ValueError) as exc:
             wrong = _wrong_shape(tuple(x.shape), self.input_shape)
-            if isinstance(exc, DataError) or wrong is None:  # (a network that takes other sizes may fail otherwise)
+            if isinstance(exc, DataError) or wrong is None:
                 raise
-            raise DataError(wrong) from None
+            raise DataError(wrong) from exc
 
     def stages(self) -> list[nn.Module]:
         """The backbone's stages, input first (ResNet: stem, layer1..layer4; LeNet: its two
@@ -121,7 +121,8 @@ class DAModel(nn.Module):
                 else b.layer4
             stages = [stem, b.layer1, b.layer2, b.layer3, last]
             # a subclass's layers of its own (an embedding after layer4) are in none of them, and where
-            # they sit is its forward's secret: freezing or cutting stages refuses (_staged_whole)
+            # they sit is its forward's secret: freezing stages refuses (_staged_whole); a cut freezes
+            # nothing, and one the forward cannot run without is refused by its probe
             self._unstaged = _outside(b, stages)
             return stages
         if isinstance(b, LeNet):  # conv, bn, relu, pool per block
@@ -140,9 +141,9 @@ class DAModel(nn.Module):
                 lead.append(layer)
         return [nn.ModuleList(g) for g in groups] or [b]
 
-    def _staged_whole(self, what: str) -> None:
+    def _staged_whole(self) -> None:
         if self._unstaged:
-            raise ConfigError(f"cannot {what} the stages of this ResNet: {_listed(self._unstaged)} are outside "
+            raise ConfigError(f"cannot freeze the stages of this ResNet: {_listed(self._unstaged)} are outside "
                               "conv1, bn1, layer1..layer4 and fc, so no stage holds them; give the backbone a "
                               "stages() method that returns its stages, input first, every layer in one")
 
@@ -153,7 +154,6 @@ class DAModel(nn.Module):
         stages = self._stages
         if self.cut:
             raise ConfigError("this model's stages were already cut")
-        self._staged_whole("cut")
         if len(stages) < 2:
             raise ConfigError(f"the backbone has {len(stages)} stage{'s' * (len(stages) != 1)}: nothing to cut "
                               "(a cut keeps at least one stage)")
@@ -196,7 +196,7 @@ class DAModel(nn.Module):
         if not 0 <= k <= len(stages):
             raise ConfigError(f"the backbone has {len(stages)} stages; cannot freeze {k} (K of partial:K runs from 0 to {len(stages)})")
         if k:
-            self._staged_whole("freeze")
+            self._staged_whole()
         self.frozen_stages = k
         for stage in stages[:k]:
             for p in stage.parameters():
@@ -220,9 +220,11 @@ class DAModel(nn.Module):
 
 
 def _wrong_shape(shape: tuple[int, ...], trained: tuple[int, ...] | None) -> str | None:
-    """Why inputs of ``shape`` do not fit a model trained on samples of shape ``trained``;
-    None when they are a batch of those (or the training shape is unknown)."""
-    if trained is None or shape[1:] == trained:
+    """Why inputs of ``shape`` do not fit a model trained on samples of shape ``trained``: another
+    number of axes, features or channels. None when they are a batch of those, images of other
+    sizes among them (a network that takes those may have failed for another reason: its own
+    error stands), or when the training shape is unknown."""
+    if trained is None or len(shape) == len(trained) + 1 and shape[1] == trained[0]:
         return None
     expected = f"(B, {', '.join(map(str, trained))})"
     hint = ""

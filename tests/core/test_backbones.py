@@ -196,8 +196,12 @@ def test_a_model_takes_what_training_took_and_names_the_shape_it_needs():
                                                           r"x.permute\(0, 3, 1, 2\)$"),
                    (pixels[0].float(), r"got \(3, 16, 16\): one sample\? give a batch of it, x\[None\]$")):
         with pytest.raises(DataError, match=r"^the model takes inputs of shape \(B, 3, 16, 16\), as it was trained on, "
-                                            + why):
+                                            + why) as info:
             images(x)
+        assert isinstance(info.value.__cause__, (RuntimeError, ValueError))  # torch's own words, for a traceback
+    with pytest.raises(RuntimeError, match="Output size is too small") as info:  # images of another size: the
+        images(torch.zeros(2, 3, 2, 2))                                         # network's own error stands
+    assert not isinstance(info.value, DataError)
     table = build_model("mlp", (8,), 3, bottleneck_dim=4).eval()
     x = np.random.default_rng(0).normal(size=(5, 8))
     expected = table(torch.from_numpy(x).float()).logits

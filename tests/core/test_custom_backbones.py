@@ -293,7 +293,7 @@ def test_stages_that_leave_out_a_batch_norm_without_parameters_are_refused(fresh
     assert model.backbone.norm.num_batches_tracked.item() == 0  # frozen with its stage: eval mode
 
 
-def test_a_resnet_subclass_with_layers_of_its_own_trains_but_refuses_to_freeze_or_cut_stages(fresh_backbones):
+def test_a_resnet_subclass_with_layers_of_its_own_trains_but_refuses_to_freeze_stages(fresh_backbones):
     """conv1, bn1, layer1..4 and fc make the stages of a torchvision ResNet; a layer beside them
     is in none, so head would have trained it while the user believed the backbone frozen."""
     import torchvision
@@ -311,13 +311,16 @@ def test_a_resnet_subclass_with_layers_of_its_own_trains_but_refuses_to_freeze_o
     model = build_model("embedded", (3, 32, 32), 3, bottleneck_dim=8)
     assert model(torch.zeros(2, 3, 32, 32)).logits.shape == (2, 3)  # the other methods train it whole
     model.freeze_stages(0)  # policy full: nothing frozen, nothing to place
-    for act, call in (("freeze", lambda: model.freeze_stages(None)), ("freeze", lambda: model.freeze_stages(1)),
-                      ("cut", lambda: model.cut_stages(1))):
-        with pytest.raises(ConfigError, match=rf"cannot {act} the stages of this ResNet: embed.weight, embed.bias are "
+    for k in (None, 1):  # head, partial:1
+        with pytest.raises(ConfigError, match=r"cannot freeze the stages of this ResNet: embed.weight, embed.bias are "
                                               r"outside conv1, bn1, layer1..layer4 and fc, .*give the backbone a "
                                               r"stages\(\) method"):
-            call()
-    assert all(p.requires_grad for p in model.parameters()) and model.cut == 0
+            model.freeze_stages(k)
+    assert all(p.requires_grad for p in model.parameters())
+    # a cut freezes nothing: cut:1 is refused by the forward it leaves (embed takes layer4's width), no more
+    with pytest.raises(ConfigError, match=r"cannot run with its last 1 stage cut off"):
+        model.cut_stages(1)
+    assert model.cut == 0
 
 
 class ViewFlat(nn.Module):

@@ -361,13 +361,18 @@ def test_from_arrays_warns_of_images_laid_out_channels_last_and_of_features_floa
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         Domain.from_arrays("dom", rng.random((6, 3, 28, 28)), labels)  # (N, C, H, W)
+        for shape in ((6, 8, 4, 4), (6, 16, 128, 1), (6, 6, 9, 3), (6, 1, 28, 28)):  # as they are: C of HxW
+            Domain.from_arrays("dom", rng.random(shape), labels)
         Domain.from_arrays("dom", rng.random((6, 4)) * 1e19, labels)  # squares still below float32's largest
     with pytest.warns(UserWarning, match=r"^images of shape \(6, 28, 28, 4\) in domain dom look channels last \(N, H, "
                                          r"W, C\), and dalib reads \(N, C, H, W\): 28 channels of 28x4 pixels; give "
                                          r"x.transpose\(0, 3, 1, 2\)"):
         Domain.from_arrays("dom", rng.random((6, 28, 28, 4)), labels)
+    with pytest.warns(UserWarning, match=r"^images of shape \(6, 28, 28, 1\) .* 28 channels of 28x1 pixels"):
+        Domain.from_arrays("dom", rng.random((6, 28, 28, 1)), labels)
     with pytest.warns(UserWarning, match=r"^features up to -?[0-9.]+e\+20 in domain dom: their squares overflow float32 "
-                                         r"\(above 1.84e\+19\).*standardise each feature"):
+                                         r"\(above 1.84e\+19\), the precision a deep run's network trains in.*"
+                                         r"standardise each feature"):
         Domain.from_arrays("dom", rng.normal(size=(6, 4)) * 1e20, labels)
 
 
@@ -375,7 +380,8 @@ def test_from_arrays_warns_of_images_laid_out_channels_last_and_of_features_floa
 def test_from_arrays_takes_a_whole_number_of_classes(count):
     with pytest.raises(DataError, match=rf"^num_classes must be a whole number, got {count!r} in domain dom$"):
         Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=count)
-    assert Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=np.int64(5)).num_classes == 5
+    for five in (np.int64(5), torch.tensor(5), torch.tensor([0, 4]).max() + 1):  # (y.max() + 1 of a tensor y)
+        assert Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=five).num_classes == 5
 
 
 def test_from_arrays_counts_the_classes_up_to_the_largest_label():
