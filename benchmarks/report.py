@@ -36,6 +36,12 @@ def _note(settings: dict[str, dict[str, tuple[dict[str, Any], list[str]]]], vari
         tasks.append(task)
 
 
+def legacy_run_options(state: dict[str, Any]) -> dict[str, Any]:
+    """The run options of a results file's deep cells from before each kept its own: the ones
+    its top level names, the suite file's [deep] and --steps of the run that wrote it last."""
+    return (state.get("deep_options") or {}) | ({"steps": state["steps"]} if state.get("steps") else {})
+
+
 class Summary:
     """The finished cells of a results file, arranged by variant, task and seed.
 
@@ -59,7 +65,7 @@ class Summary:
         # each deep variant's run options (the suite's [deep], --steps's steps) in the same way; a
         # cell from before cells kept theirs ran with the file's
         self.run_options: dict[str, dict[str, tuple[dict[str, Any], list[str]]]] = {}
-        legacy = (state.get("deep_options") or {}) | ({"steps": state["steps"]} if state.get("steps") else {})
+        legacy = legacy_run_options(state)
         for cell in state["cells"].values():
             v, task = cell["variant"], f"{cell['src']}->{cell['tgt']}"
             if v not in self.order:

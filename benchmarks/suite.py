@@ -55,7 +55,7 @@ from dalib.registry import code_digest, get_method, list_methods, method_code_ha
 from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
 from ._machine import machine_info
-from .report import in_suite, write_report
+from .report import in_suite, legacy_run_options, write_report
 
 __all__ = [
     "Cell",
@@ -749,7 +749,7 @@ def run_suite(
         core = dalib_code_hash()
         # deep cells from before each kept its run options ran with the file's [deep] and --steps of
         # then: theirs before this run's replace them (the table had credited them with this run's)
-        legacy = (state.get("deep_options") or {}) | ({"steps": state["steps"]} if state.get("steps") else {})
+        legacy = legacy_run_options(state)
         for old in state["cells"].values():
             if old.get("mode") == "deep" and "run_options" not in old:
                 old["run_options"] = legacy

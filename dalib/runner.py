@@ -614,16 +614,18 @@ def _stop_workers(it: Any) -> None:
     if shutdown is not None:
         workers = list(getattr(it, "_workers", ()))
         if (_STOPPING.is_set() or isinstance(sys.exc_info()[1], KeyboardInterrupt)) and _unwatch_workers(it):
-            for worker in workers:
-                if worker.is_alive():
-                    worker.kill()
-            for worker in workers:
-                worker.join(timeout=5)
+            _kill_alive(workers)
         shutdown()
-        for worker in workers:
-            if worker.is_alive():
-                worker.kill()
-                worker.join(timeout=5)
+        _kill_alive(workers)
+
+
+def _kill_alive(workers: list[Any]) -> None:
+    """Kill the worker processes still alive, then wait for them (5 s at most each)."""
+    alive = [worker for worker in workers if worker.is_alive()]
+    for worker in alive:
+        worker.kill()
+    for worker in alive:
+        worker.join(timeout=5)
 
 
 class _StepBatches:
@@ -1449,23 +1451,18 @@ def _cpu_layout(model: DAModel, arch: str | None, input_shape: tuple[int, ...]) 
     """Lay the model's weights out in :data:`CPU_MEMORY_FORMAT`. A registered backbone is first
     tried in it, on zeros in eval mode: one that needs the default layout (it flattens feature
     maps with ``.view``) keeps it, with a warning, rather than failing at its first step."""
-    from dalib.models.backbones import registered_builder
+    from dalib.models.backbones import probe, registered_builder
 
     model.to(memory_format=CPU_MEMORY_FORMAT)
     if registered_builder(arch) is None:  # the built-in networks run in it (tested)
         return
-    was = model.training
-    model.eval()  # batch norm must not count the probe, nor dropout draw for it
     try:
-        with torch.no_grad():
-            model(torch.zeros(2, *input_shape, dtype=model.head.weight.dtype))
+        probe(model, input_shape, like=model.head.weight)
     except Exception as exc:  # it ran in the default layout when built (backbones._registered)
         model.to(memory_format=torch.contiguous_format)
         warn_outside_dalib(f"backbone {arch!r} cannot run in the channels_last layout ({first_line(exc)}): it "
                            "trains in the default layout, more slowly on the CPU (flatten with .flatten(1) or "
                            ".reshape, not .view, to let it)", UserWarning)
-    finally:
-        model.train(was)
 
 
 def _checked_groups(groups: Any, name: str) -> list[dict[str, Any]]:

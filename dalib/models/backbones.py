@@ -298,6 +298,23 @@ def build_backbone(arch: str, input_shape: tuple[int, ...], pretrained: str | No
     return _registered(arch, tuple(input_shape), pretrained)
 
 
+def probe(net: nn.Module, input_shape: tuple[int, ...], *, like: torch.Tensor | None = None,
+          owner: nn.Module | None = None) -> Any:
+    """``net``'s output for a batch of two zero inputs of ``input_shape`` (of ``like``'s dtype and
+    device, when given), in eval mode and without gradients: batch norm does not count it, and
+    dropout draws nothing for it. ``owner`` (default ``net``), whose mode is put back after,
+    is the model that keeps some of its parts in eval mode (frozen stages)."""
+    owner = net if owner is None else owner
+    was = owner.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            kind = {} if like is None else {"dtype": like.dtype, "device": like.device}
+            return net(torch.zeros(2, *input_shape, **kind))
+    finally:
+        owner.train(was)
+
+
 def _registered(arch: str, input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
     """A registered builder's backbone and width, checked by one forward pass of zeros."""
     built = BACKBONES[arch](input_shape, pretrained)
@@ -305,15 +322,10 @@ def _registered(arch: str, input_shape: tuple[int, ...], pretrained: str | None)
     if not isinstance(net, nn.Module) or not (dim is None or isinstance(dim, int) and not isinstance(dim, bool)):
         raise ConfigError(f"backbone {arch!r}: its builder must return an nn.Module or (module, width), "
                           f"got {type(built).__name__}")
-    was = net.training
-    net.eval()  # batch norm must not count the probe, nor dropout draw for it
     try:
-        with torch.no_grad():
-            out = net(torch.zeros(2, *input_shape))
+        out = probe(net, input_shape)
     except Exception as exc:  # the user's network, on the run's inputs
         raise ConfigError(f"backbone {arch!r} cannot take inputs of shape {input_shape}: {first_line(exc)}") from None
-    finally:
-        net.train(was)
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != 2:
         got = f"shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
         raise ConfigError(f"backbone {arch!r} gives {got} for a batch of 2 inputs: a backbone gives one feature "

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from dalib._arrays import number_tensor
 from dalib.errors import ConfigError, DataError, first_line
-from dalib.models.backbones import LeNet, build_backbone
+from dalib.models.backbones import LeNet, build_backbone, probe
 
 __all__ = ["DAModel", "ModelOutput", "build_model", "default_arch"]
 
@@ -121,7 +121,7 @@ class DAModel(nn.Module):
                 else b.layer4
             stages = [stem, b.layer1, b.layer2, b.layer3, last]
             # a subclass's layers of its own (an embedding after layer4) are in none of them, and where
-            # they sit is its forward's secret: freezing stages refuses (_staged_whole); a cut freezes
+            # they sit is its forward's secret: freezing stages refuses (freeze_stages); a cut freezes
             # nothing, and one the forward cannot run without is refused by its probe
             self._unstaged = _outside(b, stages)
             return stages
@@ -140,12 +140,6 @@ class DAModel(nn.Module):
             else:
                 lead.append(layer)
         return [nn.ModuleList(g) for g in groups] or [b]
-
-    def _staged_whole(self) -> None:
-        if self._unstaged:
-            raise ConfigError(f"cannot freeze the stages of this ResNet: {_listed(self._unstaged)} are outside "
-                              "conv1, bn1, layer1..layer4 and fc, so no stage holds them; give the backbone a "
-                              "stages() method that returns its stages, input first, every layer in one")
 
     def cut_stages(self, k: int) -> None:
         """Cut the last ``k`` backbone stages off: the backbone ends at stage ``n - k`` (a
@@ -168,20 +162,14 @@ class DAModel(nn.Module):
                    for m in (stage if isinstance(stage, nn.ModuleList) else [stage])]
         for parent, name, _ in removed:
             setattr(parent, name, nn.Identity())
-        was = self.training
-        self.backbone.eval()  # batch norm must not count the probe batch
         old = self.bottleneck[0]
         try:
-            with torch.no_grad():
-                probe = torch.zeros(1, *self.input_shape, dtype=old.weight.dtype, device=old.weight.device)
-                dim = self.backbone(probe).flatten(1).shape[1]
+            dim = probe(self.backbone, self.input_shape, like=old.weight, owner=self).flatten(1).shape[1]
         except Exception as exc:  # a registered backbone whose forward needs the stages cut off
             for parent, name, m in removed:  # the model as it was: a caller that goes on with it has it whole
                 setattr(parent, name, m)
             raise ConfigError(f"the backbone cannot run with its last {k} stage{'s' * (k != 1)} cut off "
                               f"({first_line(exc)}): choose another policy") from None
-        finally:
-            self.train(was)
         self.cut_prefixes += [names[id(m)] + "." for _, _, m in removed]
         self._stages = stages[: len(stages) - k]
         self.cut = k
@@ -195,8 +183,10 @@ class DAModel(nn.Module):
             k = len(stages)
         if not 0 <= k <= len(stages):
             raise ConfigError(f"the backbone has {len(stages)} stages; cannot freeze {k} (K of partial:K runs from 0 to {len(stages)})")
-        if k:
-            self._staged_whole()
+        if k and self._unstaged:
+            raise ConfigError(f"cannot freeze the stages of this ResNet: {_listed(self._unstaged)} are outside "
+                              "conv1, bn1, layer1..layer4 and fc, so no stage holds them; give the backbone a "
+                              "stages() method that returns its stages, input first, every layer in one")
         self.frozen_stages = k
         for stage in stages[:k]:
             for p in stage.parameters():
