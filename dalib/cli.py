@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from dalib.errors import ConfigError, DalibError, first_line, terminate_as_interrupt
+from dalib.errors import ConfigError, DalibError, first_line, stopped_by, terminate_as_interrupt
 
 __all__ = ["cli", "main"]
 
@@ -89,11 +89,11 @@ class _Group(click.Group):
             message = exc.format_message().splitlines()[0] if exc.format_message() else type(exc).__name__
             click.echo(f"dalib: error: {message}", err=True)
             sys.exit(2 if isinstance(exc, (click.UsageError, _OneLineError)) else exc.exit_code)
-        except click.Abort as exc:  # Ctrl-C 130; SIGTERM, where a command stops cleanly on it, 143
+        except click.Abort as exc:  # Ctrl-C 130; SIGTERM, where a command stops cleanly on it, 143 (SIGUSR1 138)
             status = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 130
             saved = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
             where = f" (the run is saved at step {saved}: --resume continues it)" if saved is not None else ""
-            click.echo(f"dalib: {'terminated' if status == 143 else 'interrupted'}{where}", err=True)
+            click.echo(f"dalib: {stopped_by(status)}{where}", err=True)
             sys.exit(status)
         sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -73,46 +73,81 @@ class BackendError(DalibError, RuntimeError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, a job scheduler's stop), taken Ctrl-C's way where a program stops
-    cleanly on it; the command line exits with 128 + 15, the status of a process it ended."""
+    """SIGTERM (``kill``, a job scheduler's stop), or SIGUSR1/SIGUSR2 (SLURM's ``--signal``
+    warning before a time limit), taken Ctrl-C's way where a program stops cleanly on it; the
+    command line exits with 128 + the signal's number, the status of a process it ended
+    (143 for SIGTERM)."""
 
-    exit_status = 143
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(signum)
+        self.signum = signum
+        self.exit_status = 128 + signum
+
+
+def stop_signals() -> tuple[int, ...]:
+    """The signals that stop a run cleanly besides Ctrl-C: SIGTERM, and SIGUSR1 and SIGUSR2
+    where the platform has them (a scheduler's warning, SLURM's ``--signal=USR1@60``: each
+    ends a process by default, so taking it as a stop only adds the save)."""
+    import signal
+
+    return tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+
+
+def stopped_by(status: int) -> str:
+    """How the command line words a stop with exit ``status``: ``interrupted`` (Ctrl-C, 130),
+    ``terminated`` (SIGTERM, 143), ``terminated by SIGUSR1``."""
+    import signal
+
+    if status == 130:
+        return "interrupted"
+    if status == 128 + signal.SIGTERM:
+        return "terminated"
+    try:
+        return f"terminated by {signal.Signals(status - 128).name}"
+    except ValueError:
+        return "terminated"
 
 
 @contextlib.contextmanager
 def terminate_as_interrupt(*, then_end: bool = False) -> Iterator[None]:
-    """SIGTERM (``kill``, a job scheduler's stop: SLURM's, before its SIGKILL) takes Ctrl-C's
-    way in the block: :class:`Terminated` is raised, so that a file being written is finished,
-    a training step ends and is saved, the folder's claim released and the command line says
-    "dalib: terminated" (status 143). With ``then_end`` (:func:`dalib.run`), SIGTERM then does
-    what its default does, once that is done: the process ends, killed by it.
-    Only where the process leaves SIGTERM to its default (a program that handles it keeps its
-    handler), and from the main thread, the one that can set handlers."""
+    """SIGTERM (``kill``, a job scheduler's stop: SLURM's, before its SIGKILL), SIGUSR1 and
+    SIGUSR2 (a scheduler's warning) take Ctrl-C's way in the block: :class:`Terminated` is
+    raised, so that a file being written is finished, a training step ends and is saved, the
+    folder's claim released and the command line says "dalib: terminated" (status 128 + the
+    signal's number: 143 for SIGTERM). With ``then_end`` (:func:`dalib.run`), the signal then
+    does what its default does, once that is done: the process ends, killed by it.
+    Only the signals the process leaves to their default (a program that handles one keeps
+    its handler), and from the main thread, the one that can set handlers."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def interrupt(signum: int, frame: Any) -> None:
-        raise Terminated
+        raise Terminated(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {sig: signal.getsignal(sig) for sig in stop_signals()}
+    previous = {sig: handler for sig, handler in previous.items() if handler == signal.SIG_DFL}
+    for sig in previous:
+        signal.signal(sig, interrupt)
     try:
         yield
     except Terminated as exc:
-        if not then_end:
+        if not then_end or exc.signum not in previous:
             raise
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         saved = getattr(exc, "saved_step", None)
         if saved is not None and sys.stderr is not None:
-            print(f"dalib: terminated (the run is saved at step {saved}: resume=True continues it)", file=sys.stderr,
-                  flush=True)
-        signal.raise_signal(signal.SIGTERM)  # the default's end: the process is gone
-        raise  # (SIGTERM blocked by the caller: it arrives when unblocked)
+            print(f"dalib: {stopped_by(exc.exit_status)} (the run is saved at step {saved}: resume=True continues it)",
+                  file=sys.stderr, flush=True)
+        signal.raise_signal(exc.signum)  # the default's end: the process is gone
+        raise  # (the signal blocked by the caller: it arrives when unblocked)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def first_line(exc: BaseException) -> str:

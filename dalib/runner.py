@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, PluginError, first_line,
-                          load_failure, load_tensors, terminate_as_interrupt, warn_outside_dalib)
+                          load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
 from dalib.schedules import inverse_decay
 
@@ -366,8 +366,9 @@ def _default_dtype(dtype: torch.dtype) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _signals_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT) and SIGTERM, where Python code handles them, wait until the block ends
-    and are then handed to their handlers: a file being written is finished first. (torch.save
+    """Ctrl-C (SIGINT) and the stop signals (SIGTERM, SIGUSR1/2), where Python code handles them,
+    wait until the block ends and are then handed to their handlers: a file being written is
+    finished first. (torch.save
     turns an interrupt inside its writer into a RuntimeError, which read as a failed write.)
     Only from the main thread, the one that can set handlers."""
     caught: list[int] = []
@@ -381,7 +382,7 @@ def _signals_deferred() -> Iterator[None]:
 
 
 def _stand_in_for_stops(catch: Callable[[int, Any], None]) -> dict[int, Callable[..., Any]]:
-    """Put ``catch`` in place of the Python handlers of Ctrl-C (SIGINT) and SIGTERM (not of
+    """Put ``catch`` in place of the Python handlers of Ctrl-C (SIGINT) and the stop signals (not of
     SIG_DFL, SIG_IGN or a C handler); return the handlers it stands in for, for
     :func:`_put_back`. Only from the main thread, the one that can set handlers (elsewhere:
     none)."""
@@ -389,7 +390,7 @@ def _stand_in_for_stops(catch: Callable[[int, Any], None]) -> dict[int, Callable
         return {}
     import signal
 
-    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, *stop_signals())}
     handlers = {sig: h for sig, h in handlers.items() if callable(h)}
     for sig in handlers:
         signal.signal(sig, catch)
@@ -404,7 +405,8 @@ def _put_back(handlers: dict[int, Callable[..., Any]]) -> None:
 
 
 class _HeldToStepEnd:
-    """Ctrl-C (SIGINT) and SIGTERM, where Python code handles them, that come while it is
+    """Ctrl-C (SIGINT) and the stop signals (SIGTERM, SIGUSR1/2), where Python code handles them,
+    that come while it is
     ``holding`` (training) wait for the step's end: the run then writes a checkpoint there,
     and :meth:`deliver` hands the signal to its handler, which stops the run. A ``--resume``
     loses no step. A second signal is handed over at once (a step that takes long, an
@@ -572,16 +574,16 @@ def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
 
 
 def _worker_init(worker_id: int) -> None:
-    """A loader's worker ignores Ctrl-C (SIGINT) and SIGTERM, which a terminal and a job
-    scheduler send to every process of the job: the run then finishes its step with the
+    """A loader's worker ignores Ctrl-C (SIGINT) and the stop signals (SIGTERM, SIGUSR1/2), which
+    a terminal and a job scheduler send to every process of the job: the run then finishes its step with the
     batches the workers still load, saves it and stops them itself. (A worker they stopped
     first had failed the run, or its checkpoint, with torch's "DataLoader worker is killed
     by signal".) A worker whose run is gone exits by itself (torch's watchdog), and one that
     does not stop when asked is killed (:func:`_stop_workers`)."""
     import signal
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for sig in (signal.SIGINT, *stop_signals()):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def _unwatch_workers(it: Any) -> bool:
@@ -962,7 +964,8 @@ def run(
     scheduler's stop, ``Pool.terminate``) waits for the step's end too: where the process
     leaves it to its default, the process then ends as the default ends it, killed by
     SIGTERM, once the run is saved; a program that handles SIGTERM has its handler called
-    there. (Without ``out_dir``, or under torchrun, both stop the step at once.)
+    there. SIGUSR1 and SIGUSR2 (a scheduler's warning, SLURM's ``--signal``) are taken as
+    SIGTERM is. (Without ``out_dir``, or under torchrun, these stop the step at once.)
     """
     if not isinstance(config, RunConfig):
         raise ConfigError(f"dalib.run takes a dalib.RunConfig, got {type(config).__name__}: "

@@ -411,9 +411,11 @@ def test_a_link_planted_as_the_lock_or_a_temporary_file_is_never_followed(tmp_pa
         claim_file(tmp_path / "fifo-out.lock", "busy", "or not")
 
 
-def test_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path):
-    # a scheduler's stop (SLURM sends SIGTERM, then SIGKILL after a grace period): the run had
-    # died at once, silent, its claim on the folder left behind
+@pytest.mark.parametrize(("signame", "status", "said"), [("SIGTERM", 143, "terminated"),
+                                                       ("SIGUSR1", 138, "terminated by SIGUSR1")])
+def test_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path, signame, status, said):
+    # a scheduler's stop (SLURM sends SIGTERM, then SIGKILL after a grace period), or its warning
+    # (--signal=USR1@60): the run had died at once, silent, its claim on the folder left behind
     import os
     import signal
     import subprocess
@@ -433,15 +435,15 @@ def test_sigterm_stops_a_run_as_ctrl_c_does_and_exits_143(tmp_path):
             while not (out / "checkpoint.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
                 time.sleep(0.2)
             assert (out / "checkpoint.pt").exists(), (tmp_path / "stderr").read_text()
-            proc.send_signal(signal.SIGTERM)
+            proc.send_signal(getattr(signal, signame))
             proc.wait(timeout=60)
         finally:
             proc.kill()
             proc.wait()
     stderr = (tmp_path / "stderr").read_text()
     last = stderr.strip().splitlines()[-1]
-    saved = re.fullmatch(r"dalib: terminated \(the run is saved at step (\d+): --resume continues it\)", last)
-    assert proc.returncode == 143 and saved, stderr
+    saved = re.fullmatch(rf"dalib: {said} \(the run is saved at step (\d+): --resume continues it\)", last)
+    assert proc.returncode == status and saved, stderr
     assert not (out / ".dalib-run.lock").exists()  # the claim released, as after Ctrl-C
     # the step it stopped at, saved (not the last of the regular checkpoints, every 5 steps)
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == int(saved.group(1))

@@ -1068,6 +1068,40 @@ def test_ctrl_c_during_a_step_saves_that_step_and_a_resume_ends_as_the_uninterru
     assert all(torch.equal(value, w_cut[key]) for key, value in w_full.items())
 
 
+def test_sigusr2_to_a_python_program_saves_the_step_then_ends_the_process_as_sigusr2_does(tmp_path):
+    """SIGUSR1/SIGUSR2, a scheduler's warning before its time limit (SLURM's --signal), end a
+    process by default: the run had died at once, without a checkpoint. It is now a stop as
+    SIGTERM's is (below); a program that handles SIGUSR1 itself keeps its handler."""
+    import signal
+    import subprocess
+    import sys
+
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import os, signal, sys\n"
+        "import dalib\n"
+        "seen = []\n"
+        "signal.signal(signal.SIGUSR1, lambda signum, frame: seen.append(signum))\n"
+        "def stop(done, logs):\n"
+        "    if done == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGUSR1)\n"
+        "    if done == 7:\n"
+        "        print('own handler:', seen, flush=True)\n"
+        "        os.kill(os.getpid(), signal.SIGUSR2)\n"
+        "cfg = dalib.RunConfig(method='source_only', src='mnist', tgt='usps', steps=30, batch_size=16, log_every=5,\n"
+        "                      checkpoint_every=10)\n"
+        "dalib.run(cfg, sys.argv[1], progress_bar=False, on_step=stop)\n"
+        "print('not reached')\n")
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "cut")], capture_output=True, text=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode == -signal.SIGUSR2, done.stderr
+    assert done.stdout.strip() == f"own handler: [{int(signal.SIGUSR1)}]"  # the program's own, called; the run went on
+    assert done.stderr.strip().endswith(
+        "dalib: terminated by SIGUSR2 (the run is saved at step 7: resume=True continues it)"), done.stderr
+    assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 7
+    assert sorted(p.name for p in (tmp_path / "cut").iterdir()) == ["checkpoint.pt", "metrics.jsonl"]  # claim given up
+
+
 def test_sigterm_to_a_python_program_saves_the_step_then_ends_the_process_as_sigterm_does(tmp_path):
     """dalib.run from a program that leaves SIGTERM to its default (a scheduler's stop, a
     multiprocessing Pool's terminate): the process had died at once, without a checkpoint,
