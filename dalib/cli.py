@@ -334,7 +334,11 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if list(target.input_shape) != list(spec["input_shape"]):
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
-    if list(target.classes) != list(spec["classes"]):
+    numbered = [str(i) for i in range(n_classes)]  # the names of a domain given none
+    if numbered in (list(target.classes), list(spec["classes"])) and target.num_classes == n_classes:
+        # the domain, or the run's, given no class names: scored by position, as the run scored its target
+        target = dataclasses.replace(target, classes=list(spec["classes"]))
+    elif list(target.classes) != list(spec["classes"]):
         # a held-out folder that files some of the run's classes is scored by their names; a class
         # the network does not know is named
         target = target.with_classes(spec["classes"])

@@ -152,11 +152,13 @@ def diagnostics(kmm: Any, ys: Tensor, num_classes: int | None = None) -> dict[st
     """The fitted weights' statistics, with the source's class proportions before and after
     weighting (``ys`` (N_s,) the source labels): weights fitted on inputs that differ in
     appearance between the domains can follow the appearance and re-weight the classes.
-    With ``num_classes`` (labels 0..C-1) entry k of the proportions is class k, 0 for a class
-    the source lacks; without, entry k is the k-th label present, in sorted order."""
+    Labels >= 0 are class indices: entry k of the proportions is class k, 0 for a class the
+    source lacks, in the shallow form as in the deep one (``num_classes`` of them, or without
+    it as many as the source's largest label needs). Labels of other values (-1/+1): entry k
+    is the k-th label present, in sorted order."""
     w = np.asarray(kmm.weights_, dtype=np.float64)
     y = torch.as_tensor(ys).cpu().numpy().reshape(-1)
-    if num_classes is None:
+    if num_classes is None and bool((y < 0).any()):
         _, y = np.unique(y, return_inverse=True)  # classes in sorted order, whatever their labels
     counts = np.bincount(y, minlength=num_classes or 0)
     mass = np.bincount(y, weights=w, minlength=len(counts))

@@ -23,11 +23,11 @@ UNLABELLED = -1
 
 
 def labelled_accuracy(pred: Any, labels: Any) -> float | None:
-    """Accuracy (a fraction) of the predictions (N,) over the labelled samples (label >= 0,
-    not :data:`UNLABELLED`); None when there are none. Arrays or CPU tensors."""
+    """Accuracy (a fraction) of the predictions (N,) over the labelled samples (those not
+    :data:`UNLABELLED`); None when there are none. Arrays or CPU tensors."""
     if labels is None:
         return None
-    known = np.asarray(labels) >= 0
+    known = np.asarray(labels) != UNLABELLED
     return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
 
 
@@ -212,6 +212,8 @@ class Domain:
         where = _where(name, dataset_name, origin)
         if num_classes is not None:
             num_classes = _whole_number(num_classes, "num_classes", where)
+            if num_classes < 1:
+                raise DataError(f"num_classes must be at least 1, got {num_classes} in {where}")
         if y is None:
             if classes is None and num_classes is None:
                 raise DataError(f"an unlabelled domain needs num_classes or classes (the source's) in {where}")
@@ -228,6 +230,9 @@ class Domain:
         if wide is not None and not bool(torch.isfinite(xt).all()) and bool(torch.isfinite(wide).all()):
             raise DataError(f"features up to {float(wide.abs().max()):.3g} in {where} overflow float32 (up to "
                             f"{torch.finfo(torch.float32).max:.3g}), the precision dalib trains in: scale them")
+        if yt.ndim > 1 and tuple(yt.shape[1:]) != (1,):  # (N, C) one-hot or scores: flattened, N·C "labels"
+            raise DataError(f"labels of shape {tuple(yt.shape)} in {where}: give one class index per sample, "
+                            "shape (N,) (from one-hot labels or scores: y.argmax(1))")
         yt = yt.reshape(-1)
         if xt.ndim == 0 or xt.shape[0] == 0:
             raise DataError(f"empty domain: no samples in {where}")
@@ -315,7 +320,8 @@ def _whole_number(value: Any, name: str, where: str) -> int:
             raise TypeError
         return operator.index(value)
     except TypeError:
-        raise DataError(f"{name} must be a whole number, got {value!r} in {where}") from None
+        kind = f" (a {type(value).__name__})" if isinstance(value, (float, np.floating)) else ""
+        raise DataError(f"{name} must be an int, got {value!r}{kind} in {where}") from None
 
 
 #: float32's largest value whose square it still holds: batch norm's variance and every squared

@@ -191,9 +191,12 @@ def run_shallow(
     check_same_features(xs, xt)
     labels = as_labels(ys, xs.shape[0], "ys")
     if bool((labels < 0).any()):  # −1 would be trained as a class of its own, and predicted
-        raise InputError(f"ys holds {int((labels < 0).sum())} negative label(s): the source must be labelled "
-                         f"({UNLABELLED} marks an unlabelled sample)")
+        raise InputError(f"ys holds {int((labels < 0).sum())} negative label(s): class labels are >= 0, and the "
+                         f"source must be labelled ({UNLABELLED} marks an unlabelled sample)")
     yt_arr = None if yt is None else as_labels(yt, xt.shape[0], "yt")
+    if yt_arr is not None and bool((yt_arr < UNLABELLED).any()):  # (they had been left out of the score)
+        raise InputError(f"yt holds {int((yt_arr < UNLABELLED).sum())} label(s) below {UNLABELLED}: class labels "
+                         f"are >= 0, and {UNLABELLED} marks an unlabelled sample")
     start = time.perf_counter()
     clf, adapted = fit_shallow(method_cls, cfg, xs, labels, xt, classifier)
     pred = np.asarray(clf.predict(to_numpy(torch.as_tensor(adapted.xt))))

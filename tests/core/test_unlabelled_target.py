@@ -362,3 +362,30 @@ def test_a_loader_that_gives_another_number_of_classes_than_its_dataset_declares
     with pytest.raises(RegistryError, match=r"^the loader of dataset declares-two returned domain d with 3 classes, "
                                             r"but the dataset declares num_classes=2$"):
         load_domain("declares-two", "d")
+
+
+def test_eval_scores_a_numbered_target_by_position_as_the_run_did(tmp_path, toy_dataset):
+    """A source that names its classes and a target given none (numbered 0..C-1): the run
+    scores the target by position; eval had matched the numbers against the names and
+    refused the run's own target ("classes the network does not know: 0, 1")."""
+    from dalib.data.registry import _entry
+
+    toy = _entry(toy_dataset)[1]
+    if "toy-named-source" not in list_datasets():
+        def load(request):
+            d = toy(request)
+            if request.domain == "src":
+                return Domain.from_arrays("src", d.x, d.y, classes=["cat", "dog"], dataset_name="toy-named-source")
+            return Domain.from_arrays("tgt", d.x, d.y, num_classes=2, dataset_name="toy-named-source")
+
+        register_dataset(DatasetInfo(name="toy-named-source", description="named source classes, numbered target "
+                                     "(tests)", domains=("src", "tgt"), kind="features", num_classes=2,
+                                     needs="embedded"), load)
+    done = run(RunConfig(method="source_only", dataset="toy-named-source", src="src", tgt="tgt", steps=20,
+                         batch_size=16, mode="deep"), tmp_path / "run", progress_bar=False)
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert f"accuracy {done.target_accuracy:.2f}%" in res.stdout
+    # the source's own (named) domain is matched by name, as before
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--domain", "src"])
+    assert res.exit_code == 0 and f"accuracy {done.source_accuracy:.2f}%" in res.stdout, res.output

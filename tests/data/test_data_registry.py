@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.metadata
+import re
 import warnings
 
 import numpy as np
@@ -376,9 +377,11 @@ def test_from_arrays_warns_of_images_laid_out_channels_last_and_of_features_floa
         Domain.from_arrays("dom", rng.normal(size=(6, 4)) * 1e20, labels)
 
 
-@pytest.mark.parametrize("count", [3.0, "3", True])
-def test_from_arrays_takes_a_whole_number_of_classes(count):
-    with pytest.raises(DataError, match=rf"^num_classes must be a whole number, got {count!r} in domain dom$"):
+@pytest.mark.parametrize(("count", "kind"), [(3.0, " (a float)"), (np.float32(3.0), " (a float32)"), ("3", ""),
+                                           (True, "")])
+def test_from_arrays_takes_a_whole_number_of_classes(count, kind):
+    with pytest.raises(DataError, match=rf"^num_classes must be an int, got {re.escape(repr(count))}{re.escape(kind)} "
+                                        r"in domain dom$"):
         Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=count)
     for five in (np.int64(5), torch.tensor(5), torch.tensor([0, 4]).max() + 1):  # (y.max() + 1 of a tensor y)
         assert Domain.from_arrays("dom", np.eye(4), [0, 1, 2, 0], num_classes=five).num_classes == 5
@@ -449,3 +452,20 @@ def test_a_domain_takes_a_networks_classes_by_name():
     assert wide.classes == ["ant", "cat", "dog", "fox"] and wide.num_classes == 4 and torch.equal(wide.x, d.x)
     with pytest.raises(DataError, match=r"domain held has 1 class\(es\) the network does not know: fox \(it knows ant, cat\)"):
         d.with_classes(["ant", "cat"])
+
+
+def test_from_arrays_refuses_labels_of_two_dimensions():
+    """(N, C) one-hot labels had been flattened into N·C labels ("6 samples but 12 labels"), and
+    (N/2, 2) ones taken as N labels, in silence; (N, 1) is one label per sample."""
+    x = np.eye(6)
+    with pytest.raises(DataError, match=r"^labels of shape \(6, 2\) in domain dom: give one class index per sample, "
+                                        r"shape \(N,\) \(from one-hot labels or scores: y.argmax\(1\)\)$"):
+        Domain.from_arrays("dom", x, np.eye(2)[[0, 1, 1, 0, 1, 0]])
+    with pytest.raises(DataError, match=r"^labels of shape \(3, 2\)"):
+        Domain.from_arrays("dom", x, np.array([[0, 1], [1, 0], [2, 2]]))
+    assert Domain.from_arrays("dom", x, np.array([[0], [1], [1], [0], [2], [2]])).y.tolist() == [0, 1, 1, 0, 2, 2]
+
+
+def test_from_arrays_needs_at_least_one_class():
+    with pytest.raises(DataError, match=r"^num_classes must be at least 1, got 0 in domain dom$"):
+        Domain.from_arrays("dom", np.eye(4), None, num_classes=0)

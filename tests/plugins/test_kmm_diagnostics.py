@@ -82,10 +82,15 @@ def test_shallow_kmm_reports_the_class_proportions_too():
     info = get_method("kmm").adapt(KMMConfig(B=4.0), xs, ys, xt).info
     assert info["class_proportions"] == [0.5, 0.5]
     assert info["weighted_class_proportions"][0] > 0.7 and sum(info["weighted_class_proportions"]) == pytest.approx(1)
-    # labels of any values (-1/+1, 0/1000): one proportion per class, in sorted label order
-    for labels in (ys * 2 - 1, ys * 1000):
-        again = get_method("kmm").adapt(KMMConfig(B=4.0), xs, labels, xt).info
-        assert again["weighted_class_proportions"] == info["weighted_class_proportions"]
+    # labels -1/+1: one proportion per class, in sorted label order
+    again = get_method("kmm").adapt(KMMConfig(B=4.0), xs, ys * 2 - 1, xt).info
+    assert again["weighted_class_proportions"] == info["weighted_class_proportions"]
+    # class indices: entry k is class k, as in the deep form (the shallow form had listed the
+    # classes present, so that a class the source lacks moved every later one down a place)
+    lacking = get_method("kmm").adapt(KMMConfig(B=4.0), xs, ys * 2, xt).info  # classes 0 and 2, none of 1
+    assert lacking["class_proportions"] == [0.5, 0.0, 0.5]
+    assert lacking["weighted_class_proportions"] == [info["weighted_class_proportions"][0], 0.0,
+                                                     info["weighted_class_proportions"][1]]
 
 
 @pytest.mark.parametrize("kind", ["tensors", "targets", "items"])

@@ -336,5 +336,17 @@ def test_run_shallow_refuses_unlabelled_source_samples(data):
     xs, xt, ys = data
     ys = ys.copy()
     ys[:4] = -1
-    with pytest.raises(InputError, match=r"^ys holds 4 negative label\(s\): the source must be labelled"):
+    with pytest.raises(InputError, match=r"^ys holds 4 negative label\(s\): class labels are >= 0, and the source "
+                                         r"must be labelled \(-1 marks an unlabelled sample\)$"):
         run_shallow("source_only", xs, ys, xt)
+
+
+def test_run_shallow_refuses_target_labels_below_minus_one(data):
+    """Target labels below −1 had been left out of the score like −1's, in silence: half a
+    target labelled −2 scored 100% on the other half."""
+    xs, xt, ys = data
+    yt = np.random.default_rng(2).integers(0, 3, len(xt))
+    yt[:5] = -2
+    with pytest.raises(InputError, match=r"^yt holds 5 label\(s\) below -1: class labels are >= 0, and -1 marks an "
+                                         r"unlabelled sample$"):
+        run_shallow("source_only", xs, ys, xt, yt)
