@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from dalib.config import read_toml
-from dalib.errors import ConfigError, DalibError, UnknownNameError, first_line, terminate_as_interrupt
+from dalib.errors import (ConfigError, DalibError, UnknownNameError, duration, first_line, progress_line,
+                          terminate_as_interrupt)
 from dalib.registry import code_digest, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
@@ -836,10 +837,26 @@ def run_suite(
         bar = tqdm(total=len(cells), initial=len(cells) - len(todo), desc=f"bench {suite.name}", unit="cell",
                    file=sys.stderr, disable=None if progress is None else not progress, dynamic_ncols=True)
 
+        # stderr no terminal (a batch job's log): the bar is off, and a line per finished cell says how far
+        lines = progress is None and bool(bar.disable)
+        began, ran = time.monotonic(), 0
+        if lines and todo:
+            progress_line(f"dalib: bench {suite.name}: {len(todo)} of {len(cells)} cell(s) to run"
+                          f"{f' in {jobs} processes' if jobs > 1 else ''}, results in {path}")
+
         def finished(cell: Cell, outcome: dict[str, Any]) -> None:  # recorded, and counted on the bar
+            nonlocal ran
             record(cell, outcome)
             bar.set_postfix_str(cell.key, refresh=False)
             bar.update(1)
+            ran += 1
+            if lines:
+                spent, left = time.monotonic() - began, len(todo) - ran
+                acc = outcome.get("target_accuracy")
+                said = (f"{acc:.2f}%" if isinstance(acc, (int, float)) else "done") if outcome.get("status") == "done" \
+                    else "failed"
+                progress_line(f"dalib: bench {suite.name}: {len(cells) - left}/{len(cells)} cells, {cell.key}: {said}, "
+                              f"{duration(spent)} so far{f', about {duration(spent / ran * left)} left' if left else ''}")
 
         try:
             with terminate_as_interrupt():

@@ -22,7 +22,8 @@ from typing import Any
 
 import click
 
-from dalib.errors import ConfigError, DalibError, first_line, stopped_by, terminate_as_interrupt
+from dalib.errors import (ConfigError, DalibError, duration, first_line, progress_line, stopped_by,
+                          terminate_as_interrupt)
 
 __all__ = ["cli", "main"]
 
@@ -32,6 +33,21 @@ class _OneLineError(click.ClickException):
 
     def show(self, file: Any = None) -> None:
         click.echo(f"dalib: error: {self.format_message()}", err=True)
+
+
+class _Failed(_OneLineError):
+    """Work that failed, not bad input (cells of a bench): one line, exit status 1."""
+
+    exit_code = 1
+
+
+class _ClosedPipe(Exception):
+    """The reader of dalib's output closed its pipe (``dalib list | head -1``)."""
+
+
+#: the exit status of a closed pipe: 128 + SIGPIPE, the status of a program it ended (as it ends
+#: most command-line tools)
+_CLOSED_PIPE_STATUS = 141
 
 
 # what torch's allocators say when memory runs out (a plugin's own RuntimeError that merely
@@ -70,6 +86,8 @@ class _Group(click.Group):
             raise _OneLineError(f"out of memory{f' (tried to allocate {asked.group(1)})' if asked else ''}: lower "
                                 "the sizes involved (the batch, the images, the network's or the method's widths)") from None
         except OSError as exc:  # the file system refused a path: too long a name, no permission, full, read-only
+            if exc.errno == errno.EPIPE:
+                raise _ClosedPipe from None
             if exc.errno not in _FILE_SYSTEM_ERRORS:
                 raise
             where = f": {exc.filename}" if exc.filename else ""
@@ -81,14 +99,26 @@ class _Group(click.Group):
              standalone_mode: bool = True, **extra: Any) -> Any:
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        _open_standard_streams()
         if sys.stderr is None:  # started with it closed (2>&-): Python's is None, which the progress bar read
             sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's, to its end)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click.exceptions.NoArgsIsHelpError as exc:  # `dalib` alone: the help, which is the whole message
+            click.echo(exc.format_message(), err=True)
+            sys.exit(2)
         except click.ClickException as exc:
             message = exc.format_message().splitlines()[0] if exc.format_message() else type(exc).__name__
             click.echo(f"dalib: error: {message}", err=True)
-            sys.exit(2 if isinstance(exc, (click.UsageError, _OneLineError)) else exc.exit_code)
+            sys.exit(2 if isinstance(exc, click.UsageError) else exc.exit_code)
+        except _ClosedPipe:
+            sys.stdout = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (what is left unflushed goes nowhere)
+            sys.exit(_CLOSED_PIPE_STATUS)
+        except OSError as exc:  # --help or --version, printed before any command, on a full disk
+            if exc.errno not in _FILE_SYSTEM_ERRORS:
+                raise
+            click.echo(f"dalib: error: {exc.strerror}", err=True)
+            sys.exit(2)
         except click.Abort as exc:  # Ctrl-C 130; SIGTERM, where a command stops cleanly on it, 143 (SIGUSR1 138)
             status = exc.args[0] if exc.args and isinstance(exc.args[0], int) else 130
             saved = exc.args[1] if len(exc.args) > 1 and isinstance(exc.args[1], int) else None
@@ -103,6 +133,21 @@ _FILE_SYSTEM_ERRORS = frozenset({errno.ENAMETOOLONG, errno.EACCES, errno.EPERM, 
                                  errno.EDQUOT, errno.ELOOP, errno.ENOTDIR})
 
 
+def _open_standard_streams() -> None:
+    """Put the null device on standard input, output and error where the process started
+    with them closed (``>&-``): the next file dalib opened (a run's metrics.jsonl) would
+    otherwise take the number, and whatever a library or a compiler it starts writes to
+    standard output or error would go into that file."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+
+
 def _load_plugins(modules: tuple[str, ...]) -> None:
     from dalib.registry import load_plugin_module
 
@@ -113,8 +158,10 @@ def _load_plugins(modules: tuple[str, ...]) -> None:
 def _read_toml(path: str) -> dict[str, Any]:
     from dalib.config import read_toml
 
-    if not Path(path).is_file():
+    if not os.path.exists(path):  # (a pipe, /dev/stdin or <(...), is no regular file but reads as one)
         raise ConfigError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigError(f"config file {path} is a folder: give a TOML file")
     return read_toml(path, "config file")
 
 
@@ -239,12 +286,9 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         resumed = f", resuming at step {info['start']}" if info.get("start") else ""
         how = (f"{info['steps']} step{'s' if info['steps'] != 1 else ''} on {info['device']}{resumed}" if info["mode"] == "deep"
                else f"shallow form + {info['classifier']} classifier on {info['device']}")
-        click.echo(
-            f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}"
-            f"{' + ' + str(info['n_held']) + ' held out' if info.get('n_held') else ''}) -> {info['tgt']} "
-            f"({info['n_tgt']}), {how}, output in {out_dir}",
-            err=True,
-        )
+        progress_line(f"dalib: {method} on {info['dataset']}: {info['src']} ({info['n_src']}"
+                      f"{' + ' + str(info['n_held']) + ' held out' if info.get('n_held') else ''}) -> {info['tgt']} "
+                      f"({info['n_tgt']}), {how}, output in {out_dir}")
         if lines is not None and info["mode"] == "deep":
             lines.begin(info["start"], info["steps"])
 
@@ -280,8 +324,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
               help="import a module that registers datasets or methods (as the run did)")
 @click.option("--predictions", type=click.Path(dir_okay=False),
-              help="write every sample's predicted class to this CSV file (index, predicted, confidence, label; "
-                   "and file, for an image folder); an unlabelled domain is then predicted, not scored")
+              help="write every sample's predicted class to this CSV file, '-' for standard output (index, predicted, "
+                   "confidence, label; and file, for an image folder); an unlabelled domain is then predicted, not scored")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
              device: str, batch_size: int, workers: int, plugins: tuple[str, ...], predictions: str | None) -> None:
     """Score the network of a deep run on a domain of its dataset, or write its predictions.
@@ -299,7 +343,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     for option, value in (("--domain", domain), ("--dataset", dataset), ("--data", data), ("--data-root", data_root)):
         if value is not None and not value.strip():  # "" would mean the run's own value
             raise ConfigError(f"{option} is empty: give a value or leave it out")
-    if predictions is not None:  # checked before any work: nothing is overwritten, nothing predicted in vain
+    to_stdout = predictions == "-"  # the CSV on standard output, and the summary line on stderr
+    if predictions is not None and not to_stdout:  # checked before any work: nothing is overwritten, nothing predicted in vain
         if not predictions.strip():
             raise ConfigError("--predictions needs a file name")
         if os.path.lexists(predictions):  # (a link that leads nowhere too: the file would be written through it)
@@ -363,9 +408,13 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     writer = csv.writer(text, lineterminator="\n")
     writer.writerow(header)
     writer.writerows(rows)
-    atomic_write_text(Path(predictions), text.getvalue(), exclusive=True)  # (another eval may have written it since)
     accuracy = accuracy_of(pred, labels)
     scored = "no labels to score" if accuracy is None else f"accuracy {accuracy:.2f}%"
+    if to_stdout:
+        click.echo(text.getvalue(), nl=False)
+        click.echo(f"{head}: {scored}; predictions of {len(pred)} samples on standard output", err=True)
+        return
+    atomic_write_text(Path(predictions), text.getvalue(), exclusive=True)  # (another eval may have written it since)
     click.echo(f"{head}: {scored}; predictions of {len(pred)} samples in {predictions}")
 
 
@@ -569,9 +618,9 @@ def bench(suite: str, methods: str | None, tasks: str | None, seeds: str | None,
                    err=True)
     elif path.with_suffix(".png").is_file():
         click.echo(f"chart: {path.with_suffix('.png')}")
-    if failed:
+    if failed:  # (status 1: the work failed, where 2 is bad input)
         key, cell = next(iter(sorted(failed.items())))
-        raise ConfigError(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")
+        raise _Failed(f"{len(failed)} cell(s) failed, listed in the table; the first, {key}: {cell.get('error')}")
 
 
 def _first_line(cls: Any) -> str:
@@ -596,12 +645,9 @@ class _ProgressLines:
             return
         spent = time.monotonic() - self._t0
         left = spent / (done - self._start) * (self._steps - done)
-        click.echo(f"dalib: step {done}/{self._steps} ({100 * done // self._steps}%), loss {logs.get('total', math.nan):.4g}, "
-                   f"{_duration(spent)} so far{f', about {_duration(left)} left' if done < self._steps else ''}", err=True)
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+        progress_line(f"dalib: step {done}/{self._steps} ({100 * done // self._steps}%), loss "
+                      f"{logs.get('total', math.nan):.4g}, {duration(spent)} so far"
+                      f"{f', about {duration(left)} left' if done < self._steps else ''}")
 
 
 def _printable(text: str) -> str:

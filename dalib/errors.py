@@ -202,6 +202,23 @@ def load_failure(exc: BaseException) -> str:
     return name if why == name else f"{name}: {why}"
 
 
+def duration(seconds: float) -> str:
+    """A time for a progress line: ``41 s``, ``12.5 min``, ``2.1 h``."""
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def progress_line(text: str) -> None:
+    """A line of progress on stderr. Where stderr is gone (a log reader that closed its pipe,
+    a full disk), the line is dropped and stderr with it, and the work goes on: progress is
+    no reason to stop a run."""
+    if sys.stderr is None:
+        return
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # (ValueError: a stream closed)
+        sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's, to its end)
+
+
 def warn_outside_dalib(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the first caller outside dalib's own package (the
     user's line, whatever the depth of dalib's calls and decorators in between)."""

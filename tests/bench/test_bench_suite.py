@@ -7,6 +7,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -375,14 +376,35 @@ def test_a_suite_with_nothing_to_run_says_why(toy_suite, tmp_path):
     _one_line_error(res, "no cells to run", "no [deep] table")
 
 
+def test_a_bench_logs_a_line_per_cell_where_stderr_is_no_terminal(toy_suite, tmp_path):
+    """A batch job's log (stderr a file) had held nothing until the end: the bar turns itself
+    off there, and nothing stood in for it. Now a line at the start and one per finished cell;
+    --quiet leaves them out."""
+    res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "0,1",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    lines = res.stderr.strip().splitlines()
+    assert lines[0] == f"dalib: bench toy: 4 of 4 cell(s) to run, results in {tmp_path / 'bench-toy.json'}"
+    cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    assert len(lines) == 5
+    for n, line in enumerate(lines[1:], start=1):
+        done = re.fullmatch(r"dalib: bench toy: (\d)/4 cells, (.+): ([0-9.]+)%, \d+ s so far(, about \d+ s left)?", line)
+        assert done and int(done.group(1)) == n and bool(done.group(4)) == (n < 4), line
+        assert float(done.group(3)) == pytest.approx(cells[done.group(2)]["target_accuracy"], abs=0.006)
+    quiet = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "source_only", "--seeds", "2",
+                                     "--out", str(tmp_path), "--quiet"])
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.output
+
+
 def test_failed_cells_are_reported_and_the_exit_status_says_so(toy_suite, tmp_path):
     """A cell that fails (bad data, bad settings) is kept in the results and the table, and the
-    command ends with one error line and exit status 2, not a silent success."""
+    command ends with one error line and exit status 1 (the work failed; 2 is bad input), not a
+    silent success."""
     bad = tmp_path / "failing.toml"
     bad.write_text(TOY_SUITE.replace("hidden = 32", "hidden = 32\ntrade_off = 1e30"))  # DANN's loss overflows
     res = CliRunner().invoke(cli, ["bench", str(bad), "--methods", "dann,source_only", "--seeds", "0",
                                    "--out", str(tmp_path), "--quiet"])
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert "results:" in res.stdout and "table:" in res.stdout
     error = res.stderr.strip().splitlines()[-1]
     assert error.startswith("dalib: error: 1 cell(s) failed") and "dann | src->tgt | seed 0" in error
@@ -586,7 +608,7 @@ def test_a_buggy_plugin_fails_its_own_cells_and_the_others_run(toy_suite, tmp_pa
     finally:
         unregister_method("bench_buggy")
         unregister_method("bench_needy")
-    assert res.exit_code == 2, res.output
+    assert res.exit_code == 1, res.output
     assert res.stderr.strip().splitlines()[-1].startswith("dalib: error: 2 cell(s) failed")
     cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
     assert cells["bench_buggy | src->tgt | seed 0"]["status"] == "failed"
@@ -913,7 +935,7 @@ def test_a_narrowed_run_names_each_cell_once_and_answers_for_its_own_cells(toy_s
     try:
         res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--plugin", buggy, "--methods", "bench_buggy_kept",
                                        "--seeds", "0", "--out", str(tmp_path), "--quiet"])
-        assert res.exit_code == 2 and "1 cell(s) failed" in res.stderr
+        assert res.exit_code == 1 and "1 cell(s) failed" in res.stderr
         ran = []
         run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], tasks=["src->tgt", "src:tgt"],
                   seeds=[0, 0], progress=False, on_cell=lambda cell, outcome: ran.append(cell.key))
@@ -1135,7 +1157,7 @@ def test_a_plugin_that_exits_fails_its_own_cells_and_ctrl_c_still_stops_the_suit
     try:
         res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--plugin", exits, "--methods", "bench_exits,source_only",
                                        "--seeds", "0", "--out", str(tmp_path), "--quiet"])
-        assert res.exit_code == 2, res.output
+        assert res.exit_code == 1, res.output
         assert res.stderr.strip().splitlines()[-1].startswith("dalib: error: 1 cell(s) failed")
         cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
         assert cells["bench_exits | src->tgt | seed 0"]["error"] == "SystemExit: 3"

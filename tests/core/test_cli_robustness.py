@@ -4,7 +4,10 @@ before is lost, and a resume never passes off another run's result as this one's
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -466,3 +469,100 @@ def test_a_run_with_stderr_closed_trains_and_writes_its_results(tmp_path):
     bad = subprocess.run([*args, str(tmp_path / "bad"), "--batch-size", "0"], stdout=subprocess.PIPE,
                          preexec_fn=lambda: os.close(2), env=env, timeout=300)
     assert bad.returncode == 2
+
+
+def test_dalib_alone_prints_its_help_on_stderr_with_status_2():
+    # the help had been cut to its first line ("dalib: error: Usage: dalib [OPTIONS] COMMAND ...")
+    res = CliRunner().invoke(cli, [], prog_name="dalib")
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.startswith("Usage: dalib [OPTIONS] COMMAND [ARGS]...")
+    assert all(f"  {name} " in res.stderr for name in ("run", "list", "show", "eval", "bench", "select"))
+
+
+def _dalib(*args, **kwargs):
+    return subprocess.run([sys.executable, "-m", "dalib", *args], env={**os.environ, "OMP_NUM_THREADS": "1"},
+                          timeout=300, **kwargs)
+
+
+def test_a_closed_pipe_ends_a_command_with_status_141_and_no_word():
+    # (`dalib list | head -1`): click's exit 1, a crash's status, had told a pipefail script nothing
+    for args in (["list"], ["show", "dann"]):
+        read, write = os.pipe()
+        os.close(read)  # the reader gone before a line is written: every write fails
+        try:
+            done = _dalib(*args, stdout=write, stderr=subprocess.PIPE)
+        finally:
+            os.close(write)
+        assert done.returncode == 141 and done.stderr == b"", (args, done.returncode, done.stderr)
+
+
+def test_a_log_reader_that_goes_away_ends_the_lines_not_the_run(tmp_path):
+    # stderr a pipe whose reader closed (`dalib run ... 2>&1 | head -2`): the first progress line
+    # had stopped the training, and a run shorter than --checkpoint-every left nothing
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = _dalib("run", "source_only", "--src", "M", "--tgt", "U", "--steps", "20", "--out", str(tmp_path / "run"),
+                      stdout=subprocess.PIPE, stderr=write)
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and b"target accuracy" in done.stdout, done
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 20
+
+
+def test_help_on_a_full_disk_is_one_line_not_a_traceback():
+    # --help and --version are printed while the arguments are read, before any command's handler
+    with open("/dev/full", "w") as full:
+        for flag in ("--help", "--version"):
+            done = _dalib(flag, stdout=full, stderr=subprocess.PIPE, text=True)
+            assert done.returncode == 2 and done.stderr == "dalib: error: No space left on device\n", done.stderr
+
+
+def test_standard_streams_closed_at_start_get_the_null_device(tmp_path):
+    """A process started with stdout and stderr closed (>&- 2>&-): the next files opened (a
+    run's metrics.jsonl) took their numbers, and what a compiler or a C library wrote to
+    standard output went into them."""
+    script = ("import os, sys\n"
+              "from dalib.cli import _open_standard_streams\n"
+              "_open_standard_streams()\n"
+              "fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)\n"
+              "os.write(1, b'to stdout'); os.write(2, b'to stderr')\n"
+              "os.write(fd, str(fd).encode())\n")
+
+    def closed():
+        os.close(1)
+        os.close(2)
+
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "file")], preexec_fn=closed, timeout=120)
+    assert done.returncode == 0
+    assert int((tmp_path / "file").read_text()) > 2  # a number of its own, with nothing else in the file
+
+
+def test_a_config_file_may_be_a_pipe(tmp_path):
+    # (--config /dev/stdin, or <(...)): "config file not found: /dev/stdin", though it was there
+    done = _dalib("run", "source_only", "--src", "M", "--tgt", "U", "--config", "/dev/stdin", "--out",
+                  str(tmp_path / "run"), "--quiet", input="steps = 3\n", capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3
+    done = _dalib("run", "source_only", "--src", "M", "--tgt", "U", "--config", str(tmp_path / "none.toml"),
+                  capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr == f"dalib: error: config file not found: {tmp_path / 'none.toml'}\n"
+
+
+def test_eval_predictions_to_standard_output(tmp_path):
+    """`--predictions -` had written a file named "-" in the working folder."""
+    import csv
+    import io
+
+    from dalib.runner import RunConfig, run
+
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=3, batch_size=16), tmp_path / "run",
+        progress_bar=False)
+    to_file = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--predictions", str(tmp_path / "p.csv")])
+    with CliRunner().isolated_filesystem(temp_dir=tmp_path) as here:
+        res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--predictions", "-"])
+        assert os.listdir(here) == []
+    assert res.exit_code == 0 and to_file.exit_code == 0, res.output
+    assert res.stdout == (tmp_path / "p.csv").read_text()
+    assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 1800
+    assert res.stderr.strip().endswith("; predictions of 1800 samples on standard output")
