@@ -29,6 +29,14 @@ def _config(**kw):
     return RunConfig(**base)
 
 
+def _resume(config, out):
+    """``run(config, out, resume=True)`` and the steps it trained: a restart from step 0 ends
+    as the uninterrupted run too (training is deterministic), so only these tell a resume."""
+    trained = []
+    result = run(config, out, resume=True, progress_bar=False, on_step=lambda done, logs: trained.append(done))
+    return result, trained
+
+
 def test_same_seed_same_numbers_on_cpu(tmp_path):
     a = run(_config(), tmp_path / "a", progress_bar=False)
     b = run(_config(), tmp_path / "b", progress_bar=False)
@@ -67,7 +75,8 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 25  # written past the checkpoint, trimmed on resume
 
-    resumed = run(_config(), tmp_path / "cut", resume=True, progress_bar=False)
+    resumed, trained = _resume(_config(), tmp_path / "cut")
+    assert trained == list(range(21, 31))  # from the checkpoint on
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     assert resumed.history == full.history  # the lines before the checkpoint included
@@ -143,9 +152,10 @@ def test_a_resume_goes_on_with_pythons_and_numpys_random_streams(tmp_path, metho
         cfg = _config(method="host_random_test", method_config={}, log_every=1)
         full = run(cfg, tmp_path / "full", progress_bar=False)
         _killed_at(cfg, tmp_path / "cut", 25)
-        resumed = run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+        resumed, trained = _resume(cfg, tmp_path / "cut")
     finally:
         unregister_method("host_random_test")
+    assert trained == list(range(21, 31))
     draws = [(h["loss/py"], h["loss/np"]) for h in full.history if "loss/py" in h]
     assert len(set(draws)) == 30  # a draw at every step, each its own
     assert resumed.history == full.history
@@ -1060,7 +1070,8 @@ def test_ctrl_c_during_a_step_saves_that_step_and_a_resume_ends_as_the_uninterru
     assert caught.value.saved_step == 15
     assert load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 15  # not 10, the last regular one
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    resumed = run(_config(workers=workers), tmp_path / "cut", resume=True, progress_bar=False)
+    resumed, trained = _resume(_config(workers=workers), tmp_path / "cut")
+    assert trained == list(range(16, 31))  # from the step it stopped at
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     w_full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")["model"]

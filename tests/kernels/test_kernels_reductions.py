@@ -60,11 +60,23 @@ def test_median_bandwidth_is_median_pairwise_distance():
 
 
 def test_median_bandwidth_subsamples_large_inputs_reproducibly():
+    """Above MEDIAN_MAX_POINTS pooled points: the exact median over the documented seeded
+    subset of the pooled points, which estimates the median over all of them."""
+    from scipy.spatial.distance import pdist
+
+    from dalib.kernels.distance import MEDIAN_MAX_POINTS
+
     x, y = _data(3000, 2000, d=4)
-    m1, m2 = median_bandwidth(x, y), median_bandwidth(x, y)
-    assert m1 == m2
-    full = np.median(np.sqrt(_np_sqdist(x[:600].numpy(), y[:600].numpy())))
-    assert m1 == pytest.approx(full, rel=0.1)
+    y = y + 1.5  # the domains apart: a subset of one of them alone would give another median
+    m = median_bandwidth(x, y)
+    assert m == median_bandwidth(x, y)
+    z = torch.cat([x, y]).numpy()
+    pick = torch.randperm(5000, generator=torch.Generator().manual_seed(0))[:MEDIAN_MAX_POINTS].numpy()
+    sub = pdist(z[pick])  # the distances i < j
+    assert m == pytest.approx(np.sort(sub)[(sub.size - 1) // 2], rel=1e-9)  # the lower middle, torch.median's
+    every = pdist(z)
+    assert m == pytest.approx(np.median(every), rel=0.01)
+    assert abs(np.median(every) - median_bandwidth(x, x[:2000])) > 0.05 * np.median(every)  # (that 1% tells them apart)
 
 
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
