@@ -9,7 +9,10 @@ A suite is a TOML file (the built-in ones are in ``benchmarks/suites/``)::
     protocol = "..."                 # what is trained on what, and what is reported
     [deep]                           # run options of every deep cell (dalib.RunConfig fields;
     steps = 2000                     # the data root is --data-root's; an image folder:
-                                     # dataset = "image-folder" and data = "PATH")
+                                     # dataset = "image-folder" and data = "PATH", a relative
+                                     # PATH from the working directory, as a run takes it:
+                                     # the results name the folder it was, and another is
+                                     # other data)
     [shallow]                        # present: methods with a shallow form run it too
     classifiers = ["1nn", "linear"]  # once per classifier
     [methods.dann]                   # one hyperparameter setting per method, for all tasks:
@@ -247,6 +250,10 @@ def load_suite(name_or_path: str) -> Suite:
         if unknown:
             raise ConfigError(f"suite {path}: unknown [deep] option(s) {', '.join(unknown)}; "
                               f"valid: {', '.join(sorted(options))}")
+        if isinstance(deep.get("data"), str) and deep["data"].strip():
+            # an image folder, from the working directory as a run takes it, named by where it is: the same
+            # words from another directory are other data (the cells kept had joined the new ones' table)
+            deep = {**deep, "data": os.path.abspath(os.path.expanduser(deep["data"]))}
     shallow = raw.get("shallow")
     unknown = sorted(set(shallow or {}) - {"classifiers"})
     if unknown:  # ("classifier = [...]" had run 1-NN alone without a word)
@@ -263,7 +270,7 @@ def load_suite(name_or_path: str) -> Suite:
     _check_published(path, raw, classifiers, tasks)
     return Suite(
         name=path.stem, path=path, title=raw.get("title", path.stem), dataset=raw["dataset"], tasks=tasks,
-        seeds=list(seeds), protocol=raw.get("protocol", "").strip(), deep=raw.get("deep"),
+        seeds=list(seeds), protocol=raw.get("protocol", "").strip(), deep=deep,
         shallow_classifiers=classifiers, methods=raw.get("methods", {}), skip=raw.get("skip", {}),
         published=raw.get("published", {}), timing=raw.get("timing", "").strip(),
     )

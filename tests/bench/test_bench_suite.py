@@ -1066,6 +1066,25 @@ def test_an_image_folder_named_by_the_suite_is_part_of_a_cells_settings(tmp_path
     assert cell_fingerprint(digits) == cell_fingerprint(dataclasses.replace(digits, data_root=str(tmp_path)))
 
 
+def test_a_suites_relative_image_folder_is_the_folder_it_names_from_where_it_runs(tmp_path, monkeypatch):
+    """data = "imgs" from two working directories is two folders: the cells of the first had
+    been kept, beside the second's, in one table, and both recorded as "imgs"."""
+    from dalib_benchmarks.suite import Cell, cell_fingerprint
+
+    suite = tmp_path / "mine.toml"
+    suite.write_text('dataset = "image-folder"\ntasks = ["real->sketch"]\nseeds = [0]\n[deep]\ndata = "imgs"\n'
+                     'steps = 3\n')
+    fingerprints = []
+    for here in ("a", "b"):
+        (tmp_path / here).mkdir()
+        monkeypatch.chdir(tmp_path / here)
+        loaded = load_suite(str(suite))
+        assert loaded.deep["data"] == str(tmp_path / here / "imgs")
+        cell = Cell(loaded.variants(["source_only"])[0], ("real", "sketch"), 0)
+        fingerprints.append(cell_fingerprint(loaded.run_config(cell, steps=None, data_root=None, device=None)))
+    assert fingerprints[0] != fingerprints[1]
+
+
 def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_again(toy_suite, tmp_path):
     """A killed --rerun keeps the cells it finished; those made by code that has changed since
     were kept too (and a warning then told to --rerun, which had just been given)."""
