@@ -10,6 +10,7 @@ directly (DATA/DOMAIN/IMAGE, no class folders) is an unlabelled domain: every la
 from __future__ import annotations
 
 import os
+import unicodedata
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +146,7 @@ def folder_classes(data_dir: Path) -> list[str]:
     """The sorted union of class-folder names over all domains, so that labels agree
     between domains even when a domain lacks a class (an unlabelled domain has none);
     a class folder that holds no image counts for no domain."""
-    return sorted({c for _, names in _holding_images(_class_folders(data_dir)).values() for c in names})
+    return sorted({_name(c) for _, names in _holding_images(_class_folders(data_dir)).values() for c in names})
 
 
 def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bool = False) -> list[Path]:
@@ -166,13 +167,22 @@ def _shown(names: list[str], limit: int = 3) -> str:
     return ", ".join(names[:limit]) + (", ..." if len(names) > limit else "")
 
 
+def _name(folder_name: str) -> str:
+    """A folder's name as dalib compares it: in Unicode's composed form (NFC). A folder made
+    on macOS, or unpacked from an archive made there, may spell "é" as "e" and a combining
+    accent, which looks the same and compares otherwise."""
+    return unicodedata.normalize("NFC", folder_name)
+
+
 def _resolve_folder(data_dir: Path, domain: str, names: list[str]) -> str:
-    """``domain`` among the domain folders ``names`` of ``data_dir``, case folded if need be."""
+    """``domain`` among the domain folders ``names`` of ``data_dir``, in either Unicode form,
+    case folded if need be."""
     if domain in names:
         return domain
-    folded = [n for n in names if n.lower() == domain.strip().lower()]
-    if len(folded) == 1:
-        return folded[0]
+    for same in (lambda n: _name(n) == _name(domain.strip()), lambda n: _name(n).lower() == _name(domain.strip()).lower()):
+        found = [n for n in names if same(n)]
+        if len(found) == 1:
+            return found[0]
     raise UnknownNameError(
         f"unknown domain {domain!r} of dataset image-folder in {data_dir}; "
         f"known: {', '.join(names)}"
@@ -253,13 +263,14 @@ def load(req: LoadRequest) -> Domain:
     data_dir = req.data_dir
     by_domain = _class_folders(data_dir)  # one listing serves the classes and the checks below
     name = _resolve_folder(data_dir, req.domain, list(by_domain))
-    root, own = by_domain.pop(name)
+    root, folders = by_domain.pop(name)
+    class_dirs = [root / c for c in folders]
+    own = sorted({_name(c) for c in folders})  # (class names in one Unicode form: domains name them alike)
     # the other domains' classes, of folders that hold images: an empty class folder of the
     # domain itself is an error below, another domain's names no class
-    by_domain = _holding_images(by_domain)
+    by_domain = {d: (r, [_name(c) for c in names]) for d, (r, names) in _holding_images(by_domain).items()}
     others = sorted({c for _, names in by_domain.values() for c in names})
     classes = sorted(set(own) | set(others))
-    class_dirs = [root / c for c in own]
     skipped: list[Path] = []
     broken: list[Path] = []
     loose = _images(root, skipped, broken)
@@ -297,7 +308,7 @@ def load(req: LoadRequest) -> Domain:
                 f"empty class folder: {cdir} holds no images, nor do its sub-folders "
                 f"({where}; extensions {' '.join(IMG_EXTENSIONS)})"
             )
-        label = classes.index(cdir.name)
+        label = classes.index(_name(cdir.name))
         samples.extend((p, label) for p in files)
     if skipped:
         warnings.warn(

@@ -747,3 +747,25 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_left_out(office, monkeyp
     with pytest.raises(DataError) as exc:
         load_domain("image-folder", "amazon", data_dir=office, image_size=8)
     assert str(exc.value) == f"cannot list folder {office / unreadable} (dataset image-folder): Permission denied"
+
+
+def test_names_in_either_unicode_form_are_one_name(tmp_path):
+    """A folder made on macOS (or unpacked from an archive made there) may spell "é" as "e" and
+    a combining accent: "café" typed was an unknown domain beside a "café" that looked the
+    same, and a class so spelt in one domain was another class than the other domain's."""
+    import unicodedata
+
+    nfd, nfc = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
+    assert nfd != nfc
+    root = tmp_path / "data"
+    _image(root / nfd / f"th{nfd}" / "a.png", (255, 0, 0))
+    _image(root / nfd / "eau" / "b.png", (0, 255, 0))
+    _image(root / "target" / f"th{nfc}" / "a.png", (255, 0, 0))
+    _image(root / "target" / "eau" / "b.png", (0, 255, 0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no class is missing from either domain)
+        src = load_domain("image-folder", nfc, data_dir=root, image_size=8)
+        tgt = load_domain("image-folder", "target", data_dir=root, image_size=8)
+    assert src.classes == tgt.classes == ["eau", f"th{nfc}"]
+    assert src.dataset.targets == [0, 1] and tgt.dataset.targets == [0, 1]
+    assert src.name == nfd  # the folder's own name
