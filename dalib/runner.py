@@ -1098,7 +1098,10 @@ def _run(
             g.setdefault("lr_mult", 1.0)
             g["params"] = [p for p in g["params"] if p.requires_grad]
         groups = [g for g in groups if g["params"]]
-        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, nesterov=config.momentum > 0)
+        # foreach: one multi-tensor update for every parameter, the numbers of the per-parameter
+        # loop (its default on the CPU), a few percent of a step faster
+        optimizer = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                                    nesterov=config.momentum > 0, foreach=True)
 
         s_stream = _Stream(len(src), config.batch_size, config.seed, rank, world)
         t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)

@@ -14,7 +14,8 @@ from torch import Tensor
 
 from dalib.kernels._checks import check_pair, outside_autocast
 
-__all__ = ["center_pair", "median_bandwidth", "nearest_rows", "sqdist", "sqdist_unchecked", "sqdist_tile_"]
+__all__ = ["center_pair", "median_bandwidth", "median_bandwidth_unchecked", "nearest_rows", "sqdist",
+           "sqdist_unchecked", "sqdist_tile_"]
 
 #: At most this many pooled points enter :func:`median_bandwidth` (a fixed random subset).
 MEDIAN_MAX_POINTS = 2048
@@ -100,7 +101,12 @@ def median_bandwidth(x: Tensor, y: Tensor) -> float:
     :data:`DUPLICATE_TOL` of the largest distance) it returns the mean of the non-zero
     ones, and 1.0 if all points coincide.
     """
-    x, y = check_pair(x, y)
+    return median_bandwidth_unchecked(*check_pair(x, y))
+
+
+def median_bandwidth_unchecked(x: Tensor, y: Tensor) -> float:
+    """``median_bandwidth`` without input checks, for ``x`` and ``y`` that ``check_pair`` has
+    checked (a loss that checked its inputs need not read every value again)."""
     z = torch.cat([x.detach(), y.detach()]).to(torch.float64)  # (N + M, D)
     if z.shape[0] > MEDIAN_MAX_POINTS:
         gen = torch.Generator().manual_seed(0)

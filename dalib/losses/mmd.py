@@ -10,7 +10,7 @@ from torch import Tensor
 from dalib.errors import InputError
 from dalib.kernels._checks import as_gammas, check_pair, float_values, outside_autocast, plain_tensor
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
-from dalib.kernels.distance import median_bandwidth, sqdist_tile_
+from dalib.kernels.distance import median_bandwidth_unchecked, sqdist_tile_
 from dalib.kernels.gaussian import gaussian_sum_unchecked
 
 __all__ = ["MEDIAN_MULTIPLIERS", "mmd"]
@@ -202,7 +202,7 @@ def mmd(
     if estimator != "biased" and min(n, m) < 2:
         raise InputError(f"the {estimator} MMD estimator needs at least 2 samples per side, got {n} and {m}")
     if bandwidths is None:
-        med = median_bandwidth(x, y)
+        med = median_bandwidth_unchecked(x, y)  # (checked above)
         bandwidths = [med * k for k in MEDIAN_MULTIPLIERS]
     gam = as_gammas(bandwidths, x)  # (S,) 1/(2σ²)
     if estimator == "linear":
