@@ -121,6 +121,8 @@ class Suite:
     skip: dict[str, str]
     published: dict[str, dict[str, Any]]
     timing: str = ""
+    #: ``[deep] data`` as the file writes it, where that is not the folder's own path (``deep`` holds that)
+    data_as_written: str | None = None
 
     @property
     def ref(self) -> str:
@@ -237,7 +239,7 @@ def load_suite(name_or_path: str) -> Suite:
     seeds = raw.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
-    deep = raw.get("deep")
+    deep, written = raw.get("deep"), None
     if deep is not None:
         from dalib.runner import RunConfig
 
@@ -253,7 +255,7 @@ def load_suite(name_or_path: str) -> Suite:
         if isinstance(deep.get("data"), str) and deep["data"].strip():
             # an image folder, from the working directory as a run takes it, named by where it is: the same
             # words from another directory are other data (the cells kept had joined the new ones' table)
-            deep = {**deep, "data": os.path.abspath(os.path.expanduser(deep["data"]))}
+            written, deep = deep["data"], {**deep, "data": os.path.abspath(os.path.expanduser(deep["data"]))}
     shallow = raw.get("shallow")
     unknown = sorted(set(shallow or {}) - {"classifiers"})
     if unknown:  # ("classifier = [...]" had run 1-NN alone without a word)
@@ -273,6 +275,7 @@ def load_suite(name_or_path: str) -> Suite:
         seeds=list(seeds), protocol=raw.get("protocol", "").strip(), deep=deep,
         shallow_classifiers=classifiers, methods=raw.get("methods", {}), skip=raw.get("skip", {}),
         published=raw.get("published", {}), timing=raw.get("timing", "").strip(),
+        data_as_written=written if deep is not None and written != deep.get("data") else None,
     )
 
 
@@ -505,6 +508,25 @@ def cell_fingerprint(config: Any) -> str:
         what["data"] = str(config.data)
     blob = json.dumps(what, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _upgrade_written_data(suite: Suite, state: dict[str, Any], configs: dict[str, Any], prints: dict[str, str]) -> int:
+    """Finished cells of an older dalib, whose fingerprint holds the suite's ``data`` as written
+    (``"imgs"``), not the folder's path: taken as cells of the folder it names from the working
+    directory, as that dalib took them, and given today's fingerprint. Returns their count."""
+    if suite.data_as_written is None:
+        return 0
+    taken = 0
+    for key, config in configs.items():
+        cell = state["cells"].get(key)
+        if not cell or not prints[key] or cell.get("fingerprint") == prints[key]:
+            continue
+        if cell.get("fingerprint") == cell_fingerprint(dataclasses.replace(config, data=suite.data_as_written)):
+            cell["fingerprint"] = prints[key]
+            if isinstance(cell.get("run_options"), dict) and "data" in cell["run_options"]:
+                cell["run_options"] = {**cell["run_options"], "data": (suite.deep or {}).get("data")}
+            taken += 1
+    return taken
 
 
 def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, Any], **options: Any) -> dict[str, int]:
@@ -741,6 +763,9 @@ def run_suite(
                 prints[key] = cell_fingerprint(config)
             except DalibError as exc:
                 prints[key], invalid[key] = "", first_line(exc)
+        taken_as_here = _upgrade_written_data(suite, state, configs, prints)
+        if taken_as_here:  # (once: from another directory, the same words are another folder)
+            atomic_write_text(path, json.dumps(state, indent=1, sort_keys=True))
         # each method's code: a kept cell made by other code of its method is reported (re-run with rerun)
         codes = {method: method_code_hash(get_method(method)) for method in {v.method for v in variants}}
         # and a backbone of a plugin's that [deep] names (dalib's own are in its code hash, below): its
@@ -923,6 +948,11 @@ def run_suite(
             warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
                           "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "
                           "them again", RuntimeWarning, stacklevel=2)
+        if taken_as_here:
+            warnings.warn(f"{taken_as_here} finished cell(s) from an older dalib name the image folder as the suite "
+                          f"writes it, {suite.data_as_written!r}, not by where it is: they are kept as cells of "
+                          f"{(suite.deep or {}).get('data')}, the folder it names from here (--rerun runs them again)",
+                          RuntimeWarning, stacklevel=2)
         if core_unknown:
             warnings.warn(f"{core_unknown} finished cell(s) were run by a dalib that did not record the version of its "
                           "code (before the cells recorded it), so they may have run other code than this one's; they "

@@ -70,6 +70,15 @@ def _out_of_memory(exc: BaseException) -> bool:
 class _Group(click.Group):
     """Turns every error a user can cause into one line and exit status 2."""
 
+    def make_context(self, info_name: str | None, args: list[str], parent: click.Context | None = None,
+                     **extra: Any) -> click.Context:
+        try:  # (where --help and --version print, before any command)
+            return super().make_context(info_name, args, parent, **extra)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:
+                raise _ClosedPipe from None
+            raise
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
@@ -379,9 +388,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if list(target.input_shape) != list(spec["input_shape"]):
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
-    numbered = [str(i) for i in range(n_classes)]  # the names of a domain given none
-    if numbered in (list(target.classes), list(spec["classes"])) and target.num_classes == n_classes:
-        # the domain, or the run's, given no class names: scored by position, as the run scored its target
+    if list(target.classes) == [str(i) for i in range(n_classes)] and not isinstance(target.dataset, ImageFolderDataset):
+        # a domain given no class names (numbered, from arrays): scored by position, as the run scored its
+        # target (an image folder's class folders named 0, 1, ... are names, matched as names)
         target = dataclasses.replace(target, classes=list(spec["classes"]))
     elif list(target.classes) != list(spec["classes"]):
         # a held-out folder that files some of the run's classes is scored by their names; a class

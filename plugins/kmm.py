@@ -158,7 +158,9 @@ def diagnostics(kmm: Any, ys: Tensor, num_classes: int | None = None) -> dict[st
     is the k-th label present, in sorted order."""
     w = np.asarray(kmm.weights_, dtype=np.float64)
     y = torch.as_tensor(ys).cpu().numpy().reshape(-1)
-    if num_classes is None and bool((y < 0).any()):
+    if y.dtype.kind in "biuf" and bool((y >= 0).all()) and bool((y == np.floor(y)).all()):
+        y = y.astype(np.int64)  # class indices (0. and 1. read from a .mat file too)
+    elif num_classes is None:
         _, y = np.unique(y, return_inverse=True)  # classes in sorted order, whatever their labels
     counts = np.bincount(y, minlength=num_classes or 0)
     mass = np.bincount(y, weights=w, minlength=len(counts))

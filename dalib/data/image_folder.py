@@ -146,7 +146,7 @@ def folder_classes(data_dir: Path) -> list[str]:
     """The sorted union of class-folder names over all domains, so that labels agree
     between domains even when a domain lacks a class (an unlabelled domain has none);
     a class folder that holds no image counts for no domain."""
-    return sorted({_name(c) for _, names in _holding_images(_class_folders(data_dir)).values() for c in names})
+    return sorted({c for _, names in _holding_images(_class_folders(data_dir)).values() for c in names})
 
 
 def _images(folder: Path, skipped: list[Path], broken: list[Path], *, nested: bool = False) -> list[Path]:
@@ -168,9 +168,9 @@ def _shown(names: list[str], limit: int = 3) -> str:
 
 
 def _name(folder_name: str) -> str:
-    """A folder's name as dalib compares it: in Unicode's composed form (NFC). A folder made
-    on macOS, or unpacked from an archive made there, may spell "é" as "e" and a combining
-    accent, which looks the same and compares otherwise."""
+    """A domain folder's name as the command line's is compared with it: in Unicode's
+    composed form (NFC). A folder made on macOS, or unpacked from an archive made there, may
+    spell "é" as "e" and a combining accent, which looks the same and compares otherwise."""
     return unicodedata.normalize("NFC", folder_name)
 
 
@@ -263,14 +263,13 @@ def load(req: LoadRequest) -> Domain:
     data_dir = req.data_dir
     by_domain = _class_folders(data_dir)  # one listing serves the classes and the checks below
     name = _resolve_folder(data_dir, req.domain, list(by_domain))
-    root, folders = by_domain.pop(name)
-    class_dirs = [root / c for c in folders]
-    own = sorted({_name(c) for c in folders})  # (class names in one Unicode form: domains name them alike)
+    root, own = by_domain.pop(name)
     # the other domains' classes, of folders that hold images: an empty class folder of the
     # domain itself is an error below, another domain's names no class
-    by_domain = {d: (r, [_name(c) for c in names]) for d, (r, names) in _holding_images(by_domain).items()}
+    by_domain = _holding_images(by_domain)
     others = sorted({c for _, names in by_domain.values() for c in names})
     classes = sorted(set(own) | set(others))
+    class_dirs = [root / c for c in own]
     skipped: list[Path] = []
     broken: list[Path] = []
     loose = _images(root, skipped, broken)
@@ -308,7 +307,7 @@ def load(req: LoadRequest) -> Domain:
                 f"empty class folder: {cdir} holds no images, nor do its sub-folders "
                 f"({where}; extensions {' '.join(IMG_EXTENSIONS)})"
             )
-        label = classes.index(_name(cdir.name))
+        label = classes.index(cdir.name)
         samples.extend((p, label) for p in files)
     if skipped:
         warnings.warn(

@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from dalib.cli import cli
 from dalib_benchmarks.report import Summary, write_report
-from dalib_benchmarks.suite import builtin_suites, load_suite, run_suite
+from dalib_benchmarks.suite import Cell, builtin_suites, load_suite, run_suite
 from tests._support.toy_suite import toy_suite_text
 
 TOY_SUITE = toy_suite_text("""
@@ -1069,7 +1069,7 @@ def test_an_image_folder_named_by_the_suite_is_part_of_a_cells_settings(tmp_path
 def test_a_suites_relative_image_folder_is_the_folder_it_names_from_where_it_runs(tmp_path, monkeypatch):
     """data = "imgs" from two working directories is two folders: the cells of the first had
     been kept, beside the second's, in one table, and both recorded as "imgs"."""
-    from dalib_benchmarks.suite import Cell, cell_fingerprint
+    from dalib_benchmarks.suite import cell_fingerprint
 
     suite = tmp_path / "mine.toml"
     suite.write_text('dataset = "image-folder"\ntasks = ["real->sketch"]\nseeds = [0]\n[deep]\ndata = "imgs"\n'
@@ -1083,6 +1083,49 @@ def test_a_suites_relative_image_folder_is_the_folder_it_names_from_where_it_run
         cell = Cell(loaded.variants(["source_only"])[0], ("real", "sketch"), 0)
         fingerprints.append(cell_fingerprint(loaded.run_config(cell, steps=None, data_root=None, device=None)))
     assert fingerprints[0] != fingerprints[1]
+
+
+def test_cells_of_an_older_dalib_that_named_the_folder_as_written_are_kept(tmp_path, monkeypatch):
+    """Results files from before a suite's relative image folder was recorded by where it is:
+    their cells, fingerprinted with data = "imgs", are kept (as that dalib kept them from the
+    working directory), with a word, not run again in silence."""
+    from PIL import Image
+
+    from dalib_benchmarks.suite import cell_fingerprint
+
+    for domain in ("real", "sketch"):
+        for c in ("cat", "dog"):
+            for i in range(3):
+                path = tmp_path / "imgs" / domain / c / f"{i}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (8, 8), (40 * i + (100 if c == "dog" else 0), 0, 0)).save(path)
+    suite = tmp_path / "mine.toml"
+    suite.write_text('dataset = "image-folder"\ntasks = ["real->sketch"]\nseeds = [0]\n[deep]\ndata = "imgs"\n'
+                     'arch = "lenet"\nimage_size = 8\nsteps = 2\nbatch_size = 3\n')
+    monkeypatch.chdir(tmp_path)
+    loaded = load_suite(str(suite))
+    run_suite(loaded, tmp_path / "r", methods=["source_only"], progress=False)
+    results = tmp_path / "r" / "bench-mine.json"
+    state = json.loads(results.read_text())
+    cell = state["cells"]["source_only | real->sketch | seed 0"]
+    config = loaded.run_config(Cell(loaded.variants(["source_only"])[0], ("real", "sketch"), 0), steps=None,
+                               data_root=None, device=None)
+    cell["fingerprint"] = cell_fingerprint(dataclasses.replace(config, data="imgs"))  # as an older dalib wrote it
+    cell["run_options"]["data"] = "imgs"
+    results.write_text(json.dumps(state))
+    ran = []
+    with pytest.warns(RuntimeWarning, match=r"^1 finished cell\(s\) from an older dalib name the image folder as the "
+                                           r"suite writes it, 'imgs', not by where it is: they are kept"):
+        run_suite(loaded, tmp_path / "r", methods=["source_only"], progress=False,
+                  on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert ran == []
+    # from another directory, the same words are another folder: the cell runs again there
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "imgs").symlink_to(tmp_path / "imgs")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    run_suite(load_suite(str(suite)), tmp_path / "r", methods=["source_only"], progress=False,
+              on_cell=lambda cell, outcome: ran.append(cell.key))
+    assert ran == ["source_only | real->sketch | seed 0"]
 
 
 def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_again(toy_suite, tmp_path):

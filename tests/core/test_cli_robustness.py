@@ -486,7 +486,7 @@ def _dalib(*args, **kwargs):
 
 def test_a_closed_pipe_ends_a_command_with_status_141_and_no_word():
     # (`dalib list | head -1`): click's exit 1, a crash's status, had told a pipefail script nothing
-    for args in (["list"], ["show", "dann"]):
+    for args in (["list"], ["show", "dann"], ["--help"], ["--version"], ["run", "--help"]):
         read, write = os.pipe()
         os.close(read)  # the reader gone before a line is written: every write fails
         try:

@@ -749,23 +749,36 @@ def test_a_folder_that_cannot_be_listed_is_an_error_not_left_out(office, monkeyp
     assert str(exc.value) == f"cannot list folder {office / unreadable} (dataset image-folder): Permission denied"
 
 
-def test_names_in_either_unicode_form_are_one_name(tmp_path):
+def test_a_domain_named_in_either_unicode_form_is_found(tmp_path):
     """A folder made on macOS (or unpacked from an archive made there) may spell "é" as "e" and
-    a combining accent: "café" typed was an unknown domain beside a "café" that looked the
-    same, and a class so spelt in one domain was another class than the other domain's."""
+    a combining accent: "café" typed was an unknown domain beside a "café" that looked the same."""
     import unicodedata
 
     nfd, nfc = (unicodedata.normalize(form, "café") for form in ("NFD", "NFC"))
     assert nfd != nfc
     root = tmp_path / "data"
-    _image(root / nfd / f"th{nfd}" / "a.png", (255, 0, 0))
-    _image(root / nfd / "eau" / "b.png", (0, 255, 0))
-    _image(root / "target" / f"th{nfc}" / "a.png", (255, 0, 0))
-    _image(root / "target" / "eau" / "b.png", (0, 255, 0))
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # (no class is missing from either domain)
-        src = load_domain("image-folder", nfc, data_dir=root, image_size=8)
-        tgt = load_domain("image-folder", "target", data_dir=root, image_size=8)
-    assert src.classes == tgt.classes == ["eau", f"th{nfc}"]
-    assert src.dataset.targets == [0, 1] and tgt.dataset.targets == [0, 1]
-    assert src.name == nfd  # the folder's own name
+    _image(root / nfd / "a" / "1.png", (255, 0, 0))
+    _image(root / nfd / "b" / "2.png", (0, 255, 0))
+    for typed in (nfc, nfd, nfc.upper()):
+        found = load_domain("image-folder", typed, data_dir=root, image_size=8)
+        assert found.name == nfd and found.classes == ["a", "b"]  # the folder's own name
+
+
+def test_class_folders_named_by_numbers_are_matched_by_name_at_eval(tmp_path):
+    """A run on class folders 0, 1, 2 and a held-out folder of classes 1, 2, 3: eval names the
+    class the network does not know, and scores nothing by position (folder 1 as class 0)."""
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+    from dalib.runner import RunConfig, run
+
+    for domain in ("a", "b"):
+        for c in range(3):
+            _image(tmp_path / "train" / domain / str(c) / "i.png", (80 * c, 0, 0))
+    for c in (1, 2, 3):
+        _image(tmp_path / "held" / "x" / str(c) / "i.png", (80 * c, 0, 0))
+    run(RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "train"), src="a", tgt="b",
+                  steps=2, batch_size=3, image_size=8), tmp_path / "run", progress_bar=False)
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--data", str(tmp_path / "held"), "--domain", "x"])
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == "dalib: error: domain x has 1 class(es) the network does not know: 3 (it knows 0, 1, 2)"

@@ -87,6 +87,8 @@ def test_shallow_kmm_reports_the_class_proportions_too():
     assert again["weighted_class_proportions"] == info["weighted_class_proportions"]
     # class indices: entry k is class k, as in the deep form (the shallow form had listed the
     # classes present, so that a class the source lacks moved every later one down a place)
+    for floats in (ys.double(), ys.bool()):  # (labels read from a .mat file are floats)
+        assert get_method("kmm").adapt(KMMConfig(B=4.0), xs, floats, xt).info == info
     lacking = get_method("kmm").adapt(KMMConfig(B=4.0), xs, ys * 2, xt).info  # classes 0 and 2, none of 1
     assert lacking["class_proportions"] == [0.5, 0.0, 0.5]
     assert lacking["weighted_class_proportions"] == [info["weighted_class_proportions"][0], 0.0,
