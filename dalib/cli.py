@@ -388,9 +388,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if list(target.input_shape) != list(spec["input_shape"]):
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
-    if list(target.classes) == [str(i) for i in range(n_classes)] and not isinstance(target.dataset, ImageFolderDataset):
-        # a domain given no class names (numbered, from arrays): scored by position, as the run scored its
-        # target (an image folder's class folders named 0, 1, ... are names, matched as names)
+    if list(target.classes) == [str(i) for i in range(n_classes)] and not set(target.classes) & set(spec["classes"]):
+        # a domain given no class names (numbered, as from arrays) that no name of the run's matches: scored
+        # by position, as the run scored its target (where names match, as digits' 0..9 do, by name)
         target = dataclasses.replace(target, classes=list(spec["classes"]))
     elif list(target.classes) != list(spec["classes"]):
         # a held-out folder that files some of the run's classes is scored by their names; a class
