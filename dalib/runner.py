@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from dalib.config import DataclassInstance, build_config, param
-from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy
+from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, numbered_classes
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, PluginError, first_line,
                           load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
@@ -802,7 +802,7 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     if src.num_classes != tgt.num_classes:
         raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}: domains built with "
                         "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")
-    numbered = [str(i) for i in range(src.num_classes)]  # the names of a domain given none
+    numbered = numbered_classes(src.num_classes)
     known = tgt.known_labels()
     scored = known is None or bool((known >= 0).any())
     if scored and numbered not in (list(src.classes), list(tgt.classes)) and list(src.classes) != list(tgt.classes):

@@ -22,6 +22,11 @@ __all__ = ["Domain", "UNLABELLED", "labelled_accuracy"]
 UNLABELLED = -1
 
 
+def numbered_classes(num_classes: int) -> list[str]:
+    """The class names of a domain given none: ``"0"`` to ``"C-1"``."""
+    return [str(i) for i in range(num_classes)]
+
+
 def labelled_accuracy(pred: Any, labels: Any) -> float | None:
     """Accuracy (a fraction) of the predictions (N,) over the labelled samples (those not
     :data:`UNLABELLED`); None when there are none. Arrays or CPU tensors."""
@@ -265,7 +270,7 @@ class Domain:
                                 "(map other labels to indices, or give num_classes)")
             num_classes = hi + 1
         if classes is None:
-            classes = [str(i) for i in range(num_classes)]
+            classes = numbered_classes(num_classes)
         if len(classes) != num_classes:
             raise DataError(f"{len(classes)} class names for {num_classes} classes in {where}")
         if lo < 0 or hi >= num_classes:

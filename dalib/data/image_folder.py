@@ -179,8 +179,9 @@ def _resolve_folder(data_dir: Path, domain: str, names: list[str]) -> str:
     case folded if need be."""
     if domain in names:
         return domain
-    for same in (lambda n: _name(n) == _name(domain.strip()), lambda n: _name(n).lower() == _name(domain.strip()).lower()):
-        found = [n for n in names if same(n)]
+    typed = _name(domain.strip())
+    for fold in (lambda name: name, str.lower):  # as spelt, then case folded
+        found = [n for n in names if fold(_name(n)) == fold(typed)]
         if len(found) == 1:
             return found[0]
     raise UnknownNameError(
