@@ -504,7 +504,7 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
 
     Each RUN is the folder of a finished run trained with --holdout (its result.json holds
     the scores). The runs are listed best first by the criterion --by, with the settings they
-    differ in, and the first is named."""
+    differ in, and the first is named (none, where the best tie)."""
     from dalib.errors import DataError
     from dalib.selection import CRITERIA
 
@@ -521,8 +521,13 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
         raise DataError(f"the runs are on {len(tasks)} tasks ({shown}): choose among runs of one task")
     for name, r in found:
         if r["selection"].get(crit.key) is None:
-            raise DataError(f"run {name} has no {crit.key} score (a result.json from an older dalib, or a target of "
-                            "one sample): choose by another criterion")
+            # a run leaves out only the snd of a target of one sample (no neighbours); other gaps are
+            # an older dalib's result.json (before the criterion) or a damaged one
+            why = ("a result.json of an older dalib, or a damaged one" if crit.key not in r["selection"]
+                   else "its target is one sample, which has no neighbours" if crit.key == "snd"
+                   else "the result.json is damaged")
+            raise DataError(f"run {name} has no {crit.key} score ({why}): choose by another criterion, "
+                            "or run it again")
     settings = [_settings(r) for _, r in found]
     shown_options = _differing([o for o, _ in settings])
     methods = [str(r.get("method")) for _, r in found]

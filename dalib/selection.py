@@ -38,6 +38,7 @@ __all__ = [
     "Criterion",
     "DOMAIN_C_GRID",
     "dev_risk",
+    "effective_sample_fraction",
     "importance_weighted_risk",
     "importance_weights",
     "prediction_entropy",
@@ -191,15 +192,31 @@ def importance_weights(source: Any, target: Any, points: Any, c: float | None = 
     return np.exp(np.clip(log_odds, -700.0, 700.0)) * (len(xs) / len(xt))
 
 
+def _scaled_weights(weights: Any, n: int | None = None) -> tuple[np.ndarray, float]:
+    """Non-negative ``weights`` (N,), not all 0, as ``(u, scale)`` with ``weights = u * scale``
+    and ``u``'s largest 1: sums and squares of ``u`` cannot overflow, where importance_weights's
+    weights up to e^700 had (and the scores of a run were NaN)."""
+    w = _vector(weights, "weights", n)
+    if (w < 0).any() or not (w > 0).any():
+        raise InputError("weights must be non-negative with a positive sum")
+    scale = float(w.max())
+    return w / scale, scale
+
+
 def importance_weighted_risk(losses: Any, weights: Any) -> float:
     """Importance-weighted validation (Sugiyama, Krauledat & Müller, JMLR 2007): the held-out
     source ``losses`` (N,) averaged with the density ratios ``weights`` (N,) ≥ 0, in its
     self-normalised form Σ w_i l_i / Σ w_i: an estimate of the target risk."""
     loss = _vector(losses, "losses")
-    w = _vector(weights, "weights", len(loss))
-    if (w < 0).any() or w.sum() <= 0:
-        raise InputError("weights must be non-negative with a positive sum")
-    return float(np.dot(w, loss) / w.sum())
+    u, _ = _scaled_weights(weights, len(loss))  # the ratio does not change with their scale
+    return float(np.dot(u, loss) / u.sum())
+
+
+def effective_sample_fraction(weights: Any) -> float:
+    """The effective sample size (Σw)² / Σw² of non-negative ``weights`` (N,) with a positive sum,
+    as a fraction of N: 1 for equal weights, 1/N when one weight holds all the mass."""
+    u, _ = _scaled_weights(weights)
+    return float(u.sum() ** 2 / (u @ u) / len(u))
 
 
 def dev_risk(losses: Any, weights: Any) -> float:
@@ -209,14 +226,8 @@ def dev_risk(losses: Any, weights: Any) -> float:
     DEV = mean(L) + η mean(w) − η, an unbiased estimate of the target risk (E[w] = 1) of lower
     variance than mean(L). With weights all equal (Var(w) = 0) it is mean(L)."""
     loss = _vector(losses, "losses")
-    w = _vector(weights, "weights", len(loss))
-    if (w < 0).any():
-        raise InputError("weights must be non-negative")
-    # η is a ratio of second moments: computed on the weights divided by the largest, whose
-    # squares cannot overflow (importance_weights gives weights up to e^700, whose variance did,
-    # and the run's DEV score was NaN)
-    scale = float(w.max()) if w.max() > 0 else 1.0
-    u = w / scale
+    # η is a ratio of second moments: computed on the weights divided by the largest
+    u, scale = _scaled_weights(weights, len(loss))
     weighted = u * loss
     var = float(np.var(u, ddof=1)) if len(u) > 1 else 0.0
     if var <= 0.0:
@@ -253,14 +264,15 @@ def score_outputs(
         raise InputError("the held-out source samples must all be labelled")
     errors = (p_held.argmax(1) != y_held).astype(np.float64)
     w = importance_weights(f_train, f_tgt, f_held)
+    u, scale = _scaled_weights(w)
     return {
         "holdout_error": float(errors.mean()),
         "iw_risk": importance_weighted_risk(errors, w),
         "dev_risk": dev_risk(errors, w),
         "entropy": prediction_entropy(p_tgt),
         "snd": soft_neighborhood_density(p_tgt) if len(p_tgt) > 1 else None,  # no neighbours to one sample
-        "weights_mean": float(w.mean()),
-        "weights_ess": float(w.sum() ** 2 / (w @ w) / len(w)),
+        "weights_mean": float(u.mean()) * scale,  # (inf only where the mean itself is beyond a float)
+        "weights_ess": effective_sample_fraction(u),
     }
 
 

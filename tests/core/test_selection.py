@@ -21,9 +21,11 @@ from dalib.runner import RunConfig, evaluate, run
 from dalib.selection import (
     CRITERIA,
     dev_risk,
+    effective_sample_fraction,
     importance_weighted_risk,
     importance_weights,
     prediction_entropy,
+    score_outputs,
     soft_neighborhood_density,
 )
 from tests._support.interrupt import killed_at
@@ -103,6 +105,35 @@ def test_importance_weighted_and_dev_risks_are_their_formulas():
     expected = big_l.mean() * 1e300 + eta * (w.mean() * 1e300 - 1)
     assert dev_risk(loss, huge) == pytest.approx(expected, rel=1e-9)
     assert np.isfinite(dev_risk([1.0, 0.0, 0.0], [1e155, 1.0, 1.0]))
+    # the self-normalised risk of such weights: their sum had overflowed to inf, and inf / inf
+    assert importance_weighted_risk(loss, np.full(200, 1e307)) == pytest.approx(loss.mean(), rel=1e-12)
+    assert importance_weighted_risk(loss, huge) == pytest.approx(np.sum(w * loss) / np.sum(w), rel=1e-12)
+
+
+def test_effective_sample_fraction_is_the_kish_size_over_n_at_any_scale():
+    w = np.random.default_rng(4).gamma(2.0, 0.5, size=300)
+    kish = np.sum(w) ** 2 / np.sum(w ** 2) / len(w)
+    assert effective_sample_fraction(w) == pytest.approx(kish, rel=1e-12)
+    assert effective_sample_fraction(w * 1e300) == pytest.approx(kish, rel=1e-12)  # (Σw)² had been inf / inf
+    assert effective_sample_fraction(np.ones(7)) == pytest.approx(1.0)
+    assert effective_sample_fraction([1e200, 0.0, 0.0, 0.0]) == pytest.approx(0.25)  # one weight holds it all
+
+
+def test_score_outputs_of_domains_a_classifier_tells_apart_are_finite():
+    # held-out samples far on the target's side get weights near e^700: the weights' summary
+    # had been NaN there (and written into result.json as a bare NaN)
+    rng = np.random.default_rng(5)
+    fs, fh = rng.normal(size=(200, 4)), rng.normal(size=(50, 4))
+    ft = rng.normal(size=(200, 4)) + np.array([6.0, 0, 0, 0])
+    fh[:3, 0] = 200.0
+    logits = rng.normal(size=(50, 3))
+    scores = score_outputs(fs, fh, logits, rng.integers(0, 3, 50), ft, rng.normal(size=(200, 3)))
+    assert all(math.isfinite(v) for v in scores.values()), scores
+    w = importance_weights(fs, ft, fh)
+    assert w.max() > 1e155  # (the case: weights whose squares are beyond a float)
+    u = w / w.max()
+    assert scores["weights_ess"] == pytest.approx(u.sum() ** 2 / (u @ u) / len(u), rel=1e-9)
+    assert 0 < scores["weights_ess"] < 0.1  # a few far samples hold the mass
 
 
 def test_the_criteria_refuse_what_they_cannot_score():
@@ -331,6 +362,22 @@ def test_select_refuses_in_one_line(tmp_path):
         assert res.exit_code == 2, res.output
         assert says in res.output and len(res.output.strip().splitlines()) == 1
         assert "Traceback" not in res.output
+
+
+def test_select_says_why_a_run_has_no_score_of_the_criterion(tmp_path):
+    a = _fake_run(tmp_path / "a", "dann", {})
+    one = _fake_run(tmp_path / "one", "dann", {"snd": None})  # a target of one sample: no neighbours
+    blank = _fake_run(tmp_path / "blank", "dann", {"dev_risk": None})
+    older = _fake_run(tmp_path / "older", "dann", {})
+    saved = json.loads((tmp_path / "older" / "result.json").read_text())
+    del saved["selection"]["entropy"]
+    (tmp_path / "older" / "result.json").write_text(json.dumps(saved))
+    for run_, by, says in ((one, "snd", "its target is one sample"), (blank, "dev", "the result.json is damaged"),
+                           (older, "entropy", "an older dalib, or a damaged one")):
+        res = CliRunner().invoke(cli, ["select", a, run_, "--by", by])
+        assert res.exit_code == 2, res.output
+        assert says in res.output and "no " in res.output and len(res.output.strip().splitlines()) == 1
+        assert "one sample" not in res.output or by == "snd"
 
 
 def test_run_then_select_from_the_cli(toy_dataset, tmp_path):
