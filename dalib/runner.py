@@ -87,7 +87,7 @@ class RunConfig:
     lr_alpha: float = param(10.0, "inverse-decay schedule: lr * (1 + alpha p)^-beta")
     lr_beta: float = param(0.75, "inverse-decay schedule exponent")
     seed: int = param(0, "random seed")
-    device: str = param("auto", "auto, cpu, cuda or cuda:N")
+    device: str = param("auto", "auto, cpu, cuda or cuda:N (a torch.device is kept as its name)")
     amp: bool = param(True, "bfloat16 autocast on CUDA GPUs of compute capability 8.0 and later (ignored on others and on CPU)")
     workers: int = param(0, "data-loading worker processes for image folders")
     log_every: int = param(50, "steps between metric lines")
@@ -113,6 +113,9 @@ class RunConfig:
                 raise ConfigError(f"{f.name} must be a finite number, got {value!r}")
             if kind == "bool" and not isinstance(value, bool):
                 raise ConfigError(f"{f.name} must be true or false, got {value!r}")
+            if f.name == "device" and isinstance(value, torch.device):  # as load_model takes it: kept as its name
+                value = str(value)
+                object.__setattr__(self, f.name, value)
             if kind in ("str | None", _PATH) and isinstance(value, os.PathLike):
                 object.__setattr__(self, f.name, os.fspath(value))  # a Path is kept as its string
             elif kind in ("str", "str | None", _PATH) and not (isinstance(value, str) or (value is None and kind != "str")):
@@ -251,10 +254,14 @@ def _destroy_process_group() -> None:
     torch.distributed.destroy_process_group()
 
 
-def resolve_device(name: str) -> torch.device:
-    """The torch device of ``--device`` (auto, cpu, cuda, cuda:N), or a one-line
-    :class:`ConfigError`. Under ``torchrun`` (``WORLD_SIZE`` > 1) ``auto`` and ``cuda``
+def resolve_device(name: str | torch.device) -> torch.device:
+    """The torch device of ``--device`` (auto, cpu, cuda, cuda:N, or a ``torch.device``), or a
+    one-line :class:`ConfigError`. Under ``torchrun`` (``WORLD_SIZE`` > 1) ``auto`` and ``cuda``
     give each rank the GPU of its ``LOCAL_RANK``."""
+    if isinstance(name, torch.device):
+        name = str(name)
+    if not isinstance(name, str):  # (torch.device(None) is a TypeError of several lines, and 0 is cuda:0)
+        raise ConfigError(f"device must be a string such as 'cpu' or 'cuda', or a torch.device, got {name!r}")
     ranks = int(os.environ.get("WORLD_SIZE", "1"))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -2185,7 +2192,7 @@ def run_checkpoint(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def load_model(path: str | os.PathLike, device: str = "cpu") -> DAModel:
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAModel:
     """The network a deep run trained, from its folder or its ``checkpoint.pt``, in eval mode
     on ``device``: ``model(x)`` gives ``(features, logits)`` for inputs prepared as
     :func:`dalib.data.load_domain` prepares them; ``model.classes`` names the logits' columns.

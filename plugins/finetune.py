@@ -128,10 +128,15 @@ class FineTune(Method):
         return {"total": cls + reg, "cls": cls, "l2sp": reg}
 
 
-def _misfit(model, spec: dict, new_bottleneck: bool) -> str:
-    """Why a dalib checkpoint's weights do not fit ``model``, from what its ``model_spec`` says."""
+def _misfit(model, spec: dict, new_bottleneck: bool, other_layers: bool) -> str:
+    """Why a dalib checkpoint's weights do not fit ``model``, from what its ``model_spec`` says;
+    ``other_layers``: its backbone's tensors have other names than the model's (another network,
+    which other inputs would not explain)."""
     causes = []
     their_cut = int(spec.get("cut") or 0)
+    if other_layers and their_cut <= model.cut and spec.get("arch"):  # (a cut network lacks its last stages' layers)
+        causes.append(f"it was a {spec['arch']} network, and this model's backbone has other layers: "
+                      f"give --arch {spec['arch']}")
     if their_cut > model.cut:
         causes.append(f"its network was cut (policy cut:{their_cut}) and has no weights for the stages after the cut: "
                       f"start with policy=cut:{their_cut} or a larger K, or from the checkpoint it was cut from")
@@ -142,6 +147,11 @@ def _misfit(model, spec: dict, new_bottleneck: bool) -> str:
     if shape is not None and model.input_shape is not None and tuple(shape) != tuple(model.input_shape):
         causes.append(f"it took inputs of shape {tuple(shape)} and this data's are {tuple(model.input_shape)}")
     return "; ".join(causes) or f"it was a {spec.get('arch', 'another')} network: use the same --arch and dataset"
+
+
+def _layers(names: set[str]) -> set[str]:
+    """The names of the backbone's tensors among ``names``."""
+    return {k for k in names if k.startswith("backbone.")}
 
 
 def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
@@ -171,7 +181,8 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     if unfit or theirs - ours:
         raise CheckpointError(
             f"checkpoint {p} does not fit this model ({len(unfit)} tensors missing or of another shape, "
-            f"{len(theirs - ours)} it has and this model lacks): {_misfit(model, spec, new_bottleneck)}"
+            f"{len(theirs - ours)} it has and this model lacks): "
+            f"{_misfit(model, spec, new_bottleneck, _layers(theirs) != _layers(ours))}"
         )
     head = [k for k in own if k.startswith("head.")]
     same_head = not new_bottleneck and all(fits(k) for k in head)

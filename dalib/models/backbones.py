@@ -135,6 +135,22 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
     return build
 
 
+#: torchvision's ResNets by their residual blocks per stage, and whether those are bottlenecks
+_DEPTHS = {((2, 2, 2, 2), False): "resnet18", ((3, 4, 6, 3), False): "resnet34", ((3, 4, 6, 3), True): "resnet50",
+           ((3, 4, 23, 3), True): "resnet101", ((3, 8, 36, 3), True): "resnet152"}
+
+
+def _resnet_name(state: dict[str, Any]) -> str | None:
+    """The torchvision ResNet whose tensor names ``state`` has ("resnet34"), or one of other blocks
+    per stage ("ResNet of blocks 3, 4, 5, 3"); None for weights that are no ResNet's."""
+    names = [str(k) for k in state]
+    if "conv1.weight" not in names or not any(k.startswith("layer1.0.") for k in names):
+        return None
+    blocks = tuple(len({k.split(".")[1] for k in names if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    bottleneck = any(k.startswith("layer1.0.conv3.") for k in names)
+    return _DEPTHS.get((blocks, bottleneck), f"ResNet of blocks {', '.join(map(str, blocks))}")
+
+
 def _load_local_weights(net: nn.Module, path: str) -> None:
     p = Path(path).expanduser()
     if p.is_dir() and (p / "checkpoint.pt").is_file():
@@ -171,6 +187,10 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
     if bad is not None:  # else the first step's loss is NaN, blamed on the learning rate
         raise CheckpointError(f"pretrained weights {path} hold NaN or infinite values (in {prefix}{bad})")
     own = net.state_dict()
+    theirs, mine = _resnet_name(state), _resnet_name(own)
+    if theirs is not None and theirs != mine:  # (blocks of other shapes, or blocks missing or unexpected)
+        advice = f": give --arch {theirs}" if theirs in BACKBONES else " (dalib builds resnet18, resnet34 and resnet50)"
+        raise CheckpointError(f"pretrained weights {path} are those of a {theirs}, and this network is a {mine}{advice}")
     wrong = [k for k, v in state.items() if k in own and getattr(v, "shape", None) != own[k].shape]
     if wrong:
         k = wrong[0]

@@ -113,6 +113,26 @@ def test_weights_saved_with_the_whole_model_load_the_resnets_and_nan_weights_are
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "nan.pth"))
 
 
+def test_weights_of_a_resnet_of_another_depth_name_it(tmp_path):
+    """ResNet-34 weights into a resnet18 had been "96 unexpected keys: not the weights of a
+    torchvision ResNet"; ResNet-18 weights into a resnet50 "another ResNet or input?"."""
+    import torchvision
+
+    for given, arch in (("resnet34", "resnet18"), ("resnet18", "resnet50"), ("resnet50", "resnet34")):
+        torch.save(getattr(torchvision.models, given)().state_dict(), tmp_path / f"{given}.pt")
+        with pytest.raises(CheckpointError, match=rf"^pretrained weights \S+{given}\.pt are those of a {given}, and this "
+                                                  rf"network is a {arch}: give --arch {given}$"):
+            build_model(arch, (3, 32, 32), 10, pretrained=str(tmp_path / f"{given}.pt"))
+    # one dalib does not build: said so; one of blocks no torchvision ResNet has: its blocks
+    deeper = torchvision.models.resnet101().state_dict()
+    torch.save(deeper, tmp_path / "r101.pt")
+    with pytest.raises(CheckpointError, match=r"are those of a resnet101, and this network is a resnet50 \(dalib builds "):
+        build_model("resnet50", (3, 32, 32), 10, pretrained=str(tmp_path / "r101.pt"))
+    torch.save({k: v for k, v in deeper.items() if not k.startswith(("layer3.22.", "layer3.21."))}, tmp_path / "odd.pt")
+    with pytest.raises(CheckpointError, match=r"are those of a ResNet of blocks 3, 4, 21, 3, and this network is a resnet50"):
+        build_model("resnet50", (3, 32, 32), 10, pretrained=str(tmp_path / "odd.pt"))
+
+
 def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_path):
     from dalib.runner import RunConfig, run
 

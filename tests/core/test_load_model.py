@@ -11,7 +11,7 @@ from click.testing import CliRunner
 import dalib
 from dalib.cli import cli
 from dalib.data import load_domain
-from dalib.errors import CheckpointError
+from dalib.errors import CheckpointError, ConfigError
 from dalib.runner import RunConfig, evaluate, load_checkpoint, run
 
 
@@ -36,6 +36,9 @@ def test_the_loaded_network_scores_what_the_run_reported(trained):
     evaluate(model, load_domain("digits", "usps"), cpu)
     assert model.training  # ... and a training model training
     model.eval()
+    assert next(dalib.load_model(trained, device=torch.device("cpu")).parameters()).device == cpu
+    with pytest.raises(ConfigError, match="^device must be a string"):
+        dalib.load_model(trained, device=None)
     # the checkpoint file itself does as well as its folder, and holds the same weights
     again = dalib.load_model(trained / "checkpoint.pt")
     saved = load_checkpoint(trained / "checkpoint.pt")["model"]

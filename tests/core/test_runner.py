@@ -619,6 +619,14 @@ def test_device_resolution_on_one_process(monkeypatch):
     for bad in ("mps", "tpu", "gpu", ""):
         with pytest.raises(ConfigError, match="bad device"):
             resolve_device(bad)
+    # a torch.device, as torch's own functions take one; anything else in one line (None had been
+    # torch's TypeError of several lines, and 0 would be cuda:0)
+    assert resolve_device(torch.device("cuda", 1)) == torch.device("cuda", 1)
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    for bad in (None, 0, b"cpu"):
+        with pytest.raises(ConfigError, match=r"^device must be a string such as 'cpu' or 'cuda', or a torch.device, got "):
+            resolve_device(bad)
+    assert RunConfig(device=torch.device("cuda", 1)).device == "cuda:1"  # kept as its name, which the JSON holds
 
 
 def test_each_torchrun_rank_takes_the_gpu_of_its_local_rank(monkeypatch):

@@ -183,15 +183,30 @@ def test_a_start_from_another_network_or_other_classes(tmp_path, toy_dataset, so
     # a checkpoint whose backbone has tensors this model lacks is another network, not a fit
     cfg = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, arch="identity",
                     method_config={"init": str(source_model)})
-    with pytest.raises(CheckpointError, match=r"4 it has and this model lacks\): it was a mlp network: use the same --arch"):
+    with pytest.raises(CheckpointError, match=r"4 it has and this model lacks\): it was a mlp network, and this "
+                                              r"model's backbone has other layers: give --arch mlp$"):
+        run(cfg, None, progress_bar=False)
+    # other inputs as well: the other network is named first (other inputs alone would not explain
+    # other layers; the message had named only the inputs, and following it failed again)
+    toy = _entry(toy_dataset)[1]
+    if "toy-shift-wide" not in list_datasets():
+
+        def wide(request):
+            d = toy(request)
+            return Domain.from_arrays(d.name, torch.cat([d.x, d.x[:, :3]], 1), d.y, dataset_name="toy-shift-wide")
+
+        register_dataset(DatasetInfo(name="toy-shift-wide", description="toy shift, 3 features more (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"), wide)
+    cfg = dataclasses.replace(cfg, dataset="toy-shift-wide")
+    with pytest.raises(CheckpointError, match=r"lacks\): it was a mlp network, .*: give --arch mlp; it took inputs of "
+                                              r"shape \(\d+,\) and this data's are \(\d+,\)$"):
         run(cfg, None, progress_bar=False)
 
     # the same shapes, other class names: the classifier is not reused, and the run says why
     if "toy-shift-named" not in list_datasets():
-        toy_loader = _entry(toy_dataset)[1]
 
         def named(request):
-            d = toy_loader(request)
+            d = toy(request)
             return Domain.from_arrays(d.name, d.x, d.y, classes=["cat", "dog"], dataset_name="toy-shift-named")
 
         register_dataset(DatasetInfo(name="toy-shift-named", description="toy shift, named classes (tests)",
