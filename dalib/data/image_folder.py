@@ -13,6 +13,7 @@ import os
 import unicodedata
 import warnings
 from collections.abc import Iterator
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -222,6 +223,16 @@ class ImageFolderDataset(Dataset):
         return load_image(path, self.image_size, domain=self.domain), label
 
 
+def _sixteen_bits(image: Any) -> bool:
+    """Whether an image PIL opened in mode I holds 16-bit values: a PNG's (PNG has no wider grey,
+    and older PIL opens its 16-bit ones as I), a TIFF's of 16 bits per sample; else (a TIFF of
+    32) not."""
+    if image.format != "TIFF":
+        return True
+    bits = getattr(image, "tag_v2", {}).get(258, (32,))  # (BitsPerSample)
+    return tuple(bits)[:1] == (16,)
+
+
 def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor:
     """One image file as a normalised (3, S, S) float32 tensor."""
     from PIL import Image, ImageOps
@@ -230,10 +241,19 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
     try:
         with Image.open(path) as opened:
             im = ImageOps.exif_transpose(opened)  # a phone photo's orientation tag, as a viewer shows it
-            if im.mode.startswith("I;16") or im.mode == "I":
+            if im.mode.startswith("I;16") or im.mode == "I" and _sixteen_bits(opened):
                 # 16-bit greyscale (PNG opens as I;16 or I): PIL's convert("RGB") would clip
                 # every value above 255 to white, so scale 0..65535 to 0..255 first
                 grey = np.asarray(im, dtype=np.float64) / 257.0
+                im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
+            elif im.mode == "I":
+                # 32-bit integer greyscale (TIFF), whose range the file does not say: values of 0..255
+                # (8-bit images saved from numpy's int32) are read as they are (as 16-bit ones, they had
+                # been near black), values up to 65535 as 16-bit, wider ones by the type's range
+                grey = np.asarray(im, dtype=np.float64)
+                top = grey.max() if grey.size else 0.0
+                if grey.size and grey.min() >= 0 and top > 255:
+                    grey = grey / (257.0 if top <= 65535 else (2.0**31 - 1) / 255.0)
                 im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             elif im.mode == "F":
                 # 32-bit float greyscale (TIFF): PIL would cut 0..1 to 0 (black); read 0..1 as

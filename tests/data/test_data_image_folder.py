@@ -145,6 +145,25 @@ def test_16_bit_greyscale_images_keep_their_grey_level(tmp_path):
     assert grey.tolist() == pytest.approx([128 / 255] * 3, abs=1e-6)
 
 
+def test_32_bit_integer_greyscale_images_are_read_by_their_range(tmp_path):
+    """numpy's int32 images saved as TIFF (PIL mode I): 0..255 had been read as 16-bit, near black."""
+    from dalib.data.image_folder import load_image
+
+    Image.fromarray(np.full((10, 10), 128, np.uint8)).save(tmp_path / "half8.png")
+    half = load_image(tmp_path / "half8.png", 4)
+    for name, value, dtype in (("i32.tiff", 128, np.int32), ("i32_16.tiff", 128 * 257, np.int32),
+                               ("i32_wide.tiff", 2**30, np.int32), ("u16.tiff", 128 * 257, np.uint16)):
+        Image.fromarray(np.full((10, 10), value, dtype)).save(tmp_path / name)
+        with Image.open(tmp_path / name) as im:
+            assert im.mode == ("I;16" if dtype == np.uint16 else "I")
+        assert torch.equal(load_image(tmp_path / name, 4), half), name
+    # a gradient keeps its levels (not one value)
+    ramp = np.tile(np.arange(0, 256, 16, dtype=np.int32), (16, 1))
+    Image.fromarray(ramp).save(tmp_path / "ramp.tiff")
+    Image.fromarray(ramp.astype(np.uint8)).save(tmp_path / "ramp.png")
+    assert torch.equal(load_image(tmp_path / "ramp.tiff", 16), load_image(tmp_path / "ramp.png", 16))
+
+
 def test_worker_processes_load_the_same_batches_and_report_a_bad_image_in_one_line(office, tmp_path):
     """``workers`` > 0 decodes images in DataLoader worker processes: the same batches (so the
     same numbers) as in the main process, and a corrupt image is still a one-line DataError,
