@@ -536,6 +536,11 @@ def test_a_stopped_run_reproduces_with_the_command_that_was_run_not_the_tasks_it
     # it had said --tasks "src->tgt": a command that never runs tgt->src
     assert f"Reproduce: `dalib bench {two} --methods source_only --seeds 0 --out {tmp_path}`" in table
     assert "the file holds 1 of its 4 cells (its runs chose fewer, or stopped early)" in table
+    # a later run of one task adds to what the runs chose, not replaces it: tgt->src stays chosen
+    run_suite(load_suite(str(two)), tmp_path, methods=["source_only"], seeds=[0], tasks=["src->tgt"], progress=False)
+    table = (tmp_path / "bench-two.md").read_text()
+    assert f"Reproduce: `dalib bench {two} --methods source_only --seeds 0 --out {tmp_path}`" in table
+    assert "the file holds 2 of its 4 cells" in table
 
 
 def test_each_row_names_the_deep_run_options_its_cells_ran_with(toy_suite, tmp_path):
@@ -712,10 +717,11 @@ def test_cells_made_by_another_version_of_dalib_are_reported(toy_suite, tmp_path
         del cell["dalib_code"]
     (tmp_path / "bench-toy.json").write_text(json.dumps(state))
     with pytest.warns(RuntimeWarning, match=r"2 finished cell\(s\) were run by a dalib that did not record the version "
-                                            r"of its code .*--rerun runs them again"):
+                                            r"of its code .*--rerun runs them again") as said:
         run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], progress=False,
                   on_cell=lambda cell, outcome: ran.append(cell.key))
     assert ran == []
+    assert not [w for w in said if "another version of dalib" in str(w.message)]  # (not both of one cell)
 
     def killed_after_one(cell, outcome):
         ran.append(cell.key)
@@ -1128,7 +1134,7 @@ def test_cells_of_an_older_dalib_that_named_the_folder_as_written_are_kept(tmp_p
     assert ran == ["source_only | real->sketch | seed 0"]
 
 
-def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_again(toy_suite, tmp_path):
+def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_again(toy_suite, tmp_path, monkeypatch):
     """A killed --rerun keeps the cells it finished; those made by code that has changed since
     were kept too (and a warning then told to --rerun, which had just been given)."""
     from dalib.registry import load_plugin_module, unregister_method
@@ -1150,8 +1156,48 @@ def test_a_rerun_resumed_after_the_code_changed_runs_the_cells_of_the_old_code_a
             run_suite(suite, tmp_path, methods=["bench_rerun"], progress=False, rerun=True,
                       on_cell=lambda cell, outcome: ran.append(cell.key))
         assert sorted(ran) == sorted(state["cells"])
+        # so are those made by another version of dalib's own code (its runner, losses, data)
+        from dalib_benchmarks import suite as suite_module
+
+        state = json.loads(path.read_text())
+        since = min(c["finished"] for c in state["cells"].values()) - 1
+        state["rerun_started"] = dict.fromkeys(state["cells"], since)
+        path.write_text(json.dumps(state))
+        monkeypatch.setattr(suite_module, "dalib_code_hash", lambda: "a-later-dalib")
+        ran = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run_suite(suite, tmp_path, methods=["bench_rerun"], progress=False, rerun=True,
+                      on_cell=lambda cell, outcome: ran.append(cell.key))
+        assert sorted(ran) == sorted(state["cells"])
     finally:
         unregister_method("bench_rerun")
+
+
+def test_a_cell_that_failed_runs_again_on_the_next_run(toy_suite, tmp_path, monkeypatch):
+    """A failure may pass (out of memory, a worker killed, a plugin's bug since mended): the next
+    run of the suite, a resume or the same command, runs the failed cells again, not the others."""
+    import dalib.runner
+    from dalib.errors import DataError
+
+    real = dalib.runner.run
+
+    def out_of_memory(config, *args, **kwargs):
+        if config.method == "dann":
+            raise DataError("out of memory (as a run says it)")
+        return real(config, *args, **kwargs)
+
+    suite = load_suite(str(toy_suite))
+    monkeypatch.setattr(dalib.runner, "run", out_of_memory)
+    run_suite(suite, tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False)
+    cells = json.loads((tmp_path / "bench-toy.json").read_text())["cells"]
+    failed = sorted(k for k, c in cells.items() if c["status"] == "failed")
+    assert failed and all(k.startswith("dann") for k in failed)
+    monkeypatch.setattr(dalib.runner, "run", real)
+    ran = []
+    run_suite(suite, tmp_path, methods=["source_only", "dann"], seeds=[0], progress=False,
+              on_cell=lambda cell, outcome: ran.append((cell.key, outcome["status"])))
+    assert sorted(ran) == [(k, "done") for k in failed]
 
 
 def test_cells_this_run_did_not_choose_whose_settings_changed_are_reported(toy_suite, tmp_path):

@@ -144,6 +144,34 @@ def test_two_packages_failing_under_one_name_are_both_reported_by_package(clean_
     assert "dalib-first" in listing and "dalib-second" in listing
 
 
+def test_dalibs_own_entry_points_load_before_a_package_whose_name_sorts_first(clean_registry, monkeypatch, tmp_path):
+    """An installed package named before "dalib" (aaa-methods) that registers a name dalib's own
+    entry point registers is the one reported as failed: the built-in method stays."""
+    from importlib.metadata import PathDistribution
+
+    eps = []
+    for package, module in (("aaa-methods", "aaa_order_clash"), ("dalib", "own_order_clash")):
+        (tmp_path / f"{module}.py").write_text(
+            f"from dalib import Method, register_method\n\n@register_method('order_clash')\nclass {module.title()}(Method):\n"
+            f"    \"\"\"From {package}.\"\"\"\n{_LOSS}")
+        info = tmp_path / f"{package.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {package}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[dalib.methods]\norder_clash = {module}\n")
+        eps += list(PathDistribution(info).entry_points)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for listed in (eps, eps[::-1]):  # whatever order the environment lists them in
+        monkeypatch.setattr(registry, "entry_points", lambda group: [ep for ep in listed if ep.group == group])
+        monkeypatch.setattr(registry, "_entry_points_loaded", False)
+        monkeypatch.setattr(registry, "_methods", {k: v for k, v in registry._methods.items() if k != "order_clash"})
+        monkeypatch.setattr(registry, "_broken", {})
+        monkeypatch.setattr(registry, "_loaded_modules", {})
+        for module in ("aaa_order_clash", "own_order_clash"):
+            sys.modules.pop(module, None)
+        assert dalib.get_method("order_clash").__name__ == "Own_Order_Clash"
+        assert "aaa-methods" in registry.plugin_errors()["order_clash"]
+
+
 PARTLY = """
 from dataclasses import dataclass
 from dalib import Method, register_method
