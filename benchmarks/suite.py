@@ -55,7 +55,7 @@ from typing import Any
 from dalib.config import read_toml
 from dalib.errors import (ConfigError, DalibError, UnknownNameError, duration, first_line, progress_line,
                           terminate_as_interrupt)
-from dalib.registry import code_digest, get_method, list_methods, method_code_hash
+from dalib.registry import code_digest, dalib_code_hash, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
 from ._machine import machine_info
@@ -474,27 +474,6 @@ def _whole_cell(cell: Any) -> bool:
         acc = cell.get("target_accuracy")
         return isinstance(acc, (int, float)) and not isinstance(acc, bool)
     return True
-
-
-#: dalib's modules that cannot change a cell's numbers (the command line, messages, docs rendering)
-_NO_NUMBERS = frozenset({"cli.py", "errors.py", "_rst.py"})
-
-
-def dalib_code_hash() -> str:
-    """A hash of dalib's own code (:func:`code_digest` of the ``.py`` files of the installed package but
-    :data:`_NO_NUMBERS`: the runner, models, losses, kernels, data and shallow estimators that
-    every method's cells share): a
-    finished cell made by another version of dalib is reported, like one made by other code of
-    its method."""
-    import dalib
-
-    root = Path(dalib.__file__).parent
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*.py")):
-        if path.parent == root and path.name in _NO_NUMBERS:
-            continue
-        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + code_digest(path.read_bytes()) + b"\0")
-    return digest.hexdigest()[:16]
 
 
 def cell_fingerprint(config: Any) -> str:

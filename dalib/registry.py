@@ -96,6 +96,34 @@ def method_code_hash(cls: type) -> str:
     return hashlib.sha256(code_digest(source)).hexdigest()[:16]
 
 
+#: dalib's modules that cannot change a run's numbers (the command line, messages, docs rendering)
+_NO_NUMBERS = frozenset({"cli.py", "errors.py", "_rst.py"})
+_dalib_code: dict[tuple[tuple[str, int, int], ...], str] = {}  # by the files' names, sizes and times
+
+
+def dalib_code_hash() -> str:
+    """A hash of dalib's own code (:func:`code_digest` of the ``.py`` files of the installed package but
+    :data:`_NO_NUMBERS`: the runner, models, losses, kernels, data and shallow estimators that
+    every method shares): a run's result.json and a benchmark's cells record it, so that numbers
+    of another version of dalib can be told apart (its version string is not changed by every
+    commit). Parsed again only when a file changed."""
+    import dalib
+
+    root = Path(dalib.__file__).parent
+    files = [p for p in sorted(root.rglob("*.py")) if not (p.parent == root and p.name in _NO_NUMBERS)]
+    key = []
+    for path in files:
+        st = path.stat()
+        key.append((path.relative_to(root).as_posix(), st.st_size, st.st_mtime_ns))
+    found = _dalib_code.get(tuple(key))
+    if found is None:
+        digest = hashlib.sha256()
+        for path, (name, _, _) in zip(files, key):
+            digest.update(name.encode() + b"\0" + code_digest(path.read_bytes()) + b"\0")
+        found = _dalib_code[tuple(key)] = digest.hexdigest()[:16]
+    return found
+
+
 def _plain_default(value: Any) -> bool:
     """Whether a hyperparameter's default is what ``--set``, a suite's TOML and result.json
     hold: None, a boolean, a number, a string, or lists, tuples and string-keyed tables of them."""

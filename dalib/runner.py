@@ -887,7 +887,7 @@ def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -
     from dalib.registry import defined_at
 
     payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls),
-               "threads": torch.get_num_threads()}
+               "code": _code_hashes(method_cls), "threads": torch.get_num_threads()}
     builder = registered_builder((payload.get("run_config") or {}).get("arch"))
     if builder is not None:  # a backbone of the user's: where it came from, as for the method
         payload["backbone_builder"] = defined_at(builder)
@@ -895,7 +895,20 @@ def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -
 
 
 #: modules a run may have imported, by the distribution that result.json names
-_NUMERICAL = (("numpy", "numpy"), ("scipy", "scipy"), ("ot", "pot"), ("pykeops", "pykeops"), ("sklearn", "scikit-learn"))
+_NUMERICAL = (("numpy", "numpy"), ("scipy", "scipy"), ("ot", "pot"), ("pykeops", "pykeops"), ("sklearn", "scikit-learn"),
+              ("torchvision", "torchvision"), ("PIL", "pillow"))  # (the ResNets; an image folder's decoding and resizing)
+
+
+def _code_hashes(method_cls: type) -> dict[str, str]:
+    """Hashes of the code that made a run's numbers, for ``result.json``: dalib's own
+    (:func:`~dalib.registry.dalib_code_hash`; its version string stays the same from commit to
+    commit) and the method's module's; "" where the source cannot be read."""
+    from dalib.registry import dalib_code_hash, method_code_hash
+
+    found = {"dalib": "", "method": method_code_hash(method_cls)}
+    with contextlib.suppress(Exception):  # a record, never a reason for a finished run to fail
+        found["dalib"] = dalib_code_hash()
+    return found
 
 
 def _versions(method_cls: type) -> dict[str, str]:
@@ -1378,6 +1391,8 @@ def _run(
                 "mode": "deep",
                 "method_config": dataclasses.asdict(method_config),
                 "run_config": config.to_dict(),
+                "arch": spec["arch"],  # the backbone built (run_config's is None where it was the default)
+                "samples": dict(spec["samples"]),  # the source's trained on (less a holdout), the target's
                 "data": spec["data"],  # the image folder, as an absolute path (dalib select compares it)
                 "data_root": spec["data_root_read"],  # which copy of the data: the one given, or the default found
                 "device": str(device),

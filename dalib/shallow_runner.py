@@ -114,7 +114,7 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,
             "src": src.name, "tgt": tgt.name, "data_root": data_root_read(dataset, config.data_root),
-            "device": str(device), **result.to_dict(),
+            "samples": {"source": len(src), "target": len(tgt)}, "device": str(device), **result.to_dict(),
             "method_config": dataclasses.asdict(shallow_config), "diagnostics": result.diagnostics,
             "run_config": config.to_dict(),
         }, method_cls)

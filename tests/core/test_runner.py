@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import dalib
-from dalib.data import Domain, DatasetInfo, list_datasets, register_dataset
+from dalib.data import Domain, DatasetInfo, list_datasets, load_domain, register_dataset
 from dalib.errors import CheckpointError, ConfigError, DataError
 from dalib.registry import unregister_method
 from dalib.runner import RunConfig, load_checkpoint, run
@@ -246,6 +246,28 @@ def test_eval_every_logs_accuracies(tmp_path):
     assert (evals[-1]["source_acc"], evals[-1]["target_acc"]) == (res.source_accuracy, res.target_accuracy)
     lines = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert lines == res.history
+
+
+def test_result_json_says_what_made_its_numbers(toy_dataset, tmp_path):
+    """What a reader needs to reproduce a run from its result.json alone: dalib's version string
+    is the same from commit to commit, so the code's hashes; the backbone a default chose; the
+    number of samples each domain held (another copy of the data has other counts)."""
+    from dalib.registry import dalib_code_hash, method_code_hash
+
+    for mode in ("deep", "shallow"):
+        deep = {"steps": 3, "batch_size": 16, "holdout": 0.25} if mode == "deep" else {}  # (a shallow run holds none out)
+        run(RunConfig(method="coral", dataset=toy_dataset, src="src", tgt="tgt", mode=mode, **deep), tmp_path / mode,
+            progress_bar=False)
+        result = json.loads((tmp_path / mode / "result.json").read_text())
+        assert result["code"] == {"dalib": dalib_code_hash(), "method": method_code_hash(dalib.get_method("coral"))}
+        assert len(result["code"]["dalib"]) == len(result["code"]["method"]) == 16
+        source, target = (load_domain(toy_dataset, d) for d in ("src", "tgt"))
+        held = result.get("selection", {}).get("n_holdout", 0)
+        assert result["samples"] == {"source": len(source) - held, "target": len(target)}
+        assert held == (0 if mode == "shallow" else pytest.approx(len(source) / 4, abs=2))
+    assert result["run_config"]["arch"] is None and "arch" not in result  # (shallow: no network)
+    deep = json.loads((tmp_path / "deep" / "result.json").read_text())
+    assert deep["run_config"]["arch"] is None and deep["arch"] == "mlp"  # the default for features, as built
 
 
 def test_domains_of_different_sizes_and_infinite_streams(toy_dataset):

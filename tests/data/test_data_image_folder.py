@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -183,6 +184,18 @@ def test_worker_processes_load_the_same_batches_and_report_a_bad_image_in_one_li
     with pytest.raises(DataError) as exc:
         run(config(1), None, progress_bar=False)
     assert str(exc.value).startswith("cannot read image: ") and "\n" not in str(exc.value)
+
+
+def test_an_image_folder_resnet_run_records_the_versions_of_pillow_and_torchvision(office, tmp_path):
+    """PIL decodes and resizes every image, torchvision builds the ResNet: both change numbers."""
+    from importlib.metadata import version
+
+    from dalib.runner import RunConfig, run
+
+    run(RunConfig(method="source_only", data=str(office), src="amazon", tgt="webcam", arch="resnet18", image_size=32,
+                  steps=2, batch_size=2), tmp_path / "r", progress_bar=False)
+    versions = json.loads((tmp_path / "r" / "result.json").read_text())["versions"]
+    assert versions["pillow"] == version("pillow") and versions["torchvision"] == version("torchvision")
 
 
 def test_worker_processes_are_given_batches_as_they_go_not_every_step_first(office):
