@@ -1128,10 +1128,17 @@ def _run(
         start = 0
         from dalib.registry import defined_at, method_code_hash
 
+        # bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
+        # later): older GPUs emulate it, and cuDNN has no bfloat16 convolutions for them
+        use_amp = config.amp and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         # the method's code (its module's syntax tree) and the steps at which a resume found it edited;
-        # the steps at which a resume went on with another number of torch threads (float sums
-        # differ with it: the run then no longer matches an uninterrupted one bit for bit)
-        code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": [], "threads_changed_at": []}
+        # likewise dalib's own code; the steps at which a resume went on with another number of torch
+        # threads, or on another kind of device (float sums differ with them: the run then no longer
+        # matches an uninterrupted one bit for bit)
+        code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": [], "threads_changed_at": [],
+                                "dalib": _code_hashes(method_cls)["dalib"], "dalib_changed_at": [],
+                                "device": device.type + (" with bfloat16 autocast" if use_amp else ""),
+                                "device_changed_at": []}
         if ckpt is not None:
             _check_same_data(ckpt, spec, out, config.steps)
             load_weights(model, ckpt, out / CHECKPOINT)
@@ -1168,6 +1175,19 @@ def _run(
                     f"{torch.get_num_threads()}: sums then round differently, so the run will not match an uninterrupted "
                     "one bit for bit (result.json records the step; OMP_NUM_THREADS sets the count)", RuntimeWarning)
                 code["threads_changed_at"].append(start)
+            code["dalib_changed_at"] = list(ckpt.get("dalib_code_changed_at") or [])
+            if ckpt.get("dalib_code") and code["dalib"] and ckpt["dalib_code"] != code["dalib"]:
+                warn_outside_dalib(
+                    f"dalib's own code (its runner, models, losses or data) changed since the checkpoint of step {start}: "
+                    "the steps after it train with the new code (result.json records the step)", RuntimeWarning)
+                code["dalib_changed_at"].append(start)
+            code["device_changed_at"] = list(ckpt.get("device_changed_at") or [])
+            if ckpt.get("device") and ckpt["device"] != code["device"]:
+                warn_outside_dalib(
+                    f"the checkpoint of step {start} was written on {ckpt['device']}, this resume runs on "
+                    f"{code['device']}: the numbers then differ from an uninterrupted run's (result.json records the step)",
+                    RuntimeWarning)
+                code["device_changed_at"].append(start)
             if ckpt.get("source_weights") is not None:
                 method.source_weights = ckpt["source_weights"].to(device)
             method.diagnostics = dict(ckpt.get("diagnostics") or {})
@@ -1197,9 +1217,6 @@ def _run(
                 if device.type == "cuda" and ranks_rng[rank].numel() > n_cpu:
                     torch.cuda.set_rng_state(ranks_rng[rank][n_cpu:], device)
 
-        # bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
-        # later): older GPUs emulate it, and cuDNN has no bfloat16 convolutions for them
-        use_amp = config.amp and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
         history: list[dict[str, Any]] = list(earlier)  # a resumed run's lines before its checkpoint
         metrics_path = out / METRICS if (out is not None and is_main) else None
         # unbuffered: each line reaches the file as it is logged, and a write the disk refuses
@@ -1403,8 +1420,12 @@ def _run(
                 payload["selection"] = selection
             if code["changed_at"]:  # a resume went on with other code of the method
                 payload["method_code_changed_at"] = code["changed_at"]
-            if code["threads_changed_at"]:  # ... or with another number of threads
-                payload["threads_changed_at"] = code["threads_changed_at"]
+            # ... or with another number of threads, other code of dalib's, on another device
+            for key, steps in (("threads_changed_at", code["threads_changed_at"]),
+                               ("dalib_code_changed_at", code["dalib_changed_at"]),
+                               ("device_changed_at", code["device_changed_at"])):
+                if steps:
+                    payload[key] = steps
             write_result(out, payload, method_cls)
         ok = True
         return result
@@ -2266,6 +2287,10 @@ def _save_checkpoint(
         "method_code_changed_at": code["changed_at"],
         "threads": torch.get_num_threads(),
         "threads_changed_at": code["threads_changed_at"],
+        "dalib_code": code["dalib"],
+        "dalib_code_changed_at": code["dalib_changed_at"],
+        "device": code["device"],
+        "device_changed_at": code["device_changed_at"],
         "last_line": last_line,
     }
     atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

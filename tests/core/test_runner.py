@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -89,6 +90,38 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     r_full = json.loads((tmp_path / "full" / "result.json").read_text())
     r_cut = json.loads((tmp_path / "cut" / "result.json").read_text())
     assert r_full["target_accuracy"] == r_cut["target_accuracy"]
+
+
+def test_a_resume_on_other_dalib_code_or_another_device_warns_and_records_the_step(tmp_path):
+    """As for the method's code and the thread count: a checkpoint of another version of dalib's
+    own code, or one written on a GPU (bfloat16 autocast), goes on with other numbers."""
+    from dalib.registry import dalib_code_hash
+
+    cfg = _config(steps=20)
+    _killed_at(cfg, tmp_path / "cut", 15)
+    path = tmp_path / "cut" / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    assert (ckpt["dalib_code"], ckpt["device"]) == (dalib_code_hash(), "cpu")
+    torch.save(ckpt | {"dalib_code": "an-older-dalib", "device": "cuda with bfloat16 autocast"}, path)
+    with pytest.warns(RuntimeWarning) as said:
+        run(cfg, tmp_path / "cut", resume=True, progress_bar=False)
+    messages = [str(w.message) for w in said]
+    assert any(m.startswith("dalib's own code (its runner, models, losses or data) changed since the checkpoint of "
+                            "step 10") for m in messages), messages
+    assert any(m.startswith("the checkpoint of step 10 was written on cuda with bfloat16 autocast, this resume runs "
+                            "on cpu") for m in messages), messages
+    result = json.loads((tmp_path / "cut" / "result.json").read_text())
+    assert (result["dalib_code_changed_at"], result["device_changed_at"]) == ([10], [10])
+    final = load_checkpoint(path)
+    assert (final["dalib_code_changed_at"], final["device_changed_at"]) == ([10], [10])
+    assert (final["dalib_code"], final["device"]) == (dalib_code_hash(), "cpu")
+    # an uninterrupted run, and a resume on the same code and device: nothing to record
+    _killed_at(cfg, tmp_path / "same", 15)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(cfg, tmp_path / "same", resume=True, progress_bar=False)
+    same = json.loads((tmp_path / "same" / "result.json").read_text())
+    assert not {"dalib_code_changed_at", "device_changed_at"} & set(same)
 
 
 def test_the_thread_count_is_recorded_and_a_resume_with_another_warns(tmp_path, data_root):
