@@ -880,14 +880,16 @@ def _intact_result(path: Path) -> dict[str, Any] | None:
 
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
     """Write ``result.json`` atomically, with what produced it: the method's class (and its
-    file, for a plugin loaded by path), a registered backbone's builder (likewise), and the versions of dalib, torch, the numerical
+    file, for a plugin loaded by path), a registered backbone's builder (likewise), the hashes of
+    dalib's code and the method's (``payload["code"]``, taken when the run began, else now:
+    :func:`_code_hashes`), and the versions of dalib, torch, the numerical
     libraries the run imported and the package that installed the method, and torch's number
     of CPU threads (the float sums, so the numbers, depend on it)."""
     from dalib.models.backbones import registered_builder
     from dalib.registry import defined_at
 
     payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls),
-               "code": _code_hashes(method_cls), "threads": torch.get_num_threads()}
+               "code": payload.get("code") or _code_hashes(method_cls), "threads": torch.get_num_threads()}
     builder = registered_builder((payload.get("run_config") or {}).get("arch"))
     if builder is not None:  # a backbone of the user's: where it came from, as for the method
         payload["backbone_builder"] = defined_at(builder)
@@ -1126,7 +1128,7 @@ def _run(
         s_stream = _Stream(len(src), config.batch_size, config.seed, rank, world)
         t_stream = _Stream(len(tgt), config.batch_size, config.seed + 7_919, rank, world)
         start = 0
-        from dalib.registry import defined_at, method_code_hash
+        from dalib.registry import defined_at
 
         # bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
         # later): older GPUs emulate it, and cuDNN has no bfloat16 convolutions for them
@@ -1135,8 +1137,9 @@ def _run(
         # likewise dalib's own code; the steps at which a resume went on with another number of torch
         # threads, or on another kind of device (float sums differ with them: the run then no longer
         # matches an uninterrupted one bit for bit)
-        code: dict[str, Any] = {"now": method_code_hash(method_cls), "changed_at": [], "threads_changed_at": [],
-                                "dalib": _code_hashes(method_cls)["dalib"], "dalib_changed_at": [],
+        hashes = _code_hashes(method_cls)
+        code: dict[str, Any] = {"now": hashes["method"], "changed_at": [], "threads_changed_at": [],
+                                "dalib": hashes["dalib"], "dalib_changed_at": [],
                                 "device": device.type + (" with bfloat16 autocast" if use_amp else ""),
                                 "device_changed_at": []}
         if ckpt is not None:
@@ -1413,6 +1416,7 @@ def _run(
                 "data": spec["data"],  # the image folder, as an absolute path (dalib select compares it)
                 "data_root": spec["data_root_read"],  # which copy of the data: the one given, or the default found
                 "device": str(device),
+                "code": {"dalib": code["dalib"], "method": code["now"]},  # (the code that ran, hashed at its start)
                 "world_size": world,
                 "diagnostics": result.diagnostics,
             }

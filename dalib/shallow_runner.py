@@ -93,13 +93,14 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
                     device: Any, out: Path | None, on_start: Callable[[dict[str, Any]], None] | None) -> Any:
     from dalib.data.registry import data_root_read
     from dalib.plugin import plain_diagnostics
-    from dalib.runner import RunResult, _seed_everything, accuracy_of, write_result
+    from dalib.runner import RunResult, _code_hashes, _seed_everything, accuracy_of, write_result
     from dalib.shallow.pipeline import fit_shallow
 
     if on_start is not None:
         on_start({"mode": "shallow", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
                   "n_tgt": len(tgt), "classifier": config.classifier, "device": str(device)})
 
+    code = _code_hashes(method_cls)  # the code that fits, before it does (an edit meanwhile is not it)
     _seed_everything(config.seed)
     t0 = time.perf_counter()
     xs = src.x.flatten(1).to(device, torch.float64)  # (N_s, D): the estimator computes on this device
@@ -116,6 +117,6 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
             "src": src.name, "tgt": tgt.name, "data_root": data_root_read(dataset, config.data_root),
             "samples": {"source": len(src), "target": len(tgt)}, "device": str(device), **result.to_dict(),
             "method_config": dataclasses.asdict(shallow_config), "diagnostics": result.diagnostics,
-            "run_config": config.to_dict(),
+            "run_config": config.to_dict(), "code": code,
         }, method_cls)
     return result

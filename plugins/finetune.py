@@ -128,13 +128,13 @@ class FineTune(Method):
         return {"total": cls + reg, "cls": cls, "l2sp": reg}
 
 
-def _misfit(model, spec: dict, new_bottleneck: bool, other_layers: bool) -> str:
+def _misfit(model, spec: dict, new_bottleneck: bool, other_network: bool) -> str:
     """Why a dalib checkpoint's weights do not fit ``model``, from what its ``model_spec`` says;
-    ``other_layers``: its backbone's tensors have other names than the model's (another network,
-    which other inputs would not explain)."""
+    ``other_network``: its backbone has layers the model's lacks, or lacks some of the model's
+    that a cut does not explain (another network, which other inputs would not explain)."""
     causes = []
     their_cut = int(spec.get("cut") or 0)
-    if other_layers and their_cut <= model.cut and spec.get("arch"):  # (a cut network lacks its last stages' layers)
+    if other_network and spec.get("arch"):
         causes.append(f"it was a {spec['arch']} network, and this model's backbone has other layers: "
                       f"give --arch {spec['arch']}")
     if their_cut > model.cut:
@@ -152,6 +152,13 @@ def _misfit(model, spec: dict, new_bottleneck: bool, other_layers: bool) -> str:
 def _layers(names: set[str]) -> set[str]:
     """The names of the backbone's tensors among ``names``."""
     return {k for k in names if k.startswith("backbone.")}
+
+
+def _other_network(model, spec: dict, theirs: set[str], ours: set[str]) -> bool:
+    """Whether a checkpoint whose backbone has the tensors ``theirs`` is of another network than
+    ``model`` (``ours``; of the stages both keep): a layer the model lacks, or, where it was cut
+    no further than the model (so it has every stage the model has), one it lacks."""
+    return bool(theirs - ours) or (int(spec.get("cut") or 0) <= model.cut and theirs != ours)
 
 
 def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
@@ -182,7 +189,7 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
         raise CheckpointError(
             f"checkpoint {p} does not fit this model ({len(unfit)} tensors missing or of another shape, "
             f"{len(theirs - ours)} it has and this model lacks): "
-            f"{_misfit(model, spec, new_bottleneck, _layers(theirs) != _layers(ours))}"
+            f"{_misfit(model, spec, new_bottleneck, _other_network(model, spec, _layers(theirs), _layers(ours)))}"
         )
     head = [k for k in own if k.startswith("head.")]
     same_head = not new_bottleneck and all(fits(k) for k in head)

@@ -252,7 +252,7 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
                 # been near black), values up to 65535 as 16-bit, wider ones by the type's range
                 grey = np.asarray(im, dtype=np.float64)
                 top = grey.max() if grey.size else 0.0
-                if grey.size and grey.min() >= 0 and top > 255:
+                if top > 255:  # (negative values are read as 0)
                     grey = grey / (257.0 if top <= 65535 else (2.0**31 - 1) / 255.0)
                 im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             elif im.mode == "F":

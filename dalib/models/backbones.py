@@ -148,6 +148,10 @@ def _resnet_name(state: dict[str, Any]) -> str | None:
         return None
     blocks = tuple(len({k.split(".")[1] for k in names if k.startswith(f"layer{i}.")}) for i in range(1, 5))
     bottleneck = any(k.startswith("layer1.0.conv3.") for k in names)
+    # the first block's widths: a ResNeXt's or Wide ResNet's have the names of a ResNet's
+    shape = tuple(getattr(state.get("layer1.0.conv2.weight"), "shape", ())[:2])
+    if shape and shape != (64, 64):
+        return f"ResNet of other widths (a ResNeXt or a Wide ResNet?) with blocks {', '.join(map(str, blocks))}"
     return _DEPTHS.get((blocks, bottleneck), f"ResNet of blocks {', '.join(map(str, blocks))}")
 
 

@@ -128,6 +128,12 @@ def test_weights_of_a_resnet_of_another_depth_name_it(tmp_path):
     torch.save(deeper, tmp_path / "r101.pt")
     with pytest.raises(CheckpointError, match=r"are those of a resnet101, and this network is a resnet50 \(dalib builds "):
         build_model("resnet50", (3, 32, 32), 10, pretrained=str(tmp_path / "r101.pt"))
+    # a ResNeXt's tensors have a ResNet-50's names, other widths: not named a resnet50 (whose advice then failed)
+    torch.save(torchvision.models.resnext50_32x4d().state_dict(), tmp_path / "rx50.pt")
+    for arch in ("resnet18", "resnet50"):
+        with pytest.raises(CheckpointError, match=rf"rx50\.pt are those of a ResNet of other widths \(a ResNeXt or a Wide "
+                                                  rf"ResNet\?\) with blocks 3, 4, 6, 3, and this network is a {arch} \(dalib "):
+            build_model(arch, (3, 32, 32), 10, pretrained=str(tmp_path / "rx50.pt"))
     torch.save({k: v for k, v in deeper.items() if not k.startswith(("layer3.22.", "layer3.21."))}, tmp_path / "odd.pt")
     with pytest.raises(CheckpointError, match=r"are those of a ResNet of blocks 3, 4, 21, 3, and this network is a resnet50"):
         build_model("resnet50", (3, 32, 32), 10, pretrained=str(tmp_path / "odd.pt"))

@@ -84,6 +84,18 @@ def test_config_file_and_flags(runner, tmp_path):
     result = json.loads((out / "result.json").read_text())
     assert result["src"] == "usps" and result["steps"] == 3  # the flag beats the file
     assert result["method_config"]["trade_off"] == 0.25
+    # --set adds to the file's [method] table, and beats it on the keys both give (with spaces
+    # about the key, as a shell user may quote it)
+    res = runner.invoke(cli, ["run", "dann", "--config", str(cfg), "--steps", "2", "--set", " hidden =16",
+                              "--set", "trade_off=1", "--quiet", "--out", str(tmp_path / "both")])
+    assert res.exit_code == 0, res.output
+    both = json.loads((tmp_path / "both" / "result.json").read_text())["method_config"]
+    assert (both["trade_off"], both["hidden"]) == (1.0, 16) and type(both["trade_off"]) is float
+    res = runner.invoke(cli, ["run", "dann", "--config", str(cfg), "--steps", "2", "--set", "hidden=16", "--quiet",
+                              "--out", str(tmp_path / "added")])
+    assert res.exit_code == 0, res.output
+    added = json.loads((tmp_path / "added" / "result.json").read_text())["method_config"]
+    assert (added["trade_off"], added["hidden"]) == (0.25, 16)
     # a UTF-8 byte-order mark (Notepad's) was "Invalid statement (at line 1, column 1)"
     cfg.write_bytes(b"\xef\xbb\xbf" + 'src = "usps"\ntgt = "mnist"\nsteps = 2\n# é\n'.encode())
     res = runner.invoke(cli, ["run", "dann", "--config", str(cfg), "--quiet", "--out", str(tmp_path / "bom")])

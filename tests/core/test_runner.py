@@ -76,8 +76,12 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path):
     lines = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 25  # written past the checkpoint, trimmed on resume
 
+    # the time before the checkpoint counts in the run's seconds (made long here, to tell)
+    ckpt = load_checkpoint(tmp_path / "cut" / "checkpoint.pt")
+    torch.save(ckpt | {"seconds": 1000.0}, tmp_path / "cut" / "checkpoint.pt")
     resumed, trained = _resume(_config(), tmp_path / "cut")
     assert trained == list(range(21, 31))  # from the checkpoint on
+    assert 1000.0 < resumed.seconds < 1000.0 + full.seconds * 5
     assert (resumed.source_accuracy, resumed.target_accuracy) == (full.source_accuracy, full.target_accuracy)
     assert (tmp_path / "cut" / "metrics.jsonl").read_text() == (tmp_path / "full" / "metrics.jsonl").read_text()
     assert resumed.history == full.history  # the lines before the checkpoint included
@@ -230,6 +234,19 @@ def test_checkpoints_are_atomic_and_loadable_weights_only(tmp_path):
     assert ckpt["step"] == 12 and "discriminator.0.weight" in ckpt["method"]
 
 
+def test_a_reader_of_the_file_before_a_write_reads_it_whole(tmp_path):
+    """The new file is renamed over the old one, never written into it: a reader that opened the
+    old checkpoint or result.json (eval, a monitoring script) reads it whole, as it was."""
+    from dalib.runner import atomic_write_text
+
+    path = tmp_path / "result.json"
+    atomic_write_text(path, "old " * 1000)
+    with open(path) as reader:
+        atomic_write_text(path, "new")
+        assert reader.read() == "old " * 1000
+    assert path.read_text() == "new"
+
+
 def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
     from dalib.runner import atomic_write_text, ready_for_writing
 
@@ -281,19 +298,50 @@ def test_eval_every_logs_accuracies(tmp_path):
     assert lines == res.history
 
 
-def test_result_json_says_what_made_its_numbers(toy_dataset, tmp_path):
-    """What a reader needs to reproduce a run from its result.json alone: dalib's version string
-    is the same from commit to commit, so the code's hashes; the backbone a default chose; the
-    number of samples each domain held (another copy of the data has other counts)."""
-    from dalib.registry import dalib_code_hash, method_code_hash
+def test_the_accuracies_logged_mid_run_score_the_network_of_that_step_on_each_domain(toy_dataset, tmp_path):
+    """The lines of --eval-every between the first and the last step: each score is of its own
+    domain (the last line is the final scoring's, so a mid-run score of the wrong domain had
+    passed every test)."""
+    from dalib.runner import evaluate, load_model
 
+    cfg = RunConfig(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", mode="deep", steps=20,
+                    batch_size=16, eval_every=10, checkpoint_every=10, log_every=0, holdout=0.2)
+    _killed_at(cfg, tmp_path / "r", 15)  # its checkpoint is the network of step 10
+    line = next(json.loads(t) for t in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
+                if json.loads(t)["step"] == 10)
+    model, cpu = load_model(tmp_path / "r"), torch.device("cpu")
+    kept, held = load_domain(toy_dataset, "src").split(0.2, seed=0)
+    scores = {"source_acc": evaluate(model, kept, cpu), "target_acc": evaluate(model, load_domain(toy_dataset, "tgt"), cpu),
+              "holdout_acc": evaluate(model, held, cpu)}
+    assert {k: line[k] for k in scores} == scores
+    assert len(set(scores.values())) == 3  # (the three differ, so a swap shows)
+
+
+def test_result_json_says_what_made_its_numbers(toy_dataset, tmp_path, monkeypatch):
+    """What a reader needs to reproduce a run from its result.json alone: dalib's version string
+    is the same from commit to commit, so the code's hashes (of the code that ran: an edit of
+    dalib's files during the run is not it); the backbone a default chose; the number of samples
+    each domain held (another copy of the data has other counts)."""
+    from dalib import registry
+
+    real = registry.dalib_code_hash()
+    assert len(real) == len(registry.method_code_hash(dalib.get_method("coral"))) == 16
     for mode in ("deep", "shallow"):
+        calls = []
+
+        def hashed():  # dalib's files as the run begins, then edited
+            calls.append(1)
+            return "at-its-start" if len(calls) == 1 else "edited-since"
+
+        monkeypatch.setattr(registry, "dalib_code_hash", hashed)
         deep = {"steps": 3, "batch_size": 16, "holdout": 0.25} if mode == "deep" else {}  # (a shallow run holds none out)
         run(RunConfig(method="coral", dataset=toy_dataset, src="src", tgt="tgt", mode=mode, **deep), tmp_path / mode,
             progress_bar=False)
+        assert registry.dalib_code_hash() == "edited-since"
         result = json.loads((tmp_path / mode / "result.json").read_text())
-        assert result["code"] == {"dalib": dalib_code_hash(), "method": method_code_hash(dalib.get_method("coral"))}
-        assert len(result["code"]["dalib"]) == len(result["code"]["method"]) == 16
+        assert result["code"] == {"dalib": "at-its-start", "method": registry.method_code_hash(dalib.get_method("coral"))}
+        if mode == "deep":
+            assert load_checkpoint(tmp_path / mode / "checkpoint.pt")["dalib_code"] == "at-its-start"
         source, target = (load_domain(toy_dataset, d) for d in ("src", "tgt"))
         held = result.get("selection", {}).get("n_holdout", 0)
         assert result["samples"] == {"source": len(source) - held, "target": len(target)}

@@ -158,6 +158,13 @@ def test_32_bit_integer_greyscale_images_are_read_by_their_range(tmp_path):
         with Image.open(tmp_path / name) as im:
             assert im.mode == ("I;16" if dtype == np.uint16 else "I")
         assert torch.equal(load_image(tmp_path / name, 4), half), name
+    # negative values read as 0, the others by the range of the rest (one pixel of -1 had left
+    # 1000 unscaled: white)
+    signed, unsigned = np.full((16, 16), 1000, np.int32), np.full((16, 16), 1000, np.uint16)
+    signed[0, 0], unsigned[0, 0] = -1, 0
+    Image.fromarray(signed).save(tmp_path / "signed.tiff")
+    Image.fromarray(unsigned).save(tmp_path / "unsigned.tiff")
+    assert torch.equal(load_image(tmp_path / "signed.tiff", 16), load_image(tmp_path / "unsigned.tiff", 16))
     # a gradient keeps its levels (not one value)
     ramp = np.tile(np.arange(0, 256, 16, dtype=np.int32), (16, 1))
     Image.fromarray(ramp).save(tmp_path / "ramp.tiff")

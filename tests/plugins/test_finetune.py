@@ -224,12 +224,24 @@ def test_a_start_from_another_network_or_other_classes(tmp_path, toy_dataset, so
 def test_a_start_that_does_not_fit_says_why(tmp_path, toy_dataset, source_model):
     """Same --arch and dataset, yet no fit: the message names the real cause."""
     cut = tmp_path / "cut"
-    run(RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
-                  method_config={"init": str(source_model), "policy": "cut:1"}), cut, progress_bar=False)
+    done = run(RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
+                         method_config={"init": str(source_model), "policy": "cut:1"}), cut, progress_bar=False)
+    # the cut network is the one load_model (and dalib eval) gives back: it scores what the run did
+    from dalib.data import load_domain
+    from dalib.runner import evaluate
+
+    loaded = dalib.load_model(cut)
+    assert evaluate(loaded, load_domain(toy_dataset, "tgt"), torch.device("cpu")) == done.target_accuracy
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in done.model.parameters())
     whole = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
                       method_config={"init": str(cut), "policy": "full"})
-    with pytest.raises(CheckpointError, match=r"its network was cut \(policy cut:1\) .*start with policy=cut:1"):
+    with pytest.raises(CheckpointError, match=r"lacks\): its network was cut \(policy cut:1\) .*start with policy=cut:1"):
         run(whole, None, progress_bar=False)
+    # a cut checkpoint of another network: the network is named (the cut alone had been, and a
+    # start with its policy then failed on the network)
+    with pytest.raises(CheckpointError, match=r"lacks\): it was a mlp network, and this model's backbone has other "
+                                              r"layers: give --arch mlp; its network was cut \(policy cut:1\)"):
+        run(dataclasses.replace(whole, arch="identity"), None, progress_bar=False)
     narrow = RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=32,
                        bottleneck_dim=128, method_config={"init": str(source_model)})
     with pytest.raises(CheckpointError, match=r"its bottleneck is 256 wide and this model's 128: pass --bottleneck-dim 256"):
