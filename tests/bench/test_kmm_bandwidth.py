@@ -71,6 +71,20 @@ def test_the_script_scores_each_bandwidth_on_each_task_without_target_labels(tmp
     for r in payload["rows"]:
         assert 0.0 <= r["error"] <= 1.0 and 0 < r["effective_sample_size"] <= r["n_source"]
     assert payload["chosen"] == min(payload["rows"], key=lambda r: (r["error"], r["bandwidth"]))["bandwidth"]
+    # each row is KMM's fit of the source to the target at its σ, recomputed here
+    from dalib.data import load_domain
+    from dalib.shallow import KMM
+
+    src, tgt = (load_domain(toy_dataset, d) for d in ("src", "tgt"))
+    xs, xt = (d.x.flatten(1).double().numpy() for d in (src, tgt))
+    for r in payload["rows"]:
+        kmm = KMM(B=10.0, bandwidth=r["bandwidth"]).fit(xs, xt)
+        w = np.asarray(kmm.weights_, dtype=np.float64)
+        assert r["effective_sample_size"] == pytest.approx(kmm.effective_sample_size_, rel=1e-3)
+        assert r["effective_sample_size"] < 0.9 * len(w)  # (to the source itself, the weights would all be near 1)
+        assert r["zero_fraction"] == pytest.approx(np.mean(w == 0), abs=0.02)
+        assert r["error"] == pytest.approx(iwcv_error(xs, src.y.numpy(), w), abs=0.02)
+        assert payload["mean_error"][str(r["bandwidth"])] == r["error"]  # (one task: its mean is its error)
     assert "accuracy" not in json.dumps(payload)  # no target score is computed
     md = (out / "kmm_bandwidth_toy.md").read_text()
     assert f"σ = {payload['chosen']:g}" in md and f"--suite {suite} --grid 0.5 2 " in md

@@ -264,3 +264,21 @@ def test_cutting_stages_leaves_the_kept_stages_batch_norm_statistics_alone():
         if key in after:
             assert torch.equal(after[key], value), key
     assert model.training  # and the model goes back to the mode it was in
+
+
+def test_a_cut_after_a_freeze_or_on_a_float64_model_keeps_them():
+    """The cut probes the shortened backbone with the model's own dtype and device, and puts back
+    the model's modes as they were: its frozen stages stay in eval mode (in train mode their
+    BatchNorm would update its running statistics)."""
+    model = build_model("lenet", (1, 16, 16), 10)
+    model.freeze_stages(1)
+    model.train()
+    model.cut_stages(1)
+    first = model.stages()[0]
+    assert model.training and not any(m.training for m in first.modules())
+    assert all(m.training for m in model.bottleneck.modules())
+    wide = build_model("lenet", (1, 16, 16), 10).double()
+    wide.cut_stages(1)
+    assert wide.bottleneck[0].weight.dtype == torch.float64
+    feats, logits = wide(torch.zeros(3, 1, 16, 16, dtype=torch.float64))
+    assert logits.shape == (3, 10) and logits.dtype == torch.float64

@@ -66,8 +66,9 @@ def _loss_contract(cls, name):
     losses["total"].backward()
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert any(g is not None and g.abs().sum() > 0 for g in grads), "the loss does not reach the model"
-    # source weights, when a method sets them, are honoured through Batch.w_s
-    weighted = batch._replace(w_s=torch.ones(12))
+    # a batch with source weights (KMM's, through Batch.w_s) goes through every method's loss;
+    # that they count is checked term by term in test_loss_terms.py
+    weighted = batch._replace(w_s=torch.rand(12, generator=torch.Generator().manual_seed(0)) + 0.5)
     value = method.loss(weighted, Outputs(*(t.detach() for t in out)), Progress(10, 100))["total"]
     assert torch.isfinite(value)
 

@@ -155,6 +155,26 @@ def test_the_weighted_source_loss_is_the_weighted_mean_of_the_cross_entropies():
     assert _f(method.source_loss(batch, out)) == pytest.approx(_f(ce.mean()), rel=1e-6)
 
 
+@pytest.mark.parametrize("name, term, config", [("dann", "domain", {"hidden_layers": 0}), ("ot", "transport", {})])
+def test_a_source_sample_of_weight_zero_counts_in_no_term(name, term, config):
+    """Source weights (KMM's, or a subclass's) reach the adaptation term too, not only the
+    classifier's: a sample of weight 0 moved elsewhere, with another label, changes nothing.
+    (dann's discriminator without BatchNorm here, whose batch statistics would join the rows.)"""
+    method, batch, out = _setup(name, **config)
+    g = torch.Generator().manual_seed(7)
+    moved = out._replace(feat_s=torch.cat([torch.randn(4, 8, generator=g) * 3, out.feat_s[4:]]))
+    relabelled = batch._replace(y_s=torch.cat([(batch.y_s[:4] + 1) % K, batch.y_s[4:]]))
+    w = torch.cat([torch.zeros(4), torch.rand(N_S - 4, generator=g) + 0.5])
+    before = method.loss(batch._replace(w_s=w), out, Progress(50, 100))
+    after = method.loss(relabelled._replace(w_s=w), moved, Progress(50, 100))
+    for key in ("cls", term):
+        assert _f(after[key]) == pytest.approx(_f(before[key]), rel=1e-5), key
+    # (the same change, weighted as the others, moves the term: the check can fail)
+    unweighted = method.loss(relabelled._replace(w_s=torch.ones(N_S)), moved, Progress(50, 100))
+    assert _f(unweighted[term]) != pytest.approx(_f(method.loss(batch._replace(w_s=torch.ones(N_S)), out,
+                                                               Progress(50, 100))[term]), rel=1e-3)
+
+
 @pytest.mark.parametrize("hidden_layers", [0, 1, 2])
 def test_the_discriminator_is_the_papers_stack(hidden_layers):
     """``hidden_layers`` blocks of Linear, BatchNorm and ReLU of width ``hidden``, then one
