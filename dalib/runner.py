@@ -1076,8 +1076,11 @@ def _run(
             src, held = src.partition(held_idx)
         for role, domain in (("source", src), ("target", tgt))[: 2 if method_cls.uses_target else 1]:
             if config.batch_size > len(domain):  # every step would repeat its samples (and use the memory)
+                kept = (f"{len(domain)} samples of its {len(domain) + len(held)} once holdout {config.holdout:g} held "
+                        f"{len(held)} out" if role == "source" and held is not None else f"{len(domain)} samples")
+                smaller = " or a smaller holdout" if role == "source" and held is not None else ""
                 raise ConfigError(f"batch_size {config.batch_size} is larger than the {role} domain {domain.name!r} "
-                                  f"({len(domain)} samples): use batch_size <= {len(domain)}")
+                                  f"({kept}): use batch_size <= {len(domain)}{smaller}")
         rows = (config.batch_size // world) * (2 if method_cls.uses_target else 1)  # the smallest forward pass
         if rows < 2:  # the bottleneck's BatchNorm cannot normalise one sample
             need = world * (1 if method_cls.uses_target else 2)
@@ -1280,9 +1283,16 @@ def _run(
                     try:
                         try:
                             losses = method.loss(batch, outputs, progress)
-                        except InputError:  # a loss refusing the features the network gave: if they are NaN, it diverged
+                        except InputError as exc:  # a loss refusing the features the network gave: if they are NaN, it diverged
                             if all(bool(torch.isfinite(t).all()) for t in outputs):
-                                raise
+                                if step == start:  # (what the network gives from the start: the inputs, or the method)
+                                    raise
+                                # finite, but larger than the loss takes (squared distances beyond float32): it diverged
+                                # too, and the loss's own advice (scale the features, use float64) is no user's to follow
+                                peak = max(float(t.detach().abs().max()) for t in outputs if t.numel())
+                                raise DataError(f"the network's outputs reached {peak:.1e} at step {step + 1}, and "
+                                                f"{config.method}'s loss refused them ({first_line(exc).split(': ')[0]}): "
+                                                "training diverged: lower --lr or the method's trade-off") from None
                             _check_batches_finite(((x_s, "source", src), (x_t, "target", tgt)), step)
                             raise DataError(f"the network's outputs became NaN or infinite at step {step + 1}: lower "
                                             "--lr or the method's trade-off") from None

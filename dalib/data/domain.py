@@ -261,20 +261,31 @@ class Domain:
             if num_classes is None:
                 num_classes = len(classes)
         lo, hi = int(yt.min()), int(yt.max())
+        # what mends labels outside 0..C-1: indices for labels of another kind (numpy's
+        # np.unique(y, return_inverse=True)[1] gives them); a class count for labels beyond it
+        to_indices = "map the labels to class indices, e.g. np.unique(y, return_inverse=True)[1]"
+        if lo == UNLABELLED and hi == 1 and bool(((yt == -1) | (yt == 1)).all()):  # the -1/+1 of binary tasks
+            raise DataError(f"labels are -1 and 1 in {where}: labels are class indices 0..C-1, so give (y + 1) // 2 "
+                            f"({UNLABELLED} marks an unlabelled sample)")
         if lo == UNLABELLED:
             raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1, and a domain is "
-                            f"labelled or not, not partly ({UNLABELLED}, UNLABELLED: give y=None for an unlabelled domain)")
+                            f"labelled or not, not partly ({UNLABELLED}, UNLABELLED: give y=None for an unlabelled domain, "
+                            f"or {to_indices})")
         if num_classes is None:
-            if lo < 0 or hi >= max(MAX_INFERRED_CLASSES, len(yt)):  # before a class list that size is built
+            if lo < 0:
+                raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1 ({to_indices})")
+            if hi >= max(MAX_INFERRED_CLASSES, len(yt)):  # before a class list that size is built
+                count = f", or give num_classes={hi + 1}" if hi < 10**7 else ""  # (not a list of 2**40 class names)
                 raise DataError(f"labels span {lo}..{hi} in {where}: labels are class indices 0..C-1 "
-                                "(map other labels to indices, or give num_classes)")
+                                f"({to_indices}{count})")
             num_classes = hi + 1
         if classes is None:
             classes = numbered_classes(num_classes)
         if len(classes) != num_classes:
             raise DataError(f"{len(classes)} class names for {num_classes} classes in {where}")
         if lo < 0 or hi >= num_classes:
-            raise DataError(f"labels span {lo}..{hi}, expected 0..{num_classes - 1} in {where}")
+            raise DataError(f"labels span {lo}..{hi}, expected 0..{num_classes - 1} in {where}"
+                            + (f" ({to_indices})" if lo < 0 else ""))
         return cls(
             name=name,
             dataset=TensorDataset(xt, yt),

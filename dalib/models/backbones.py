@@ -170,7 +170,7 @@ def _load_local_weights(net: nn.Module, path: str) -> None:
         raise CheckpointError(f"cannot read pretrained weights {path} ({load_failure(exc)})") from None
     if isinstance(state, dict) and {"model", "step", "config"} <= set(state):
         raise CheckpointError(
-            f"{path} is a dalib run's checkpoint: start from it with `dalib run finetune --set init=RUN` "
+            f"{path} is a dalib run's checkpoint: start from it with `dalib run finetune --set init={path}` "
             "(--pretrained takes the weights of a torchvision ResNet, a state dict)"
         )
     for wrapper in ("state_dict", "model"):  # a training script's {"state_dict": ...} or {"model": ..., "epoch": ...}

@@ -145,7 +145,7 @@ def test_a_dalib_checkpoint_given_as_pretrained_weights_points_to_finetune(tmp_p
     run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=1, batch_size=8), tmp_path / "r",
         progress_bar=False)
     with pytest.raises(CheckpointError, match=r"is a dalib run's checkpoint: start from it with `dalib run finetune "
-                                              r"--set init=RUN`"):
+                                              rf"--set init={tmp_path / 'r' / 'checkpoint.pt'}`"):  # (it had said RUN)
         build_model("resnet18", (3, 32, 32), 10, pretrained=str(tmp_path / "r" / "checkpoint.pt"))
 
 

@@ -304,6 +304,11 @@ def test_a_batch_larger_than_a_domain_is_refused_before_anything_is_written(runn
     res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "1", "--batch-size",
                               "1900", "--quiet", "--out", str(out)])
     _one_line_error(res, "larger than the target domain 'usps' (1800 samples)")
+    # the samples a holdout took are said to be its: the domain holds more (and a smaller one is a fix)
+    res = runner.invoke(cli, ["run", "dann", "--src", "mnist", "--tgt", "usps", "--steps", "1", "--batch-size",
+                              "1000", "--holdout", "0.6", "--quiet", "--out", str(out)])
+    _one_line_error(res, "batch_size 1000 is larger than the source domain 'mnist' (799 samples of its 2000 once "
+                         "holdout 0.6 held 1201 out): use batch_size <= 799 or a smaller holdout")  # (per class)
 
 
 def test_a_run_that_failed_before_its_first_checkpoint_can_be_run_again(runner, tmp_path):
@@ -398,6 +403,17 @@ def test_a_network_that_diverges_under_an_alignment_loss_is_said_to_diverge(runn
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert re.fullmatch(r"dalib: error: the network's outputs became NaN or infinite at step \d+: lower --lr or the "
                         r"method's trade-off", res.stderr.strip().splitlines()[-1])
+
+
+def test_a_network_whose_outputs_grow_too_large_for_the_loss_is_said_to_diverge(runner, tmp_path):
+    """Finite outputs, too large for float32 squared distances: the user had read the kernel's
+    "scale the features, or use float64", which no command-line option does."""
+    res = runner.invoke(cli, ["run", "mmd", "--src", "mnist", "--tgt", "usps", "--lr", "100", "--steps", "30",
+                              "--quiet", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert re.fullmatch(r"dalib: error: the network's outputs reached \S+ at step \d+, and mmd's loss refused them "
+                        r"\(x holds values up to .*, too large for float32 squared distances \(.*\)\): training "
+                        r"diverged: lower --lr or the method's trade-off", res.stderr.strip().splitlines()[-1])
 
 
 @pytest.fixture

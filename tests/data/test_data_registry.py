@@ -280,7 +280,14 @@ def test_loader_results_are_checked(isolated_registry):
         (np.array([[0.0, -1e39], [1.0, 2.0]]), np.zeros(2), {}, r"features up to 1e\+39 in .* overflow float32 \(up to 3.4e\+38\)"),
         (np.zeros((2, 2)), np.array([0.5, 1.0]), {}, "not integers"),
         (np.zeros((2, 2)), np.array([0, 2]), {"classes": ["a", "b"]}, "labels span 0..2"),
-        (np.zeros((2, 2)), np.array([-2, 0]), {}, "labels span -2..0"),
+        (np.zeros((2, 2)), np.array([-2, 0]), {}, r"labels span -2..0 in .*: labels are class indices 0..C-1 \(map the "
+                                                  r"labels to class indices, e.g. np.unique\(y, return_inverse=True\)\[1\]\)$"),
+        # num_classes mends no negative label: it is not offered (it had been, and then failed again)
+        (np.zeros((2, 2)), np.array([-2, 0]), {"num_classes": 6}, r"labels span -2..0, expected 0..5 in .* \(map the labels"),
+        # the -1/+1 of binary tasks: mapped to 0/1 (the advice had been y=None, which dropped the labels)
+        (np.zeros((4, 2)), np.array([-1, 1, 1, -1]), {}, r"labels are -1 and 1 in .*: labels are class indices 0..C-1, "
+                                                         r"so give \(y \+ 1\) // 2 \(-1 marks an unlabelled sample\)$"),
+        (np.zeros((3, 2)), np.array([0, 100_000, 1]), {}, r"labels span 0..100000 .*, or give num_classes=100001\)$"),
         # UNLABELLED marks no label: an unlabelled domain is y=None, and a partly labelled one is refused
         (np.zeros((2, 2)), np.array([-1, -1]), {"num_classes": 3}, r"labels span -1..-1 in .*: labels are class indices 0..C-1, .*UNLABELLED: give y=None"),
         (np.zeros((2, 2)), np.array([-1, 0]), {}, r"labels span -1..0 in .*a domain is labelled or not, not partly"),
