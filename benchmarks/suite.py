@@ -55,7 +55,7 @@ from typing import Any
 from dalib.config import read_toml
 from dalib.errors import (ConfigError, DalibError, UnknownNameError, duration, first_line, progress_line,
                           terminate_as_interrupt)
-from dalib.registry import code_digest, dalib_code_hash, get_method, list_methods, method_code_hash
+from dalib.registry import dalib_code_hash, get_method, list_methods, method_code_hash
 from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
 from ._machine import machine_info

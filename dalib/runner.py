@@ -880,16 +880,14 @@ def _intact_result(path: Path) -> dict[str, Any] | None:
 
 def write_result(out: Path, payload: dict[str, Any], method_cls: type[Method]) -> None:
     """Write ``result.json`` atomically, with what produced it: the method's class (and its
-    file, for a plugin loaded by path), a registered backbone's builder (likewise), the hashes of
-    dalib's code and the method's (``payload["code"]``, taken when the run began, else now:
-    :func:`_code_hashes`), and the versions of dalib, torch, the numerical
+    file, for a plugin loaded by path), a registered backbone's builder (likewise), and the versions of dalib, torch, the numerical
     libraries the run imported and the package that installed the method, and torch's number
     of CPU threads (the float sums, so the numbers, depend on it)."""
     from dalib.models.backbones import registered_builder
     from dalib.registry import defined_at
 
     payload = {**payload, "method_class": defined_at(method_cls), "versions": _versions(method_cls),
-               "code": payload.get("code") or _code_hashes(method_cls), "threads": torch.get_num_threads()}
+               "threads": torch.get_num_threads()}
     builder = registered_builder((payload.get("run_config") or {}).get("arch"))
     if builder is not None:  # a backbone of the user's: where it came from, as for the method
         payload["backbone_builder"] = defined_at(builder)
@@ -902,7 +900,8 @@ _NUMERICAL = (("numpy", "numpy"), ("scipy", "scipy"), ("ot", "pot"), ("pykeops",
 
 
 def _code_hashes(method_cls: type) -> dict[str, str]:
-    """Hashes of the code that made a run's numbers, for ``result.json``: dalib's own
+    """Hashes of the code that makes a run's numbers, taken as it begins, for its checkpoint and
+    ``result.json`` (``code``): dalib's own
     (:func:`~dalib.registry.dalib_code_hash`; its version string stays the same from commit to
     commit) and the method's module's; "" where the source cannot be read."""
     from dalib.registry import dalib_code_hash, method_code_hash
@@ -1136,15 +1135,9 @@ def _run(
         # bfloat16 only where the GPU computes it natively (Ampere, compute capability 8.0, and
         # later): older GPUs emulate it, and cuDNN has no bfloat16 convolutions for them
         use_amp = config.amp and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8
-        # the method's code (its module's syntax tree) and the steps at which a resume found it edited;
-        # likewise dalib's own code; the steps at which a resume went on with another number of torch
-        # threads, or on another kind of device (float sums differ with them: the run then no longer
-        # matches an uninterrupted one bit for bit)
         hashes = _code_hashes(method_cls)
-        code: dict[str, Any] = {"now": hashes["method"], "changed_at": [], "threads_changed_at": [],
-                                "dalib": hashes["dalib"], "dalib_changed_at": [],
-                                "device": device.type + (" with bfloat16 autocast" if use_amp else ""),
-                                "device_changed_at": []}
+        ran_on = _RanOn(method_code=hashes["method"], dalib_code=hashes["dalib"], threads=torch.get_num_threads(),
+                        device=device.type + (" with bfloat16 autocast" if use_amp else ""))
         if ckpt is not None:
             _check_same_data(ckpt, spec, out, config.steps)
             load_weights(model, ckpt, out / CHECKPOINT)
@@ -1166,34 +1159,22 @@ def _run(
                     "the method's param_groups() changed since, or the file is damaged; delete it and run again "
                     "without --resume") from None
             start = int(ckpt["step"])
-            code["changed_at"] = list(ckpt.get("method_code_changed_at") or [])
-            if ckpt.get("method_code") and code["now"] and ckpt["method_code"] != code["now"]:
-                warn_outside_dalib(
-                    f"the code of method {config.method!r} ({defined_at(method_cls)}) changed since the checkpoint "
-                    f"of step {start}: the steps after it train with the new code (result.json records the step)",
-                    RuntimeWarning)
-                code["changed_at"].append(start)
-            code["threads_changed_at"] = list(ckpt.get("threads_changed_at") or [])
-            # (on CUDA the CPU's threads compute no numbers of the model)
-            if device.type == "cpu" and ckpt.get("threads") is not None and ckpt["threads"] != torch.get_num_threads():
-                warn_outside_dalib(
-                    f"the checkpoint of step {start} was written with {ckpt['threads']} torch threads, this resume has "
-                    f"{torch.get_num_threads()}: sums then round differently, so the run will not match an uninterrupted "
-                    "one bit for bit (result.json records the step; OMP_NUM_THREADS sets the count)", RuntimeWarning)
-                code["threads_changed_at"].append(start)
-            code["dalib_changed_at"] = list(ckpt.get("dalib_code_changed_at") or [])
-            if ckpt.get("dalib_code") and code["dalib"] and ckpt["dalib_code"] != code["dalib"]:
-                warn_outside_dalib(
-                    f"dalib's own code (its runner, models, losses or data) changed since the checkpoint of step {start}: "
-                    "the steps after it train with the new code (result.json records the step)", RuntimeWarning)
-                code["dalib_changed_at"].append(start)
-            code["device_changed_at"] = list(ckpt.get("device_changed_at") or [])
-            if ckpt.get("device") and ckpt["device"] != code["device"]:
-                warn_outside_dalib(
-                    f"the checkpoint of step {start} was written on {ckpt['device']}, this resume runs on "
-                    f"{code['device']}: the numbers then differ from an uninterrupted run's (result.json records the step)",
-                    RuntimeWarning)
-                code["device_changed_at"].append(start)
+            ran_on.resume(ckpt, {
+                "method_code": lambda step, then, now: (
+                    f"the code of method {config.method!r} ({defined_at(method_cls)}) changed since the checkpoint of "
+                    f"step {step}: the steps after it train with the new code"),
+                "dalib_code": lambda step, then, now: (
+                    f"dalib's own code (its runner, models, losses or data) changed since the checkpoint of step {step}: "
+                    "the steps after it train with the new code"),
+                # (on CUDA the CPU's threads compute no numbers of the model)
+                "threads": None if device.type != "cpu" else lambda step, then, now: (
+                    f"the checkpoint of step {step} was written with {then} torch threads, this resume has {now}: sums "
+                    "then round differently, so the run will not match an uninterrupted one bit for bit; "
+                    "OMP_NUM_THREADS sets the count"),
+                "device": lambda step, then, now: (
+                    f"the checkpoint of step {step} was written on {then}, this resume runs on {now}: the numbers then "
+                    "differ from an uninterrupted run's"),
+            })
             if ckpt.get("source_weights") is not None:
                 method.source_weights = ckpt["source_weights"].to(device)
             method.diagnostics = dict(ckpt.get("diagnostics") or {})
@@ -1243,7 +1224,7 @@ def _run(
                 unkept.warn_if_changed()
                 elapsed = time.perf_counter() - t0 + (float(ckpt["seconds"]) if ckpt is not None else 0.0)
                 try:
-                    _save_checkpoint(out, config, spec, model, method, optimizer, step_done, device, elapsed, code,
+                    _save_checkpoint(out, config, spec, model, method, optimizer, step_done, device, elapsed, ran_on,
                                      world, ranks_rng=ranks_rng)
                 except KeyboardInterrupt:  # a second Ctrl-C during the write: raised once the file is in place
                     saved_at = step_done
@@ -1363,7 +1344,7 @@ def _run(
                 # the trained network is kept before it is scored: an image that fails to decode
                 # in the final evaluation (a target that training never read) then costs a
                 # --resume, not the steps since the last checkpoint
-                _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, code, world,
+                _save_checkpoint(out, config, spec, model, method, optimizer, config.steps, device, seconds, ran_on, world,
                                  last_line)
             elif ckpt is not None and start >= config.steps and not finished:  # the line its failed scoring held back
                 last_line = ckpt.get("last_line")
@@ -1426,20 +1407,13 @@ def _run(
                 "data": spec["data"],  # the image folder, as an absolute path (dalib select compares it)
                 "data_root": spec["data_root_read"],  # which copy of the data: the one given, or the default found
                 "device": str(device),
-                "code": {"dalib": code["dalib"], "method": code["now"]},  # (the code that ran, hashed at its start)
+                "code": {"dalib": ran_on.now["dalib_code"], "method": ran_on.now["method_code"]},  # (hashed at its start)
                 "world_size": world,
                 "diagnostics": result.diagnostics,
             }
             if selection:
                 payload["selection"] = selection
-            if code["changed_at"]:  # a resume went on with other code of the method
-                payload["method_code_changed_at"] = code["changed_at"]
-            # ... or with another number of threads, other code of dalib's, on another device
-            for key, steps in (("threads_changed_at", code["threads_changed_at"]),
-                               ("dalib_code_changed_at", code["dalib_changed_at"]),
-                               ("device_changed_at", code["device_changed_at"])):
-                if steps:
-                    payload[key] = steps
+            payload.update(ran_on.changes())  # the steps at which a resume went on with other code, threads, device
             write_result(out, payload, method_cls)
         ok = True
         return result
@@ -1500,6 +1474,37 @@ def _describe(value: Any) -> str:
     if isinstance(value, dict):
         return f"a dict with keys {sorted(map(str, value))}"
     return f"a {type(value).__name__}"
+
+
+class _RanOn:
+    """What a run's numbers depend on beyond its settings: the method's code (its module's syntax
+    tree), dalib's own code, torch's number of CPU threads and the kind of device (float sums
+    differ with the last two). A checkpoint keeps each as ``KEY`` and the steps at which a resume
+    went on with another as ``KEY_changed_at`` (the run then no longer matches an uninterrupted
+    one bit for bit); result.json keeps those steps."""
+
+    def __init__(self, **now: Any) -> None:
+        self.now = now
+        self.changed_at: dict[str, list[int]] = {key: [] for key in now}
+
+    def resume(self, ckpt: dict[str, Any], said: dict[str, Callable[[int, Any, Any], str] | None]) -> None:
+        """Take the checkpoint's steps; where it was written with another value (and both are
+        known), warn with ``said[KEY](step, then, now)`` (None: not compared) and add its step."""
+        step = int(ckpt["step"])
+        for key, now in self.now.items():
+            self.changed_at[key] = list(ckpt.get(f"{key}_changed_at") or [])
+            then, message = ckpt.get(key), said.get(key)
+            if message is not None and then not in (None, "") and now not in (None, "") and then != now:
+                warn_outside_dalib(f"{message(step, then, now)} (result.json records the step)", RuntimeWarning)
+                self.changed_at[key].append(step)
+
+    def saved(self) -> dict[str, Any]:
+        """What a checkpoint keeps of it."""
+        return {**self.now, **{f"{key}_changed_at": steps for key, steps in self.changed_at.items()}}
+
+    def changes(self) -> dict[str, list[int]]:
+        """What result.json keeps of it: the steps, where there are some."""
+        return {f"{key}_changed_at": steps for key, steps in self.changed_at.items() if steps}
 
 
 def _check_batches_finite(batches: tuple[tuple[Tensor, str, Any], ...], step: int) -> None:
@@ -2274,7 +2279,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
 
 def _save_checkpoint(
     out: Path, config: RunConfig, spec: dict[str, Any], model: nn.Module, method: Method,
-    optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float, code: dict[str, Any],
+    optimizer: torch.optim.Optimizer, step: int, device: torch.device, seconds: float, ran_on: _RanOn,
     world: int, last_line: dict[str, Any] | None = None, ranks_rng: list[Tensor] | None = None,
 ) -> None:
     """``last_line``: the last step's metrics line, held back for the run's accuracies (the
@@ -2297,14 +2302,7 @@ def _save_checkpoint(
             "ranks": ranks_rng,
         },
         "seconds": seconds,
-        "method_code": code["now"],
-        "method_code_changed_at": code["changed_at"],
-        "threads": torch.get_num_threads(),
-        "threads_changed_at": code["threads_changed_at"],
-        "dalib_code": code["dalib"],
-        "dalib_code_changed_at": code["dalib_changed_at"],
-        "device": code["device"],
-        "device_changed_at": code["device_changed_at"],
+        **ran_on.saved(),
         "last_line": last_line,
     }
     atomic_write_bytes(out / CHECKPOINT, lambda fh: torch.save(state, fh))

@@ -241,11 +241,11 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
     try:
         with Image.open(path) as opened:
             im = ImageOps.exif_transpose(opened)  # a phone photo's orientation tag, as a viewer shows it
+            grey: np.ndarray | None = None  # a wide greyscale image's values on 0..255, which PIL's conversion would clip
             if im.mode.startswith("I;16") or im.mode == "I" and _sixteen_bits(opened):
                 # 16-bit greyscale (PNG opens as I;16 or I): PIL's convert("RGB") would clip
                 # every value above 255 to white, so scale 0..65535 to 0..255 first
                 grey = np.asarray(im, dtype=np.float64) / 257.0
-                im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             elif im.mode == "I":
                 # 32-bit integer greyscale (TIFF), whose range the file does not say: values of 0..255
                 # (8-bit images saved from numpy's int32) are read as they are (as 16-bit ones, they had
@@ -254,7 +254,6 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
                 top = grey.max() if grey.size else 0.0
                 if top > 255:  # (negative values are read as 0)
                     grey = grey / (257.0 if top <= 65535 else (2.0**31 - 1) / 255.0)
-                im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             elif im.mode == "F":
                 # 32-bit float greyscale (TIFF): PIL would cut 0..1 to 0 (black); read 0..1 as
                 # the full range, and anything larger as 0..255
@@ -263,6 +262,7 @@ def load_image(path: Path, image_size: int, *, domain: str = "") -> torch.Tensor
                     raise ValueError("the image holds NaN or infinite pixel values")
                 if grey.size and grey.min() >= 0.0 and grey.max() <= 1.0:
                     grey = grey * 255.0
+            if grey is not None:
                 im = Image.fromarray(np.clip(np.rint(grey), 0, 255).astype(np.uint8), mode="L")
             rgb = im.convert("RGB").resize((image_size, image_size), bilinear)
     # PIL reports a damaged image as OSError (UnidentifiedImageError), ValueError, or even

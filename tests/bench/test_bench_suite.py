@@ -624,7 +624,7 @@ def test_a_buggy_plugin_fails_its_own_cells_and_the_others_run(toy_suite, tmp_pa
 
 
 def test_the_code_hash_reads_code_not_documentation():
-    from dalib_benchmarks.suite import code_digest
+    from dalib.registry import code_digest
 
     base = 'class M:\n    """Old words."""\n    def loss(self, x):\n        return 2 * x\n'
     for same in ('"""A module docstring."""\n' + base,
