@@ -30,17 +30,6 @@ _PACKAGES = {
 }
 
 
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _memory_gib() -> float | None:
     try:
         with open("/proc/meminfo", encoding="utf-8") as fh:
@@ -64,11 +53,13 @@ def _version(dist: str) -> str | None:
 
 def machine_info() -> dict:
     """CPU model, cores, memory, OS, Python and library versions, CUDA device if any."""
+    from dalib.runner import cpu_model  # (a run's result.json names the CPU the same way)
+
     info: dict = {
         "date_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "hostname": platform.node(),
         "os": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cpu_cores": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "memory_gib": _memory_gib(),

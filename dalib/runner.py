@@ -912,6 +912,29 @@ def _code_hashes(method_cls: type) -> dict[str, str]:
     return found
 
 
+def cpu_model() -> str:
+    """The CPU's model name, as /proc/cpuinfo gives it (``platform``'s guess elsewhere)."""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as fh:
+        for line in fh:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def hardware(device: torch.device, autocast: bool = False) -> dict[str, Any]:
+    """What computed a run's numbers (``result.json``'s ``hardware``): the CPU's model and, on
+    CUDA, the GPU's, torch's CUDA version and the autocast the forward pass ran under
+    (``"bfloat16"``, or ``None``): the same run on another GPU, or with ``amp`` off, rounds
+    otherwise."""
+    found: dict[str, Any] = {"cpu": cpu_model()}
+    if device.type == "cuda":
+        with contextlib.suppress(Exception):  # a record, never a reason for a finished run to fail
+            found["gpu"] = torch.cuda.get_device_name(device)
+        found["cuda"] = torch.version.cuda
+        found["autocast"] = "bfloat16" if autocast else None
+    return found
+
+
 def _versions(method_cls: type) -> dict[str, str]:
     import importlib.metadata as metadata
 
@@ -1407,6 +1430,7 @@ def _run(
                 "data": spec["data"],  # the image folder, as an absolute path (dalib select compares it)
                 "data_root": spec["data_root_read"],  # which copy of the data: the one given, or the default found
                 "device": str(device),
+                "hardware": hardware(device, use_amp),
                 "code": {"dalib": ran_on.now["dalib_code"], "method": ran_on.now["method_code"]},  # (hashed at its start)
                 "world_size": world,
                 "diagnostics": result.diagnostics,

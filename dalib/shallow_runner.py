@@ -93,7 +93,7 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
                     device: Any, out: Path | None, on_start: Callable[[dict[str, Any]], None] | None) -> Any:
     from dalib.data.registry import data_root_read
     from dalib.plugin import plain_diagnostics
-    from dalib.runner import RunResult, _code_hashes, _seed_everything, accuracy_of, write_result
+    from dalib.runner import RunResult, _code_hashes, _seed_everything, accuracy_of, hardware, write_result
     from dalib.shallow.pipeline import fit_shallow
 
     if on_start is not None:
@@ -115,7 +115,8 @@ def _fit_and_report(config: Any, dataset: str, method_cls: Any, shallow_config: 
         write_result(out, {
             "method": config.method, "mode": "shallow", "classifier": config.classifier, "dataset": dataset,
             "src": src.name, "tgt": tgt.name, "data_root": data_root_read(dataset, config.data_root),
-            "samples": {"source": len(src), "target": len(tgt)}, "device": str(device), **result.to_dict(),
+            "samples": {"source": len(src), "target": len(tgt)}, "device": str(device),
+            "hardware": hardware(device), **result.to_dict(),
             "method_config": dataclasses.asdict(shallow_config), "diagnostics": result.diagnostics,
             "run_config": config.to_dict(), "code": code,
         }, method_cls)

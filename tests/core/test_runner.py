@@ -18,7 +18,7 @@ import dalib
 from dalib.data import Domain, DatasetInfo, list_datasets, load_domain, register_dataset
 from dalib.errors import CheckpointError, ConfigError, DataError
 from dalib.registry import unregister_method
-from dalib.runner import RunConfig, load_checkpoint, run
+from dalib.runner import RunConfig, cpu_model, load_checkpoint, run
 from tests._support.interrupt import Killed as _Killed
 from tests._support.interrupt import killed_at as _killed_at
 
@@ -346,9 +346,34 @@ def test_result_json_says_what_made_its_numbers(toy_dataset, tmp_path, monkeypat
         held = result.get("selection", {}).get("n_holdout", 0)
         assert result["samples"] == {"source": len(source) - held, "target": len(target)}
         assert held == (0 if mode == "shallow" else pytest.approx(len(source) / 4, abs=2))
+        assert result["hardware"] == {"cpu": cpu_model()}  # (no GPU: no gpu, cuda or autocast)
     assert result["run_config"]["arch"] is None and "arch" not in result  # (shallow: no network)
     deep = json.loads((tmp_path / "deep" / "result.json").read_text())
     assert deep["run_config"]["arch"] is None and deep["arch"] == "mlp"  # the default for features, as built
+
+
+def test_hardware_names_the_gpu_and_its_autocast(monkeypatch):
+    """On CUDA, result.json says which GPU computed the numbers, with which CUDA, and whether the
+    forward pass ran under bfloat16 autocast: each rounds otherwise. (No GPU here: torch's answers
+    are stood in for.)"""
+    from dalib.runner import hardware
+
+    with open("/proc/cpuinfo", encoding="utf-8") as fh:
+        names = {line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")}
+    assert cpu_model() in names
+    asked = []
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: asked.append(d) or f"GPU {d.index}")
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert hardware(torch.device("cuda", 1), True) == {"cpu": cpu_model(), "gpu": "GPU 1", "cuda": "12.8",
+                                                       "autocast": "bfloat16"}
+    assert hardware(torch.device("cuda", 0))["autocast"] is None  # amp off, or a shallow run's float64
+    assert hardware(torch.device("cpu"), True) == {"cpu": cpu_model()} and len(asked) == 2
+
+    def gone(d):
+        raise RuntimeError("CUDA error: no device")
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", gone)  # a record, never a reason for a run to fail
+    assert hardware(torch.device("cuda", 0), True) == {"cpu": cpu_model(), "cuda": "12.8", "autocast": "bfloat16"}
 
 
 def test_domains_of_different_sizes_and_infinite_streams(toy_dataset):
