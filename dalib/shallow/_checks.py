@@ -20,7 +20,10 @@ __all__ = [
     "check_choice",
     "check_narrowed",
     "check_positive",
+    "check_feature_names",
     "check_same_features",
+    "feature_names",
+    "fit_pair",
     "like_input",
     "to_numpy",
 ]
@@ -32,16 +35,19 @@ LABELS_AS_TARGET = (": fit(Xs, Xt) takes the target's features, not labels, so t
                      "classifier on transform(Xs)")
 
 
-def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64, when_1d: str = "") -> Tensor:
+def as_matrix(x: Any, name: str, dtype: torch.dtype = torch.float64, labels_hint: str = "") -> Tensor:
     """Return ``x`` (a numpy array, tensor or nested list) as a (N, D) tensor of ``dtype``
-    (``when_1d``: what the error adds for a vector).
+    (``labels_hint``: what the error adds for what a Pipeline passes in a target's place, a
+    vector of labels or None).
 
-    Raises :class:`InputError` when it is not 2-D, empty, or holds NaN/inf.
+    Raises :class:`InputError` when it is missing, not 2-D, empty, or holds NaN/inf.
     """
+    if x is None:
+        raise InputError(f"{name} is missing (None){labels_hint}")
     t = number_tensor(x, name, InputError)
     if t.dim() != 2:
         raise InputError(f"{name} must be a 2-D (n_samples, n_features) array, got shape {tuple(t.shape)}"
-                         + (when_1d if t.dim() == 1 else ""))
+                         + (labels_hint if t.dim() == 1 else ""))
     if t.shape[0] == 0 or t.shape[1] == 0:
         raise InputError(f"{name} is empty: shape {tuple(t.shape)}")
     t = t.to(dtype)
@@ -65,7 +71,7 @@ CENTRE_CHUNK = 4096
 _NARROW = {torch.float32, torch.float16, torch.bfloat16, np.dtype(np.float32), np.dtype(np.float16)}
 
 
-def centred_pair(xs: Any, xt: Any, dtype: torch.dtype, names: tuple[str, str] = ("Xs", "Xt")) -> tuple[Tensor, Tensor]:
+def centred_pair(xs: Any, xt: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``xs`` (n_s, d) and ``xt`` (n_t, d) as checked matrices of ``dtype``, moved together so
     that their pooled mean is 0: for methods that depend on differences alone, data far from
     the origin keep their precision. Input wider than ``dtype`` (float64 data for float32
@@ -73,8 +79,7 @@ def centred_pair(xs: Any, xt: Any, dtype: torch.dtype, names: tuple[str, str] = 
     copy is the result."""
     wide = dtype != torch.float64 and any(getattr(x, "dtype", None) not in _NARROW for x in (xs, xt))
     read = torch.float64 if wide else dtype
-    a, b = as_matrix(xs, names[0], read), as_matrix(xt, names[1], read)
-    check_same_features(a, b, names)
+    a, b = fit_pair(xs, xt, read)
     centre = (a.sum(0, dtype=torch.float64) + b.sum(0, dtype=torch.float64)) / (a.shape[0] + b.shape[0])  # (d,)
     out = []
     spread = 0.0
@@ -85,7 +90,7 @@ def centred_pair(xs: Any, xt: Any, dtype: torch.dtype, names: tuple[str, str] = 
             spread = max(spread, float(rows.abs().max()))
             moved[i:i + CENTRE_CHUNK] = rows
         out.append(moved)
-    check_narrowed((out[0], out[1]), spread, names)
+    check_narrowed((out[0], out[1]), spread)
     return out[0], out[1]
 
 
@@ -106,13 +111,52 @@ def check_narrowed(pair: tuple[Tensor, Tensor], spread: float, names: tuple[str,
                          "dtype='float64'")
 
 
-def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt")) -> None:
+def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt"), labels_hint: str = "") -> None:
     if xs.device != xt.device:
         raise InputError(f"{names[0]} and {names[1]} are on different devices: {xs.device} and {xt.device}")
     if xs.shape[1] != xt.shape[1]:
         raise InputError(
             f"{names[0]} and {names[1]} have different feature sizes: {xs.shape[1]} and {xt.shape[1]}"
+            + (labels_hint if xt.shape[1] == 1 else "")  # ((n, 1) labels)
         )
+
+
+def fit_pair(Xs: Any, Xt: Any, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+    """What a shallow estimator's ``fit(Xs, Xt)`` was given, as two checked matrices of
+    ``dtype`` with the same features: a target missing or of labels' shape (as a scikit-learn
+    Pipeline passes ``y`` there) is told so, and DataFrames whose columns differ in name or order
+    are refused (they would be matched by position)."""
+    xs = as_matrix(Xs, "Xs", dtype)
+    xt = as_matrix(Xt, "Xt", dtype, labels_hint=LABELS_AS_TARGET)
+    check_same_features(xs, xt, labels_hint=LABELS_AS_TARGET)
+    check_feature_names(feature_names(Xs), Xt, "Xt", "Xs's", "Xt[Xs.columns]")
+    return xs, xt
+
+
+def feature_names(x: Any) -> np.ndarray | None:
+    """A DataFrame's column names, where all are strings (scikit-learn's ``feature_names_in_``);
+    ``None`` for other input."""
+    columns = getattr(x, "columns", None)
+    if columns is None or isinstance(x, (np.ndarray, Tensor)):
+        return None
+    names = np.asarray(list(columns), dtype=object)
+    return names if len(names) and all(isinstance(n, str) for n in names) else None
+
+
+def check_feature_names(expected: np.ndarray | None, x: Any, name: str, whose: str, reorder: str) -> None:
+    """:class:`InputError` when ``x`` is a DataFrame whose column names are not ``expected``
+    (``whose`` they are), in the same order: numbers are read by position, so another order
+    would silently mix the features up (``reorder``: the expression that puts them right).
+    Input without names (arrays, tensors) is not checked."""
+    names = feature_names(x)
+    if expected is None or names is None or np.array_equal(names, expected):
+        return
+    if sorted(names) == sorted(expected):
+        raise InputError(f"{name}'s columns are {whose} in another order, and columns are read by position: "
+                         f"give {reorder}")
+    known, given = set(expected), set(names)
+    missing, extra = [n for n in expected if n not in given], [n for n in names if n not in known]
+    raise InputError(f"{name}'s columns are not {whose}: missing {missing[:5]}, unexpected {extra[:5]}")
 
 
 def _label_vector(y: Any, n: int, name: str) -> np.ndarray:

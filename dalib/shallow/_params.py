@@ -6,6 +6,7 @@ import inspect
 from typing import Any, TypeVar
 
 from sklearn.exceptions import NotFittedError as _SklearnNotFitted
+from torch import Tensor
 
 from dalib.errors import ConfigError, InputError
 
@@ -34,6 +35,36 @@ class Params:
 
         return Tags(estimator_type=None, target_tags=TargetTags(required=False),
                     transformer_tags=TransformerTags() if hasattr(self, "transform") else None)
+
+    def _features_fitted(self, Xs: Any, n_features: int) -> dict[str, Any]:
+        """The attributes that say which features a fit saw, for :meth:`_transform_input` and
+        scikit-learn: ``n_features_in_`` and, for a DataFrame of named columns,
+        ``feature_names_in_`` (absent otherwise); for the caller to set with its others."""
+        from dalib.shallow._checks import feature_names
+
+        self.__dict__.pop("feature_names_in_", None)  # (a refit on arrays keeps no earlier names)
+        names = feature_names(Xs)
+        return {"n_features_in_": n_features, **({"feature_names_in_": names} if names is not None else {})}
+
+    def _transform_input(self, X: Any, Xs: Any, fitted: str) -> tuple[Tensor, Any]:
+        """``transform``'s samples, ``X`` or ``Xs`` (as POT's ``ot.da`` names them), as a checked
+        (n, d) float64 matrix with the fitted features, and as given; :class:`NotFittedError`
+        before a fit (one that set the attribute ``fitted``)."""
+        from dalib.shallow._checks import as_matrix, check_feature_names
+
+        kind = type(self).__name__
+        if not hasattr(self, fitted):
+            raise NotFittedError(f"{kind} is not fitted yet: call fit(Xs, Xt) first")
+        if (X is None) == (Xs is None):
+            raise InputError(f"{kind}.transform takes the samples once: transform(X), or transform(Xs=X) as POT "
+                             f"names them; got {'neither' if X is None else 'both'}")
+        given, name = (X, "X") if Xs is None else (Xs, "Xs")
+        x = as_matrix(given, name)
+        if x.shape[1] != self.n_features_in_:
+            raise InputError(f"{name} has {x.shape[1]} features, {kind} was fitted on {self.n_features_in_}")
+        check_feature_names(getattr(self, "feature_names_in_", None), given, name, f"those {kind} was fitted on",
+                            f"{name}[{kind.lower()}.feature_names_in_]")
+        return x, given
 
     @classmethod
     def _param_names(cls) -> list[str]:

@@ -23,8 +23,8 @@ from torch import Tensor
 
 from dalib.errors import InputError
 from dalib.kernels._checks import outside_autocast
-from dalib.shallow._checks import LABELS_AS_TARGET, as_matrix, check_positive, check_same_features, like_input
-from dalib.shallow._params import NotFittedError, Params
+from dalib.shallow._checks import check_positive, fit_pair, like_input
+from dalib.shallow._params import Params
 
 __all__ = ["CORAL", "sym_matrix_power"]
 
@@ -60,9 +60,7 @@ class CORAL(Params):
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> CORAL:
         """Estimate the map from source ``Xs`` (n_s, d) and target ``Xt`` (n_t, d)."""
         self._check_params()
-        xs = as_matrix(Xs, "Xs")
-        xt = as_matrix(Xt, "Xt", when_1d=LABELS_AS_TARGET)
-        check_same_features(xs, xt)
+        xs, xt = fit_pair(Xs, Xt)
         for name, x in (("Xs", xs), ("Xt", xt)):
             if x.shape[0] < 2:
                 raise InputError(f"{name} needs at least 2 samples to estimate a covariance, got {x.shape[0]}")
@@ -77,18 +75,16 @@ class CORAL(Params):
                 raise InputError("the source covariance is singular: use reg > 0")
         matrix = (sym_matrix_power(cov_s, -0.5) @ sym_matrix_power(cov_t, 0.5)).cpu().numpy()  # (d, d)
         # set together once all is computed: a fit that fails leaves the previous one whole
-        self.cov_source_, self.cov_target_, self.matrix_, self.n_features_in_ = cov_s, cov_t, matrix, xs.shape[1]
+        features = self._features_fitted(Xs, xs.shape[1])
+        self.cov_source_, self.cov_target_, self.matrix_ = cov_s, cov_t, matrix
+        self.__dict__.update(features)
         return self
 
     @outside_autocast
-    def transform(self, X: Any) -> Any:
-        """Re-coloured features ``X @ matrix_`` (n, d)."""
-        if not hasattr(self, "matrix_"):
-            raise NotFittedError("CORAL is not fitted yet: call fit(Xs, Xt) first")
-        x = as_matrix(X, "X")
-        if x.shape[1] != self.n_features_in_:
-            raise InputError(f"X has {x.shape[1]} features, CORAL was fitted on {self.n_features_in_}")
-        return like_input(x @ torch.from_numpy(self.matrix_).to(x.device), X)
+    def transform(self, X: Any = None, *, Xs: Any = None) -> Any:
+        """Re-coloured features ``X @ matrix_`` (n, d); ``Xs=`` as POT's ``ot.da`` names them."""
+        x, given = self._transform_input(X, Xs, "matrix_")
+        return like_input(x @ torch.from_numpy(self.matrix_).to(x.device), given)
 
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> Any:
         return self.fit(Xs, Xt, ys).transform(Xs)

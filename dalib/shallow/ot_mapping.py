@@ -42,17 +42,8 @@ from dalib.errors import ConfigError, InputError, warn_outside_dalib
 from dalib.kernels._checks import outside_autocast
 from dalib.kernels.backends import import_quietly
 from dalib.kernels.distance import nearest_rows
-from dalib.shallow._checks import (
-    LABELS_AS_TARGET,
-    as_groups,
-    as_matrix,
-    check_choice,
-    check_narrowed,
-    check_positive,
-    check_same_features,
-    like_input,
-)
-from dalib.shallow._params import NotFittedError, Params
+from dalib.shallow._checks import as_groups, check_choice, check_narrowed, check_positive, fit_pair, like_input
+from dalib.shallow._params import Params
 from dalib.shallow._sinkhorn import barycentric_map, group_softmin, log_sinkhorn
 
 __all__ = ["OTMapping", "POT_MAX_ENTRIES"]
@@ -159,9 +150,7 @@ class OTMapping(Params):
 
     def _fit(self, Xs: Any, Xt: Any, ys: Any) -> OTMapping:
         self._check_params()
-        xs = as_matrix(Xs, "Xs")
-        xt = as_matrix(Xt, "Xt", when_1d=LABELS_AS_TARGET)
-        check_same_features(xs, xt)
+        xs, xt = fit_pair(Xs, Xt)
         labels = None
         if self.reg_cl is not None:  # the labels only group the source samples: any kind of label
             if ys is None:
@@ -207,7 +196,7 @@ class OTMapping(Params):
         # float64 copies: a float64 array's tensor is a view of it, which the caller may change later
         self.xs_ = xs.clone()
         self.xt_ = xt.clone()
-        self.n_features_in_ = xs.shape[1]
+        self.__dict__.update(self._features_fitted(Xs, xs.shape[1]))
         self.fit_time_ = time.perf_counter() - start
         return self
 
@@ -344,14 +333,11 @@ class OTMapping(Params):
 
     # ------------------------------------------------------------- transform
     @outside_autocast
-    def transform(self, X: Any) -> Any:
-        """Transported samples (n, d), same type as ``X``. For the fitted ``Xs`` the
-        barycentric mapping; for other samples see the module docstring."""
-        if not hasattr(self, "mapped_"):
-            raise NotFittedError("OTMapping is not fitted yet: call fit(Xs, Xt) first")
-        x = as_matrix(X, "X")
-        if x.shape[1] != self.n_features_in_:
-            raise InputError(f"X has {x.shape[1]} features, OTMapping was fitted on {self.n_features_in_}")
+    def transform(self, X: Any = None, *, Xs: Any = None) -> Any:
+        """Transported samples (n, d): a tensor for a tensor, else a numpy array; ``Xs=`` as
+        POT's ``ot.da`` names them. For the fitted ``Xs`` the barycentric mapping; for other
+        samples see the module docstring."""
+        x, X = self._transform_input(X, Xs, "mapped_")
         if x.shape == self.xs_.shape and torch.equal(x, self.xs_.to(x.device)):
             return like_input(torch.from_numpy(self.mapped_.copy()), X)  # a copy: editing it leaves the fit as it is
         if self._uses_continuous_map():

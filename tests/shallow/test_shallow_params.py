@@ -77,16 +77,68 @@ def test_dataframes_of_mixed_or_nullable_number_columns_are_numbers():
         CORAL().fit(pd.DataFrame(xs).assign(name="a"), xt)
 
 
-@pytest.mark.parametrize("make", [CORAL, OTMapping])
+@pytest.mark.parametrize("make", [CORAL, OTMapping, KMM])
 def test_a_pipeline_step_is_told_why_its_target_is_labels(make):
-    """A Pipeline passes y as fit's second argument: the error had said only "Xt must be 2-D"."""
+    """A Pipeline passes y as fit's second argument, or None without y: the errors had said only
+    "Xt must be 2-D", "must hold numbers, got dtype object" and "different feature sizes"."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
 
     from dalib.errors import InputError
 
     x, y = np.random.default_rng(0).normal(size=(30, 4)), np.arange(30) % 2
-    with pytest.raises(InputError, match=r"^Xt must be a 2-D .* got shape \(30,\): fit\(Xs, Xt\) takes the target's "
-                                         r"features, not labels, so these estimators are no steps of a scikit-learn "
-                                         r"Pipeline"):
-        make_pipeline(make(), LogisticRegression()).fit(x, y)
+    why = (r": fit\(Xs, Xt\) takes the target's features, not labels, so these estimators are no steps of a "
+           r"scikit-learn Pipeline")
+    step = make_pipeline(make(), LogisticRegression()) if hasattr(make, "transform") else make_pipeline(make())
+    for given, what in ((y, r"Xt must be a 2-D .* got shape \(30,\)"), (None, r"Xt is missing \(None\)"),
+                        (y.reshape(-1, 1), "Xs and Xt have different feature sizes: 4 and 1")):
+        with pytest.raises(InputError, match="^" + what + why):
+            step.fit(x, given)
+    with pytest.raises(InputError, match="different feature sizes: 4 and 2$"):  # (no labels' shape: no word of them)
+        make().fit(x, x[:, :2])
+
+
+@pytest.mark.parametrize("make", [CORAL, OTMapping, KMM])
+def test_dataframe_columns_are_matched_by_name_as_scikit_learn_does(make):
+    """Columns are read by position: a target, or samples to transform, whose DataFrame has the
+    fitted columns in another order had been mapped silently with its features mixed up
+    (scikit-learn refuses them, from feature_names_in_)."""
+    import pandas as pd
+
+    from dalib.errors import InputError
+
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(30, 4)), rng.normal(size=(25, 4)) + 0.5
+    source, target = pd.DataFrame(xs, columns=list("abcd")), pd.DataFrame(xt, columns=list("abcd"))
+    shuffled = list("dcba")
+    with pytest.raises(InputError, match=r"^Xt's columns are Xs's in another order.*: give Xt\[Xs.columns\]$"):
+        make().fit(source, target[shuffled])
+    with pytest.raises(InputError, match=r"^Xt's columns are not Xs's: missing \['d'\], unexpected \['e'\]$"):
+        make().fit(source, target.rename(columns={"d": "e"}))
+    fitted = make().fit(source, target)
+    assert fitted.n_features_in_ == 4 and list(fitted.feature_names_in_) == list("abcd")
+    assert "feature_names_in_" not in vars(make().fit(xs, xt)) and make().fit(xs, xt).n_features_in_ == 4
+    assert "feature_names_in_" not in vars(fitted.fit(xs, target))  # a refit on arrays keeps no earlier names
+    if not hasattr(make, "transform"):
+        return
+    fitted.fit(source, target)
+    np.testing.assert_array_equal(fitted.transform(source[list("abcd")]), fitted.transform(xs))  # (a copy: same)
+    with pytest.raises(InputError, match=rf"^X's columns are those {make.__name__} was fitted on in another order"):
+        fitted.transform(source[shuffled])
+    with pytest.raises(InputError, match=r"^Xs's columns are not those .*: missing \['a', 'b', 'c', 'd'\]"):
+        fitted.transform(Xs=source.rename(columns=str.upper))
+    np.testing.assert_array_equal(fitted.transform(xs[:5]), fitted.transform(source[:5]))  # (arrays have no names)
+
+
+@pytest.mark.parametrize("make", [CORAL, OTMapping])
+def test_transform_takes_pots_keyword(make):
+    """POT's ot.da names transform's samples Xs, as fit's: transform(Xs=...) had been a TypeError."""
+    from dalib.errors import InputError
+
+    rng = np.random.default_rng(0)
+    xs, xt = rng.normal(size=(30, 4)), rng.normal(size=(25, 4)) + 0.5
+    fitted = make().fit(Xs=xs, Xt=xt)
+    np.testing.assert_array_equal(fitted.transform(Xs=xs[3:9]), fitted.transform(xs[3:9]))
+    for args, kwargs, what in (((), {}, "neither"), ((xs,), {"Xs": xs}, "both")):
+        with pytest.raises(InputError, match=rf"transform takes the samples once: .*; got {what}$"):
+            fitted.transform(*args, **kwargs)
