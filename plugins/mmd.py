@@ -17,7 +17,8 @@ class DAN(Method):
 
     The loss adds the MMD between the source and target bottleneck features (and,
     optionally, the logits: the head on those features, without Dropout) to the source
-    cross-entropy:
+    cross-entropy. With ``on_logits`` the two layers' MMDs are summed, as DAN adapts several
+    layers; JAN's joint MMD (a product of the layers' kernels) is another loss:
 
     .. math:: L = L_{cls} + \lambda\, \mathrm{MMD}^2_k(F(x_s), F(x_t)),
               \quad k = \sum_{u} \exp(-\lVert x-y\rVert^2 / 2\sigma_u^2)
