@@ -167,6 +167,7 @@ def _load_plugins(modules: tuple[str, ...]) -> None:
 def _read_toml(path: str) -> dict[str, Any]:
     from dalib.config import read_toml
 
+    path = os.path.expanduser(path)  # (`--config=~/x.toml`: the shell leaves that ~ alone)
     if not os.path.exists(path):  # (a pipe, /dev/stdin or <(...), is no regular file but reads as one)
         raise ConfigError(f"config file not found: {path}")
     if os.path.isdir(path):
@@ -230,7 +231,8 @@ def cli() -> None:
               help="deep training, or the shallow form on feature matrices [auto: shallow on feature datasets]")
 @click.option("--classifier", type=click.Choice(["1nn", "linear", "svm"]), help="classifier of the shallow form [1nn]")
 @click.option("--steps", type=int, help="optimizer steps [2000]")
-@click.option("--batch-size", type=int, help="samples per domain per step, no more than a domain holds [64]")
+@click.option("--batch-size", type=int, help="samples per domain per step, no more than a domain holds; an image folder is also scored in "
+                   "batches of this size [64]")
 @click.option("--lr", type=float, help="base learning rate [0.01]")
 @click.option("--seed", type=int, help="random seed [0]")
 @click.option("--device", help="auto, cpu, cuda or cuda:N [auto]")
@@ -354,6 +356,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         if value is not None and not value.strip():  # "" would mean the run's own value
             raise ConfigError(f"{option} is empty: give a value or leave it out")
     to_stdout = predictions == "-"  # the CSV on standard output, and the summary line on stderr
+    if predictions is not None and not to_stdout:
+        predictions = os.path.expanduser(predictions)  # (`--predictions=~/p.csv`: the shell leaves that ~ alone)
     if predictions is not None and not to_stdout:  # checked before any work: nothing is overwritten, nothing predicted in vain
         if not predictions.strip():
             raise ConfigError("--predictions needs a file name")

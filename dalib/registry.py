@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import sys
+import types
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
@@ -87,13 +88,47 @@ def code_digest(source: str | bytes) -> bytes:
 
 def method_code_hash(cls: type) -> str:
     """A hash of the code of the source file of a method class's module (:func:`code_digest`):
-    a resumed run and a benchmark's kept cells tell when it changed; "" when the source cannot
-    be read."""
+    a resumed run and a benchmark's kept cells tell when it changed. A class whose module has no
+    source to read (a notebook cell, ``python -``) is hashed by its compiled code
+    (:func:`_compiled_digest`); "" when it has none."""
     try:
         source = inspect.getsource(sys.modules[cls.__module__])
     except (OSError, TypeError, KeyError):
-        return ""
+        digest = _compiled_digest(cls)
+        return hashlib.sha256(digest).hexdigest()[:16] if digest else ""
     return hashlib.sha256(code_digest(source)).hexdigest()[:16]
+
+
+def _compiled_digest(cls: type) -> bytes:
+    """What of a class's compiled code can change numbers, for a class with no source file: the
+    instructions, names, constants and defaults of its functions, and of those of its nested
+    classes (its Config) and its bases from the same module, without their docstrings, file
+    names or line numbers (a notebook cell run again gets another file name)."""
+    parts: list[bytes] = []
+
+    def add_code(code: types.CodeType, doc: str | None) -> None:
+        parts.extend((code.co_code, repr(code.co_names).encode()))
+        consts = code.co_consts[1:] if doc is not None and code.co_consts[:1] == (doc,) else code.co_consts
+        for const in consts:
+            if isinstance(const, types.CodeType):
+                add_code(const, None)
+            else:  # (a frozenset's order changes with the hash seed)
+                parts.append(repr(sorted(map(repr, const)) if isinstance(const, frozenset) else const).encode())
+
+    def add_class(owner: type) -> None:
+        for name, value in sorted(vars(owner).items()):
+            value = getattr(value, "__func__", getattr(value, "fget", value))  # static/class methods, properties
+            if isinstance(value, types.FunctionType):
+                parts.append(name.encode() + repr(value.__defaults__).encode())
+                add_code(value.__code__, value.__doc__)
+            elif isinstance(value, type) and value.__qualname__.startswith(owner.__qualname__ + "."):
+                parts.append(name.encode())
+                add_class(value)
+
+    for klass in cls.__mro__:
+        if klass.__module__ == cls.__module__:
+            add_class(klass)
+    return b"\0".join(parts)
 
 
 #: dalib's modules that cannot change a run's numbers (the command line, messages, docs rendering)
@@ -181,7 +216,9 @@ def _add(name: str, cls: type) -> None:
         raise RegistryError(f"method {name!r} defines no loss(batch, out, progress): every method trains with one")
     existing = _methods.get(name)
     if existing is not None and not same_definition(existing, cls):
-        raise RegistryError(f"method {name!r} is already registered by {defined_at(existing)}")
+        again = (f" (to replace it in this session: dalib.registry.unregister_method({name!r}) first)"
+                 if existing.__module__ == "__main__" else "")  # (a class of a notebook cell, renamed since)
+        raise RegistryError(f"method {name!r} is already registered by {defined_at(existing)}{again}")
     other = cls.__dict__.get("name")
     if isinstance(other, str) and other != name and _methods.get(other) is cls:
         raise RegistryError(f"method {name!r}: the class {defined_at(cls)} is registered as {other!r} already "
@@ -299,7 +336,7 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     module = os.fspath(module)
     try:
         if module.endswith(".py"):
-            path = Path(module)
+            path = Path(module).expanduser()  # (`--plugin=~/x.py`: the shell leaves that ~ alone)
             if not path.is_file():
                 raise FileNotFoundError(f"no such file: {module}")
             folder = str(path.resolve().parent)

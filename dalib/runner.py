@@ -770,6 +770,14 @@ def forward_all(
     return torch.cat(feats), torch.cat(logits), torch.cat(labels)
 
 
+def scoring_batch(domain: Any, batch_size: int) -> int:
+    """The batch a run scores its domains in: 512 samples of data held in memory (features,
+    small images: a fraction of what the domain already takes), the run's own ``batch_size``
+    for an image folder, whose images through a ResNet at 512 a batch would take gigabytes
+    (the user's ``--batch-size`` is what they chose to fit in memory, with gradients)."""
+    return 512 if getattr(domain, "x", None) is not None else batch_size
+
+
 def evaluate(
     model: nn.Module, domain: Any, device: torch.device, batch_size: int = 512, workers: int = 0
 ) -> float | None:
@@ -1206,6 +1214,7 @@ def _run(
             on_start({"mode": "deep", "dataset": dataset, "src": src.name, "tgt": tgt.name, "n_src": len(src),
                       "n_tgt": len(tgt), "n_held": len(held) if held is not None else 0, "start": start,
                       "steps": config.steps, "device": str(device)})
+        scoring = scoring_batch(src, config.batch_size)
         context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
                           Progress(start, config.steps), classes=list(src.classes))
         if start == 0:
@@ -1335,9 +1344,9 @@ def _run(
                                 **{f"loss/{k}": v if math.isfinite(v) else None for k, v in logs.items()}}
                     if config.eval_every and done % config.eval_every == 0 and done != config.steps:
                         line = (line or {"step": done}) | {
-                            "source_acc": evaluate(model, src, device, workers=config.workers),
-                            "target_acc": evaluate(model, tgt, device, workers=config.workers),
-                        } | ({} if held is None else {"holdout_acc": evaluate(model, held, device, workers=config.workers)})
+                            "source_acc": evaluate(model, src, device, scoring, config.workers),
+                            "target_acc": evaluate(model, tgt, device, scoring, config.workers),
+                        } | ({} if held is None else {"holdout_acc": evaluate(model, held, device, scoring, config.workers)})
                     if line is not None and done == config.steps:
                         last_line = line  # written once the run's accuracies are known, below
                     elif line is not None:
@@ -1382,11 +1391,12 @@ def _run(
                     src_acc, tgt_acc = stored["source_accuracy"], stored["target_accuracy"]
                     selection = stored.get("selection", {})
                 elif held is None:
-                    src_acc = evaluate(model, src, device, workers=config.workers)
-                    tgt_acc = evaluate(model, tgt, device, workers=config.workers)
+                    src_acc = evaluate(model, src, device, scoring, config.workers)
+                    tgt_acc = evaluate(model, tgt, device, scoring, config.workers)
                     selection = {}
                 else:  # the accuracies and the scores from one pass over each domain
-                    src_acc, tgt_acc, selection = _scored_with_selection(model, src, held, tgt, device, config.workers)
+                    src_acc, tgt_acc, selection = _scored_with_selection(model, src, held, tgt, device, config.workers,
+                                                                         scoring)
             except DataError as exc:
                 if out is None:
                     raise
@@ -1446,13 +1456,13 @@ def _run(
 
 
 def _scored_with_selection(model: nn.Module, src: Any, held: Any, tgt: Any, device: torch.device,
-                           workers: int) -> tuple[float | None, float | None, dict[str, Any]]:
+                           workers: int, batch_size: int) -> tuple[float | None, float | None, dict[str, Any]]:
     """The source and target accuracies (%), as :func:`evaluate` gives them, and what ``dalib
     select`` ranks a run by: the held-out source accuracy (%) and every criterion of
     :func:`dalib.selection.score_outputs`; from one forward pass over each domain."""
     from dalib.selection import score_outputs
 
-    (f_s, z_s, y_s), (f_h, z_h, y_h), (f_t, z_t, y_t) = (forward_all(model, d, device, workers=workers)
+    (f_s, z_s, y_s), (f_h, z_h, y_h), (f_t, z_t, y_t) = (forward_all(model, d, device, batch_size, workers)
                                                          for d in (src, held, tgt))
     scores = score_outputs(f_s, f_h, z_h, y_h, f_t, z_t)
     src_acc, tgt_acc = (accuracy_of(torch.softmax(z, 1).argmax(1), y) for z, y in ((z_s, y_s), (z_t, y_t)))
@@ -1823,7 +1833,8 @@ def resolve_mode(config: RunConfig, method_cls: type[Method], dataset: str) -> s
 
 
 def _progress_bar(total: int, start: int, enabled: bool | None) -> Any:
-    if enabled is False:
+    stream = sys.stderr  # None under pythonw or `2>&-`, which tqdm writes to all the same
+    if enabled is False or stream is None or getattr(stream, "closed", False):
         return None
     from tqdm.auto import tqdm
 
@@ -2257,7 +2268,9 @@ def model_spec(config: RunConfig, dataset: str, src: Any, tgt_name: str) -> dict
 def _absolute(path: str | os.PathLike[str] | None) -> str | None:
     """A data folder as the loaders read it (``~`` expanded), absolute: what ``dalib eval``
     finds again from another working directory."""
-    return os.path.abspath(os.path.expanduser(path)) if path else None
+    from dalib.data.registry import absolute_as_read
+
+    return absolute_as_read(path) if path else None
 
 
 def run_checkpoint(path: str | os.PathLike[str]) -> Path:

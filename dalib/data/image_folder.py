@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import unicodedata
-import warnings
 from collections.abc import Iterator
 from typing import Any
 from pathlib import Path
@@ -22,7 +21,7 @@ from torch.utils.data import Dataset
 
 from dalib.data.domain import UNLABELLED, Domain
 from dalib.data.registry import DatasetInfo, LoadRequest, register_dataset
-from dalib.errors import DataError, UnknownNameError
+from dalib.errors import DataError, UnknownNameError, warn_outside_dalib
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -316,10 +315,10 @@ def load(req: LoadRequest) -> Domain:
     samples: list[tuple[Path, int]] = [(p, UNLABELLED) for p in loose]
     missing = sorted(set(others) - set(own)) if own else []
     if missing:
-        warnings.warn(
+        warn_outside_dalib(
             f"image folder {root} has no folder for {len(missing)} of the {len(classes)} classes of {data_dir} "
             f"({_shown(missing, 5)}); classes are matched by their exact folder names, case included",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
         )
     for cdir in class_dirs:
         files = _images(cdir, skipped, broken, nested=True)
@@ -331,16 +330,16 @@ def load(req: LoadRequest) -> Domain:
         label = classes.index(cdir.name)
         samples.extend((p, label) for p in files)
     if skipped:
-        warnings.warn(
+        warn_outside_dalib(
             f"image folder {root}: skipped {len(skipped)} file(s) that are not images by their extension "
             f"({_shown([p.relative_to(root).as_posix() for p in skipped])}); images end in {' '.join(IMG_EXTENSIONS)}",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
         )
     if broken:
-        warnings.warn(
+        warn_outside_dalib(
             f"image folder {root}: skipped {len(broken)} link(s) that lead to no file "
             f"({_shown([p.relative_to(root).as_posix() for p in broken])})",
-            RuntimeWarning, stacklevel=2,
+            RuntimeWarning,
         )
     # a data folder of unlabelled domains alone has no classes: a trained network's give them theirs
     # (dalib eval does), and a run refuses such a source as unlabelled

@@ -408,7 +408,20 @@ def data_root_read(dataset: str, data_root: str | os.PathLike | None) -> str | N
     if get_dataset(dataset).needs != "data_root":
         return None
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
-    return os.path.abspath(root) if root is not None else None
+    return absolute_as_read(root) if root is not None else None
+
+
+def absolute_as_read(path: str | os.PathLike) -> str:
+    """``path`` (``~`` expanded) as an absolute path to what opening it reads, for a record that
+    another working directory finds again: a ``..`` after a link climbs out of the link's
+    target, as the system does, where a textual normalisation (``os.path.abspath``) would go
+    back to the link's folder and name another folder; links elsewhere are kept as named."""
+    p = os.path.expanduser(os.fspath(path))
+    parts = Path(p).parts
+    if os.pardir not in parts:
+        return os.path.abspath(p)
+    last = len(parts) - 1 - parts[::-1].index(os.pardir)
+    return os.path.join(os.path.realpath(os.path.join(*parts[:last + 1])), *parts[last + 1:])
 
 
 def _not_a_folder(path: Path) -> str:

@@ -217,3 +217,26 @@ def test_the_result_holds_the_trained_network_without_an_output_folder(toy_datas
         assert torch.equal(from_numpy.logits, result.model(tgt.x).logits)
     shallow = run(RunConfig(method="coral", mode="shallow", **base), None, progress_bar=False)
     assert shallow.mode == "shallow" and shallow.model is None
+
+
+def test_the_path_options_the_shell_leaves_a_tilde_in_expand_it(tmp_path, monkeypatch):
+    """`--opt=~/x` (and a quoted '~/x') reaches dalib with its ~: --data, --out and eval's RUN
+    expanded it, --config, --plugin and --predictions looked for a folder named ~."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    (home / "cfg.toml").write_text("steps = 2\nbatch_size = 16\n")
+    (home / "tilde_plugin_test.py").write_text(
+        "import dalib\n@dalib.register_method('tilde_plugin_test')\nclass P(dalib.Method):\n    'Source only.'\n"
+        "    def loss(self, batch, out, progress):\n        return {'total': self.source_loss(batch, out)}\n")
+    try:
+        res = CliRunner().invoke(cli, ["run", "tilde_plugin_test", "--src", "mnist", "--tgt", "usps", "--quiet",
+                                       "--plugin=~/tilde_plugin_test.py", "--config=~/cfg.toml", "--out=~/run"])
+        assert res.exit_code == 0, res.output
+        assert json.loads((home / "run" / "result.json").read_text())["steps"] == 2  # (the config's)
+        res = CliRunner().invoke(cli, ["eval", "~/run", "--plugin=~/tilde_plugin_test.py", "--predictions=~/p.csv"])
+        assert res.exit_code == 0, res.output
+        assert (home / "p.csv").read_text().startswith("index,") and not (tmp_path / "~").exists()
+    finally:
+        dalib.registry.unregister_method("tilde_plugin_test")

@@ -417,8 +417,13 @@ def test_a_notebook_cell_run_again_replaces_its_method(clean_registry):
     exec(compile(cell, "<cell>", "exec"), first)
     exec(compile(cell, "<cell>", "exec"), second)  # the cell run a second time, after an edit
     assert dalib.get_method("cell_test") is second["Cell"] is not first["Cell"]
-    with pytest.raises(RegistryError, match="already registered by __main__.Cell"):
-        exec(compile(cell.replace("class Cell", "class Other"), "<cell>", "exec"), {"__name__": "__main__"})
+    renamed = cell.replace("class Cell", "class Other")
+    with pytest.raises(RegistryError, match=r"already registered by __main__.Cell \(to replace it in this session: "
+                                            r"dalib.registry.unregister_method\('cell_test'\) first\)$"):
+        exec(compile(renamed, "<cell>", "exec"), {"__name__": "__main__"})
+    registry.unregister_method("cell_test")  # as the error says
+    exec(compile(renamed, "<cell>", "exec"), third := {"__name__": "__main__"})
+    assert dalib.get_method("cell_test") is third["Other"]
 
 
 def test_a_plugin_file_that_is_also_installed_says_to_drop_the_flag(clean_registry, monkeypatch, tmp_path):
@@ -682,3 +687,63 @@ def test_a_resume_after_the_method_file_was_edited_warns_and_records_the_step(cl
         assert rec[0].filename == __file__  # the caller's line
         assert json.loads((tmp_path / out / "result.json").read_text())["method_code_changed_at"] == [2]
         assert load_checkpoint(tmp_path / out / "checkpoint.pt")["method_code_changed_at"] == [2]
+
+
+def test_a_resume_after_a_notebook_cell_was_edited_warns_too(clean_registry, tmp_path, monkeypatch):
+    """A method defined in a notebook cell has no source file (its module's is not the cell's):
+    its compiled code is hashed instead, so that a resume after the cell was edited says so,
+    as one after a file's edit does; the cell run again unchanged (under another cell name, with
+    another docstring) is the same code."""
+    import json
+    import types
+    import warnings
+
+    from dalib.registry import method_code_hash
+    from dalib.runner import RunConfig, run
+
+    cell = ("from dataclasses import dataclass\n"
+            "import dalib\n"
+            "@dalib.register_method('cell_edit_test')\n"
+            "class Cell(dalib.Method):\n"
+            "    '''{doc}'''\n"
+            "    @dataclass(frozen=True)\n"
+            "    class Config:\n"
+            "        weight: float = {default}\n"
+            "    def loss(self, batch, out, progress):\n"
+            "        '''{doc}'''\n"
+            "        return {{'total': {scale} * self.config.weight * self.source_loss(batch, out)}}\n")
+
+    kernel = types.ModuleType("notebook_cell_module_test")  # a notebook's __main__: no source file to read
+    monkeypatch.setitem(sys.modules, kernel.__name__, kernel)
+
+    def run_cell(number, doc="Scaled.", scale="1.0", default="1.0"):
+        exec(compile(cell.format(doc=doc, scale=scale, default=default), f"<ipython-input-{number}>", "exec"),
+             kernel.__dict__)
+        return kernel.Cell
+
+    first = method_code_hash(run_cell(1))
+    assert len(first) == 16 and method_code_hash(run_cell(2, doc="Documented otherwise.")) == first
+    assert method_code_hash(run_cell(3, default="2.0")) != first != method_code_hash(run_cell(4, scale="0.5"))
+    config = RunConfig(method="cell_edit_test", src="mnist", tgt="usps", steps=4, batch_size=8, checkpoint_every=2)
+
+    class Killed(Exception):
+        pass
+
+    def kill_at_3(step, logs):
+        if step == 3:
+            raise Killed
+
+    for out, edit in (("same", {"doc": "Documented otherwise."}), ("edited", {"scale": "0.5"})):
+        run_cell(5)
+        with pytest.raises(Killed):
+            run(config, tmp_path / out, progress_bar=False, on_step=kill_at_3)
+        run_cell(6, **edit)
+        if out == "same":
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                run(config, tmp_path / out, resume=True, progress_bar=False)
+            continue
+        with pytest.warns(RuntimeWarning, match=r"the code of method 'cell_edit_test' \(notebook_cell_module_test\.Cell\) "
+                                                r"changed since the checkpoint of step 2"):
+            run(config, tmp_path / out, resume=True, progress_bar=False)
+        assert json.loads((tmp_path / out / "result.json").read_text())["method_code_changed_at"] == [2]

@@ -352,6 +352,31 @@ def test_result_json_says_what_made_its_numbers(toy_dataset, tmp_path, monkeypat
     assert deep["run_config"]["arch"] is None and deep["arch"] == "mlp"  # the default for features, as built
 
 
+def test_a_bundled_methods_warning_names_the_callers_line(toy_dataset):
+    """A warning from a method's adapt (dalib_plugins, called by the runner) named the plugin's
+    own file, not the user's dalib.run line."""
+    config = RunConfig(method="ot", dataset=toy_dataset, src="src", tgt="tgt", mode="shallow",
+                       method_config={"max_iter": 2, "reg": 0.01, "backend": "blocked"})
+    with pytest.warns(RuntimeWarning, match="Sinkhorn stopped after max_iter=2") as caught:
+        run(config, None, progress_bar=False)
+    assert [w.filename for w in caught if "max_iter=2" in str(w.message)] == [__file__]
+
+
+@pytest.mark.parametrize("stderr", [None, "closed"])
+def test_a_run_without_a_stderr_shows_no_progress_and_finishes(toy_dataset, monkeypatch, stderr):
+    """Under pythonw, a service or `2>&-`, sys.stderr is None: tqdm's bar, which the default and
+    progress_bar=True draw there, failed with an AttributeError (a closed one with ValueError)."""
+    import io
+    import sys
+
+    if stderr == "closed":
+        stderr = io.StringIO()
+        stderr.close()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    for bar in (None, True):
+        assert run(_config(dataset=toy_dataset, src="src", tgt="tgt", steps=3), None, progress_bar=bar).steps == 3
+
+
 def test_hardware_names_the_gpu_and_its_autocast(monkeypatch):
     """On CUDA, result.json says which GPU computed the numbers, with which CUDA, and whether the
     forward pass ran under bfloat16 autocast: each rounds otherwise. (No GPU here: torch's answers

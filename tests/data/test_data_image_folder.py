@@ -432,15 +432,15 @@ def test_images_are_resized_bilinearly(tmp_path):
     assert torch.allclose(grey, expected.expand(3, 4, 4), atol=1e-6)
 
 
-def _two_class_run(tmp_path, data: Path, out: Path, classes=("cat", "dog")):
+def _two_class_run(tmp_path, data: Path, out: Path, classes=("cat", "dog"), data_as_given: str | None = None):
     import dalib
 
     for domain in ("src", "tgt"):
         for k, name in enumerate(classes):
             for i in range(2):
                 _image(data / domain / name / f"{i}.png", (60 * k + 20 * i, 100, 200 - 50 * k))
-    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=str(data), src="src", tgt="tgt",
-                          image_size=16, steps=4, batch_size=2, checkpoint_every=2, device="cpu")
+    cfg = dalib.RunConfig(method="source_only", dataset="image-folder", data=data_as_given or str(data), src="src",
+                          tgt="tgt", image_size=16, steps=4, batch_size=2, checkpoint_every=2, device="cpu")
     return dalib.run(cfg, out, progress_bar=False)
 
 
@@ -821,3 +821,56 @@ def test_class_folders_named_by_numbers_are_matched_by_name_at_eval(tmp_path):
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--data", str(tmp_path / "held"), "--domain", "x"])
     assert res.exit_code == 2, res.output
     assert res.stderr.strip() == "dalib: error: domain x has 1 class(es) the network does not know: 3 (it knows 0, 1, 2)"
+
+
+def test_a_runs_folder_warnings_name_the_callers_line(tmp_path):
+    """The image folder's warnings (a stray file, a missing class folder) reached through
+    dalib.run named dalib's data registry, not the line of the user's notebook cell."""
+    (tmp_path / "data" / "src" / "dog" / "notes.txt").parent.mkdir(parents=True)
+    (tmp_path / "data" / "src" / "dog" / "notes.txt").write_text("not an image")
+    with pytest.warns(RuntimeWarning) as caught:
+        _two_class_run(tmp_path, tmp_path / "data", None)
+    assert {str(w.message).split(" (")[0].split(": skipped")[-1] for w in caught} == {
+        " 1 file(s) that are not images by their extension"}
+    assert [w.filename for w in caught] == [__file__] * len(caught)  # (this file's _two_class_run: the caller)
+
+
+def test_a_run_scores_an_image_folder_in_batches_of_its_batch_size(tmp_path, monkeypatch):
+    """--batch-size is what a CPU user lowers to fit in memory: the scoring after training (and
+    --eval-every's) had put up to 512 full-size images through the network at once, several GB
+    through a ResNet at 224 px after a run that trained in one."""
+    import dalib
+    import dalib.runner as runner
+
+    seen = []
+    forward = runner._forward_batches
+
+    def spied(model, domain, device, batch_size, workers):
+        seen.append((getattr(domain, "x", None) is None, batch_size))
+        return forward(model, domain, device, batch_size, workers)
+
+    monkeypatch.setattr(runner, "_forward_batches", spied)
+    _two_class_run(tmp_path, tmp_path / "data", None)
+    assert seen and set(seen) == {(True, 2)}  # (the run's batch_size), source and target
+    seen.clear()
+    dalib.run(dalib.RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), None,
+              progress_bar=False)
+    assert set(seen) == {(False, 512)}  # in-memory data: as before
+
+
+def test_a_data_folder_reached_through_a_links_parent_is_recorded_as_read(tmp_path, monkeypatch):
+    """`--data lnk/../imgs` reads the folder beside the link's target; result.json had recorded
+    the one beside the link (a textual normalisation), where dalib eval then failed, or scored
+    other images."""
+    from dalib.data.registry import absolute_as_read
+
+    (tmp_path / "far" / "x").mkdir(parents=True)
+    (tmp_path / "work" / "imgs").mkdir(parents=True)  # a decoy where the text would lead
+    (tmp_path / "work" / "lnk").symlink_to(tmp_path / "far" / "x")
+    monkeypatch.chdir(tmp_path / "work")
+    assert absolute_as_read("lnk/../imgs") == str(tmp_path / "far" / "imgs")
+    assert absolute_as_read("lnk/../imgs/../imgs") == str(tmp_path / "far" / "imgs")
+    assert absolute_as_read("lnk") == str(tmp_path / "work" / "lnk")  # a link alone is kept as named
+    assert absolute_as_read("./a/b") == str(tmp_path / "work" / "a" / "b")
+    _two_class_run(tmp_path, tmp_path / "far" / "imgs", tmp_path / "run", data_as_given="lnk/../imgs")
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["data"] == str(tmp_path / "far" / "imgs")
