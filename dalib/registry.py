@@ -9,12 +9,14 @@ lazily, one at a time: a plugin that fails to import is recorded and reported by
 from __future__ import annotations
 
 import ast
+import contextlib
 import dataclasses
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import types
 from collections.abc import Callable
@@ -99,36 +101,86 @@ def method_code_hash(cls: type) -> str:
     return hashlib.sha256(code_digest(source)).hexdigest()[:16]
 
 
+#: the plain values whose repr is the same in every process
+_PLAIN = (int, float, complex, str, bytes, bool, type(None))
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def _stable_repr(value: Any) -> str:
+    """``repr(value)`` as every process writes it: functions and classes by their qualified
+    names, objects without their memory addresses, sets sorted (their order follows the hash seed)."""
+    if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
+        return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
+    if isinstance(value, (set, frozenset)):
+        return "{" + ", ".join(sorted(map(_stable_repr, value))) + "}"
+    if isinstance(value, (tuple, list)):
+        return type(value).__name__ + "(" + ", ".join(map(_stable_repr, value)) + ")"
+    if isinstance(value, dict):
+        return "{" + ", ".join(sorted(f"{_stable_repr(k)}: {_stable_repr(v)}" for k, v in value.items())) + "}"
+    return _ADDRESS.sub("", repr(value))
+
+
 def _compiled_digest(cls: type) -> bytes:
     """What of a class's compiled code can change numbers, for a class with no source file: the
-    instructions, names, constants and defaults of its functions, and of those of its nested
-    classes (its Config) and its bases from the same module, without their docstrings, file
-    names or line numbers (a notebook cell run again gets another file name)."""
-    parts: list[bytes] = []
+    instructions, names and constants of its functions (the ones decorators wrap, too), their
+    defaults, the values their closures and the module's constants give them, its other class
+    attributes, and the same of its nested classes (its Config), of its bases from the same
+    module and of the module's functions it calls; without docstrings, file names, line
+    numbers or memory addresses (a notebook cell run again gets another file name)."""
+    parts: list[str] = []
+    seen: set[int] = set()
 
-    def add_code(code: types.CodeType, doc: str | None) -> None:
-        parts.extend((code.co_code, repr(code.co_names).encode()))
-        consts = code.co_consts[1:] if doc is not None and code.co_consts[:1] == (doc,) else code.co_consts
+    def add_code(code: types.CodeType, scope: dict[str, Any]) -> None:
+        parts.extend((code.co_code.hex(), repr(code.co_names)))
+        consts = code.co_consts
+        if not code.co_name.startswith("<") and consts and (
+                code.co_flags & 0x4000000 if sys.version_info >= (3, 14) else isinstance(consts[0], (str, type(None)))):
+            consts = consts[1:]  # a def's docstring (or, before 3.14, the None kept in its place)
         for const in consts:
             if isinstance(const, types.CodeType):
-                add_code(const, None)
-            else:  # (a frozenset's order changes with the hash seed)
-                parts.append(repr(sorted(map(repr, const)) if isinstance(const, frozenset) else const).encode())
+                add_code(const, scope)
+            else:
+                parts.append(_stable_repr(const))
+        for name in code.co_names:  # the module's constants and functions that the code reads
+            value = scope.get(name)
+            if isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)):
+                parts.append(f"{name}={value!r}")
+            elif isinstance(value, types.FunctionType) and value.__module__ == cls.__module__:
+                add_function(value)
+
+    def add_function(fn: types.FunctionType) -> None:
+        fn = inspect.unwrap(fn)  # (a decorated method: the user's function, not the decorator's wrapper)
+        if id(fn) in seen or not isinstance(fn, types.FunctionType):
+            return
+        seen.add(id(fn))
+        parts.append(f"{fn.__qualname__}{_stable_repr(fn.__defaults__)}{_stable_repr(fn.__kwdefaults__)}")
+        add_code(fn.__code__, fn.__globals__)
+        for cell in fn.__closure__ or ():
+            with contextlib.suppress(ValueError):  # (an empty cell)
+                value = cell.cell_contents
+                if isinstance(value, types.FunctionType):
+                    add_function(value)
+                else:
+                    parts.append(_stable_repr(value))
 
     def add_class(owner: type) -> None:
         for name, value in sorted(vars(owner).items()):
+            if name.startswith("__") and name.endswith("__") and not callable(value):
+                continue  # (__module__, __qualname__, __doc__, __dict__, a dataclass's fields...)
             value = getattr(value, "__func__", getattr(value, "fget", value))  # static/class methods, properties
-            if isinstance(value, types.FunctionType):
-                parts.append(name.encode() + repr(value.__defaults__).encode())
-                add_code(value.__code__, value.__doc__)
+            if isinstance(value, types.FunctionType) or hasattr(value, "__wrapped__"):
+                parts.append(name)
+                add_function(value)
             elif isinstance(value, type) and value.__qualname__.startswith(owner.__qualname__ + "."):
-                parts.append(name.encode())
+                parts.append(name)
                 add_class(value)
+            else:
+                parts.append(f"{name}={_stable_repr(value)}")
 
     for klass in cls.__mro__:
         if klass.__module__ == cls.__module__:
             add_class(klass)
-    return b"\0".join(parts)
+    return "\0".join(parts).encode()
 
 
 #: dalib's modules that cannot change a run's numbers (the command line, messages, docs rendering)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -747,3 +749,62 @@ def test_a_resume_after_a_notebook_cell_was_edited_warns_too(clean_registry, tmp
                                                 r"changed since the checkpoint of step 2"):
             run(config, tmp_path / out, resume=True, progress_bar=False)
         assert json.loads((tmp_path / out / "result.json").read_text())["method_code_changed_at"] == [2]
+
+
+_CELL = '''
+import dalib, torch
+import torch.nn.functional as F
+from dataclasses import dataclass
+SCALE = {scale}
+def helper(x):
+    """Doc {doc}."""
+    return x * {helper}
+@dalib.register_method('cell_digest_test')
+class Cell(dalib.Method):
+    lam = {lam}
+    @dataclass(frozen=True, kw_only=True)
+    class Config:
+        w: float = {w}
+    def loss(self, batch, out, progress, ce=F.cross_entropy, *, k={k}):
+        def inner(z):
+            """Nested doc {doc}."""
+            return z
+        return {{"total": inner(helper(SCALE * self.lam * k * self.source_loss(batch, out)))}}
+    @torch.no_grad()
+    def update(self, x):
+        return x * {upd}
+'''
+
+
+def _cell_hash(**edits):
+    """The code hash of _CELL's method, run as a notebook cell (a module without a source file)."""
+    import types
+
+    from dalib.registry import method_code_hash
+
+    values = {"scale": 1.0, "doc": "a", "helper": 2, "lam": 0.5, "w": 1.0, "k": 1.0, "upd": 0.99, **edits}
+    kernel = types.ModuleType("notebook_digest_module_test")
+    sys.modules[kernel.__name__] = kernel
+    try:
+        exec(compile(_CELL.format(**values), f"<ipython-input-{sorted(edits)}>", "exec"), kernel.__dict__)
+        return method_code_hash(kernel.Cell)
+    finally:
+        del sys.modules[kernel.__name__]
+        registry.unregister_method("cell_digest_test")
+
+
+def test_a_cells_code_hash_sees_what_changes_numbers_and_nothing_else(clean_registry):
+    """Each edit below changes what the method computes and had kept its hash (a class attribute,
+    a module constant, a keyword-only default, a Config default, a function the method calls, a
+    decorated method's body); a function as a default had put its memory address in the hash,
+    so that the same cell hashed otherwise in every process; a nested docstring is no code."""
+    import subprocess
+
+    first = _cell_hash()
+    for edit in ({"scale": 3.0}, {"helper": 3}, {"lam": 0.9}, {"w": 2.0}, {"k": 2.0}, {"upd": 0.5}):
+        assert _cell_hash(**edit) != first, edit
+    assert _cell_hash(doc="documented otherwise") == first
+    other = subprocess.run([sys.executable, "-c", "import tests.core.test_registry as t; print(t._cell_hash())"],
+                           capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "7"},
+                           cwd=Path(__file__).parents[2], check=True)
+    assert other.stdout.strip() == first  # another process, another hash seed, other addresses
