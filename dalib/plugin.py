@@ -81,6 +81,18 @@ class Progress:
         return min(1.0, self.step / max(1, self.total))
 
 
+def scoring_batch(data: Any, batch_size: int) -> int:
+    """The batch a run scores, or embeds, a domain in (``data``: a :class:`~dalib.data.Domain`
+    or its dataset): 512 samples of data held in memory (features, small images: a fraction of
+    what the domain already takes), the run's own ``batch_size`` for an image folder, whose
+    images through a ResNet at 512 a batch would take gigabytes (``--batch-size`` is what a user
+    chose to fit in memory, with gradients)."""
+    if isinstance(data, Unlabelled):  # (the target, as a method sees it)
+        data = data.data
+    in_memory = getattr(data, "x", None) is not None or isinstance(data, torch.utils.data.TensorDataset)
+    return 512 if in_memory else batch_size
+
+
 @dataclass
 class Context:
     """What :meth:`Method.prepare` and :meth:`Method.on_epoch_end` may look at.
@@ -100,16 +112,18 @@ class Context:
     classes: list[str] | None = None
 
     def embed(
-        self, domain: str, fn: Callable[[Tensor], Tensor] | None = None, batch_size: int = 512
+        self, domain: str, fn: Callable[[Tensor], Tensor] | None = None, batch_size: int | None = None
     ) -> Tensor:
         """Map every training sample of ``domain`` ("source" or "target") through ``fn``.
 
         ``fn`` defaults to the identity, flattened: the raw input features. Pass
         ``lambda x: ctx.model(x).features`` for the model's features. Returns (N, D)
-        on :attr:`device`, computed in eval mode without gradients.
+        on :attr:`device`, computed in eval mode without gradients, ``batch_size`` samples at a
+        time (by default as the run scores: :func:`scoring_batch`).
         """
         data = {"source": self.source, "target": self.target}[domain]
         fn = fn or (lambda x: x.flatten(1))
+        batch_size = batch_size or scoring_batch(data, self.batch_size)
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
         was_training = self.model.training
         self.model.eval()

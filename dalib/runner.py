@@ -43,7 +43,7 @@ from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, numbered_classes
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, PluginError, first_line,
                           load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
-from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics
+from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics, scoring_batch
 from dalib.schedules import inverse_decay
 
 if TYPE_CHECKING:
@@ -768,14 +768,6 @@ def forward_all(
         logits.append(out.logits.float().cpu())
         labels.append(y)
     return torch.cat(feats), torch.cat(logits), torch.cat(labels)
-
-
-def scoring_batch(domain: Any, batch_size: int) -> int:
-    """The batch a run scores its domains in: 512 samples of data held in memory (features,
-    small images: a fraction of what the domain already takes), the run's own ``batch_size``
-    for an image folder, whose images through a ResNet at 512 a batch would take gigabytes
-    (the user's ``--batch-size`` is what they chose to fit in memory, with gradients)."""
-    return 512 if getattr(domain, "x", None) is not None else batch_size
 
 
 def evaluate(

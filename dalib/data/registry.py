@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -296,8 +297,9 @@ def default_data_root() -> Path | None:
         return Path(env).expanduser()
     for cand in DEFAULT_ROOT_CANDIDATES:
         p = Path(cand)
-        if p.is_dir():
-            return p.resolve()
+        with contextlib.suppress(OSError):  # (a working directory this user may not search: not there)
+            if p.is_dir():
+                return p.resolve()
     return None
 
 
@@ -413,15 +415,19 @@ def data_root_read(dataset: str, data_root: str | os.PathLike | None) -> str | N
 
 def absolute_as_read(path: str | os.PathLike) -> str:
     """``path`` (``~`` expanded) as an absolute path to what opening it reads, for a record that
-    another working directory finds again: a ``..`` after a link climbs out of the link's
+    another working directory finds again: a ``..`` right after a link climbs out of the link's
     target, as the system does, where a textual normalisation (``os.path.abspath``) would go
-    back to the link's folder and name another folder; links elsewhere are kept as named."""
+    back to the link's folder and name another folder; every other link is kept as named."""
     p = os.path.expanduser(os.fspath(path))
-    parts = Path(p).parts
-    if os.pardir not in parts:
+    if os.pardir not in Path(p).parts:
         return os.path.abspath(p)
-    last = len(parts) - 1 - parts[::-1].index(os.pardir)
-    return os.path.join(os.path.realpath(os.path.join(*parts[:last + 1])), *parts[last + 1:])
+    here = os.getcwd() if not os.path.isabs(p) else os.path.abspath(os.sep)
+    for part in Path(p).parts:
+        if part == os.pardir:  # the parent of what `here` opens: of the link's target, for a link
+            here = os.path.dirname(os.path.realpath(here) if os.path.islink(here) else here)
+        elif part not in (os.curdir, os.sep):
+            here = os.path.join(here, part)
+    return here
 
 
 def _not_a_folder(path: Path) -> str:

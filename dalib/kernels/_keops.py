@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import BackendError, first_line
-from dalib.kernels.backends import keops_cache_failure, mark_keops_broken
+from dalib.kernels.backends import forget_keops_cache_saves, keops_cache_failure, mark_keops_broken
 
 __all__ = ["keops_gaussian_matvec", "keops_softmin"]
 
@@ -47,31 +47,17 @@ def _run(fn: Callable[[], T]) -> T:
             return fn()
     except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a failed build: the module is missing
         msg = str(exc)
-        if "KeOps" not in msg and "keops" not in msg:
+        cache = isinstance(exc, OSError) and exc.errno is not None  # its cache folder, whatever it is called
+        if not cache and "KeOps" not in msg and "keops" not in msg:
             raise
         if out.open:  # KeOps' "Generating code for ... " line, left open by the failure: not the error's
             sys.stderr.write("\n")
         why = first_line(exc)
-        if isinstance(exc, OSError) and exc.errno is not None:  # its cache folder: not writable, or full
+        if cache:  # not writable, or full
             why = keops_cache_failure(exc)
-            _forget_cache_saves()
+            forget_keops_cache_saves()
         mark_keops_broken(why)
         raise BackendError(f"the keops backend failed to run here: {why}") from exc
-
-
-def _forget_cache_saves() -> None:
-    """keopscore saves the indexes of its caches into its cache folder at exit: a folder that
-    refused its files refuses them too, and their tracebacks came after the one-line error."""
-    import atexit
-
-    with contextlib.suppress(Exception):  # (keopscore's internals: nothing to forget if they moved)
-        from keopscore.utils.Cache import Cache, Cache_partial
-
-        for name, module in list(sys.modules.items()):
-            if module is not None and name.split(".")[0] in ("keopscore", "pykeops"):
-                for value in list(vars(module).values()):
-                    if isinstance(value, (Cache, Cache_partial)):
-                        atexit.unregister(value.save_cache)
 
 
 def _lazy():

@@ -79,17 +79,52 @@ def keops_available() -> bool:
     """Whether pykeops imports (compile failures are caught when a formula first runs)."""
     if not _keops_state["checked"]:
         _keops_state["checked"] = True
+        _keops_state["ok"] = False
+        if not os.environ.get("KEOPS_CACHE_FOLDER") and no_home():
+            # (pykeops would make a folder named "~" in the working directory, and compile there)
+            _keops_state["reason"] = (f"pykeops keeps its compiled formulas under the home folder, and this process "
+                                      f"has none ({NO_HOME}): set KEOPS_CACHE_FOLDER to a folder it can write")
+            return False
         try:
             import_quietly("pykeops.torch")
         except ImportError as exc:
-            _keops_state["ok"] = False
             _keops_state["reason"] = f"pykeops is not installed ({exc})"
         except OSError as exc:  # its import makes its cache folder (~/.cache/keopsVERSION)
-            _keops_state["ok"] = False
             _keops_state["reason"] = keops_cache_failure(exc)
         else:
             _keops_state["ok"] = True
+            with contextlib.suppress(Exception):  # (keopscore's internals)
+                import keopscore
+
+                if not os.access(keopscore.config.get_build_folder(), os.W_OK):  # compiled beforehand, read-only
+                    forget_keops_cache_saves()  # (its saves at exit would each print a traceback)
     return bool(_keops_state["ok"])
+
+
+#: why a process has no home folder, as :func:`no_home` finds it
+NO_HOME = "HOME is unset, and this user id has no entry in the password database"
+
+
+def no_home() -> bool:
+    """Whether ``~`` names no folder here (HOME unset, and a container's arbitrary user id unknown
+    to the password database): a library that keeps its cache under ``~`` would then make a folder
+    named ``~`` in the working directory."""
+    return os.path.expanduser("~") == "~"
+
+
+def forget_keops_cache_saves() -> None:
+    """keopscore saves the indexes of its caches into its cache folder at exit: a folder that
+    refuses its files refuses them too, and each refusal printed a traceback after the run."""
+    import atexit
+
+    with contextlib.suppress(Exception):  # (keopscore's internals: nothing to forget if they moved)
+        from keopscore.utils.Cache import Cache, Cache_partial
+
+        for name, module in list(sys.modules.items()):
+            if module is not None and name.split(".")[0] in ("keopscore", "pykeops"):
+                for value in list(vars(module).values()):
+                    if isinstance(value, (Cache, Cache_partial)):
+                        atexit.unregister(value.save_cache)
 
 
 def keops_cache_failure(exc: OSError) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -112,6 +113,13 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
             # torchvision looks in its cache (TORCH_HOME) first: a user who has the weights
             # gets them; dalib never downloads during tests.
             weights = "IMAGENET1K_V1"
+            from dalib.kernels.backends import NO_HOME, no_home
+
+            if not (os.environ.get("TORCH_HOME") or os.environ.get("XDG_CACHE_HOME")) and no_home():
+                # (torch.hub would make a folder named "~" in the working directory)
+                raise CheckpointError(f"torchvision keeps the ImageNet weights under the home folder, and this "
+                                      f"process has none ({NO_HOME}): set TORCH_HOME to the folder that holds "
+                                      "hub/checkpoints, or pass a checkpoint file to --pretrained")
         said = io.StringIO()  # torch.hub's "Downloading: ..." line goes to stdout, a run's results
         try:
             with contextlib.redirect_stdout(said):

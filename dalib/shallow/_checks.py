@@ -121,14 +121,15 @@ def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", 
         )
 
 
-def fit_pair(Xs: Any, Xt: Any, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+def fit_pair(Xs: Any, Xt: Any, dtype: torch.dtype = torch.float64,
+             labels_hint: str = LABELS_AS_TARGET) -> tuple[Tensor, Tensor]:
     """What a shallow estimator's ``fit(Xs, Xt)`` was given, as two checked matrices of
     ``dtype`` with the same features: a target missing or of labels' shape (as a scikit-learn
-    Pipeline passes ``y`` there) is told so, and DataFrames whose columns differ in name or order
-    are refused (they would be matched by position)."""
+    Pipeline passes ``y`` there) is told so (``labels_hint``), and DataFrames whose columns
+    differ in name or order are refused (they would be matched by position)."""
     xs = as_matrix(Xs, "Xs", dtype)
-    xt = as_matrix(Xt, "Xt", dtype, labels_hint=LABELS_AS_TARGET)
-    check_same_features(xs, xt, labels_hint=LABELS_AS_TARGET)
+    xt = as_matrix(Xt, "Xt", dtype, labels_hint=labels_hint)
+    check_same_features(xs, xt, labels_hint=labels_hint)
     check_feature_names(feature_names(Xs), Xt, "Xt", "Xs's", "Xt[Xs.columns]")
     return xs, xt
 
@@ -151,12 +152,15 @@ def check_feature_names(expected: np.ndarray | None, x: Any, name: str, whose: s
     names = feature_names(x)
     if expected is None or names is None or np.array_equal(names, expected):
         return
-    if sorted(names) == sorted(expected):
-        raise InputError(f"{name}'s columns are {whose} in another order, and columns are read by position: "
-                         f"give {reorder}")
     known, given = set(expected), set(names)
-    missing, extra = [n for n in expected if n not in given], [n for n in names if n not in known]
-    raise InputError(f"{name}'s columns are not {whose}: missing {missing[:5]}, unexpected {extra[:5]}")
+    if len(known) == len(expected) and len(given) == len(names):  # (a name given twice matches no reordering)
+        if known == given:
+            raise InputError(f"{name}'s columns are {whose} in another order, and columns are read by position: "
+                             f"give {reorder}")
+        missing, extra = [n for n in expected if n not in given], [n for n in names if n not in known]
+        raise InputError(f"{name}'s columns are not {whose}: missing {missing[:5]}, unexpected {extra[:5]}")
+    raise InputError(f"{name}'s columns ({', '.join(names[:8])}{', ...' if len(names) > 8 else ''}) are not {whose} "
+                     f"({', '.join(expected[:8])}{', ...' if len(expected) > 8 else ''}), in that order")
 
 
 def _label_vector(y: Any, n: int, name: str) -> np.ndarray:

@@ -36,7 +36,7 @@ import torch
 from dalib.config import build_config, param
 from dalib.data.domain import UNLABELLED, labelled_accuracy
 from dalib.errors import ConfigError, InputError, UnknownNameError
-from dalib.shallow._checks import as_labels, as_matrix, check_same_features, to_numpy
+from dalib.shallow._checks import as_labels, fit_pair, to_numpy
 from dalib.shallow.classifiers import CLASSIFIERS, make_classifier
 from dalib.shallow.coral import CORAL
 from dalib.shallow.kmm import KMM
@@ -186,9 +186,7 @@ def run_shallow(
     if classifier not in CLASSIFIERS:
         raise UnknownNameError(f"unknown classifier {classifier!r}; known: {', '.join(CLASSIFIERS)}")
     cfg = build_config(method_cls.ShallowConfig, params, owner=method)
-    xs = as_matrix(Xs, "Xs")
-    xt = as_matrix(Xt, "Xt")
-    check_same_features(xs, xt)
+    xs, xt = fit_pair(Xs, Xt, labels_hint="")  # (no Pipeline here: its Xt is given by name)
     labels = as_labels(ys, xs.shape[0], "ys")
     if bool((labels < 0).any()):  # −1 would be trained as a class of its own, and predicted
         raise InputError(f"ys holds {int((labels < 0).sum())} negative label(s): class labels are >= 0, and the "

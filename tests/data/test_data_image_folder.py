@@ -856,6 +856,18 @@ def test_a_run_scores_an_image_folder_in_batches_of_its_batch_size(tmp_path, mon
     dalib.run(dalib.RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), None,
               progress_bar=False)
     assert set(seen) == {(False, 512)}  # in-memory data: as before
+    # and a method's Context.embed (kmm's weights on the network's features, in prepare)
+    loader = torch.utils.data.DataLoader
+    batches = []
+    monkeypatch.setattr(torch.utils.data, "DataLoader",
+                        lambda data, batch_size=1, **kw: batches.append(batch_size) or loader(data, batch_size, **kw))
+    for data, expected in (("folder", 2), (None, 512)):
+        batches.clear()
+        dalib.run(dalib.RunConfig(method="kmm", dataset="image-folder" if data else "digits", src="src" if data else "mnist",
+                                  tgt="tgt" if data else "usps", data=str(tmp_path / "data") if data else None,
+                                  image_size=16, steps=2, batch_size=2, method_config={"features": "model"}), None,
+                  progress_bar=False)
+        assert max(batches) == expected, batches
 
 
 def test_a_data_folder_reached_through_a_links_parent_is_recorded_as_read(tmp_path, monkeypatch):
@@ -871,6 +883,10 @@ def test_a_data_folder_reached_through_a_links_parent_is_recorded_as_read(tmp_pa
     assert absolute_as_read("lnk/../imgs") == str(tmp_path / "far" / "imgs")
     assert absolute_as_read("lnk/../imgs/../imgs") == str(tmp_path / "far" / "imgs")
     assert absolute_as_read("lnk") == str(tmp_path / "work" / "lnk")  # a link alone is kept as named
+    (tmp_path / "mnt" / "scripts").mkdir(parents=True)
+    (tmp_path / "datalink").symlink_to(tmp_path / "mnt")  # and so is one the '..' does not climb out of
+    assert absolute_as_read(tmp_path / "datalink" / "scripts" / ".." / "imgs") == str(tmp_path / "datalink" / "imgs")
+    assert absolute_as_read("../datalink/./imgs") == str(tmp_path / "datalink" / "imgs")
     assert absolute_as_read("./a/b") == str(tmp_path / "work" / "a" / "b")
     _two_class_run(tmp_path, tmp_path / "far" / "imgs", tmp_path / "run", data_as_given="lnk/../imgs")
     assert json.loads((tmp_path / "run" / "result.json").read_text())["data"] == str(tmp_path / "far" / "imgs")

@@ -160,6 +160,25 @@ def test_default_data_root_candidates(monkeypatch, tmp_path, where):
     assert default_data_root() == (cwd / where).resolve()
 
 
+def test_a_candidate_the_user_may_not_search_is_not_there(monkeypatch, tmp_path):
+    """From a working directory this user cannot search (sudo -u nobody from /root), is_dir()
+    raised PermissionError: "Permission denied: shared/data", a folder the user never named."""
+    from pathlib import Path
+
+    monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "shared")  # ../shared/data: there, once the first is passed over
+    is_dir = Path.is_dir
+
+    def searched(self, *args, **kwargs):
+        if str(self) == "shared/data":
+            raise PermissionError(13, "Permission denied", str(self))
+        return is_dir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "is_dir", searched)
+    assert default_data_root() == (tmp_path / "shared" / "data").resolve()
+
+
 def test_the_working_folders_shared_data_comes_before_its_parents(monkeypatch, tmp_path):
     monkeypatch.delenv("DALIB_DATA_ROOT", raising=False)
     cwd = tmp_path / "repo"

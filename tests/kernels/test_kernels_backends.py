@@ -278,3 +278,69 @@ def test_a_keops_cache_folder_that_cannot_be_written_is_a_reason_not_a_crash(mon
     assert module.cache.save_cache in forgotten  # its save at exit, into the same folder
     monkeypatch.undo()
     atexit.unregister(module.cache.save_cache)  # (the test's own cache: not saved at this process's exit)
+
+
+def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeypatch, tmp_path):
+    """KEOPS_CACHE_FOLDER=/scratch/kc read-only: the refusal names no "keops", and had passed
+    through as a bare PermissionError. With HOME unset and a user id the password database does
+    not know (a container's), pykeops made a folder named "~" in the working directory and
+    compiled there; torchvision's weight cache did the same."""
+    import errno
+    import os
+    import pwd
+
+    from dalib.errors import CheckpointError
+    from dalib.kernels._keops import _run
+    from dalib.models.backbones import build_backbone
+
+    for key, value in (("checked", True), ("ok", True), ("reason", ""), ("warned", False)):
+        monkeypatch.setitem(backends._keops_state, key, value)
+    monkeypatch.setattr(backends, "forget_keops_cache_saves", lambda: None)
+
+    def refused():
+        raise PermissionError(errno.EACCES, "Permission denied", "/scratch/kc/Linux_p3.11/5aa762f704.cpp")
+
+    with pytest.raises(BackendError, match=r"cannot write its cache folder \(Permission denied: /scratch/kc/.*\): set "
+                                            "KEOPS_CACHE_FOLDER"):
+        _run(refused)
+
+    monkeypatch.delenv("HOME", raising=False)
+    monkeypatch.delenv("KEOPS_CACHE_FOLDER", raising=False)
+    monkeypatch.delenv("TORCH_HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+
+    def unknown(uid):
+        raise KeyError(f"getpwuid(): uid not found: {uid}")
+
+    monkeypatch.setattr(pwd, "getpwuid", unknown)
+    monkeypatch.chdir(tmp_path)
+    for key, value in (("checked", False), ("ok", False), ("reason", "")):
+        monkeypatch.setitem(backends._keops_state, key, value)
+    assert backends.keops_available() is False
+    assert backends.keops_unavailable_reason() == (
+        "pykeops keeps its compiled formulas under the home folder, and this process has none (HOME is unset, and "
+        "this user id has no entry in the password database): set KEOPS_CACHE_FOLDER to a folder it can write")
+    with pytest.raises(CheckpointError, match=r"^torchvision keeps the ImageNet weights under the home folder, and this "
+                                              r"process has none \(HOME is unset.*\): set TORCH_HOME"):
+        build_backbone("resnet18", (3, 32, 32), pretrained="imagenet")
+    assert os.listdir(tmp_path) == []  # no folder named "~"
+    monkeypatch.setenv("KEOPS_CACHE_FOLDER", str(tmp_path / "kc"))  # as the reason says
+    monkeypatch.setitem(backends._keops_state, "checked", False)
+    assert backends.keops_available() is True
+
+
+def test_a_compiled_read_only_keops_cache_has_its_saves_at_exit_forgotten(monkeypatch):
+    """A cache compiled beforehand (into a container image) and mounted read-only works, but each
+    of keopscore's index saves at exit printed a traceback after every run."""
+    import os
+
+    pytest.importorskip("pykeops")
+    for key, value in (("checked", False), ("ok", False), ("reason", "")):
+        monkeypatch.setitem(backends._keops_state, key, value)
+    forgotten = []
+    monkeypatch.setattr(backends, "forget_keops_cache_saves", lambda: forgotten.append(1))
+    for writable in (True, False):
+        monkeypatch.setattr(os, "access", lambda path, mode, writable=writable: writable)
+        monkeypatch.setitem(backends._keops_state, "checked", False)
+        assert backends.keops_available() is True
+        assert len(forgotten) == (0 if writable else 1)

@@ -130,6 +130,30 @@ def test_dataframe_columns_are_matched_by_name_as_scikit_learn_does(make):
     np.testing.assert_array_equal(fitted.transform(xs[:5]), fitted.transform(source[:5]))  # (arrays have no names)
 
 
+def test_run_shallow_and_repeated_column_names_are_held_to_the_same_rule():
+    """run_shallow had read the target's columns by position whatever their names; a name given
+    twice had been told to reorder (Xt[Xs.columns] then has more columns) or had named nothing
+    missing nor unexpected."""
+    import pandas as pd
+
+    from dalib.errors import InputError
+    from dalib.shallow import run_shallow
+
+    rng = np.random.default_rng(0)
+    source = pd.DataFrame(rng.normal(size=(30, 3)), columns=list("abc"))
+    ys = np.arange(30) % 2
+    for method in ("coral", "kmm", "ot"):
+        with pytest.raises(InputError, match=r"^Xt's columns are Xs's in another order"):
+            run_shallow(method, source, ys, source[list("cba")], ys)
+    assert run_shallow("coral", source, ys, source, ys).target_accuracy is not None
+    twice = source.set_axis(list("aab"), axis=1)
+    for target, names in ((source.set_axis(list("aba"), axis=1), "a, b, a"), (source.set_axis(list("abb"), axis=1),
+                                                                              "a, b, b")):
+        with pytest.raises(InputError, match=rf"^Xt's columns \({names}\) are not Xs's \(a, a, b\), in that order$"):
+            CORAL().fit(twice, target)
+    CORAL().fit(twice, twice)  # (the same names, in the same order: read as given)
+
+
 @pytest.mark.parametrize("make", [CORAL, OTMapping])
 def test_transform_takes_pots_keyword(make):
     """POT's ot.da names transform's samples Xs, as fit's: transform(Xs=...) had been a TypeError."""
