@@ -89,7 +89,7 @@ def scoring_batch(data: Any, batch_size: int) -> int:
     chose to fit in memory, with gradients)."""
     if isinstance(data, Unlabelled):  # (the target, as a method sees it)
         data = data.data
-    in_memory = getattr(data, "x", None) is not None or isinstance(data, torch.utils.data.TensorDataset)
+    in_memory = isinstance(getattr(data, "x", None), Tensor) or isinstance(data, torch.utils.data.TensorDataset)
     return 512 if in_memory else batch_size
 
 

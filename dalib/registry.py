@@ -16,7 +16,6 @@ import importlib
 import importlib.util
 import inspect
 import os
-import re
 import sys
 import types
 from collections.abc import Callable
@@ -92,41 +91,53 @@ def method_code_hash(cls: type) -> str:
     """A hash of the code of the source file of a method class's module (:func:`code_digest`):
     a resumed run and a benchmark's kept cells tell when it changed. A class whose module has no
     source to read (a notebook cell, ``python -``) is hashed by its compiled code
-    (:func:`_compiled_digest`); "" when it has none."""
+    (:func:`_compiled_digest`); "" when it has none, or when that fails (a record, never a
+    reason for a run to fail)."""
     try:
         source = inspect.getsource(sys.modules[cls.__module__])
     except (OSError, TypeError, KeyError):
-        digest = _compiled_digest(cls)
+        try:
+            digest = _compiled_digest(cls)
+        except Exception:  # (a repr that raises, a structure too deep: an object of the user's)  # noqa: BLE001
+            return ""
         return hashlib.sha256(digest).hexdigest()[:16] if digest else ""
     return hashlib.sha256(code_digest(source)).hexdigest()[:16]
 
 
 #: the plain values whose repr is the same in every process
 _PLAIN = (int, float, complex, str, bytes, bool, type(None))
-_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
 
 
-def _stable_repr(value: Any) -> str:
-    """``repr(value)`` as every process writes it: functions and classes by their qualified
-    names, objects without their memory addresses, sets sorted (their order follows the hash seed)."""
+def _stable_repr(value: Any, depth: int = 0) -> str:
+    """What of ``value`` every process writes the same: plain values and their lists, tuples,
+    sets (sorted: their order follows the hash seed) and dicts; functions and classes by their
+    qualified names; any other object by its type alone (its repr may hold an address, or a set
+    in hash-seed order)."""
+    if isinstance(value, _PLAIN):
+        return repr(value)
     if isinstance(value, (types.FunctionType, types.BuiltinFunctionType, type)):
         return f"{getattr(value, '__module__', '')}.{getattr(value, '__qualname__', '')}"
-    if isinstance(value, (set, frozenset)):
-        return "{" + ", ".join(sorted(map(_stable_repr, value))) + "}"
-    if isinstance(value, (tuple, list)):
-        return type(value).__name__ + "(" + ", ".join(map(_stable_repr, value)) + ")"
-    if isinstance(value, dict):
-        return "{" + ", ".join(sorted(f"{_stable_repr(k)}: {_stable_repr(v)}" for k, v in value.items())) + "}"
-    return _ADDRESS.sub("", repr(value))
+    if depth < 8:  # (a list that holds itself)
+        if isinstance(value, (set, frozenset)):
+            return "{" + ", ".join(sorted(_stable_repr(v, depth + 1) for v in value)) + "}"
+        if isinstance(value, (tuple, list)):
+            return type(value).__name__ + "(" + ", ".join(_stable_repr(v, depth + 1) for v in value) + ")"
+        if isinstance(value, dict):
+            return "{" + ", ".join(sorted(f"{_stable_repr(k, depth + 1)}: {_stable_repr(v, depth + 1)}"
+                                          for k, v in value.items())) + "}"
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
 
 
 def _compiled_digest(cls: type) -> bytes:
     """What of a class's compiled code can change numbers, for a class with no source file: the
-    instructions, names and constants of its functions (the ones decorators wrap, too), their
-    defaults, the values their closures and the module's constants give them, its other class
-    attributes, and the same of its nested classes (its Config), of its bases from the same
-    module and of the module's functions it calls; without docstrings, file names, line
-    numbers or memory addresses (a notebook cell run again gets another file name)."""
+    instructions, names and constants of its functions (the ones decorators, ``cached_property``
+    and ``partialmethod`` wrap, too), their defaults and the values their closures give them, its
+    other class attributes, and the same of its nested classes (its Config), of its bases from the
+    same module, and of the module's constants, functions and classes (a discriminator) that its
+    code reads as globals; without docstrings, file names, line numbers or memory addresses (a
+    notebook cell run again gets another file name). Other objects count by their type alone."""
+    import dis
+
     parts: list[str] = []
     seen: set[int] = set()
 
@@ -141,14 +152,16 @@ def _compiled_digest(cls: type) -> bytes:
                 add_code(const, scope)
             else:
                 parts.append(_stable_repr(const))
-        for name in code.co_names:  # the module's constants and functions that the code reads
-            value = scope.get(name)
-            if isinstance(value, _PLAIN) or (isinstance(value, tuple) and all(isinstance(v, _PLAIN) for v in value)):
-                parts.append(f"{name}={value!r}")
-            elif isinstance(value, types.FunctionType) and value.__module__ == cls.__module__:
-                add_function(value)
+        for ins in dis.get_instructions(code):  # the module's names the code reads (not attributes')
+            if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str) and ins.argval in scope:
+                value = scope[ins.argval]
+                if isinstance(value, (types.FunctionType, type)) and value.__module__ == cls.__module__:
+                    parts.append(ins.argval)
+                    add_function(value) if isinstance(value, types.FunctionType) else add_class(value)
+                elif not isinstance(value, (types.ModuleType, types.FunctionType, type)):
+                    parts.append(f"{ins.argval}={_stable_repr(value)}")
 
-    def add_function(fn: types.FunctionType) -> None:
+    def add_function(fn: Any) -> None:
         fn = inspect.unwrap(fn)  # (a decorated method: the user's function, not the decorator's wrapper)
         if id(fn) in seen or not isinstance(fn, types.FunctionType):
             return
@@ -164,22 +177,27 @@ def _compiled_digest(cls: type) -> bytes:
                     parts.append(_stable_repr(value))
 
     def add_class(owner: type) -> None:
+        if id(owner) in seen:
+            return
+        seen.add(id(owner))
         for name, value in sorted(vars(owner).items()):
             if name.startswith("__") and name.endswith("__") and not callable(value):
                 continue  # (__module__, __qualname__, __doc__, __dict__, a dataclass's fields...)
-            value = getattr(value, "__func__", getattr(value, "fget", value))  # static/class methods, properties
-            if isinstance(value, types.FunctionType) or hasattr(value, "__wrapped__"):
-                parts.append(name)
-                add_function(value)
-            elif isinstance(value, type) and value.__qualname__.startswith(owner.__qualname__ + "."):
+            # static and class methods, properties, cached_property, partialmethod: their function
+            inner = next((getattr(value, a) for a in ("__func__", "fget", "func") if hasattr(value, a)), value)
+            if isinstance(inner, types.FunctionType) or hasattr(inner, "__wrapped__"):
+                parts.append(f"{name}{_stable_repr(getattr(value, 'args', ()))}")
+                add_function(inner)
+            elif isinstance(value, type) and value.__module__ == cls.__module__:
                 parts.append(name)
                 add_class(value)
             else:
                 parts.append(f"{name}={_stable_repr(value)}")
+        for base in owner.__mro__[1:]:  # (a helper network's own bases from the cell)
+            if base.__module__ == cls.__module__:
+                add_class(base)
 
-    for klass in cls.__mro__:
-        if klass.__module__ == cls.__module__:
-            add_class(klass)
+    add_class(cls)
     return "\0".join(parts).encode()
 
 

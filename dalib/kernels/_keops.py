@@ -8,6 +8,7 @@ number of bandwidths S and the width K of ``v``: bandwidths and ε enter as para
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import sys
 from collections.abc import Callable
@@ -39,6 +40,9 @@ class _Lines(io.TextIOBase):
         self._stream.flush()  # type: ignore[attr-defined]
 
 
+_CACHE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def _run(fn: Callable[[], T]) -> T:
     """Run a KeOps reduction; a compilation failure becomes a :class:`BackendError`."""
     out = _Lines(sys.stderr)
@@ -47,13 +51,14 @@ def _run(fn: Callable[[], T]) -> T:
             return fn()
     except (ValueError, RuntimeError, OSError, ImportError) as exc:  # a failed build: the module is missing
         msg = str(exc)
-        cache = isinstance(exc, OSError) and exc.errno is not None  # its cache folder, whatever it is called
+        # its cache folder, whatever it is called: not writable, or full (other system errors are not its)
+        cache = isinstance(exc, OSError) and exc.errno in _CACHE_ERRNOS
         if not cache and "KeOps" not in msg and "keops" not in msg:
             raise
         if out.open:  # KeOps' "Generating code for ... " line, left open by the failure: not the error's
             sys.stderr.write("\n")
         why = first_line(exc)
-        if cache:  # not writable, or full
+        if cache:
             why = keops_cache_failure(exc)
             forget_keops_cache_saves()
         mark_keops_broken(why)

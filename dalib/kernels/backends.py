@@ -84,6 +84,7 @@ def keops_available() -> bool:
             # (pykeops would make a folder named "~" in the working directory, and compile there)
             _keops_state["reason"] = (f"pykeops keeps its compiled formulas under the home folder, and this process "
                                       f"has none ({NO_HOME}): set KEOPS_CACHE_FOLDER to a folder it can write")
+            _keops_state["checked"] = False  # (asked again: the variable may be set in this process next)
             return False
         try:
             import_quietly("pykeops.torch")

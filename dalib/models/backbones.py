@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pickle
 import sys
 from collections.abc import Callable
@@ -115,7 +114,7 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
             weights = "IMAGENET1K_V1"
             from dalib.kernels.backends import NO_HOME, no_home
 
-            if not (os.environ.get("TORCH_HOME") or os.environ.get("XDG_CACHE_HOME")) and no_home():
+            if torch.hub.get_dir().startswith("~") and no_home():  # (TORCH_HOME, XDG_CACHE_HOME, set_dir() set none)
                 # (torch.hub would make a folder named "~" in the working directory)
                 raise CheckpointError(f"torchvision keeps the ImageNet weights under the home folder, and this "
                                       f"process has none ({NO_HOME}): set TORCH_HOME to the folder that holds "

@@ -752,16 +752,32 @@ def test_a_resume_after_a_notebook_cell_was_edited_warns_too(clean_registry, tmp
 
 
 _CELL = '''
-import dalib, torch
+import dalib, functools, torch
 import torch.nn.functional as F
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 SCALE = {scale}
+WEIGHTS = [1.0, {weights}]
+lam = {sweep}  # a notebook's loop variable, named as the method's attribute: not the method's code
 def helper(x):
     """Doc {doc}."""
     return x * {helper}
+class Disc(torch.nn.Module):
+    def forward(self, x):
+        return x * {disc}
+class Lookup:
+    def __repr__(self):
+        return self.table  # (a repr that raises)
+@dataclass(frozen=True)
+class Opts:
+    names: frozenset = field(default_factory=lambda: frozenset({{"alpha", "beta", "gamma", "delta"}}))
+LOOP = [1]
+LOOP.append(LOOP)
 @dalib.register_method('cell_digest_test')
 class Cell(dalib.Method):
     lam = {lam}
+    table = Lookup()
+    opts = Opts()
+    loop = LOOP
     @dataclass(frozen=True, kw_only=True)
     class Config:
         w: float = {w}
@@ -769,7 +785,11 @@ class Cell(dalib.Method):
         def inner(z):
             """Nested doc {doc}."""
             return z
-        return {{"total": inner(helper(SCALE * self.lam * k * self.source_loss(batch, out)))}}
+        total = SCALE * WEIGHTS[1] * self.lam * self.factor * k * Disc()(self.source_loss(batch, out))
+        return {{"total": inner(helper(total))}}
+    @functools.cached_property
+    def factor(self):
+        return {factor}
     @torch.no_grad()
     def update(self, x):
         return x * {upd}
@@ -782,7 +802,8 @@ def _cell_hash(**edits):
 
     from dalib.registry import method_code_hash
 
-    values = {"scale": 1.0, "doc": "a", "helper": 2, "lam": 0.5, "w": 1.0, "k": 1.0, "upd": 0.99, **edits}
+    values = {"scale": 1.0, "doc": "a", "helper": 2, "lam": 0.5, "w": 1.0, "k": 1.0, "upd": 0.99, "weights": 0.5,
+              "disc": 1.0, "factor": 2.0, "sweep": 0.1, **edits}
     kernel = types.ModuleType("notebook_digest_module_test")
     sys.modules[kernel.__name__] = kernel
     try:
@@ -795,15 +816,19 @@ def _cell_hash(**edits):
 
 def test_a_cells_code_hash_sees_what_changes_numbers_and_nothing_else(clean_registry):
     """Each edit below changes what the method computes and had kept its hash (a class attribute,
-    a module constant, a keyword-only default, a Config default, a function the method calls, a
-    decorated method's body); a function as a default had put its memory address in the hash,
-    so that the same cell hashed otherwise in every process; a nested docstring is no code."""
+    a module constant, a list of them, a keyword-only or Config default, a function or network the
+    method calls, a decorated method's body, a cached_property's); a function as a default, or a
+    set inside an object, had made the same cell hash otherwise in every process; a nested
+    docstring is no code, nor a notebook variable named as one of the method's attributes; an
+    object whose repr raises, or a list that holds itself, had failed the run."""
     import subprocess
 
     first = _cell_hash()
-    for edit in ({"scale": 3.0}, {"helper": 3}, {"lam": 0.9}, {"w": 2.0}, {"k": 2.0}, {"upd": 0.5}):
+    for edit in ({"scale": 3.0}, {"helper": 3}, {"lam": 0.9}, {"w": 2.0}, {"k": 2.0}, {"upd": 0.5}, {"weights": 2.0},
+                 {"disc": 3.0}, {"factor": 3.0}):
         assert _cell_hash(**edit) != first, edit
     assert _cell_hash(doc="documented otherwise") == first
+    assert _cell_hash(sweep=1.0) == first  # (self.lam is an attribute: the global lam is not read)
     other = subprocess.run([sys.executable, "-c", "import tests.core.test_registry as t; print(t._cell_hash())"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "7"},
                            cwd=Path(__file__).parents[2], check=True)

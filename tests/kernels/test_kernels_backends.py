@@ -284,7 +284,9 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
     """KEOPS_CACHE_FOLDER=/scratch/kc read-only: the refusal names no "keops", and had passed
     through as a bare PermissionError. With HOME unset and a user id the password database does
     not know (a container's), pykeops made a folder named "~" in the working directory and
-    compiled there; torchvision's weight cache did the same."""
+    compiled there; torchvision's weight cache did the same. Other system errors (no memory to
+    fork the compiler) are not the cache's; the variable set afterwards in the same process, or
+    torch.hub.set_dir(), is heard."""
     import errno
     import os
     import pwd
@@ -303,6 +305,13 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
     with pytest.raises(BackendError, match=r"cannot write its cache folder \(Permission denied: /scratch/kc/.*\): set "
                                             "KEOPS_CACHE_FOLDER"):
         _run(refused)
+
+    def out_of_memory():  # (fork of the compiler failing, say): no cache folder's fault
+        raise OSError(errno.ENOMEM, "Cannot allocate memory")
+
+    with pytest.raises(OSError, match="Cannot allocate memory") as info:
+        _run(out_of_memory)
+    assert not isinstance(info.value, BackendError)
 
     monkeypatch.delenv("HOME", raising=False)
     monkeypatch.delenv("KEOPS_CACHE_FOLDER", raising=False)
@@ -324,9 +333,16 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
                                               r"process has none \(HOME is unset.*\): set TORCH_HOME"):
         build_backbone("resnet18", (3, 32, 32), pretrained="imagenet")
     assert os.listdir(tmp_path) == []  # no folder named "~"
-    monkeypatch.setenv("KEOPS_CACHE_FOLDER", str(tmp_path / "kc"))  # as the reason says
-    monkeypatch.setitem(backends._keops_state, "checked", False)
+    monkeypatch.setenv("KEOPS_CACHE_FOLDER", str(tmp_path / "kc"))  # as the reason says, in this process
     assert backends.keops_available() is True
+    import torch
+    from torchvision.models import resnet18
+
+    hub = tmp_path / "hub"  # torch.hub.set_dir(): where the weights are, with no variable set
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(resnet18().state_dict(), hub / "checkpoints" / "resnet18-f37072fd.pth")  # (the file name torchvision asks)
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
+    assert build_backbone("resnet18", (3, 32, 32), pretrained="imagenet")[1] == 512
 
 
 def test_a_compiled_read_only_keops_cache_has_its_saves_at_exit_forgotten(monkeypatch):
