@@ -772,9 +772,17 @@ class Opts:
     names: frozenset = field(default_factory=lambda: frozenset({{"alpha", "beta", "gamma", "delta"}}))
 LOOP = [1]
 LOOP.append(LOOP)
+def make(factor):
+    def scaled(x):
+        return x * factor
+    return scaled
+class Base(dalib.Method):
+    def base_term(self, x):
+        return x * {base}
 @dalib.register_method('cell_digest_test')
-class Cell(dalib.Method):
+class Cell(Base):
     lam = {lam}
+    scaled = staticmethod(make({closure}))
     table = Lookup()
     opts = Opts()
     loop = LOOP
@@ -785,8 +793,16 @@ class Cell(dalib.Method):
         def inner(z):
             """Nested doc {doc}."""
             return z
-        total = SCALE * WEIGHTS[1] * self.lam * self.factor * k * Disc()(self.source_loss(batch, out))
-        return {{"total": inner(helper(total))}}
+        total = SCALE * WEIGHTS[1] * self.lam * self.factor * self.prop * k * Disc()(self.source_loss(batch, out))
+        if "{key}" in {{"alpha", "beta", "gamma", "delta"}}:
+            total = F.softmax(total, dim=-1) if "{mode}" == "mean" else total
+        return {{"total": inner(helper(self.scaled(self.base_term(self.cached(total)))))}}
+    @property
+    def prop(self):
+        return {prop}
+    @functools.lru_cache(maxsize=None)
+    def cached(self, x):
+        return x * {lru}
     @functools.cached_property
     def factor(self):
         return {factor}
@@ -803,7 +819,8 @@ def _cell_hash(**edits):
     from dalib.registry import method_code_hash
 
     values = {"scale": 1.0, "doc": "a", "helper": 2, "lam": 0.5, "w": 1.0, "k": 1.0, "upd": 0.99, "weights": 0.5,
-              "disc": 1.0, "factor": 2.0, "sweep": 0.1, **edits}
+              "disc": 1.0, "factor": 2.0, "sweep": 0.1, "base": 1.0, "closure": 1.0, "key": "alpha", "mode": "mean",
+              "prop": 1.0, "lru": 1.0, **edits}
     kernel = types.ModuleType("notebook_digest_module_test")
     sys.modules[kernel.__name__] = kernel
     try:
@@ -825,7 +842,8 @@ def test_a_cells_code_hash_sees_what_changes_numbers_and_nothing_else(clean_regi
 
     first = _cell_hash()
     for edit in ({"scale": 3.0}, {"helper": 3}, {"lam": 0.9}, {"w": 2.0}, {"k": 2.0}, {"upd": 0.5}, {"weights": 2.0},
-                 {"disc": 3.0}, {"factor": 3.0}):
+                 {"disc": 3.0}, {"factor": 3.0}, {"base": 2.0}, {"closure": 2.0}, {"key": "omega"}, {"mode": "sum"},
+                 {"prop": 2.0}, {"lru": 2.0}):
         assert _cell_hash(**edit) != first, edit
     assert _cell_hash(doc="documented otherwise") == first
     assert _cell_hash(sweep=1.0) == first  # (self.lam is an attribute: the global lam is not read)

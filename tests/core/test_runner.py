@@ -346,7 +346,8 @@ def test_result_json_says_what_made_its_numbers(toy_dataset, tmp_path, monkeypat
         held = result.get("selection", {}).get("n_holdout", 0)
         assert result["samples"] == {"source": len(source) - held, "target": len(target)}
         assert held == (0 if mode == "shallow" else pytest.approx(len(source) / 4, abs=2))
-        assert result["hardware"] == {"cpu": cpu_model()}  # (no GPU: no gpu, cuda or autocast)
+        hardware = result["hardware"]
+        assert hardware["cpu"] == cpu_model() and ("gpu" in hardware) == result["device"].startswith("cuda")
     assert result["run_config"]["arch"] is None and "arch" not in result  # (shallow: no network)
     deep = json.loads((tmp_path / "deep" / "result.json").read_text())
     assert deep["run_config"]["arch"] is None and deep["arch"] == "mlp"  # the default for features, as built
@@ -360,6 +361,32 @@ def test_a_bundled_methods_warning_names_the_callers_line(toy_dataset):
     with pytest.warns(RuntimeWarning, match="Sinkhorn stopped after max_iter=2") as caught:
         run(config, None, progress_bar=False)
     assert [w.filename for w in caught if "max_iter=2" in str(w.message)] == [__file__]
+
+
+def test_a_warning_skips_dalibs_its_methods_and_torchs_frames_only():
+    """A warning is attributed to the first frame outside dalib, its bundled methods and torch
+    (which calls a method's forward); a user's module whose name merely begins so is the user's."""
+    import functools
+
+    from dalib.errors import warn_outside_dalib
+
+    def frame_of(module: str):  # a function whose frame belongs to ``module``, calling ``inner``
+        scope = {"__name__": module, "warn": warn_outside_dalib}
+        exec(compile("def call(inner=None):\n    inner() if inner else warn('said', UserWarning)\n",
+                     f"<{module}>", "exec"), scope)
+        return scope["call"]
+
+    def warned(*modules: str) -> str:
+        call = frame_of("dalib.kernels.gaussian")  # where the warning is raised
+        for module in modules:  # each calls the one before; the last is called from here
+            call = functools.partial(frame_of(module), call)  # (a partial adds no frame)
+        with pytest.warns(UserWarning) as caught:
+            call()
+        return caught[0].filename
+
+    assert warned("dalib.runner", "torch.nn.modules.module", "dalib_plugins.ot") == __file__
+    assert warned("dalib.runner", "torch_helpers", "dalib") == "<torch_helpers>"  # (the user's module)
+    assert warned("dalib.runner", "dalib_extras", "torch") == "<dalib_extras>"
 
 
 @pytest.mark.parametrize("stderr", [None, "closed"])
@@ -381,11 +408,28 @@ def test_hardware_names_the_gpu_and_its_autocast(monkeypatch):
     """On CUDA, result.json says which GPU computed the numbers, with which CUDA, and whether the
     forward pass ran under bfloat16 autocast: each rounds otherwise. (No GPU here: torch's answers
     are stood in for.)"""
-    from dalib.runner import hardware
+    import builtins
+    import platform
 
-    with open("/proc/cpuinfo", encoding="utf-8") as fh:
-        names = {line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")}
-    assert cpu_model() in names
+    from dalib.runner import hardware
+    from dalib_benchmarks._machine import machine_info
+
+    names = set()
+    if os.path.exists("/proc/cpuinfo"):  # (Linux on x86; ARM's has no model name, and other systems no /proc)
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            names = {line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")}
+    assert cpu_model() in (names or {platform.processor() or platform.machine()})
+    assert machine_info()["cpu"] == cpu_model()  # (the benchmarks' machine line names it the same way)
+    real_open = builtins.open
+
+    def no_proc(path, *args, **kwargs):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(2, "No such file or directory", str(path))
+        return real_open(path, *args, **kwargs)
+
+    with monkeypatch.context() as m:
+        m.setattr(builtins, "open", no_proc)
+        assert cpu_model() == (platform.processor() or platform.machine())
     asked = []
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d: asked.append(d) or f"GPU {d.index}")
     monkeypatch.setattr(torch.version, "cuda", "12.8")

@@ -824,14 +824,17 @@ def test_class_folders_named_by_numbers_are_matched_by_name_at_eval(tmp_path):
 
 
 def test_a_runs_folder_warnings_name_the_callers_line(tmp_path):
-    """The image folder's warnings (a stray file, a missing class folder) reached through
-    dalib.run named dalib's data registry, not the line of the user's notebook cell."""
-    (tmp_path / "data" / "src" / "dog" / "notes.txt").parent.mkdir(parents=True)
+    """The image folder's warnings (a stray file, a missing class folder, a broken link) reached
+    through dalib.run named dalib's data registry, not the line of the user's notebook cell."""
+    (tmp_path / "data" / "src" / "dog").mkdir(parents=True)
     (tmp_path / "data" / "src" / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "data" / "src" / "dog" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    _image(tmp_path / "data" / "tgt" / "bird" / "0.png", (0, 0, 0))  # a class the source lacks
     with pytest.warns(RuntimeWarning) as caught:
         _two_class_run(tmp_path, tmp_path / "data", None)
-    assert {str(w.message).split(" (")[0].split(": skipped")[-1] for w in caught} == {
-        " 1 file(s) that are not images by their extension"}
+    said = " ".join(str(w.message) for w in caught)
+    assert "not images by their extension (dog/notes.txt)" in said and "link(s) that lead to no file" in said
+    assert "has no folder for 1 of the 3 classes" in said
     assert [w.filename for w in caught] == [__file__] * len(caught)  # (this file's _two_class_run: the caller)
 
 
@@ -852,22 +855,33 @@ def test_a_run_scores_an_image_folder_in_batches_of_its_batch_size(tmp_path, mon
     monkeypatch.setattr(runner, "_forward_batches", spied)
     _two_class_run(tmp_path, tmp_path / "data", None)
     assert seen and set(seen) == {(True, 2)}  # (the run's batch_size), source and target
+    seen.clear()  # with --eval-every's passes, and a holdout's scores
+    dalib.run(dalib.RunConfig(method="source_only", dataset="image-folder", data=str(tmp_path / "data"), src="src",
+                              tgt="tgt", image_size=16, steps=4, batch_size=2, eval_every=2, holdout=0.5), None,
+              progress_bar=False)
+    assert len(seen) == 3 + 3 and set(seen) == {(True, 2)}  # (step 2: three domains; the end: three)
     seen.clear()
     dalib.run(dalib.RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), None,
               progress_bar=False)
     assert set(seen) == {(False, 512)}  # in-memory data: as before
     # and a method's Context.embed (kmm's weights on the network's features, in prepare)
+    from dalib.plugin import Unlabelled
+
     loader = torch.utils.data.DataLoader
     batches = []
-    monkeypatch.setattr(torch.utils.data, "DataLoader",
-                        lambda data, batch_size=1, **kw: batches.append(batch_size) or loader(data, batch_size, **kw))
+
+    def counted(data, batch_size=1, **kw):  # the batches of each domain's embedding (the target's through Unlabelled)
+        batches.append((isinstance(data, Unlabelled), batch_size))
+        return loader(data, batch_size, **kw)
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", counted)
     for data, expected in (("folder", 2), (None, 512)):
         batches.clear()
         dalib.run(dalib.RunConfig(method="kmm", dataset="image-folder" if data else "digits", src="src" if data else "mnist",
                                   tgt="tgt" if data else "usps", data=str(tmp_path / "data") if data else None,
                                   image_size=16, steps=2, batch_size=2, method_config={"features": "model"}), None,
                   progress_bar=False)
-        assert max(batches) == expected, batches
+        assert {False, True} <= {target for target, _ in batches} and {b for _, b in batches} == {expected}, batches
 
 
 def test_a_data_folder_reached_through_a_links_parent_is_recorded_as_read(tmp_path, monkeypatch):
@@ -888,5 +902,9 @@ def test_a_data_folder_reached_through_a_links_parent_is_recorded_as_read(tmp_pa
     assert absolute_as_read(tmp_path / "datalink" / "scripts" / ".." / "imgs") == str(tmp_path / "datalink" / "imgs")
     assert absolute_as_read("../datalink/./imgs") == str(tmp_path / "datalink" / "imgs")
     assert absolute_as_read("./a/b") == str(tmp_path / "work" / "a" / "b")
+    assert absolute_as_read(tmp_path / "work" / "lnk" / ".." / "imgs") == str(tmp_path / "far" / "imgs")  # absolute too
+    from dalib.data.registry import data_root_read
+
+    assert data_root_read("office-caltech-surf", "lnk/../imgs") == str(tmp_path / "far" / "imgs")  # (result.json's data_root)
     _two_class_run(tmp_path, tmp_path / "far" / "imgs", tmp_path / "run", data_as_given="lnk/../imgs")
     assert json.loads((tmp_path / "run" / "result.json").read_text())["data"] == str(tmp_path / "far" / "imgs")

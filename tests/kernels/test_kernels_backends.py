@@ -299,12 +299,14 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
         monkeypatch.setitem(backends._keops_state, key, value)
     monkeypatch.setattr(backends, "forget_keops_cache_saves", lambda: None)
 
-    def refused():
-        raise PermissionError(errno.EACCES, "Permission denied", "/scratch/kc/Linux_p3.11/5aa762f704.cpp")
+    for code, words in ((errno.EACCES, "Permission denied"), (errno.EROFS, "Read-only file system"),
+                        (errno.ENOSPC, "No space left on device")):
+        def refused(code=code, words=words):
+            raise OSError(code, words, "/scratch/kc/Linux_p3.11/5aa762f704.cpp")
 
-    with pytest.raises(BackendError, match=r"cannot write its cache folder \(Permission denied: /scratch/kc/.*\): set "
-                                            "KEOPS_CACHE_FOLDER"):
-        _run(refused)
+        with pytest.raises(BackendError, match=rf"cannot write its cache folder \({words}: /scratch/kc/.*\): set "
+                                                "KEOPS_CACHE_FOLDER"):
+            _run(refused)
 
     def out_of_memory():  # (fork of the compiler failing, say): no cache folder's fault
         raise OSError(errno.ENOMEM, "Cannot allocate memory")
@@ -321,7 +323,11 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
     def unknown(uid):
         raise KeyError(f"getpwuid(): uid not found: {uid}")
 
+    known = pwd.getpwuid(os.getuid())
+    monkeypatch.setattr(pwd, "getpwuid", lambda uid: known)
+    assert not backends.no_home()  # HOME unset, the user known: ~ is their folder
     monkeypatch.setattr(pwd, "getpwuid", unknown)
+    assert backends.no_home()
     monkeypatch.chdir(tmp_path)
     for key, value in (("checked", False), ("ok", False), ("reason", "")):
         monkeypatch.setitem(backends._keops_state, key, value)
@@ -343,6 +349,11 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
     torch.save(resnet18().state_dict(), hub / "checkpoints" / "resnet18-f37072fd.pth")  # (the file name torchvision asks)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     assert build_backbone("resnet18", (3, 32, 32), pretrained="imagenet")[1] == 512
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)  # or XDG_CACHE_HOME, which torch reads $XDG_CACHE_HOME/torch/hub of
+    (tmp_path / "xdg" / "torch").mkdir(parents=True)
+    hub.rename(tmp_path / "xdg" / "torch" / "hub")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert build_backbone("resnet18", (3, 32, 32), pretrained="imagenet")[1] == 512
 
 
 def test_a_compiled_read_only_keops_cache_has_its_saves_at_exit_forgotten(monkeypatch):
@@ -355,8 +366,8 @@ def test_a_compiled_read_only_keops_cache_has_its_saves_at_exit_forgotten(monkey
         monkeypatch.setitem(backends._keops_state, key, value)
     forgotten = []
     monkeypatch.setattr(backends, "forget_keops_cache_saves", lambda: forgotten.append(1))
-    for writable in (True, False):
-        monkeypatch.setattr(os, "access", lambda path, mode, writable=writable: writable)
+    for writable in (True, False):  # (read-only: readable, not writable)
+        monkeypatch.setattr(os, "access", lambda path, mode, writable=writable: writable or mode != os.W_OK)
         monkeypatch.setitem(backends._keops_state, "checked", False)
         assert backends.keops_available() is True
         assert len(forgotten) == (0 if writable else 1)

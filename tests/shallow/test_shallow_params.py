@@ -118,6 +118,8 @@ def test_dataframe_columns_are_matched_by_name_as_scikit_learn_does(make):
     fitted = make().fit(source, target)
     assert fitted.n_features_in_ == 4 and list(fitted.feature_names_in_) == list("abcd")
     assert "feature_names_in_" not in vars(make().fit(xs, xt)) and make().fit(xs, xt).n_features_in_ == 4
+    numbered = make().fit(pd.DataFrame(xs), pd.DataFrame(xt)[[3, 2, 1, 0]])  # names that are not all strings: none,
+    assert "feature_names_in_" not in vars(numbered)  # as scikit-learn keeps none (columns by position)
     assert "feature_names_in_" not in vars(fitted.fit(xs, target))  # a refit on arrays keeps no earlier names
     if not hasattr(make, "transform"):
         return
