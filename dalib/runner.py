@@ -1071,13 +1071,13 @@ def _run(
         ignored = [f.name for f in dataclasses.fields(RunConfig)
                    if f.name not in SHALLOW_SETTINGS | SHALLOW_ALSO_READS and getattr(config, f.name) != f.default]
         if ignored:
-            warnings.warn(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for deep training: the shallow "
-                          f"form of {config.method} ignores {'it' if len(ignored) == 1 else 'them'} (mode deep trains "
-                          "a network)", UserWarning, stacklevel=3)  # the caller of run
+            warn_outside_dalib(f"{', '.join(ignored)} {'is' if len(ignored) == 1 else 'are'} for deep training: the "
+                               f"shallow form of {config.method} ignores {'it' if len(ignored) == 1 else 'them'} (mode "
+                               "deep trains a network)", UserWarning)
         return run_shallow(config, dataset, device, out_dir, resume=resume, on_start=on_start)
     if config.classifier != RunConfig.classifier:
-        warnings.warn(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
-                      "its network's own head", UserWarning, stacklevel=3)  # the caller of run
+        warn_outside_dalib(f"classifier {config.classifier!r} is for the shallow form: a deep run classifies with "
+                           "its network's own head", UserWarning)
     method_config = build_method_config(config, method_cls, "deep")
     _maybe_init_distributed(device)
     rank, world = _dist_info()

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from torch import Tensor
 
 from dalib import Batch, Method, Outputs, Progress, param, register_method
-from dalib.errors import CheckpointError
+from dalib.errors import CheckpointError, warn_outside_dalib
 
 
 def parse_policy(policy: str) -> tuple[int, int | None]:
@@ -88,9 +87,9 @@ class FineTune(Method):
             unlike = (["frozen layers"] if self.config.policy != "full" else []) + (
                 [f"the backbone at {self.config.backbone_lr_mult:g}x the learning rate"]
                 if self.config.backbone_lr_mult != 1 else [])
-            warnings.warn("finetune has no starting point (no init, no --pretrained): it trains from random weights, "
-                          f"which is source_only{' with ' + ' and '.join(unlike) if unlike else ''}", RuntimeWarning,
-                          stacklevel=2)
+            warn_outside_dalib("finetune has no starting point (no init, no --pretrained): it trains from random "
+                               f"weights, which is source_only{' with ' + ' and '.join(unlike) if unlike else ''}",
+                               RuntimeWarning)
         self.diagnostics = {"started_from": self.config.init or ("pretrained" if given else "random"),
                             "tensors_given": len(given)}
         if self.config.l2sp > 0:
@@ -196,8 +195,8 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     their_classes = spec.get("classes")
     if same_head and classes is not None and their_classes is not None and list(their_classes) != list(classes):
         same_head = False
-        warnings.warn(f"the starting model's classes ({', '.join(map(str, their_classes))}) are not this data's "
-                      f"({', '.join(map(str, classes))}): its classifier is not reused", RuntimeWarning, stacklevel=3)
+        warn_outside_dalib(f"the starting model's classes ({', '.join(map(str, their_classes))}) are not this data's "
+                           f"({', '.join(map(str, classes))}): its classifier is not reused", RuntimeWarning)
     copied = {k: state[k] for k in ours} | ({k: state[k] for k in head} if same_head else {})
     model.load_state_dict(copied, strict=False)
     return set(copied)

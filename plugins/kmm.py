@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -11,6 +10,7 @@ import torch
 from torch import Tensor
 
 from dalib import Adapted, Batch, Context, Method, Outputs, Progress, param, register_method
+from dalib.errors import warn_outside_dalib
 from dalib.shallow import KMMConfig
 
 
@@ -99,7 +99,7 @@ class KernelMeanMatching(Method):
         fn = (lambda x: context.model(x).features) if self.config.features == "model" else None
         xs = context.embed("source", fn)  # (N_s, D)
         xt = context.embed("target", fn)  # (N_t, D)
-        kmm = fit_weights(self.config, xs, xt, warn=not self._warned, stacklevel=4)  # 4: the runner
+        kmm = fit_weights(self.config, xs, xt, warn=not self._warned)
         self._warned |= is_concentrated(kmm)  # one warning a run, not one per re-fit
         weights = torch.as_tensor(kmm.weights_, dtype=torch.float32, device=context.device)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -124,19 +124,18 @@ class KernelMeanMatching(Method):
 MIN_EFFECTIVE_FRACTION = 0.05
 
 
-def fit_weights(config: KMMConfig, xs: Tensor, xt: Tensor, warn: bool = True, stacklevel: int = 3) -> Any:
+def fit_weights(config: KMMConfig, xs: Tensor, xt: Tensor, warn: bool = True) -> Any:
     """The fitted :class:`dalib.shallow.KMM` of ``config`` on (N_s, D) and (N_t, D) samples,
-    with a warning (``warn``) when its weights sit on a few source samples; ``stacklevel``
-    counts from the warning to the frame it names (3: the caller of :meth:`adapt`)."""
+    with a warning (``warn``) when its weights sit on a few source samples, naming the line of
+    the caller outside dalib (of :meth:`adapt`, or of ``dalib.run``)."""
     kmm = config.build().fit(xs, xt)
     if warn and is_concentrated(kmm):
         n, ess = len(kmm.weights_), kmm.effective_sample_size_
-        warnings.warn(
+        warn_outside_dalib(
             f"KMM weights are concentrated: effective sample size {ess:.0f} of {n} source samples "
             f"({int((kmm.weights_ > 0).sum())} non-zero); the weighted source loss learns from very few samples. "
             "A larger bandwidth, a smaller B or eps, or features='model' on a pre-trained model spread them.",
             RuntimeWarning,
-            stacklevel=stacklevel,
         )
     return kmm
 

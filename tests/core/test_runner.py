@@ -361,6 +361,11 @@ def test_a_bundled_methods_warning_names_the_callers_line(toy_dataset):
     with pytest.warns(RuntimeWarning, match="Sinkhorn stopped after max_iter=2") as caught:
         run(config, None, progress_bar=False)
     assert [w.filename for w in caught if "max_iter=2" in str(w.message)] == [__file__]
+    # and from a method's prepare (finetune's, called by the runner: it had named dalib/runner.py)
+    with pytest.warns(RuntimeWarning, match="finetune has no starting point") as caught:
+        run(RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", mode="deep", steps=1,
+                      batch_size=16), None, progress_bar=False)
+    assert [w.filename for w in caught] == [__file__]
 
 
 def test_a_warning_skips_dalibs_its_methods_and_torchs_frames_only():
