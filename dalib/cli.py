@@ -328,8 +328,9 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 @click.option("--data", "data", help="image folder of the domains [the run's, for image-folder runs]")
 @click.option("--data-root", help="folder holding the datasets [the one the run read, else $DALIB_DATA_ROOT, ./shared/data, ../shared/data]")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N")
-@click.option("--batch-size", type=click.IntRange(min=1), default=512, show_default=True,
-              help="samples per forward pass")
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="samples per forward pass [512; for an image folder 64, a run's default --batch-size: full-size "
+                   "images through a ResNet take GBs at 512]")
 @click.option("--workers", type=click.IntRange(min=0), default=0, show_default=True,
               help="data-loading processes for image folders")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
@@ -338,7 +339,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
               help="write every sample's predicted class to this CSV file, '-' for standard output (index, predicted, "
                    "confidence, label; and file, for an image folder); an unlabelled domain is then predicted, not scored")
 def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | None, data_root: str | None,
-             device: str, batch_size: int, workers: int, plugins: tuple[str, ...], predictions: str | None) -> None:
+             device: str, batch_size: int | None, workers: int, plugins: tuple[str, ...],
+             predictions: str | None) -> None:
     """Score the network of a deep run on a domain of its dataset, or write its predictions.
 
     RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
@@ -347,8 +349,9 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     from dalib.data.domain import numbered_classes
     from dalib.data.image_folder import ImageFolderDataset
     from dalib.errors import DataError, UnknownNameError
+    from dalib.plugin import scoring_batch
     from dalib.runner import (
-        accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing,
+        RunConfig, accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing,
         resolve_device,
     )
 
@@ -402,6 +405,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         # the network does not know is named
         target = target.with_classes(spec["classes"])
     head = f"{dataset} {target.name} ({len(target)} samples), the network of step {model.step}"
+    batch_size = batch_size or scoring_batch(target, RunConfig.batch_size)
     if predictions is None:
         accuracy = evaluate(model, target, where, batch_size, workers)
         if accuracy is None:

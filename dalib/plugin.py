@@ -123,7 +123,7 @@ class Context:
         """
         data = {"source": self.source, "target": self.target}[domain]
         fn = fn or (lambda x: x.flatten(1))
-        batch_size = batch_size or scoring_batch(data, self.batch_size)
+        batch_size = scoring_batch(data, self.batch_size) if batch_size is None else batch_size
         loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
         was_training = self.model.training
         self.model.eval()

@@ -29,7 +29,6 @@ import sys
 import tempfile
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,7 +79,8 @@ class RunConfig:
     bottleneck_dim: int = param(256, "width of the bottleneck features")
     image_size: int = param(224, "side of the images of an image-folder dataset")
     steps: int = param(2000, "optimizer steps")
-    batch_size: int = param(64, "source and target samples per step (each; no more than a domain holds)")
+    batch_size: int = param(64, "source and target samples per step (each; no more than a domain holds); an image "
+                                "folder is also scored in batches of this size")
     lr: float = param(0.01, "base learning rate")
     momentum: float = param(0.9, "SGD momentum (Nesterov's; 0: plain SGD)")
     weight_decay: float = param(1e-3, "L2 weight decay")

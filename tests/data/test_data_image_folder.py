@@ -860,6 +860,15 @@ def test_a_run_scores_an_image_folder_in_batches_of_its_batch_size(tmp_path, mon
                               tgt="tgt", image_size=16, steps=4, batch_size=2, eval_every=2, holdout=0.5), None,
               progress_bar=False)
     assert len(seen) == 3 + 3 and set(seen) == {(True, 2)}  # (step 2: three domains; the end: three)
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+
+    _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run")
+    for extra, expected in (([], 64), (["--batch-size", "3"], 3)):  # dalib eval: 64, a run's default, not 512
+        seen.clear()
+        res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), *extra])
+        assert res.exit_code == 0 and seen == [(True, expected)], (res.output, seen)
     seen.clear()
     dalib.run(dalib.RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), None,
               progress_bar=False)
