@@ -219,14 +219,15 @@ def progress_line(text: str) -> None:
         sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's, to its end)
 
 
-#: modules whose frames a warning skips: dalib's, its bundled methods' and torch's (which calls
-#: a method's forward, or a loss's backward, from the user's line)
-_OWN = re.compile(r"(dalib|dalib_plugins|torch)(\.|$)")
+#: modules whose frames a warning skips: dalib's, its bundled methods', torch's (which calls a
+#: method's forward, or a loss's backward, from the user's line) and click's (which calls dalib's
+#: commands from the line that invokes the CLI)
+_OWN = re.compile(r"(dalib|dalib_plugins|torch|click)(\.|$)")
 
 
 def warn_outside_dalib(message: str, category: type[Warning]) -> None:
     """``warnings.warn`` attributed to the first caller outside dalib's own package, its bundled
-    methods (``dalib_plugins``) and torch (the user's line, whatever the depth of the calls and
+    methods (``dalib_plugins``), click and torch (the user's line, whatever the depth of the calls and
     decorators in between: a warning from a method's ``adapt``, called by the runner, names the
     user's ``dalib.run``)."""
     frame, level = sys._getframe(1), 2  # level 2: the caller of this function

@@ -368,9 +368,10 @@ def test_a_bundled_methods_warning_names_the_callers_line(toy_dataset):
     assert [w.filename for w in caught] == [__file__]
 
 
-def test_a_warning_skips_dalibs_its_methods_and_torchs_frames_only():
-    """A warning is attributed to the first frame outside dalib, its bundled methods and torch
-    (which calls a method's forward); a user's module whose name merely begins so is the user's."""
+def test_a_warning_skips_dalibs_its_methods_and_torchs_frames_only(toy_dataset, tmp_path):
+    """A warning is attributed to the first frame outside dalib, its bundled methods, torch (which
+    calls a method's forward) and click (which calls dalib's commands); a user's module whose name
+    merely begins so is the user's."""
     import functools
 
     from dalib.errors import warn_outside_dalib
@@ -390,8 +391,17 @@ def test_a_warning_skips_dalibs_its_methods_and_torchs_frames_only():
         return caught[0].filename
 
     assert warned("dalib.runner", "torch.nn.modules.module", "dalib_plugins.ot") == __file__
+    assert warned("dalib.runner", "dalib.cli", "click.core", "click.testing") == __file__  # (the CLI invoked from here)
     assert warned("dalib.runner", "torch_helpers", "dalib") == "<torch_helpers>"  # (the user's module)
     assert warned("dalib.runner", "dalib_extras", "torch") == "<dalib_extras>"
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+
+    with pytest.warns(UserWarning, match="steps is for deep training") as caught:  # it had named click's core.py
+        CliRunner().invoke(cli, ["run", "coral", "--dataset", toy_dataset, "--src", "src", "--tgt", "tgt", "--steps",
+                                 "5", "--quiet", "--out", str(tmp_path / "cli")])
+    assert [w.filename for w in caught] == [__file__]
 
 
 @pytest.mark.parametrize("stderr", [None, "closed"])
