@@ -359,9 +359,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         if value is not None and not value.strip():  # "" would mean the run's own value
             raise ConfigError(f"{option} is empty: give a value or leave it out")
     to_stdout = predictions == "-"  # the CSV on standard output, and the summary line on stderr
-    if predictions is not None and not to_stdout:
-        predictions = os.path.expanduser(predictions)  # (`--predictions=~/p.csv`: the shell leaves that ~ alone)
     if predictions is not None and not to_stdout:  # checked before any work: nothing is overwritten, nothing predicted in vain
+        predictions = os.path.expanduser(predictions)  # (`--predictions=~/p.csv`: the shell leaves that ~ alone)
         if not predictions.strip():
             raise ConfigError("--predictions needs a file name")
         if os.path.lexists(predictions):  # (a link that leads nowhere too: the file would be written through it)

@@ -91,16 +91,15 @@ def method_code_hash(cls: type) -> str:
     """A hash of the code of the source file of a method class's module (:func:`code_digest`):
     a resumed run and a benchmark's kept cells tell when it changed. A class whose module has no
     source to read (a notebook cell, ``python -``) is hashed by its compiled code
-    (:func:`_compiled_digest`); "" when it has none, or when that fails (a record, never a
-    reason for a run to fail)."""
+    (:func:`_compiled_digest`); "" when that fails (a record, never a reason for a run to
+    fail)."""
     try:
         source = inspect.getsource(sys.modules[cls.__module__])
     except (OSError, TypeError, KeyError):
         try:
-            digest = _compiled_digest(cls)
+            return hashlib.sha256(_compiled_digest(cls)).hexdigest()[:16]
         except Exception:  # (a repr that raises, a structure too deep: an object of the user's)  # noqa: BLE001
             return ""
-        return hashlib.sha256(digest).hexdigest()[:16] if digest else ""
     return hashlib.sha256(code_digest(source)).hexdigest()[:16]
 
 

@@ -409,8 +409,8 @@ def data_root_read(dataset: str, data_root: str | os.PathLike | None) -> str | N
     that its result says which copy of the data it read and ``dalib eval`` reads that one."""
     if get_dataset(dataset).needs != "data_root":
         return None
-    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
-    return absolute_as_read(root) if root is not None else None
+    root = data_root if data_root is not None else default_data_root()
+    return absolute_as_read(root) if root is not None else None  # (which expands ~)
 
 
 def absolute_as_read(path: str | os.PathLike) -> str:

@@ -78,14 +78,15 @@ def import_quietly(module: str) -> ModuleType:
 def keops_available() -> bool:
     """Whether pykeops imports (compile failures are caught when a formula first runs)."""
     if not _keops_state["checked"]:
+        if not os.environ.get("KEOPS_CACHE_FOLDER") and no_home():
+            # (pykeops would make a folder named "~" in the working directory, and compile there); not
+            # kept as checked: the variable may be set in this process next
+            _keops_state.update(ok=False, reason=f"pykeops keeps its compiled formulas under the home folder, and "
+                                                 f"this process has none ({NO_HOME}): set KEOPS_CACHE_FOLDER to a "
+                                                 "folder it can write")
+            return False
         _keops_state["checked"] = True
         _keops_state["ok"] = False
-        if not os.environ.get("KEOPS_CACHE_FOLDER") and no_home():
-            # (pykeops would make a folder named "~" in the working directory, and compile there)
-            _keops_state["reason"] = (f"pykeops keeps its compiled formulas under the home folder, and this process "
-                                      f"has none ({NO_HOME}): set KEOPS_CACHE_FOLDER to a folder it can write")
-            _keops_state["checked"] = False  # (asked again: the variable may be set in this process next)
-            return False
         try:
             import_quietly("pykeops.torch")
         except ImportError as exc:

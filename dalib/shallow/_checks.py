@@ -21,7 +21,6 @@ __all__ = [
     "check_narrowed",
     "check_positive",
     "check_feature_names",
-    "check_same_features",
     "feature_names",
     "fit_pair",
     "like_input",
@@ -94,31 +93,21 @@ def centred_pair(xs: Any, xt: Any, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     return out[0], out[1]
 
 
-def check_narrowed(pair: tuple[Tensor, Tensor], spread: float, names: tuple[str, str] = ("Xs", "Xt")) -> None:
+def check_narrowed(pair: tuple[Tensor, Tensor], spread: float) -> None:
     """``pair``: the two domains' data, centred together and cast to the dtype of the distance
     computations; ``spread``, their largest absolute value before the cast. Raises
     :class:`InputError` when squared norms overflow, or when data that differ (``spread`` > 0)
     fall, all of them, below the smallest normal number of a narrower dtype than float64,
     where every distance is 0 or has lost its digits (one domain alone may sit at the centre)."""
-    largest = max(_check_squared_norms(moved, name) for moved, name in zip(pair, names))
+    largest = max(_check_squared_norms(moved, name) for moved, name in zip(pair, ("Xs", "Xt")))
     dtype = pair[0].dtype
     if dtype == torch.float64 or spread <= 0:
         return
     if not largest >= torch.finfo(dtype).tiny:
         kind = str(dtype).removeprefix("torch.")
-        raise InputError(f"{names[0]} and {names[1]} hold values too small for {kind} distances (squared norms "
+        raise InputError(f"Xs and Xt hold values too small for {kind} distances (squared norms "
                          f"underflow, largest value {spread:.3g} after centring): scale the features up or set "
                          "dtype='float64'")
-
-
-def check_same_features(xs: Tensor, xt: Tensor, names: tuple[str, str] = ("Xs", "Xt"), labels_hint: str = "") -> None:
-    if xs.device != xt.device:
-        raise InputError(f"{names[0]} and {names[1]} are on different devices: {xs.device} and {xt.device}")
-    if xs.shape[1] != xt.shape[1]:
-        raise InputError(
-            f"{names[0]} and {names[1]} have different feature sizes: {xs.shape[1]} and {xt.shape[1]}"
-            + (labels_hint if xt.shape[1] == 1 else "")  # ((n, 1) labels)
-        )
 
 
 def fit_pair(Xs: Any, Xt: Any, dtype: torch.dtype = torch.float64,
@@ -129,7 +118,11 @@ def fit_pair(Xs: Any, Xt: Any, dtype: torch.dtype = torch.float64,
     differ in name or order are refused (they would be matched by position)."""
     xs = as_matrix(Xs, "Xs", dtype)
     xt = as_matrix(Xt, "Xt", dtype, labels_hint=labels_hint)
-    check_same_features(xs, xt, labels_hint=labels_hint)
+    if xs.device != xt.device:
+        raise InputError(f"Xs and Xt are on different devices: {xs.device} and {xt.device}")
+    if xs.shape[1] != xt.shape[1]:
+        raise InputError(f"Xs and Xt have different feature sizes: {xs.shape[1]} and {xt.shape[1]}"
+                         + (labels_hint if xt.shape[1] == 1 else ""))  # ((n, 1) labels)
     check_feature_names(feature_names(Xs), Xt, "Xt", "Xs's", "Xt[Xs.columns]")
     return xs, xt
 

@@ -36,15 +36,18 @@ class Params:
         return Tags(estimator_type=None, target_tags=TargetTags(required=False),
                     transformer_tags=TransformerTags() if hasattr(self, "transform") else None)
 
-    def _features_fitted(self, Xs: Any, n_features: int) -> dict[str, Any]:
-        """The attributes that say which features a fit saw, for :meth:`_transform_input` and
-        scikit-learn: ``n_features_in_`` and, for a DataFrame of named columns,
-        ``feature_names_in_`` (absent otherwise); for the caller to set with its others."""
+    def _keep_features(self, Xs: Any, n_features: int) -> None:
+        """Keep which features a fit saw, for :meth:`_transform_input` and scikit-learn, once the
+        fit has computed all else: ``n_features_in_`` and, for a DataFrame of named columns,
+        ``feature_names_in_`` (absent otherwise: a refit on arrays keeps no earlier names)."""
         from dalib.shallow._checks import feature_names
 
-        self.__dict__.pop("feature_names_in_", None)  # (a refit on arrays keeps no earlier names)
+        self.n_features_in_ = n_features
         names = feature_names(Xs)
-        return {"n_features_in_": n_features, **({"feature_names_in_": names} if names is not None else {})}
+        if names is None:
+            self.__dict__.pop("feature_names_in_", None)
+        else:
+            self.feature_names_in_ = names
 
     def _transform_input(self, X: Any, Xs: Any, fitted: str) -> tuple[Tensor, Any]:
         """``transform``'s samples, ``X`` or ``Xs`` (as POT's ``ot.da`` names them), as a checked

@@ -75,9 +75,8 @@ class CORAL(Params):
                 raise InputError("the source covariance is singular: use reg > 0")
         matrix = (sym_matrix_power(cov_s, -0.5) @ sym_matrix_power(cov_t, 0.5)).cpu().numpy()  # (d, d)
         # set together once all is computed: a fit that fails leaves the previous one whole
-        features = self._features_fitted(Xs, xs.shape[1])
         self.cov_source_, self.cov_target_, self.matrix_ = cov_s, cov_t, matrix
-        self.__dict__.update(features)
+        self._keep_features(Xs, xs.shape[1])
         return self
 
     @outside_autocast

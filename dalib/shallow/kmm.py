@@ -343,7 +343,7 @@ class KMM(Params):
         self.lipschitz_ = info["lipschitz"]
         self.n_kernel_products_ = op.n_products + 2
         self.fit_time_ = time.perf_counter() - start
-        self.__dict__.update(self._features_fitted(Xs, xs.shape[1]))
+        self._keep_features(Xs, xs.shape[1])
         return self
 
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> np.ndarray:

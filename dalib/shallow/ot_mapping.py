@@ -196,7 +196,7 @@ class OTMapping(Params):
         # float64 copies: a float64 array's tensor is a view of it, which the caller may change later
         self.xs_ = xs.clone()
         self.xt_ = xt.clone()
-        self.__dict__.update(self._features_fitted(Xs, xs.shape[1]))
+        self._keep_features(Xs, xs.shape[1])
         self.fit_time_ = time.perf_counter() - start
         return self
 
