@@ -77,7 +77,7 @@ def markdown(payload: dict) -> str:
              f"Protocol: {payload['protocol']}.", "",
              f"Machine: {machine_line(payload['machine'])}", "",
              f"Command: `{payload['command']}`", "",
-             "| method | mean | std | min | max | per seed |", "|---|---|---|---|---|---|"]
+             "| method | mean | std (sample, n−1) | min | max | per seed |", "|---|---|---|---|---|---|"]
     for method, s in payload["summary"].items():
         per = ", ".join(f"{r['target_accuracy']:.2f}" for r in payload["runs"][method])
         lines.append(f"| {method} | {s['mean']:.2f} | {s['std']:.2f} | {s['min']:.2f} | {s['max']:.2f} | {per} |")
