@@ -1667,11 +1667,14 @@ class _UnkeptState:
     start on a resume, which then ends elsewhere than the uninterrupted run: warned about
     once, at the first checkpoint after the change."""
 
-    _KEPT = frozenset({"source_weights"})  # (a tensor the runner's checkpoints keep)
+    _KEPT = frozenset({"source_weights", "diagnostics"})  # (what the runner's checkpoints keep)
 
     def __init__(self, method: Method, name: str) -> None:
         self._method, self._name, self._warned = method, name, False
-        handles = type(method).get_extra_state is not nn.Module.get_extra_state  # its own state: trusted
+        # a class that writes its own get_extra_state keeps what it changes: trusted; one inherited
+        # from a parent keeps the parent's state, not a subclass's (the keys it returns are kept)
+        handles = "get_extra_state" in vars(type(method))
+        self._inherited = type(method).get_extra_state is not nn.Module.get_extra_state
         self._start = {} if handles else {k: self._copy(v) for k, v in vars(method).items() if self._watched(k, v)}
 
     def _watched(self, key: str, value: Any) -> bool:
@@ -1696,6 +1699,9 @@ class _UnkeptState:
             return
         now = vars(self._method)
         changed = [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
+        if changed and self._inherited:  # (called as a checkpoint is written, which calls it too)
+            kept = self._method.get_extra_state()
+            changed = [k for k in changed if not (isinstance(kept, dict) and k in kept)]
         if changed:
             self._warned = True
             warn_outside_dalib(

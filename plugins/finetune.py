@@ -86,7 +86,7 @@ class FineTune(Method):
             unlike = (["frozen layers"] if self.config.policy != "full" else []) + (
                 [f"the backbone at {self.config.backbone_lr_mult:g}x the learning rate"]
                 if self.config.backbone_lr_mult != 1 else [])
-            warn_outside_dalib("finetune has no starting point (no init, no --pretrained): it trains from random "
+            warn_outside_dalib(f"{self.name} has no starting point (no init, no --pretrained): it trains from random "
                                f"weights, which is source_only{' with ' + ' and '.join(unlike) if unlike else ''}",
                                RuntimeWarning)
         self.diagnostics = {"started_from": self.config.init or ("pretrained" if given else "random"),

@@ -186,12 +186,51 @@ def test_state_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_n
 
         def loss(self, batch, out, progress):
             self._last = out.feat_s.detach()
+            self.diagnostics = {"steps_seen": progress.step}  # kept by checkpoints (kmm's refits had been warned about)
             return super().loss(batch, out, progress)
 
     method_named("contract_buffered", Quiet)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         run(_config(toy_dataset, "contract_buffered"), tmp_path / "buffered", progress_bar=False)
+
+    class Kept(_Base):  # its own get_extra_state keeps its EMA: trusted
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.ema = 0.0
+
+        def loss(self, batch, out, progress):
+            cls = self.source_loss(batch, out)
+            self.ema = 0.9 * self.ema + 0.1 * float(cls.detach())
+            return {"total": cls}
+
+        def get_extra_state(self):
+            return {"ema": self.ema}
+
+        def set_extra_state(self, state):
+            self.ema = state["ema"]
+
+    class Counting(Kept):  # inherits it, and adds a count it does not keep (it had not been warned about)
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.seen = 0
+
+        def loss(self, batch, out, progress):
+            self.seen += 1
+            return super().loss(batch, out, progress)
+
+    class Plain(Kept):  # inherits it and adds nothing: nothing to say
+        pass
+
+    for name, cls in (("contract_kept", Kept), ("contract_plain", Plain)):
+        method_named(name, cls)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            run(_config(toy_dataset, name), tmp_path / name, progress_bar=False)
+    method_named("contract_counting", Counting)
+    with pytest.warns(RuntimeWarning, match=r"method 'contract_counting' changes self\.seen during training") as caught:
+        run(_config(toy_dataset, "contract_counting"), tmp_path / "counting", progress_bar=False)
+    assert not any("self.ema" in str(w.message) for w in caught)
 
 
 def test_a_loss_that_is_nan_at_once_names_step_1(toy_dataset, method_named, tmp_path):
@@ -422,6 +461,39 @@ def test_a_config_that_is_not_a_frozen_dataclass_is_refused_at_registration(meth
     for cls in (NotDataclass, Mutable):
         with pytest.raises(RegistryError, match=r"its Config must be a class decorated with @dataclass\(frozen=True\)"):
             method_named("contract_config", cls)
+
+
+def test_a_config_subclass_left_undecorated_is_refused_at_registration(method_named):
+    """A Config that subclasses a method's Config without @dataclass of its own inherits the
+    dataclass marks: its new fields were not hyperparameters (--set refused them, result.json
+    left them out) and a changed default was ignored, with no word at registration."""
+    @dataclass(frozen=True)
+    class BaseConfig:
+        weight: float = 1.0
+
+    class Parent(_Base):
+        """A parent."""
+
+        Config = BaseConfig
+
+    class Child(Parent):
+        """The decorator forgotten."""
+
+        class Config(BaseConfig):
+            extra: float = 0.1
+
+    class Decorated(Parent):
+        """As it should be."""
+
+        @dataclass(frozen=True)
+        class Config(BaseConfig):
+            extra: float = 0.1
+
+    with pytest.raises(RegistryError, match=r"^method 'contract_undecorated': its Config subclasses \S*BaseConfig but is "
+                                            r"not itself decorated with @dataclass\(frozen=True\)"):
+        method_named("contract_undecorated", Child)
+    method_named("contract_decorated", Decorated)
+    assert [f for f, *_ in describe_config(Decorated.Config)] == ["weight", "extra"]
 
 
 def test_param_takes_a_default_factory():

@@ -691,6 +691,41 @@ def test_a_resume_after_the_method_file_was_edited_warns_and_records_the_step(cl
         assert load_checkpoint(tmp_path / out / "checkpoint.pt")["method_code_changed_at"] == [2]
 
 
+def test_a_subclass_of_a_method_of_another_module_is_hashed_with_that_module(tmp_path, monkeypatch):
+    """A downstream package's subclass of a bundled method runs the parent's loss: an edit of the
+    parent's file (a dalib upgrade) changes the numbers, and had left the subclass's hash, so its
+    resume and a benchmark's kept cells, unchanged. A class of one module hashes as before."""
+    import importlib
+
+    from dalib.registry import _module_code_hash, method_code_hash
+
+    parent = tmp_path / "hash_parent_mod.py"
+    body = ("from dataclasses import dataclass\n"
+            "import dalib\n"
+            "class Parent(dalib.Method):\n"
+            "    '''{doc}'''\n"
+            "    @dataclass(frozen=True)\n"
+            "    class Config:\n"
+            "        pass\n"
+            "    def loss(self, batch, out, progress):\n"
+            "        return {{'total': {scale} * self.source_loss(batch, out)}}\n")
+    parent.write_text(body.format(doc="Scaled.", scale="1.0"))
+    (tmp_path / "hash_child_mod.py").write_text("from hash_parent_mod import Parent\n"
+                                                "class Child(Parent):\n"
+                                                "    '''Adds nothing.'''\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "hash_parent_mod", raising=False)
+    monkeypatch.delitem(sys.modules, "hash_child_mod", raising=False)
+    child = importlib.import_module("hash_child_mod").Child
+    first = method_code_hash(child)
+    assert len(first) == 16 and first != _module_code_hash(child)
+    assert method_code_hash(child.__mro__[1]) == _module_code_hash(child.__mro__[1])  # one module: as before
+    parent.write_text(body.format(doc="Scaled, documented otherwise.", scale="1.0"))
+    assert method_code_hash(child) == first
+    parent.write_text(body.format(doc="Scaled.", scale="0.5"))
+    assert method_code_hash(child) != first
+
+
 def test_a_resume_after_a_notebook_cell_was_edited_warns_too(clean_registry, tmp_path, monkeypatch):
     """A method defined in a notebook cell has no source file (its module's is not the cell's):
     its compiled code is hashed instead, so that a resume after the cell was edited says so,

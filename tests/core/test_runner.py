@@ -366,6 +366,16 @@ def test_a_bundled_methods_warning_names_the_callers_line(toy_dataset):
         run(RunConfig(method="finetune", dataset=toy_dataset, src="src", tgt="tgt", mode="deep", steps=1,
                       batch_size=16), None, progress_bar=False)
     assert [w.filename for w in caught] == [__file__]
+    # a subclass registered under its own name is named so (it had been "finetune")
+    from dalib.registry import get_method, register_method, unregister_method
+
+    register_method("finetune_renamed")(type("Renamed", (get_method("finetune"),), {"__doc__": "Renamed."}))
+    try:
+        with pytest.warns(RuntimeWarning, match="^finetune_renamed has no starting point"):
+            run(RunConfig(method="finetune_renamed", dataset=toy_dataset, src="src", tgt="tgt", mode="deep", steps=1,
+                          batch_size=16), None, progress_bar=False)
+    finally:
+        unregister_method("finetune_renamed")
 
 
 def test_a_warning_skips_dalibs_its_methods_and_torchs_frames_only(toy_dataset, tmp_path):
