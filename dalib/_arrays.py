@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
-__all__ = ["number_tensor", "tensor_of"]
+__all__ = ["cpu_by_default", "number_tensor", "tensor_of"]
+
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def tensor_of(a: np.ndarray) -> torch.Tensor:
@@ -60,3 +63,20 @@ def _numeric_frame(frame: Any, name: str, error: Callable[[str], Exception]) -> 
         return frame.to_numpy(dtype=np.float64)
     except (TypeError, ValueError):  # pd.NA
         raise error(f"{name} has missing values (pandas NA): fill or drop them") from None
+
+
+def cpu_by_default(fn: _F) -> _F:
+    """``fn`` run with torch's default device the CPU (nothing changes where it already is): a
+    caller's ``torch.set_default_device("cuda")``, or ``"meta"``, in a notebook does not move the
+    tensors that dalib makes without naming a device (weights, indices, numpy arrays read in),
+    which then met the inputs' on another device or held no values. Computation stays on the
+    device of the inputs."""
+
+    @functools.wraps(fn)
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        if torch.get_default_device().type == "cpu":
+            return fn(*args, **kwargs)
+        with torch.device("cpu"):
+            return fn(*args, **kwargs)
+
+    return wrapped  # type: ignore[return-value]

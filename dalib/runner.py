@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from dalib._arrays import cpu_by_default
 from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, numbered_classes
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, PluginError, first_line,
@@ -287,6 +288,8 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
+    if type(np.random.get_bit_generator()) is not np.random.MT19937:  # the caller's own (set_bit_generator): the
+        np.random.set_bit_generator(np.random.MT19937())  # run draws what it draws in a fresh process (given back after)
     np.random.seed(seed)  # (below 2**32, as RunConfig checks)
     torch.manual_seed(seed)
 
@@ -853,10 +856,13 @@ def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dic
     return ckpt
 
 
-def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
-    """``model.load_state_dict`` with a one-line error for weights of another network."""
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path, assign: bool = False) -> None:
+    """``model.load_state_dict`` with a one-line error for weights of another network;
+    ``assign``: the model takes the checkpoint's tensors (a model built on the meta device), laid
+    out as a model is built (a run on the CPU saves its convolutions channels_last)."""
+    state = {k: v.contiguous() for k, v in ckpt["model"].items()} if assign else ckpt["model"]
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(state, assign=assign)
     except RuntimeError as exc:
         raise CheckpointError(f"the weights in {path} do not fit this network ({first_line(exc)[:200]}): "
                               "it was written by another network or version") from None
@@ -1023,7 +1029,8 @@ def run(
     # plugin's torch.cuda call) opens a context on GPU 0 as well; the caller's is given back
     on_gpu = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
     # a run trains whatever the caller's grad mode (a notebook's no_grad block) and builds its
-    # networks in float32 whatever the caller's default dtype; both are given back
+    # networks in float32 whatever the caller's default dtype (and on its own device whatever
+    # the caller's default device); all are given back
     # one run at a time in a process: runs seed and restore the process's random states and
     # default dtype, and dropout draws from torch's global generator; two at once (threads, or a
     # run from a callback of another) change each other's numbers and release each other's claims
@@ -1036,8 +1043,8 @@ def run(
         with terminate_as_interrupt(then_end=True), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
                 torch.inference_mode(False), torch.enable_grad(), _default_dtype(torch.float32), \
                 torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
-                        on_start=on_start)
+            return cpu_by_default(_run)(config, device, out_dir, resume=resume, progress_bar=progress_bar,
+                                        on_step=on_step, on_start=on_start)
     finally:
         _RUN_LOCK.release()
 
@@ -2282,6 +2289,7 @@ def run_checkpoint(path: str | os.PathLike[str]) -> Path:
     return p
 
 
+@cpu_by_default
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> DAModel:
     """The network a deep run trained, from its folder or its ``checkpoint.pt``, in eval mode
     on ``device``: ``model(x)`` gives ``(features, logits)`` for inputs prepared as
@@ -2290,8 +2298,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     Raises :class:`~dalib.errors.CheckpointError` for a folder without a checkpoint (a shallow
     run keeps no network), a corrupt file, or a checkpoint written by an older dalib, which did not describe its network.
     """
-    from dalib.models import build_model
-
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no run at {p}: give a run's output folder or its {CHECKPOINT}")
@@ -2300,16 +2306,41 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     spec = ckpt.get("model_spec")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{p} does not describe its network (written by an older dalib): train the run again")
-    # the random initialisation the weights replace draws nothing of the caller's; float32, as the run built it
-    with caller_random_state(), _default_dtype(torch.float32):
-        model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
-    if spec.get("cut"):
-        model.cut_stages(int(spec["cut"]))
-    load_weights(model, ckpt, p)
+    model = _built_for(spec, ckpt, p)
     model.classes = list(spec["classes"])
     model.spec = dict(spec)
     model.step = int(ckpt["step"])
     return model.to(resolve_device(device)).eval()
+
+
+def _built_for(spec: dict[str, Any], ckpt: dict[str, Any], path: Path) -> DAModel:
+    """The network of ``spec`` with the checkpoint's weights. Built on the meta device, where no
+    initialisation is drawn, and given the checkpoint's tensors: the process's random generators
+    and default dtype, which a run training in another thread reads, are neither read nor set
+    (saving and restoring them had changed such a run's dropout). A user's backbone that cannot
+    be built so, or that keeps a tensor the weights do not hold, is built as a run builds it,
+    drawing nothing of the caller's, in float32."""
+    from dalib.models import build_model
+
+    def build() -> DAModel:
+        model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
+        if spec.get("cut"):
+            model.cut_stages(int(spec["cut"]))
+        return model
+
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # noqa: BLE001 (a builder that needs real tensors: built below, where its error shows)
+        pass
+    else:
+        load_weights(model, ckpt, path, assign=True)
+        if not any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
+            return model
+    with caller_random_state(), _default_dtype(torch.float32):
+        model = build()
+    load_weights(model, ckpt, path)
+    return model
 
 
 def _save_checkpoint(

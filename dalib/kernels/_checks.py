@@ -154,7 +154,7 @@ def _sigmas_on_cpu(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Te
         if isinstance(sigmas, (numbers.Real, np.generic)) or (isinstance(sigmas, np.ndarray) and sigmas.ndim == 0):
             sigmas = [sigmas]
         try:
-            given = torch.tensor([float(v) for v in sigmas], dtype=torch.float64)
+            given = torch.tensor([float(v) for v in sigmas], dtype=torch.float64, device="cpu")
         except (TypeError, ValueError):
             raise InputError(f"bandwidths must be a number or a sequence of numbers, got {sigmas!r}") from None
     if given.numel() == 0:

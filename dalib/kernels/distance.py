@@ -110,7 +110,7 @@ def median_bandwidth_unchecked(x: Tensor, y: Tensor) -> float:
     z = torch.cat([x.detach(), y.detach()]).to(torch.float64)  # (N + M, D)
     if z.shape[0] > MEDIAN_MAX_POINTS:
         gen = torch.Generator().manual_seed(0)
-        idx = torch.randperm(z.shape[0], generator=gen)[:MEDIAN_MAX_POINTS]
+        idx = torch.randperm(z.shape[0], generator=gen, device="cpu")[:MEDIAN_MAX_POINTS]
         z = z[idx.to(z.device)]  # (P, D)
     if z.shape[0] < 2:
         return 1.0

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dalib._arrays import cpu_by_default
 from dalib.errors import InputError, UnknownNameError
 from dalib.kernels.distance import nearest_rows
 from dalib.shallow._checks import as_labels, as_matrix, to_numpy
@@ -58,6 +59,7 @@ class NearestNeighbor:
     def __init__(self, block_rows: int = 1024) -> None:
         self.block_rows = block_rows
 
+    @cpu_by_default
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> NearestNeighbor:
         x = as_matrix(X, "X")
         labels = as_labels(y, x.shape[0], "y")
@@ -70,6 +72,7 @@ class NearestNeighbor:
         self.classes_ = np.unique(labels)
         return self
 
+    @cpu_by_default
     def predict(self, X: Any) -> np.ndarray:
         if not hasattr(self, "reference_"):
             raise NotFittedError("classifier is not fitted yet: call fit first")
@@ -111,6 +114,7 @@ class _SklearnClassifier:
     def __init__(self, estimator: Any) -> None:
         self.estimator = estimator
 
+    @cpu_by_default
     def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _SklearnClassifier:
         x = to_numpy(as_matrix(X, "X"))
         labels = as_labels(y, x.shape[0], "y")
@@ -121,6 +125,7 @@ class _SklearnClassifier:
         self.classes_ = self.estimator.classes_
         return self
 
+    @cpu_by_default
     def predict(self, X: Any) -> np.ndarray:
         if not hasattr(self, "classes_"):
             raise NotFittedError("classifier is not fitted yet: call fit first")

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from dalib._arrays import cpu_by_default
 from dalib.errors import InputError
 from dalib.kernels._checks import outside_autocast
 from dalib.shallow._checks import check_positive, fit_pair, like_input
@@ -57,6 +58,7 @@ class CORAL(Params):
         check_positive(self.reg, "reg", allow_zero=True)
 
     @outside_autocast
+    @cpu_by_default
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> CORAL:
         """Estimate the map from source ``Xs`` (n_s, d) and target ``Xt`` (n_t, d)."""
         self._check_params()
@@ -80,10 +82,12 @@ class CORAL(Params):
         return self
 
     @outside_autocast
+    @cpu_by_default
     def transform(self, X: Any = None, *, Xs: Any = None) -> Any:
         """Re-coloured features ``X @ matrix_`` (n, d); ``Xs=`` as POT's ``ot.da`` names them."""
         x, given = self._transform_input(X, Xs, "matrix_")
         return like_input(x @ torch.from_numpy(self.matrix_).to(x.device), given)
 
+    @cpu_by_default
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> Any:
         return self.fit(Xs, Xt, ys).transform(Xs)

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dalib._arrays import cpu_by_default
 from dalib.errors import ConfigError, InputError, first_line
 from dalib.kernels._checks import as_gammas, outside_autocast
 from dalib.kernels.blocked import _GaussTiles, _tiles
@@ -291,6 +292,7 @@ class KMM(Params):
         check_choice(self.dtype, "dtype", ("float32", "float64"))
 
     @outside_autocast
+    @cpu_by_default
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> KMM:
         """Compute ``weights_`` for the source samples ``Xs`` (n_s, d) given the target
         samples ``Xt`` (n_t, d). ``ys`` is ignored (accepted for a uniform API)."""
@@ -346,6 +348,7 @@ class KMM(Params):
         self._keep_features(Xs, xs.shape[1])
         return self
 
+    @cpu_by_default
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> np.ndarray:
         """``fit`` and return a copy of ``weights_``."""
         return self.fit(Xs, Xt, ys).weights_.copy()

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dalib._arrays import cpu_by_default
 from dalib.errors import ConfigError, InputError, warn_outside_dalib
 from dalib.kernels._checks import outside_autocast
 from dalib.kernels.backends import import_quietly
@@ -135,6 +136,7 @@ class OTMapping(Params):
 
     # ------------------------------------------------------------------- fit
     @outside_autocast
+    @cpu_by_default
     def fit(self, Xs: Any, Xt: Any, ys: Any = None) -> OTMapping:
         """Compute the plan between ``Xs`` (n_s, d) and ``Xt`` (n_t, d) and the mapped
         source samples; ``ys`` (n_s,) source labels (integers or strings) are needed
@@ -333,6 +335,7 @@ class OTMapping(Params):
 
     # ------------------------------------------------------------- transform
     @outside_autocast
+    @cpu_by_default
     def transform(self, X: Any = None, *, Xs: Any = None) -> Any:
         """Transported samples (n, d): a tensor for a tensor, else a numpy array; ``Xs=`` as
         POT's ``ot.da`` names them. For the fitted ``Xs`` the barycentric mapping; for other
@@ -350,6 +353,7 @@ class OTMapping(Params):
         shift = torch.from_numpy(self.mapped_).to(x.device)[nearest] - xs[nearest]  # (n, d)
         return like_input(x + shift, X)
 
+    @cpu_by_default
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> Any:
         return self.fit(Xs, Xt, ys).transform(Xs)
 

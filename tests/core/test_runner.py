@@ -200,6 +200,27 @@ def test_a_resume_goes_on_with_pythons_and_numpys_random_streams(tmp_path, metho
     assert np.random.get_bit_generator() is callers
 
 
+def test_a_run_draws_the_same_numpy_numbers_whatever_generator_the_caller_set(tmp_path):
+    """np.random.seed re-seeds the global generator the caller installed: with the caller's PCG64,
+    a plugin that draws from numpy drew other numbers than the same run in a fresh process (or at
+    the CLI). The run now seeds the MT19937 a fresh process has, and gives the caller's back."""
+    dalib.register_method("host_random_test")(_HostRandom)
+    try:
+        cfg = _config(method="host_random_test", method_config={}, steps=5, log_every=1)
+        plain = run(cfg, None, progress_bar=False)
+        callers = np.random.PCG64(1)
+        np.random.set_bit_generator(callers)
+        try:
+            under_pcg = run(cfg, None, progress_bar=False)
+            assert np.random.get_bit_generator() is callers
+        finally:
+            np.random.set_bit_generator(np.random.MT19937())
+    finally:
+        unregister_method("host_random_test")
+    assert [h["loss/np"] for h in under_pcg.history if "loss/np" in h] == [h["loss/np"] for h in plain.history if "loss/np" in h]
+    assert under_pcg.history == plain.history
+
+
 def test_a_run_from_pretrained_weights_resumes_without_the_weights_file(tmp_path):
     """The checkpoint holds every weight: a resume reads neither --pretrained's file (moved or
     deleted since) nor ImageNet's (no network), and ends as the uninterrupted run does, the
@@ -1246,6 +1267,54 @@ def test_load_model_draws_nothing_of_the_callers_and_builds_in_float32(tmp_path)
     load_model(tmp_path / "r")
     assert np.random.standard_normal() == cached
     assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_load_model_sets_no_process_state_a_run_in_another_thread_reads(tmp_path, toy_dataset, fresh_backbones,
+                                                                          monkeypatch):
+    """A sweep that loads earlier runs' networks in a thread while the next run trains: load_model
+    had saved and restored the process's random generators (and default dtype) around its build,
+    which changed the training run's dropout. It now builds on the meta device and sets neither;
+    a user's backbone that cannot be built there is built as before, and loads the same weights."""
+    import random
+
+    from torch import nn
+
+    from dalib.models import register_backbone
+    from dalib.runner import RunConfig, load_checkpoint, load_model, run
+
+    class NeedsValues(nn.Module):  # reads a value at build time: no meta tensor has one
+        def __init__(self, in_dim):
+            super().__init__()
+            self.scale = float(torch.ones(1).sum().item())
+            self.body = nn.Sequential(nn.Linear(in_dim, 8), nn.ReLU())
+
+        def forward(self, x):
+            return self.body(x) * self.scale
+
+    register_backbone("needs-values")(lambda input_shape, pretrained: NeedsValues(input_shape[0]))
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=8), tmp_path / "cnn",
+        progress_bar=False)
+    run(RunConfig(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=8, mode="deep"),
+        tmp_path / "mlp", progress_bar=False)
+    run(RunConfig(method="source_only", dataset=toy_dataset, src="src", tgt="tgt", steps=2, batch_size=8, mode="deep",
+                  arch="needs-values"), tmp_path / "own", progress_bar=False)
+
+    def refused(*args, **kwargs):
+        raise AssertionError("load_model set the process's random or dtype state")
+
+    with monkeypatch.context() as patched:
+        for owner, name in ((torch, "set_rng_state"), (torch, "set_default_dtype"), (torch.random, "fork_rng"),
+                            (torch, "manual_seed"), (np.random, "set_state"), (np.random, "set_bit_generator"),
+                            (random, "setstate")):
+            patched.setattr(owner, name, refused)
+        models = {name: load_model(tmp_path / name) for name in ("cnn", "mlp")}
+    models["own"] = load_model(tmp_path / "own")
+    for name, model in models.items():
+        saved = load_checkpoint(tmp_path / name / "checkpoint.pt")["model"]
+        assert model.state_dict().keys() == saved.keys(), name
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, saved[key]) and value.is_contiguous() and not value.is_meta, (name, key)
+        assert {p.dtype for p in model.parameters()} == {torch.float32} and all(p.requires_grad for p in model.parameters())
 
 
 def test_a_resume_with_another_process_count_is_refused_before_anything_is_written(tmp_path):
