@@ -27,9 +27,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TypeVar
 
+import torch
 from torch import Tensor
 
-from dalib.errors import BackendError, UnknownNameError, warn_outside_dalib
+from dalib.errors import BackendError, InputError, UnknownNameError, warn_outside_dalib
 
 __all__ = [
     "BACKENDS",
@@ -206,6 +207,14 @@ def _sizes(tensors: tuple[Tensor, ...]) -> tuple[int, int]:
     return n, m
 
 
+def _transformed(tensors: tuple[Tensor, ...]) -> bool:
+    """Whether a ``torch.func`` transform is active, or a tensor is a forward-mode dual one."""
+    from dalib.kernels._checks import plain_tensor
+
+    active = getattr(torch._C, "_are_functorch_transforms_active", None)
+    return bool(active is not None and active()) or not all(plain_tensor(t) for t in tensors)
+
+
 def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -> str:
     """Turn ``backend`` into ``"dense"``, ``"blocked"`` or ``"keops"``.
 
@@ -215,6 +224,11 @@ def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -
     device and N·M drive the automatic choice. ``op``: ``"kernel"`` (one reduction),
     ``"sinkhorn"`` (a Sinkhorn loop on a fixed ε-schedule, whose dense backend caches its
     costs) or ``"sinkhorn-tol"`` (a Sinkhorn loop run to a marginal-error tolerance).
+
+    Under a ``torch.func`` transform, or with forward-mode dual tensors, ``"auto"`` is
+    ``"dense"``: the ``blocked`` and ``keops`` reductions (autograd Functions with a
+    hand-written backward) serve plain tensors only, and asked for explicitly there they are an
+    :class:`InputError` (torch's own error had named their missing ``setup_context``).
 
     Raises :class:`UnknownNameError` for an unknown name and :class:`BackendError` when
     ``"keops"`` is asked for explicitly but pykeops is unavailable.
@@ -230,6 +244,11 @@ def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -
             f"unknown kernel backend {backend if explicit_source == 'argument' else name!r}"
             f" (from {explicit_source}); known: {', '.join(BACKENDS)}"
         )
+    if name != "dense" and _transformed(tensors):
+        if name == "auto":
+            return "dense"
+        raise InputError(f"kernel backend {name!r} ({explicit_source}) serves plain tensors only: under torch.func "
+                         "transforms (grad, vjp, jvp) and forward-mode AD use 'dense' or 'auto'")
     on_cuda = any(t.is_cuda for t in tensors)
     if name == "keops":
         if not keops_available():

@@ -65,7 +65,7 @@ def _dense_forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool, need_grad:
         a2 = (a * a).sum(1, keepdim=True)  # (R, 1)
         sqdist_tile_(a, a2, b, a2.t() if b is a else (b * b).sum(1).unsqueeze(0), out=out)
     for block in blocks[: 3 if same else 2]:
-        block.fill_diagonal_(0.0)  # exactly 0, whatever the rounding of the product
+        block.diagonal().zero_()  # exactly 0, whatever the rounding of the product
     e = torch.mul(d, gam.neg().unsqueeze(1)).exp_()  # (S, L): every bandwidth in one pass
     k = e.sum(0)  # (L,) Σ_s exp(−γ_s D)
     kd = torch.mv(e.t(), gam) if need_grad else None  # (L,) Σ_s γ_s exp(−γ_s D) = −f'(D)
@@ -75,7 +75,7 @@ def _dense_forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool, need_grad:
         return (value,)
     grads = [part.view(shape).mul_(-w) for part, shape, w in zip(kd.split(sizes), shapes, weights)]
     for g in grads[:2]:
-        g.fill_diagonal_(0.0)  # a point's own term has no gradient (its distance is 0 whatever it is)
+        g.diagonal().zero_()  # a point's own term has no gradient (its distance is 0 whatever it is)
     return value, xc, yc, xj, yj, *grads
 
 
@@ -188,8 +188,8 @@ def mmd(
     the within-domain problems (max(N, M)² pairs). On ``dense`` the gradient is written by
     hand: one matrix product per block. Returns a scalar tensor, differentiable w.r.t. ``x``
     and ``y`` (under ``torch.func.grad``, ``vjp``, ``jvp`` and forward-mode AD too, which take
-    autograd's form; not under ``torch.func.vmap``, whose batched tensors the input checks
-    cannot read). Twice on ``dense`` (which ``auto`` picks for small inputs, up to 724 points on
+    autograd's form on ``dense``, the backend ``auto`` then picks; not under
+    ``torch.func.vmap``, whose batched tensors the input checks cannot read). Twice on ``dense`` (which ``auto`` picks for small inputs, up to 724 points on
     the CPU): ``blocked`` and ``keops`` give first-order gradients and refuse
     ``create_graph=True`` in one line; pass ``backend="dense"`` for a second derivative.
     """

@@ -97,10 +97,17 @@ def _marg_err(w: Tensor, u_old: Tensor, u_new: Tensor, eps: float) -> float:
     return float((w * torch.expm1((u_old - u_new) / eps)).norm())
 
 
+def _differentiated(t: Tensor) -> bool:
+    """Whether a derivative with respect to ``t`` is being taken: backward's (it requires grad,
+    with grad mode on) or a forward mode's (a dual tensor, ``torch.func.jvp``'s), which a
+    ``requires_grad`` test had missed: their derivatives lost the terms that only it gated."""
+    return (t.requires_grad and torch.is_grad_enabled()) or not plain_tensor(t)
+
+
 def _twice_the_gradient(x: Tensor) -> Tensor:
     """``x`` itself (``2x − x`` is exact in floating point), through which twice the gradient
     flows back to ``x``."""
-    return 2 * x - x.detach() if x.requires_grad else x
+    return 2 * x - x.detach() if _differentiated(x) else x
 
 
 def _dual_value(a: Tensor, b: Tensor, t: Tensor, f: Tensor, g: Tensor, eps: float) -> Tensor:
@@ -246,7 +253,7 @@ def _solve_on(
     t = softmin_unchecked(x, yd, b.log() + g / eps, eps, p, name)  # (N,)
     f = t.detach()
     value = _dual_value(a, b, t, f, g, eps)
-    if y.requires_grad and torch.is_grad_enabled():
+    if _differentiated(y):
         # y's gradient, Σ_i P_ij ∇_y C(x_i, y_j), from a plan whose columns are exact: the
         # column update from the row potential f_cols (one exact row update from the
         # schedule's last potentials, as the debiasing's own terms have). Through t, whose

@@ -375,7 +375,9 @@ def test_a_bandwidth_too_small_for_the_dtype_is_an_error_not_nan():
 def test_mmd_compiles_inside_a_training_step_and_gives_the_eager_loss_and_gradients():
     # the dense path's double-backward check read the inputs' version counters, which
     # torch.compile cannot trace: a compiled step that needed gradients stopped with an
-    # internal dynamo error (PendingUnbackedSymbolNotFound)
+    # internal dynamo error (PendingUnbackedSymbolNotFound); and its zeroed diagonals, written
+    # through as_strided views of one buffer, stopped AOT autograd (the default inductor
+    # compiler's front end: "a mutation on a view chain"), which the eager backend never reaches
     import torch._dynamo
 
     torch.manual_seed(0)
@@ -389,10 +391,30 @@ def test_mmd_compiles_inside_a_training_step_and_gives_the_eager_loss_and_gradie
     expected = torch.autograd.grad(eager, list(net.parameters()))
     torch._dynamo.reset()
     try:
-        compiled = torch.compile(step, backend="eager")(xs, xt)
+        compiled = torch.compile(step, backend="aot_eager")(xs, xt)
         found = torch.autograd.grad(compiled, list(net.parameters()))
     finally:
         torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager)
     for g, e in zip(found, expected):
         torch.testing.assert_close(g, e)
+
+
+def test_torch_func_transforms_take_the_dense_path_and_an_explicit_blocked_is_one_line(monkeypatch):
+    """Above the size where ``auto`` picks ``blocked`` (724 points a domain on the CPU), a
+    torch.func.grad of mmd or sinkhorn stopped with torch's internal error about the blocked
+    reductions' missing setup_context; ``auto`` now takes the dense path under the transforms,
+    and ``blocked`` asked for there says so in one line."""
+    from dalib.losses import sinkhorn
+
+    monkeypatch.setattr(backends, "CPU_DENSE_MAX_PAIRS", 10)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(20, 3, generator=g, dtype=torch.float64), torch.randn(16, 3, generator=g, dtype=torch.float64)
+    assert backends.resolve_backend("auto", x, y) == "blocked"
+    for loss in (lambda t: mmd(t, y), lambda t: sinkhorn(t, y, blur=0.5)):
+        leaf = x.clone().requires_grad_(True)
+        (expected,) = torch.autograd.grad(loss(leaf), leaf)
+        torch.testing.assert_close(torch.func.grad(loss)(x), expected)
+    with pytest.raises(InputError, match=r"^kernel backend 'blocked' \(argument\) serves plain tensors only: under "
+                                         r"torch.func transforms"):
+        torch.func.grad(lambda t: mmd(t, y, backend="blocked"))(x)
