@@ -92,17 +92,18 @@ def method_code_hash(cls: type) -> str:
     a resumed run and a benchmark's kept cells tell when it changed. A class whose module has no
     source to read (a notebook cell, ``python -``) is hashed by its compiled code
     (:func:`_compiled_digest`); "" when that fails (a record, never a reason for a run to
-    fail). A subclass of a method of another module (a bundled plugin's ``DANN``) runs that
-    module's code too (an inherited ``loss``): its hash covers the modules of its method bases
-    but dalib's own, which :func:`dalib_code_hash` covers (one module alone hashes as before)."""
+    fail). A subclass of a class of another module (a bundled plugin's ``DANN``, a mixin) runs
+    that module's code too (an inherited ``loss``): its hash covers its bases' modules but
+    dalib's own, which :func:`dalib_code_hash` covers, torch's and the standard library's (a
+    class of one module hashes as before)."""
     own = _module_code_hash(cls)
     modules = {cls.__module__}
     parts = [own]
     for base in getattr(cls, "__mro__", ())[1:]:  # (an architecture builder is a function)
         module = base.__module__
-        if (issubclass(base, Method) and base is not Method and module not in modules
-                and module != "dalib" and not module.startswith("dalib.")):
-            modules.add(module)
+        top = module.partition(".")[0]
+        if module not in modules and top not in ("dalib", "torch", "builtins") and top not in sys.stdlib_module_names:
+            modules.add(module)  # a parent method's module, or a mixin's (a loss of its own)
             parts.append(_module_code_hash(base))
     if len(parts) == 1:
         return own
@@ -294,10 +295,14 @@ def _add(name: str, cls: type) -> None:
             continue
         if not (isinstance(config, type) and dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):
             raise RegistryError(f"method {name!r}: its {attr} must be a class decorated with @dataclass(frozen=True)")
-        if "__dataclass_fields__" not in vars(config):  # a subclass of a Config, itself undecorated
-            parent = next(b for b in config.__mro__ if "__dataclass_fields__" in vars(b))
-            raise RegistryError(f"method {name!r}: its {attr} subclasses {parent.__qualname__} but is not itself "
-                                "decorated with @dataclass(frozen=True), so its own fields and defaults would be ignored")
+        if "__dataclass_fields__" not in vars(config):  # a subclass of a Config, itself undecorated: its own
+            fields = {f.name for f in dataclasses.fields(config)}  # fields and defaults are not the dataclass's
+            ignored = sorted(set(inspect.get_annotations(config)) | (fields & set(vars(config))))
+            if ignored:
+                parent = next(b for b in config.__mro__ if "__dataclass_fields__" in vars(b))
+                raise RegistryError(f"method {name!r}: its {attr} subclasses {parent.__qualname__} but is not itself "
+                                    f"decorated with @dataclass(frozen=True), so its {', '.join(ignored)} would be "
+                                    "ignored")
         _check_config(name, attr, config)
     for typo in ("config", "shallow_config", "shallowConfig"):
         if inspect.isclass(cls.__dict__.get(typo)):

@@ -856,13 +856,10 @@ def load_checkpoint(path: str | os.PathLike[str], resuming: bool = False) -> dic
     return ckpt
 
 
-def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path, assign: bool = False) -> None:
-    """``model.load_state_dict`` with a one-line error for weights of another network;
-    ``assign``: the model takes the checkpoint's tensors (a model built on the meta device), laid
-    out as a model is built (a run on the CPU saves its convolutions channels_last)."""
-    state = {k: v.contiguous() for k, v in ckpt["model"].items()} if assign else ckpt["model"]
+def load_weights(model: nn.Module, ckpt: dict[str, Any], path: Path) -> None:
+    """``model.load_state_dict`` with a one-line error for weights of another network."""
     try:
-        model.load_state_dict(state, assign=assign)
+        model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
         raise CheckpointError(f"the weights in {path} do not fit this network ({first_line(exc)[:200]}): "
                               "it was written by another network or version") from None
@@ -1034,10 +1031,12 @@ def run(
     # one run at a time in a process: runs seed and restore the process's random states and
     # default dtype, and dropout draws from torch's global generator; two at once (threads, or a
     # run from a callback of another) change each other's numbers and release each other's claims
+    global _RUN_OWNER
     if not _RUN_LOCK.acquire(blocking=False):
-        raise ConfigError("another dalib.run is running in this process (another thread, or a callback of that "
-                          "run): runs share the process's random state, so run them one after the other, or in "
-                          "separate processes")
+        raise ConfigError("another dalib.run is running in this process (another thread, or a callback of that run; "
+                          "or a load_model in another thread builds its network): runs share the process's random "
+                          "state, so run them one after the other, or in separate processes")
+    _RUN_OWNER = threading.get_ident()
     try:
         # ... and in float32 outside the caller's autocast (the runner's own covers the forward pass)
         with terminate_as_interrupt(then_end=True), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
@@ -1046,11 +1045,33 @@ def run(
             return cpu_by_default(_run)(config, device, out_dir, resume=resume, progress_bar=progress_bar,
                                         on_step=on_step, on_start=on_start)
     finally:
+        _RUN_OWNER = None
         _RUN_LOCK.release()
 
 
-#: held while a run goes on in this process (:func:`run`)
+#: held while a run goes on in this process (:func:`run`), and while :func:`load_model` builds
 _RUN_LOCK = threading.Lock()
+#: the thread of the run that holds it (a callback of the run may call load_model)
+_RUN_OWNER: int | None = None
+
+
+@contextlib.contextmanager
+def _build_lock() -> Iterator[None]:
+    """Held while :func:`load_model` builds its network, which draws from (and gives back) the
+    process's random generators and sets its default dtype: a run training in another thread
+    draws its dropout from them, and would end elsewhere than alone (refused in one line). A
+    callback of the run, in its thread, builds between two of its steps: nothing interleaves."""
+    acquired = _RUN_LOCK.acquire(blocking=False)
+    if not acquired and _RUN_OWNER != threading.get_ident():
+        raise ConfigError("a dalib.run (or another load_model) is running in another thread of this process: "
+                          "load_model builds the network with the process's random generators, which that run "
+                          "draws from, so load it when the run has ended, from the run's own callbacks, or in "
+                          "another process")
+    try:
+        yield
+    finally:
+        if acquired:
+            _RUN_LOCK.release()
 
 
 def _run(
@@ -1678,10 +1699,9 @@ class _UnkeptState:
 
     def __init__(self, method: Method, name: str) -> None:
         self._method, self._name, self._warned = method, name, False
-        # a class that writes its own get_extra_state keeps what it changes: trusted; one inherited
-        # from a parent keeps the parent's state, not a subclass's (the keys it returns are kept)
-        handles = "get_extra_state" in vars(type(method))
-        self._inherited = type(method).get_extra_state is not nn.Module.get_extra_state
+        # a class with a get_extra_state of its own, or of a parent's, keeps its state: trusted (what
+        # it keeps cannot be told from the keys it returns; a subclass that adds state extends it)
+        handles = type(method).get_extra_state is not nn.Module.get_extra_state
         self._start = {} if handles else {k: self._copy(v) for k, v in vars(method).items() if self._watched(k, v)}
 
     def _watched(self, key: str, value: Any) -> bool:
@@ -1706,9 +1726,6 @@ class _UnkeptState:
             return
         now = vars(self._method)
         changed = [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
-        if changed and self._inherited:  # (called as a checkpoint is written, which calls it too)
-            kept = self._method.get_extra_state()
-            changed = [k for k in changed if not (isinstance(kept, dict) and k in kept)]
         if changed:
             self._warned = True
             warn_outside_dalib(
@@ -2298,6 +2315,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     Raises :class:`~dalib.errors.CheckpointError` for a folder without a checkpoint (a shallow
     run keeps no network), a corrupt file, or a checkpoint written by an older dalib, which did not describe its network.
     """
+    from dalib.models import build_model
+
     p = Path(path).expanduser()
     if not p.exists():
         raise CheckpointError(f"no run at {p}: give a run's output folder or its {CHECKPOINT}")
@@ -2306,41 +2325,17 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> D
     spec = ckpt.get("model_spec")
     if not isinstance(spec, dict):
         raise CheckpointError(f"{p} does not describe its network (written by an older dalib): train the run again")
-    model = _built_for(spec, ckpt, p)
+    with _build_lock():  # the random initialisation the weights replace draws nothing of the caller's; float32,
+        with caller_random_state(), _default_dtype(torch.float32):  # as the run built it
+            model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]),
+                                int(spec["bottleneck_dim"]))
+    if spec.get("cut"):
+        model.cut_stages(int(spec["cut"]))
+    load_weights(model, ckpt, p)
     model.classes = list(spec["classes"])
     model.spec = dict(spec)
     model.step = int(ckpt["step"])
     return model.to(resolve_device(device)).eval()
-
-
-def _built_for(spec: dict[str, Any], ckpt: dict[str, Any], path: Path) -> DAModel:
-    """The network of ``spec`` with the checkpoint's weights. Built on the meta device, where no
-    initialisation is drawn, and given the checkpoint's tensors: the process's random generators
-    and default dtype, which a run training in another thread reads, are neither read nor set
-    (saving and restoring them had changed such a run's dropout). A user's backbone that cannot
-    be built so, or that keeps a tensor the weights do not hold, is built as a run builds it,
-    drawing nothing of the caller's, in float32."""
-    from dalib.models import build_model
-
-    def build() -> DAModel:
-        model = build_model(spec["arch"], tuple(spec["input_shape"]), len(spec["classes"]), int(spec["bottleneck_dim"]))
-        if spec.get("cut"):
-            model.cut_stages(int(spec["cut"]))
-        return model
-
-    try:
-        with torch.device("meta"):
-            model = build()
-    except Exception:  # noqa: BLE001 (a builder that needs real tensors: built below, where its error shows)
-        pass
-    else:
-        load_weights(model, ckpt, path, assign=True)
-        if not any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers())):
-            return model
-    with caller_random_state(), _default_dtype(torch.float32):
-        model = build()
-    load_weights(model, ckpt, path)
-    return model
 
 
 def _save_checkpoint(

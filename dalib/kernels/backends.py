@@ -212,7 +212,7 @@ def _transformed(tensors: tuple[Tensor, ...]) -> bool:
     from dalib.kernels._checks import plain_tensor
 
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
-    return bool(active is not None and active()) or not all(plain_tensor(t) for t in tensors)
+    return bool(active is not None and active()) or not all(plain_tensor(t) for t in tensors if isinstance(t, Tensor))
 
 
 def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -> str:

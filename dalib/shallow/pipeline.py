@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from dalib._arrays import cpu_by_default
 from dalib.config import build_config, param
 from dalib.data.domain import UNLABELLED, labelled_accuracy
 from dalib.errors import ConfigError, InputError, UnknownNameError
@@ -162,6 +163,7 @@ def fit_shallow(
     return clf, adapted
 
 
+@cpu_by_default
 def run_shallow(
     method: str,
     Xs: Any,

@@ -55,3 +55,19 @@ def test_a_default_device_set_by_the_caller_changes_nothing(toy_dataset, tmp_pat
     assert loaded_m.state_dict().keys() == loaded.state_dict().keys()
     assert all(torch.equal(a, b) for a, b in zip(loaded_m.state_dict().values(), loaded.state_dict().values()))
     assert torch.get_default_device().type == "meta"  # the caller's setting, given back
+
+
+def test_run_shallow_under_a_default_device_set_by_the_caller(request):
+    """dalib.shallow.run_shallow, the shallow pipeline's public entry point, too."""
+    from dalib.shallow import run_shallow
+
+    gen = torch.Generator().manual_seed(1)
+    ys, yt = torch.randint(0, 3, (64,), generator=gen).numpy(), torch.randint(0, 3, (70,), generator=gen).numpy()
+
+    def predictions():
+        return [run_shallow(m, _X.numpy(), ys, _Y.numpy(), yt) for m in ("kmm", "coral", "ot")]
+
+    plain = predictions()
+    request.getfixturevalue("default_meta")
+    for found, expected in zip(predictions(), plain):
+        assert np.array_equal(found.pred_t, expected.pred_t) and found.target_accuracy == expected.target_accuracy

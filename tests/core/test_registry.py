@@ -724,6 +724,16 @@ def test_a_subclass_of_a_method_of_another_module_is_hashed_with_that_module(tmp
     assert method_code_hash(child) == first
     parent.write_text(body.format(doc="Scaled.", scale="0.5"))
     assert method_code_hash(child) != first
+    # a mixin of another module that is no method, whose loss the method runs
+    mixin = tmp_path / "hash_mixin_mod.py"
+    mixin.write_text("class Scaled:\n    scale = 1.0\n")
+    (tmp_path / "hash_mixed_mod.py").write_text("import dalib\nfrom hash_mixin_mod import Scaled\n"
+                                                "class Mixed(Scaled, dalib.Method):\n    '''Mixed.'''\n")
+    monkeypatch.delitem(sys.modules, "hash_mixin_mod", raising=False)
+    monkeypatch.delitem(sys.modules, "hash_mixed_mod", raising=False)
+    mixed = method_code_hash(importlib.import_module("hash_mixed_mod").Mixed)
+    mixin.write_text("class Scaled:\n    scale = 0.5\n")
+    assert method_code_hash(sys.modules["hash_mixed_mod"].Mixed) != mixed
 
 
 def test_a_resume_after_a_notebook_cell_was_edited_warns_too(clean_registry, tmp_path, monkeypatch):
