@@ -299,6 +299,9 @@ def _results_file() -> list[str]:
         "(`--rerun` runs it again) |",
         "| `finished` | when it ended (Unix time) |",
         "",
+        "A cell made by a dalib older than a field lacks it (the cells of `bench-digits-steps4000.json`, made "
+        "before `run_options` and `threads` were kept); `--rerun` runs it again with them.",
+        "",
     ]
 
 
