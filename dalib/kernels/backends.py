@@ -208,9 +208,13 @@ def _sizes(tensors: tuple[Tensor, ...]) -> tuple[int, int]:
 
 
 def _transformed(tensors: tuple[Tensor, ...]) -> bool:
-    """Whether a ``torch.func`` transform is active, or a tensor is a forward-mode dual one."""
+    """Whether a ``torch.func`` transform is active, or a tensor is a forward-mode dual one (not
+    asked while ``torch.compile`` traces: Dynamo, tracing functorch's and forward AD's checks,
+    ran out of recursion depth in a long process)."""
     from dalib.kernels._checks import plain_tensor
 
+    if torch.compiler.is_compiling():
+        return False
     active = getattr(torch._C, "_are_functorch_transforms_active", None)
     return bool(active is not None and active()) or not all(plain_tensor(t) for t in tensors if isinstance(t, Tensor))
 
