@@ -1042,8 +1042,8 @@ def run(
         with terminate_as_interrupt(then_end=True), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
                 torch.inference_mode(False), torch.enable_grad(), _default_dtype(torch.float32), \
                 torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return cpu_by_default(_run)(config, device, out_dir, resume=resume, progress_bar=progress_bar,
-                                        on_step=on_step, on_start=on_start)
+            return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
+                        on_start=on_start)
     finally:
         _RUN_OWNER = None
         _RUN_LOCK.release()
@@ -1074,6 +1074,7 @@ def _build_lock() -> Iterator[None]:
             _RUN_LOCK.release()
 
 
+@cpu_by_default  # (the caller's default device is given back)
 def _run(
     config: RunConfig,
     device: torch.device,

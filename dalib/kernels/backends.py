@@ -31,6 +31,7 @@ import torch
 from torch import Tensor
 
 from dalib.errors import BackendError, InputError, UnknownNameError, warn_outside_dalib
+from dalib.kernels._checks import plain_tensor
 
 __all__ = [
     "BACKENDS",
@@ -211,8 +212,6 @@ def _transformed(tensors: tuple[Tensor, ...]) -> bool:
     """Whether a ``torch.func`` transform is active, or a tensor is a forward-mode dual one (not
     asked while ``torch.compile`` traces: Dynamo, tracing functorch's and forward AD's checks,
     ran out of recursion depth in a long process)."""
-    from dalib.kernels._checks import plain_tensor
-
     if torch.compiler.is_compiling():
         return False
     active = getattr(torch._C, "_are_functorch_transforms_active", None)

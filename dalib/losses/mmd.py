@@ -189,8 +189,9 @@ def mmd(
     hand: one matrix product per block. Returns a scalar tensor, differentiable w.r.t. ``x``
     and ``y`` (under ``torch.func.grad``, ``vjp``, ``jvp`` and forward-mode AD too, which take
     autograd's form on ``dense``, the backend ``auto`` then picks; not under
-    ``torch.func.vmap``, whose batched tensors the input checks cannot read). Twice on ``dense`` (which ``auto`` picks for small inputs, up to 724 points on
-    the CPU): ``blocked`` and ``keops`` give first-order gradients and refuse
+    ``torch.func.vmap``, whose batched tensors the input checks cannot read). Twice on
+    ``dense`` (which ``auto`` picks for small inputs, up to 724 points on the CPU):
+    ``blocked`` and ``keops`` give first-order gradients and refuse
     ``create_graph=True`` in one line; pass ``backend="dense"`` for a second derivative.
     """
     if kernel != "gaussian":

@@ -88,6 +88,5 @@ class CORAL(Params):
         x, given = self._transform_input(X, Xs, "matrix_")
         return like_input(x @ torch.from_numpy(self.matrix_).to(x.device), given)
 
-    @cpu_by_default
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> Any:
         return self.fit(Xs, Xt, ys).transform(Xs)

@@ -348,7 +348,6 @@ class KMM(Params):
         self._keep_features(Xs, xs.shape[1])
         return self
 
-    @cpu_by_default
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> np.ndarray:
         """``fit`` and return a copy of ``weights_``."""
         return self.fit(Xs, Xt, ys).weights_.copy()

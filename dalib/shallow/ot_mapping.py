@@ -353,7 +353,6 @@ class OTMapping(Params):
         shift = torch.from_numpy(self.mapped_).to(x.device)[nearest] - xs[nearest]  # (n, d)
         return like_input(x + shift, X)
 
-    @cpu_by_default
     def fit_transform(self, Xs: Any, Xt: Any, ys: Any = None) -> Any:
         return self.fit(Xs, Xt, ys).transform(Xs)
 

@@ -639,6 +639,20 @@ def test_a_shallow_run_seeds_the_random_numbers_its_method_draws(clean_registry)
     assert draw(0) == draw(0) != draw(1)
 
 
+def _scaled_method_source(head: str) -> str:
+    """A plugin module whose method, declared by ``head`` (its decorator and class line), scales
+    the source loss: a template of ``doc`` and ``scale`` for ``str.format``."""
+    return ("from dataclasses import dataclass\n"
+            "import dalib\n"
+            f"{head}\n"
+            "    '''{doc}'''\n"
+            "    @dataclass(frozen=True)\n"
+            "    class Config:\n"
+            "        pass\n"
+            "    def loss(self, batch, out, progress):\n"
+            "        return {{'total': {scale} * self.source_loss(batch, out)}}\n")
+
+
 def test_a_resume_after_the_method_file_was_edited_warns_and_records_the_step(clean_registry, tmp_path):
     """A run killed, its plugin file edited (a fix, say), the run resumed: the result mixes two
     versions of the method, and the resume says so (a warning naming the file and the step,
@@ -649,16 +663,7 @@ def test_a_resume_after_the_method_file_was_edited_warns_and_records_the_step(cl
     from dalib.runner import RunConfig, load_checkpoint, run
 
     plugin = tmp_path / "edited_plugin.py"
-    body = ("from dataclasses import dataclass\n"
-            "import dalib\n"
-            "@dalib.register_method('edited_plugin_test')\n"
-            "class Edited(dalib.Method):\n"
-            "    '''{doc}'''\n"
-            "    @dataclass(frozen=True)\n"
-            "    class Config:\n"
-            "        pass\n"
-            "    def loss(self, batch, out, progress):\n"
-            "        return {{'total': {scale} * self.source_loss(batch, out)}}\n")
+    body = _scaled_method_source("@dalib.register_method('edited_plugin_test')\nclass Edited(dalib.Method):")
     plugin.write_text(body.format(doc="Scaled source loss.", scale="1.0"))
     dalib.load_plugin_module(str(plugin))
     config = RunConfig(method="edited_plugin_test", src="mnist", tgt="usps", steps=6, batch_size=8,
@@ -700,15 +705,7 @@ def test_a_subclass_of_a_method_of_another_module_is_hashed_with_that_module(tmp
     from dalib.registry import _module_code_hash, method_code_hash
 
     parent = tmp_path / "hash_parent_mod.py"
-    body = ("from dataclasses import dataclass\n"
-            "import dalib\n"
-            "class Parent(dalib.Method):\n"
-            "    '''{doc}'''\n"
-            "    @dataclass(frozen=True)\n"
-            "    class Config:\n"
-            "        pass\n"
-            "    def loss(self, batch, out, progress):\n"
-            "        return {{'total': {scale} * self.source_loss(batch, out)}}\n")
+    body = _scaled_method_source("class Parent(dalib.Method):")
     parent.write_text(body.format(doc="Scaled.", scale="1.0"))
     (tmp_path / "hash_child_mod.py").write_text("from hash_parent_mod import Parent\n"
                                                 "class Child(Parent):\n"
