@@ -809,6 +809,12 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     if src.num_classes < 2:  # every prediction would be right: a run would report 100%
         raise DataError(f"the source domain {src.name!r} names {src.num_classes} class(es) "
                         f"({', '.join(map(str, src.classes))}): a classifier needs at least 2")
+    present = src.known_labels()
+    present = None if present is None else torch.unique(present)
+    if present is not None and len(present) < 2:  # every prediction that class: the target's share of it
+        raise DataError(f"the source domain {src.name!r} holds samples of one class only "
+                        f"({src.classes[int(present[0])]}, of {src.num_classes}): a classifier needs samples of "
+                        "at least 2")
     if src.num_classes != tgt.num_classes:
         raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}: domains built with "
                         "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")

@@ -318,15 +318,19 @@ def _warn_if_blurred(wide: torch.Tensor, where: str) -> None:
     values, and every method, deep or shallow, learns from what is left."""
     x = wide.reshape(wide.shape[0], -1)
     top, low = x.amax(0), x.amin(0)
-    rounding = torch.maximum(top.abs(), low.abs()) * 2.0 ** -24  # float32's largest rounding error there
+    size = torch.maximum(top.abs(), low.abs())
+    # float32's largest rounding error there: relative 2^-24, and never below its smallest step
+    # (2^-149): features of about 1e-42 and less keep few values, or flush to zero
+    rounding = torch.clamp(size * 2.0 ** -24, min=2.0 ** -149)
     blurred = torch.nonzero(rounding > 1e-3 * (top - low)).flatten()
     blurred = blurred[top[blurred] > low[blurred]]  # (a constant feature loses nothing)
     if len(blurred):
         j = int(blurred[0])
+        tiny = size[j] < torch.finfo(torch.float32).tiny * 2.0 ** 10  # the subnormals' few bits
+        fix = ("scale them up (standardise each feature)" if tiny else "subtract their mean (centre them)")
         warn_outside_dalib(
             f"{len(blurred)} feature(s) of {where} lose their detail in float32, the precision dalib runs in: "
-            f"feature {j} spans {float(low[j]):.9g}..{float(top[j]):.9g}; subtract their mean (centre them) "
-            "before giving them", UserWarning)
+            f"feature {j} spans {float(low[j]):.9g}..{float(top[j]):.9g}; {fix} before giving them", UserWarning)
 
 
 def _whole_number(value: Any, name: str, where: str) -> int:

@@ -389,3 +389,23 @@ def test_eval_scores_a_numbered_target_by_position_as_the_run_did(tmp_path, toy_
     # the source's own (named) domain is matched by name, as before
     res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--domain", "src"])
     assert res.exit_code == 0 and f"accuracy {done.source_accuracy:.2f}%" in res.stdout, res.output
+
+
+@pytest.mark.parametrize(("method", "mode"), [("source_only", "deep"), ("coral", "shallow")])
+def test_a_source_whose_samples_are_all_of_one_class_is_one_line(tmp_path, method, mode):
+    """Trained before (the 1-NN and the network predicted that class everywhere, scored as the
+    target's share of it), where a dataset that names one class, and the linear classifier, refuse."""
+    name = "one-class-source"
+    if name not in list_datasets():
+        x = torch.randn(12, 4, generator=torch.Generator().manual_seed(3))
+        labels = {"os": [1] * 12, "ot": [0, 1] * 6}
+        register_dataset(
+            DatasetInfo(name=name, description="a source of class b only", domains=("os", "ot"), kind="features",
+                        num_classes=2, needs="embedded"),
+            lambda req: Domain.from_arrays(req.domain, x, labels[req.domain], classes=["a", "b"], dataset_name=name))
+    deep = {"steps": 3, "batch_size": 4} if mode == "deep" else {}
+    cfg = RunConfig(method=method, mode=mode, dataset=name, src="os", tgt="ot", **deep)
+    with pytest.raises(DataError, match=r"^the source domain 'os' holds samples of one class only \(b, of 2\): a "
+                                        r"classifier needs samples of at least 2$"):
+        run(cfg, tmp_path / "r", progress_bar=False)
+    assert not (tmp_path / "r").exists()

@@ -380,6 +380,24 @@ def test_features_that_float32_blurs_are_warned_about():
         Domain.from_arrays("dom", x, np.arange(200) % 2)
 
 
+def test_features_that_float32_flushes_to_zero_are_warned_about():
+    """float64 features below float32's smallest number became zeros, and the run trained to
+    chance without a word, where features too large for float32 are refused."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Domain.from_arrays("dom", x * 1e-30, np.arange(200) % 2)  # small, but float32 still holds them
+    x[:, 2] *= 1e-46
+    with pytest.warns(UserWarning, match=r"^1 feature\(s\) of domain dom lose their detail in float32, .*"
+                                         r"feature 2 spans -?[0-9.]+e-46\.\.[0-9.]+e-46; scale them up"):
+        domain = Domain.from_arrays("dom", x, np.arange(200) % 2)
+    assert not domain.x[:, 2].any()  # what the warning is about
+    x[:, 2] = rng.normal(size=200) * 1e-43  # subnormal in float32: a few hundred steps left
+    with pytest.warns(UserWarning, match=r"^1 feature\(s\) of domain dom .*feature 2 .*; scale them up"):
+        Domain.from_arrays("dom", x, np.arange(200) % 2)
+
+
 def test_from_arrays_warns_of_images_laid_out_channels_last_and_of_features_float32_cannot_square():
     """Both trained without a word: RGBA (N, 28, 28, 4) images as 28 channels of 28x4 pixels, and
     features at 1e20 to a constant output (batch norm's variance overflows)."""
