@@ -99,7 +99,14 @@ def keops_softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: int | float) -
         h_j = LazyTensor(h.clamp_min(torch.finfo(h.dtype).min / 8).contiguous().reshape(1, -1, 1))  # (1, M, 1)
         inv = LazyTensor(torch.tensor([1.0 / (p * eps)], dtype=x.dtype, device=x.device))
         d_ij = x_i.sqdist(y_j)  # (N, M, 1)
-        c_ij = d_ij if p == 2 else d_ij.sqrt() if p == 1 else d_ij ** (p / 2)
+        if p in (1, 2):
+            c_ij = d_ij if p == 2 else d_ij.sqrt()
+        else:
+            # d^(p/2) as exp((p/2) log d): KeOps' power (Powf) rounds in float32 whatever the dtype
+            # (3e-8 off in float64); and its derivative, infinite at d = 0 for p < 2, met the zero
+            # difference of every pair of a point with itself (NaN): the floor keeps it finite,
+            # its product 0, as the torch backends' clamp does
+            c_ij = ((d_ij + float(torch.finfo(x.dtype).tiny)).log() * (p / 2)).exp()
         return -eps * (h_j - c_ij * inv).logsumexp(dim=1).squeeze(1)  # (N,)
 
     return _run(go)

@@ -95,10 +95,9 @@ class _GaussTiles:
         else:
             torch.mm(self.a[i0:i1], self.b[j0:j1].t(), out=t)
             t.clamp_max_(0.0)
-        lo, hi = max(i0, j0), min(i1, j1)
-        if self.same and lo < hi:  # the pairs (i, i) in the tile: 0, not the GEMM's rounding of it
-            k = torch.arange(lo, hi, device=t.device)
-            t[k - i0, k - j0] = 0.0
+        pairs = _self_pairs(i0, i1, j0, j1, t.device) if self.same else None
+        if pairs is not None:  # the pairs (i, i) in the tile: 0, not the GEMM's rounding of it
+            t[pairs] = 0.0
         return t
 
     def terms(self, t: Tensor):
@@ -261,19 +260,35 @@ def blocked_gaussian_sum(x: Tensor, y: Tensor, gammas: tuple[float, ...], symmet
     return _GaussianSum.apply(x, y, gammas, symmetric)
 
 
+def _self_pairs(i0: int, i1: int, j0: int, j1: int, device: torch.device) -> tuple[Tensor, Tensor] | None:
+    """The (row, column) indices, in a tile, of the pairs (i, i): None when it holds none."""
+    lo, hi = max(i0, j0), min(i1, j1)
+    if lo >= hi:
+        return None
+    k = torch.arange(lo, hi, device=device)
+    return k - i0, k - j0
+
+
 def _softmin_tile(
-    xi: Tensor, x2i: Tensor, yj: Tensor, y2j: Tensor, hj: Tensor, eps: float, p: float
+    xi: Tensor, x2i: Tensor, yj: Tensor, y2j: Tensor, hj: Tensor, eps: float, p: float,
+    pairs: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Logits ``Z_ij = h_j − C_ij/ε`` of one tile (bi, bj), up to a row constant for p = 2.
 
     For p = 2 the row constant ``−‖x_i‖²/(2ε)`` is left out (the caller adds it back) so
     that the tile is a single GEMM: ``Z = (h_j − ‖y_j‖²/(2ε)) + x_i·y_j/ε``. For other p
-    the distance tile is returned too (the backward pass needs it).
+    the distance tile is returned too (the backward pass needs it). ``pairs``: the tile's
+    pairs of a point with itself (:func:`_self_pairs`), whose cost is set to exactly 0.
     """
     if p == 2:
         bias = hj.unsqueeze(0) - y2j * (0.5 / eps)  # (1, bj)
-        return torch.addmm(bias, xi, yj.t(), alpha=1.0 / eps), None  # (bi, bj)
+        z = torch.addmm(bias, xi, yj.t(), alpha=1.0 / eps)  # (bi, bj)
+        if pairs is not None:  # C = 0: Z = h_j, plus the row constant left out
+            z[pairs] = hj[pairs[1]] + x2i[pairs[0], 0] * (0.5 / eps)
+        return z, None
     d = sqdist_tile_(xi, x2i, yj, y2j)  # (bi, bj)
+    if pairs is not None:
+        d[pairs] = 0.0
     c = d.sqrt() if p == 1 else d.pow(p / 2)  # (bi, bj)
     return torch.sub(hj.unsqueeze(0), c, alpha=1.0 / (p * eps)), d
 
@@ -282,16 +297,17 @@ class _Softmin(torch.autograd.Function):
     """out (N,) = −ε log Σ_j exp(h_j − ‖x_i − y_j‖^p / (p ε))."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, y: Tensor, h: Tensor, eps: float, p: float) -> Tensor:  # type: ignore[override]
+    def forward(ctx, x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, same: bool) -> Tensor:  # type: ignore[override]
         xc, x2, yc, y2 = _prep(x, y)
         lse = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)  # (N,)
         for i0, i1 in _blocks(x.shape[0], TILE_ROWS):
             li = lse[i0:i1]
             for j0, j1 in _blocks(y.shape[0], TILE_COLS):
-                z, _ = _softmin_tile(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1], h[j0:j1], eps, p)
+                pairs = _self_pairs(i0, i1, j0, j1, x.device) if same else None
+                z, _ = _softmin_tile(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1], h[j0:j1], eps, p, pairs)
                 torch.logaddexp(li, torch.logsumexp(z, 1), out=li)
         ctx.save_for_backward(x, y, h, lse)
-        ctx.eps, ctx.p = eps, p
+        ctx.eps, ctx.p, ctx.same = eps, p, same
         if p == 2:
             return -eps * lse + 0.5 * x2.squeeze(1)  # (N,)
         return -eps * lse
@@ -311,7 +327,8 @@ class _Softmin(torch.autograd.Function):
             gi = grad[i0:i1].unsqueeze(1)  # (bi, 1)
             li = lse[i0:i1].unsqueeze(1)  # (bi, 1)
             for j0, j1 in _blocks(y.shape[0], TILE_COLS):
-                z, d = _softmin_tile(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1], h[j0:j1], eps, p)
+                pairs = _self_pairs(i0, i1, j0, j1, x.device) if ctx.same else None
+                z, d = _softmin_tile(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1], h[j0:j1], eps, p, pairs)
                 w = z.sub_(li).exp_().mul_(gi)  # (bi, bj): g_i P_ij, P the row softmax
                 if gh is not None:
                     gh[j0:j1].add_(w.sum(0), alpha=-eps)
@@ -326,9 +343,10 @@ class _Softmin(torch.autograd.Function):
                     gx[i0:i1].add_(xc[i0:i1] * w.sum(1, keepdim=True)).sub_(w @ yc[j0:j1])
                 if gy is not None:  # −Σ_i W_ij (x_i − y_j)
                     gy[j0:j1].add_(yc[j0:j1] * w.sum(0).unsqueeze(1)).sub_(w.t() @ xc[i0:i1])
-        return gx, gy, gh, None, None
+        return gx, gy, gh, None, None, None
 
 
-def blocked_softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float) -> Tensor:
-    """(N,) = −ε log Σ_j exp(h_j − ‖x_i − y_j‖^p / (p ε)), tiled."""
-    return _Softmin.apply(x, y, h, eps, p)
+def blocked_softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, same: bool = False) -> Tensor:
+    """(N,) = −ε log Σ_j exp(h_j − ‖x_i − y_j‖^p / (p ε)), tiled; ``same``: ``y`` holds the
+    points of ``x``, whose cost to themselves is exactly 0."""
+    return _Softmin.apply(x, y, h, eps, p, same)

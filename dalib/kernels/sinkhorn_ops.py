@@ -58,7 +58,7 @@ class CostOps:
         self.buf: Tensor | None = None
         self.kbuf: Tensor | None = None
         if name == "dense":
-            self.c = cost_matrix(x, y, p)  # (N, M)
+            self.c = cost_matrix(x, y, p, symmetric)  # (N, M); a point's cost to itself exactly 0
         elif name == "blocked":
             self.xc, self.x2, self.yc, self.y2 = _blocked._prep(x, y)  # (N, D) (N, 1) (M, D) (1, M)
 
@@ -67,13 +67,13 @@ class CostOps:
         h = logb + g / eps  # (M,)
         if self.c is not None:
             return -eps * torch.logsumexp(h.unsqueeze(0) - self.c / eps, dim=1)  # (N,)
-        return softmin_unchecked(self.x, self.y, h, eps, self.p, self.name)
+        return softmin_unchecked(self.x, self.y, h, eps, self.p, self.name, self.symmetric)
 
     def _softmin_cols(self, f: Tensor, loga: Tensor, eps: float) -> Tensor:
         h = loga + f / eps  # (N,)
         if self.c is not None:
             return -eps * torch.logsumexp(h.unsqueeze(1) - self.c / eps, dim=0)  # (M,)
-        return softmin_unchecked(self.y, self.x, h, eps, self.p, self.name)
+        return softmin_unchecked(self.y, self.x, h, eps, self.p, self.name, self.symmetric)
 
     # -- the fast path: one pass over exp(E) -----------------------------------------------
     def _sums_dense(self, f, g, a, b, eps, rows, cols):
@@ -117,11 +117,16 @@ class CostOps:
         cb = rb if self.symmetric else _blocked._blocks(self.y.shape[0], _blocked.TILE_COLS)
         for bi_idx, (i0, i1) in enumerate(rb):
             for (j0, j1) in cb[bi_idx:] if self.symmetric else cb:
+                pairs = _blocked._self_pairs(i0, i1, j0, j1, xc.device) if self.symmetric else None
                 if p == 2:
                     e = self.buf[: (i1 - i0) * (j1 - j0)].view(i1 - i0, j1 - j0)
                     torch.mm(xa[i0:i1], ya[j0:j1].t(), out=e)  # (bi, bj): E
+                    if pairs is not None:  # a point's cost to itself: exactly 0, E = (f_i + g_i)/ε
+                        e[pairs] = (f[i0:i1][pairs[0]] + g[j0:j1][pairs[1]]) / eps
                 else:
                     d = _blocked.sqdist_tile_(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1])
+                    if pairs is not None:
+                        d[pairs] = 0.0
                     cost = d.sqrt_() if p == 1 else d.pow_(p / 2)  # (bi, bj)
                     e = cost.mul_(-1.0 / p).add_(f[i0:i1].unsqueeze(1)).add_(g[j0:j1]).div_(eps)
                 e.exp_()

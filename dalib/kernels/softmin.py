@@ -16,24 +16,30 @@ from dalib.kernels.distance import sqdist_unchecked
 __all__ = ["cost_matrix", "softmin", "softmin_unchecked"]
 
 
-def cost_matrix(x: Tensor, y: Tensor, p: float) -> Tensor:
-    """Dense cost ``C_ij = ‖x_i − y_j‖^p / p``: (N, M), differentiable (0-safe for p < 2)."""
+def cost_matrix(x: Tensor, y: Tensor, p: float, same: bool = False) -> Tensor:
+    """Dense cost ``C_ij = ‖x_i − y_j‖^p / p``: (N, M), differentiable (0-safe for p < 2).
+    ``same``: ``y`` holds the points of ``x`` (maybe another tensor, detached): the diagonal
+    is exactly 0, not the rounding of ``‖x‖² − 2x·x + ‖x‖²`` (which p = 1's root magnifies)."""
     d = sqdist_unchecked(x, y)  # (N, M)
+    if same:
+        d = d.fill_diagonal_(0.0)
     if p == 2:
         return d * 0.5
     # clamp before the root so that the gradient at x_i = y_j is 0, not NaN
     return d.clamp_min(torch.finfo(d.dtype).tiny).pow(p / 2) / p  # (N, M)
 
 
-def softmin_unchecked(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, name: str) -> Tensor:
-    """:func:`softmin` on a resolved backend, without input checks."""
+def softmin_unchecked(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, name: str,
+                      same: bool = False) -> Tensor:
+    """:func:`softmin` on a resolved backend, without input checks. ``same``: ``y`` holds the
+    points of ``x``, whose cost to themselves is exactly 0 (KeOps' ``Σ (x − y)²`` has it)."""
     if name == "keops":
         from dalib.kernels._keops import keops_softmin
 
         return keops_softmin(x, y, h, eps, p)
     if name == "blocked":
-        return blocked_softmin(x, y, h, eps, p)
-    c = cost_matrix(x, y, p)  # (N, M)
+        return blocked_softmin(x, y, h, eps, p, same)
+    c = cost_matrix(x, y, p, same)  # (N, M)
     return -eps * torch.logsumexp(h.unsqueeze(0) - c / eps, dim=1)  # (N,)
 
 
@@ -66,5 +72,5 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: 
     h = h.to(device=x.device, dtype=x.dtype)
     p = float(p) if p != int(p) else int(p)
     return with_keops_fallback(
-        backend, resolve_backend(backend, x, y), lambda name: softmin_unchecked(x, y, h, float(eps), p, name)
+        backend, resolve_backend(backend, x, y), lambda name: softmin_unchecked(x, y, h, float(eps), p, name, y is x)
     )

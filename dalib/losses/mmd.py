@@ -190,9 +190,9 @@ def mmd(
     and ``y`` (under ``torch.func.grad``, ``vjp``, ``jvp`` and forward-mode AD too, which take
     autograd's form on ``dense``, the backend ``auto`` then picks; not under
     ``torch.func.vmap``, whose batched tensors the input checks cannot read). Twice on
-    ``dense`` (which ``auto`` picks for small inputs, up to 724 points on the CPU):
-    ``blocked`` and ``keops`` give first-order gradients and refuse
-    ``create_graph=True`` in one line; pass ``backend="dense"`` for a second derivative.
+    ``dense`` (which ``auto`` picks for small inputs, up to 724 points on the CPU) and on
+    ``keops``: ``blocked`` gives first-order gradients and refuses ``create_graph=True`` in
+    one line; pass ``backend="dense"`` (or ``"keops"``) for a second derivative.
     """
     if kernel != "gaussian":
         raise InputError(f"unknown kernel {kernel!r}; known: 'gaussian'")

@@ -271,8 +271,8 @@ def _solve_on(
         # detached (geomloss does the same). Through both arguments, the plan of a schedule
         # that stopped short of the optimum (not yet symmetric) left a gradient between two
         # identical clouds, where the divergence has its minimum.
-        taa = softmin_unchecked(_twice_the_gradient(x), x.detach(), a.log() + faa / eps, eps, p, name)  # (N,)
-        tbb = softmin_unchecked(_twice_the_gradient(y), y.detach(), b.log() + gbb / eps, eps, p, name)  # (M,)
+        taa = softmin_unchecked(_twice_the_gradient(x), x.detach(), a.log() + faa / eps, eps, p, name, True)  # (N,)
+        tbb = softmin_unchecked(_twice_the_gradient(y), y.detach(), b.log() + gbb / eps, eps, p, name, True)  # (M,)
         value_aa = _dual_value(a, a, taa, taa.detach(), faa, eps)
         value_bb = _dual_value(b, b, tbb, tbb.detach(), gbb, eps)
         value = value - 0.5 * (value_aa + value_bb)
