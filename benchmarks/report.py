@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -181,7 +182,10 @@ def _command_cells(suite: Any, state: dict[str, Any], summary: Summary) -> tuple
     order = [f"{src}->{tgt}" for src, tgt in suite.tasks]
     tasks = sorted(set(summary.tasks) | (set(chosen.get("tasks", [])) & set(order)),
                    key=lambda t: order.index(t) if t in order else len(order))
-    seeds = sorted({c["seed"] for c in cells} | set(chosen.get("seeds", [])))
+    counted = chosen.get("seeds", [])
+    if state.get("extra_seeds") is not None:  # (seeds taken out of the suite's list since leave it)
+        counted = set(counted) & (set(suite.seeds) | set(state["extra_seeds"]))
+    seeds = sorted({c["seed"] for c in cells} | set(counted))
     variants = set(summary.order) | {v.name for v in runs if v.method in methods}
     return methods, tasks, seeds, len(variants) * len(tasks) * len(seeds)
 
@@ -398,10 +402,10 @@ def _chart(suite: Any, summary: Summary, path: Path) -> bool:
 def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     """Write ``.md`` (and ``.png`` when matplotlib is installed) beside ``json_path``."""
     state = json.loads(json_path.read_text(encoding="utf-8"))
-    # cells of tasks, forms or classifiers the suite no longer has, or of a method it now skips,
-    # stay in the JSON but not in the table, its means or its Reproduce line (not seeds: --seeds
-    # may run others than the suite's)
-    kept = {k: c for k, c in state["cells"].items() if in_suite(suite, c)}
+    # cells of tasks, forms, classifiers or seeds the suite no longer has, or of a method it now
+    # skips, stay in the JSON but not in the table, its means or its Reproduce line (a seed that
+    # --seeds ran beside the suite's stays: see in_suite)
+    kept = {k: c for k, c in state["cells"].items() if in_suite(suite, c, state.get("extra_seeds"))}
     left_out = len(state["cells"]) - len(kept)
     state = dict(state, cells=kept)
     summary = Summary(state)
@@ -412,19 +416,24 @@ def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     md = json_path.with_suffix(".md")
     text = markdown(suite, state, summary, png.name if drawn else None, json_path.parent)
     if left_out:
-        text += (f"\n{left_out} finished cell(s) of {json_path.name} belong to tasks, methods or forms that "
+        text += (f"\n{left_out} finished cell(s) of {json_path.name} belong to tasks, methods, forms or seeds that "
                  f"{suite.file} no longer runs: they stay in the JSON and are left out of this table.\n")
     atomic_write_text(md, text)
     return md, png if drawn else None
 
 
-def in_suite(suite: Any, cell: dict[str, Any]) -> bool:
+def in_suite(suite: Any, cell: dict[str, Any], extra_seeds: Iterable[int] | None = None) -> bool:
     """Whether a results file's cell is one the suite, as it stands, runs (a method registered
-    by a plugin that this process did not load counts)."""
+    by a plugin that this process did not load counts). ``extra_seeds``: the file's seeds that
+    ``--seeds`` ran beside the suite's (they count); None, for a file from before they were
+    kept: every seed counts."""
     if cell.get("method") in suite.skip:
         return False
     if (cell.get("src"), cell.get("tgt")) not in {tuple(t) for t in suite.tasks}:
         return False
+    if extra_seeds is not None and cell.get("seed") not in set(suite.seeds) | set(extra_seeds):
+        return False  # a seed taken out of the suite's list since
+
     if cell.get("mode") == "deep":
         return suite.deep is not None
     return cell.get("classifier") in suite.shallow_classifiers

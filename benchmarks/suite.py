@@ -34,7 +34,9 @@ killed suite resumes where it stopped. A finished cell is run again only when it
 change (the suite's or the method's defaults); ``--rerun`` runs the chosen cells again, and a
 killed re-run resumes as well. A setting for a form the suite does not run (a deep setting
 without ``[deep]``, a shallow one without ``[shallow]``) or that the form does not have is
-refused when the suite loads, rather than ignored.
+refused when the suite loads, rather than ignored. Cells of tasks, methods or seeds the
+suite no longer lists stay in the JSON and leave the table; ``--seeds`` may run seeds beside
+the suite's (``--seeds 3,4`` adds two), whose cells count in the table.
 """
 
 from __future__ import annotations
@@ -511,12 +513,14 @@ def _upgrade_written_data(suite: Suite, state: dict[str, Any], configs: dict[str
 def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, Any], **options: Any) -> dict[str, int]:
     """Per method, the finished cells of the suite that this run did not choose (another
     --methods, --tasks or --seeds) and whose settings the suite has changed since: they stay in
-    the table, as cells of changed code do, and the run says so."""
+    the table, as cells of changed code do, and the run says so. The key ``"--seeds"`` holds
+    those cells' seeds that are not the suite's (a plain --methods does not run them)."""
     variants = {v.name: v for v in suite.variants()}  # (a method of a plugin not loaded now: not checked)
-    found: dict[str, int] = {}
+    found: dict[str, Any] = {}
     for key, cell in state["cells"].items():
         v = variants.get(cell.get("variant"))
-        if key in chosen or v is None or cell.get("status") != "done" or not in_suite(suite, cell):
+        if (key in chosen or v is None or cell.get("status") != "done"
+                or not in_suite(suite, cell, state.get("extra_seeds"))):
             continue
         try:
             now = cell_fingerprint(suite.run_config(Cell(v, (cell["src"], cell["tgt"]), cell["seed"]), **options))
@@ -524,6 +528,8 @@ def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, An
             continue
         if cell.get("fingerprint") != now:
             found[v.method] = found.get(v.method, 0) + 1
+            if cell["seed"] not in suite.seeds:
+                found.setdefault("--seeds", set()).add(cell["seed"])
     return found
 
 
@@ -773,6 +779,13 @@ def run_suite(
         state["chosen"] = {"methods": sorted(set(was.get("methods", [])) | {v.method for v in variants}),
                            "tasks": sorted(set(was.get("tasks", [])) | {f"{s}->{t}" for s, t in chosen_tasks}),
                            "seeds": sorted(set(was.get("seeds", [])) | set(chosen_seeds))}
+        # seeds that --seeds ran beside the suite's: their cells stay in the table, where those of a
+        # seed taken out of the suite's list leave it (a file from before this list was kept: the
+        # seeds of its cells outside the suite's, which it counted)
+        extra = state.get("extra_seeds")
+        if extra is None:
+            extra = {c.get("seed") for c in state["cells"].values()} - set(suite.seeds)
+        state["extra_seeds"] = sorted(set(extra) | (set(chosen_seeds) - set(suite.seeds)))
         # the table's text is the one of the suite file its cells ran under, not a later edit's:
         # a new file takes the suite's; a file whose cells all run again in one invocation, too
         texts = {"protocol": suite.protocol, "timing": suite.timing}
@@ -903,7 +916,8 @@ def run_suite(
         stored = {k: state[k] for k in texts if k in state}  # (a file from before texts were kept has none)
         # (the cells of tasks or methods the suite no longer runs are in no table: they do not count)
         retext = stored != texts and all(float(c.get("finished", 0.0)) >= run_began
-                                         for c in state["cells"].values() if in_suite(suite, c))
+                                         for c in state["cells"].values()
+                                         if in_suite(suite, c, state.get("extra_seeds")))
         if retext:
             state.update(texts)  # every cell of the file ran under the suite file's text now
         elif any(stored.get(k, v) != v for k, v in texts.items()):
@@ -919,10 +933,13 @@ def run_suite(
                           f"{of_arch} (its code changed since; edits of docstrings and comments do not count) and are kept as "
                           f"they are: --rerun --methods {','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
         if outdated:
+            foreign = sorted(outdated.pop("--seeds", ()))  # (a plain --methods runs the suite's seeds only)
+            remedy = (f" --seeds {','.join(map(str, sorted(set(suite.seeds) | set(foreign))))} (with this run's "
+                      "--tasks, or none)" if foreign else " (with this run's --tasks and --seeds, or none)")
             warnings.warn(f"{sum(outdated.values())} finished cell(s) of {', '.join(sorted(outdated))} that this run did not "
                           f"choose were run with other settings than {suite.file} gives them now, and stay in the table "
-                          f"as they are: --methods {','.join(sorted(outdated))} (with this run's --tasks and --seeds, "
-                          "or none) runs them again", RuntimeWarning, stacklevel=2)
+                          f"as they are: --methods {','.join(sorted(outdated))}{remedy} runs them again",
+                          RuntimeWarning, stacklevel=2)
         if core_changed:
             warnings.warn(f"{core_changed} finished cell(s) were run by another version of dalib (its runner, models, "
                           "losses, kernels, data or estimators changed since) and are kept as they are: --rerun runs "

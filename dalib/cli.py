@@ -589,7 +589,7 @@ def _split_list(text: str | None) -> list[str] | None:
 @click.argument("suite")
 @click.option("--methods", help="comma-separated methods to run [every registered method the suite applies to]")
 @click.option("--tasks", help="comma-separated tasks SRC->TGT, e.g. 'A->W,W->A' [all the suite's]")
-@click.option("--seeds", help="comma-separated seeds [the suite's: 0,1,2]")
+@click.option("--seeds", help="comma-separated seeds [the suite's: 0,1,2]; others than the suite's join its table")
 @click.option("--steps", type=int, help="optimizer steps of the deep runs [the suite's]; kept in a file of its own")
 @click.option("--jobs", type=int, default=1, show_default=True, help="cells run in parallel worker processes")
 @click.option("--out", type=click.Path(file_okay=False), default="benchmarks/results", show_default=True,

@@ -278,7 +278,8 @@ def _results_file() -> list[str]:
         "`bench-SUITE.json` holds the suite's `title`, `dataset`, `protocol` and `timing` (from its "
         "file), `deep_options` (its `[deep]` table), `steps` (a `--steps` that narrowed it, else "
         "`null`), the `machine` (CPU, cores, memory, GPU, Python and the packages' versions), "
-        "`jobs_used` and `wall_seconds`, and `cells`, one per run, keyed `VARIANT | SRC->TGT | seed N`. "
+        "`jobs_used` and `wall_seconds`, `extra_seeds` (seeds that `--seeds` ran beside the suite's: their cells count "
+        "in the table, where those of a seed taken out of the suite's list do not), and `cells`, one per run, keyed `VARIANT | SRC->TGT | seed N`. "
         "A cell holds:", "",
         "| field | what |", "|---|---|",
         "| `method`, `variant`, `mode`, `classifier` | the method, its row in the table, `deep` or `shallow`, and a "

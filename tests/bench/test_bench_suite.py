@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import statistics
 import sys
 import time
 import warnings
@@ -1058,7 +1059,7 @@ def test_cells_the_suite_no_longer_runs_stay_in_the_json_but_leave_the_table(toy
     assert len(json.loads((tmp_path / "bench-toy.json").read_text())["cells"]) == 3  # dann's cell stays
     md = (tmp_path / "bench-toy.md").read_text()
     assert "| dann |" not in md and "--methods source_only --seeds 0 " in md  # dann (skipped) not asked for
-    assert "1 finished cell(s) of bench-toy.json belong to tasks, methods or forms" in md
+    assert "1 finished cell(s) of bench-toy.json belong to tasks, methods, forms or seeds" in md
 
 
 def test_an_image_folder_named_by_the_suite_is_part_of_a_cells_settings(tmp_path):
@@ -1215,6 +1216,37 @@ def test_cells_this_run_did_not_choose_whose_settings_changed_are_reported(toy_s
         warnings.simplefilter("error")  # the same settings: nothing to report
         run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], seeds=[0], progress=False)
         run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
+
+
+def test_a_seed_taken_out_of_the_suite_leaves_the_table_and_one_that_seeds_added_stays(toy_suite, tmp_path):
+    """Cells of a seed the suite no longer lists had stayed in the table (its mean mixed in a seed,
+    and settings, outside the suite); where their settings had changed, the warning's remedy,
+    a plain --methods, never ran them. A seed run by --seeds beside the suite's still counts."""
+    suite = load_suite(str(toy_suite))
+    path = run_suite(suite, tmp_path, methods=["source_only", "dann"], seeds=[0, 1], progress=False)
+    run_suite(suite, tmp_path, methods=["source_only", "dann"], seeds=[3], progress=False)  # beside the suite's
+    table = path.with_suffix(".md")
+    assert "over seeds 0, 1, 3" in table.read_text()
+    toy_suite.write_text(TOY_SUITE.replace("seeds = [0, 1]", "seeds = [1, 2]"))
+    suite = load_suite(str(toy_suite))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run_suite(suite, tmp_path, methods=["source_only", "dann"], progress=False)
+    state = json.loads(path.read_text())
+    assert {c["seed"] for c in state["cells"].values()} == {0, 1, 2, 3}  # kept in the JSON
+    text = table.read_text()
+    assert "over seeds 1, 2, 3" in text
+    assert "belong to tasks, methods, forms or seeds that" in text
+    accs = [c["target_accuracy"] for c in state["cells"].values() if c["variant"] == "source_only" and c["seed"] != 0]
+    mean, std = statistics.mean(accs), statistics.stdev(accs)
+    row = next(line for line in text.splitlines() if line.startswith("| `source_only` |"))
+    assert row.startswith(f"| `source_only` | {mean:.1f} ± {std:.{2 if std < 0.05 else 1}f} |"), row
+    # dann's settings changed: its cell of the added seed, not chosen, is stale; the remedy names
+    # the seeds that run it (seed 0's cell, out of the table, is not reported)
+    toy_suite.write_text(TOY_SUITE.replace("seeds = [0, 1]", "seeds = [1, 2]").replace("hidden = 32", "hidden = 16"))
+    with pytest.warns(RuntimeWarning, match=r"^1 finished cell\(s\) of dann .* --methods dann --seeds 1,2,3 \(with "
+                                            r"this run's --tasks, or none\) runs them again"):
+        run_suite(load_suite(str(toy_suite)), tmp_path, methods=["dann"], progress=False)
 
 
 def test_a_bad_device_in_the_suite_file_fails_before_any_cell(toy_suite, tmp_path):
