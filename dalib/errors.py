@@ -22,6 +22,7 @@ __all__ = [
     "DalibError",
     "DataError",
     "InputError",
+    "OutOfRangeError",
     "PluginError",
     "RegistryError",
     "UnknownNameError",
@@ -55,6 +56,12 @@ class DataError(DalibError, ValueError):
 class InputError(DalibError, ValueError):
     """Tensors given to a loss or kernel that it cannot use: different feature
     sizes, empty input, NaN, wrong shapes."""
+
+
+class OutOfRangeError(InputError):
+    """Values a loss or kernel cannot compute in their dtype: so large that their squared
+    distances, costs or loss overflow it, or a bandwidth or ε so small that its inverse does.
+    In a training run, features that grew there mean the training diverged."""
 
 
 class PluginError(DalibError):

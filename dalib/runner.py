@@ -41,8 +41,8 @@ from torch import Tensor, nn
 from dalib._arrays import cpu_by_default
 from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, numbered_classes
-from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, PluginError, first_line,
-                          load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
+from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, OutOfRangeError, PluginError,
+                          first_line, load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics, scoring_batch
 from dalib.schedules import inverse_decay
 
@@ -1325,7 +1325,10 @@ def _run(
                             losses = method.loss(batch, outputs, progress)
                         except InputError as exc:  # a loss refusing the features the network gave: if they are NaN, it diverged
                             if all(bool(torch.isfinite(t).all()) for t in outputs):
-                                if step == start:  # (what the network gives from the start: the inputs, or the method)
+                                # what the network gives from the start (the inputs, or the method), or a
+                                # refusal of anything but their size (a plugin's call that a later step
+                                # first makes, a batch too small for its loss): the loss's own words
+                                if step == start or not isinstance(exc, OutOfRangeError):
                                     raise
                                 # finite, but larger than the loss takes (squared distances beyond float32): it diverged
                                 # too, and the loss's own advice (scale the features, use float64) is no user's to follow

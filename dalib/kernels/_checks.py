@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib.errors import InputError
+from dalib.errors import InputError, OutOfRangeError
 
 __all__ = ["as_gammas", "as_sigmas", "check_points", "check_pair", "check_weights", "outside_autocast"]
 
@@ -80,7 +80,7 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     # kernels and costs NaN
     limit = 0.5 * math.sqrt(torch.finfo(dtype).max / x.shape[1])
     if largest > limit:
-        raise InputError(f"{name} holds values up to {largest:.3g}, too large for {_dtype_name(x)} squared distances "
+        raise OutOfRangeError(f"{name} holds values up to {largest:.3g}, too large for {_dtype_name(x)} squared distances "
                          f"(at most {limit:.3g} in {x.shape[1]} dimensions): scale the features"
                          + (", or use float64" if torch.finfo(dtype).max < torch.finfo(torch.float64).max else ""))
     return x
@@ -196,5 +196,5 @@ def as_gammas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     s = _sigmas_on_cpu(sigmas, like)  # (S,)
     gam = 0.5 / (s * s)  # (S,)
     if not bool(torch.isfinite(gam).all()):
-        raise InputError(f"bandwidths {float_values(s)} are too small for {_dtype_name(like)} kernels (1/(2σ²) overflows)")
+        raise OutOfRangeError(f"bandwidths {float_values(s)} are too small for {_dtype_name(like)} kernels (1/(2σ²) overflows)")
     return gam.to(like.device)

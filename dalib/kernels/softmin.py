@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor
 
-from dalib.errors import InputError
+from dalib.errors import InputError, OutOfRangeError
 from dalib.kernels._checks import check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.blocked import blocked_softmin
@@ -65,7 +65,7 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: 
         raise InputError(f"eps must be positive, got {eps}")
     if not 1.0 / float(eps) < torch.finfo(x.dtype).max:  # every backend multiplies by 1/ε
         wider = ", or use float64" if x.dtype != torch.float64 else ""
-        raise InputError(f"eps {float(eps):.3g} is too small for {x.dtype} (1/eps overflows): scale the points up "
+        raise OutOfRangeError(f"eps {float(eps):.3g} is too small for {x.dtype} (1/eps overflows): scale the points up "
                          f"(and eps with them){wider}")
     if not (float(p) >= 1 and math.isfinite(float(p))):
         raise InputError(f"p must be >= 1 and finite, got {p}")

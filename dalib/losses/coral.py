@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from dalib.errors import InputError
+from dalib.errors import InputError, OutOfRangeError
 from dalib.kernels._checks import _dtype_name, check_pair, outside_autocast
 
 __all__ = ["coral"]
@@ -34,6 +34,6 @@ def coral(x: Tensor, y: Tensor) -> Tensor:
     diff = _covariance(x) - _covariance(y)  # (D, D)
     value = (diff / (2 * d)).pow(2).sum()  # scaled before squaring: the square alone can overflow float32
     if not torch.isfinite(value):  # finite inputs (checked): the fourth power of the features overflowed
-        raise InputError(f"the coral loss of these features overflows {_dtype_name(value)} (it grows with the fourth "
+        raise OutOfRangeError(f"the coral loss of these features overflows {_dtype_name(value)} (it grows with the fourth "
                          "power of the features): scale the features, or use float64")
     return value

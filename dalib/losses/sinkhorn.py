@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib.errors import BackendError, InputError, warn_outside_dalib
+from dalib.errors import BackendError, InputError, OutOfRangeError, warn_outside_dalib
 from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast, plain_tensor
 from dalib.kernels.backends import import_quietly, resolve_backend, with_keops_fallback
 from dalib.kernels.sinkhorn_ops import CostOps
@@ -179,10 +179,10 @@ def _solve_on(
     largest = torch.finfo(x.dtype).max
     wider = ", or use float64" if largest < torch.finfo(torch.float64).max else ""
     if not top < largest:  # every cost near it would overflow too
-        raise InputError(f"diameter {diam:g} (blur {blur:g}) with p = {p:g} overflows "
+        raise OutOfRangeError(f"diameter {diam:g} (blur {blur:g}) with p = {p:g} overflows "
                          f"{_dtype_name(x)} costs: scale the points (or the diameter){wider}")
     if not ratio < largest:
-        raise InputError(f"diameter {diam:g} over blur {blur:g} with p = {p:g} overflows {_dtype_name(x)} "
+        raise OutOfRangeError(f"diameter {diam:g} over blur {blur:g} with p = {p:g} overflows {_dtype_name(x)} "
                          f"costs over ε: raise blur, or scale the points{wider}")
     eps_list = epsilon_schedule(p, diam, float(blur), float(scaling))
     eps = eps_list[-1]
@@ -193,7 +193,7 @@ def _solve_on(
                            f"{_dtype_name(x)} value loses its digits (the gradient keeps them): lower blur, or use "
                            "float64", RuntimeWarning)
     if not 1.0 / eps < largest:  # the iterations multiply by 1/ε
-        raise InputError(f"blur {blur:g} with p = {p:g} makes ε = {eps:.3g}, whose inverse overflows {_dtype_name(x)}: "
+        raise OutOfRangeError(f"blur {blur:g} with p = {p:g} makes ε = {eps:.3g}, whose inverse overflows {_dtype_name(x)}: "
                          f"scale the points up (and blur with them){wider}")
 
     with torch.no_grad():
@@ -439,7 +439,7 @@ def ot_plan(
         else:
             c = cost_matrix(x.detach().double(), y.detach().double(), p).cpu().numpy()  # (N, M)
     if not np.isfinite(c).all():
-        raise InputError(f"the cost ‖x − y‖^p / p overflows float64 at p={p}: lower p or scale the points down")
+        raise OutOfRangeError(f"the cost ‖x − y‖^p / p overflows float64 at p={p}: lower p or scale the points down")
     an = a.detach().double().cpu().numpy()
     bn = b.detach().double().cpu().numpy()
     an, bn = an / an.sum(), bn / bn.sum()
@@ -452,7 +452,7 @@ def ot_plan(
         # (largest |C|) / ε = 1/machine-ε, the exponents (f + g − C)/ε of the plan hold no digit
         largest = float(np.abs(c).max())
         if not eps > 0 or largest / eps > 1.0 / np.finfo(np.float64).eps:
-            raise InputError(f"ε = {name} = {eps:.3g} is too small for the cost (largest {largest:.3g}) "
+            raise OutOfRangeError(f"ε = {name} = {eps:.3g} is too small for the cost (largest {largest:.3g}) "
                              "in float64: raise it, or take the exact plan (method='emd' here; reg=0 in the ot method)")
         plan = ot.sinkhorn(an, bn, c, eps, method="sinkhorn_log", numItermax=int(max_iter), stopThr=tol)
     return torch.as_tensor(plan, dtype=like.dtype, device=like.device)  # (N, M)

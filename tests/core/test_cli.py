@@ -416,6 +416,23 @@ def test_a_network_whose_outputs_grow_too_large_for_the_loss_is_said_to_diverge(
                         r"diverged: lower --lr or the method's trade-off", res.stderr.strip().splitlines()[-1])
 
 
+def test_a_losss_refusal_after_the_first_step_that_is_not_about_size_is_its_own_not_divergence(runner, own_registry,
+                                                                                                 tmp_path):
+    """A plugin's call that a warm-up first makes at a later step had been reported as "training
+    diverged: lower --lr" (outputs of about 4), its own message cut short."""
+    (tmp_path / "warm.py").write_text(
+        "import dalib\nfrom dalib.losses import mmd\n@dalib.register_method('warm_test')\nclass Warm(dalib.Method):\n"
+        "    'MMD after a warm-up of two steps, with an estimator misspelt.'\n"
+        "    def loss(self, batch, out, progress):\n        cls = self.source_loss(batch, out)\n"
+        "        if progress.step < 2:\n            return {'total': cls}\n"
+        "        return {'total': cls + mmd(out.feat_s, out.feat_t, estimator='unbaised')}\n")
+    res = runner.invoke(cli, ["run", "warm_test", "--plugin", str(tmp_path / "warm.py"), "--src", "mnist", "--tgt",
+                              "usps", "--steps", "5", "--quiet", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert res.stderr.strip().splitlines()[-1] == ("dalib: error: unknown estimator 'unbaised'; known: biased, "
+                                                   "unbiased, linear")
+
+
 @pytest.fixture
 def own_registry(monkeypatch):
     """The registry as it was, after a test that loads plugin files through the CLI."""
