@@ -192,10 +192,17 @@ def _load_init(model, path: str, classes: list[str] | None) -> set[str]:
     head = [k for k in own if k.startswith("head.")]
     same_head = not new_bottleneck and all(fits(k) for k in head)
     their_classes = spec.get("classes")
+    rows = None  # the checkpoint's head rows in this data's class order
     if same_head and classes is not None and their_classes is not None and list(their_classes) != list(classes):
-        same_head = False
-        warn_outside_dalib(f"the starting model's classes ({', '.join(map(str, their_classes))}) are not this data's "
-                           f"({', '.join(map(str, classes))}): its classifier is not reused", RuntimeWarning)
-    copied = {k: state[k] for k in ours} | ({k: state[k] for k in head} if same_head else {})
+        theirs_named, ours_named = [str(c) for c in their_classes], [str(c) for c in classes]
+        if sorted(theirs_named) == sorted(ours_named) and len(set(ours_named)) == len(ours_named):
+            rows = [theirs_named.index(c) for c in ours_named]  # the same classes in another order
+        else:
+            same_head = False
+            warn_outside_dalib(f"the starting model's classes ({', '.join(theirs_named)}) are not this data's "
+                               f"({', '.join(ours_named)}): its classifier is not reused", RuntimeWarning)
+    # (the head is one Linear layer: each of its tensors has a row per class)
+    copied = {k: state[k] for k in ours} | ({k: state[k] if rows is None else state[k][rows] for k in head}
+                                            if same_head else {})
     model.load_state_dict(copied, strict=False)
     return set(copied)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 
 import pytest
 import torch
@@ -219,6 +220,24 @@ def test_a_start_from_another_network_or_other_classes(tmp_path, toy_dataset, so
     ckpt = load_checkpoint(tmp_path / "named" / "checkpoint.pt")
     assert "head.weight" not in ckpt["method"]["_extra_state"]["anchors"]  # a new head: pulled to 0 (beta)
     assert torch.equal(ckpt["model"]["backbone.1.weight"], start["backbone.1.weight"])  # frozen, from the start
+
+    # the same classes in another order: the classifier is reused, its rows in this data's order
+    # (it had been dropped, with a warning that the classes were not this data's)
+    if "toy-shift-swapped" not in list_datasets():
+
+        def swapped(request):
+            d = toy(request)
+            return Domain.from_arrays(d.name, d.x, 1 - d.y, classes=["1", "0"], dataset_name="toy-shift-swapped")
+
+        register_dataset(DatasetInfo(name="toy-shift-swapped", description="toy shift, classes listed 1, 0 (tests)",
+                                     domains=("src", "tgt"), kind="features", num_classes=2, needs="embedded"), swapped)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        result = run(dataclasses.replace(cfg, dataset="toy-shift-swapped"), tmp_path / "swapped", progress_bar=False)
+    anchors = load_checkpoint(tmp_path / "swapped" / "checkpoint.pt")["method"]["_extra_state"]["anchors"]
+    for k in ("head.weight", "head.bias"):
+        assert torch.equal(anchors[k], start[k][[1, 0]])
+    assert result.target_accuracy > 60  # the reused head, in the right order, on a shift it was trained for
 
 
 def test_a_start_that_does_not_fit_says_why(tmp_path, toy_dataset, source_model):
