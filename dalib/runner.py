@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -1244,13 +1244,16 @@ def _run(
         scoring = scoring_batch(src, config.batch_size)
         context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
                           Progress(start, config.steps), classes=list(src.classes))
+        set_in_prepare: list[str] = []
         if start == 0:
             before = {id(p) for module in (method, model) for p in module.parameters()}
+            unprepared = _UnkeptState(method, config.method)
             method.prepare(context)
+            set_in_prepare = unprepared.changed()  # a resume skips prepare: a checkpoint must keep these
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
             _check_source_weights(method.source_weights, len(src), config.method)
             _check_made_in_prepare(method, model, optimizer, before, config.method)
-        unkept = _UnkeptState(method, config.method)  # what a checkpoint would not keep, as it stands now
+        unkept = _UnkeptState(method, config.method, set_in_prepare)  # what a checkpoint would not keep, as it stands now
         if ckpt is not None:
             _set_host_rng_states(ckpt["rng"], out)
             torch.set_rng_state(ckpt["rng"]["torch"])
@@ -1703,12 +1706,15 @@ class _UnkeptState:
     set as plain attributes (``self.ema = 0.0``), not as parameters, buffers or
     :meth:`get_extra_state`. One that training changes starts again from its value at the
     start on a resume, which then ends elsewhere than the uninterrupted run: warned about
-    once, at the first checkpoint after the change."""
+    once, at the first checkpoint after the change. ``set_in_prepare``: those that ``prepare``
+    set, which a resume (it skips ``prepare``) does not compute again: warned about at the
+    first checkpoint."""
 
     _KEPT = frozenset({"source_weights", "diagnostics"})  # (what the runner's checkpoints keep)
 
-    def __init__(self, method: Method, name: str) -> None:
+    def __init__(self, method: Method, name: str, set_in_prepare: Sequence[str] = ()) -> None:
         self._method, self._name, self._warned = method, name, False
+        self._set_in_prepare = list(set_in_prepare)
         # a class with a get_extra_state of its own, or of a parent's, keeps its state: trusted (what
         # it keeps cannot be told from the keys it returns; a subclass that adds state extends it)
         handles = type(method).get_extra_state is not nn.Module.get_extra_state
@@ -1731,11 +1737,23 @@ class _UnkeptState:
             return tuple(value)
         return value
 
+    def changed(self) -> list[str]:
+        """The watched attributes whose values differ from those at the start."""
+        now = vars(self._method)
+        return [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
+
     def warn_if_changed(self) -> None:
         if self._warned:
             return
-        now = vars(self._method)
-        changed = [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
+        if self._set_in_prepare:
+            self._warned = True
+            warn_outside_dalib(
+                f"method {self._name!r} sets self.{self._set_in_prepare[0]} in prepare(), which a checkpoint does not "
+                "keep (it keeps parameters, buffers and get_extra_state()) and a resumed run does not compute again "
+                "(--resume skips prepare): keep it in get_extra_state()/set_extra_state(), or in a buffer "
+                "registered in __init__", RuntimeWarning)
+            return
+        changed = self.changed()
         if changed:
             self._warned = True
             warn_outside_dalib(

@@ -220,6 +220,41 @@ def test_state_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_n
             run(_config(toy_dataset, name), tmp_path / name, progress_bar=False)
 
 
+def test_state_that_prepare_sets_and_a_checkpoint_would_not_keep_is_warned_about(toy_dataset, method_named, tmp_path):
+    """Pseudo-labels set in prepare() (None in __init__) without get_extra_state: a resume skips
+    prepare and found None, or a fallback, without a word (the snapshot was taken after prepare)."""
+    import warnings
+
+    class Pseudo(_Base):
+        def __init__(self, config, model):
+            super().__init__(config, model)
+            self.pseudo = None
+
+        def prepare(self, context):
+            self.pseudo = context.embed("target", lambda x: context.model(x).logits).argmax(1).cpu()
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_pseudo", Pseudo)
+    with pytest.warns(RuntimeWarning, match=r"^method 'contract_pseudo' sets self\.pseudo in prepare\(\), which a "
+                                            r"checkpoint does not keep .*--resume skips prepare") as caught:
+        run(_config(toy_dataset, "contract_pseudo"), tmp_path / "pseudo", progress_bar=False)
+    assert sum("contract_pseudo" in str(w.message) for w in caught) == 1
+
+    class KeptPseudo(Pseudo):  # kept: nothing to say
+        def get_extra_state(self):
+            return {"pseudo": self.pseudo}
+
+        def set_extra_state(self, state):
+            self.pseudo = state["pseudo"]
+
+    method_named("contract_kept_pseudo", KeptPseudo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(_config(toy_dataset, "contract_kept_pseudo"), tmp_path / "kept", progress_bar=False)
+
+
 def test_a_loss_that_is_nan_at_once_names_step_1(toy_dataset, method_named, tmp_path):
     """Steps count from 1, as metrics.jsonl and the checkpoints count them."""
     class Nan(_Base):
