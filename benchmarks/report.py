@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +181,8 @@ def _command_cells(suite: Any, state: dict[str, Any], summary: Summary) -> tuple
     order = [f"{src}->{tgt}" for src, tgt in suite.tasks]
     tasks = sorted(set(summary.tasks) | (set(chosen.get("tasks", [])) & set(order)),
                    key=lambda t: order.index(t) if t in order else len(order))
-    counted = chosen.get("seeds", [])
-    if state.get("extra_seeds") is not None:  # (seeds taken out of the suite's list since leave it)
-        counted = set(counted) & (set(suite.seeds) | set(state["extra_seeds"]))
-    seeds = sorted({c["seed"] for c in cells} | set(counted))
+    counted = table_seeds(suite, state)  # (seeds taken out of the suite's list since leave it)
+    seeds = sorted({c["seed"] for c in cells} | {s for s in chosen.get("seeds", []) if counted is None or s in counted})
     variants = set(summary.order) | {v.name for v in runs if v.method in methods}
     return methods, tasks, seeds, len(variants) * len(tasks) * len(seeds)
 
@@ -403,9 +400,8 @@ def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     """Write ``.md`` (and ``.png`` when matplotlib is installed) beside ``json_path``."""
     state = json.loads(json_path.read_text(encoding="utf-8"))
     # cells of tasks, forms, classifiers or seeds the suite no longer has, or of a method it now
-    # skips, stay in the JSON but not in the table, its means or its Reproduce line (a seed that
-    # --seeds ran beside the suite's stays: see in_suite)
-    kept = {k: c for k, c in state["cells"].items() if in_suite(suite, c, state.get("extra_seeds"))}
+    # skips, stay in the JSON but not in the table, its means or its Reproduce line
+    kept = suite_cells(suite, state)
     left_out = len(state["cells"]) - len(kept)
     state = dict(state, cells=kept)
     summary = Summary(state)
@@ -422,18 +418,27 @@ def write_report(suite: Any, json_path: Path) -> tuple[Path, Path | None]:
     return md, png if drawn else None
 
 
-def in_suite(suite: Any, cell: dict[str, Any], extra_seeds: Iterable[int] | None = None) -> bool:
-    """Whether a results file's cell is one the suite, as it stands, runs (a method registered
-    by a plugin that this process did not load counts). ``extra_seeds``: the file's seeds that
-    ``--seeds`` ran beside the suite's (they count); None, for a file from before they were
-    kept: every seed counts."""
+def table_seeds(suite: Any, state: dict[str, Any]) -> set[int] | None:
+    """The seeds whose cells a results file's table counts: the suite's and those ``--seeds``
+    ran beside them (``extra_seeds``); None, for a file from before they were kept: every seed."""
+    extra = state.get("extra_seeds")
+    return None if extra is None else set(suite.seeds) | set(extra)
+
+
+def suite_cells(suite: Any, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A results file's cells that the suite, as it stands, runs: the table's."""
+    seeds = table_seeds(suite, state)
+    return {k: c for k, c in state["cells"].items() if in_suite(suite, c) and (seeds is None or c.get("seed") in seeds)}
+
+
+def in_suite(suite: Any, cell: dict[str, Any]) -> bool:
+    """Whether a results file's cell is of a task, method and form that the suite, as it stands,
+    runs (a method registered by a plugin that this process did not load counts); its seed is
+    :func:`suite_cells`' to judge."""
     if cell.get("method") in suite.skip:
         return False
     if (cell.get("src"), cell.get("tgt")) not in {tuple(t) for t in suite.tasks}:
         return False
-    if extra_seeds is not None and cell.get("seed") not in set(suite.seeds) | set(extra_seeds):
-        return False  # a seed taken out of the suite's list since
-
     if cell.get("mode") == "deep":
         return suite.deep is not None
     return cell.get("classifier") in suite.shallow_classifiers

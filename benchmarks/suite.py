@@ -61,7 +61,7 @@ from dalib.registry import dalib_code_hash, get_method, list_methods, method_cod
 from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
 
 from ._machine import machine_info
-from .report import in_suite, legacy_run_options, write_report
+from .report import legacy_run_options, suite_cells, write_report
 
 __all__ = [
     "Cell",
@@ -510,17 +510,18 @@ def _upgrade_written_data(suite: Suite, state: dict[str, Any], configs: dict[str
     return taken
 
 
-def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, Any], **options: Any) -> dict[str, int]:
+def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, Any],
+                       **options: Any) -> tuple[dict[str, int], set[int]]:
     """Per method, the finished cells of the suite that this run did not choose (another
     --methods, --tasks or --seeds) and whose settings the suite has changed since: they stay in
-    the table, as cells of changed code do, and the run says so. The key ``"--seeds"`` holds
-    those cells' seeds that are not the suite's (a plain --methods does not run them)."""
+    the table, as cells of changed code do, and the run says so. With them, those cells' seeds
+    that are not the suite's (a plain --methods does not run them)."""
     variants = {v.name: v for v in suite.variants()}  # (a method of a plugin not loaded now: not checked)
-    found: dict[str, Any] = {}
-    for key, cell in state["cells"].items():
+    found: dict[str, int] = {}
+    foreign: set[int] = set()
+    for key, cell in suite_cells(suite, state).items():
         v = variants.get(cell.get("variant"))
-        if (key in chosen or v is None or cell.get("status") != "done"
-                or not in_suite(suite, cell, state.get("extra_seeds"))):
+        if key in chosen or v is None or cell.get("status") != "done":
             continue
         try:
             now = cell_fingerprint(suite.run_config(Cell(v, (cell["src"], cell["tgt"]), cell["seed"]), **options))
@@ -529,8 +530,8 @@ def _outdated_unchosen(suite: Suite, state: dict[str, Any], chosen: dict[str, An
         if cell.get("fingerprint") != now:
             found[v.method] = found.get(v.method, 0) + 1
             if cell["seed"] not in suite.seeds:
-                found.setdefault("--seeds", set()).add(cell["seed"])
-    return found
+                foreign.add(cell["seed"])
+    return found, foreign
 
 
 # --------------------------------------------------------------------------- running cells
@@ -824,7 +825,7 @@ def run_suite(
             return bool(old and now and old != now)
 
         changed = sorted({c.variant.method for c in cells if c.key not in running and code_changed(c)})
-        outdated = _outdated_unchosen(suite, state, configs, steps=steps, data_root=data_root, device=device)
+        outdated, foreign = _outdated_unchosen(suite, state, configs, steps=steps, data_root=data_root, device=device)
         # kept cells made by another version of dalib itself, and cells from a dalib that did not record its version
         kept_codes = [state["cells"][c.key].get("dalib_code") for c in cells if c.key not in running]
         core_changed = sum(1 for code in kept_codes if code not in (None, core))
@@ -916,8 +917,7 @@ def run_suite(
         stored = {k: state[k] for k in texts if k in state}  # (a file from before texts were kept has none)
         # (the cells of tasks or methods the suite no longer runs are in no table: they do not count)
         retext = stored != texts and all(float(c.get("finished", 0.0)) >= run_began
-                                         for c in state["cells"].values()
-                                         if in_suite(suite, c, state.get("extra_seeds")))
+                                         for c in suite_cells(suite, state).values())
         if retext:
             state.update(texts)  # every cell of the file ran under the suite file's text now
         elif any(stored.get(k, v) != v for k, v in texts.items()):
@@ -933,8 +933,8 @@ def run_suite(
                           f"{of_arch} (its code changed since; edits of docstrings and comments do not count) and are kept as "
                           f"they are: --rerun --methods {','.join(changed)} runs them again", RuntimeWarning, stacklevel=2)
         if outdated:
-            foreign = sorted(outdated.pop("--seeds", ()))  # (a plain --methods runs the suite's seeds only)
-            remedy = (f" --seeds {','.join(map(str, sorted(set(suite.seeds) | set(foreign))))} (with this run's "
+            # (a plain --methods runs the suite's seeds only)
+            remedy = (f" --seeds {','.join(map(str, sorted(set(suite.seeds) | foreign)))} (with this run's "
                       "--tasks, or none)" if foreign else " (with this run's --tasks and --seeds, or none)")
             warnings.warn(f"{sum(outdated.values())} finished cell(s) of {', '.join(sorted(outdated))} that this run did not "
                           f"choose were run with other settings than {suite.file} gives them now, and stay in the table "

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -794,10 +794,13 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     for d, role in ((src, "source"), (tgt, "target")):
         if len(d) == 0:
             raise DataError(f"the {role} domain {d.name!r} is empty")
+    src_labels = None
     for d, labelled in ((src, True), (tgt, False)):
         known = d.known_labels()
         if known is None:  # (read batch by batch instead, by _batches)
             continue
+        if labelled:
+            src_labels = known
         if labelled and bool((known < 0).any()):
             raise DataError(f"the source domain {src.name!r} has unlabelled samples: the source must be labelled")
         check_labels(known, d, labelled=labelled)
@@ -809,8 +812,7 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     if src.num_classes < 2:  # every prediction would be right: a run would report 100%
         raise DataError(f"the source domain {src.name!r} names {src.num_classes} class(es) "
                         f"({', '.join(map(str, src.classes))}): a classifier needs at least 2")
-    present = src.known_labels()
-    present = None if present is None else torch.unique(present)
+    present = None if src_labels is None else torch.unique(src_labels)
     if present is not None and len(present) < 2:  # every prediction that class: the target's share of it
         raise DataError(f"the source domain {src.name!r} holds samples of one class only "
                         f"({src.classes[int(present[0])]}, of {src.num_classes}): a classifier needs samples of "
@@ -1244,16 +1246,14 @@ def _run(
         scoring = scoring_batch(src, config.batch_size)
         context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
                           Progress(start, config.steps), classes=list(src.classes))
-        set_in_prepare: list[str] = []
+        unkept = _UnkeptState(method, config.method)  # what a checkpoint would not keep, as it stands now
         if start == 0:
             before = {id(p) for module in (method, model) for p in module.parameters()}
-            unprepared = _UnkeptState(method, config.method)
             method.prepare(context)
-            set_in_prepare = unprepared.changed()  # a resume skips prepare: a checkpoint must keep these
+            unkept.after_prepare()  # a resume skips prepare: a checkpoint must keep what it set
             method.diagnostics = _diagnostics(method, config.method)  # a bad value fails now, not after training
             _check_source_weights(method.source_weights, len(src), config.method)
             _check_made_in_prepare(method, model, optimizer, before, config.method)
-        unkept = _UnkeptState(method, config.method, set_in_prepare)  # what a checkpoint would not keep, as it stands now
         if ckpt is not None:
             _set_host_rng_states(ckpt["rng"], out)
             torch.set_rng_state(ckpt["rng"]["torch"])
@@ -1706,19 +1706,29 @@ class _UnkeptState:
     set as plain attributes (``self.ema = 0.0``), not as parameters, buffers or
     :meth:`get_extra_state`. One that training changes starts again from its value at the
     start on a resume, which then ends elsewhere than the uninterrupted run: warned about
-    once, at the first checkpoint after the change. ``set_in_prepare``: those that ``prepare``
-    set, which a resume (it skips ``prepare``) does not compute again: warned about at the
-    first checkpoint."""
+    once, at the first checkpoint after the change. Likewise one that ``prepare`` sets (see
+    :meth:`after_prepare`), which a resume, skipping ``prepare``, does not compute again."""
 
     _KEPT = frozenset({"source_weights", "diagnostics"})  # (what the runner's checkpoints keep)
 
-    def __init__(self, method: Method, name: str, set_in_prepare: Sequence[str] = ()) -> None:
+    def __init__(self, method: Method, name: str) -> None:
         self._method, self._name, self._warned = method, name, False
-        self._set_in_prepare = list(set_in_prepare)
+        self._set_in_prepare: list[str] = []
         # a class with a get_extra_state of its own, or of a parent's, keeps its state: trusted (what
         # it keeps cannot be told from the keys it returns; a subclass that adds state extends it)
-        handles = type(method).get_extra_state is not nn.Module.get_extra_state
-        self._start = {} if handles else {k: self._copy(v) for k, v in vars(method).items() if self._watched(k, v)}
+        self._trusted = type(method).get_extra_state is not nn.Module.get_extra_state
+        self._start = self._snapshot()
+
+    def _snapshot(self) -> dict[str, Any]:
+        if self._trusted:
+            return {}
+        return {k: self._copy(v) for k, v in vars(self._method).items() if self._watched(k, v)}
+
+    def after_prepare(self) -> None:
+        """Note what ``prepare`` set (changed or created), and watch training from here."""
+        now = self._snapshot()
+        self._set_in_prepare = [k for k, v in now.items() if k not in self._start or not _same_value(v, self._start[k])]
+        self._start = now
 
     def _watched(self, key: str, value: Any) -> bool:
         # a number, an array or a tensor, a container of them (a queue), or None (filled later)
@@ -1737,11 +1747,6 @@ class _UnkeptState:
             return tuple(value)
         return value
 
-    def changed(self) -> list[str]:
-        """The watched attributes whose values differ from those at the start."""
-        now = vars(self._method)
-        return [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
-
     def warn_if_changed(self) -> None:
         if self._warned:
             return
@@ -1753,7 +1758,8 @@ class _UnkeptState:
                 "(--resume skips prepare): keep it in get_extra_state()/set_extra_state(), or in a buffer "
                 "registered in __init__", RuntimeWarning)
             return
-        changed = self.changed()
+        now = vars(self._method)
+        changed = [k for k, v in self._start.items() if not _same_value(now.get(k), v)]
         if changed:
             self._warned = True
             warn_outside_dalib(

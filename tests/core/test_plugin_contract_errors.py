@@ -242,6 +242,17 @@ def test_state_that_prepare_sets_and_a_checkpoint_would_not_keep_is_warned_about
         run(_config(toy_dataset, "contract_pseudo"), tmp_path / "pseudo", progress_bar=False)
     assert sum("contract_pseudo" in str(w.message) for w in caught) == 1
 
+    class Created(_Base):  # an attribute that prepare creates, not __init__
+        def prepare(self, context):
+            self.centroids = context.embed("source", lambda x: context.model(x).features).mean(0)
+
+        def loss(self, batch, out, progress):
+            return {"total": self.source_loss(batch, out)}
+
+    method_named("contract_created", Created)
+    with pytest.warns(RuntimeWarning, match=r"^method 'contract_created' sets self\.centroids in prepare\(\)"):
+        run(_config(toy_dataset, "contract_created"), tmp_path / "created", progress_bar=False)
+
     class KeptPseudo(Pseudo):  # kept: nothing to say
         def get_extra_state(self):
             return {"pseudo": self.pseudo}
