@@ -60,7 +60,8 @@ class InputError(DalibError, ValueError):
 
 class OutOfRangeError(InputError):
     """Values a loss or kernel cannot compute in their dtype: so large that their squared
-    distances, costs or loss overflow it, or a bandwidth or ε so small that its inverse does.
+    distances, costs or loss overflow it (``ot_plan``'s given cost holding NaN or infinite values
+    included: what overflow leaves), or a bandwidth or ε so small that its inverse does.
     In a training run, features that grew there mean the training diverged."""
 
 

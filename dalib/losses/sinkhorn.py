@@ -408,8 +408,8 @@ def ot_plan(
         if not isinstance(cost, Tensor) or cost.dim() != 2 or 0 in cost.shape:
             shape = tuple(cost.shape) if isinstance(cost, Tensor) else type(cost).__name__
             raise InputError(f"cost must be a non-empty 2-D (N, M) tensor, got {shape}")
-        if not bool(torch.isfinite(cost).all()):
-            raise InputError("cost holds NaN or infinite values")
+        if not bool(torch.isfinite(cost).all()):  # a cost computed from values that grew too large (inf, inf − inf)
+            raise OutOfRangeError("cost holds NaN or infinite values")
         if cost.dtype in (torch.float16, torch.bfloat16):  # as the losses compute them
             like = cost.float()
         else:

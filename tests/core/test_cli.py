@@ -433,6 +433,23 @@ def test_a_losss_refusal_after_the_first_step_that_is_not_about_size_is_its_own_
                                                    "unbiased, linear")
 
 
+def test_deepjdots_cost_that_overflows_on_grown_outputs_is_said_to_diverge(runner, own_registry, tmp_path):
+    """ot builds its own cost for ot_plan; outputs of 1e20 overflow it (inf − inf: NaN), which
+    ot_plan refused as bad input, and the user read of a cost they never gave, not of divergence."""
+    (tmp_path / "blow.py").write_text(
+        "import dalib\nfrom dalib.registry import get_method\n@dalib.register_method('ot_blow_test')\n"
+        "class Blow(get_method('ot')):\n    'DeepJDOT whose features grow to 1e20 after the first step.'\n"
+        "    def loss(self, batch, out, progress):\n        if progress.step == 0:\n"
+        "            self.model.bottleneck.register_forward_hook(lambda m, i, o: o * 1e20)\n"
+        "        return super().loss(batch, out, progress)\n")
+    res = runner.invoke(cli, ["run", "ot_blow_test", "--plugin", str(tmp_path / "blow.py"), "--src", "mnist",
+                              "--tgt", "usps", "--steps", "5", "--quiet", "--out", str(tmp_path / "r")])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert re.fullmatch(r"dalib: error: the network's outputs reached \S+ at step \d+, and ot_blow_test's loss refused "
+                        r"them \(cost holds NaN or infinite values\): training diverged: lower --lr or the method's "
+                        r"trade-off", res.stderr.strip().splitlines()[-1])
+
+
 @pytest.fixture
 def own_registry(monkeypatch):
     """The registry as it was, after a test that loads plugin files through the CLI."""
