@@ -218,7 +218,7 @@ def _transformed(tensors: tuple[Tensor, ...]) -> bool:
     return bool(active is not None and active()) or not all(plain_tensor(t) for t in tensors if isinstance(t, Tensor))
 
 
-def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -> str:
+def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel", others: tuple[Tensor, ...] = ()) -> str:
     """Turn ``backend`` into ``"dense"``, ``"blocked"`` or ``"keops"``.
 
     ``backend``: one of ``"auto"`` (or None), ``"dense"``, ``"blocked"``, ``"keops"``;
@@ -227,6 +227,8 @@ def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -
     device and N·M drive the automatic choice. ``op``: ``"kernel"`` (one reduction),
     ``"sinkhorn"`` (a Sinkhorn loop on a fixed ε-schedule, whose dense backend caches its
     costs) or ``"sinkhorn-tol"`` (a Sinkhorn loop run to a marginal-error tolerance).
+    ``others``: the reduction's other tensors (the vector of a product, log-weights, weights),
+    read only for whether one of them is a forward-mode dual tensor.
 
     Under a ``torch.func`` transform, or with forward-mode dual tensors, ``"auto"`` is
     ``"dense"``: the ``blocked`` and ``keops`` reductions (autograd Functions with a
@@ -247,7 +249,7 @@ def resolve_backend(backend: str | None, *tensors: Tensor, op: str = "kernel") -
             f"unknown kernel backend {backend if explicit_source == 'argument' else name!r}"
             f" (from {explicit_source}); known: {', '.join(BACKENDS)}"
         )
-    if name != "dense" and _transformed(tensors):
+    if name != "dense" and _transformed((*tensors, *others)):
         if name == "auto":
             return "dense"
         raise InputError(f"kernel backend {name!r} ({explicit_source}) serves plain tensors only: under torch.func "

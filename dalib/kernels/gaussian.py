@@ -63,7 +63,7 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
             return blocked_gaussian_matvec(x, y, v2, tuple(float_values(gam)))  # (N, K)
         return _dense_kernel(x, y, tuple(float_values(gam))) @ v2  # (N, K)
 
-    out = with_keops_fallback(backend, resolve_backend(backend, x, y), run)
+    out = with_keops_fallback(backend, resolve_backend(backend, x, y, others=(v2,)), run)
     return out if v.dim() == 2 else out.squeeze(1)
 
 

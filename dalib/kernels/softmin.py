@@ -72,5 +72,5 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: 
     h = h.to(device=x.device, dtype=x.dtype)
     p = float(p) if p != int(p) else int(p)
     return with_keops_fallback(
-        backend, resolve_backend(backend, x, y), lambda name: softmin_unchecked(x, y, h, float(eps), p, name, y is x)
+        backend, resolve_backend(backend, x, y, others=(h,)), lambda name: softmin_unchecked(x, y, h, float(eps), p, name, y is x)
     )

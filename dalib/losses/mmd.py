@@ -212,7 +212,7 @@ def mmd(
     # the within-domain sums are the largest: N² or M² pairs, the cross one N·M; a 10-point
     # source against a 20000-point target is 2·10⁵ cross pairs but a 20000² target matrix
     big = x if n >= m else y
-    name = resolve_backend(backend, big, big)
+    name = resolve_backend(backend, big, big, others=(x, y))
     if name == "dense" and plain_tensor(x) and plain_tensor(y):  # torch.func transforms, forward AD: autograd's form
         if torch.is_grad_enabled() and (x.requires_grad or y.requires_grad):
             return _DenseMMD.apply(x, y, gam, unbiased)[0]

@@ -151,7 +151,7 @@ def _solve(
         return _solve_on(x, y, a, b, blur, p, debias, scaling, tol, max_iter, diameter, backend, want_error, name)
 
     op = "sinkhorn" if tol is None else "sinkhorn-tol"
-    return with_keops_fallback(backend, resolve_backend(backend, x, y, op=op), run)
+    return with_keops_fallback(backend, resolve_backend(backend, x, y, op=op, others=(a, b)), run)
 
 
 def _solve_on(
@@ -246,7 +246,7 @@ def _solve_on(
     # final extrapolation, with autograd: f ← softmin(log b + g/ε) (its rows become exact).
     # One reduction per term: with an automatic choice, the dense loop's large problems
     # run it blocked (no N×M autograd graph).
-    name = resolve_backend(backend, x, y) if name == "dense" else name
+    name = resolve_backend(backend, x, y, others=(a, b)) if name == "dense" else name
     xx = yy = None  # free the cached costs before the autograd pass
     if not want_error:
         xy = None

@@ -116,6 +116,29 @@ def test_gaussian_reductions_differentiate_under_torch_func():
         torch.testing.assert_close(torch.func.grad(f)(x), grad)
 
 
+def test_auto_takes_dense_for_a_dual_tensor_in_any_argument():
+    """Past the dense size (800 points), ``auto`` looked only at the point clouds it sized the
+    problem by (mmd: the larger one; the reductions: x and y) for forward-mode dual tensors, and
+    chose ``blocked`` for a dual smaller cloud, ``v`` or ``h``: torch's "implement the jvp"."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y = _data(800, 100, 4)
+    g = torch.Generator().manual_seed(1)
+    v, h, t_y, t_v, y_big = (torch.randn(shape, generator=g, dtype=torch.float64)
+                             for shape in ((800,), (800,), (100, 4), (800,), (800, 4)))
+    cases = [  # (function of one argument, its point, tangent)
+        (lambda t: mmd(x, t), y, t_y),
+        (lambda t: gaussian_matvec(x, y_big, t, 1.0).sum(), v, t_v),
+        (lambda t: softmin(x, y_big, t, 0.5).sum(), h, t_v),
+    ]
+    for f, point, tangent in cases:
+        leaf = point.clone().requires_grad_(True)
+        (grad,) = torch.autograd.grad(f(leaf), leaf)
+        with fwAD.dual_level():
+            out = fwAD.unpack_dual(f(fwAD.make_dual(point, tangent))).tangent
+        assert float(out) == pytest.approx(float((grad * tangent).sum()), rel=1e-9)
+
+
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
 def test_a_point_is_at_distance_zero_from_itself(backend, small_tiles):
     """k(x_i, x_i) = 1 exactly when both arguments are one tensor. The GEMM form of the distance,
