@@ -1061,6 +1061,8 @@ def run(
 _RUN_LOCK = threading.Lock()
 #: the thread of the run that holds it (a callback of the run may call load_model)
 _RUN_OWNER: int | None = None
+#: held by the load_model that builds: loads in other threads wait for it (a run refuses them)
+_BUILD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -1068,17 +1070,19 @@ def _build_lock() -> Iterator[None]:
     """Held while :func:`load_model` builds its network, which draws from (and gives back) the
     process's random generators and sets its default dtype: a run training in another thread
     draws its dropout from them, and would end elsewhere than alone (refused in one line). A
-    callback of the run, in its thread, builds between two of its steps: nothing interleaves."""
-    acquired = _RUN_LOCK.acquire(blocking=False)
-    if not acquired and _RUN_OWNER != threading.get_ident():
-        raise ConfigError("a dalib.run (or another load_model) is running in another thread of this process: "
-                          "load_model builds the network with the process's random generators, which that run "
-                          "draws from, so load it when the run has ended, from the run's own callbacks, or in "
-                          "another process")
-    try:
+    callback of the run, in its thread, builds between two of its steps: nothing interleaves.
+    Loads in several threads (a pool of them) build one after the other."""
+    if _RUN_OWNER == threading.get_ident():  # a callback of the run, which holds the run lock
         yield
-    finally:
-        if acquired:
+        return
+    with _BUILD_LOCK:
+        if not _RUN_LOCK.acquire(blocking=False):
+            raise ConfigError("a dalib.run is running in another thread of this process: load_model builds the "
+                              "network with the process's random generators, which that run draws from, so load it "
+                              "when the run has ended, from the run's own callbacks, or in another process")
+        try:
+            yield
+        finally:
             _RUN_LOCK.release()
 
 
