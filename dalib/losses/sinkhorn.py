@@ -104,6 +104,19 @@ def _differentiated(t: Tensor) -> bool:
     return (t.requires_grad and torch.is_grad_enabled()) or not plain_tensor(t)
 
 
+def _nested_derivatives() -> int:
+    """How many ``torch.func`` derivative transforms (``grad``, ``vjp``, ``jvp``) are active:
+    two or more (a ``grad`` of a ``grad``, ``jvp`` of ``grad``) take a derivative of a
+    derivative. 0 while ``torch.compile`` traces, or where torch has no interpreter stack."""
+    if torch.compiler.is_compiling():
+        return 0
+    try:
+        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
+    except ImportError:
+        return 0
+    return sum(i.key().name in ("Grad", "Jvp") for i in retrieve_all_functorch_interpreters())
+
+
 def _twice_the_gradient(x: Tensor) -> Tensor:
     """``x`` itself (``2x − x`` is exact in floating point), through which twice the gradient
     flows back to ``x``."""
@@ -145,6 +158,9 @@ def _solve(
     a = check_weights(a, x.shape[0], x, "a")
     b = check_weights(b, y.shape[0], y, "b")
     _check_args(blur, p, scaling, tol, max_iter, diameter)
+    if _nested_derivatives() > 1:
+        raise InputError(SECOND_ORDER + " (nested torch.func transforms: grad of grad, hessian, jvp of grad) use mmd "
+                         "or coral")
     p = int(p) if float(p) == int(p) else float(p)
 
     def run(name: str) -> SinkhornResult:
@@ -281,13 +297,17 @@ def _solve_on(
     return SinkhornResult(value, f, g.detach(), n_iter, float(err))
 
 
+SECOND_ORDER = ("sinkhorn gives first-order gradients only (the envelope theorem's, at fixed potentials): for a "
+                "gradient of a gradient")
+
+
 class _FirstOrderOnly(torch.autograd.Function):
     """The value as it is. Its gradient is the envelope theorem's, with the potentials held
     fixed: right at first order, but a gradient of it (``create_graph=True``) would miss how
     the potentials move with the points, and be wrong without a word (200% off on five
     points): refused, on every backend. Under the ``torch.func`` transforms, whose ``grad``
     builds its first derivative with a graph whether or not a second follows, the value is
-    left as it is."""
+    left as it is; nested ones (``grad`` of ``grad``, ``hessian``) are refused before solving."""
 
     @staticmethod
     def forward(ctx, value: Tensor) -> Tensor:  # type: ignore[override]
@@ -296,8 +316,7 @@ class _FirstOrderOnly(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
         if torch.is_grad_enabled():  # the backward of a create_graph=True call
-            raise InputError("sinkhorn gives first-order gradients only (the envelope theorem's, at fixed "
-                             "potentials): for a gradient of a gradient (create_graph=True) use mmd or coral")
+            raise InputError(SECOND_ORDER + " (create_graph=True) use mmd or coral")
         return grad
 
 
@@ -342,7 +361,7 @@ def sinkhorn(
     (the dual potentials; weights must be > 0 for weight gradients). Each side's point
     gradient comes from a plan exact on its own side's marginal (x's rows, y's columns: one
     more N×M reduction when ``y`` requires grad, about 15% of a forward and backward pass).
-    The gradient is first-order only: a gradient of it (``create_graph=True``) is refused.
+    The gradient is first-order only: a gradient of it (``create_graph=True``, or nested ``torch.func`` transforms) is refused.
 
     ``x`` (N, D), ``y`` (M, D); ``a`` (N,), ``b`` (M,) non-negative weights summing to 1
     (uniform if None); ``p`` ≥ 1 (1 and 2 are the usual); ``diameter``: the largest

@@ -152,7 +152,7 @@ def test_a_second_derivative_is_refused_and_torch_func_grad_gives_the_first(back
     Hessian-vector product) was 200% off a finite difference on dense, without a word, and
     blocked's refusal pointed to dense. torch.func.grad, which keeps a graph of every first
     derivative, still gives autograd's gradient on dense (blocked's reductions serve plain
-    tensors only)."""
+    tensors only); a grad of that grad is refused too."""
     x, y = _data(5, 4)
     leaf = x.clone().requires_grad_(True)
     with pytest.raises(InputError, match=r"sinkhorn gives first-order gradients only .*create_graph=True"):
@@ -161,6 +161,12 @@ def test_a_second_derivative_is_refused_and_torch_func_grad_gives_the_first(back
     if backend == "dense":
         f = lambda a: sinkhorn(a, y, blur=0.5, backend=backend)  # noqa: E731
         torch.testing.assert_close(torch.func.grad(f)(x), grad)
+        # nested transforms differentiate that gradient again: 7x off a finite difference
+        v = torch.ones_like(x)
+        for second in (lambda: torch.func.grad(lambda a: (torch.func.grad(f)(a) * v).sum())(x),
+                       lambda: torch.func.jvp(torch.func.grad(f), (x,), (v,))):
+            with pytest.raises(InputError, match=r"first-order gradients only .*nested torch.func transforms"):
+                second()
 
 
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
