@@ -16,12 +16,13 @@ import importlib
 import importlib.util
 import inspect
 import os
+import re
 import sys
 import types
 from collections.abc import Callable
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar, get_origin
 
 from dalib.config import parse_value, resolved_types
 from dalib.data.registry import (dataset_plugin_errors, dist_name, forget_failed, load_entry_point, note_origin, record_failure,
@@ -286,6 +287,14 @@ def _check_config(name: str, attr: str, config: type) -> None:
                                     f"{first_line(exc).removeprefix(f'bad value {value!r} for {f.name}: ')}") from None
 
 
+def _class_var(hint: Any) -> bool:
+    """Whether an annotation is ``ClassVar[...]`` (a class attribute, never a dataclass field),
+    as an object or as the string that ``from __future__ import annotations`` leaves."""
+    if isinstance(hint, str):
+        return re.match(r"\s*(?:typing\.|t\.)?ClassVar\b", hint) is not None
+    return hint is ClassVar or get_origin(hint) is ClassVar
+
+
 def _add(name: str, cls: type) -> None:
     if not (inspect.isclass(cls) and issubclass(cls, Method)):
         raise RegistryError(f"method {name!r} must be a subclass of dalib.Method, got {cls!r}")
@@ -297,7 +306,8 @@ def _add(name: str, cls: type) -> None:
             raise RegistryError(f"method {name!r}: its {attr} must be a class decorated with @dataclass(frozen=True)")
         if "__dataclass_fields__" not in vars(config):  # a subclass of a Config, itself undecorated: its own
             fields = {f.name for f in dataclasses.fields(config)}  # fields and defaults are not the dataclass's
-            ignored = sorted(set(inspect.get_annotations(config)) | (fields & set(vars(config))))
+            own = {key for key, hint in inspect.get_annotations(config).items() if not _class_var(hint)}
+            ignored = sorted(own | (fields & set(vars(config))))
             if ignored:
                 parent = next(b for b in config.__mro__ if "__dataclass_fields__" in vars(b))
                 raise RegistryError(f"method {name!r}: its {attr} subclasses {parent.__qualname__} but is not itself "

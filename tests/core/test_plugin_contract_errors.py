@@ -7,6 +7,7 @@ from __future__ import annotations
 import collections
 import json
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 import pytest
@@ -529,6 +530,13 @@ def test_a_config_subclass_left_undecorated_is_refused_at_registration(method_na
                 if self.weight > 5:
                     raise ValueError("weight must be at most 5")
 
+    class Labelled(Parent):
+        """A class attribute in its Config, annotated ClassVar (no field: no decorator needed);
+        it had been refused as a field the missing decorator would ignore."""
+
+        class Config(BaseConfig):
+            label: ClassVar[str] = "x"  # (a string here: from __future__ import annotations)
+
     class Decorated(Parent):
         """As it should be."""
 
@@ -542,6 +550,7 @@ def test_a_config_subclass_left_undecorated_is_refused_at_registration(method_na
                                                 rf"{ignored} would be ignored$"):
             method_named("contract_undecorated", cls)
     method_named("contract_checked", Checked)
+    method_named("contract_labelled", Labelled)
     method_named("contract_decorated", Decorated)
     assert [f for f, *_ in describe_config(Decorated.Config)] == ["weight", "extra"]
 
