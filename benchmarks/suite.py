@@ -237,10 +237,12 @@ def load_suite(name_or_path: str) -> Suite:
         raise ConfigError(f"suite {path}: tasks must be a non-empty list of \"SRC->TGT\" strings, got {raw['tasks']!r}")
     with _naming(path, "tasks"):
         tasks = [parse_task(t, raw["dataset"]) for t in raw["tasks"]]
+    _once(path, "tasks", raw["tasks"], tasks)
     _check_method_tables(path, raw)
     seeds = raw.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
+    _once(path, "seeds", seeds, seeds)
     deep, written = raw.get("deep"), None
     if deep is not None:
         from dalib.runner import RunConfig
@@ -271,6 +273,7 @@ def load_suite(name_or_path: str) -> Suite:
     for clf in classifiers:
         if clf not in CLASSIFIERS:
             raise ConfigError(f"suite {path}: unknown classifier {clf!r}; known: {', '.join(CLASSIFIERS)}")
+    _once(path, "[shallow] classifiers", classifiers, classifiers)
     _check_published(path, raw, classifiers, tasks)
     return Suite(
         name=path.stem, path=path, title=raw.get("title", path.stem), dataset=raw["dataset"], tasks=tasks,
@@ -348,6 +351,18 @@ def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: di
                 build_config(config_cls, settings, owner=name + (" (shallow)" if form else ""))
 
 
+def _once(path: Path, what: str, written: list[Any], meant: list[Any]) -> None:
+    """A list of the suite file names each item once: ``meant[i]`` is what ``written[i]``
+    names (a task's two spellings, "D->W" and "dslr->webcam", are one task), and a second
+    mention would be merged with the first without a word."""
+    first: dict[Any, Any] = {}
+    for word, item in zip(written, meant):
+        if item in first:
+            spelt = f" (as {first[item]!r} and as {word!r})" if first[item] != word else ""
+            raise ConfigError(f"suite {path}: {what} lists {word!r} twice{spelt}")
+        first[item] = word
+
+
 def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str], tasks: list[tuple[str, str]]) -> None:
     """Each ``[published.KEY]`` table: ``source``, ``variant`` (a method's name, or a variant
     such as ``"kmm (shallow, linear)"``) and numbers, one per task of the suite (each once) and
@@ -355,10 +370,16 @@ def _check_published(path: Path, raw: dict[str, Any], classifiers: list[str], ta
     for key, table in raw.get("published", {}).items():
         if not isinstance(table, dict):
             raise ConfigError(f"suite {path}: [published.{key}] must be a table")
+        for field in ("variant", "source"):
+            if field in table and not isinstance(table[field], str):
+                raise ConfigError(f"suite {path}: [published.{key}] {field} must be a string, got {table[field]!r}")
         variant = str(table.get("variant", key))
         method, _, form = variant.partition(" (")
         with _naming(path, f"[published.{key}] variant"):
             cls = get_method(method)
+        if method in raw.get("skip", {}):
+            raise ConfigError(f"suite {path}: [published.{key}] variant {variant!r} is a method the suite skips "
+                              f"([skip] {method}), so its row is never shown")
         # a variant the suite makes, as its table names it; else the published row is never shown
         if form:
             made = [Variant(method, "shallow", c).name for c in classifiers] if cls.ShallowConfig is not None else []

@@ -347,6 +347,16 @@ def test_bad_input_is_one_line_and_exit_2(toy_suite, tmp_path, args, fragments):
          ("bad.toml: [published.nn] 'sorce' (not variant, source or mean, so a task)", "a task is SRC->TGT")),
         ('tasks = ["src->tgt"]', 'tasks = ["src->nowhere"]', ("bad.toml: tasks: unknown domain 'nowhere'",)),
         ('dataset = "toy-shift"', 'dataset = "toy-shfit"', ("bad.toml: dataset: unknown dataset 'toy-shfit'",)),
+        # a task, seed or classifier listed twice had been merged without a word (a task's second
+        # spelling too); a published row of a skipped method, never shown, and a source not a string
+        ('tasks = ["src->tgt"]', 'tasks = ["src->tgt", "tgt->src", "src->tgt"]', ("bad.toml: tasks lists 'src->tgt' twice",)),
+        ('tasks = ["src->tgt"]', 'tasks = ["src->tgt", "src:tgt"]',
+         ("tasks lists 'src:tgt' twice (as 'src->tgt' and as 'src:tgt')",)),
+        ("seeds = [0, 1]", "seeds = [0, 1, 0]", ("bad.toml: seeds lists 0 twice",)),
+        ('classifiers = ["1nn"]', 'classifiers = ["1nn", "1nn"]', ("bad.toml: [shallow] classifiers lists '1nn' twice",)),
+        ('variant = "source_only (shallow, 1nn)"', 'variant = "finetune"',
+         ("[published.nn] variant 'finetune' is a method the suite skips ([skip] finetune)",)),
+        ('source = "a paper"', "source = 5", ("[published.nn] source must be a string, got 5",)),
         # the data root is where this machine keeps the data, for the shallow cells as well: --data-root's
         ("[deep]\nsteps = 15", '[deep]\ndata_root = "/elsewhere"\nsteps = 15', ("[deep] data_root", "give --data-root")),
     ],
