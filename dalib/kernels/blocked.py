@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from dalib.kernels._checks import outside_autocast
-from dalib.kernels.distance import center_pair, sqdist_tile_
+from dalib.kernels.distance import center_pair, root_cost_operands, sqdist_tile_
 
 __all__ = [
     "TILE_COLS",
@@ -51,6 +51,14 @@ def _prep(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     x2 = (xc * xc).sum(1, keepdim=True)  # (N, 1)
     y2 = (yc * yc).sum(1).unsqueeze(0)  # (1, M)
     return xc, x2, yc, y2
+
+
+def cost_prep(x: Tensor, y: Tensor, p: float, prepared: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
+    """What the tiles of the cost ``‖x − y‖^p`` take their squared distances from:
+    ``prepared`` (:func:`_prep` of ``x``, ``y``), or its float64 form where
+    :func:`root_cost_operands` asks for one (the tiles cast the distances back)."""
+    wide = root_cost_operands(x, y, p)
+    return prepared if wide[0] is x else _prep(*wide)
 
 
 class _GaussTiles:
@@ -286,7 +294,7 @@ def _softmin_tile(
         if pairs is not None:  # C = 0: Z = h_j, plus the row constant left out
             z[pairs] = hj[pairs[1]] + x2i[pairs[0], 0] * (0.5 / eps)
         return z, None
-    d = sqdist_tile_(xi, x2i, yj, y2j)  # (bi, bj)
+    d = sqdist_tile_(xi, x2i, yj, y2j).to(hj.dtype)  # (bi, bj); from float64 operands for p < 2
     if pairs is not None:
         d[pairs] = 0.0
     c = d.sqrt() if p == 1 else d.pow(p / 2)  # (bi, bj)
@@ -299,12 +307,13 @@ class _Softmin(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, same: bool) -> Tensor:  # type: ignore[override]
         xc, x2, yc, y2 = _prep(x, y)
+        dx, dx2, dy, dy2 = cost_prep(x, y, p, (xc, x2, yc, y2))
         lse = torch.full((x.shape[0],), -torch.inf, dtype=x.dtype, device=x.device)  # (N,)
         for i0, i1 in _blocks(x.shape[0], TILE_ROWS):
             li = lse[i0:i1]
             for j0, j1 in _blocks(y.shape[0], TILE_COLS):
                 pairs = _self_pairs(i0, i1, j0, j1, x.device) if same else None
-                z, _ = _softmin_tile(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1], h[j0:j1], eps, p, pairs)
+                z, _ = _softmin_tile(dx[i0:i1], dx2[i0:i1], dy[j0:j1], dy2[:, j0:j1], h[j0:j1], eps, p, pairs)
                 torch.logaddexp(li, torch.logsumexp(z, 1), out=li)
         ctx.save_for_backward(x, y, h, lse)
         ctx.eps, ctx.p, ctx.same = eps, p, same
@@ -320,6 +329,7 @@ class _Softmin(torch.autograd.Function):
         eps, p = ctx.eps, ctx.p
         need_x, need_y, need_h = ctx.needs_input_grad[:3]
         xc, x2, yc, y2 = _prep(x, y)
+        dx, dx2, dy, dy2 = cost_prep(x, y, p, (xc, x2, yc, y2))
         gx = torch.zeros_like(x) if need_x else None
         gy = torch.zeros_like(y) if need_y else None
         gh = torch.zeros_like(h) if need_h else None
@@ -328,7 +338,7 @@ class _Softmin(torch.autograd.Function):
             li = lse[i0:i1].unsqueeze(1)  # (bi, 1)
             for j0, j1 in _blocks(y.shape[0], TILE_COLS):
                 pairs = _self_pairs(i0, i1, j0, j1, x.device) if ctx.same else None
-                z, d = _softmin_tile(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1], h[j0:j1], eps, p, pairs)
+                z, d = _softmin_tile(dx[i0:i1], dx2[i0:i1], dy[j0:j1], dy2[:, j0:j1], h[j0:j1], eps, p, pairs)
                 w = z.sub_(li).exp_().mul_(gi)  # (bi, bj): g_i P_ij, P the row softmax
                 if gh is not None:
                     gh[j0:j1].add_(w.sum(0), alpha=-eps)

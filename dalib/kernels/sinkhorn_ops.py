@@ -61,6 +61,7 @@ class CostOps:
             self.c = cost_matrix(x, y, p, symmetric)  # (N, M); a point's cost to itself exactly 0
         elif name == "blocked":
             self.xc, self.x2, self.yc, self.y2 = _blocked._prep(x, y)  # (N, D) (N, 1) (M, D) (1, M)
+            self.dist = _blocked.cost_prep(x, y, p, (self.xc, self.x2, self.yc, self.y2))  # float64 for p < 2
 
     # -- the stable path: two log-sum-exps -------------------------------------------------
     def _softmin_rows(self, g: Tensor, logb: Tensor, eps: float) -> Tensor:
@@ -124,7 +125,8 @@ class CostOps:
                     if pairs is not None:  # a point's cost to itself: exactly 0, E = (f_i + g_i)/ε
                         e[pairs] = (f[i0:i1][pairs[0]] + g[j0:j1][pairs[1]]) / eps
                 else:
-                    d = _blocked.sqdist_tile_(xc[i0:i1], x2[i0:i1], yc[j0:j1], y2[:, j0:j1])
+                    dx, dx2, dy, dy2 = self.dist
+                    d = _blocked.sqdist_tile_(dx[i0:i1], dx2[i0:i1], dy[j0:j1], dy2[:, j0:j1]).to(xc.dtype)
                     if pairs is not None:
                         d[pairs] = 0.0
                     cost = d.sqrt_() if p == 1 else d.pow_(p / 2)  # (bi, bj)

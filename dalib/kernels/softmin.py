@@ -11,7 +11,7 @@ from dalib.errors import InputError, OutOfRangeError
 from dalib.kernels._checks import check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
 from dalib.kernels.blocked import blocked_softmin
-from dalib.kernels.distance import sqdist_unchecked
+from dalib.kernels.distance import root_cost_operands, sqdist_unchecked
 
 __all__ = ["cost_matrix", "softmin", "softmin_unchecked"]
 
@@ -19,14 +19,15 @@ __all__ = ["cost_matrix", "softmin", "softmin_unchecked"]
 def cost_matrix(x: Tensor, y: Tensor, p: float, same: bool = False) -> Tensor:
     """Dense cost ``C_ij = ‖x_i − y_j‖^p / p``: (N, M), differentiable (0-safe for p < 2).
     ``same``: ``y`` holds the points of ``x`` (maybe another tensor, detached): the diagonal
-    is exactly 0, not the rounding of ``‖x‖² − 2x·x + ‖x‖²`` (which p = 1's root magnifies)."""
-    d = sqdist_unchecked(x, y)  # (N, M)
+    is exactly 0, not the rounding of ``‖x‖² − 2x·x + ‖x‖²`` (which p = 1's root magnifies);
+    for p < 2 the distances of float32 points are computed in float64 (:func:`root_cost_operands`)."""
+    d = sqdist_unchecked(*root_cost_operands(x, y, p))  # (N, M)
     if same:
         d = d.fill_diagonal_(0.0)
     if p == 2:
         return d * 0.5
     # clamp before the root so that the gradient at x_i = y_j is 0, not NaN
-    return d.clamp_min(torch.finfo(d.dtype).tiny).pow(p / 2) / p  # (N, M)
+    return (d.clamp_min(torch.finfo(d.dtype).tiny).pow(p / 2) / p).to(x.dtype)  # (N, M)
 
 
 def softmin_unchecked(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float, name: str,
