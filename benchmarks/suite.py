@@ -431,8 +431,11 @@ def _load_state(path: Path) -> dict[str, Any]:
             raise ConfigError(f"cannot resume from {path}: its cell {key!r} is damaged; move the file away "
                               "(or delete that cell to run it again)")
     damaged = [key for key, kinds in _TOP_LEVEL.items() if key in state and not _of_kind(state[key], kinds)]
-    damaged += [key for key, kind in (("plugins", str), ("jobs_used", int))
+    damaged += [key for key, kind in (("plugins", str), ("jobs_used", int), ("extra_seeds", int))
                 if isinstance(state.get(key), list) and not all(_of_kind(x, (kind,)) for x in state[key])]
+    started = state.get("rerun_started")
+    if isinstance(started, dict) and not all(_of_kind(t, (int, float)) for t in started.values()):
+        damaged.append("rerun_started")
     chosen = state.get("chosen")
     if isinstance(chosen, dict) and any(k not in _CHOSEN or not isinstance(v, list) or
                                         not all(_of_kind(x, (_CHOSEN[k],)) for x in v) for k, v in chosen.items()):
@@ -450,7 +453,7 @@ _TOP_LEVEL: dict[str, tuple[type, ...]] = {
     "suite": (str,), "title": (str,), "dataset": (str,), "suite_file": (str,), "suite_path": (str,),
     "protocol": (str,), "timing": (str,), "steps": (int, type(None)), "deep_options": (dict, type(None)),
     "machine": (dict,), "plugins": (list,), "wall_seconds": (int, float), "rerun_since": (int, float), "rerun_started": (dict,),
-    "jobs": (int,), "jobs_used": (list,), "chosen": (dict,),
+    "jobs": (int,), "jobs_used": (list,), "chosen": (dict,), "extra_seeds": (list,),
 }
 #: the lists of ``chosen``, and the type of their items
 _CHOSEN = {"methods": str, "tasks": str, "seeds": int}

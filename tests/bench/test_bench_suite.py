@@ -1326,6 +1326,10 @@ def test_a_plugin_that_exits_fails_its_own_cells_and_ctrl_c_still_stops_the_suit
     (lambda s: s.update(deep_options=[1]), "deep_options"),
     (lambda s: s.update(chosen={"seeds": ["0"]}), "chosen"),
     (lambda s: s.update(steps="x", plugins=[3]), "steps, plugins are"),
+    # a traceback (unhashable type, not iterable, a float of "abc") where these were damaged
+    (lambda s: s.update(extra_seeds=[[1]]), "extra_seeds"),
+    (lambda s: s.update(extra_seeds=5), "extra_seeds"),
+    (lambda s: s.update(rerun_started={"source_only | src->tgt | seed 0": "abc"}), "rerun_started"),
 ])
 def test_a_damaged_top_level_of_a_results_file_is_one_line(toy_suite, tmp_path, edit, key):
     path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
