@@ -242,7 +242,7 @@ def load_suite(name_or_path: str) -> Suite:
     seeds = raw.get("seeds", [0, 1, 2])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"suite {path}: seeds must be a non-empty list of integers")
-    _once(path, "seeds", seeds, seeds)
+    _once(path, "seeds", seeds)
     deep, written = raw.get("deep"), None
     if deep is not None:
         from dalib.runner import RunConfig
@@ -273,7 +273,7 @@ def load_suite(name_or_path: str) -> Suite:
     for clf in classifiers:
         if clf not in CLASSIFIERS:
             raise ConfigError(f"suite {path}: unknown classifier {clf!r}; known: {', '.join(CLASSIFIERS)}")
-    _once(path, "[shallow] classifiers", classifiers, classifiers)
+    _once(path, "[shallow] classifiers", classifiers)
     _check_published(path, raw, classifiers, tasks)
     return Suite(
         name=path.stem, path=path, title=raw.get("title", path.stem), dataset=raw["dataset"], tasks=tasks,
@@ -351,12 +351,12 @@ def _check_method_settings(path: Path, raw: dict[str, Any], name: str, table: di
                 build_config(config_cls, settings, owner=name + (" (shallow)" if form else ""))
 
 
-def _once(path: Path, what: str, written: list[Any], meant: list[Any]) -> None:
+def _once(path: Path, what: str, written: list[Any], meant: list[Any] | None = None) -> None:
     """A list of the suite file names each item once: ``meant[i]`` is what ``written[i]``
-    names (a task's two spellings, "D->W" and "dslr->webcam", are one task), and a second
-    mention would be merged with the first without a word."""
+    names (a task's two spellings, "D->W" and "dslr->webcam", are one task; by default the
+    item itself), and a second mention would be merged with the first without a word."""
     first: dict[Any, Any] = {}
-    for word, item in zip(written, meant):
+    for word, item in zip(written, written if meant is None else meant):
         if item in first:
             spelt = f" (as {first[item]!r} and as {word!r})" if first[item] != word else ""
             raise ConfigError(f"suite {path}: {what} lists {word!r} twice{spelt}")
@@ -431,11 +431,11 @@ def _load_state(path: Path) -> dict[str, Any]:
             raise ConfigError(f"cannot resume from {path}: its cell {key!r} is damaged; move the file away "
                               "(or delete that cell to run it again)")
     damaged = [key for key, kinds in _TOP_LEVEL.items() if key in state and not _of_kind(state[key], kinds)]
-    damaged += [key for key, kind in (("plugins", str), ("jobs_used", int), ("extra_seeds", int))
-                if isinstance(state.get(key), list) and not all(_of_kind(x, (kind,)) for x in state[key])]
-    started = state.get("rerun_started")
-    if isinstance(started, dict) and not all(_of_kind(t, (int, float)) for t in started.values()):
-        damaged.append("rerun_started")
+    for key, kinds in _ITEMS.items():
+        value = state.get(key)
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if not all(_of_kind(x, kinds) for x in items):
+            damaged.append(key)
     chosen = state.get("chosen")
     if isinstance(chosen, dict) and any(k not in _CHOSEN or not isinstance(v, list) or
                                         not all(_of_kind(x, (_CHOSEN[k],)) for x in v) for k, v in chosen.items()):
@@ -454,6 +454,10 @@ _TOP_LEVEL: dict[str, tuple[type, ...]] = {
     "protocol": (str,), "timing": (str,), "steps": (int, type(None)), "deep_options": (dict, type(None)),
     "machine": (dict,), "plugins": (list,), "wall_seconds": (int, float), "rerun_since": (int, float), "rerun_started": (dict,),
     "jobs": (int,), "jobs_used": (list,), "chosen": (dict,), "extra_seeds": (list,),
+}
+#: the lists and dicts among them, and the types of their items (values)
+_ITEMS: dict[str, tuple[type, ...]] = {
+    "plugins": (str,), "jobs_used": (int,), "extra_seeds": (int,), "rerun_started": (int, float),
 }
 #: the lists of ``chosen``, and the type of their items
 _CHOSEN = {"methods": str, "tasks": str, "seeds": int}

@@ -104,6 +104,7 @@ class CostOps:
     def _sums_blocked(self, f, g, a, b, eps, rows, cols):
         p = self.p
         xc, x2, yc, y2 = self.xc, self.x2, self.yc, self.y2
+        dx, dx2, dy, dy2 = self.dist  # what the distances of p != 2 come from (float64 for p < 2)
         r = torch.zeros_like(f) if rows else None
         c = torch.zeros_like(g) if (cols or self.symmetric) else None
         if p == 2:  # E = [x/ε, (f − ‖x‖²/2)/ε, 1] · [y, 1, (g − ‖y‖²/2)/ε]ᵀ: one GEMM a tile
@@ -125,7 +126,6 @@ class CostOps:
                     if pairs is not None:  # a point's cost to itself: exactly 0, E = (f_i + g_i)/ε
                         e[pairs] = (f[i0:i1][pairs[0]] + g[j0:j1][pairs[1]]) / eps
                 else:
-                    dx, dx2, dy, dy2 = self.dist
                     d = _blocked.sqdist_tile_(dx[i0:i1], dx2[i0:i1], dy[j0:j1], dy2[:, j0:j1]).to(xc.dtype)
                     if pairs is not None:
                         d[pairs] = 0.0
