@@ -1063,6 +1063,8 @@ _RUN_LOCK = threading.Lock()
 _RUN_OWNER: int | None = None
 #: held by the load_model that builds: loads in other threads wait for it (a run refuses them)
 _BUILD_LOCK = threading.Lock()
+#: the thread of the load that holds it (a builder that loads another run's network, in its thread)
+_BUILD_OWNER: int | None = None
 
 
 @contextlib.contextmanager
@@ -1071,8 +1073,10 @@ def _build_lock() -> Iterator[None]:
     process's random generators and sets its default dtype: a run training in another thread
     draws its dropout from them, and would end elsewhere than alone (refused in one line). A
     callback of the run, in its thread, builds between two of its steps: nothing interleaves.
-    Loads in several threads (a pool of them) build one after the other."""
-    if _RUN_OWNER == threading.get_ident():  # a callback of the run, which holds the run lock
+    Loads in several threads (a pool of them) build one after the other; a load within a load
+    (a backbone whose builder loads another run's network) builds in the thread that holds the lock."""
+    global _BUILD_OWNER
+    if threading.get_ident() in (_RUN_OWNER, _BUILD_OWNER):  # a callback of the run, or a load's builder
         yield
         return
     with _BUILD_LOCK:
@@ -1080,9 +1084,11 @@ def _build_lock() -> Iterator[None]:
             raise ConfigError("a dalib.run is running in another thread of this process: load_model builds the "
                               "network with the process's random generators, which that run draws from, so load it "
                               "when the run has ended, from the run's own callbacks, or in another process")
+        _BUILD_OWNER = threading.get_ident()
         try:
             yield
         finally:
+            _BUILD_OWNER = None
             _RUN_LOCK.release()
 
 

@@ -380,3 +380,24 @@ def test_what_a_failed_plugin_registered_from_a_helper_module_goes_with_it(fresh
     with pytest.raises(RegistryError, match="fails after"):
         registry.load_plugin_module(str(plugin))
     assert "helper-net" not in backbones.BACKBONES and "helper-data" not in dalib.data.list_datasets()
+
+
+def test_a_backbone_built_from_another_runs_network_loads_in_a_thread(fresh_backbones, tmp_path):
+    """A builder that starts from an earlier run's network calls load_model inside load_model
+    (loading the run that used it): the inner load waited for the lock its own thread held,
+    for ever. It builds there, as a run's callback does, and the generators are given back."""
+    import threading
+
+    from dalib.runner import load_model, run
+
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=8), tmp_path / "teacher",
+        progress_bar=False)
+    register_backbone("from-teacher")(lambda input_shape, pretrained: load_model(tmp_path / "teacher").backbone)
+    run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=8, arch="from-teacher"),
+        tmp_path / "student", progress_bar=False)
+    loaded, state = [], torch.random.get_rng_state()
+    worker = threading.Thread(target=lambda: loaded.append(load_model(tmp_path / "student")), daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and loaded[0].step == 2
+    assert torch.equal(torch.random.get_rng_state(), state)
