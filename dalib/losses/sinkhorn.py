@@ -104,17 +104,38 @@ def _differentiated(t: Tensor) -> bool:
     return (t.requires_grad and torch.is_grad_enabled()) or not plain_tensor(t)
 
 
-def _nested_derivatives() -> int:
-    """How many ``torch.func`` derivative transforms (``grad``, ``vjp``, ``jvp``) are active:
-    two or more (a ``grad`` of a ``grad``, ``jvp`` of ``grad``) take a derivative of a
-    derivative. 0 while ``torch.compile`` traces, or where torch has no interpreter stack."""
+def _derivative_levels(tensors: tuple[Tensor, ...]) -> int:
+    """How many derivatives of the value are being taken at once: one for each ``torch.func``
+    derivative transform (``grad``, ``vjp``, ``jvp``) that is active, one if beneath them the
+    caller's autograd records the inputs (they require grad, in grad mode as it was outside the
+    transforms), and one if they are the caller's forward-mode dual tensors. Two or more take a
+    derivative of a derivative: ``grad`` of ``grad``, ``jvp`` of ``grad``, ``autograd.grad`` of
+    a ``torch.func.grad``, a dual tensor through ``torch.func.grad``, forward over reverse. A
+    plain call's ``create_graph=True`` is seen later (:class:`_FirstOrderOnly`). 0 while
+    ``torch.compile`` traces, or where torch has no interpreter stack to read."""
     if torch.compiler.is_compiling():
         return 0
     try:
-        from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
-    except ImportError:
+        from torch._functorch.pyfunctorch import (
+            retrieve_all_functorch_interpreters, temporarily_clear_interpreter_stack,
+        )
+        unwrap, wrapped = torch._C._functorch.get_unwrapped, torch._C._functorch.is_functorch_wrapped_tensor
+    except (ImportError, AttributeError):
         return 0
-    return sum(i.key().name in ("Grad", "Jvp") for i in retrieve_all_functorch_interpreters())
+    transforms = [i for i in retrieve_all_functorch_interpreters() if i.key().name in ("Grad", "Jvp")]
+    # the grad mode outside the transforms: the outermost grad transform's on entering it
+    # (it turns grad mode on within); vmap and jvp leave it as it was
+    grads = [i for i in transforms if i.key().name == "Grad"]
+    grad_mode = getattr(grads[0], "prev_grad_mode", torch.is_grad_enabled)() if grads else torch.is_grad_enabled()
+    bases = []
+    for t in tensors:
+        while wrapped(t):
+            t = unwrap(t)
+        bases.append(t)
+    with temporarily_clear_interpreter_stack():  # a dual tensor reads as one outside the transforms only
+        reverse = grad_mode and any(t.requires_grad for t in bases)
+        forward = any(torch.autograd.forward_ad.unpack_dual(t).tangent is not None for t in bases)
+    return len(transforms) + reverse + forward
 
 
 def _twice_the_gradient(x: Tensor) -> Tensor:
@@ -158,9 +179,10 @@ def _solve(
     a = check_weights(a, x.shape[0], x, "a")
     b = check_weights(b, y.shape[0], y, "b")
     _check_args(blur, p, scaling, tol, max_iter, diameter)
-    if _nested_derivatives() > 1:
-        raise InputError(SECOND_ORDER + " (nested torch.func transforms: grad of grad, hessian, jvp of grad) use mmd "
-                         "or coral")
+    if _derivative_levels((x, y, a, b)) > 1:
+        raise InputError(SECOND_ORDER + " (nested torch.func transforms, autograd or forward AD around a torch.func "
+                         "transform, forward over reverse; for torch.func.grad alone, give it inputs that do not "
+                         "require grad: x.detach()) use mmd or coral")
     p = int(p) if float(p) == int(p) else float(p)
 
     def run(name: str) -> SinkhornResult:
@@ -361,7 +383,9 @@ def sinkhorn(
     (the dual potentials; weights must be > 0 for weight gradients). Each side's point
     gradient comes from a plan exact on its own side's marginal (x's rows, y's columns: one
     more N×M reduction when ``y`` requires grad, about 15% of a forward and backward pass).
-    The gradient is first-order only: a gradient of it (``create_graph=True``, or nested ``torch.func`` transforms) is refused.
+    The gradient is first-order only: a gradient of it (``create_graph=True``, nested ``torch.func`` transforms, autograd
+    or forward AD around a ``torch.func`` transform, forward over reverse) is refused; so ``torch.func.grad`` takes
+    inputs that do not require grad (or runs under ``torch.no_grad()``).
 
     ``x`` (N, D), ``y`` (M, D); ``a`` (N,), ``b`` (M,) non-negative weights summing to 1
     (uniform if None); ``p`` ≥ 1 (1 and 2 are the usual); ``diameter``: the largest

@@ -169,6 +169,40 @@ def test_a_second_derivative_is_refused_and_torch_func_grad_gives_the_first(back
                 second()
 
 
+def test_a_derivative_around_torch_func_grad_or_forward_over_reverse_is_refused():
+    """torch.func.grad inside the caller's autograd (a gradient penalty written with it), a dual
+    tensor through torch.func.grad, torch.func.jvp inside autograd, and forward over reverse
+    each differentiate the envelope theorem's gradient again: 6.2x off a finite difference of
+    the gradient, without a word, where only nested transforms had been refused. Under
+    no_grad, torch.func.grad of an input that requires grad is the first derivative alone."""
+    import torch.autograd.forward_ad as fwAD
+
+    x, y = _data(5, 4)
+    v = torch.ones_like(x)
+    f = lambda a: sinkhorn(a, y, blur=0.5, backend="dense")  # noqa: E731
+    leaf = x.clone().requires_grad_(True)
+
+    def dual_through_grad():
+        with fwAD.dual_level():
+            torch.func.grad(f)(fwAD.make_dual(x, v))
+
+    def forward_over_reverse():
+        with fwAD.dual_level():
+            d = fwAD.make_dual(leaf, v)
+            torch.autograd.grad(f(d), d, create_graph=True)
+
+    for second in (lambda: torch.autograd.grad((torch.func.grad(f)(leaf) * v).sum(), leaf),
+                   dual_through_grad, forward_over_reverse,
+                   lambda: torch.autograd.grad(torch.func.jvp(f, (leaf,), (v,))[1], leaf)):
+        with pytest.raises(InputError, match=r"^sinkhorn gives first-order gradients only .*autograd or forward AD "
+                                             r"around a torch.func transform.*x.detach\(\)\) use mmd or coral$"):
+            second()
+    with torch.no_grad():
+        first = torch.func.grad(f)(leaf)
+    torch.testing.assert_close(first, torch.func.grad(f)(x))
+    torch.testing.assert_close(torch.func.jvp(f, (x,), (v,))[1], (first * v).sum())
+
+
 @pytest.mark.parametrize("backend", TORCH_BACKENDS)
 def test_divergence_gradient_vanishes_between_identical_clouds(backend, small_tiles):
     """The divergence is least between identical clouds, and so is its gradient there, with
