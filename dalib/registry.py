@@ -289,9 +289,10 @@ def _check_config(name: str, attr: str, config: type) -> None:
 
 def _class_var(hint: Any) -> bool:
     """Whether an annotation is ``ClassVar[...]`` (a class attribute, never a dataclass field),
-    as an object or as the string that ``from __future__ import annotations`` leaves."""
+    as an object or as the string that ``from __future__ import annotations`` leaves, under
+    whatever name the module gave typing (``typing.``, ``t.``, ``tp.``, ``typing_extensions.``)."""
     if isinstance(hint, str):
-        return re.match(r"\s*(?:typing\.|t\.)?ClassVar\b", hint) is not None
+        return re.match(r"\s*(?:\w+\s*\.\s*)?ClassVar\b", hint) is not None
     return hint is ClassVar or get_origin(hint) is ClassVar
 
 

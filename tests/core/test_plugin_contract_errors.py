@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import json
+import typing as tp
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -537,6 +538,12 @@ def test_a_config_subclass_left_undecorated_is_refused_at_registration(method_na
         class Config(BaseConfig):
             label: ClassVar[str] = "x"  # (a string here: from __future__ import annotations)
 
+    class Aliased(Parent):
+        """The same, with typing imported under a name of the module's own."""
+
+        class Config(BaseConfig):
+            label: tp.ClassVar[str] = "x"
+
     class Decorated(Parent):
         """As it should be."""
 
@@ -551,6 +558,7 @@ def test_a_config_subclass_left_undecorated_is_refused_at_registration(method_na
             method_named("contract_undecorated", cls)
     method_named("contract_checked", Checked)
     method_named("contract_labelled", Labelled)
+    method_named("contract_aliased", Aliased)
     method_named("contract_decorated", Decorated)
     assert [f for f, *_ in describe_config(Decorated.Config)] == ["weight", "extra"]
 
