@@ -434,7 +434,7 @@ def _load_state(path: Path) -> dict[str, Any]:
     for key, kinds in _ITEMS.items():
         value = state.get(key)
         items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-        if not all(_of_kind(x, kinds) for x in items):
+        if key not in damaged and not all(_of_kind(x, kinds) for x in items):  # (named once)
             damaged.append(key)
     chosen = state.get("chosen")
     if isinstance(chosen, dict) and any(k not in _CHOSEN or not isinstance(v, list) or

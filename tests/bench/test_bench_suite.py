@@ -1330,6 +1330,9 @@ def test_a_plugin_that_exits_fails_its_own_cells_and_ctrl_c_still_stops_the_suit
     (lambda s: s.update(extra_seeds=[[1]]), "extra_seeds"),
     (lambda s: s.update(extra_seeds=5), "extra_seeds"),
     (lambda s: s.update(rerun_started={"source_only | src->tgt | seed 0": "abc"}), "rerun_started"),
+    # not of its kind and nor are its items: named once ("its plugins, plugins are")
+    (lambda s: s.update(rerun_started=["abc"]), "rerun_started is"),
+    (lambda s: s.update(plugins={"a": 3}), "plugins is"),
 ])
 def test_a_damaged_top_level_of_a_results_file_is_one_line(toy_suite, tmp_path, edit, key):
     path = run_suite(load_suite(str(toy_suite)), tmp_path, methods=["source_only"], seeds=[0], progress=False)
