@@ -40,7 +40,9 @@ class DANN(Method):
     Transfer-Learning-Library writes it); the paper's objective adds the two means: here,
     that is ``trade_off = 2``. The discriminator defaults to two hidden layers of 1024 units, the paper's for its Office
     experiments; ``hidden_layers=0`` makes it the logistic domain regressor of the paper's
-    shallow networks (its sentiment experiments).
+    shallow networks (its sentiment experiments). Among the logged losses, ``loss/domain`` is
+    :math:`L_{dom}` before the trade-off, and ``loss/grl`` is no loss: it is the reversal
+    coefficient of that step (it takes no part in ``loss/total``).
     """
 
     @dataclass(frozen=True)
