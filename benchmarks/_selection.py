@@ -5,6 +5,7 @@ the best mean score, and the report that says how it was chosen."""
 from __future__ import annotations
 
 import multiprocessing
+import shlex
 import statistics
 import sys
 from collections.abc import Callable, Sequence
@@ -23,6 +24,14 @@ def map_units(fn: Callable[..., Any], units: Sequence[tuple], jobs: int) -> list
         return [fn(*unit) for unit in units]
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         return list(pool.map(fn, *zip(*units)))
+
+
+def reproduce_line(base: str, data_root: str | None, out: Path | None) -> str:
+    """``base``, the command with the options that choose the figures, followed by the options
+    that say where this run read its data and wrote its results, when they were given: a
+    Reproduce line that, run again, reads and writes where this one did."""
+    return " ".join([base, *(f"{opt} {shlex.quote(str(v))}" for opt, v in (("--data-root", data_root), ("--out", out))
+                             if v)])
 
 
 def smallest_mean(rows: list[dict[str, Any]], by: str, score: str) -> float:

@@ -27,8 +27,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import at_least, machine_info  # noqa: E402
-from _selection import map_units, smallest_mean, write_selection  # noqa: E402
+from _machine import at_least, machine_info, output_stem  # noqa: E402
+from _selection import map_units, reproduce_line, smallest_mean, write_selection  # noqa: E402
 
 #: the share of the logged steps, at the end of training, whose losses are averaged
 TAIL = 0.2
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=at_least(1), default=None, help="the suite's steps unless given")
     ap.add_argument("--jobs", type=at_least(1), default=1)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for coral_tradeoff_SUITE.{json,md} (default: results/, as coral_tradeoff_SUITE-custom.* "
+                         "for another --seed or --steps than the published run's)")
     args = ap.parse_args(argv)
 
     from dalib_benchmarks.suite import Cell, Variant, load_suite, worker_threads
@@ -91,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         suite = load_suite(args.suite)
     except DalibError as exc:
         ap.error(first_line(exc))
+    name = f"coral_tradeoff_{suite.name}"  # the file the suite's [methods.coral] cites, whatever the grid
+    stem = args.out / name if args.out else output_stem(ap, args, HERE / "results" / name, None,
+                                                         same=("out", "data_root", "jobs", "suite", "grid"))
     deep = [v for v in suite.variants(["coral"]) if v.mode == "deep"]
     if not deep:
         raise SystemExit(f"coral_tradeoff: suite {args.suite} runs no deep coral (no [deep] table, or coral skipped)")
@@ -127,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
              "| λ | task | ℓ_cls | λ·ℓ_CORAL | ratio |", "|---|---|---|---|---|"]
     lines += [f"| {r['trade_off']:g} | {r['task']} | {r['cls']:.4f} | {r['trade_off'] * r['coral']:.4f} | "
               f"{r['ratio']:.2f} |" for r in rows]
-    command = (f"python benchmarks/coral_tradeoff.py --suite {args.suite} --grid {grid} --seed {args.seed}"
-               f"{f' --steps {args.steps}' if args.steps else ''} --jobs {args.jobs}")
-    print(write_selection(args.out / f"coral_tradeoff_{suite.name}", payload, lines, f"λ = {chosen:g}", command))
+    command = reproduce_line(f"python benchmarks/coral_tradeoff.py --suite {args.suite} --grid {grid} --seed {args.seed}"
+                             f"{f' --steps {args.steps}' if args.steps else ''} --jobs {args.jobs}",
+                             args.data_root, args.out)
+    print(write_selection(stem, payload, lines, f"λ = {chosen:g}", command))
     return 0
 
 

@@ -27,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from _machine import at_least, machine_info  # noqa: E402
-from _selection import map_units, smallest_mean, write_selection  # noqa: E402
+from _selection import map_units, reproduce_line, smallest_mean, write_selection  # noqa: E402
 
 #: folds of the source's cross-validation, and the seed that shuffles them
 FOLDS = 3
@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     lines += ["", "| σ | task | error | effective sample size | zero weights |", "|---|---|---|---|---|"]
     lines += [f"| {r['bandwidth']:g} | {r['task']} | {r['error']:.4f} | {r['effective_sample_size']:.0f} of "
               f"{r['n_source']} | {r['zero_fraction']:.0%} |" for r in rows]
-    command = f"python benchmarks/kmm_bandwidth.py --suite {args.suite} --grid {grid} --jobs {args.jobs}"
+    command = reproduce_line(f"python benchmarks/kmm_bandwidth.py --suite {args.suite} --grid {grid} --jobs {args.jobs}",
+                             args.data_root, args.out)
     print(write_selection(args.out / f"kmm_bandwidth_{suite.name}", payload, lines, f"σ = {chosen:g}", command))
     return 0
 

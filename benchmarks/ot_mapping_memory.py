@@ -8,7 +8,8 @@ added (VmHWM from /proc after the fit, less VmHWM before it: torch, dalib and th
 loaded). At each size of ``--pot-sizes`` both paths run, and the largest difference between
 their mapped samples is reported relative to the spread of the target (the log-domain path
 estimates the median of the cost on a subset of at most 2048 x 2048, which moves it a little);
-the other sizes run the log-domain path alone (POT's plan at 10000 x 10000 is 800 MB in
+the other sizes run the log-domain path alone. The log-domain path is ``backend="auto"``'s
+above 4096² plan entries, and ``blocked`` at smaller sizes (where ``auto`` would take POT); (POT's plan at 10000 x 10000 is 800 MB in
 float64, with the cost matrix beside it). A dense float32 plan's size is given beside each
 row: the log-domain path is expected to stay far below it.
 
@@ -90,6 +91,8 @@ def main() -> None:
 
     import tempfile
 
+    from dalib.shallow.ot_mapping import POT_MAX_ENTRIES
+
     from _machine import machine_info, machine_line, write_results  # ships beside this script
 
     info = machine_info()
@@ -97,7 +100,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for n in sorted(set(args.sizes) | set(args.pot_sizes)):
             both = n in args.pot_sizes
-            log = _run_child(n, args.dim, "auto", f"{tmp}/log.npy" if both else None)
+            # auto takes POT up to POT_MAX_ENTRIES plan entries: there the log-domain path is asked for
+            log_backend = "auto" if n * n > POT_MAX_ENTRIES else "blocked"
+            log = _run_child(n, args.dim, log_backend, f"{tmp}/log.npy" if both else None)
             row = {"n": n, "dense_float32_plan_mib": n * n * 4 / 2**20, "log_domain": log}
             if both:
                 row["pot"] = _run_child(n, args.dim, "pot", f"{tmp}/pot.npy")

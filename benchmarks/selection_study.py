@@ -6,7 +6,8 @@ Every candidate (by default every deep method at its defaults) trains on each ta
 select`` reads (no target label), and the table sets the target accuracy of its pick beside
 the best candidate's (the oracle, which needs the target labels) and the worst's. The rank
 correlation says how well the criterion orders all the candidates, not only the first.
-Writes benchmarks/results/selection_study.{json,md}.
+Writes benchmarks/results/selection_study.{json,md}; with other options than the published run's,
+selection_study-custom.{json,md} beside them (or in ``--out``, a folder).
 
     python benchmarks/selection_study.py [--jobs 2] [--steps 2000] [--holdout 0.1]
 """
@@ -23,8 +24,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _machine import at_least, command, machine_info, machine_line, write_results  # noqa: E402
+from _machine import at_least, command, machine_info, machine_line, output_stem, write_results  # noqa: E402
 from _selection import map_units  # noqa: E402
+
+from dalib import list_methods  # noqa: E402
 
 #: the candidates: every built-in deep method at its defaults (finetune needs a pre-trained model)
 METHODS = ("source_only", "dann", "mmd", "coral", "ot", "kmm")
@@ -130,17 +133,21 @@ def markdown(rows: list[dict[str, Any]], verdict: dict[str, Any], info: dict[str
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list_methods())
     ap.add_argument("--steps", type=at_least(1), default=2000)
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--seed", type=at_least(0), default=0)
     ap.add_argument("--jobs", type=at_least(1), default=1)
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for selection_study.{json,md} (default: results/, as selection_study-custom.* "
+                         "for options other than the published run's)")
     args = ap.parse_args(argv)
     if not 0 < args.holdout < 1:
         ap.error(f"--holdout must be in (0, 1), got {args.holdout}")
     if len(args.methods) < 2:
         ap.error("--methods: a selection needs at least two candidates")
+    # where it writes, said before training: a narrowed run never replaces the published table
+    stem = args.out / "selection_study" if args.out else output_stem(ap, args, HERE / "results" / "selection_study", None)
     from dalib_benchmarks.suite import worker_threads
 
     threads = worker_threads(args.jobs)
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             "jobs": args.jobs, "wall_seconds": time.perf_counter() - t0, "machine": machine_info()}
     cmd = command("selection_study.py", sys.argv[1:] if argv is None else argv)
     payload = {"benchmark": "selection_study", **info, "rows": rows, "verdict": verdict, "command": cmd}
-    print(write_results(args.out / "selection_study", payload, markdown(rows, verdict, info, cmd)))
+    print(write_results(stem, payload, markdown(rows, verdict, info, cmd)))
     return 0
 
 

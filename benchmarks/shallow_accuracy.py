@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -507,7 +508,8 @@ def main() -> None:
            + (f" --data-root {args.data_root}" if args.data_root else "")
            + (f" --skip {' '.join(args.skip)}" if args.skip else "")
            + (f" --draws {args.draws}" if args.draws != 10 else "")
-           + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else ""),
+           + (f" --protocols {' '.join(args.protocols)}" if args.protocols != list(PROTOCOLS) else "")
+           + (f" --out {shlex.quote(str(args.out))}" if args.out else ""),
            f"{Path(sys.executable).name} benchmarks/shallow_accuracy.py --select --jobs 2   # the source-only selections"]
     result = {"machine": info, "wall_seconds": wall, "commands": cmd, "published": PUBLISHED,
               "protocols": {p: PROTOCOLS[p]["text"] for p in summary}, "results": summary,

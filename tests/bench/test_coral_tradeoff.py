@@ -72,3 +72,22 @@ def test_the_chosen_lambda_and_every_loss_are_the_same_with_the_target_labels_dr
         payloads.append(([{k: v for k, v in r.items() if k != "seconds"} for r in payload["rows"]], payload["chosen"]))
     assert payloads[0] == payloads[1]
     assert len(payloads[0][0]) == 2
+
+
+def test_another_seed_or_step_count_writes_beside_the_suites_file_and_the_line_says_where(tmp_path, monkeypatch,
+                                                                                         toy_dataset):
+    """The suite's [methods.coral] cites coral_tradeoff_SUITE.md: a run with other steps had
+    replaced it; another grid still writes it (the selection is over whatever grid is given).
+    The Reproduce line names the --data-root and --out that were given."""
+    from dalib_benchmarks import coral_tradeoff
+
+    suite = tmp_path / "toy.toml"
+    suite.write_text(TOY_SUITE)
+    monkeypatch.setattr(coral_tradeoff, "HERE", tmp_path)
+    assert main(["--suite", str(suite), "--grid", "1", "--steps", "5"]) == 0
+    assert main(["--suite", str(suite), "--grid", "1", "3"]) == 0
+    assert sorted(p.name for p in (tmp_path / "results").glob("*.md")) == ["coral_tradeoff_toy-custom.md",
+                                                                          "coral_tradeoff_toy.md"]
+    assert main(["--suite", str(suite), "--grid", "1", "--steps", "5", "--out", str(tmp_path / "my out")]) == 0
+    assert (f"--jobs 1 --out '{tmp_path / 'my out'}'` (" in
+            (tmp_path / "my out" / "coral_tradeoff_toy.md").read_text())

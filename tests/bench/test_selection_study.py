@@ -54,3 +54,20 @@ def test_a_tiny_study_writes_its_table(tmp_path):
     header = next(line for line in text.splitlines() if line.startswith("| criterion"))
     assert all(line.count("|") == header.count("|") for line in text.splitlines()
                if line.startswith("| `") and "`:" in line or line.startswith("| oracle") or line.startswith("| worst"))
+
+
+def test_a_narrowed_study_writes_beside_the_published_table_and_a_bad_method_is_refused_first(tmp_path, monkeypatch,
+                                                                                                capsys):
+    """Run with other options than the published run's and no --out, the study had replaced
+    results/selection_study.* (the table docs/selection.md quotes); a method that does not
+    exist was a traceback after the candidates before it had trained."""
+    from dalib_benchmarks import selection_study
+
+    monkeypatch.setattr(selection_study, "HERE", tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--steps", "2", "--methods", "source_only", "nosuch"])
+    assert exit_.value.code == 2 and "--methods: invalid choice: 'nosuch'" in capsys.readouterr().err
+    assert main(["--steps", "2", "--methods", "source_only", "dann"]) == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["selection_study-custom.json",
+                                                                        "selection_study-custom.md"]
+    assert "options other than the published run's (--methods, --steps)" in capsys.readouterr().out
