@@ -346,7 +346,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     RUN is the run's folder or its checkpoint.pt; the domain's labels are used only to score
     (a held-out test set, a third domain)."""
     from dalib.data import list_datasets, load_domain
-    from dalib.data.domain import numbered_classes
+    from dalib.data.domain import matched_by_position
     from dalib.data.image_folder import ImageFolderDataset
     from dalib.errors import DataError, UnknownNameError
     from dalib.plugin import scoring_batch
@@ -395,9 +395,10 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if list(target.input_shape) != list(spec["input_shape"]):
         raise DataError(f"domain {target.name} holds {target.num_classes} classes of shape {tuple(target.input_shape)}; "
                         f"the run's network takes {n_classes} classes of shape {tuple(spec['input_shape'])}")
-    if list(target.classes) == numbered_classes(n_classes) and not set(target.classes) & set(spec["classes"]):
-        # a domain given no class names (numbered, as from arrays) that no name of the run's matches: scored
-        # by position, as the run scored its target (where names match, as digits' 0..9 do, by name)
+    if matched_by_position(target.classes, spec["classes"]):
+        # a domain given no class names (numbered, as from arrays) that no name of the run's matches, or
+        # a run's network given none: scored by position, as the run scored its target (where names match,
+        # as digits' 0..9 do, by name)
         target = dataclasses.replace(target, classes=list(spec["classes"]))
     elif list(target.classes) != list(spec["classes"]):
         # a held-out folder that files some of the run's classes is scored by their names; a class

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from dalib._arrays import cpu_by_default
 from dalib.config import DataclassInstance, build_config, param
-from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, numbered_classes
+from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, matched_by_position
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, OutOfRangeError, PluginError,
                           first_line, load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics, scoring_batch
@@ -820,10 +820,11 @@ def _check_domains(src: Any, tgt: Any, cfg: RunConfig) -> None:
     if src.num_classes != tgt.num_classes:
         raise DataError(f"source has {src.num_classes} classes but target has {tgt.num_classes}: domains built with "
                         "Domain.from_arrays count the classes from the labels they hold; pass num_classes= to both")
-    numbered = numbered_classes(src.num_classes)
     known = tgt.known_labels()
     scored = known is None or bool((known >= 0).any())
-    if scored and numbered not in (list(src.classes), list(tgt.classes)) and list(src.classes) != list(tgt.classes):
+    # a domain given no class names is scored by position against the other's names; where names
+    # are shared (the numbers of a numbered domain among the other's), by name, which is this order
+    if scored and list(src.classes) != list(tgt.classes) and not matched_by_position(tgt.classes, src.classes):
         raise DataError(f"the target {renamed_classes(tgt.classes, src.classes, 'source')}: "
                         "give both domains the same class list, in the same order")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import operator
 from collections.abc import Sequence
@@ -25,6 +26,15 @@ UNLABELLED = -1
 def numbered_classes(num_classes: int) -> list[str]:
     """The class names of a domain given none: ``"0"`` to ``"C-1"``."""
     return [str(i) for i in range(num_classes)]
+
+
+def matched_by_position(classes: Sequence[str], other: Sequence[str]) -> bool:
+    """Whether two class lists are matched by position, not by name: they are as long, one of
+    them is numbered (a domain given no class names, ``"0"`` to ``"C-1"``) and no name is in
+    both. Where names are shared, as digits' 0..9 are, they are matched by name: a numbered
+    list beside the same numbers in another order is another order, not other names."""
+    a, b = list(classes), list(other)
+    return len(a) == len(b) and numbered_classes(len(a)) in (a, b) and not set(a) & set(b)
 
 
 def labelled_accuracy(pred: Any, labels: Any) -> float | None:
@@ -212,7 +222,8 @@ class Domain:
         ``y=None`` makes an unlabelled domain (a target whose classes are unknown: every label
         is :data:`UNLABELLED`); it needs ``num_classes`` or ``classes``, the source's.
         Raises :class:`~dalib.errors.DataError` for an empty domain, NaN/inf values, a label
-        count that does not match, or labels out of range.
+        count that does not match, labels out of range, or class names that repeat (compared
+        as text: ``1`` and ``"1"`` are one name).
         """
         where = _where(name, dataset_name, origin)
         if num_classes is not None:
@@ -258,6 +269,11 @@ class Domain:
         _warn_if_unusual(xt, where)
         if classes is not None:
             classes = [str(c) for c in classes]
+            repeated = sorted({c for c, n in collections.Counter(classes).items() if n > 1})
+            if repeated:  # a label of one of them would be scored by name as the other's
+                raise DataError(f"class names repeat in {where}: {', '.join(map(repr, repeated[:3]))}"
+                                f"{' ...' if len(repeated) > 3 else ''} (names are compared as text: 1 and '1' are "
+                                "one name); give each class a name of its own")
             if num_classes is None:
                 num_classes = len(classes)
         lo, hi = int(yt.min()), int(yt.max())

@@ -391,6 +391,49 @@ def test_eval_scores_a_numbered_target_by_position_as_the_run_did(tmp_path, toy_
     assert res.exit_code == 0 and f"accuracy {done.source_accuracy:.2f}%" in res.stdout, res.output
 
 
+def test_numbers_among_the_other_domains_names_are_matched_by_name_by_run_and_eval(tmp_path, toy_dataset):
+    """A numbered source (given no names) beside a target named "1", "0" (the same numbers in
+    another order), or a source named "1", "2" beside a numbered target: the run scored the
+    target by position (0% where by name it was 100%; eval, by name, said 100% or refused the
+    run's own target). Sharing names, they are another order: refused, deep and shallow. Names
+    that share nothing with the numbers are scored by position by both, whichever is numbered."""
+    from dalib.data.registry import _entry
+
+    toy = _entry(toy_dataset)[1]
+    lists = {"swapped": (None, ["1", "0"]), "shifted": (["1", "2"], None), "named": (None, ["cat", "dog"])}
+    for name, (src_names, tgt_names) in lists.items():
+        if f"toy-{name}" in list_datasets():
+            continue
+
+        def load(request, src_names=src_names, tgt_names=tgt_names, name=name):
+            d, names = toy(request), src_names if request.domain == "src" else tgt_names
+            return Domain.from_arrays(request.domain, d.x, d.y, classes=names, num_classes=2,
+                                      dataset_name=f"toy-{name}")
+
+        register_dataset(DatasetInfo(name=f"toy-{name}", description="class lists (tests)", domains=("src", "tgt"),
+                                     kind="features", num_classes=2, needs="embedded"), load)
+    for name, mode in (("swapped", "deep"), ("swapped", "shallow"), ("shifted", "deep")):
+        with pytest.raises(DataError, match=r"^the target names its classes otherwise than the source: "):
+            run(RunConfig(method="source_only", dataset=f"toy-{name}", src="src", tgt="tgt", steps=2, batch_size=8,
+                          mode=mode), None, progress_bar=False)
+    done = run(RunConfig(method="source_only", dataset="toy-named", src="src", tgt="tgt", steps=20, batch_size=16,
+                         mode="deep"), tmp_path / "run", progress_bar=False)
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert f"accuracy {done.target_accuracy:.2f}%" in res.stdout
+
+
+def test_from_arrays_refuses_class_names_that_repeat():
+    """["a", "a", "b"], or [0, 1, "1"] (names are text): a run trained, and eval of another
+    domain by name sent the repeated name to its last index, so its score (50%) was not its
+    predictions' (79 of 80 right)."""
+    x, y = np.zeros((4, 2)), np.array([0, 1, 2, 0])
+    for classes, repeated in ((["a", "a", "b"], "'a'"), ([0, 1, "1"], "'1'")):
+        with pytest.raises(DataError, match=rf"^class names repeat in .*: {repeated} \(names are compared as text"):
+            Domain.from_arrays("d", x, y, classes=classes)
+    assert Domain.from_arrays("d", x, y, classes=["a", "b", "c"]).classes == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize(("method", "mode"), [("source_only", "deep"), ("coral", "shallow")])
 def test_a_source_whose_samples_are_all_of_one_class_is_one_line(tmp_path, method, mode):
     """Trained before (the 1-NN and the network predicted that class everywhere, scored as the
