@@ -93,7 +93,12 @@ def parse_value(text: Any, typ: Any, key: str) -> Any:
             except ConfigError:  # 1,2 or [a, b]
                 if body.startswith("[") and body.endswith("]"):
                     body = body[1:-1]
-                items = [t.strip() for t in body.split(",") if t.strip()]
+                items = [t.strip() for t in body.split(",")]
+                if not body.strip():  # (an unset shell variable: --set sigmas=$S)
+                    raise ConfigError(f"bad value {text!r} for {key}: expected {_type_name(typ)}, got nothing "
+                                      "(an empty list is [])")
+                if "" in items:  # 1,,2: a missing item, not a shorter list
+                    raise ConfigError(f"bad value {text!r} for {key}: an empty item (two commas together, or one at an end)")
         if kind is tuple and args and args[-1] is not Ellipsis:  # tuple[int, float]: item i has type i
             if len(items) != len(args):
                 raise ConfigError(f"bad value {text!r} for {key}: expected {len(args)} items "

@@ -581,6 +581,27 @@ def test_a_fixed_length_tuple_parses_each_item_as_its_own_type_and_text_stays_te
             build_config(Config, {"name": value})
 
 
+def test_an_empty_list_value_or_item_is_refused_not_dropped():
+    """--set sigmas=$S with S unset gave [] (and None | list gave [], not None), and 1,,2.5 a
+    pair (1, 2.5), each recorded as meant; an empty list is written []."""
+    from dalib.config import build_config
+
+    @dataclass(frozen=True)
+    class Config:
+        pair: tuple[int, float] = (1, 0.5)
+        many: list[float] = dataclasses.field(default_factory=lambda: [1.0])
+        maybe: list[float] | None = None
+
+    for key, text, message in (("many", "", r"expected list\[float\], got nothing \(an empty list is \[\]\)$"),
+                               ("maybe", " ", r"expected list\[float\], got nothing \(an empty list is \[\]\) \(or none\)$"),
+                               ("pair", "1,,2.5", r"an empty item \(two commas together, or one at an end\)$"),
+                               ("many", "1,2,", r"an empty item")):
+        with pytest.raises(ConfigError, match=rf"^bad value '{text}' for {key}: {message}"):
+            build_config(Config, {key: text})
+    assert build_config(Config, {"many": "[]", "maybe": "none"}) == Config(many=[], maybe=None)
+    assert build_config(Config, {"many": "[1, 2]", "maybe": "3"}) == Config(many=[1.0, 2.0], maybe=[3.0])
+
+
 
 def test_list_and_dict_values_parse_on_python_3_10_with_tomli(monkeypatch):
     """Python 3.10 has no tomllib, and dalib declares tomli there: every place that reads TOML
