@@ -98,6 +98,29 @@ def _identity(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.
     return nn.Flatten(), _flat_dim(input_shape)
 
 
+def _hub_weights(url: str) -> dict[str, Any]:
+    """The state dict torchvision publishes at ``url``, from torch.hub's cache (downloaded there
+    if missing, without a progress bar). Read as tensors only (``weights_only=True``), where
+    torchvision's own load unpickles whatever the file holds: the code of anyone who can write to
+    a shared cache, run as the user. A cached file must also have the SHA-256 its name starts
+    (``resnet18-f37072fd.pth``), which torch.hub checks only as it downloads. Raises ValueError
+    for a file that has not."""
+    import hashlib
+    import re
+
+    name = url.rsplit("/", 1)[-1]
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
+    prefix = re.search(r"-([a-f0-9]+)\.", name)
+    if prefix and cached.is_file():
+        digest = hashlib.sha256()
+        with open(cached, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        if not digest.hexdigest().startswith(prefix.group(1)):
+            raise ValueError(f"its SHA-256 does not start with {prefix.group(1)}, as torchvision's file does")
+    return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+
+
 def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Module, int]]:
     def build(input_shape: tuple[int, ...], pretrained: str | None) -> tuple[nn.Module, int]:
         import torchvision
@@ -122,7 +145,10 @@ def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Modu
         said = io.StringIO()  # torch.hub's "Downloading: ..." line goes to stdout, a run's results
         try:
             with contextlib.redirect_stdout(said):
-                net = ctor(weights=weights, progress=False)  # no download bar before the one-line error
+                net = ctor(weights=None)
+                if weights:  # (torchvision's own load unpickles the file whole: see _hub_weights)
+                    url = torchvision.models.get_model_weights(f"resnet{depth}")[weights].url
+                    net.load_state_dict(_hub_weights(url))
         # no network (URLError is an OSError); a damaged cached file: torch.load's RuntimeError
         # (a cut zip), ValueError or UnpicklingError (a page saved in its place), EOFError
         except (OSError, RuntimeError, ValueError, pickle.UnpicklingError, EOFError) as exc:

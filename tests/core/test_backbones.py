@@ -49,19 +49,53 @@ def test_a_damaged_cached_imagenet_file_is_one_line_that_names_it(tmp_path, monk
         build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
 
 
-def test_a_download_that_works_says_so_on_stderr_not_stdout(monkeypatch, capsys):
+def test_a_download_that_works_says_so_on_stderr_not_stdout(tmp_path, monkeypatch, capsys):
     import torchvision
 
-    real = torchvision.models.resnet18
+    state = torchvision.models.resnet18().state_dict()
 
-    def downloading(weights=None, progress=True):
-        print('Downloading: "https://download.pytorch.org/models/resnet18.pth" to /cache')
-        return real(weights=None)
+    def downloading(url, **kwargs):
+        assert kwargs["weights_only"] and url.endswith("/resnet18-f37072fd.pth")
+        print(f'Downloading: "{url}" to /cache')
+        return state
 
-    monkeypatch.setattr(torchvision.models, "resnet18", downloading)
-    build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", downloading)
+    model = build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    torch.testing.assert_close(model.backbone.conv1.weight, state["conv1.weight"])
     said = capsys.readouterr()
     assert said.out == "" and said.err.startswith("Downloading: ")
+
+
+def test_a_cached_imagenet_file_runs_no_code_and_must_be_torchvisions(tmp_path, monkeypatch):
+    """torchvision loads its cached weights with weights_only=False, and torch.hub checks the
+    hash only as it downloads: a pickle put in a shared TORCH_HOME ran its code as whoever
+    passed --pretrained imagenet. The file must have the SHA-256 its name starts, and is read
+    as tensors only."""
+    import hashlib
+    import os
+
+    from dalib.models.backbones import _hub_weights
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    checkpoints = tmp_path / "hub" / "checkpoints"
+    checkpoints.mkdir(parents=True)
+    torch.save({"conv1.weight": Payload()}, checkpoints / "resnet18-f37072fd.pth")
+    with pytest.raises(CheckpointError, match=r"\(its SHA-256 does not start with f37072fd, as torchvision's file "
+                                              r"does\): the cached file .* is damaged"):
+        build_model("resnet18", (3, 32, 32), 10, pretrained="imagenet")
+    evil = (checkpoints / "resnet18-f37072fd.pth").read_bytes()  # under a name its hash matches: not unpickled
+    named = checkpoints / f"weights-{hashlib.sha256(evil).hexdigest()[:8]}.pth"
+    named.write_bytes(evil)
+    with pytest.raises(Exception, match="Weights only load failed"):
+        _hub_weights(f"https://download.invalid/{named.name}")
+    assert not marker.exists()
 
 
 def test_an_empty_weights_file_says_what_is_wrong(tmp_path):
