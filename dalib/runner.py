@@ -1281,7 +1281,9 @@ def _run(
         metrics_path = out / METRICS if (out is not None and is_main) else None
         # unbuffered: each line reaches the file as it is logged, and a write the disk refuses
         # fails there, not again when the file is closed (over the error that says which file)
-        metrics_fh = open(metrics_path, "ab", buffering=0) if metrics_path is not None else None
+        # (never through a link: one put there since the checks would name the file it writes)
+        metrics_fh = (open(os.open(metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666),
+                           "ab", buffering=0) if metrics_path is not None else None)
         bar = _progress_bar(config.steps, start, progress_bar and is_main)
         last_line: dict[str, Any] | None = None  # the last step's metrics line
         t0 = time.perf_counter()
@@ -2177,10 +2179,31 @@ def _refuse_a_kept_run(out: Path) -> None:
                           "or choose another --out")
 
 
+def _regular_or_absent(path: Path) -> bool:
+    """Whether a regular file is at ``path`` (False where nothing is). Anything else there (a
+    symbolic link, a pipe, a folder) is refused in one line: through a link planted in a run
+    folder someone else prepared, a resume would read a file of the user's elsewhere into the
+    folder, or create and write the file the link names; on a pipe, it would wait for ever."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as exc:  # the folder is a file's path, a loop of links, unreadable
+        raise ConfigError(f"cannot use {path.parent} as a run folder: {exc.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = ("a symbolic link" if stat.S_ISLNK(mode) else "a folder" if stat.S_ISDIR(mode)
+                else "not a regular file (a pipe, a device)")
+        raise ConfigError(f"{path} is {kind}, which dalib does not read or write through: remove it, or choose "
+                          "another --out")
+    return True
+
+
 def _left_by_a_run(metrics: Path) -> bool:
     """Whether ``metrics`` is absent or reads as a run's metric lines (its first line begins
     a JSON object with the step): the file a run that stopped early left, which a new run
     replaces."""
+    if not _regular_or_absent(metrics):
+        return True
     try:
         with metrics.open("rb") as fh:
             first = fh.readline(1 << 16).strip()
@@ -2259,7 +2282,7 @@ def _prepare_out_dir(
 def _trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
     """Drop metric lines written after the checkpoint: the resumed run writes them again.
     Returns the lines kept, the history of the run so far."""
-    if not path.exists():
+    if not _regular_or_absent(path):
         return []
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
@@ -2271,7 +2294,8 @@ def _trim_metrics(path: Path, step: int) -> list[dict[str, Any]]:
             line = json.loads(raw)
         except json.JSONDecodeError:
             continue  # a line cut short by the kill
-        if isinstance(line, dict) and isinstance(line.get("step", 0), (int, float)) and line.get("step", 0) <= step:
+        # (a line without its step is none of a run's, which all have one)
+        if isinstance(line, dict) and type(line.get("step")) is int and line["step"] <= step:
             kept.append(raw)
             lines.append(line)
     atomic_write_text(path, "".join(k + "\n" for k in kept))

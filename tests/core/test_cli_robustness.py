@@ -566,3 +566,37 @@ def test_eval_predictions_to_standard_output(tmp_path):
     assert res.stdout == (tmp_path / "p.csv").read_text()
     assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 1800
     assert res.stderr.strip().endswith("; predictions of 1800 samples on standard output")
+
+
+def test_a_metrics_file_that_is_a_link_or_a_pipe_is_refused_not_followed(tmp_path):
+    """A run folder someone else prepared: a metrics.jsonl linked to a file of the user's had
+    a resume copy its JSON lines (a line without a step counted as step 0) into the folder, and
+    a dangling link had it create and write the file the link names; a pipe of that name hung
+    a fresh run before it began."""
+    import os
+
+    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--batch-size", "8"]
+    runner, run_dir = CliRunner(), tmp_path / "run"
+    assert runner.invoke(cli, [*args, "--out", str(run_dir)]).exit_code == 0
+    (run_dir / "result.json").unlink()  # a resume has work left: the last result
+    secret, created = tmp_path / "secret.jsonl", tmp_path / "created.txt"
+    secret.write_text('{"token": "abc"}\n')
+    metrics = run_dir / "metrics.jsonl"
+    for target in (secret, created):
+        metrics.unlink()
+        metrics.symlink_to(target)
+        _one_line(runner.invoke(cli, [*args, "--out", str(run_dir), "--resume"]),
+                  f"{metrics} is a symbolic link, which dalib does not read or write through: remove it, or choose "
+                  "another --out")
+    assert secret.read_text() == '{"token": "abc"}\n' and not created.exists()
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    os.mkfifo(fresh / "metrics.jsonl")
+    _one_line(runner.invoke(cli, [*args, "--out", str(fresh)]),
+              f"{fresh / 'metrics.jsonl'} is not a regular file (a pipe, a device), which dalib does not read or "
+              "write through")
+    # lines without a step are none of the run's: a resume keeps the run's own
+    metrics.unlink()
+    metrics.write_text('{"token": "abc"}\n{"step": 1, "lr": 0.01}\n')
+    assert runner.invoke(cli, [*args, "--out", str(run_dir), "--resume"]).exit_code == 0
+    assert "token" not in metrics.read_text() and metrics.read_text().startswith('{"step": 1')
