@@ -559,7 +559,7 @@ def select_cmd(runs: tuple[str, ...], by: str, show_target: bool) -> None:
         if show_target:
             acc = r.get("target_accuracy")
             row.append("n/a" if acc is None else f"{acc:.2f}")
-        rows.append(row)
+        rows.append([_printable(str(x)) for x in row])  # (settings read from files others may have written)
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         click.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)).rstrip())

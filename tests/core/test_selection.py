@@ -342,6 +342,17 @@ def test_select_chooses_none_of_runs_that_tie(tmp_path):
     assert runner.invoke(cli, ["select", a, c, "--by", "dev"]).output.strip().endswith("chosen by dev (lower is better): " + c)
 
 
+def test_select_escapes_control_characters_of_the_settings_it_shows(tmp_path):
+    """Hyperparameters read from result.json files others may have written reached the terminal
+    as they were: a clear-screen or window-title sequence ran there (dalib list escapes them)."""
+    a = _fake_run(tmp_path / "a", "dann", {}, trade_off="x\x1b[2J\x1b]0;TITLE\x07")
+    b = _fake_run(tmp_path / "b", "dann", {"holdout_error": 0.1}, trade_off="1")
+    res = CliRunner().invoke(cli, ["select", a, b])
+    assert res.exit_code == 0, res.output
+    assert "\x1b" not in res.output and "\x07" not in res.output
+    assert "trade_off=x\\x1b[2J\\x1b]0;TITLE\\x07" in res.output
+
+
 def test_select_knows_every_criterion():
     by = next(p for p in select_cmd.params if p.name == "by")
     assert list(by.type.choices) == list(CRITERIA)
