@@ -6,6 +6,7 @@ checkpoint, ...) prints one line on stderr and exits with status 2: never a trac
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import errno
@@ -368,7 +369,10 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
         if not Path(predictions).parent.is_dir():
             raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
         ready_for_writing(Path(predictions).parent)  # a read-only folder fails now, not after the predictions
-    _load_plugins(plugins)
+    # with the CSV on standard output, what a plugin, a dataset's loader or the network prints goes to stderr
+    aside = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
+    with aside:
+        _load_plugins(plugins)
     where = resolve_device(device)
     model = load_model(run_dir, device=device)
     spec = model.spec
@@ -386,7 +390,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     if same and dataset not in list_datasets():  # a dataset a plugin registered for the run
         raise UnknownNameError(f"unknown dataset {dataset!r} (the run's): pass the --plugin MODULE that registers it, "
                                f"as the run did (known: {', '.join(list_datasets())})")
-    target = load_domain(dataset, name, data_root=data_root, data_dir=data, image_size=spec["image_size"])
+    with aside:
+        target = load_domain(dataset, name, data_root=data_root, data_dir=data, image_size=spec["image_size"])
     n_classes = len(spec["classes"])
     labels = target.known_labels()
     if target.num_classes == 0 and labels is not None and bool((labels < 0).all()):
@@ -413,7 +418,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
                             "--predictions FILE writes its predictions")
         click.echo(f"{head}: accuracy {accuracy:.2f}%")
         return
-    pred, prob, labels = predict(model, target, where, batch_size, workers)
+    with aside:
+        pred, prob, labels = predict(model, target, where, batch_size, workers)
     names = list(spec["classes"])
     rows = [[i, names[p], f"{c:.6f}", names[y] if y >= 0 else ""]  # label: empty for an unlabelled sample
             for i, (p, c, y) in enumerate(zip(pred.tolist(), prob.tolist(), labels.tolist()))]

@@ -566,6 +566,12 @@ def test_eval_predictions_to_standard_output(tmp_path):
     assert res.stdout == (tmp_path / "p.csv").read_text()
     assert len(list(csv.DictReader(io.StringIO(res.stdout)))) == 1800
     assert res.stderr.strip().endswith("; predictions of 1800 samples on standard output")
+    # what a plugin (or a dataset's loader) prints goes to stderr: it had been the CSV's first line
+    noisy = tmp_path / "noisy.py"
+    noisy.write_text('print("loading noisy")\n')
+    res = CliRunner().invoke(cli, ["eval", str(tmp_path / "run"), "--predictions", "-", "--plugin", str(noisy)])
+    assert res.exit_code == 0 and res.stdout == (tmp_path / "p.csv").read_text(), res.output
+    assert res.stderr.startswith("loading noisy\n")
 
 
 def test_a_metrics_file_that_is_a_link_or_a_pipe_is_refused_not_followed(tmp_path):
