@@ -105,20 +105,27 @@ def _hub_weights(url: str) -> dict[str, Any]:
     a shared cache, run as the user. A cached file must also have the SHA-256 its name starts
     (``resnet18-f37072fd.pth``), which torch.hub checks only as it downloads. Raises ValueError
     for a file that has not."""
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
+    if cached.is_file():
+        _check_hash(cached)
+    return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+
+
+def _check_hash(path: Path) -> None:
+    """Raises ValueError where ``path``'s SHA-256 does not start with the hexadecimal digits its
+    name gives after its last ``-`` (torch.hub's convention; a name without them is not checked)."""
     import hashlib
     import re
 
-    name = url.rsplit("/", 1)[-1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / name
-    prefix = re.search(r"-([a-f0-9]+)\.", name)
-    if prefix and cached.is_file():
-        digest = hashlib.sha256()
-        with open(cached, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-        if not digest.hexdigest().startswith(prefix.group(1)):
-            raise ValueError(f"its SHA-256 does not start with {prefix.group(1)}, as torchvision's file does")
-    return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+    prefix = re.search(r"-([a-f0-9]+)\.", path.name)
+    if prefix is None:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(prefix.group(1)):
+        raise ValueError(f"its SHA-256 does not start with {prefix.group(1)}, as torchvision's file does")
 
 
 def _resnet(depth: int) -> Callable[[tuple[int, ...], str | None], tuple[nn.Module, int]]:

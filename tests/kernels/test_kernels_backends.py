@@ -347,6 +347,9 @@ def test_a_cache_folder_of_the_users_naming_and_a_process_without_a_home(monkeyp
     hub = tmp_path / "hub"  # torch.hub.set_dir(): where the weights are, with no variable set
     (hub / "checkpoints").mkdir(parents=True)
     torch.save(resnet18().state_dict(), hub / "checkpoints" / "resnet18-f37072fd.pth")  # (the file name torchvision asks)
+    from dalib.models import backbones as nets
+
+    monkeypatch.setattr(nets, "_check_hash", lambda path: None)  # (not torchvision's file: its hash is another)
     monkeypatch.setattr(torch.hub, "_hub_dir", str(hub))
     assert build_backbone("resnet18", (3, 32, 32), pretrained="imagenet")[1] == 512
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # or XDG_CACHE_HOME, which torch reads $XDG_CACHE_HOME/torch/hub of
