@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-__all__ = ["cpu_by_default", "number_tensor", "tensor_of"]
+__all__ = ["check_dense", "cpu_by_default", "number_tensor", "tensor_of"]
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -19,17 +19,31 @@ def tensor_of(a: np.ndarray) -> torch.Tensor:
     (negative strides, as ``x[::-1]`` or a BGR-to-RGB ``img[..., ::-1]`` makes; a byte order
     other than the machine's, as HDF5 and .mat files often store) is copied into one it can,
     and so is a read-only one (pandas' ``to_numpy()``, a memory-mapped file), which torch
-    would share with a warning that writes to it are undefined."""
-    out = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("="))
+    would share with a warning that writes to it are undefined. A 0-d array stays 0-d."""
+    out = np.asarray(a, dtype=a.dtype.newbyteorder("="), order="C")  # (np.ascontiguousarray makes 0-d 1-d)
     return torch.from_numpy(out if out.flags.writeable else out.copy())
+
+
+def check_dense(t: torch.Tensor, name: str, error: Callable[[str], Exception]) -> None:
+    """Raise ``error(message)``, the message naming ``t`` as ``name``, unless ``t`` holds its
+    values as a plain (strided) tensor: a sparse (COO, CSR, ...) or nested tensor, which most
+    of torch's operations refuse, or one on the meta device, which holds no values."""
+    if t.is_nested:
+        raise error(f"{name} is a nested tensor: give a dense one (torch.stack({name}.unbind()))")
+    if t.layout != torch.strided:
+        raise error(f"{name} is a sparse tensor: give {name}.to_dense()")
+    if t.is_meta:
+        raise error(f"{name} is on the meta device, which holds no values: dalib reads them, so give {name} on "
+                    "the CPU or a GPU")
 
 
 def number_tensor(x: Any, name: str, error: Callable[[str], Exception]) -> torch.Tensor:
     """``x`` (a tensor, numpy array, pandas DataFrame or Series, nested list) as a tensor of
     real numbers or booleans, sharing memory where it can; anything else is ``error(message)``
-    raised, the message naming ``x`` as ``name``: a sparse matrix, complex numbers (torch
-    would drop their imaginary part), text or objects."""
+    raised, the message naming ``x`` as ``name``: a sparse matrix or tensor, a nested or meta
+    tensor, complex numbers (torch would drop their imaginary part), text, objects or times."""
     if isinstance(x, torch.Tensor):
+        check_dense(x, name, error)
         if x.is_complex():
             raise error(f"{name} holds complex numbers: give real features")
         return x.detach()
@@ -43,7 +57,8 @@ def number_tensor(x: Any, name: str, error: Callable[[str], Exception]) -> torch
         raise error(f"{name} holds complex numbers: give real features")
     if arr.dtype == object and hasattr(x, "dtypes") and hasattr(x, "to_numpy"):
         arr = _numeric_frame(x, name, error)  # a DataFrame of mixed (float and bool) or nullable columns
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+    # (numpy counts timedelta64 as a number, which torch cannot read)
+    if arr.dtype == object or arr.dtype.kind == "m" or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise error(f"{name} must hold numbers, got dtype {arr.dtype}")
     if arr.dtype == np.longdouble and np.longdouble != np.float64:
         arr = arr.astype(np.float64)  # torch has no extended precision

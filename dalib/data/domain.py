@@ -233,7 +233,8 @@ class Domain:
         if y is None:
             if classes is None and num_classes is None:
                 raise DataError(f"an unlabelled domain needs num_classes or classes (the source's) in {where}")
-            n = len(x)
+            x = _as_number_tensor(x, "features", where)  # (a sparse matrix has no len(), a 0-d array neither)
+            n = x.shape[0] if x.ndim else 0  # (0-d features: refused below, as labelled ones are)
             labelled = cls.from_arrays(name, x, np.zeros(n, dtype=np.int64), classes=classes,
                                        num_classes=num_classes, origin=origin, dataset_name=dataset_name)
             labelled.y.fill_(UNLABELLED)  # the tensor the dataset holds too
@@ -250,9 +251,9 @@ class Domain:
             raise DataError(f"labels of shape {tuple(yt.shape)} in {where}: give one class index per sample, "
                             "shape (N,) (from one-hot labels or scores: y.argmax(1))")
         yt = yt.reshape(-1)
-        if xt.ndim == 0 or xt.shape[0] == 0:
+        if xt.ndim > 0 and xt.shape[0] == 0:
             raise DataError(f"empty domain: no samples in {where}")
-        if xt.ndim == 1 or xt[0].numel() == 0:
+        if xt.ndim <= 1 or xt[0].numel() == 0:
             raise DataError(f"features of shape {tuple(xt.shape)} in {where}: give (N, D) or (N, C, H, W) "
                             "(one feature per sample: reshape to (N, 1))")
         if wide is not None:

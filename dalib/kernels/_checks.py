@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dalib._arrays import check_dense, number_tensor
 from dalib.errors import InputError, OutOfRangeError
 
 __all__ = ["as_gammas", "as_sigmas", "check_points", "check_pair", "check_weights", "outside_autocast"]
@@ -51,6 +52,7 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     dtype (the gradient flows back to the original)."""
     if not isinstance(x, Tensor):
         raise InputError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    check_dense(x, name, InputError)  # (sparse, nested or meta)
     if x.dim() != 2:
         raise InputError(f"{name} must be a 2-D (N, D) tensor, got shape {tuple(x.shape)}")
     if x.shape[0] == 0 or x.shape[1] == 0:
@@ -67,9 +69,6 @@ def check_points(x: Tensor, name: str = "x", dtype: torch.dtype | None = None) -
     try:
         largest = float(torch.linalg.vector_norm(x.detach(), float("inf")))  # max |x|: one host sync for both checks (NaN propagates)
     except RuntimeError as exc:  # torch.func.vmap: a batched tensor has no one value to read
-        if x.device.type == "meta":
-            raise InputError(f"{name} is on the meta device, which holds no values: dalib's losses and kernels "
-                             "compute values (their input checks read them)") from None
         if "vmap" not in str(exc):
             raise
         raise InputError("dalib's losses and kernels do not run under torch.func.vmap (their input checks read "
@@ -118,9 +117,12 @@ def check_weights(w: Tensor | None, n: int, like: Tensor, name: str) -> Tensor:
     marginal a solver matches is the one it checks."""
     if w is None:
         return torch.full((n,), 1.0 / n, dtype=like.dtype, device=like.device)
-    if not isinstance(w, Tensor):
-        # a numpy array keeps its dtype (for the tolerance), a list takes like's
-        w = torch.as_tensor(w, dtype=None if hasattr(w, "dtype") else like.dtype, device=like.device)
+    if isinstance(w, Tensor):
+        check_dense(w, name, InputError)
+    elif hasattr(w, "dtype"):  # a numpy array keeps its dtype (for the tolerance), read as the points are
+        w = number_tensor(w, name, InputError)
+    else:  # a list takes like's
+        w = torch.as_tensor(w, dtype=like.dtype, device=like.device)
     tol = max(1e-4, 2 * torch.finfo(w.dtype).eps) if w.is_floating_point() else 1e-4
     w = w.to(dtype=like.dtype, device=like.device)
     if w.dim() == 2 and w.shape[1] == 1:
@@ -147,6 +149,7 @@ def as_sigmas(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
 def _sigmas_on_cpu(sigmas: float | Sequence[float] | Tensor, like: Tensor) -> Tensor:
     """:func:`as_sigmas` on the CPU: the checks read no GPU memory (no host sync per loss)."""
     if isinstance(sigmas, Tensor):
+        check_dense(sigmas, "bandwidths", InputError)
         given = sigmas.detach().to(device="cpu", dtype=torch.float64).reshape(-1)
     else:
         if isinstance(sigmas, (str, bytes)):  # iterable, but its characters are no bandwidths

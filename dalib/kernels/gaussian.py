@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from dalib._arrays import check_dense
 from dalib.errors import InputError
 from dalib.kernels._checks import as_gammas, check_pair, float_values, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
@@ -47,6 +48,7 @@ def gaussian_matvec(x: Tensor, y: Tensor, v: Tensor, sigmas: Sigmas, backend: st
     x, y = check_pair(x, y)
     if not isinstance(v, Tensor):
         raise InputError(f"v must be a torch.Tensor, got {type(v).__name__}")
+    check_dense(v, "v", InputError)
     if v.dim() not in (1, 2) or v.shape[0] != y.shape[0]:
         raise InputError(f"v must have shape ({y.shape[0]},) or ({y.shape[0]}, K), got {tuple(v.shape)}")
     if not bool(torch.isfinite(v).all()):

@@ -7,6 +7,7 @@ import math
 import torch
 from torch import Tensor
 
+from dalib._arrays import check_dense
 from dalib.errors import InputError, OutOfRangeError
 from dalib.kernels._checks import check_pair, outside_autocast
 from dalib.kernels.backends import resolve_backend, with_keops_fallback
@@ -58,6 +59,7 @@ def softmin(x: Tensor, y: Tensor, h: Tensor, eps: float, p: float = 2, backend: 
     x, y = check_pair(x, y)
     if not isinstance(h, Tensor):
         raise InputError(f"h must be a torch.Tensor, got {type(h).__name__}")
+    check_dense(h, "h", InputError)
     if h.shape != (y.shape[0],):
         raise InputError(f"h must have shape ({y.shape[0]},), got {tuple(h.shape)}")
     if bool(torch.isnan(h).any()) or bool((h == torch.inf).any()):

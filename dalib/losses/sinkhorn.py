@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from dalib._arrays import check_dense
 from dalib.errors import BackendError, InputError, OutOfRangeError, warn_outside_dalib
 from dalib.kernels._checks import _dtype_name, check_pair, check_weights, outside_autocast, plain_tensor
 from dalib.kernels.backends import import_quietly, resolve_backend, with_keops_fallback
@@ -448,6 +449,8 @@ def ot_plan(
     if cost is not None:
         if x is not None or y is not None:
             raise InputError("give either points x, y or a cost matrix, not both")
+        if isinstance(cost, Tensor):
+            check_dense(cost, "cost", InputError)
         if not isinstance(cost, Tensor) or cost.dim() != 2 or 0 in cost.shape:
             shape = tuple(cost.shape) if isinstance(cost, Tensor) else type(cost).__name__
             raise InputError(f"cost must be a non-empty 2-D (N, M) tensor, got {shape}")

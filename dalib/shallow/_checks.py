@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from dalib._arrays import number_tensor
+from dalib._arrays import check_dense, number_tensor
 from dalib.data.domain import UNLABELLED
 from dalib.errors import ConfigError, InputError
 
@@ -158,6 +158,8 @@ def check_feature_names(expected: np.ndarray | None, x: Any, name: str, whose: s
 
 def _label_vector(y: Any, n: int, name: str) -> np.ndarray:
     """``y`` as a (n,) numpy array ((n, 1) and (1, n) flattened), or :class:`InputError`."""
+    if isinstance(y, Tensor):
+        check_dense(y, name, InputError)
     arr = y.detach().cpu().numpy() if isinstance(y, Tensor) else np.asarray(y)
     if arr.ndim == 2 and 1 in arr.shape:
         arr = arr.reshape(-1)
@@ -193,6 +195,9 @@ def as_groups(y: Any, n: int, name: str = "ys") -> np.ndarray:
             raise InputError(f"{name} holds {UNLABELLED}, dalib's mark of an unlabelled sample: each source sample "
                              "needs its class here")
         return groups
+    if arr.dtype == object and any(isinstance(v, (float, np.floating)) and np.isnan(v) for v in arr):
+        # (NaN equals nothing, itself included: np.unique would make each one a class of its own)
+        raise InputError(f"{name} has missing labels (NaN): each source sample needs its class here")
     try:
         _, groups = np.unique(arr, return_inverse=True)
     except TypeError:  # labels of mixed types, which cannot be sorted
