@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar, get_origin
 
 from dalib.config import parse_value, resolved_types
-from dalib.data.registry import (dataset_plugin_errors, dist_name, forget_failed, load_entry_point, note_origin, record_failure,
-                                 same_definition)
+from dalib.data.registry import (dataset_plugin_errors, dist_name, failed_plugin, forget_failed, load_entry_point,
+                                 note_origin, record_failure, same_definition)
 from dalib.errors import ConfigError, RegistryError, UnknownNameError, first_line, import_failure
 from dalib.plugin import Method
 
@@ -538,13 +538,12 @@ def get_method(name: str) -> type[Method]:
         return _methods[name]
     except KeyError:
         known = ", ".join(sorted(_methods)) or "(none)"
-        if name in _broken:
-            hint = f" (plugin {name!r} failed to load: {_broken[name]})"
-        elif _loaded_modules:
+        hint = failed_plugin(_broken, name)
+        if not hint and _loaded_modules:
             hint = "; ".join(f"{module} registered {', '.join(names) if names else 'no method'}"
                              for module, names in _loaded_modules.items())
             hint = f" ({hint}: a method is registered by @register_method({name!r}) on its class)"
-        else:
+        elif not hint:
             hint = (" (a plugin's method needs --plugin FILE, dalib.load_plugin_module(FILE) from Python, "
                     "or its package installed)")
         raise UnknownNameError(f"unknown method {name!r}{hint}; known methods: {known}") from None

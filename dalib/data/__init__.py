@@ -32,6 +32,7 @@ from dalib.data.registry import (
     list_domains,
     load_domain,
     register_dataset,
+    unregister_dataset,
 )
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "list_domains",
     "load_domain",
     "register_dataset",
+    "unregister_dataset",
 ]

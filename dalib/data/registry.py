@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import numbers
 import os
 import sys
 from collections.abc import Callable
@@ -24,6 +26,7 @@ __all__ = [
     "list_domains",
     "load_domain",
     "register_dataset",
+    "unregister_dataset",
 ]
 
 DATA_ROOT_ENV = "DALIB_DATA_ROOT"
@@ -54,6 +57,26 @@ class DatasetInfo:
     inferable: bool = True
 
     def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise RegistryError(f"a dataset's name must be a non-empty string, not {self.name!r}")
+        if not isinstance(self.domains, (tuple, list)):  # ("lab") without its comma: the letters of "lab"
+            raise RegistryError(f"dataset {self.name}: domains must be a tuple of names, not {self.domains!r}"
+                                + (f" (one domain: ({self.domains!r},))" if isinstance(self.domains, str) else ""))
+        if not self.domains and self.needs != "data_dir":
+            raise RegistryError(f"dataset {self.name}: no domains given: name them (only a dataset with "
+                                "needs='data_dir' has none, its domains being the sub-folders of --data)")
+        if not isinstance(self.aliases, dict):
+            raise RegistryError(f"dataset {self.name}: aliases must be a dict of alias -> domain name, "
+                                f"not {self.aliases!r}")
+        for what, names in (("domain", self.domains), ("alias", self.aliases)):
+            for d in names:
+                if not isinstance(d, str) or not d or d != d.strip():  # (a name given is stripped: never chosen)
+                    raise RegistryError(f"dataset {self.name}: {what} {d!r} is not a name: give a non-empty "
+                                        "string without spaces around it")
+        if self.num_classes is not None and (isinstance(self.num_classes, bool) or not isinstance(
+                self.num_classes, numbers.Integral) or self.num_classes < 1):
+            raise RegistryError(f"dataset {self.name}: num_classes must be a positive int or None, "
+                                f"not {self.num_classes!r}")
         if not isinstance(self.inferable, bool):
             raise RegistryError(
                 f"dataset {self.name}: inferable must be True or False, not {self.inferable!r}"
@@ -141,14 +164,35 @@ _DATASETS: dict[str, tuple[DatasetInfo, Loader]] = {}
 def same_definition(old: Any, new: Any) -> bool:
     """Whether ``new`` is ``old``, or ``old`` defined again: the same module and qualified
     name, at a module's top level (a notebook cell or a module run a second time; classes
-    or functions made inside a function may differ under one name). The dataset and method
-    registries replace such a definition instead of refusing it."""
+    or functions made inside a function may differ under one name). A ``functools.partial``
+    is the same when its function is and its arguments are equal; another callable object
+    (an instance of a loader class) when its class is. The dataset and method registries
+    replace such a definition instead of refusing it."""
     if old is new:
         return True
+    if isinstance(old, functools.partial) or isinstance(new, functools.partial):
+        return (isinstance(old, functools.partial) and isinstance(new, functools.partial)
+                and same_definition(old.func, new.func) and _equal(old.args, new.args)
+                and _equal(old.keywords, new.keywords))
+    if _is_object(old) or _is_object(new):
+        return _is_object(old) and _is_object(new) and same_definition(type(old), type(new))
     qualname = getattr(old, "__qualname__", None)
     return (qualname is not None and "<locals>" not in qualname
             and (getattr(old, "__module__", None), qualname) == (getattr(new, "__module__", None),
                                                                  getattr(new, "__qualname__", None)))
+
+
+def _is_object(obj: Any) -> bool:
+    """Whether ``obj`` is a callable object, not a function or a class (it has no qualified name)."""
+    return not isinstance(obj, type) and getattr(obj, "__qualname__", None) is None
+
+
+def _equal(a: Any, b: Any) -> bool:
+    """``a == b``, False where comparing fails (arrays, whose ``==`` is no answer)."""
+    try:
+        return bool(a == b)
+    except Exception:  # (the user's objects: an error is no answer either)  # noqa: BLE001
+        return False
 
 
 #: (id of a registry, name) -> the module whose code registered the entry (:func:`note_origin`)
@@ -188,20 +232,58 @@ def register_dataset(info: DatasetInfo, loader: Loader) -> None:
 
     ``loader(request: LoadRequest) -> Domain`` loads one domain; ``request.domain`` is already
     canonical. Build in-memory domains with :meth:`Domain.from_arrays`, which checks shapes,
-    labels and finiteness. A name that is already registered raises :class:`RegistryError`,
-    unless the same loader is registered again (the same module and qualified name: a notebook
-    cell run twice), which replaces it.
+    labels and finiteness. A name that is already registered raises :class:`RegistryError`, and
+    so does one that differs from a registered name in case alone (``--dataset Digits`` reads
+    ``digits``), unless the same loader is registered again under the same name (the same
+    module and qualified name: a notebook cell run twice, :func:`same_definition`), which
+    replaces it. :func:`unregister_dataset` removes a dataset.
     """
     if not isinstance(info, DatasetInfo):
         raise RegistryError(f"register_dataset needs a DatasetInfo, got {type(info).__name__}")
     if not callable(loader):
         raise RegistryError(f"dataset {info.name}: the loader is not callable")
-    if info.name in _DATASETS and not same_definition(_DATASETS[info.name][1], loader):
-        old = _DATASETS[info.name][1]
-        raise RegistryError(f"dataset {info.name!r} is already registered (by {getattr(old, '__module__', '?')}."
-                            f"{getattr(old, '__qualname__', type(old).__name__)})")
+    taken = _find(_DATASETS, info.name)
+    if taken is not None and (taken != info.name or not same_definition(_DATASETS[taken][1], loader)):
+        old = _DATASETS[taken][1]
+        again = (f"; to replace it in this session: dalib.data.registry.unregister_dataset({taken!r}) first"
+                 if _loader_module(old) == "__main__" else "")  # (a loader of a notebook cell, renamed since)
+        raise RegistryError(f"dataset {info.name!r} is already registered"
+                            + ("" if taken == info.name else f" as {taken!r}") + f" (by {_loader_name(old)}{again})"
+                            + ("" if taken == info.name else ": dataset names match in any case"))
     _DATASETS[info.name] = (info, loader)
     note_origin(_DATASETS, info.name)
+
+
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset (mainly for tests and interactive sessions)."""
+    _load_dataset_entry_points()  # (else an installed package's dataset came back at the next lookup)
+    _DATASETS.pop(name, None)
+
+
+def _loader_module(loader: Any) -> str:
+    """The module that defines ``loader``: its function's, a partial's function's or a
+    callable object's class's."""
+    while isinstance(loader, functools.partial):
+        loader = loader.func
+    return str(getattr(type(loader) if _is_object(loader) else loader, "__module__", "?"))
+
+
+def _loader_name(loader: Any) -> str:
+    """Where ``loader`` is defined, for messages: ``module.function``, ``module.Class`` of a
+    callable object, ``functools.partial(module.function)``."""
+    if isinstance(loader, functools.partial):
+        return f"functools.partial({_loader_name(loader.func)})"
+    if _is_object(loader):
+        loader = type(loader)
+    return f"{getattr(loader, '__module__', '?')}.{getattr(loader, '__qualname__', type(loader).__name__)}"
+
+
+def _find(table: dict[str, Any], name: str) -> str | None:
+    """The key of ``table`` that ``name`` names: itself, else the one equal to it in any case
+    (and without surrounding spaces); ``None`` when there is none."""
+    if name in table:
+        return name
+    return next((key for key in table if key.lower() == name.strip().lower()), None)
 
 
 #: entry-point group of installed packages that bring datasets: each entry point names a module
@@ -247,6 +329,13 @@ def record_failure(broken: dict[str, str], ep: Any, exc: BaseException) -> None:
     broken[ep.name] = f"{broken[ep.name]}; {reason}" if ep.name in broken else reason
 
 
+def failed_plugin(broken: dict[str, str], name: str | None) -> str:
+    """What an unknown name's error adds when the entry point ``name`` failed to load
+    (``broken``: name -> one-line reason, :func:`record_failure`): `` (plugin 'x' failed to
+    load: ...)``; "" for any other name."""
+    return f" (plugin {name!r} failed to load: {broken[name]})" if name in broken else ""
+
+
 def load_entry_point_group(group: str, registry: dict[str, Any], broken: dict[str, str]) -> None:
     """Import every entry point of ``group`` (module entry points, whose import adds to
     ``registry``) in name order, each in isolation: one that fails registers nothing
@@ -281,12 +370,11 @@ def get_dataset(name: str) -> DatasetInfo:
 
 def _entry(name: str) -> tuple[DatasetInfo, Loader]:
     _load_dataset_entry_points()
-    if name in _DATASETS:
-        return _DATASETS[name]
-    for key, entry in _DATASETS.items():
-        if key.lower() == name.strip().lower():
-            return entry
-    raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(list_datasets())}")
+    key = _find(_DATASETS, name)
+    if key is not None:
+        return _DATASETS[key]
+    raise UnknownNameError(f"unknown dataset {name!r}{failed_plugin(_broken_datasets, _find(_broken_datasets, name))}; "
+                           f"known: {', '.join(list_datasets())}")
 
 
 def default_data_root() -> Path | None:
@@ -370,8 +458,10 @@ def load_domain(
                         "folder of an image-folder dataset): leave out --dataset to read the folder, or --data")
     if data_root is not None and info.needs == "embedded":  # (it had been dropped without a word)
         larger = " (--dataset digits-full reads the larger sets there)" if info.name == "digits" else ""
-        warn_outside_dalib(f"dataset {info.name} is embedded in dalib and reads no data root: {data_root} is not "
-                           f"used{larger}", UserWarning)
+        held = ("is embedded in dalib" if _loader_module(loader).startswith("dalib.")
+                else f"holds its data itself (needs='embedded', {_loader_name(loader)})")  # (a package's dataset)
+        warn_outside_dalib(f"dataset {info.name} {held} and reads no data root: {data_root} is not used{larger}",
+                           UserWarning)
     name = info.resolve(domain)
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise DataError(f"image size must be a positive integer, not {image_size!r}")
@@ -387,6 +477,9 @@ def load_domain(
         raise RegistryError(
             f"the loader of dataset {info.name} returned {type(result).__name__}, not a Domain"
         )
+    if info.domains and result.name != name:  # (else recorded as the run's domain, which dalib eval cannot load)
+        raise RegistryError(f"the loader of dataset {info.name} returned domain {result.name!r} for domain {name!r}: "
+                            "name it request.domain")
     where = (
         f"{result.origin} (dataset {info.name}, domain {result.name})"
         if result.origin

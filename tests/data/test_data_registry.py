@@ -513,3 +513,152 @@ def test_from_arrays_refuses_labels_of_two_dimensions():
 def test_from_arrays_needs_at_least_one_class():
     with pytest.raises(DataError, match=r"^num_classes must be at least 1, got 0 in domain dom$"):
         Domain.from_arrays("dom", np.eye(4), None, num_classes=0)
+
+
+def test_a_name_taken_in_another_case_is_refused(isolated_registry):
+    """Names are looked up exact first, then in any case: a package's ``Digits`` had been
+    accepted and took ``--dataset Digits`` over, while ``--dataset DIGITS`` read the built-in."""
+    info = DatasetInfo(name="Digits", description="", domains=("left", "right"), needs="embedded")
+    with pytest.raises(RegistryError, match=r"^dataset 'Digits' is already registered as 'digits' "
+                                            r"\(by dalib\.data\.digits\.load\): dataset names match in any case$"):
+        register_dataset(info, _toy_loader)
+    assert "Digits" not in list_datasets()
+    register_dataset(dataclasses.replace(info, name="toy"), _toy_loader)
+    with pytest.raises(RegistryError, match=r"^dataset 'TOY' is already registered as 'toy' .*in any case$"):
+        register_dataset(dataclasses.replace(info, name="TOY"), _toy_loader)  # the same loader, too
+
+
+def test_a_loader_must_name_the_domain_it_was_asked_for(isolated_registry):
+    """A loader's Domain named "WRONG" trained, and the run recorded "WRONG" as its source,
+    which dalib eval then could not load (unknown domain 'WRONG')."""
+    def wrong(req):
+        return Domain.from_arrays("WRONG", np.eye(2), np.arange(2))
+
+    register_dataset(DatasetInfo(name="t", description="", domains=("a",), aliases={"A1": "a"},
+                                 needs="embedded"), wrong)
+    with pytest.raises(RegistryError, match=r"^the loader of dataset t returned domain 'WRONG' for domain 'a': "
+                                            r"name it request\.domain$"):
+        load_domain("t", "A1")
+
+
+def test_a_packages_embedded_dataset_is_not_said_to_be_dalibs(isolated_registry, tmp_path):
+    """--data-root given to a package's dataset that holds its own data: the warning said it
+    was "embedded in dalib"."""
+    def load(req):
+        return Domain.from_arrays(req.domain, np.eye(2), np.arange(2))
+
+    register_dataset(DatasetInfo(name="own", description="", domains=("a",), needs="embedded"), load)
+    with pytest.warns(UserWarning, match=r"^dataset own holds its data itself \(needs='embedded', \S+\.load\) and "
+                                         r"reads no data root: .* is not used$"):
+        load_domain("own", "a", data_root=str(tmp_path))
+
+
+def test_a_dataset_whose_package_failed_says_why(isolated_registry, monkeypatch):
+    """An installed package that failed to import left only "unknown dataset 'sensors'; known:
+    ...", where an unknown method whose plugin failed says why."""
+    from importlib.metadata import EntryPoint
+
+    installed = importlib.metadata.entry_points
+    monkeypatch.setattr("importlib.metadata.entry_points", lambda group: [
+        EntryPoint("sensors", "no_such_module_xyz", group)] if group == isolated_registry.DATASET_ENTRY_POINT_GROUP
+        else installed(group=group))
+    monkeypatch.setattr(isolated_registry, "_dataset_entry_points_loaded", False)
+    monkeypatch.setattr(isolated_registry, "_broken_datasets", {})
+    for name in ("sensors", "Sensors"):
+        with pytest.raises(UnknownNameError, match=rf"^unknown dataset '{name}' \(plugin 'sensors' failed to load: "
+                                                   r"no_such_module_xyz: ModuleNotFoundError: No module named "
+                                                   r"'no_such_module_xyz'\); known: amazon-reviews, .*digits.*$"):
+            load_domain(name, "lab")
+    with pytest.raises(UnknownNameError, match=r"^unknown dataset 'other'; known: "):
+        get_dataset("other")
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"domains": "lab"}, r"dataset t: domains must be a tuple of names, not 'lab' \(one domain: \('lab',\)\)"),
+    ({"domains": ()}, r"dataset t: no domains given: name them \(only a dataset with needs='data_dir' has none, "
+                      r"its domains being the sub-folders of --data\)"),
+    ({"domains": (" lab ",)}, r"dataset t: domain ' lab ' is not a name: give a non-empty string without spaces "
+                              r"around it"),
+    ({"domains": ("lab", "")}, r"dataset t: domain '' is not a name: .*"),
+    ({"domains": ("lab", 3)}, r"dataset t: domain 3 is not a name: .*"),
+    ({"aliases": None}, r"dataset t: aliases must be a dict of alias -> domain name, not None"),
+    ({"aliases": {"L ": "lab"}}, r"dataset t: alias 'L ' is not a name: .*"),
+    ({"num_classes": 0}, r"dataset t: num_classes must be a positive int or None, not 0"),
+    ({"num_classes": -3}, r"dataset t: num_classes must be a positive int or None, not -3"),
+    ({"num_classes": 2.5}, r"dataset t: num_classes must be a positive int or None, not 2\.5"),
+    ({"num_classes": "4"}, r"dataset t: num_classes must be a positive int or None, not '4'"),
+    ({"num_classes": True}, r"dataset t: num_classes must be a positive int or None, not True"),
+    ({"name": ""}, r"a dataset's name must be a non-empty string, not ''"),
+    ({"name": 3}, r"a dataset's name must be a non-empty string, not 3"),
+])
+def test_a_dataset_info_is_checked(kwargs, message):
+    """Each was accepted: "lab" (("lab") without its comma) as the domains l, a and b, a count
+    of 0, -3, 2.5, "4" or True classes, a name "" or 3, a domain " lab " that no name given can
+    choose (it is stripped); aliases=None failed with an AttributeError."""
+    given = {"name": "t", "description": "", "domains": ("lab", "field"), **kwargs}
+    with pytest.raises(RegistryError, match=rf"^{message}$"):
+        DatasetInfo(**given)
+    assert DatasetInfo(name="t", description="", domains=["lab"], num_classes=np.int64(3)).num_classes == 3
+    assert DatasetInfo(name="t", description="", domains=(), needs="data_dir").domains == ()
+
+
+class _Loader:
+    """A loader of a class: a callable object."""
+
+    def __call__(self, req):
+        return _toy_loader(req)
+
+
+def test_the_same_loader_object_or_partial_registered_again_replaces_it(isolated_registry):
+    """A notebook cell run again that registers ``NpzLoader(...)`` or ``functools.partial(load,
+    ...)`` had been refused: "already registered (by __main__.NpzLoader)"."""
+    import functools
+
+    info = DatasetInfo(name="toy", description="", domains=("left", "right"), needs="embedded")
+    here = re.escape(__name__)
+    for first, again, by, other in [
+        (_Loader(), _Loader(), rf"{here}\._Loader", _toy_loader),
+        (functools.partial(_toy_loader), functools.partial(_toy_loader), rf"functools\.partial\({here}\._toy_loader\)",
+         functools.partial(_Loader())),
+    ]:
+        isolated_registry.unregister_dataset("toy")
+        register_dataset(info, first)
+        register_dataset(dataclasses.replace(info, description="again"), again)
+        assert get_dataset("toy").description == "again" and len(load_domain("toy", "left")) == 5
+        with pytest.raises(RegistryError, match=rf"^dataset 'toy' is already registered \(by {by}\)$"):
+            register_dataset(info, other)
+    with pytest.raises(RegistryError, match="already registered"):  # other arguments: another loader
+        register_dataset(info, functools.partial(_toy_loader, "other arguments"))
+    with pytest.raises(RegistryError, match="already registered"):  # the class is not an instance of it
+        register_dataset(info, _Loader)
+
+
+def test_unregister_dataset(isolated_registry):
+    """There was no way to take a dataset back, as unregister_method does for methods: a
+    notebook's renamed loader could not replace the one registered under its name."""
+    info = DatasetInfo(name="toy", description="", domains=("left", "right"), needs="embedded")
+    register_dataset(info, _toy_loader)
+    isolated_registry.unregister_dataset("toy")
+    isolated_registry.unregister_dataset("toy")  # (gone already: nothing to do)
+    assert "toy" not in list_datasets()
+    with pytest.raises(UnknownNameError, match=r"^unknown dataset 'toy'; known: "):
+        get_dataset("toy")
+    register_dataset(info, lambda req: _toy_loader(req))
+    assert len(load_domain("toy", "right")) == 7
+
+    def cell(req):  # a notebook's loader, renamed since it was registered
+        return _toy_loader(req)
+
+    def renamed(req):
+        return _toy_loader(req)
+
+    cell.__module__ = renamed.__module__ = "__main__"
+    cell.__qualname__, renamed.__qualname__ = "cell", "renamed"
+    register_dataset(dataclasses.replace(info, name="cell"), cell)
+    with pytest.raises(RegistryError, match=r"^dataset 'cell' is already registered \(by __main__\.cell; to replace "
+                                            r"it in this session: dalib\.data\.registry\.unregister_dataset\('cell'\) "
+                                            r"first\)$"):
+        register_dataset(dataclasses.replace(info, name="cell"), renamed)
+    isolated_registry.unregister_dataset("cell")
+    register_dataset(dataclasses.replace(info, name="cell"), renamed)
+    assert len(load_domain("cell", "left")) == 5
