@@ -110,6 +110,7 @@ class _Group(click.Group):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         _open_standard_streams()
+        _tolerant_stdout()
         if sys.stderr is None:  # started with it closed (2>&-): Python's is None, which the progress bar read
             sys.stderr = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 (the process's, to its end)
         try:
@@ -156,6 +157,20 @@ def _open_standard_streams() -> None:
             if null != fd:
                 os.dup2(null, fd)
                 os.close(null)
+
+
+def _tolerant_stdout() -> None:
+    """Standard output in an encoding that cannot write every character (a Latin-1 or cp1252
+    console, PYTHONIOENCODING): what dalib prints there (a λ in a method's table, a → in a
+    path) is escaped, as Python escapes it on standard error, where it had been a
+    UnicodeEncodeError after the command's work was done. (The CSV of ``eval --predictions -``
+    is data: it is checked before it is written.)"""
+    stream = sys.stdout
+    if stream is None or getattr(stream, "errors", None) != "strict" or not hasattr(stream, "reconfigure"):
+        return
+    if (stream.encoding or "").lower().replace("_", "-") not in ("utf-8", "utf8"):
+        with contextlib.suppress(Exception):  # (a stream of another kind, which keeps its own)
+            stream.reconfigure(errors="backslashreplace")
 
 
 def _load_plugins(modules: tuple[str, ...]) -> None:
@@ -435,7 +450,20 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     accuracy = accuracy_of(pred, labels)
     scored = "no labels to score" if accuracy is None else f"accuracy {accuracy:.2f}%"
     if to_stdout:
-        click.echo(text.getvalue(), nl=False)
+        # data, in the stream's own encoding: a character it cannot write is neither escaped nor
+        # replaced in it (click writes an ASCII stream as UTF-8 with '?'), and a file name read
+        # as undecodable bytes (the C locale's surrogateescape) is written back as those bytes
+        out = sys.stdout
+        encoding = out.encoding or "utf-8"
+        try:
+            data = text.getvalue().encode(encoding, "surrogateescape" if out.errors == "surrogateescape" else "strict")
+        except UnicodeEncodeError as exc:
+            raise DataError(f"standard output's encoding ({encoding}) cannot write {exc.object[exc.start:exc.end]!r}, "
+                            "which the predictions hold: give --predictions FILE (written in UTF-8), or set "
+                            "PYTHONIOENCODING=utf-8") from None
+        out.flush()
+        out.buffer.write(data)
+        out.buffer.flush()
         click.echo(f"{head}: {scored}; predictions of {len(pred)} samples on standard output", err=True)
         return
     atomic_write_text(Path(predictions), text.getvalue(), exclusive=True)  # (another eval may have written it since)

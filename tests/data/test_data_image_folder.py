@@ -917,3 +917,29 @@ def test_a_data_folder_reached_through_a_links_parent_is_recorded_as_read(tmp_pa
     assert data_root_read("office-caltech-surf", "lnk/../imgs") == str(tmp_path / "far" / "imgs")  # (result.json's data_root)
     _two_class_run(tmp_path, tmp_path / "far" / "imgs", tmp_path / "run", data_as_given="lnk/../imgs")
     assert json.loads((tmp_path / "run" / "result.json").read_text())["data"] == str(tmp_path / "far" / "imgs")
+
+
+def test_a_standard_output_of_another_encoding_gets_escaped_text_and_no_broken_csv(tmp_path):
+    """A Latin-1 or cp1252 standard output (a Windows-like console, PYTHONIOENCODING): dalib
+    show, and the results line of a finished run, ended in a UnicodeEncodeError traceback (λ,
+    →); eval --predictions - broke off its CSV at a class it could not write. Text is escaped
+    now; the CSV, which is data, is refused in one line before it is written."""
+    import os
+    import subprocess
+    import sys
+
+    _two_class_run(tmp_path, tmp_path / "data", tmp_path / "run", classes=("chat_é", "λ"))
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1", "OMP_NUM_THREADS": "1"}
+    show = subprocess.run([sys.executable, "-m", "dalib", "show", "coral"], capture_output=True, env=env, timeout=300)
+    assert show.returncode == 0 and b"\\u03bb" in show.stdout, show.stderr
+    csv = subprocess.run([sys.executable, "-m", "dalib", "eval", str(tmp_path / "run"), "--predictions", "-"],
+                         capture_output=True, env=env, timeout=300)
+    assert csv.returncode == 2 and csv.stdout == b"", csv.stderr
+    assert csv.stderr.decode("latin-1").strip() == (
+        "dalib: error: standard output's encoding (iso8859-1) cannot write 'λ', which the predictions hold: give "
+        "--predictions FILE (written in UTF-8), or set PYTHONIOENCODING=utf-8").encode("latin-1", "backslashreplace"
+                                                                                     ).decode("latin-1")
+    env["PYTHONIOENCODING"] = "utf-8"
+    csv = subprocess.run([sys.executable, "-m", "dalib", "eval", str(tmp_path / "run"), "--predictions", "-"],
+                         capture_output=True, env=env, timeout=300)
+    assert csv.returncode == 0 and "chat_é/0.png" in csv.stdout.decode("utf-8") and ",λ," in csv.stdout.decode("utf-8")
