@@ -75,7 +75,7 @@ def machine_info() -> dict:
         return info
     info["torch_threads"] = torch.get_num_threads()
     if torch.cuda.is_available():
-        info["cuda_device"] = torch.cuda.get_device_name(0)
+        info["cuda_device"] = torch.cuda.get_device_name(torch.cuda.current_device())  # (the one a run set)
         info["cuda_version"] = torch.version.cuda
     return info
 

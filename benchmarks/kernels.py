@@ -297,6 +297,8 @@ def run_child(case: dict) -> dict:
     if case.get("threads"):
         torch.set_num_threads(int(case["threads"]))
     device = case["device"]
+    if device.startswith("cuda"):  # cuda:N the current device: the syncs and memory counters below read it
+        torch.cuda.set_device(torch.device(device))
     dtype = torch.float64 if case["loss"] == "sinkhorn-tol" else torch.float32
     prepare, fn = _make_fn(case)
     # warm-up on a small slice: imports, thread pools, KeOps compilation
@@ -475,10 +477,13 @@ def main(argv: list[str] | None = None) -> int:
         args.sizes = args.sizes or [1000, 2000]
         args.dims = [64]
         args.tol_max_n = 1000
+    gpu = torch.device(args.device) if args.device.startswith("cuda") else None
+    if gpu is not None and gpu.index is not None:
+        torch.cuda.set_device(gpu)  # (the GPU machine_info names, and whose memory bounds the sizes)
     info = machine_info()
     avail = _avail_gb()
-    if args.device.startswith("cuda"):
-        avail = torch.cuda.get_device_properties(0).total_memory / 2**30
+    if gpu is not None:
+        avail = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / 2**30
     results = []
     start = time.time()
     done: dict[tuple, dict] = {}

@@ -96,3 +96,22 @@ def test_the_dann_digits_table_is_its_results_file_with_its_protocol():
     text = dann_digits.markdown(payload)
     assert text + "\n" == (benchmarks / "results" / "dann_digits_mnist_usps.md").read_text()  # (write_results ends it)
     assert "after the last step (no target-label model selection)" in text
+
+
+def test_the_kernel_benchmark_on_cuda_n_counts_that_gpus_memory(monkeypatch):
+    """--device cuda:1 put the points on GPU 1 but read the synchronisation and the memory
+    counters of the current device, GPU 0: a peak of 0 MB where GPU 1 did the work. (No GPU
+    here: torch.cuda's calls are recorded, and the points stay on the CPU.)"""
+    import torch
+
+    from dalib_benchmarks import kernels
+
+    calls = []
+    for name in ("set_device", "synchronize", "reset_peak_memory_stats", "memory_allocated", "max_memory_allocated"):
+        monkeypatch.setattr(torch.cuda, name, lambda *a, name=name: calls.append((name, *a)) or 0)
+    data = kernels._data
+    monkeypatch.setattr(kernels, "_data", lambda n, d, dtype, device: data(n, d, dtype, "cpu"))
+    kernels.run_child({"loss": "mmd", "method": "dalib-dense", "n": 64, "d": 4, "device": "cuda:1"})
+    assert calls[0] == ("set_device", torch.device("cuda:1"))
+    assert {c[0] for c in calls[1:]} == {"synchronize", "reset_peak_memory_stats", "memory_allocated",
+                                         "max_memory_allocated"}
