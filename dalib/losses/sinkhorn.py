@@ -182,8 +182,9 @@ def _solve(
     _check_args(blur, p, scaling, tol, max_iter, diameter)
     if _derivative_levels((x, y, a, b)) > 1:
         raise InputError(SECOND_ORDER + " (nested torch.func transforms, autograd or forward AD around a torch.func "
-                         "transform, forward over reverse; for torch.func.grad alone, give it inputs that do not "
-                         "require grad: x.detach()) use mmd or coral")
+                         "transform, forward over reverse; where only the torch.func derivative is wanted, call it "
+                         "under torch.no_grad(), or with inputs and parameters that do not require grad) use mmd or "
+                         "coral")
     p = int(p) if float(p) == int(p) else float(p)
 
     def run(name: str) -> SinkhornResult:
@@ -385,8 +386,8 @@ def sinkhorn(
     gradient comes from a plan exact on its own side's marginal (x's rows, y's columns: one
     more N×M reduction when ``y`` requires grad, about 15% of a forward and backward pass).
     The gradient is first-order only: a gradient of it (``create_graph=True``, nested ``torch.func`` transforms, autograd
-    or forward AD around a ``torch.func`` transform, forward over reverse) is refused; so ``torch.func.grad`` takes
-    inputs that do not require grad (or runs under ``torch.no_grad()``).
+    or forward AD around a ``torch.func`` transform, forward over reverse) is refused; so a ``torch.func.grad`` alone
+    runs under ``torch.no_grad()``, or on inputs (and a network's parameters) that do not require grad.
 
     ``x`` (N, D), ``y`` (M, D); ``a`` (N,), ``b`` (M,) non-negative weights summing to 1
     (uniform if None); ``p`` ≥ 1 (1 and 2 are the usual); ``diameter``: the largest

@@ -195,11 +195,22 @@ def test_a_derivative_around_torch_func_grad_or_forward_over_reverse_is_refused(
                    dual_through_grad, forward_over_reverse,
                    lambda: torch.autograd.grad(torch.func.jvp(f, (leaf,), (v,))[1], leaf)):
         with pytest.raises(InputError, match=r"^sinkhorn gives first-order gradients only .*autograd or forward AD "
-                                             r"around a torch.func transform.*x.detach\(\)\) use mmd or coral$"):
+                                             r"around a torch.func transform.*call it under torch.no_grad\(\), "
+                                             r"or with inputs and parameters that do not require grad\) use mmd or coral$"):
             second()
     with torch.no_grad():
         first = torch.func.grad(f)(leaf)
     torch.testing.assert_close(first, torch.func.grad(f)(x))
+    # an input gradient through a network whose parameters require grad (as FGSM takes it): autograd
+    # records beneath the transform, so a derivative of the result may follow; under no_grad it is given
+    net = torch.nn.Linear(x.shape[1], x.shape[1]).double()
+    g = lambda z: sinkhorn(net(z), y, blur=0.5, backend="dense")  # noqa: E731
+    with pytest.raises(InputError, match=r"call it under torch.no_grad\(\)"):
+        torch.func.grad(g)(x)
+    with torch.no_grad():
+        through = torch.func.grad(g)(x)
+    (expected,) = torch.autograd.grad(g(leaf), leaf)
+    torch.testing.assert_close(through, expected)
     torch.testing.assert_close(torch.func.jvp(f, (x,), (v,))[1], (first * v).sum())
 
 
