@@ -477,7 +477,9 @@ def load_domain(
         raise RegistryError(
             f"the loader of dataset {info.name} returned {type(result).__name__}, not a Domain"
         )
-    if info.domains and result.name != name:  # (else recorded as the run's domain, which dalib eval cannot load)
+    # (else recorded as the run's domain, which dalib eval cannot load; a name that resolves to it,
+    # as a folder's Amazon for amazon, loads again)
+    if info.domains and result.name != name and info._lookup().get(str(result.name).strip().lower()) != name:
         raise RegistryError(f"the loader of dataset {info.name} returned domain {result.name!r} for domain {name!r}: "
                             "name it request.domain")
     where = (

@@ -539,6 +539,11 @@ def test_a_loader_must_name_the_domain_it_was_asked_for(isolated_registry):
     with pytest.raises(RegistryError, match=r"^the loader of dataset t returned domain 'WRONG' for domain 'a': "
                                             r"name it request\.domain$"):
         load_domain("t", "A1")
+    # a name that resolves to the domain asked for (a folder spelt Amazon for amazon) loads again
+    isolated_registry.unregister_dataset("t")
+    register_dataset(DatasetInfo(name="t", description="", domains=("a",), needs="embedded"),
+                     lambda req: Domain.from_arrays("A", np.eye(2), np.arange(2)))
+    assert load_domain("t", "a").name == "A"
 
 
 def test_a_packages_embedded_dataset_is_not_said_to_be_dalibs(isolated_registry, tmp_path):
