@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="bandwidths σ to compare")
     ap.add_argument("--jobs", type=at_least(1), default=1)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--out", type=Path, default=None, help="folder for kmm_bandwidth_SUITE.{json,md} [results/]")
     args = ap.parse_args(argv)
 
     from dalib_benchmarks.suite import load_suite, worker_threads
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['n_source']} | {r['zero_fraction']:.0%} |" for r in rows]
     command = reproduce_line(f"python benchmarks/kmm_bandwidth.py --suite {args.suite} --grid {grid} --jobs {args.jobs}",
                              args.data_root, args.out)
-    print(write_selection(args.out / f"kmm_bandwidth_{suite.name}", payload, lines, f"σ = {chosen:g}", command))
+    print(write_selection((args.out or HERE / "results") / f"kmm_bandwidth_{suite.name}", payload, lines, f"σ = {chosen:g}", command))
     return 0
 
 

@@ -88,3 +88,17 @@ def test_the_script_scores_each_bandwidth_on_each_task_without_target_labels(tmp
     assert "accuracy" not in json.dumps(payload)  # no target score is computed
     md = (out / "kmm_bandwidth_toy.md").read_text()
     assert f"σ = {payload['chosen']:g}" in md and f"--suite {suite} --grid 0.5 2 " in md
+
+
+def test_a_default_run_writes_the_suites_file_with_a_reproduce_line_of_no_machines_paths(tmp_path, monkeypatch,
+                                                                                       toy_dataset):
+    """--out had a default, results/, which every Reproduce line then named as an absolute path
+    of the machine that ran it."""
+    from dalib_benchmarks import kmm_bandwidth
+
+    suite = tmp_path / "toy.toml"
+    suite.write_text(TOY_SUITE)
+    monkeypatch.setattr(kmm_bandwidth, "HERE", tmp_path)
+    assert main(["--suite", str(suite), "--grid", "0.5"]) == 0
+    md = (tmp_path / "results" / "kmm_bandwidth_toy.md").read_text()
+    assert f"Reproduce: `python benchmarks/kmm_bandwidth.py --suite {suite} --grid 0.5 --jobs 1` (" in md
