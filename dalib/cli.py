@@ -210,12 +210,15 @@ def _canonical_domains(config: Any) -> tuple[str, str]:
     return info.resolve(config.src), info.resolve(config.tgt)
 
 
-def _default_out(method: str, src: str, tgt: str, seed: int) -> Path:
+def _default_out(method: str, src: str, tgt: str, seed: int, taken: tuple[Path, ...] = ()) -> Path:
+    """runs/METHOD-SRC-TGT-seedN, or the first of -2, -3, ... that holds no run; ``taken``: folders
+    a run started at the same moment claimed first."""
     from dalib.runner import holds_run
 
     base = Path("runs") / f"{method}-{src}-{tgt}-seed{seed}".replace("/", "_")
     candidate, n = base, 1
-    while candidate.exists() and holds_run(candidate):  # what a run that stopped early left is no run
+    # what a run that stopped early left is no run
+    while candidate in taken or (candidate.exists() and holds_run(candidate)):
         n += 1
         candidate = base.with_name(f"{base.name}-{n}")
     return candidate
@@ -267,7 +270,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         config_file: str | None, plugins: tuple[str, ...], quiet: bool, **options: Any) -> None:
     """Train METHOD from --src to --tgt and report source and target accuracy."""
     from dalib.registry import get_method
-    from dalib.runner import RunConfig
+    from dalib.runner import FolderTaken, RunConfig
     from dalib.runner import run as run_training
 
     _load_plugins(plugins)
@@ -308,7 +311,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         raise ConfigError("--out is empty: name the output folder, or leave --out out for runs/METHOD-SRC-TGT-seedN")
     if resume and out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
-    out_dir = Path(out) if out else _default_out(method, *_canonical_domains(config), config.seed)
+    names = (method, *_canonical_domains(config), config.seed)
+    out_dir = Path(out) if out else _default_out(*names)
     def announce(info: dict[str, Any]) -> None:
         resumed = f", resuming at step {info['start']}" if info.get("start") else ""
         how = (f"{info['steps']} step{'s' if info['steps'] != 1 else ''} on {info['device']}{resumed}" if info["mode"] == "deep"
@@ -321,9 +325,20 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
 
     lines = None if quiet or sys.stderr.isatty() else _ProgressLines()  # a log file: no bar, lines instead
     # SIGTERM (a scheduler's stop) as Ctrl-C: the file being written finished, the folder's claim given up
-    with terminate_as_interrupt():
-        result = run_training(config, out_dir, resume=resume, progress_bar=False if quiet else None,
-                              on_start=announce, on_step=None if lines is None else lines.step)
+    taken: tuple[Path, ...] = ()
+    while True:
+        try:
+            with terminate_as_interrupt():
+                result = run_training(config, out_dir, resume=resume, progress_bar=False if quiet else None,
+                                      on_start=announce, on_step=None if lines is None else lines.step)
+            break
+        except FolderTaken:
+            if out is not None:
+                raise
+            # the default folder, which looked free, claimed first by a run started at the same moment
+            # (students in one folder, a shell loop): the next number, as if it had been taken before
+            taken += (out_dir,)
+            out_dir = _default_out(*names, taken=taken)
     if result.rank != 0:
         return  # under torchrun, rank 0 alone reports, as it alone writes
     click.echo(f"source accuracy: {result.source_accuracy:.2f}%")

@@ -2048,6 +2048,11 @@ def claim_out_dir(out: Path) -> None:
 _BUSY = "is being written by another dalib run"
 
 
+class FolderTaken(ConfigError):
+    """The output folder holds a run, or another process claims it: the CLI's default folder
+    moves on to the next number when a run started at the same moment took it first."""
+
+
 #: the claims this process holds: lock path -> the open descriptor whose flock keeps it
 _claims: dict[str, int] = {}
 
@@ -2086,7 +2091,7 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
             pid = _read_pid(fd)
             os.close(fd)
             holder = f"process {pid}" if pid is not None else f"{lock}"
-            raise ConfigError(f"{busy} ({holder}): wait for it {advice}") from None
+            raise FolderTaken(f"{busy} ({holder}): wait for it {advice}") from None
         try:  # released and claimed anew since it was opened: this descriptor is the old file's
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -2095,7 +2100,7 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
         if not current or (pid is not None and pid != os.getpid() and _process_lives(pid)):
             os.close(fd)  # (the flock goes with it)
             if current:  # an id without the flock: an older dalib's claim, or a dead one's id taken by another program
-                raise ConfigError(f"{busy} (process {pid}, which holds no lock on it): wait for it {advice}; if that "
+                raise FolderTaken(f"{busy} (process {pid}, which holds no lock on it): wait for it {advice}; if that "
                                   f"process is no dalib, remove {lock}") from None
             continue
         os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
@@ -2167,7 +2172,7 @@ def refuse_while_written(out: Path) -> None:
     """One line if another live process is writing a run into ``out``."""
     writer = _writer(out)
     if writer is not None:
-        raise ConfigError(f"{out} {_BUSY}{f' (process {writer})' if writer else ''}: wait for it or choose "
+        raise FolderTaken(f"{out} {_BUSY}{f' (process {writer})' if writer else ''}: wait for it or choose "
                           "another --out")
 
 
@@ -2175,7 +2180,7 @@ def _refuse_a_kept_run(out: Path) -> None:
     """One line if ``out`` keeps a run's checkpoint or result: nothing is overwritten."""
     if _keeps_a_run(out):
         refuse_while_written(out)  # --resume would be refused too, while it writes
-        raise ConfigError(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
+        raise FolderTaken(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
                           "or choose another --out")
 
 

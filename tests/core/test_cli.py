@@ -139,6 +139,25 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
     assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed2-2" / "result.json").is_file()
 
 
+
+def test_a_default_out_claimed_at_the_same_moment_moves_on_to_the_next_number(runner, chdir_tmp, monkeypatch):
+    """Two runs started together without --out (students in one folder, a shell loop) both saw
+    runs/...-seed0 free; the one that claimed it second was refused ("choose another --out",
+    which it never gave), where the default moves on to -2. An --out given is still refused."""
+    import dalib.runner
+
+    claimed = chdir_tmp / "runs" / "source_only-mnist-usps-seed0"
+    claimed.mkdir(parents=True)
+    (claimed / ".dalib-run.lock").write_text(str(os.getppid()))  # a live process's claim, made...
+    monkeypatch.setattr(dalib.runner, "holds_run", lambda out: False)  # ...after this run chose the folder
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST])
+    assert res.exit_code == 0, res.output
+    assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed0-2" / "result.json").is_file()
+    assert sorted(p.name for p in claimed.iterdir()) == [".dalib-run.lock"]
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--out", str(claimed)])
+    assert res.exit_code == 2 and "is being written by another dalib run" in res.stderr, res.output
+
+
 def test_an_empty_out_is_refused_not_taken_as_the_default(runner, chdir_tmp):
     for extra in ([], ["--resume"]):
         res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--out", "", *extra])
