@@ -2146,7 +2146,10 @@ def holds_run(out: Path) -> bool:
     """Whether ``out`` holds a run: its checkpoint or its result, or the claim of a run that
     still writes there (before its first checkpoint). Metric lines alone are what a run that
     stopped early left: a new run may start there (:func:`check_fresh_out_dir`)."""
-    if _keeps_a_run(out) or not _left_by_a_run(out / METRICS):  # a metrics file of its own is kept too
+    try:
+        if _keeps_a_run(out) or not _left_by_a_run(out / METRICS):  # a metrics file of its own is kept too
+            return True
+    except ConfigError:  # a metrics.jsonl that is a link or a pipe, a folder that cannot be read: not free
         return True
     return _writer(out) is not None
 
@@ -2230,6 +2233,9 @@ def check_fresh_out_dir(out: Path) -> None:
     make_folder(out, "output folder")
     ready_for_writing(out)
     claim_out_dir(out)  # before anything of a run that may be writing here is touched
+    if _keeps_a_run(out):  # a run that claimed the folder, finished and gave it up since the check above
+        release_file(out / LOCK)
+        _refuse_a_kept_run(out)
     (out / METRICS).unlink(missing_ok=True)
 
 

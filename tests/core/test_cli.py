@@ -149,6 +149,7 @@ def test_a_default_out_claimed_at_the_same_moment_moves_on_to_the_next_number(ru
     claimed = chdir_tmp / "runs" / "source_only-mnist-usps-seed0"
     claimed.mkdir(parents=True)
     (claimed / ".dalib-run.lock").write_text(str(os.getppid()))  # a live process's claim, made...
+    holds_run = dalib.runner.holds_run
     monkeypatch.setattr(dalib.runner, "holds_run", lambda out: False)  # ...after this run chose the folder
     res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST])
     assert res.exit_code == 0, res.output
@@ -156,6 +157,28 @@ def test_a_default_out_claimed_at_the_same_moment_moves_on_to_the_next_number(ru
     assert sorted(p.name for p in claimed.iterdir()) == [".dalib-run.lock"]
     res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--out", str(claimed)])
     assert res.exit_code == 2 and "is being written by another dalib run" in res.stderr, res.output
+    monkeypatch.setattr(dalib.runner, "holds_run", holds_run)
+    # a run that claimed seed1, finished and gave it up between this run's check and its claim:
+    # its result was overwritten; and a folder whose metrics.jsonl is a link is not free either
+    claim = dalib.runner.claim_out_dir
+
+    def finished_meanwhile(out):
+        claim(out)
+        if out.name == "source_only-mnist-usps-seed1" and not (out / "result.json").exists():
+            (out / "result.json").write_text("{}")
+
+    monkeypatch.setattr(dalib.runner, "claim_out_dir", finished_meanwhile)
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    first = chdir_tmp / "runs" / "source_only-mnist-usps-seed1"
+    assert (first / "result.json").read_text() == "{}" and not (first / ".dalib-run.lock").exists()
+    assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed1-2" / "result.json").is_file()
+    linked = chdir_tmp / "runs" / "source_only-mnist-usps-seed2"
+    linked.mkdir()
+    (linked / "metrics.jsonl").symlink_to(chdir_tmp / "nowhere")
+    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "2"])
+    assert res.exit_code == 0, res.output
+    assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed2-2" / "result.json").is_file()
 
 
 def test_an_empty_out_is_refused_not_taken_as_the_default(runner, chdir_tmp):
