@@ -297,8 +297,8 @@ def run_child(case: dict) -> dict:
     if case.get("threads"):
         torch.set_num_threads(int(case["threads"]))
     device = case["device"]
-    if device.startswith("cuda"):  # cuda:N the current device: the syncs and memory counters below read it
-        torch.cuda.set_device(torch.device(device))
+    if device.startswith("cuda") and torch.device(device).index is not None:  # cuda:N the current device: the
+        torch.cuda.set_device(torch.device(device))  # syncs and memory counters below read it (cuda: the current)
     dtype = torch.float64 if case["loss"] == "sinkhorn-tol" else torch.float32
     prepare, fn = _make_fn(case)
     # warm-up on a small slice: imports, thread pools, KeOps compilation

@@ -115,3 +115,6 @@ def test_the_kernel_benchmark_on_cuda_n_counts_that_gpus_memory(monkeypatch):
     assert calls[0] == ("set_device", torch.device("cuda:1"))
     assert {c[0] for c in calls[1:]} == {"synchronize", "reset_peak_memory_stats", "memory_allocated",
                                          "max_memory_allocated"}
+    calls.clear()  # plain cuda (the default where a GPU is): the current device, none set
+    kernels.run_child({"loss": "mmd", "method": "dalib-dense", "n": 64, "d": 4, "device": "cuda"})
+    assert calls and "set_device" not in {c[0] for c in calls}
