@@ -1281,9 +1281,7 @@ def _run(
         metrics_path = out / METRICS if (out is not None and is_main) else None
         # unbuffered: each line reaches the file as it is logged, and a write the disk refuses
         # fails there, not again when the file is closed (over the error that says which file)
-        # (never through a link: one put there since the checks would name the file it writes)
-        metrics_fh = (open(os.open(metrics_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666),
-                           "ab", buffering=0) if metrics_path is not None else None)
+        metrics_fh = _append_to(metrics_path) if metrics_path is not None else None
         bar = _progress_bar(config.steps, start, progress_bar and is_main)
         last_line: dict[str, Any] | None = None  # the last step's metrics line
         t0 = time.perf_counter()
@@ -2204,6 +2202,15 @@ def _regular_or_absent(path: Path) -> bool:
         raise ConfigError(f"{path} is {kind}, which dalib does not read or write through: remove it, or choose "
                           "another --out")
     return True
+
+
+def _append_to(path: Path) -> Any:
+    """``path`` opened to append to, unbuffered, and never through a symbolic link (one put
+    there since the checks would name the file it writes); named by its path, which a write
+    the disk refuses names (an open descriptor is named by its number)."""
+    fh = open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666), "ab", buffering=0)
+    fh.name = str(path)
+    return fh
 
 
 def _left_by_a_run(metrics: Path) -> bool:

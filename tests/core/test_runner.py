@@ -294,17 +294,21 @@ def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
 def test_a_metrics_line_the_disk_refuses_names_the_file(tmp_path, monkeypatch):
     # a full disk (metrics.jsonl opened on /dev/full): the write's own error carries no file
     # name, and the buffered file raised it again on closing, over any other ("dalib: error: No
-    # space left on device")
-    import builtins
+    # space left on device"); opened by its descriptor (never through a link), it was named by
+    # the descriptor's number
+    import os
+    import re
 
-    from dalib import runner as runner_module
     from dalib.errors import DataError
 
-    def full_metrics(path, *args, **kwargs):
-        return builtins.open("/dev/full" if str(path).endswith("metrics.jsonl") else path, *args, **kwargs)
+    os_open = os.open
 
-    monkeypatch.setattr(runner_module, "open", full_metrics, raising=False)
-    with pytest.raises(DataError, match=r"^cannot write /dev/full \(No space left on device\)$"):
+    def full_metrics(path, *args, **kwargs):
+        return os_open("/dev/full" if str(path).endswith("metrics.jsonl") else path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", full_metrics)
+    metrics = re.escape(str(tmp_path / "r" / "metrics.jsonl"))
+    with pytest.raises(DataError, match=rf"^cannot write {metrics} \(No space left on device\)$"):
         run(_config(steps=6, log_every=2, checkpoint_every=0), tmp_path / "r", progress_bar=False)
 
 
