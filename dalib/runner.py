@@ -2101,9 +2101,15 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
                 raise FolderTaken(f"{busy} (process {pid}, which holds no lock on it): wait for it {advice}; if that "
                                   f"process is no dalib, remove {lock}") from None
             continue
-        os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, str(os.getpid()).encode())
+        try:
+            os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, str(os.getpid()).encode())
+        except OSError as exc:  # a disk with room for an empty file, not for its few bytes: an empty claim
+            with contextlib.suppress(OSError):  # left there would read as a run that writes, for ever
+                lock.unlink()
+            os.close(fd)
+            raise ConfigError(f"cannot claim {lock}: {exc.strerror}") from None
         _claims[str(lock)] = fd
         return
     raise ConfigError(f"cannot claim {lock}: another process keeps claiming it")
@@ -2177,12 +2183,16 @@ def refuse_while_written(out: Path) -> None:
                           "another --out")
 
 
+def _holds_a_run(out: Path) -> FolderTaken:
+    return FolderTaken(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
+                       "or choose another --out")
+
+
 def _refuse_a_kept_run(out: Path) -> None:
     """One line if ``out`` keeps a run's checkpoint or result: nothing is overwritten."""
     if _keeps_a_run(out):
         refuse_while_written(out)  # --resume would be refused too, while it writes
-        raise FolderTaken(f"{out} already holds a run: pass --resume (resume=True from Python) to continue it, "
-                          "or choose another --out")
+        raise _holds_a_run(out)
 
 
 def _regular_or_absent(path: Path) -> bool:
@@ -2242,7 +2252,7 @@ def check_fresh_out_dir(out: Path) -> None:
     claim_out_dir(out)  # before anything of a run that may be writing here is touched
     if _keeps_a_run(out):  # a run that claimed the folder, finished and gave it up since the check above
         release_file(out / LOCK)
-        _refuse_a_kept_run(out)
+        raise _holds_a_run(out)
     (out / METRICS).unlink(missing_ok=True)
 
 

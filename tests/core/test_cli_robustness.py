@@ -606,3 +606,43 @@ def test_a_metrics_file_that_is_a_link_or_a_pipe_is_refused_not_followed(tmp_pat
     metrics.write_text('{"token": "abc"}\n{"step": 1, "lr": 0.01}\n')
     assert runner.invoke(cli, [*args, "--out", str(run_dir), "--resume"]).exit_code == 0
     assert "token" not in metrics.read_text() and metrics.read_text().startswith('{"step": 1')
+
+
+def test_a_claim_the_disk_refuses_leaves_no_lock_and_a_kept_run_found_late_is_refused(tmp_path, monkeypatch):
+    """A disk with room for an empty file but not for the process id: the bare OSError named no
+    path, and the empty lock left behind read as a run that writes there, for ever. A kept run
+    that appears while the claim is taken, and is gone again as the claim is given up, had let
+    the run go on without a claim."""
+    import errno
+
+    from dalib import runner as runner_module
+    from dalib.errors import ConfigError
+    from dalib.runner import FolderTaken, check_fresh_out_dir, claim_file
+
+    lock = tmp_path / ".lock"
+    real_write = os.write
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(ConfigError, match=rf"^cannot claim {lock}: No space left on device$"):
+        claim_file(lock, "busy", "or not")
+    monkeypatch.setattr(os, "write", real_write)
+    assert not lock.exists() and str(lock) not in runner_module._claims
+    out = tmp_path / "out"
+    claim, release = runner_module.claim_out_dir, runner_module.release_file
+
+    def claimed_beside_a_result(folder):
+        claim(folder)
+        (folder / "result.json").write_text("{}")
+
+    def released_and_removed(path):
+        release(path)
+        (out / "result.json").unlink()
+
+    monkeypatch.setattr(runner_module, "claim_out_dir", claimed_beside_a_result)
+    monkeypatch.setattr(runner_module, "release_file", released_and_removed)
+    with pytest.raises(FolderTaken, match=rf"^{out} already holds a run"):
+        check_fresh_out_dir(out)
+    assert not any(key.startswith(str(out)) for key in runner_module._claims)
