@@ -311,8 +311,8 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
         raise ConfigError("--out is empty: name the output folder, or leave --out out for runs/METHOD-SRC-TGT-seedN")
     if resume and out is None:
         raise ConfigError("--resume needs --out: the folder of the run to continue")
-    names = (method, *_canonical_domains(config), config.seed)
-    out_dir = Path(out) if out else _default_out(*names)
+    names = None if out else (method, *_canonical_domains(config), config.seed)  # the default folder's
+    out_dir = Path(out) if names is None else _default_out(*names)
     def announce(info: dict[str, Any]) -> None:
         resumed = f", resuming at step {info['start']}" if info.get("start") else ""
         how = (f"{info['steps']} step{'s' if info['steps'] != 1 else ''} on {info['device']}{resumed}" if info["mode"] == "deep"
@@ -333,7 +333,7 @@ def run(method: str, src: str | None, tgt: str | None, out: str | None, resume: 
                                       on_start=announce, on_step=None if lines is None else lines.step)
             break
         except FolderTaken:
-            if out is not None:
+            if names is None:
                 raise
             # the default folder, which looked free, claimed first by a run started at the same moment
             # (students in one folder, a shell loop): the next number, as if it had been taken before

@@ -1040,32 +1040,39 @@ def run(
     # one run at a time in a process: runs seed and restore the process's random states and
     # default dtype, and dropout draws from torch's global generator; two at once (threads, or a
     # run from a callback of another) change each other's numbers and release each other's claims
-    global _RUN_OWNER
-    if not _RUN_LOCK.acquire(blocking=False):
-        raise ConfigError("another dalib.run is running in this process (another thread, or a callback of that run; "
-                          "or a load_model in another thread builds its network): runs share the process's random "
-                          "state, so run them one after the other, or in separate processes")
-    _RUN_OWNER = threading.get_ident()
-    try:
-        # ... and in float32 outside the caller's autocast (the runner's own covers the forward pass)
-        with terminate_as_interrupt(then_end=True), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
-                torch.inference_mode(False), torch.enable_grad(), _default_dtype(torch.float32), \
-                torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
-            return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
-                        on_start=on_start)
-    finally:
-        _RUN_OWNER = None
-        _RUN_LOCK.release()
+    # ... and in float32 outside the caller's autocast (the runner's own covers the forward pass)
+    with _holding_run_lock("another dalib.run is running in this process (another thread, or a callback of that run; "
+                           "or a load_model in another thread builds its network): runs share the process's random "
+                           "state, so run them one after the other, or in separate processes"), \
+            terminate_as_interrupt(then_end=True), caller_random_state(uses_cuda=device.type == "cuda"), on_gpu, \
+            torch.inference_mode(False), torch.enable_grad(), _default_dtype(torch.float32), \
+            torch.autocast("cpu", enabled=False), torch.autocast("cuda", enabled=False):
+        return _run(config, device, out_dir, resume=resume, progress_bar=progress_bar, on_step=on_step,
+                    on_start=on_start)
 
 
 #: held while a run goes on in this process (:func:`run`), and while :func:`load_model` builds
 _RUN_LOCK = threading.Lock()
-#: the thread of the run that holds it (a callback of the run may call load_model)
-_RUN_OWNER: int | None = None
+#: the thread that holds it: a run's (whose callbacks may call load_model), or a building load's
+#: (whose backbone builder may load another run's network)
+_RUN_LOCK_OWNER: int | None = None
 #: held by the load_model that builds: loads in other threads wait for it (a run refuses them)
 _BUILD_LOCK = threading.Lock()
-#: the thread of the load that holds it (a builder that loads another run's network, in its thread)
-_BUILD_OWNER: int | None = None
+
+
+@contextlib.contextmanager
+def _holding_run_lock(refusal: str) -> Iterator[None]:
+    """:data:`_RUN_LOCK` held by this thread, or :class:`ConfigError` ``refusal`` where another
+    run or load holds it."""
+    global _RUN_LOCK_OWNER
+    if not _RUN_LOCK.acquire(blocking=False):
+        raise ConfigError(refusal)
+    _RUN_LOCK_OWNER = threading.get_ident()
+    try:
+        yield
+    finally:
+        _RUN_LOCK_OWNER = None
+        _RUN_LOCK.release()
 
 
 @contextlib.contextmanager
@@ -1076,21 +1083,14 @@ def _build_lock() -> Iterator[None]:
     callback of the run, in its thread, builds between two of its steps: nothing interleaves.
     Loads in several threads (a pool of them) build one after the other; a load within a load
     (a backbone whose builder loads another run's network) builds in the thread that holds the lock."""
-    global _BUILD_OWNER
-    if threading.get_ident() in (_RUN_OWNER, _BUILD_OWNER):  # a callback of the run, or a load's builder
+    if threading.get_ident() == _RUN_LOCK_OWNER:  # a callback of the run, or a load's builder
         yield
         return
-    with _BUILD_LOCK:
-        if not _RUN_LOCK.acquire(blocking=False):
-            raise ConfigError("a dalib.run is running in another thread of this process: load_model builds the "
-                              "network with the process's random generators, which that run draws from, so load it "
-                              "when the run has ended, from the run's own callbacks, or in another process")
-        _BUILD_OWNER = threading.get_ident()
-        try:
-            yield
-        finally:
-            _BUILD_OWNER = None
-            _RUN_LOCK.release()
+    with _BUILD_LOCK, _holding_run_lock("a dalib.run is running in another thread of this process: load_model builds "
+                                        "the network with the process's random generators, which that run draws "
+                                        "from, so load it when the run has ended, from the run's own callbacks, or in "
+                                        "another process"):
+        yield
 
 
 @cpu_by_default  # (the caller's default device is given back)
