@@ -30,7 +30,7 @@ from typing import TypeVar
 import torch
 from torch import Tensor
 
-from dalib.errors import BackendError, InputError, UnknownNameError, warn_outside_dalib
+from dalib.errors import BackendError, InputError, UnknownNameError, first_line, warn_outside_dalib
 from dalib.kernels._checks import plain_tensor
 
 __all__ = [
@@ -90,7 +90,9 @@ def keops_available() -> bool:
         _keops_state["checked"] = True
         _keops_state["ok"] = False
         try:
-            import_quietly("pykeops.torch")
+            import_keops()
+        except DamagedKeOpsIndex as exc:
+            _keops_state["reason"] = str(exc)
         except ImportError as exc:
             _keops_state["reason"] = f"pykeops is not installed ({exc})"
         except OSError as exc:  # its import makes its cache folder (~/.cache/keopsVERSION)
@@ -102,7 +104,56 @@ def keops_available() -> bool:
 
                 if not os.access(keopscore.config.get_build_folder(), os.W_OK):  # compiled beforehand, read-only
                     forget_keops_cache_saves()  # (its saves at exit would each print a traceback)
+                else:
+                    save_keops_indexes_whole()
     return bool(_keops_state["ok"])
+
+
+class DamagedKeOpsIndex(Exception):
+    """An index of keopscore's cache that pickle cannot read, and that could not be set aside."""
+
+
+def damaged_index(exc: BaseException) -> str | None:
+    """The index file of keopscore's cache whose reading raised ``exc``, if it was that reading
+    (keopscore loads its indexes, pickles of what it compiled, as pykeops is imported)."""
+    if isinstance(exc, (OSError, MemoryError)):  # (a file it may not read, or no memory: not its contents)
+        return None
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name == "__init__" and code.co_filename.endswith(os.path.join("keopscore", "utils", "Cache.py")):
+            index = getattr(tb.tb_frame.f_locals.get("self"), "cache_file", None)
+            return index if isinstance(index, str) else None
+        tb = tb.tb_next
+    return None
+
+
+def import_keops() -> None:
+    """Import ``pykeops.torch``. An index of keopscore's cache that pickle cannot read (a process
+    stopped, or a disk that filled, as keopscore saved it at exit: it writes the file in place)
+    made every later import fail with pickle's error: it is set aside, once and with a warning,
+    and KeOps builds it again; one that cannot be set aside is a :class:`DamagedKeOpsIndex`."""
+    set_aside: set[str] = set()
+    while True:
+        try:
+            import_quietly("pykeops.torch")
+            return
+        except Exception as exc:
+            index = damaged_index(exc)
+            if index is None or index in set_aside:
+                raise
+            why = f"{type(exc).__name__}: {first_line(exc)}"
+            try:
+                os.replace(index, index + ".damaged")
+            except OSError as err:
+                raise DamagedKeOpsIndex(
+                    f"pykeops cannot read its cache index {index} ({why}) nor set it aside ({err.strerror or err}): "
+                    "delete that file, and KeOps builds it again") from exc
+            set_aside.add(index)
+            warn_outside_dalib(
+                f"dalib.kernels: pykeops's cache index {index} was damaged ({why}), as when a process is stopped, or "
+                f"the disk is full, while it is saved; set aside as {os.path.basename(index)}.damaged, and KeOps "
+                "builds it again", RuntimeWarning)
 
 
 #: why a process has no home folder, as :func:`no_home` finds it
@@ -116,19 +167,77 @@ def no_home() -> bool:
     return os.path.expanduser("~") == "~"
 
 
-def forget_keops_cache_saves() -> None:
-    """keopscore saves the indexes of its caches into its cache folder at exit: a folder that
-    refuses its files refuses them too, and each refusal printed a traceback after the run."""
-    import atexit
-
-    with contextlib.suppress(Exception):  # (keopscore's internals: nothing to forget if they moved)
+def keops_indexes() -> list[object]:
+    """keopscore's caches that save an index file at exit (its internals: none if they moved)."""
+    found: list[object] = []
+    with contextlib.suppress(Exception):
         from keopscore.utils.Cache import Cache, Cache_partial
 
         for name, module in list(sys.modules.items()):
             if module is not None and name.split(".")[0] in ("keopscore", "pykeops"):
                 for value in list(vars(module).values()):
-                    if isinstance(value, (Cache, Cache_partial)):
-                        atexit.unregister(value.save_cache)
+                    if isinstance(value, (Cache, Cache_partial)) and getattr(value, "use_cache_file", False):
+                        found.append(value)
+    return found
+
+
+#: the saves at exit that :func:`save_keops_indexes_whole` put in place of keopscore's own
+_whole_saves: dict[int, Callable[[], None]] = {}
+
+
+def forget_keops_cache_saves() -> None:
+    """keopscore saves the indexes of its caches into its cache folder at exit: a folder that
+    refuses its files refuses them too, and each refusal printed a traceback after the run."""
+    import atexit
+
+    for cache in keops_indexes():
+        atexit.unregister(cache.save_cache)  # type: ignore[attr-defined]
+        save = _whole_saves.pop(id(cache), None)
+        if save is not None:
+            atexit.unregister(save)
+
+
+def save_keops_indexes_whole() -> None:
+    """keopscore writes each index over the old one, in place, at exit: a process stopped then,
+    or a disk that filled, left a truncated file, and every later import of pykeops failed on it.
+    Each is saved instead to a file beside it that then replaces it whole; a save that fails
+    keeps the old index and says so in one line."""
+    import atexit
+
+    for cache in keops_indexes():
+        if id(cache) in _whole_saves or not isinstance(getattr(cache, "cache_file", None), str):
+            continue
+        if not hasattr(cache, "library_params" if type(cache).__name__ == "Cache_partial" else "library"):
+            continue  # (keopscore's internals moved: its own save stays)
+
+        def save(cache: object = cache) -> None:
+            save_index_whole(cache)
+
+        atexit.unregister(cache.save_cache)  # type: ignore[attr-defined]
+        atexit.register(save)
+        _whole_saves[id(cache)] = save
+
+
+def save_index_whole(cache: object) -> None:
+    """Save one of keopscore's indexes (:func:`save_keops_indexes_whole`)."""
+    import pickle
+
+    data = getattr(cache, "library_params") if type(cache).__name__ == "Cache_partial" else getattr(cache, "library")
+    index: str = getattr(cache, "cache_file")
+    temp = f"{index}.{os.getpid()}.tmp"
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                pickle.dump(data, f)
+            os.replace(temp, index)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(temp)
+    except Exception as exc:  # (at exit: a traceback there reads as the run's failure)
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
+        kept = "the one before is kept" if os.path.isfile(index) else "KeOps builds it again"
+        print(f"dalib: pykeops's cache index {index} was not saved ({why}); {kept}", file=sys.stderr)
 
 
 def keops_cache_failure(exc: OSError) -> str:

@@ -374,3 +374,113 @@ def test_a_compiled_read_only_keops_cache_has_its_saves_at_exit_forgotten(monkey
         monkeypatch.setitem(backends._keops_state, "checked", False)
         assert backends.keops_available() is True
         assert len(forgotten) == (0 if writable else 1)
+
+
+def test_a_damaged_keops_cache_index_is_set_aside_and_built_again(monkeypatch, tmp_path):
+    """keopscore loads the indexes of its cache (pickles) as pykeops is imported, and writes them
+    in place at exit: a process stopped then, or a disk that filled (CI's did), left a truncated
+    file, and every later import failed with pickle's traceback, through `dalib run` too. The file
+    is set aside, with a warning naming it, and the import made again; a folder that will not let
+    it be set aside is one line that says what to delete."""
+    import atexit
+    import os
+    import pickle
+
+    pytest.importorskip("pykeops")
+    from keopscore.utils.Cache import Cache, Cache_partial
+
+    made = []
+
+    def compile_formula():
+        return None
+
+    class Loader:  # (a Cache_partial's class)
+        params = None
+
+    folder = str(tmp_path)
+    whole = pickle.dumps({"formula": "params"})
+
+    def importing():  # what pykeops' import does with its two indexes
+        made.append(Cache(compile_formula, use_cache_file=True, save_folder=folder))
+        made.append(Cache_partial(Loader, use_cache_file=True, save_folder=folder))
+
+    monkeypatch.setattr(backends, "import_quietly", lambda module: importing())
+    dll, loader = tmp_path / "compile_formula_cache.pkl", tmp_path / "Loader_cache.pkl"
+    try:
+        dll.write_bytes(whole[:-3])  # truncated as it was written
+        loader.write_bytes(b"")  # its room refused as it was written
+        for key, value in (("checked", False), ("ok", False), ("reason", "")):
+            monkeypatch.setitem(backends._keops_state, key, value)
+        with pytest.warns(RuntimeWarning) as caught:
+            assert backends.keops_available() is True
+        assert [str(w.message) for w in caught if w.category is RuntimeWarning] == [
+            f"dalib.kernels: pykeops's cache index {dll} was damaged (UnpicklingError: pickle data was truncated), as "
+            "when a process is stopped, or the disk is full, while it is saved; set aside as "
+            "compile_formula_cache.pkl.damaged, and KeOps builds it again",
+            f"dalib.kernels: pykeops's cache index {loader} was damaged (EOFError: Ran out of input), as when a process "
+            "is stopped, or the disk is full, while it is saved; set aside as Loader_cache.pkl.damaged, and KeOps "
+            "builds it again"]
+        assert sorted(os.listdir(tmp_path)) == ["Loader_cache.pkl.damaged", "compile_formula_cache.pkl.damaged"]
+        assert made[-2].library == {} and made[-1].library_params == {}  # (built again, as formulas run)
+
+        dll.write_bytes(whole[:-3])
+        for key, value in (("checked", False), ("ok", False), ("reason", "")):
+            monkeypatch.setitem(backends._keops_state, key, value)
+
+        def refused(src, dst):
+            raise PermissionError(13, "Permission denied", src)
+
+        monkeypatch.setattr(os, "replace", refused)  # (a cache compiled beforehand, read-only)
+        assert backends.keops_available() is False
+        assert backends.keops_unavailable_reason() == (
+            f"pykeops cannot read its cache index {dll} (UnpicklingError: pickle data was truncated) nor set it aside "
+            "(Permission denied): delete that file, and KeOps builds it again")
+        with pytest.raises(BackendError, match=r"^kernel backend 'keops' requested \(argument\) but pykeops cannot "
+                                               r"read its cache index .*: delete that file"):
+            resolve_backend("keops", torch.zeros(2, 1), torch.zeros(2, 1))
+        assert dll.read_bytes() == whole[:-3]  # left as it was
+
+        def broken():  # any other failure of the import is its own
+            raise RuntimeError("keopscore: no compiler")
+
+        monkeypatch.setattr(backends, "import_quietly", lambda module: broken())
+        with pytest.raises(RuntimeError, match="no compiler"):
+            backends.import_keops()
+    finally:
+        for cache in made:
+            atexit.unregister(cache.save_cache)  # (the test's own caches: not saved at this process's exit)
+
+
+def test_keops_cache_indexes_are_saved_whole_or_not_at_all(tmp_path):
+    """A save at exit that the disk refuses half-way (or a process stopped there) kept nothing of
+    the index: keopscore had truncated it first. The old index stays whole, no temporary file is
+    left, and the refusal is one line, not an ignored exception's traceback."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    pytest.importorskip("pykeops")
+    env = dict(os.environ, KEOPS_CACHE_FOLDER=str(tmp_path / "kc"))
+    imports = "from dalib.kernels.backends import keops_available\nassert keops_available()\n"
+    first = subprocess.run([sys.executable, "-c", imports], env=env, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    (folder,) = (tmp_path / "kc").iterdir()
+    indexes = sorted(folder.glob("*.pkl"))
+    assert [p.name for p in indexes] == ["LoadKeOps_cpp_class_cache.pkl", "get_keops_dll_impl_cache.pkl"]
+    before = {p: p.read_bytes() for p in indexes}
+    assert all(isinstance(pickle.loads(data), dict) for data in before.values())
+
+    full = imports + ("import errno, pickle\n"
+                      "def dump(obj, f):\n"
+                      "    f.write(b'half an index')\n"
+                      "    raise OSError(errno.ENOSPC, 'No space left on device')\n"
+                      "pickle.dump = dump\n")
+    second = subprocess.run([sys.executable, "-c", full], env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr
+    assert "Traceback" not in second.stderr and "Exception ignored" not in second.stderr
+    said = [line for line in second.stderr.splitlines() if line.startswith("dalib:")]
+    assert sorted(said) == [f"dalib: pykeops's cache index {p} was not saved (No space left on device); the one before "
+                            "is kept" for p in indexes]
+    assert {p: p.read_bytes() for p in indexes} == before
+    assert sorted(p.name for p in folder.iterdir() if p.suffix != ".so") == sorted(p.name for p in indexes)
