@@ -1371,14 +1371,17 @@ def _bench_process(tmp_path, data_root, plugin: str, jobs: int):
     """``dalib bench`` in a process of its own, its output in tmp_path/bench.log (its workers
     inherit the file, where a pipe would keep a reader waiting on them): source_only, then a
     plugin method whose loss notes its process in tmp_path/pids and sleeps."""
+    import os
     import subprocess
 
+    temp = tmp_path / "tmp"  # its temporary folders: one killed outright leaves them, here and not in /tmp
+    temp.mkdir()
     with open(tmp_path / "bench.log", "w") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "dalib", "bench", "office-caltech-surf", "--plugin", plugin, "--methods",
              "source_only,zz_bench_sleeps", "--tasks", "D->W", "--seeds", "0", "--steps", "5", "--jobs", str(jobs),
              "--data-root", str(data_root), "--out", str(tmp_path / "out"), "--quiet"],
-            stdout=subprocess.DEVNULL, stderr=log)
+            stdout=subprocess.DEVNULL, stderr=log, env=dict(os.environ, TMPDIR=str(temp)))
 
 
 def _sleeping_plugin(tmp_path) -> str:
