@@ -603,6 +603,7 @@ def test_two_processes_under_torchrun_train_one_run(tmp_path):
     out = tmp_path / "ddp"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    env["TMPDIR"] = str(tmp_path)  # (torchrun leaves its log folders there)
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(dalib_cli), "run", "source_only",
          "--src", "mnist", "--tgt", "usps", "--steps", "6", "--batch-size", "16", "--device", "cpu", "--out", str(out)],
@@ -634,6 +635,7 @@ def _torchrun(args, tmp_path, timeout=240):
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["OMP_NUM_THREADS"] = "1"
+    env["TMPDIR"] = str(tmp_path)  # (torchrun leaves its log folders there)
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *args],
                           capture_output=True, text=True, env=env, timeout=timeout, cwd=tmp_path)
 
