@@ -62,8 +62,11 @@ def convert(src: Path, out: Path) -> dict[str, int]:
         arrays[f"{dom}_scale"] = np.array(scale, dtype=np.int64)
         counts[dom] = int(y.size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    from dalib.runner import atomic_write_bytes
+
+    # through a file beside it, then renamed: it is usually the package's own file, which every
+    # digits run reads, and a full disk (or a kill) had left it cut short
+    atomic_write_bytes(out, lambda fh: np.savez_compressed(fh, **arrays))
     return counts
 
 

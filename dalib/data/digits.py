@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import zipfile
+import zlib
 from importlib import resources
 
 import numpy as np
@@ -39,7 +40,7 @@ def read_digits16(domain: str) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(
             f"embedded data file not found: {res} (dataset digits, domain {domain}; {regen})"
         ) from exc
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:  # (zlib: a damaged member)
         raise DataError(
             f"corrupt embedded data file: {res} (dataset digits, domain {domain}; {regen}): {exc}"
         ) from exc

@@ -136,6 +136,29 @@ def test_convert_script_reproduces_embedded_file(tmp_path, capsys):
             np.testing.assert_array_equal(new[k], old[k])
 
 
+def test_convert_script_keeps_the_file_it_would_replace_when_the_disk_is_full(tmp_path, capsys, monkeypatch):
+    """docs/data.md has it rebuild the package's own digits16.npz: written in place, a full disk
+    (or a kill) left it cut short, and every digits run failed on it after."""
+    import errno
+
+    scipy.io.savemat(tmp_path / "small.mat", {"X_src": np.full((256, 2), 0.5), "Y_src": np.array([[1], [2]]),
+                                              "X_tar": np.zeros((256, 1)), "Y_tar": np.array([[3]])})
+    out = tmp_path / "digits16.npz"
+    out.write_bytes(PACKAGE_FILE.read_bytes())
+
+    def full(fh, **arrays):
+        fh.write(b"PK\x03\x04 half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez_compressed", full)
+    assert convert_main([str(tmp_path / "small.mat"), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write {out} (No space left on device") and err.count("\n") == 1, err
+    assert err.rstrip().endswith("; the file as it was is kept")
+    assert out.read_bytes() == PACKAGE_FILE.read_bytes() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "digits16.npz", "small.mat"]
+
+
 def test_convert_script_usage():
     assert convert_main([]) == 2
 
@@ -185,6 +208,11 @@ def test_embedded_file_corrupt(monkeypatch, tmp_path):
     np.savez(tmp_path / "digits16.npz", other=np.zeros(3))
     with pytest.raises(DataError, match="corrupt embedded data file"):
         load_domain("digits", "usps")
+    damaged = bytearray(PACKAGE_FILE.read_bytes())  # a member's compressed bytes damaged: zlib's error, a traceback
+    damaged[1000:1100] = bytes(b ^ 0xFF for b in damaged[1000:1100])
+    (tmp_path / "digits16.npz").write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="corrupt embedded data file: .*digits16.npz .*: Error -3 while decompressing"):
+        load_domain("digits", "mnist")
 
 
 def test_a_data_root_given_to_the_embedded_digits_is_said_to_be_unused(tmp_path):
