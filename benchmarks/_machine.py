@@ -8,6 +8,7 @@ Nothing here imports an optional library that is missing: its version is then ``
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -94,22 +95,40 @@ def machine_line(info: dict | None = None) -> str:
 
 def write_results(stem: str | os.PathLike[str], payload: dict, markdown: str | None = None) -> str:
     """Write ``STEM.json`` (and ``STEM.md`` when given), each atomically: a benchmark killed while
-    writing leaves the previous results whole. Returns "wrote PATHS" for the benchmark to print."""
+    writing leaves the previous results whole. The pair stays a pair: ``.md`` first, then
+    ``.json``, whose failure puts the ``.md`` as it was back. A failed write ends the benchmark
+    with one line (status 2). Returns "wrote PATHS" for the benchmark to print."""
     import json
     from pathlib import Path
 
-    from dalib.runner import atomic_write_text
+    from dalib.errors import DalibError
+    from dalib.runner import atomic_write_bytes, atomic_write_text
 
     stem = Path(stem)
     if stem.suffix in (".json", ".md"):
         stem = stem.with_suffix("")
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    written = [stem.parent / f"{stem.name}.json"]
-    atomic_write_text(written[0], json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
-    if markdown is not None:
-        written.append(stem.parent / f"{stem.name}.md")
-        atomic_write_text(written[1], markdown if markdown.endswith("\n") else markdown + "\n")
-    return "wrote " + " and ".join(str(p) for p in written)
+    data = stem.parent / f"{stem.name}.json"
+    table = stem.parent / f"{stem.name}.md"
+    try:
+        stem.parent.mkdir(parents=True, exist_ok=True)
+        before = table.read_bytes() if markdown is not None and table.is_file() else None
+        if markdown is not None:
+            atomic_write_text(table, markdown if markdown.endswith("\n") else markdown + "\n")
+        try:
+            atomic_write_text(data, json.dumps(payload, indent=2, ensure_ascii=False, default=float) + "\n")
+        except DalibError:
+            if markdown is not None:
+                with contextlib.suppress(DalibError, OSError):
+                    if before is None:
+                        table.unlink()
+                    else:
+                        atomic_write_bytes(table, lambda fh: fh.write(before))
+            raise
+    except (DalibError, OSError) as exc:
+        why = f"cannot write the results {stem}.*: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+        print(f"{Path(sys.argv[0]).name}: error: {why}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return "wrote " + " and ".join(str(p) for p in ([data, table] if markdown is not None else [data]))
 
 
 def memory_kib() -> dict:
@@ -129,7 +148,8 @@ def memory_kib() -> dict:
     except OSError:
         pass
     if "VmHWM" not in out:  # no procfs: fall back on getrusage (may include the parent's peak)
-        out["VmHWM"] = out["VmRSS"] = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        peak = float(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+        out["VmHWM"] = out["VmRSS"] = peak / 1024 if sys.platform == "darwin" else peak  # (macOS: bytes)
     return out
 
 

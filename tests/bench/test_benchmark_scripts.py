@@ -118,3 +118,38 @@ def test_the_kernel_benchmark_on_cuda_n_counts_that_gpus_memory(monkeypatch):
     calls.clear()  # plain cuda (the default where a GPU is): the current device, none set
     kernels.run_child({"loss": "mmd", "method": "dalib-dense", "n": 64, "d": 4, "device": "cuda"})
     assert calls and "set_device" not in {c[0] for c in calls}
+
+
+def test_results_that_cannot_be_written_leave_the_pair_as_it_was_in_one_line(tmp_path, monkeypatch, capsys):
+    """write_results replaced the .json, then failed on the .md (a full disk): a traceback, and a
+    new .json beside the old .md. Now the .md goes first, and a failed .json puts it back."""
+    import errno
+    import os
+
+    from dalib_benchmarks import _machine
+
+    stem = tmp_path / "x"
+    assert _machine.write_results(stem, {"a": 1}, "| old |") == f"wrote {stem}.json and {stem}.md"
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    replace = os.replace
+
+    def full_for_json(src, dst):
+        if str(dst).endswith(".json"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", full_for_json)
+    monkeypatch.setattr("sys.argv", ["mmd_loss.py"])
+    for table in ("| new |", None):
+        with pytest.raises(SystemExit) as info:
+            _machine.write_results(stem, {"a": 2}, table)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"mmd_loss.py: error: cannot write {stem}.json (No space left on device") and err.endswith(
+            "; the file as it was is kept\n") and err.count("\n") == 1, err
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    (tmp_path / "x.md").unlink()
+    (tmp_path / "x.json").unlink()
+    with pytest.raises(SystemExit):
+        _machine.write_results(stem, {"a": 2}, "| new |")
+    assert list(tmp_path.iterdir()) == []  # no table without its data
