@@ -58,7 +58,8 @@ from dalib.config import read_toml
 from dalib.errors import (ConfigError, DalibError, UnknownNameError, duration, first_line, progress_line,
                           terminate_as_interrupt)
 from dalib.registry import dalib_code_hash, get_method, list_methods, method_code_hash
-from dalib.runner import atomic_write_text, claim_file, make_folder, ready_for_writing, release_file
+from dalib.runner import (atomic_write_text, claim_file, make_folder, ready_for_writing, release_file,
+                          tidy_temporaries)
 
 from ._machine import machine_info
 from .report import legacy_run_options, suite_cells, write_report
@@ -761,12 +762,13 @@ def run_suite(
     load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root, data_dir=(suite.deep or {}).get("data"))
 
     make_folder(out, "the results folder")  # once the input is checked: a refused one leaves no empty folder behind
-    ready_for_writing(out)  # now, not after the first cell's work
+    ready_for_writing(out, tidy=False)  # now, not after the first cell's work
     path = results_path(out, suite, steps)
     # one writer per results file: two suites into the same --out would each write back its
     # own copy of the cells after every cell, and the last one would drop the other's
     lock = path.with_name(f".{path.name}.lock")
     claim_file(lock, f"{path} is being written by another dalib bench", "or give this one another --out")
+    tidy_temporaries(out, path.stem)  # its own files' alone, once claimed (another suite's may be written there)
     try:
         state = _load_state(path)
         _check_same_suite(state, suite, path)

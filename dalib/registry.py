@@ -433,6 +433,31 @@ def _load_one(ep: EntryPoint) -> None:
         record_failure(_broken, ep, exc)
 
 
+def plugin_files() -> tuple[tuple[str, str], ...]:
+    """The plugin files this process loaded (:func:`load_plugin_module`), as (module name, path):
+    the names are made up, one per file, and no other process can import them by name."""
+    return tuple((name, module.__file__) for name, module in list(sys.modules.items())
+                 if name.startswith(USER_PLUGIN_PREFIX) and isinstance(getattr(module, "__file__", None), str))
+
+
+def load_plugin_file_as(name: str, path: str) -> None:
+    """Load the plugin file ``path`` as the module ``name`` that another process gave it, unless a
+    module of that name is here: a worker process that another start method than fork began
+    (spawn, forkserver) can then unpickle what the plugin's classes made there."""
+    if name in sys.modules:
+        return
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise RegistryError(f"cannot load plugin {path!r} in a worker process")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    try:
+        spec.loader.exec_module(mod)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+
+
 def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
     """Import ``module`` (a dotted name or a path to a .py file) so that its
     ``@register_method`` decorators run; return the names it registered. Loading the same

@@ -467,11 +467,26 @@ def _temporary_name(name: str) -> str:
     return f".{name}{_TEMPORARY}{os.getpid()}"
 
 
+def posix_files() -> None:
+    """One line where dalib cannot write files as it must (Windows): links not followed
+    (``O_NOFOLLOW``), run folders claimed with ``flock``. Its losses and kernels run there."""
+    try:
+        import fcntl  # noqa: F401
+    except ImportError:
+        pass
+    else:
+        if hasattr(os, "O_NOFOLLOW"):
+            return
+    raise ConfigError("dalib writes its files on Linux and macOS only (POSIX file locks, links not followed): on "
+                      "Windows, run it under WSL")
+
+
 def atomic_write_bytes(path: Path, write: Callable[[Any], None], *, exclusive: bool = False) -> None:
     """Write through a temporary file in the same folder, then rename over ``path``:
     a reader (or a crash) never sees a half-written file. An interrupt that comes during
     the write is raised once the file is in place. ``exclusive``: a file that is at ``path``
     by then (another process wrote it meanwhile) is kept, and :class:`ConfigError` raised."""
+    posix_files()
     tmp = path.with_name(_temporary_name(path.name))
     placed = True
     try:
@@ -578,9 +593,51 @@ def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
     """A DataLoader that leaves the global RNG alone: with worker processes, a DataLoader
     draws their base seed from the global generator, which would shift every later dropout
     mask, so that ``workers`` changed a run's numbers. (Loading itself is deterministic.)
-    Its workers leave Ctrl-C and SIGTERM to the process that started them (:func:`_worker_init`)."""
+    Its workers leave Ctrl-C and SIGTERM to the process that started them (:func:`_worker_init`),
+    and load the plugin files this process loaded before they unpickle the dataset
+    (:class:`_WithPluginFiles`)."""
+    from dalib.registry import plugin_files
+
+    files = plugin_files() if kwargs.get("num_workers") else ()
+    if files:
+        dataset = _WithPluginFiles(dataset, files)
     return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0),
                                        worker_init_fn=_worker_init, **kwargs)
+
+
+class _WithPluginFiles(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """A dataset as loader workers get it when this process loaded plugin files. A worker that
+    another start method than fork begins (spawn: macOS's default; forkserver: Linux's from Python
+    3.14) unpickles the dataset, and a class from a plugin file lives in a module whose name is made
+    up (one per file): the worker died on "No module named 'dalib_user_plugin_...'". It now loads
+    those files under the same names first, then unpickles the dataset itself. (Under fork nothing
+    is pickled.)"""
+
+    def __init__(self, dataset: Any, files: tuple[tuple[str, str], ...]) -> None:
+        self.dataset, self.files = dataset, files
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.dataset[index]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        from multiprocessing.reduction import ForkingPickler
+
+        # (multiprocessing's own pickler, as the loader's would be: tensors go to shared memory)
+        return _unpickled_with_plugin_files, (self.files, bytes(ForkingPickler.dumps(self.dataset)))
+
+
+def _unpickled_with_plugin_files(files: tuple[tuple[str, str], ...], data: bytes) -> Any:
+    """The dataset of a :class:`_WithPluginFiles`, in a worker: its plugin files loaded first."""
+    import pickle
+
+    from dalib.registry import load_plugin_file_as
+
+    for name, path in files:
+        load_plugin_file_as(name, path)
+    return pickle.loads(data)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -2015,17 +2072,26 @@ def make_folder(out: Path, what: str) -> None:
         raise ConfigError(f"cannot create {what} {out}: {exc.strerror}") from None
 
 
-def ready_for_writing(out: Path) -> None:
+def ready_for_writing(out: Path, *, tidy: bool = True) -> None:
     """Before a run or a suite writes into ``out``: a one-line error now, not a traceback
-    after the work, when it cannot take files; and away with the temporary files of
-    :func:`atomic_write_bytes` that a killed writer (kill -9 mid-write) left there."""
+    after the work, when it cannot take files; and, with ``tidy``, :func:`tidy_temporaries`.
+    A run folder is tidied only once it is claimed (:func:`claim_out_dir`): a writer on another
+    machine of a shared file system is no process here, and a second run that was then refused
+    had removed the first one's checkpoint as it was being written."""
     try:
         fd, probe = tempfile.mkstemp(dir=out, prefix=".dalib-write-test")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out}: {exc.strerror}") from None
-    for stale in out.glob(f".*{_TEMPORARY}*"):
+    if tidy:
+        tidy_temporaries(out)
+
+
+def tidy_temporaries(out: Path, stem: str | None = None) -> None:
+    """Away with the temporary files of :func:`atomic_write_bytes` that a killed writer (kill -9
+    mid-write) left in ``out`` (of the files named ``stem.*`` alone, with ``stem``)."""
+    for stale in out.glob(f".{stem}.*{_TEMPORARY}*" if stem else f".*{_TEMPORARY}*"):
         pid = stale.name.rsplit(_TEMPORARY, 1)[1]
         if pid.isdigit() and not _process_lives(int(pid)):
             stale.unlink(missing_ok=True)
@@ -2039,8 +2105,9 @@ def claim_out_dir(out: Path) -> None:
     """Claim ``out`` for this process: a second run started there while the first still
     writes (before its first checkpoint nothing else tells them apart) is a one-line error,
     not a run whose files the first one overwrites later. The claim of a process that died is
-    taken over."""
+    taken over. Then the temporary files that a killed writer left there go."""
     claim_file(out / LOCK, f"{out} {_BUSY}", "or choose another --out")
+    tidy_temporaries(out)
 
 
 _BUSY = "is being written by another dalib run"
@@ -2068,11 +2135,12 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
     """Create or take ``lock`` for this process, or fail in one line (``busy``, the holder's
     process id, ``advice``) while another process holds it. The claim is an exclusive
     ``flock`` on the file, which the system drops when its holder dies, plus this process's
-    id written in it: two processes that find the claim of a dead one at the same moment
-    cannot both take it over, and a claim written by an id alone (an older dalib) is honoured
-    while that process lives. :func:`release_file` gives it up."""
-    import fcntl
-
+    id written in it (to name it): the flock alone tells a live claim, so a claim left by a
+    killed run is taken over whatever process has its id now (on this machine, or on another
+    one of a shared file system), and two processes that find it at the same moment cannot
+    both take it over. A file system that does not lock files is one line: two runs there
+    could not be kept apart. :func:`release_file` gives it up."""
+    posix_files()
     for _ in range(3):
         try:  # never through a link: a link planted in a shared folder would have this process empty its file
             fd = os.open(lock, os.O_CREAT | os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
@@ -2084,22 +2152,26 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
             os.close(fd)
             raise ConfigError(f"cannot claim {lock}: it is not a regular file: remove it")
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+            _flock(fd, exclusive=True)
+        except OSError as exc:
             pid = _read_pid(fd)
+            empty = os.fstat(fd).st_size == 0
             os.close(fd)
+            if exc.errno not in _HELD:  # ENOLCK (NFS without its lock service), ENOSYS (Lustre's noflock) ...
+                if empty:  # (made by this process, as like as not: an empty claim would read as a run for ever)
+                    with contextlib.suppress(OSError):
+                        lock.unlink()
+                raise ConfigError(f"cannot claim {lock}: its file system does not lock files ({exc.strerror}), "
+                                  "which keeps two runs from writing one folder: write to a folder on another file "
+                                  "system") from None
             holder = f"process {pid}" if pid is not None else f"{lock}"
             raise FolderTaken(f"{busy} ({holder}): wait for it {advice}") from None
         try:  # released and claimed anew since it was opened: this descriptor is the old file's
             current = os.stat(lock).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             current = False
-        pid = _read_pid(fd) if current else None
-        if not current or (pid is not None and pid != os.getpid() and _process_lives(pid)):
+        if not current:
             os.close(fd)  # (the flock goes with it)
-            if current:  # an id without the flock: an older dalib's claim, or a dead one's id taken by another program
-                raise FolderTaken(f"{busy} (process {pid}, which holds no lock on it): wait for it {advice}; if that "
-                                  f"process is no dalib, remove {lock}") from None
             continue
         try:
             os.ftruncate(fd, 0)  # empty (its claimer died before writing), a dead process's, or this one's
@@ -2113,6 +2185,25 @@ def claim_file(lock: Path, busy: str, advice: str) -> None:
         _claims[str(lock)] = fd
         return
     raise ConfigError(f"cannot claim {lock}: another process keeps claiming it")
+
+
+#: what flock fails with while another process holds the lock (anything else: no file locks there)
+_HELD = {errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES}
+
+
+def _flock(fd: int, *, exclusive: bool) -> None:
+    """A flock on ``fd`` without waiting, or the OSError. A lock held a moment by another
+    process that only looks (:func:`_writer`'s shared one) is waited out: a few tries."""
+    import fcntl
+
+    for attempt in range(5):
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return
+        except OSError as exc:
+            if exc.errno not in _HELD or attempt == 4 or not exclusive:
+                raise
+        time.sleep(0.02)
 
 
 def release_file(lock: Path) -> None:
@@ -2160,14 +2251,29 @@ def holds_run(out: Path) -> bool:
 
 def _writer(out: Path) -> int | str | None:
     """The process id of another run that claims ``out`` and lives ("" while its claim is being
-    written), or None."""
+    written), or None. The claim's flock tells whether it lives (:func:`claim_file`): the id
+    of a run killed since may be another process's now, here or on another machine."""
+    posix_files()
     try:
-        pid = int((out / LOCK).read_text().strip())
+        fd = os.open(out / LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
     except OSError:
         return None
-    except ValueError:  # being written this very moment
-        return ""
-    return pid if pid != os.getpid() and _process_lives(pid) else None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):  # (a claim refuses it in its own words)
+            return None
+        pid = _read_pid(fd)
+        try:
+            _flock(fd, exclusive=False)
+        except OSError as exc:
+            if exc.errno not in _HELD:  # no file locks there: the id alone
+                return pid if pid is not None and pid != os.getpid() and _process_lives(pid) else None
+        else:
+            return None  # no one holds it (the shared flock goes as the file is closed)
+        if pid == os.getpid():  # this process's own claim
+            return None
+        return pid if pid is not None else ""
+    finally:
+        os.close(fd)
 
 
 def _keeps_a_run(out: Path) -> bool:
@@ -2218,6 +2324,7 @@ def _append_to(path: Path) -> Any:
     """``path`` opened to append to, unbuffered, and never through a symbolic link (one put
     there since the checks would name the file it writes); named by its path, which a write
     the disk refuses names (an open descriptor is named by its number)."""
+    posix_files()
     fh = open(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666), "ab", buffering=0)
     fh.name = str(path)
     return fh
@@ -2247,9 +2354,16 @@ def check_fresh_out_dir(out: Path) -> None:
     _refuse_a_kept_run(out)
     if not _left_by_a_run(out / METRICS):
         raise ConfigError(f"{out} holds a {METRICS} that no dalib run wrote: choose another --out")
+    existed = out.is_dir()
     make_folder(out, "output folder")
-    ready_for_writing(out)
-    claim_out_dir(out)  # before anything of a run that may be writing here is touched
+    try:
+        ready_for_writing(out, tidy=False)
+        claim_out_dir(out)  # before anything of a run that may be writing here is touched
+    except ConfigError:
+        if not existed:  # (a folder of this run's making that nothing took meanwhile: no run left there)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     if _keeps_a_run(out):  # a run that claimed the folder, finished and gave it up since the check above
         release_file(out / LOCK)
         raise _holds_a_run(out)
@@ -2265,7 +2379,7 @@ def _prepare_out_dir(
     ckpt_path = out / CHECKPOINT
     if resume:
         if is_main and out.is_dir():  # a run still writing there (maybe before its first checkpoint) is named first
-            ready_for_writing(out)
+            ready_for_writing(out, tidy=False)
             claim_out_dir(out)
         if not ckpt_path.exists():
             if (out / RESULT).exists():  # without --resume the folder is refused as holding a run

@@ -833,19 +833,28 @@ def test_a_second_bench_into_the_same_results_file_is_refused_while_the_first_wr
     path = tmp_path / "bench-toy.json"
     before = path.read_text()
     lock = tmp_path / ".bench-toy.json.lock"
-    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    writer = subprocess.Popen(  # a live bench's claim: its id, under its flock
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+                               "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
+                               "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                               "os.write(fd, str(os.getpid()).encode())\n"
+                               "print('held', flush=True)\n"
+                               "time.sleep(60)\n", str(lock)], stdout=subprocess.PIPE, text=True)
+    others = tmp_path / f".bench-toy-steps3.json.dalib-tmp{writer.pid + 10**6}"  # another suite's, being written
     try:
-        lock.write_text(str(writer.pid))  # a live bench's claim
+        assert writer.stdout.readline() == "held\n"
+        others.write_text("half")
         res = CliRunner().invoke(cli, ["bench", str(toy_suite), "--methods", "coral", "--seeds", "0",
                                        "--out", str(tmp_path), "--quiet"])
         assert res.exit_code == 2, res.output
-        assert f"bench-toy.json is being written by another dalib bench (process {writer.pid}, which holds" in res.stderr
-        assert path.read_text() == before
+        assert f"bench-toy.json is being written by another dalib bench (process {writer.pid}): wait" in res.stderr
+        assert path.read_text() == before and others.read_text() == "half"
         # another --out, or the same suite with --steps (a results file of its own), is free
         run_suite(suite, tmp_path, methods=["source_only"], seeds=[0], steps=3, progress=False)
     finally:
         writer.kill()
         writer.wait()
+        writer.stdout.close()
     # a claim whose process is gone is taken over, and given back at the end
     run_suite(suite, tmp_path, methods=["coral"], seeds=[0], progress=False)
     assert not lock.exists() and "coral | src->tgt | seed 0" in json.loads(path.read_text())["cells"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
@@ -134,7 +135,9 @@ def test_default_out_never_overwrites(runner, chdir_tmp):
     claimed = chdir_tmp / "runs" / "source_only-mnist-usps-seed2"
     claimed.mkdir()
     (claimed / ".dalib-run.lock").write_text(str(os.getppid()))
-    res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "2"])
+    with open(claimed / ".dalib-run.lock") as held:  # (its flock, which tells a live claim)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--seed", "2"])
     assert res.exit_code == 0, res.output
     assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed2-2" / "result.json").is_file()
 
@@ -149,6 +152,8 @@ def test_a_default_out_claimed_at_the_same_moment_moves_on_to_the_next_number(ru
     claimed = chdir_tmp / "runs" / "source_only-mnist-usps-seed0"
     claimed.mkdir(parents=True)
     (claimed / ".dalib-run.lock").write_text(str(os.getppid()))  # a live process's claim, made...
+    held = open(claimed / ".dalib-run.lock")
+    fcntl.flock(held, fcntl.LOCK_EX)
     holds_run = dalib.runner.holds_run
     monkeypatch.setattr(dalib.runner, "holds_run", lambda out: False)  # ...after this run chose the folder
     res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST])
@@ -156,6 +161,7 @@ def test_a_default_out_claimed_at_the_same_moment_moves_on_to_the_next_number(ru
     assert (chdir_tmp / "runs" / "source_only-mnist-usps-seed0-2" / "result.json").is_file()
     assert sorted(p.name for p in claimed.iterdir()) == [".dalib-run.lock"]
     res = runner.invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", *FAST, "--out", str(claimed)])
+    held.close()
     assert res.exit_code == 2 and "is being written by another dalib run" in res.stderr, res.output
     monkeypatch.setattr(dalib.runner, "holds_run", holds_run)
     # a run that claimed seed1, finished and gave it up between this run's check and its claim:

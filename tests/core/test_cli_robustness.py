@@ -286,29 +286,34 @@ def test_a_checkpoint_whose_optimizer_or_random_state_is_damaged_is_one_line(tmp
 
 
 def test_a_resume_into_a_folder_a_run_still_writes_names_that_run(tmp_path):
+    import fcntl
     import os
 
     out = tmp_path / "busy"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 50}\n')  # a live run before its first checkpoint
     (out / ".dalib-run.lock").write_text(str(os.getppid()))
-    args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(out), "--resume"]
-    _one_line(CliRunner().invoke(cli, args), "is being written by another dalib run",
-              f"(process {os.getppid()}, which holds no lock on it)")
-    assert (out / ".dalib-run.lock").read_text() == str(os.getppid())  # its claim stays
+    with open(out / ".dalib-run.lock") as held:  # its claim: under a flock (of another open file: another run's)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        args = ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(out), "--resume"]
+        _one_line(CliRunner().invoke(cli, args), "is being written by another dalib run", f"(process {os.getppid()}):")
+        assert (out / ".dalib-run.lock").read_text() == str(os.getppid())  # its claim stays
 
 
 def test_a_shallow_resume_into_a_folder_a_fresh_run_still_writes_names_that_run(tmp_path, data_root):
     """It said "nothing to resume: no result.json", which sends one to start afresh (refused
     in turn as being written), where the deep form names the run that writes there."""
+    import fcntl
     import os
 
     out = tmp_path / "busy"
     out.mkdir()
-    (out / ".dalib-run.lock").write_text(str(os.getppid()))  # a live process, fitting
+    (out / ".dalib-run.lock").write_text(str(os.getppid()))  # a live run's claim, under its flock
     args = ["run", "coral", "--dataset", "office-caltech-surf", "--src", "A", "--tgt", "W", "--data-root",
             str(data_root), "--out", str(out), "--resume"]
-    _one_line(CliRunner().invoke(cli, args), f"is being written by another dalib run (process {os.getppid()})")
+    with open(out / ".dalib-run.lock") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        _one_line(CliRunner().invoke(cli, args), f"is being written by another dalib run (process {os.getppid()})")
     (out / ".dalib-run.lock").unlink()
     _one_line(CliRunner().invoke(cli, args), "nothing to resume: no result.json")
 
@@ -646,3 +651,31 @@ def test_a_claim_the_disk_refuses_leaves_no_lock_and_a_kept_run_found_late_is_re
     with pytest.raises(FolderTaken, match=rf"^{out} already holds a run"):
         check_fresh_out_dir(out)
     assert not any(key.startswith(str(out)) for key in runner_module._claims)
+
+
+def test_a_system_without_posix_file_locks_is_one_line_before_anything_is_written(tmp_path, monkeypatch):
+    """On Windows (no fcntl, no O_NOFOLLOW) every command that writes had ended in a traceback
+    (ModuleNotFoundError, AttributeError) after loading its data; it is one line, status 2."""
+    import os
+    import sys
+
+    trained = tmp_path / "trained"
+    res = CliRunner().invoke(cli, ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out",
+                                   str(trained)])
+    assert res.exit_code == 0, res.output
+    said = ("dalib: error: dalib writes its files on Linux and macOS only (POSIX file locks, links not followed): on "
+            "Windows, run it under WSL")
+    for missing in ("O_NOFOLLOW", "fcntl"):
+        with monkeypatch.context() as m:
+            if missing == "fcntl":
+                m.setitem(sys.modules, "fcntl", None)
+            else:
+                m.delattr(os, "O_NOFOLLOW")
+            m.chdir(tmp_path)
+            for args in (["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2", "--out", str(tmp_path / "r")],
+                         ["run", "source_only", "--src", "M", "--tgt", "U", "--steps", "2"],
+                         ["eval", str(trained), "--predictions", str(tmp_path / "p.csv")]):
+                res = CliRunner().invoke(cli, args)
+                assert res.exit_code == 2 and res.stderr.strip() == said, (missing, args, res.output)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trained"] or sorted(
+        p.name for p in tmp_path.iterdir()) == ["runs", "trained"] and not any((tmp_path / "runs").iterdir())

@@ -982,13 +982,17 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.jsonl").write_text('{"step": 1}\n')  # the first run's lines so far
-    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    claims = ("import fcntl, os, sys, time\n"  # a live run's claim: its id, under its flock
+              "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
+              "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+              "os.write(fd, str(os.getpid()).encode())\n"
+              "print('held', flush=True)\n"
+              "time.sleep(60)\n")
+    writer = subprocess.Popen([sys.executable, "-c", claims, str(out / LOCK)], stdout=subprocess.PIPE, text=True)
     try:
-        (out / LOCK).write_text(str(writer.pid))  # a live run's claim
-        # (an id without the lock: an older dalib's claim, or the id of a dead run taken by another program)
-        with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}, which holds "
-                                              "no lock on it\\): wait for it or choose another --out; if that process "
-                                              f"is no dalib, remove {out / LOCK}$"):
+        assert writer.stdout.readline() == "held\n"
+        with pytest.raises(ConfigError, match=f"being written by another dalib run \\(process {writer.pid}\\): wait "
+                                              "for it or choose another --out$"):
             run(RunConfig(**base), out, progress_bar=False)
         assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and (out / LOCK).exists()
         # after its first checkpoint too: it had said "pass --resume", which the claim refuses in turn
@@ -999,6 +1003,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     finally:
         writer.kill()
         writer.wait()
+        writer.stdout.close()
     # the claim of a process that is gone is taken over, and released when the run ends
     run(RunConfig(**base), out, progress_bar=False)
     assert (out / "result.json").exists() and not (out / LOCK).exists()
@@ -1009,6 +1014,90 @@ def test_a_second_run_into_a_folder_being_written_is_refused(tmp_path, toy_datas
     with pytest.raises(_Killed):
         run(RunConfig(**base), tmp_path / "killed", progress_bar=False, on_step=stop)
     assert not (tmp_path / "killed" / LOCK).exists()
+
+
+def test_a_cluster_requeue_takes_a_killed_runs_claim_over_and_a_refused_run_touches_nothing(tmp_path, monkeypatch):
+    """A job killed and requeued on a cluster: the lock of the killed run names an id that another
+    process may have now (here, or on the node that runs it again: the ids are each node's). That
+    live id had refused the requeued run until someone removed the lock by hand; the flock alone
+    tells a live claim. A second run refused by a live one (the same job twice, on another node)
+    had first removed the live run's checkpoint as it was being written, its writer being no
+    process of this node; and a file system that does not lock files (NFS without its lock
+    service, Lustre's noflock) had read as a run writing there for ever, where the CLI's default
+    folder then moved on without end, one empty folder at a time."""
+    import errno
+    import fcntl
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from dalib.cli import cli
+    from dalib.errors import ConfigError
+    from dalib.runner import LOCK
+
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "job"
+    args = ["run", "source_only", "--src", "mnist", "--tgt", "usps", "--steps", "4", "--batch-size", "16",
+            "--checkpoint-every", "2", "--out", str(out)]
+    runner = CliRunner()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # an unrelated live process
+    try:
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 0, res.output
+        result = json.loads((out / "result.json").read_text())
+        (out / "result.json").unlink()  # as if killed after its checkpoint at step 4, its id now another's
+        (out / LOCK).write_text(str(other.pid))
+        res = runner.invoke(cli, args)
+        assert res.exit_code == 2 and res.stderr.strip().endswith("already holds a run: pass --resume (resume=True "
+                                                                  "from Python) to continue it, or choose another --out")
+        res = runner.invoke(cli, [*args, "--resume"])
+        assert res.exit_code == 0, res.output
+        resumed = json.loads((out / "result.json").read_text())
+        assert {**resumed, "seconds": 0} == {**result, "seconds": 0} and not (out / LOCK).exists()
+
+        (out / "result.json").unlink()
+        stale = out / f".checkpoint.pt.dalib-tmp{other.pid + 10**6}"  # a writer of another node: no process here
+        stale.write_bytes(b"half a checkpoint")
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys, time\n"
+                                   "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
+                                   "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+                                   "os.write(fd, b'4242')\n"
+                                   "print('held', flush=True)\n"
+                                   "time.sleep(60)\n", str(out / LOCK)], stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline() == "held\n"
+            res = runner.invoke(cli, [*args, "--resume"])
+            assert res.exit_code == 2 and res.stderr.strip() == (
+                f"dalib: error: {out} is being written by another dalib run (process 4242): wait for it or choose "
+                "another --out")
+            assert stale.read_bytes() == b"half a checkpoint"  # the live run's, on its node
+        finally:
+            holder.kill()
+            holder.wait()
+            holder.stdout.close()
+        res = runner.invoke(cli, [*args, "--resume"])  # its run gone: the claim and the folder are this one's
+        assert res.exit_code == 0, res.output
+        assert not stale.exists() and (out / "result.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    fresh = tmp_path / "nfs"
+    with pytest.raises(ConfigError, match=rf"^cannot claim {fresh / LOCK}: its file system does not lock files \(No "
+                                          r"locks available\), which keeps two runs from writing one folder: write to "
+                                          r"a folder on another file system$"):
+        run(RunConfig(method="source_only", src="mnist", tgt="usps", steps=2, batch_size=16), fresh, progress_bar=False)
+    assert not (fresh / LOCK).exists()
+    res = runner.invoke(cli, args[:-2])  # the default folder: one line, not one folder after another for ever
+    assert res.exit_code == 2 and "its file system does not lock files" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == []
 
 
 def test_a_run_refused_by_one_that_made_the_folder_meanwhile_leaves_its_files_alone(tmp_path, toy_dataset,
@@ -1513,3 +1602,70 @@ def test_a_second_ctrl_c_while_the_held_steps_checkpoint_is_written_still_says_i
     with pytest.raises(KeyboardInterrupt) as caught:
         run(_config(), tmp_path / "cut", progress_bar=False, on_step=interrupt)
     assert caught.value.saved_step == 15 and load_checkpoint(tmp_path / "cut" / "checkpoint.pt")["step"] == 15
+
+
+_LAZY_PLUGIN = '''
+import torch
+from torch.utils.data import Dataset
+
+from dalib.data.domain import Domain
+from dalib.data.registry import DatasetInfo, register_dataset
+
+
+class Lazy(Dataset):  # decoded as it is read: the loader's workers get the dataset itself
+    def __init__(self, n, shift):
+        self.n, self.shift = n, shift
+        self.targets = [i % 2 for i in range(n)]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        noise = torch.rand(1, 8, 8, generator=torch.Generator().manual_seed(i))
+        return noise + self.shift * (i % 2), i % 2
+
+
+def load(request):
+    return Domain(name=request.domain, dataset=Lazy(24, 0.5 if request.domain == "a" else 0.3), num_classes=2,
+                  input_shape=(1, 8, 8), classes=["c0", "c1"], origin="a plugin file")
+
+
+register_dataset(DatasetInfo(name="lazy", description="decoded as it is read", domains=("a", "b"), kind="image",
+                             num_classes=2, needs="embedded"), load)
+'''
+
+
+def test_loader_workers_started_by_spawn_load_a_dataset_from_a_plugin_file(tmp_path):
+    """Under spawn (macOS's default start method; forkserver, Linux's from Python 3.14, alike) a
+    loader worker unpickles the dataset, and a class from a --plugin file lives in a module whose
+    name is made up: the worker died (No module named 'dalib_user_plugin_...'), and the run with
+    it, in a traceback. The worker now loads the plugin files first: the run, and `dalib eval`'s
+    predictions, are those of fork's workers."""
+    import subprocess
+    import sys
+
+    plugin = tmp_path / "lazy_data.py"
+    plugin.write_text(_LAZY_PLUGIN)
+    driver = tmp_path / "driver.py"
+    driver.write_text("import multiprocessing, sys\n"
+                      "if __name__ == '__main__':\n"
+                      "    multiprocessing.set_start_method(sys.argv.pop(1), force=True)\n"
+                      "    from dalib.cli import main\n"
+                      "    sys.argv[0] = 'dalib'\n"
+                      "    main()\n")
+    args = ["--plugin", str(plugin), "--dataset", "lazy", "--src", "a", "--tgt", "b", "--steps", "3", "--batch-size",
+            "8", "--workers", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for how in ("spawn", "fork"):
+        for command in (["run", "source_only", *args, "--out", str(tmp_path / how)],
+                        ["eval", str(tmp_path / how), "--plugin", str(plugin), "--workers", "1", "--predictions",
+                         str(tmp_path / f"{how}.csv")]):
+            done = subprocess.run([sys.executable, str(driver), how, *command], capture_output=True, text=True,
+                                  env=env, timeout=300, cwd=tmp_path)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert "Traceback" not in done.stderr
+    spawned, forked = (json.loads((tmp_path / how / "result.json").read_text()) for how in ("spawn", "fork"))
+    for result in (spawned, forked):
+        del result["seconds"]
+    assert spawned == forked
+    assert (tmp_path / "spawn.csv").read_text() == (tmp_path / "fork.csv").read_text()
