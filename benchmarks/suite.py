@@ -768,7 +768,8 @@ def run_suite(
     # own copy of the cells after every cell, and the last one would drop the other's
     lock = path.with_name(f".{path.name}.lock")
     claim_file(lock, f"{path} is being written by another dalib bench", "or give this one another --out")
-    tidy_temporaries(out, path.stem)  # its own files' alone, once claimed (another suite's may be written there)
+    # its own files' alone, once claimed (another suite's may be written there)
+    tidy_temporaries(out, {path.name, path.with_suffix(".md").name, path.with_suffix(".png").name})
     try:
         state = _load_state(path)
         _check_same_suite(state, suite, path)

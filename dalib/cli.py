@@ -382,8 +382,8 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
     from dalib.errors import DataError, UnknownNameError
     from dalib.plugin import scoring_batch
     from dalib.runner import (
-        RunConfig, accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing,
-        resolve_device,
+        RunConfig, accuracy_of, atomic_write_text, evaluate, load_model, predict, ready_for_writing, resolve_device,
+        tidy_temporaries,
     )
 
     for option, value in (("--domain", domain), ("--dataset", dataset), ("--data", data), ("--data-root", data_root)):
@@ -398,7 +398,10 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
             raise ConfigError(f"{predictions} already exists: choose another --predictions file (nothing is overwritten)")
         if not Path(predictions).parent.is_dir():
             raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
-        ready_for_writing(Path(predictions).parent)  # a read-only folder fails now, not after the predictions
+        # a read-only folder fails now, not after the predictions; and only this file's leftovers go (the
+        # folder may be a run's that another machine writes)
+        ready_for_writing(Path(predictions).parent, tidy=False)
+        tidy_temporaries(Path(predictions).parent, {Path(predictions).name})
     # with the CSV on standard output, what a plugin, a dataset's loader or the network prints goes to stderr
     aside = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
     with aside:

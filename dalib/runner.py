@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -599,8 +599,8 @@ def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
     from dalib.registry import plugin_files
 
     files = plugin_files() if kwargs.get("num_workers") else ()
-    if files:
-        dataset = _WithPluginFiles(dataset, files)
+    if files and kwargs.get("multiprocessing_context", torch.multiprocessing).get_start_method() != "fork":
+        dataset = _WithPluginFiles(dataset, files)  # (under fork nothing is pickled: the dataset as it is)
     return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0),
                                        worker_init_fn=_worker_init, **kwargs)
 
@@ -2088,11 +2088,13 @@ def ready_for_writing(out: Path, *, tidy: bool = True) -> None:
         tidy_temporaries(out)
 
 
-def tidy_temporaries(out: Path, stem: str | None = None) -> None:
+def tidy_temporaries(out: Path, names: Collection[str] | None = None) -> None:
     """Away with the temporary files of :func:`atomic_write_bytes` that a killed writer (kill -9
-    mid-write) left in ``out`` (of the files named ``stem.*`` alone, with ``stem``)."""
-    for stale in out.glob(f".{stem}.*{_TEMPORARY}*" if stem else f".*{_TEMPORARY}*"):
-        pid = stale.name.rsplit(_TEMPORARY, 1)[1]
+    mid-write) left in ``out`` (with ``names``, those of the files of these names alone)."""
+    for stale in out.glob(f".*{_TEMPORARY}*"):
+        name, pid = stale.name[1:].rsplit(_TEMPORARY, 1)
+        if names is not None and name not in names:
+            continue
         if pid.isdigit() and not _process_lives(int(pid)):
             stale.unlink(missing_ok=True)
 
@@ -2208,13 +2210,16 @@ def _flock(fd: int, *, exclusive: bool) -> None:
 
 def release_file(lock: Path) -> None:
     """Remove ``lock`` if this process holds it (:func:`claim_file`): the file first, then the
-    flock, so that a process waiting on the old file sees that it was released."""
+    flock, so that a process waiting on the old file sees that it was released. A process that
+    never claimed it leaves it alone, whatever id it names (a run refused by a live one on
+    another node, or in another container, may have that run's id)."""
+    fd = _claims.pop(str(lock), None)
+    if fd is None:
+        return
     with contextlib.suppress(OSError, ValueError):
         if int(lock.read_text().strip()) == os.getpid():
             lock.unlink()
-    fd = _claims.pop(str(lock), None)
-    if fd is not None:
-        os.close(fd)
+    os.close(fd)
 
 
 def end_of_writing(out: Path | None, made: bool, ok: bool) -> None:

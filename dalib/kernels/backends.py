@@ -93,6 +93,7 @@ def keops_available() -> bool:
             import_keops()
         except DamagedKeOpsIndex as exc:
             _keops_state["reason"] = str(exc)
+            forget_keops_cache_saves()  # (the indexes read before it: nothing new to save, and in place)
         except ImportError as exc:
             _keops_state["reason"] = f"pykeops is not installed ({exc})"
         except OSError as exc:  # its import makes its cache folder (~/.cache/keopsVERSION)

@@ -1041,6 +1041,7 @@ def test_a_cluster_requeue_takes_a_killed_runs_claim_over_and_a_refused_run_touc
     args = ["run", "source_only", "--src", "mnist", "--tgt", "usps", "--steps", "4", "--batch-size", "16",
             "--checkpoint-every", "2", "--out", str(out)]
     runner = CliRunner()
+    assert runner.invoke(cli, [*args[:-1], str(tmp_path / "done")]).exit_code == 0  # a run to evaluate
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # an unrelated live process
     try:
         res = runner.invoke(cli, args)
@@ -1063,16 +1064,23 @@ def test_a_cluster_requeue_takes_a_killed_runs_claim_over_and_a_refused_run_touc
             [sys.executable, "-c", "import fcntl, os, sys, time\n"
                                    "fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR)\n"
                                    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-                                   "os.write(fd, b'4242')\n"
+                                   "os.write(fd, sys.argv[2].encode())\n"
                                    "print('held', flush=True)\n"
-                                   "time.sleep(60)\n", str(out / LOCK)], stdout=subprocess.PIPE, text=True)
+                                   "time.sleep(60)\n", str(out / LOCK), str(os.getpid())],
+            stdout=subprocess.PIPE, text=True)  # (its id this process's: ids are each node's, or container's)
         try:
             assert holder.stdout.readline() == "held\n"
             res = runner.invoke(cli, [*args, "--resume"])
             assert res.exit_code == 2 and res.stderr.strip() == (
-                f"dalib: error: {out} is being written by another dalib run (process 4242): wait for it or choose "
-                "another --out")
+                f"dalib: error: {out} is being written by another dalib run (process {os.getpid()}): wait for it or "
+                "choose another --out")
             assert stale.read_bytes() == b"half a checkpoint"  # the live run's, on its node
+            assert (out / LOCK).read_text() == str(os.getpid())  # its claim, which the refused run never held
+            predictions = out / "preds.csv"  # `dalib eval --predictions` into it: its own leftovers alone go
+            (out / ".preds.csv.dalib-tmp999999999").write_text("a killed eval's")
+            res = runner.invoke(cli, ["eval", str(tmp_path / "done"), "--predictions", str(predictions)])
+            assert res.exit_code == 0, res.output
+            assert stale.read_bytes() == b"half a checkpoint" and not (out / ".preds.csv.dalib-tmp999999999").exists()
         finally:
             holder.kill()
             holder.wait()
@@ -1641,6 +1649,7 @@ def test_loader_workers_started_by_spawn_load_a_dataset_from_a_plugin_file(tmp_p
     name is made up: the worker died (No module named 'dalib_user_plugin_...'), and the run with
     it, in a traceback. The worker now loads the plugin files first: the run, and `dalib eval`'s
     predictions, are those of fork's workers."""
+    import multiprocessing
     import subprocess
     import sys
 
@@ -1664,6 +1673,16 @@ def test_loader_workers_started_by_spawn_load_a_dataset_from_a_plugin_file(tmp_p
                                   env=env, timeout=300, cwd=tmp_path)
             assert done.returncode == 0, done.stderr[-3000:]
             assert "Traceback" not in done.stderr
+    from dalib.registry import load_plugin_module
+    from dalib.runner import _loader, _WithPluginFiles
+
+    load_plugin_module(str(plugin))  # under fork nothing is pickled: the loader keeps the dataset itself
+    lazy = next(cls for name, cls in sys.modules.items() for cls in [getattr(sys.modules[name], "Lazy", None)]
+                if name.startswith("dalib_user_plugin_lazy_data") and cls is not None)(4, 0.5)
+    assert _loader(lazy, batch_size=2, num_workers=1).dataset is lazy
+    spawning = multiprocessing.get_context("spawn")
+    assert isinstance(_loader(lazy, batch_size=2, num_workers=1, multiprocessing_context=spawning).dataset,
+                      _WithPluginFiles)
     spawned, forked = (json.loads((tmp_path / how / "result.json").read_text()) for how in ("spawn", "fork"))
     for result in (spawned, forked):
         del result["seconds"]

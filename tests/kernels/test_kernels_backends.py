@@ -385,6 +385,7 @@ def test_a_damaged_keops_cache_index_is_set_aside_and_built_again(monkeypatch, t
     import atexit
     import os
     import pickle
+    import sys
 
     pytest.importorskip("pykeops")
     from keopscore.utils.Cache import Cache, Cache_partial
@@ -400,11 +401,20 @@ def test_a_damaged_keops_cache_index_is_set_aside_and_built_again(monkeypatch, t
     folder = str(tmp_path)
     whole = pickle.dumps({"formula": "params"})
 
+    import types
+
+    module = types.ModuleType("keopscore._dalib_test_indexes")  # where keopscore keeps them: module globals
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+
     def importing():  # what pykeops' import does with its two indexes
         made.append(Cache(compile_formula, use_cache_file=True, save_folder=folder))
+        module.dll = made[-1]
         made.append(Cache_partial(Loader, use_cache_file=True, save_folder=folder))
+        module.loader = made[-1]
 
     monkeypatch.setattr(backends, "import_quietly", lambda module: importing())
+    unregister = atexit.unregister
+    saves = []
     dll, loader = tmp_path / "compile_formula_cache.pkl", tmp_path / "Loader_cache.pkl"
     try:
         dll.write_bytes(whole[:-3])  # truncated as it was written
@@ -422,6 +432,7 @@ def test_a_damaged_keops_cache_index_is_set_aside_and_built_again(monkeypatch, t
             "builds it again"]
         assert sorted(os.listdir(tmp_path)) == ["Loader_cache.pkl.damaged", "compile_formula_cache.pkl.damaged"]
         assert made[-2].library == {} and made[-1].library_params == {}  # (built again, as formulas run)
+        saves = [backends._whole_saves[id(cache)] for cache in made[-2:]]  # in place of keopscore's own saves
 
         dll.write_bytes(whole[:-3])
         for key, value in (("checked", False), ("ok", False), ("reason", "")):
@@ -431,7 +442,10 @@ def test_a_damaged_keops_cache_index_is_set_aside_and_built_again(monkeypatch, t
             raise PermissionError(13, "Permission denied", src)
 
         monkeypatch.setattr(os, "replace", refused)  # (a cache compiled beforehand, read-only)
+        forgotten = []
+        monkeypatch.setattr(atexit, "unregister", forgotten.append)
         assert backends.keops_available() is False
+        assert module.dll.save_cache in forgotten  # read before the damaged one: not saved at exit, in place
         assert backends.keops_unavailable_reason() == (
             f"pykeops cannot read its cache index {dll} (UnpicklingError: pickle data was truncated) nor set it aside "
             "(Permission denied): delete that file, and KeOps builds it again")
@@ -447,8 +461,11 @@ def test_a_damaged_keops_cache_index_is_set_aside_and_built_again(monkeypatch, t
         with pytest.raises(RuntimeError, match="no compiler"):
             backends.import_keops()
     finally:
+        monkeypatch.setattr(atexit, "unregister", unregister)
         for cache in made:
             atexit.unregister(cache.save_cache)  # (the test's own caches: not saved at this process's exit)
+        for save in saves:
+            atexit.unregister(save)
 
 
 def test_keops_cache_indexes_are_saved_whole_or_not_at_all(tmp_path):
