@@ -89,9 +89,17 @@ def cpu_by_default(fn: _F) -> _F:
 
     @functools.wraps(fn)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
-        if torch.get_default_device().type == "cpu":
+        if default_device().type == "cpu":
             return fn(*args, **kwargs)
         with torch.device("cpu"):
             return fn(*args, **kwargs)
 
     return wrapped  # type: ignore[return-value]
+
+
+def default_device() -> torch.device:
+    """The device a tensor made without naming one gets: ``torch.set_default_device``'s, or
+    that of a ``with torch.device(...)`` block. Not ``torch.get_default_device()``, which before
+    torch 2.8 misses the block, and on torch 2.4 raised AttributeError once the default had been
+    set back with ``set_default_device(None)``: every dalib call after it failed."""
+    return torch.empty(0).device

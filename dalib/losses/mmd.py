@@ -94,7 +94,10 @@ class _DenseMMD(torch.autograd.Function):
 
     @staticmethod
     def forward(x: Tensor, y: Tensor, gam: Tensor, unbiased: bool) -> tuple[Tensor, ...]:
-        return _dense_forward(x, y, gam, unbiased)
+        # (no_grad: as autograd runs a forward anyway; torch 2.4's torch.compile traced it with
+        # gradients on, and refused its products written into a buffer: "out=... arguments")
+        with torch.no_grad():
+            return _dense_forward(x, y, gam, unbiased)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:

@@ -6,10 +6,12 @@ import fcntl
 import json
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from click.testing import CliRunner
 
 from dalib.cli import cli
@@ -459,9 +461,16 @@ def test_a_network_whose_outputs_grow_too_large_for_the_loss_is_said_to_diverge(
     res = runner.invoke(cli, ["run", "mmd", "--src", "mnist", "--tgt", "usps", "--lr", "100", "--steps", "30",
                               "--quiet", "--out", str(tmp_path / "r")])
     assert res.exit_code == 2 and "Traceback" not in res.output
-    assert re.fullmatch(r"dalib: error: the network's outputs reached \S+ at step \d+, and mmd's loss refused them "
-                        r"\(x holds values up to .*, too large for float32 squared distances \(.*\)\): training "
-                        r"diverged: lower --lr or the method's trade-off", res.stderr.strip().splitlines()[-1])
+    refused = (r"dalib: error: the network's outputs reached \S+ at step \d+, and mmd's loss refused them \(x holds "
+               r"values up to .*, too large for float32 squared distances \(.*\)\): training diverged: lower --lr or "
+               r"the method's trade-off")
+    # a chaotic trajectory: with the pinned torch it passes through outputs finite but too large (1e24); another
+    # release draws other dropout masks from the same seed, and torch 2.4's went from 2.5e10 to inf in one step
+    pinned = next(line.split("==")[1] for line in (Path(__file__).parents[2] / "constraints.txt").read_text().splitlines()
+                  if line.startswith("torch=="))
+    if torch.__version__.split("+")[0] != pinned:
+        refused += r"|dalib: error: the network's outputs became NaN or infinite at step \d+.*"
+    assert re.fullmatch(refused, res.stderr.strip().splitlines()[-1]), res.stderr
 
 
 def test_a_losss_refusal_after_the_first_step_that_is_not_about_size_is_its_own_not_divergence(runner, own_registry,
