@@ -762,7 +762,7 @@ def run_suite(
     load_domain(suite.dataset, chosen_tasks[0][0], data_root=data_root, data_dir=(suite.deep or {}).get("data"))
 
     make_folder(out, "the results folder")  # once the input is checked: a refused one leaves no empty folder behind
-    ready_for_writing(out, tidy=False)  # now, not after the first cell's work
+    ready_for_writing(out)  # now, not after the first cell's work
     path = results_path(out, suite, steps)
     # one writer per results file: two suites into the same --out would each write back its
     # own copy of the cells after every cell, and the last one would drop the other's

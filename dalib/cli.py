@@ -400,7 +400,7 @@ def eval_cmd(run_dir: str, domain: str | None, dataset: str | None, data: str | 
             raise ConfigError(f"no folder {Path(predictions).parent} for --predictions {predictions}")
         # a read-only folder fails now, not after the predictions; and only this file's leftovers go (the
         # folder may be a run's that another machine writes)
-        ready_for_writing(Path(predictions).parent, tidy=False)
+        ready_for_writing(Path(predictions).parent)
         tidy_temporaries(Path(predictions).parent, {Path(predictions).name})
     # with the CSV on standard output, what a plugin, a dataset's loader or the network prints goes to stderr
     aside = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()

@@ -444,17 +444,26 @@ def load_plugin_file_as(name: str, path: str) -> None:
     """Load the plugin file ``path`` as the module ``name`` that another process gave it, unless a
     module of that name is here: a worker process that another start method than fork began
     (spawn, forkserver) can then unpickle what the plugin's classes made there."""
-    if name in sys.modules:
-        return
+    if name not in sys.modules:
+        _run_file_as(name, path)
+
+
+def _run_file_as(name: str, path: str | Path, alias: str | None = None) -> None:
+    """Run the file ``path`` as the module ``name`` (and ``alias``), in :data:`sys.modules` while it
+    runs, as an import would be: dataclasses resolve string annotations (``from __future__ import
+    annotations``) through it. Out of it again if it fails."""
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
-        raise RegistryError(f"cannot load plugin {path!r} in a worker process")
+        raise RegistryError(f"cannot load plugin {str(path)!r}: not a Python file")
     mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
+    names = [name] if alias is None else [name, alias]
+    for each in names:
+        sys.modules[each] = mod
     try:
         spec.loader.exec_module(mod)
     except BaseException:
-        sys.modules.pop(name, None)
+        for each in names:
+            sys.modules.pop(each, None)
         raise
 
 
@@ -483,27 +492,18 @@ def load_plugin_module(module: str | os.PathLike[str]) -> list[str]:
                 return names
             # one module name per file: two plugin.py files in other folders do not replace each other
             tag = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:10]
-            spec = importlib.util.spec_from_file_location(f"{USER_PLUGIN_PREFIX}{path.stem}_{tag}", path)
-            assert spec is not None and spec.loader is not None
-            mod = importlib.util.module_from_spec(spec)
+            made_up = f"{USER_PLUGIN_PREFIX}{path.stem}_{tag}"
             # the file loaded before: its own classes make way for the ones it defines now
-            for name in [name for name, cls in _methods.items() if cls.__module__ == spec.name]:
+            for name in [name for name, cls in _methods.items() if cls.__module__ == made_up]:
                 del _methods[name]
-            # in sys.modules while it runs, as an import would be: dataclasses resolve string
-            # annotations (`from __future__ import annotations`) through it. Under its plain name
-            # too, when an import of that name finds this very file: a plugin file beside it that
-            # imports it then gets this module, not a second copy whose classes would clash
-            alias = stem is not None and (imported is not None and imported.__name__ == spec.name
+            # under its plain name too, when an import of that name finds this very file: a plugin
+            # file beside it that imports it then gets this module, not a second copy whose classes
+            # would clash
+            alias = stem is not None and (imported is not None and imported.__name__ == made_up
                                           or imported is None and _finds(stem, path))
-            sys.modules[spec.name] = mod
-            if alias:
-                sys.modules[stem] = mod
             try:
-                spec.loader.exec_module(mod)
+                _run_file_as(made_up, path, stem if alias else None)
             except BaseException as exc:
-                sys.modules.pop(spec.name, None)
-                if alias:
-                    sys.modules.pop(stem, None)
                 _restore(before)  # its earlier classes back, the ones it registered before failing gone
                 if isinstance(exc, RegistryError) and f" by {path.stem}." in str(exc):  # installed as a package too
                     raise RegistryError(f"{exc}: the module {path.stem!r} is installed (an entry point), "

@@ -456,7 +456,7 @@ _TEMPORARY = ".dalib-tmp"
 
 def _temporary_name(name: str) -> str:
     """``.NAME.dalib-tmpPID``, the name :func:`atomic_write_bytes` writes before its rename
-    (and :func:`ready_for_writing` tidies: a name no other program's file has, in a folder
+    (and :func:`tidy_temporaries` tidies: a name no other program's file has, in a folder
     dalib shares, such as the one of ``eval --predictions``). A long name is cut and told
     apart by a hash of itself, so that a file name the file system takes (up to 255 bytes) has
     a temporary one it takes too."""
@@ -2072,20 +2072,18 @@ def make_folder(out: Path, what: str) -> None:
         raise ConfigError(f"cannot create {what} {out}: {exc.strerror}") from None
 
 
-def ready_for_writing(out: Path, *, tidy: bool = True) -> None:
+def ready_for_writing(out: Path) -> None:
     """Before a run or a suite writes into ``out``: a one-line error now, not a traceback
-    after the work, when it cannot take files; and, with ``tidy``, :func:`tidy_temporaries`.
-    A run folder is tidied only once it is claimed (:func:`claim_out_dir`): a writer on another
-    machine of a shared file system is no process here, and a second run that was then refused
-    had removed the first one's checkpoint as it was being written."""
+    after the work, when it cannot take files. (Its leftovers go once it is claimed,
+    :func:`tidy_temporaries`: a writer on another machine of a shared file system is no process
+    here, and a second run that was then refused had removed the first one's checkpoint as it
+    was being written.)"""
     try:
         fd, probe = tempfile.mkstemp(dir=out, prefix=".dalib-write-test")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out}: {exc.strerror}") from None
-    if tidy:
-        tidy_temporaries(out)
 
 
 def tidy_temporaries(out: Path, names: Collection[str] | None = None) -> None:
@@ -2362,7 +2360,7 @@ def check_fresh_out_dir(out: Path) -> None:
     existed = out.is_dir()
     make_folder(out, "output folder")
     try:
-        ready_for_writing(out, tidy=False)
+        ready_for_writing(out)
         claim_out_dir(out)  # before anything of a run that may be writing here is touched
     except ConfigError:
         if not existed:  # (a folder of this run's making that nothing took meanwhile: no run left there)
@@ -2384,7 +2382,7 @@ def _prepare_out_dir(
     ckpt_path = out / CHECKPOINT
     if resume:
         if is_main and out.is_dir():  # a run still writing there (maybe before its first checkpoint) is named first
-            ready_for_writing(out, tidy=False)
+            ready_for_writing(out)
             claim_out_dir(out)
         if not ckpt_path.exists():
             if (out / RESULT).exists():  # without --resume the folder is refused as holding a run

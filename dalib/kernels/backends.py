@@ -201,44 +201,35 @@ def forget_keops_cache_saves() -> None:
 def save_keops_indexes_whole() -> None:
     """keopscore writes each index over the old one, in place, at exit: a process stopped then,
     or a disk that filled, left a truncated file, and every later import of pykeops failed on it.
-    Each is saved instead to a file beside it that then replaces it whole; a save that fails
-    keeps the old index and says so in one line."""
+    Each is saved instead as dalib saves its own files (:func:`dalib.runner.atomic_write_bytes`:
+    a file beside it that then replaces it whole); a save that fails keeps the old index and says
+    so in one line."""
     import atexit
+    import functools
 
     for cache in keops_indexes():
-        if id(cache) in _whole_saves or not isinstance(getattr(cache, "cache_file", None), str):
-            continue
-        if not hasattr(cache, "library_params" if type(cache).__name__ == "Cache_partial" else "library"):
-            continue  # (keopscore's internals moved: its own save stays)
-
-        def save(cache: object = cache) -> None:
-            save_index_whole(cache)
-
+        # what it pickles: a Cache its results, a Cache_partial their parameters
+        contents = "library_params" if type(cache).__name__ == "Cache_partial" else "library"
+        if id(cache) in _whole_saves or not isinstance(getattr(cache, "cache_file", None), str) or not hasattr(
+                cache, contents):
+            continue  # (saved so already; or keopscore's internals moved: its own save stays)
+        save = functools.partial(save_index_whole, cache, contents)
         atexit.unregister(cache.save_cache)  # type: ignore[attr-defined]
         atexit.register(save)
         _whole_saves[id(cache)] = save
 
 
-def save_index_whole(cache: object) -> None:
-    """Save one of keopscore's indexes (:func:`save_keops_indexes_whole`)."""
+def save_index_whole(cache: object, contents: str) -> None:
+    """Save one of keopscore's indexes, its attribute ``contents`` (:func:`save_keops_indexes_whole`)."""
     import pickle
+    from pathlib import Path
 
-    data = getattr(cache, "library_params") if type(cache).__name__ == "Cache_partial" else getattr(cache, "library")
-    index: str = getattr(cache, "cache_file")
-    temp = f"{index}.{os.getpid()}.tmp"
+    from dalib.runner import atomic_write_bytes
+
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                pickle.dump(data, f)
-            os.replace(temp, index)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-    except Exception as exc:  # (at exit: a traceback there reads as the run's failure)
-        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else first_line(exc)
-        kept = "the one before is kept" if os.path.isfile(index) else "KeOps builds it again"
-        print(f"dalib: pykeops's cache index {index} was not saved ({why}); {kept}", file=sys.stderr)
+        atomic_write_bytes(Path(getattr(cache, "cache_file")), lambda fh: pickle.dump(getattr(cache, contents), fh))
+    except Exception as exc:  # (DalibError, a pickling error; at exit, a traceback reads as the run's failure)
+        print(f"dalib: pykeops's cache index was not saved: {first_line(exc)}", file=sys.stderr)
 
 
 def keops_cache_failure(exc: OSError) -> str:

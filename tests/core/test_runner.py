@@ -269,7 +269,7 @@ def test_a_reader_of_the_file_before_a_write_reads_it_whole(tmp_path):
 
 
 def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
-    from dalib.runner import atomic_write_text, ready_for_writing
+    from dalib.runner import atomic_write_text, tidy_temporaries
 
     # a name the file system takes (255 bytes; "é" is two) has a temporary name it takes too:
     # `eval --predictions` with such a name had been refused after its work, by the temporary name
@@ -287,7 +287,7 @@ def test_a_file_name_near_the_limit_is_written_atomically_too(tmp_path):
                               text=True).stdout)
     stale = tmp_path / _temporary_name("q" * 251).replace(f"tmp{os.getpid()}", f"tmp{dead}")
     stale.write_text("half")
-    ready_for_writing(tmp_path)
+    tidy_temporaries(tmp_path)
     assert not stale.exists()
 
 
