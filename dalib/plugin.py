@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from dalib.data.domain import UNLABELLED
+from dalib.data.domain import UNLABELLED, collate_items
 
 if TYPE_CHECKING:
     from dalib.models import DAModel
@@ -124,7 +124,7 @@ class Context:
         data = {"source": self.source, "target": self.target}[domain]
         fn = fn or (lambda x: x.flatten(1))
         batch_size = scoring_batch(data, self.batch_size) if batch_size is None else batch_size
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
         was_training = self.model.training
         self.model.eval()
         try:

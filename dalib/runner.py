@@ -40,7 +40,8 @@ from torch import Tensor, nn
 
 from dalib._arrays import cpu_by_default
 from dalib.config import DataclassInstance, build_config, param
-from dalib.data.domain import check_finite, check_labels, label_tensor, labelled_accuracy, matched_by_position
+from dalib.data.domain import (check_finite, check_labels, collate_items, label_tensor, labelled_accuracy,
+                               matched_by_position)
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, OutOfRangeError, PluginError,
                           first_line, load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics, scoring_batch
@@ -602,7 +603,7 @@ def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
     if files and kwargs.get("multiprocessing_context", torch.multiprocessing).get_start_method() != "fork":
         dataset = _WithPluginFiles(dataset, files)  # (under fork nothing is pickled: the dataset as it is)
     return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0),
-                                       worker_init_fn=_worker_init, **kwargs)
+                                       worker_init_fn=_worker_init, **{"collate_fn": collate_items, **kwargs})
 
 
 class _WithPluginFiles(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -1312,8 +1313,8 @@ def _run(
                       "n_tgt": len(tgt), "n_held": len(held) if held is not None else 0, "start": start,
                       "steps": config.steps, "device": str(device)})
         scoring = scoring_batch(src, config.batch_size)
-        context = Context(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
-                          Progress(start, config.steps), classes=list(src.classes))
+        context = _RunContext(model, src.dataset, Unlabelled(tgt.dataset), device, config.batch_size,
+                              Progress(start, config.steps), classes=list(src.classes), source_domain=src)
         unkept = _UnkeptState(method, config.method)  # what a checkpoint would not keep, as it stands now
         if start == 0:
             before = {id(p) for module in (method, model) for p in module.parameters()}
@@ -1585,6 +1586,26 @@ def _diagnostics(method: Method, name: str) -> dict[str, Any]:
     if not isinstance(method.diagnostics, dict):
         raise PluginError(f"method {name!r}: diagnostics must be a dict, got {type(method.diagnostics).__name__}")
     return plain_diagnostics(method.diagnostics, name)
+
+
+@dataclass
+class _RunContext(Context):
+    """The runner's :class:`Context`. The source labels a method reads (KMM's diagnostics, in
+    ``prepare``, before any batch is drawn) are read and checked as training reads them: a
+    label -1, out of range or no class index is the one-line DataError that training gives,
+    not an error inside the method."""
+
+    source_domain: Any = field(default=None, repr=False)
+
+    def source_labels(self) -> Tensor:
+        domain = self.source_domain
+        known = domain.known_labels()
+        if known is not None:  # (checked before training: _check_domains)
+            return known.detach().cpu().clone()
+        loader = torch.utils.data.DataLoader(domain.dataset, batch_size=4096, shuffle=False, collate_fn=collate_items)
+        labels = torch.cat([label_tensor(ys, domain) for _, ys in loader])  # (N_s,)
+        check_labels(labels, domain, labelled=True)
+        return labels
 
 
 def _check_source_weights(weights: Any, n: int, name: str) -> None:

@@ -57,6 +57,14 @@ def _one_number(y: Any) -> bool:
     return isinstance(y, (np.ndarray, np.generic)) and y.size == 1
 
 
+def collate_items(items: list[Any]) -> tuple[Any, list[Any]]:
+    """A batch of ``(x, y)`` items as ``(x stacked by torch's default collate, [y, ...] as the
+    dataset gave them)``: the labels of a dataset of one's own may come in mixed kinds (an int
+    beside a numpy integer or a one-element tensor), which torch's collate refuses;
+    :func:`label_tensor` reads them."""
+    return torch.utils.data.default_collate([x for x, _ in items]), [y for _, y in items]
+
+
 def label_tensor(labels: Any, domain: Any) -> torch.Tensor:
     """A batch's labels from ``domain``'s dataset (a plugin's own may give floats, numpy
     numbers, one-element tensors or text) as class indices, int64 (B,). A label that is no

@@ -452,3 +452,40 @@ def test_a_source_whose_samples_are_all_of_one_class_is_one_line(tmp_path, metho
                                         r"classifier needs samples of at least 2$"):
         run(cfg, tmp_path / "r", progress_bar=False)
     assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(("labels", "said"), [
+    ([0, 1] * 5 + [-1, 1], r"is unlabelled \(-1\): the source must be labelled"),  # np.bincount's ValueError had ended it
+    ([0, 1] * 5 + [0.5, 1], r"is labelled 0\.5: labels are class indices"),  # .long() had made it class 0
+], ids=["unlabelled", "fraction"])
+def test_a_method_that_reads_the_source_labels_before_training_gets_them_checked(tmp_path, labels, said):
+    """KMM reads every source label in prepare (its class proportions), before a batch is
+    drawn: a dataset of one's own that lists no labels is checked there as training checks it."""
+    name = _given_dataset(f"given-kmm-{labels[-2]!r}", labels)
+    cfg = RunConfig(method="kmm", mode="deep", dataset=name, src="gs", tgt="gt", steps=3, batch_size=4)
+    with pytest.raises(DataError, match=rf"^a sample of domain 'gs' \({re.escape(name)}\) {said}"):
+        run(cfg, tmp_path / "r", progress_bar=False)
+    assert not (tmp_path / "r" / "checkpoint.pt").exists()
+
+
+def test_the_source_labels_a_method_reads_are_those_of_its_dataset(tmp_path):
+    """A dataset of one's own read whole (no label list): KMM's class proportions are the
+    source's, from the labels as training reads them."""
+    name = _given_dataset("given-kmm-proportions", [np.int64(1), 0.0, torch.tensor([1])] * 4)
+    cfg = RunConfig(method="kmm", mode="deep", dataset=name, src="gs", tgt="gt", steps=3, batch_size=4)
+    result = run(cfg, tmp_path / "r", progress_bar=False)
+    assert result.diagnostics["class_proportions"] == [round(1 / 3, 4), round(2 / 3, 4)]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_labels_of_mixed_kinds_led_by_a_numpy_integer_train_and_score(workers):
+    """torch's collate takes a batch's kind from its first label: a numpy integer first, a
+    float or a one-element tensor after it, had failed the scoring (and the loader workers'
+    batches) with torch.stack's TypeError, a traceback."""
+    labels = [np.int64(1), 0.0, torch.tensor([1]), torch.tensor(0)] * 3
+    name = _given_dataset("given-numpy-first", labels)
+    cfg = RunConfig(method="source_only", mode="deep", dataset=name, src="gs", tgt="gt", steps=3, batch_size=4,
+                    workers=workers)
+    result = run(cfg, None, progress_bar=False)
+    pred = result.model(torch.randn(12, 4, generator=torch.Generator().manual_seed(3)))[1].argmax(1)
+    assert result.target_accuracy == pytest.approx(100.0 * float((pred == torch.tensor([1, 0, 1, 0] * 3)).float().mean()))

@@ -182,11 +182,11 @@ def test_deep_kmm_refits_after_every_kth_pass(class_shift, batch_size, steps, ev
 
 
 def test_deep_kmm_reads_the_source_labels_once_for_all_its_fits(class_shift, monkeypatch):
-    from dalib.plugin import Context
+    from dalib.runner import _RunContext  # the runner's Context, whose labels are checked as training's
 
     reads = []
-    original = Context.source_labels
-    monkeypatch.setattr(Context, "source_labels", lambda self: reads.append(1) or original(self))
+    original = _RunContext.source_labels
+    monkeypatch.setattr(_RunContext, "source_labels", lambda self: reads.append(1) or original(self))
     cfg = RunConfig(method="kmm", dataset=class_shift, src="src", tgt="tgt", steps=20, batch_size=32, seed=0,
                     mode="deep", method_config={"B": 4.0, "features": "model", "refit_every": 1})
     assert run(cfg, None, progress_bar=False).diagnostics["fits"] == 4 and len(reads) == 1
