@@ -103,7 +103,9 @@ def keops_available() -> bool:
             with contextlib.suppress(Exception):  # (keopscore's internals)
                 import keopscore
 
-                if not os.access(keopscore.config.get_build_folder(), os.W_OK):  # compiled beforehand, read-only
+                # (keopscore.config is an object with the method from 2.3; a module in 2.2, the function beside it)
+                build_folder = getattr(keopscore.config, "get_build_folder", None) or keopscore.get_build_folder
+                if not os.access(build_folder(), os.W_OK):  # compiled beforehand, read-only
                     forget_keops_cache_saves()  # (its saves at exit would each print a traceback)
                 else:
                     save_keops_indexes_whole()
