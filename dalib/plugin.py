@@ -8,6 +8,7 @@ training loop: :mod:`dalib.runner` calls it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import math
 from collections.abc import Callable
@@ -122,14 +123,17 @@ class Context:
         time (by default as the run scores: :func:`scoring_batch`).
         """
         data = {"source": self.source, "target": self.target}[domain]
-        fn = fn or (lambda x: x.flatten(1))
+        fn = fn or (lambda x: x.reshape(len(x), -1))  # (inputs of one number each, (N,): one feature)
         batch_size = scoring_batch(data, self.batch_size) if batch_size is None else batch_size
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, collate_fn=collate_items)
+        # (a generator of its own: a DataLoader draws its seed from the global one, whose later
+        # draws, the dropout masks, would then depend on how often a method embeds)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
+                                             collate_fn=functools.partial(collate_items, where=f"a sample of the {domain}"))
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.no_grad():
-                parts = [fn(x.to(self.device)).flatten(1) for x, _ in loader]
+                parts = [fn(x.to(self.device)).reshape(len(x), -1) for x, _ in loader]
         finally:
             self.model.train(was_training)
         return torch.cat(parts)  # (N, D)

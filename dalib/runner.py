@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from dalib._arrays import cpu_by_default
 from dalib.config import DataclassInstance, build_config, param
 from dalib.data.domain import (check_finite, check_labels, collate_items, label_tensor, labelled_accuracy,
-                               matched_by_position)
+                               matched_by_position, sample_of)
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, OutOfRangeError, PluginError,
                           first_line, load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
 from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics, scoring_batch
@@ -585,25 +585,26 @@ class _Stream:
 def _fetch(domain: Any, idx: Tensor) -> tuple[Tensor, Tensor]:
     if getattr(domain, "x", None) is not None:
         return domain.x[idx], domain.y[idx]
-    items = [domain.dataset[int(i)] for i in idx]
-    xs = torch.stack([torch.as_tensor(x) for x, _ in items])
-    return xs, label_tensor([y for _, y in items], domain)
+    xs, ys = collate_items([domain.dataset[int(i)] for i in idx], sample_of(domain))
+    return xs, label_tensor(ys, domain)
 
 
-def _loader(dataset: Any, **kwargs: Any) -> torch.utils.data.DataLoader:
+def _loader(dataset: Any, where: str = "a sample", **kwargs: Any) -> torch.utils.data.DataLoader:
     """A DataLoader that leaves the global RNG alone: with worker processes, a DataLoader
     draws their base seed from the global generator, which would shift every later dropout
     mask, so that ``workers`` changed a run's numbers. (Loading itself is deterministic.)
     Its workers leave Ctrl-C and SIGTERM to the process that started them (:func:`_worker_init`),
     and load the plugin files this process loaded before they unpickle the dataset
-    (:class:`_WithPluginFiles`)."""
+    (:class:`_WithPluginFiles`). Batches are collated by :func:`collate_items` (``where``
+    names a sample in its errors)."""
     from dalib.registry import plugin_files
 
     files = plugin_files() if kwargs.get("num_workers") else ()
     if files and kwargs.get("multiprocessing_context", torch.multiprocessing).get_start_method() != "fork":
         dataset = _WithPluginFiles(dataset, files)  # (under fork nothing is pickled: the dataset as it is)
     return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0),
-                                       worker_init_fn=_worker_init, **{"collate_fn": collate_items, **kwargs})
+                                       worker_init_fn=_worker_init,
+                                       **{"collate_fn": functools.partial(collate_items, where=where), **kwargs})
 
 
 class _WithPluginFiles(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -718,8 +719,8 @@ class _Prefetcher:
     def __init__(self, domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False) -> None:
         self._domain = domain
         self._it = iter(  # pinned batches make the copy to the GPU asynchronous (non_blocking)
-            _loader(domain.dataset, batch_sampler=_StepBatches(stream, start, stop), num_workers=workers,
-                    pin_memory=pin)
+            _loader(domain.dataset, sample_of(domain), batch_sampler=_StepBatches(stream, start, stop),
+                    num_workers=workers, pin_memory=pin)
         )
 
     def close(self) -> None:
@@ -728,13 +729,10 @@ class _Prefetcher:
         _stop_workers(it)
 
     def __next__(self) -> tuple[Tensor, Tensor]:
-        failed = None
-        try:
-            x, y = next(self._it)
-        except DalibError as exc:
-            failed = _from_worker(exc)
-        if failed is not None:  # raised outside the except: torch's error, which holds the workers, is not kept with it
-            raise failed
+        batch = _next_batch(self._it, workers=1)
+        if batch is None:
+            raise StopIteration
+        x, y = batch
         return x, label_tensor(y, self._domain)
 
 
@@ -748,26 +746,39 @@ def _from_worker(exc: DalibError) -> DalibError:
 def _batches(
     domain: Any, stream: _Stream, start: int, stop: int, workers: int, pin: bool = False, *, labelled: bool
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-    # labels a domain does not list (a dataset of its own whose labels _check_domains could not
-    # read) fail here, on the CPU, in one line, not as an index error inside the loss
-    check = domain.known_labels() is None
+    # labels read with the samples (a dataset of its own, whose labels _check_domains could not
+    # read or whose items disagree with its targets) fail here, on the CPU, in one line, not as an
+    # index error inside the loss
     if getattr(domain, "x", None) is not None or workers == 0:
         for s in range(start, stop):
             idx = stream.indices(s)
             x, y = _fetch(domain, idx)
-            if check:
-                check_labels(y, domain, labelled=labelled)
+            check_labels(y, domain, labelled=labelled)
             yield x, y, idx
     else:
         pf = _Prefetcher(domain, stream, start, stop, workers, pin)
         try:
             for s in range(start, stop):
                 x, y = next(pf)
-                if check:
-                    check_labels(y, domain, labelled=labelled)
+                check_labels(y, domain, labelled=labelled)
                 yield x, y, stream.indices(s)
         finally:  # the generator closed (the run ended, however): its workers stop now
             pf.close()
+
+
+def _next_batch(batches: Iterator[Any], workers: int) -> Any:
+    """The next batch of ``batches`` (None at their end); an error a loader worker raised is
+    the one line it was (:func:`_from_worker`), not torch's wrapping of its traceback."""
+    failed = None
+    try:
+        return next(batches)
+    except StopIteration:
+        return None
+    except DalibError as exc:
+        if not workers:
+            raise
+        failed = _from_worker(exc)
+    raise failed  # outside the except: torch's error, which holds the workers, is not kept with it
 
 
 def _forward_batches(
@@ -783,22 +794,18 @@ def _forward_batches(
             batches: Any = ((domain.x[i : i + batch_size], domain.y[i : i + batch_size])
                             for i in range(0, len(domain.x), batch_size))
         else:
-            batches = _loader(domain.dataset, batch_size=batch_size, num_workers=workers)
-        failed = None
+            batches = _loader(domain.dataset, sample_of(domain), batch_size=batch_size, num_workers=workers)
         batches = iter(batches)
         try:
-            for x, y in batches:
+            while (batch := _next_batch(batches, workers)) is not None:
+                x, y = batch
+                labels = label_tensor(y, domain).cpu()
+                check_labels(labels, domain, labelled=False)  # (a label out of range had been scored as wrong)
                 with torch.no_grad():
                     out = model(x.to(device))
-                yield out, label_tensor(y, domain).cpu()
-        except DalibError as exc:
-            if not workers:
-                raise
-            failed = _from_worker(exc)
+                yield out, labels
         finally:
             _stop_workers(batches)
-        if failed is not None:  # raised outside the except: torch's error, which holds the workers, is not kept with it
-            raise failed
     finally:
         model.train(was)
 
@@ -1602,7 +1609,8 @@ class _RunContext(Context):
         known = domain.known_labels()
         if known is not None:  # (checked before training: _check_domains)
             return known.detach().cpu().clone()
-        loader = torch.utils.data.DataLoader(domain.dataset, batch_size=4096, shuffle=False, collate_fn=collate_items)
+        loader = torch.utils.data.DataLoader(domain.dataset, batch_size=4096, shuffle=False, generator=torch.Generator(),
+                                             collate_fn=functools.partial(collate_items, where=sample_of(domain)))
         labels = torch.cat([label_tensor(ys, domain) for _, ys in loader])  # (N_s,)
         check_labels(labels, domain, labelled=True)
         return labels

@@ -46,7 +46,8 @@ def labelled_accuracy(pred: Any, labels: Any) -> float | None:
     return float(np.mean(np.asarray(pred)[known] == np.asarray(labels)[known])) if known.any() else None
 
 
-def _a_sample_of(domain: Any) -> str:
+def sample_of(domain: Any) -> str:
+    """"a sample of domain NAME (DATASET)": how errors name a sample of ``domain``."""
     return f"a sample of domain {domain.name!r}{' (' + domain.dataset_name + ')' if domain.dataset_name else ''}"
 
 
@@ -57,12 +58,35 @@ def _one_number(y: Any) -> bool:
     return isinstance(y, (np.ndarray, np.generic)) and y.size == 1
 
 
-def collate_items(items: list[Any]) -> tuple[Any, list[Any]]:
-    """A batch of ``(x, y)`` items as ``(x stacked by torch's default collate, [y, ...] as the
-    dataset gave them)``: the labels of a dataset of one's own may come in mixed kinds (an int
-    beside a numpy integer or a one-element tensor), which torch's collate refuses;
-    :func:`label_tensor` reads them."""
-    return torch.utils.data.default_collate([x for x, _ in items]), [y for _, y in items]
+def collate_items(items: list[Any], where: str = "a sample") -> tuple[torch.Tensor, list[Any]]:
+    """A batch of ``(x, y)`` items as ``(x stacked, [y, ...] as the dataset gave them)``, the
+    one collation of every loader of a domain's dataset (``where`` names a sample of it in
+    errors: :func:`sample_of`). The labels of a dataset of one's own may come in mixed kinds
+    (an int beside a numpy integer or a one-element tensor), which torch's collate refuses:
+    :func:`label_tensor` reads them. Inputs given as numpy arrays or lists of numbers are
+    made tensors, ones that require grad are detached. An item that is no ``(x, y)`` pair,
+    an input that is no array of numbers (a PIL image) or inputs of different shapes in one
+    batch are one :class:`DataError` line."""
+    xs, ys = [], []
+    for item in items:
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            what = f"a {type(item).__name__} of {len(item)}" if isinstance(item, (tuple, list)) else \
+                f"a {type(item).__name__}"
+            raise DataError(f"{where} is {what}: a dataset's items are (x, y) pairs, its input and its label")
+        x, y = item
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(x)  # (numpy arrays, lists of numbers)
+            except (TypeError, ValueError, RuntimeError):
+                raise DataError(f"{where} has an input of type {type(x).__name__}: inputs are tensors or arrays of "
+                                "numbers (an image dataset converts its images, e.g. with a transform)") from None
+        xs.append(x.detach())
+        ys.append(y)
+    shapes = list(dict.fromkeys(tuple(x.shape) for x in xs))
+    if len(shapes) > 1:
+        raise DataError(f"{where.replace('a sample', 'the samples', 1)} have inputs of different shapes, {shapes[0]} "
+                        f"and {shapes[1]}: every input of a domain has its input_shape")
+    return torch.utils.data.default_collate(xs), ys
 
 
 def label_tensor(labels: Any, domain: Any) -> torch.Tensor:
@@ -74,8 +98,11 @@ def label_tensor(labels: Any, domain: Any) -> torch.Tensor:
         values = [y.item() if _one_number(y) else y for y in labels]
         for y in values:
             if isinstance(y, bool) or not isinstance(y, (int, float)):
-                raise DataError(f"{_a_sample_of(domain)} is labelled {y!r} ({type(y).__name__}): labels are class "
+                raise DataError(f"{sample_of(domain)} is labelled {y!r} ({type(y).__name__}): labels are class "
                                 "indices, integers 0..C-1 (-1: unlabelled)")
+            if isinstance(y, int) and not -(2**63) <= y < 2**63:  # (no int64: torch.tensor's overflow)
+                raise DataError(f"{sample_of(domain)} is labelled {y}: labels are class indices, integers 0..C-1 "
+                                "(-1: unlabelled)")
         labels = torch.tensor(values, dtype=torch.float64 if any(isinstance(y, float) for y in values) else torch.int64)
     if labels.dim() > 1 and labels[0].numel() == 1:  # (B, 1): one-element label tensors, collated
         labels = labels.reshape(len(labels))
@@ -83,9 +110,9 @@ def label_tensor(labels: Any, domain: Any) -> torch.Tensor:
         raise DataError(f"the labels of domain {domain.name!r} are {tuple(labels.shape)} {labels.dtype}: one class "
                         "index per sample, an integer 0..C-1 (-1: unlabelled)")
     if labels.is_floating_point():
-        whole = labels == labels.round()  # (NaN: not whole)
+        whole = (labels == labels.round()) & (labels.abs() < 2**53)  # (NaN: not whole; inf and 1e20 no int64)
         if not bool(whole.all()):
-            raise DataError(f"{_a_sample_of(domain)} is labelled {labels[~whole][0].item()!r}: labels are class "
+            raise DataError(f"{sample_of(domain)} is labelled {labels[~whole][0].item()!r}: labels are class "
                             "indices, integers 0..C-1 (-1: unlabelled)")
     return labels.long()
 
@@ -102,7 +129,7 @@ def check_labels(y: torch.Tensor, domain: Any, *, labelled: bool) -> None:
         what = "is unlabelled (-1): the source must be labelled" if bad == UNLABELLED and labelled else (
             f"is labelled {bad}: labels must lie in 0..{domain.num_classes - 1}"
             + ("" if labelled else f", or be {UNLABELLED} for an unlabelled sample"))
-        raise DataError(f"{_a_sample_of(domain)} {what}")
+        raise DataError(f"{sample_of(domain)} {what}")
 
 
 @dataclass(frozen=True, eq=False)
