@@ -63,10 +63,12 @@ def collate_items(items: list[Any], where: str = "a sample") -> tuple[torch.Tens
     one collation of every loader of a domain's dataset (``where`` names a sample of it in
     errors: :func:`sample_of`). The labels of a dataset of one's own may come in mixed kinds
     (an int beside a numpy integer or a one-element tensor), which torch's collate refuses:
-    :func:`label_tensor` reads them. Inputs given as numpy arrays or lists of numbers are
-    made tensors, ones that require grad are detached. An item that is no ``(x, y)`` pair,
-    an input that is no array of numbers (a PIL image) or inputs of different shapes in one
-    batch are one :class:`DataError` line."""
+    :func:`label_tensor` reads them (a one-element tensor or numpy value as its number: from
+    loader workers, each tensor would be a shared-memory file of its own). Inputs given as
+    numpy arrays (flipped ones too: negative strides) or lists of numbers are made tensors,
+    ones that require grad are detached. An item that is no ``(x, y)`` pair, an input that
+    is no array of numbers (a PIL image) or inputs of different shapes in one batch are one
+    :class:`DataError` line."""
     xs, ys = [], []
     for item in items:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
@@ -74,14 +76,16 @@ def collate_items(items: list[Any], where: str = "a sample") -> tuple[torch.Tens
                 f"a {type(item).__name__}"
             raise DataError(f"{where} is {what}: a dataset's items are (x, y) pairs, its input and its label")
         x, y = item
-        if not isinstance(x, torch.Tensor):
+        if isinstance(x, np.ndarray) and x.dtype.kind in "biufc":
+            x = torch.from_numpy(np.ascontiguousarray(x))  # (a flipped image's negative strides: copied)
+        elif not isinstance(x, torch.Tensor):
             try:
-                x = torch.as_tensor(x)  # (numpy arrays, lists of numbers)
+                x = torch.as_tensor(x)  # (lists of numbers)
             except (TypeError, ValueError, RuntimeError):
                 raise DataError(f"{where} has an input of type {type(x).__name__}: inputs are tensors or arrays of "
                                 "numbers (an image dataset converts its images, e.g. with a transform)") from None
         xs.append(x.detach())
-        ys.append(y)
+        ys.append(y.item() if _one_number(y) else y)
     shapes = list(dict.fromkeys(tuple(x.shape) for x in xs))
     if len(shapes) > 1:
         raise DataError(f"{where.replace('a sample', 'the samples', 1)} have inputs of different shapes, {shapes[0]} "

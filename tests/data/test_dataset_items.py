@@ -99,7 +99,9 @@ def test_inputs_as_arrays_lists_or_tensors_that_require_grad_train_as_tensors():
     plain = _dataset("items-plain")
     kinds = {"items-numpy": lambda i, x, y: (x.numpy().astype(np.float64), np.int64(y)),
              "items-list": lambda i, x, y: (x.tolist(), y),
-             "items-grad": lambda i, x, y: (x.clone().requires_grad_(), y)}
+             "items-grad": lambda i, x, y: (x.clone().requires_grad_(), y),
+             # a flip done in numpy (an augmentation) gives negative strides, which torch.as_tensor refuses
+             "items-flipped": lambda i, x, y: (np.ascontiguousarray(x.numpy()[::-1])[::-1], torch.tensor(y))}
     for workers in (0, 2):
         want = _weights(_run(plain, workers=workers))
         for kind, change in kinds.items():
@@ -143,3 +145,14 @@ def test_a_label_beyond_any_class_index_is_named_as_it_is(label, said):
     with pytest.raises(DataError, match=rf"^a sample of domain 'd' \(mine\) is labelled {re.escape(said)}: labels are "
                                         "class indices"):
         label_tensor([0, label], domain)
+
+
+def test_labels_that_are_tensors_or_numpy_values_leave_a_loader_worker_as_numbers():
+    """Each tensor a worker sends is a shared-memory file of its own: one per label made loading
+    with workers 15 times slower, and a batch of 512 ran out of file descriptors (ulimit -n 1024)."""
+    from dalib.data.domain import collate_items
+
+    x, ys = collate_items([(torch.zeros(2), torch.tensor(1)), (np.zeros(2), np.int64(0)), (torch.ones(2), 1.0),
+                           (torch.ones(2), torch.tensor([1]))])
+    assert x.shape == (4, 2) and ys == [1, 0, 1.0, 1]
+    assert [type(y) for y in ys] == [int, int, float, int]
