@@ -599,6 +599,13 @@ def _loader(dataset: Any, where: str = "a sample", **kwargs: Any) -> torch.utils
     names a sample in its errors)."""
     from dalib.registry import plugin_files
 
+    if kwargs.get("num_workers"):
+        import multiprocessing.util
+
+        # a worker passes its batches' tensors through a socket in multiprocessing's temporary
+        # folder: made now, a forked worker's is this process's, removed as it exits (one of its
+        # own stayed in /tmp when a stop killed the worker)
+        multiprocessing.util.get_temp_dir()
     files = plugin_files() if kwargs.get("num_workers") else ()
     if files and kwargs.get("multiprocessing_context", torch.multiprocessing).get_start_method() != "fork":
         dataset = _WithPluginFiles(dataset, files)  # (under fork nothing is pickled: the dataset as it is)

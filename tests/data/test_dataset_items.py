@@ -156,3 +156,45 @@ def test_labels_that_are_tensors_or_numpy_values_leave_a_loader_worker_as_number
                            (torch.ones(2), torch.tensor([1]))])
     assert x.shape == (4, 2) and ys == [1, 0, 1.0, 1]
     assert [type(y) for y in ys] == [int, int, float, int]
+
+
+def test_loader_workers_killed_on_a_stop_leave_no_folder_in_the_temporary_folder(tmp_path):
+    """A stop kills the loader's workers (they ignore Ctrl-C and SIGTERM). Each had made a
+    pymp-* folder of its own in the temporary folder (the socket through which it passes its
+    batches' tensors), which no one removed: one per worker for every stopped run."""
+    import os
+    import subprocess
+    import sys
+
+    script = """
+import torch, dalib
+from dalib import runner
+from dalib.data import DatasetInfo, Domain, register_dataset
+
+class Lazy(torch.utils.data.Dataset):
+    def __len__(self): return 32
+    def __getitem__(self, i): return torch.full((4,), float(i % 2)), i % 2
+
+register_dataset(DatasetInfo(name="lazy", description="", domains=("s", "t"), num_classes=2, needs="embedded"),
+                 lambda r: Domain(r.domain, Lazy(), 2, (4,), ["a", "b"]))
+original, asked = runner._Prefetcher.__next__, [0]
+
+def next_batch(self):
+    asked[0] += 1
+    if asked[0] == 4:  # Ctrl-C while the run waits for a batch
+        raise KeyboardInterrupt
+    return original(self)
+
+runner._Prefetcher.__next__ = next_batch
+try:
+    dalib.run(dalib.RunConfig(method="source_only", mode="deep", dataset="lazy", src="s", tgt="t", steps=6,
+                              batch_size=4, workers=2, device="cpu"), None, progress_bar=False)
+except KeyboardInterrupt:
+    print("stopped")
+"""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    done = subprocess.run([sys.executable, "-c", script], env={**os.environ, "TMPDIR": str(tmp)}, capture_output=True,
+                          text=True, timeout=300)
+    assert done.stdout.strip() == "stopped", done.stderr
+    assert not list(tmp.glob("pymp-*"))
