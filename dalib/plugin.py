@@ -146,8 +146,10 @@ class Context:
             return data.tensors[1].detach().cpu().long()
         if hasattr(data, "targets"):  # image folders: no image decoded
             return torch.as_tensor(data.targets).long()
-        loader = torch.utils.data.DataLoader(data, batch_size=4096, shuffle=False)
-        return torch.cat([torch.as_tensor(y).reshape(-1) for _, y in loader]).long()
+        # (labels of mixed kinds as numbers, and a generator of its own: as Context.embed)
+        loader = torch.utils.data.DataLoader(data, batch_size=4096, shuffle=False, generator=torch.Generator(),
+                                             collate_fn=collate_items)
+        return torch.cat([torch.as_tensor(ys, dtype=torch.float64).reshape(-1) for _, ys in loader]).long()
 
 
 class Unlabelled(torch.utils.data.Dataset):

@@ -95,7 +95,7 @@ def test_shallow_kmm_reports_the_class_proportions_too():
                                                      info["weighted_class_proportions"][1]]
 
 
-@pytest.mark.parametrize("kind", ["tensors", "targets", "items"])
+@pytest.mark.parametrize("kind", ["tensors", "targets", "items", "mixed"])
 def test_context_source_labels_from_every_kind_of_dataset(kind):
     from dalib.models import build_model
     from dalib.plugin import Context, Progress
@@ -115,10 +115,17 @@ def test_context_source_labels_from_every_kind_of_dataset(kind):
         def __getitem__(self, i):
             raise AssertionError("source_labels must not load the samples")
 
-    data = {"tensors": torch.utils.data.TensorDataset(x, y), "targets": WithTargets(), "items": Items()}[kind]
+    class Mixed(Items):  # labels of every kind, a numpy integer first (torch's collate took its kind from it)
+        def __getitem__(self, i):
+            return x[i], (np.int64(y[i]), y[i], float(y[i]), int(y[i]))[i % 4]
+
+    data = {"tensors": torch.utils.data.TensorDataset(x, y), "targets": WithTargets(), "items": Items(),
+            "mixed": Mixed()}[kind]
     ctx = Context(build_model("mlp", (3,), 3, bottleneck_dim=8), data, data, torch.device("cpu"), 4, Progress(0, 1))
+    state = torch.get_rng_state()
     labels = ctx.source_labels()
     assert labels.dtype == torch.int64 and torch.equal(labels, y)
+    assert torch.equal(torch.get_rng_state(), state)  # (a DataLoader's seed had come from the global generator)
 
 
 def test_a_class_the_source_lacks_keeps_its_place_in_the_proportions(tmp_path):
