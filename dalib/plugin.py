@@ -125,10 +125,7 @@ class Context:
         data = {"source": self.source, "target": self.target}[domain]
         fn = fn or (lambda x: x.reshape(len(x), -1))  # (inputs of one number each, (N,): one feature)
         batch_size = scoring_batch(data, self.batch_size) if batch_size is None else batch_size
-        # (a generator of its own: a DataLoader draws its seed from the global one, whose later
-        # draws, the dropout masks, would then depend on how often a method embeds)
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
-                                             collate_fn=functools.partial(collate_items, where=f"a sample of the {domain}"))
+        loader = in_order(data, batch_size, f"a sample of the {domain}")
         was_training = self.model.training
         self.model.eval()
         try:
@@ -146,10 +143,17 @@ class Context:
             return data.tensors[1].detach().cpu().long()
         if hasattr(data, "targets"):  # image folders: no image decoded
             return torch.as_tensor(data.targets).long()
-        # (labels of mixed kinds as numbers, and a generator of its own: as Context.embed)
-        loader = torch.utils.data.DataLoader(data, batch_size=4096, shuffle=False, generator=torch.Generator(),
-                                             collate_fn=collate_items)
+        loader = in_order(data, 4096)  # (labels of mixed kinds: as numbers)
         return torch.cat([torch.as_tensor(ys, dtype=torch.float64).reshape(-1) for _, ys in loader]).long()
+
+
+def in_order(data: torch.utils.data.Dataset, batch_size: int, where: str = "a sample") -> torch.utils.data.DataLoader:
+    """The samples of ``data`` in their order, in batches collated by :func:`collate_items`
+    (``where`` names a sample in its errors), by a DataLoader with a generator of its own: one
+    without draws its seed from the global generator, whose later draws (the dropout masks)
+    would then depend on how often a method reads its data."""
+    return torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False, generator=torch.Generator(),
+                                       collate_fn=functools.partial(collate_items, where=where))
 
 
 class Unlabelled(torch.utils.data.Dataset):

@@ -44,7 +44,8 @@ from dalib.data.domain import (check_finite, check_labels, collate_items, label_
                                matched_by_position, sample_of)
 from dalib.errors import (CheckpointError, ConfigError, DalibError, DataError, InputError, OutOfRangeError, PluginError,
                           first_line, load_failure, load_tensors, stop_signals, terminate_as_interrupt, warn_outside_dalib)
-from dalib.plugin import Batch, Context, Method, Outputs, Progress, Unlabelled, plain_diagnostics, scoring_batch
+from dalib.plugin import (Batch, Context, Method, Outputs, Progress, Unlabelled, in_order, plain_diagnostics,
+                          scoring_batch)
 from dalib.schedules import inverse_decay
 
 if TYPE_CHECKING:
@@ -599,6 +600,7 @@ def _loader(dataset: Any, where: str = "a sample", **kwargs: Any) -> torch.utils
     names a sample in its errors)."""
     from dalib.registry import plugin_files
 
+    files: tuple[tuple[str, str], ...] = ()
     if kwargs.get("num_workers"):
         import multiprocessing.util
 
@@ -606,7 +608,7 @@ def _loader(dataset: Any, where: str = "a sample", **kwargs: Any) -> torch.utils
         # folder: made now, a forked worker's is this process's, removed as it exits (one of its
         # own stayed in /tmp when a stop killed the worker)
         multiprocessing.util.get_temp_dir()
-    files = plugin_files() if kwargs.get("num_workers") else ()
+        files = plugin_files()
     if files and kwargs.get("multiprocessing_context", torch.multiprocessing).get_start_method() != "fork":
         dataset = _WithPluginFiles(dataset, files)  # (under fork nothing is pickled: the dataset as it is)
     return torch.utils.data.DataLoader(dataset, generator=torch.Generator().manual_seed(0),
@@ -755,19 +757,21 @@ def _batches(
 ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
     # labels read with the samples (a dataset of its own, whose labels _check_domains could not
     # read or whose items disagree with its targets) fail here, on the CPU, in one line, not as an
-    # index error inside the loss
-    if getattr(domain, "x", None) is not None or workers == 0:
+    # index error inside the loss; an in-memory domain's were checked whole before training
+    check = getattr(domain, "x", None) is None
+    if not check or workers == 0:
         for s in range(start, stop):
             idx = stream.indices(s)
             x, y = _fetch(domain, idx)
-            check_labels(y, domain, labelled=labelled)
+            if check:
+                check_labels(y, domain, labelled=labelled)
             yield x, y, idx
     else:
         pf = _Prefetcher(domain, stream, start, stop, workers, pin)
         try:
             for s in range(start, stop):
                 x, y = next(pf)
-                check_labels(y, domain, labelled=labelled)
+                check_labels(y, domain, labelled=labelled)  # (no in-memory domain comes here)
                 yield x, y, stream.indices(s)
         finally:  # the generator closed (the run ended, however): its workers stop now
             pf.close()
@@ -1616,9 +1620,7 @@ class _RunContext(Context):
         known = domain.known_labels()
         if known is not None:  # (checked before training: _check_domains)
             return known.detach().cpu().clone()
-        loader = torch.utils.data.DataLoader(domain.dataset, batch_size=4096, shuffle=False, generator=torch.Generator(),
-                                             collate_fn=functools.partial(collate_items, where=sample_of(domain)))
-        labels = torch.cat([label_tensor(ys, domain) for _, ys in loader])  # (N_s,)
+        labels = torch.cat([label_tensor(ys, domain) for _, ys in in_order(domain.dataset, 4096, sample_of(domain))])
         check_labels(labels, domain, labelled=True)
         return labels
 
